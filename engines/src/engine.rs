@@ -1,0 +1,216 @@
+//! The engine interface the gateway talks to: `submit(request) -> token stream`.
+//!
+//! A stream is an unbounded channel of [`TokenEvent`]s. Dropping the receiver is cancellation:
+//! the engine notices at its next step and frees the sequence.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+use crate::sampling::SamplingParams;
+use crate::text::ChatMessage;
+
+/// What to complete.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Raw text (the completions endpoint).
+    Text(String),
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Pre-tokenised input.
+    Tokens(Vec<u32>),
+}
+
+/// One generation request, already validated at the edge.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    /// Who asks (for fair share and accounting); a label, not a credential.
+    pub tenant: String,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Every sampled token, the end-of-sequence token included (as vLLM counts).
+    pub completion_tokens: usize,
+}
+
+/// Timing of one request as the engine saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestTiming {
+    /// From submission until the engine started the request.
+    pub queue: Duration,
+    /// Running the prompt through the model.
+    pub prefill: Duration,
+    /// From submission until the first token was sampled.
+    pub time_to_first_token: Duration,
+    /// Number of decode steps after the first token.
+    pub decode_steps: usize,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub timing: RequestTiming,
+}
+
+/// What the stream carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenEvent {
+    /// A sampled token and the text it completes (empty while a multi-byte character or a
+    /// possible stop string is incomplete).
+    Token { id: u32, text: String },
+    /// Generation ended normally; no more events follow.
+    Finished(Completion),
+    /// Generation failed after it started; no more events follow.
+    Failed(String),
+}
+
+/// The receiving end of a submission.
+#[derive(Debug)]
+pub struct TokenStream {
+    /// Prompt length in tokens, known at submission.
+    pub prompt_tokens: usize,
+    receiver: mpsc::UnboundedReceiver<TokenEvent>,
+}
+
+impl TokenStream {
+    pub fn new(prompt_tokens: usize, receiver: mpsc::UnboundedReceiver<TokenEvent>) -> Self {
+        Self {
+            prompt_tokens,
+            receiver,
+        }
+    }
+
+    /// The next event; `None` if the engine dropped the sender without a final event.
+    pub async fn next(&mut self) -> Option<TokenEvent> {
+        self.receiver.recv().await
+    }
+
+    /// Blocking variant for non-async callers (tests, benchmarks).
+    pub fn blocking_next(&mut self) -> Option<TokenEvent> {
+        self.receiver.blocking_recv()
+    }
+}
+
+/// Collected output of a whole stream (tests, benchmarks, non-streaming responses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectedOutput {
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub completion: Completion,
+}
+
+impl TokenStream {
+    /// Reads the stream to its end.
+    pub async fn collect(mut self) -> std::result::Result<CollectedOutput, String> {
+        let mut out = (Vec::new(), String::new());
+        while let Some(event) = self.next().await {
+            if let Some(done) = Self::fold(&mut out, event) {
+                return done;
+            }
+        }
+        Err("engine stopped without finishing the request".into())
+    }
+
+    /// Reads the stream to its end, blocking the current thread.
+    pub fn blocking_collect(mut self) -> std::result::Result<CollectedOutput, String> {
+        let mut out = (Vec::new(), String::new());
+        while let Some(event) = self.blocking_next() {
+            if let Some(done) = Self::fold(&mut out, event) {
+                return done;
+            }
+        }
+        Err("engine stopped without finishing the request".into())
+    }
+
+    fn fold(
+        (ids, text): &mut (Vec<u32>, String),
+        event: TokenEvent,
+    ) -> Option<std::result::Result<CollectedOutput, String>> {
+        match event {
+            TokenEvent::Token { id, text: t } => {
+                ids.push(id);
+                text.push_str(&t);
+                None
+            }
+            TokenEvent::Finished(completion) => Some(Ok(CollectedOutput {
+                token_ids: std::mem::take(ids),
+                text: std::mem::take(text),
+                completion,
+            })),
+            TokenEvent::Failed(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Live counters of an engine, readable from any thread.
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    pub submitted: AtomicU64,
+    pub finished: AtomicU64,
+    /// Sequences freed because their receiver was dropped (client gone).
+    pub cancelled: AtomicU64,
+    pub failed: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Forward passes run.
+    pub steps: AtomicU64,
+    /// Sequences currently running or waiting.
+    pub active: AtomicU64,
+}
+
+impl EngineCounters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Static facts about the model an engine serves.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub id: String,
+    pub context_length: usize,
+    pub vocab_size: usize,
+}
+
+/// Anything that turns requests into token streams: a local candle engine today, remote
+/// OpenAI-compatible upstreams later.
+pub trait Engine: Send + Sync + 'static {
+    fn info(&self) -> &ModelInfo;
+
+    /// Validates and enqueues a request; the stream starts at once. Errors here (prompt too
+    /// long, template failure) are the caller's fault and nothing was enqueued.
+    fn submit(&self, request: GenerationRequest) -> Result<TokenStream>;
+
+    /// Prompt length in tokens of a request, without running it.
+    fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize>;
+
+    fn counters(&self) -> &EngineCounters;
+}

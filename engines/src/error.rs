@@ -1,0 +1,39 @@
+//! Typed errors of the engines crate. The gateway maps them to HTTP responses in one place.
+
+/// Why an engine could not load, accept or run a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request does not fit the model (prompt plus `max_tokens` beyond the context window).
+    #[error("this model's maximum context length is {context_length} tokens; the request has {prompt_tokens} prompt tokens and asks for {max_tokens} completion tokens")]
+    ContextLengthExceeded {
+        context_length: usize,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    },
+    /// The prompt is empty after templating and tokenisation.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// A prompt token id outside the vocabulary.
+    #[error("token id {0} is outside the model's vocabulary")]
+    InvalidTokenId(u32),
+    /// The chat template could not be rendered for these messages.
+    #[error("chat template error: {0}")]
+    ChatTemplate(String),
+    /// The engine thread is gone (it panicked or was shut down).
+    #[error("the engine is not running")]
+    EngineStopped,
+    /// Loading the model file failed.
+    #[error("model load failed: {0}")]
+    Load(String),
+    /// Fetching the default model failed.
+    #[error("model fetch failed: {0}")]
+    Fetch(String),
+    /// The tokenizer failed.
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    /// A tensor operation failed inside the model.
+    #[error("model execution failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

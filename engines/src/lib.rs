@@ -1,0 +1,20 @@
+//! Model execution for the gateway: the engine interface, the local candle engine, llama model
+//! code over quantized GGUF weights, tokenizer, chat template and sampling.
+//!
+//! This crate knows nothing of HTTP: the gateway turns its types and errors into responses.
+
+pub mod engine;
+pub mod error;
+pub mod local;
+pub mod model;
+pub mod model_fetch;
+pub mod sampling;
+pub mod text;
+
+pub use engine::{
+    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, Prompt,
+    RequestTiming, TokenEvent, TokenStream, Usage,
+};
+pub use error::EngineError;
+pub use local::{LocalEngine, LocalEngineOptions};
+pub use sampling::SamplingParams;

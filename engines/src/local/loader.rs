@@ -1,0 +1,84 @@
+//! Loading a GGUF file into everything a local engine needs: weights, tokenizer, chat template.
+
+use std::path::PathBuf;
+
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+
+use crate::engine::Prompt;
+use crate::error::{EngineError, Result};
+use crate::model::{LlamaModel, WeightFormat};
+use crate::text::{ChatTemplate, GgufTokenizer};
+
+/// How to load a local engine.
+#[derive(Debug, Clone)]
+pub struct LocalEngineOptions {
+    pub model_path: PathBuf,
+    pub device: Device,
+    pub weight_format: WeightFormat,
+}
+
+/// The model, its tokenizer and its chat template.
+pub struct LoadedModel {
+    pub model: LlamaModel,
+    pub tokenizer: GgufTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl LoadedModel {
+    pub fn load(options: &LocalEngineOptions) -> Result<Self> {
+        let path = &options.model_path;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let tokenizer = GgufTokenizer::from_gguf(&content)?;
+        let chat_template = match content.metadata.get("tokenizer.chat_template") {
+            Some(v) => {
+                let source = v
+                    .to_string()
+                    .map_err(|e| EngineError::Load(e.to_string()))?;
+                let name = |id: Option<u32>| {
+                    id.and_then(|id| tokenizer.id_to_token(id))
+                        .unwrap_or_default()
+                };
+                let bos = name(tokenizer.bos_id());
+                let eos = name(tokenizer.eos_ids().first().copied());
+                Some(ChatTemplate::new(source, &bos, &eos)?)
+            }
+            None => None,
+        };
+        let model =
+            LlamaModel::from_gguf(&content, &mut file, &options.device, options.weight_format)
+                .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            chat_template,
+        })
+    }
+
+    /// Renders (for chat) and tokenises a prompt, checking every id is in the vocabulary.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let ids = match prompt {
+            Prompt::Text(text) => self.tokenizer.encode(text)?,
+            Prompt::Chat(messages) => {
+                let template = self.chat_template.as_ref().ok_or_else(|| {
+                    EngineError::ChatTemplate("this model has no chat template".into())
+                })?;
+                self.tokenizer.encode(&template.render(messages, true)?)?
+            }
+            Prompt::Tokens(ids) => {
+                let vocab = self.model.config().vocab_size as u32;
+                if let Some(&bad) = ids.iter().find(|&&id| id >= vocab) {
+                    return Err(EngineError::InvalidTokenId(bad));
+                }
+                ids.clone()
+            }
+        };
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        Ok(ids)
+    }
+}

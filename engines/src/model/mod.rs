@@ -1,0 +1,7 @@
+//! Model code: llama-family transformers over quantized GGUF weights.
+
+pub mod kv_cache;
+pub mod llama;
+
+pub use kv_cache::KvCache;
+pub use llama::{LlamaConfig, LlamaModel, SequenceInput, WeightFormat};

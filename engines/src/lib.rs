@@ -3,6 +3,7 @@
 //!
 //! This crate knows nothing of HTTP: the gateway turns its types and errors into responses.
 
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod local;
@@ -11,6 +12,7 @@ pub mod model_fetch;
 pub mod sampling;
 pub mod text;
 
+pub use device::DeviceSpec;
 pub use engine::{
     Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, Prompt,
     RequestTiming, TokenEvent, TokenStream, Usage,

@@ -19,7 +19,7 @@ fn model_path() -> std::path::PathBuf {
 fn load(format: WeightFormat) -> LoadedModel {
     LoadedModel::load(&LocalEngineOptions {
         model_path: model_path(),
-        device: Device::Cpu,
+        device: engines::DeviceSpec::Cpu,
         weight_format: format,
     })
     .expect("model load")

@@ -34,6 +34,13 @@ impl TenantId {
     }
 }
 
+impl std::str::FromStr for TenantId {
+    type Err = InvalidTenantId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
 impl TryFrom<String> for TenantId {
     type Error = InvalidTenantId;
     fn try_from(value: String) -> Result<Self, Self::Error> {

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file;
-use candle_core::Device;
 
+use crate::device::DeviceSpec;
 use crate::engine::Prompt;
 use crate::error::{EngineError, Result};
 use crate::model::{LlamaModel, WeightFormat};
@@ -14,7 +14,7 @@ use crate::text::{ChatTemplate, GgufTokenizer};
 #[derive(Debug, Clone)]
 pub struct LocalEngineOptions {
     pub model_path: PathBuf,
-    pub device: Device,
+    pub device: DeviceSpec,
     pub weight_format: WeightFormat,
 }
 
@@ -48,9 +48,13 @@ impl LoadedModel {
             }
             None => None,
         };
-        let model =
-            LlamaModel::from_gguf(&content, &mut file, &options.device, options.weight_format)
-                .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let model = LlamaModel::from_gguf(
+            &content,
+            &mut file,
+            &options.device.open()?,
+            options.weight_format,
+        )
+        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         Ok(Self {
             model,
             tokenizer,

@@ -1,0 +1,75 @@
+//! Device names as operators write them (`cpu`, `cuda:0`, `metal:0`), parsed at the edge.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use crate::error::{EngineError, Result};
+
+/// Where a local engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let ordinal = |rest: &str| {
+            rest.parse::<usize>()
+                .map_err(|_| format!("`{s}`: expected a device number after the colon"))
+        };
+        match s.split_once(':') {
+            None if s == "cpu" => Ok(Self::Cpu),
+            Some(("cuda", n)) => Ok(Self::Cuda(ordinal(n)?)),
+            Some(("metal", n)) => Ok(Self::Metal(ordinal(n)?)),
+            _ => Err(format!(
+                "unknown device `{s}` (expected `cpu`, `cuda:N` or `metal:N`)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Metal(n) => write!(f, "metal:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device. GPU devices need a build with candle's GPU backends, which this version
+    /// does not enable yet: asking for one is a clear load error, never a silent CPU fallback.
+    pub fn open(&self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            other => Err(EngineError::Load(format!(
+                "device `{other}` needs a build with GPU support, which this build does not have"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
+        assert_eq!("metal:0".parse::<DeviceSpec>(), Ok(DeviceSpec::Metal(0)));
+        assert!("cuda".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!("tpu:0".parse::<DeviceSpec>().is_err());
+        assert_eq!(DeviceSpec::Cuda(1).to_string(), "cuda:1");
+        assert!(DeviceSpec::Cpu.open().is_ok());
+    }
+}

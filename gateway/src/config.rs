@@ -1,0 +1,304 @@
+//! The gateway's configuration file (TOML), documented in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use engines::model::WeightFormat;
+use engines::model_fetch::DEFAULT_MODEL_ID;
+use engines::DeviceSpec;
+use policies::{KeyDigest, KeyStore, ModelAllowList, TenantId, TenantSpec};
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("tenant `{tenant}`: {source}")]
+    Key {
+        tenant: TenantId,
+        source: policies::KeyError,
+    },
+    #[error(transparent)]
+    Keys(#[from] policies::KeyError),
+    #[error("model `{0}` is configured twice")]
+    DuplicateModel(String),
+    #[error("model `{model}`: device `{device}`: {reason}")]
+    Device {
+        model: String,
+        device: String,
+        reason: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Serve HTTPS with these PEM files instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+    #[serde(default = "default_models")]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Largest accepted request body in bytes (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Time allowed until a response starts (the whole response when not streaming); 504 beyond.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body_bytes(),
+            request_timeout_secs: default_request_timeout_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A model served by a local engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The id clients put in `model`.
+    pub id: String,
+    /// GGUF file. Absent: the embedded default model, fetched into the cache if missing.
+    pub path: Option<PathBuf>,
+    /// `cpu` (GPU devices come with the pools work).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `q8_0` (re-quantize coarser formats at load, the fast CPU path) or `as-stored`.
+    #[serde(default)]
+    pub weights: WeightsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightsConfig {
+    #[default]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    AsStored,
+}
+
+impl From<WeightsConfig> for WeightFormat {
+    fn from(w: WeightsConfig) -> Self {
+        match w {
+            WeightsConfig::Q8_0 => WeightFormat::Q8_0,
+            WeightsConfig::AsStored => WeightFormat::AsStored,
+        }
+    }
+}
+
+/// A tenant. Quota fields are accepted so configs written for the full design load, but they
+/// are not enforced yet (the quota work enforces them); the gateway warns when one is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    /// Stored forms (`sha256:<hex>`) of the tenant's keys; never plaintext.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub models: ModelAllowList,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub weight: Option<f64>,
+}
+
+impl TenantConfig {
+    pub fn has_quota_fields(&self) -> bool {
+        self.requests_per_minute.is_some()
+            || self.tokens_per_minute.is_some()
+            || self.max_concurrent.is_some()
+            || self.daily_tokens.is_some()
+            || self.weight.is_some()
+    }
+
+    pub fn spec(&self) -> TenantSpec {
+        TenantSpec {
+            id: self.id.clone(),
+            models: self.models.clone(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> usize {
+    2 * 1024 * 1024
+}
+fn default_request_timeout_secs() -> u64 {
+    600
+}
+fn default_device() -> String {
+    "cpu".to_string()
+}
+fn default_models() -> Vec<ModelConfig> {
+    vec![ModelConfig {
+        id: DEFAULT_MODEL_ID.to_string(),
+        path: None,
+        device: default_device(),
+        weights: WeightsConfig::default(),
+    }]
+}
+
+impl Default for GatewayConfig {
+    /// The embedded default: the default model on the CPU, on 127.0.0.1:8080, no tenants (the
+    /// command line adds the `demo` tenant).
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            server: ServerConfig::default(),
+            tls: None,
+            models: default_models(),
+            tenants: Vec::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads a file; relative paths inside it are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for model in &mut config.models {
+            if let Some(p) = model.path.as_mut() {
+                resolve(p);
+            }
+        }
+        if let Some(tls) = config.tls.as_mut() {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: unique model ids, known devices, parseable keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for model in &self.models {
+            if !seen.insert(model.id.as_str()) {
+                return Err(ConfigError::DuplicateModel(model.id.clone()));
+            }
+            parse_device(&model.device).map_err(|reason| ConfigError::Device {
+                model: model.id.clone(),
+                device: model.device.clone(),
+                reason,
+            })?;
+        }
+        self.key_store().map(|_| ())
+    }
+
+    /// The key store of every configured tenant.
+    pub fn key_store(&self) -> Result<KeyStore, ConfigError> {
+        let mut entries = Vec::new();
+        for tenant in &self.tenants {
+            for stored in &tenant.keys {
+                let digest = KeyDigest::parse(stored).map_err(|source| ConfigError::Key {
+                    tenant: tenant.id.clone(),
+                    source,
+                })?;
+                entries.push((digest, tenant.spec()));
+            }
+        }
+        Ok(KeyStore::new(entries)?)
+    }
+}
+
+/// Parses a device name (`cpu`, `cuda:N`, `metal:N`).
+pub fn parse_device(name: &str) -> Result<DeviceSpec, String> {
+    name.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/gateway.toml");
+        let config = GatewayConfig::load(&path).unwrap();
+        assert_eq!(config.models[0].id, DEFAULT_MODEL_ID);
+        assert!(!config.tenants.is_empty());
+        assert!(!config.key_store().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_keys() {
+        assert!(toml::from_str::<GatewayConfig>("listne = \"x\"").is_err());
+        let bad_key = r#"
+            [[tenants]]
+            id = "a"
+            keys = ["plaintext-key"]
+        "#;
+        let config: GatewayConfig = toml::from_str(bad_key).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Key { .. })));
+    }
+
+    #[test]
+    fn rejects_duplicate_models_and_unknown_devices() {
+        let dup = "[[models]]\nid = \"m\"\n[[models]]\nid = \"m\"\n";
+        let config: GatewayConfig = toml::from_str(dup).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::DuplicateModel(_))
+        ));
+        let gpu = "[[models]]\nid = \"m\"\ndevice = \"tpu:0\"\n";
+        let config: GatewayConfig = toml::from_str(gpu).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Device { .. })));
+    }
+
+    #[test]
+    fn defaults_serve_the_embedded_model() {
+        let config: GatewayConfig = toml::from_str("").unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.models.len(), 1);
+        assert!(config.models[0].path.is_none());
+        assert_eq!(config.server.max_body_bytes, 2 * 1024 * 1024);
+    }
+}

@@ -1,0 +1,249 @@
+//! The one place where errors become HTTP responses, in OpenAI's error format:
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use engines::EngineError;
+use serde::Serialize;
+
+/// An error as the client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+/// The inner object of an error response (also sent as an SSE event mid-stream).
+#[derive(Serialize)]
+pub struct ErrorDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// 400: the request is malformed or a parameter is out of range.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 400 for a parameter with an invalid value.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        Self::invalid_request(message)
+            .with_param(param)
+            .with_code("invalid_value")
+    }
+
+    /// 401: no key, or a key we do not know.
+    pub fn missing_api_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "You didn't provide an API key. Send it in the Authorization header as `Bearer <key>`.",
+        )
+        .with_code("missing_api_key")
+    }
+
+    pub fn invalid_api_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "Incorrect API key provided.",
+        )
+        .with_code("invalid_api_key")
+    }
+
+    /// 404: the model does not exist here.
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("The model `{model}` does not exist."),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    /// 403: the model exists but the tenant may not use it.
+    pub fn model_not_allowed(model: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!("Your key is not allowed to use the model `{model}`."),
+        )
+        .with_param("model")
+        .with_code("model_not_allowed")
+    }
+
+    /// 503: the model is still loading.
+    pub fn model_not_ready(model: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("The model `{model}` is still loading; retry shortly."),
+        )
+        .with_code("model_not_ready")
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body exceeds the limit of {limit} bytes."),
+        )
+        .with_code("request_too_large")
+    }
+
+    pub fn route_not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("Unknown request URL: {path}."),
+        )
+        .with_code("unknown_url")
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("Method {method} is not allowed for {path}."),
+        )
+        .with_code("method_not_allowed")
+    }
+
+    pub fn timeout() -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "The request took longer than the gateway's timeout.",
+        )
+        .with_code("timeout")
+    }
+
+    /// 500: our fault. The message says what failed, never a secret.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// The error object, for an SSE error event.
+    pub fn detail(&self) -> ErrorDetail<'_> {
+        ErrorDetail {
+            message: &self.message,
+            kind: self.kind,
+            param: self.param.as_deref(),
+            code: self.code,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&ErrorBody {
+            error: self.detail(),
+        })
+        .expect("error bodies serialise")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.detail(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        let message = err.to_string();
+        match err {
+            EngineError::ContextLengthExceeded {
+                context_length,
+                prompt_tokens,
+                ..
+            } => {
+                let param = if prompt_tokens >= context_length {
+                    "messages"
+                } else {
+                    "max_tokens"
+                };
+                ApiError::invalid_request(message)
+                    .with_param(param)
+                    .with_code("context_length_exceeded")
+            }
+            EngineError::EmptyPrompt => {
+                ApiError::invalid_request(message).with_code("empty_prompt")
+            }
+            EngineError::InvalidTokenId(_) => ApiError::invalid_request(message)
+                .with_param("prompt")
+                .with_code("invalid_value"),
+            EngineError::ChatTemplate(_) => {
+                ApiError::invalid_request(message).with_param("messages")
+            }
+            EngineError::EngineStopped
+            | EngineError::Load(_)
+            | EngineError::Fetch(_)
+            | EngineError::Tokenizer(_)
+            | EngineError::Candle(_) => ApiError::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = ApiError::invalid_param("temperature", "too hot");
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"message": "too hot", "type": "invalid_request_error", "param": "temperature", "code": "invalid_value"}})
+        );
+    }
+
+    #[test]
+    fn context_overflow_names_the_culprit() {
+        let e: ApiError = EngineError::ContextLengthExceeded {
+            context_length: 10,
+            prompt_tokens: 4,
+            max_tokens: 20,
+        }
+        .into();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        assert_eq!(e.code, Some("context_length_exceeded"));
+    }
+}

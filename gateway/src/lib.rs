@@ -1,0 +1,11 @@
+//! The multi-tenant OpenAI-compatible gateway: HTTP and TLS, authentication, the OpenAI API,
+//! and the start-up that wires engines and policies together.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod openai;
+pub mod routes;
+pub mod server;
+pub mod state;

@@ -1,0 +1,117 @@
+//! Prometheus metrics. For now the engines' own counters, read at scrape time; the
+//! observability work adds per-tenant request, token and latency series.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use engines::EngineCounters;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::state::{AppState, ModelRegistry, ModelState};
+
+/// Reads every ready engine's counters on each scrape.
+#[derive(Debug)]
+struct EngineCollector {
+    models: Arc<ModelRegistryHandle>,
+}
+
+/// `ModelRegistry` is not `Debug`; the collector only needs to reach it.
+struct ModelRegistryHandle(Arc<ModelRegistry>);
+
+impl std::fmt::Debug for ModelRegistryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelRegistry")
+    }
+}
+
+type CounterField = fn(&EngineCounters) -> &AtomicU64;
+
+/// `(name without _total, help, field)`.
+const ENGINE_COUNTERS: [(&str, &str, CounterField); 7] = [
+    (
+        "gateway_engine_requests_submitted",
+        "Requests accepted by the engine.",
+        |c| &c.submitted,
+    ),
+    (
+        "gateway_engine_requests_finished",
+        "Requests that ran to a stop or length limit.",
+        |c| &c.finished,
+    ),
+    (
+        "gateway_engine_requests_cancelled",
+        "Requests freed because the client went away.",
+        |c| &c.cancelled,
+    ),
+    (
+        "gateway_engine_requests_failed",
+        "Requests that failed inside the engine.",
+        |c| &c.failed,
+    ),
+    (
+        "gateway_engine_prompt_tokens",
+        "Prompt tokens processed.",
+        |c| &c.prompt_tokens,
+    ),
+    ("gateway_engine_generated_tokens", "Tokens sampled.", |c| {
+        &c.generated_tokens
+    }),
+    ("gateway_engine_steps", "Forward passes run.", |c| &c.steps),
+];
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let engines: Vec<(String, Arc<dyn engines::Engine>)> = self
+            .models
+            .0
+            .list()
+            .into_iter()
+            .filter_map(|(id, _, state)| match state {
+                ModelState::Ready(engine) => Some((id, engine)),
+                _ => None,
+            })
+            .collect();
+        for (name, help, field) in ENGINE_COUNTERS {
+            let sample = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+            for (model, engine) in &engines {
+                let value = EngineCounters::get(field(engine.counters()));
+                let labels = [("model", model.as_str())];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let sample = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "gateway_engine_active_sequences",
+            "Sequences running or waiting in the engine.",
+            None,
+            sample.metric_type(),
+        )?;
+        for (model, engine) in &engines {
+            let value = EngineCounters::get(&engine.counters().active) as i64;
+            ConstGauge::new(value).encode(family.encode_family(&[("model", model.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the registry for a server.
+pub fn registry(models: Arc<ModelRegistry>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(EngineCollector {
+        models: Arc::new(ModelRegistryHandle(models)),
+    }));
+    registry
+}
+
+/// Prometheus text of every metric.
+pub fn render(state: &AppState) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &state.metrics)
+        .expect("writing to a String cannot fail");
+    out
+}

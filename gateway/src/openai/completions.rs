@@ -1,0 +1,114 @@
+//! `POST /v1/completions` request body.
+
+use engines::Prompt;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptInput,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub best_of: Option<i64>,
+}
+
+/// OpenAI's four prompt shapes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// OpenAI's default for the completions endpoint.
+pub const DEFAULT_MAX_TOKENS: usize = 16;
+
+impl CompletionRequest {
+    /// The prompts, one choice each.
+    pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+        if self.echo == Some(true) {
+            return Err(ApiError::invalid_param(
+                "echo",
+                "`echo` is not supported yet.",
+            ));
+        }
+        if self.suffix.is_some() {
+            return Err(ApiError::invalid_param(
+                "suffix",
+                "`suffix` is not supported.",
+            ));
+        }
+        if self.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::invalid_param(
+                "best_of",
+                "Only `best_of = 1` is supported.",
+            ));
+        }
+        let prompts: Vec<Prompt> = match &self.prompt {
+            PromptInput::Text(t) => vec![Prompt::Text(t.clone())],
+            PromptInput::Texts(ts) => ts.iter().cloned().map(Prompt::Text).collect(),
+            PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids.clone())],
+            PromptInput::TokenLists(lists) => lists.iter().cloned().map(Prompt::Tokens).collect(),
+        };
+        if prompts.is_empty() {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "`prompt` must not be empty.",
+            ));
+        }
+        Ok(prompts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompts(json: &str) -> Result<Vec<Prompt>, ApiError> {
+        crate::openai::json::parse::<CompletionRequest>(json.as_bytes())?.prompts()
+    }
+
+    #[test]
+    fn accepts_the_four_prompt_shapes() {
+        assert_eq!(prompts(r#"{"model":"m","prompt":"a"}"#).unwrap().len(), 1);
+        assert_eq!(
+            prompts(r#"{"model":"m","prompt":["a","b"]}"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            prompts(r#"{"model":"m","prompt":[1,2,3]}"#).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            prompts(r#"{"model":"m","prompt":[[1],[2]]}"#)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn rejects_empty_and_unsupported() {
+        assert_eq!(
+            prompts(r#"{"model":"m","prompt":[]}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            prompts(r#"{"model":"m","prompt":"a","echo":true}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("echo")
+        );
+        assert!(prompts(r#"{"model":"m","prompt":{"x":1}}"#).is_err());
+    }
+}

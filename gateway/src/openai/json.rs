@@ -1,0 +1,93 @@
+//! The JSON body extractor: every way a body can be wrong becomes an OpenAI error (400 with the
+//! offending field in `param`, 413 over the size limit) instead of axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A JSON request body of type `T`. Content-Type is not checked (as vLLM: `curl -d` works).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes =
+            Bytes::from_request(req, state)
+                .await
+                .map_err(|rejection: BytesRejection| {
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::payload_too_large(state.limits.max_body_bytes)
+                    } else {
+                        ApiError::invalid_request(format!(
+                            "Could not read the request body: {rejection}"
+                        ))
+                    }
+                })?;
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a body, naming the field at fault.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+        .with_code("invalid_json")
+    })?;
+    from_value(&value)
+}
+
+/// Deserializes part of an already parsed body. Requests are read in several parts (the
+/// endpoint's own fields, the shared sampling parameters) rather than with `serde(flatten)`,
+/// which would lose the path of the field at fault.
+pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let e = ApiError::invalid_request(format!("Invalid request body: {}", err.into_inner()));
+        if path.is_empty() || path == "." {
+            e
+        } else {
+            e.with_param(path)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Req {
+        model: String,
+        temperature: Option<f64>,
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_without_param() {
+        let e = parse::<Req>(b"{\"model\": ").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.code, Some("invalid_json"));
+        assert_eq!(e.param, None);
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = parse::<Req>(br#"{"model": "m", "temperature": "hot"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = parse::<Req>(br#"{"temperature": 1}"#).unwrap_err();
+        assert!(e.message.contains("missing field `model`"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert!(parse::<Req>(br#"{"model": "m", "frobnicate": [1,2]}"#).is_ok());
+    }
+}

@@ -1,0 +1,9 @@
+//! OpenAI's API: request and response bodies, parameter validation, the JSON extractor.
+
+pub mod chat;
+pub mod completions;
+pub mod json;
+pub mod params;
+pub mod response;
+
+pub use json::JsonBody;

@@ -1,0 +1,191 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: validate, submit to the engine,
+//! answer with one JSON body or a stream of server-sent events.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use engines::{Engine, GenerationRequest, Prompt, TokenEvent, TokenStream};
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use std::sync::Arc;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::openai::chat::ChatCompletionRequest;
+use crate::openai::completions::{CompletionRequest, DEFAULT_MAX_TOKENS};
+use crate::openai::json::from_value;
+use crate::openai::params::{CommonParams, ValidParams};
+use crate::openai::response::{ChoiceEvent, Endpoint, FinishedChoice, ResponseMeta, UsageBody};
+use crate::openai::JsonBody;
+use crate::state::{AppState, ModelState};
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let request: ChatCompletionRequest = from_value(&body)?;
+    let engine = resolve_model(&state, &caller, &request.model)?;
+    let params = from_value::<CommonParams>(&body)?.validate()?;
+    let prompt = Prompt::Chat(request.conversation()?);
+    // OpenAI's chat default: as many tokens as the context has room for.
+    let max_tokens = match params.max_tokens {
+        Some(n) => n,
+        None => {
+            let prompt_tokens = engine.count_prompt_tokens(&prompt)?;
+            engine
+                .info()
+                .context_length
+                .saturating_sub(prompt_tokens)
+                .max(1)
+        }
+    };
+    let meta = ResponseMeta::new(Endpoint::Chat, &request.model);
+    generate(engine, meta, vec![prompt], params, max_tokens, &caller).await
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let request: CompletionRequest = from_value(&body)?;
+    let engine = resolve_model(&state, &caller, &request.model)?;
+    let params = from_value::<CommonParams>(&body)?.validate()?;
+    let prompts = request.prompts()?;
+    let max_tokens = params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    let meta = ResponseMeta::new(Endpoint::Completions, &request.model);
+    generate(engine, meta, prompts, params, max_tokens, &caller).await
+}
+
+/// The engine serving `model`, if it exists, the caller may use it, and it is loaded.
+fn resolve_model(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+) -> Result<Arc<dyn Engine>, ApiError> {
+    let model_state = state
+        .models
+        .get(model)
+        .ok_or_else(|| ApiError::model_not_found(model))?;
+    if !caller.tenant.models.allows(model) {
+        return Err(ApiError::model_not_allowed(model));
+    }
+    match model_state {
+        ModelState::Ready(engine) => Ok(engine),
+        ModelState::Loading => Err(ApiError::model_not_ready(model)),
+        ModelState::Failed(reason) => Err(ApiError::internal(format!(
+            "The model `{model}` failed to load: {reason}"
+        ))),
+    }
+}
+
+async fn generate(
+    engine: Arc<dyn Engine>,
+    meta: ResponseMeta,
+    prompts: Vec<Prompt>,
+    params: ValidParams,
+    max_tokens: usize,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    let mut sampling = params.sampling;
+    sampling.max_tokens = max_tokens;
+    // Submit every prompt before answering: a prompt that does not fit fails the whole request
+    // (the streams already submitted are dropped, which cancels them).
+    let streams = prompts
+        .into_iter()
+        .map(|prompt| {
+            engine.submit(GenerationRequest {
+                prompt,
+                params: sampling.clone(),
+                tenant: caller.tenant.id.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if params.stream {
+        Ok(Sse::new(sse_events(meta, streams, params.include_usage)).into_response())
+    } else {
+        whole_response(meta, streams).await
+    }
+}
+
+async fn whole_response(
+    meta: ResponseMeta,
+    streams: Vec<TokenStream>,
+) -> Result<Response, ApiError> {
+    let outputs = futures::future::join_all(streams.into_iter().map(TokenStream::collect)).await;
+    let mut usage = UsageBody::default();
+    let mut choices = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let output = output.map_err(|e| ApiError::internal(format!("Generation failed: {e}")))?;
+        usage.add(output.completion.usage);
+        choices.push(FinishedChoice {
+            text: output.text,
+            finish_reason: output.completion.finish_reason,
+        });
+    }
+    Ok(Json(meta.response(&choices, usage)).into_response())
+}
+
+fn data(value: &serde_json::Value) -> Result<Event, Infallible> {
+    Ok(Event::default().data(value.to_string()))
+}
+
+/// The SSE body. It owns the token streams: when the client hangs up, hyper drops the body, the
+/// receivers go with it, and the engine frees the sequences at its next step.
+fn sse_events(
+    meta: ResponseMeta,
+    streams: Vec<TokenStream>,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let choices = streams.len();
+    let mut merged = futures::stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
+        futures::stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) })
+            .map(move |e| (i, e))
+            .boxed()
+    }));
+    async_stream::stream! {
+        for i in 0..choices {
+            if let Some(chunk) = meta.chunk(i, ChoiceEvent::Start, include_usage) {
+                yield data(&chunk);
+            }
+        }
+        let mut usage = UsageBody::default();
+        let mut open = choices;
+        let mut failure = None;
+        while let Some((i, event)) = merged.next().await {
+            let chunk = match event {
+                TokenEvent::Token { text, .. } if text.is_empty() => None,
+                TokenEvent::Token { text, .. } => meta.chunk(i, ChoiceEvent::Text(&text), include_usage),
+                TokenEvent::Finished(completion) => {
+                    usage.add(completion.usage);
+                    open -= 1;
+                    meta.chunk(i, ChoiceEvent::Finish(completion.finish_reason), include_usage)
+                }
+                TokenEvent::Failed(reason) => {
+                    failure = Some(reason);
+                    break;
+                }
+            };
+            if let Some(chunk) = chunk {
+                yield data(&chunk);
+            }
+        }
+        if failure.is_none() && open > 0 {
+            failure = Some("the engine stopped before the request finished".to_string());
+        }
+        match failure {
+            // Never a silently truncated answer: a failure mid-stream is an error event.
+            Some(reason) => {
+                let error = ApiError::internal(format!("Generation failed: {reason}"));
+                yield Ok(Event::default().data(error.to_json()));
+            }
+            None if include_usage => yield data(&meta.usage_chunk(usage)),
+            None => {}
+        }
+        yield Ok(Event::default().data("[DONE]"));
+    }
+}

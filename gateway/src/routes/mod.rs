@@ -1,0 +1,91 @@
+//! The HTTP surface: one module per endpoint family, assembled here with the tower layers.
+
+mod generation;
+mod health;
+mod metrics;
+mod models;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Request, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{middleware, BoxError, Router};
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
+
+use crate::auth::require_api_key;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The whole application: routes, authentication, and the layers every request passes
+/// (outermost first): request id, trace span, timeout, body-size limit.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{model}", get(models::retrieve))
+        .route("/v1/chat/completions", post(generation::chat_completions))
+        .route("/v1/completions", post(generation::completions))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    let timeout = state.limits.request_timeout;
+    Router::new()
+        .merge(api)
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(metrics::render))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    // Per-response logs stay at debug: a 503 from `/ready` while loading is
+                    // expected, and request logging proper belongs to the access log.
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(HandleErrorLayer::new(timed_out))
+                .timeout(timeout),
+        )
+        .with_state(state)
+}
+
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+        tenant = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+    )
+}
+
+async fn timed_out(err: BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::timeout()
+    } else {
+        ApiError::internal(format!("unhandled middleware error: {err}"))
+    }
+}
+
+async fn route_not_found(uri: Uri) -> impl IntoResponse {
+    ApiError::route_not_found(uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> impl IntoResponse {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}

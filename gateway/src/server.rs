@@ -1,0 +1,122 @@
+//! Start-up: load the models in the background, bind, serve (HTTP or HTTPS), shut down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
+use engines::{LocalEngine, LocalEngineOptions};
+
+use crate::config::{parse_device, GatewayConfig, ModelConfig};
+use crate::state::{AppState, Limits, ModelRegistry, ModelState};
+
+/// Serves until SIGINT or SIGTERM. `keys` is the key store to start with (the configured tenants,
+/// or the demo tenant). The line `gateway listening on <scheme>://<addr>` goes to stdout once the
+/// socket is bound, so scripts and tests can find an ephemeral port.
+pub async fn serve(config: GatewayConfig, keys: policies::KeyStore) -> anyhow::Result<()> {
+    // rustls needs one process-wide crypto provider when several are compiled in.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    for tenant in config.tenants.iter().filter(|t| t.has_quota_fields()) {
+        tracing::warn!(tenant = %tenant.id, "quota and weight fields are accepted but not enforced yet");
+    }
+
+    let models = Arc::new(ModelRegistry::default());
+    for model in &config.models {
+        models.add_loading(&model.id);
+        let (registry, model) = (models.clone(), model.clone());
+        // Loading reads and re-quantizes weights: CPU work, off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let state = match load_model(&model) {
+                Ok(engine) => {
+                    tracing::info!(model = %model.id, "model ready");
+                    ModelState::Ready(Arc::new(engine))
+                }
+                Err(e) => {
+                    tracing::error!(model = %model.id, error = %format!("{e:#}"), "model failed to load");
+                    ModelState::Failed(format!("{e:#}"))
+                }
+            };
+            registry.set_state(&model.id, state);
+        });
+    }
+
+    let limits = Limits {
+        max_body_bytes: config.server.max_body_bytes,
+        request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+    };
+    let state = AppState::new(limits, models, keys);
+    let app = crate::routes::router(state).into_make_service();
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone()));
+
+    match &config.tls {
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load TLS certificate {} and key {}",
+                        tls.cert.display(),
+                        tls.key.display()
+                    )
+                })?;
+            announce("https", addr);
+            axum_server::from_tcp_rustls(listener, rustls)
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+        None => {
+            announce("http", addr);
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn announce(scheme: &str, addr: SocketAddr) {
+    use std::io::Write;
+    println!("gateway listening on {scheme}://{addr}");
+    let _ = std::io::stdout().flush();
+}
+
+fn load_model(model: &ModelConfig) -> anyhow::Result<LocalEngine> {
+    let path = match &model.path {
+        Some(path) => path.clone(),
+        None => ensure_model(&DEFAULT_MODEL, &default_cache_dir())?,
+    };
+    let device = parse_device(&model.device).map_err(anyhow::Error::msg)?;
+    tracing::info!(model = %model.id, path = %path.display(), %device, "loading model");
+    let options = LocalEngineOptions {
+        model_path: path,
+        device,
+        weight_format: model.weights.into(),
+    };
+    Ok(LocalEngine::start(&model.id, &options)?)
+}
+
+async fn shutdown_on_signal(handle: axum_server::Handle) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests (30 s at most)");
+    handle.graceful_shutdown(Some(Duration::from_secs(30)));
+}

@@ -1,0 +1,111 @@
+//! What every handler can reach: the models, the key store, the server limits.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use engines::Engine;
+use policies::KeyStore;
+
+/// Limits applied at the edge.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Shared state of the server; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub limits: Limits,
+    pub models: Arc<ModelRegistry>,
+    pub metrics: Arc<prometheus_client::registry::Registry>,
+    keys: Arc<RwLock<Arc<KeyStore>>>,
+}
+
+impl AppState {
+    pub fn new(limits: Limits, models: Arc<ModelRegistry>, keys: KeyStore) -> Self {
+        let metrics = Arc::new(crate::metrics::registry(models.clone()));
+        Self {
+            limits,
+            models,
+            metrics,
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+        }
+    }
+
+    /// The current key store (a snapshot: a reload swaps in a new one).
+    pub fn keys(&self) -> Arc<KeyStore> {
+        self.keys.read().expect("key store lock").clone()
+    }
+
+    /// Replaces the key store; requests already authenticated are unaffected.
+    pub fn replace_keys(&self, keys: KeyStore) {
+        *self.keys.write().expect("key store lock") = Arc::new(keys);
+    }
+}
+
+/// The state of one configured model.
+#[derive(Clone)]
+pub enum ModelState {
+    Loading,
+    Ready(Arc<dyn Engine>),
+    Failed(String),
+}
+
+struct ModelSlot {
+    id: String,
+    /// Unix time the model was registered (OpenAI's `created`).
+    created: u64,
+    state: ModelState,
+}
+
+/// Every configured model and whether it can serve yet.
+#[derive(Default)]
+pub struct ModelRegistry {
+    slots: RwLock<Vec<ModelSlot>>,
+}
+
+impl ModelRegistry {
+    /// Registers a model as loading.
+    pub fn add_loading(&self, id: &str) {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.slots.write().expect("registry lock").push(ModelSlot {
+            id: id.to_string(),
+            created,
+            state: ModelState::Loading,
+        });
+    }
+
+    pub fn set_state(&self, id: &str, state: ModelState) {
+        let mut slots = self.slots.write().expect("registry lock");
+        if let Some(slot) = slots.iter_mut().find(|s| s.id == id) {
+            slot.state = state;
+        }
+    }
+
+    /// `None` if no such model is configured.
+    pub fn get(&self, id: &str) -> Option<ModelState> {
+        let slots = self.slots.read().expect("registry lock");
+        slots.iter().find(|s| s.id == id).map(|s| s.state.clone())
+    }
+
+    /// `(id, created, state)` of every model, in configuration order.
+    pub fn list(&self) -> Vec<(String, u64, ModelState)> {
+        let slots = self.slots.read().expect("registry lock");
+        slots
+            .iter()
+            .map(|s| (s.id.clone(), s.created, s.state.clone()))
+            .collect()
+    }
+
+    /// True once every configured model is ready.
+    pub fn all_ready(&self) -> bool {
+        let slots = self.slots.read().expect("registry lock");
+        slots
+            .iter()
+            .all(|s| matches!(s.state, ModelState::Ready(_)))
+    }
+}

@@ -1,0 +1,208 @@
+//! Every kind of bad input gets its status and an OpenAI error body; the server keeps serving.
+
+mod common;
+
+use common::{Options, TestGateway, MODEL};
+use serde_json::{json, Value};
+
+fn assert_error(status: u16, body: &Value, expected_status: u16, param: Option<&str>, case: &str) {
+    assert_eq!(status, expected_status, "{case}: {body}");
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{case}: {body}"
+    );
+    assert!(error["type"].is_string(), "{case}: {body}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "{case}: {body}"
+    );
+    if let Some(param) = param {
+        assert_eq!(error["param"], param, "{case}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors_and_the_server_survives() {
+    let key = "sk-test-bad-input";
+    let config = format!(
+        r#"
+        [server]
+        max_body_bytes = 4096
+        [[models]]
+        id = "smollm2-135m-instruct"
+        [[tenants]]
+        id = "demo"
+        keys = ["{}"]
+        "#,
+        common::digest(key)
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let chat = "/v1/chat/completions";
+    let ok_messages = json!([{"role": "user", "content": "hi"}]);
+    let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
+        ("malformed JSON", "{\"model\": ".into(), 400, None),
+        ("not an object", "[1, 2]".into(), 400, None),
+        (
+            "missing messages",
+            json!({"model": MODEL}).to_string(),
+            400,
+            None,
+        ),
+        (
+            "missing model",
+            json!({"messages": ok_messages}).to_string(),
+            400,
+            None,
+        ),
+        (
+            "messages wrong type",
+            json!({"model": MODEL, "messages": "hi"}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "temperature wrong type",
+            json!({"model": MODEL, "messages": ok_messages, "temperature": "hot"}).to_string(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            "temperature out of range",
+            json!({"model": MODEL, "messages": ok_messages, "temperature": 3}).to_string(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            "max_tokens zero",
+            json!({"model": MODEL, "messages": ok_messages, "max_tokens": 0}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "max_tokens negative",
+            json!({"model": MODEL, "messages": ok_messages, "max_tokens": -1}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "max_tokens beyond context",
+            json!({"model": MODEL, "messages": ok_messages, "max_tokens": 100000}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "empty messages",
+            json!({"model": MODEL, "messages": []}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "unknown model",
+            json!({"model": "gpt-17", "messages": ok_messages}).to_string(),
+            404,
+            Some("model"),
+        ),
+        (
+            "body over the limit",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(5000)}]})
+                .to_string(),
+            413,
+            None,
+        ),
+    ];
+    for (case, body, status, param) in cases {
+        let (got, body) = gw.post_raw(chat, body, Some(key)).await;
+        assert_error(got, &body, status, param, case);
+    }
+    let (status, body) = gw
+        .post_raw(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": [999999]}).to_string(),
+            Some(key),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        400,
+        Some("prompt"),
+        "token id outside the vocabulary",
+    );
+    let (status, body) = gw
+        .post_raw(
+            "/v1/completions",
+            json!({"model": MODEL}).to_string(),
+            Some(key),
+        )
+        .await;
+    assert_error(status, &body, 400, None, "missing prompt");
+
+    // Unknown route and wrong method.
+    let (status, body) = gw.get("/v2/nothing", Some(key)).await;
+    assert_error(status, &body, 404, None, "unknown route");
+    let (status, body) = gw.get(chat, Some(key)).await;
+    assert_error(status, &body, 405, None, "wrong method");
+
+    // Unknown extra fields are ignored, and the server still answers.
+    let (status, body) = gw
+        .post_raw(chat, json!({"model": MODEL, "messages": ok_messages, "max_tokens": 2, "frobnicate": {"x": 1}}).to_string(), Some(key))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test]
+async fn keys_and_model_allow_lists_are_enforced() {
+    let lab = common::digest("sk-lab-key");
+    let clinic = common::digest("sk-clinic-key");
+    let config = format!(
+        r#"
+        [[models]]
+        id = "smollm2-135m-instruct"
+        [[tenants]]
+        id = "lab"
+        keys = ["{lab}"]
+        models = ["*"]
+        [[tenants]]
+        id = "clinic"
+        keys = ["{clinic}"]
+        models = ["some-other-model"]
+        "#
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let body =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+            .to_string();
+    let chat = "/v1/chat/completions";
+
+    let (status, err) = gw.post_raw(chat, body.clone(), None).await;
+    assert_error(status, &err, 401, None, "no key");
+    assert_eq!(err["error"]["type"], "authentication_error");
+    let (status, err) = gw.post_raw(chat, body.clone(), Some("sk-wrong")).await;
+    assert_error(status, &err, 401, None, "wrong key");
+    assert!(
+        !err.to_string().contains("sk-wrong"),
+        "errors never echo keys"
+    );
+    let (status, _) = gw.post_raw(chat, body.clone(), Some("sk-lab-key")).await;
+    assert_eq!(status, 200);
+    let (status, err) = gw.post_raw(chat, body, Some("sk-clinic-key")).await;
+    assert_error(
+        status,
+        &err,
+        403,
+        Some("model"),
+        "model outside the allow-list",
+    );
+    assert_eq!(err["error"]["code"], "model_not_allowed");
+    // The clinic sees no models it cannot use.
+    let (_, models) = gw.get("/v1/models", Some("sk-clinic-key")).await;
+    assert_eq!(models["data"], json!([]));
+}

@@ -1,0 +1,236 @@
+//! Starts the real `gateway` binary on an ephemeral loopback port with the real model.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
+
+pub const MODEL: &str = "smollm2-135m-instruct";
+pub const DEMO_KEY: &str = "sk-test-demo-key";
+
+/// The default model, fetched once into the shared cache.
+pub fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model fetch"))
+        .clone()
+}
+
+pub struct TestGateway {
+    child: Child,
+    pub base: String,
+    pub key: String,
+    /// Lines the gateway printed before it listened.
+    pub stdout: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Options<'a> {
+    /// Config file contents; `None` runs the embedded default with the demo tenant.
+    pub config: Option<&'a str>,
+    /// Pass `--model` with the cached model (else the gateway finds or fetches it itself).
+    pub model_flag: bool,
+    pub env: Vec<(&'a str, String)>,
+    /// Wait for `/ready`.
+    pub wait_ready: bool,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            config: None,
+            model_flag: true,
+            env: Vec::new(),
+            wait_ready: true,
+        }
+    }
+}
+
+/// Generous bound so a broken start fails instead of hanging; not a performance assertion.
+const START_BOUND: Duration = Duration::from_secs(300);
+
+impl TestGateway {
+    /// The embedded default with the demo key.
+    pub fn start_demo() -> Self {
+        Self::start(Options::default())
+    }
+
+    pub fn start(options: Options<'_>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("GATEWAY_DEMO_KEY", DEMO_KEY)
+            .env("RUST_LOG", "warn")
+            .env_remove("GATEWAY_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(config) = options.config {
+            let path = dir.path().join("gateway.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        if options.model_flag {
+            cmd.arg("--model").arg(model_path());
+        }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut stdout = Vec::new();
+        let base = loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "gateway exited before listening; stdout: {stdout:?}");
+            let line = line.trim_end().to_string();
+            if let Some(url) = line.strip_prefix("gateway listening on ") {
+                break url.to_string();
+            }
+            stdout.push(line);
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        let gateway = Self {
+            child,
+            base,
+            key: DEMO_KEY.to_string(),
+            stdout,
+            _dir: dir,
+        };
+        if options.wait_ready {
+            gateway.wait_ready();
+        }
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Polls `/ready` until 200. Runs on its own thread: it is called from async tests, where a
+    /// blocking client may not run.
+    pub fn wait_ready(&self) {
+        let url = self.url("/ready");
+        std::thread::spawn(move || {
+            // Readiness only: the TLS test checks certificates properly with its own client.
+            let client = reqwest::blocking::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap();
+            let started = Instant::now();
+            loop {
+                if let Ok(r) = client.get(&url).send() {
+                    if r.status() == 200 {
+                        return;
+                    }
+                }
+                assert!(
+                    started.elapsed() < START_BOUND,
+                    "gateway never became ready"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .join()
+        .expect("readiness poll");
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// POST JSON with the demo key; returns status and parsed body.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.post_raw(path, body.to_string(), Some(&self.key)).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: String,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.client().post(self.url(path)).body(body);
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = self.client().get(self.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    /// A counter's value from `/metrics` (summed over labels).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Streams a request and returns the parsed `data:` payloads (the final `[DONE]` as a string).
+    pub async fn stream(&self, path: &str, body: serde_json::Value) -> Vec<serde_json::Value> {
+        let resp = self
+            .client()
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let bytes = resp.bytes().await.unwrap();
+        let text = std::str::from_utf8(&bytes).expect("the SSE body is valid UTF-8");
+        text.split("\n\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                let data = e
+                    .strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("not a data event: {e:?}"));
+                if data == "[DONE]" {
+                    serde_json::Value::String(data.into())
+                } else {
+                    serde_json::from_str(data).unwrap()
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stored form of a key, as `gateway keys hash` prints it.
+pub fn digest(key: &str) -> String {
+    policies::ApiKey::from_plaintext(key).digest().to_string()
+}

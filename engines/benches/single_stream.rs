@@ -33,6 +33,7 @@ fn main() {
             model_path: path.clone(),
             device: DeviceSpec::Cpu,
             weight_format: format,
+            core: Default::default(),
         })
         .expect("load");
         let load = load_started.elapsed();

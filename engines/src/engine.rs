@@ -95,14 +95,21 @@ pub enum TokenEvent {
 /// The receiving end of a submission.
 #[derive(Debug)]
 pub struct TokenStream {
+    /// The engine's id for this submission (as in its step records).
+    pub id: u64,
     /// Prompt length in tokens, known at submission.
     pub prompt_tokens: usize,
     receiver: mpsc::UnboundedReceiver<TokenEvent>,
 }
 
 impl TokenStream {
-    pub fn new(prompt_tokens: usize, receiver: mpsc::UnboundedReceiver<TokenEvent>) -> Self {
+    pub fn new(
+        id: u64,
+        prompt_tokens: usize,
+        receiver: mpsc::UnboundedReceiver<TokenEvent>,
+    ) -> Self {
         Self {
+            id,
             prompt_tokens,
             receiver,
         }
@@ -182,8 +189,18 @@ pub struct EngineCounters {
     pub generated_tokens: AtomicU64,
     /// Forward passes run.
     pub steps: AtomicU64,
+    /// Tokens run through the model, over all steps (divide by `steps` for the mean batch).
+    pub batch_tokens: AtomicU64,
+    /// Sequences whose KV blocks were freed to let others finish (recomputed later).
+    pub preemptions: AtomicU64,
     /// Sequences currently running or waiting.
     pub active: AtomicU64,
+    /// Sequences in the running batch.
+    pub running: AtomicU64,
+    /// Sequences waiting for admission.
+    pub waiting: AtomicU64,
+    pub kv_blocks_free: AtomicU64,
+    pub kv_blocks_total: AtomicU64,
 }
 
 impl EngineCounters {

@@ -3,6 +3,7 @@
 //!
 //! This crate knows nothing of HTTP: the gateway turns its types and errors into responses.
 
+pub mod core;
 pub mod device;
 pub mod engine;
 pub mod error;
@@ -11,7 +12,9 @@ pub mod model;
 pub mod model_fetch;
 pub mod sampling;
 pub mod text;
+pub mod threads;
 
+pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
 pub use engine::{
     Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, Prompt,

@@ -21,6 +21,7 @@ fn load(format: WeightFormat) -> LoadedModel {
         model_path: model_path(),
         device: engines::DeviceSpec::Cpu,
         weight_format: format,
+        core: Default::default(),
     })
     .expect("model load")
 }
@@ -231,7 +232,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
 
 #[test]
 fn engine_answers_a_question_the_model_knows() {
-    let engine = LocalEngine::with_model("smollm2", model());
+    let engine = LocalEngine::with_model("smollm2", model(), &Default::default()).unwrap();
     let out = engine
         .submit(chat(
             "What is the capital of France? Answer in one word.",
@@ -246,7 +247,7 @@ fn engine_answers_a_question_the_model_knows() {
 
 #[test]
 fn stop_strings_and_max_tokens_end_generation() {
-    let engine = LocalEngine::with_model("smollm2", model());
+    let engine = LocalEngine::with_model("smollm2", model(), &Default::default()).unwrap();
     let q = "What is the capital of France? Answer in one word.";
     let full = engine
         .submit(chat(q, SamplingParams::greedy(24)))
@@ -284,7 +285,7 @@ fn stop_strings_and_max_tokens_end_generation() {
 
 #[test]
 fn context_overflow_is_rejected_before_enqueueing() {
-    let engine = LocalEngine::with_model("smollm2", model());
+    let engine = LocalEngine::with_model("smollm2", model(), &Default::default()).unwrap();
     let err = engine
         .submit(chat("hi", SamplingParams::greedy(1_000_000)))
         .unwrap_err();
@@ -300,7 +301,7 @@ fn context_overflow_is_rejected_before_enqueueing() {
 
 #[test]
 fn dropping_the_stream_cancels_generation() {
-    let engine = LocalEngine::with_model("smollm2", model());
+    let engine = LocalEngine::with_model("smollm2", model(), &Default::default()).unwrap();
     let params = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(4000)

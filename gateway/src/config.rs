@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use engines::model::WeightFormat;
 use engines::model_fetch::DEFAULT_MODEL_ID;
-use engines::DeviceSpec;
+use engines::{CoreConfig, DeviceSpec};
 use policies::{KeyDigest, KeyStore, ModelAllowList, TenantId, TenantSpec};
 use serde::Deserialize;
 
@@ -29,6 +29,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Keys(#[from] policies::KeyError),
+    #[error("{0}")]
+    Invalid(String),
     #[error("model `{0}` is configured twice")]
     DuplicateModel(String),
     #[error("model `{model}`: device `{device}`: {reason}")]
@@ -48,6 +50,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// Serve HTTPS with these PEM files instead of plain HTTP.
     pub tls: Option<TlsConfig>,
     #[serde(default = "default_models")]
@@ -77,6 +81,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// Process-wide engine settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Threads for the models' matrix work; absent: every core.
+    pub threads: Option<usize>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -98,6 +110,28 @@ pub struct ModelConfig {
     /// `q8_0` (re-quantize coarser formats at load, the fast CPU path) or `as-stored`.
     #[serde(default)]
     pub weights: WeightsConfig,
+    /// Tokens per forward pass (decodes and prefill chunks together).
+    pub max_batch_tokens: Option<usize>,
+    /// Sequences in the running batch.
+    pub max_running: Option<usize>,
+    /// Largest prompt chunk of one sequence per step.
+    pub prefill_chunk: Option<usize>,
+    /// KV cache size in tokens; absent: the model's context length.
+    pub kv_cache_tokens: Option<usize>,
+}
+
+impl ModelConfig {
+    /// The request core's settings: configured values over the defaults.
+    pub fn core(&self) -> CoreConfig {
+        let d = CoreConfig::default();
+        CoreConfig {
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
+            max_running: self.max_running.unwrap_or(d.max_running),
+            prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
+            kv_cache_tokens: self.kv_cache_tokens.or(d.kv_cache_tokens),
+            ..d
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -171,6 +205,10 @@ fn default_models() -> Vec<ModelConfig> {
         path: None,
         device: default_device(),
         weights: WeightsConfig::default(),
+        max_batch_tokens: None,
+        max_running: None,
+        prefill_chunk: None,
+        kv_cache_tokens: None,
     }]
 }
 
@@ -181,6 +219,7 @@ impl Default for GatewayConfig {
         Self {
             listen: default_listen(),
             server: ServerConfig::default(),
+            engine: EngineConfig::default(),
             tls: None,
             models: default_models(),
             tenants: Vec::new(),
@@ -230,6 +269,21 @@ impl GatewayConfig {
                 device: model.device.clone(),
                 reason,
             })?;
+            let core = model.core();
+            let zero = [
+                ("max_batch_tokens", core.max_batch_tokens),
+                ("max_running", core.max_running),
+                ("prefill_chunk", core.prefill_chunk),
+                ("kv_cache_tokens", core.kv_cache_tokens.unwrap_or(1)),
+            ]
+            .into_iter()
+            .find(|(_, v)| *v == 0);
+            if let Some((field, _)) = zero {
+                return Err(ConfigError::Invalid(format!(
+                    "model `{}`: `{field}` must be at least 1",
+                    model.id
+                )));
+            }
         }
         self.key_store().map(|_| ())
     }

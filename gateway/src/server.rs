@@ -100,6 +100,7 @@ fn load_model(model: &ModelConfig) -> anyhow::Result<LocalEngine> {
         model_path: path,
         device,
         weight_format: model.weights.into(),
+        core: model.core(),
     };
     Ok(LocalEngine::start(&model.id, &options)?)
 }

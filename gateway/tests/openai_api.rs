@@ -196,6 +196,7 @@ async fn usage_equals_the_tokenizers_counts() {
         model_path: common::model_path(),
         device: DeviceSpec::Cpu,
         weight_format: Default::default(),
+        core: Default::default(),
     })
     .unwrap();
     let prompt_ids = reference

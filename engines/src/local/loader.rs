@@ -16,6 +16,8 @@ pub struct LocalEngineOptions {
     pub model_path: PathBuf,
     pub device: DeviceSpec,
     pub weight_format: WeightFormat,
+    /// The request core's limits and KV pool size.
+    pub core: crate::core::CoreConfig,
 }
 
 /// The model, its tokenizer and its chat template.

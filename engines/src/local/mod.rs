@@ -1,70 +1,96 @@
-//! The local engine: a candle model in this process, driven by its own thread.
+//! The local engine: a candle model in this process, driven by its request core's thread.
 
 mod loader;
-mod runner;
-mod sequence;
 
 pub use loader::{LoadedModel, LocalEngineOptions};
-pub use sequence::Sequence;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::core::sequence::SequenceId;
+use crate::core::{RequestCore, StepRecord};
 use crate::engine::{Engine, EngineCounters, GenerationRequest, ModelInfo, Prompt, TokenStream};
 use crate::error::{EngineError, Result};
 
-/// A request handed to the engine thread.
+/// A request handed to the request core.
 pub(crate) struct Job {
+    pub id: SequenceId,
     pub prompt_ids: Vec<u32>,
     pub request: GenerationRequest,
     pub events: mpsc::UnboundedSender<crate::engine::TokenEvent>,
     pub submitted_at: Instant,
 }
 
-/// A candle model served by a dedicated thread. Model execution never runs on the async
-/// runtime's workers: the gateway's tasks only enqueue and read channels.
+/// A candle model served by a dedicated scheduler thread. Model execution never runs on the
+/// async runtime's workers: the gateway's tasks only enqueue and read channels.
 pub struct LocalEngine {
     model: Arc<LoadedModel>,
     info: ModelInfo,
     jobs: crossbeam_channel::Sender<Job>,
     counters: Arc<EngineCounters>,
+    next_id: AtomicU64,
+    /// Positions the KV pool holds: no request may need more.
+    capacity_tokens: usize,
+    step_records: Option<crossbeam_channel::Receiver<StepRecord>>,
 }
 
 impl LocalEngine {
-    /// Loads the model and starts the engine thread.
+    /// Loads the model and starts the request core.
     pub fn start(id: &str, options: &LocalEngineOptions) -> Result<Self> {
         let model = Arc::new(LoadedModel::load(options)?);
-        Ok(Self::with_model(id, model))
+        Self::with_model(id, model, &options.core)
     }
 
-    /// Starts an engine thread over an already loaded model.
-    pub fn with_model(id: &str, model: Arc<LoadedModel>) -> Self {
+    /// Starts a request core over an already loaded model (several engines may share one).
+    pub fn with_model(
+        id: &str,
+        model: Arc<LoadedModel>,
+        core: &crate::core::CoreConfig,
+    ) -> Result<Self> {
         let info = ModelInfo {
             id: id.to_string(),
             context_length: model.model.config().context_length,
             vocab_size: model.model.config().vocab_size,
         };
         let counters = Arc::new(EngineCounters::default());
+        let (records_tx, step_records) = match core.record_steps {
+            true => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let request_core = RequestCore::new(model.clone(), core, counters.clone(), records_tx)?;
+        let capacity_tokens = request_core.capacity_tokens();
         let (jobs, queue) = crossbeam_channel::unbounded();
-        let thread_model = model.clone();
-        let thread_counters = counters.clone();
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
-            .spawn(move || runner::run(thread_model, queue, thread_counters))
-            .expect("spawning the engine thread");
-        Self {
+            .spawn(move || request_core.run(queue))
+            .map_err(|e| EngineError::Load(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
             model,
             info,
             jobs,
             counters,
-        }
+            next_id: AtomicU64::new(0),
+            capacity_tokens,
+            step_records,
+        })
     }
 
     pub fn model(&self) -> &Arc<LoadedModel> {
         &self.model
+    }
+
+    /// Records of every step so far, when the core was configured with `record_steps`.
+    pub fn step_records(&self) -> Vec<StepRecord> {
+        self.step_records
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -75,27 +101,29 @@ impl Engine for LocalEngine {
 
     fn submit(&self, request: GenerationRequest) -> Result<TokenStream> {
         let prompt_ids = self.model.prompt_ids(&request.prompt)?;
-        let context = self.info.context_length;
-        if prompt_ids.len() + request.params.max_tokens > context {
+        let needed = prompt_ids.len() + request.params.max_tokens;
+        let limit = self.info.context_length.min(self.capacity_tokens);
+        if needed > limit {
             return Err(EngineError::ContextLengthExceeded {
-                context_length: context,
+                context_length: limit,
                 prompt_tokens: prompt_ids.len(),
                 max_tokens: request.params.max_tokens,
             });
         }
         let (events, receiver) = mpsc::unbounded_channel();
         let prompt_tokens = prompt_ids.len();
-        self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        self.counters.active.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.jobs
             .send(Job {
+                id,
                 prompt_ids,
                 request,
                 events,
                 submitted_at: Instant::now(),
             })
             .map_err(|_| EngineError::EngineStopped)?;
-        Ok(TokenStream::new(prompt_tokens, receiver))
+        self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(TokenStream::new(id, prompt_tokens, receiver))
     }
 
     fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize> {

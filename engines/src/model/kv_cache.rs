@@ -1,9 +1,25 @@
-//! The key/value cache of one sequence: per layer, keys and values of every position so far,
-//! shaped `[kv_heads, positions, head_dim]`.
+//! Key/value storage of one sequence, as the model sees it: positions so far, and a way to add
+//! new ones. Keys and values are shaped `[kv_heads, positions, head_dim]`.
 
 use candle_core::{Result, Tensor};
 
-/// Per-sequence KV cache that grows by concatenation.
+/// The KV cache of one sequence during a forward pass.
+pub trait KvSequence {
+    /// Number of positions cached (the position of the next token).
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores the keys and values of `n` new positions (`[kv_heads, n, head_dim]`) for `layer`
+    /// and returns those of every position so far. The position count advances once the last
+    /// layer has been appended.
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// A contiguous per-sequence cache that grows by concatenation: the simple reference used by
+/// tests and single-sequence benchmarks. The request core uses the paged cache instead.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -17,19 +33,14 @@ impl KvCache {
             len: 0,
         }
     }
+}
 
-    /// Number of positions cached (the next token's position).
-    pub fn len(&self) -> usize {
+impl KvSequence for KvCache {
+    fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends the keys and values of new positions to `layer` and returns all of them.
-    /// The position count advances when the last layer is appended.
-    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (k_all, v_all) = match &self.layers[layer] {
             None => (k.clone(), v.clone()),
             Some((k_old, v_old)) => (Tensor::cat(&[k_old, k], 1)?, Tensor::cat(&[v_old, v], 1)?),

@@ -11,7 +11,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
 
-use super::KvCache;
+use super::{KvCache, KvSequence};
 
 /// Shape and constants of a llama model, read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +50,7 @@ struct Layer {
     w_down: QMatMul,
 }
 
-/// A loaded llama model. Immutable: all per-sequence state lives in [`KvCache`].
+/// A loaded llama model. Immutable: all per-sequence state lives in a [`KvSequence`].
 pub struct LlamaModel {
     config: LlamaConfig,
     /// Token embeddings, dequantized to f32 for row lookups.
@@ -67,8 +67,8 @@ pub struct LlamaModel {
 /// The new tokens of one sequence in a forward pass.
 pub struct SequenceInput<'a> {
     pub tokens: &'a [u32],
-    /// Position of `tokens[0]`; must equal `cache.len()`.
-    pub cache: &'a mut KvCache,
+    /// The sequence's cache; `tokens[0]` goes at position `cache.len()`.
+    pub cache: &'a mut dyn KvSequence,
     /// Whether logits of the last token are wanted (false for a prefill chunk that is not last).
     pub wants_logits: bool,
 }
@@ -252,7 +252,7 @@ impl LlamaModel {
                     &q.narrow(0, offset, n)?,
                     &k.narrow(0, offset, n)?,
                     &v.narrow(0, offset, n)?,
-                    seq.cache,
+                    &mut *seq.cache,
                 )?);
                 offset += n;
             }
@@ -288,7 +288,7 @@ impl LlamaModel {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        cache: &mut KvCache,
+        cache: &mut dyn KvSequence,
     ) -> Result<Tensor> {
         let c = &self.config;
         let n = q.dim(0)?;

@@ -1,5 +1,5 @@
-//! One sequence being generated: its cache, sampler, streaming decoder and stop strings, and
-//! the rules that turn a sampled token into events for the client.
+//! One sequence being generated: its tokens, block table, sampler, streaming decoder and stop
+//! strings, and the rules that turn a sampled token into events for the client.
 
 use std::time::Instant;
 
@@ -8,16 +8,24 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Completion, FinishReason, RequestTiming, TokenEvent, Usage};
 use crate::error::Result;
-use crate::model::KvCache;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::text::stop::StopOutcome;
 use crate::text::{GgufTokenizer, IncrementalDecoder, StopMatcher};
 
+use super::paged_cache::BlockTable;
+
+/// Identifies a submission inside one engine.
+pub type SequenceId = u64;
+
 /// The generation state of one request.
 pub struct Sequence {
+    pub id: SequenceId,
+    /// Who asked: the fair-share unit.
+    pub tenant: String,
     pub prompt_ids: Vec<u32>,
     pub generated: Vec<u32>,
-    pub cache: KvCache,
+    /// KV blocks and the number of positions computed into them.
+    pub table: BlockTable,
     pub params: SamplingParams,
     sampler: Sampler,
     decoder: IncrementalDecoder,
@@ -25,6 +33,12 @@ pub struct Sequence {
     events: mpsc::UnboundedSender<TokenEvent>,
     pub timing: RequestTiming,
     pub submitted_at: Instant,
+    /// When the sequence first entered the running batch.
+    pub admitted_at: Option<Instant>,
+    /// Order of the latest admission: the highest is preempted first.
+    pub admission: u64,
+    /// Times the sequence was preempted (its blocks freed, to be recomputed).
+    pub preemptions: usize,
 }
 
 /// What the engine should do with a sequence after a token.
@@ -36,24 +50,63 @@ pub enum Next {
 
 impl Sequence {
     pub fn new(
+        id: SequenceId,
+        tenant: String,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
-        cache: KvCache,
         events: mpsc::UnboundedSender<TokenEvent>,
         submitted_at: Instant,
     ) -> Self {
         Self {
+            id,
+            tenant,
             sampler: Sampler::new(&params),
             stops: StopMatcher::new(params.stop.clone()),
             prompt_ids,
             generated: Vec::new(),
-            cache,
+            table: BlockTable::default(),
             params,
             decoder: IncrementalDecoder::new(),
             events,
             timing: RequestTiming::default(),
             submitted_at,
+            admitted_at: None,
+            admission: 0,
+            preemptions: 0,
         }
+    }
+
+    /// Prompt and generated tokens.
+    pub fn total_tokens(&self) -> usize {
+        self.prompt_ids.len() + self.generated.len()
+    }
+
+    /// Positions whose keys and values are in the cache.
+    pub fn computed(&self) -> usize {
+        self.table.len
+    }
+
+    /// Tokens still to run through the model before the next sample: the rest of the prompt
+    /// (and, after a preemption, of the generated text), or 1 while decoding.
+    pub fn pending(&self) -> usize {
+        self.total_tokens() - self.computed()
+    }
+
+    /// The next `n` tokens to compute.
+    pub fn next_tokens(&self, n: usize) -> Vec<u32> {
+        let start = self.computed();
+        self.prompt_ids
+            .iter()
+            .chain(&self.generated)
+            .skip(start)
+            .take(n)
+            .copied()
+            .collect()
+    }
+
+    /// Is the sequence still in its prompt (first pass or recompute after preemption)?
+    pub fn is_prefilling(&self) -> bool {
+        self.pending() > 1 || self.generated.is_empty()
     }
 
     /// The client dropped its receiver.
@@ -73,6 +126,9 @@ impl Sequence {
         let token = self.sampler.sample(logits)?;
         if self.generated.is_empty() {
             self.timing.time_to_first_token = self.submitted_at.elapsed();
+            if let Some(admitted) = self.admitted_at {
+                self.timing.prefill = admitted.elapsed();
+            }
         } else {
             self.timing.decode_steps += 1;
         }

@@ -1,0 +1,348 @@
+//! The request core: continuous batching over a paged KV cache.
+//!
+//! `submit` pushes onto a lock-free queue (crossbeam's unbounded channel, a lock-free linked
+//! list of blocks) and returns the token stream at once. One scheduler thread per engine owns
+//! every piece of batch state: the waiting queue, the running batch, the block tables and the
+//! KV pool, so the hot path takes no lock. Each step it plans (see [`scheduler`]), runs one
+//! forward pass over the flattened tokens of every planned sequence, samples, and pushes each
+//! new token to its request's channel. A dropped receiver frees its sequence at the next step.
+
+pub mod block_allocator;
+pub mod paged_cache;
+pub mod scheduler;
+pub mod sequence;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use candle_core::IndexOp;
+
+use crate::engine::EngineCounters;
+use crate::error::Result;
+use crate::local::{Job, LoadedModel};
+use crate::model::SequenceInput;
+use paged_cache::PagedKvCache;
+use scheduler::{Scheduler, SchedulerLimits, StepPlan};
+use sequence::{Next, Sequence, SequenceId};
+
+/// Limits and sizes of one engine's request core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Tokens per forward pass (decodes plus prefill chunks).
+    pub max_batch_tokens: usize,
+    /// Sequences in the running batch at once.
+    pub max_running: usize,
+    /// Largest prompt chunk of one sequence per step: long prompts are prefilled over several
+    /// steps while the other sequences keep decoding.
+    pub prefill_chunk: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// KV pool size in positions (rounded up to whole blocks); `None`: the model's context
+    /// length, so one sequence can always fill its context.
+    pub kv_cache_tokens: Option<usize>,
+    /// Keep a record of every step (tests, debugging): see [`crate::LocalEngine::step_records`].
+    pub record_steps: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 512,
+            max_running: 64,
+            prefill_chunk: 256,
+            block_size: 16,
+            kv_cache_tokens: None,
+            record_steps: false,
+        }
+    }
+}
+
+/// What one sequence did in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub sequence: SequenceId,
+    pub tokens: usize,
+    /// Prompt (or recompute) tokens rather than one decode token.
+    pub prefill: bool,
+}
+
+/// What the core did in one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub step: u64,
+    pub chunks: Vec<ChunkRecord>,
+    pub admitted: Vec<SequenceId>,
+    pub preempted: Vec<SequenceId>,
+    /// Sequences that finished, were cancelled or failed in this step.
+    pub ended: Vec<SequenceId>,
+    pub free_blocks: usize,
+    pub running: usize,
+    pub waiting: usize,
+}
+
+/// The scheduler thread's state.
+pub(crate) struct RequestCore {
+    model: Arc<LoadedModel>,
+    cache: PagedKvCache,
+    scheduler: Scheduler,
+    counters: Arc<EngineCounters>,
+    records: Option<crossbeam_channel::Sender<StepRecord>>,
+    steps: u64,
+}
+
+impl RequestCore {
+    pub(crate) fn new(
+        model: Arc<LoadedModel>,
+        config: &CoreConfig,
+        counters: Arc<EngineCounters>,
+        records: Option<crossbeam_channel::Sender<StepRecord>>,
+    ) -> Result<Self> {
+        let num_blocks = num_blocks(config, model.model.config().context_length);
+        let cache = PagedKvCache::new(
+            model.model.config(),
+            num_blocks,
+            config.block_size,
+            model.model.device(),
+        )?;
+        let limits = SchedulerLimits {
+            max_batch_tokens: config.max_batch_tokens,
+            max_running: config.max_running,
+            prefill_chunk: config.prefill_chunk,
+            block_size: config.block_size,
+        };
+        counters
+            .kv_blocks_total
+            .store(num_blocks as u64, Ordering::Relaxed);
+        counters
+            .kv_blocks_free
+            .store(num_blocks as u64, Ordering::Relaxed);
+        Ok(Self {
+            model,
+            cache,
+            scheduler: Scheduler::new(limits, num_blocks),
+            counters,
+            records,
+            steps: 0,
+        })
+    }
+
+    /// Positions the KV pool holds.
+    pub(crate) fn capacity_tokens(&self) -> usize {
+        self.scheduler.capacity_tokens()
+    }
+
+    /// Runs until the submission queue is closed and every sequence has ended.
+    pub(crate) fn run(mut self, queue: crossbeam_channel::Receiver<Job>) {
+        loop {
+            if self.scheduler.is_idle() {
+                match queue.recv() {
+                    Ok(job) => self.enqueue(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = queue.try_recv() {
+                self.enqueue(job);
+            }
+            self.step();
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let sequence = Sequence::new(
+            job.id,
+            job.request.tenant,
+            job.prompt_ids,
+            job.request.params,
+            job.events,
+            job.submitted_at,
+        );
+        self.counters
+            .prompt_tokens
+            .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);
+        self.scheduler.enqueue(sequence);
+    }
+
+    /// One scheduling step and forward pass.
+    fn step(&mut self) {
+        let mut ended = self.drop_cancelled();
+        let plan = self.scheduler.plan();
+        if !plan.preempted.is_empty() {
+            tracing::debug!(sequences = ?plan.preempted, "preempted: KV blocks exhausted");
+        }
+        self.counters
+            .preemptions
+            .fetch_add(plan.preempted.len() as u64, Ordering::Relaxed);
+        if !plan.chunks.is_empty() {
+            ended.extend(self.execute(&plan));
+        }
+        self.publish(&plan, ended);
+    }
+
+    /// Frees every sequence whose client went away.
+    fn drop_cancelled(&mut self) -> Vec<SequenceId> {
+        let mut ended = Vec::new();
+        let mut i = 0;
+        while i < self.scheduler.running.len() {
+            if self.scheduler.running[i].is_cancelled() {
+                let mut sequence = self.scheduler.running.remove(i);
+                self.scheduler.release(&mut sequence);
+                ended.push(sequence.id);
+            } else {
+                i += 1;
+            }
+        }
+        self.scheduler.waiting.retain(|s| {
+            let cancelled = s.is_cancelled();
+            if cancelled {
+                ended.push(s.id);
+            }
+            !cancelled
+        });
+        self.counters
+            .cancelled
+            .fetch_add(ended.len() as u64, Ordering::Relaxed);
+        ended
+    }
+
+    /// Runs the planned chunks through the model and samples where a prompt or decode ends.
+    fn execute(&mut self, plan: &StepPlan) -> Vec<SequenceId> {
+        let running = &mut self.scheduler.running;
+        let tokens: Vec<Vec<u32>> = plan
+            .chunks
+            .iter()
+            .map(|c| running[c.index].next_tokens(c.tokens))
+            .collect();
+        let wants_logits: Vec<bool> = plan
+            .chunks
+            .iter()
+            .map(|c| running[c.index].pending() == c.tokens)
+            .collect();
+        let batch_tokens: usize = tokens.iter().map(Vec::len).sum();
+
+        let logits = {
+            let mut tables: Vec<_> = running
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| plan.chunks.iter().any(|c| c.index == *i))
+                .map(|(_, s)| &mut s.table)
+                .collect();
+            let mut views: Vec<_> = tables.iter_mut().map(|t| self.cache.sequence(t)).collect();
+            let mut inputs: Vec<SequenceInput<'_>> = views
+                .iter_mut()
+                .zip(&tokens)
+                .zip(&wants_logits)
+                .map(|((view, tokens), &wants_logits)| SequenceInput {
+                    tokens,
+                    cache: view,
+                    wants_logits,
+                })
+                .collect();
+            self.model.model.forward(&mut inputs)
+        };
+        self.steps += 1;
+        self.counters.steps.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .batch_tokens
+            .fetch_add(batch_tokens as u64, Ordering::Relaxed);
+
+        let mut ended = Vec::new();
+        let logits = match logits {
+            Ok(logits) => logits,
+            Err(e) => {
+                // A failed pass leaves the planned sequences' caches unknown: end them all.
+                tracing::error!(error = %e, "forward pass failed");
+                let mut indices: Vec<usize> = plan.chunks.iter().map(|c| c.index).collect();
+                indices.sort_unstable_by(|a, b| b.cmp(a));
+                for i in indices {
+                    let mut sequence = self.scheduler.running.remove(i);
+                    sequence.fail(format!("model execution failed: {e}"));
+                    self.scheduler.release(&mut sequence);
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    ended.push(sequence.id);
+                }
+                return ended;
+            }
+        };
+
+        let mut finished = Vec::new();
+        let mut row = 0;
+        for (chunk, wants) in plan.chunks.iter().zip(&wants_logits) {
+            if !wants {
+                continue;
+            }
+            let sequence = &mut self.scheduler.running[chunk.index];
+            let outcome = logits
+                .i(row)
+                .map_err(Into::into)
+                .and_then(|l| sequence.accept_logits(&l, &self.model.tokenizer));
+            row += 1;
+            self.counters
+                .generated_tokens
+                .fetch_add(1, Ordering::Relaxed);
+            match outcome {
+                Ok(Next::Continue) => {}
+                Ok(Next::Finished) => {
+                    self.counters.finished.fetch_add(1, Ordering::Relaxed);
+                    finished.push(chunk.index);
+                }
+                Err(e) => {
+                    sequence.fail(e.to_string());
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    finished.push(chunk.index);
+                }
+            }
+        }
+        // Free finished sequences' blocks in this same step (highest index first).
+        finished.sort_unstable_by(|a, b| b.cmp(a));
+        for i in finished {
+            let mut sequence = self.scheduler.running.remove(i);
+            self.scheduler.release(&mut sequence);
+            ended.push(sequence.id);
+        }
+        ended
+    }
+
+    /// Updates the gauges and, when asked for, records the step.
+    fn publish(&mut self, plan: &StepPlan, ended: Vec<SequenceId>) {
+        let s = &self.scheduler;
+        let active = (s.running.len() + s.waiting.len()) as u64;
+        self.counters
+            .running
+            .store(s.running.len() as u64, Ordering::Relaxed);
+        self.counters
+            .waiting
+            .store(s.waiting.len() as u64, Ordering::Relaxed);
+        self.counters.active.store(active, Ordering::Relaxed);
+        self.counters
+            .kv_blocks_free
+            .store(s.allocator.free_count() as u64, Ordering::Relaxed);
+        let Some(records) = &self.records else { return };
+        if plan.chunks.is_empty() && ended.is_empty() && plan.preempted.is_empty() {
+            return;
+        }
+        let chunks = plan
+            .chunks
+            .iter()
+            .map(|c| ChunkRecord {
+                sequence: c.sequence,
+                tokens: c.tokens,
+                prefill: c.prefill,
+            })
+            .collect();
+        let _ = records.send(StepRecord {
+            step: self.steps,
+            chunks,
+            admitted: plan.admitted.clone(),
+            preempted: plan.preempted.clone(),
+            ended,
+            free_blocks: s.allocator.free_count(),
+            running: s.running.len(),
+            waiting: s.waiting.len(),
+        });
+    }
+}
+
+fn num_blocks(config: &CoreConfig, context_length: usize) -> usize {
+    let tokens = config.kv_cache_tokens.unwrap_or(context_length);
+    tokens.div_ceil(config.block_size).max(1)
+}

@@ -1,0 +1,309 @@
+//! The continuous-batching request core on the real model. Deterministic: assertions count
+//! steps and tokens from the core's step records; nothing sleeps or times.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use engines::core::CoreConfig;
+use engines::local::LoadedModel;
+use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
+use engines::text::ChatMessage;
+use engines::{
+    DeviceSpec, Engine, EngineCounters, FinishReason, GenerationRequest, LocalEngine,
+    LocalEngineOptions, Prompt, SamplingParams, StepRecord, TokenEvent,
+};
+
+fn model() -> Arc<LoadedModel> {
+    static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model fetch");
+            Arc::new(
+                LoadedModel::load(&LocalEngineOptions {
+                    model_path: path,
+                    device: DeviceSpec::Cpu,
+                    weight_format: Default::default(),
+                    core: Default::default(),
+                })
+                .expect("model load"),
+            )
+        })
+        .clone()
+}
+
+fn engine(config: CoreConfig) -> LocalEngine {
+    LocalEngine::with_model(
+        "smollm2",
+        model(),
+        &CoreConfig {
+            record_steps: true,
+            ..config
+        },
+    )
+    .unwrap()
+}
+
+fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
+    GenerationRequest {
+        prompt: Prompt::Chat(vec![ChatMessage::new("user", question)]),
+        params: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(max_tokens)
+        },
+        tenant: "t".into(),
+    }
+}
+
+const QUESTIONS: [&str; 8] = [
+    "Hi",
+    "What is the capital of France? Answer in one word.",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis to a child in two sentences.",
+    "List five fruits that are red, and say one thing about each of them.",
+    "Why is the sky blue?",
+    "Translate to French: good morning, my friend. How have you been since we last met at the market?",
+    "Tell me a story about a robot who learns to paint, with a happy ending and a lesson.",
+];
+
+/// Each request run alone through a fresh engine: the single-sequence reference.
+fn solo(requests: &[GenerationRequest]) -> Vec<Vec<u32>> {
+    let reference = engine(CoreConfig::default());
+    requests
+        .iter()
+        .map(|r| {
+            reference
+                .submit(r.clone())
+                .unwrap()
+                .blocking_collect()
+                .unwrap()
+                .token_ids
+        })
+        .collect()
+}
+
+/// Step records until the core is idle (it publishes the last one after the final tokens).
+fn records_until_idle(engine: &LocalEngine) -> Vec<StepRecord> {
+    let mut records = Vec::new();
+    for _ in 0..10_000 {
+        records.extend(engine.step_records());
+        if records
+            .last()
+            .is_some_and(|r| r.running == 0 && r.waiting == 0)
+        {
+            return records;
+        }
+        std::thread::yield_now();
+    }
+    panic!("the core never became idle");
+}
+
+#[test]
+fn batched_greedy_output_equals_solo_output() {
+    let requests: Vec<_> = QUESTIONS.iter().map(|q| chat(q, 24)).collect();
+    let expected = solo(&requests);
+    let engine = engine(CoreConfig::default());
+    let streams: Vec<_> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    let outputs: Vec<_> = streams
+        .into_iter()
+        .map(|s| s.blocking_collect().unwrap())
+        .collect();
+    for (i, (out, want)) in outputs.iter().zip(&expected).enumerate() {
+        assert_eq!(&out.token_ids, want, "prompt {i}: {:?}", QUESTIONS[i]);
+        assert_eq!(out.completion.finish_reason, FinishReason::Length);
+    }
+    // They really ran together: some step decoded all eight at once.
+    let records = records_until_idle(&engine);
+    assert!(records
+        .iter()
+        .any(|r| r.chunks.iter().filter(|c| !c.prefill).count() == 8));
+    assert_eq!(
+        records.last().unwrap().free_blocks,
+        EngineCounters::get(&engine.counters().kv_blocks_total) as usize
+    );
+}
+
+#[test]
+fn a_long_prompt_is_chunked_while_others_keep_decoding() {
+    let config = CoreConfig {
+        prefill_chunk: 256,
+        max_batch_tokens: 512,
+        ..CoreConfig::default()
+    };
+    let engine = engine(config);
+    let short: Vec<_> = QUESTIONS[..4].iter().map(|q| chat(q, 40)).collect();
+    let long_text = "The quick brown fox jumps over the lazy dog. ".repeat(150);
+    let long_ids = model().tokenizer.encode(&long_text).unwrap()[..1500].to_vec();
+    let long = GenerationRequest {
+        prompt: Prompt::Tokens(long_ids),
+        params: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(8)
+        },
+        tenant: "t".into(),
+    };
+    let mut streams: Vec<_> = short
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    // Wait until all four are decoding (each has produced its first token).
+    let mut first_tokens = Vec::new();
+    for s in &mut streams {
+        match s.blocking_next() {
+            Some(TokenEvent::Token { id, .. }) => first_tokens.push(id),
+            other => panic!("expected a token, got {other:?}"),
+        }
+    }
+    let long_stream = engine.submit(long.clone()).unwrap();
+    let long_id = long_stream.id;
+    let short_ids: Vec<u64> = streams.iter().map(|s| s.id).collect();
+    let long_out = long_stream.blocking_collect().unwrap();
+    let short_out: Vec<_> = streams
+        .into_iter()
+        .zip(first_tokens)
+        .map(|(s, first)| {
+            let mut ids = vec![first];
+            ids.extend(s.blocking_collect().unwrap().token_ids);
+            ids
+        })
+        .collect();
+
+    let records = records_until_idle(&engine);
+    let long_chunks: Vec<_> = records
+        .iter()
+        .filter_map(|r| {
+            r.chunks
+                .iter()
+                .find(|c| c.sequence == long_id && c.prefill)
+                .map(|c| (r, c.tokens))
+        })
+        .collect();
+    assert_eq!(long_chunks.iter().map(|(_, n)| n).sum::<usize>(), 1500);
+    assert!(
+        long_chunks.len() >= 6,
+        "1500 tokens in chunks of at most 256"
+    );
+    assert!(long_chunks.iter().all(|(_, n)| *n <= 256));
+    // In every step that carried a chunk of the long prompt, each short request still running
+    // got its decode token.
+    let mut ended: HashSet<u64> = HashSet::new();
+    let mut checked = 0;
+    for r in &records {
+        if r.chunks.iter().any(|c| c.sequence == long_id && c.prefill) {
+            for id in short_ids.iter().filter(|id| !ended.contains(id)) {
+                let chunk = r
+                    .chunks
+                    .iter()
+                    .find(|c| c.sequence == *id)
+                    .expect("decode kept flowing");
+                assert_eq!((chunk.tokens, chunk.prefill), (1, false));
+                checked += 1;
+            }
+        }
+        ended.extend(&r.ended);
+    }
+    assert!(checked >= 4, "the long prompt overlapped the decodes");
+    // And nobody's output changed.
+    let mut expected = solo(&short);
+    expected.push(solo(&[long])[0].clone());
+    assert_eq!(&short_out[..], &expected[..4]);
+    assert_eq!(long_out.token_ids, expected[4]);
+}
+
+#[test]
+fn more_requests_than_the_pool_holds_all_complete_with_preemption() {
+    // 256 positions = 16 blocks; each request needs ~4-6 blocks at its full length.
+    let config = CoreConfig {
+        kv_cache_tokens: Some(256),
+        ..CoreConfig::default()
+    };
+    let engine = engine(config);
+    let total_blocks = EngineCounters::get(&engine.counters().kv_blocks_total) as usize;
+    assert_eq!(total_blocks, 16);
+    let requests: Vec<_> = QUESTIONS
+        .iter()
+        .cycle()
+        .take(10)
+        .map(|q| chat(q, 40))
+        .collect();
+    let streams: Vec<_> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    let outputs: Vec<_> = streams
+        .into_iter()
+        .map(|s| s.blocking_collect().unwrap())
+        .collect();
+    let records = records_until_idle(&engine);
+    assert!(
+        records.iter().any(|r| !r.preempted.is_empty()),
+        "the pool was too small not to preempt"
+    );
+    assert!(EngineCounters::get(&engine.counters().preemptions) > 0);
+    assert_eq!(
+        records.last().unwrap().free_blocks,
+        total_blocks,
+        "every block came back"
+    );
+    assert!(records.iter().all(|r| r.free_blocks <= total_blocks));
+    let expected = solo(&requests);
+    for (i, (out, want)) in outputs.iter().zip(&expected).enumerate() {
+        assert_eq!(&out.token_ids, want, "request {i}");
+    }
+}
+
+#[test]
+fn cancelling_half_of_sixteen_frees_their_blocks() {
+    let engine = engine(CoreConfig {
+        kv_cache_tokens: Some(4096),
+        ..CoreConfig::default()
+    });
+    let total_blocks = EngineCounters::get(&engine.counters().kv_blocks_total) as usize;
+    let requests: Vec<_> = QUESTIONS
+        .iter()
+        .cycle()
+        .take(16)
+        .map(|q| chat(q, 48))
+        .collect();
+    let mut streams: Vec<_> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    for s in &mut streams {
+        assert!(matches!(s.blocking_next(), Some(TokenEvent::Token { .. })));
+    }
+    let (cancelled, kept): (Vec<_>, Vec<_>) = streams
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    let cancelled_ids: HashSet<u64> = cancelled.iter().map(|(_, s)| s.id).collect();
+    drop(cancelled);
+    let kept: Vec<_> = kept
+        .into_iter()
+        .map(|(i, s)| (i, s.blocking_collect().unwrap()))
+        .collect();
+
+    let records = records_until_idle(&engine);
+    let ended_at: HashMap<u64, u64> = records
+        .iter()
+        .flat_map(|r| r.ended.iter().map(move |id| (*id, r.step)))
+        .collect();
+    for id in &cancelled_ids {
+        assert!(
+            ended_at.contains_key(id),
+            "cancelled sequence {id} was freed"
+        );
+    }
+    assert_eq!(EngineCounters::get(&engine.counters().cancelled), 8);
+    assert_eq!(records.last().unwrap().free_blocks, total_blocks);
+    // The survivors finish correctly: full length, same tokens as alone (minus the first token
+    // read before the split).
+    let expected = solo(&requests);
+    for (i, out) in kept {
+        assert_eq!(out.completion.finish_reason, FinishReason::Length);
+        assert_eq!(out.completion.usage.completion_tokens, 48);
+        assert_eq!(out.token_ids[..], expected[i][1..], "request {i}");
+    }
+}

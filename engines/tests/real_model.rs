@@ -213,13 +213,30 @@ fn chunked_prefill_equals_one_shot_prefill() {
             wants_logits: true,
         }])
         .unwrap();
+    let argmax = |t: &Tensor| engines::model::llama::argmax(&t.squeeze(0).unwrap()).unwrap();
+    assert_eq!(argmax(&one_shot), argmax(&chunked));
+    let scale = one_shot
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let diff = (one_shot - chunked)
         .unwrap()
         .abs()
         .unwrap()
         .max_all()
         .unwrap();
-    assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
+    let diff = diff.to_scalar::<f32>().unwrap();
+    // Not bit-identical: gemm rounds attention differently for different chunk shapes, and
+    // activations are re-quantized to 8 bits before every projection, so a last-bit difference
+    // can become one quantization step and grow over 30 layers (with candle's own Q4_1 kernels
+    // too). The greedy token is the same and the logits stay within a few percent.
+    assert!(
+        diff < 0.06 * scale,
+        "max logit difference {diff}, largest logit {scale}"
+    );
 }
 
 fn chat(question: &str, params: SamplingParams) -> GenerationRequest {

@@ -31,7 +31,7 @@ impl std::fmt::Debug for ModelRegistryHandle {
 type CounterField = fn(&EngineCounters) -> &AtomicU64;
 
 /// `(name without _total, help, field)`.
-const ENGINE_COUNTERS: [(&str, &str, CounterField); 7] = [
+const ENGINE_COUNTERS: [(&str, &str, CounterField); 9] = [
     (
         "gateway_engine_requests_submitted",
         "Requests accepted by the engine.",
@@ -61,6 +61,45 @@ const ENGINE_COUNTERS: [(&str, &str, CounterField); 7] = [
         &c.generated_tokens
     }),
     ("gateway_engine_steps", "Forward passes run.", |c| &c.steps),
+    (
+        "gateway_engine_batch_tokens",
+        "Tokens run through the model, over all steps.",
+        |c| &c.batch_tokens,
+    ),
+    (
+        "gateway_engine_preemptions",
+        "Sequences preempted (KV blocks freed, recomputed later).",
+        |c| &c.preemptions,
+    ),
+];
+
+/// `(name, help, field)` of the engine gauges.
+const ENGINE_GAUGES: [(&str, &str, CounterField); 5] = [
+    (
+        "gateway_engine_active_sequences",
+        "Sequences running or waiting in the engine.",
+        |c| &c.active,
+    ),
+    (
+        "gateway_engine_running_sequences",
+        "Sequences in the running batch.",
+        |c| &c.running,
+    ),
+    (
+        "gateway_engine_waiting_sequences",
+        "Sequences waiting for admission.",
+        |c| &c.waiting,
+    ),
+    (
+        "gateway_engine_kv_blocks_free",
+        "Free KV-cache blocks.",
+        |c| &c.kv_blocks_free,
+    ),
+    (
+        "gateway_engine_kv_blocks_total",
+        "KV-cache blocks in the pool.",
+        |c| &c.kv_blocks_total,
+    ),
 ];
 
 impl Collector for EngineCollector {
@@ -84,16 +123,14 @@ impl Collector for EngineCollector {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
-        let sample = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
-            "gateway_engine_active_sequences",
-            "Sequences running or waiting in the engine.",
-            None,
-            sample.metric_type(),
-        )?;
-        for (model, engine) in &engines {
-            let value = EngineCounters::get(&engine.counters().active) as i64;
-            ConstGauge::new(value).encode(family.encode_family(&[("model", model.as_str())])?)?;
+        for (name, help, field) in ENGINE_GAUGES {
+            let sample = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+            for (model, engine) in &engines {
+                let value = EngineCounters::get(field(engine.counters())) as i64;
+                let labels = [("model", model.as_str())];
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
 
+use super::q8_matmul::Q8Matrix;
 use super::{KvCache, KvSequence};
 
 /// Shape and constants of a llama model, read from GGUF metadata.
@@ -38,16 +39,41 @@ pub enum WeightFormat {
     Q8_0,
 }
 
+/// A linear layer: our batched Q8_0 kernel where it applies, candle's quantized matmul
+/// otherwise.
+enum Linear {
+    Q8(Q8Matrix),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn new(tensor: QTensor, format: WeightFormat) -> Result<Self> {
+        if format == WeightFormat::Q8_0 {
+            if let Some(matrix) = Q8Matrix::from_qtensor(&tensor)? {
+                return Ok(Self::Q8(matrix));
+            }
+        }
+        Ok(Self::Candle(QMatMul::from_qtensor(tensor)?))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Q8(m) => m.forward(x),
+            Self::Candle(m) => m.forward(x),
+        }
+    }
+}
+
 struct Layer {
     attn_norm: RmsNorm,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: RmsNorm,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
 }
 
 /// A loaded llama model. Immutable: all per-sequence state lives in a [`KvSequence`].
@@ -57,7 +83,7 @@ pub struct LlamaModel {
     embeddings: Tensor,
     layers: Vec<Layer>,
     final_norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Linear,
     /// RoPE tables `[context_length, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
@@ -129,7 +155,7 @@ fn load_linear<R: Read + Seek>(
     name: &str,
     device: &Device,
     format: WeightFormat,
-) -> Result<QMatMul> {
+) -> Result<Linear> {
     let tensor = load_tensor(ct, reader, name, device)?;
     let tensor = match format {
         WeightFormat::Q8_0 if requantizable(tensor.dtype()) => {
@@ -137,7 +163,7 @@ fn load_linear<R: Read + Seek>(
         }
         _ => tensor,
     };
-    QMatMul::from_qtensor(tensor)
+    Linear::new(tensor, format)
 }
 
 /// Block-quantized formats coarser than Q8_0 whose CPU kernels are slower than Q8_0's.
@@ -164,7 +190,7 @@ impl LlamaModel {
         let lm_head = if ct.tensor_infos.contains_key("output.weight") {
             load_linear(ct, reader, "output.weight", device, format)?
         } else {
-            QMatMul::from_qtensor(embeddings_q)?
+            Linear::new(embeddings_q, format)?
         };
         let final_norm =
             RmsNorm::from_qtensor(load_tensor(ct, reader, "output_norm.weight", device)?, eps)?;

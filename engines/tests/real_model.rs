@@ -260,6 +260,11 @@ fn engine_answers_a_question_the_model_knows() {
         .unwrap();
     assert!(out.text.contains("Paris"), "{:?}", out.text);
     assert_eq!(out.completion.usage.completion_tokens, out.token_ids.len());
+    // The core's timing of the request is consistent with itself.
+    let t = out.completion.timing;
+    assert!(t.queue <= t.time_to_first_token);
+    assert!(t.prefill > std::time::Duration::ZERO && t.prefill <= t.time_to_first_token);
+    assert_eq!(t.decode_steps, out.token_ids.len() - 1);
 }
 
 #[test]

@@ -142,9 +142,11 @@ impl Scheduler {
             let mut sequence = self.waiting.pop_front().expect("front exists");
             sequence.admission = self.next_admission;
             self.next_admission += 1;
-            sequence
-                .admitted_at
-                .get_or_insert_with(std::time::Instant::now);
+            if sequence.admitted_at.is_none() {
+                let now = std::time::Instant::now();
+                sequence.admitted_at = Some(now);
+                sequence.timing.queue = now - sequence.submitted_at;
+            }
             plan.admitted.push(sequence.id);
             self.running.push(sequence);
             let i = self.running.len() - 1;

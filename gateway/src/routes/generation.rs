@@ -121,6 +121,7 @@ async fn whole_response(
     let mut choices = Vec::with_capacity(outputs.len());
     for output in outputs {
         let output = output.map_err(|e| ApiError::internal(format!("Generation failed: {e}")))?;
+        log_completion(&meta, &output.completion);
         usage.add(output.completion.usage);
         choices.push(FinishedChoice {
             text: output.text,
@@ -128,6 +129,24 @@ async fn whole_response(
         });
     }
     Ok(Json(meta.response(&choices, usage)).into_response())
+}
+
+/// One line per finished choice, with the engine's own timing (inside the request's span, so it
+/// carries the request id and tenant).
+fn log_completion(meta: &ResponseMeta, completion: &engines::Completion) {
+    let t = &completion.timing;
+    tracing::info!(
+        response_id = %meta.id,
+        model = %meta.model,
+        finish_reason = completion.finish_reason.as_str(),
+        prompt_tokens = completion.usage.prompt_tokens,
+        completion_tokens = completion.usage.completion_tokens,
+        queue_ms = t.queue.as_secs_f64() * 1e3,
+        prefill_ms = t.prefill.as_secs_f64() * 1e3,
+        ttft_ms = t.time_to_first_token.as_secs_f64() * 1e3,
+        decode_steps = t.decode_steps,
+        "generation finished"
+    );
 }
 
 fn data(value: &serde_json::Value) -> Result<Event, Infallible> {
@@ -161,6 +180,7 @@ fn sse_events(
                 TokenEvent::Token { text, .. } if text.is_empty() => None,
                 TokenEvent::Token { text, .. } => meta.chunk(i, ChoiceEvent::Text(&text), include_usage),
                 TokenEvent::Finished(completion) => {
+                    log_completion(&meta, &completion);
                     usage.add(completion.usage);
                     open -= 1;
                     meta.chunk(i, ChoiceEvent::Finish(completion.finish_reason), include_usage)

@@ -74,6 +74,7 @@ fn main() {
                 ..SamplingParams::greedy(OUTPUT_TOKENS)
             },
             tenant: "bench".into(),
+            weight: 1.0,
         };
         let started = Instant::now();
         let clients: Vec<_> = (0..c)

@@ -30,6 +30,20 @@ pub struct GenerationRequest {
     pub params: SamplingParams,
     /// Who asks (for fair share and accounting); a label, not a credential.
     pub tenant: String,
+    /// The tenant's fair-share weight (1 = an equal share).
+    pub weight: f64,
+}
+
+impl GenerationRequest {
+    /// A request of `tenant` with weight 1.
+    pub fn new(prompt: Prompt, params: SamplingParams, tenant: impl Into<String>) -> Self {
+        Self {
+            prompt,
+            params,
+            tenant: tenant.into(),
+            weight: 1.0,
+        }
+    }
 }
 
 /// Why generation ended.

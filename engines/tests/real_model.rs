@@ -244,6 +244,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
         prompt: Prompt::Chat(vec![ChatMessage::new("user", question)]),
         params,
         tenant: "test".into(),
+        weight: 1.0,
     }
 }
 

@@ -51,6 +51,7 @@ fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
             ..SamplingParams::greedy(max_tokens)
         },
         tenant: "t".into(),
+        weight: 1.0,
     }
 }
 
@@ -143,6 +144,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
             ..SamplingParams::greedy(8)
         },
         tenant: "t".into(),
+        weight: 1.0,
     };
     let mut streams: Vec<_> = short
         .iter()
@@ -306,4 +308,111 @@ fn cancelling_half_of_sixteen_frees_their_blocks() {
         assert_eq!(out.completion.usage.completion_tokens, 48);
         assert_eq!(out.token_ids[..], expected[i][1..], "request {i}");
     }
+}
+
+/// Tokens served per tenant over the steps in which both tenants had requests waiting.
+fn service_while_both_backlogged(records: &[StepRecord]) -> (usize, usize) {
+    let (mut a, mut b) = (0, 0);
+    for r in records.iter().filter(|r| r.backlogged.len() == 2) {
+        for c in &r.chunks {
+            match c.tenant.as_str() {
+                "a" => a += c.tokens,
+                "b" => b += c.tokens,
+                other => panic!("unexpected tenant {other}"),
+            }
+        }
+    }
+    (a, b)
+}
+
+fn tenant_request(tenant: &str, weight: f64) -> GenerationRequest {
+    GenerationRequest {
+        prompt: Prompt::Text("Once upon a time".into()),
+        params: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(12)
+        },
+        tenant: tenant.into(),
+        weight,
+    }
+}
+
+/// Tenant A floods (32 requests), tenant B sends 12; 4 run at once. Returns the split of
+/// service while both had requests waiting.
+fn contend(weight_a: f64, weight_b: f64, fair_share: bool) -> (usize, usize) {
+    let engine = engine(CoreConfig {
+        max_running: 4,
+        fair_share,
+        ..CoreConfig::default()
+    });
+    let mut streams = Vec::new();
+    // A arrives first with its whole backlog, then B.
+    for _ in 0..32 {
+        streams.push(engine.submit(tenant_request("a", weight_a)).unwrap());
+    }
+    for _ in 0..12 {
+        streams.push(engine.submit(tenant_request("b", weight_b)).unwrap());
+    }
+    for s in streams {
+        s.blocking_collect().unwrap();
+    }
+    service_while_both_backlogged(&records_until_idle(&engine))
+}
+
+#[test]
+fn fair_share_splits_service_by_weight_while_both_are_backlogged() {
+    let (a, b) = contend(1.0, 1.0, true);
+    assert!(a + b > 200, "enough contended service to judge: {a} + {b}");
+    let b_share = b as f64 / (a + b) as f64;
+    assert!(
+        (b_share - 0.5).abs() <= 0.05,
+        "equal weights: B got {b_share:.3} of the service"
+    );
+
+    let (a, b) = contend(3.0, 1.0, true);
+    let a_share = a as f64 / (a + b) as f64;
+    assert!(
+        (a_share - 0.75).abs() <= 0.05,
+        "weights 3:1: A got {a_share:.3} of the service"
+    );
+
+    // Without fair share, B waits behind A's whole backlog and gets (almost) nothing meanwhile.
+    let (a, b) = contend(1.0, 1.0, false);
+    assert!(
+        (b as f64) < 0.1 * (a + b) as f64,
+        "first come first served: B got {b} of {}",
+        a + b
+    );
+}
+
+#[test]
+fn a_late_tenant_is_not_starved_by_earlier_service() {
+    let engine = engine(CoreConfig {
+        max_running: 2,
+        ..CoreConfig::default()
+    });
+    // A is served alone for a while and banks a large counter ...
+    let early: Vec<_> = (0..6)
+        .map(|_| engine.submit(tenant_request("a", 1.0)).unwrap())
+        .collect();
+    for s in early {
+        s.blocking_collect().unwrap();
+    }
+    // ... then both flood. B's counter is lifted to A's, not left at zero (which would starve A)
+    // and A's history does not push B to the back either: they alternate.
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        streams.push(engine.submit(tenant_request("a", 1.0)).unwrap());
+        streams.push(engine.submit(tenant_request("b", 1.0)).unwrap());
+    }
+    for s in streams {
+        s.blocking_collect().unwrap();
+    }
+    let (a, b) = service_while_both_backlogged(&records_until_idle(&engine));
+    let b_share = b as f64 / (a + b) as f64;
+    assert!(a + b > 100);
+    assert!(
+        (b_share - 0.5).abs() <= 0.1,
+        "late tenant B got {b_share:.3}"
+    );
 }

@@ -8,6 +8,7 @@
 //! new token to its request's channel. A dropped receiver frees its sequence at the next step.
 
 pub mod block_allocator;
+pub mod fair_share;
 pub mod paged_cache;
 pub mod scheduler;
 pub mod sequence;
@@ -42,6 +43,9 @@ pub struct CoreConfig {
     pub kv_cache_tokens: Option<usize>,
     /// Keep a record of every step (tests, debugging): see [`crate::LocalEngine::step_records`].
     pub record_steps: bool,
+    /// Admit across tenants by virtual token counters (fair share); off: first come, first
+    /// served.
+    pub fair_share: bool,
 }
 
 impl Default for CoreConfig {
@@ -53,14 +57,16 @@ impl Default for CoreConfig {
             block_size: 16,
             kv_cache_tokens: None,
             record_steps: false,
+            fair_share: true,
         }
     }
 }
 
 /// What one sequence did in a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRecord {
     pub sequence: SequenceId,
+    pub tenant: String,
     pub tokens: usize,
     /// Prompt (or recompute) tokens rather than one decode token.
     pub prefill: bool,
@@ -78,6 +84,8 @@ pub struct StepRecord {
     pub free_blocks: usize,
     pub running: usize,
     pub waiting: usize,
+    /// Tenants with sequences waiting for admission when the step was planned.
+    pub backlogged: Vec<String>,
 }
 
 /// The scheduler thread's state.
@@ -109,6 +117,7 @@ impl RequestCore {
             max_running: config.max_running,
             prefill_chunk: config.prefill_chunk,
             block_size: config.block_size,
+            fair_share: config.fair_share,
         };
         counters
             .kv_blocks_total
@@ -148,7 +157,7 @@ impl RequestCore {
     }
 
     fn enqueue(&mut self, job: Job) {
-        let sequence = Sequence::new(
+        let mut sequence = Sequence::new(
             job.id,
             job.request.tenant,
             job.prompt_ids,
@@ -156,6 +165,7 @@ impl RequestCore {
             job.events,
             job.submitted_at,
         );
+        sequence.weight = job.request.weight;
         self.counters
             .prompt_tokens
             .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);
@@ -325,6 +335,7 @@ impl RequestCore {
             .iter()
             .map(|c| ChunkRecord {
                 sequence: c.sequence,
+                tenant: c.tenant.clone(),
                 tokens: c.tokens,
                 prefill: c.prefill,
             })
@@ -338,6 +349,7 @@ impl RequestCore {
             free_blocks: s.allocator.free_count(),
             running: s.running.len(),
             waiting: s.waiting.len(),
+            backlogged: plan.backlogged.clone(),
         });
     }
 }

@@ -5,11 +5,13 @@
 //! (its blocks freed, itself re-queued at the front to be recomputed); (2) sequences part-way
 //! through their prompt get a chunk, within the token budget and the free blocks; (3) waiting
 //! sequences are admitted while there is room in the batch, budget and blocks for their whole
-//! prompt. Decodes come first so a long prompt never stalls the others' token flow.
+//! prompt: preempted ones first, then the next sequence of the least-served tenant (see
+//! [`super::fair_share`]). Decodes come first so a long prompt never stalls the others' tokens.
 
 use std::collections::VecDeque;
 
 use super::block_allocator::{blocks_for, BlockAllocator};
+use super::fair_share::VirtualTokenCounters;
 use super::paged_cache::BlockTable;
 use super::sequence::{Sequence, SequenceId};
 
@@ -24,14 +26,17 @@ pub struct SchedulerLimits {
     pub prefill_chunk: usize,
     /// Positions per KV block.
     pub block_size: usize,
+    /// Admit by virtual token counters across tenants; off: first come, first served.
+    pub fair_share: bool,
 }
 
 /// One sequence's share of a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedChunk {
     /// Index into `Scheduler::running` (valid until the running set changes).
     pub index: usize,
     pub sequence: SequenceId,
+    pub tenant: String,
     pub tokens: usize,
     /// Prompt (or recompute) tokens rather than one decode token.
     pub prefill: bool,
@@ -44,6 +49,8 @@ pub struct StepPlan {
     pub chunks: Vec<PlannedChunk>,
     pub preempted: Vec<SequenceId>,
     pub admitted: Vec<SequenceId>,
+    /// Tenants with sequences waiting when planning began.
+    pub backlogged: Vec<String>,
 }
 
 /// Owns the waiting queue, the running batch and the block pool's bookkeeping.
@@ -54,6 +61,8 @@ pub struct Scheduler {
     /// In admission order (oldest first).
     pub running: Vec<Sequence>,
     next_admission: u64,
+    /// Service received per tenant, for fair admission.
+    pub fair_share: VirtualTokenCounters,
 }
 
 impl Scheduler {
@@ -64,6 +73,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_admission: 0,
+            fair_share: VirtualTokenCounters::default(),
         }
     }
 
@@ -77,7 +87,31 @@ impl Scheduler {
     }
 
     pub fn enqueue(&mut self, sequence: Sequence) {
+        let tenant = sequence.tenant.as_str();
+        let present = |s: &Sequence| s.tenant == tenant;
+        if !self.waiting.iter().any(present) && !self.running.iter().any(present) {
+            let active: Vec<&str> = self
+                .waiting
+                .iter()
+                .chain(&self.running)
+                .map(|s| s.tenant.as_str())
+                .collect();
+            self.fair_share.activate(tenant, active.into_iter());
+        }
         self.waiting.push_back(sequence);
+    }
+
+    /// Which waiting sequence to admit next: a preempted one (it was running already), else the
+    /// oldest of the least-served tenant, else (fair share off) the oldest.
+    fn next_waiting(&self) -> Option<usize> {
+        let first = self.waiting.front()?;
+        if first.preemptions > 0 || !self.limits.fair_share {
+            return Some(0);
+        }
+        let tenant = self
+            .fair_share
+            .pick(self.waiting.iter().map(|s| s.tenant.as_str()))?;
+        self.waiting.iter().position(|s| s.tenant == tenant)
     }
 
     /// Frees a sequence's blocks.
@@ -91,6 +125,11 @@ impl Scheduler {
     pub fn plan(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
         let mut budget = self.limits.max_batch_tokens;
+        for s in &self.waiting {
+            if !plan.backlogged.contains(&s.tenant) {
+                plan.backlogged.push(s.tenant.clone());
+            }
+        }
         let mut chunks: Vec<(SequenceId, usize)> = Vec::new();
 
         // 1. Decodes, oldest first, preempting the youngest when blocks run out.
@@ -127,11 +166,12 @@ impl Scheduler {
             }
         }
 
-        // 3. Admissions, first come first served, while everything fits.
+        // 3. Admissions, while everything fits.
         while budget > 0 && self.running.len() < self.limits.max_running {
-            let Some(next) = self.waiting.front() else {
+            let Some(index) = self.next_waiting() else {
                 break;
             };
+            let next = &self.waiting[index];
             // Room for the whole prompt, plus one block of headroom per running sequence so
             // that admitting does not immediately force a preemption.
             let needed =
@@ -139,7 +179,7 @@ impl Scheduler {
             if self.allocator.free_count() < needed {
                 break;
             }
-            let mut sequence = self.waiting.pop_front().expect("front exists");
+            let mut sequence = self.waiting.remove(index).expect("index from next_waiting");
             sequence.admission = self.next_admission;
             self.next_admission += 1;
             if sequence.admitted_at.is_none() {
@@ -170,11 +210,17 @@ impl Scheduler {
                 Some(PlannedChunk {
                     index,
                     sequence: s.id,
+                    tenant: s.tenant.clone(),
                     tokens: *tokens,
                     prefill: s.is_prefilling(),
                 })
             })
             .collect();
+        // Service is charged as it is planned: prompt and output tokens alike.
+        for chunk in &plan.chunks {
+            let weight = self.running[chunk.index].weight;
+            self.fair_share.charge(&chunk.tenant, chunk.tokens, weight);
+        }
         plan
     }
 
@@ -239,6 +285,7 @@ mod tests {
             max_running: 4,
             prefill_chunk: 4,
             block_size: 2,
+            fair_share: true,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct Sequence {
     pub id: SequenceId,
     /// Who asked: the fair-share unit.
     pub tenant: String,
+    /// The tenant's fair-share weight.
+    pub weight: f64,
     pub prompt_ids: Vec<u32>,
     pub generated: Vec<u32>,
     /// KV blocks and the number of positions computed into them.
@@ -60,6 +62,7 @@ impl Sequence {
         Self {
             id,
             tenant,
+            weight: 1.0,
             sampler: Sampler::new(&params),
             stops: StopMatcher::new(params.stop.clone()),
             prompt_ids,

@@ -102,6 +102,7 @@ async fn generate(
                 prompt,
                 params: sampling.clone(),
                 tenant: caller.tenant.id.to_string(),
+                weight: 1.0,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -240,6 +240,12 @@ pub trait Engine: Send + Sync + 'static {
     /// long, template failure) are the caller's fault and nothing was enqueued.
     fn submit(&self, request: GenerationRequest) -> Result<TokenStream>;
 
+    /// Submits several requests together (all or none). Engines that can should queue them
+    /// atomically; the default submits one by one.
+    fn submit_all(&self, requests: Vec<GenerationRequest>) -> Result<Vec<TokenStream>> {
+        requests.into_iter().map(|r| self.submit(r)).collect()
+    }
+
     /// Prompt length in tokens of a request, without running it.
     fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize>;
 

@@ -345,18 +345,17 @@ fn contend(weight_a: f64, weight_b: f64, fair_share: bool) -> (usize, usize) {
         fair_share,
         ..CoreConfig::default()
     });
-    let mut streams = Vec::new();
-    // A arrives first with its whole backlog, then B.
-    for _ in 0..32 {
-        streams.push(engine.submit(tenant_request("a", weight_a)).unwrap());
-    }
-    for _ in 0..12 {
-        streams.push(engine.submit(tenant_request("b", weight_b)).unwrap());
-    }
-    for s in streams {
+    // A's whole backlog, then B's, queued at once: the split does not depend on how fast the
+    // core thread wakes up.
+    let requests = std::iter::repeat_n(tenant_request("a", weight_a), 32)
+        .chain(std::iter::repeat_n(tenant_request("b", weight_b), 12))
+        .collect();
+    for s in engine.submit_all(requests).unwrap() {
         s.blocking_collect().unwrap();
     }
-    service_while_both_backlogged(&records_until_idle(&engine))
+    let (a, b) = service_while_both_backlogged(&records_until_idle(&engine));
+    eprintln!("weights {weight_a}:{weight_b}, fair share {fair_share}: A {a} tokens, B {b} tokens");
+    (a, b)
 }
 
 #[test]
@@ -400,12 +399,10 @@ fn a_late_tenant_is_not_starved_by_earlier_service() {
     }
     // ... then both flood. B's counter is lifted to A's, not left at zero (which would starve A)
     // and A's history does not push B to the back either: they alternate.
-    let mut streams = Vec::new();
-    for _ in 0..10 {
-        streams.push(engine.submit(tenant_request("a", 1.0)).unwrap());
-        streams.push(engine.submit(tenant_request("b", 1.0)).unwrap());
-    }
-    for s in streams {
+    let requests = (0..10)
+        .flat_map(|_| [tenant_request("a", 1.0), tenant_request("b", 1.0)])
+        .collect();
+    for s in engine.submit_all(requests).unwrap() {
         s.blocking_collect().unwrap();
     }
     let (a, b) = service_while_both_backlogged(&records_until_idle(&engine));

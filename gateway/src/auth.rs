@@ -25,16 +25,46 @@ pub async fn require_api_key(
 ) -> Result<Response, ApiError> {
     let presented = bearer_token(&request).ok_or_else(ApiError::missing_api_key)?;
     let resolved = state
-        .keys()
+        .directory()
         .resolve(&ApiKey::from_plaintext(presented))
         .ok_or_else(ApiError::invalid_api_key)?;
     tracing::Span::current().record("tenant", resolved.tenant.id.as_str());
     tracing::Span::current().record("key_id", resolved.key_id.as_str());
+    let tenant = resolved.tenant.clone();
     request.extensions_mut().insert(Caller {
         tenant: resolved.tenant,
         key_id: resolved.key_id,
     });
-    Ok(next.run(request).await)
+    let mut response = next.run(request).await;
+    // Every response reports the tenant's limits; generations already set them at admission.
+    if !response
+        .headers()
+        .contains_key(crate::rate_limit_headers::LIMIT_REQUESTS)
+        && !response
+            .headers()
+            .contains_key(crate::rate_limit_headers::LIMIT_TOKENS)
+    {
+        crate::rate_limit_headers::insert(response.headers_mut(), &state.quotas.status(&tenant));
+    }
+    Ok(response)
+}
+
+/// Middleware for `/admin/*`: 401 without a key or with an unknown one, 403 with a tenant's key.
+pub async fn require_admin_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented =
+        ApiKey::from_plaintext(bearer_token(&request).ok_or_else(ApiError::missing_api_key)?);
+    let directory = state.directory();
+    if directory.is_admin(&presented) {
+        Ok(next.run(request).await)
+    } else if directory.resolve(&presented).is_some() {
+        Err(ApiError::admin_only())
+    } else {
+        Err(ApiError::invalid_api_key())
+    }
 }
 
 fn bearer_token(request: &Request) -> Option<&str> {

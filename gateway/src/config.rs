@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use engines::model::WeightFormat;
 use engines::model_fetch::DEFAULT_MODEL_ID;
 use engines::{CoreConfig, DeviceSpec};
-use policies::{KeyDigest, KeyStore, ModelAllowList, TenantId, TenantSpec};
+use policies::{KeyDigest, KeyStore, ModelAllowList, TenantId, TenantLimits, TenantSpec};
 use serde::Deserialize;
 
 /// Why a configuration could not be used.
@@ -58,6 +58,9 @@ pub struct GatewayConfig {
     pub models: Vec<ModelConfig>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// Stored forms of the keys that may use `/admin/*`.
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
 }
 
 /// Limits of the HTTP server.
@@ -152,8 +155,7 @@ impl From<WeightsConfig> for WeightFormat {
     }
 }
 
-/// A tenant. Quota fields are accepted so configs written for the full design load, but they
-/// are not enforced yet (the quota work enforces them); the gateway warns when one is set.
+/// A tenant: its keys, models and limits (absent limits are unlimited).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
@@ -163,26 +165,26 @@ pub struct TenantConfig {
     pub keys: Vec<String>,
     #[serde(default)]
     pub models: ModelAllowList,
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
-    pub max_concurrent: Option<u64>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
     pub daily_tokens: Option<u64>,
+    /// Fair share relative to other tenants (default 1).
     pub weight: Option<f64>,
 }
 
 impl TenantConfig {
-    pub fn has_quota_fields(&self) -> bool {
-        self.requests_per_minute.is_some()
-            || self.tokens_per_minute.is_some()
-            || self.max_concurrent.is_some()
-            || self.daily_tokens.is_some()
-            || self.weight.is_some()
-    }
-
     pub fn spec(&self) -> TenantSpec {
         TenantSpec {
             id: self.id.clone(),
             models: self.models.clone(),
+            limits: TenantLimits {
+                requests_per_minute: self.requests_per_minute,
+                tokens_per_minute: self.tokens_per_minute,
+                max_concurrent: self.max_concurrent,
+                daily_tokens: self.daily_tokens,
+                weight: self.weight.unwrap_or(1.0),
+            },
         }
     }
 }
@@ -223,6 +225,7 @@ impl Default for GatewayConfig {
             tls: None,
             models: default_models(),
             tenants: Vec::new(),
+            admin_keys: Vec::new(),
         }
     }
 }
@@ -285,6 +288,17 @@ impl GatewayConfig {
                 )));
             }
         }
+        for tenant in &self.tenants {
+            if tenant.weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant `{}`: `weight` must be positive",
+                    tenant.id
+                )));
+            }
+        }
+        for key in &self.admin_keys {
+            KeyDigest::parse(key)?;
+        }
         self.key_store().map(|_| ())
     }
 
@@ -320,6 +334,8 @@ mod tests {
         assert_eq!(config.models[0].id, DEFAULT_MODEL_ID);
         assert!(!config.tenants.is_empty());
         assert!(!config.key_store().unwrap().is_empty());
+        assert_eq!(config.admin_keys.len(), 1);
+        assert_eq!(config.tenants[0].spec().limits.weight, 2.0);
     }
 
     #[test]

@@ -15,6 +15,15 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// For 429s: when to retry, and the limits to report (boxed: rare, and large).
+    pub rate_limit: Option<Box<RateLimitDetails>>,
+}
+
+/// What a 429 adds to its response headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitDetails {
+    pub retry_after: Option<std::time::Duration>,
+    pub status: policies::RateLimitStatus,
 }
 
 #[derive(Serialize)]
@@ -40,6 +49,7 @@ impl ApiError {
             kind,
             param: None,
             code: None,
+            rate_limit: None,
         }
     }
 
@@ -104,6 +114,35 @@ impl ApiError {
         )
         .with_param("model")
         .with_code("model_not_allowed")
+    }
+
+    /// 403: a tenant's key on an admin route.
+    pub fn admin_only() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "This route needs an admin key.",
+        )
+        .with_code("admin_key_required")
+    }
+
+    /// 429: a limit of the tenant's quota. An exhausted daily budget is `insufficient_quota`,
+    /// everything else `rate_limit_exceeded`, as OpenAI names them.
+    pub fn rate_limited(rejection: &policies::Rejection) -> Self {
+        use policies::RejectReason as R;
+        let (kind, message) = match rejection.reason {
+            R::DailyBudget => ("insufficient_quota", "You exceeded your daily token budget; it resets at midnight UTC.".to_string()),
+            R::RequestsPerMinute => ("rate_limit_exceeded", "Rate limit reached for requests per minute.".to_string()),
+            R::TokensPerMinute => ("rate_limit_exceeded", "Rate limit reached for tokens per minute (prompt tokens + max_tokens are reserved).".to_string()),
+            R::RequestTooLarge => ("rate_limit_exceeded", "This request's prompt tokens + max_tokens exceed your tokens-per-minute limit; lower max_tokens.".to_string()),
+            R::Concurrency => ("rate_limit_exceeded", "Too many concurrent requests for your key's tenant.".to_string()),
+        };
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message).with_code(kind);
+        e.rate_limit = Some(Box::new(RateLimitDetails {
+            retry_after: rejection.retry_after,
+            status: rejection.status.clone(),
+        }));
+        e
     }
 
     /// 503: the model is still loading.
@@ -180,7 +219,20 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.detail(),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        let Some(details) = &self.rate_limit else {
+            return response;
+        };
+        crate::rate_limit_headers::insert(response.headers_mut(), &details.status);
+        if let Some(after) = details.retry_after {
+            // Whole seconds, rounded up, never 0.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        response
     }
 }
 

@@ -3,9 +3,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod rate_limit_headers;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;

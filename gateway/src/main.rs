@@ -119,14 +119,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("the config names no model")?;
         first.path = Some(model);
     }
-    let keys = config.key_store()?;
-    if keys.is_empty() {
-        tracing::warn!("no tenant has a key: every API request will be refused with 401");
-    }
+    config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(gateway::server::serve(config, keys))
+    runtime.block_on(gateway::server::serve(config, args.config.clone()))
 }
 
 /// The embedded default with the `demo` tenant, whose key comes from `GATEWAY_DEMO_KEY` or is

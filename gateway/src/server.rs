@@ -1,6 +1,7 @@
 //! Start-up: load the models in the background, bind, serve (HTTP or HTTPS), shut down cleanly.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,16 +10,18 @@ use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::{LocalEngine, LocalEngineOptions};
 
 use crate::config::{parse_device, GatewayConfig, ModelConfig};
+use crate::directory::Directory;
 use crate::state::{AppState, Limits, ModelRegistry, ModelState};
 
 /// Serves until SIGINT or SIGTERM. `keys` is the key store to start with (the configured tenants,
 /// or the demo tenant). The line `gateway listening on <scheme>://<addr>` goes to stdout once the
 /// socket is bound, so scripts and tests can find an ephemeral port.
-pub async fn serve(config: GatewayConfig, keys: policies::KeyStore) -> anyhow::Result<()> {
+pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // rustls needs one process-wide crypto provider when several are compiled in.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    for tenant in config.tenants.iter().filter(|t| t.has_quota_fields()) {
-        tracing::warn!(tenant = %tenant.id, "quota and weight fields are accepted but not enforced yet");
+    let directory = Directory::from_config(&config)?;
+    if directory.tenant_key_count() == 0 {
+        tracing::warn!("no tenant has a key: every API request will be refused with 401");
     }
 
     let models = Arc::new(ModelRegistry::default());
@@ -45,7 +48,19 @@ pub async fn serve(config: GatewayConfig, keys: policies::KeyStore) -> anyhow::R
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
     };
-    let state = AppState::new(limits, models, keys);
+    let state = AppState::new(limits, models, directory);
+    // Tenants, keys and limits follow the file without a restart.
+    let _watcher = match &config_path {
+        Some(path) => {
+            #[cfg(unix)]
+            tokio::spawn(crate::reload::reload_on_sighup(state.clone(), path.clone()));
+            Some(
+                crate::reload::watch(state.clone(), path.clone())
+                    .context("watching the config file")?,
+            )
+        }
+        None => None,
+    };
     let app = crate::routes::router(state).into_make_service();
 
     let listener = std::net::TcpListener::bind(config.listen)

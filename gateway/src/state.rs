@@ -4,7 +4,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use engines::Engine;
-use policies::KeyStore;
+use policies::QuotaBook;
+
+use crate::directory::Directory;
 
 /// Limits applied at the edge.
 #[derive(Debug, Clone, Copy)]
@@ -19,28 +21,30 @@ pub struct AppState {
     pub limits: Limits,
     pub models: Arc<ModelRegistry>,
     pub metrics: Arc<prometheus_client::registry::Registry>,
-    keys: Arc<RwLock<Arc<KeyStore>>>,
+    pub quotas: Arc<QuotaBook>,
+    directory: Arc<RwLock<Arc<Directory>>>,
 }
 
 impl AppState {
-    pub fn new(limits: Limits, models: Arc<ModelRegistry>, keys: KeyStore) -> Self {
+    pub fn new(limits: Limits, models: Arc<ModelRegistry>, directory: Directory) -> Self {
         let metrics = Arc::new(crate::metrics::registry(models.clone()));
         Self {
             limits,
             models,
             metrics,
-            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            quotas: Arc::new(QuotaBook::default()),
+            directory: Arc::new(RwLock::new(Arc::new(directory))),
         }
     }
 
-    /// The current key store (a snapshot: a reload swaps in a new one).
-    pub fn keys(&self) -> Arc<KeyStore> {
-        self.keys.read().expect("key store lock").clone()
+    /// The current tenants and keys (a snapshot: a reload swaps in a new one).
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.read().expect("directory lock").clone()
     }
 
-    /// Replaces the key store; requests already authenticated are unaffected.
-    pub fn replace_keys(&self, keys: KeyStore) {
-        *self.keys.write().expect("key store lock") = Arc::new(keys);
+    /// Replaces tenants and keys; requests already admitted keep what they were admitted with.
+    pub fn replace_directory(&self, directory: Directory) {
+        *self.directory.write().expect("directory lock") = Arc::new(directory);
     }
 }
 

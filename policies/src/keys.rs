@@ -175,6 +175,7 @@ mod tests {
         TenantSpec {
             id: TenantId::new(id).unwrap(),
             models: ModelAllowList::all(),
+            limits: Default::default(),
         }
     }
 

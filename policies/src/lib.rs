@@ -2,7 +2,14 @@
 //! weights). This crate knows nothing of HTTP.
 
 pub mod keys;
+pub mod limits;
+pub mod quota;
 pub mod tenant;
+pub mod token_limiter;
 
 pub use keys::{ApiKey, KeyDigest, KeyError, KeyId, KeyStore, ResolvedKey};
+pub use limits::TenantLimits;
+pub use quota::{
+    Admission, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason, Rejection,
+};
 pub use tenant::{ModelAllowList, TenantId, TenantSpec};

@@ -90,6 +90,7 @@ impl ModelAllowList {
 pub struct TenantSpec {
     pub id: TenantId,
     pub models: ModelAllowList,
+    pub limits: crate::limits::TenantLimits,
 }
 
 #[cfg(test)]

@@ -141,16 +141,16 @@ impl RequestCore {
     }
 
     /// Runs until the submission queue is closed and every sequence has ended.
-    pub(crate) fn run(mut self, queue: crossbeam_channel::Receiver<Job>) {
+    pub(crate) fn run(mut self, queue: crossbeam_channel::Receiver<Vec<Job>>) {
         loop {
             if self.scheduler.is_idle() {
                 match queue.recv() {
-                    Ok(job) => self.enqueue(job),
+                    Ok(jobs) => jobs.into_iter().for_each(|job| self.enqueue(job)),
                     Err(_) => return,
                 }
             }
-            while let Ok(job) = queue.try_recv() {
-                self.enqueue(job);
+            while let Ok(jobs) = queue.try_recv() {
+                jobs.into_iter().for_each(|job| self.enqueue(job));
             }
             self.step();
         }

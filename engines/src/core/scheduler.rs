@@ -140,7 +140,7 @@ impl Scheduler {
                 continue;
             }
             if self.grow_or_preempt(i, 1, &mut plan.preempted) {
-                chunks.push((self.running[i].id, 1));
+                self.plan_chunk(&mut chunks, i, 1);
                 budget -= 1;
                 i += 1;
             }
@@ -161,7 +161,7 @@ impl Scheduler {
                 .min(budget);
             let granted = self.grow_within_free(i, want);
             if granted > 0 {
-                chunks.push((self.running[i].id, granted));
+                self.plan_chunk(&mut chunks, i, granted);
                 budget -= granted;
             }
         }
@@ -196,7 +196,7 @@ impl Scheduler {
                 .min(budget);
             let granted = self.grow_within_free(i, want);
             if granted > 0 {
-                chunks.push((self.running[i].id, granted));
+                self.plan_chunk(&mut chunks, i, granted);
                 budget -= granted;
             }
         }
@@ -216,12 +216,17 @@ impl Scheduler {
                 })
             })
             .collect();
-        // Service is charged as it is planned: prompt and output tokens alike.
-        for chunk in &plan.chunks {
-            let weight = self.running[chunk.index].weight;
-            self.fair_share.charge(&chunk.tenant, chunk.tokens, weight);
-        }
+
         plan
+    }
+
+    /// Adds `tokens` of running sequence `i` to the step and charges them to its tenant at once,
+    /// so the next admission of the same step already sees the service.
+    fn plan_chunk(&mut self, chunks: &mut Vec<(SequenceId, usize)>, i: usize, tokens: usize) {
+        let sequence = &self.running[i];
+        chunks.push((sequence.id, tokens));
+        self.fair_share
+            .charge(&sequence.tenant, tokens, sequence.weight);
     }
 
     /// Ensures running sequence `i` has blocks for `n` more positions, preempting the youngest

@@ -29,7 +29,8 @@ pub(crate) struct Job {
 pub struct LocalEngine {
     model: Arc<LoadedModel>,
     info: ModelInfo,
-    jobs: crossbeam_channel::Sender<Job>,
+    /// Batches of jobs: one message is queued as a whole.
+    jobs: crossbeam_channel::Sender<Vec<Job>>,
     counters: Arc<EngineCounters>,
     next_id: AtomicU64,
     /// Positions the KV pool holds: no request may need more.
@@ -100,30 +101,41 @@ impl Engine for LocalEngine {
     }
 
     fn submit(&self, request: GenerationRequest) -> Result<TokenStream> {
-        let prompt_ids = self.model.prompt_ids(&request.prompt)?;
-        let needed = prompt_ids.len() + request.params.max_tokens;
+        Ok(self.submit_all(vec![request])?.remove(0))
+    }
+
+    /// Validates every request, then hands them to the core in one message, so they are
+    /// queued together (one step never sees only some of them).
+    fn submit_all(&self, requests: Vec<GenerationRequest>) -> Result<Vec<TokenStream>> {
         let limit = self.info.context_length.min(self.capacity_tokens);
-        if needed > limit {
-            return Err(EngineError::ContextLengthExceeded {
-                context_length: limit,
-                prompt_tokens: prompt_ids.len(),
-                max_tokens: request.params.max_tokens,
-            });
-        }
-        let (events, receiver) = mpsc::unbounded_channel();
-        let prompt_tokens = prompt_ids.len();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.jobs
-            .send(Job {
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut streams = Vec::with_capacity(requests.len());
+        for request in requests {
+            let prompt_ids = self.model.prompt_ids(&request.prompt)?;
+            if prompt_ids.len() + request.params.max_tokens > limit {
+                return Err(EngineError::ContextLengthExceeded {
+                    context_length: limit,
+                    prompt_tokens: prompt_ids.len(),
+                    max_tokens: request.params.max_tokens,
+                });
+            }
+            let (events, receiver) = mpsc::unbounded_channel();
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            streams.push(TokenStream::new(id, prompt_ids.len(), receiver));
+            jobs.push(Job {
                 id,
                 prompt_ids,
                 request,
                 events,
                 submitted_at: Instant::now(),
-            })
+            });
+        }
+        let count = jobs.len() as u64;
+        self.jobs
+            .send(jobs)
             .map_err(|_| EngineError::EngineStopped)?;
-        self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        Ok(TokenStream::new(id, prompt_tokens, receiver))
+        self.counters.submitted.fetch_add(count, Ordering::Relaxed);
+        Ok(streams)
     }
 
     fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize> {

@@ -21,6 +21,7 @@ use crate::openai::params::{CommonParams, ValidParams};
 use crate::openai::response::{ChoiceEvent, Endpoint, FinishedChoice, ResponseMeta, UsageBody};
 use crate::openai::JsonBody;
 use crate::state::{AppState, ModelState};
+use policies::Admission;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -44,7 +45,16 @@ pub async fn chat_completions(
         }
     };
     let meta = ResponseMeta::new(Endpoint::Chat, &request.model);
-    generate(engine, meta, vec![prompt], params, max_tokens, &caller).await
+    generate(
+        &state,
+        engine,
+        meta,
+        vec![prompt],
+        params,
+        max_tokens,
+        &caller,
+    )
+    .await
 }
 
 pub async fn completions(
@@ -58,7 +68,7 @@ pub async fn completions(
     let prompts = request.prompts()?;
     let max_tokens = params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let meta = ResponseMeta::new(Endpoint::Completions, &request.model);
-    generate(engine, meta, prompts, params, max_tokens, &caller).await
+    generate(&state, engine, meta, prompts, params, max_tokens, &caller).await
 }
 
 /// The engine serving `model`, if it exists, the caller may use it, and it is loaded.
@@ -84,6 +94,7 @@ fn resolve_model(
 }
 
 async fn generate(
+    state: &AppState,
     engine: Arc<dyn Engine>,
     meta: ResponseMeta,
     prompts: Vec<Prompt>,
@@ -93,29 +104,47 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let mut sampling = params.sampling;
     sampling.max_tokens = max_tokens;
-    // Submit every prompt before answering: a prompt that does not fit fails the whole request
-    // (the streams already submitted are dropped, which cancels them).
-    let streams = prompts
-        .into_iter()
-        .map(|prompt| {
-            engine.submit(GenerationRequest {
-                prompt,
-                params: sampling.clone(),
-                tenant: caller.tenant.id.to_string(),
-                weight: 1.0,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if params.stream {
-        Ok(Sse::new(sse_events(meta, streams, params.include_usage)).into_response())
-    } else {
-        whole_response(meta, streams).await
+    // Admission needs the request's size: prompt tokens now, plus max_tokens reserved.
+    let mut prompt_tokens = 0;
+    for prompt in &prompts {
+        prompt_tokens += engine.count_prompt_tokens(prompt)? as u64;
     }
+    let reserve = prompt_tokens + (max_tokens * prompts.len()) as u64;
+    let admission = state
+        .quotas
+        .admit(&caller.tenant, prompt_tokens, reserve)
+        .map_err(|rejection| {
+            tracing::info!(
+                reason = rejection.reason.as_str(),
+                "request refused by quota"
+            );
+            ApiError::rate_limited(&rejection)
+        })?;
+    // All prompts or none: a prompt that does not fit fails the whole request.
+    let requests = prompts
+        .into_iter()
+        .map(|prompt| GenerationRequest {
+            prompt,
+            params: sampling.clone(),
+            tenant: caller.tenant.id.to_string(),
+            weight: caller.tenant.limits.weight,
+        })
+        .collect();
+    let streams = engine.submit_all(requests)?;
+    let limits = admission.status.clone();
+    let mut response = if params.stream {
+        Sse::new(sse_events(meta, streams, params.include_usage, admission)).into_response()
+    } else {
+        whole_response(meta, streams, admission).await?
+    };
+    crate::rate_limit_headers::insert(response.headers_mut(), &limits);
+    Ok(response)
 }
 
 async fn whole_response(
     meta: ResponseMeta,
     streams: Vec<TokenStream>,
+    admission: Admission,
 ) -> Result<Response, ApiError> {
     let outputs = futures::future::join_all(streams.into_iter().map(TokenStream::collect)).await;
     let mut usage = UsageBody::default();
@@ -123,6 +152,7 @@ async fn whole_response(
     for output in outputs {
         let output = output.map_err(|e| ApiError::internal(format!("Generation failed: {e}")))?;
         log_completion(&meta, &output.completion);
+        admission.record_completion_tokens(output.completion.usage.completion_tokens as u64);
         usage.add(output.completion.usage);
         choices.push(FinishedChoice {
             text: output.text,
@@ -160,6 +190,7 @@ fn sse_events(
     meta: ResponseMeta,
     streams: Vec<TokenStream>,
     include_usage: bool,
+    admission: Admission,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let choices = streams.len();
     let mut merged = futures::stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
@@ -177,6 +208,10 @@ fn sse_events(
         let mut open = choices;
         let mut failure = None;
         while let Some((i, event)) = merged.next().await {
+            if matches!(event, TokenEvent::Token { .. }) {
+                // Counted as generated, so a client that hangs up is billed for what it got.
+                admission.record_completion_tokens(1);
+            }
             let chunk = match event {
                 TokenEvent::Token { text, .. } if text.is_empty() => None,
                 TokenEvent::Token { text, .. } => meta.chunk(i, ChoiceEvent::Text(&text), include_usage),

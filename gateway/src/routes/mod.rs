@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per endpoint family, assembled here with the tower layers.
 
+mod admin;
 mod generation;
 mod health;
 mod metrics;
@@ -16,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-use crate::auth::require_api_key;
+use crate::auth::{require_admin_key, require_api_key};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -32,9 +33,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_api_key,
         ));
+    let admin_routes = Router::new()
+        .route("/admin/tenants", get(admin::tenants))
+        .route("/admin/usage", get(admin::usage))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_key,
+        ));
     let timeout = state.limits.request_timeout;
     Router::new()
         .merge(api)
+        .merge(admin_routes)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::render))

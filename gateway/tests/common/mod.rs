@@ -25,6 +25,8 @@ pub struct TestGateway {
     pub key: String,
     /// Lines the gateway printed before it listened.
     pub stdout: Vec<String>,
+    /// The config file it runs with, if any (tests edit it to exercise hot reload).
+    pub config_path: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -67,10 +69,12 @@ impl TestGateway {
             .env_remove("GATEWAY_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        let mut config_path = None;
         if let Some(config) = options.config {
             let path = dir.path().join("gateway.toml");
             std::fs::write(&path, config).unwrap();
-            cmd.arg("--config").arg(path);
+            cmd.arg("--config").arg(&path);
+            config_path = Some(path);
         }
         if options.model_flag {
             cmd.arg("--model").arg(model_path());
@@ -98,6 +102,7 @@ impl TestGateway {
             base,
             key: DEMO_KEY.to_string(),
             stdout,
+            config_path,
             _dir: dir,
         };
         if options.wait_ready {

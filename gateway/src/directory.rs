@@ -1,0 +1,44 @@
+//! Who may call: tenant keys and specs, and admin keys, as read from the config. Swapped whole
+//! on reload, so a request sees one consistent version.
+
+use policies::{ApiKey, KeyDigest, KeyStore, ResolvedKey, TenantSpec};
+use subtle::ConstantTimeEq;
+
+use crate::config::{ConfigError, GatewayConfig};
+
+pub struct Directory {
+    keys: KeyStore,
+    pub tenants: Vec<TenantSpec>,
+    admin_keys: Vec<KeyDigest>,
+}
+
+impl Directory {
+    pub fn from_config(config: &GatewayConfig) -> Result<Self, ConfigError> {
+        let admin_keys = config
+            .admin_keys
+            .iter()
+            .map(|k| KeyDigest::parse(k).map_err(ConfigError::Keys))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            keys: config.key_store()?,
+            tenants: config.tenants.iter().map(|t| t.spec()).collect(),
+            admin_keys,
+        })
+    }
+
+    pub fn resolve(&self, key: &ApiKey) -> Option<ResolvedKey> {
+        self.keys.resolve(key)
+    }
+
+    /// Compared against every admin digest in constant time.
+    pub fn is_admin(&self, key: &ApiKey) -> bool {
+        let digest = key.digest().to_string();
+        self.admin_keys.iter().fold(false, |found, d| {
+            found | bool::from(d.to_string().as_bytes().ct_eq(digest.as_bytes()))
+        })
+    }
+
+    pub fn tenant_key_count(&self) -> usize {
+        self.keys.len()
+    }
+}

@@ -1,0 +1,70 @@
+//! Hot reload of tenants, keys and limits: when the config file changes (or on SIGHUP), it is
+//! read again and, if valid, its tenants replace the current ones. Listen address, TLS and
+//! models need a restart. In-flight requests keep what they were admitted with.
+
+use std::path::{Path, PathBuf};
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::config::GatewayConfig;
+use crate::directory::Directory;
+use crate::state::AppState;
+
+/// Reads the file and swaps in its tenants; a broken file keeps the previous ones.
+pub fn reload(state: &AppState, path: &Path) {
+    match GatewayConfig::load(path).and_then(|c| Directory::from_config(&c)) {
+        Ok(directory) => {
+            let (tenants, keys) = (directory.tenants.len(), directory.tenant_key_count());
+            state.replace_directory(directory);
+            tracing::info!(path = %path.display(), tenants, keys, "tenants reloaded");
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "config reload failed; keeping the previous tenants")
+        }
+    }
+}
+
+/// Watches the config file's directory (editors replace files by renaming, so the file itself
+/// is not watched). The returned watcher must be kept alive.
+pub fn watch(state: AppState, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+    let name = path.file_name().map(|n| n.to_owned());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
+            if ours && !event.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    std::thread::Builder::new()
+        .name("config-reload".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                // One reload per burst of events (an editor's save is several).
+                while rx.try_recv().is_ok() {}
+                reload(&state, &path);
+            }
+        })
+        .map_err(|e| notify::Error::generic(&e.to_string()))?;
+    Ok(watcher)
+}
+
+/// Reloads on every SIGHUP.
+#[cfg(unix)]
+pub async fn reload_on_sighup(state: AppState, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let (state, path) = (state.clone(), path.clone());
+        let _ = tokio::task::spawn_blocking(move || reload(&state, &path)).await;
+    }
+}

@@ -1,0 +1,279 @@
+//! Multi-tenancy end to end: keys and hot reload, quotas and their headers, the admin API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{digest, Options, TestGateway, MODEL};
+use serde_json::json;
+
+/// A config with the model and the given tenant blocks.
+fn config(tenants: &str) -> String {
+    format!(
+        "admin_keys = [\"{}\"]\n[[models]]\nid = \"{MODEL}\"\n{tenants}",
+        digest("sk-admin")
+    )
+}
+
+fn tenant(id: &str, key: &str, extra: &str) -> String {
+    format!(
+        "[[tenants]]\nid = \"{id}\"\nkeys = [\"{}\"]\n{extra}\n",
+        digest(key)
+    )
+}
+
+fn completion(max_tokens: u64) -> String {
+    json!({"model": MODEL, "prompt": "Hello", "max_tokens": max_tokens}).to_string()
+}
+
+/// Polls `probe` until it returns true; a bound so a broken reload fails instead of hanging.
+async fn eventually(mut probe: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn rewrite(gw: &TestGateway, contents: &str) {
+    // Write then rename, as editors do; the watcher follows the directory.
+    let path = gw.config_path.as_ref().unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_key_removed_from_the_file_is_revoked_without_restart() {
+    let both = config(&format!(
+        "[[tenants]]\nid = \"acme\"\nkeys = [\"{}\", \"{}\"]\n",
+        digest("sk-a1"),
+        digest("sk-a2")
+    ));
+    let gw = TestGateway::start(Options {
+        config: Some(&both),
+        ..Options::default()
+    });
+    assert_eq!(gw.get("/v1/models", Some("sk-a2")).await.0, 200);
+    rewrite(&gw, &config(&tenant("acme", "sk-a1", "")));
+    assert!(
+        eventually(async || gw.get("/v1/models", Some("sk-a2")).await.0 == 401).await,
+        "revoked"
+    );
+    assert_eq!(gw.get("/v1/models", Some("sk-a1")).await.0, 200);
+    // A broken file keeps the previous tenants.
+    rewrite(&gw, "this is not toml [");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.get("/v1/models", Some("sk-a1")).await.0, 200);
+}
+
+#[tokio::test]
+async fn requests_per_minute_let_the_burst_through_and_refuse_the_rest() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant(
+            "burst",
+            "sk-b",
+            "requests_per_minute = 60",
+        ))),
+        ..Options::default()
+    });
+    let client = gw.client();
+    let sends = (0..100).map(|_| {
+        client
+            .post(gw.url("/v1/completions"))
+            .bearer_auth("sk-b")
+            .body(completion(1))
+            .send()
+    });
+    let responses = futures::future::join_all(sends).await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for r in responses {
+        let r = r.unwrap();
+        assert_eq!(r.headers()["x-ratelimit-limit-requests"], "60");
+        assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
+        assert!(r.headers().contains_key("x-ratelimit-reset-requests"));
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert!(
+                    r.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                        >= 1
+                );
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["type"], "rate_limit_exceeded");
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    // GCRA with a burst of the whole minute: 60, plus one cell per second the burst lasted
+    // (the 100 requests are admitted within a couple of seconds at most).
+    assert_eq!(ok + limited, 100);
+    assert!((60..=63).contains(&ok), "{ok} admitted");
+}
+
+#[tokio::test]
+async fn token_reservations_are_refused_when_too_large_and_refunded_when_unused() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant("small", "sk-s", "tokens_per_minute = 300"))),
+        ..Options::default()
+    });
+    let chat = |max_tokens: u64| {
+        json!({"model": MODEL, "max_tokens": max_tokens, "temperature": 0,
+               "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}]})
+        .to_string()
+    };
+    // max_tokens alone exceeds the tenant's whole minute.
+    let (status, body) = gw
+        .post_raw("/v1/chat/completions", chat(400), Some("sk-s"))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    // ~40 prompt + 120 reserved; the answer stops after a few tokens and the rest comes back.
+    let (status, first) = gw
+        .post_raw("/v1/chat/completions", chat(120), Some("sk-s"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(first["choices"][0]["finish_reason"], "stop");
+    assert!(first["usage"]["completion_tokens"].as_u64().unwrap() < 30);
+    // Without the refund only ~140 tokens would be left and this would be refused.
+    let (status, _) = gw
+        .post_raw("/v1/chat/completions", chat(120), Some("sk-s"))
+        .await;
+    assert_eq!(status, 200, "the unused reservation was returned");
+    // Two reservations outstanding at once do not fit.
+    let (status, _) = gw
+        .post_raw("/v1/chat/completions", chat(250), Some("sk-s"))
+        .await;
+    assert_eq!(status, 429);
+}
+
+#[tokio::test]
+async fn max_concurrent_admits_two_and_frees_a_slot_on_disconnect() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant("pair", "sk-p", "max_concurrent = 2"))),
+        ..Options::default()
+    });
+    let client = gw.client();
+    let long = json!({"model": MODEL, "prompt": "Tell a long story", "max_tokens": 3000,
+                      "ignore_eos": true, "stream": true})
+    .to_string();
+    let open = || {
+        client
+            .post(gw.url("/v1/completions"))
+            .bearer_auth("sk-p")
+            .body(long.clone())
+            .send()
+    };
+    let mut first = open().await.unwrap();
+    let mut second = open().await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    // Both streams are producing.
+    first.chunk().await.unwrap().unwrap();
+    second.chunk().await.unwrap().unwrap();
+    for _ in 0..3 {
+        let r = open().await.unwrap();
+        assert_eq!(r.status(), 429);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "rate_limit_exceeded");
+    }
+    drop(first); // the client hangs up
+    assert!(
+        eventually(async || gw
+            .post_raw("/v1/completions", completion(1), Some("sk-p"))
+            .await
+            .0
+            == 200)
+        .await,
+        "a slot was freed by the disconnect"
+    );
+    drop(second);
+}
+
+#[tokio::test]
+async fn edited_limits_apply_while_an_in_flight_stream_completes() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant("edit", "sk-e", ""))),
+        ..Options::default()
+    });
+    let mut stream = gw
+        .client()
+        .post(gw.url("/v1/completions"))
+        .bearer_auth("sk-e")
+        .body(json!({"model": MODEL, "prompt": "Once", "max_tokens": 64, "ignore_eos": true, "stream": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    stream.chunk().await.unwrap().unwrap();
+    rewrite(&gw, &config(&tenant("edit", "sk-e", "daily_tokens = 1")));
+    assert!(
+        eventually(async || {
+            let (status, body) = gw
+                .post_raw("/v1/completions", completion(1), Some("sk-e"))
+                .await;
+            status == 429 && body["error"]["type"] == "insufficient_quota"
+        })
+        .await,
+        "the new budget applies"
+    );
+    // The stream admitted before the edit runs to its end.
+    let rest = stream.bytes().await.unwrap();
+    let text = String::from_utf8(rest.to_vec()).unwrap();
+    assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_key_and_report_usage() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(
+            &(tenant("lab", "sk-lab", "requests_per_minute = 1000\nweight = 2")
+                + &tenant("idle", "sk-idle", "")),
+        )),
+        ..Options::default()
+    });
+    assert_eq!(
+        gw.post_raw("/v1/completions", completion(3), Some("sk-lab"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(gw.get("/admin/tenants", None).await.0, 401);
+    assert_eq!(gw.get("/admin/tenants", Some("sk-nobody")).await.0, 401);
+    let (status, body) = gw.get("/admin/tenants", Some("sk-lab")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("admin_key_required"))
+    );
+    let (status, tenants) = gw.get("/admin/tenants", Some("sk-admin")).await;
+    assert_eq!(status, 200);
+    let lab = tenants["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "lab")
+        .unwrap();
+    assert_eq!(lab["limits"]["requests_per_minute"], 1000);
+    assert_eq!(lab["limits"]["weight"], 2.0);
+    assert_eq!(lab["live"]["in_flight"], 0);
+    let (status, usage) = gw.get("/admin/usage", Some("sk-admin")).await;
+    assert_eq!(status, 200);
+    let lab = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "lab")
+        .unwrap();
+    assert_eq!(lab["requests"], 1);
+    assert_eq!(lab["completion_tokens"], 3);
+    assert!(lab["prompt_tokens"].as_u64().unwrap() > 0);
+}

@@ -1,0 +1,429 @@
+//! Admission: whether a tenant may start a request now, under its limits.
+//!
+//! One [`QuotaBook`] per gateway replica holds every tenant's live state in a DashMap: a
+//! governor GCRA limiter for requests per minute, a [`TokenLimiter`] for tokens per minute, the
+//! number of requests in flight, and today's usage. An admitted request holds an [`Admission`];
+//! dropping it (completion, error or client gone) releases the concurrency slot, returns the
+//! unused token reservation and adds the real usage to the day's budget.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+
+use crate::limits::TenantLimits;
+use crate::tenant::{TenantId, TenantSpec};
+use crate::token_limiter::TokenLimiter;
+
+type RequestLimiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    RequestsPerMinute,
+    TokensPerMinute,
+    /// The request alone needs more tokens than the tenant's whole per-minute limit.
+    RequestTooLarge,
+    Concurrency,
+    DailyBudget,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "requests_per_minute",
+            Self::TokensPerMinute => "tokens_per_minute",
+            Self::RequestTooLarge => "request_too_large",
+            Self::Concurrency => "max_concurrent",
+            Self::DailyBudget => "daily_tokens",
+        }
+    }
+}
+
+/// A refusal, with when to retry (`None`: retrying will not help).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub retry_after: Option<Duration>,
+    pub status: RateLimitStatus,
+}
+
+/// What OpenAI's `x-ratelimit-*` headers report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimitStatus {
+    pub requests: Option<LimitState>,
+    pub tokens: Option<LimitState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+/// Today's usage of one tenant (UTC day).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DailyUsage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub rejections: u64,
+}
+
+impl DailyUsage {
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Live state of one tenant.
+struct TenantQuota {
+    limits: TenantLimits,
+    requests: Option<RequestLimiter>,
+    tokens: Option<TokenLimiter>,
+    in_flight: AtomicU64,
+    /// The request limiter's last reading: `(remaining, when)`. governor cannot be read without
+    /// taking a cell, so responses that take none report this, refilled by the time since.
+    last_requests: Mutex<Option<(u64, std::time::Instant)>>,
+    /// `(UTC day number, usage)`.
+    today: Mutex<(u64, DailyUsage)>,
+}
+
+fn utc_day() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
+}
+
+fn until_utc_midnight() -> Duration {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Duration::from_secs(86_400 - secs % 86_400)
+}
+
+impl TenantQuota {
+    fn new(limits: &TenantLimits) -> Self {
+        let per_minute = |n: u32| NonZeroU32::new(n).map(Quota::per_minute);
+        Self {
+            limits: limits.clone(),
+            requests: limits
+                .requests_per_minute
+                .and_then(per_minute)
+                .map(|q| RateLimiter::direct(q).with_middleware::<StateInformationMiddleware>()),
+            tokens: limits
+                .tokens_per_minute
+                .map(|n| TokenLimiter::new(n as u64, Duration::from_secs(60))),
+            in_flight: AtomicU64::new(0),
+            last_requests: Mutex::new(None),
+            today: Mutex::new((utc_day(), DailyUsage::default())),
+        }
+    }
+
+    /// Today's usage, reset if the UTC day changed.
+    fn with_today<R>(&self, f: impl FnOnce(&mut DailyUsage) -> R) -> R {
+        let mut today = self.today.lock().expect("usage lock");
+        let day = utc_day();
+        if today.0 != day {
+            *today = (day, DailyUsage::default());
+        }
+        f(&mut today.1)
+    }
+
+    /// Records a reading of the request limiter.
+    fn note_requests(&self, remaining: u64) {
+        *self.last_requests.lock().expect("limiter reading") =
+            Some((remaining, std::time::Instant::now()));
+    }
+
+    fn status(&self) -> RateLimitStatus {
+        let requests = self
+            .limits
+            .requests_per_minute
+            .filter(|&l| l > 0)
+            .map(|limit| {
+                let limit = limit as u64;
+                let per_cell = Duration::from_secs(60) / limit as u32;
+                let remaining = match *self.last_requests.lock().expect("limiter reading") {
+                    None => limit,
+                    Some((remaining, at)) => {
+                        let refilled =
+                            (at.elapsed().as_nanos() / per_cell.as_nanos().max(1)) as u64;
+                        (remaining + refilled).min(limit)
+                    }
+                };
+                LimitState {
+                    limit,
+                    remaining,
+                    reset: per_cell * (limit - remaining) as u32,
+                }
+            });
+        let tokens = self.tokens.as_ref().map(|t| {
+            let s = t.state();
+            LimitState {
+                limit: t.capacity(),
+                remaining: s.remaining,
+                reset: s.reset,
+            }
+        });
+        RateLimitStatus { requests, tokens }
+    }
+
+    fn reject(&self, reason: RejectReason, retry_after: Option<Duration>) -> Rejection {
+        self.with_today(|u| u.rejections += 1);
+        Rejection {
+            reason,
+            retry_after,
+            status: self.status(),
+        }
+    }
+}
+
+/// Every tenant's admission state, for one gateway replica.
+#[derive(Default)]
+pub struct QuotaBook {
+    tenants: DashMap<TenantId, Arc<TenantQuota>>,
+}
+
+/// A request's hold on its tenant's quota. Record real usage with [`Admission::record`]; the
+/// drop settles it.
+pub struct Admission {
+    quota: Arc<TenantQuota>,
+    reserved_tokens: u64,
+    used_tokens: AtomicU64,
+    /// Headers for the response.
+    pub status: RateLimitStatus,
+}
+
+impl QuotaBook {
+    /// The tenant's state, rebuilt if its limits changed (a reload starts fresh counters for
+    /// the limiters that changed; usage of the day is kept).
+    fn quota(&self, tenant: &TenantSpec) -> Arc<TenantQuota> {
+        if let Some(q) = self.tenants.get(&tenant.id) {
+            if q.limits == tenant.limits {
+                return q.clone();
+            }
+        }
+        let fresh = Arc::new(TenantQuota::new(&tenant.limits));
+        if let Some(old) = self.tenants.get(&tenant.id) {
+            let usage = old.with_today(|u| *u);
+            fresh.with_today(|u| *u = usage);
+            fresh
+                .in_flight
+                .store(old.in_flight.load(Ordering::Acquire), Ordering::Release);
+        }
+        self.tenants.insert(tenant.id.clone(), fresh.clone());
+        fresh
+    }
+
+    /// Admits a request that will use at most `reserve_tokens` (prompt + `max_tokens`).
+    pub fn admit(
+        &self,
+        tenant: &TenantSpec,
+        prompt_tokens: u64,
+        reserve_tokens: u64,
+    ) -> Result<Admission, Rejection> {
+        let quota = self.quota(tenant);
+        let limits = &quota.limits;
+        if let Some(budget) = limits.daily_tokens {
+            if quota.with_today(|u| u.total_tokens()) >= budget {
+                return Err(quota.reject(RejectReason::DailyBudget, Some(until_utc_midnight())));
+            }
+        }
+        if let Some(tokens) = &quota.tokens {
+            if reserve_tokens > tokens.capacity() {
+                return Err(quota.reject(RejectReason::RequestTooLarge, None));
+            }
+        }
+        if let Some(max) = limits.max_concurrent {
+            let previous = quota.in_flight.fetch_add(1, Ordering::AcqRel);
+            if previous >= max as u64 {
+                quota.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(quota.reject(RejectReason::Concurrency, Some(Duration::from_secs(1))));
+            }
+        } else {
+            quota.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        // From here on a refusal must give the concurrency slot back.
+        let release = |quota: &TenantQuota| quota.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(limiter) = &quota.requests {
+            match limiter.check() {
+                Ok(snapshot) => quota.note_requests(snapshot.remaining_burst_capacity() as u64),
+                Err(not_until) => {
+                    release(&quota);
+                    quota.note_requests(0);
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    return Err(quota.reject(RejectReason::RequestsPerMinute, Some(wait)));
+                }
+            }
+        }
+        if let Some(tokens) = &quota.tokens {
+            if let Err(wait) = tokens.try_take(reserve_tokens) {
+                release(&quota);
+                return Err(quota.reject(RejectReason::TokensPerMinute, wait));
+            }
+        }
+        quota.with_today(|u| {
+            u.requests += 1;
+            u.prompt_tokens += prompt_tokens;
+        });
+        let status = quota.status();
+        Ok(Admission {
+            quota,
+            reserved_tokens: reserve_tokens,
+            used_tokens: AtomicU64::new(prompt_tokens),
+            status,
+        })
+    }
+
+    /// The tenant's current headers, without taking anything (for responses that are not
+    /// generations).
+    pub fn status(&self, tenant: &TenantSpec) -> RateLimitStatus {
+        self.quota(tenant).status()
+    }
+
+    /// `(in flight, today's usage)` of a tenant.
+    pub fn live(&self, tenant: &TenantSpec) -> (u64, DailyUsage) {
+        let quota = self.quota(tenant);
+        (
+            quota.in_flight.load(Ordering::Acquire),
+            quota.with_today(|u| *u),
+        )
+    }
+
+    /// Adds usage recorded elsewhere (the usage ledger after a restart) to today's counters.
+    pub fn restore_usage(&self, tenant: &TenantSpec, usage: DailyUsage) {
+        self.quota(tenant).with_today(|u| *u = usage);
+    }
+}
+
+impl Admission {
+    /// Adds completion tokens as they are generated (prompt tokens count from admission).
+    pub fn record_completion_tokens(&self, n: u64) {
+        self.used_tokens.fetch_add(n, Ordering::AcqRel);
+        self.quota.with_today(|u| u.completion_tokens += n);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(tokens) = &self.quota.tokens {
+            let used = self.used_tokens.load(Ordering::Acquire);
+            tokens.give_back(self.reserved_tokens.saturating_sub(used));
+        }
+        self.quota.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::ModelAllowList;
+
+    fn tenant(limits: TenantLimits) -> TenantSpec {
+        TenantSpec {
+            id: TenantId::new("t").unwrap(),
+            models: ModelAllowList::all(),
+            limits,
+        }
+    }
+
+    #[test]
+    fn concurrency_is_released_on_drop() {
+        let book = QuotaBook::default();
+        let t = tenant(TenantLimits {
+            max_concurrent: Some(2),
+            ..Default::default()
+        });
+        let a = book.admit(&t, 1, 1).unwrap();
+        let _b = book.admit(&t, 1, 1).unwrap();
+        let err = book.admit(&t, 1, 1).err().unwrap();
+        assert_eq!(err.reason, RejectReason::Concurrency);
+        drop(a);
+        assert!(book.admit(&t, 1, 1).is_ok());
+        assert_eq!(book.live(&t).1.rejections, 1);
+    }
+
+    #[test]
+    fn requests_per_minute_allow_the_burst_then_refuse() {
+        let book = QuotaBook::default();
+        let t = tenant(TenantLimits {
+            requests_per_minute: Some(5),
+            ..Default::default()
+        });
+        let admitted = (0..8).filter(|_| book.admit(&t, 0, 0).is_ok()).count();
+        // GCRA with a burst of the whole minute: 5, plus at most one cell refilled meanwhile.
+        assert!((5..=6).contains(&admitted), "{admitted}");
+        let err = book.admit(&t, 0, 0).err().unwrap();
+        assert_eq!(err.reason, RejectReason::RequestsPerMinute);
+        assert!(err.retry_after.unwrap() > Duration::ZERO);
+        assert_eq!(err.status.requests.unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn token_reservations_are_refunded_and_oversized_requests_refused() {
+        let book = QuotaBook::default();
+        let t = tenant(TenantLimits {
+            tokens_per_minute: Some(100),
+            ..Default::default()
+        });
+        assert_eq!(
+            book.admit(&t, 10, 101).err().unwrap().reason,
+            RejectReason::RequestTooLarge
+        );
+        let a = book.admit(&t, 10, 90).unwrap(); // prompt 10 + max_tokens 80
+        assert!(
+            book.admit(&t, 10, 90).is_err(),
+            "only 10 left while the first is in flight"
+        );
+        a.record_completion_tokens(5); // stopped early: 15 used, 75 returned
+        drop(a);
+        // 85 left after the refund (plus at most a token refilled meanwhile).
+        let b = book.admit(&t, 10, 80).unwrap();
+        assert!(b.status.tokens.unwrap().remaining <= 6);
+        let (_, usage) = book.live(&t);
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.requests),
+            (20, 5, 2)
+        );
+    }
+
+    #[test]
+    fn daily_budget_counts_real_usage() {
+        let book = QuotaBook::default();
+        let t = tenant(TenantLimits {
+            daily_tokens: Some(50),
+            ..Default::default()
+        });
+        let a = book.admit(&t, 30, 1000).unwrap();
+        a.record_completion_tokens(25);
+        drop(a);
+        let err = book.admit(&t, 1, 1).err().unwrap();
+        assert_eq!(err.reason, RejectReason::DailyBudget);
+        assert!(err.retry_after.unwrap() <= Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn changed_limits_take_effect_and_keep_the_days_usage() {
+        let book = QuotaBook::default();
+        let mut t = tenant(TenantLimits::default());
+        drop(book.admit(&t, 7, 7).unwrap());
+        t.limits.max_concurrent = Some(0);
+        assert_eq!(
+            book.admit(&t, 1, 1).err().unwrap().reason,
+            RejectReason::Concurrency
+        );
+        assert_eq!(book.live(&t).1.prompt_tokens, 7);
+    }
+}

@@ -45,13 +45,27 @@ fn arrivals(rate: f64, duration: Duration, seed: u64) -> Vec<Duration> {
 /// Submits each tenant's arrivals on schedule; returns the quiet tenant's TTFTs in ms.
 fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Duration) -> Vec<f64> {
     let engine = Arc::new(
-        LocalEngine::with_model("bench", model.clone(), &CoreConfig { max_running: MAX_RUNNING, fair_share, ..CoreConfig::default() })
-            .unwrap(),
+        LocalEngine::with_model(
+            "bench",
+            model.clone(),
+            &CoreConfig {
+                max_running: MAX_RUNNING,
+                fair_share,
+                ..CoreConfig::default()
+            },
+        )
+        .unwrap(),
     );
-    let mut schedule: Vec<(Duration, &str)> =
-        arrivals(QUIET_RATE, duration, 1).into_iter().map(|t| (t, "quiet")).collect();
+    let mut schedule: Vec<(Duration, &str)> = arrivals(QUIET_RATE, duration, 1)
+        .into_iter()
+        .map(|t| (t, "quiet"))
+        .collect();
     if noisy {
-        schedule.extend(arrivals(NOISY_RATE, duration, 2).into_iter().map(|t| (t, "noisy")));
+        schedule.extend(
+            arrivals(NOISY_RATE, duration, 2)
+                .into_iter()
+                .map(|t| (t, "noisy")),
+        );
     }
     schedule.sort();
     let start = Instant::now();
@@ -62,7 +76,10 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
         }
         let request = GenerationRequest::new(
             Prompt::Text("Write a short note about the weather today.".into()),
-            SamplingParams { ignore_eos: true, ..SamplingParams::greedy(OUTPUT_TOKENS) },
+            SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(OUTPUT_TOKENS)
+            },
             tenant,
         );
         let mut stream = engine.submit(request).unwrap();
@@ -73,7 +90,9 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
                 let mut ttft = None;
                 while let Some(event) = stream.blocking_next() {
                     match event {
-                        TokenEvent::Token { .. } if ttft.is_none() => ttft = Some(submitted.elapsed()),
+                        TokenEvent::Token { .. } if ttft.is_none() => {
+                            ttft = Some(submitted.elapsed())
+                        }
                         TokenEvent::Finished(_) | TokenEvent::Failed(_) => break,
                         _ => {}
                     }
@@ -86,7 +105,7 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
         .into_iter()
         .filter_map(|(tenant, h)| {
             let ttft = h.join().unwrap()?;
-            (tenant == "quiet").then(|| ttft.as_secs_f64() * 1000.0)
+            (tenant == "quiet").then_some(ttft.as_secs_f64() * 1000.0)
         })
         .collect();
     quiet.sort_by(f64::total_cmp);
@@ -94,7 +113,10 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
 }
 
 fn main() {
-    let seconds = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(40);
+    let seconds = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(40);
     let duration = Duration::from_secs(seconds);
     engines::threads::configure(None);
     let path = ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model");

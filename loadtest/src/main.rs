@@ -1,12 +1,10 @@
-//! `loadtest`: the load-test harness for any OpenAI-compatible endpoint.
-//!
-//! Only the command line exists so far: the harness itself (arrivals, measurements, reports,
-//! plots, compare) is its own piece of work and is not implemented yet. Both commands say so
-//! and exit with status 2 rather than pretend to measure anything.
+//! `loadtest run --url URL --scenario FILE [--out report.json]`, `loadtest compare A B`.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use loadtest::report::{compare, Report, Summary};
+use loadtest::scenario::Scenario;
 
 #[derive(Parser)]
 #[command(
@@ -26,23 +24,66 @@ enum Command {
         /// Base URL of the endpoint, e.g. http://127.0.0.1:8080.
         #[arg(long)]
         url: String,
-        /// Scenario file (TOML).
+        /// Scenario file (TOML, see docs/loadtest.md).
         #[arg(long)]
         scenario: PathBuf,
         /// Where to write the JSON report.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// No live progress line.
+        #[arg(long)]
+        quiet: bool,
     },
-    /// Compare two saved reports.
+    /// Print two saved reports side by side, with ratios B / A.
     Compare { a: PathBuf, b: PathBuf },
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let what = match cli.command {
-        Command::Run { .. } => "run",
-        Command::Compare { .. } => "compare",
-    };
-    eprintln!("loadtest {what}: the load-test harness is not implemented yet; only its command line exists.");
-    std::process::exit(2);
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+fn print_summary(name: &str, s: &Summary) {
+    println!(
+        "{name:<12} sent {:>5}  ok {:>5}  429 {:>4}  4xx {:>3}  5xx {:>3}  transport {:>3}  {:>7.2} req/s  {:>8.1} tok/s  goodput {:.2}",
+        s.sent, s.ok, s.rate_limited, s.client_errors, s.server_errors, s.transport_errors,
+        s.request_throughput, s.output_throughput, s.goodput
+    );
+    println!(
+        "{:<12} TTFT p50/p99 {} / {} ms  ITL p50/p99 {} / {} ms  TPOT p50 {} ms  E2E p50/p99 {} / {} ms",
+        "", ms(s.ttft_ms.p50), ms(s.ttft_ms.p99), ms(s.itl_ms.p50), ms(s.itl_ms.p99),
+        ms(s.tpot_ms.p50), ms(s.e2el_ms.p50), ms(s.e2el_ms.p99)
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            url,
+            scenario,
+            out,
+            quiet,
+        } => {
+            let scenario = Scenario::load(&scenario)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(loadtest::run::run(&url, scenario, !quiet))?;
+            println!("{} for {:.1} s", report.url, report.duration_s);
+            print_summary("overall", &report.overall);
+            for (tenant, summary) in &report.tenants {
+                print_summary(tenant, summary);
+            }
+            if let Some(out) = out {
+                std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+                println!("report written to {}", out.display());
+            }
+        }
+        Command::Compare { a, b } => {
+            let load = |p: &PathBuf| -> anyhow::Result<Report> {
+                Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?)
+            };
+            print!("{}", compare(&load(&a)?, &load(&b)?));
+        }
+    }
+    Ok(())
 }

@@ -215,16 +215,22 @@ impl QuotaBook {
                 return q.clone();
             }
         }
-        let fresh = Arc::new(TenantQuota::new(&tenant.limits));
-        if let Some(old) = self.tenants.get(&tenant.id) {
-            let usage = old.with_today(|u| *u);
+        // Create or replace under the shard's lock: concurrent first requests of a tenant must
+        // share one limiter, not each build their own.
+        let mut entry = self
+            .tenants
+            .entry(tenant.id.clone())
+            .or_insert_with(|| Arc::new(TenantQuota::new(&tenant.limits)));
+        if entry.limits != tenant.limits {
+            let fresh = Arc::new(TenantQuota::new(&tenant.limits));
+            let usage = entry.with_today(|u| *u);
             fresh.with_today(|u| *u = usage);
             fresh
                 .in_flight
-                .store(old.in_flight.load(Ordering::Acquire), Ordering::Release);
+                .store(entry.in_flight.load(Ordering::Acquire), Ordering::Release);
+            *entry = fresh;
         }
-        self.tenants.insert(tenant.id.clone(), fresh.clone());
-        fresh
+        entry.clone()
     }
 
     /// Admits a request that will use at most `reserve_tokens` (prompt + `max_tokens`).
@@ -369,6 +375,29 @@ mod tests {
         assert_eq!(err.reason, RejectReason::RequestsPerMinute);
         assert!(err.retry_after.unwrap() > Duration::ZERO);
         assert_eq!(err.status.requests.unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn concurrent_first_requests_share_one_limiter() {
+        let book = Arc::new(QuotaBook::default());
+        let t = tenant(TenantLimits {
+            requests_per_minute: Some(3),
+            ..Default::default()
+        });
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let admitted: usize = (0..8)
+            .map(|_| {
+                let (book, t, barrier) = (book.clone(), t.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    book.admit(&t, 0, 0).is_ok()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum();
+        assert_eq!(admitted, 3);
     }
 
     #[test]

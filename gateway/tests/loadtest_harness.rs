@@ -1,0 +1,78 @@
+//! The load-test harness against the real gateway on loopback, with a throttled tenant.
+
+mod common;
+
+use common::{digest, Options, TestGateway, MODEL};
+use loadtest::report::{Outcome, Report};
+use loadtest::scenario::Scenario;
+
+#[tokio::test]
+async fn a_run_against_the_gateway_counts_and_measures_consistently() {
+    let config = format!(
+        "[[models]]\nid = \"{MODEL}\"\n\
+         [[tenants]]\nid = \"free\"\nkeys = [\"{}\"]\n\
+         [[tenants]]\nid = \"throttled\"\nkeys = [\"{}\"]\nrequests_per_minute = 3\n",
+        digest("sk-free"),
+        digest("sk-throttled")
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let scenario: Scenario = toml::from_str(&format!(
+        r#"
+        model = "{MODEL}"
+        endpoint = "completions"
+        stream = true
+        ignore_eos = true
+        seed = 3
+        stop = {{ duration_secs = 3, requests = 40 }}
+
+        [[tenants]]
+        label = "free"
+        api_key = "sk-free"
+        arrival = {{ kind = "constant", rate = 3.0 }}
+        prompts = {{ kind = "synthetic", tokens = {{ min = 5, max = 15 }} }}
+        max_tokens = {{ min = 4, max = 12 }}
+
+        [[tenants]]
+        label = "throttled"
+        api_key = "sk-throttled"
+        arrival = {{ kind = "bursts", size = 8, every_secs = 10 }}
+        prompts = {{ kind = "synthetic", tokens = 8 }}
+        max_tokens = 4
+        "#
+    ))
+    .unwrap();
+    scenario.validate().unwrap();
+    let report = loadtest::run::run(&gw.base, scenario, false).await.unwrap();
+
+    let o = &report.overall;
+    assert_eq!(
+        o.sent,
+        o.ok + o.rate_limited + o.client_errors + o.server_errors + o.transport_errors
+    );
+    assert_eq!(o.sent, report.requests.len() as u64);
+    assert_eq!(o.sent, report.tenants.values().map(|t| t.sent).sum::<u64>());
+    let throttled = &report.tenants["throttled"];
+    assert_eq!(throttled.sent, 8);
+    assert!(
+        throttled.rate_limited >= 4,
+        "a burst of 8 against 3/min: {throttled:?}"
+    );
+    let free = &report.tenants["free"];
+    assert_eq!((free.ok, free.rate_limited), (free.sent, 0));
+    assert!(free.sent >= 8);
+    for r in report.requests.iter().filter(|r| r.outcome == Outcome::Ok) {
+        let ttft = r.ttft_ms.expect("streamed requests have a TTFT");
+        assert!(ttft <= r.e2el_ms, "{r:?}");
+        assert_eq!(
+            r.itl_ms.len() as u64,
+            r.output_tokens - 1,
+            "one gap between each pair of tokens"
+        );
+        assert!(r.prompt_tokens > 0);
+    }
+    let json = serde_json::to_string(&report).unwrap();
+    assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+}

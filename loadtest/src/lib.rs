@@ -1,0 +1,9 @@
+//! The load-test harness: drives any OpenAI-compatible endpoint with a scenario and reports what
+//! clients saw. It depends on none of the gateway's crates: it is only a client.
+
+pub mod arrival;
+pub mod client;
+pub mod prompts;
+pub mod report;
+pub mod run;
+pub mod scenario;

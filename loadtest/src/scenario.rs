@@ -1,0 +1,205 @@
+//! The scenario file (TOML), documented in `docs/loadtest.md`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Model id to request.
+    pub model: String,
+    /// `chat` or `completions`.
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    #[serde(default = "yes")]
+    pub stream: bool,
+    /// Ask the server to ignore end-of-sequence (vLLM's and this gateway's extension).
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// When the run ends: whichever comes first (at least one is required).
+    pub stop: StopRule,
+    /// Seed of every random choice (arrivals, prompt lengths), for reproducible schedules.
+    #[serde(default)]
+    pub seed: u64,
+    /// Service-level objectives for goodput.
+    #[serde(default)]
+    pub slo: Slo,
+    pub tenants: Vec<TenantLoad>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    #[default]
+    Chat,
+    Completions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRule {
+    pub duration_secs: Option<f64>,
+    pub requests: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub e2el_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLoad {
+    pub label: String,
+    /// The API key, or `env:NAME` to read it from the environment.
+    pub api_key: String,
+    pub arrival: Arrival,
+    pub prompts: Prompts,
+    pub max_tokens: Distribution,
+}
+
+/// How requests arrive.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Arrival {
+    /// Exponential gaps at `rate` requests per second (open loop).
+    Poisson { rate: f64 },
+    /// Evenly spaced at `rate` requests per second (open loop).
+    Constant { rate: f64 },
+    /// `size` requests at once every `every_secs` (open loop).
+    Bursts { size: u64, every_secs: f64 },
+    /// `concurrency` clients, each sending its next request when the last one ends.
+    ClosedLoop { concurrency: u64 },
+}
+
+/// Where prompts come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Prompts {
+    /// Built-in text of about `tokens` tokens (one common word is about one token).
+    Synthetic { tokens: Distribution },
+    /// One prompt per line: `{"prompt": "..."}`, used in order, cycling.
+    Jsonl { path: PathBuf },
+}
+
+/// A fixed number or a uniform range.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Distribution {
+    Fixed(u64),
+    Uniform { min: u64, max: u64 },
+}
+
+impl Distribution {
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> u64 {
+        match self {
+            Self::Fixed(n) => *n,
+            Self::Uniform { min, max } => rng.gen_range(*min..=(*max).max(*min)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ScenarioError::Read(path.into(), e))?;
+        let mut scenario: Self =
+            toml::from_str(&text).map_err(|e| ScenarioError::Parse(path.into(), e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for tenant in &mut scenario.tenants {
+            if let Prompts::Jsonl { path } = &mut tenant.prompts {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let invalid = |m: String| Err(ScenarioError::Invalid(m));
+        if self.stop.duration_secs.is_none() && self.stop.requests.is_none() {
+            return invalid(
+                "`stop` needs `duration_secs` and/or `requests`: every run must end by itself"
+                    .into(),
+            );
+        }
+        if self.tenants.is_empty() {
+            return invalid("the scenario has no tenants".into());
+        }
+        for t in &self.tenants {
+            let ok = match t.arrival {
+                Arrival::Poisson { rate } | Arrival::Constant { rate } => {
+                    rate > 0.0 && rate.is_finite()
+                }
+                Arrival::Bursts { size, every_secs } => size > 0 && every_secs > 0.0,
+                Arrival::ClosedLoop { concurrency } => concurrency > 0,
+            };
+            if !ok {
+                return invalid(format!(
+                    "tenant `{}`: arrival parameters must be positive",
+                    t.label
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+
+    #[test]
+    fn a_run_must_end_by_itself() {
+        let text = r#"
+            model = "m"
+            stop = {}
+            [[tenants]]
+            label = "a"
+            api_key = "k"
+            arrival = { kind = "poisson", rate = 1.0 }
+            prompts = { kind = "synthetic", tokens = 20 }
+            max_tokens = { min = 1, max = 5 }
+        "#;
+        let s: Scenario = toml::from_str(text).unwrap();
+        assert_eq!(
+            s.tenants[0].max_tokens,
+            Distribution::Uniform { min: 1, max: 5 }
+        );
+        assert!(s.validate().is_err());
+    }
+}

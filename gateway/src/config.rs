@@ -121,6 +121,9 @@ pub struct ModelConfig {
     pub prefill_chunk: Option<usize>,
     /// KV cache size in tokens; absent: the model's context length.
     pub kv_cache_tokens: Option<usize>,
+    /// Admit across tenants by weighted virtual token counters (default); `false`: first come,
+    /// first served.
+    pub fair_share: Option<bool>,
 }
 
 impl ModelConfig {
@@ -132,6 +135,7 @@ impl ModelConfig {
             max_running: self.max_running.unwrap_or(d.max_running),
             prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
             kv_cache_tokens: self.kv_cache_tokens.or(d.kv_cache_tokens),
+            fair_share: self.fair_share.unwrap_or(d.fair_share),
             ..d
         }
     }
@@ -211,6 +215,7 @@ fn default_models() -> Vec<ModelConfig> {
         max_running: None,
         prefill_chunk: None,
         kv_cache_tokens: None,
+        fair_share: None,
     }]
 }
 

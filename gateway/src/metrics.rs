@@ -115,25 +115,34 @@ impl Collector for EngineCollector {
             })
             .collect();
         for (name, help, field) in ENGINE_COUNTERS {
-            let sample = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
-            for (model, engine) in &engines {
-                let value = EngineCounters::get(field(engine.counters()));
-                let labels = [("model", model.as_str())];
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
+            encode_per_model(&mut encoder, name, help, &engines, field, |v| {
+                ConstCounter::new(v)
+            })?;
         }
         for (name, help, field) in ENGINE_GAUGES {
-            let sample = ConstGauge::new(0i64);
-            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
-            for (model, engine) in &engines {
-                let value = EngineCounters::get(field(engine.counters())) as i64;
-                let labels = [("model", model.as_str())];
-                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-            }
+            encode_per_model(&mut encoder, name, help, &engines, field, |v| {
+                ConstGauge::new(v as i64)
+            })?;
         }
         Ok(())
     }
+}
+
+/// One metric family with a sample per ready model (label `model`).
+fn encode_per_model<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    engines: &[(String, Arc<dyn engines::Engine>)],
+    field: CounterField,
+    metric: impl Fn(u64) -> M,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric(0).metric_type())?;
+    for (model, engine) in engines {
+        let value = EngineCounters::get(field(engine.counters()));
+        metric(value).encode(family.encode_family(&[("model", model.as_str())])?)?;
+    }
+    Ok(())
 }
 
 /// Builds the registry for a server.

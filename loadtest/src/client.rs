@@ -1,4 +1,5 @@
-//! One request against an OpenAI-compatible endpoint, measured as the client sees it.
+//! One request against an OpenAI-compatible endpoint, measured as the client sees it. TTFT is
+//! the first token chunk, ITL the gaps between token chunks.
 
 use std::time::{Duration, Instant};
 
@@ -44,12 +45,16 @@ fn path(endpoint: Endpoint) -> &'static str {
     }
 }
 
-/// The text of a choice in a chunk or response, whichever endpoint.
-fn choice_text(choice: &Value) -> Option<&str> {
-    choice["delta"]["content"]
-        .as_str()
-        .or_else(|| choice["message"]["content"].as_str())
-        .or_else(|| choice["text"].as_str())
+/// Does this streamed choice carry a generated token? Servers send one chunk per token (its
+/// text possibly empty); the chat role announcement and the final chunk with a finish reason
+/// carry none.
+fn is_token_chunk(choice: &Value) -> bool {
+    if !choice["finish_reason"].is_null() {
+        return false;
+    }
+    let delta = &choice["delta"];
+    (delta.get("content").is_some_and(Value::is_string) && delta.get("role").is_none())
+        || choice.get("text").is_some_and(Value::is_string)
 }
 
 pub async fn send(
@@ -134,11 +139,10 @@ pub async fn send(
                 if value["usage"].is_object() {
                     usage = Some(value["usage"].clone());
                 }
-                let has_text = value["choices"].as_array().is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| choice_text(c).is_some_and(|t| !t.is_empty()))
-                });
-                if has_text {
+                if value["choices"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(is_token_chunk))
+                {
                     let now = Instant::now();
                     match last_token {
                         None => record.ttft_ms = Some(ms(now - started)),

@@ -155,15 +155,7 @@ impl Scheduler {
             if !self.running[i].is_prefilling() {
                 continue;
             }
-            let want = self.running[i]
-                .pending()
-                .min(self.limits.prefill_chunk)
-                .min(budget);
-            let granted = self.grow_within_free(i, want);
-            if granted > 0 {
-                self.plan_chunk(&mut chunks, i, granted);
-                budget -= granted;
-            }
+            budget -= self.plan_prompt_chunk(&mut chunks, i, budget);
         }
 
         // 3. Admissions, while everything fits.
@@ -190,15 +182,7 @@ impl Scheduler {
             plan.admitted.push(sequence.id);
             self.running.push(sequence);
             let i = self.running.len() - 1;
-            let want = self.running[i]
-                .pending()
-                .min(self.limits.prefill_chunk)
-                .min(budget);
-            let granted = self.grow_within_free(i, want);
-            if granted > 0 {
-                self.plan_chunk(&mut chunks, i, granted);
-                budget -= granted;
-            }
+            budget -= self.plan_prompt_chunk(&mut chunks, i, budget);
         }
 
         plan.chunks = self
@@ -218,6 +202,25 @@ impl Scheduler {
             .collect();
 
         plan
+    }
+
+    /// Plans the next prompt chunk of running sequence `i`: at most `prefill_chunk` tokens,
+    /// within `budget` and the free blocks. Returns the tokens planned.
+    fn plan_prompt_chunk(
+        &mut self,
+        chunks: &mut Vec<(SequenceId, usize)>,
+        i: usize,
+        budget: usize,
+    ) -> usize {
+        let want = self.running[i]
+            .pending()
+            .min(self.limits.prefill_chunk)
+            .min(budget);
+        let granted = self.grow_within_free(i, want);
+        if granted > 0 {
+            self.plan_chunk(chunks, i, granted);
+        }
+        granted
     }
 
     /// Adds `tokens` of running sequence `i` to the step and charges them to its tenant at once,

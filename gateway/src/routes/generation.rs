@@ -213,7 +213,9 @@ fn sse_events(
                 admission.record_completion_tokens(1);
             }
             let chunk = match event {
-                TokenEvent::Token { text, .. } if text.is_empty() => None,
+                // One chunk per generated token, as vLLM streams, even when its text is empty (a
+                // special token, or bytes held back until a character is complete): clients
+                // and load generators count tokens by chunks.
                 TokenEvent::Token { text, .. } => meta.chunk(i, ChoiceEvent::Text(&text), include_usage),
                 TokenEvent::Finished(completion) => {
                     log_completion(&meta, &completion);

@@ -246,8 +246,9 @@ pub trait Engine: Send + Sync + 'static {
         requests.into_iter().map(|r| self.submit(r)).collect()
     }
 
-    /// Prompt length in tokens of a request, without running it.
-    fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize>;
+    /// The token ids a prompt becomes (chat template rendered, text tokenised), without running
+    /// it. Callers that need the size first can submit `Prompt::Tokens` with them.
+    fn prompt_token_ids(&self, prompt: &Prompt) -> Result<Vec<u32>>;
 
     fn counters(&self) -> &EngineCounters;
 }

@@ -138,8 +138,8 @@ impl Engine for LocalEngine {
         Ok(streams)
     }
 
-    fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize> {
-        Ok(self.model.prompt_ids(prompt)?.len())
+    fn prompt_token_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        self.model.prompt_ids(prompt)
     }
 
     fn counters(&self) -> &EngineCounters {

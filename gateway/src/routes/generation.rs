@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use engines::{Engine, GenerationRequest, Prompt, TokenEvent, TokenStream};
+use engines::{Engine, GenerationRequest, Prompt, SamplingParams, TokenEvent, TokenStream};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 use std::sync::Arc;
@@ -33,17 +33,8 @@ pub async fn chat_completions(
     let params = from_value::<CommonParams>(&body)?.validate()?;
     let prompt = Prompt::Chat(request.conversation()?);
     // OpenAI's chat default: as many tokens as the context has room for.
-    let max_tokens = match params.max_tokens {
-        Some(n) => n,
-        None => {
-            let prompt_tokens = engine.count_prompt_tokens(&prompt)?;
-            engine
-                .info()
-                .context_length
-                .saturating_sub(prompt_tokens)
-                .max(1)
-        }
-    };
+    let context = engine.info().context_length;
+    let default_max = move |prompt_tokens: usize| context.saturating_sub(prompt_tokens).max(1);
     let meta = ResponseMeta::new(Endpoint::Chat, &request.model);
     generate(
         &state,
@@ -51,7 +42,7 @@ pub async fn chat_completions(
         meta,
         vec![prompt],
         params,
-        max_tokens,
+        default_max,
         &caller,
     )
     .await
@@ -66,9 +57,17 @@ pub async fn completions(
     let engine = resolve_model(&state, &caller, &request.model)?;
     let params = from_value::<CommonParams>(&body)?.validate()?;
     let prompts = request.prompts()?;
-    let max_tokens = params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let meta = ResponseMeta::new(Endpoint::Completions, &request.model);
-    generate(&state, engine, meta, prompts, params, max_tokens, &caller).await
+    generate(
+        &state,
+        engine,
+        meta,
+        prompts,
+        params,
+        |_| DEFAULT_MAX_TOKENS,
+        &caller,
+    )
+    .await
 }
 
 /// The engine serving `model`, if it exists, the caller may use it, and it is loaded.
@@ -93,23 +92,28 @@ fn resolve_model(
     }
 }
 
+/// Admits and submits a request. Each prompt is rendered and tokenised once, here: admission
+/// needs its size, and the engine gets the ids. `default_max_tokens` gives the endpoint's
+/// `max_tokens` for a prompt of that many tokens when the request names none.
 async fn generate(
     state: &AppState,
     engine: Arc<dyn Engine>,
     meta: ResponseMeta,
     prompts: Vec<Prompt>,
     params: ValidParams,
-    max_tokens: usize,
+    default_max_tokens: impl Fn(usize) -> usize,
     caller: &Caller,
 ) -> Result<Response, ApiError> {
-    let mut sampling = params.sampling;
-    sampling.max_tokens = max_tokens;
-    // Admission needs the request's size: prompt tokens now, plus max_tokens reserved.
-    let mut prompt_tokens = 0;
+    let mut prepared = Vec::with_capacity(prompts.len());
     for prompt in &prompts {
-        prompt_tokens += engine.count_prompt_tokens(prompt)? as u64;
+        let ids = engine.prompt_token_ids(prompt)?;
+        let max_tokens = params
+            .max_tokens
+            .unwrap_or_else(|| default_max_tokens(ids.len()));
+        prepared.push((ids, max_tokens));
     }
-    let reserve = prompt_tokens + (max_tokens * prompts.len()) as u64;
+    let prompt_tokens: u64 = prepared.iter().map(|(ids, _)| ids.len() as u64).sum();
+    let reserve = prompt_tokens + prepared.iter().map(|(_, max)| *max as u64).sum::<u64>();
     let admission = state
         .quotas
         .admit(&caller.tenant, prompt_tokens, reserve)
@@ -121,11 +125,14 @@ async fn generate(
             ApiError::rate_limited(&rejection)
         })?;
     // All prompts or none: a prompt that does not fit fails the whole request.
-    let requests = prompts
+    let requests = prepared
         .into_iter()
-        .map(|prompt| GenerationRequest {
-            prompt,
-            params: sampling.clone(),
+        .map(|(ids, max_tokens)| GenerationRequest {
+            prompt: Prompt::Tokens(ids),
+            params: SamplingParams {
+                max_tokens,
+                ..params.sampling.clone()
+            },
             tenant: caller.tenant.id.to_string(),
             weight: caller.tenant.limits.weight,
         })

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use engines::core::CoreConfig;
+use engines::engine::CollectedOutput;
 use engines::local::LoadedModel;
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::text::ChatMessage;
@@ -82,6 +83,16 @@ fn solo(requests: &[GenerationRequest]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Submits every request at once and reads each stream to its end.
+fn run_together(engine: &LocalEngine, requests: &[GenerationRequest]) -> Vec<CollectedOutput> {
+    engine
+        .submit_all(requests.to_vec())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.blocking_collect().unwrap())
+        .collect()
+}
+
 /// Step records until the core is idle (it publishes the last one after the final tokens).
 fn records_until_idle(engine: &LocalEngine) -> Vec<StepRecord> {
     let mut records = Vec::new();
@@ -103,14 +114,7 @@ fn batched_greedy_output_equals_solo_output() {
     let requests: Vec<_> = QUESTIONS.iter().map(|q| chat(q, 24)).collect();
     let expected = solo(&requests);
     let engine = engine(CoreConfig::default());
-    let streams: Vec<_> = requests
-        .iter()
-        .map(|r| engine.submit(r.clone()).unwrap())
-        .collect();
-    let outputs: Vec<_> = streams
-        .into_iter()
-        .map(|s| s.blocking_collect().unwrap())
-        .collect();
+    let outputs = run_together(&engine, &requests);
     for (i, (out, want)) in outputs.iter().zip(&expected).enumerate() {
         assert_eq!(&out.token_ids, want, "prompt {i}: {:?}", QUESTIONS[i]);
         assert_eq!(out.completion.finish_reason, FinishReason::Length);
@@ -230,14 +234,7 @@ fn more_requests_than_the_pool_holds_all_complete_with_preemption() {
         .take(10)
         .map(|q| chat(q, 40))
         .collect();
-    let streams: Vec<_> = requests
-        .iter()
-        .map(|r| engine.submit(r.clone()).unwrap())
-        .collect();
-    let outputs: Vec<_> = streams
-        .into_iter()
-        .map(|s| s.blocking_collect().unwrap())
-        .collect();
+    let outputs = run_together(&engine, &requests);
     let records = records_until_idle(&engine);
     assert!(
         records.iter().any(|r| !r.preempted.is_empty()),

@@ -11,6 +11,7 @@ pub mod local;
 pub mod model;
 pub mod model_fetch;
 pub mod sampling;
+pub mod synthetic;
 pub mod text;
 pub mod threads;
 
@@ -23,3 +24,4 @@ pub use engine::{
 pub use error::EngineError;
 pub use local::{LocalEngine, LocalEngineOptions};
 pub use sampling::SamplingParams;
+pub use synthetic::{SyntheticEngine, SyntheticOptions};

@@ -105,6 +105,12 @@ pub struct TlsConfig {
 pub struct ModelConfig {
     /// The id clients put in `model`.
     pub id: String,
+    /// `gguf` (default): a candle engine on a GGUF file. `synthetic`: a benchmark tool that
+    /// streams tokens without running a model (see `[models.synthetic]`).
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Behaviour of a `synthetic` model.
+    pub synthetic: Option<SyntheticConfig>,
     /// GGUF file. Absent: the embedded default model, fetched into the cache if missing.
     pub path: Option<PathBuf>,
     /// `cpu` (GPU devices come with the pools work).
@@ -136,6 +142,41 @@ impl ModelConfig {
             prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
             kv_cache_tokens: self.kv_cache_tokens.or(d.kv_cache_tokens),
             fair_share: self.fair_share.unwrap_or(d.fair_share),
+            ..d
+        }
+    }
+}
+
+/// What runs behind a model id.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    #[default]
+    Gguf,
+    /// Benchmark tool only: measures the gateway's own overhead; its output is meaningless.
+    Synthetic,
+}
+
+/// `[models.synthetic]`: how the benchmark engine streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Tokens per second of each stream; 0 (default): unpaced.
+    #[serde(default)]
+    pub tokens_per_second: f64,
+    /// Tokens per request (capped by `max_tokens`); absent: exactly `max_tokens`.
+    pub output_tokens: Option<usize>,
+    /// Context window requests are checked against (default 8192).
+    pub context_length: Option<usize>,
+}
+
+impl SyntheticConfig {
+    pub fn options(&self) -> engines::SyntheticOptions {
+        let d = engines::SyntheticOptions::default();
+        engines::SyntheticOptions {
+            tokens_per_second: self.tokens_per_second,
+            output_tokens: self.output_tokens,
+            context_length: self.context_length.unwrap_or(d.context_length),
             ..d
         }
     }
@@ -208,6 +249,8 @@ fn default_device() -> String {
 fn default_models() -> Vec<ModelConfig> {
     vec![ModelConfig {
         id: DEFAULT_MODEL_ID.to_string(),
+        kind: ModelKind::Gguf,
+        synthetic: None,
         path: None,
         device: default_device(),
         weights: WeightsConfig::default(),
@@ -277,6 +320,21 @@ impl GatewayConfig {
                 device: model.device.clone(),
                 reason,
             })?;
+            if model.synthetic.is_some() != (model.kind == ModelKind::Synthetic) {
+                return Err(ConfigError::Invalid(format!(
+                    "model `{}`: `[models.synthetic]` goes with `kind = \"synthetic\"`, and only with it",
+                    model.id
+                )));
+            }
+            if let Some(synthetic) = &model.synthetic {
+                let rate = synthetic.tokens_per_second;
+                if !(rate >= 0.0 && rate.is_finite()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "model `{}`: `tokens_per_second` must be a number >= 0",
+                        model.id
+                    )));
+                }
+            }
             let core = model.core();
             let zero = [
                 ("max_batch_tokens", core.max_batch_tokens),
@@ -366,6 +424,28 @@ mod tests {
         let gpu = "[[models]]\nid = \"m\"\ndevice = \"tpu:0\"\n";
         let config: GatewayConfig = toml::from_str(gpu).unwrap();
         assert!(matches!(config.validate(), Err(ConfigError::Device { .. })));
+    }
+
+    #[test]
+    fn synthetic_models_need_their_table() {
+        let ok = "[[models]]\nid = \"s\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 20\n";
+        let config: GatewayConfig = toml::from_str(ok).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.models[0]
+                .synthetic
+                .as_ref()
+                .unwrap()
+                .options()
+                .tokens_per_second,
+            20.0
+        );
+        let missing = "[[models]]\nid = \"s\"\nkind = \"synthetic\"\n";
+        let config: GatewayConfig = toml::from_str(missing).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
+        let stray = "[[models]]\nid = \"s\"\n[models.synthetic]\n";
+        let config: GatewayConfig = toml::from_str(stray).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

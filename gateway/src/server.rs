@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum_server::accept::NoDelayAcceptor;
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
-use engines::{LocalEngine, LocalEngineOptions};
+use engines::{Engine, LocalEngine, LocalEngineOptions, SyntheticEngine};
 
 use crate::config::{parse_device, GatewayConfig, ModelConfig};
 use crate::directory::Directory;
@@ -33,7 +34,7 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
             let state = match load_model(&model) {
                 Ok(engine) => {
                     tracing::info!(model = %model.id, "model ready");
-                    ModelState::Ready(Arc::new(engine))
+                    ModelState::Ready(engine)
                 }
                 Err(e) => {
                     tracing::error!(model = %model.id, error = %format!("{e:#}"), "model failed to load");
@@ -68,6 +69,8 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
     listener.set_nonblocking(true)?;
     let addr: SocketAddr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
+    // Streams are many small writes (one SSE event per token): with Nagle's algorithm on, a
+    // token waits for the client's delayed ACK (~40 ms) and tokens arrive in bursts.
     tokio::spawn(shutdown_on_signal(handle.clone()));
 
     match &config.tls {
@@ -83,6 +86,7 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
                 })?;
             announce("https", addr);
             axum_server::from_tcp_rustls(listener, rustls)
+                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(app)
                 .await?;
@@ -90,6 +94,7 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
         None => {
             announce("http", addr);
             axum_server::from_tcp(listener)
+                .acceptor(NoDelayAcceptor::new())
                 .handle(handle)
                 .serve(app)
                 .await?;
@@ -104,7 +109,14 @@ fn announce(scheme: &str, addr: SocketAddr) {
     let _ = std::io::stdout().flush();
 }
 
-fn load_model(model: &ModelConfig) -> anyhow::Result<LocalEngine> {
+fn load_model(model: &ModelConfig) -> anyhow::Result<Arc<dyn Engine>> {
+    if let Some(synthetic) = &model.synthetic {
+        tracing::warn!(model = %model.id, "synthetic model: a benchmark tool, its output is meaningless");
+        return Ok(Arc::new(SyntheticEngine::start(
+            &model.id,
+            synthetic.options(),
+        )?));
+    }
     let path = match &model.path {
         Some(path) => path.clone(),
         None => ensure_model(&DEFAULT_MODEL, &default_cache_dir())?,
@@ -117,7 +129,7 @@ fn load_model(model: &ModelConfig) -> anyhow::Result<LocalEngine> {
         weight_format: model.weights.into(),
         core: model.core(),
     };
-    Ok(LocalEngine::start(&model.id, &options)?)
+    Ok(Arc::new(LocalEngine::start(&model.id, &options)?))
 }
 
 async fn shutdown_on_signal(handle: axum_server::Handle) {

@@ -3,6 +3,7 @@
 
 pub mod arrival;
 pub mod client;
+pub mod plots;
 pub mod prompts;
 pub mod report;
 pub mod run;

@@ -1,4 +1,5 @@
-//! `loadtest run --url URL --scenario FILE [--out report.json]`, `loadtest compare A B`.
+//! `loadtest run --url URL --scenario FILE [--out report.json] [--plots DIR]`, `loadtest compare A B`,
+//! `loadtest plot REPORT --out DIR`.
 
 use std::path::PathBuf;
 
@@ -30,12 +31,22 @@ enum Command {
         /// Where to write the JSON report.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also draw SVG pictures (latency CDFs per tenant, throughput over time) into this folder.
+        #[arg(long)]
+        plots: Option<PathBuf>,
         /// No live progress line.
         #[arg(long)]
         quiet: bool,
     },
     /// Print two saved reports side by side, with ratios B / A.
     Compare { a: PathBuf, b: PathBuf },
+    /// Draw the pictures of a saved report (as `run --plots`).
+    Plot {
+        report: PathBuf,
+        /// Folder to write the SVG files into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -55,12 +66,17 @@ fn print_summary(name: &str, s: &Summary) {
     );
 }
 
+fn load(path: &PathBuf) -> anyhow::Result<Report> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run {
             url,
             scenario,
             out,
+            plots,
             quiet,
         } => {
             let scenario = Scenario::load(&scenario)?;
@@ -77,12 +93,19 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
                 println!("report written to {}", out.display());
             }
+            if let Some(dir) = plots {
+                for file in loadtest::plots::write_plots(&report, &dir)? {
+                    println!("picture written to {}", file.display());
+                }
+            }
         }
         Command::Compare { a, b } => {
-            let load = |p: &PathBuf| -> anyhow::Result<Report> {
-                Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?)
-            };
             print!("{}", compare(&load(&a)?, &load(&b)?));
+        }
+        Command::Plot { report, out } => {
+            for file in loadtest::plots::write_plots(&load(&report)?, &out)? {
+                println!("picture written to {}", file.display());
+            }
         }
     }
     Ok(())

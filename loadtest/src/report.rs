@@ -178,12 +178,7 @@ impl Report {
             let mine: Vec<&RequestRecord> = requests.iter().filter(|r| r.tenant == label).collect();
             tenants.insert(label.to_string(), Summary::of(&mine, duration_s, slo));
         }
-        let mut per_second = vec![0u64; duration_s.ceil().max(1.0) as usize];
-        for r in requests.iter().filter(|r| r.outcome == Outcome::Ok) {
-            let done = ((r.sent_at_ms + r.e2el_ms) / 1000.0) as usize;
-            let slot = done.min(per_second.len() - 1);
-            per_second[slot] += r.output_tokens;
-        }
+        let per_second = tokens_per_second(&requests, duration_s, None);
         Self {
             url: url.to_string(),
             model: model.to_string(),
@@ -194,6 +189,24 @@ impl Report {
             requests,
         }
     }
+}
+
+/// Output tokens finished in each second of a run, for the requests of `tenant` (all if None).
+pub fn tokens_per_second(
+    requests: &[RequestRecord],
+    duration_s: f64,
+    tenant: Option<&str>,
+) -> Vec<u64> {
+    let mut per_second = vec![0u64; duration_s.ceil().max(1.0) as usize];
+    let last = per_second.len() - 1;
+    for r in requests
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok && tenant.is_none_or(|t| r.tenant == t))
+    {
+        let second = ((r.sent_at_ms + r.e2el_ms) / 1000.0) as usize;
+        per_second[second.min(last)] += r.output_tokens;
+    }
+    per_second
 }
 
 /// Two runs side by side: each metric of A and B and the ratio B / A.

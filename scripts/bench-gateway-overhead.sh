@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Gateway overhead: the same synthetic engine reached through the gateway (auth and quotas on)
+# and through the thinnest possible server (gateway/examples/synthetic_floor.rs), driven by the
+# load-test harness with the same scenario, one target at a time, in one run on one machine.
+#
+#   scripts/bench-gateway-overhead.sh [OUT_DIR]     (default target/bench/gateway-overhead)
+#
+# Two scenarios: `latency` (16 closed-loop clients, 32 tokens paced at 200 tokens/s: the added
+# TTFT/ITL/E2E), and `peak` (64 closed-loop clients, 16 unpaced tokens: the peak request rate).
+# Extra gateway config lines (e.g. to switch the ledger or metrics off) come from
+# $GATEWAY_EXTRA_CONFIG; $VARIANTS names the targets to run (default "floor gateway").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-target/bench/gateway-overhead}
+DURATION=${DURATION:-20}
+VARIANTS=${VARIANTS:-floor gateway}
+mkdir -p "$OUT"
+cargo build --release --locked -p gateway -p loadtest --bins --examples >&2
+BIN=target/release
+
+KEY=sk-bench-overhead
+DIGEST=$("$BIN/gateway" keys hash "$KEY" | tail -1)
+
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Starts a server in the background; waits until it prints its address.
+start() {
+  local log=$1; shift
+  "$@" >"$log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q "listening on" "$log" && return 0
+    sleep 0.1
+  done
+  echo "server did not start: $log" >&2; cat "$log" >&2; exit 1
+}
+
+scenario() { # name clients max_tokens
+  cat >"$OUT/$1.toml" <<EOF
+model = "bench"
+endpoint = "completions"
+stream = true
+stop = { duration_secs = $DURATION }
+
+[[tenants]]
+label = "bench"
+api_key = "$KEY"
+arrival = { kind = "closed_loop", concurrency = $2 }
+prompts = { kind = "synthetic", tokens = 64 }
+max_tokens = $3
+EOF
+}
+scenario latency 16 32
+scenario peak 64 16
+
+run_target() { # variant scenario tokens_per_second
+  local variant=$1 name=$2 rate=$3 port=$((9300 + RANDOM % 500))
+  case $variant in
+    floor)
+      start "$OUT/$variant-$name.log" "$BIN/examples/synthetic_floor" \
+        --listen "127.0.0.1:$port" --tokens-per-second "$rate" ;;
+    gateway*)
+      cat >"$OUT/$variant-$name-gateway.toml" <<EOF
+listen = "127.0.0.1:$port"
+${GATEWAY_EXTRA_CONFIG:-}
+
+[[models]]
+id = "bench"
+kind = "synthetic"
+[models.synthetic]
+tokens_per_second = $rate
+
+[[tenants]]
+id = "bench"
+keys = ["$DIGEST"]
+# Quotas on, high enough never to refuse: their bookkeeping is part of what is measured.
+requests_per_minute = 10000000
+tokens_per_minute = 1000000000
+max_concurrent = 100000
+daily_tokens = 100000000000
+EOF
+      RUST_LOG=warn start "$OUT/$variant-$name.log" "$BIN/gateway" --config "$OUT/$variant-$name-gateway.toml" ;;
+  esac
+  "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
+    --out "$OUT/$variant-$name.json" | sed "s/^/[$variant $name] /"
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+}
+
+for variant in $VARIANTS; do run_target "$variant" latency 200; done
+for variant in $VARIANTS; do run_target "$variant" peak 0; done
+
+set -- $VARIANTS
+for name in latency peak; do
+  echo "== $name: B = $2 over A = $1"
+  "$BIN/loadtest" compare "$OUT/$1-$name.json" "$OUT/$2-$name.json"
+done

@@ -7,6 +7,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use policies::{ApiKey, KeyId, TenantSpec};
 
+use crate::accounting::ServedModel;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -23,11 +24,13 @@ pub async fn require_api_key(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = bearer_token(&request).ok_or_else(ApiError::missing_api_key)?;
-    let resolved = state
-        .directory()
-        .resolve(&ApiKey::from_plaintext(presented))
-        .ok_or_else(ApiError::invalid_api_key)?;
+    let resolved = tracing::info_span!("authenticate").in_scope(|| {
+        let presented = bearer_token(&request).ok_or_else(ApiError::missing_api_key)?;
+        state
+            .directory()
+            .resolve(&ApiKey::from_plaintext(presented))
+            .ok_or_else(ApiError::invalid_api_key)
+    })?;
     tracing::Span::current().record("tenant", resolved.tenant.id.as_str());
     tracing::Span::current().record("key_id", resolved.key_id.as_str());
     let tenant = resolved.tenant.clone();
@@ -46,6 +49,13 @@ pub async fn require_api_key(
     {
         crate::rate_limit_headers::insert(response.headers_mut(), &state.quotas.status(&tenant));
     }
+    let model = response
+        .extensions()
+        .get::<ServedModel>()
+        .map_or("", |m| m.0.as_str());
+    state
+        .requests
+        .count_request(tenant.id.as_str(), model, response.status().as_u16());
     Ok(response)
 }
 

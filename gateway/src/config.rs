@@ -61,6 +61,118 @@ pub struct GatewayConfig {
     /// Stored forms of the keys that may use `/admin/*`.
     #[serde(default)]
     pub admin_keys: Vec<String>,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[ledger]`: the durable usage ledger.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// `false`: no ledger (usage is then only in memory and in metrics; the daily budget resets
+    /// on restart). Meant for benchmarks.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// SQLite file; absent: `usage.db` in the data directory (`GATEWAY_DATA_DIR`, else
+    /// `$XDG_DATA_HOME/gateway` or `~/.local/share/gateway`).
+    pub path: Option<PathBuf>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// Where the ledger lives.
+    pub fn resolved_path(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| default_data_dir().join("usage.db"))
+    }
+}
+
+/// The gateway's state directory (the ledger's default home).
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GATEWAY_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("gateway");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/gateway"),
+        None => PathBuf::from("gateway-data"),
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// `[telemetry]`: traces, metrics and logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Export traces over OTLP to this endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` also turns it on).
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `grpc` (`OTEL_EXPORTER_OTLP_PROTOCOL` overrides).
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// More resource attributes (e.g. `deployment.environment = "prod"`).
+    #[serde(default)]
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    /// `text` (default) or `json`; `GATEWAY_LOG_FORMAT` overrides.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Record the per-request Prometheus series (default); `false` for overhead benchmarks.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            service_name: default_service_name(),
+            resource_attributes: Default::default(),
+            log_format: LogFormat::default(),
+            metrics: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_service_name() -> String {
+    "gateway".to_string()
 }
 
 /// Limits of the HTTP server.
@@ -274,6 +386,8 @@ impl Default for GatewayConfig {
             models: default_models(),
             tenants: Vec::new(),
             admin_keys: Vec::new(),
+            ledger: LedgerConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -299,6 +413,9 @@ impl GatewayConfig {
             if let Some(p) = model.path.as_mut() {
                 resolve(p);
             }
+        }
+        if let Some(p) = config.ledger.path.as_mut() {
+            resolve(p);
         }
         if let Some(tls) = config.tls.as_mut() {
             resolve(&mut tls.cert);

@@ -236,6 +236,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ledger::LedgerError> for ApiError {
+    fn from(err: ledger::LedgerError) -> Self {
+        match err {
+            ledger::LedgerError::InvalidTime(_) => ApiError::invalid_request(err.to_string()),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         let message = err.to_string();

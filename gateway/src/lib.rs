@@ -1,6 +1,7 @@
 //! The multi-tenant OpenAI-compatible gateway: HTTP and TLS, authentication, the OpenAI API,
 //! and the start-up that wires engines and policies together.
 
+pub mod accounting;
 pub mod auth;
 pub mod config;
 pub mod directory;
@@ -12,3 +13,4 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod telemetry;

@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::config::{GatewayConfig, TenantConfig};
 use policies::{ApiKey, ModelAllowList, TenantId};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -99,12 +98,6 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let mut config = match &args.config {
         Some(path) => GatewayConfig::load(path)?,
         None => demo_config(),
@@ -123,7 +116,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(gateway::server::serve(config, args.config.clone()))
+    runtime.block_on(async {
+        // Inside the runtime: the gRPC trace exporter needs one. Dropped last: flushes spans.
+        let _telemetry = gateway::telemetry::init(&config.telemetry)?;
+        gateway::server::serve(config, args.config.clone()).await
+    })
 }
 
 /// The embedded default with the `demo` tenant, whose key comes from `GATEWAY_DEMO_KEY` or is

@@ -13,6 +13,8 @@ use engines::{Engine, LocalEngine, LocalEngineOptions, SyntheticEngine};
 use crate::config::{parse_device, GatewayConfig, ModelConfig};
 use crate::directory::Directory;
 use crate::state::{AppState, Limits, ModelRegistry, ModelState};
+use ledger::{Ledger, UsageQuery};
+use policies::DailyUsage;
 
 /// Serves until SIGINT or SIGTERM. `keys` is the key store to start with (the configured tenants,
 /// or the demo tenant). The line `gateway listening on <scheme>://<addr>` goes to stdout once the
@@ -49,7 +51,28 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
     };
-    let state = AppState::new(limits, models, directory);
+    let ledger = match config.ledger.enabled {
+        true => {
+            let path = config.ledger.resolved_path();
+            let ledger = Ledger::open(&path)?;
+            tracing::info!(path = %path.display(), "usage ledger open");
+            Some(Arc::new(ledger))
+        }
+        false => {
+            tracing::warn!("usage ledger disabled: usage is not recorded durably");
+            None
+        }
+    };
+    let state = AppState::new(
+        limits,
+        models,
+        directory,
+        ledger.clone(),
+        config.telemetry.metrics,
+    );
+    if let Some(ledger) = &ledger {
+        restore_todays_usage(&state, ledger)?;
+    }
     // Tenants, keys and limits follow the file without a restart.
     let _watcher = match &config_path {
         Some(path) => {
@@ -98,6 +121,41 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
                 .handle(handle)
                 .serve(app)
                 .await?;
+        }
+    }
+    // Requests that ended during the graceful shutdown may have queued records: commit them.
+    if let Some(ledger) = ledger {
+        tokio::task::spawn_blocking(move || ledger.close()).await?;
+    }
+    Ok(())
+}
+
+/// The daily budget counts what each tenant used since midnight UTC, also across restarts: the
+/// ledger has it.
+fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()> {
+    let now = ledger::unix_ms_now();
+    let midnight = now - now.rem_euclid(86_400_000);
+    let rows = ledger.usage(&UsageQuery {
+        from_ms: Some(midnight),
+        ..Default::default()
+    })?;
+    let directory = state.directory();
+    for row in rows {
+        if let Some(tenant) = directory
+            .tenants
+            .iter()
+            .find(|t| t.id.as_str() == row.tenant)
+        {
+            state.quotas.restore_usage(
+                tenant,
+                DailyUsage {
+                    requests: row.requests,
+                    prompt_tokens: row.prompt_tokens,
+                    completion_tokens: row.completion_tokens,
+                    rejections: 0,
+                },
+            );
+            tracing::info!(tenant = %row.tenant, tokens = row.total_tokens, "restored today's usage from the ledger");
         }
     }
     Ok(())

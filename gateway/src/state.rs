@@ -4,9 +4,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use engines::Engine;
+use ledger::Ledger;
 use policies::QuotaBook;
 
 use crate::directory::Directory;
+use crate::metrics::RequestMetrics;
 
 /// Limits applied at the edge.
 #[derive(Debug, Clone, Copy)]
@@ -21,18 +23,31 @@ pub struct AppState {
     pub limits: Limits,
     pub models: Arc<ModelRegistry>,
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The per-request series (also registered in `metrics`).
+    pub requests: Arc<RequestMetrics>,
     pub quotas: Arc<QuotaBook>,
+    /// The durable usage ledger (`None` when `[ledger] enabled = false`).
+    pub ledger: Option<Arc<Ledger>>,
     directory: Arc<RwLock<Arc<Directory>>>,
 }
 
 impl AppState {
-    pub fn new(limits: Limits, models: Arc<ModelRegistry>, directory: Directory) -> Self {
-        let metrics = Arc::new(crate::metrics::registry(models.clone()));
+    pub fn new(
+        limits: Limits,
+        models: Arc<ModelRegistry>,
+        directory: Directory,
+        ledger: Option<Arc<Ledger>>,
+        record_metrics: bool,
+    ) -> Self {
+        let requests = Arc::new(RequestMetrics::new(record_metrics));
+        let metrics = Arc::new(crate::metrics::registry(models.clone(), &requests));
         Self {
             limits,
             models,
             metrics,
+            requests,
             quotas: Arc::new(QuotaBook::default()),
+            ledger,
             directory: Arc::new(RwLock::new(Arc::new(directory))),
         }
     }

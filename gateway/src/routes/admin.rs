@@ -1,10 +1,17 @@
-//! `/admin/*`: tenants with their limits and live counters, and today's usage per tenant.
+//! `/admin/*`: tenants with their limits and live counters; usage from the ledger (JSON or CSV).
 
-use axum::extract::State;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ledger::{GroupBy, Ledger, UsageQuery};
 use policies::{LimitState, TenantSpec};
 use serde_json::{json, Value};
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 fn limit_state(state: &Option<LimitState>) -> Value {
@@ -49,26 +56,123 @@ pub async fn tenants(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-/// Today (UTC) from the gateway's in-memory counters.
-pub async fn usage(State(state): State<AppState>) -> Json<Value> {
-    let directory = state.directory();
-    let data: Vec<Value> = directory
-        .tenants
-        .iter()
-        .map(|t| {
-            let (_, today) = state.quotas.live(t);
-            json!({
-                "tenant": t.id.as_str(),
-                "requests": today.requests,
-                "prompt_tokens": today.prompt_tokens,
-                "completion_tokens": today.completion_tokens,
-                "total_tokens": today.total_tokens(),
-                "rejections": today.rejections,
+/// `GET /admin/usage?tenant=&from=&to=&group_by=day|model&format=json|csv`: usage summed per
+/// tenant (and day or model) from the ledger. `from`/`to`: `YYYY-MM-DD`, an RFC 3339 date-time
+/// or Unix seconds, compared with each request's end; `from` inclusive, `to` exclusive.
+pub async fn usage(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (ledger, query, format) = usage_query(&state, &params)?;
+    let rows = tokio::task::spawn_blocking(move || ledger.usage(&query))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    match format {
+        Format::Json => Ok(Json(json!({"object": "list", "data": rows})).into_response()),
+        Format::Csv => csv_response(&rows, "usage.csv"),
+    }
+}
+
+/// `GET /admin/usage/records?tenant=&from=&to=&format=json|csv`: the ledger's records themselves
+/// (the billing export), oldest first.
+pub async fn usage_records(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (ledger, query, format) = usage_query(&state, &params)?;
+    let records = tokio::task::spawn_blocking(move || ledger.records(&query))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    match format {
+        Format::Json => Ok(Json(json!({"object": "list", "data": records})).into_response()),
+        Format::Csv => csv_response(&records, "usage-records.csv"),
+    }
+}
+
+enum Format {
+    Json,
+    Csv,
+}
+
+fn usage_query(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<(Arc<Ledger>, UsageQuery, Format), ApiError> {
+    let ledger = state.ledger.clone().ok_or_else(|| {
+        ApiError::invalid_request(
+            "The usage ledger is disabled on this gateway (`[ledger] enabled = false`).",
+        )
+        .with_code("ledger_disabled")
+    })?;
+    const KNOWN: [&str; 5] = ["tenant", "from", "to", "group_by", "format"];
+    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::invalid_param(
+            unknown,
+            format!(
+                "Unknown query parameter `{unknown}`; known: {}.",
+                KNOWN.join(", ")
+            ),
+        ));
+    }
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        params
+            .get(name)
+            .map(|text| {
+                ledger
+                    .parse_time(text)
+                    .map_err(|e| ApiError::invalid_param(name, e.to_string()))
             })
-        })
-        .collect();
-    let day = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400);
-    Json(json!({"object": "list", "utc_day": day, "data": data}))
+            .transpose()
+    };
+    let group_by = match params.get("group_by").map(String::as_str) {
+        None | Some("") | Some("tenant") => None,
+        Some("day") => Some(GroupBy::Day),
+        Some("model") => Some(GroupBy::Model),
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "group_by",
+                format!("`group_by` must be `day` or `model`, not `{other}`."),
+            ))
+        }
+    };
+    let format = match params.get("format").map(String::as_str) {
+        None | Some("json") => Format::Json,
+        Some("csv") => Format::Csv,
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "format",
+                format!("`format` must be `json` or `csv`, not `{other}`."),
+            ))
+        }
+    };
+    let query = UsageQuery {
+        tenant: params.get("tenant").filter(|t| !t.is_empty()).cloned(),
+        from_ms: time("from")?,
+        to_ms: time("to")?,
+        group_by,
+    };
+    Ok((ledger, query, format))
+}
+
+fn csv_response<T: serde::Serialize>(rows: &[T], filename: &str) -> Result<Response, ApiError> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer
+            .serialize(row)
+            .map_err(|e| ApiError::internal(format!("CSV export: {e}")))?;
+    }
+    let body = writer
+        .into_inner()
+        .map_err(|e| ApiError::internal(format!("CSV export: {e}")))?;
+    Ok((
+        [
+            (CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use std::sync::Arc;
 
+use crate::accounting::{Accounted, RequestAccount, ServedModel};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openai::chat::ChatCompletionRequest;
@@ -21,53 +22,74 @@ use crate::openai::params::{CommonParams, ValidParams};
 use crate::openai::response::{ChoiceEvent, Endpoint, FinishedChoice, ResponseMeta, UsageBody};
 use crate::openai::JsonBody;
 use crate::state::{AppState, ModelState};
-use policies::Admission;
+use ledger::RecordStatus;
+use tower_http::request_id::RequestId;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(request_id): Extension<RequestId>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Response, ApiError> {
-    let request: ChatCompletionRequest = from_value(&body)?;
-    let engine = resolve_model(&state, &caller, &request.model)?;
-    let params = from_value::<CommonParams>(&body)?.validate()?;
-    let prompt = Prompt::Chat(request.conversation()?);
-    // OpenAI's chat default: as many tokens as the context has room for.
-    let context = engine.info().context_length;
-    let default_max = move |prompt_tokens: usize| context.saturating_sub(prompt_tokens).max(1);
-    let meta = ResponseMeta::new(Endpoint::Chat, &request.model);
-    generate(
-        &state,
-        engine,
-        meta,
-        vec![prompt],
-        params,
-        default_max,
-        &caller,
-    )
-    .await
+) -> Response {
+    let result = async {
+        let request: ChatCompletionRequest = from_value(&body)?;
+        let engine = resolve_model(&state, &caller, &request.model)?;
+        let params = from_value::<CommonParams>(&body)?.validate()?;
+        let prompt = Prompt::Chat(request.conversation()?);
+        // OpenAI's chat default: as many tokens as the context has room for.
+        let context = engine.info().context_length;
+        let default_max = move |prompt_tokens: usize| context.saturating_sub(prompt_tokens).max(1);
+        let meta = ResponseMeta::new(Endpoint::Chat, &request.model);
+        let job = Job {
+            state: &state,
+            caller: &caller,
+            request_id: &request_id,
+            engine,
+            meta,
+        };
+        job.run(vec![prompt], params, default_max).await
+    }
+    .await;
+    labelled(&state, &body, result)
 }
 
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(request_id): Extension<RequestId>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Response, ApiError> {
-    let request: CompletionRequest = from_value(&body)?;
-    let engine = resolve_model(&state, &caller, &request.model)?;
-    let params = from_value::<CommonParams>(&body)?.validate()?;
-    let prompts = request.prompts()?;
-    let meta = ResponseMeta::new(Endpoint::Completions, &request.model);
-    generate(
-        &state,
-        engine,
-        meta,
-        prompts,
-        params,
-        |_| DEFAULT_MAX_TOKENS,
-        &caller,
-    )
-    .await
+) -> Response {
+    let result = async {
+        let request: CompletionRequest = from_value(&body)?;
+        let engine = resolve_model(&state, &caller, &request.model)?;
+        let params = from_value::<CommonParams>(&body)?.validate()?;
+        let prompts = request.prompts()?;
+        let meta = ResponseMeta::new(Endpoint::Completions, &request.model);
+        let job = Job {
+            state: &state,
+            caller: &caller,
+            request_id: &request_id,
+            engine,
+            meta,
+        };
+        job.run(prompts, params, |_| DEFAULT_MAX_TOKENS).await
+    }
+    .await;
+    labelled(&state, &body, result)
+}
+
+/// The response, tagged with the model for the request counter: the requested id when it is a
+/// configured model, else empty (client-chosen strings must not become label values).
+fn labelled(state: &AppState, body: &Value, result: Result<Response, ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    let model = body["model"]
+        .as_str()
+        .filter(|m| state.models.get(m).is_some())
+        .unwrap_or("");
+    response
+        .extensions_mut()
+        .insert(ServedModel(model.to_string()));
+    response
 }
 
 /// The engine serving `model`, if it exists, the caller may use it, and it is loaded.
@@ -92,119 +114,160 @@ fn resolve_model(
     }
 }
 
-/// Admits and submits a request. Each prompt is rendered and tokenised once, here: admission
-/// needs its size, and the engine gets the ids. `default_max_tokens` gives the endpoint's
-/// `max_tokens` for a prompt of that many tokens when the request names none.
-async fn generate(
-    state: &AppState,
+/// One generation request on its way through admission, the engine and the response.
+struct Job<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    request_id: &'a RequestId,
     engine: Arc<dyn Engine>,
     meta: ResponseMeta,
-    prompts: Vec<Prompt>,
-    params: ValidParams,
-    default_max_tokens: impl Fn(usize) -> usize,
-    caller: &Caller,
-) -> Result<Response, ApiError> {
-    let mut prepared = Vec::with_capacity(prompts.len());
-    for prompt in &prompts {
-        let ids = engine.prompt_token_ids(prompt)?;
-        let max_tokens = params
-            .max_tokens
-            .unwrap_or_else(|| default_max_tokens(ids.len()));
-        prepared.push((ids, max_tokens));
-    }
-    let prompt_tokens: u64 = prepared.iter().map(|(ids, _)| ids.len() as u64).sum();
-    let reserve = prompt_tokens + prepared.iter().map(|(_, max)| *max as u64).sum::<u64>();
-    let admission = state
-        .quotas
-        .admit(&caller.tenant, prompt_tokens, reserve)
-        .map_err(|rejection| {
-            tracing::info!(
-                reason = rejection.reason.as_str(),
-                "request refused by quota"
-            );
-            ApiError::rate_limited(&rejection)
-        })?;
-    // All prompts or none: a prompt that does not fit fails the whole request.
-    let requests = prepared
-        .into_iter()
-        .map(|(ids, max_tokens)| GenerationRequest {
-            prompt: Prompt::Tokens(ids),
-            params: SamplingParams {
-                max_tokens,
-                ..params.sampling.clone()
-            },
-            tenant: caller.tenant.id.to_string(),
-            weight: caller.tenant.limits.weight,
-        })
-        .collect();
-    let streams = engine.submit_all(requests)?;
-    let limits = admission.status.clone();
-    let mut response = if params.stream {
-        Sse::new(sse_events(meta, streams, params.include_usage, admission)).into_response()
-    } else {
-        whole_response(meta, streams, admission).await?
-    };
-    crate::rate_limit_headers::insert(response.headers_mut(), &limits);
-    Ok(response)
 }
 
+impl Job<'_> {
+    /// Admits and submits a request. Each prompt is rendered and tokenised once, here: admission
+    /// needs its size, and the engine gets the ids. `default_max_tokens` gives the endpoint's
+    /// `max_tokens` for a prompt of that many tokens when the request names none.
+    async fn run(
+        self,
+        prompts: Vec<Prompt>,
+        params: ValidParams,
+        default_max_tokens: impl Fn(usize) -> usize,
+    ) -> Result<Response, ApiError> {
+        let (state, caller) = (self.state, self.caller);
+        let mut prepared = Vec::with_capacity(prompts.len());
+        for prompt in &prompts {
+            let ids = self.engine.prompt_token_ids(prompt)?;
+            let max_tokens = params
+                .max_tokens
+                .unwrap_or_else(|| default_max_tokens(ids.len()));
+            prepared.push((ids, max_tokens));
+        }
+        let prompt_tokens: u64 = prepared.iter().map(|(ids, _)| ids.len() as u64).sum();
+        let reserve = prompt_tokens + prepared.iter().map(|(_, max)| *max as u64).sum::<u64>();
+        let admission = tracing::info_span!("admission", prompt_tokens, reserved_tokens = reserve)
+            .in_scope(|| state.quotas.admit(&caller.tenant, prompt_tokens, reserve))
+            .map_err(|rejection| {
+                let reason = rejection.reason.as_str();
+                tracing::info!(reason, "request refused by quota");
+                state
+                    .requests
+                    .count_rejection(caller.tenant.id.as_str(), reason);
+                ApiError::rate_limited(&rejection)
+            })?;
+        // All prompts or none: a prompt that does not fit fails the whole request (and, with
+        // nothing generated, it is not billed: the admission is dropped and refunded).
+        let requests = prepared
+            .into_iter()
+            .map(|(ids, max_tokens)| GenerationRequest {
+                prompt: Prompt::Tokens(ids),
+                params: SamplingParams {
+                    max_tokens,
+                    ..params.sampling.clone()
+                },
+                tenant: caller.tenant.id.to_string(),
+                weight: caller.tenant.limits.weight,
+            })
+            .collect();
+        let streams = self.engine.submit_all(requests)?;
+        let limits = admission.status.clone();
+        let request_id = self.request_id.header_value().to_str().unwrap_or("");
+        let account = RequestAccount::new(
+            state,
+            caller,
+            request_id,
+            &self.meta.model,
+            LOCAL_POOL,
+            prompt_tokens,
+            admission,
+        );
+        let mut response = if params.stream {
+            let events = sse_events(self.meta, streams, params.include_usage, account);
+            Sse::new(events).into_response()
+        } else {
+            whole_response(self.meta, streams, account).await?
+        };
+        crate::rate_limit_headers::insert(response.headers_mut(), &limits);
+        response.extensions_mut().insert(Accounted);
+        Ok(response)
+    }
+}
+
+/// The pool label of models served by this process's own engine (named pools come with
+/// `[[pools]]`).
+const LOCAL_POOL: &str = "local";
+
+/// Every choice's events, interleaved as they come, tagged with the choice's index.
+fn merged(streams: Vec<TokenStream>) -> impl Stream<Item = (usize, TokenEvent)> + Unpin {
+    futures::stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
+        futures::stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) })
+            .map(move |e| (i, e))
+            .boxed()
+    }))
+}
+
+/// The non-streamed answer. Tokens are counted as they come, so a client that hangs up before
+/// the end (dropping this future) is billed for what was generated.
 async fn whole_response(
     meta: ResponseMeta,
     streams: Vec<TokenStream>,
-    admission: Admission,
+    mut account: RequestAccount,
 ) -> Result<Response, ApiError> {
-    let outputs = futures::future::join_all(streams.into_iter().map(TokenStream::collect)).await;
+    let count = streams.len();
+    let mut texts = vec![String::new(); count];
+    let mut finish_reasons = vec![None; count];
     let mut usage = UsageBody::default();
-    let mut choices = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let output = output.map_err(|e| ApiError::internal(format!("Generation failed: {e}")))?;
-        log_completion(&meta, &output.completion);
-        admission.record_completion_tokens(output.completion.usage.completion_tokens as u64);
-        usage.add(output.completion.usage);
-        choices.push(FinishedChoice {
-            text: output.text,
-            finish_reason: output.completion.finish_reason,
-        });
+    let mut events = merged(streams);
+    while let Some((i, event)) = events.next().await {
+        match event {
+            TokenEvent::Token { text, .. } => {
+                account.on_token();
+                texts[i].push_str(&text);
+            }
+            TokenEvent::Finished(completion) => {
+                account.on_finished(&completion);
+                usage.add(completion.usage);
+                finish_reasons[i] = Some(completion.finish_reason);
+            }
+            TokenEvent::Failed(reason) => {
+                account.settle(RecordStatus::Failed).await;
+                return Err(ApiError::internal(format!("Generation failed: {reason}")));
+            }
+        }
     }
+    let Some(finish_reasons) = finish_reasons.into_iter().collect::<Option<Vec<_>>>() else {
+        account.settle(RecordStatus::Failed).await;
+        return Err(ApiError::internal(
+            "Generation failed: the engine stopped before the request finished",
+        ));
+    };
+    let choices: Vec<FinishedChoice> = texts
+        .into_iter()
+        .zip(finish_reasons)
+        .map(|(text, finish_reason)| FinishedChoice {
+            text,
+            finish_reason,
+        })
+        .collect();
+    // Committed to the ledger before the body goes out.
+    account.settle(RecordStatus::Completed).await;
     Ok(Json(meta.response(&choices, usage)).into_response())
-}
-
-/// One line per finished choice, with the engine's own timing (inside the request's span, so it
-/// carries the request id and tenant).
-fn log_completion(meta: &ResponseMeta, completion: &engines::Completion) {
-    let t = &completion.timing;
-    tracing::info!(
-        response_id = %meta.id,
-        model = %meta.model,
-        finish_reason = completion.finish_reason.as_str(),
-        prompt_tokens = completion.usage.prompt_tokens,
-        completion_tokens = completion.usage.completion_tokens,
-        queue_ms = t.queue.as_secs_f64() * 1e3,
-        prefill_ms = t.prefill.as_secs_f64() * 1e3,
-        ttft_ms = t.time_to_first_token.as_secs_f64() * 1e3,
-        decode_steps = t.decode_steps,
-        "generation finished"
-    );
 }
 
 fn data(value: &serde_json::Value) -> Result<Event, Infallible> {
     Ok(Event::default().data(value.to_string()))
 }
 
-/// The SSE body. It owns the token streams: when the client hangs up, hyper drops the body, the
-/// receivers go with it, and the engine frees the sequences at its next step.
+/// The SSE body. It owns the token streams and the account: when the client hangs up, hyper
+/// drops the body, the receivers go with it (the engine frees the sequences at its next step) and
+/// the account settles as cancelled with the tokens sent so far.
 fn sse_events(
     meta: ResponseMeta,
     streams: Vec<TokenStream>,
     include_usage: bool,
-    admission: Admission,
+    mut account: RequestAccount,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let choices = streams.len();
-    let mut merged = futures::stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
-        futures::stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) })
-            .map(move |e| (i, e))
-            .boxed()
-    }));
+    let mut events = merged(streams);
     async_stream::stream! {
         for i in 0..choices {
             if let Some(chunk) = meta.chunk(i, ChoiceEvent::Start, include_usage) {
@@ -214,18 +277,17 @@ fn sse_events(
         let mut usage = UsageBody::default();
         let mut open = choices;
         let mut failure = None;
-        while let Some((i, event)) = merged.next().await {
-            if matches!(event, TokenEvent::Token { .. }) {
-                // Counted as generated, so a client that hangs up is billed for what it got.
-                admission.record_completion_tokens(1);
-            }
+        while let Some((i, event)) = events.next().await {
             let chunk = match event {
                 // One chunk per generated token, as vLLM streams, even when its text is empty (a
                 // special token, or bytes held back until a character is complete): clients
                 // and load generators count tokens by chunks.
-                TokenEvent::Token { text, .. } => meta.chunk(i, ChoiceEvent::Text(&text), include_usage),
+                TokenEvent::Token { text, .. } => {
+                    account.on_token();
+                    meta.chunk(i, ChoiceEvent::Text(&text), include_usage)
+                }
                 TokenEvent::Finished(completion) => {
-                    log_completion(&meta, &completion);
+                    account.on_finished(&completion);
                     usage.add(completion.usage);
                     open -= 1;
                     meta.chunk(i, ChoiceEvent::Finish(completion.finish_reason), include_usage)
@@ -245,11 +307,17 @@ fn sse_events(
         match failure {
             // Never a silently truncated answer: a failure mid-stream is an error event.
             Some(reason) => {
+                account.settle(RecordStatus::Failed).await;
                 let error = ApiError::internal(format!("Generation failed: {reason}"));
                 yield Ok(Event::default().data(error.to_json()));
             }
-            None if include_usage => yield data(&meta.usage_chunk(usage)),
-            None => {}
+            None => {
+                if include_usage {
+                    yield data(&meta.usage_chunk(usage));
+                }
+                // Committed to the ledger before `[DONE]`, the response's last byte.
+                account.settle(RecordStatus::Completed).await;
+            }
         }
         yield Ok(Event::default().data("[DONE]"));
     }

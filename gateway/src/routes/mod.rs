@@ -17,6 +17,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
+use std::time::Duration;
+
+use crate::accounting::Accounted;
 use crate::auth::{require_admin_key, require_api_key};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -36,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     let admin_routes = Router::new()
         .route("/admin/tenants", get(admin::tenants))
         .route("/admin/usage", get(admin::usage))
+        .route("/admin/usage/records", get(admin::usage_records))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_key,
@@ -54,10 +58,11 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(
-                    // Per-response logs stay at debug: a 503 from `/ready` while loading is
-                    // expected, and request logging proper belongs to the access log.
+                    // Failures stay at debug: a 503 from `/ready` while loading is expected, and
+                    // every response gets its access-log line anyway.
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
+                        .on_response(access_log)
                         .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
@@ -73,14 +78,39 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
+        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
         tenant = tracing::field::Empty,
         key_id = tracing::field::Empty,
-    )
+        // Filled in by the account of a generation request.
+        model = tracing::field::Empty,
+        pool = tracing::field::Empty,
+        replica = tracing::field::Empty,
+        prompt_tokens = tracing::field::Empty,
+        completion_tokens = tracing::field::Empty,
+        finish_reason = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
+}
+
+/// The access-log line of a response, unless its account writes a fuller one when the
+/// generation ends (see `accounting`).
+fn access_log<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+    if response.extensions().get::<Accounted>().is_none() {
+        tracing::info!(
+            target: "gateway::access",
+            status = response.status().as_u16(),
+            latency_ms = latency.as_secs_f64() * 1e3,
+            "request finished"
+        );
+    }
 }
 
 async fn timed_out(err: BoxError) -> ApiError {

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
@@ -27,6 +27,8 @@ pub struct TestGateway {
     pub stdout: Vec<String>,
     /// The config file it runs with, if any (tests edit it to exercise hot reload).
     pub config_path: Option<PathBuf>,
+    /// Log lines, when `capture_stderr` was set.
+    pub stderr: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,6 +40,10 @@ pub struct Options<'a> {
     pub env: Vec<(&'a str, String)>,
     /// Wait for `/ready`.
     pub wait_ready: bool,
+    /// Where the usage ledger lives (`GATEWAY_DATA_DIR`); `None`: a fresh temporary folder.
+    pub data_dir: Option<PathBuf>,
+    /// Keep stderr (logs) in `TestGateway::stderr` instead of passing it through.
+    pub capture_stderr: bool,
 }
 
 impl Default for Options<'_> {
@@ -47,6 +53,8 @@ impl Default for Options<'_> {
             model_flag: true,
             env: Vec::new(),
             wait_ready: true,
+            data_dir: None,
+            capture_stderr: false,
         }
     }
 }
@@ -67,8 +75,19 @@ impl TestGateway {
             .env("GATEWAY_DEMO_KEY", DEMO_KEY)
             .env("RUST_LOG", "warn")
             .env_remove("GATEWAY_CONFIG")
+            .env(
+                "GATEWAY_DATA_DIR",
+                options
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("data")),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if options.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         let mut config_path = None;
         if let Some(config) = options.config {
             let path = dir.path().join("gateway.toml");
@@ -97,18 +116,34 @@ impl TestGateway {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in reader.lines() {});
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let lines = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
         let gateway = Self {
             child,
             base,
             key: DEMO_KEY.to_string(),
             stdout,
             config_path,
+            stderr,
             _dir: dir,
         };
         if options.wait_ready {
             gateway.wait_ready();
         }
         gateway
+    }
+
+    /// SIGKILL: no graceful shutdown, no flush (crash-safety tests).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {

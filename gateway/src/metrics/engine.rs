@@ -1,5 +1,4 @@
-//! Prometheus metrics. For now the engines' own counters, read at scrape time; the
-//! observability work adds per-tenant request, token and latency series.
+//! The engines' own counters and gauges, read at scrape time (nothing is recorded twice).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -9,14 +8,21 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
 
-use crate::state::{AppState, ModelRegistry, ModelState};
+use crate::state::{ModelRegistry, ModelState};
 
 /// Reads every ready engine's counters on each scrape.
 #[derive(Debug)]
-struct EngineCollector {
+pub struct EngineCollector {
     models: Arc<ModelRegistryHandle>,
+}
+
+impl EngineCollector {
+    pub fn new(models: Arc<ModelRegistry>) -> Self {
+        Self {
+            models: Arc::new(ModelRegistryHandle(models)),
+        }
+    }
 }
 
 /// `ModelRegistry` is not `Debug`; the collector only needs to reach it.
@@ -143,21 +149,4 @@ fn encode_per_model<M: EncodeMetric>(
         metric(value).encode(family.encode_family(&[("model", model.as_str())])?)?;
     }
     Ok(())
-}
-
-/// Builds the registry for a server.
-pub fn registry(models: Arc<ModelRegistry>) -> Registry {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(EngineCollector {
-        models: Arc::new(ModelRegistryHandle(models)),
-    }));
-    registry
-}
-
-/// Prometheus text of every metric.
-pub fn render(state: &AppState) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &state.metrics)
-        .expect("writing to a String cannot fail");
-    out
 }

@@ -1,0 +1,217 @@
+//! Settling an admitted request, however it ends: the quota learns the real token count, the
+//! Prometheus series move, one access-log line is written, and the usage ledger gets the record.
+//!
+//! A [`RequestAccount`] is created at admission and travels with the response. The response
+//! calls [`RequestAccount::settle`] before its last byte (the `[DONE]` event or the JSON body),
+//! which waits for the ledger's commit. If the response is dropped first (the client hung up),
+//! `Drop` settles it as `cancelled` with the tokens generated so far; the ledger commits that
+//! record with its next group.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use engines::Completion;
+use ledger::{unix_ms_now, Ledger, RecordStatus, UsageRecord};
+use opentelemetry::KeyValue;
+use policies::Admission;
+
+use crate::auth::Caller;
+use crate::metrics::{LatencyHandles, RequestMetrics};
+use crate::state::AppState;
+use crate::telemetry;
+
+/// Replica label of a model's engine in this process (one replica per model until pools).
+const LOCAL_REPLICA: &str = "0";
+
+/// Marks a response whose access-log line the account writes (the generic one is skipped).
+#[derive(Debug, Clone, Copy)]
+pub struct Accounted;
+
+/// The model a response served, for the request counter (set by the generation handlers).
+#[derive(Debug, Clone)]
+pub struct ServedModel(pub String);
+
+/// One admitted request's bookkeeping. See the module documentation.
+pub struct RequestAccount {
+    admission: Admission,
+    ledger: Option<Arc<Ledger>>,
+    metrics: Arc<RequestMetrics>,
+    latencies: Option<LatencyHandles>,
+    record: UsageRecord,
+    started: Instant,
+    last_token: Option<Instant>,
+    time_to_first_token: Option<f64>,
+    /// The request's span (the HTTP span): fields and engine phases are recorded on it even when
+    /// the account settles outside it (a dropped stream).
+    span: tracing::Span,
+    /// Wall-clock time of submission to the engine, the origin of the engine's phase timings.
+    submitted: SystemTime,
+    settled: bool,
+}
+
+impl RequestAccount {
+    pub fn new(
+        state: &AppState,
+        caller: &Caller,
+        request_id: &str,
+        model: &str,
+        pool: &str,
+        prompt_tokens: u64,
+        admission: Admission,
+    ) -> Self {
+        let span = tracing::Span::current();
+        span.record("model", model);
+        span.record("pool", pool);
+        span.record("replica", LOCAL_REPLICA);
+        Self {
+            admission,
+            ledger: state.ledger.clone(),
+            latencies: state.requests.latencies(model, pool),
+            metrics: state.requests.clone(),
+            record: UsageRecord {
+                request_id: request_id.to_string(),
+                tenant: caller.tenant.id.to_string(),
+                key_id: caller.key_id.to_string(),
+                model: model.to_string(),
+                pool: pool.to_string(),
+                prompt_tokens,
+                completion_tokens: 0,
+                status: RecordStatus::Cancelled,
+                finish_reason: None,
+                started_at_ms: unix_ms_now(),
+                ended_at_ms: 0,
+            },
+            started: Instant::now(),
+            last_token: None,
+            time_to_first_token: None,
+            span,
+            submitted: SystemTime::now(),
+            settled: false,
+        }
+    }
+
+    /// A token was generated (of any choice): billed even if the client leaves after it.
+    pub fn on_token(&mut self) {
+        let now = Instant::now();
+        self.record.completion_tokens += 1;
+        self.admission.record_completion_tokens(1);
+        match self.last_token {
+            None => {
+                let ttft = (now - self.started).as_secs_f64();
+                self.time_to_first_token = Some(ttft);
+                if let Some(h) = &self.latencies {
+                    h.time_to_first_token.observe(ttft);
+                }
+            }
+            Some(previous) => {
+                if let Some(h) = &self.latencies {
+                    h.inter_token_latency
+                        .observe((now - previous).as_secs_f64());
+                }
+            }
+        }
+        self.last_token = Some(now);
+    }
+
+    /// A choice finished in the engine.
+    pub fn on_finished(&mut self, completion: &Completion) {
+        self.record.finish_reason = Some(completion.finish_reason.as_str().to_string());
+        let timing = &completion.timing;
+        if let Some(h) = &self.latencies {
+            h.queue_time.observe(timing.queue.as_secs_f64());
+        }
+        // The engine's phases as child spans of the request, placed by the engine's timings.
+        let queued_until = self.submitted + timing.queue;
+        let first_token = self.submitted + timing.time_to_first_token.max(timing.queue);
+        let prefill_attributes = vec![
+            KeyValue::new("prompt_tokens", completion.usage.prompt_tokens as i64),
+            KeyValue::new("compute_ms", timing.prefill.as_secs_f64() * 1e3),
+        ];
+        let decode_attributes = vec![
+            KeyValue::new(
+                "completion_tokens",
+                completion.usage.completion_tokens as i64,
+            ),
+            KeyValue::new("decode_steps", timing.decode_steps as i64),
+            KeyValue::new("finish_reason", completion.finish_reason.as_str()),
+        ];
+        let span = &self.span;
+        telemetry::record_phase(span, "queue", self.submitted, queued_until, Vec::new());
+        telemetry::record_phase(
+            span,
+            "prefill",
+            queued_until,
+            first_token,
+            prefill_attributes,
+        );
+        telemetry::record_phase(
+            span,
+            "decode",
+            first_token,
+            SystemTime::now(),
+            decode_attributes,
+        );
+    }
+
+    /// Settles the request as `status` and waits for the ledger's commit. The caller sends its
+    /// last byte after this returns.
+    pub async fn settle(mut self, status: RecordStatus) {
+        let record = self.close(status);
+        if let Some(ledger) = self.ledger.clone() {
+            if let Err(e) = ledger.append(record).await {
+                self.metrics.ledger_errors.inc();
+                tracing::error!(error = %e, "usage record not committed");
+            }
+        }
+    }
+
+    /// Marks the request settled and does everything that does not wait: metrics, log line.
+    fn close(&mut self, status: RecordStatus) -> UsageRecord {
+        self.settled = true;
+        self.record.status = status;
+        self.record.ended_at_ms = unix_ms_now();
+        let e2e = self.started.elapsed().as_secs_f64();
+        if let Some(h) = &self.latencies {
+            h.e2e_latency.observe(e2e);
+        }
+        let r = &self.record;
+        self.span.record("prompt_tokens", r.prompt_tokens);
+        self.span.record("completion_tokens", r.completion_tokens);
+        self.span
+            .record("finish_reason", r.finish_reason.as_deref().unwrap_or(""));
+        self.span.record("outcome", r.status.as_str());
+        self.metrics
+            .count_tokens(&r.tenant, &r.model, r.prompt_tokens, r.completion_tokens);
+        tracing::info!(
+            target: "gateway::access",
+            request_id = %r.request_id,
+            tenant = %r.tenant,
+            key_id = %r.key_id,
+            model = %r.model,
+            pool = %r.pool,
+            status = r.status.as_str(),
+            finish_reason = r.finish_reason.as_deref().unwrap_or(""),
+            prompt_tokens = r.prompt_tokens,
+            completion_tokens = r.completion_tokens,
+            ttft_ms = self.time_to_first_token.map_or(-1.0, |s| s * 1e3),
+            e2e_ms = e2e * 1e3,
+            "request finished"
+        );
+        self.record.clone()
+    }
+}
+
+impl Drop for RequestAccount {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let record = self.close(RecordStatus::Cancelled);
+        if let Some(ledger) = &self.ledger {
+            if let Err(e) = ledger.append_detached(record) {
+                self.metrics.ledger_errors.inc();
+                tracing::error!(error = %e, "usage record of a cancelled request not queued");
+            }
+        }
+    }
+}

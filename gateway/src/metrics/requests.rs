@@ -1,0 +1,196 @@
+//! Per-request series: requests, tokens and rejections by tenant, latencies by model and pool.
+//! Recorded where the request ends (see `accounting`), so they agree with the usage ledger.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub tenant: String,
+    pub model: String,
+    /// HTTP status code of the response.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub tenant: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub tenant: String,
+    /// Which limit: `requests_per_minute`, `tokens_per_minute`, `max_concurrent`, `daily_tokens`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub model: String,
+    pub pool: String,
+}
+
+type Histograms = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn seconds_from_5ms() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15)) // 5 ms .. 82 s
+}
+fn seconds_from_1ms() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14)) // 1 ms .. 8 s
+}
+fn seconds_from_10ms() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 16)) // 10 ms .. 5.5 min
+}
+
+/// The per-request families. `enabled = false` (`[telemetry] metrics = false`) records nothing,
+/// for measuring what recording costs.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    pub enabled: bool,
+    pub requests: Family<RequestLabels, Counter>,
+    pub prompt_tokens: Family<TokenLabels, Counter>,
+    pub completion_tokens: Family<TokenLabels, Counter>,
+    pub rejections: Family<RejectionLabels, Counter>,
+    pub time_to_first_token: Histograms,
+    pub inter_token_latency: Histograms,
+    pub e2e_latency: Histograms,
+    pub queue_time: Histograms,
+    pub ledger_errors: Counter,
+}
+
+impl RequestMetrics {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            requests: Family::default(),
+            prompt_tokens: Family::default(),
+            completion_tokens: Family::default(),
+            rejections: Family::default(),
+            time_to_first_token: Family::new_with_constructor(seconds_from_5ms),
+            inter_token_latency: Family::new_with_constructor(seconds_from_1ms),
+            e2e_latency: Family::new_with_constructor(seconds_from_10ms),
+            queue_time: Family::new_with_constructor(seconds_from_5ms),
+            ledger_errors: Counter::default(),
+        }
+    }
+
+    /// Adds every family to `registry` (families are shared handles: clones record into the
+    /// same series).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "gateway_requests",
+            "Authenticated API requests, by tenant, model and HTTP status.",
+            self.requests.clone(),
+        );
+        registry.register(
+            "gateway_prompt_tokens",
+            "Prompt tokens of admitted requests.",
+            self.prompt_tokens.clone(),
+        );
+        registry.register(
+            "gateway_completion_tokens",
+            "Completion tokens generated (cancelled requests included).",
+            self.completion_tokens.clone(),
+        );
+        registry.register(
+            "gateway_rate_limited_requests",
+            "Requests refused with 429, by tenant and the limit that refused them.",
+            self.rejections.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_time_to_first_token",
+            "From the request reaching the handler to its first generated token.",
+            Unit::Seconds,
+            self.time_to_first_token.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_inter_token_latency",
+            "Gap between consecutive generated tokens of one request.",
+            Unit::Seconds,
+            self.inter_token_latency.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_e2e_request_latency",
+            "From the request reaching the handler to its end (completed, cancelled or failed).",
+            Unit::Seconds,
+            self.e2e_latency.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_queue_time",
+            "Time a sequence waited in the engine before it started running.",
+            Unit::Seconds,
+            self.queue_time.clone(),
+        );
+        registry.register(
+            "gateway_ledger_write_errors",
+            "Usage records the ledger failed to commit (after retries).",
+            self.ledger_errors.clone(),
+        );
+    }
+
+    pub fn count_request(&self, tenant: &str, model: &str, status: u16) {
+        if self.enabled {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    tenant: tenant.into(),
+                    model: model.into(),
+                    status: status.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn count_rejection(&self, tenant: &str, reason: &str) {
+        if self.enabled {
+            self.rejections
+                .get_or_create(&RejectionLabels {
+                    tenant: tenant.into(),
+                    reason: reason.into(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn count_tokens(&self, tenant: &str, model: &str, prompt: u64, completion: u64) {
+        if self.enabled {
+            let labels = TokenLabels {
+                tenant: tenant.into(),
+                model: model.into(),
+            };
+            self.prompt_tokens.get_or_create(&labels).inc_by(prompt);
+            self.completion_tokens
+                .get_or_create(&labels)
+                .inc_by(completion);
+        }
+    }
+
+    /// The latency histograms of one model and pool, taken once per request (not per token).
+    pub fn latencies(&self, model: &str, pool: &str) -> Option<LatencyHandles> {
+        if !self.enabled {
+            return None;
+        }
+        let labels = LatencyLabels {
+            model: model.into(),
+            pool: pool.into(),
+        };
+        Some(LatencyHandles {
+            time_to_first_token: self.time_to_first_token.get_or_create(&labels).clone(),
+            inter_token_latency: self.inter_token_latency.get_or_create(&labels).clone(),
+            e2e_latency: self.e2e_latency.get_or_create(&labels).clone(),
+            queue_time: self.queue_time.get_or_create(&labels).clone(),
+        })
+    }
+}
+
+/// One request's histograms (shared handles into the families).
+#[derive(Debug, Clone)]
+pub struct LatencyHandles {
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub e2e_latency: Histogram,
+    pub queue_time: Histogram,
+}

@@ -7,8 +7,11 @@
 #
 # Two scenarios: `latency` (16 closed-loop clients, 32 tokens paced at 200 tokens/s: the added
 # TTFT/ITL/E2E), and `peak` (64 closed-loop clients, 16 unpaced tokens: the peak request rate).
-# Extra gateway config lines (e.g. to switch the ledger or metrics off) come from
-# $GATEWAY_EXTRA_CONFIG; $VARIANTS names the targets to run (default "floor gateway").
+# $VARIANTS names the targets, compared pairwise with the first (default "floor gateway"):
+#   floor         the bare server around the engine
+#   gateway       the gateway as deployed: auth, quotas, usage ledger (SQLite), metrics
+#   gateway-bare  the gateway with the ledger and the per-request metrics off
+#   gateway-nosync  the gateway with `[ledger] durability = "process-crash"` (no fsync per commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/bench/gateway-overhead}
@@ -62,9 +65,13 @@ run_target() { # variant scenario tokens_per_second
       start "$OUT/$variant-$name.log" "$BIN/examples/synthetic_floor" \
         --listen "127.0.0.1:$port" --tokens-per-second "$rate" ;;
     gateway*)
+      local extra=""
+      [ "$variant" = gateway-bare ] && extra=$'[ledger]\nenabled = false\n[telemetry]\nmetrics = false'
+      [ "$variant" = gateway-nosync ] && extra=$'[ledger]\ndurability = "process-crash"'
+      rm -rf "$OUT/data-$variant-$name"
       cat >"$OUT/$variant-$name-gateway.toml" <<EOF
 listen = "127.0.0.1:$port"
-${GATEWAY_EXTRA_CONFIG:-}
+$extra
 
 [[models]]
 id = "bench"
@@ -81,7 +88,8 @@ tokens_per_minute = 1000000000
 max_concurrent = 100000
 daily_tokens = 100000000000
 EOF
-      RUST_LOG=warn start "$OUT/$variant-$name.log" "$BIN/gateway" --config "$OUT/$variant-$name-gateway.toml" ;;
+      GATEWAY_DATA_DIR="$OUT/data-$variant-$name" RUST_LOG=warn \
+        start "$OUT/$variant-$name.log" "$BIN/gateway" --config "$OUT/$variant-$name-gateway.toml" ;;
   esac
   "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
     --out "$OUT/$variant-$name.json" | sed "s/^/[$variant $name] /"
@@ -92,7 +100,10 @@ for variant in $VARIANTS; do run_target "$variant" latency 200; done
 for variant in $VARIANTS; do run_target "$variant" peak 0; done
 
 set -- $VARIANTS
+first=$1; shift
 for name in latency peak; do
-  echo "== $name: B = $2 over A = $1"
-  "$BIN/loadtest" compare "$OUT/$1-$name.json" "$OUT/$2-$name.json"
+  for other in "$@"; do
+    echo "== $name: B = $other over A = $first"
+    "$BIN/loadtest" compare "$OUT/$first-$name.json" "$OUT/$other-$name.json"
+  done
 done

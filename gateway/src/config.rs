@@ -78,6 +78,9 @@ pub struct LedgerConfig {
     /// SQLite file; absent: `usage.db` in the data directory (`GATEWAY_DATA_DIR`, else
     /// `$XDG_DATA_HOME/gateway` or `~/.local/share/gateway`).
     pub path: Option<PathBuf>,
+    /// `power-loss` (default: every commit synced) or `process-crash` (no sync per commit).
+    #[serde(default)]
+    pub durability: ledger::Durability,
 }
 
 impl Default for LedgerConfig {
@@ -85,6 +88,7 @@ impl Default for LedgerConfig {
         Self {
             enabled: true,
             path: None,
+            durability: ledger::Durability::default(),
         }
     }
 }

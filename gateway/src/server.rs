@@ -54,8 +54,8 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
     let ledger = match config.ledger.enabled {
         true => {
             let path = config.ledger.resolved_path();
-            let ledger = Ledger::open(&path)?;
-            tracing::info!(path = %path.display(), "usage ledger open");
+            let ledger = Ledger::open_with(&path, config.ledger.durability)?;
+            tracing::info!(path = %path.display(), durability = ?config.ledger.durability, "usage ledger open");
             Some(Arc::new(ledger))
         }
         false => {

@@ -157,6 +157,29 @@ async fn metrics_move_by_exactly_the_requests_and_tokens_sent() {
     assert_eq!(count("gateway_inter_token_latency_seconds"), 19.0);
     assert!(m("gateway_engine_generated_tokens_total", &pool[..1]) >= 25.0);
     assert!(text.contains("# TYPE gateway_time_to_first_token_seconds histogram"));
+    assert_eq!(m("gateway_pool_up", &pool), 1.0);
+
+    // Every series the docs and the Grafana dashboard name is one the gateway exports.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "docs/observability.md",
+        "deploy/grafana/gateway-dashboard.json",
+    ] {
+        let named = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut names: Vec<&str> = named
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("gateway_"))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert!(names.len() >= 10, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                text.contains(name),
+                "{file} names `{name}`, not in /metrics"
+            );
+        }
+    }
 }
 
 /// Opens the ledger file the way an auditor would, outside the gateway.
@@ -532,4 +555,71 @@ async fn json_logs_carry_one_access_line_per_request() {
     assert_eq!(models["span"]["tenant"], "a");
     // Exactly one line per request.
     assert_eq!(access.len(), 2, "{access:?}");
+}
+
+/// The same trace over OTLP/gRPC, to a tonic receiver.
+#[tokio::test]
+async fn traces_also_export_over_grpc() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    type Spans = Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>;
+    struct Receiver(Spans);
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            for resource in request.into_inner().resource_spans {
+                for scope in resource.scope_spans {
+                    self.0.lock().unwrap().extend(scope.spans);
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+    let spans: Spans = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("http://{}", listener.local_addr().unwrap());
+    let service = TraceServiceServer::new(Receiver(spans.clone()));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap()
+    });
+    let config = synthetic_config(&format!(
+        "[telemetry]\notlp_endpoint = \"{collector}\"\notlp_protocol = \"grpc\"\n"
+    ));
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        env: vec![("OTEL_BSP_SCHEDULE_DELAY", "100".into())],
+        ..Options::default()
+    });
+    let (status, _) = complete(
+        &gw,
+        "sk-a",
+        json!({"model": "bench", "prompt": "one two three", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let names = wait_for(|| async {
+        let names: Vec<String> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        names.iter().any(|n| n == "decode").then_some(names)
+    })
+    .await;
+    assert!(
+        names.iter().any(|n| n == "POST /v1/completions"),
+        "{names:?}"
+    );
 }

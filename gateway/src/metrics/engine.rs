@@ -110,10 +110,20 @@ const ENGINE_GAUGES: [(&str, &str, CounterField); 5] = [
 
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let engines: Vec<(String, Arc<dyn engines::Engine>)> = self
-            .models
-            .0
-            .list()
+        let models = self.models.0.list();
+        // Health: 1 while the model's pool can serve, 0 while loading or failed.
+        let mut family = encoder.encode_descriptor(
+            "gateway_pool_up",
+            "1 if the pool serving the model is ready, else 0.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (id, _, state) in &models {
+            let up = i64::from(matches!(state, ModelState::Ready(_)));
+            ConstGauge::new(up)
+                .encode(family.encode_family(&[("model", id.as_str()), ("pool", "local")])?)?;
+        }
+        let engines: Vec<(String, Arc<dyn engines::Engine>)> = models
             .into_iter()
             .filter_map(|(id, _, state)| match state {
                 ModelState::Ready(engine) => Some((id, engine)),

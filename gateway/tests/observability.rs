@@ -99,15 +99,7 @@ async fn metrics_move_by_exactly_the_requests_and_tokens_sent() {
     assert_eq!(complete(&gw, "sk-b", body.clone()).await.0, 200);
     assert_eq!(complete(&gw, "sk-b", body).await.0, 429);
 
-    let text = gw
-        .client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
     let m = |name: &str, labels: &[(&str, &str)]| sample(&scrape, name, labels);

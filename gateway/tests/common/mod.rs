@@ -213,18 +213,17 @@ impl TestGateway {
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client().get(self.url("/metrics")).send().await;
+        response.unwrap().text().await.unwrap()
+    }
+
     /// A counter's value from `/metrics` (summed over labels).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .client()
-            .get(self.url("/metrics"))
-            .send()
+        self.metrics_text()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()

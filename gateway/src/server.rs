@@ -133,8 +133,8 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
 /// The daily budget counts what each tenant used since midnight UTC, also across restarts: the
 /// ledger has it.
 fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()> {
-    let now = ledger::unix_ms_now();
-    let midnight = now - now.rem_euclid(86_400_000);
+    // The same day the quota book counts, so the restored usage and the live counters agree.
+    let midnight = policies::utc_day() as i64 * 86_400_000;
     let rows = ledger.usage(&UsageQuery {
         from_ms: Some(midnight),
         ..Default::default()

@@ -75,7 +75,6 @@ enum Message {
 
 /// See the crate documentation. Cheap to share behind an `Arc`.
 pub struct Ledger {
-    path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     reader: Mutex<Connection>,
@@ -138,15 +137,10 @@ impl Ledger {
             .spawn(move || write_groups(writer_conn, receiver))
             .map_err(|e| LedgerError::Commit(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            path: path.to_path_buf(),
             writer: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
             reader: Mutex::new(reader),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn send(&self, message: Message) -> Result<()> {

@@ -10,6 +10,6 @@ pub mod token_limiter;
 pub use keys::{ApiKey, KeyDigest, KeyError, KeyId, KeyStore, ResolvedKey};
 pub use limits::TenantLimits;
 pub use quota::{
-    Admission, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason, Rejection,
+    utc_day, Admission, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason, Rejection,
 };
 pub use tenant::{ModelAllowList, TenantId, TenantSpec};

@@ -100,7 +100,8 @@ struct TenantQuota {
     today: Mutex<(u64, DailyUsage)>,
 }
 
-fn utc_day() -> u64 {
+/// Days since the Unix epoch, UTC: the day the daily budget counts.
+pub fn utc_day() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400)

@@ -75,6 +75,7 @@ fn main() {
             },
             tenant: "bench".into(),
             weight: 1.0,
+            traceparent: None,
         };
         let started = Instant::now();
         let clients: Vec<_> = (0..c)
@@ -87,7 +88,8 @@ fn main() {
                         match event {
                             TokenEvent::Token { .. } => arrivals.push(Instant::now()),
                             TokenEvent::Finished(_) => break,
-                            TokenEvent::Failed(e) => panic!("{e}"),
+                            TokenEvent::Failed(e) | TokenEvent::Unavailable(e) => panic!("{e}"),
+                            TokenEvent::Routed { .. } => {}
                         }
                     }
                     (submitted, arrivals)

@@ -45,14 +45,29 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Opens the device. GPU devices need a build with candle's GPU backends, which this version
-    /// does not enable yet: asking for one is a clear load error, never a silent CPU fallback.
+    /// Opens the device. GPU devices need a build with the matching cargo feature (`cuda`,
+    /// `metal`); without it, asking for one is a clear load error, never a silent CPU fallback.
     pub fn open(&self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(ordinal) => Ok(Device::new_cuda(*ordinal)?),
+            #[cfg(feature = "metal")]
+            Self::Metal(ordinal) => Ok(Device::new_metal(*ordinal)?),
+            #[allow(unreachable_patterns)]
             other => Err(EngineError::Load(format!(
-                "device `{other}` needs a build with GPU support, which this build does not have"
+                "device `{other}` needs a build with the `{}` feature, which this build does not have",
+                other.backend()
             ))),
+        }
+    }
+
+    /// The cargo feature a device needs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda(_) => "cuda",
+            Self::Metal(_) => "metal",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the engine notices at its next step and frees the sequence.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -32,6 +33,9 @@ pub struct GenerationRequest {
     pub tenant: String,
     /// The tenant's fair-share weight (1 = an equal share).
     pub weight: f64,
+    /// W3C `traceparent` of the caller's span: remote engines forward it, so the upstream's
+    /// spans join the gateway's trace.
+    pub traceparent: Option<String>,
 }
 
 impl GenerationRequest {
@@ -42,6 +46,7 @@ impl GenerationRequest {
             params,
             tenant: tenant.into(),
             weight: 1.0,
+            traceparent: None,
         }
     }
 }
@@ -104,6 +109,29 @@ pub enum TokenEvent {
     Finished(Completion),
     /// Generation failed after it started; no more events follow.
     Failed(String),
+    /// The engine could not start the request (an upstream refused the connection, timed out
+    /// or answered 5xx/429) and generated nothing: safe to retry on another replica. No more
+    /// events follow.
+    Unavailable(String),
+    /// The router placed the request on this pool and replica (sent before the first token,
+    /// and again if a retry moves it). Engines themselves never send it.
+    Routed { pool: Arc<str>, replica: Arc<str> },
+}
+
+/// The token id of a token that came from a remote engine, which reports text, not ids.
+pub const REMOTE_TOKEN_ID: u32 = u32::MAX;
+
+/// A prompt made ready for submission, with its size for admission.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    /// What to submit: token ids for local engines (tokenised once, here), the original text or
+    /// conversation for remote ones (the upstream renders and tokenises it).
+    pub prompt: Prompt,
+    /// Prompt tokens: exact for local engines, an estimate for remote ones (see
+    /// [`PreparedPrompt::estimated`]).
+    pub tokens: usize,
+    /// True when `tokens` is an estimate; billing then uses the upstream's reported usage.
+    pub estimated: bool,
 }
 
 /// The receiving end of a submission.
@@ -186,7 +214,8 @@ impl TokenStream {
                 text: std::mem::take(text),
                 completion,
             })),
-            TokenEvent::Failed(e) => Some(Err(e)),
+            TokenEvent::Failed(e) | TokenEvent::Unavailable(e) => Some(Err(e)),
+            TokenEvent::Routed { .. } => None,
         }
     }
 }
@@ -231,8 +260,8 @@ pub struct ModelInfo {
     pub vocab_size: usize,
 }
 
-/// Anything that turns requests into token streams: a local candle engine today, remote
-/// OpenAI-compatible upstreams later.
+/// Anything that turns requests into token streams: a local candle engine, the synthetic
+/// benchmark engine, or a remote OpenAI-compatible upstream.
 pub trait Engine: Send + Sync + 'static {
     fn info(&self) -> &ModelInfo;
 
@@ -246,9 +275,9 @@ pub trait Engine: Send + Sync + 'static {
         requests.into_iter().map(|r| self.submit(r)).collect()
     }
 
-    /// The token ids a prompt becomes (chat template rendered, text tokenised), without running
-    /// it. Callers that need the size first can submit `Prompt::Tokens` with them.
-    fn prompt_token_ids(&self, prompt: &Prompt) -> Result<Vec<u32>>;
+    /// Readies a prompt for submission and sizes it, without running it: local engines render
+    /// the chat template and tokenise (callers then submit the ids), remote ones estimate.
+    fn prepare_prompt(&self, prompt: &Prompt) -> Result<PreparedPrompt>;
 
     fn counters(&self) -> &EngineCounters;
 }

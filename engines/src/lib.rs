@@ -1,7 +1,8 @@
 //! Model execution for the gateway: the engine interface, the local candle engine, llama model
 //! code over quantized GGUF weights, tokenizer, chat template and sampling.
 //!
-//! This crate knows nothing of HTTP: the gateway turns its types and errors into responses.
+//! The only HTTP here is the remote engine's client side (`remote`): the gateway turns this
+//! crate's types and errors into responses.
 
 pub mod core;
 pub mod device;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod local;
 pub mod model;
 pub mod model_fetch;
+pub mod remote;
 pub mod sampling;
 pub mod synthetic;
 pub mod text;
@@ -18,10 +20,11 @@ pub mod threads;
 pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
 pub use engine::{
-    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, Prompt,
-    RequestTiming, TokenEvent, TokenStream, Usage,
+    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, PreparedPrompt,
+    Prompt, RequestTiming, TokenEvent, TokenStream, Usage, REMOTE_TOKEN_ID,
 };
 pub use error::EngineError;
 pub use local::{LocalEngine, LocalEngineOptions};
+pub use remote::{LoadReport, RemoteClient, RemoteEngine, RemoteOptions, ReportedLoad};
 pub use sampling::SamplingParams;
 pub use synthetic::{SyntheticEngine, SyntheticOptions};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, Prompt,
-    RequestTiming, TokenEvent, TokenStream, Usage,
+    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, PreparedPrompt,
+    Prompt, RequestTiming, TokenEvent, TokenStream, Usage,
 };
 use crate::error::{EngineError, Result};
 
@@ -166,6 +166,26 @@ async fn stream_tokens(job: Job, interval: Option<Duration>, counters: Arc<Engin
     counters.active.fetch_sub(1, Ordering::Relaxed);
 }
 
+impl SyntheticEngine {
+    /// One token per whitespace-separated word, plus four per chat message for the template's
+    /// framing: cheap, deterministic, and roughly the size a real tokenizer gives English.
+    pub fn prompt_token_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        Ok(match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => text.split_whitespace().map(|w| self.word_id(w)).collect(),
+            Prompt::Chat(messages) => messages
+                .iter()
+                .flat_map(|m| {
+                    let framing = [self.word_id(&m.role); 4];
+                    framing
+                        .into_iter()
+                        .chain(m.content.split_whitespace().map(|w| self.word_id(w)))
+                })
+                .collect(),
+        })
+    }
+}
+
 impl Engine for SyntheticEngine {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -217,21 +237,12 @@ impl Engine for SyntheticEngine {
         Ok(TokenStream::new(id, prompt_tokens, receiver))
     }
 
-    /// One token per whitespace-separated word, plus four per chat message for the template's
-    /// framing: cheap, deterministic, and roughly the size a real tokenizer gives English.
-    fn prompt_token_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
-        Ok(match prompt {
-            Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Text(text) => text.split_whitespace().map(|w| self.word_id(w)).collect(),
-            Prompt::Chat(messages) => messages
-                .iter()
-                .flat_map(|m| {
-                    let framing = [self.word_id(&m.role); 4];
-                    framing
-                        .into_iter()
-                        .chain(m.content.split_whitespace().map(|w| self.word_id(w)))
-                })
-                .collect(),
+    fn prepare_prompt(&self, prompt: &Prompt) -> Result<PreparedPrompt> {
+        let ids = self.prompt_token_ids(prompt)?;
+        Ok(PreparedPrompt {
+            tokens: ids.len(),
+            prompt: Prompt::Tokens(ids),
+            estimated: false,
         })
     }
 

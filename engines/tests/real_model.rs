@@ -245,6 +245,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
         params,
         tenant: "test".into(),
         weight: 1.0,
+        traceparent: None,
     }
 }
 

@@ -53,6 +53,7 @@ fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
         },
         tenant: "t".into(),
         weight: 1.0,
+        traceparent: None,
     }
 }
 
@@ -149,6 +150,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
         },
         tenant: "t".into(),
         weight: 1.0,
+        traceparent: None,
     };
     let mut streams: Vec<_> = short
         .iter()
@@ -331,6 +333,7 @@ fn tenant_request(tenant: &str, weight: f64) -> GenerationRequest {
         },
         tenant: tenant.into(),
         weight,
+        traceparent: None,
     }
 }
 

@@ -20,9 +20,6 @@ use crate::metrics::{LatencyHandles, RequestMetrics};
 use crate::state::AppState;
 use crate::telemetry;
 
-/// Replica label of a model's engine in this process (one replica per model until pools).
-const LOCAL_REPLICA: &str = "0";
-
 /// Marks a response whose access-log line the account writes (the generic one is skipped).
 #[derive(Debug, Clone, Copy)]
 pub struct Accounted;
@@ -38,6 +35,8 @@ pub struct RequestAccount {
     metrics: Arc<RequestMetrics>,
     latencies: Option<LatencyHandles>,
     record: UsageRecord,
+    /// The replica that served it (its pool is in `record`).
+    replica: Option<Arc<str>>,
     started: Instant,
     last_token: Option<Instant>,
     time_to_first_token: Option<f64>,
@@ -55,25 +54,23 @@ impl RequestAccount {
         caller: &Caller,
         request_id: &str,
         model: &str,
-        pool: &str,
         prompt_tokens: u64,
         admission: Admission,
     ) -> Self {
         let span = tracing::Span::current();
         span.record("model", model);
-        span.record("pool", pool);
-        span.record("replica", LOCAL_REPLICA);
         Self {
             admission,
             ledger: state.ledger.clone(),
-            latencies: state.requests.latencies(model, pool),
+            // Known once the router places the request (`on_routed`).
+            latencies: None,
             metrics: state.requests.clone(),
             record: UsageRecord {
                 request_id: request_id.to_string(),
                 tenant: caller.tenant.id.to_string(),
                 key_id: caller.key_id.to_string(),
                 model: model.to_string(),
-                pool: pool.to_string(),
+                pool: String::new(),
                 prompt_tokens,
                 completion_tokens: 0,
                 status: RecordStatus::Cancelled,
@@ -81,6 +78,7 @@ impl RequestAccount {
                 started_at_ms: unix_ms_now(),
                 ended_at_ms: 0,
             },
+            replica: None,
             started: Instant::now(),
             last_token: None,
             time_to_first_token: None,
@@ -88,6 +86,18 @@ impl RequestAccount {
             submitted: SystemTime::now(),
             settled: false,
         }
+    }
+
+    /// The router placed the request (again, after a retry) on `pool` and `replica`: the labels
+    /// of its record, span and latency series.
+    pub fn on_routed(&mut self, pool: &str, replica: &Arc<str>) {
+        if self.record.pool != pool {
+            self.record.pool = pool.to_string();
+            self.latencies = self.metrics.latencies(&self.record.model, pool);
+        }
+        self.span.record("pool", pool);
+        self.span.record("replica", &**replica);
+        self.replica = Some(replica.clone());
     }
 
     /// A token was generated (of any choice): billed even if the client leaves after it.
@@ -189,6 +199,7 @@ impl RequestAccount {
             key_id = %r.key_id,
             model = %r.model,
             pool = %r.pool,
+            replica = self.replica.as_deref().unwrap_or(""),
             status = r.status.as_str(),
             finish_reason = r.finish_reason.as_deref().unwrap_or(""),
             prompt_tokens = r.prompt_tokens,

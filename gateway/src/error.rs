@@ -146,6 +146,16 @@ impl ApiError {
     }
 
     /// 503: the model is still loading.
+    /// Every replica that could serve the model is down or saturated.
+    pub fn no_replica(model: &str, reason: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("The model `{model}` cannot be served now: {reason}. Retry shortly."),
+        )
+        .with_code("no_replica_available")
+    }
+
     pub fn model_not_ready(model: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -277,6 +287,17 @@ impl From<EngineError> for ApiError {
             | EngineError::Fetch(_)
             | EngineError::Tokenizer(_)
             | EngineError::Candle(_) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<routing::RouteError> for ApiError {
+    fn from(err: routing::RouteError) -> Self {
+        match err {
+            routing::RouteError::NoReplica { model, reason } => {
+                ApiError::no_replica(&model, &reason)
+            }
+            routing::RouteError::Engine(e) => e.into(),
         }
     }
 }

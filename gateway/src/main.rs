@@ -150,6 +150,7 @@ fn demo_config() -> GatewayConfig {
         max_concurrent: None,
         daily_tokens: None,
         weight: None,
+        tier: None,
     });
     config
 }

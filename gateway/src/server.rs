@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum_server::accept::NoDelayAcceptor;
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
+use engines::remote::{RemoteClient, RemoteEngine, RemoteOptions};
 use engines::{Engine, LocalEngine, LocalEngineOptions, SyntheticEngine};
+use routing::{ModelRouter, Pool, PoolKind, Probe, Replica};
 
-use crate::config::{parse_device, GatewayConfig, ModelConfig};
+use crate::config::{parse_device, GatewayConfig, ModelConfig, PoolConfig, PoolKindConfig};
 use crate::directory::Directory;
 use crate::state::{AppState, Limits, ModelRegistry, ModelState};
 use ledger::{Ledger, UsageQuery};
@@ -20,6 +22,15 @@ use policies::DailyUsage;
 /// or the demo tenant). The line `gateway listening on <scheme>://<addr>` goes to stdout once the
 /// socket is bound, so scripts and tests can find an ephemeral port.
 pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    serve_as("gateway", config, config_path).await
+}
+
+/// [`serve`], announcing itself as `name` (the `engine-worker` runs the same server).
+pub async fn serve_as(
+    name: &'static str,
+    config: GatewayConfig,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     // rustls needs one process-wide crypto provider when several are compiled in.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let directory = Directory::from_config(&config)?;
@@ -28,15 +39,29 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
     }
 
     let models = Arc::new(ModelRegistry::default());
+    let shared_config = Arc::new(config.clone());
+    // One connection pool for every remote replica.
+    let client = RemoteClient::new(Duration::from_millis(
+        config
+            .pools
+            .iter()
+            .map(|p| p.connect_timeout_ms)
+            .max()
+            .unwrap_or(2000),
+    ));
     for model in &config.models {
         models.add_loading(&model.id);
         let (registry, model) = (models.clone(), model.clone());
+        let (config, client) = (shared_config.clone(), client.clone());
+        let runtime = tokio::runtime::Handle::current();
         // Loading reads and re-quantizes weights: CPU work, off the async workers.
         tokio::task::spawn_blocking(move || {
-            let state = match load_model(&model) {
-                Ok(engine) => {
+            let state = match build_router(&config, &model, &client, &runtime) {
+                Ok(router) => {
                     tracing::info!(model = %model.id, "model ready");
-                    ModelState::Ready(engine)
+                    let interval = Duration::from_millis(config.routing.health_interval_ms);
+                    routing::spawn_health_checks(vec![router.clone()], interval, &runtime);
+                    ModelState::Ready(router)
                 }
                 Err(e) => {
                     tracing::error!(model = %model.id, error = %format!("{e:#}"), "model failed to load");
@@ -107,7 +132,7 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
                         tls.key.display()
                     )
                 })?;
-            announce("https", addr);
+            announce(name, "https", addr);
             axum_server::from_tcp_rustls(listener, rustls)
                 .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
                 .handle(handle)
@@ -115,7 +140,7 @@ pub async fn serve(config: GatewayConfig, config_path: Option<PathBuf>) -> anyho
                 .await?;
         }
         None => {
-            announce("http", addr);
+            announce(name, "http", addr);
             axum_server::from_tcp(listener)
                 .acceptor(NoDelayAcceptor::new())
                 .handle(handle)
@@ -161,13 +186,119 @@ fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()>
     Ok(())
 }
 
-fn announce(scheme: &str, addr: SocketAddr) {
+fn announce(name: &str, scheme: &str, addr: SocketAddr) {
     use std::io::Write;
-    println!("gateway listening on {scheme}://{addr}");
+    println!("{name} listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
 }
 
-fn load_model(model: &ModelConfig) -> anyhow::Result<Arc<dyn Engine>> {
+/// Every pool of `model` with its replicas: local engines loaded on their devices, remote
+/// upstreams with their health checks.
+fn build_router(
+    config: &GatewayConfig,
+    model: &ModelConfig,
+    client: &RemoteClient,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Arc<ModelRouter>> {
+    let mut pools = Vec::new();
+    for pool in config.pools_of(model) {
+        let breaker = pool.breaker();
+        let (kind, replicas) = match pool.kind {
+            PoolKindConfig::Local => {
+                let replicas = pool
+                    .devices
+                    .iter()
+                    .map(|device| {
+                        let engine = load_local(model, device)?;
+                        Ok(Arc::new(Replica::new(
+                            device.as_str(),
+                            engine,
+                            None,
+                            breaker,
+                        )))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                (PoolKind::Local, replicas)
+            }
+            PoolKindConfig::Remote => {
+                let probe_timeout = Duration::from_millis(config.routing.health_timeout_ms);
+                let replicas = pool
+                    .urls
+                    .iter()
+                    .map(|url| {
+                        let options = remote_options(model, &pool, url)?;
+                        let engine = Arc::new(RemoteEngine::new(
+                            &model.id,
+                            options,
+                            client.clone(),
+                            runtime.clone(),
+                        )?);
+                        let checked = engine.clone();
+                        let probe: Probe = Arc::new(move || {
+                            let engine = checked.clone();
+                            Box::pin(async move { engine.probe(probe_timeout).await })
+                        });
+                        Ok(Arc::new(Replica::new(
+                            url.as_str(),
+                            engine,
+                            Some(probe),
+                            breaker,
+                        )))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                (PoolKind::Remote, replicas)
+            }
+        };
+        tracing::info!(model = %model.id, pool = %pool.name, replicas = replicas.len(), "pool ready");
+        pools.push(Arc::new(Pool {
+            name: pool.name.as_str().into(),
+            kind,
+            replicas,
+            max_outstanding_tokens: pool.max_outstanding_tokens,
+        }));
+    }
+    let tiers: Vec<(String, Vec<String>)> = model
+        .tiers
+        .iter()
+        .map(|(tier, pools)| (tier.clone(), pools.clone()))
+        .collect();
+    Ok(Arc::new(ModelRouter::new(
+        pools,
+        &model.pools,
+        &tiers,
+        runtime.clone(),
+    )))
+}
+
+fn remote_options(
+    model: &ModelConfig,
+    pool: &PoolConfig,
+    url: &str,
+) -> anyhow::Result<RemoteOptions> {
+    let api_key = match &pool.api_key_env {
+        Some(var) => Some(std::env::var(var).with_context(|| {
+            format!(
+                "pool `{}`: environment variable `{var}` (api_key_env) is not set",
+                pool.name
+            )
+        })?),
+        None => None,
+    };
+    Ok(RemoteOptions {
+        base_url: url.to_string(),
+        upstream_model: model
+            .upstream_model
+            .clone()
+            .unwrap_or_else(|| model.id.clone()),
+        api_key,
+        context_length: model.context_length.unwrap_or(8192),
+        response_timeout: Duration::from_millis(pool.response_timeout_ms),
+        idle_timeout: Duration::from_millis(pool.idle_timeout_ms),
+    })
+}
+
+/// One local engine of `model` on `device`.
+fn load_local(model: &ModelConfig, device: &str) -> anyhow::Result<Arc<dyn Engine>> {
     if let Some(synthetic) = &model.synthetic {
         tracing::warn!(model = %model.id, "synthetic model: a benchmark tool, its output is meaningless");
         return Ok(Arc::new(SyntheticEngine::start(
@@ -179,7 +310,7 @@ fn load_model(model: &ModelConfig) -> anyhow::Result<Arc<dyn Engine>> {
         Some(path) => path.clone(),
         None => ensure_model(&DEFAULT_MODEL, &default_cache_dir())?,
     };
-    let device = parse_device(&model.device).map_err(anyhow::Error::msg)?;
+    let device = parse_device(device).map_err(anyhow::Error::msg)?;
     tracing::info!(model = %model.id, path = %path.display(), %device, "loading model");
     let options = LocalEngineOptions {
         model_path: path,

@@ -3,9 +3,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use engines::Engine;
 use ledger::Ledger;
 use policies::QuotaBook;
+use routing::ModelRouter;
 
 use crate::directory::Directory;
 use crate::metrics::RequestMetrics;
@@ -67,7 +67,7 @@ impl AppState {
 #[derive(Clone)]
 pub enum ModelState {
     Loading,
-    Ready(Arc<dyn Engine>),
+    Ready(Arc<ModelRouter>),
     Failed(String),
 }
 

@@ -170,6 +170,19 @@ pub fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     }
 }
 
+/// The W3C `traceparent` of `span`, for requests the gateway makes upstream (`None` when no
+/// traces are exported).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&span.context(), &mut headers)
+    });
+    headers.remove("traceparent")
+}
+
 /// Adds a finished child span with known start and end times under `parent` (the engine reports
 /// queue, prefill and decode durations after the fact; they happen on its own thread).
 pub fn record_phase(

@@ -479,7 +479,7 @@ async fn one_request_exports_one_trace_continuing_the_clients_traceparent() {
         ("tenant", "a"),
         ("model", "bench"),
         ("pool", "local"),
-        ("replica", "0"),
+        ("replica", "cpu"),
         ("prompt_tokens", "3"),
         ("completion_tokens", "4"),
         ("finish_reason", "length"),

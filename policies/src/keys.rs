@@ -176,6 +176,7 @@ mod tests {
             id: TenantId::new(id).unwrap(),
             models: ModelAllowList::all(),
             limits: Default::default(),
+            tier: None,
         }
     }
 

@@ -343,6 +343,7 @@ mod tests {
             id: TenantId::new("t").unwrap(),
             models: ModelAllowList::all(),
             limits,
+            tier: None,
         }
     }
 

@@ -91,6 +91,8 @@ pub struct TenantSpec {
     pub id: TenantId,
     pub models: ModelAllowList,
     pub limits: crate::limits::TenantLimits,
+    /// The tenant's service tier (e.g. `premium`): models may prefer other pools for it.
+    pub tier: Option<String>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::core::sequence::SequenceId;
 use crate::core::{RequestCore, StepRecord};
-use crate::engine::{Engine, EngineCounters, GenerationRequest, ModelInfo, Prompt, TokenStream};
+use crate::engine::{
+    Engine, EngineCounters, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, TokenStream,
+};
 use crate::error::{EngineError, Result};
 
 /// A request handed to the request core.
@@ -138,8 +140,13 @@ impl Engine for LocalEngine {
         Ok(streams)
     }
 
-    fn prompt_token_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
-        self.model.prompt_ids(prompt)
+    fn prepare_prompt(&self, prompt: &Prompt) -> Result<PreparedPrompt> {
+        let ids = self.model.prompt_ids(prompt)?;
+        Ok(PreparedPrompt {
+            tokens: ids.len(),
+            prompt: Prompt::Tokens(ids),
+            estimated: false,
+        })
     }
 
     fn counters(&self) -> &EngineCounters {

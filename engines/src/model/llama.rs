@@ -48,7 +48,8 @@ enum Linear {
 
 impl Linear {
     fn new(tensor: QTensor, format: WeightFormat) -> Result<Self> {
-        if format == WeightFormat::Q8_0 {
+        // The Q8 kernel is CPU code; on a GPU candle's own quantized kernels run.
+        if format == WeightFormat::Q8_0 && tensor.device().is_cpu() {
             if let Some(matrix) = Q8Matrix::from_qtensor(&tensor)? {
                 return Ok(Self::Q8(matrix));
             }

@@ -9,6 +9,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use routing::breaker::Availability;
+use routing::{ModelRouter, Replica};
+
 use crate::state::{ModelRegistry, ModelState};
 
 /// Reads every ready engine's counters on each scrape.
@@ -111,32 +114,58 @@ const ENGINE_GAUGES: [(&str, &str, CounterField); 5] = [
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let models = self.models.0.list();
-        // Health: 1 while the model's pool can serve, 0 while loading or failed.
+        let now = std::time::Instant::now();
+        let routers: Vec<(String, Arc<ModelRouter>)> = models
+            .iter()
+            .filter_map(|(id, _, state)| match state {
+                ModelState::Ready(router) => Some((id.clone(), router.clone())),
+                _ => None,
+            })
+            .collect();
+        // Health: 1 while some replica of the pool can take requests, 0 while every one is out
+        // (or the model is loading or failed to load).
         let mut family = encoder.encode_descriptor(
             "gateway_pool_up",
-            "1 if the pool serving the model is ready, else 0.",
+            "1 if some replica of the pool can serve the model, else 0.",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (id, _, state) in &models {
-            let up = i64::from(matches!(state, ModelState::Ready(_)));
-            ConstGauge::new(up)
-                .encode(family.encode_family(&[("model", id.as_str()), ("pool", "local")])?)?;
+            let ModelState::Ready(router) = state else {
+                ConstGauge::new(0)
+                    .encode(family.encode_family(&[("model", id.as_str()), ("pool", "")])?)?;
+                continue;
+            };
+            for pool in router.pools() {
+                let up = pool
+                    .replicas
+                    .iter()
+                    .any(|r| r.availability(now) != Availability::Out);
+                let labels = [("model", id.as_str()), ("pool", &*pool.name)];
+                ConstGauge::new(i64::from(up)).encode(family.encode_family(&labels)?)?;
+            }
         }
-        let engines: Vec<(String, Arc<dyn engines::Engine>)> = models
-            .into_iter()
-            .filter_map(|(id, _, state)| match state {
-                ModelState::Ready(engine) => Some((id, engine)),
-                _ => None,
-            })
-            .collect();
+        encode_per_replica(
+            &mut encoder,
+            "gateway_replica_up",
+            "1 if the replica takes requests (its circuit breaker is closed or half-open), else 0.",
+            &routers,
+            |r| i64::from(r.availability(now) != Availability::Out),
+        )?;
+        encode_per_replica(
+            &mut encoder,
+            "gateway_replica_outstanding_tokens",
+            "Prompt plus max_tokens not yet generated, over the requests routed to the replica.",
+            &routers,
+            |r| r.snapshot(now).outstanding_tokens as i64,
+        )?;
         for (name, help, field) in ENGINE_COUNTERS {
-            encode_per_model(&mut encoder, name, help, &engines, field, |v| {
+            encode_per_model(&mut encoder, name, help, &routers, field, |v| {
                 ConstCounter::new(v)
             })?;
         }
         for (name, help, field) in ENGINE_GAUGES {
-            encode_per_model(&mut encoder, name, help, &engines, field, |v| {
+            encode_per_model(&mut encoder, name, help, &routers, field, |v| {
                 ConstGauge::new(v as i64)
             })?;
         }
@@ -144,19 +173,53 @@ impl Collector for EngineCollector {
     }
 }
 
-/// One metric family with a sample per ready model (label `model`).
+/// One metric family with a sample per ready model (label `model`): the sum over the model's
+/// replicas (remote replicas count their requests; their batch gauges stay 0, see
+/// `/admin/pools` for what workers report).
 fn encode_per_model<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    engines: &[(String, Arc<dyn engines::Engine>)],
+    routers: &[(String, Arc<ModelRouter>)],
     field: CounterField,
     metric: impl Fn(u64) -> M,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, metric(0).metric_type())?;
-    for (model, engine) in engines {
-        let value = EngineCounters::get(field(engine.counters()));
+    for (model, router) in routers {
+        let value = router
+            .replicas()
+            .map(|r| EngineCounters::get(field(r.counters())))
+            .sum();
         metric(value).encode(family.encode_family(&[("model", model.as_str())])?)?;
+    }
+    Ok(())
+}
+
+/// One gauge family with a sample per replica (labels `model`, `pool`, `replica`).
+fn encode_per_replica(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    routers: &[(String, Arc<ModelRouter>)],
+    value: impl Fn(&Replica) -> i64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (model, router) in routers {
+        for pool in router.pools() {
+            for replica in &pool.replicas {
+                let labels = [
+                    ("model", model.as_str()),
+                    ("pool", &*pool.name),
+                    ("replica", &*replica.name),
+                ];
+                ConstGauge::new(value(replica)).encode(family.encode_family(&labels)?)?;
+            }
+        }
     }
     Ok(())
 }

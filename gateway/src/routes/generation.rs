@@ -7,8 +7,9 @@ use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use engines::{Engine, GenerationRequest, Prompt, SamplingParams, TokenEvent, TokenStream};
+use engines::{Prompt, SamplingParams, TokenEvent, TokenStream};
 use futures::{Stream, StreamExt};
+use routing::{ModelRouter, Requester, RouteRequest};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -92,12 +93,12 @@ fn labelled(state: &AppState, body: &Value, result: Result<Response, ApiError>) 
     response
 }
 
-/// The engine serving `model`, if it exists, the caller may use it, and it is loaded.
+/// The router of `model`, if it exists, the caller may use it, and it is loaded.
 fn resolve_model(
     state: &AppState,
     caller: &Caller,
     model: &str,
-) -> Result<Arc<dyn Engine>, ApiError> {
+) -> Result<Arc<ModelRouter>, ApiError> {
     let model_state = state
         .models
         .get(model)
@@ -119,14 +120,15 @@ struct Job<'a> {
     state: &'a AppState,
     caller: &'a Caller,
     request_id: &'a RequestId,
-    engine: Arc<dyn Engine>,
+    engine: Arc<ModelRouter>,
     meta: ResponseMeta,
 }
 
 impl Job<'_> {
-    /// Admits and submits a request. Each prompt is rendered and tokenised once, here: admission
-    /// needs its size, and the engine gets the ids. `default_max_tokens` gives the endpoint's
-    /// `max_tokens` for a prompt of that many tokens when the request names none.
+    /// Admits and routes a request. Each prompt is rendered and tokenised once, here: admission
+    /// needs its size, and a local engine gets the ids (a remote one the original, with an
+    /// estimated size). `default_max_tokens` gives the endpoint's `max_tokens` for a prompt of
+    /// that many tokens when the request names none.
     async fn run(
         self,
         prompts: Vec<Prompt>,
@@ -134,16 +136,27 @@ impl Job<'_> {
         default_max_tokens: impl Fn(usize) -> usize,
     ) -> Result<Response, ApiError> {
         let (state, caller) = (self.state, self.caller);
+        let tier = caller.tenant.tier.as_deref();
         let mut prepared = Vec::with_capacity(prompts.len());
-        for prompt in &prompts {
-            let ids = self.engine.prompt_token_ids(prompt)?;
+        for prompt in prompts {
+            let prompt = self.engine.prepare(tier, prompt)?;
             let max_tokens = params
                 .max_tokens
-                .unwrap_or_else(|| default_max_tokens(ids.len()));
-            prepared.push((ids, max_tokens));
+                .unwrap_or_else(|| default_max_tokens(prompt.tokens()));
+            prepared.push(RouteRequest {
+                prompt,
+                params: SamplingParams {
+                    max_tokens,
+                    ..params.sampling.clone()
+                },
+            });
         }
-        let prompt_tokens: u64 = prepared.iter().map(|(ids, _)| ids.len() as u64).sum();
-        let reserve = prompt_tokens + prepared.iter().map(|(_, max)| *max as u64).sum::<u64>();
+        let prompt_tokens: u64 = prepared.iter().map(|r| r.prompt.tokens() as u64).sum();
+        let reserve = prompt_tokens
+            + prepared
+                .iter()
+                .map(|r| r.params.max_tokens as u64)
+                .sum::<u64>();
         let admission = tracing::info_span!("admission", prompt_tokens, reserved_tokens = reserve)
             .in_scope(|| state.quotas.admit(&caller.tenant, prompt_tokens, reserve))
             .map_err(|rejection| {
@@ -156,19 +169,13 @@ impl Job<'_> {
             })?;
         // All prompts or none: a prompt that does not fit fails the whole request (and, with
         // nothing generated, it is not billed: the admission is dropped and refunded).
-        let requests = prepared
-            .into_iter()
-            .map(|(ids, max_tokens)| GenerationRequest {
-                prompt: Prompt::Tokens(ids),
-                params: SamplingParams {
-                    max_tokens,
-                    ..params.sampling.clone()
-                },
-                tenant: caller.tenant.id.to_string(),
-                weight: caller.tenant.limits.weight,
-            })
-            .collect();
-        let streams = self.engine.submit_all(requests)?;
+        let requester = Requester {
+            tenant: caller.tenant.id.to_string(),
+            weight: caller.tenant.limits.weight,
+            tier: caller.tenant.tier.clone(),
+            traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
+        };
+        let streams = self.engine.submit_all(&requester, prepared)?;
         let limits = admission.status.clone();
         let request_id = self.request_id.header_value().to_str().unwrap_or("");
         let account = RequestAccount::new(
@@ -176,7 +183,6 @@ impl Job<'_> {
             caller,
             request_id,
             &self.meta.model,
-            LOCAL_POOL,
             prompt_tokens,
             admission,
         );
@@ -191,10 +197,6 @@ impl Job<'_> {
         Ok(response)
     }
 }
-
-/// The pool label of models served by this process's own engine (named pools come with
-/// `[[pools]]`).
-const LOCAL_POOL: &str = "local";
 
 /// Every choice's events, interleaved as they come, tagged with the choice's index.
 fn merged(streams: Vec<TokenStream>) -> impl Stream<Item = (usize, TokenEvent)> + Unpin {
@@ -228,9 +230,14 @@ async fn whole_response(
                 usage.add(completion.usage);
                 finish_reasons[i] = Some(completion.finish_reason);
             }
+            TokenEvent::Routed { pool, replica } => account.on_routed(&pool, &replica),
             TokenEvent::Failed(reason) => {
                 account.settle(RecordStatus::Failed).await;
                 return Err(ApiError::internal(format!("Generation failed: {reason}")));
+            }
+            TokenEvent::Unavailable(reason) => {
+                account.settle(RecordStatus::Failed).await;
+                return Err(ApiError::no_replica(&meta.model, &reason));
             }
         }
     }
@@ -292,7 +299,11 @@ fn sse_events(
                     open -= 1;
                     meta.chunk(i, ChoiceEvent::Finish(completion.finish_reason), include_usage)
                 }
-                TokenEvent::Failed(reason) => {
+                TokenEvent::Routed { pool, replica } => {
+                    account.on_routed(&pool, &replica);
+                    None
+                }
+                TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason) => {
                     failure = Some(reason);
                     break;
                 }

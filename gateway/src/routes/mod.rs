@@ -5,6 +5,7 @@ mod generation;
 mod health;
 mod metrics;
 mod models;
+mod pools;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{model}", get(models::retrieve))
         .route("/v1/chat/completions", post(generation::chat_completions))
         .route("/v1/completions", post(generation::completions))
+        .route("/load", get(pools::load))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -40,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/tenants", get(admin::tenants))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/usage/records", get(admin::usage_records))
+        .route("/admin/pools", get(pools::admin_pools))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_admin_key,
@@ -102,8 +105,20 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
 
 /// The access-log line of a response, unless its account writes a fuller one when the
 /// generation ends (see `accounting`).
+/// Marks a response whose access-log line goes at debug level: polled endpoints (`/load`,
+/// asked by every gateway every few seconds) would drown the requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Polled;
+
 fn access_log<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
-    if response.extensions().get::<Accounted>().is_none() {
+    if response.extensions().get::<Polled>().is_some() {
+        tracing::debug!(
+            target: "gateway::access",
+            status = response.status().as_u16(),
+            latency_ms = latency.as_secs_f64() * 1e3,
+            "request finished"
+        );
+    } else if response.extensions().get::<Accounted>().is_none() {
         tracing::info!(
             target: "gateway::access",
             status = response.status().as_u16(),

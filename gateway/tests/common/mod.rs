@@ -44,7 +44,14 @@ pub struct Options<'a> {
     pub data_dir: Option<PathBuf>,
     /// Keep stderr (logs) in `TestGateway::stderr` instead of passing it through.
     pub capture_stderr: bool,
+    /// Run the `engine-worker` binary (with [`WORKER_SECRET`]) instead of the gateway.
+    pub worker: bool,
+    /// Listen address; default an ephemeral loopback port.
+    pub listen: Option<String>,
 }
+
+/// The shared secret of test workers (gateways read it from `WORKER_SECRET`).
+pub const WORKER_SECRET: &str = "test-worker-secret-0123456789";
 
 impl Default for Options<'_> {
     fn default() -> Self {
@@ -55,6 +62,8 @@ impl Default for Options<'_> {
             wait_ready: true,
             data_dir: None,
             capture_stderr: false,
+            worker: false,
+            listen: None,
         }
     }
 }
@@ -70,9 +79,22 @@ impl TestGateway {
 
     pub fn start(options: Options<'_>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("GATEWAY_DEMO_KEY", DEMO_KEY)
+        let listen = options.listen.as_deref().unwrap_or("127.0.0.1:0");
+        let (mut cmd, announcement) = match options.worker {
+            true => {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_engine-worker"));
+                cmd.args(["--listen", listen])
+                    .env("ENGINE_WORKER_SECRET", WORKER_SECRET);
+                (cmd, "engine-worker listening on ")
+            }
+            false => {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+                cmd.args(["serve", "--listen", listen])
+                    .env("WORKER_SECRET", WORKER_SECRET);
+                (cmd, "gateway listening on ")
+            }
+        };
+        cmd.env("GATEWAY_DEMO_KEY", DEMO_KEY)
             .env("RUST_LOG", "warn")
             .env_remove("GATEWAY_CONFIG")
             .env(
@@ -109,7 +131,7 @@ impl TestGateway {
             let n = reader.read_line(&mut line).unwrap();
             assert!(n > 0, "gateway exited before listening; stdout: {stdout:?}");
             let line = line.trim_end().to_string();
-            if let Some(url) = line.strip_prefix("gateway listening on ") {
+            if let Some(url) = line.strip_prefix(announcement) {
                 break url.to_string();
             }
             stdout.push(line);
@@ -128,7 +150,10 @@ impl TestGateway {
         let gateway = Self {
             child,
             base,
-            key: DEMO_KEY.to_string(),
+            key: match options.worker {
+                true => WORKER_SECRET.to_string(),
+                false => DEMO_KEY.to_string(),
+            },
             stdout,
             config_path,
             stderr,

@@ -1,0 +1,56 @@
+//! `GET /admin/pools` (every pool, replica, health and load) and `GET /load` (what an
+//! `engine-worker` reports to the gateways that route to it).
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use engines::remote::{LoadReport, ReportedLoad};
+use engines::EngineCounters;
+use serde_json::{json, Value};
+
+use super::Polled;
+use crate::state::{AppState, ModelState};
+
+/// Every ready model's pools with their replicas.
+pub async fn admin_pools(State(state): State<AppState>) -> Json<Value> {
+    let pools: Vec<_> = state
+        .models
+        .list()
+        .into_iter()
+        .filter_map(|(_, _, model)| match model {
+            ModelState::Ready(router) => Some(router.snapshot()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    Json(json!({"object": "list", "data": pools}))
+}
+
+/// The load of each ready model over its replicas in this process.
+pub async fn load(State(state): State<AppState>) -> (Extension<Polled>, Json<LoadReport>) {
+    let now = std::time::Instant::now();
+    let models = state
+        .models
+        .list()
+        .into_iter()
+        .filter_map(|(id, _, model)| match model {
+            ModelState::Ready(router) => Some((id, router)),
+            _ => None,
+        })
+        .map(|(id, router)| {
+            let mut load = ReportedLoad {
+                model: id,
+                ..ReportedLoad::default()
+            };
+            for replica in router.replicas() {
+                let c = replica.counters();
+                load.running += EngineCounters::get(&c.running);
+                load.waiting += EngineCounters::get(&c.waiting);
+                load.kv_blocks_free += EngineCounters::get(&c.kv_blocks_free);
+                load.kv_blocks_total += EngineCounters::get(&c.kv_blocks_total);
+                load.outstanding_tokens += replica.snapshot(now).outstanding_tokens;
+            }
+            load
+        })
+        .collect();
+    (Extension(Polled), Json(LoadReport { models }))
+}

@@ -1,0 +1,503 @@
+//! Pools and routing with real processes on loopback: a gateway, `engine-worker` processes, a
+//! worker killed mid-run and started again, dead upstreams, and load balancing.
+//!
+//! The first test runs the real model everywhere. The others run `synthetic` workers: they pace
+//! tokens at a fixed rate, which makes "mid-run" and "concurrent" deterministic on a 2-core
+//! machine; everything under test (HTTP, SSE relaying, routing, breakers, retries) is the real
+//! code path, only the token source differs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{digest, Options, TestGateway, MODEL};
+use serde_json::{json, Value};
+
+const STANDARD_KEY: &str = "sk-standard-tenant-key";
+const PREMIUM_KEY: &str = "sk-premium-tenant-key";
+const ADMIN_KEY: &str = "sk-pools-admin-key";
+
+/// Generous bound so that a broken breaker fails the test instead of hanging it.
+const RECOVERY_BOUND: Duration = Duration::from_secs(60);
+
+fn tenants() -> String {
+    format!(
+        r#"
+admin_keys = ["{admin}"]
+
+[[tenants]]
+id = "standard"
+keys = ["{standard}"]
+
+[[tenants]]
+id = "premium"
+keys = ["{premium}"]
+tier = "premium"
+"#,
+        admin = digest(ADMIN_KEY),
+        standard = digest(STANDARD_KEY),
+        premium = digest(PREMIUM_KEY),
+    )
+}
+
+const SYNTHETIC_WORKER: &str = r#"
+[[models]]
+id = "syn"
+kind = "synthetic"
+[models.synthetic]
+tokens_per_second = 40
+"#;
+
+fn synthetic_worker(listen: Option<String>) -> TestGateway {
+    TestGateway::start(Options {
+        config: Some(SYNTHETIC_WORKER),
+        model_flag: false,
+        worker: true,
+        listen,
+        ..Options::default()
+    })
+}
+
+fn start_gateway(config: &str) -> TestGateway {
+    TestGateway::start(Options {
+        config: Some(config),
+        model_flag: false,
+        ..Options::default()
+    })
+}
+
+/// `(pool, replica) -> snapshot` from `/admin/pools`.
+async fn replicas(gateway: &TestGateway) -> HashMap<(String, String), Value> {
+    let (status, body) = gateway.get("/admin/pools", Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut out = HashMap::new();
+    for pool in body["data"].as_array().unwrap() {
+        for replica in pool["replicas"].as_array().unwrap() {
+            let key = (
+                pool["pool"].as_str().unwrap().to_string(),
+                replica["name"].as_str().unwrap().to_string(),
+            );
+            out.insert(key, replica.clone());
+        }
+    }
+    out
+}
+
+async fn routed(gateway: &TestGateway, pool: &str, replica: &str) -> u64 {
+    replicas(gateway).await[&(pool.to_string(), replica.to_string())]["routed"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Polls `/admin/pools` until `replica` shows `health`.
+async fn wait_health(gateway: &TestGateway, pool: &str, replica: &str, health: &str) {
+    let started = Instant::now();
+    loop {
+        let all = replicas(gateway).await;
+        if all[&(pool.to_string(), replica.to_string())]["health"] == health {
+            return;
+        }
+        assert!(
+            started.elapsed() < RECOVERY_BOUND,
+            "{replica} never became {health}: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback address nothing listens on.
+fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}")
+}
+
+fn chat(max_tokens: usize) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    })
+}
+
+#[tokio::test]
+async fn local_and_remote_pools_serve_the_same_model_and_tiers_route() {
+    let workers: Vec<TestGateway> = (0..2)
+        .map(|_| {
+            TestGateway::start(Options {
+                worker: true,
+                ..Options::default()
+            })
+        })
+        .collect();
+    let model_path = common::model_path();
+    let config = format!(
+        r#"{tenants}
+[[pools]]
+name = "cpu-local"
+kind = "local"
+devices = ["cpu"]
+
+[[pools]]
+name = "workers"
+kind = "remote"
+urls = ["{w0}", "{w1}"]
+api_key_env = "WORKER_SECRET"
+
+[[models]]
+id = "{MODEL}"
+path = "{path}"
+pools = ["cpu-local", "workers"]
+tiers = {{ premium = ["workers", "cpu-local"] }}
+"#,
+        tenants = tenants(),
+        w0 = workers[0].base,
+        w1 = workers[1].base,
+        path = model_path.display(),
+    );
+    let gateway = start_gateway(&config);
+
+    // The worker itself speaks the OpenAI API behind its secret, and reports its load.
+    let (status, _) = workers[0]
+        .post_raw(
+            "/v1/chat/completions",
+            chat(4).to_string(),
+            Some("wrong-secret"),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, load) = workers[0].get("/load", Some(common::WORKER_SECRET)).await;
+    assert_eq!(status, 200);
+    assert_eq!(load["models"][0]["model"], MODEL);
+    assert!(load["models"][0]["kv_blocks_total"].as_u64().unwrap() > 0);
+
+    let (status, standard) = gateway
+        .post_raw(
+            "/v1/chat/completions",
+            chat(12).to_string(),
+            Some(STANDARD_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{standard}");
+    let (status, premium) = gateway
+        .post_raw(
+            "/v1/chat/completions",
+            chat(12).to_string(),
+            Some(PREMIUM_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{premium}");
+
+    // Same model, same weights, greedy: the same answer and usage through either pool.
+    let text = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(!text(&standard).is_empty());
+    assert_eq!(text(&standard), text(&premium));
+    assert_eq!(standard["usage"], premium["usage"]);
+
+    // The standard tier stayed on the local pool, the premium tier went to a worker.
+    let all = replicas(&gateway).await;
+    let count = |pool: &str| -> u64 {
+        all.iter()
+            .filter(|((p, _), _)| p == pool)
+            .map(|(_, r)| r["routed"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(count("cpu-local"), 1, "{all:?}");
+    assert_eq!(count("workers"), 1, "{all:?}");
+
+    // Streaming through a worker: tokens relayed one by one, usage from the upstream.
+    let mut premium_gateway = gateway;
+    premium_gateway.key = PREMIUM_KEY.to_string();
+    let mut body = chat(12);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let events = premium_gateway.stream("/v1/chat/completions", body).await;
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text(&standard));
+    let usage = &events[events.len() - 2]["usage"];
+    assert_eq!(usage, &standard["usage"]);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    // The ledger labels each record with the pool that served it.
+    let (status, records) = premium_gateway
+        .get("/admin/usage/records", Some(ADMIN_KEY))
+        .await;
+    assert_eq!(status, 200);
+    let pools: Vec<(&str, &str)> = records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["tenant"].as_str().unwrap(), r["pool"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        pools
+            .iter()
+            .filter(|p| **p == ("standard", "cpu-local"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        pools
+            .iter()
+            .filter(|p| **p == ("premium", "workers"))
+            .count(),
+        2
+    );
+}
+
+/// A stream's outcome: finished normally, or ended with an error event. Either way `[DONE]`
+/// closes it (never a silently truncated answer).
+async fn stream_outcome(gateway: &TestGateway, max_tokens: usize) -> Result<usize, String> {
+    let body = json!({"model": "syn", "prompt": "one two three", "max_tokens": max_tokens, "stream": true});
+    let events = tokio::time::timeout(RECOVERY_BOUND, gateway.stream("/v1/completions", body))
+        .await
+        .expect("a stream hung");
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+    let last = &events[events.len() - 2];
+    if let Some(error) = last.get("error") {
+        return Err(error["message"].as_str().unwrap().to_string());
+    }
+    assert_eq!(last["choices"][0]["finish_reason"], "length", "{events:?}");
+    Ok(events.len() - 2)
+}
+
+#[tokio::test]
+async fn killing_a_worker_mid_run_fails_over_and_it_is_used_again_when_back() {
+    let mut a = synthetic_worker(None);
+    let b = synthetic_worker(None);
+    let a_address = a.base.trim_start_matches("http://").to_string();
+    let config = format!(
+        r#"{tenants}
+[routing]
+health_interval_ms = 100
+
+[[pools]]
+name = "workers"
+kind = "remote"
+urls = ["{a}", "{b}"]
+api_key_env = "WORKER_SECRET"
+failure_threshold = 2
+open_ms = 300
+
+[[models]]
+id = "syn"
+kind = "synthetic"
+pools = ["workers"]
+[models.synthetic]
+"#,
+        tenants = tenants(),
+        a = a.base,
+        b = b.base,
+    );
+    let mut gateway = start_gateway(&config);
+    gateway.key = STANDARD_KEY.to_string();
+
+    // Eight 2-second streams spread over both workers; A dies half a second in.
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let gateway = &gateway;
+            async move { stream_outcome(gateway, 80).await }
+        })
+        .collect();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.kill_now();
+    };
+    let (outcomes, ()) = tokio::join!(futures::future::join_all(streams), kill);
+    let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    let finished = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!(
+        !failed.is_empty(),
+        "the streams on the killed worker must fail"
+    );
+    assert!(finished >= 1, "the streams on the other worker must finish");
+    for message in failed {
+        assert!(message.contains(&a_address), "{message}");
+    }
+
+    // New requests go to B (directly once A is out; retried from A before it is).
+    wait_health(&gateway, "workers", &a.base, "unhealthy").await;
+    let b_before = routed(&gateway, "workers", &b.base).await;
+    for _ in 0..4 {
+        assert_eq!(stream_outcome(&gateway, 4).await, Ok(4));
+    }
+    assert_eq!(routed(&gateway, "workers", &b.base).await, b_before + 4);
+
+    // A comes back on the same port: the health checks put it back, and it gets requests.
+    let a_back = synthetic_worker(Some(a_address));
+    assert_eq!(a_back.base, a.base);
+    wait_health(&gateway, "workers", &a.base, "healthy").await;
+    let a_before = routed(&gateway, "workers", &a.base).await;
+    let again: Vec<_> = (0..6).map(|_| stream_outcome(&gateway, 20)).collect();
+    for outcome in futures::future::join_all(again).await {
+        assert_eq!(outcome, Ok(20));
+    }
+    assert!(routed(&gateway, "workers", &a.base).await > a_before);
+}
+
+#[tokio::test]
+async fn a_request_that_fails_before_its_first_token_is_retried_on_another_replica() {
+    let live = synthetic_worker(None);
+    let dead = dead_address();
+    // Health checks rare and the breaker slow to open, so requests do reach the dead replica.
+    let config = format!(
+        r#"{tenants}
+[routing]
+health_interval_ms = 600000
+
+[[pools]]
+name = "workers"
+kind = "remote"
+urls = ["{dead}", "{live}"]
+api_key_env = "WORKER_SECRET"
+failure_threshold = 1000
+
+[[models]]
+id = "syn"
+kind = "synthetic"
+pools = ["workers"]
+[models.synthetic]
+"#,
+        tenants = tenants(),
+        live = live.base,
+    );
+    let mut gateway = start_gateway(&config);
+    gateway.key = STANDARD_KEY.to_string();
+    for _ in 0..6 {
+        assert_eq!(stream_outcome(&gateway, 3).await, Ok(3));
+        let (status, body) = gateway
+            .post(
+                "/v1/completions",
+                json!({"model": "syn", "prompt": "a b", "max_tokens": 3}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let all = replicas(&gateway).await;
+    let dead_replica = &all[&("workers".to_string(), dead.clone())];
+    assert!(
+        dead_replica["failures"].as_u64().unwrap() >= 1,
+        "{dead_replica}"
+    );
+    assert!(dead_replica["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot reach"));
+}
+
+#[tokio::test]
+async fn with_every_replica_down_the_model_answers_503_and_others_still_serve() {
+    let config = format!(
+        r#"{tenants}
+[routing]
+health_interval_ms = 100
+
+[[pools]]
+name = "gone"
+kind = "remote"
+urls = ["{d0}", "{d1}"]
+open_ms = 60000
+
+[[models]]
+id = "remote-only"
+pools = ["gone"]
+
+[[models]]
+id = "syn"
+kind = "synthetic"
+[models.synthetic]
+"#,
+        tenants = tenants(),
+        d0 = dead_address(),
+        d1 = dead_address(),
+    );
+    let mut gateway = start_gateway(&config);
+    gateway.key = STANDARD_KEY.to_string();
+    let request = json!({"model": "remote-only", "prompt": "hello", "max_tokens": 4});
+
+    // Before the health checks notice: both replicas tried, then 503.
+    let (status, body) = gateway.post("/v1/completions", request.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert_eq!(body["error"]["code"], "no_replica_available");
+
+    // Once both are out, refused at once, streaming or not.
+    let (_, pools) = gateway.get("/admin/pools", Some(ADMIN_KEY)).await;
+    for replica in pools["data"][0]["replicas"].as_array().unwrap() {
+        wait_health(
+            &gateway,
+            "gone",
+            replica["name"].as_str().unwrap(),
+            "unhealthy",
+        )
+        .await;
+    }
+    let mut streaming = request.clone();
+    streaming["stream"] = json!(true);
+    for body in [request, streaming] {
+        let (status, answer) = gateway.post("/v1/completions", body).await;
+        assert_eq!(status, 503, "{answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("remote-only"));
+    }
+    let metrics = gateway.metrics_text().await;
+    assert!(metrics.contains(r#"gateway_pool_up{model="remote-only",pool="gone"} 0"#));
+    assert!(metrics.contains(r#"gateway_pool_up{model="syn",pool="local"} 1"#));
+
+    // The other model is unaffected.
+    assert_eq!(stream_outcome(&gateway, 5).await, Ok(5));
+}
+
+#[tokio::test]
+async fn load_balancing_spreads_concurrent_requests_by_outstanding_tokens() {
+    let workers = [synthetic_worker(None), synthetic_worker(None)];
+    let config = format!(
+        r#"{tenants}
+[[pools]]
+name = "workers"
+kind = "remote"
+urls = ["{a}", "{b}"]
+api_key_env = "WORKER_SECRET"
+
+[[models]]
+id = "syn"
+kind = "synthetic"
+pools = ["workers"]
+[models.synthetic]
+"#,
+        tenants = tenants(),
+        a = workers[0].base,
+        b = workers[1].base,
+    );
+    let mut gateway = start_gateway(&config);
+    gateway.key = STANDARD_KEY.to_string();
+    // Requests of different sizes, so that balancing by tokens and by count differ.
+    let requests: Vec<_> = (0..100)
+        .map(|i| stream_outcome(&gateway, 10 + (i % 4) * 10))
+        .collect();
+    for outcome in futures::future::join_all(requests).await {
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    let a = routed(&gateway, "workers", &workers[0].base).await;
+    let b = routed(&gateway, "workers", &workers[1].base).await;
+    assert_eq!(a + b, 100);
+    assert!(a <= 65 && b <= 65, "unbalanced: {a} vs {b}");
+    // Nothing is left reserved once every request ended.
+    for replica in replicas(&gateway).await.values() {
+        assert_eq!(replica["outstanding_tokens"], 0, "{replica}");
+        assert_eq!(replica["in_flight"], 0, "{replica}");
+    }
+}

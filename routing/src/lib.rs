@@ -1,0 +1,15 @@
+//! Routing between engine replicas: pools (local devices or remote upstreams) in order of
+//! preference per tenant tier, the least-loaded healthy replica within a pool, circuit breakers
+//! fed by transport errors and background health checks, and one retry before the first token.
+//!
+//! The gateway builds one [`ModelRouter`] per model from its `[[pools]]` configuration.
+
+pub mod breaker;
+pub mod health;
+pub mod pool;
+pub mod router;
+
+pub use breaker::{BreakerSettings, CircuitBreaker, Health};
+pub use health::spawn_health_checks;
+pub use pool::{Pool, PoolKind, Probe, Replica, ReplicaSnapshot};
+pub use router::{ModelRouter, PoolSnapshot, Requester, RoutablePrompt, RouteError, RouteRequest};

@@ -1,0 +1,243 @@
+//! Pools and their replicas: where a request can go, and how busy and healthy each place is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use engines::remote::ReportedLoad;
+use engines::{Engine, EngineCounters};
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::breaker::{Availability, BreakerSettings, CircuitBreaker};
+
+/// A health check of a replica: `Ok(Some(load))` from an `engine-worker`, `Ok(None)` from a
+/// server that reports no load, `Err` when it is unreachable or unwell.
+pub type Probe =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<ReportedLoad>, String>> + Send + Sync>;
+
+/// Where a pool's engines run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Candle engines in this process, one per device.
+    Local,
+    /// OpenAI-compatible servers elsewhere.
+    Remote,
+}
+
+/// One engine of a pool: a local device or an upstream URL.
+pub struct Replica {
+    /// `cpu`, `cuda:0`, or the upstream's base URL.
+    pub name: Arc<str>,
+    pub engine: Arc<dyn Engine>,
+    probe: Option<Probe>,
+    breaker: Mutex<CircuitBreaker>,
+    /// Prompt plus `max_tokens` not yet generated, over the requests routed here.
+    outstanding: AtomicU64,
+    in_flight: AtomicU64,
+    routed: AtomicU64,
+    failures: AtomicU64,
+    reported: Mutex<Option<ReportedLoad>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Replica {
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        engine: Arc<dyn Engine>,
+        probe: Option<Probe>,
+        breaker: BreakerSettings,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            engine,
+            probe,
+            breaker: Mutex::new(CircuitBreaker::new(breaker)),
+            outstanding: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            reported: Mutex::new(None),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The load used to choose between replicas: the tokens this router has outstanding here,
+    /// or what the replica reports when that is more (other gateways share it).
+    pub fn load(&self) -> u64 {
+        let own = self.outstanding.load(Ordering::Relaxed);
+        let reported = self
+            .reported
+            .lock()
+            .expect("replica lock")
+            .as_ref()
+            .map_or(0, |r| r.outstanding_tokens);
+        own.max(reported)
+    }
+
+    pub fn has_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    pub fn availability(&self, now: Instant) -> Availability {
+        self.breaker.lock().expect("replica lock").availability(now)
+    }
+
+    pub(crate) fn acquire(&self, now: Instant) -> bool {
+        self.breaker.lock().expect("replica lock").acquire(now)
+    }
+
+    pub(crate) fn on_success(&self) {
+        let now = Instant::now();
+        let mut breaker = self.breaker.lock().expect("replica lock");
+        let was = breaker.availability(now);
+        breaker.on_success(now);
+        if was != Availability::Closed && breaker.availability(now) == Availability::Closed {
+            tracing::info!(replica = %self.name, "replica back in service");
+        }
+    }
+
+    /// Counts a failure; the log says when it takes the replica out (not at every failed check
+    /// of a replica already out).
+    pub(crate) fn on_failure(&self, reason: &str) {
+        let now = Instant::now();
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().expect("replica lock") = Some(reason.to_string());
+        let mut breaker = self.breaker.lock().expect("replica lock");
+        let was = breaker.availability(now);
+        breaker.on_failure(now);
+        if was != Availability::Out && breaker.availability(now) == Availability::Out {
+            tracing::warn!(replica = %self.name, reason, "replica taken out of service");
+        } else {
+            tracing::debug!(replica = %self.name, reason, "replica failure");
+        }
+    }
+
+    /// Runs the health check, if the replica has one, and feeds the breaker.
+    pub(crate) async fn check(&self) {
+        let Some(probe) = &self.probe else { return };
+        match probe().await {
+            Ok(load) => {
+                *self.reported.lock().expect("replica lock") = load;
+                self.on_success();
+            }
+            Err(reason) => {
+                *self.reported.lock().expect("replica lock") = None;
+                self.on_failure(&format!("health check failed: {reason}"));
+            }
+        }
+    }
+
+    pub(crate) fn reserve(self: &Arc<Self>, tokens: u64) -> Reservation {
+        self.outstanding.fetch_add(tokens, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.routed.fetch_add(1, Ordering::Relaxed);
+        Reservation {
+            replica: self.clone(),
+            remaining: tokens,
+        }
+    }
+
+    pub fn counters(&self) -> &EngineCounters {
+        self.engine.counters()
+    }
+
+    pub fn snapshot(&self, now: Instant) -> ReplicaSnapshot {
+        let health = self.breaker.lock().expect("replica lock").health(now);
+        let c = self.engine.counters();
+        ReplicaSnapshot {
+            name: self.name.to_string(),
+            health: health.as_str(),
+            outstanding_tokens: self.outstanding.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            routed: self.routed.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().expect("replica lock").clone(),
+            running: EngineCounters::get(&c.running),
+            waiting: EngineCounters::get(&c.waiting),
+            reported: self.reported.lock().expect("replica lock").clone(),
+        }
+    }
+}
+
+/// What a routed request holds on its replica; dropping it gives back what was not generated.
+pub(crate) struct Reservation {
+    pub replica: Arc<Replica>,
+    remaining: u64,
+}
+
+impl Reservation {
+    /// One token generated.
+    pub fn consume_one(&mut self) {
+        if self.remaining > 0 {
+            self.remaining -= 1;
+            self.replica.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.replica
+            .outstanding
+            .fetch_sub(self.remaining, Ordering::Relaxed);
+        self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A replica as `/admin/pools` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaSnapshot {
+    pub name: String,
+    /// `healthy`, `unhealthy` (taken out) or `probing` (being tried again).
+    pub health: &'static str,
+    pub outstanding_tokens: u64,
+    pub in_flight: u64,
+    /// Requests placed here since start.
+    pub routed: u64,
+    /// Transport errors and failed health checks since start.
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// Local engines' batch, or nothing for remote ones (see `reported`).
+    pub running: u64,
+    pub waiting: u64,
+    /// The last load an `engine-worker` reported.
+    pub reported: Option<ReportedLoad>,
+}
+
+/// Replicas of one model in one pool.
+pub struct Pool {
+    pub name: Arc<str>,
+    pub kind: PoolKind,
+    pub replicas: Vec<Arc<Replica>>,
+    /// A replica with this many tokens outstanding counts as saturated (no limit if `None`).
+    pub max_outstanding_tokens: Option<u64>,
+}
+
+impl Pool {
+    /// The least loaded replica that is up and has room for `tokens`, other than `exclude`.
+    /// Healthy replicas go before one that is only up for a trial.
+    pub(crate) fn choose(
+        &self,
+        tokens: u64,
+        exclude: Option<&Replica>,
+        now: Instant,
+    ) -> Option<&Arc<Replica>> {
+        let has_room = |r: &Replica| match self.max_outstanding_tokens {
+            // An idle replica takes any request, however large.
+            Some(max) => r.load() == 0 || r.load() + tokens <= max,
+            None => true,
+        };
+        self.replicas
+            .iter()
+            .filter(|r| exclude.is_none_or(|e| !std::ptr::eq(e, r.as_ref())))
+            .filter_map(|r| match r.availability(now) {
+                Availability::Out => None,
+                availability => Some((availability != Availability::Closed, r)),
+            })
+            .filter(|(_, r)| has_room(r))
+            .min_by_key(|(trial, r)| (*trial, r.load()))
+            .map(|(_, r)| r)
+    }
+}

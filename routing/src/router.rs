@@ -1,0 +1,636 @@
+//! The router of one model: which pool, which replica, and what happens when one fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use engines::{
+    EngineError, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, SamplingParams, TokenEvent,
+    TokenStream,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::pool::{Pool, PoolKind, Replica, ReplicaSnapshot, Reservation};
+
+/// Why a request could not be placed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Every replica of every pool the request may use is down or saturated.
+    #[error("no replica can serve model `{model}` now: {reason}")]
+    NoReplica { model: String, reason: String },
+    /// The engine refused the request (the caller's fault: too long, empty, bad ids).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A prompt sized for admission, keeping the original for engines that want it.
+#[derive(Debug, Clone)]
+pub struct RoutablePrompt {
+    original: Prompt,
+    prepared: PreparedPrompt,
+}
+
+impl RoutablePrompt {
+    /// Prompt tokens (an estimate when the first pool is remote).
+    pub fn tokens(&self) -> usize {
+        self.prepared.tokens
+    }
+
+    /// What to submit to `replica`'s kind of engine: remote upstreams get the original text or
+    /// conversation (they render and tokenise it themselves); local engines get the token ids
+    /// when a local engine prepared them, else the original.
+    fn for_kind(&self, kind: PoolKind) -> Prompt {
+        match (kind, self.prepared.estimated) {
+            (PoolKind::Local, false) => self.prepared.prompt.clone(),
+            _ => self.original.clone(),
+        }
+    }
+}
+
+/// Who asks, for fair share, routing and traces.
+#[derive(Debug, Clone, Default)]
+pub struct Requester {
+    pub tenant: String,
+    pub weight: f64,
+    /// The tenant's tier (`[[models]] tiers` picks pools by it).
+    pub tier: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// One request to route: its prompt and its sampling parameters (`max_tokens` set).
+#[derive(Debug, Clone)]
+pub struct RouteRequest {
+    pub prompt: RoutablePrompt,
+    pub params: SamplingParams,
+}
+
+/// Every pool serving one model, in order of preference, per tier.
+pub struct ModelRouter {
+    info: ModelInfo,
+    /// Every pool of the model.
+    pools: Vec<Arc<Pool>>,
+    /// The pools in the default order of preference.
+    default_order: Vec<Arc<Pool>>,
+    /// Tier → pools in that tier's order.
+    tiers: HashMap<String, Vec<Arc<Pool>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ModelRouter {
+    /// `pools`: every pool of the model; `default_order` and each tier's list name pools in
+    /// order of preference (an empty `default_order`: all of `pools`, in order). Panics if no
+    /// pool has a replica or a name is unknown (the configuration is validated before this).
+    pub fn new(
+        pools: Vec<Arc<Pool>>,
+        default_order: &[String],
+        tiers: &[(String, Vec<String>)],
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let first = pools
+            .iter()
+            .flat_map(|p| p.replicas.first())
+            .next()
+            .expect("a model needs at least one replica");
+        let info = first.engine.info().clone();
+        let by_name = |names: &[String]| -> Vec<Arc<Pool>> {
+            names
+                .iter()
+                .map(|n| {
+                    pools
+                        .iter()
+                        .find(|p| &*p.name == n)
+                        .unwrap_or_else(|| panic!("unknown pool `{n}`"))
+                        .clone()
+                })
+                .collect()
+        };
+        let default_order = match default_order.is_empty() {
+            true => pools.clone(),
+            false => by_name(default_order),
+        };
+        let tiers = tiers
+            .iter()
+            .map(|(tier, names)| (tier.clone(), by_name(names)))
+            .collect();
+        Self {
+            info,
+            pools,
+            default_order,
+            tiers,
+            runtime,
+        }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// Every replica of every pool.
+    pub fn replicas(&self) -> impl Iterator<Item = &Arc<Replica>> {
+        self.pools.iter().flat_map(|p| p.replicas.iter())
+    }
+
+    fn order(&self, tier: Option<&str>) -> &[Arc<Pool>] {
+        tier.and_then(|t| self.tiers.get(t))
+            .map_or(&self.default_order, |pools| pools)
+    }
+
+    /// Sizes a prompt with the engine of the first pool the tier would use.
+    pub fn prepare(
+        &self,
+        tier: Option<&str>,
+        prompt: Prompt,
+    ) -> Result<RoutablePrompt, RouteError> {
+        let pool = &self.order(tier)[0];
+        let engine = &pool.replicas[0].engine;
+        let prepared = engine.prepare_prompt(&prompt)?;
+        Ok(RoutablePrompt {
+            original: prompt,
+            prepared,
+        })
+    }
+
+    /// The first replica, in the tier's pool order, that is up and not saturated.
+    fn choose(
+        &self,
+        tier: Option<&str>,
+        tokens: u64,
+        exclude: Option<&Replica>,
+    ) -> Option<(Arc<Pool>, Arc<Replica>)> {
+        let now = Instant::now();
+        for pool in self.order(tier) {
+            while let Some(replica) = pool.choose(tokens, exclude, now) {
+                // Another request may have taken a half-open replica's one trial meanwhile.
+                if replica.acquire(now) {
+                    return Some((pool.clone(), replica.clone()));
+                }
+                if pool
+                    .choose(tokens, exclude, now)
+                    .is_none_or(|r| Arc::ptr_eq(r, replica))
+                {
+                    break;
+                }
+            }
+        }
+        None
+    }
+
+    fn no_replica(&self, tier: Option<&str>) -> RouteError {
+        let pools: Vec<&str> = self.order(tier).iter().map(|p| &*p.name).collect();
+        RouteError::NoReplica {
+            model: self.info.id.clone(),
+            reason: format!(
+                "every replica of pools [{}] is down or saturated",
+                pools.join(", ")
+            ),
+        }
+    }
+
+    /// Places the requests (one replica for all of them, as one batch) and returns their
+    /// streams. Each stream starts with [`TokenEvent::Routed`]; a stream whose replica fails
+    /// before the first token is moved once to another replica.
+    pub fn submit_all(
+        self: &Arc<Self>,
+        requester: &Requester,
+        requests: Vec<RouteRequest>,
+    ) -> Result<Vec<TokenStream>, RouteError> {
+        let tier = requester.tier.as_deref();
+        let reserve = |r: &RouteRequest| (r.prompt.tokens() + r.params.max_tokens) as u64;
+        let total: u64 = requests.iter().map(reserve).sum();
+        let mut excluded: Option<Arc<Replica>> = None;
+        // A local engine whose thread died refuses at submission: try one other replica.
+        for _attempt in 0..2 {
+            let Some((pool, replica)) = self.choose(tier, total, excluded.as_deref()) else {
+                break;
+            };
+            let engine_requests = requests
+                .iter()
+                .map(|r| generation_request(requester, r, pool.kind))
+                .collect();
+            match replica.engine.submit_all(engine_requests) {
+                Ok(streams) => {
+                    let streams = streams
+                        .into_iter()
+                        .zip(&requests)
+                        .map(|(inner, request)| {
+                            let reservation = replica.reserve(reserve(request));
+                            self.forward(requester, request, pool.clone(), reservation, inner)
+                        })
+                        .collect();
+                    return Ok(streams);
+                }
+                Err(EngineError::EngineStopped) => {
+                    replica.on_failure("the engine is not running");
+                    excluded = Some(replica);
+                }
+                Err(other) => {
+                    // The caller's fault, not the replica's: release a half-open trial.
+                    replica.on_success();
+                    return Err(other.into());
+                }
+            }
+        }
+        Err(self.no_replica(tier))
+    }
+
+    /// Spawns the task that relays `inner` to the returned stream, retrying once elsewhere if
+    /// the replica fails before the first token, and holding the reservation until the end.
+    fn forward(
+        self: &Arc<Self>,
+        requester: &Requester,
+        request: &RouteRequest,
+        pool: Arc<Pool>,
+        reservation: Reservation,
+        inner: TokenStream,
+    ) -> TokenStream {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let stream = TokenStream::new(inner.id, inner.prompt_tokens, receiver);
+        let relay = Relay {
+            router: self.clone(),
+            requester: requester.clone(),
+            request: request.clone(),
+            events,
+        };
+        self.runtime.spawn(relay.run(pool, reservation, inner));
+        stream
+    }
+
+    /// Every pool and replica, for `/admin/pools`.
+    pub fn snapshot(&self) -> Vec<PoolSnapshot> {
+        let now = Instant::now();
+        self.pools
+            .iter()
+            .map(|pool| PoolSnapshot {
+                pool: pool.name.to_string(),
+                kind: pool.kind,
+                model: self.info.id.clone(),
+                max_outstanding_tokens: pool.max_outstanding_tokens,
+                replicas: pool.replicas.iter().map(|r| r.snapshot(now)).collect(),
+            })
+            .collect()
+    }
+}
+
+fn generation_request(
+    requester: &Requester,
+    request: &RouteRequest,
+    kind: PoolKind,
+) -> GenerationRequest {
+    GenerationRequest {
+        prompt: request.prompt.for_kind(kind),
+        params: request.params.clone(),
+        tenant: requester.tenant.clone(),
+        weight: requester.weight,
+        traceparent: requester.traceparent.clone(),
+    }
+}
+
+/// One pool of one model as `/admin/pools` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    pub pool: String,
+    pub kind: PoolKind,
+    pub model: String,
+    pub max_outstanding_tokens: Option<u64>,
+    pub replicas: Vec<ReplicaSnapshot>,
+}
+
+/// Relays one stream from its replica to the caller.
+struct Relay {
+    router: Arc<ModelRouter>,
+    requester: Requester,
+    request: RouteRequest,
+    events: mpsc::UnboundedSender<TokenEvent>,
+}
+
+impl Relay {
+    fn routed(&self, pool: &Pool, replica: &Replica) -> bool {
+        let event = TokenEvent::Routed {
+            pool: pool.name.clone(),
+            replica: replica.name.clone(),
+        };
+        self.events.send(event).is_ok()
+    }
+
+    async fn run(self, pool: Arc<Pool>, mut reservation: Reservation, mut inner: TokenStream) {
+        if !self.routed(&pool, &reservation.replica) {
+            return;
+        }
+        let mut generated = 0usize;
+        let mut retried = false;
+        loop {
+            let event = tokio::select! {
+                // The caller hung up: dropping `inner` cancels the request on its engine.
+                _ = self.events.closed() => return,
+                event = inner.next() => event,
+            };
+            let replica = reservation.replica.clone();
+            let event = match event {
+                Some(TokenEvent::Token { id, text }) => {
+                    generated += 1;
+                    reservation.consume_one();
+                    TokenEvent::Token { id, text }
+                }
+                Some(TokenEvent::Finished(completion)) => {
+                    replica.on_success();
+                    let _ = self.events.send(TokenEvent::Finished(completion));
+                    return;
+                }
+                Some(TokenEvent::Unavailable(reason)) if generated == 0 && !retried => {
+                    replica.on_failure(&reason);
+                    retried = true;
+                    match self.retry(&replica) {
+                        Some((next_pool, next_reservation, next_inner)) => {
+                            tracing::info!(from = %replica.name, to = %next_reservation.replica.name, reason, "retrying on another replica before the first token");
+                            drop(std::mem::replace(&mut reservation, next_reservation));
+                            inner = next_inner;
+                            if !self.routed(&next_pool, &reservation.replica) {
+                                return;
+                            }
+                            continue;
+                        }
+                        None => TokenEvent::Unavailable(reason),
+                    }
+                }
+                Some(TokenEvent::Unavailable(reason)) if generated == 0 => {
+                    // The retry failed too: still nothing generated, still "unavailable".
+                    replica.on_failure(&reason);
+                    TokenEvent::Unavailable(reason)
+                }
+                Some(TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason)) => {
+                    replica.on_failure(&reason);
+                    TokenEvent::Failed(reason)
+                }
+                Some(routed @ TokenEvent::Routed { .. }) => routed,
+                None => {
+                    let reason = "the engine stopped before the request finished".to_string();
+                    replica.on_failure(&reason);
+                    TokenEvent::Failed(reason)
+                }
+            };
+            let terminal = matches!(event, TokenEvent::Failed(_) | TokenEvent::Unavailable(_));
+            if self.events.send(event).is_err() || terminal {
+                return;
+            }
+        }
+    }
+
+    /// The same request on another replica (any pool of the tier), if one can take it.
+    fn retry(&self, failed: &Replica) -> Option<(Arc<Pool>, Reservation, TokenStream)> {
+        let tokens = (self.request.prompt.tokens() + self.request.params.max_tokens) as u64;
+        let (pool, replica) =
+            self.router
+                .choose(self.requester.tier.as_deref(), tokens, Some(failed))?;
+        let request = generation_request(&self.requester, &self.request, pool.kind);
+        match replica.engine.submit(request) {
+            Ok(inner) => Some((pool, replica.reserve(tokens), inner)),
+            Err(e) => {
+                replica.on_failure(&e.to_string());
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use engines::{
+        Engine, EngineCounters, SyntheticEngine, SyntheticOptions, TokenEvent, TokenStream,
+    };
+
+    use super::*;
+    use crate::breaker::BreakerSettings;
+
+    /// An engine whose every request fails before its first token, as an unreachable upstream
+    /// does (isolates the router from HTTP).
+    struct DownEngine {
+        info: ModelInfo,
+        counters: EngineCounters,
+    }
+
+    impl Engine for DownEngine {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn submit(&self, _: GenerationRequest) -> engines::error::Result<TokenStream> {
+            let (events, receiver) = mpsc::unbounded_channel();
+            events
+                .send(TokenEvent::Unavailable("connection refused".into()))
+                .unwrap();
+            Ok(TokenStream::new(0, 1, receiver))
+        }
+        fn prepare_prompt(&self, prompt: &Prompt) -> engines::error::Result<PreparedPrompt> {
+            Ok(PreparedPrompt {
+                prompt: prompt.clone(),
+                tokens: 1,
+                estimated: true,
+            })
+        }
+        fn counters(&self) -> &EngineCounters {
+            &self.counters
+        }
+    }
+
+    fn synthetic(tokens_per_second: f64) -> Arc<dyn Engine> {
+        let options = SyntheticOptions {
+            tokens_per_second,
+            ..SyntheticOptions::default()
+        };
+        Arc::new(SyntheticEngine::start("m", options).unwrap())
+    }
+
+    fn down() -> Arc<dyn Engine> {
+        Arc::new(DownEngine {
+            info: ModelInfo {
+                id: "m".into(),
+                context_length: 8192,
+                vocab_size: 0,
+            },
+            counters: EngineCounters::default(),
+        })
+    }
+
+    fn pool(name: &str, engines: Vec<Arc<dyn Engine>>, max: Option<u64>) -> Arc<Pool> {
+        let breaker = BreakerSettings {
+            failure_threshold: 1,
+            open_for: Duration::from_secs(60),
+        };
+        Arc::new(Pool {
+            name: name.into(),
+            kind: PoolKind::Local,
+            replicas: engines
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| Arc::new(Replica::new(format!("{name}-{i}"), e, None, breaker)))
+                .collect(),
+            max_outstanding_tokens: max,
+        })
+    }
+
+    fn request(router: &ModelRouter, tier: Option<&str>, max_tokens: usize) -> RouteRequest {
+        RouteRequest {
+            prompt: router
+                .prepare(tier, Prompt::Text("one two three".into()))
+                .unwrap(),
+            params: SamplingParams::greedy(max_tokens),
+        }
+    }
+
+    fn requester(tier: Option<&str>) -> Requester {
+        Requester {
+            tenant: "t".into(),
+            weight: 1.0,
+            tier: tier.map(str::to_string),
+            traceparent: None,
+        }
+    }
+
+    /// Every `Routed` event's `(pool, replica)` and whether the stream finished.
+    async fn drain(mut stream: TokenStream) -> (Vec<(String, String)>, bool) {
+        let mut routes = Vec::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                TokenEvent::Routed { pool, replica } => {
+                    routes.push((pool.to_string(), replica.to_string()))
+                }
+                TokenEvent::Token { .. } => {}
+                TokenEvent::Finished(_) => return (routes, true),
+                TokenEvent::Failed(_) | TokenEvent::Unavailable(_) => return (routes, false),
+            }
+        }
+        (routes, false)
+    }
+
+    async fn route_one(
+        router: &Arc<ModelRouter>,
+        tier: Option<&str>,
+    ) -> (Vec<(String, String)>, bool) {
+        let mut streams = router
+            .submit_all(&requester(tier), vec![request(router, tier, 3)])
+            .unwrap();
+        drain(streams.remove(0)).await
+    }
+
+    #[tokio::test]
+    async fn the_tier_chooses_the_pool_order() {
+        let pools = vec![
+            pool("a", vec![synthetic(0.0)], None),
+            pool("b", vec![synthetic(0.0)], None),
+        ];
+        let tiers = [(
+            "premium".to_string(),
+            vec!["b".to_string(), "a".to_string()],
+        )];
+        let router = Arc::new(ModelRouter::new(
+            pools,
+            &[],
+            &tiers,
+            tokio::runtime::Handle::current(),
+        ));
+        assert_eq!(route_one(&router, None).await.0[0].0, "a");
+        assert_eq!(route_one(&router, Some("premium")).await.0[0].0, "b");
+        assert_eq!(route_one(&router, Some("unknown-tier")).await.0[0].0, "a");
+    }
+
+    #[tokio::test]
+    async fn a_saturated_pool_falls_back_to_the_next() {
+        // 10 tokens a second: the first request holds its reservation while the second arrives.
+        let pools = vec![
+            pool("a", vec![synthetic(10.0)], Some(20)),
+            pool("b", vec![synthetic(0.0)], None),
+        ];
+        let router = Arc::new(ModelRouter::new(
+            pools,
+            &[],
+            &[],
+            tokio::runtime::Handle::current(),
+        ));
+        let first = router
+            .submit_all(&requester(None), vec![request(&router, None, 15)])
+            .unwrap();
+        let (second, _) = route_one(&router, None).await;
+        assert_eq!(
+            second[0].0, "b",
+            "a is saturated: 3 + 15 outstanding, 18 more would pass 20"
+        );
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_first_token_is_retried_once_and_takes_the_replica_out() {
+        let pools = vec![pool("p", vec![down(), synthetic(0.0)], None)];
+        let router = Arc::new(ModelRouter::new(
+            pools,
+            &[],
+            &[],
+            tokio::runtime::Handle::current(),
+        ));
+        let (routes, finished) = route_one(&router, None).await;
+        assert!(finished);
+        assert_eq!(
+            routes,
+            [("p".into(), "p-0".into()), ("p".into(), "p-1".into())]
+        );
+        // The breaker (threshold 1) took p-0 out: the next request goes straight to p-1.
+        let (routes, finished) = route_one(&router, None).await;
+        assert!(finished);
+        assert_eq!(routes, [("p".into(), "p-1".into())]);
+        let snapshot = &router.snapshot()[0].replicas;
+        assert_eq!(snapshot[0].health, "unhealthy");
+        assert_eq!(snapshot[0].failures, 1);
+    }
+
+    #[tokio::test]
+    async fn with_every_replica_out_submission_is_refused() {
+        let pools = vec![pool("p", vec![down()], None)];
+        let router = Arc::new(ModelRouter::new(
+            pools,
+            &[],
+            &[],
+            tokio::runtime::Handle::current(),
+        ));
+        // The only replica fails, and there is nowhere to retry: unavailable, nothing generated.
+        let (_, finished) = route_one(&router, None).await;
+        assert!(!finished);
+        let refused = router.submit_all(&requester(None), vec![request(&router, None, 3)]);
+        assert!(matches!(refused, Err(RouteError::NoReplica { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_gives_its_reservation_back() {
+        let pools = vec![pool("p", vec![synthetic(20.0)], None)];
+        let router = Arc::new(ModelRouter::new(
+            pools,
+            &[],
+            &[],
+            tokio::runtime::Handle::current(),
+        ));
+        let mut streams = router
+            .submit_all(&requester(None), vec![request(&router, None, 100)])
+            .unwrap();
+        let mut stream = streams.remove(0);
+        // Wait for the first token, then hang up.
+        while !matches!(stream.next().await, Some(TokenEvent::Token { .. })) {}
+        assert!(router.snapshot()[0].replicas[0].outstanding_tokens > 0);
+        drop(stream);
+        let started = std::time::Instant::now();
+        loop {
+            let replica = &router.snapshot()[0].replicas[0];
+            if replica.outstanding_tokens == 0 && replica.in_flight == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "reservation leaked"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -465,6 +465,21 @@ pub struct TenantConfig {
 }
 
 impl TenantConfig {
+    /// A tenant with these stored keys, every model, and no limits.
+    pub fn unlimited(id: TenantId, keys: Vec<String>) -> Self {
+        Self {
+            id,
+            keys,
+            models: ModelAllowList::all(),
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            max_concurrent: None,
+            daily_tokens: None,
+            weight: None,
+            tier: None,
+        }
+    }
+
     pub fn spec(&self) -> TenantSpec {
         TenantSpec {
             id: self.id.clone(),

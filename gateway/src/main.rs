@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::config::{GatewayConfig, TenantConfig};
-use policies::{ApiKey, ModelAllowList, TenantId};
+use policies::{ApiKey, TenantId};
 
 #[derive(Parser)]
 #[command(
@@ -141,16 +141,9 @@ fn demo_config() -> GatewayConfig {
         }
     };
     let mut config = GatewayConfig::default();
-    config.tenants.push(TenantConfig {
-        id: TenantId::new(DEMO_TENANT).expect("valid tenant id"),
-        keys: vec![key.digest().to_string()],
-        models: ModelAllowList::all(),
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        max_concurrent: None,
-        daily_tokens: None,
-        weight: None,
-        tier: None,
-    });
+    config.tenants.push(TenantConfig::unlimited(
+        TenantId::new(DEMO_TENANT).expect("valid tenant id"),
+        vec![key.digest().to_string()],
+    ));
     config
 }

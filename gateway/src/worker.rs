@@ -7,7 +7,7 @@
 //! count every token twice). `GET /load` reports running and waiting sequences, free KV blocks
 //! and outstanding tokens per model.
 
-use policies::{ApiKey, ModelAllowList, TenantId};
+use policies::{ApiKey, TenantId};
 
 use crate::config::{ConfigError, GatewayConfig, PoolKindConfig, TenantConfig};
 
@@ -45,17 +45,10 @@ pub fn worker_config(
         ));
     }
     let digest = ApiKey::from_plaintext(secret).digest().to_string();
-    config.tenants = vec![TenantConfig {
-        id: TenantId::new(WORKER_TENANT).expect("valid tenant id"),
-        keys: vec![digest.clone()],
-        models: ModelAllowList::all(),
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        max_concurrent: None,
-        daily_tokens: None,
-        weight: None,
-        tier: None,
-    }];
+    config.tenants = vec![TenantConfig::unlimited(
+        TenantId::new(WORKER_TENANT).expect("valid tenant id"),
+        vec![digest.clone()],
+    )];
     config.admin_keys = vec![digest];
     config.ledger.enabled = false;
     config.validate()?;

@@ -67,6 +67,37 @@ fn start_gateway(config: &str) -> TestGateway {
     })
 }
 
+/// A gateway whose model `syn` is served by the remote pool `workers` at `urls`, for the
+/// standard tenant. `routing` and `pool_settings` are extra TOML lines of `[routing]` and of
+/// the pool.
+fn gateway_over_workers(urls: &[&str], routing: &str, pool_settings: &str) -> TestGateway {
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let config = format!(
+        r#"{tenants}
+[routing]
+{routing}
+
+[[pools]]
+name = "workers"
+kind = "remote"
+urls = [{urls}]
+api_key_env = "WORKER_SECRET"
+{pool_settings}
+
+[[models]]
+id = "syn"
+kind = "synthetic"
+pools = ["workers"]
+[models.synthetic]
+"#,
+        tenants = tenants(),
+        urls = urls.join(", "),
+    );
+    let mut gateway = start_gateway(&config);
+    gateway.key = STANDARD_KEY.to_string();
+    gateway
+}
+
 /// `(pool, replica) -> snapshot` from `/admin/pools`.
 async fn replicas(gateway: &TestGateway) -> HashMap<(String, String), Value> {
     let (status, body) = gateway.get("/admin/pools", Some(ADMIN_KEY)).await;
@@ -277,40 +308,29 @@ async fn killing_a_worker_mid_run_fails_over_and_it_is_used_again_when_back() {
     let mut a = synthetic_worker(None);
     let b = synthetic_worker(None);
     let a_address = a.base.trim_start_matches("http://").to_string();
-    let config = format!(
-        r#"{tenants}
-[routing]
-health_interval_ms = 100
-
-[[pools]]
-name = "workers"
-kind = "remote"
-urls = ["{a}", "{b}"]
-api_key_env = "WORKER_SECRET"
-failure_threshold = 2
-open_ms = 300
-
-[[models]]
-id = "syn"
-kind = "synthetic"
-pools = ["workers"]
-[models.synthetic]
-"#,
-        tenants = tenants(),
-        a = a.base,
-        b = b.base,
+    let gateway = gateway_over_workers(
+        &[&a.base, &b.base],
+        "health_interval_ms = 100",
+        "failure_threshold = 2\nopen_ms = 300",
     );
-    let mut gateway = start_gateway(&config);
-    gateway.key = STANDARD_KEY.to_string();
 
-    // Eight 2-second streams spread over both workers; A dies half a second in.
-    let streams: Vec<_> = (0..8)
-        .map(|_| {
-            let gateway = &gateway;
-            async move { stream_outcome(gateway, 80).await }
-        })
-        .collect();
+    // Eight 3-second streams spread over both workers; A dies while all of them stream.
+    let streams: Vec<_> = (0..8).map(|_| stream_outcome(&gateway, 120)).collect();
     let kill = async {
+        loop {
+            let all = replicas(&gateway).await;
+            let in_flight = |name: &str| {
+                all[&("workers".to_string(), name.to_string())]["in_flight"]
+                    .as_u64()
+                    .unwrap()
+            };
+            if in_flight(&a.base) + in_flight(&b.base) == 8 {
+                assert!(in_flight(&a.base) >= 1, "{all:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let tokens flow first: before its first token a request would be retried, not failed.
         tokio::time::sleep(Duration::from_millis(500)).await;
         a.kill_now();
     };
@@ -351,29 +371,11 @@ async fn a_request_that_fails_before_its_first_token_is_retried_on_another_repli
     let live = synthetic_worker(None);
     let dead = dead_address();
     // Health checks rare and the breaker slow to open, so requests do reach the dead replica.
-    let config = format!(
-        r#"{tenants}
-[routing]
-health_interval_ms = 600000
-
-[[pools]]
-name = "workers"
-kind = "remote"
-urls = ["{dead}", "{live}"]
-api_key_env = "WORKER_SECRET"
-failure_threshold = 1000
-
-[[models]]
-id = "syn"
-kind = "synthetic"
-pools = ["workers"]
-[models.synthetic]
-"#,
-        tenants = tenants(),
-        live = live.base,
+    let gateway = gateway_over_workers(
+        &[&dead, &live.base],
+        "health_interval_ms = 600000",
+        "failure_threshold = 1000",
     );
-    let mut gateway = start_gateway(&config);
-    gateway.key = STANDARD_KEY.to_string();
     for _ in 0..6 {
         assert_eq!(stream_outcome(&gateway, 3).await, Ok(3));
         let (status, body) = gateway
@@ -464,26 +466,7 @@ kind = "synthetic"
 #[tokio::test]
 async fn load_balancing_spreads_concurrent_requests_by_outstanding_tokens() {
     let workers = [synthetic_worker(None), synthetic_worker(None)];
-    let config = format!(
-        r#"{tenants}
-[[pools]]
-name = "workers"
-kind = "remote"
-urls = ["{a}", "{b}"]
-api_key_env = "WORKER_SECRET"
-
-[[models]]
-id = "syn"
-kind = "synthetic"
-pools = ["workers"]
-[models.synthetic]
-"#,
-        tenants = tenants(),
-        a = workers[0].base,
-        b = workers[1].base,
-    );
-    let mut gateway = start_gateway(&config);
-    gateway.key = STANDARD_KEY.to_string();
+    let gateway = gateway_over_workers(&[&workers[0].base, &workers[1].base], "", "");
     // Requests of different sizes, so that balancing by tokens and by count differ.
     let requests: Vec<_> = (0..100)
         .map(|i| stream_outcome(&gateway, 10 + (i % 4) * 10))

@@ -12,6 +12,8 @@
 #   gateway       the gateway as deployed: auth, quotas, usage ledger (SQLite), metrics
 #   gateway-bare  the gateway with the ledger and the per-request metrics off
 #   gateway-nosync  the gateway with `[ledger] durability = "process-crash"` (no fsync per commit)
+#   gateway-remote  the gateway with the engine in an `engine-worker` process behind a remote pool
+#                 (the cost of the extra HTTP hop: routing, SSE parse and re-encode, loopback)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/bench/gateway-overhead}
@@ -58,6 +60,15 @@ EOF
 scenario latency 16 32
 scenario peak 64 16
 
+models_block() { # tokens_per_second [pool]
+  echo '[[models]]'
+  echo 'id = "bench"'
+  echo 'kind = "synthetic"'
+  if [ -n "${2:-}" ]; then echo "pools = [\"$2\"]"; fi
+  echo '[models.synthetic]'
+  echo "tokens_per_second = $1"
+}
+
 run_target() { # variant scenario tokens_per_second
   local variant=$1 name=$2 rate=$3 port=$((9300 + RANDOM % 500))
   case $variant in
@@ -65,7 +76,16 @@ run_target() { # variant scenario tokens_per_second
       start "$OUT/$variant-$name.log" "$BIN/examples/synthetic_floor" \
         --listen "127.0.0.1:$port" --tokens-per-second "$rate" ;;
     gateway*)
-      local extra=""
+      local extra="" models
+      models=$(models_block "$rate")
+      if [ "$variant" = gateway-remote ]; then
+        local worker_port=$((port + 500))
+        models_block "$rate" >"$OUT/$variant-$name-worker.toml"
+        ENGINE_WORKER_SECRET=bench-worker-secret-0123 RUST_LOG=warn \
+          start "$OUT/$variant-$name-worker.log" "$BIN/engine-worker" \
+          --config "$OUT/$variant-$name-worker.toml" --listen "127.0.0.1:$worker_port"
+        models=$(printf '[[pools]]\nname = "worker"\nkind = "remote"\nurls = ["http://127.0.0.1:%s"]\napi_key_env = "WORKER_SECRET"\n\n' "$worker_port"; models_block "$rate" worker)
+      fi
       [ "$variant" = gateway-bare ] && extra=$'[ledger]\nenabled = false\n[telemetry]\nmetrics = false'
       [ "$variant" = gateway-nosync ] && extra=$'[ledger]\ndurability = "process-crash"'
       rm -rf "$OUT/data-$variant-$name"
@@ -73,11 +93,7 @@ run_target() { # variant scenario tokens_per_second
 listen = "127.0.0.1:$port"
 $extra
 
-[[models]]
-id = "bench"
-kind = "synthetic"
-[models.synthetic]
-tokens_per_second = $rate
+$models
 
 [[tenants]]
 id = "bench"
@@ -88,12 +104,13 @@ tokens_per_minute = 1000000000
 max_concurrent = 100000
 daily_tokens = 100000000000
 EOF
-      GATEWAY_DATA_DIR="$OUT/data-$variant-$name" RUST_LOG=warn \
+      WORKER_SECRET=bench-worker-secret-0123 GATEWAY_DATA_DIR="$OUT/data-$variant-$name" RUST_LOG=warn \
         start "$OUT/$variant-$name.log" "$BIN/gateway" --config "$OUT/$variant-$name-gateway.toml" ;;
   esac
   "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
     --out "$OUT/$variant-$name.json" | sed "s/^/[$variant $name] /"
-  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  pids=()
 }
 
 for variant in $VARIANTS; do run_target "$variant" latency 200; done

@@ -362,6 +362,12 @@ impl Relay {
                     replica.on_failure(&reason);
                     TokenEvent::Unavailable(reason)
                 }
+                // Refused before any token without being unavailable: the request's fault
+                // (an upstream 4xx), not the replica's; it answered, so it counts as healthy.
+                Some(TokenEvent::Failed(reason)) if generated == 0 => {
+                    replica.on_success();
+                    TokenEvent::Failed(reason)
+                }
                 Some(TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason)) => {
                     replica.on_failure(&reason);
                     TokenEvent::Failed(reason)
@@ -413,6 +419,8 @@ mod tests {
     struct DownEngine {
         info: ModelInfo,
         counters: EngineCounters,
+        /// Refuse as an upstream 4xx does (the request's fault) instead of being unreachable.
+        refuses: bool,
     }
 
     impl Engine for DownEngine {
@@ -421,9 +429,11 @@ mod tests {
         }
         fn submit(&self, _: GenerationRequest) -> engines::error::Result<TokenStream> {
             let (events, receiver) = mpsc::unbounded_channel();
-            events
-                .send(TokenEvent::Unavailable("connection refused".into()))
-                .unwrap();
+            let event = match self.refuses {
+                true => TokenEvent::Failed("upstream answered 400".into()),
+                false => TokenEvent::Unavailable("connection refused".into()),
+            };
+            events.send(event).unwrap();
             Ok(TokenStream::new(0, 1, receiver))
         }
         fn prepare_prompt(&self, prompt: &Prompt) -> engines::error::Result<PreparedPrompt> {
@@ -447,7 +457,12 @@ mod tests {
     }
 
     fn down() -> Arc<dyn Engine> {
+        failing(false)
+    }
+
+    fn failing(refuses: bool) -> Arc<dyn Engine> {
         Arc::new(DownEngine {
+            refuses,
             info: ModelInfo {
                 id: "m".into(),
                 context_length: 8192,
@@ -585,6 +600,25 @@ mod tests {
         let snapshot = &router.snapshot()[0].replicas;
         assert_eq!(snapshot[0].health, "unhealthy");
         assert_eq!(snapshot[0].failures, 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_not_retried_and_does_not_count_against_the_replica() {
+        let pools = vec![pool("p", vec![failing(true), synthetic(0.0)], None)];
+        let router = Arc::new(ModelRouter::new(
+            pools,
+            &[],
+            &[],
+            tokio::runtime::Handle::current(),
+        ));
+        for _ in 0..3 {
+            let (routes, finished) = route_one(&router, None).await;
+            assert!(!finished);
+            assert_eq!(routes, [("p".into(), "p-0".into())]);
+        }
+        let snapshot = &router.snapshot()[0].replicas;
+        assert_eq!(snapshot[0].health, "healthy");
+        assert_eq!(snapshot[0].failures, 0);
     }
 
     #[tokio::test]

@@ -262,12 +262,7 @@ fn build_router(
         .iter()
         .map(|(tier, pools)| (tier.clone(), pools.clone()))
         .collect();
-    Ok(Arc::new(ModelRouter::new(
-        pools,
-        &model.pools,
-        &tiers,
-        runtime.clone(),
-    )))
+    Ok(Arc::new(ModelRouter::new(pools, &model.pools, &tiers)))
 }
 
 fn remote_options(

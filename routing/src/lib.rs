@@ -12,4 +12,6 @@ pub mod router;
 pub use breaker::{BreakerSettings, CircuitBreaker, Health};
 pub use health::spawn_health_checks;
 pub use pool::{Pool, PoolKind, Probe, Replica, ReplicaSnapshot};
-pub use router::{ModelRouter, PoolSnapshot, Requester, RoutablePrompt, RouteError, RouteRequest};
+pub use router::{
+    ModelRouter, PoolSnapshot, Requester, RoutablePrompt, RouteError, RouteRequest, RoutedStream,
+};

@@ -9,7 +9,6 @@ use engines::{
     TokenStream,
 };
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::pool::{Pool, PoolKind, Replica, ReplicaSnapshot, Reservation};
 
@@ -74,7 +73,6 @@ pub struct ModelRouter {
     default_order: Vec<Arc<Pool>>,
     /// Tier → pools in that tier's order.
     tiers: HashMap<String, Vec<Arc<Pool>>>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl ModelRouter {
@@ -85,7 +83,6 @@ impl ModelRouter {
         pools: Vec<Arc<Pool>>,
         default_order: &[String],
         tiers: &[(String, Vec<String>)],
-        runtime: tokio::runtime::Handle,
     ) -> Self {
         let first = pools
             .iter()
@@ -118,7 +115,6 @@ impl ModelRouter {
             pools,
             default_order,
             tiers,
-            runtime,
         }
     }
 
@@ -198,7 +194,7 @@ impl ModelRouter {
         self: &Arc<Self>,
         requester: &Requester,
         requests: Vec<RouteRequest>,
-    ) -> Result<Vec<TokenStream>, RouteError> {
+    ) -> Result<Vec<RoutedStream>, RouteError> {
         let tier = requester.tier.as_deref();
         let reserve = |r: &RouteRequest| (r.prompt.tokens() + r.params.max_tokens) as u64;
         let total: u64 = requests.iter().map(reserve).sum();
@@ -219,7 +215,7 @@ impl ModelRouter {
                         .zip(&requests)
                         .map(|(inner, request)| {
                             let reservation = replica.reserve(reserve(request));
-                            self.forward(requester, request, pool.clone(), reservation, inner)
+                            self.forward(requester, request, &pool, reservation, inner)
                         })
                         .collect();
                     return Ok(streams);
@@ -238,26 +234,28 @@ impl ModelRouter {
         Err(self.no_replica(tier))
     }
 
-    /// Spawns the task that relays `inner` to the returned stream, retrying once elsewhere if
-    /// the replica fails before the first token, and holding the reservation until the end.
+    /// Wraps `inner` in the stream the caller reads: it retries once elsewhere if the replica
+    /// fails before the first token, and holds the reservation until the end.
     fn forward(
         self: &Arc<Self>,
         requester: &Requester,
         request: &RouteRequest,
-        pool: Arc<Pool>,
+        pool: &Pool,
         reservation: Reservation,
         inner: TokenStream,
-    ) -> TokenStream {
-        let (events, receiver) = mpsc::unbounded_channel();
-        let stream = TokenStream::new(inner.id, inner.prompt_tokens, receiver);
-        let relay = Relay {
+    ) -> RoutedStream {
+        RoutedStream {
+            prompt_tokens: inner.prompt_tokens,
+            routed: Some(routed_event(pool, &reservation.replica)),
             router: self.clone(),
             requester: requester.clone(),
             request: request.clone(),
-            events,
-        };
-        self.runtime.spawn(relay.run(pool, reservation, inner));
-        stream
+            reservation,
+            inner,
+            generated: 0,
+            retried: false,
+            done: false,
+        }
     }
 
     /// Every pool and replica, for `/admin/pools`.
@@ -300,90 +298,91 @@ pub struct PoolSnapshot {
     pub replicas: Vec<ReplicaSnapshot>,
 }
 
-/// Relays one stream from its replica to the caller.
-struct Relay {
+fn routed_event(pool: &Pool, replica: &Replica) -> TokenEvent {
+    TokenEvent::Routed {
+        pool: pool.name.clone(),
+        replica: replica.name.clone(),
+    }
+}
+
+/// One routed request's events, read by the caller. The routing work (retry, reservation,
+/// breaker feedback) happens inside [`RoutedStream::next`], on the caller's task: no task and
+/// no second channel per request. Dropping it drops the engine's stream, which cancels the
+/// request there, and gives the reservation back.
+pub struct RoutedStream {
+    /// Prompt tokens as the first engine counted them.
+    pub prompt_tokens: usize,
+    /// The `Routed` event still to deliver.
+    routed: Option<TokenEvent>,
     router: Arc<ModelRouter>,
     requester: Requester,
     request: RouteRequest,
-    events: mpsc::UnboundedSender<TokenEvent>,
+    reservation: Reservation,
+    inner: TokenStream,
+    generated: usize,
+    retried: bool,
+    done: bool,
 }
 
-impl Relay {
-    fn routed(&self, pool: &Pool, replica: &Replica) -> bool {
-        let event = TokenEvent::Routed {
-            pool: pool.name.clone(),
-            replica: replica.name.clone(),
-        };
-        self.events.send(event).is_ok()
-    }
-
-    async fn run(self, pool: Arc<Pool>, mut reservation: Reservation, mut inner: TokenStream) {
-        if !self.routed(&pool, &reservation.replica) {
-            return;
+impl RoutedStream {
+    /// The next event: `Routed` first (again after a retry), then the engine's events; `None`
+    /// after the final one.
+    pub async fn next(&mut self) -> Option<TokenEvent> {
+        if let Some(routed) = self.routed.take() {
+            return Some(routed);
         }
-        let mut generated = 0usize;
-        let mut retried = false;
-        loop {
-            let event = tokio::select! {
-                // The caller hung up: dropping `inner` cancels the request on its engine.
-                _ = self.events.closed() => return,
-                event = inner.next() => event,
-            };
-            let replica = reservation.replica.clone();
-            let event = match event {
-                Some(TokenEvent::Token { id, text }) => {
-                    generated += 1;
-                    reservation.consume_one();
-                    TokenEvent::Token { id, text }
-                }
-                Some(TokenEvent::Finished(completion)) => {
-                    replica.on_success();
-                    let _ = self.events.send(TokenEvent::Finished(completion));
-                    return;
-                }
-                Some(TokenEvent::Unavailable(reason)) if generated == 0 && !retried => {
-                    replica.on_failure(&reason);
-                    retried = true;
-                    match self.retry(&replica) {
-                        Some((next_pool, next_reservation, next_inner)) => {
-                            tracing::info!(from = %replica.name, to = %next_reservation.replica.name, reason, "retrying on another replica before the first token");
-                            drop(std::mem::replace(&mut reservation, next_reservation));
-                            inner = next_inner;
-                            if !self.routed(&next_pool, &reservation.replica) {
-                                return;
-                            }
-                            continue;
-                        }
-                        None => TokenEvent::Unavailable(reason),
-                    }
-                }
-                Some(TokenEvent::Unavailable(reason)) if generated == 0 => {
-                    // The retry failed too: still nothing generated, still "unavailable".
-                    replica.on_failure(&reason);
-                    TokenEvent::Unavailable(reason)
-                }
-                // Refused before any token without being unavailable: the request's fault
-                // (an upstream 4xx), not the replica's; it answered, so it counts as healthy.
-                Some(TokenEvent::Failed(reason)) if generated == 0 => {
-                    replica.on_success();
-                    TokenEvent::Failed(reason)
-                }
-                Some(TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason)) => {
-                    replica.on_failure(&reason);
-                    TokenEvent::Failed(reason)
-                }
-                Some(routed @ TokenEvent::Routed { .. }) => routed,
-                None => {
-                    let reason = "the engine stopped before the request finished".to_string();
-                    replica.on_failure(&reason);
-                    TokenEvent::Failed(reason)
-                }
-            };
-            let terminal = matches!(event, TokenEvent::Failed(_) | TokenEvent::Unavailable(_));
-            if self.events.send(event).is_err() || terminal {
-                return;
+        if self.done {
+            return None;
+        }
+        let replica = self.reservation.replica.clone();
+        let event = match self.inner.next().await {
+            Some(TokenEvent::Token { id, text }) => {
+                self.generated += 1;
+                self.reservation.consume_one();
+                return Some(TokenEvent::Token { id, text });
             }
-        }
+            Some(TokenEvent::Finished(completion)) => {
+                replica.on_success();
+                TokenEvent::Finished(completion)
+            }
+            Some(TokenEvent::Unavailable(reason)) if self.generated == 0 && !self.retried => {
+                replica.on_failure(&reason);
+                self.retried = true;
+                match self.retry(&replica) {
+                    Some((pool, reservation, inner)) => {
+                        tracing::info!(from = %replica.name, to = %reservation.replica.name, reason, "retrying on another replica before the first token");
+                        let routed = routed_event(&pool, &reservation.replica);
+                        self.reservation = reservation;
+                        self.inner = inner;
+                        return Some(routed);
+                    }
+                    None => TokenEvent::Unavailable(reason),
+                }
+            }
+            Some(TokenEvent::Unavailable(reason)) if self.generated == 0 => {
+                // The retry failed too: still nothing generated, still "unavailable".
+                replica.on_failure(&reason);
+                TokenEvent::Unavailable(reason)
+            }
+            // Refused before any token without being unavailable: the request's fault (an
+            // upstream 4xx), not the replica's; it answered, so it counts as healthy.
+            Some(TokenEvent::Failed(reason)) if self.generated == 0 => {
+                replica.on_success();
+                TokenEvent::Failed(reason)
+            }
+            Some(TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason)) => {
+                replica.on_failure(&reason);
+                TokenEvent::Failed(reason)
+            }
+            Some(routed @ TokenEvent::Routed { .. }) => return Some(routed),
+            None => {
+                let reason = "the engine stopped before the request finished".to_string();
+                replica.on_failure(&reason);
+                TokenEvent::Failed(reason)
+            }
+        };
+        self.done = true;
+        Some(event)
     }
 
     /// The same request on another replica (any pool of the tier), if one can take it.
@@ -410,6 +409,8 @@ mod tests {
     use engines::{
         Engine, EngineCounters, SyntheticEngine, SyntheticOptions, TokenEvent, TokenStream,
     };
+
+    use tokio::sync::mpsc;
 
     use super::*;
     use crate::breaker::BreakerSettings;
@@ -508,19 +509,19 @@ mod tests {
     }
 
     /// Every `Routed` event's `(pool, replica)` and whether the stream finished.
-    async fn drain(mut stream: TokenStream) -> (Vec<(String, String)>, bool) {
-        let mut routes = Vec::new();
+    async fn drain(mut stream: RoutedStream) -> (Vec<(String, String)>, bool) {
+        let (mut routes, mut finished) = (Vec::new(), false);
         while let Some(event) = stream.next().await {
             match event {
                 TokenEvent::Routed { pool, replica } => {
                     routes.push((pool.to_string(), replica.to_string()))
                 }
                 TokenEvent::Token { .. } => {}
-                TokenEvent::Finished(_) => return (routes, true),
-                TokenEvent::Failed(_) | TokenEvent::Unavailable(_) => return (routes, false),
+                TokenEvent::Finished(_) => finished = true,
+                TokenEvent::Failed(_) | TokenEvent::Unavailable(_) => finished = false,
             }
         }
-        (routes, false)
+        (routes, finished)
     }
 
     async fn route_one(
@@ -543,12 +544,7 @@ mod tests {
             "premium".to_string(),
             vec!["b".to_string(), "a".to_string()],
         )];
-        let router = Arc::new(ModelRouter::new(
-            pools,
-            &[],
-            &tiers,
-            tokio::runtime::Handle::current(),
-        ));
+        let router = Arc::new(ModelRouter::new(pools, &[], &tiers));
         assert_eq!(route_one(&router, None).await.0[0].0, "a");
         assert_eq!(route_one(&router, Some("premium")).await.0[0].0, "b");
         assert_eq!(route_one(&router, Some("unknown-tier")).await.0[0].0, "a");
@@ -561,12 +557,7 @@ mod tests {
             pool("a", vec![synthetic(10.0)], Some(20)),
             pool("b", vec![synthetic(0.0)], None),
         ];
-        let router = Arc::new(ModelRouter::new(
-            pools,
-            &[],
-            &[],
-            tokio::runtime::Handle::current(),
-        ));
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
         let first = router
             .submit_all(&requester(None), vec![request(&router, None, 15)])
             .unwrap();
@@ -581,12 +572,7 @@ mod tests {
     #[tokio::test]
     async fn a_failure_before_the_first_token_is_retried_once_and_takes_the_replica_out() {
         let pools = vec![pool("p", vec![down(), synthetic(0.0)], None)];
-        let router = Arc::new(ModelRouter::new(
-            pools,
-            &[],
-            &[],
-            tokio::runtime::Handle::current(),
-        ));
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
         let (routes, finished) = route_one(&router, None).await;
         assert!(finished);
         assert_eq!(
@@ -605,12 +591,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_request_is_not_retried_and_does_not_count_against_the_replica() {
         let pools = vec![pool("p", vec![failing(true), synthetic(0.0)], None)];
-        let router = Arc::new(ModelRouter::new(
-            pools,
-            &[],
-            &[],
-            tokio::runtime::Handle::current(),
-        ));
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
         for _ in 0..3 {
             let (routes, finished) = route_one(&router, None).await;
             assert!(!finished);
@@ -624,12 +605,7 @@ mod tests {
     #[tokio::test]
     async fn with_every_replica_out_submission_is_refused() {
         let pools = vec![pool("p", vec![down()], None)];
-        let router = Arc::new(ModelRouter::new(
-            pools,
-            &[],
-            &[],
-            tokio::runtime::Handle::current(),
-        ));
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
         // The only replica fails, and there is nowhere to retry: unavailable, nothing generated.
         let (_, finished) = route_one(&router, None).await;
         assert!(!finished);
@@ -640,12 +616,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_stream_gives_its_reservation_back() {
         let pools = vec![pool("p", vec![synthetic(20.0)], None)];
-        let router = Arc::new(ModelRouter::new(
-            pools,
-            &[],
-            &[],
-            tokio::runtime::Handle::current(),
-        ));
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
         let mut streams = router
             .submit_all(&requester(None), vec![request(&router, None, 100)])
             .unwrap();

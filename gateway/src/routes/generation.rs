@@ -7,9 +7,9 @@ use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use engines::{Prompt, SamplingParams, TokenEvent, TokenStream};
+use engines::{Prompt, SamplingParams, TokenEvent};
 use futures::{Stream, StreamExt};
-use routing::{ModelRouter, Requester, RouteRequest};
+use routing::{ModelRouter, Requester, RouteRequest, RoutedStream};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -199,7 +199,7 @@ impl Job<'_> {
 }
 
 /// Every choice's events, interleaved as they come, tagged with the choice's index.
-fn merged(streams: Vec<TokenStream>) -> impl Stream<Item = (usize, TokenEvent)> + Unpin {
+fn merged(streams: Vec<RoutedStream>) -> impl Stream<Item = (usize, TokenEvent)> + Unpin {
     futures::stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
         futures::stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) })
             .map(move |e| (i, e))
@@ -211,7 +211,7 @@ fn merged(streams: Vec<TokenStream>) -> impl Stream<Item = (usize, TokenEvent)> 
 /// the end (dropping this future) is billed for what was generated.
 async fn whole_response(
     meta: ResponseMeta,
-    streams: Vec<TokenStream>,
+    streams: Vec<RoutedStream>,
     mut account: RequestAccount,
 ) -> Result<Response, ApiError> {
     let count = streams.len();
@@ -269,7 +269,7 @@ fn data(value: &serde_json::Value) -> Result<Event, Infallible> {
 /// the account settles as cancelled with the tokens sent so far.
 fn sse_events(
     meta: ResponseMeta,
-    streams: Vec<TokenStream>,
+    streams: Vec<RoutedStream>,
     include_usage: bool,
     mut account: RequestAccount,
 ) -> impl Stream<Item = Result<Event, Infallible>> {

@@ -113,6 +113,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         first.path = Some(model);
     }
     config.validate()?;
+    // Before any other thread starts: it sets the environment candle's kernels read.
+    engines::threads::configure(config.engine.threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -53,6 +53,8 @@ fn main() -> anyhow::Result<()> {
         first.path = Some(model);
     }
     let config = gateway::worker::worker_config(config, &secret)?;
+    // Before any other thread starts: it sets the environment candle's kernels read.
+    engines::threads::configure(config.engine.threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -581,6 +581,25 @@ impl GatewayConfig {
         Ok(config)
     }
 
+    /// The command line's `--listen` and `--model` (the first model's GGUF file) over the file.
+    pub fn apply_overrides(
+        &mut self,
+        listen: Option<SocketAddr>,
+        model: Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        if let Some(listen) = listen {
+            self.listen = listen;
+        }
+        if let Some(model) = model {
+            let first = self
+                .models
+                .first_mut()
+                .ok_or_else(|| ConfigError::Invalid("the config names no model".into()))?;
+            first.path = Some(model);
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot: unique model ids, known devices, parseable keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();

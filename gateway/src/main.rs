@@ -4,7 +4,6 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::config::{GatewayConfig, TenantConfig};
 use policies::{ApiKey, TenantId};
@@ -102,27 +101,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => GatewayConfig::load(path)?,
         None => demo_config(),
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(model) = args.model {
-        let first = config
-            .models
-            .first_mut()
-            .context("the config names no model")?;
-        first.path = Some(model);
-    }
+    config.apply_overrides(args.listen, args.model)?;
     config.validate()?;
-    // Before any other thread starts: it sets the environment candle's kernels read.
-    engines::threads::configure(config.engine.threads);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        // Inside the runtime: the gRPC trace exporter needs one. Dropped last: flushes spans.
-        let _telemetry = gateway::telemetry::init(&config.telemetry)?;
-        gateway::server::serve(config, args.config.clone()).await
-    })
+    gateway::server::run("gateway", config, args.config)
 }
 
 /// The embedded default with the `demo` tenant, whose key comes from `GATEWAY_DEMO_KEY` or is

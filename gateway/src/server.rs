@@ -18,6 +18,25 @@ use crate::state::{AppState, Limits, ModelRegistry, ModelState};
 use ledger::{Ledger, UsageQuery};
 use policies::DailyUsage;
 
+/// What both binaries' `main` do: set the engines' threads, start the runtime and telemetry,
+/// and serve as `name` until a signal.
+pub fn run(
+    name: &'static str,
+    config: GatewayConfig,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    // Before any other thread starts: it sets the environment candle's kernels read.
+    engines::threads::configure(config.engine.threads);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // Inside the runtime: the gRPC trace exporter needs one. Dropped last: flushes spans.
+        let _telemetry = crate::telemetry::init(&config.telemetry)?;
+        serve_as(name, config, config_path).await
+    })
+}
+
 /// Serves until SIGINT or SIGTERM. `keys` is the key store to start with (the configured tenants,
 /// or the demo tenant). The line `gateway listening on <scheme>://<addr>` goes to stdout once the
 /// socket is bound, so scripts and tests can find an ephemeral port.

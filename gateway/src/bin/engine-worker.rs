@@ -42,24 +42,7 @@ fn main() -> anyhow::Result<()> {
         Some(path) => GatewayConfig::load(path)?,
         None => GatewayConfig::default(),
     };
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
-    }
-    if let Some(model) = cli.model {
-        let first = config
-            .models
-            .first_mut()
-            .context("the config names no model")?;
-        first.path = Some(model);
-    }
+    config.apply_overrides(cli.listen, cli.model)?;
     let config = gateway::worker::worker_config(config, &secret)?;
-    // Before any other thread starts: it sets the environment candle's kernels read.
-    engines::threads::configure(config.engine.threads);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let _telemetry = gateway::telemetry::init(&config.telemetry)?;
-        gateway::server::serve_as("engine-worker", config, None).await
-    })
+    gateway::server::run("engine-worker", config, None)
 }

@@ -121,6 +121,17 @@ pub enum TokenEvent {
 /// The token id of a token that came from a remote engine, which reports text, not ids.
 pub const REMOTE_TOKEN_ID: u32 = u32::MAX;
 
+impl PreparedPrompt {
+    /// A prompt tokenised by a local engine: submitted as its ids, sized exactly.
+    pub fn tokenized(ids: Vec<u32>) -> Self {
+        Self {
+            tokens: ids.len(),
+            prompt: Prompt::Tokens(ids),
+            estimated: false,
+        }
+    }
+}
+
 /// A prompt made ready for submission, with its size for admission.
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {

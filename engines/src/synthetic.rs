@@ -238,12 +238,7 @@ impl Engine for SyntheticEngine {
     }
 
     fn prepare_prompt(&self, prompt: &Prompt) -> Result<PreparedPrompt> {
-        let ids = self.prompt_token_ids(prompt)?;
-        Ok(PreparedPrompt {
-            tokens: ids.len(),
-            prompt: Prompt::Tokens(ids),
-            estimated: false,
-        })
+        Ok(PreparedPrompt::tokenized(self.prompt_token_ids(prompt)?))
     }
 
     fn counters(&self) -> &EngineCounters {

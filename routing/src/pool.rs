@@ -66,7 +66,7 @@ impl Replica {
     /// The load used to choose between replicas: the tokens this router has outstanding here,
     /// or what the replica reports when that is more (other gateways share it).
     pub fn load(&self) -> u64 {
-        let own = self.outstanding.load(Ordering::Relaxed);
+        let own = self.outstanding_tokens();
         let reported = self
             .reported
             .lock()
@@ -74,6 +74,11 @@ impl Replica {
             .as_ref()
             .map_or(0, |r| r.outstanding_tokens);
         own.max(reported)
+    }
+
+    /// Prompt plus `max_tokens` not yet generated, over the requests routed here.
+    pub fn outstanding_tokens(&self) -> u64 {
+        self.outstanding.load(Ordering::Relaxed)
     }
 
     pub fn has_probe(&self) -> bool {
@@ -149,7 +154,7 @@ impl Replica {
         ReplicaSnapshot {
             name: self.name.to_string(),
             health: health.as_str(),
-            outstanding_tokens: self.outstanding.load(Ordering::Relaxed),
+            outstanding_tokens: self.outstanding_tokens(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             routed: self.routed.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),

@@ -160,16 +160,11 @@ impl ModelRouter {
     ) -> Option<(Arc<Pool>, Arc<Replica>)> {
         let now = Instant::now();
         for pool in self.order(tier) {
+            // Another request may have taken a half-open replica's one trial meanwhile: the
+            // acquire fails, and that replica, now out, is not chosen again.
             while let Some(replica) = pool.choose(tokens, exclude, now) {
-                // Another request may have taken a half-open replica's one trial meanwhile.
                 if replica.acquire(now) {
                     return Some((pool.clone(), replica.clone()));
-                }
-                if pool
-                    .choose(tokens, exclude, now)
-                    .is_none_or(|r| Arc::ptr_eq(r, replica))
-                {
-                    break;
                 }
             }
         }
@@ -245,7 +240,6 @@ impl ModelRouter {
         inner: TokenStream,
     ) -> RoutedStream {
         RoutedStream {
-            prompt_tokens: inner.prompt_tokens,
             routed: Some(routed_event(pool, &reservation.replica)),
             router: self.clone(),
             requester: requester.clone(),
@@ -310,8 +304,6 @@ fn routed_event(pool: &Pool, replica: &Replica) -> TokenEvent {
 /// no second channel per request. Dropping it drops the engine's stream, which cancels the
 /// request there, and gives the reservation back.
 pub struct RoutedStream {
-    /// Prompt tokens as the first engine counted them.
-    pub prompt_tokens: usize,
     /// The `Routed` event still to deliver.
     routed: Option<TokenEvent>,
     router: Arc<ModelRouter>,

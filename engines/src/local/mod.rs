@@ -141,12 +141,7 @@ impl Engine for LocalEngine {
     }
 
     fn prepare_prompt(&self, prompt: &Prompt) -> Result<PreparedPrompt> {
-        let ids = self.model.prompt_ids(prompt)?;
-        Ok(PreparedPrompt {
-            tokens: ids.len(),
-            prompt: Prompt::Tokens(ids),
-            estimated: false,
-        })
+        Ok(PreparedPrompt::tokenized(self.model.prompt_ids(prompt)?))
     }
 
     fn counters(&self) -> &EngineCounters {

@@ -157,7 +157,7 @@ impl Collector for EngineCollector {
             "gateway_replica_outstanding_tokens",
             "Prompt plus max_tokens not yet generated, over the requests routed to the replica.",
             &routers,
-            |r| r.snapshot(now).outstanding_tokens as i64,
+            |r| r.outstanding_tokens() as i64,
         )?;
         for (name, help, field) in ENGINE_COUNTERS {
             encode_per_model(&mut encoder, name, help, &routers, field, |v| {

@@ -27,7 +27,6 @@ pub async fn admin_pools(State(state): State<AppState>) -> Json<Value> {
 
 /// The load of each ready model over its replicas in this process.
 pub async fn load(State(state): State<AppState>) -> (Extension<Polled>, Json<LoadReport>) {
-    let now = std::time::Instant::now();
     let models = state
         .models
         .list()
@@ -47,7 +46,7 @@ pub async fn load(State(state): State<AppState>) -> (Extension<Polled>, Json<Loa
                 load.waiting += EngineCounters::get(&c.waiting);
                 load.kv_blocks_free += EngineCounters::get(&c.kv_blocks_free);
                 load.kv_blocks_total += EngineCounters::get(&c.kv_blocks_total);
-                load.outstanding_tokens += replica.snapshot(now).outstanding_tokens;
+                load.outstanding_tokens += replica.outstanding_tokens();
             }
             load
         })

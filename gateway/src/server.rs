@@ -1,5 +1,6 @@
 //! Start-up: load the models in the background, bind, serve (HTTP or HTTPS), shut down cleanly.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,23 +60,27 @@ pub async fn serve_as(
 
     let models = Arc::new(ModelRegistry::default());
     let shared_config = Arc::new(config.clone());
-    // One connection pool for every remote replica.
-    let client = RemoteClient::new(Duration::from_millis(
+    // One connection pool per remote pool, with that pool's connect timeout, shared by the
+    // pool's replicas of every model.
+    let clients: Arc<HashMap<String, RemoteClient>> = Arc::new(
         config
             .pools
             .iter()
-            .map(|p| p.connect_timeout_ms)
-            .max()
-            .unwrap_or(2000),
-    ));
+            .filter(|p| p.kind == PoolKindConfig::Remote)
+            .map(|p| {
+                let timeout = Duration::from_millis(p.connect_timeout_ms);
+                (p.name.clone(), RemoteClient::new(timeout))
+            })
+            .collect(),
+    );
     for model in &config.models {
         models.add_loading(&model.id);
         let (registry, model) = (models.clone(), model.clone());
-        let (config, client) = (shared_config.clone(), client.clone());
+        let (config, clients) = (shared_config.clone(), clients.clone());
         let runtime = tokio::runtime::Handle::current();
         // Loading reads and re-quantizes weights: CPU work, off the async workers.
         tokio::task::spawn_blocking(move || {
-            let state = match build_router(&config, &model, &client, &runtime) {
+            let state = match build_router(&config, &model, &clients, &runtime) {
                 Ok(router) => {
                     tracing::info!(model = %model.id, "model ready");
                     let interval = Duration::from_millis(config.routing.health_interval_ms);
@@ -216,7 +221,7 @@ fn announce(name: &str, scheme: &str, addr: SocketAddr) {
 fn build_router(
     config: &GatewayConfig,
     model: &ModelConfig,
-    client: &RemoteClient,
+    clients: &HashMap<String, RemoteClient>,
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<Arc<ModelRouter>> {
     let mut pools = Vec::new();
@@ -249,7 +254,7 @@ fn build_router(
                         let engine = Arc::new(RemoteEngine::new(
                             &model.id,
                             options,
-                            client.clone(),
+                            clients[&pool.name].clone(),
                             runtime.clone(),
                         )?);
                         let checked = engine.clone();

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use engines::local::LoadedModel;
-use engines::model::{SequenceInput, WeightFormat};
+use engines::model::WeightFormat;
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::{DeviceSpec, LocalEngineOptions};
 
@@ -40,28 +40,14 @@ fn main() {
         let prompt = model.tokenizer.encode(&prompt_text).unwrap();
         let (mut prefill, mut decode) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
-            let mut cache = model.model.new_cache();
+            let mut cache = model.model.new_cache().unwrap();
             let started = Instant::now();
-            let mut logits = model
-                .model
-                .forward(&mut [SequenceInput {
-                    tokens: &prompt,
-                    cache: &mut cache,
-                    wants_logits: true,
-                }])
-                .unwrap();
+            let mut logits = model.model.forward_solo(&mut cache, &prompt, true).unwrap();
             prefill.push(prompt.len() as f64 / started.elapsed().as_secs_f64());
             let started = Instant::now();
             for _ in 0..DECODE_TOKENS {
                 let next = engines::model::llama::argmax(&logits.squeeze(0).unwrap()).unwrap();
-                logits = model
-                    .model
-                    .forward(&mut [SequenceInput {
-                        tokens: &[next],
-                        cache: &mut cache,
-                        wants_logits: true,
-                    }])
-                    .unwrap();
+                logits = model.model.forward_solo(&mut cache, &[next], true).unwrap();
             }
             decode.push(DECODE_TOKENS as f64 / started.elapsed().as_secs_f64());
         }

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use engines::local::LoadedModel;
-use engines::model::{SequenceInput, WeightFormat};
+use engines::model::WeightFormat;
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::text::{ChatMessage, IncrementalDecoder};
 use engines::{Engine, GenerationRequest, LocalEngine, LocalEngineOptions, Prompt, SamplingParams};
@@ -116,27 +116,13 @@ fn incremental_decoding_never_splits_a_character() {
 
 /// Greedy tokens from our model code on `format` weights.
 fn our_greedy(m: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = m.model.new_cache();
-    let mut logits = m
-        .model
-        .forward(&mut [SequenceInput {
-            tokens: prompt,
-            cache: &mut cache,
-            wants_logits: true,
-        }])
-        .unwrap();
+    let mut cache = m.model.new_cache().unwrap();
+    let mut logits = m.model.forward_solo(&mut cache, prompt, true).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
         let next = engines::model::llama::argmax(&logits.squeeze(0).unwrap()).unwrap();
         out.push(next);
-        logits = m
-            .model
-            .forward(&mut [SequenceInput {
-                tokens: &[next],
-                cache: &mut cache,
-                wants_logits: true,
-            }])
-            .unwrap();
+        logits = m.model.forward_solo(&mut cache, &[next], true).unwrap();
     }
     out
 }
@@ -187,32 +173,13 @@ fn chunked_prefill_equals_one_shot_prefill() {
         .encode(&fixture("smollm2-chat-prompt.txt"))
         .unwrap();
     let one_shot = {
-        let mut cache = m.model.new_cache();
-        m.model
-            .forward(&mut [SequenceInput {
-                tokens: &prompt,
-                cache: &mut cache,
-                wants_logits: true,
-            }])
-            .unwrap()
+        let mut cache = m.model.new_cache().unwrap();
+        m.model.forward_solo(&mut cache, &prompt, true).unwrap()
     };
-    let mut cache = m.model.new_cache();
+    let mut cache = m.model.new_cache().unwrap();
     let (a, b) = prompt.split_at(13);
-    m.model
-        .forward(&mut [SequenceInput {
-            tokens: a,
-            cache: &mut cache,
-            wants_logits: false,
-        }])
-        .unwrap();
-    let chunked = m
-        .model
-        .forward(&mut [SequenceInput {
-            tokens: b,
-            cache: &mut cache,
-            wants_logits: true,
-        }])
-        .unwrap();
+    m.model.forward_solo(&mut cache, a, false).unwrap();
+    let chunked = m.model.forward_solo(&mut cache, b, true).unwrap();
     let argmax = |t: &Tensor| engines::model::llama::argmax(&t.squeeze(0).unwrap()).unwrap();
     assert_eq!(argmax(&one_shot), argmax(&chunked));
     let scale = one_shot

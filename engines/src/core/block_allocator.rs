@@ -1,7 +1,6 @@
 //! Fixed-size KV blocks handed out from a pool allocated once per engine.
 
-/// Index of one KV block in the pool.
-pub type BlockId = u32;
+pub use crate::model::BlockId;
 
 /// A free list of block ids. Allocation is all-or-nothing, so a failed request never leaves
 /// a sequence half-grown.

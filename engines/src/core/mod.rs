@@ -9,7 +9,6 @@
 
 pub mod block_allocator;
 pub mod fair_share;
-pub mod paged_cache;
 pub mod scheduler;
 pub mod sequence;
 
@@ -21,8 +20,7 @@ use candle_core::IndexOp;
 use crate::engine::EngineCounters;
 use crate::error::Result;
 use crate::local::{Job, LoadedModel};
-use crate::model::SequenceInput;
-use paged_cache::PagedKvCache;
+use crate::model::{SequenceInput, Workspace};
 use scheduler::{Scheduler, SchedulerLimits, StepPlan};
 use sequence::{Next, Sequence, SequenceId};
 
@@ -91,7 +89,7 @@ pub struct StepRecord {
 /// The scheduler thread's state.
 pub(crate) struct RequestCore {
     model: Arc<LoadedModel>,
-    cache: PagedKvCache,
+    workspace: Workspace,
     scheduler: Scheduler,
     counters: Arc<EngineCounters>,
     records: Option<crossbeam_channel::Sender<StepRecord>>,
@@ -106,12 +104,7 @@ impl RequestCore {
         records: Option<crossbeam_channel::Sender<StepRecord>>,
     ) -> Result<Self> {
         let num_blocks = num_blocks(config, model.model.config().context_length);
-        let cache = PagedKvCache::new(
-            model.model.config(),
-            num_blocks,
-            config.block_size,
-            model.model.device(),
-        )?;
+        let workspace = model.model.new_workspace(num_blocks, config.block_size)?;
         let limits = SchedulerLimits {
             max_batch_tokens: config.max_batch_tokens,
             max_running: config.max_running,
@@ -127,7 +120,7 @@ impl RequestCore {
             .store(num_blocks as u64, Ordering::Relaxed);
         Ok(Self {
             model,
-            cache,
+            workspace,
             scheduler: Scheduler::new(limits, num_blocks),
             counters,
             records,
@@ -230,24 +223,21 @@ impl RequestCore {
         let batch_tokens: usize = tokens.iter().map(Vec::len).sum();
 
         let logits = {
-            let mut tables: Vec<_> = running
+            let tables = running
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| plan.chunks.iter().any(|c| c.index == *i))
-                .map(|(_, s)| &mut s.table)
-                .collect();
-            let mut views: Vec<_> = tables.iter_mut().map(|t| self.cache.sequence(t)).collect();
-            let mut inputs: Vec<SequenceInput<'_>> = views
-                .iter_mut()
+                .map(|(_, s)| &mut s.table);
+            let mut inputs: Vec<SequenceInput<'_>> = tables
                 .zip(&tokens)
                 .zip(&wants_logits)
-                .map(|((view, tokens), &wants_logits)| SequenceInput {
+                .map(|((table, tokens), &wants_logits)| SequenceInput {
                     tokens,
-                    cache: view,
+                    table,
                     wants_logits,
                 })
                 .collect();
-            self.model.model.forward(&mut inputs)
+            self.model.model.forward(&mut self.workspace, &mut inputs)
         };
         self.steps += 1;
         self.counters.steps.fetch_add(1, Ordering::Relaxed);

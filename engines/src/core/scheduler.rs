@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use super::block_allocator::{blocks_for, BlockAllocator};
 use super::fair_share::VirtualTokenCounters;
-use super::paged_cache::BlockTable;
 use super::sequence::{Sequence, SequenceId};
+use crate::model::BlockTable;
 
 /// Scheduling limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::text::stop::StopOutcome;
 use crate::text::{GgufTokenizer, IncrementalDecoder, StopMatcher};
 
-use super::paged_cache::BlockTable;
+use crate::model::BlockTable;
 
 /// Identifies a submission inside one engine.
 pub type SequenceId = u64;

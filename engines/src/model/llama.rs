@@ -1,109 +1,85 @@
 //! The llama architecture (SmolLM2, Llama 2/3, Mistral without sliding window, ...) over
-//! quantized GGUF weights, written for batches of flattened tokens.
+//! quantized GGUF weights, for batches of flattened tokens over a paged KV cache.
 //!
-//! One forward pass takes any number of sequences, each with its own new tokens, start position
-//! and KV cache. The linear layers run once over the `[tokens, hidden]` matrix of the whole batch,
-//! so weights are read once per step; attention runs per sequence against its own cache.
+//! Two implementations stand behind [`LlamaModel`]: on the CPU the kernels of [`super::cpu`]
+//! (repacked weights, int8 dot products chosen by CPU feature at run time, attention reading
+//! the paged cache in place); on GPUs candle's tensors and kernels ([`super::candle_llama`]).
+//! Callers see one interface: a [`Workspace`] (KV pool and step buffers) per request core, and
+//! one [`LlamaModel::forward`] per step.
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_transformers::quantized_nn::RmsNorm;
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Result, Tensor, D};
 
-use super::q8_matmul::Q8Matrix;
-use super::{KvCache, KvSequence};
+use super::candle_llama::{CandleInput, CandleLlama};
+use super::candle_paged::PagedKvCache;
+use super::cpu::kv::KvPool;
+use super::cpu::model::{CpuLlama, Scratch, StepSequence};
+
+/// Index of one KV block in a pool.
+pub type BlockId = u32;
+
+/// The blocks of one sequence and how many positions they hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockTable {
+    /// Its blocks, in position order: position `p` is in `blocks[p / block_size]`.
+    pub blocks: Vec<BlockId>,
+    /// Positions written so far.
+    pub len: usize,
+}
+
+impl BlockTable {
+    /// Positions the table can hold without another block.
+    pub fn capacity(&self, block_size: usize) -> usize {
+        self.blocks.len() * block_size
+    }
+}
+
+/// The new tokens of one sequence in a forward pass.
+pub struct SequenceInput<'a> {
+    /// The new tokens; the first goes at position `table.len`.
+    pub tokens: &'a [u32],
+    /// The sequence's blocks, which must hold every position after this step; its length
+    /// advances by `tokens.len()`.
+    pub table: &'a mut BlockTable,
+    /// Whether logits of the last token are wanted (false for a prefill chunk that is not last).
+    pub wants_logits: bool,
+}
 
 /// Shape and constants of a llama model, read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// Transformer blocks.
     pub n_layers: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
     pub n_kv_heads: usize,
+    /// Values per head.
     pub head_dim: usize,
+    /// Width of the residual stream.
     pub hidden: usize,
+    /// RMSNorm epsilon.
     pub rms_eps: f64,
+    /// RoPE frequency base.
     pub rope_base: f32,
+    /// Longest sequence the model was trained for.
     pub context_length: usize,
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
 }
 
 /// How linear-layer weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// As stored in the file.
-    AsStored,
-    /// Re-quantized to Q8_0 at load. candle's CPU kernel for Q4_1 is a scalar loop while Q8_0
-    /// has SIMD paths; Q8_0 also holds Q4_1's values more precisely, so quality does not drop.
+    /// As stored in the file where a kernel reads that type (Q4_0, Q4_1, Q8_0 on the CPU);
+    /// anything else is re-quantized to Q8_0 at load.
     #[default]
+    AsStored,
+    /// Re-quantized to Q8_0 at load: 8-bit weights for every projection (more bytes per
+    /// decode step than 4-bit, the same values up to Q8_0's rounding).
     Q8_0,
-}
-
-/// A linear layer: our batched Q8_0 kernel where it applies, candle's quantized matmul
-/// otherwise.
-enum Linear {
-    Q8(Q8Matrix),
-    Candle(QMatMul),
-}
-
-impl Linear {
-    fn new(tensor: QTensor, format: WeightFormat) -> Result<Self> {
-        // The Q8 kernel is CPU code; on a GPU candle's own quantized kernels run.
-        if format == WeightFormat::Q8_0 && tensor.device().is_cpu() {
-            if let Some(matrix) = Q8Matrix::from_qtensor(&tensor)? {
-                return Ok(Self::Q8(matrix));
-            }
-        }
-        Ok(Self::Candle(QMatMul::from_qtensor(tensor)?))
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Q8(m) => m.forward(x),
-            Self::Candle(m) => m.forward(x),
-        }
-    }
-}
-
-struct Layer {
-    attn_norm: RmsNorm,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
-    ffn_norm: RmsNorm,
-    w_gate: Linear,
-    w_up: Linear,
-    w_down: Linear,
-}
-
-/// A loaded llama model. Immutable: all per-sequence state lives in a [`KvSequence`].
-pub struct LlamaModel {
-    config: LlamaConfig,
-    /// Token embeddings, dequantized to f32 for row lookups.
-    embeddings: Tensor,
-    layers: Vec<Layer>,
-    final_norm: RmsNorm,
-    lm_head: Linear,
-    /// RoPE tables `[context_length, head_dim / 2]`.
-    cos: Tensor,
-    sin: Tensor,
-    device: Device,
-}
-
-/// The new tokens of one sequence in a forward pass.
-pub struct SequenceInput<'a> {
-    pub tokens: &'a [u32],
-    /// The sequence's cache; `tokens[0]` goes at position `cache.len()`.
-    pub cache: &'a mut dyn KvSequence,
-    /// Whether logits of the last token are wanted (false for a prefill chunk that is not last).
-    pub wants_logits: bool,
-}
-
-fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no `{key}`")))
 }
 
 impl LlamaConfig {
@@ -141,261 +117,226 @@ impl LlamaConfig {
     }
 }
 
-fn load_tensor<R: Read + Seek>(
-    ct: &gguf_file::Content,
-    reader: &mut R,
-    name: &str,
-    device: &Device,
-) -> Result<QTensor> {
-    ct.tensor(reader, name, device)
+enum Backend {
+    Cpu(CpuLlama),
+    Candle(CandleLlama),
 }
 
-fn load_linear<R: Read + Seek>(
-    ct: &gguf_file::Content,
-    reader: &mut R,
-    name: &str,
-    device: &Device,
-    format: WeightFormat,
-) -> Result<Linear> {
-    let tensor = load_tensor(ct, reader, name, device)?;
-    let tensor = match format {
-        WeightFormat::Q8_0 if requantizable(tensor.dtype()) => {
-            QTensor::quantize(&tensor.dequantize(device)?, GgmlDType::Q8_0)?
-        }
-        _ => tensor,
-    };
-    Linear::new(tensor, format)
+/// A loaded llama model. Immutable and shareable: per-engine state lives in a [`Workspace`].
+pub struct LlamaModel {
+    backend: Backend,
+    device: Device,
 }
 
-/// Block-quantized formats coarser than Q8_0 whose CPU kernels are slower than Q8_0's.
-fn requantizable(dtype: GgmlDType) -> bool {
-    matches!(
-        dtype,
-        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
-    )
+enum WorkspaceKind {
+    Cpu { kv: KvPool, scratch: Box<Scratch> },
+    Candle(PagedKvCache),
 }
+
+/// What one request core needs besides the model: the KV pool and the step buffers.
+pub struct Workspace {
+    kind: WorkspaceKind,
+    block_size: usize,
+    num_blocks: usize,
+}
+
+impl Workspace {
+    /// Positions per KV block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Blocks in the KV pool.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+}
+
+/// One sequence with a pool of its own, large enough for the whole context: single-sequence
+/// use (tests, benchmarks) without a request core.
+pub struct SoloCache {
+    workspace: Workspace,
+    table: BlockTable,
+}
+
+impl SoloCache {
+    /// Positions so far.
+    pub fn len(&self) -> usize {
+        self.table.len
+    }
+
+    /// Whether nothing has been run yet.
+    pub fn is_empty(&self) -> bool {
+        self.table.len == 0
+    }
+}
+
+fn cpu_error(e: String) -> candle_core::Error {
+    candle_core::Error::Msg(e)
+}
+
+/// Positions per block of a [`SoloCache`].
+const SOLO_BLOCK: usize = 16;
 
 impl LlamaModel {
-    /// Loads weights from a GGUF file. SmolLM2 ties its output projection to the token
-    /// embedding: without `output.weight`, `token_embd.weight` is used for both.
+    /// Loads weights from a GGUF file: the CPU kernels on `Device::Cpu`, candle on a GPU.
+    /// SmolLM2 ties its output projection to the token embedding: without `output.weight`,
+    /// `token_embd.weight` is used for both.
     pub fn from_gguf<R: Read + Seek>(
         ct: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
         format: WeightFormat,
     ) -> Result<Self> {
-        let config = LlamaConfig::from_gguf(ct)?;
-        let eps = config.rms_eps;
-        let embeddings_q = load_tensor(ct, reader, "token_embd.weight", device)?;
-        let embeddings = embeddings_q.dequantize(device)?;
-        let lm_head = if ct.tensor_infos.contains_key("output.weight") {
-            load_linear(ct, reader, "output.weight", device, format)?
-        } else {
-            Linear::new(embeddings_q, format)?
-        };
-        let final_norm =
-            RmsNorm::from_qtensor(load_tensor(ct, reader, "output_norm.weight", device)?, eps)?;
-        let mut layers = Vec::with_capacity(config.n_layers);
-        for i in 0..config.n_layers {
-            let p = format!("blk.{i}");
-            let mut linear =
-                |name: &str| load_linear(ct, reader, &format!("{p}.{name}.weight"), device, format);
-            let (wq, wk, wv, wo) = (
-                linear("attn_q")?,
-                linear("attn_k")?,
-                linear("attn_v")?,
-                linear("attn_output")?,
-            );
-            let (w_gate, w_up, w_down) =
-                (linear("ffn_gate")?, linear("ffn_up")?, linear("ffn_down")?);
-            let mut norm = |name: &str| {
-                RmsNorm::from_qtensor(
-                    load_tensor(ct, reader, &format!("{p}.{name}.weight"), device)?,
-                    eps,
-                )
-            };
-            layers.push(Layer {
-                attn_norm: norm("attn_norm")?,
-                ffn_norm: norm("ffn_norm")?,
-                wq,
-                wk,
-                wv,
-                wo,
-                w_gate,
-                w_up,
-                w_down,
-            });
+        if !device.is_cpu() {
+            return Self::from_gguf_candle(ct, reader, device, format);
         }
-        let (cos, sin) = rope_tables(&config, device)?;
+        let config = LlamaConfig::from_gguf(ct)?;
+        let model = CpuLlama::from_gguf(ct, reader, config, format).map_err(cpu_error)?;
         Ok(Self {
-            config,
-            embeddings,
-            layers,
-            final_norm,
-            lm_head,
-            cos,
-            sin,
+            backend: Backend::Cpu(model),
+            device: Device::Cpu,
+        })
+    }
+
+    /// Loads weights for candle's tensors and kernels on any device (on the CPU: the reference
+    /// the fast path is tested against).
+    pub fn from_gguf_candle<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
+        Ok(Self {
+            backend: Backend::Candle(CandleLlama::from_gguf(ct, reader, device, format)?),
             device: device.clone(),
         })
     }
 
+    /// The model's shape.
     pub fn config(&self) -> &LlamaConfig {
-        &self.config
+        match &self.backend {
+            Backend::Cpu(m) => m.config(),
+            Backend::Candle(m) => m.config(),
+        }
     }
 
+    /// Where the model runs.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    /// A fresh, empty KV cache for one sequence.
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layers)
+    /// Which implementation runs: the CPU kernel family (`avx512-vnni`, `avx2`, `portable`)
+    /// or `candle`.
+    pub fn kernels(&self) -> &'static str {
+        match &self.backend {
+            Backend::Cpu(m) => m.isa().name(),
+            Backend::Candle(_) => "candle",
+        }
     }
 
-    /// Runs one step over the new tokens of every sequence in `batch`, appending to their caches.
-    /// Returns logits `[n, vocab]` for the last token of each sequence with `wants_logits`, in
-    /// batch order.
-    pub fn forward(&self, batch: &mut [SequenceInput<'_>]) -> Result<Tensor> {
-        let ids: Vec<u32> = batch
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
-        if ids.is_empty() {
-            candle_core::bail!("forward called with no tokens");
-        }
-        let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?; // [T, hidden]
-        for (layer_idx, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
-            let q = layer.wq.forward(&h)?;
-            let k = layer.wk.forward(&h)?;
-            let v = layer.wv.forward(&h)?;
-            let mut outputs = Vec::with_capacity(batch.len());
-            let mut offset = 0;
-            for seq in batch.iter_mut() {
-                let n = seq.tokens.len();
-                outputs.push(self.attention(
-                    layer_idx,
-                    &q.narrow(0, offset, n)?,
-                    &k.narrow(0, offset, n)?,
-                    &v.narrow(0, offset, n)?,
-                    &mut *seq.cache,
-                )?);
-                offset += n;
-            }
-            let attn = Tensor::cat(&outputs, 0)?;
-            x = (x + layer.wo.forward(&attn)?)?;
-            let h = layer.ffn_norm.forward(&x)?;
-            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
-            let mlp = layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?;
-            x = (x + mlp)?;
-        }
-        // Only the rows whose logits are wanted go through the final norm and the LM head.
-        let mut last_rows = Vec::new();
-        let mut end = 0u32;
-        for seq in batch.iter() {
-            end += seq.tokens.len() as u32;
-            if seq.wants_logits {
-                last_rows.push(end - 1);
-            }
-        }
-        if last_rows.is_empty() {
-            return Tensor::zeros((0, self.config.vocab_size), DType::F32, &self.device);
-        }
-        let rows = Tensor::new(last_rows.as_slice(), &self.device)?;
-        let x = self.final_norm.forward(&x.index_select(&rows, 0)?)?;
-        self.lm_head.forward(&x)
-    }
-
-    /// Causal self-attention of one sequence's new tokens against its cache.
-    /// `q`: `[n, heads * head_dim]`, `k`/`v`: `[n, kv_heads * head_dim]`; returns `[n, hidden]`.
-    fn attention(
-        &self,
-        layer: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        cache: &mut dyn KvSequence,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let n = q.dim(0)?;
-        let start = cache.len();
-        if start + n > c.context_length {
-            candle_core::bail!(
-                "position {} beyond the context length {}",
-                start + n,
-                c.context_length
-            );
-        }
-        let cos = self.cos.narrow(0, start, n)?;
-        let sin = self.sin.narrow(0, start, n)?;
-        // [n, h*d] -> [1, h, n, d]: rope_i wants (batch, heads, seq, dim). GGUF llama weights
-        // are permuted for interleaved (GPT-J style) rotation.
-        let heads = |t: &Tensor, h: usize| -> Result<Tensor> {
-            t.reshape((n, h, c.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)
+    /// A KV pool of `num_blocks` blocks of `block_size` positions, with its step buffers.
+    pub fn new_workspace(&self, num_blocks: usize, block_size: usize) -> Result<Workspace> {
+        let kind = match &self.backend {
+            Backend::Cpu(m) => WorkspaceKind::Cpu {
+                kv: m.new_kv_pool(num_blocks, block_size),
+                scratch: Box::new(m.new_scratch()),
+            },
+            Backend::Candle(m) => WorkspaceKind::Candle(PagedKvCache::new(
+                m.config(),
+                num_blocks,
+                block_size,
+                &self.device,
+            )?),
         };
-        let q = candle_nn::rotary_emb::rope_i(&heads(q, c.n_heads)?, &cos, &sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope_i(&heads(k, c.n_kv_heads)?, &cos, &sin)?.squeeze(0)?;
-        let v = heads(v, c.n_kv_heads)?.squeeze(0)?;
-        let (k_all, v_all) = cache.append(layer, &k, &v)?; // [kv_heads, kv_len, d]
-        let kv_len = k_all.dim(1)?;
-
-        // Grouped-query attention without copying K/V: the query heads that share a KV head
-        // are adjacent, so [h, n, d] reshapes to [kv_heads, group * n, d].
-        let group = c.n_heads / c.n_kv_heads;
-        let q = q.reshape((c.n_kv_heads, group * n, c.head_dim))?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k_all.t()?)? * scale)?; // [kv_heads, group * n, kv_len]
-        if n > 1 {
-            let mask = causal_mask(group, n, start, kv_len, &self.device)?;
-            scores = scores.broadcast_add(&mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v_all)?; // [kv_heads, group * n, d]
-        out.reshape((c.n_heads, n, c.head_dim))?
-            .transpose(0, 1)?
-            .reshape((n, c.hidden))
+        Ok(Workspace {
+            kind,
+            block_size,
+            num_blocks,
+        })
     }
-}
 
-/// Additive mask `[group * n, kv_len]`: row `g * n + i` is query `i` at position `start + i`,
-/// which may attend to keys `0..=start + i`.
-fn causal_mask(
-    group: usize,
-    n: usize,
-    start: usize,
-    kv_len: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let mut mask = vec![0f32; group * n * kv_len];
-    for g in 0..group {
-        for i in 0..n {
-            let row = (g * n + i) * kv_len;
-            for j in (start + i + 1)..kv_len {
-                mask[row + j] = f32::NEG_INFINITY;
+    /// Runs one step over the new tokens of every sequence in `batch`, writing their keys and
+    /// values into `workspace`'s pool. Returns logits `[n, vocab]` for the last token of each
+    /// sequence with `wants_logits`, in batch order.
+    pub fn forward(
+        &self,
+        workspace: &mut Workspace,
+        batch: &mut [SequenceInput<'_>],
+    ) -> Result<Tensor> {
+        let vocab = self.config().vocab_size;
+        match (&self.backend, &mut workspace.kind) {
+            (Backend::Cpu(m), WorkspaceKind::Cpu { kv, scratch }) => {
+                let mut steps: Vec<StepSequence<'_>> = batch
+                    .iter_mut()
+                    .map(|s| StepSequence {
+                        tokens: s.tokens,
+                        table: &mut *s.table,
+                        wants_logits: s.wants_logits,
+                    })
+                    .collect();
+                let logits = m.forward(kv, scratch, &mut steps).map_err(cpu_error)?;
+                let rows = logits.len() / vocab;
+                Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)
             }
+            (Backend::Candle(m), WorkspaceKind::Candle(cache)) => {
+                let shapes: Vec<(&[u32], bool)> =
+                    batch.iter().map(|s| (s.tokens, s.wants_logits)).collect();
+                let mut views: Vec<_> = batch.iter_mut().map(|s| cache.sequence(s.table)).collect();
+                let mut inputs: Vec<CandleInput<'_>> = views
+                    .iter_mut()
+                    .zip(shapes)
+                    .map(|(view, (tokens, wants_logits))| CandleInput {
+                        tokens,
+                        cache: view,
+                        wants_logits,
+                    })
+                    .collect();
+                m.forward(&mut inputs)
+            }
+            _ => candle_core::bail!("workspace made for another model"),
         }
     }
-    Tensor::from_vec(mask, (group * n, kv_len), device)
-}
 
-fn rope_tables(c: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
-    let inv_freq: Vec<f32> = (0..c.head_dim)
-        .step_by(2)
-        .map(|i| 1.0 / c.rope_base.powf(i as f32 / c.head_dim as f32))
-        .collect();
-    let inv_freq = Tensor::new(inv_freq.as_slice(), device)?.unsqueeze(0)?;
-    let positions = Tensor::arange(0u32, c.context_length as u32, device)?
-        .to_dtype(DType::F32)?
-        .unsqueeze(1)?;
-    let angles = positions.broadcast_mul(&inv_freq)?;
-    Ok((angles.cos()?, angles.sin()?))
+    /// A fresh single-sequence cache for the whole context.
+    pub fn new_cache(&self) -> Result<SoloCache> {
+        let num_blocks = self.config().context_length.div_ceil(SOLO_BLOCK);
+        Ok(SoloCache {
+            workspace: self.new_workspace(num_blocks, SOLO_BLOCK)?,
+            table: BlockTable {
+                blocks: (0..num_blocks as BlockId).collect(),
+                len: 0,
+            },
+        })
+    }
+
+    /// Runs `tokens` of the sequence in `cache`; logits `[1, vocab]` of the last token, or
+    /// `[0, vocab]` if not `wants_logits`.
+    pub fn forward_solo(
+        &self,
+        cache: &mut SoloCache,
+        tokens: &[u32],
+        wants_logits: bool,
+    ) -> Result<Tensor> {
+        let SoloCache { workspace, table } = cache;
+        self.forward(
+            workspace,
+            &mut [SequenceInput {
+                tokens,
+                table,
+                wants_logits,
+            }],
+        )
+    }
 }
 
 /// Index of the largest logit in a `[vocab]` row.
 pub fn argmax(logits: &Tensor) -> Result<u32> {
     logits.argmax(D::Minus1)?.to_scalar::<u32>()
+}
+
+fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
+    ct.metadata
+        .get(key)
+        .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no `{key}`")))
 }

@@ -1,8 +1,11 @@
 //! Model code: llama-family transformers over quantized GGUF weights.
 
+pub mod candle_llama;
+pub mod candle_paged;
+pub mod cpu;
 pub mod kv_cache;
 pub mod llama;
-pub mod q8_matmul;
 
-pub use kv_cache::{KvCache, KvSequence};
-pub use llama::{LlamaConfig, LlamaModel, SequenceInput, WeightFormat};
+pub use llama::{
+    BlockId, BlockTable, LlamaConfig, LlamaModel, SequenceInput, SoloCache, WeightFormat, Workspace,
+};

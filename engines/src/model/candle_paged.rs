@@ -1,11 +1,12 @@
-//! The paged KV cache: per layer, one key and one value tensor holding every block of the pool,
+//! The paged KV cache of the candle path: per layer, one key and one value tensor holding every
+//! block of the pool,
 //! shaped `[kv_heads, blocks * block_size, head_dim]`, allocated once. A sequence owns a block
 //! table; its position `p` lives in slot `table[p / block_size] * block_size + p % block_size`.
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::block_allocator::BlockId;
-use crate::model::{KvSequence, LlamaConfig};
+use super::kv_cache::KvSequence;
+use super::llama::{BlockTable, LlamaConfig};
 
 /// The block pool's storage.
 pub struct PagedKvCache {
@@ -51,20 +52,6 @@ impl PagedKvCache {
             table,
             slots: None,
         }
-    }
-}
-
-/// The blocks of one sequence and how many positions they hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BlockTable {
-    pub blocks: Vec<BlockId>,
-    pub len: usize,
-}
-
-impl BlockTable {
-    /// Positions the table can hold without another block.
-    pub fn capacity(&self, block_size: usize) -> usize {
-        self.blocks.len() * block_size
     }
 }
 
@@ -126,7 +113,7 @@ impl KvSequence for PagedSequence<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::KvCache;
+    use crate::model::kv_cache::KvCache;
 
     fn config() -> LlamaConfig {
         LlamaConfig {

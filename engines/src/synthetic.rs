@@ -128,13 +128,14 @@ async fn stream_tokens(job: Job, interval: Option<Duration>, counters: Arc<Engin
             id: (sent % 1000) as u32,
             text: " token".to_string(),
         };
+        counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if job.sender.send(event).is_err() {
+            counters.generated_tokens.fetch_sub(1, Ordering::Relaxed);
             cancelled = true;
             break;
         }
         first_token.get_or_insert_with(|| job.submitted.elapsed());
         sent += 1;
-        counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if interval.is_none() && sent % 64 == 0 {
             tokio::task::yield_now().await; // unpaced: let other streams run
         }
@@ -159,8 +160,9 @@ async fn stream_tokens(job: Job, interval: Option<Duration>, counters: Arc<Engin
                 decode_steps: sent.saturating_sub(1),
             },
         };
-        let _ = job.sender.send(TokenEvent::Finished(completion));
+        // Counted before the event goes out: a client that sees the end also sees the count.
         counters.finished.fetch_add(1, Ordering::Relaxed);
+        let _ = job.sender.send(TokenEvent::Finished(completion));
     }
     counters.running.fetch_sub(1, Ordering::Relaxed);
     counters.active.fetch_sub(1, Ordering::Relaxed);

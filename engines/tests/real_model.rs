@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use engines::local::LoadedModel;
-use engines::model::WeightFormat;
+use engines::model::{LlamaModel, WeightFormat};
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::text::{ChatMessage, IncrementalDecoder};
 use engines::{Engine, GenerationRequest, LocalEngine, LocalEngineOptions, Prompt, SamplingParams};
@@ -26,11 +26,11 @@ fn load(format: WeightFormat) -> LoadedModel {
     .expect("model load")
 }
 
-/// The default (Q8_0 re-quantized) model, loaded once per test binary.
+/// The default (as stored, 4-bit) model, loaded once per test binary.
 fn model() -> Arc<LoadedModel> {
     static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
     MODEL
-        .get_or_init(|| Arc::new(load(WeightFormat::Q8_0)))
+        .get_or_init(|| Arc::new(load(WeightFormat::AsStored)))
         .clone()
 }
 
@@ -165,45 +165,136 @@ fn model_code_matches_candle_transformers_quantized_llama() {
     assert_eq!(mine, theirs);
 }
 
+/// Greedy tokens of `model` from `prompt`, and the logits of every step (teacher-forced on
+/// `forced` when given, so two models can be compared on the same sequence).
+fn greedy_with_logits(
+    model: &LlamaModel,
+    prompt: &[u32],
+    n: usize,
+    forced: Option<&[u32]>,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut cache = model.new_cache().unwrap();
+    let mut logits = model.forward_solo(&mut cache, prompt, true).unwrap();
+    let (mut tokens, mut all) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let row = logits.squeeze(0).unwrap();
+        all.push(row.to_vec1::<f32>().unwrap());
+        let next = engines::model::llama::argmax(&row).unwrap();
+        tokens.push(next);
+        let feed = forced.map_or(next, |f| f[i]);
+        logits = model.forward_solo(&mut cache, &[feed], true).unwrap();
+    }
+    (tokens, all)
+}
+
+#[test]
+fn logits_stay_within_tolerance_of_candle_transformers() {
+    // The fast CPU path against candle-transformers' reference on the same stored (Q4_1)
+    // weights, step by step on the reference's own greedy sequence. Both quantize activations
+    // to 8 bits before each projection, with different rounding (f32 scales here, f16 there;
+    // keys and values in f16 here, f32 there), so logits differ by a small fraction of their
+    // range. Stated tolerance, per step: the largest difference under 8% of the largest logit,
+    // the mean difference under 3% of it, and the same greedy token. Measured: 1-5% and
+    // 0.2-0.9% on decode steps, 5% and 2% on the prompt step (not explained yet: in our path
+    // the prompt step gives the same bits as feeding the prompt token by token, see
+    // `chunked_prefill_equals_one_shot_prefill`).
+    let ours = load(WeightFormat::AsStored);
+    let prompt = ours
+        .tokenizer
+        .encode(&fixture("smollm2-chat-prompt.txt"))
+        .unwrap();
+    let n = 16;
+    let mut file = std::fs::File::open(model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content,
+        &mut file,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut logits = reference.forward(&input, 0).unwrap();
+    let (mut theirs, mut their_logits) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let row = logits.squeeze(0).unwrap();
+        their_logits.push(row.to_vec1::<f32>().unwrap());
+        let next = engines::model::llama::argmax(&row).unwrap();
+        theirs.push(next);
+        let input = Tensor::new(&[next], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        logits = reference.forward(&input, prompt.len() + i).unwrap();
+    }
+    let (mine, my_logits) = greedy_with_logits(&ours.model, &prompt, n, Some(&theirs));
+    let (mut worst_max, mut worst_mean) = (0f32, 0f32);
+    for (step, (a, b)) in my_logits.iter().zip(&their_logits).enumerate() {
+        let largest = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / largest;
+        let mean =
+            a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32 / largest;
+        eprintln!("step {step}: max |diff| {max:.4}, mean |diff| {mean:.5} of the largest logit");
+        (worst_max, worst_mean) = (worst_max.max(max), worst_mean.max(mean));
+    }
+    assert!(
+        worst_max < 0.08,
+        "max logit difference {worst_max} of the largest logit"
+    );
+    assert!(
+        worst_mean < 0.03,
+        "mean logit difference {worst_mean} of the largest logit"
+    );
+    assert_eq!(mine, theirs, "greedy tokens");
+}
+
+#[test]
+fn the_candle_implementation_agrees_with_the_cpu_path() {
+    // The GPU path's model code (candle tensors and kernels), run on the CPU, against the fast
+    // path: same greedy tokens, so the code GPUs run stays tested where no GPU is lent.
+    let ours = load(WeightFormat::AsStored);
+    let prompt = ours
+        .tokenizer
+        .encode(&fixture("smollm2-chat-prompt.txt"))
+        .unwrap();
+    let mut file = std::fs::File::open(model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let candle =
+        LlamaModel::from_gguf_candle(&content, &mut file, &Device::Cpu, WeightFormat::AsStored)
+            .unwrap();
+    assert_eq!(candle.kernels(), "candle");
+    assert_ne!(ours.model.kernels(), "candle");
+    let (fast, _) = greedy_with_logits(&ours.model, &prompt, 16, None);
+    let (reference, _) = greedy_with_logits(&candle, &prompt, 16, None);
+    assert_eq!(fast, reference);
+}
+
 #[test]
 fn chunked_prefill_equals_one_shot_prefill() {
+    // A row's arithmetic never depends on the other rows of its step, and attention computes
+    // each query the same way whatever the chunk, so one-shot, chunked and token-by-token
+    // prefill give the same logits to the bit.
     let m = model();
     let prompt = m
         .tokenizer
         .encode(&fixture("smollm2-chat-prompt.txt"))
         .unwrap();
-    let one_shot = {
+    let logits = |chunks: &[&[u32]]| {
         let mut cache = m.model.new_cache().unwrap();
-        m.model.forward_solo(&mut cache, &prompt, true).unwrap()
+        let mut last = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let wants = i + 1 == chunks.len();
+            last = Some(m.model.forward_solo(&mut cache, chunk, wants).unwrap());
+        }
+        last.unwrap().to_vec2::<f32>().unwrap()
     };
-    let mut cache = m.model.new_cache().unwrap();
+    let one_shot = logits(&[&prompt]);
     let (a, b) = prompt.split_at(13);
-    m.model.forward_solo(&mut cache, a, false).unwrap();
-    let chunked = m.model.forward_solo(&mut cache, b, true).unwrap();
-    let argmax = |t: &Tensor| engines::model::llama::argmax(&t.squeeze(0).unwrap()).unwrap();
-    assert_eq!(argmax(&one_shot), argmax(&chunked));
-    let scale = one_shot
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let diff = (one_shot - chunked)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap();
-    let diff = diff.to_scalar::<f32>().unwrap();
-    // Not bit-identical: gemm rounds attention differently for different chunk shapes, and
-    // activations are re-quantized to 8 bits before every projection, so a last-bit difference
-    // can become one quantization step and grow over 30 layers (with candle's own Q4_1 kernels
-    // too). The greedy token is the same and the logits stay within a few percent.
-    assert!(
-        diff < 0.06 * scale,
-        "max logit difference {diff}, largest logit {scale}"
-    );
+    assert_eq!(logits(&[a, b]), one_shot, "two chunks");
+    let singles: Vec<&[u32]> = prompt.chunks(1).collect();
+    assert_eq!(logits(&singles), one_shot, "token by token");
 }
 
 fn chat(question: &str, params: SamplingParams) -> GenerationRequest {

@@ -429,9 +429,9 @@ impl SyntheticConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum WeightsConfig {
-    #[default]
     #[serde(rename = "q8_0")]
     Q8_0,
+    #[default]
     AsStored,
 }
 

@@ -73,6 +73,39 @@ async fn lists_models_and_answers_health() {
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
 }
 
+/// Resident memory of a process, from `/proc` (Linux).
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/PID/status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn serving_the_default_model_stays_under_400_mb_resident() {
+    // The default configuration: the embedded model with its whole context (8192 positions) as
+    // KV cache. The engine maps its KV pool at start, so this is the footprint at full
+    // occupancy, not an idle figure.
+    let gw = TestGateway::start_demo();
+    let (status, body) = gw
+        .post(
+            "/v1/chat/completions",
+            chat_body(user("Say hello."), json!({"max_tokens": 16})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rss = resident_bytes(gw.pid());
+    assert!(
+        rss > 150 << 20,
+        "{} MiB resident: weights and KV pool cannot both be mapped",
+        rss >> 20
+    );
+    assert!(rss < 400_000_000, "{} MB resident", rss / 1_000_000);
+}
+
 #[tokio::test]
 async fn chat_answers_questions_the_model_knows() {
     let gw = TestGateway::start_demo();

@@ -35,6 +35,9 @@ fn body(scenario: &Scenario, r: &Request<'_>) -> Value {
     if scenario.ignore_eos {
         body["ignore_eos"] = json!(true);
     }
+    if let Some(temperature) = scenario.temperature {
+        body["temperature"] = json!(temperature);
+    }
     body
 }
 

@@ -17,6 +17,10 @@ pub struct Scenario {
     /// Ask the server to ignore end-of-sequence (vLLM's and this gateway's extension).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Sampling temperature sent with every request (0 = greedy); the server's default if
+    /// absent.
+    #[serde(default)]
+    pub temperature: Option<f64>,
     /// When the run ends: whichever comes first (at least one is required).
     pub stop: StopRule,
     /// Seed of every random choice (arrivals, prompt lengths), for reproducible schedules.

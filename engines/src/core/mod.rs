@@ -104,7 +104,8 @@ impl RequestCore {
         records: Option<crossbeam_channel::Sender<StepRecord>>,
     ) -> Result<Self> {
         let num_blocks = num_blocks(config, model.model.config().context_length);
-        let workspace = model.model.new_workspace(num_blocks, config.block_size)?;
+        let mut workspace = model.model.new_workspace(num_blocks, config.block_size)?;
+        workspace.prefault();
         let limits = SchedulerLimits {
             max_batch_tokens: config.max_batch_tokens,
             max_running: config.max_running,

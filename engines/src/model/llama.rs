@@ -150,6 +150,14 @@ impl Workspace {
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
     }
+
+    /// Maps the whole KV pool into memory now (a serving engine's steady footprint from the
+    /// start, and no page faults in its steps). A no-op for GPU pools, allocated up front.
+    pub fn prefault(&mut self) {
+        if let WorkspaceKind::Cpu { kv, .. } = &mut self.kind {
+            kv.prefault();
+        }
+    }
 }
 
 /// One sequence with a pool of its own, large enough for the whole context: single-sequence

@@ -165,6 +165,11 @@ impl TestGateway {
         gateway
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no graceful shutdown, no flush (crash-safety tests).
     pub fn kill_now(&mut self) {
         let _ = self.child.kill();

@@ -37,8 +37,10 @@ const UNPACK_FROM_ROWS: usize = 4;
 const ROW_BLOCK: usize = 64;
 
 enum Quants {
-    /// `[tiles][blocks][TILE][16]` nibbles (element `i` in the low nibble of byte `i`, element
-    /// `16 + i` in the high one), offsets `m` beside the scales.
+    /// `[tiles][blocks][TILE / 2][32]` bytes: byte `i` of pair `p` holds element `i` of output
+    /// `2p` in its low nibble and of output `2p + 1` in its high nibble, so one 32-byte load,
+    /// a mask and a shift give two outputs' blocks in element order. Offsets `m` beside the
+    /// scales.
     Q4 { nibbles: Vec<u8>, m: Vec<f32> },
     /// `[tiles][blocks][TILE][32]` int8.
     Q8 { quants: Vec<i8> },
@@ -101,7 +103,7 @@ impl PackedMatrix {
     }
 
     fn check_shape(n: usize, k: usize, bytes: usize, block_bytes: usize) -> Result<(), String> {
-        if k % BLOCK != 0 {
+        if !k.is_multiple_of(BLOCK) {
             return Err(format!("{k} inputs is not a multiple of {BLOCK}"));
         }
         if bytes != n * k / BLOCK * block_bytes {
@@ -169,7 +171,8 @@ impl PackedMatrix {
         let mut matrix = Self::empty_q4(n, k);
         let nb = k / BLOCK;
         for (i, block) in bytes.chunks_exact(block_bytes).enumerate() {
-            let at = matrix.slot(i / nb, i % nb);
+            let (row, b) = (i / nb, i % nb);
+            let at = matrix.slot(row, b);
             let (d, m, nibbles) = parse(block);
             matrix.d[at] = d;
             if let Quants::Q4 {
@@ -178,7 +181,17 @@ impl PackedMatrix {
             } = &mut matrix.quants
             {
                 offsets[at] = m;
-                dst[at * 16..(at + 1) * 16].copy_from_slice(nibbles);
+                let (pair, high) = ((row % TILE) / 2, row % 2 == 1);
+                let base = (((row / TILE) * nb + b) * (TILE / 2) + pair) * BLOCK;
+                for e in 0..BLOCK {
+                    // GGML: element e < 16 in the low nibble of byte e, 16 + e in the high one.
+                    let q = if e < 16 {
+                        nibbles[e] & 0x0f
+                    } else {
+                        nibbles[e - 16] >> 4
+                    };
+                    dst[base + e] |= if high { q << 4 } else { q };
+                }
             }
         }
         Ok(matrix)
@@ -207,7 +220,7 @@ impl PackedMatrix {
     /// Quantizes f32 weights `[n, k]` (row-major) to Q8_0: the form for types no kernel reads
     /// directly. Scales are rounded through f16, as GGML's Q8_0 stores them.
     pub fn quantize_q8_0(weights: &[f32], n: usize, k: usize) -> Result<Self, String> {
-        if weights.len() != n * k || k % BLOCK != 0 {
+        if weights.len() != n * k || !k.is_multiple_of(BLOCK) {
             return Err(format!(
                 "{} values for a [{n}, {k}] matrix (k a multiple of {BLOCK})",
                 weights.len()
@@ -275,10 +288,13 @@ impl PackedMatrix {
             let dst = &mut out[b * BLOCK..(b + 1) * BLOCK];
             match &self.quants {
                 Quants::Q4 { nibbles, m } => {
-                    let bytes = &nibbles[at * 16..(at + 1) * 16];
-                    for i in 0..16 {
-                        dst[i] = d * (bytes[i] & 0x0f) as f32 + m[at];
-                        dst[i + 16] = d * (bytes[i] >> 4) as f32 + m[at];
+                    let pair = ((row / TILE) * self.blocks() + b) * (TILE / 2) + (row % TILE) / 2;
+                    let shift = if row % 2 == 1 { 4 } else { 0 };
+                    for (o, &byte) in dst
+                        .iter_mut()
+                        .zip(&nibbles[pair * BLOCK..(pair + 1) * BLOCK])
+                    {
+                        *o = d * ((byte >> shift) & 0x0f) as f32 + m[at];
                     }
                 }
                 Quants::Q8 { quants } => {
@@ -389,18 +405,36 @@ unsafe fn run_tile(
 /// A 4-bit tile as the kernels read it.
 #[derive(Clone, Copy)]
 pub(crate) enum Q4Tile<'a> {
-    /// `[blocks][TILE][16]` nibbles.
+    /// `[blocks][TILE / 2][32]` bytes of two outputs' nibbles (see `Quants::Q4`).
     Packed(&'a [u8]),
     /// `[blocks][TILE][32]` bytes in 0..16.
     Unpacked(&'a [u8]),
 }
 
-/// Nibbles to bytes, in element order (low nibbles are elements 0..16 of a block).
+/// Nibble pairs to bytes: each 32-byte pair gives two outputs' 32 values.
 fn unpack_tile(packed: &[u8], out: &mut [u8]) {
-    for (src, dst) in packed.chunks_exact(16).zip(out.chunks_exact_mut(32)) {
-        for i in 0..16 {
+    debug_assert_eq!(out.len(), packed.len() * 2);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of x86-64; the lengths are checked above.
+    unsafe {
+        use std::arch::x86_64::*;
+        let low = _mm_set1_epi8(0x0f);
+        let (src, dst) = (packed.as_ptr(), out.as_mut_ptr());
+        for half in 0..packed.len() / 16 {
+            // Half `h` of pair `p` (bytes 16h..16h+16) feeds the same half of both outputs.
+            let (pair, h) = (half / 2, half % 2);
+            let v = _mm_loadu_si128(src.add(half * 16) as *const __m128i);
+            let lo = _mm_and_si128(v, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+            _mm_storeu_si128(dst.add(pair * 64 + h * 16) as *mut __m128i, lo);
+            _mm_storeu_si128(dst.add(pair * 64 + 32 + h * 16) as *mut __m128i, hi);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (src, dst) in packed.chunks_exact(32).zip(out.chunks_exact_mut(64)) {
+        for i in 0..32 {
             dst[i] = src[i] & 0x0f;
-            dst[i + 16] = src[i] >> 4;
+            dst[32 + i] = src[i] >> 4;
         }
     }
 }

@@ -142,7 +142,10 @@ impl CpuLlama {
         format: WeightFormat,
     ) -> Result<Self, Error> {
         let c = &config;
-        if c.hidden % BLOCK != 0 || c.head_dim % 2 != 0 || c.n_heads % c.n_kv_heads != 0 {
+        if !c.hidden.is_multiple_of(BLOCK)
+            || !c.head_dim.is_multiple_of(2)
+            || !c.n_heads.is_multiple_of(c.n_kv_heads)
+        {
             return Err(format!(
                 "unsupported shape: hidden {} (a multiple of {BLOCK} is needed), head size {}, \
                  {} heads over {} KV heads",

@@ -100,6 +100,7 @@ impl RowsWriter {
     ///
     /// # Safety
     /// No other thread may write the same row's blocks while these slices live.
+    #[allow(clippy::mut_from_ref)] // the writer hands out disjoint rows (see `SharedMut`)
     pub unsafe fn blocks(
         &self,
         r: usize,
@@ -123,7 +124,9 @@ impl RowsWriter {
 
 /// Quantizes `x` (whole blocks) into `q`, `d`, `s`.
 pub fn quantize(isa: Isa, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    debug_assert!(x.len() % BLOCK == 0 && q.len() == x.len() && d.len() == x.len() / BLOCK);
+    debug_assert!(
+        x.len().is_multiple_of(BLOCK) && q.len() == x.len() && d.len() == x.len() / BLOCK
+    );
     for (b, block) in x.chunks_exact(BLOCK).enumerate() {
         let block: &[f32; BLOCK] = block.try_into().expect("whole block");
         let quants: &mut [i8; BLOCK] = (&mut q[b * BLOCK..(b + 1) * BLOCK])

@@ -132,9 +132,10 @@ mod portable {
                 let at = b * TILE + c;
                 match w {
                     Q4Tile::Packed(p) => {
-                        for i in 0..16 {
-                            weights[i] = p[at * 16 + i] & 0x0f;
-                            weights[i + 16] = p[at * 16 + i] >> 4;
+                        let pair = (b * TILE + c) / 2;
+                        let shift = if c % 2 == 1 { 4 } else { 0 };
+                        for (w, &byte) in weights.iter_mut().zip(&p[pair * 32..(pair + 1) * 32]) {
+                            *w = (byte >> shift) & 0x0f;
                         }
                     }
                     Q4Tile::Unpacked(u) => weights.copy_from_slice(&u[at * 32..(at + 1) * 32]),
@@ -234,24 +235,30 @@ mod x86 {
                 let (wp, dp) = (w.as_ptr(), d.as_ptr());
                 for b in 0..nb {
                     let mut xv = [_mm256_setzero_si256(); R];
-                    let mut dx = [0f32; R];
+                    let mut dx = [_mm256_setzero_ps(); R];
                     for r in 0..R {
                         xv[r] = _mm256_loadu_si256(xq[r].add(b * BLOCK) as *const __m256i);
-                        dx[r] = *xd[r].add(b);
+                        dx[r] = _mm256_broadcast_ss(&*xd[r].add(b));
                     }
+                    let mut pair = _mm256_setzero_si256();
                     for c in 0..TILE {
                         let at = b * TILE + c;
                         let wv = if PACKED {
-                            let bytes = _mm_loadu_si128(wp.add(at * 16) as *const __m128i);
-                            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), low)
+                            // One load serves two outputs: low nibbles, then high ones.
+                            if c % 2 == 0 {
+                                pair = _mm256_loadu_si256(wp.add(at * 16) as *const __m256i);
+                                _mm256_and_si256(pair, low)
+                            } else {
+                                _mm256_and_si256(_mm256_srli_epi16(pair, 4), low)
+                            }
                         } else {
                             _mm256_loadu_si256(wp.add(at * 32) as *const __m256i)
                         };
-                        let dw = *dp.add(at);
+                        let dw = _mm256_broadcast_ss(&*dp.add(at));
                         for r in 0..R {
                             let sums = _mm256_cvtepi32_ps($dot(wv, xv[r]));
-                            acc[r][c] =
-                                _mm256_fmadd_ps(sums, _mm256_set1_ps(dw * dx[r]), acc[r][c]);
+                            let scale = _mm256_mul_ps(dw, dx[r]);
+                            acc[r][c] = _mm256_fmadd_ps(sums, scale, acc[r][c]);
                         }
                     }
                 }
@@ -293,20 +300,20 @@ mod x86 {
                 for b in 0..nb {
                     let mut xv = [_mm256_setzero_si256(); R];
                     let mut ax = [_mm256_setzero_si256(); R];
-                    let mut dx = [0f32; R];
+                    let mut dx = [_mm256_setzero_ps(); R];
                     for r in 0..R {
                         xv[r] = _mm256_loadu_si256(xq[r].add(b * BLOCK) as *const __m256i);
                         ax[r] = _mm256_sign_epi8(xv[r], xv[r]);
-                        dx[r] = *xd[r].add(b);
+                        dx[r] = _mm256_broadcast_ss(&*xd[r].add(b));
                     }
                     for c in 0..TILE {
                         let at = b * TILE + c;
                         let wv = _mm256_loadu_si256(wp.add(at * BLOCK) as *const __m256i);
-                        let dw = *dp.add(at);
+                        let dw = _mm256_broadcast_ss(&*dp.add(at));
                         for r in 0..R {
                             let sums = _mm256_cvtepi32_ps($dot(ax[r], _mm256_sign_epi8(wv, xv[r])));
-                            acc[r][c] =
-                                _mm256_fmadd_ps(sums, _mm256_set1_ps(dw * dx[r]), acc[r][c]);
+                            let scale = _mm256_mul_ps(dw, dx[r]);
+                            acc[r][c] = _mm256_fmadd_ps(sums, scale, acc[r][c]);
                         }
                     }
                 }

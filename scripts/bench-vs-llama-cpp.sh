@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Side by side on one machine: llama.cpp's `llama-server` and this gateway, the same GGUF, the
+# same streaming client (our load-test harness), prompts and settings, one server after the other
+# at each concurrency (llama.cpp first).
+#
+# Settings: greedy (temperature 0), 128 tokens with end-of-sequence ignored, /v1/completions,
+# 16 slots (our `max_running`), 2 threads, an 8192-position KV cache shared by all slots, prompt
+# caching off in llama.cpp (we have none). Then the prefill test: one request at a time with a
+# ~512-token prompt and 1 output token, TTFT = prefill time.
+#
+# llama-server is built from the llama.cpp source that the PyPI sdist of llama-cpp-python ships
+# (cmake and ninja from PyPI too), with the SIMD levels this CPU has named explicitly: a native
+# build dies with "Illegal instruction" on some of these VMs. It is built once into $BENCH_DIR
+# and never committed. LLAMA_SERVER=/path/to/llama-server skips the build.
+#
+# Environment: CONCURRENCY ("1 4 16 64"), TOKENS (128), PROMPT_WORDS (28, about 38 tokens),
+# PREFILL_WORDS (380, about 512 tokens), THREADS (2), SLOTS (16), BENCH_DIR
+# (~/.cache/gateway-bench), ROUNDS (1: how many times the whole comparison is repeated).
+# Prints one table; reports (JSON) stay in $BENCH_DIR/reports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+LLAMA_CPP_PYTHON=0.3.36
+CONCURRENCY=${CONCURRENCY:-"1 4 16 64"}
+TOKENS=${TOKENS:-128}
+PROMPT_WORDS=${PROMPT_WORDS:-28}
+PREFILL_WORDS=${PREFILL_WORDS:-380}
+THREADS=${THREADS:-2}
+SLOTS=${SLOTS:-16}
+ROUNDS=${ROUNDS:-1}
+BENCH_DIR=${BENCH_DIR:-$HOME/.cache/gateway-bench}
+REPORTS=$BENCH_DIR/reports
+mkdir -p "$BENCH_DIR" "$REPORTS"
+
+log() { echo "[bench] $*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+build_llama_server() {
+    if [[ -n "${LLAMA_SERVER:-}" ]]; then
+        echo "$LLAMA_SERVER"
+        return
+    fi
+    local src="$BENCH_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
+    local bin="$src/build/bin/llama-server"
+    if [[ ! -x "$bin" ]]; then
+        log "building llama-server from llama-cpp-python==$LLAMA_CPP_PYTHON's sdist (once)"
+        python3 -m pip install -q cmake ninja scikit-build-core >&2
+        python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
+            "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$BENCH_DIR" >&2
+        tar xzf "$BENCH_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$BENCH_DIR"
+        local avx512=OFF vnni=OFF
+        if grep -qw avx512f /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then avx512=ON; fi
+        if [[ $avx512 == ON ]] && grep -qw avx512_vnni /proc/cpuinfo; then vnni=ON; fi
+        cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+            -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+            -DGGML_AVX512=$avx512 -DGGML_AVX512_VNNI=$vnni -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+            -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
+        cmake --build "$src/build" --target llama-server -j "$(nproc)" >&2
+    fi
+    echo "$bin"
+}
+
+wait_ready() { # url
+    for _ in $(seq 1 600); do
+        if curl -sf -o /dev/null "$1"; then return 0; fi
+        sleep 0.1
+    done
+    log "server at $1 did not come up"
+    return 1
+}
+
+scenario() { # file concurrency requests words max_tokens
+    cat >"$1" <<EOF
+model = "smollm2-135m-instruct"
+endpoint = "completions"
+stream = true
+ignore_eos = true
+temperature = 0.0
+seed = 7
+stop = { requests = $3, duration_secs = 900 }
+
+[[tenants]]
+label = "bench"
+api_key = "env:BENCH_KEY"
+arrival = { kind = "closed_loop", concurrency = $2 }
+prompts = { kind = "synthetic", tokens = $4 }
+max_tokens = $5
+EOF
+}
+
+log "building the gateway and the load-test harness (release)"
+cargo build --release -q -p gateway -p loadtest
+LLAMA_BIN=$(build_llama_server)
+GGUF="${GATEWAY_CACHE_DIR:-$HOME/.cache/gateway}/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+WORKDIR=$(mktemp -d)
+SERVER_PID=""
+cleanup() {
+    [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    rm -rf "$WORKDIR"
+}
+trap cleanup EXIT
+
+start_llama() { # port
+    "$LLAMA_BIN" -m "$GGUF" --host 127.0.0.1 --port "$1" -c 8192 -np "$SLOTS" -kvu \
+        -t "$THREADS" -tb "$THREADS" --no-cache-prompt --cache-ram 0 --no-webui \
+        -a smollm2-135m-instruct >"$WORKDIR/llama.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "http://127.0.0.1:$1/health"
+}
+
+start_gateway() { # port
+    cat >"$WORKDIR/gateway.toml" <<EOF
+listen = "127.0.0.1:$1"
+[engine]
+threads = $THREADS
+[ledger]
+path = "$WORKDIR/usage.db"
+[[models]]
+id = "smollm2-135m-instruct"
+path = "$GGUF"
+max_running = $SLOTS
+kv_cache_tokens = 8192
+[[tenants]]
+id = "bench"
+keys = ["$(target/release/gateway keys hash sk-bench)"]
+EOF
+    RUST_LOG=warn target/release/gateway serve --config "$WORKDIR/gateway.toml" >"$WORKDIR/gateway.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "http://127.0.0.1:$1/ready"
+}
+
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+run_client() { # port scenario report
+    BENCH_KEY=sk-bench target/release/loadtest run --url "http://127.0.0.1:$1" \
+        --scenario "$2" --out "$3" >/dev/null
+}
+
+measure() { # server label concurrency requests words max_tokens
+    local port report
+    port=$(free_port)
+    report="$REPORTS/$2-c$3-w$5-t$6-r$ROUND.json"
+    scenario "$WORKDIR/scenario.toml" "$3" "$4" "$5" "$6"
+    "start_$1" "$port"
+    run_client "$port" "$WORKDIR/scenario.toml" "$report"
+    stop_server
+    echo "$report"
+}
+
+if [[ ! -f "$GGUF" ]]; then
+    log "fetching the default model (the gateway does it on its first start)"
+    port=$(free_port)
+    GATEWAY_DEMO_KEY=sk-bench target/release/gateway serve --listen "127.0.0.1:$port" \
+        >"$WORKDIR/fetch.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "http://127.0.0.1:$port/ready"
+    stop_server
+fi
+log "model: $GGUF; llama-server: $LLAMA_BIN"
+
+ROWS="$WORKDIR/rows.tsv"
+: >"$ROWS"
+for ROUND in $(seq 1 "$ROUNDS"); do
+    for c in $CONCURRENCY; do
+        requests=$((c * 2 > 8 ? c * 2 : 8))
+        log "round $ROUND, concurrency $c: llama.cpp"
+        a=$(measure llama llama "$c" "$requests" "$PROMPT_WORDS" "$TOKENS")
+        log "round $ROUND, concurrency $c: gateway"
+        b=$(measure gateway gateway "$c" "$requests" "$PROMPT_WORDS" "$TOKENS")
+        printf 'c=%s\t%s\t%s\n' "$c" "$a" "$b" >>"$ROWS"
+    done
+    log "round $ROUND, prefill: llama.cpp"
+    a=$(measure llama llama 1 6 "$PREFILL_WORDS" 1)
+    log "round $ROUND, prefill: gateway"
+    b=$(measure gateway gateway 1 6 "$PREFILL_WORDS" 1)
+    printf 'prefill\t%s\t%s\n' "$a" "$b" >>"$ROWS"
+done
+
+python3 - "$ROWS" <<'EOF'
+import json, sys
+def load(path):
+    r = json.load(open(path))
+    o = r["overall"]
+    ok = [q for q in r["requests"] if q["outcome"] == "ok"]
+    prompt = sum(q["prompt_tokens"] for q in ok) / max(len(ok), 1)
+    return o, prompt, len(ok), o["sent"]
+def f(v, d=1):
+    return "-" if v is None else f"{v:.{d}f}"
+print(f"{'run':<8} {'server':<9} {'ok/sent':>8} {'prompt':>6} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'prefill tok/s':>13}")
+for line in open(sys.argv[1]):
+    label, a, b = line.split()
+    results = {}
+    for name, path in (("llama.cpp", a), ("gateway", b)):
+        o, prompt, ok, sent = load(path)
+        results[name] = (o, prompt)
+        prefill = prompt / (o["ttft_ms"]["p50"] / 1000) if label == "prefill" and o["ttft_ms"]["p50"] else None
+        print(f"{label:<8} {name:<9} {ok:>4}/{sent:<3} {prompt:>6.0f} {o['output_throughput']:>8.1f} "
+              f"{f(o['ttft_ms']['p50'],0):>9} {f(o['ttft_ms']['p99'],0):>9} {f(o['itl_ms']['p50']):>8} "
+              f"{f(o['itl_ms']['p99']):>8} {f(prefill,0):>13}")
+    (oa, _), (ob, _) = results["llama.cpp"], results["gateway"]
+    ratio = lambda x, y: "-" if not x or not y else f"{y / x:.2f}"
+    print(f"{label:<8} {'ratio':<9} {'':>8} {'':>6} {ratio(oa['output_throughput'], ob['output_throughput']):>8} "
+          f"{ratio(oa['ttft_ms']['p50'], ob['ttft_ms']['p50']):>9} {ratio(oa['ttft_ms']['p99'], ob['ttft_ms']['p99']):>9} "
+          f"{ratio(oa['itl_ms']['p50'], ob['itl_ms']['p50']):>8} {ratio(oa['itl_ms']['p99'], ob['itl_ms']['p99']):>8}")
+EOF

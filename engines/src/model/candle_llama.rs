@@ -11,8 +11,8 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
+use super::config::{LlamaConfig, WeightFormat};
 use super::kv_cache::{KvCache, KvSequence};
-use super::llama::{LlamaConfig, WeightFormat};
 
 /// A linear layer: candle's quantized matmul.
 struct Linear(QMatMul);

@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::config::{BlockTable, LlamaConfig};
 use super::kv_cache::KvSequence;
-use super::llama::{BlockTable, LlamaConfig};
 
 /// The block pool's storage.
 pub struct PagedKvCache {

@@ -20,7 +20,7 @@ use super::math;
 use super::matmul::{matmul, Output, PackedMatrix};
 use super::parallel::{self, SharedMut};
 use super::quant::{self, QuantizedRows, BLOCK};
-use crate::model::{BlockTable, LlamaConfig, WeightFormat};
+use crate::model::config::{BlockTable, LlamaConfig, WeightFormat};
 
 /// Errors of the CPU path: bad weights at load, or a batch the caches cannot hold.
 pub type Error = String;

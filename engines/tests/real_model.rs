@@ -114,17 +114,35 @@ fn incremental_decoding_never_splits_a_character() {
     );
 }
 
-/// Greedy tokens from our model code on `format` weights.
-fn our_greedy(m: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = m.model.new_cache().unwrap();
-    let mut logits = m.model.forward_solo(&mut cache, prompt, true).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let next = engines::model::llama::argmax(&logits.squeeze(0).unwrap()).unwrap();
-        out.push(next);
-        logits = m.model.forward_solo(&mut cache, &[next], true).unwrap();
+/// Greedy tokens and each step's logits from candle-transformers' reference implementation
+/// (`quantized_llama`) on the stored weights.
+fn reference_greedy(prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut file = std::fs::File::open(model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content,
+        &mut file,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let input = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut logits = reference.forward(&input, 0).unwrap();
+    let (mut tokens, mut all) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let row = logits.squeeze(0).unwrap();
+        all.push(row.to_vec1::<f32>().unwrap());
+        let next = engines::model::llama::argmax(&row).unwrap();
+        tokens.push(next);
+        let input = Tensor::new(&[next], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        logits = reference.forward(&input, prompt.len() + i).unwrap();
     }
-    out
+    (tokens, all)
 }
 
 #[test]
@@ -137,31 +155,9 @@ fn model_code_matches_candle_transformers_quantized_llama() {
         .encode(&fixture("smollm2-chat-prompt.txt"))
         .unwrap();
     let n = 24;
-    let mine = our_greedy(&ours, &prompt, n);
+    let (mine, _) = greedy_with_logits(&ours.model, &prompt, n, None);
 
-    let mut file = std::fs::File::open(model_path()).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
-        content,
-        &mut file,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let mut theirs = Vec::new();
-    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let mut logits = reference.forward(&input, 0).unwrap();
-    for i in 0..n {
-        let next = engines::model::llama::argmax(&logits.squeeze(0).unwrap()).unwrap();
-        theirs.push(next);
-        let input = Tensor::new(&[next], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        logits = reference.forward(&input, prompt.len() + i).unwrap();
-    }
+    let (theirs, _) = reference_greedy(&prompt, n);
     assert_eq!(mine, theirs);
 }
 
@@ -204,31 +200,7 @@ fn logits_stay_within_tolerance_of_candle_transformers() {
         .encode(&fixture("smollm2-chat-prompt.txt"))
         .unwrap();
     let n = 16;
-    let mut file = std::fs::File::open(model_path()).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
-        content,
-        &mut file,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let mut logits = reference.forward(&input, 0).unwrap();
-    let (mut theirs, mut their_logits) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let row = logits.squeeze(0).unwrap();
-        their_logits.push(row.to_vec1::<f32>().unwrap());
-        let next = engines::model::llama::argmax(&row).unwrap();
-        theirs.push(next);
-        let input = Tensor::new(&[next], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        logits = reference.forward(&input, prompt.len() + i).unwrap();
-    }
+    let (theirs, their_logits) = reference_greedy(&prompt, n);
     let (mine, my_logits) = greedy_with_logits(&ours.model, &prompt, n, Some(&theirs));
     let (mut worst_max, mut worst_mean) = (0f32, 0f32);
     for (step, (a, b)) in my_logits.iter().zip(&their_logits).enumerate() {

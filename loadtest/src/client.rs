@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -60,11 +61,39 @@ fn is_token_chunk(choice: &Value) -> bool {
         || choice.get("text").is_some_and(Value::is_string)
 }
 
+/// A transport error with every cause (reqwest's own message is only the outermost).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The server's error message: OpenAI's `error.message`, else the start of the body.
+fn server_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.trim().to_string());
+    let mut message: String = message.chars().take(200).collect();
+    if message.is_empty() {
+        message = "(empty body)".into();
+    }
+    message
+}
+
+/// Sends one request; `progress_tokens`, when given, counts token chunks as they arrive.
 pub async fn send(
     client: &reqwest::Client,
     base_url: &str,
     scenario: &Scenario,
     r: Request<'_>,
+    progress_tokens: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> RequestRecord {
     let started = Instant::now();
     let mut record = RequestRecord {
@@ -77,6 +106,7 @@ pub async fn send(
         e2el_ms: 0.0,
         prompt_tokens: 0,
         output_tokens: 0,
+        error: None,
     };
     let url = format!(
         "{}{}",
@@ -93,7 +123,8 @@ pub async fn send(
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let response = match response {
         Ok(response) => response,
-        Err(_) => {
+        Err(e) => {
+            record.error = Some(error_chain(&e));
             record.e2el_ms = ms(started.elapsed());
             return record;
         }
@@ -107,52 +138,57 @@ pub async fn send(
         _ => Outcome::ServerError,
     };
     if record.outcome != Outcome::Ok {
-        let _ = response.bytes().await;
+        let body = response.bytes().await.unwrap_or_default();
+        record.error = Some(format!("HTTP {status}: {}", server_message(&body)));
         record.e2el_ms = ms(started.elapsed());
         return record;
     }
     let mut usage: Option<Value> = None;
     let mut chunks = 0u64;
     if scenario.stream {
-        let mut body = response.bytes_stream();
-        let mut buffer = Vec::new();
+        // eventsource-stream parses SSE as the specification says (LF, CRLF or CR line ends,
+        // multi-line data, comments).
+        let mut events = response.bytes_stream().eventsource();
         let mut last_token: Option<Instant> = None;
-        'read: while let Some(piece) = body.next().await {
-            let Ok(piece) = piece else {
-                record.outcome = Outcome::Transport;
-                break;
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    record.outcome = Outcome::Transport;
+                    record.error = Some(format!("stream broke: {e}"));
+                    break;
+                }
             };
-            buffer.extend_from_slice(&piece);
-            // Server-sent events end with a blank line.
-            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                let event: Vec<u8> = buffer.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&event);
-                let Some(data) = text.trim().strip_prefix("data:").map(str::trim) else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    break 'read;
+            let data = event.data.trim();
+            if data == "[DONE]" {
+                break;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if let Some(error) = value.get("error") {
+                record.outcome = Outcome::ServerError;
+                record.error = Some(format!(
+                    "error event: {}",
+                    error["message"].as_str().unwrap_or("(no message)")
+                ));
+            }
+            if value["usage"].is_object() {
+                usage = Some(value["usage"].clone());
+            }
+            if value["choices"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(is_token_chunk))
+            {
+                let now = Instant::now();
+                match last_token {
+                    None => record.ttft_ms = Some(ms(now - started)),
+                    Some(prev) => record.itl_ms.push(ms(now - prev)),
                 }
-                let Ok(value) = serde_json::from_str::<Value>(data) else {
-                    continue;
-                };
-                if value.get("error").is_some() {
-                    record.outcome = Outcome::ServerError;
-                }
-                if value["usage"].is_object() {
-                    usage = Some(value["usage"].clone());
-                }
-                if value["choices"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().any(is_token_chunk))
-                {
-                    let now = Instant::now();
-                    match last_token {
-                        None => record.ttft_ms = Some(ms(now - started)),
-                        Some(prev) => record.itl_ms.push(ms(now - prev)),
-                    }
-                    last_token = Some(now);
-                    chunks += 1;
+                last_token = Some(now);
+                chunks += 1;
+                if let Some(tokens) = &progress_tokens {
+                    tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
@@ -162,7 +198,10 @@ pub async fn send(
                 usage = value.get("usage").cloned();
                 chunks = u64::from(value["choices"].as_array().is_some_and(|c| !c.is_empty()));
             }
-            Err(_) => record.outcome = Outcome::Transport,
+            Err(e) => {
+                record.outcome = Outcome::Transport;
+                record.error = Some(format!("unreadable body: {}", error_chain(&e)));
+            }
         }
     }
     record.e2el_ms = ms(started.elapsed());
@@ -176,4 +215,99 @@ pub async fn send(
         .and_then(|u| u["prompt_tokens"].as_u64())
         .unwrap_or(0);
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `response` to one connection after reading the whole request.
+    async fn serve_once(response: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            socket.write_all(response.as_bytes()).await.unwrap();
+            let _ = socket.shutdown().await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_crlf_framed_stream_is_read_token_by_token() {
+        let chunk = |text: &str| {
+            format!(
+                "data: {}\r\n\r\n",
+                json!({"choices": [{"index": 0, "text": text, "finish_reason": null}]})
+            )
+        };
+        let mut body = String::new();
+        for word in ["a", "b", "c"] {
+            body += &chunk(word);
+        }
+        body += &format!(
+            "data: {}\r\n\r\ndata: [DONE]\r\n\r\n",
+            json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}})
+        );
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
+        );
+        let url = serve_once(response).await;
+        let scenario: Scenario = toml::from_str(
+            r#"
+            model = "m"
+            endpoint = "completions"
+            stop = { requests = 1 }
+            [[tenants]]
+            label = "t"
+            api_key = "k"
+            arrival = { kind = "closed_loop", concurrency = 1 }
+            prompts = { kind = "synthetic", tokens = 2 }
+            max_tokens = 3
+            "#,
+        )
+        .unwrap();
+        let request = Request {
+            tenant: "t",
+            api_key: "k",
+            prompt: "hi".into(),
+            max_tokens: 3,
+            sent_at: Duration::ZERO,
+        };
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let record = send(
+            &reqwest::Client::new(),
+            &url,
+            &scenario,
+            request,
+            Some(counted.clone()),
+        )
+        .await;
+        assert_eq!(record.outcome, Outcome::Ok, "{record:?}");
+        assert_eq!((record.prompt_tokens, record.output_tokens), (4, 3));
+        assert!(record.ttft_ms.is_some());
+        assert_eq!(record.itl_ms.len(), 2, "three token chunks: two gaps");
+        assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
 }

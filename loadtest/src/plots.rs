@@ -210,6 +210,7 @@ mod tests {
             e2el_ms: e2el,
             prompt_tokens: 10,
             output_tokens: tokens,
+            error: None,
         }
     }
 

@@ -34,6 +34,10 @@ pub struct RequestRecord {
     pub e2el_ms: f64,
     pub prompt_tokens: u64,
     pub output_tokens: u64,
+    /// Why it failed, as the client saw it: the transport error with its causes, or the status
+    /// and the server's error message. Absent in reports of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl RequestRecord {
@@ -209,50 +213,74 @@ pub fn tokens_per_second(
     per_second
 }
 
-/// Two runs side by side: each metric of A and B and the ratio B / A.
+/// The distinct reasons requests failed, most frequent first: `(count, outcome, reason)`.
+pub fn failure_reasons(requests: &[RequestRecord]) -> Vec<(usize, Outcome, String)> {
+    let mut counts: BTreeMap<(String, String), (usize, Outcome)> = BTreeMap::new();
+    for r in requests.iter().filter(|r| r.outcome != Outcome::Ok) {
+        let reason = r.error.clone().unwrap_or_else(|| match r.status {
+            Some(status) => format!("HTTP {status}"),
+            None => "no response".to_string(),
+        });
+        let entry = counts
+            .entry((format!("{:?}", r.outcome), reason))
+            .or_insert((0, r.outcome));
+        entry.0 += 1;
+    }
+    let mut reasons: Vec<_> = counts
+        .into_iter()
+        .map(|((_, reason), (count, outcome))| (count, outcome, reason))
+        .collect();
+    reasons.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
+    reasons
+}
+
+/// A ratio that keeps its significant digits: `0.0033` stays `3.30e-3`, never `0.00`.
+pub fn format_ratio(r: f64) -> String {
+    if r == 0.0 || (0.01..10_000.0).contains(&r.abs()) {
+        format!("{r:.2}")
+    } else {
+        format!("{r:.2e}")
+    }
+}
+
+/// The compared metrics of one summary.
+fn metrics(s: &Summary) -> Vec<(&'static str, Option<f64>)> {
+    vec![
+        ("requests ok", Some(s.ok as f64)),
+        ("rate limited (429)", Some(s.rate_limited as f64)),
+        ("request_throughput (req/s)", Some(s.request_throughput)),
+        ("output_throughput (tok/s)", Some(s.output_throughput)),
+        ("goodput (req/s)", Some(s.goodput)),
+        ("ttft_ms p50", s.ttft_ms.p50),
+        ("ttft_ms p99", s.ttft_ms.p99),
+        ("itl_ms p50", s.itl_ms.p50),
+        ("itl_ms p99", s.itl_ms.p99),
+        ("tpot_ms p50", s.tpot_ms.p50),
+        ("e2el_ms p50", s.e2el_ms.p50),
+        ("e2el_ms p99", s.e2el_ms.p99),
+    ]
+}
+
+/// Two runs side by side: each metric of A and B and the ratio B / A, overall and then for
+/// every tenant both runs have (rows prefixed `[tenant]`).
 pub fn compare(a: &Report, b: &Report) -> String {
-    let rows: Vec<(&str, Option<f64>, Option<f64>)> = vec![
-        (
-            "requests ok",
-            Some(a.overall.ok as f64),
-            Some(b.overall.ok as f64),
-        ),
-        (
-            "rate limited (429)",
-            Some(a.overall.rate_limited as f64),
-            Some(b.overall.rate_limited as f64),
-        ),
-        (
-            "request_throughput (req/s)",
-            Some(a.overall.request_throughput),
-            Some(b.overall.request_throughput),
-        ),
-        (
-            "output_throughput (tok/s)",
-            Some(a.overall.output_throughput),
-            Some(b.overall.output_throughput),
-        ),
-        (
-            "goodput (req/s)",
-            Some(a.overall.goodput),
-            Some(b.overall.goodput),
-        ),
-        ("ttft_ms p50", a.overall.ttft_ms.p50, b.overall.ttft_ms.p50),
-        ("ttft_ms p99", a.overall.ttft_ms.p99, b.overall.ttft_ms.p99),
-        ("itl_ms p50", a.overall.itl_ms.p50, b.overall.itl_ms.p50),
-        ("itl_ms p99", a.overall.itl_ms.p99, b.overall.itl_ms.p99),
-        ("tpot_ms p50", a.overall.tpot_ms.p50, b.overall.tpot_ms.p50),
-        ("e2el_ms p50", a.overall.e2el_ms.p50, b.overall.e2el_ms.p50),
-        ("e2el_ms p99", a.overall.e2el_ms.p99, b.overall.e2el_ms.p99),
-    ];
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-    let mut out = format!("{:<28} {:>12} {:>12} {:>8}\n", "metric", "A", "B", "B/A");
-    for (name, x, y) in rows {
-        let ratio = match (x, y) {
-            (Some(x), Some(y)) if x != 0.0 => format!("{:.2}", y / x),
-            _ => "-".to_string(),
-        };
-        out += &format!("{name:<28} {:>12} {:>12} {ratio:>8}\n", cell(x), cell(y));
+    let mut out = format!("{:<40} {:>12} {:>12} {:>9}\n", "metric", "A", "B", "B/A");
+    let mut rows = |prefix: &str, x: &Summary, y: &Summary| {
+        for ((name, x), (_, y)) in metrics(x).into_iter().zip(metrics(y)) {
+            let ratio = match (x, y) {
+                (Some(x), Some(y)) if x != 0.0 => format_ratio(y / x),
+                _ => "-".to_string(),
+            };
+            let name = format!("{prefix}{name}");
+            out += &format!("{name:<40} {:>12} {:>12} {ratio:>9}\n", cell(x), cell(y));
+        }
+    };
+    rows("", &a.overall, &b.overall);
+    for (tenant, x) in &a.tenants {
+        if let Some(y) = b.tenants.get(tenant) {
+            rows(&format!("[{tenant}] "), x, y);
+        }
     }
     out
 }
@@ -289,6 +317,7 @@ mod tests {
             e2el_ms: e2el,
             prompt_tokens: 5,
             output_tokens: tokens,
+            error: None,
         }
     }
 
@@ -350,5 +379,41 @@ mod tests {
             "{text}"
         );
         assert!(line("e2el_ms p50").trim_end().ends_with("2.00"), "{text}");
+        assert!(
+            line("[a] ttft_ms p50").trim_end().ends_with("3.00"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ratios_keep_their_digits() {
+        assert_eq!(format_ratio(2.0), "2.00");
+        assert_eq!(format_ratio(0.0033), "3.30e-3");
+        assert_eq!(format_ratio(300.0), "300.00");
+        assert_eq!(format_ratio(123_456.0), "1.23e5");
+        assert_eq!(format_ratio(0.0), "0.00");
+    }
+
+    #[test]
+    fn failure_reasons_are_grouped_and_counted() {
+        let mut refused = record("a", Outcome::Transport, 0.0, 1.0, 0);
+        refused.error = Some("connection refused".into());
+        let mut unauthorized = record("a", Outcome::ClientError, 0.0, 1.0, 0);
+        unauthorized.status = Some(401);
+        unauthorized.error = Some("HTTP 401: invalid key".into());
+        let records = vec![
+            refused.clone(),
+            unauthorized,
+            refused,
+            record("a", Outcome::Ok, 1.0, 2.0, 3),
+        ];
+        let reasons = failure_reasons(&records);
+        assert_eq!(
+            reasons,
+            vec![
+                (2, Outcome::Transport, "connection refused".to_string()),
+                (1, Outcome::ClientError, "HTTP 401: invalid key".to_string()),
+            ]
+        );
     }
 }

@@ -21,7 +21,7 @@ struct Progress {
     done: AtomicU64,
     rate_limited: AtomicU64,
     errors: AtomicU64,
-    output_tokens: AtomicU64,
+    output_tokens: Arc<AtomicU64>,
 }
 
 /// Run-wide request budget (the stop rule's `requests`).
@@ -103,16 +103,23 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                         max_tokens,
                         sent_at: start.elapsed(),
                     };
-                    let record = send(&client, &url, &scenario, request).await;
+                    // Streamed tokens are counted as they arrive; whole responses at the end.
+                    let live = scenario.stream.then(|| progress.output_tokens.clone());
+                    let record = send(&client, &url, &scenario, request, live).await;
                     progress.done.fetch_add(1, Ordering::Relaxed);
                     match record.outcome {
-                        Outcome::Ok => progress
-                            .output_tokens
-                            .fetch_add(record.output_tokens, Ordering::Relaxed),
-                        Outcome::RateLimited => {
-                            progress.rate_limited.fetch_add(1, Ordering::Relaxed)
+                        Outcome::Ok if !scenario.stream => {
+                            progress
+                                .output_tokens
+                                .fetch_add(record.output_tokens, Ordering::Relaxed);
                         }
-                        _ => progress.errors.fetch_add(1, Ordering::Relaxed),
+                        Outcome::Ok => {}
+                        Outcome::RateLimited => {
+                            progress.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            progress.errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     };
                     let _ = tx.send(record);
                     true
@@ -167,11 +174,19 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
     }
     drop(records_tx);
 
+    // A bar over the run's known length (its duration, or its request count, whichever ends
+    // it first), so indicatif can show an ETA.
+    const BAR: u64 = 1000;
     let bar = show_progress.then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(200));
+        let bar = indicatif::ProgressBar::new(BAR);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {elapsed_precise} (ETA {eta}) {msg}")
+        {
+            bar.set_style(style);
+        }
         bar
     });
+    let (stop_secs, stop_requests) = (scenario.stop.duration_secs, scenario.stop.requests);
     let ticker = bar.clone().map(|bar| {
         let progress = progress.clone();
         tokio::spawn(async move {
@@ -183,9 +198,11 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                 let tokens = p.output_tokens.load(Ordering::Relaxed);
                 let rate = (tokens - last.1) as f64 / last.0.elapsed().as_secs_f64();
                 last = (Instant::now(), tokens);
+                let by_time = stop_secs.map_or(0.0, |d| start.elapsed().as_secs_f64() / d);
+                let by_count = stop_requests.map_or(0.0, |n| done as f64 / n.max(1) as f64);
+                bar.set_position((by_time.max(by_count).min(1.0) * BAR as f64) as u64);
                 bar.set_message(format!(
-                    "{:>6.1}s  sent {sent}  done {done}  in flight {}  429 {}  errors {}  {rate:.0} tok/s",
-                    start.elapsed().as_secs_f64(),
+                    "sent {sent}  done {done}  in flight {}  429 {}  errors {}  {tokens} tokens  {rate:.0} tok/s",
                     sent - done,
                     p.rate_limited.load(Ordering::Relaxed),
                     p.errors.load(Ordering::Relaxed),

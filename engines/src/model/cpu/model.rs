@@ -334,11 +334,17 @@ impl CpuLlama {
                 }
             }
         }
-        let mut first_rows = Vec::with_capacity(batch.len());
-        let mut first = 0;
+        // Each sequence's rows and blocks, once per step (the layers only read them).
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut first_row = 0;
         for seq in batch.iter() {
-            first_rows.push(first);
-            first += seq.tokens.len();
+            seqs.push(SequenceRows {
+                first_row,
+                rows: seq.tokens.len(),
+                start: seq.table.len,
+                blocks: &seq.table.blocks,
+            });
+            first_row += seq.tokens.len();
         }
 
         // Embeddings.
@@ -382,7 +388,7 @@ impl CpuLlama {
                 let (keys, values) = kv.data_mut();
                 let (keys, values) = (SharedMut::new(keys), SharedMut::new(values));
                 let rows = &scratch.rows;
-                let tables: Vec<&[u32]> = batch.iter().map(|s| s.table.blocks.as_slice()).collect();
+                let seqs = &seqs;
                 let hd = c.head_dim;
                 parallel::for_each_chunk(t, row_grain, |_, range| {
                     for r in range {
@@ -396,7 +402,7 @@ impl CpuLlama {
                         for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
                             math::rope(head, cos, sin);
                         }
-                        let block = tables[s][pos / bs] as usize;
+                        let block = seqs[s].blocks[pos / bs] as usize;
                         for h in 0..c.n_kv_heads {
                             let at = layout.slab(layer_index, block, h) + (pos % bs) * hd;
                             let k = &row[q_dim + h * hd..q_dim + (h + 1) * hd];
@@ -419,16 +425,7 @@ impl CpuLlama {
                 let items = &scratch.items;
                 let scores = SharedMut::new(&mut scratch.scores);
                 let pool = &*kv;
-                let seqs: Vec<SequenceRows<'_>> = batch
-                    .iter()
-                    .zip(&first_rows)
-                    .map(|(s, &first_row)| SequenceRows {
-                        first_row,
-                        rows: s.tokens.len(),
-                        start: s.table.len,
-                        blocks: &s.table.blocks,
-                    })
-                    .collect();
+                let seqs = &seqs;
                 parallel::for_each_chunk(items.len(), 1, |thread, range| {
                     // SAFETY: each thread uses its own scores buffer.
                     let scores = unsafe { &mut scores.slice(thread..thread + 1)[0] };
@@ -519,6 +516,7 @@ impl CpuLlama {
                 wanted.push(end - 1);
             }
         }
+        drop(seqs);
         for seq in batch.iter_mut() {
             seq.table.len += seq.tokens.len();
         }

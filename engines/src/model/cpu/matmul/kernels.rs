@@ -10,6 +10,25 @@ use super::{Q4Tile, TILE};
 use crate::model::cpu::isa::Isa;
 use crate::model::cpu::quant::{QuantizedRows, BLOCK};
 
+/// Runs a microkernel over `rows`: groups of `R` rows while they last, then single rows.
+fn in_groups<const R: usize>(
+    rows: std::ops::Range<usize>,
+    group: impl Fn(usize) -> [[f32; TILE]; R],
+    single: impl Fn(usize) -> [f32; TILE],
+    store: &mut impl FnMut(usize, [f32; TILE]),
+) {
+    let mut r = rows.start;
+    while r + R <= rows.end {
+        for (i, values) in group(r).into_iter().enumerate() {
+            store(r + i, values);
+        }
+        r += R;
+    }
+    for r in r..rows.end {
+        store(r, single(r));
+    }
+}
+
 /// The outputs of a 4-bit tile for every row in `rows`, handed to `store(row, values)`.
 pub(super) fn q4_rows(
     isa: Isa,
@@ -20,52 +39,49 @@ pub(super) fn q4_rows(
     rows: std::ops::Range<usize>,
     mut store: impl FnMut(usize, [f32; TILE]),
 ) {
-    let mut r = rows.start;
+    // SAFETY (every `unsafe` below): `Isa::detect` picks a family only where the CPU has its
+    // features; the tile and the rows hold `d.len() / TILE` whole blocks.
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY (both arms): `Isa::detect` picks a family only where the CPU has its features;
-        // the tile and rows hold `d.len() / TILE` whole blocks.
-        Isa::Avx512Vnni => unsafe {
-            while r + 4 <= rows.end {
-                let v = match w {
+        Isa::Avx512Vnni => in_groups::<4>(
+            rows,
+            |r| unsafe {
+                match w {
                     Q4Tile::Packed(p) => x86::q4_vnni::<4, true>(p, d, m, x, r),
                     Q4Tile::Unpacked(u) => x86::q4_vnni::<4, false>(u, d, m, x, r),
-                };
-                v.into_iter().enumerate().for_each(|(i, v)| store(r + i, v));
-                r += 4;
-            }
-            while r < rows.end {
-                let v = match w {
-                    Q4Tile::Packed(p) => x86::q4_vnni::<1, true>(p, d, m, x, r),
-                    Q4Tile::Unpacked(u) => x86::q4_vnni::<1, false>(u, d, m, x, r),
-                };
-                store(r, v[0]);
-                r += 1;
-            }
-        },
+                }
+            },
+            |r| unsafe {
+                match w {
+                    Q4Tile::Packed(p) => x86::q4_vnni::<1, true>(p, d, m, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_vnni::<1, false>(u, d, m, x, r)[0],
+                }
+            },
+            &mut store,
+        ),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            while r + 2 <= rows.end {
-                let v = match w {
+        Isa::Avx2 => in_groups::<2>(
+            rows,
+            |r| unsafe {
+                match w {
                     Q4Tile::Packed(p) => x86::q4_avx2::<2, true>(p, d, m, x, r),
                     Q4Tile::Unpacked(u) => x86::q4_avx2::<2, false>(u, d, m, x, r),
-                };
-                v.into_iter().enumerate().for_each(|(i, v)| store(r + i, v));
-                r += 2;
-            }
-            if r < rows.end {
-                let v = match w {
-                    Q4Tile::Packed(p) => x86::q4_avx2::<1, true>(p, d, m, x, r),
-                    Q4Tile::Unpacked(u) => x86::q4_avx2::<1, false>(u, d, m, x, r),
-                };
-                store(r, v[0]);
-            }
-        },
-        _ => {
-            for r in rows {
-                store(r, portable::q4(w, d, m, x, r));
-            }
-        }
+                }
+            },
+            |r| unsafe {
+                match w {
+                    Q4Tile::Packed(p) => x86::q4_avx2::<1, true>(p, d, m, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_avx2::<1, false>(u, d, m, x, r)[0],
+                }
+            },
+            &mut store,
+        ),
+        _ => in_groups::<1>(
+            rows,
+            |r| [portable::q4(w, d, m, x, r)],
+            |r| portable::q4(w, d, m, x, r),
+            &mut store,
+        ),
     }
 }
 
@@ -78,37 +94,28 @@ pub(super) fn q8_rows(
     rows: std::ops::Range<usize>,
     mut store: impl FnMut(usize, [f32; TILE]),
 ) {
-    let mut r = rows.start;
+    // SAFETY: as in `q4_rows`.
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `q4_rows`.
-        Isa::Avx512Vnni => unsafe {
-            while r + 4 <= rows.end {
-                let v = x86::q8_vnni::<4>(w, d, x, r);
-                v.into_iter().enumerate().for_each(|(i, v)| store(r + i, v));
-                r += 4;
-            }
-            while r < rows.end {
-                store(r, x86::q8_vnni::<1>(w, d, x, r)[0]);
-                r += 1;
-            }
-        },
+        Isa::Avx512Vnni => in_groups::<4>(
+            rows,
+            |r| unsafe { x86::q8_vnni::<4>(w, d, x, r) },
+            |r| unsafe { x86::q8_vnni::<1>(w, d, x, r)[0] },
+            &mut store,
+        ),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            while r + 2 <= rows.end {
-                let v = x86::q8_avx2::<2>(w, d, x, r);
-                v.into_iter().enumerate().for_each(|(i, v)| store(r + i, v));
-                r += 2;
-            }
-            if r < rows.end {
-                store(r, x86::q8_avx2::<1>(w, d, x, r)[0]);
-            }
-        },
-        _ => {
-            for r in rows {
-                store(r, portable::q8(w, d, x, r));
-            }
-        }
+        Isa::Avx2 => in_groups::<2>(
+            rows,
+            |r| unsafe { x86::q8_avx2::<2>(w, d, x, r) },
+            |r| unsafe { x86::q8_avx2::<1>(w, d, x, r)[0] },
+            &mut store,
+        ),
+        _ => in_groups::<1>(
+            rows,
+            |r| [portable::q8(w, d, x, r)],
+            |r| portable::q8(w, d, x, r),
+            &mut store,
+        ),
     }
 }
 

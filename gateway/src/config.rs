@@ -45,8 +45,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Address to listen on.
-    #[serde(default = "default_listen")]
+    /// Address to listen on: `IP:PORT` or `HOST:PORT` (resolved once at start-up).
+    #[serde(default = "default_listen", deserialize_with = "deserialize_listen")]
     pub listen: SocketAddr,
     #[serde(default)]
     pub server: ServerConfig,
@@ -499,6 +499,30 @@ impl TenantConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
+
+/// `IP:PORT`, or `HOST:PORT` resolved by the system (`localhost:8080`); IPv4 first when a name
+/// has both, as most clients try it first.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("listen address `{text}`: {e} (expected HOST:PORT or IP:PORT)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("listen address `{text}` resolves to no address"))
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
+}
 fn default_max_body_bytes() -> usize {
     2 * 1024 * 1024
 }
@@ -823,6 +847,10 @@ mod tests {
     fn defaults_serve_the_embedded_model() {
         let config: GatewayConfig = toml::from_str("").unwrap();
         assert_eq!(config.listen, default_listen());
+        let named: GatewayConfig = toml::from_str("listen = \"localhost:9000\"").unwrap();
+        assert_eq!(named.listen.port(), 9000);
+        assert!(named.listen.ip().is_loopback());
+        assert!(resolve_listen("no port here").is_err());
         assert_eq!(config.models.len(), 1);
         assert!(config.models[0].path.is_none());
         assert_eq!(config.server.max_body_bytes, 2 * 1024 * 1024);

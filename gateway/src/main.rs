@@ -38,8 +38,8 @@ struct ServeArgs {
     /// the CPU and one tenant `demo`.
     #[arg(long, env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Listen address, overriding the config.
-    #[arg(long, env = "GATEWAY_LISTEN")]
+    /// Listen address (`IP:PORT` or `HOST:PORT`), overriding the config.
+    #[arg(long, env = "GATEWAY_LISTEN", value_parser = gateway::config::resolve_listen)]
     listen: Option<SocketAddr>,
     /// GGUF file for the first configured model, overriding the config (and the fetch).
     #[arg(long, env = "GATEWAY_MODEL")]

@@ -213,6 +213,7 @@ fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()>
 fn announce(name: &str, scheme: &str, addr: SocketAddr) {
     use std::io::Write;
     println!("{name} listening on {scheme}://{addr}");
+    println!("  try: curl {scheme}://{addr}/v1/models -H \"Authorization: Bearer $YOUR_KEY\"");
     let _ = std::io::stdout().flush();
 }
 

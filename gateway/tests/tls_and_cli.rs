@@ -120,6 +120,24 @@ fn keys_hash_matches_sha256_and_reads_stdin() {
 }
 
 #[tokio::test]
+async fn listens_on_a_host_name_and_logs_without_colours_into_a_pipe() {
+    let gw = TestGateway::start(Options {
+        listen: Some("localhost:0".into()),
+        capture_stderr: true,
+        env: vec![("RUST_LOG", "info".into())],
+        ..Options::default()
+    });
+    assert!(gw.base.starts_with("http://127.0.0.1:"), "{}", gw.base);
+    assert_eq!(gw.get("/v1/models", Some(DEMO_KEY)).await.0, 200);
+    let logs = gw.stderr.lock().unwrap().join("\n");
+    assert!(logs.contains("INFO"), "info logs were captured: {logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escape codes in piped logs: {logs}"
+    );
+}
+
+#[tokio::test]
 async fn demo_mode_generates_a_key_when_none_is_given() {
     let gw = TestGateway::start(Options {
         env: vec![("GATEWAY_DEMO_KEY", String::new())],

@@ -11,15 +11,9 @@ use engines::model::cpu::matmul::{matmul, Output, PackedMatrix};
 use engines::model::cpu::quant::{self, QuantizedRows};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
 }
 
 /// A Q4_1-shaped matrix: random nibbles, scales and offsets.

@@ -258,9 +258,10 @@ unsafe fn quantize_block_avx2(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, f3
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// Deterministic values in [-1, 1) (a small LCG: no dependency, the same on every run).
     pub(crate) fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
         (0..n)

@@ -3,18 +3,7 @@ use candle_core::{Device, Tensor};
 
 use super::*;
 use crate::model::cpu::quant;
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::model::cpu::quant::tests::random;
 
 /// A random `[n, k]` matrix quantized by candle (GGML's own block formats), repacked by us.
 fn matrix(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (PackedMatrix, Vec<f32>) {

@@ -12,13 +12,13 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
 use super::config::{LlamaConfig, WeightFormat};
-use super::kv_cache::{KvCache, KvSequence};
+use super::kv_cache::KvSequence;
 
 /// A linear layer: candle's quantized matmul.
 struct Linear(QMatMul);
 
 impl Linear {
-    fn new(tensor: QTensor, _format: WeightFormat) -> Result<Self> {
+    fn new(tensor: QTensor) -> Result<Self> {
         Ok(Self(QMatMul::from_qtensor(tensor)?))
     }
 
@@ -85,7 +85,7 @@ fn load_linear<R: Read + Seek>(
         }
         _ => tensor,
     };
-    Linear::new(tensor, format)
+    Linear::new(tensor)
 }
 
 /// Block-quantized formats coarser than Q8_0 whose CPU kernels are slower than Q8_0's.
@@ -112,7 +112,7 @@ impl CandleLlama {
         let lm_head = if ct.tensor_infos.contains_key("output.weight") {
             load_linear(ct, reader, "output.weight", device, format)?
         } else {
-            Linear::new(embeddings_q, format)?
+            Linear::new(embeddings_q)?
         };
         let final_norm =
             RmsNorm::from_qtensor(load_tensor(ct, reader, "output_norm.weight", device)?, eps)?;
@@ -162,15 +162,6 @@ impl CandleLlama {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.config
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// A fresh, empty KV cache for one sequence.
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layers)
     }
 
     /// Runs one step over the new tokens of every sequence in `batch`, appending to their caches.

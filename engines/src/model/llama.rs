@@ -48,21 +48,9 @@ enum WorkspaceKind {
 /// What one request core needs besides the model: the KV pool and the step buffers.
 pub struct Workspace {
     kind: WorkspaceKind,
-    block_size: usize,
-    num_blocks: usize,
 }
 
 impl Workspace {
-    /// Positions per KV block.
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
-    /// Blocks in the KV pool.
-    pub fn num_blocks(&self) -> usize {
-        self.num_blocks
-    }
-
     /// Maps the whole KV pool into memory now (a serving engine's steady footprint from the
     /// start, and no page faults in its steps). A no-op for GPU pools, allocated up front.
     pub fn prefault(&mut self) {
@@ -169,11 +157,7 @@ impl LlamaModel {
                 &self.device,
             )?),
         };
-        Ok(Workspace {
-            kind,
-            block_size,
-            num_blocks,
-        })
+        Ok(Workspace { kind })
     }
 
     /// Runs one step over the new tokens of every sequence in `batch`, writing their keys and

@@ -6,12 +6,12 @@
 //! converted from f16 once per query row for the whole group.
 
 use super::isa::Isa;
-use super::kv::KvPool;
+use super::kv::{KvLayout, KvPool};
 use super::math;
 use super::parallel::SharedMut;
 
 /// Query heads a work item computes at once (larger groups are split).
-const MAX_GROUP: usize = 8;
+pub const MAX_GROUP: usize = 8;
 
 /// The attention geometry of a model.
 #[derive(Debug, Clone, Copy)]
@@ -110,31 +110,25 @@ fn key_scores(
     scale: f32,
     scores: &mut [f32],
 ) {
-    let layout = pool.layout();
-    let (hd, bs) = (layout.head_dim, layout.block_size);
+    let hd = pool.layout().head_dim;
     let keys = pool.data().0;
-    for (bi, &block) in blocks.iter().enumerate().take(len.div_ceil(bs)) {
-        let slab = layout.slab(layer, block as usize, kv_head);
-        let count = bs.min(len - bi * bs);
-        for s in 0..count {
-            let k = &keys[slab + s * hd..slab + (s + 1) * hd];
-            let j = bi * bs + s;
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX2, FMA and F16C are present for these families.
-                Isa::Avx2 | Isa::Avx512Vnni if hd % 8 == 0 => unsafe {
-                    x86::dots(q, k, group, scale, scores, len, j)
-                },
-                _ => {
-                    for g in 0..group {
-                        let qg = &q[g * hd..(g + 1) * hd];
-                        let dot: f32 = qg
-                            .iter()
-                            .zip(k)
-                            .map(|(&a, &b)| a * half::f16::from_bits(b).to_f32())
-                            .sum();
-                        scores[g * len + j] = dot * scale;
-                    }
+    for (j, at) in positions(pool.layout(), layer, blocks, kv_head, len) {
+        let k = &keys[at..at + hd];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2, FMA and F16C are present for these families.
+            Isa::Avx2 | Isa::Avx512Vnni if hd.is_multiple_of(8) => unsafe {
+                x86::dots(q, k, group, scale, scores, len, j)
+            },
+            _ => {
+                for g in 0..group {
+                    let qg = &q[g * hd..(g + 1) * hd];
+                    let dot: f32 = qg
+                        .iter()
+                        .zip(k)
+                        .map(|(&a, &b)| a * half::f16::from_bits(b).to_f32())
+                        .sum();
+                    scores[g * len + j] = dot * scale;
                 }
             }
         }
@@ -154,33 +148,48 @@ fn weighted_values(
     len: usize,
     out: &mut [f32],
 ) {
-    let layout = pool.layout();
-    let (hd, bs) = (layout.head_dim, layout.block_size);
+    let hd = pool.layout().head_dim;
     let values = pool.data().1;
     out.iter_mut().for_each(|v| *v = 0.0);
-    for (bi, &block) in blocks.iter().enumerate().take(len.div_ceil(bs)) {
-        let slab = layout.slab(layer, block as usize, kv_head);
-        let count = bs.min(len - bi * bs);
-        for s in 0..count {
-            let v = &values[slab + s * hd..slab + (s + 1) * hd];
-            let j = bi * bs + s;
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
-                Isa::Avx2 | Isa::Avx512Vnni if hd % 8 == 0 => unsafe {
-                    x86::axpys(v, weights, group, len, j, out)
-                },
-                _ => {
-                    for g in 0..group {
-                        let w = weights[g * len + j];
-                        for (o, &b) in out[g * hd..(g + 1) * hd].iter_mut().zip(v) {
-                            *o += w * half::f16::from_bits(b).to_f32();
-                        }
+    for (j, at) in positions(pool.layout(), layer, blocks, kv_head, len) {
+        let v = &values[at..at + hd];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 | Isa::Avx512Vnni if hd.is_multiple_of(8) => unsafe {
+                x86::axpys(v, weights, group, len, j, out)
+            },
+            _ => {
+                for g in 0..group {
+                    let w = weights[g * len + j];
+                    for (o, &b) in out[g * hd..(g + 1) * hd].iter_mut().zip(v) {
+                        *o += w * half::f16::from_bits(b).to_f32();
                     }
                 }
             }
         }
     }
+}
+
+/// Positions `0..len` of one sequence's KV head, walked through its block table: `(j, at)`,
+/// the position and where its `head_dim` values start in the pool's keys (or values: both
+/// share the layout).
+fn positions(
+    layout: KvLayout,
+    layer: usize,
+    blocks: &[u32],
+    kv_head: usize,
+    len: usize,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let (bs, hd) = (layout.block_size, layout.head_dim);
+    blocks
+        .iter()
+        .take(len.div_ceil(bs))
+        .enumerate()
+        .flat_map(move |(bi, &block)| {
+            let slab = layout.slab(layer, block as usize, kv_head);
+            (0..bs.min(len - bi * bs)).map(move |s| (bi * bs + s, slab + s * hd))
+        })
 }
 
 #[cfg(target_arch = "x86_64")]

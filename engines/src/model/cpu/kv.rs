@@ -67,11 +67,6 @@ impl KvPool {
         }
     }
 
-    /// Bytes of keys and values together.
-    pub fn bytes(&self) -> usize {
-        (self.keys.len() + self.values.len()) * 2
-    }
-
     /// The geometry.
     pub fn layout(&self) -> KvLayout {
         self.layout

@@ -81,14 +81,4 @@ impl<T> SharedMut<T> {
     pub fn ptr(&self) -> *mut T {
         self.ptr
     }
-
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the slice is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }

@@ -115,11 +115,6 @@ impl RowsWriter {
             self.s.slice(b0..b1),
         )
     }
-
-    /// Values per row.
-    pub fn k(&self) -> usize {
-        self.k
-    }
 }
 
 /// Quantizes `x` (whole blocks) into `q`, `d`, `s`.

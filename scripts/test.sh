@@ -10,6 +10,16 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     exit 1
 fi
 
+# `promtool` (Debian's `prometheus` package) lints `/metrics` in the gateway's tests.
+if ! command -v promtool >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # The package starts a Prometheus server on Debian; the tests need only the tool.
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 # A clean clone gains nothing from incremental caches; they cost gigabytes of CI disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 

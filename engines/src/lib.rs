@@ -28,3 +28,9 @@ pub use local::{LocalEngine, LocalEngineOptions};
 pub use remote::{LoadReport, RemoteClient, RemoteEngine, RemoteOptions, ReportedLoad};
 pub use sampling::SamplingParams;
 pub use synthetic::{SyntheticEngine, SyntheticOptions};
+
+/// The CPU kernel family the engines use on this machine (`avx512-vnni`, `avx2`, `portable`),
+/// chosen at run time from CPUID and `GATEWAY_CPU_KERNELS`.
+pub fn cpu_kernels() -> &'static str {
+    model::cpu::isa::Isa::detect().name()
+}

@@ -15,18 +15,10 @@ use ledger::{unix_ms_now, Ledger, RecordStatus, UsageRecord};
 use opentelemetry::KeyValue;
 use policies::Admission;
 
-use crate::auth::Caller;
+use crate::extensions::Caller;
 use crate::metrics::{LatencyHandles, RequestMetrics};
 use crate::state::AppState;
 use crate::telemetry;
-
-/// Marks a response whose access-log line the account writes (the generic one is skipped).
-#[derive(Debug, Clone, Copy)]
-pub struct Accounted;
-
-/// The model a response served, for the request counter (set by the generation handlers).
-#[derive(Debug, Clone)]
-pub struct ServedModel(pub String);
 
 /// One admitted request's bookkeeping. See the module documentation.
 pub struct RequestAccount {
@@ -49,6 +41,7 @@ pub struct RequestAccount {
 }
 
 impl RequestAccount {
+    /// Opens the account of an admitted request, in the current (the request's) span.
     pub fn new(
         state: &AppState,
         caller: &Caller,
@@ -93,7 +86,9 @@ impl RequestAccount {
     pub fn on_routed(&mut self, pool: &str, replica: &Arc<str>) {
         if self.record.pool != pool {
             self.record.pool = pool.to_string();
-            self.latencies = self.metrics.latencies(&self.record.model, pool);
+            self.latencies = self
+                .metrics
+                .latencies(&self.record.tenant, &self.record.model, pool);
         }
         self.span.record("pool", pool);
         self.span.record("replica", &**replica);

@@ -305,6 +305,11 @@ pub struct ServerConfig {
     /// Time allowed until a response starts (the whole response when not streaming); 504 beyond.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. `["https://chat.example.org"]`;
+    /// `["*"]` allows any origin. Empty (the default): no CORS headers, browsers on other
+    /// origins are refused by their own same-origin policy.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -312,6 +317,7 @@ impl Default for ServerConfig {
         Self {
             max_body_bytes: default_max_body_bytes(),
             request_timeout_secs: default_request_timeout_secs(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -626,6 +632,17 @@ impl GatewayConfig {
 
     /// Checks what serde cannot: unique model ids, known devices, parseable keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.server.cors_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] cors_origins: `{origin}` is not an origin (scheme://host[:port], no path) or `*`"
+                )));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for model in &self.models {
             if !seen.insert(model.id.as_str()) {

@@ -233,7 +233,10 @@ impl IntoResponse for ApiError {
         let Some(details) = &self.rate_limit else {
             return response;
         };
-        crate::rate_limit_headers::insert(response.headers_mut(), &details.status);
+        // The `x-ratelimit-*` headers are written by their layer, from this snapshot.
+        response
+            .extensions_mut()
+            .insert(crate::extensions::RateLimitSnapshot(details.status.clone()));
         if let Some(after) = details.retry_after {
             // Whole seconds, rounded up, never 0.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);

@@ -2,13 +2,15 @@
 //! and the start-up that wires engines and policies together.
 
 pub mod accounting;
-pub mod auth;
+pub mod build;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod extensions;
+pub mod layers;
 pub mod metrics;
+pub mod models;
 pub mod openai;
-pub mod rate_limit_headers;
 pub mod reload;
 pub mod routes;
 pub mod server;

@@ -15,7 +15,8 @@ use routing::{ModelRouter, Pool, PoolKind, Probe, Replica};
 
 use crate::config::{parse_device, GatewayConfig, ModelConfig, PoolConfig, PoolKindConfig};
 use crate::directory::Directory;
-use crate::state::{AppState, Limits, ModelRegistry, ModelState};
+use crate::models::{ModelRegistry, ModelState};
+use crate::state::{AppState, Limits};
 use ledger::{Ledger, UsageQuery};
 use policies::DailyUsage;
 
@@ -99,6 +100,7 @@ pub async fn serve_as(
     let limits = Limits {
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+        cors_origins: config.server.cors_origins.clone(),
     };
     let ledger = match config.ledger.enabled {
         true => {

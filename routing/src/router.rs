@@ -64,6 +64,22 @@ pub struct RouteRequest {
     pub params: SamplingParams,
 }
 
+impl RouteRequest {
+    /// The tokens this request may occupy: its prompt plus `max_tokens`. The one measure that
+    /// admission (tokens per minute) and placement (outstanding tokens) both reserve.
+    /// Saturating: a huge `max_tokens` cannot wrap into a small reservation.
+    pub fn reserved_tokens(&self) -> u64 {
+        (self.prompt.tokens() as u64).saturating_add(self.params.max_tokens as u64)
+    }
+
+    /// [`Self::reserved_tokens`] of several requests together (saturating).
+    pub fn reserved_tokens_of(requests: &[RouteRequest]) -> u64 {
+        requests
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.reserved_tokens()))
+    }
+}
+
 /// Every pool serving one model, in order of preference, per tier.
 pub struct ModelRouter {
     info: ModelInfo,
@@ -191,8 +207,7 @@ impl ModelRouter {
         requests: Vec<RouteRequest>,
     ) -> Result<Vec<RoutedStream>, RouteError> {
         let tier = requester.tier.as_deref();
-        let reserve = |r: &RouteRequest| (r.prompt.tokens() + r.params.max_tokens) as u64;
-        let total: u64 = requests.iter().map(reserve).sum();
+        let total = RouteRequest::reserved_tokens_of(&requests);
         let mut excluded: Option<Arc<Replica>> = None;
         // A local engine whose thread died refuses at submission: try one other replica.
         for _attempt in 0..2 {
@@ -209,7 +224,7 @@ impl ModelRouter {
                         .into_iter()
                         .zip(&requests)
                         .map(|(inner, request)| {
-                            let reservation = replica.reserve(reserve(request));
+                            let reservation = replica.reserve(request.reserved_tokens());
                             self.forward(requester, request, &pool, reservation, inner)
                         })
                         .collect();
@@ -379,7 +394,7 @@ impl RoutedStream {
 
     /// The same request on another replica (any pool of the tier), if one can take it.
     fn retry(&self, failed: &Replica) -> Option<(Arc<Pool>, Reservation, TokenStream)> {
-        let tokens = (self.request.prompt.tokens() + self.request.params.max_tokens) as u64;
+        let tokens = self.request.reserved_tokens();
         let (pool, replica) =
             self.router
                 .choose(self.requester.tier.as_deref(), tokens, Some(failed))?;

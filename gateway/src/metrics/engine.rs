@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use routing::breaker::Availability;
 use routing::{ModelRouter, Replica};
 
-use crate::state::{ModelRegistry, ModelState};
+use crate::models::{ModelRegistry, ModelState};
 
 /// Reads every ready engine's counters on each scrape.
 #[derive(Debug)]
@@ -105,8 +105,8 @@ const ENGINE_GAUGES: [(&str, &str, CounterField); 5] = [
         |c| &c.kv_blocks_free,
     ),
     (
-        "gateway_engine_kv_blocks_total",
-        "KV-cache blocks in the pool.",
+        "gateway_engine_kv_blocks",
+        "KV-cache blocks in the pool (free or not).",
         |c| &c.kv_blocks_total,
     ),
 ];
@@ -169,6 +169,7 @@ impl Collector for EngineCollector {
                 ConstGauge::new(v as i64)
             })?;
         }
+        encode_kv_usage(&mut encoder, &routers)?;
         Ok(())
     }
 }
@@ -191,6 +192,33 @@ fn encode_per_model<M: EncodeMetric>(
             .map(|r| EngineCounters::get(field(r.counters())))
             .sum();
         metric(value).encode(family.encode_family(&[("model", model.as_str())])?)?;
+    }
+    Ok(())
+}
+
+/// `gateway_engine_kv_cache_usage_ratio`: the share of the model's KV blocks in use, 0 to 1
+/// (vLLM's `vllm:kv_cache_usage_perc`), over its local replicas.
+fn encode_kv_usage(
+    encoder: &mut DescriptorEncoder,
+    routers: &[(String, Arc<ModelRouter>)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "gateway_engine_kv_cache_usage_ratio",
+        "Share of the KV-cache blocks in use, 0 to 1.",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (model, router) in routers {
+        let (mut free, mut total) = (0u64, 0u64);
+        for replica in router.replicas() {
+            free += EngineCounters::get(&replica.counters().kv_blocks_free);
+            total += EngineCounters::get(&replica.counters().kv_blocks_total);
+        }
+        let ratio = match total {
+            0 => 0.0,
+            total => total.saturating_sub(free) as f64 / total as f64,
+        };
+        ConstGauge::new(ratio).encode(family.encode_family(&[("model", model.as_str())])?)?;
     }
     Ok(())
 }

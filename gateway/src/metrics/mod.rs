@@ -2,30 +2,35 @@
 //! per-request series recorded as requests end. Every series is listed in
 //! `docs/observability.md`.
 
+mod classic;
 mod engine;
+mod process;
 mod requests;
 
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
+pub use classic::to_classic_text;
 pub use engine::EngineCollector;
+pub use process::ProcessCollector;
 pub use requests::{LatencyHandles, RequestMetrics};
 
-use crate::state::{AppState, ModelRegistry};
+use crate::models::ModelRegistry;
 
 /// Builds the registry for a server.
 pub fn registry(models: Arc<ModelRegistry>, requests: &RequestMetrics) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(EngineCollector::new(models)));
+    registry.register_collector(Box::new(ProcessCollector));
     requests.register(&mut registry);
     registry
 }
 
-/// Prometheus text of every metric.
-pub fn render(state: &AppState) -> String {
+/// Every metric in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &state.metrics)
+    prometheus_client::encoding::text::encode(&mut out, registry)
         .expect("writing to a String cannot fail");
     out
 }

@@ -1,4 +1,5 @@
-//! Per-request series: requests, tokens and rejections by tenant, latencies by model and pool.
+//! Per-request series: requests, tokens and rejections by tenant, latencies by tenant, model and
+//! pool (tenants are configured, so the `tenant` label's values are bounded).
 //! Recorded where the request ends (see `accounting`), so they agree with the usage ledger.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -7,30 +8,43 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+/// The labels of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The tenant.
     pub tenant: String,
+    /// The configured model served, or empty.
     pub model: String,
     /// HTTP status code of the response.
     pub status: String,
 }
 
+/// The labels of the token counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
+    /// The tenant.
     pub tenant: String,
+    /// The model.
     pub model: String,
 }
 
+/// The labels of the rejection counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectionLabels {
+    /// The tenant.
     pub tenant: String,
     /// Which limit: `requests_per_minute`, `tokens_per_minute`, `max_concurrent`, `daily_tokens`.
     pub reason: String,
 }
 
+/// The labels of the latency histograms.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
+    /// The tenant: fair share is seen per tenant.
+    pub tenant: String,
+    /// The model.
     pub model: String,
+    /// The pool that served it.
     pub pool: String,
 }
 
@@ -50,19 +64,30 @@ fn seconds_from_10ms() -> Histogram {
 /// for measuring what recording costs.
 #[derive(Debug)]
 pub struct RequestMetrics {
+    /// False: nothing is recorded.
     pub enabled: bool,
+    /// `gateway_requests_total`.
     pub requests: Family<RequestLabels, Counter>,
+    /// `gateway_prompt_tokens_total`.
     pub prompt_tokens: Family<TokenLabels, Counter>,
+    /// `gateway_completion_tokens_total`.
     pub completion_tokens: Family<TokenLabels, Counter>,
+    /// `gateway_rate_limited_requests_total`.
     pub rejections: Family<RejectionLabels, Counter>,
+    /// `gateway_time_to_first_token_seconds`.
     pub time_to_first_token: Histograms,
+    /// `gateway_inter_token_latency_seconds`.
     pub inter_token_latency: Histograms,
+    /// `gateway_e2e_request_latency_seconds`.
     pub e2e_latency: Histograms,
+    /// `gateway_queue_time_seconds`.
     pub queue_time: Histograms,
+    /// `gateway_ledger_write_errors_total`.
     pub ledger_errors: Counter,
 }
 
 impl RequestMetrics {
+    /// Empty families (recording only if `enabled`).
     pub fn new(enabled: bool) -> Self {
         Self {
             enabled,
@@ -79,59 +104,60 @@ impl RequestMetrics {
     }
 
     /// Adds every family to `registry` (families are shared handles: clones record into the
-    /// same series).
+    /// same series). Help texts have no final period: the registry adds one.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "gateway_requests",
-            "Authenticated API requests, by tenant, model and HTTP status.",
+            "Authenticated API requests, by tenant, model and HTTP status",
             self.requests.clone(),
         );
         registry.register(
             "gateway_prompt_tokens",
-            "Prompt tokens of admitted requests.",
+            "Prompt tokens of admitted requests",
             self.prompt_tokens.clone(),
         );
         registry.register(
             "gateway_completion_tokens",
-            "Completion tokens generated (cancelled requests included).",
+            "Completion tokens generated (cancelled requests included)",
             self.completion_tokens.clone(),
         );
         registry.register(
             "gateway_rate_limited_requests",
-            "Requests refused with 429, by tenant and the limit that refused them.",
+            "Requests refused with 429, by tenant and the limit that refused them",
             self.rejections.clone(),
         );
         registry.register_with_unit(
             "gateway_time_to_first_token",
-            "From the request reaching the handler to its first generated token.",
+            "From the request reaching the handler to its first generated token",
             Unit::Seconds,
             self.time_to_first_token.clone(),
         );
         registry.register_with_unit(
             "gateway_inter_token_latency",
-            "Gap between consecutive generated tokens of one request.",
+            "Gap between consecutive generated tokens of one request",
             Unit::Seconds,
             self.inter_token_latency.clone(),
         );
         registry.register_with_unit(
             "gateway_e2e_request_latency",
-            "From the request reaching the handler to its end (completed, cancelled or failed).",
+            "From the request reaching the handler to its end (completed, cancelled or failed)",
             Unit::Seconds,
             self.e2e_latency.clone(),
         );
         registry.register_with_unit(
             "gateway_queue_time",
-            "Time a sequence waited in the engine before it started running.",
+            "Time a sequence waited in the engine before it started running",
             Unit::Seconds,
             self.queue_time.clone(),
         );
         registry.register(
             "gateway_ledger_write_errors",
-            "Usage records the ledger failed to commit (after retries).",
+            "Usage records the ledger failed to commit (after retries)",
             self.ledger_errors.clone(),
         );
     }
 
+    /// One API request answered with `status`.
     pub fn count_request(&self, tenant: &str, model: &str, status: u16) {
         if self.enabled {
             self.requests
@@ -144,6 +170,7 @@ impl RequestMetrics {
         }
     }
 
+    /// One request refused by the quota limit `reason`.
     pub fn count_rejection(&self, tenant: &str, reason: &str) {
         if self.enabled {
             self.rejections
@@ -155,6 +182,7 @@ impl RequestMetrics {
         }
     }
 
+    /// The tokens of one settled request.
     pub fn count_tokens(&self, tenant: &str, model: &str, prompt: u64, completion: u64) {
         if self.enabled {
             let labels = TokenLabels {
@@ -168,12 +196,14 @@ impl RequestMetrics {
         }
     }
 
-    /// The latency histograms of one model and pool, taken once per request (not per token).
-    pub fn latencies(&self, model: &str, pool: &str) -> Option<LatencyHandles> {
+    /// The latency histograms of one tenant, model and pool, taken once per request (not per
+    /// token).
+    pub fn latencies(&self, tenant: &str, model: &str, pool: &str) -> Option<LatencyHandles> {
         if !self.enabled {
             return None;
         }
         let labels = LatencyLabels {
+            tenant: tenant.into(),
             model: model.into(),
             pool: pool.into(),
         };
@@ -189,8 +219,12 @@ impl RequestMetrics {
 /// One request's histograms (shared handles into the families).
 #[derive(Debug, Clone)]
 pub struct LatencyHandles {
+    /// Time to the first token.
     pub time_to_first_token: Histogram,
+    /// Gaps between tokens.
     pub inter_token_latency: Histogram,
+    /// Whole request.
     pub e2e_latency: Histogram,
+    /// Waiting in the engine.
     pub queue_time: Histogram,
 }

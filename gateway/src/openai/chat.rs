@@ -5,33 +5,46 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Deserialize)]
+/// The chat endpoint's own fields (the sampling parameters are [`crate::openai::params::CommonParams`]).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
+    /// The model's id (`GET /v1/models`).
     pub model: String,
+    /// The conversation so far.
     pub messages: Vec<RequestMessage>,
+    /// Not supported yet: anything but absent or `[]` is a 400.
     pub tools: Option<serde_json::Value>,
+    /// `{"type": "text"}` only, so far.
     pub response_format: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One message of the conversation.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct RequestMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
+    /// The text, or a list of parts of which only `text` parts are supported.
     #[serde(default)]
     pub content: Option<MessageContent>,
 }
 
 /// A message's content: a string, or a list of parts of which only text is supported.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
+    /// Plain text.
     Text(String),
+    /// Content parts.
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+/// One part of a message's content.
 pub struct ContentPart {
+    /// `text` (the only kind supported).
     #[serde(rename = "type")]
     pub kind: String,
+    /// The part's text.
     pub text: Option<String>,
 }
 

@@ -5,22 +5,33 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Deserialize)]
+/// The completions endpoint's own fields (the sampling parameters are
+/// [`crate::openai::params::CommonParams`]).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
+    /// The model's id (`GET /v1/models`).
     pub model: String,
+    /// One prompt or several (one choice each), as text or token ids.
     pub prompt: PromptInput,
+    /// Not supported yet (400 when true).
     pub echo: Option<bool>,
+    /// Not supported yet (400 when set).
     pub suffix: Option<String>,
+    /// Not supported yet (400 above 1).
     pub best_of: Option<i64>,
 }
 
 /// OpenAI's four prompt shapes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PromptInput {
+    /// One text prompt.
     Text(String),
+    /// Several text prompts.
     Texts(Vec<String>),
+    /// One prompt as token ids.
     Tokens(Vec<u32>),
+    /// Several prompts as token ids.
     TokenLists(Vec<Vec<u32>>),
 }
 

@@ -50,11 +50,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let e = ApiError::invalid_request(format!("Invalid request body: {}", err.into_inner()));
-        if path.is_empty() || path == "." {
-            e
-        } else {
-            e.with_param(path)
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        let path = (!path.is_empty() && path != ".").then_some(path);
+        // serde reports a missing field at the object that lacks it, and names the field only
+        // in its message: the field is the `param` at fault.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let param = match (path, missing) {
+            (Some(path), Some(field)) => Some(format!("{path}.{field}")),
+            (None, Some(field)) => Some(field.to_string()),
+            (path, None) => path,
+        };
+        let e = ApiError::invalid_request(format!("Invalid request body: {message}"));
+        match param {
+            Some(param) => e.with_param(param),
+            None => e,
         }
     })
 }
@@ -84,6 +96,24 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("temperature"));
         let e = parse::<Req>(br#"{"temperature": 1}"#).unwrap_err();
         assert!(e.message.contains("missing field `model`"), "{}", e.message);
+        assert_eq!(e.param.as_deref(), Some("model"));
+    }
+
+    #[test]
+    fn a_missing_nested_field_is_named_with_its_path() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Message {
+            role: String,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Chat {
+            messages: Vec<Message>,
+        }
+        let e =
+            parse::<Chat>(br#"{"messages": [{"role": "user"}, {"content": "x"}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[1].role"));
     }
 
     #[test]

@@ -6,39 +6,57 @@ use serde::Deserialize;
 use crate::error::ApiError;
 
 /// OpenAI's `stop`: one string or a list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
+    /// One stop sequence.
     One(String),
+    /// Up to four.
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+/// OpenAI's `stream_options`.
 pub struct StreamOptions {
+    /// A last chunk with the request's `usage` before `[DONE]`.
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Parameters common to both endpoints. Unknown fields are ignored, as vLLM does.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct CommonParams {
+    /// 0 to 2; 0 is greedy.
     pub temperature: Option<f64>,
+    /// Nucleus sampling, in (0, 1].
     pub top_p: Option<f64>,
     /// vLLM's extension; -1 or 0 disables it.
     pub top_k: Option<i64>,
+    /// Makes sampling reproducible.
     pub seed: Option<i64>,
+    /// Most tokens to generate per choice.
     pub max_tokens: Option<i64>,
+    /// The newer name of `max_tokens`.
     pub max_completion_tokens: Option<i64>,
+    /// Sequences that end the generation (not included in the text).
     pub stop: Option<Stop>,
+    /// -2 to 2.
     pub presence_penalty: Option<f64>,
+    /// -2 to 2.
     pub frequency_penalty: Option<f64>,
     /// vLLM's extension for benchmarks.
     pub ignore_eos: Option<bool>,
+    /// Choices per prompt: 1 only, so far.
     pub n: Option<i64>,
+    /// Server-sent events, one chunk per token, ending with `data: [DONE]`.
     pub stream: Option<bool>,
+    /// With `stream`.
     pub stream_options: Option<StreamOptions>,
+    /// Not supported yet.
     pub logprobs: Option<serde_json::Value>,
+    /// Not supported yet.
     pub top_logprobs: Option<serde_json::Value>,
+    /// The end user's id (recorded nowhere; accepted for compatibility).
     pub user: Option<String>,
 }
 

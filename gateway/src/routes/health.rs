@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::state::{AppState, ModelState};
+use crate::models::ModelState;
+use crate::state::AppState;
 
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))

@@ -1,17 +1,31 @@
-//! `GET /metrics`: Prometheus text.
+//! `GET /metrics`: every series, in the format the scraper asks for. OpenMetrics when `Accept`
+//! names it (Prometheus asks for it first), else the classic text format 0.0.4, as the
+//! Prometheus client libraries do: older scrapers and `promtool check metrics` read only that.
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 
 use crate::state::AppState;
 
-pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        crate::metrics::render(&state),
-    )
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metrics, negotiated by `Accept`.
+pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = crate::metrics::render(&state.metrics);
+    let wants_openmetrics = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(CONTENT_TYPE, OPENMETRICS)], openmetrics)
+    } else {
+        (
+            [(CONTENT_TYPE, CLASSIC)],
+            crate::metrics::to_classic_text(&openmetrics),
+        )
+    }
 }

@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
-use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extensions::Caller;
 use crate::state::AppState;
 
 fn model_object(id: &str, created: u64) -> Value {

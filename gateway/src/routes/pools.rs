@@ -7,8 +7,9 @@ use engines::remote::{LoadReport, ReportedLoad};
 use engines::EngineCounters;
 use serde_json::{json, Value};
 
-use super::Polled;
-use crate::state::{AppState, ModelState};
+use crate::extensions::Polled;
+use crate::models::ModelState;
+use crate::state::AppState;
 
 /// Every ready model's pools with their replicas.
 pub async fn admin_pools(State(state): State<AppState>) -> Json<Value> {

@@ -1,0 +1,128 @@
+//! Authentication: `Authorization: Bearer <key>` resolved against the stored key digests of the
+//! current directory. The resolved [`Caller`] rides in the request's extensions for every later
+//! layer and the handler; the span gets `tenant` and `key_id`.
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use policies::ApiKey;
+
+use crate::error::ApiError;
+use crate::extensions::Caller;
+use crate::state::AppState;
+
+/// API routes: 401 unless the request carries a tenant's key.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let resolved = tracing::info_span!("authenticate").in_scope(|| {
+        let presented = bearer_token(&request).ok_or_else(ApiError::missing_api_key)?;
+        state
+            .directory()
+            .resolve(&ApiKey::from_plaintext(presented))
+            .ok_or_else(ApiError::invalid_api_key)
+    })?;
+    let span = tracing::Span::current();
+    span.record("tenant", resolved.tenant.id.as_str());
+    span.record("key_id", resolved.key_id.as_str());
+    request.extensions_mut().insert(Caller {
+        tenant: resolved.tenant,
+        key_id: resolved.key_id,
+    });
+    Ok(next.run(request).await)
+}
+
+/// `/admin/*`: 401 without a key or with an unknown one, 403 with a tenant's key.
+pub async fn authenticate_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented =
+        ApiKey::from_plaintext(bearer_token(&request).ok_or_else(ApiError::missing_api_key)?);
+    let directory = state.directory();
+    if directory.is_admin(&presented) {
+        Ok(next.run(request).await)
+    } else if directory.resolve(&presented).is_some() {
+        Err(ApiError::admin_only())
+    } else {
+        Err(ApiError::invalid_api_key())
+    }
+}
+
+fn bearer_token(request: &Request) -> Option<&str> {
+    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::testing::{self, ADMIN_KEY, OTHER_KEY, TENANT_KEY};
+    use axum::http::StatusCode;
+    use axum::middleware::from_fn_with_state;
+    use axum::response::IntoResponse;
+    use tower::{Layer, ServiceExt};
+
+    /// The stub handler: answers with the tenant it was told about, or 500 if none.
+    async fn echo_tenant(request: Request) -> Result<Response, std::convert::Infallible> {
+        Ok(match request.extensions().get::<Caller>() {
+            Some(caller) => caller.tenant.id.to_string().into_response(),
+            None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        })
+    }
+
+    async fn call(admin: bool, key: Option<&str>) -> (StatusCode, String) {
+        let state = testing::state(|_| {});
+        let response = if admin {
+            from_fn_with_state(state, authenticate_admin)
+                .layer(tower::service_fn(echo_tenant))
+                .oneshot(testing::request(key))
+                .await
+        } else {
+            from_fn_with_state(state, authenticate)
+                .layer(tower::service_fn(echo_tenant))
+                .oneshot(testing::request(key))
+                .await
+        }
+        .unwrap();
+        let status = response.status();
+        (status, testing::body_text(response).await)
+    }
+
+    #[tokio::test]
+    async fn a_known_key_passes_its_tenant_on() {
+        assert_eq!(
+            call(false, Some(TENANT_KEY)).await,
+            (StatusCode::OK, testing::TENANT.to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn no_key_or_an_unknown_key_is_a_401_with_its_code() {
+        let (status, body) = call(false, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("missing_api_key"), "{body}");
+        let (status, body) = call(false, Some(OTHER_KEY)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("invalid_api_key"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn admin_routes_take_only_admin_keys() {
+        assert_eq!(
+            call(true, Some(ADMIN_KEY)).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(call(true, Some(TENANT_KEY)).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            call(true, Some(OTHER_KEY)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! OpenAI's `x-ratelimit-*` headers on every API response: the limits as admission saw them
+//! when it ran (a [`RateLimitSnapshot`] in the response, also on a 429), else the tenant's
+//! current state. The only writer of these headers (`Retry-After` belongs to the 429 itself,
+//! `error.rs`).
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use policies::{LimitState, RateLimitStatus};
+use std::time::Duration;
+
+use crate::extensions::{Caller, RateLimitSnapshot};
+use crate::state::AppState;
+
+/// Writes the headers of the caller's limits on its response.
+pub async fn write_rate_limit_headers(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let tenant = request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| caller.tenant.clone());
+    let mut response = next.run(request).await;
+    let status = match response.extensions_mut().remove::<RateLimitSnapshot>() {
+        Some(snapshot) => snapshot.0,
+        None => match tenant {
+            Some(tenant) => state.quotas.status(&tenant),
+            None => return response,
+        },
+    };
+    insert(response.headers_mut(), &status);
+    response
+}
+
+/// OpenAI's duration format: `1s`, `6m0s`, `20ms`.
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs_f64();
+    let minutes = (secs / 60.0).floor() as u64;
+    let rest = secs - minutes as f64 * 60.0;
+    if minutes > 0 {
+        format!("{minutes}m{}s", rest.round() as u64)
+    } else {
+        format!("{}s", (rest * 1000.0).round() / 1000.0)
+    }
+}
+
+fn put(headers: &mut HeaderMap, kind: &str, state: &LimitState) {
+    let mut set = |name: String, value: String| {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
+        }
+    };
+    set(format!("x-ratelimit-limit-{kind}"), state.limit.to_string());
+    set(
+        format!("x-ratelimit-remaining-{kind}"),
+        state.remaining.to_string(),
+    );
+    set(
+        format!("x-ratelimit-reset-{kind}"),
+        format_reset(state.reset),
+    );
+}
+
+/// Adds the headers of every configured limit (unlimited tenants get none).
+fn insert(headers: &mut HeaderMap, status: &RateLimitStatus) {
+    if let Some(requests) = &status.requests {
+        put(headers, "requests", requests);
+    }
+    if let Some(tokens) = &status.tokens {
+        put(headers, "tokens", tokens);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::testing;
+    use axum::http::StatusCode;
+    use axum::middleware::from_fn_with_state;
+    use axum::response::IntoResponse;
+    use tower::{Layer, ServiceExt};
+
+    async fn plain(_: Request) -> Result<Response, std::convert::Infallible> {
+        Ok(StatusCode::OK.into_response())
+    }
+
+    async fn with_snapshot(_: Request) -> Result<Response, std::convert::Infallible> {
+        let mut response = StatusCode::OK.into_response();
+        response
+            .extensions_mut()
+            .insert(RateLimitSnapshot(RateLimitStatus {
+                requests: Some(LimitState {
+                    limit: 7,
+                    remaining: 3,
+                    reset: Duration::from_secs(2),
+                }),
+                tokens: None,
+            }));
+        Ok(response)
+    }
+
+    #[tokio::test]
+    async fn the_current_state_without_a_snapshot_and_the_snapshot_with_one() {
+        let state = testing::state(|t| t.requests_per_minute = Some(60));
+        let caller = testing::caller(&state);
+        let mut request = testing::request(None);
+        request.extensions_mut().insert(caller.clone());
+        let response = from_fn_with_state(state.clone(), write_rate_limit_headers)
+            .layer(tower::service_fn(plain))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-ratelimit-limit-requests"], "60");
+        assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "60");
+
+        let mut request = testing::request(None);
+        request.extensions_mut().insert(caller);
+        let response = from_fn_with_state(state.clone(), write_rate_limit_headers)
+            .layer(tower::service_fn(with_snapshot))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-ratelimit-limit-requests"], "7");
+        assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "3");
+        assert!(response.extensions().get::<RateLimitSnapshot>().is_none());
+    }
+
+    #[tokio::test]
+    async fn no_headers_without_a_caller() {
+        let state = testing::state(|t| t.requests_per_minute = Some(60));
+        let response = from_fn_with_state(state, write_rate_limit_headers)
+            .layer(tower::service_fn(plain))
+            .oneshot(testing::request(None))
+            .await
+            .unwrap();
+        assert!(!response
+            .headers()
+            .contains_key("x-ratelimit-limit-requests"));
+    }
+
+    #[test]
+    fn durations_in_openais_format() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+
+    #[test]
+    fn writes_both_families() {
+        let mut h = HeaderMap::new();
+        let state = LimitState {
+            limit: 60,
+            remaining: 59,
+            reset: Duration::from_secs(1),
+        };
+        insert(
+            &mut h,
+            &RateLimitStatus {
+                requests: Some(state),
+                tokens: None,
+            },
+        );
+        assert_eq!(h["x-ratelimit-limit-requests"], "60");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "59");
+        assert_eq!(h["x-ratelimit-reset-requests"], "1s");
+        assert!(!h.contains_key("x-ratelimit-limit-tokens"));
+    }
+}

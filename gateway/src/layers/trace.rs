@@ -1,0 +1,85 @@
+//! The trace span of every request (W3C `traceparent` honoured, see `telemetry`) and its
+//! access-log line.
+//!
+//! The span is opened before anything else runs, so authentication and the handler record into
+//! it (`tenant`, `key_id`, `model`, tokens, outcome). The access-log line is written here when the
+//! response head goes out, except for generations: their usage account writes a fuller line
+//! (tokens, TTFT) when the generation ends and marks the response [`AccessLogWritten`].
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{
+    DefaultOnBodyChunk, DefaultOnEos, DefaultOnFailure, DefaultOnRequest, TraceLayer,
+};
+use tracing::Level;
+
+use crate::extensions::{AccessLogWritten, Polled};
+
+/// The layer type (its callbacks are plain functions, so it can be named).
+pub type RequestTraceLayer = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    fn(&Request<Body>) -> tracing::Span,
+    DefaultOnRequest,
+    fn(&Response<Body>, Duration, &tracing::Span),
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    DefaultOnFailure,
+>;
+
+/// The span-and-access-log layer.
+pub fn layer() -> RequestTraceLayer {
+    TraceLayer::new_for_http()
+        .make_span_with(request_span as fn(&Request<Body>) -> tracing::Span)
+        .on_response(access_log as fn(&Response<Body>, Duration, &tracing::Span))
+        // Failures stay at debug: a 503 from `/ready` while loading is expected, and every
+        // response gets its access-log line anyway.
+        .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
+}
+
+/// The request's span, with empty fields that the layers and the handler fill in.
+pub fn request_span(request: &Request<Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+        // Filled in by authentication.
+        tenant = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+        // Filled in by the usage account of a generation.
+        model = tracing::field::Empty,
+        pool = tracing::field::Empty,
+        replica = tracing::field::Empty,
+        prompt_tokens = tracing::field::Empty,
+        completion_tokens = tracing::field::Empty,
+        finish_reason = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
+}
+
+/// The access-log line of a response (see the module documentation for the exceptions).
+pub fn access_log(response: &Response<Body>, latency: Duration, _span: &tracing::Span) {
+    let extensions = response.extensions();
+    if extensions.get::<AccessLogWritten>().is_some() {
+        return;
+    }
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1e3;
+    if extensions.get::<Polled>().is_some() {
+        tracing::debug!(target: "gateway::access", status, latency_ms, "request finished");
+    } else {
+        tracing::info!(target: "gateway::access", status, latency_ms, "request finished");
+    }
+}

@@ -1,0 +1,60 @@
+//! The generation handler: submits the prepared, admitted request to the model's router and
+//! answers with one JSON body or an SSE stream.
+
+use axum::extract::State;
+use axum::response::sse::Sse;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use policies::Admission;
+use routing::Requester;
+use tower_http::request_id::RequestId;
+
+use super::preamble::PreparedGeneration;
+use super::respond::{sse_events, whole_response, Relay};
+use crate::accounting::RequestAccount;
+use crate::error::ApiError;
+use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
+use crate::state::AppState;
+
+/// `POST /v1/chat/completions` and `POST /v1/completions`, after the preamble and admission.
+pub async fn generate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(request_id): Extension<RequestId>,
+    Extension(cost): Extension<RequestCost>,
+    Extension(prepared): Extension<Handoff<PreparedGeneration>>,
+    Extension(admission): Extension<Handoff<Admission>>,
+) -> Result<Response, ApiError> {
+    let (Some(prepared), Some(admission)) = (prepared.take(), admission.take()) else {
+        return Err(ApiError::internal("the request was handed on twice"));
+    };
+    let requester = Requester {
+        tenant: caller.tenant.id.to_string(),
+        weight: caller.tenant.limits.weight,
+        tier: caller.tenant.tier.clone(),
+        traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
+    };
+    // All prompts or none: a prompt that does not fit fails the whole request (and, with
+    // nothing generated, it is not billed: the admission is dropped and refunded).
+    let streams = prepared.engine.submit_all(&requester, prepared.requests)?;
+    let request_id = request_id.header_value().to_str().unwrap_or("");
+    let account = RequestAccount::new(
+        &state,
+        &caller,
+        request_id,
+        &prepared.meta.model,
+        cost.prompt_tokens,
+        admission,
+    );
+    let relay = Relay::new(streams, account);
+    // From here the account writes the access-log line when the generation ends.
+    let mut response = if prepared.stream {
+        Sse::new(sse_events(prepared.meta, relay, prepared.include_usage)).into_response()
+    } else {
+        whole_response(prepared.meta, relay)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    };
+    response.extensions_mut().insert(AccessLogWritten);
+    Ok(response)
+}

@@ -1,0 +1,182 @@
+//! The generation preamble: everything a generation request needs before admission can weigh
+//! it. It runs as a layer on the two generation routes, so that admission (a layer too) sits
+//! between it and the handler.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use engines::{Prompt, SamplingParams};
+use routing::{ModelRouter, RouteRequest};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::extensions::{Caller, Handoff, RequestCost, ServedModel};
+use crate::models::ModelState;
+use crate::openai::chat::ChatCompletionRequest;
+use crate::openai::completions::{CompletionRequest, DEFAULT_MAX_TOKENS};
+use crate::openai::json::from_value;
+use crate::openai::params::CommonParams;
+use crate::openai::response::{Endpoint, ResponseMeta};
+use crate::openai::JsonBody;
+use crate::state::AppState;
+
+/// The preamble's state: the server's, and which endpoint's body to expect.
+#[derive(Clone)]
+pub struct PreambleState {
+    /// The server's state.
+    pub app: AppState,
+    /// The route's endpoint.
+    pub endpoint: Endpoint,
+}
+
+/// A generation request ready to submit: handed to the handler once.
+pub struct PreparedGeneration {
+    /// The model's router.
+    pub engine: Arc<ModelRouter>,
+    /// The response's id, creation time, model and format.
+    pub meta: ResponseMeta,
+    /// One per prompt (choice), each with its `max_tokens` set.
+    pub requests: Vec<RouteRequest>,
+    /// SSE rather than one JSON body.
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+/// The layer's function: prepares the request, or answers with the error that stops it. Either
+/// way the response is labelled with the model for the request counter.
+pub async fn prepare(
+    State(preamble): State<PreambleState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let state = &preamble.app;
+    let (parts, body) = request.into_parts();
+    // The body is read here, once; the handler gets what was parsed from it.
+    let body = match JsonBody::<Value>::from_request(
+        Request::from_parts(parts.clone(), body),
+        state,
+    )
+    .await
+    {
+        Ok(JsonBody(body)) => body,
+        Err(error) => return error.into_response(),
+    };
+    let Some(caller) = parts.extensions.get::<Caller>() else {
+        return ApiError::internal("the generation preamble runs after authentication")
+            .into_response();
+    };
+    let mut response = match prepare_generation(state, preamble.endpoint, caller, &body) {
+        Ok((prepared, cost)) => {
+            let mut request = Request::from_parts(parts, Body::empty());
+            request.extensions_mut().insert(Handoff::new(prepared));
+            request.extensions_mut().insert(cost);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    };
+    // The requested id when it is a configured model (client-chosen strings must not become
+    // label values).
+    if let Some(model) = body["model"]
+        .as_str()
+        .filter(|m| state.models.get(m).is_some())
+    {
+        response
+            .extensions_mut()
+            .insert(ServedModel(model.to_string()));
+    }
+    response
+}
+
+/// The endpoint's request body, parsed.
+enum GenerationBody {
+    Chat(ChatCompletionRequest),
+    Completions(CompletionRequest),
+}
+
+/// Parses, checks, renders and sizes. The order of the checks decides which error a request
+/// with several faults gets: body shape, model, parameters, prompts.
+fn prepare_generation(
+    state: &AppState,
+    endpoint: Endpoint,
+    caller: &Caller,
+    body: &Value,
+) -> Result<(PreparedGeneration, RequestCost), ApiError> {
+    let parsed = match endpoint {
+        Endpoint::Chat => GenerationBody::Chat(from_value(body)?),
+        Endpoint::Completions => GenerationBody::Completions(from_value(body)?),
+    };
+    let model = match &parsed {
+        GenerationBody::Chat(request) => &request.model,
+        GenerationBody::Completions(request) => &request.model,
+    };
+    let engine = resolve_model(state, caller, model)?;
+    let params = from_value::<CommonParams>(body)?.validate()?;
+    let prompts = match &parsed {
+        GenerationBody::Chat(request) => vec![Prompt::Chat(request.conversation()?)],
+        GenerationBody::Completions(request) => request.prompts()?,
+    };
+    let context = engine.info().context_length;
+    // The endpoint's `max_tokens` for a prompt of this size when the request names none: chat
+    // takes as many as the context has room for (OpenAI's default), completions 16.
+    let default_max_tokens = |prompt_tokens: usize| match endpoint {
+        Endpoint::Chat => context.saturating_sub(prompt_tokens).max(1),
+        Endpoint::Completions => DEFAULT_MAX_TOKENS,
+    };
+    // Each prompt is rendered and tokenised once, here: admission needs its size, and a local
+    // engine gets the ids (a remote one the original, with an estimated size).
+    let tier = caller.tenant.tier.as_deref();
+    let mut requests = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let prompt = engine.prepare(tier, prompt)?;
+        let max_tokens = params
+            .max_tokens
+            .unwrap_or_else(|| default_max_tokens(prompt.tokens()));
+        requests.push(RouteRequest {
+            prompt,
+            params: SamplingParams {
+                max_tokens,
+                ..params.sampling.clone()
+            },
+        });
+    }
+    let cost = RequestCost {
+        prompt_tokens: requests
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.prompt.tokens() as u64)),
+        reserved_tokens: RouteRequest::reserved_tokens_of(&requests),
+    };
+    let prepared = PreparedGeneration {
+        meta: ResponseMeta::new(endpoint, model),
+        engine,
+        requests,
+        stream: params.stream,
+        include_usage: params.include_usage,
+    };
+    Ok((prepared, cost))
+}
+
+/// The router of `model`, if it exists, the caller may use it, and it is loaded.
+fn resolve_model(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+) -> Result<Arc<ModelRouter>, ApiError> {
+    let model_state = state
+        .models
+        .get(model)
+        .ok_or_else(|| ApiError::model_not_found(model))?;
+    if !caller.tenant.models.allows(model) {
+        return Err(ApiError::model_not_allowed(model));
+    }
+    match model_state {
+        ModelState::Ready(engine) => Ok(engine),
+        ModelState::Loading => Err(ApiError::model_not_ready(model)),
+        ModelState::Failed(reason) => Err(ApiError::internal(format!(
+            "The model `{model}` failed to load: {reason}"
+        ))),
+    }
+}

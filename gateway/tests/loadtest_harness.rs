@@ -141,3 +141,34 @@ async fn the_synthetic_model_streams_paced_tokens_and_the_run_plots() {
     let ttft = std::fs::read_to_string(dir.path().join("ttft_cdf.svg")).unwrap();
     assert!(ttft.contains("a (n=") && ttft.contains("b (n="));
 }
+
+/// The README's smoke run: the smoke scenario against the example configuration, two real
+/// tenants with their own keys (shortened here to a few requests).
+#[tokio::test]
+async fn the_smoke_scenario_runs_as_two_tenants_of_the_example_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = std::fs::read_to_string(root.join("deploy/examples/gateway.toml")).unwrap();
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let mut scenario = Scenario::load(&root.join("loadtest/scenarios/smoke.toml")).unwrap();
+    // acme's first burst is 8 requests at once; hospital-a arrives about once a second.
+    scenario.stop.duration_secs = Some(8.0);
+    scenario.stop.requests = Some(12);
+    scenario.validate().unwrap();
+    let labels: Vec<&str> = scenario.tenants.iter().map(|t| t.label.as_str()).collect();
+    assert_eq!(labels, ["hospital-a", "acme"]);
+    let report = loadtest::run::run(&gw.base, scenario, false).await.unwrap();
+    for tenant in ["hospital-a", "acme"] {
+        let summary = &report.tenants[tenant];
+        assert!(summary.ok >= 1, "{tenant}: {summary:?}");
+        assert_eq!(summary.ok, summary.sent, "{tenant}: {summary:?}");
+    }
+    // Two tenants in the gateway's own books, not one demo key twice.
+    let metrics = gw.metrics_text().await;
+    for tenant in ["hospital-a", "acme"] {
+        let series = format!("gateway_requests_total{{tenant=\"{tenant}\",");
+        assert!(metrics.contains(&series), "{series} missing");
+    }
+}

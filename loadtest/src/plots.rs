@@ -1,12 +1,16 @@
 //! Pictures of a run (`loadtest run --plots DIR`): one SVG per latency with a CDF line per
 //! tenant, and output tokens per second over the run, per tenant and overall. A CDF shows the
 //! whole distribution at once: where the bulk sits, how long the tail is, and which tenant pays.
+//! Each tenant keeps its colour in every picture (and in every report with the same tenants):
+//! colours follow the tenants' sorted labels, the overall line is black. A latency with an SLO
+//! in the scenario gets a dashed vertical line at its threshold.
 
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
 use crate::report::{tokens_per_second, Outcome, Report, RequestRecord};
+use crate::scenario::Slo;
 
 /// Why the pictures could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -20,18 +24,55 @@ pub enum PlotError {
     Draw { path: PathBuf, message: String },
 }
 
-/// The latencies drawn as CDFs: file stem, axis label, and the values of one request.
+/// What one CDF counts: requests, or the gaps between tokens (many per request).
+#[derive(Clone, Copy)]
+enum Counted {
+    Requests,
+    TokenGaps,
+}
+
+/// The latencies drawn as CDFs: file stem, axis label, what a point counts, the values of one
+/// request, and the scenario's SLO for it.
 type Extract = fn(&RequestRecord) -> Vec<f64>;
-const LATENCIES: [(&str, &str, Extract); 4] = [
-    ("ttft_cdf", "time to first token (ms)", |r| {
-        r.ttft_ms.into_iter().collect()
-    }),
-    ("itl_cdf", "inter-token latency (ms)", |r| r.itl_ms.clone()),
-    ("tpot_cdf", "time per output token (ms)", |r| {
-        r.tpot_ms().into_iter().collect()
-    }),
-    ("e2el_cdf", "end-to-end latency (ms)", |r| vec![r.e2el_ms]),
+type SloOf = fn(&Slo) -> Option<f64>;
+const LATENCIES: [(&str, &str, Counted, Extract, SloOf); 4] = [
+    (
+        "ttft_cdf",
+        "time to first token (ms)",
+        Counted::Requests,
+        |r| r.ttft_ms.into_iter().collect(),
+        |slo| slo.ttft_ms,
+    ),
+    (
+        "itl_cdf",
+        "inter-token latency (ms)",
+        Counted::TokenGaps,
+        |r| r.itl_ms.clone(),
+        // The TPOT objective bounds the mean gap, not each gap: no line here.
+        |_| None,
+    ),
+    (
+        "tpot_cdf",
+        "time per output token (ms)",
+        Counted::Requests,
+        |r| r.tpot_ms().into_iter().collect(),
+        |slo| slo.tpot_ms,
+    ),
+    (
+        "e2el_cdf",
+        "end-to-end latency (ms)",
+        Counted::Requests,
+        |r| vec![r.e2el_ms],
+        |slo| slo.e2el_ms,
+    ),
 ];
+
+/// The colour of `tenant` in every picture of `report`.
+fn tenant_colour(report: &Report, tenant: &str) -> RGBColor {
+    let index = report.tenants.keys().position(|t| t == tenant).unwrap_or(0);
+    let (r, g, b) = Palette99::pick(index).rgb();
+    RGBColor(r, g, b)
+}
 
 /// Writes every picture of `report` into `dir` (created if missing); returns the files written.
 pub fn write_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
@@ -40,7 +81,7 @@ pub fn write_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, PlotErro
         source,
     })?;
     let mut written = Vec::new();
-    for (stem, label, extract) in LATENCIES {
+    for (stem, label, counted, extract, slo_of) in LATENCIES {
         let series: Vec<(String, Vec<(f64, f64)>)> = report
             .tenants
             .keys()
@@ -58,7 +99,12 @@ pub fn write_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, PlotErro
             continue; // e.g. no streamed request: no TTFT to draw
         }
         let path = dir.join(format!("{stem}.svg"));
-        draw_cdf(&path, label, &series).map_err(|message| PlotError::Draw {
+        let chart = CdfChart {
+            x_label: label,
+            counted,
+            slo: slo_of(&report.slo),
+        };
+        draw_cdf(&path, &chart, report, &series).map_err(|message| PlotError::Draw {
             path: path.clone(),
             message,
         })?;
@@ -84,17 +130,31 @@ pub fn cdf_points(values: impl IntoIterator<Item = f64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// What one CDF picture shows.
+struct CdfChart<'a> {
+    x_label: &'a str,
+    counted: Counted,
+    slo: Option<f64>,
+}
+
 fn draw_cdf(
     path: &Path,
-    x_label: &str,
+    chart_of: &CdfChart<'_>,
+    report: &Report,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<(), String> {
+    let x_label = chart_of.x_label;
     let x_max = series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .chain(chart_of.slo)
         .fold(0.0_f64, f64::max)
         .max(1e-3)
         * 1.05;
+    let (y_desc, unit) = match chart_of.counted {
+        Counted::Requests => ("fraction of requests at or below", "requests"),
+        Counted::TokenGaps => ("fraction of token gaps at or below", "gaps"),
+    };
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
@@ -107,11 +167,11 @@ fn draw_cdf(
     chart
         .configure_mesh()
         .x_desc(x_label)
-        .y_desc("fraction of requests at or below")
+        .y_desc(y_desc)
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (tenant, points)) in series.iter().enumerate() {
-        let colour = Palette99::pick(i).stroke_width(2);
+    for (tenant, points) in series {
+        let colour = tenant_colour(report, tenant).stroke_width(2);
         // A step line: the CDF jumps at each value.
         let mut steps = Vec::with_capacity(points.len() * 2 + 1);
         let mut previous = 0.0;
@@ -124,8 +184,16 @@ fn draw_cdf(
         chart
             .draw_series(LineSeries::new(steps, colour))
             .map_err(|e| e.to_string())?
-            .label(format!("{tenant} (n={})", points.len()))
+            .label(format!("{tenant} (n={} {unit})", points.len()))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
+    if let Some(slo) = chart_of.slo {
+        let style = RED.stroke_width(2);
+        chart
+            .draw_series(DashedLineSeries::new([(slo, 0.0), (slo, 1.0)], 8, 6, style))
+            .map_err(|e| e.to_string())?
+            .label(format!("SLO {slo} ms"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart
         .configure_series_labels()
@@ -172,7 +240,11 @@ fn draw_throughput(path: &Path, report: &Report) -> Result<(), String> {
         .draw()
         .map_err(|e| e.to_string())?;
     for (i, (name, values)) in series.iter().enumerate() {
-        let colour = Palette99::pick(i).stroke_width(2);
+        // The overall line is black; each tenant has its colour of the CDF pictures.
+        let colour = match i {
+            0 => BLACK.stroke_width(2),
+            _ => tenant_colour(report, name).stroke_width(2),
+        };
         // Each bucket drawn at its midpoint.
         let points = values
             .iter()
@@ -197,7 +269,6 @@ fn draw_throughput(path: &Path, report: &Report) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::Slo;
 
     fn record(tenant: &str, sent_at_ms: f64, ttft: f64, e2el: f64, tokens: u64) -> RequestRecord {
         RequestRecord {
@@ -281,7 +352,62 @@ mod tests {
         }
         let ttft = std::fs::read_to_string(dir.path().join("ttft_cdf.svg")).unwrap();
         assert!(ttft.contains("time to first token"));
+        assert!(ttft.contains("fraction of requests at or below"));
+        let itl = std::fs::read_to_string(dir.path().join("itl_cdf.svg")).unwrap();
+        assert!(itl.contains("fraction of token gaps at or below"));
+        assert!(itl.contains("gaps)"));
         // One data line per tenant (legend swatches are paths too, and the mesh is lines).
         assert!(ttft.matches("<polyline").count() >= 2);
+    }
+
+    /// The `stroke` colours of an SVG's polylines, in drawing order.
+    fn line_colours(svg: &str) -> Vec<String> {
+        svg.split("<polyline")
+            .skip(1)
+            .filter_map(|p| p.split("stroke=\"").nth(1))
+            .map(|p| p.split('"').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_tenant_keeps_its_colour_across_pictures_and_slos_are_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        // The throughput picture draws the overall line first: a colour taken from the drawing
+        // order would shift every tenant by one between pictures.
+        let slo = Slo {
+            ttft_ms: Some(250.0),
+            ..Slo::default()
+        };
+        let report = Report::new(
+            "http://x",
+            "m",
+            2.0,
+            vec![
+                record("alpha", 0.0, 100.0, 500.0, 5),
+                record("beta", 200.0, 300.0, 1500.0, 7),
+            ],
+            &slo,
+        );
+        write_plots(&report, dir.path()).unwrap();
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let ttft = read("ttft_cdf.svg");
+        let throughput = read("throughput.svg");
+        let alpha = tenant_colour(&report, "alpha");
+        let beta = tenant_colour(&report, "beta");
+        assert_ne!(alpha, beta);
+        let hex = |c: RGBColor| format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
+        let ttft_lines = line_colours(&ttft);
+        let throughput_lines = line_colours(&throughput);
+        for colour in [hex(alpha), hex(beta)] {
+            assert!(ttft_lines.contains(&colour), "{colour} {ttft_lines:?}");
+            assert!(
+                throughput_lines.contains(&colour),
+                "{colour} {throughput_lines:?}"
+            );
+        }
+        // The overall line is black, and only in the throughput picture.
+        assert!(throughput_lines.contains(&"#000000".to_string()));
+        assert!(ttft.contains("SLO 250 ms"));
+        assert!(!read("e2el_cdf.svg").contains("SLO"));
     }
 }

@@ -164,6 +164,10 @@ pub struct Report {
     /// Output tokens completed in each second of the run.
     pub output_tokens_per_second: Vec<u64>,
     pub requests: Vec<RequestRecord>,
+    /// The scenario's service-level objectives (drawn on the plots; reports written before
+    /// they were recorded read as none).
+    #[serde(default)]
+    pub slo: Slo,
 }
 
 impl Report {
@@ -191,6 +195,7 @@ impl Report {
             tenants,
             output_tokens_per_second: per_second,
             requests,
+            slo: slo.clone(),
         }
     }
 }

@@ -51,7 +51,7 @@ pub struct StopRule {
     pub requests: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Slo {
     pub ttft_ms: Option<f64>,

@@ -7,11 +7,11 @@
 pub mod breaker;
 pub mod health;
 pub mod pool;
+pub mod relay;
 pub mod router;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, Health};
 pub use health::spawn_health_checks;
 pub use pool::{Pool, PoolKind, Probe, Replica, ReplicaSnapshot};
-pub use router::{
-    ModelRouter, PoolSnapshot, Requester, RoutablePrompt, RouteError, RouteRequest, RoutedStream,
-};
+pub use relay::RoutedStream;
+pub use router::{ModelRouter, PoolSnapshot, Requester, RoutablePrompt, RouteError, RouteRequest};

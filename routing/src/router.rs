@@ -1,16 +1,15 @@
-//! The router of one model: which pool, which replica, and what happens when one fails.
+//! The router of one model: placement (which pool, which replica, with what reservation).
+//! What happens to a placed request while it runs (retry, breaker feedback) is in `relay`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use engines::{
-    EngineError, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, SamplingParams, TokenEvent,
-    TokenStream,
-};
+use engines::{EngineError, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, SamplingParams};
 use serde::Serialize;
 
-use crate::pool::{Pool, PoolKind, Replica, ReplicaSnapshot, Reservation};
+use crate::pool::{Pool, PoolKind, Replica, ReplicaSnapshot};
+use crate::relay::RoutedStream;
 
 /// Why a request could not be placed.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +167,7 @@ impl ModelRouter {
     }
 
     /// The first replica, in the tier's pool order, that is up and not saturated.
-    fn choose(
+    pub(crate) fn choose(
         &self,
         tier: Option<&str>,
         tokens: u64,
@@ -225,7 +224,14 @@ impl ModelRouter {
                         .zip(&requests)
                         .map(|(inner, request)| {
                             let reservation = replica.reserve(request.reserved_tokens());
-                            self.forward(requester, request, &pool, reservation, inner)
+                            RoutedStream::new(
+                                self.clone(),
+                                requester,
+                                request,
+                                &pool,
+                                reservation,
+                                inner,
+                            )
                         })
                         .collect();
                     return Ok(streams);
@@ -244,29 +250,6 @@ impl ModelRouter {
         Err(self.no_replica(tier))
     }
 
-    /// Wraps `inner` in the stream the caller reads: it retries once elsewhere if the replica
-    /// fails before the first token, and holds the reservation until the end.
-    fn forward(
-        self: &Arc<Self>,
-        requester: &Requester,
-        request: &RouteRequest,
-        pool: &Pool,
-        reservation: Reservation,
-        inner: TokenStream,
-    ) -> RoutedStream {
-        RoutedStream {
-            routed: Some(routed_event(pool, &reservation.replica)),
-            router: self.clone(),
-            requester: requester.clone(),
-            request: request.clone(),
-            reservation,
-            inner,
-            generated: 0,
-            retried: false,
-            done: false,
-        }
-    }
-
     /// Every pool and replica, for `/admin/pools`.
     pub fn snapshot(&self) -> Vec<PoolSnapshot> {
         let now = Instant::now();
@@ -283,7 +266,8 @@ impl ModelRouter {
     }
 }
 
-fn generation_request(
+/// What the engine of a `kind` pool is given for `request`.
+pub(crate) fn generation_request(
     requester: &Requester,
     request: &RouteRequest,
     kind: PoolKind,
@@ -305,108 +289,6 @@ pub struct PoolSnapshot {
     pub model: String,
     pub max_outstanding_tokens: Option<u64>,
     pub replicas: Vec<ReplicaSnapshot>,
-}
-
-fn routed_event(pool: &Pool, replica: &Replica) -> TokenEvent {
-    TokenEvent::Routed {
-        pool: pool.name.clone(),
-        replica: replica.name.clone(),
-    }
-}
-
-/// One routed request's events, read by the caller. The routing work (retry, reservation,
-/// breaker feedback) happens inside [`RoutedStream::next`], on the caller's task: no task and
-/// no second channel per request. Dropping it drops the engine's stream, which cancels the
-/// request there, and gives the reservation back.
-pub struct RoutedStream {
-    /// The `Routed` event still to deliver.
-    routed: Option<TokenEvent>,
-    router: Arc<ModelRouter>,
-    requester: Requester,
-    request: RouteRequest,
-    reservation: Reservation,
-    inner: TokenStream,
-    generated: usize,
-    retried: bool,
-    done: bool,
-}
-
-impl RoutedStream {
-    /// The next event: `Routed` first (again after a retry), then the engine's events; `None`
-    /// after the final one.
-    pub async fn next(&mut self) -> Option<TokenEvent> {
-        if let Some(routed) = self.routed.take() {
-            return Some(routed);
-        }
-        if self.done {
-            return None;
-        }
-        let replica = self.reservation.replica.clone();
-        let event = match self.inner.next().await {
-            Some(TokenEvent::Token { id, text }) => {
-                self.generated += 1;
-                self.reservation.consume_one();
-                return Some(TokenEvent::Token { id, text });
-            }
-            Some(TokenEvent::Finished(completion)) => {
-                replica.on_success();
-                TokenEvent::Finished(completion)
-            }
-            Some(TokenEvent::Unavailable(reason)) if self.generated == 0 && !self.retried => {
-                replica.on_failure(&reason);
-                self.retried = true;
-                match self.retry(&replica) {
-                    Some((pool, reservation, inner)) => {
-                        tracing::info!(from = %replica.name, to = %reservation.replica.name, reason, "retrying on another replica before the first token");
-                        let routed = routed_event(&pool, &reservation.replica);
-                        self.reservation = reservation;
-                        self.inner = inner;
-                        return Some(routed);
-                    }
-                    None => TokenEvent::Unavailable(reason),
-                }
-            }
-            Some(TokenEvent::Unavailable(reason)) if self.generated == 0 => {
-                // The retry failed too: still nothing generated, still "unavailable".
-                replica.on_failure(&reason);
-                TokenEvent::Unavailable(reason)
-            }
-            // Refused before any token without being unavailable: the request's fault (an
-            // upstream 4xx), not the replica's; it answered, so it counts as healthy.
-            Some(TokenEvent::Failed(reason)) if self.generated == 0 => {
-                replica.on_success();
-                TokenEvent::Failed(reason)
-            }
-            Some(TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason)) => {
-                replica.on_failure(&reason);
-                TokenEvent::Failed(reason)
-            }
-            Some(routed @ TokenEvent::Routed { .. }) => return Some(routed),
-            None => {
-                let reason = "the engine stopped before the request finished".to_string();
-                replica.on_failure(&reason);
-                TokenEvent::Failed(reason)
-            }
-        };
-        self.done = true;
-        Some(event)
-    }
-
-    /// The same request on another replica (any pool of the tier), if one can take it.
-    fn retry(&self, failed: &Replica) -> Option<(Arc<Pool>, Reservation, TokenStream)> {
-        let tokens = self.request.reserved_tokens();
-        let (pool, replica) =
-            self.router
-                .choose(self.requester.tier.as_deref(), tokens, Some(failed))?;
-        let request = generation_request(&self.requester, &self.request, pool.kind);
-        match replica.engine.submit(request) {
-            Ok(inner) => Some((pool, replica.reserve(tokens), inner)),
-            Err(e) => {
-                replica.on_failure(&e.to_string());
-                None
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,193 @@
+//! One request's call upstream: send, wait for the head, relay the stream's tokens as engine
+//! events (or fail retryably while nothing was generated), and count the outcome.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use http::{Request, StatusCode};
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use tokio::sync::mpsc;
+
+use super::client::{describe, RemoteClient};
+use super::wire::{error_message, read_chunk};
+use super::RemoteOptions;
+use crate::engine::{
+    Completion, EngineCounters, RequestTiming, TokenEvent, Usage, REMOTE_TOKEN_ID,
+};
+
+/// One request on its way upstream and back.
+pub(super) struct UpstreamCall {
+    pub(super) client: RemoteClient,
+    pub(super) options: RemoteOptions,
+    pub(super) counters: std::sync::Arc<EngineCounters>,
+    pub(super) events: mpsc::UnboundedSender<TokenEvent>,
+    pub(super) prompt_estimate: usize,
+}
+
+/// How a call ended, for the counters.
+enum Outcome {
+    Finished,
+    Cancelled,
+    Failed,
+}
+
+impl UpstreamCall {
+    pub(super) async fn run(self, request: Request<Full<Bytes>>) {
+        let mut generated = 0;
+        let outcome = self.exchange(request, &mut generated).await;
+        let c = &self.counters;
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        c.generated_tokens
+            .fetch_add(generated as u64, Ordering::Relaxed);
+        let counter = match outcome {
+            Outcome::Finished => &c.finished,
+            Outcome::Cancelled => &c.cancelled,
+            Outcome::Failed => &c.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends the terminal error event: retryable while nothing was generated.
+    fn fail(&self, generated: usize, message: String) -> Outcome {
+        let event = match generated {
+            0 => TokenEvent::Unavailable(message),
+            _ => TokenEvent::Failed(message),
+        };
+        let _ = self.events.send(event);
+        Outcome::Failed
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>, generated: &mut usize) -> Outcome {
+        let started = Instant::now();
+        let base = &self.options.base_url;
+        let response = tokio::select! {
+            _ = self.events.closed() => return Outcome::Cancelled,
+            response = tokio::time::timeout(self.options.response_timeout, self.client.http.request(request)) => response,
+        };
+        let response = match response {
+            Err(_) => {
+                let timeout = self.options.response_timeout;
+                return self.fail(
+                    0,
+                    format!("upstream {base} did not answer within {timeout:?}"),
+                );
+            }
+            Ok(Err(e)) => {
+                return self.fail(0, format!("cannot reach upstream {base}: {}", describe(e)))
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body =
+                tokio::time::timeout(self.options.idle_timeout, response.into_body().collect())
+                    .await
+                    .ok()
+                    .and_then(|b| b.ok())
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+            let message = format!(
+                "upstream {base} answered {status}: {}",
+                error_message(&body)
+            );
+            // Overload and server errors: another replica may well serve it.
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                return self.fail(0, message);
+            }
+            let _ = self.events.send(TokenEvent::Failed(message));
+            return Outcome::Failed;
+        }
+
+        let mut stream = BodyDataStream::new(response.into_body()).eventsource();
+        let mut first_token = None;
+        let mut finish_reason = None;
+        let mut usage = None;
+        loop {
+            let next = tokio::select! {
+                _ = self.events.closed() => return Outcome::Cancelled,
+                next = tokio::time::timeout(self.options.idle_timeout, stream.next()) => next,
+            };
+            let event = match next {
+                Err(_) => {
+                    let idle = self.options.idle_timeout;
+                    return self.fail(
+                        *generated,
+                        format!("upstream {base} sent nothing for {idle:?}"),
+                    );
+                }
+                Ok(None) => {
+                    return self.fail(
+                        *generated,
+                        format!("upstream {base} closed the stream before it finished"),
+                    )
+                }
+                Ok(Some(Err(e))) => {
+                    return self.fail(
+                        *generated,
+                        format!("reading the stream of upstream {base}: {e}"),
+                    )
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            if event.data == "[DONE]" {
+                break;
+            }
+            let chunk = match read_chunk(&event.data) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    return self.fail(
+                        *generated,
+                        format!("unreadable chunk from upstream {base}: {e}"),
+                    )
+                }
+            };
+            if let Some(error) = chunk.error {
+                return self.fail(*generated, format!("upstream {base}: {error}"));
+            }
+            if chunk.usage.is_some() {
+                usage = chunk.usage;
+            }
+            if let Some(text) = chunk.token {
+                first_token.get_or_insert_with(|| started.elapsed());
+                *generated += 1;
+                let token = TokenEvent::Token {
+                    id: REMOTE_TOKEN_ID,
+                    text,
+                };
+                if self.events.send(token).is_err() {
+                    return Outcome::Cancelled;
+                }
+            }
+            if chunk.finish_reason.is_some() {
+                finish_reason = chunk.finish_reason;
+            }
+        }
+        let Some(finish_reason) = finish_reason else {
+            return self.fail(
+                *generated,
+                format!("upstream {base} ended the stream without a finish reason"),
+            );
+        };
+        let usage = usage.unwrap_or(Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: *generated,
+        });
+        self.counters
+            .prompt_tokens
+            .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
+        let completion = Completion {
+            finish_reason,
+            usage,
+            timing: RequestTiming {
+                time_to_first_token: first_token.unwrap_or_default(),
+                decode_steps: generated.saturating_sub(1),
+                ..RequestTiming::default()
+            },
+        };
+        let _ = self.events.send(TokenEvent::Finished(completion));
+        Outcome::Finished
+    }
+}

@@ -1,0 +1,304 @@
+//! The gateway's configuration file (TOML), documented in `docs/configuration.md`: the whole
+//! file and its loading and checks here, one module per section.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use policies::{KeyDigest, TenantId};
+use serde::Deserialize;
+
+mod ledger;
+mod models;
+mod pools;
+mod server;
+mod telemetry;
+mod tenants;
+
+pub use ledger::*;
+pub use models::*;
+pub use pools::*;
+pub use server::*;
+pub use telemetry::*;
+pub use tenants::*;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("tenant `{tenant}`: {source}")]
+    Key {
+        tenant: TenantId,
+        source: policies::KeyError,
+    },
+    #[error(transparent)]
+    Keys(#[from] policies::KeyError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("model `{0}` is configured twice")]
+    DuplicateModel(String),
+    #[error("model `{model}`: device `{device}`: {reason}")]
+    Device {
+        model: String,
+        device: String,
+        reason: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on: `IP:PORT` or `HOST:PORT` (resolved once at start-up).
+    #[serde(default = "default_listen", deserialize_with = "deserialize_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Serve HTTPS with these PEM files instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+    #[serde(default = "default_models")]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Stored forms of the keys that may use `/admin/*`.
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Named pools of replicas that models are routed to.
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+impl Default for GatewayConfig {
+    /// The embedded default: the default model on the CPU, on 127.0.0.1:8080, no tenants (the
+    /// command line adds the `demo` tenant).
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            server: ServerConfig::default(),
+            engine: EngineConfig::default(),
+            tls: None,
+            models: default_models(),
+            tenants: Vec::new(),
+            admin_keys: Vec::new(),
+            ledger: LedgerConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            pools: Vec::new(),
+            routing: RoutingConfig::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads a file; relative paths inside it are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for model in &mut config.models {
+            if let Some(p) = model.path.as_mut() {
+                resolve(p);
+            }
+        }
+        if let Some(p) = config.ledger.path.as_mut() {
+            resolve(p);
+        }
+        if let Some(tls) = config.tls.as_mut() {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The command line's `--listen` and `--model` (the first model's GGUF file) over the file.
+    pub fn apply_overrides(
+        &mut self,
+        listen: Option<SocketAddr>,
+        model: Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        if let Some(listen) = listen {
+            self.listen = listen;
+        }
+        if let Some(model) = model {
+            let first = self
+                .models
+                .first_mut()
+                .ok_or_else(|| ConfigError::Invalid("the config names no model".into()))?;
+            first.path = Some(model);
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: unique model ids, known devices, parseable keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.server.cors_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] cors_origins: `{origin}` is not an origin (scheme://host[:port], no path) or `*`"
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for model in &self.models {
+            if !seen.insert(model.id.as_str()) {
+                return Err(ConfigError::DuplicateModel(model.id.clone()));
+            }
+            parse_device(&model.device).map_err(|reason| ConfigError::Device {
+                model: model.id.clone(),
+                device: model.device.clone(),
+                reason,
+            })?;
+            if model.synthetic.is_some() != (model.kind == ModelKind::Synthetic) {
+                return Err(ConfigError::Invalid(format!(
+                    "model `{}`: `[models.synthetic]` goes with `kind = \"synthetic\"`, and only with it",
+                    model.id
+                )));
+            }
+            if let Some(synthetic) = &model.synthetic {
+                let rate = synthetic.tokens_per_second;
+                if !(rate >= 0.0 && rate.is_finite()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "model `{}`: `tokens_per_second` must be a number >= 0",
+                        model.id
+                    )));
+                }
+            }
+            let core = model.core();
+            let zero = [
+                ("max_batch_tokens", core.max_batch_tokens),
+                ("max_running", core.max_running),
+                ("prefill_chunk", core.prefill_chunk),
+                ("kv_cache_tokens", core.kv_cache_tokens.unwrap_or(1)),
+            ]
+            .into_iter()
+            .find(|(_, v)| *v == 0);
+            if let Some((field, _)) = zero {
+                return Err(ConfigError::Invalid(format!(
+                    "model `{}`: `{field}` must be at least 1",
+                    model.id
+                )));
+            }
+        }
+        self.validate_pools()?;
+        for tenant in &self.tenants {
+            if tenant.weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant `{}`: `weight` must be positive",
+                    tenant.id
+                )));
+            }
+        }
+        for key in &self.admin_keys {
+            KeyDigest::parse(key)?;
+        }
+        self.key_store().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engines::model_fetch::DEFAULT_MODEL_ID;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/gateway.toml");
+        let config = GatewayConfig::load(&path).unwrap();
+        assert_eq!(config.models[0].id, DEFAULT_MODEL_ID);
+        assert!(!config.tenants.is_empty());
+        assert!(!config.key_store().unwrap().is_empty());
+        assert_eq!(config.admin_keys.len(), 1);
+        assert_eq!(config.tenants[0].spec().limits.weight, 2.0);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_keys() {
+        assert!(toml::from_str::<GatewayConfig>("listne = \"x\"").is_err());
+        let bad_key = r#"
+            [[tenants]]
+            id = "a"
+            keys = ["plaintext-key"]
+        "#;
+        let config: GatewayConfig = toml::from_str(bad_key).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Key { .. })));
+    }
+
+    #[test]
+    fn rejects_duplicate_models_and_unknown_devices() {
+        let dup = "[[models]]\nid = \"m\"\n[[models]]\nid = \"m\"\n";
+        let config: GatewayConfig = toml::from_str(dup).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::DuplicateModel(_))
+        ));
+        let gpu = "[[models]]\nid = \"m\"\ndevice = \"tpu:0\"\n";
+        let config: GatewayConfig = toml::from_str(gpu).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Device { .. })));
+    }
+
+    #[test]
+    fn synthetic_models_need_their_table() {
+        let ok = "[[models]]\nid = \"s\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 20\n";
+        let config: GatewayConfig = toml::from_str(ok).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.models[0]
+                .synthetic
+                .as_ref()
+                .unwrap()
+                .options()
+                .tokens_per_second,
+            20.0
+        );
+        let missing = "[[models]]\nid = \"s\"\nkind = \"synthetic\"\n";
+        let config: GatewayConfig = toml::from_str(missing).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
+        let stray = "[[models]]\nid = \"s\"\n[models.synthetic]\n";
+        let config: GatewayConfig = toml::from_str(stray).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn defaults_serve_the_embedded_model() {
+        let config: GatewayConfig = toml::from_str("").unwrap();
+        assert_eq!(config.listen, default_listen());
+        let named: GatewayConfig = toml::from_str("listen = \"localhost:9000\"").unwrap();
+        assert_eq!(named.listen.port(), 9000);
+        assert!(named.listen.ip().is_loopback());
+        assert!(resolve_listen("no port here").is_err());
+        assert_eq!(config.models.len(), 1);
+        assert!(config.models[0].path.is_none());
+        assert_eq!(config.server.max_body_bytes, 2 * 1024 * 1024);
+    }
+}

@@ -1,0 +1,150 @@
+//! `[[models]]`: the models served, their engines and devices.
+
+use std::path::PathBuf;
+
+use engines::model::WeightFormat;
+use engines::model_fetch::DEFAULT_MODEL_ID;
+use engines::{CoreConfig, DeviceSpec};
+use serde::Deserialize;
+
+/// A model served by a local engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The id clients put in `model`.
+    pub id: String,
+    /// `gguf` (default): a candle engine on a GGUF file. `synthetic`: a benchmark tool that
+    /// streams tokens without running a model (see `[models.synthetic]`).
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Behaviour of a `synthetic` model.
+    pub synthetic: Option<SyntheticConfig>,
+    /// GGUF file. Absent: the embedded default model, fetched into the cache if missing.
+    pub path: Option<PathBuf>,
+    /// Where the model runs when it names no `pools`: `cpu`, `cuda:N` (feature `cuda`),
+    /// `metal:N` (feature `metal`).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Pools serving this model, in order of preference (absent: one local replica on
+    /// `device`, in a pool named `local`).
+    #[serde(default)]
+    pub pools: Vec<String>,
+    /// Per tenant tier, the pools in that tier's order (e.g. `premium = ["gpu-h100", "npu"]`).
+    #[serde(default)]
+    pub tiers: std::collections::BTreeMap<String, Vec<String>>,
+    /// The model's id on remote upstreams (default: `id`).
+    pub upstream_model: Option<String>,
+    /// Context window of remote replicas (local engines read it from the model; default 8192).
+    pub context_length: Option<usize>,
+    /// `q8_0` (re-quantize coarser formats at load, the fast CPU path) or `as-stored`.
+    #[serde(default)]
+    pub weights: WeightsConfig,
+    /// Tokens per forward pass (decodes and prefill chunks together).
+    pub max_batch_tokens: Option<usize>,
+    /// Sequences in the running batch.
+    pub max_running: Option<usize>,
+    /// Largest prompt chunk of one sequence per step.
+    pub prefill_chunk: Option<usize>,
+    /// KV cache size in tokens; absent: the model's context length.
+    pub kv_cache_tokens: Option<usize>,
+    /// Admit across tenants by weighted virtual token counters (default); `false`: first come,
+    /// first served.
+    pub fair_share: Option<bool>,
+}
+
+impl ModelConfig {
+    /// The request core's settings: configured values over the defaults.
+    pub fn core(&self) -> CoreConfig {
+        let d = CoreConfig::default();
+        CoreConfig {
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
+            max_running: self.max_running.unwrap_or(d.max_running),
+            prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
+            kv_cache_tokens: self.kv_cache_tokens.or(d.kv_cache_tokens),
+            fair_share: self.fair_share.unwrap_or(d.fair_share),
+            ..d
+        }
+    }
+}
+
+/// What runs behind a model id.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    #[default]
+    Gguf,
+    /// Benchmark tool only: measures the gateway's own overhead; its output is meaningless.
+    Synthetic,
+}
+
+/// `[models.synthetic]`: how the benchmark engine streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Tokens per second of each stream; 0 (default): unpaced.
+    #[serde(default)]
+    pub tokens_per_second: f64,
+    /// Tokens per request (capped by `max_tokens`); absent: exactly `max_tokens`.
+    pub output_tokens: Option<usize>,
+    /// Context window requests are checked against (default 8192).
+    pub context_length: Option<usize>,
+}
+
+impl SyntheticConfig {
+    pub fn options(&self) -> engines::SyntheticOptions {
+        let d = engines::SyntheticOptions::default();
+        engines::SyntheticOptions {
+            tokens_per_second: self.tokens_per_second,
+            output_tokens: self.output_tokens,
+            context_length: self.context_length.unwrap_or(d.context_length),
+            ..d
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightsConfig {
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[default]
+    AsStored,
+}
+
+impl From<WeightsConfig> for WeightFormat {
+    fn from(w: WeightsConfig) -> Self {
+        match w {
+            WeightsConfig::Q8_0 => WeightFormat::Q8_0,
+            WeightsConfig::AsStored => WeightFormat::AsStored,
+        }
+    }
+}
+
+fn default_device() -> String {
+    "cpu".to_string()
+}
+
+pub(super) fn default_models() -> Vec<ModelConfig> {
+    vec![ModelConfig {
+        id: DEFAULT_MODEL_ID.to_string(),
+        kind: ModelKind::Gguf,
+        synthetic: None,
+        path: None,
+        device: default_device(),
+        pools: Vec::new(),
+        tiers: Default::default(),
+        upstream_model: None,
+        context_length: None,
+        weights: WeightsConfig::default(),
+        max_batch_tokens: None,
+        max_running: None,
+        prefill_chunk: None,
+        kv_cache_tokens: None,
+        fair_share: None,
+    }]
+}
+
+/// Parses a device name (`cpu`, `cuda:N`, `metal:N`).
+pub fn parse_device(name: &str) -> Result<DeviceSpec, String> {
+    name.parse()
+}

@@ -1,0 +1,86 @@
+//! `listen`, `[server]`, `[engine]` and `[tls]`: where and how the gateway serves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Largest accepted request body in bytes (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Time allowed until a response starts (the whole response when not streaming); 504 beyond.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. `["https://chat.example.org"]`;
+    /// `["*"]` allows any origin. Empty (the default): no CORS headers, browsers on other
+    /// origins are refused by their own same-origin policy.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body_bytes(),
+            request_timeout_secs: default_request_timeout_secs(),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Process-wide engine settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Threads for the models' matrix work; absent: every core.
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub(super) fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// `IP:PORT`, or `HOST:PORT` resolved by the system (`localhost:8080`); IPv4 first when a name
+/// has both, as most clients try it first.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("listen address `{text}`: {e} (expected HOST:PORT or IP:PORT)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("listen address `{text}` resolves to no address"))
+}
+
+pub(super) fn deserialize_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
+}
+
+fn default_max_body_bytes() -> usize {
+    2 * 1024 * 1024
+}
+
+fn default_request_timeout_secs() -> u64 {
+    600
+}

@@ -1,0 +1,75 @@
+//! `[[tenants]]`: who may call, with which keys and limits.
+
+use policies::{KeyDigest, KeyStore, ModelAllowList, TenantId, TenantLimits, TenantSpec};
+use serde::Deserialize;
+
+use super::*;
+
+/// A tenant: its keys, models and limits (absent limits are unlimited).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    /// Stored forms (`sha256:<hex>`) of the tenant's keys; never plaintext.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub models: ModelAllowList,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
+    pub daily_tokens: Option<u64>,
+    /// Fair share relative to other tenants (default 1).
+    pub weight: Option<f64>,
+    /// Service tier; `[models.tiers]` may route it to other pools.
+    pub tier: Option<String>,
+}
+
+impl TenantConfig {
+    /// A tenant with these stored keys, every model, and no limits.
+    pub fn unlimited(id: TenantId, keys: Vec<String>) -> Self {
+        Self {
+            id,
+            keys,
+            models: ModelAllowList::all(),
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            max_concurrent: None,
+            daily_tokens: None,
+            weight: None,
+            tier: None,
+        }
+    }
+
+    pub fn spec(&self) -> TenantSpec {
+        TenantSpec {
+            id: self.id.clone(),
+            models: self.models.clone(),
+            limits: TenantLimits {
+                requests_per_minute: self.requests_per_minute,
+                tokens_per_minute: self.tokens_per_minute,
+                max_concurrent: self.max_concurrent,
+                daily_tokens: self.daily_tokens,
+                weight: self.weight.unwrap_or(1.0),
+            },
+            tier: self.tier.clone(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The key store of every configured tenant.
+    pub fn key_store(&self) -> Result<KeyStore, ConfigError> {
+        let mut entries = Vec::new();
+        for tenant in &self.tenants {
+            for stored in &tenant.keys {
+                let digest = KeyDigest::parse(stored).map_err(|source| ConfigError::Key {
+                    tenant: tenant.id.clone(),
+                    source,
+                })?;
+                entries.push((digest, tenant.spec()));
+            }
+        }
+        Ok(KeyStore::new(entries)?)
+    }
+}

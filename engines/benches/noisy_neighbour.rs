@@ -80,7 +80,7 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
                 ignore_eos: true,
                 ..SamplingParams::greedy(OUTPUT_TOKENS)
             },
-            tenant,
+            tenant.parse().unwrap(),
         );
         let mut stream = engine.submit(request).unwrap();
         let submitted = Instant::now();

@@ -73,7 +73,7 @@ fn main() {
                 ignore_eos: true,
                 ..SamplingParams::greedy(OUTPUT_TOKENS)
             },
-            tenant: "bench".into(),
+            tenant: "bench".parse().unwrap(),
             weight: 1.0,
             traceparent: None,
         };

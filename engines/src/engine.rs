@@ -3,6 +3,7 @@
 //! A stream is an unbounded channel of [`TokenEvent`]s. Dropping the receiver is cancellation:
 //! the engine notices at its next step and frees the sequence.
 
+use policies::TenantId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub struct GenerationRequest {
     pub prompt: Prompt,
     pub params: SamplingParams,
     /// Who asks (for fair share and accounting); a label, not a credential.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The tenant's fair-share weight (1 = an equal share).
     pub weight: f64,
     /// W3C `traceparent` of the caller's span: remote engines forward it, so the upstream's
@@ -40,11 +41,11 @@ pub struct GenerationRequest {
 
 impl GenerationRequest {
     /// A request of `tenant` with weight 1.
-    pub fn new(prompt: Prompt, params: SamplingParams, tenant: impl Into<String>) -> Self {
+    pub fn new(prompt: Prompt, params: SamplingParams, tenant: TenantId) -> Self {
         Self {
             prompt,
             params,
-            tenant: tenant.into(),
+            tenant,
             weight: 1.0,
             traceparent: None,
         }

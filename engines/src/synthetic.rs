@@ -257,7 +257,7 @@ mod tests {
         GenerationRequest::new(
             Prompt::Text("one two three".into()),
             SamplingParams::greedy(max_tokens),
-            "t",
+            "t".parse().unwrap(),
         )
     }
 
@@ -361,14 +361,20 @@ mod tests {
             engine.submit(request(6)),
             Err(EngineError::ContextLengthExceeded { .. })
         ));
-        let empty =
-            GenerationRequest::new(Prompt::Text("  ".into()), SamplingParams::greedy(1), "t");
+        let empty = GenerationRequest::new(
+            Prompt::Text("  ".into()),
+            SamplingParams::greedy(1),
+            "t".parse().unwrap(),
+        );
         assert!(matches!(
             engine.submit(empty),
             Err(EngineError::EmptyPrompt)
         ));
-        let bad =
-            GenerationRequest::new(Prompt::Tokens(vec![1, 100]), SamplingParams::greedy(1), "t");
+        let bad = GenerationRequest::new(
+            Prompt::Tokens(vec![1, 100]),
+            SamplingParams::greedy(1),
+            "t".parse().unwrap(),
+        );
         assert!(matches!(
             engine.submit(bad),
             Err(EngineError::InvalidTokenId(100))

@@ -273,7 +273,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
     GenerationRequest {
         prompt: Prompt::Chat(vec![ChatMessage::new("user", question)]),
         params,
-        tenant: "test".into(),
+        tenant: "test".parse().unwrap(),
         weight: 1.0,
         traceparent: None,
     }

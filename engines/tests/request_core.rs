@@ -51,7 +51,7 @@ fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
             ignore_eos: true,
             ..SamplingParams::greedy(max_tokens)
         },
-        tenant: "t".into(),
+        tenant: "t".parse().unwrap(),
         weight: 1.0,
         traceparent: None,
     }
@@ -148,7 +148,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
             ignore_eos: true,
             ..SamplingParams::greedy(8)
         },
-        tenant: "t".into(),
+        tenant: "t".parse().unwrap(),
         weight: 1.0,
         traceparent: None,
     };
@@ -331,7 +331,7 @@ fn tenant_request(tenant: &str, weight: f64) -> GenerationRequest {
             ignore_eos: true,
             ..SamplingParams::greedy(12)
         },
-        tenant: tenant.into(),
+        tenant: tenant.parse().unwrap(),
         weight,
         traceparent: None,
     }

@@ -73,7 +73,7 @@ async fn complete(State(engine): State<Arc<dyn Engine>>, Json(body): Json<Value>
     let request = GenerationRequest::new(
         Prompt::Text(prompt),
         SamplingParams::greedy(max_tokens),
-        "floor",
+        "floor".parse().expect("a valid tenant id"),
     );
     let stream = match engine.submit(request) {
         Ok(stream) => stream,

@@ -60,7 +60,7 @@ impl RequestAccount {
             metrics: state.requests.clone(),
             record: UsageRecord {
                 request_id: request_id.to_string(),
-                tenant: caller.tenant.id.to_string(),
+                tenant: caller.tenant.id.clone(),
                 key_id: caller.key_id.to_string(),
                 model: model.to_string(),
                 pool: String::new(),

@@ -192,11 +192,7 @@ fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()>
     })?;
     let directory = state.directory();
     for row in rows {
-        if let Some(tenant) = directory
-            .tenants
-            .iter()
-            .find(|t| t.id.as_str() == row.tenant)
-        {
+        if let Some(tenant) = directory.tenants.iter().find(|t| t.id == row.tenant) {
             state.quotas.restore_usage(
                 tenant,
                 DailyUsage {

@@ -272,7 +272,7 @@ fn commit(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Result<(
         for r in records {
             insert.execute(rusqlite::params![
                 r.request_id,
-                r.tenant,
+                r.tenant.as_str(),
                 r.key_id,
                 r.model,
                 r.pool,
@@ -296,7 +296,7 @@ mod tests {
     fn record(i: u64) -> UsageRecord {
         UsageRecord {
             request_id: format!("req-{i}"),
-            tenant: format!("t{}", i % 3),
+            tenant: format!("t{}", i % 3).parse().unwrap(),
             key_id: "k".into(),
             model: "m".into(),
             pool: "local".into(),

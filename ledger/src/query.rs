@@ -1,6 +1,7 @@
 //! Reading the ledger: raw records, usage summed per tenant (and day or model), and each
 //! tenant's tokens since a moment (the daily budget after a restart).
 
+use policies::TenantId;
 use rusqlite::types::Value as SqlValue;
 use serde::Serialize;
 
@@ -19,7 +20,7 @@ pub enum GroupBy {
 /// compared with the request's end (when it was billed).
 #[derive(Debug, Clone, Default)]
 pub struct UsageQuery {
-    pub tenant: Option<String>,
+    pub tenant: Option<TenantId>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
     pub group_by: Option<GroupBy>,
@@ -28,7 +29,7 @@ pub struct UsageQuery {
 /// One line of a usage summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageRow {
-    pub tenant: String,
+    pub tenant: TenantId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,7 +48,7 @@ impl UsageQuery {
         let mut clauses = Vec::new();
         let mut params = Vec::new();
         if let Some(tenant) = &self.tenant {
-            params.push(SqlValue::Text(tenant.clone()));
+            params.push(SqlValue::Text(tenant.to_string()));
             clauses.push(format!("tenant = ?{}", params.len()));
         }
         if let Some(from) = self.from_ms {
@@ -88,7 +89,7 @@ impl Ledger {
                 let prompt: i64 = row.get(3)?;
                 let completion: i64 = row.get(4)?;
                 Ok(UsageRow {
-                    tenant: row.get(0)?,
+                    tenant: tenant_column(row, 0)?,
                     day: key.clone().filter(|_| query.group_by == Some(GroupBy::Day)),
                     model: key.filter(|_| query.group_by == Some(GroupBy::Model)),
                     requests: row.get::<_, i64>(2)? as u64,
@@ -117,7 +118,7 @@ impl Ledger {
                 let status: String = row.get(7)?;
                 Ok(UsageRecord {
                     request_id: row.get(0)?,
-                    tenant: row.get(1)?,
+                    tenant: tenant_column(row, 1)?,
                     key_id: row.get(2)?,
                     model: row.get(3)?,
                     pool: row.get(4)?,
@@ -135,6 +136,14 @@ impl Ledger {
     }
 }
 
+/// A tenant column, read back as the validated id it was written from.
+fn tenant_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<TenantId> {
+    let text: String = row.get(index)?;
+    TenantId::new(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +151,7 @@ mod tests {
     fn record(tenant: &str, model: &str, ended_at_ms: i64, status: RecordStatus) -> UsageRecord {
         UsageRecord {
             request_id: format!("req-{tenant}-{ended_at_ms}"),
-            tenant: tenant.into(),
+            tenant: tenant.parse().unwrap(),
             key_id: "k1".into(),
             model: model.into(),
             pool: "local".into(),
@@ -181,7 +190,7 @@ mod tests {
 
         let by_day = ledger
             .usage(&UsageQuery {
-                tenant: Some("acme".into()),
+                tenant: Some("acme".parse().unwrap()),
                 group_by: Some(GroupBy::Day),
                 ..Default::default()
             })
@@ -211,7 +220,7 @@ mod tests {
 
         let records = ledger
             .records(&UsageQuery {
-                tenant: Some("beta".into()),
+                tenant: Some("beta".parse().unwrap()),
                 ..Default::default()
             })
             .unwrap();

@@ -1,5 +1,6 @@
 //! What the ledger stores: one [`UsageRecord`] per finished request.
 
+use policies::TenantId;
 use serde::{Deserialize, Serialize};
 
 /// How a request ended, once admitted.
@@ -37,7 +38,7 @@ impl RecordStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub request_id: String,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub key_id: String,
     pub model: String,
     pub pool: String,

@@ -1,6 +1,7 @@
 //! The router of one model: placement (which pool, which replica, with what reservation).
 //! What happens to a placed request while it runs (retry, breaker feedback) is in `relay`.
 
+use policies::TenantId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,9 +48,10 @@ impl RoutablePrompt {
 }
 
 /// Who asks, for fair share, routing and traces.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Requester {
-    pub tenant: String,
+    /// Who asks: fair share in the engines, and accounting.
+    pub tenant: TenantId,
     pub weight: f64,
     /// The tenant's tier (`[[models]] tiers` picks pools by it).
     pub tier: Option<String>,
@@ -390,7 +392,7 @@ mod tests {
 
     fn requester(tier: Option<&str>) -> Requester {
         Requester {
-            tenant: "t".into(),
+            tenant: "t".parse().unwrap(),
             weight: 1.0,
             tier: tier.map(str::to_string),
             traceparent: None,

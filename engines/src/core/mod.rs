@@ -12,6 +12,7 @@ pub mod fair_share;
 pub mod scheduler;
 pub mod sequence;
 
+use policies::TenantId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -64,7 +65,7 @@ impl Default for CoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRecord {
     pub sequence: SequenceId,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub tokens: usize,
     /// Prompt (or recompute) tokens rather than one decode token.
     pub prefill: bool,
@@ -83,7 +84,7 @@ pub struct StepRecord {
     pub running: usize,
     pub waiting: usize,
     /// Tenants with sequences waiting for admission when the step was planned.
-    pub backlogged: Vec<String>,
+    pub backlogged: Vec<TenantId>,
 }
 
 /// The scheduler thread's state.

@@ -8,6 +8,7 @@
 //! prompt: preempted ones first, then the next sequence of the least-served tenant (see
 //! [`super::fair_share`]). Decodes come first so a long prompt never stalls the others' tokens.
 
+use policies::TenantId;
 use std::collections::VecDeque;
 
 use super::block_allocator::{blocks_for, BlockAllocator};
@@ -36,7 +37,7 @@ pub struct PlannedChunk {
     /// Index into `Scheduler::running` (valid until the running set changes).
     pub index: usize,
     pub sequence: SequenceId,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub tokens: usize,
     /// Prompt (or recompute) tokens rather than one decode token.
     pub prefill: bool,
@@ -50,7 +51,7 @@ pub struct StepPlan {
     pub preempted: Vec<SequenceId>,
     pub admitted: Vec<SequenceId>,
     /// Tenants with sequences waiting when planning began.
-    pub backlogged: Vec<String>,
+    pub backlogged: Vec<TenantId>,
 }
 
 /// Owns the waiting queue, the running batch and the block pool's bookkeeping.
@@ -88,7 +89,7 @@ impl Scheduler {
 
     pub fn enqueue(&mut self, sequence: Sequence) {
         let tenant = sequence.tenant.as_str();
-        let present = |s: &Sequence| s.tenant == tenant;
+        let present = |s: &Sequence| s.tenant.as_str() == tenant;
         if !self.waiting.iter().any(present) && !self.running.iter().any(present) {
             let active: Vec<&str> = self
                 .waiting
@@ -111,7 +112,9 @@ impl Scheduler {
         let tenant = self
             .fair_share
             .pick(self.waiting.iter().map(|s| s.tenant.as_str()))?;
-        self.waiting.iter().position(|s| s.tenant == tenant)
+        self.waiting
+            .iter()
+            .position(|s| s.tenant.as_str() == tenant)
     }
 
     /// Frees a sequence's blocks.
@@ -229,7 +232,7 @@ impl Scheduler {
         let sequence = &self.running[i];
         chunks.push((sequence.id, tokens));
         self.fair_share
-            .charge(&sequence.tenant, tokens, sequence.weight);
+            .charge(sequence.tenant.as_str(), tokens, sequence.weight);
     }
 
     /// Ensures running sequence `i` has blocks for `n` more positions, preempting the youngest
@@ -302,7 +305,7 @@ mod tests {
         std::mem::forget(rx); // keep the channel open: the sequence is not cancelled
         Sequence::new(
             id,
-            "t".into(),
+            "t".parse().unwrap(),
             vec![1; prompt],
             SamplingParams::greedy(8),
             tx,

@@ -1,6 +1,7 @@
 //! One sequence being generated: its tokens, block table, sampler, streaming decoder and stop
 //! strings, and the rules that turn a sampled token into events for the client.
 
+use policies::TenantId;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -21,7 +22,7 @@ pub type SequenceId = u64;
 pub struct Sequence {
     pub id: SequenceId,
     /// Who asked: the fair-share unit.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The tenant's fair-share weight.
     pub weight: f64,
     pub prompt_ids: Vec<u32>,
@@ -53,7 +54,7 @@ pub enum Next {
 impl Sequence {
     pub fn new(
         id: SequenceId,
-        tenant: String,
+        tenant: TenantId,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
         events: mpsc::UnboundedSender<TokenEvent>,

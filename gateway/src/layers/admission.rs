@@ -37,9 +37,7 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
         Err(rejection) => {
             let reason = rejection.reason.as_str();
             tracing::info!(reason, "request refused by quota");
-            state
-                .requests
-                .count_rejection(caller.tenant.id.as_str(), reason);
+            state.requests.count_rejection(&caller.tenant.id, reason);
             ApiError::rate_limited(&rejection).into_response()
         }
         Ok(admission) => {

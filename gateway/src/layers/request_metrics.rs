@@ -27,7 +27,7 @@ pub async fn count_request(
             .map_or("", |m| m.0.as_str());
         state
             .requests
-            .count_request(tenant.as_str(), model, response.status().as_u16());
+            .count_request(&tenant, model, response.status().as_u16());
     }
     response
 }

@@ -2,6 +2,7 @@
 //! pool (tenants are configured, so the `tenant` label's values are bounded).
 //! Recorded where the request ends (see `accounting`), so they agree with the usage ledger.
 
+use policies::TenantId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -158,11 +159,11 @@ impl RequestMetrics {
     }
 
     /// One API request answered with `status`.
-    pub fn count_request(&self, tenant: &str, model: &str, status: u16) {
+    pub fn count_request(&self, tenant: &TenantId, model: &str, status: u16) {
         if self.enabled {
             self.requests
                 .get_or_create(&RequestLabels {
-                    tenant: tenant.into(),
+                    tenant: tenant.to_string(),
                     model: model.into(),
                     status: status.to_string(),
                 })
@@ -171,11 +172,11 @@ impl RequestMetrics {
     }
 
     /// One request refused by the quota limit `reason`.
-    pub fn count_rejection(&self, tenant: &str, reason: &str) {
+    pub fn count_rejection(&self, tenant: &TenantId, reason: &str) {
         if self.enabled {
             self.rejections
                 .get_or_create(&RejectionLabels {
-                    tenant: tenant.into(),
+                    tenant: tenant.to_string(),
                     reason: reason.into(),
                 })
                 .inc();
@@ -183,10 +184,10 @@ impl RequestMetrics {
     }
 
     /// The tokens of one settled request.
-    pub fn count_tokens(&self, tenant: &str, model: &str, prompt: u64, completion: u64) {
+    pub fn count_tokens(&self, tenant: &TenantId, model: &str, prompt: u64, completion: u64) {
         if self.enabled {
             let labels = TokenLabels {
-                tenant: tenant.into(),
+                tenant: tenant.to_string(),
                 model: model.into(),
             };
             self.prompt_tokens.get_or_create(&labels).inc_by(prompt);
@@ -198,12 +199,12 @@ impl RequestMetrics {
 
     /// The latency histograms of one tenant, model and pool, taken once per request (not per
     /// token).
-    pub fn latencies(&self, tenant: &str, model: &str, pool: &str) -> Option<LatencyHandles> {
+    pub fn latencies(&self, tenant: &TenantId, model: &str, pool: &str) -> Option<LatencyHandles> {
         if !self.enabled {
             return None;
         }
         let labels = LatencyLabels {
-            tenant: tenant.into(),
+            tenant: tenant.to_string(),
             model: model.into(),
             pool: pool.into(),
         };

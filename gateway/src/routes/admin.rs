@@ -1,5 +1,6 @@
 //! `/admin/*`: tenants with their limits and live counters; usage from the ledger (JSON or CSV).
 
+use policies::TenantId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -145,8 +146,15 @@ fn usage_query(
             ))
         }
     };
+    let tenant = match params.get("tenant").filter(|t| !t.is_empty()) {
+        Some(text) => Some(
+            TenantId::new(text.as_str())
+                .map_err(|e| ApiError::invalid_param("tenant", e.to_string()))?,
+        ),
+        None => None,
+    };
     let query = UsageQuery {
-        tenant: params.get("tenant").filter(|t| !t.is_empty()).cloned(),
+        tenant,
         from_ms: time("from")?,
         to_ms: time("to")?,
         group_by,

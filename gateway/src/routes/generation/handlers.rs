@@ -29,7 +29,7 @@ pub async fn generate(
         return Err(ApiError::internal("the request was handed on twice"));
     };
     let requester = Requester {
-        tenant: caller.tenant.id.to_string(),
+        tenant: caller.tenant.id.clone(),
         weight: caller.tenant.limits.weight,
         tier: caller.tenant.tier.clone(),
         traceparent: crate::telemetry::traceparent(&tracing::Span::current()),

@@ -10,8 +10,11 @@ use crate::error::{EngineError, Result};
 /// Where a local engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
+    /// The CPU (our own kernels).
     Cpu,
+    /// CUDA GPU number N (the `cuda` feature).
     Cuda(usize),
+    /// Apple GPU number N (the `metal` feature).
     Metal(usize),
 }
 

@@ -28,7 +28,9 @@ pub enum Prompt {
 /// One generation request, already validated at the edge.
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {
+    /// What to continue: chat messages, text or token ids.
     pub prompt: Prompt,
+    /// How to sample and when to stop.
     pub params: SamplingParams,
     /// Who asks (for fair share and accounting); a label, not a credential.
     pub tenant: TenantId,
@@ -74,6 +76,7 @@ impl FinishReason {
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Tokens of the prompt as the model saw it (after the chat template).
     pub prompt_tokens: usize,
     /// Every sampled token, the end-of-sequence token included (as vLLM counts).
     pub completion_tokens: usize,
@@ -95,8 +98,11 @@ pub struct RequestTiming {
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
+    /// Why it ended.
     pub finish_reason: FinishReason,
+    /// Tokens in and out.
     pub usage: Usage,
+    /// How long each phase took.
     pub timing: RequestTiming,
 }
 
@@ -105,7 +111,12 @@ pub struct Completion {
 pub enum TokenEvent {
     /// A sampled token and the text it completes (empty while a multi-byte character or a
     /// possible stop string is incomplete).
-    Token { id: u32, text: String },
+    Token {
+        /// The token's id (`REMOTE_TOKEN_ID` from a remote engine).
+        id: u32,
+        /// The text it completes.
+        text: String,
+    },
     /// Generation ended normally; no more events follow.
     Finished(Completion),
     /// Generation failed after it started; no more events follow.
@@ -116,7 +127,12 @@ pub enum TokenEvent {
     Unavailable(String),
     /// The router placed the request on this pool and replica (sent before the first token,
     /// and again if a retry moves it). Engines themselves never send it.
-    Routed { pool: Arc<str>, replica: Arc<str> },
+    Routed {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// The replica's name.
+        replica: Arc<str>,
+    },
 }
 
 /// The token id of a token that came from a remote engine, which reports text, not ids.
@@ -157,6 +173,7 @@ pub struct TokenStream {
 }
 
 impl TokenStream {
+    /// A stream of request `id` (prompt of `prompt_tokens`) fed by `receiver`.
     pub fn new(
         id: u64,
         prompt_tokens: usize,
@@ -183,8 +200,11 @@ impl TokenStream {
 /// Collected output of a whole stream (tests, benchmarks, non-streaming responses).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectedOutput {
+    /// Every generated token id.
     pub token_ids: Vec<u32>,
+    /// The whole generated text.
     pub text: String,
+    /// How it ended.
     pub completion: Completion,
 }
 
@@ -235,12 +255,17 @@ impl TokenStream {
 /// Live counters of an engine, readable from any thread.
 #[derive(Debug, Default)]
 pub struct EngineCounters {
+    /// Requests accepted.
     pub submitted: AtomicU64,
+    /// Requests that ran to a stop or length limit.
     pub finished: AtomicU64,
     /// Sequences freed because their receiver was dropped (client gone).
     pub cancelled: AtomicU64,
+    /// Requests that failed inside the engine.
     pub failed: AtomicU64,
+    /// Prompt tokens processed.
     pub prompt_tokens: AtomicU64,
+    /// Tokens sampled.
     pub generated_tokens: AtomicU64,
     /// Forward passes run.
     pub steps: AtomicU64,
@@ -254,11 +279,14 @@ pub struct EngineCounters {
     pub running: AtomicU64,
     /// Sequences waiting for admission.
     pub waiting: AtomicU64,
+    /// Free KV-cache blocks.
     pub kv_blocks_free: AtomicU64,
+    /// KV-cache blocks in the pool.
     pub kv_blocks_total: AtomicU64,
 }
 
 impl EngineCounters {
+    /// Reads one counter (relaxed: the figures are for monitoring).
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -267,14 +295,18 @@ impl EngineCounters {
 /// Static facts about the model an engine serves.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
+    /// The id clients use.
     pub id: String,
+    /// Prompt plus completion tokens the model can hold.
     pub context_length: usize,
+    /// Size of the vocabulary (0 when unknown: a remote engine).
     pub vocab_size: usize,
 }
 
 /// Anything that turns requests into token streams: a local candle engine, the synthetic
 /// benchmark engine, or a remote OpenAI-compatible upstream.
 pub trait Engine: Send + Sync + 'static {
+    /// What model this is.
     fn info(&self) -> &ModelInfo;
 
     /// Validates and enqueues a request; the stream starts at once. Errors here (prompt too
@@ -291,5 +323,6 @@ pub trait Engine: Send + Sync + 'static {
     /// the chat template and tokenise (callers then submit the ids), remote ones estimate.
     fn prepare_prompt(&self, prompt: &Prompt) -> Result<PreparedPrompt>;
 
+    /// The engine's live counters, for metrics and `/load`.
     fn counters(&self) -> &EngineCounters;
 }

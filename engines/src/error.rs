@@ -6,8 +6,11 @@ pub enum EngineError {
     /// The request does not fit the model (prompt plus `max_tokens` beyond the context window).
     #[error("this model's maximum context length is {context_length} tokens; the request has {prompt_tokens} prompt tokens and asks for {max_tokens} completion tokens")]
     ContextLengthExceeded {
+        /// Tokens the model can hold.
         context_length: usize,
+        /// Tokens of the prompt.
         prompt_tokens: usize,
+        /// Completion tokens asked for.
         max_tokens: usize,
     },
     /// The prompt is empty after templating and tokenisation.
@@ -36,4 +39,5 @@ pub enum EngineError {
     Candle(#[from] candle_core::Error),
 }
 
+/// The engines' result type.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -4,6 +4,8 @@
 //! The only HTTP here is the remote engine's client side (`remote`): the gateway turns this
 //! crate's types and errors into responses.
 
+#![warn(missing_docs)]
+
 pub mod core;
 pub mod device;
 pub mod engine;

@@ -82,6 +82,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler for `params` (seeded when they name a seed).
     pub fn new(params: &SamplingParams) -> Self {
         let seed = params.seed.unwrap_or_else(rand::random);
         Self {

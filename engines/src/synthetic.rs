@@ -60,6 +60,7 @@ pub struct SyntheticEngine {
 }
 
 impl SyntheticEngine {
+    /// Starts the engine's pacing thread for model `id`.
     pub fn start(id: &str, options: SyntheticOptions) -> Result<Self> {
         if !(options.tokens_per_second >= 0.0 && options.tokens_per_second.is_finite()) {
             return Err(EngineError::Load(format!(

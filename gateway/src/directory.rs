@@ -6,13 +6,16 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{ConfigError, GatewayConfig};
 
+/// Tenants, their keys, and the admin keys, as configured.
 pub struct Directory {
     keys: KeyStore,
+    /// Every tenant.
     pub tenants: Vec<TenantSpec>,
     admin_keys: Vec<KeyDigest>,
 }
 
 impl Directory {
+    /// Reads them from a checked configuration.
     pub fn from_config(config: &GatewayConfig) -> Result<Self, ConfigError> {
         let admin_keys = config
             .admin_keys
@@ -26,6 +29,7 @@ impl Directory {
         })
     }
 
+    /// The tenant of a presented key, if any.
     pub fn resolve(&self, key: &ApiKey) -> Option<ResolvedKey> {
         self.keys.resolve(key)
     }
@@ -38,6 +42,7 @@ impl Directory {
         })
     }
 
+    /// Tenant keys stored.
     pub fn tenant_key_count(&self) -> usize {
         self.keys.len()
     }

@@ -10,10 +10,15 @@ use serde::Serialize;
 /// An error as the client sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// For people.
     pub message: String,
+    /// OpenAI's `type`.
     pub kind: &'static str,
+    /// The request field at fault.
     pub param: Option<String>,
+    /// OpenAI's `code`, for programs.
     pub code: Option<&'static str>,
     /// For 429s: when to retry, and the limits to report (boxed: rare, and large).
     pub rate_limit: Option<Box<RateLimitDetails>>,
@@ -22,7 +27,9 @@ pub struct ApiError {
 /// What a 429 adds to its response headers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitDetails {
+    /// `Retry-After`, when known.
     pub retry_after: Option<std::time::Duration>,
+    /// The limits' state for the `x-ratelimit-*` headers.
     pub status: policies::RateLimitStatus,
 }
 
@@ -53,11 +60,13 @@ impl ApiError {
         }
     }
 
+    /// Names the request field at fault.
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
     }
 
+    /// Sets the machine-readable code.
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
@@ -85,6 +94,7 @@ impl ApiError {
         .with_code("missing_api_key")
     }
 
+    /// 401: a key nobody has.
     pub fn invalid_api_key() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -156,6 +166,7 @@ impl ApiError {
         .with_code("no_replica_available")
     }
 
+    /// 503: the model is still loading.
     pub fn model_not_ready(model: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -165,6 +176,7 @@ impl ApiError {
         .with_code("model_not_ready")
     }
 
+    /// 413: the body is over `max_body_bytes`.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -174,6 +186,7 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    /// 404: no such route.
     pub fn route_not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -183,6 +196,7 @@ impl ApiError {
         .with_code("unknown_url")
     }
 
+    /// 405: the route exists, not with this method.
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -192,6 +206,7 @@ impl ApiError {
         .with_code("method_not_allowed")
     }
 
+    /// 504: no response head within the request timeout.
     pub fn timeout() -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -216,6 +231,7 @@ impl ApiError {
         }
     }
 
+    /// The error body as JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(&ErrorBody {
             error: self.detail(),

@@ -1,6 +1,8 @@
 //! The multi-tenant OpenAI-compatible gateway: HTTP and TLS, authentication, the OpenAI API,
 //! and the start-up that wires engines and policies together.
 
+#![warn(missing_docs)]
+
 pub mod accounting;
 pub mod build;
 pub mod config;

@@ -7,6 +7,8 @@
 //! per group, not per request. Reads (usage queries, the daily budget after a restart) use a
 //! connection of their own; WAL lets them run beside the writer.
 
+#![warn(missing_docs)]
+
 mod query;
 mod record;
 
@@ -25,20 +27,28 @@ pub use record::{unix_ms_now, RecordStatus, UsageRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("usage ledger {path}: {source}")]
+    /// The database could not be opened or set up.
     Open {
+        /// The file.
         path: PathBuf,
+        /// What SQLite said.
         source: rusqlite::Error,
     },
     #[error("usage ledger: {0}")]
+    /// A query or statement failed.
     Sqlite(#[from] rusqlite::Error),
     #[error("usage ledger: commit failed: {0}")]
+    /// A group commit failed after its retries.
     Commit(String),
     #[error("usage ledger: the writer thread is gone")]
+    /// The writer thread stopped (the ledger is closing).
     WriterGone,
     #[error("invalid time `{0}`: use YYYY-MM-DD, an RFC 3339 date-time, or Unix seconds")]
+    /// A time in a query could not be read.
     InvalidTime(String),
 }
 
+/// The ledger's result type.
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 /// What a commit survives once it returns.

@@ -13,6 +13,7 @@ use crate::{Ledger, Result};
 pub enum GroupBy {
     /// UTC calendar day of the request's end.
     Day,
+    /// The model.
     Model,
 }
 
@@ -20,25 +21,38 @@ pub enum GroupBy {
 /// compared with the request's end (when it was billed).
 #[derive(Debug, Clone, Default)]
 pub struct UsageQuery {
+    /// Only this tenant's records.
     pub tenant: Option<TenantId>,
+    /// Records that ended at or after this time (Unix ms).
     pub from_ms: Option<i64>,
+    /// Records that ended before this time (Unix ms).
     pub to_ms: Option<i64>,
+    /// Sum per tenant and this key (absent: per tenant).
     pub group_by: Option<GroupBy>,
 }
 
 /// One line of a usage summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageRow {
+    /// The tenant.
     pub tenant: TenantId,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The UTC day (`YYYY-MM-DD`), when grouped by day.
     pub day: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The model, when grouped by model.
     pub model: Option<String>,
+    /// Requests recorded.
     pub requests: u64,
+    /// Their prompt tokens.
     pub prompt_tokens: u64,
+    /// Their completion tokens.
     pub completion_tokens: u64,
+    /// Prompt plus completion tokens.
     pub total_tokens: u64,
+    /// Requests whose client hung up (billed for what was generated).
     pub cancelled: u64,
+    /// Requests that failed.
     pub failed: u64,
 }
 

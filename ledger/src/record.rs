@@ -16,6 +16,7 @@ pub enum RecordStatus {
 }
 
 impl RecordStatus {
+    /// The name stored and shown (`completed`, `cancelled`, `failed`).
     pub fn as_str(self) -> &'static str {
         match self {
             RecordStatus::Completed => "completed",
@@ -24,6 +25,7 @@ impl RecordStatus {
         }
     }
 
+    /// The status of a stored name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "completed" => Some(RecordStatus::Completed),
@@ -37,21 +39,32 @@ impl RecordStatus {
 /// One finished request: who, what, how much, when (Unix milliseconds, UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
+    /// The request's `x-request-id`.
     pub request_id: String,
+    /// Who is billed.
     pub tenant: TenantId,
+    /// Which of the tenant's keys was used (its non-secret id).
     pub key_id: String,
+    /// The model served.
     pub model: String,
+    /// The pool that served it.
     pub pool: String,
+    /// Prompt tokens (the upstream's count for remote pools that report usage).
     pub prompt_tokens: u64,
+    /// Tokens generated, including those of a cancelled request.
     pub completion_tokens: u64,
+    /// How it ended.
     pub status: RecordStatus,
     /// `stop` / `length` for completed requests (several choices: the last one's).
     pub finish_reason: Option<String>,
+    /// When the gateway admitted it.
     pub started_at_ms: i64,
+    /// When it ended.
     pub ended_at_ms: i64,
 }
 
 impl UsageRecord {
+    /// Prompt plus completion tokens.
     pub fn total_tokens(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens
     }

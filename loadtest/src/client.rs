@@ -13,10 +13,15 @@ use crate::scenario::{Endpoint, Scenario};
 /// A request never outlives this (the run must end by itself).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// One request to send.
 pub struct Request<'a> {
+    /// The scenario's tenant label.
     pub tenant: &'a str,
+    /// Its API key.
     pub api_key: &'a str,
+    /// The prompt text.
     pub prompt: String,
+    /// `max_tokens`.
     pub max_tokens: u64,
     /// When it was sent, from the start of the run.
     pub sent_at: Duration,

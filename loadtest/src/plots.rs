@@ -16,12 +16,21 @@ use crate::scenario::Slo;
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
     #[error("cannot create {path}: {source}")]
+    /// The output folder could not be created.
     Dir {
+        /// The folder.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("drawing {path}: {message}")]
-    Draw { path: PathBuf, message: String },
+    /// A picture could not be drawn.
+    Draw {
+        /// The picture.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
 }
 
 /// What one CDF counts: requests, or the gaps between tokens (many per request).

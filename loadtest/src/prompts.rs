@@ -10,6 +10,7 @@ const WORDS: &[&str] = &[
     "road", "music", "garden", "window", "friend", "winter", "paper", "school", "table", "bridge",
 ];
 
+/// Where prompts come from: built-in text of a sampled length, or a JSONL file in order.
 pub struct PromptSource {
     kind: Prompts,
     lines: Vec<String>,
@@ -17,6 +18,7 @@ pub struct PromptSource {
 }
 
 impl PromptSource {
+    /// A source for a scenario's `prompts` (reads the file, if any).
     pub fn new(kind: &Prompts) -> anyhow::Result<Self> {
         let lines = match kind {
             Prompts::Synthetic { .. } => Vec::new(),
@@ -45,6 +47,7 @@ impl PromptSource {
         })
     }
 
+    /// The next prompt.
     pub fn next(&mut self, rng: &mut impl Rng) -> String {
         match &self.kind {
             Prompts::Synthetic { tokens } => {

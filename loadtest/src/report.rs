@@ -12,18 +12,26 @@ use crate::scenario::Slo;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// 2xx, and the stream (if any) ended properly.
     Ok,
+    /// 429.
     RateLimited,
+    /// Another 4xx.
     ClientError,
+    /// 5xx, or an error event inside a stream.
     ServerError,
+    /// No HTTP answer: connection refused or reset, timeout, bad host.
     Transport,
 }
 
 /// One request as the client saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
+    /// The scenario's tenant label.
     pub tenant: String,
+    /// How it went.
     pub outcome: Outcome,
+    /// The HTTP status, if one came.
     pub status: Option<u16>,
     /// When it was sent, from the start of the run.
     pub sent_at_ms: f64,
@@ -31,8 +39,11 @@ pub struct RequestRecord {
     pub ttft_ms: Option<f64>,
     /// Gaps between consecutive content tokens.
     pub itl_ms: Vec<f64>,
+    /// From sending to the last byte.
     pub e2el_ms: f64,
+    /// Prompt tokens as the server reported them.
     pub prompt_tokens: u64,
+    /// Completion tokens as the server reported them (else content chunks counted).
     pub output_tokens: u64,
     /// Why it failed, as the client saw it: the transport error with its causes, or the status
     /// and the server's error message. Absent in reports of older versions.
@@ -51,11 +62,17 @@ impl RequestRecord {
 /// Distribution of one latency.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Values summarised.
     pub count: usize,
+    /// Their mean.
     pub mean: Option<f64>,
+    /// Median.
     pub p50: Option<f64>,
+    /// 90th percentile.
     pub p90: Option<f64>,
+    /// 99th percentile.
     pub p99: Option<f64>,
+    /// Largest.
     pub max: Option<f64>,
 }
 
@@ -71,6 +88,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 impl Stats {
+    /// The statistics of `values` (all `None` when there are none).
     pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
         let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
         v.sort_by(f64::total_cmp);
@@ -89,13 +107,21 @@ impl Stats {
 /// Counts and latencies of a set of requests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// Requests sent.
     pub sent: u64,
+    /// Answered successfully.
     pub ok: u64,
+    /// Refused with 429.
     pub rate_limited: u64,
+    /// Other 4xx.
     pub client_errors: u64,
+    /// 5xx or failed streams.
     pub server_errors: u64,
+    /// Never answered.
     pub transport_errors: u64,
+    /// Prompt tokens of successful requests.
     pub total_input_tokens: u64,
+    /// Completion tokens of successful requests.
     pub total_output_tokens: u64,
     /// Successful requests per second.
     pub request_throughput: f64,
@@ -103,13 +129,18 @@ pub struct Summary {
     pub output_throughput: f64,
     /// Successful requests per second that met every SLO given.
     pub goodput: f64,
+    /// Time to first token, ms.
     pub ttft_ms: Stats,
+    /// Inter-token latency, ms (every gap).
     pub itl_ms: Stats,
+    /// Time per output token after the first, ms (one per request).
     pub tpot_ms: Stats,
+    /// End-to-end latency, ms.
     pub e2el_ms: Stats,
 }
 
 impl Summary {
+    /// The summary of `records` over a run of `duration_s` seconds.
     pub fn of(records: &[&RequestRecord], duration_s: f64, slo: &Slo) -> Self {
         let count = |o: Outcome| records.iter().filter(|r| r.outcome == o).count() as u64;
         let ok: Vec<&&RequestRecord> = records
@@ -156,13 +187,19 @@ impl Summary {
 /// The whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The endpoint driven.
     pub url: String,
+    /// The model requested.
     pub model: String,
+    /// Length of the run, seconds.
     pub duration_s: f64,
+    /// Every request together.
     pub overall: Summary,
+    /// Per tenant label.
     pub tenants: BTreeMap<String, Summary>,
     /// Output tokens completed in each second of the run.
     pub output_tokens_per_second: Vec<u64>,
+    /// Every request, in sending order.
     pub requests: Vec<RequestRecord>,
     /// The scenario's service-level objectives (drawn on the plots; reports written before
     /// they were recorded read as none).
@@ -171,6 +208,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run's `requests`.
     pub fn new(
         url: &str,
         model: &str,

@@ -43,6 +43,7 @@ fn api_key(tenant: &TenantLoad) -> anyhow::Result<String> {
     }
 }
 
+/// Runs `scenario` against `url` and reports what the clients saw.
 pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::Result<Report> {
     let scenario = Arc::new(scenario);
     // One pooled client: connections are reused across requests.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// A load test: what to request, from which tenants, how, until when.
 pub struct Scenario {
     /// Model id to request.
     pub model: String,
@@ -13,6 +14,7 @@ pub struct Scenario {
     #[serde(default)]
     pub endpoint: Endpoint,
     #[serde(default = "yes")]
+    /// Stream the answers (SSE; default true): TTFT and ITL need it.
     pub stream: bool,
     /// Ask the server to ignore end-of-sequence (vLLM's and this gateway's extension).
     #[serde(default)]
@@ -29,6 +31,7 @@ pub struct Scenario {
     /// Service-level objectives for goodput.
     #[serde(default)]
     pub slo: Slo,
+    /// The tenants, each with its own key and load.
     pub tenants: Vec<TenantLoad>,
 }
 
@@ -38,35 +41,50 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+/// The OpenAI endpoint driven.
 pub enum Endpoint {
     #[default]
+    /// `/v1/chat/completions`.
     Chat,
+    /// `/v1/completions`.
     Completions,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// When the run stops: whichever comes first.
 pub struct StopRule {
+    /// After this many seconds.
     pub duration_secs: Option<f64>,
+    /// After this many requests sent.
     pub requests: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
+/// Service-level objectives: a request meets them when every one given holds.
 pub struct Slo {
+    /// Time to first token, ms.
     pub ttft_ms: Option<f64>,
+    /// Time per output token, ms.
     pub tpot_ms: Option<f64>,
+    /// End-to-end latency, ms.
     pub e2el_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// One tenant's load.
 pub struct TenantLoad {
+    /// Its name in reports.
     pub label: String,
     /// The API key, or `env:NAME` to read it from the environment.
     pub api_key: String,
+    /// When its requests are sent.
     pub arrival: Arrival,
+    /// What they ask.
     pub prompts: Prompts,
+    /// Their `max_tokens`.
     pub max_tokens: Distribution,
 }
 
@@ -75,13 +93,27 @@ pub struct TenantLoad {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Arrival {
     /// Exponential gaps at `rate` requests per second (open loop).
-    Poisson { rate: f64 },
+    Poisson {
+        /// Requests per second.
+        rate: f64,
+    },
     /// Evenly spaced at `rate` requests per second (open loop).
-    Constant { rate: f64 },
+    Constant {
+        /// Requests per second.
+        rate: f64,
+    },
     /// `size` requests at once every `every_secs` (open loop).
-    Bursts { size: u64, every_secs: f64 },
+    Bursts {
+        /// Requests per burst.
+        size: u64,
+        /// Seconds between bursts.
+        every_secs: f64,
+    },
     /// `concurrency` clients, each sending its next request when the last one ends.
-    ClosedLoop { concurrency: u64 },
+    ClosedLoop {
+        /// Clients.
+        concurrency: u64,
+    },
 }
 
 /// Where prompts come from.
@@ -89,20 +121,34 @@ pub enum Arrival {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Prompts {
     /// Built-in text of about `tokens` tokens (one common word is about one token).
-    Synthetic { tokens: Distribution },
+    Synthetic {
+        /// Prompt length in tokens.
+        tokens: Distribution,
+    },
     /// One prompt per line: `{"prompt": "..."}`, used in order, cycling.
-    Jsonl { path: PathBuf },
+    Jsonl {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// A fixed number or a uniform range.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum Distribution {
+    /// Always this value.
     Fixed(u64),
-    Uniform { min: u64, max: u64 },
+    /// Uniform over `min..=max`.
+    Uniform {
+        /// Smallest value.
+        min: u64,
+        /// Largest value.
+        max: u64,
+    },
 }
 
 impl Distribution {
+    /// One value.
     pub fn sample(&self, rng: &mut impl rand::Rng) -> u64 {
         match self {
             Self::Fixed(n) => *n,
@@ -112,16 +158,21 @@ impl Distribution {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a scenario cannot be used.
 pub enum ScenarioError {
     #[error("cannot read {0}: {1}")]
+    /// The file could not be read.
     Read(PathBuf, std::io::Error),
     #[error("{0}: {1}")]
+    /// The file is not a valid scenario.
     Parse(PathBuf, toml::de::Error),
     #[error("{0}")]
+    /// The scenario is inconsistent.
     Invalid(String),
 }
 
 impl Scenario {
+    /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ScenarioError::Read(path.into(), e))?;
@@ -139,6 +190,7 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// Checks what parsing cannot (rates, counts, ranges).
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let invalid = |m: String| Err(ScenarioError::Invalid(m));
         if self.stop.duration_secs.is_none() && self.stop.requests.is_none() {

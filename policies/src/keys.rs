@@ -15,13 +15,19 @@ const KEY_PREFIX: &str = "sk-";
 const DIGEST_PREFIX: &str = "sha256:";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why keys could not be read or stored.
 pub enum KeyError {
     #[error("stored key must look like `sha256:<64 hex digits>`, got `{0}`")]
+    /// A stored key is not `sha256:<64 hex digits>`.
     MalformedDigest(String),
     #[error("key {key_id} is listed for both tenant `{first}` and tenant `{second}`")]
+    /// Two tenants have the same key.
     DuplicateKey {
+        /// The key's id.
         key_id: KeyId,
+        /// The first tenant with it.
         first: TenantId,
+        /// The second.
         second: TenantId,
     },
 }
@@ -54,6 +60,7 @@ impl ApiKey {
         &self.0
     }
 
+    /// The stored form: SHA-256 of the key.
     pub fn digest(&self) -> KeyDigest {
         KeyDigest(Sha256::digest(self.0.as_bytes()).into())
     }
@@ -96,6 +103,7 @@ impl fmt::Debug for KeyDigest {
 pub struct KeyId(String);
 
 impl KeyId {
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -110,7 +118,9 @@ impl fmt::Display for KeyId {
 /// Who a presented key belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedKey {
+    /// The tenant the key belongs to.
     pub tenant: TenantSpec,
+    /// The key's non-secret id.
     pub key_id: KeyId,
 }
 
@@ -157,10 +167,12 @@ impl KeyStore {
         }
     }
 
+    /// Keys stored.
     pub fn len(&self) -> usize {
         self.by_digest.len()
     }
 
+    /// No key stored.
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
     }

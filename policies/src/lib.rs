@@ -1,6 +1,8 @@
 //! Tenants and their credentials (and, later, quotas, rate limits, budgets and fair-share
 //! weights). This crate knows nothing of HTTP.
 
+#![warn(missing_docs)]
+
 pub mod keys;
 pub mod limits;
 pub mod quota;

@@ -30,15 +30,20 @@ type RequestLimiter = RateLimiter<
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
+    /// `requests_per_minute`.
     RequestsPerMinute,
+    /// `tokens_per_minute`.
     TokensPerMinute,
     /// The request alone needs more tokens than the tenant's whole per-minute limit.
     RequestTooLarge,
+    /// `max_concurrent`.
     Concurrency,
+    /// `daily_tokens`.
     DailyBudget,
 }
 
 impl RejectReason {
+    /// The limit's name (a metric label, a log field).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RequestsPerMinute => "requests_per_minute",
@@ -53,35 +58,49 @@ impl RejectReason {
 /// A refusal, with when to retry (`None`: retrying will not help).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
+    /// Which limit refused.
     pub reason: RejectReason,
+    /// When a retry can succeed, if that is known.
     pub retry_after: Option<Duration>,
+    /// The limits' state, for the response headers.
     pub status: RateLimitStatus,
 }
 
 /// What OpenAI's `x-ratelimit-*` headers report.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RateLimitStatus {
+    /// Requests per minute, if limited.
     pub requests: Option<LimitState>,
+    /// Tokens per minute, if limited.
     pub tokens: Option<LimitState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One limit's state.
 pub struct LimitState {
+    /// The limit.
     pub limit: u64,
+    /// What is left of it now.
     pub remaining: u64,
+    /// Until it is whole again.
     pub reset: Duration,
 }
 
 /// Today's usage of one tenant (UTC day).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DailyUsage {
+    /// Requests admitted today.
     pub requests: u64,
+    /// Their prompt tokens.
     pub prompt_tokens: u64,
+    /// Their completion tokens.
     pub completion_tokens: u64,
+    /// Requests refused today.
     pub rejections: u64,
 }
 
 impl DailyUsage {
+    /// Prompt plus completion tokens.
     pub fn total_tokens(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens
     }

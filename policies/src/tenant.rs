@@ -12,9 +12,11 @@ pub struct TenantId(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid tenant id `{0}`: use 1-64 characters of letters, digits, `_`, `.` or `-`")]
+/// A string that is not a valid tenant id.
 pub struct InvalidTenantId(pub String);
 
 impl TenantId {
+    /// The id, if `id` is 1-64 characters of `[A-Za-z0-9_.-]`.
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidTenantId> {
         let id = id.into();
         let valid = !id.is_empty()
@@ -29,6 +31,7 @@ impl TenantId {
         }
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -72,14 +75,17 @@ impl Default for ModelAllowList {
 }
 
 impl ModelAllowList {
+    /// Every model.
     pub fn all() -> Self {
         Self(vec!["*".to_string()])
     }
 
+    /// Only these models.
     pub fn only(models: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self(models.into_iter().map(Into::into).collect())
     }
 
+    /// Whether `model` may be used.
     pub fn allows(&self, model: &str) -> bool {
         self.0.iter().any(|m| m == "*" || m == model)
     }
@@ -88,8 +94,11 @@ impl ModelAllowList {
 /// A tenant as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantSpec {
+    /// The tenant's id.
     pub id: TenantId,
+    /// The models it may use.
     pub models: ModelAllowList,
+    /// Its limits and fair-share weight.
     pub limits: crate::limits::TenantLimits,
     /// The tenant's service tier (e.g. `premium`): models may prefer other pools for it.
     pub tier: Option<String>,

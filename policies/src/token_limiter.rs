@@ -24,12 +24,14 @@ pub struct TokenLimiter {
 /// How the limiter stands after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenState {
+    /// Tokens that can be taken now.
     pub remaining: u64,
     /// Time until the limiter is full again.
     pub reset: Duration,
 }
 
 impl TokenLimiter {
+    /// A full limiter of `capacity` tokens, refilled evenly over `period`.
     pub fn new(capacity: u64, period: Duration) -> Self {
         let capacity = capacity.max(1);
         let tolerance = period.as_nanos() as u64;
@@ -42,6 +44,7 @@ impl TokenLimiter {
         }
     }
 
+    /// The limiter's size.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -94,6 +97,7 @@ impl TokenLimiter {
             });
     }
 
+    /// Its state now, taking nothing.
     pub fn state(&self) -> TokenState {
         self.state_at(self.tat.load(Ordering::Acquire), self.now())
     }

@@ -51,6 +51,7 @@ pub enum Availability {
 /// The breaker's state as `/admin/pools` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
+    /// Takes requests.
     Healthy,
     /// Taken out; tried again after its cool-down.
     Unhealthy,
@@ -59,6 +60,7 @@ pub enum Health {
 }
 
 impl Health {
+    /// The name `/admin/pools` shows.
     pub fn as_str(self) -> &'static str {
         match self {
             Health::Healthy => "healthy",
@@ -69,12 +71,14 @@ impl Health {
 }
 
 #[derive(Debug, Clone)]
+/// Takes a replica out after repeated failures and tries it again after a cool-down.
 pub struct CircuitBreaker {
     settings: BreakerSettings,
     state: State,
 }
 
 impl CircuitBreaker {
+    /// A closed breaker.
     pub fn new(settings: BreakerSettings) -> Self {
         Self {
             settings,
@@ -145,6 +149,7 @@ impl CircuitBreaker {
         };
     }
 
+    /// The state at `now`.
     pub fn health(&self, now: Instant) -> Health {
         match self.availability(now) {
             Availability::Closed => Health::Healthy,

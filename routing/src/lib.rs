@@ -4,6 +4,8 @@
 //!
 //! The gateway builds one [`ModelRouter`] per model from its `[[pools]]` configuration.
 
+#![warn(missing_docs)]
+
 pub mod breaker;
 pub mod health;
 pub mod pool;

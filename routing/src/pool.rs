@@ -30,6 +30,7 @@ pub enum PoolKind {
 pub struct Replica {
     /// `cpu`, `cuda:0`, or the upstream's base URL.
     pub name: Arc<str>,
+    /// The engine behind it.
     pub engine: Arc<dyn Engine>,
     probe: Option<Probe>,
     breaker: Mutex<CircuitBreaker>,
@@ -43,6 +44,7 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A replica named `name` over `engine`, health-checked by `probe` if given.
     pub fn new(
         name: impl Into<Arc<str>>,
         engine: Arc<dyn Engine>,
@@ -81,10 +83,12 @@ impl Replica {
         self.outstanding.load(Ordering::Relaxed)
     }
 
+    /// Whether a background health check watches it.
     pub fn has_probe(&self) -> bool {
         self.probe.is_some()
     }
 
+    /// Whether it can take a request at `now` (its breaker's view).
     pub fn availability(&self, now: Instant) -> Availability {
         self.breaker.lock().expect("replica lock").availability(now)
     }
@@ -144,10 +148,12 @@ impl Replica {
         }
     }
 
+    /// The engine's counters.
     pub fn counters(&self) -> &EngineCounters {
         self.engine.counters()
     }
 
+    /// How it stands at `now`, for `/admin/pools`.
     pub fn snapshot(&self, now: Instant) -> ReplicaSnapshot {
         let health = self.breaker.lock().expect("replica lock").health(now);
         let c = self.engine.counters();
@@ -194,18 +200,23 @@ impl Drop for Reservation {
 /// A replica as `/admin/pools` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplicaSnapshot {
+    /// `cpu`, `cuda:0` or the upstream's URL.
     pub name: String,
     /// `healthy`, `unhealthy` (taken out) or `probing` (being tried again).
     pub health: &'static str,
+    /// Prompt plus `max_tokens` not yet generated, over its requests.
     pub outstanding_tokens: u64,
+    /// Requests routed here and not finished.
     pub in_flight: u64,
     /// Requests placed here since start.
     pub routed: u64,
     /// Transport errors and failed health checks since start.
     pub failures: u64,
+    /// The last transport error or failed check.
     pub last_error: Option<String>,
     /// Local engines' batch, or nothing for remote ones (see `reported`).
     pub running: u64,
+    /// Local engines' waiting sequences.
     pub waiting: u64,
     /// The last load an `engine-worker` reported.
     pub reported: Option<ReportedLoad>,
@@ -213,8 +224,11 @@ pub struct ReplicaSnapshot {
 
 /// Replicas of one model in one pool.
 pub struct Pool {
+    /// The pool's name.
     pub name: Arc<str>,
+    /// Local devices or remote upstreams.
     pub kind: PoolKind,
+    /// Its replicas.
     pub replicas: Vec<Arc<Replica>>,
     /// A replica with this many tokens outstanding counts as saturated (no limit if `None`).
     pub max_outstanding_tokens: Option<u64>,

@@ -17,7 +17,12 @@ use crate::relay::RoutedStream;
 pub enum RouteError {
     /// Every replica of every pool the request may use is down or saturated.
     #[error("no replica can serve model `{model}` now: {reason}")]
-    NoReplica { model: String, reason: String },
+    NoReplica {
+        /// The model.
+        model: String,
+        /// Why, for the client.
+        reason: String,
+    },
     /// The engine refused the request (the caller's fault: too long, empty, bad ids).
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -52,16 +57,20 @@ impl RoutablePrompt {
 pub struct Requester {
     /// Who asks: fair share in the engines, and accounting.
     pub tenant: TenantId,
+    /// The tenant's fair-share weight.
     pub weight: f64,
     /// The tenant's tier (`[[models]] tiers` picks pools by it).
     pub tier: Option<String>,
+    /// The caller's W3C `traceparent`, forwarded upstream.
     pub traceparent: Option<String>,
 }
 
 /// One request to route: its prompt and its sampling parameters (`max_tokens` set).
 #[derive(Debug, Clone)]
 pub struct RouteRequest {
+    /// The prompt, rendered and sized.
     pub prompt: RoutablePrompt,
+    /// Its sampling parameters.
     pub params: SamplingParams,
 }
 
@@ -135,10 +144,12 @@ impl ModelRouter {
         }
     }
 
+    /// The model's id and context.
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
+    /// Every pool of the model.
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }
@@ -286,10 +297,15 @@ pub(crate) fn generation_request(
 /// One pool of one model as `/admin/pools` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolSnapshot {
+    /// The pool's name.
     pub pool: String,
+    /// Local or remote.
     pub kind: PoolKind,
+    /// The model.
     pub model: String,
+    /// The pool's cap on outstanding tokens per replica, if any.
     pub max_outstanding_tokens: Option<u64>,
+    /// Its replicas.
     pub replicas: Vec<ReplicaSnapshot>,
 }
 

@@ -11,6 +11,7 @@ pub struct BlockAllocator {
 }
 
 impl BlockAllocator {
+    /// An allocator over `total` blocks, all free.
     pub fn new(total: usize) -> Self {
         // Reversed so that blocks are handed out from 0 upwards.
         Self {
@@ -19,10 +20,12 @@ impl BlockAllocator {
         }
     }
 
+    /// Blocks in the pool, free or not.
     pub fn total(&self) -> usize {
         self.total
     }
 
+    /// Blocks free now.
     pub fn free_count(&self) -> usize {
         self.free.len()
     }

@@ -16,6 +16,7 @@ pub struct VirtualTokenCounters {
 }
 
 impl VirtualTokenCounters {
+    /// The service `tenant` received so far (0 for a tenant never seen).
     pub fn get(&self, tenant: &str) -> f64 {
         self.counters.get(tenant).copied().unwrap_or(0.0)
     }

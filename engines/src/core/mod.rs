@@ -64,8 +64,11 @@ impl Default for CoreConfig {
 /// What one sequence did in a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRecord {
+    /// The sequence.
     pub sequence: SequenceId,
+    /// Its tenant.
     pub tenant: TenantId,
+    /// Tokens it ran in the step.
     pub tokens: usize,
     /// Prompt (or recompute) tokens rather than one decode token.
     pub prefill: bool,
@@ -74,14 +77,21 @@ pub struct ChunkRecord {
 /// What the core did in one step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRecord {
+    /// The step's number, from 1.
     pub step: u64,
+    /// What each sequence ran.
     pub chunks: Vec<ChunkRecord>,
+    /// Sequences admitted into the running batch at this step.
     pub admitted: Vec<SequenceId>,
+    /// Sequences preempted (their KV blocks freed) at this step.
     pub preempted: Vec<SequenceId>,
     /// Sequences that finished, were cancelled or failed in this step.
     pub ended: Vec<SequenceId>,
+    /// Free KV blocks after the step.
     pub free_blocks: usize,
+    /// Sequences running after the step.
     pub running: usize,
+    /// Sequences waiting after the step.
     pub waiting: usize,
     /// Tenants with sequences waiting for admission when the step was planned.
     pub backlogged: Vec<TenantId>,

@@ -36,8 +36,11 @@ pub struct SchedulerLimits {
 pub struct PlannedChunk {
     /// Index into `Scheduler::running` (valid until the running set changes).
     pub index: usize,
+    /// The sequence.
     pub sequence: SequenceId,
+    /// Its tenant (charged for the tokens).
     pub tenant: TenantId,
+    /// Tokens it runs in the step.
     pub tokens: usize,
     /// Prompt (or recompute) tokens rather than one decode token.
     pub prefill: bool,
@@ -48,7 +51,9 @@ pub struct PlannedChunk {
 pub struct StepPlan {
     /// In `running` order.
     pub chunks: Vec<PlannedChunk>,
+    /// Sequences preempted to make room (re-queued to be recomputed).
     pub preempted: Vec<SequenceId>,
+    /// Sequences moved from waiting to running.
     pub admitted: Vec<SequenceId>,
     /// Tenants with sequences waiting when planning began.
     pub backlogged: Vec<TenantId>,
@@ -56,8 +61,11 @@ pub struct StepPlan {
 
 /// Owns the waiting queue, the running batch and the block pool's bookkeeping.
 pub struct Scheduler {
+    /// Batch and token limits.
     pub limits: SchedulerLimits,
+    /// The KV pool's free list.
     pub allocator: BlockAllocator,
+    /// Sequences not admitted yet, oldest first.
     pub waiting: VecDeque<Sequence>,
     /// In admission order (oldest first).
     pub running: Vec<Sequence>,
@@ -67,6 +75,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler with nothing to run over a pool of `num_blocks` KV blocks.
     pub fn new(limits: SchedulerLimits, num_blocks: usize) -> Self {
         Self {
             limits,
@@ -78,6 +87,7 @@ impl Scheduler {
         }
     }
 
+    /// Nothing running and nothing waiting.
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()
     }
@@ -87,6 +97,7 @@ impl Scheduler {
         self.allocator.total() * self.limits.block_size
     }
 
+    /// Queues a new sequence (lifting its tenant's fair-share counter if it was idle).
     pub fn enqueue(&mut self, sequence: Sequence) {
         let tenant = sequence.tenant.as_str();
         let present = |s: &Sequence| s.tenant.as_str() == tenant;

@@ -20,21 +20,27 @@ pub type SequenceId = u64;
 
 /// The generation state of one request.
 pub struct Sequence {
+    /// The engine's id of the request.
     pub id: SequenceId,
     /// Who asked: the fair-share unit.
     pub tenant: TenantId,
     /// The tenant's fair-share weight.
     pub weight: f64,
+    /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
+    /// Tokens sampled so far.
     pub generated: Vec<u32>,
     /// KV blocks and the number of positions computed into them.
     pub table: BlockTable,
+    /// How to sample and when to stop.
     pub params: SamplingParams,
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stops: StopMatcher,
     events: mpsc::UnboundedSender<TokenEvent>,
+    /// Its phases' durations, reported at the end.
     pub timing: RequestTiming,
+    /// When it was submitted.
     pub submitted_at: Instant,
     /// When the sequence first entered the running batch.
     pub admitted_at: Option<Instant>,
@@ -47,11 +53,14 @@ pub struct Sequence {
 /// What the engine should do with a sequence after a token.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
+    /// Keep generating.
     Continue,
+    /// The sequence ended (stop, length, or its client left).
     Finished,
 }
 
 impl Sequence {
+    /// A waiting sequence for a submitted request.
     pub fn new(
         id: SequenceId,
         tenant: TenantId,

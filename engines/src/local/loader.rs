@@ -13,8 +13,11 @@ use crate::text::{ChatTemplate, GgufTokenizer};
 /// How to load a local engine.
 #[derive(Debug, Clone)]
 pub struct LocalEngineOptions {
+    /// The GGUF file.
     pub model_path: PathBuf,
+    /// Where to run it.
     pub device: DeviceSpec,
+    /// Keep the file's 4-bit weights, or re-quantize to 8 bits.
     pub weight_format: WeightFormat,
     /// The request core's limits and KV pool size.
     pub core: crate::core::CoreConfig,
@@ -22,12 +25,16 @@ pub struct LocalEngineOptions {
 
 /// The model, its tokenizer and its chat template.
 pub struct LoadedModel {
+    /// The network.
     pub model: LlamaModel,
+    /// The tokenizer from the GGUF metadata.
     pub tokenizer: GgufTokenizer,
+    /// The chat template from the GGUF metadata, if it has one.
     pub chat_template: Option<ChatTemplate>,
 }
 
 impl LoadedModel {
+    /// Reads the file: weights (repacked for the device), tokenizer, template.
     pub fn load(options: &LocalEngineOptions) -> Result<Self> {
         let path = &options.model_path;
         let mut file = std::fs::File::open(path)

@@ -84,6 +84,7 @@ impl LocalEngine {
         })
     }
 
+    /// The loaded model (tokenizer, template, network).
     pub fn model(&self) -> &Arc<LoadedModel> {
         &self.model
     }

@@ -55,6 +55,7 @@ pub struct CandleLlama {
 
 /// The new tokens of one sequence in a candle forward pass.
 pub struct CandleInput<'a> {
+    /// The tokens of the sequence in this step.
     pub tokens: &'a [u32],
     /// The sequence's cache; `tokens[0]` goes at position `cache.len()`.
     pub cache: &'a mut dyn KvSequence,
@@ -160,6 +161,7 @@ impl CandleLlama {
         })
     }
 
+    /// The model's hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }

@@ -17,6 +17,7 @@ pub struct PagedKvCache {
 }
 
 impl PagedKvCache {
+    /// A pool of `num_blocks` blocks of `block_size` positions per layer.
     pub fn new(
         config: &LlamaConfig,
         num_blocks: usize,
@@ -37,10 +38,12 @@ impl PagedKvCache {
         })
     }
 
+    /// Positions per block.
     pub fn block_size(&self) -> usize {
         self.block_size
     }
 
+    /// Blocks in the pool.
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
     }

@@ -8,6 +8,7 @@ pub trait KvSequence {
     /// Number of positions cached (the position of the next token).
     fn len(&self) -> usize;
 
+    /// No position cached yet.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -27,6 +28,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// An empty cache for a model of `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
         Self {
             layers: vec![None; n_layers],

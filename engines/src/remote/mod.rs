@@ -51,6 +51,7 @@ pub struct RemoteOptions {
 /// Load as an `engine-worker` reports it at `GET /load`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportedLoad {
+    /// The model id the worker serves.
     pub model: String,
     /// Sequences in the running batch.
     pub running: u64,
@@ -58,13 +59,16 @@ pub struct ReportedLoad {
     pub waiting: u64,
     /// Prompt plus `max_tokens` not yet generated, over the requests in flight.
     pub outstanding_tokens: u64,
+    /// Free KV-cache blocks.
     pub kv_blocks_free: u64,
+    /// KV-cache blocks in the pool.
     pub kv_blocks_total: u64,
 }
 
 /// The body of `GET /load`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoadReport {
+    /// One entry per model the worker serves.
     pub models: Vec<ReportedLoad>,
 }
 
@@ -114,6 +118,7 @@ impl RemoteEngine {
         })
     }
 
+    /// The upstream's base URL as configured.
     pub fn base_url(&self) -> &str {
         &self.options.base_url
     }

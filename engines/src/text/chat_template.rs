@@ -10,11 +10,14 @@ use crate::error::{EngineError, Result};
 /// content parts before it gets here.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, ...
     pub role: String,
+    /// The message's text.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message of `role` saying `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
             role: role.into(),
@@ -44,6 +47,7 @@ fn raise_exception(message: String) -> std::result::Result<String, JinjaError> {
 }
 
 impl ChatTemplate {
+    /// Compiles a Jinja template with the model's special tokens.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
         // Templates written for Python's jinja2 keep their whitespace as jinja2 does.

@@ -15,6 +15,7 @@ pub struct IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
+    /// A decoder with nothing pending.
     pub fn new() -> Self {
         Self::default()
     }

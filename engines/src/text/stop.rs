@@ -19,6 +19,7 @@ pub struct StopMatcher {
 }
 
 impl StopMatcher {
+    /// A matcher for these stop strings.
     pub fn new(stops: Vec<String>) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
         Self {

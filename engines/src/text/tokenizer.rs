@@ -143,6 +143,7 @@ impl GgufTokenizer {
         &self.inner
     }
 
+    /// The beginning-of-sequence token, if the model uses one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
     }
@@ -152,6 +153,7 @@ impl GgufTokenizer {
         &self.eos_ids
     }
 
+    /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }

@@ -25,30 +25,46 @@ pub use tenants::*;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
+    /// The file could not be read.
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("{path}: {source}")]
+    /// The file is not valid TOML for this schema.
     Parse {
+        /// The file.
         path: PathBuf,
+        /// Where and why.
         source: toml::de::Error,
     },
     #[error("tenant `{tenant}`: {source}")]
+    /// A tenant's stored key is malformed.
     Key {
+        /// The tenant.
         tenant: TenantId,
+        /// What is wrong with the key.
         source: policies::KeyError,
     },
     #[error(transparent)]
+    /// Keys that cannot be stored together (a malformed admin key, a key of two tenants).
     Keys(#[from] policies::KeyError),
     #[error("{0}")]
+    /// A value serde accepts but the gateway cannot use.
     Invalid(String),
     #[error("model `{0}` is configured twice")]
+    /// Two models with one id.
     DuplicateModel(String),
     #[error("model `{model}`: device `{device}`: {reason}")]
+    /// A model names a device that does not exist in this build.
     Device {
+        /// The model.
         model: String,
+        /// The device it names.
         device: String,
+        /// Why it cannot be used.
         reason: String,
     },
 }
@@ -61,26 +77,33 @@ pub struct GatewayConfig {
     #[serde(default = "default_listen", deserialize_with = "deserialize_listen")]
     pub listen: SocketAddr,
     #[serde(default)]
+    /// `[server]`: limits at the edge.
     pub server: ServerConfig,
     #[serde(default)]
+    /// `[engine]`: process-wide engine settings.
     pub engine: EngineConfig,
     /// Serve HTTPS with these PEM files instead of plain HTTP.
     pub tls: Option<TlsConfig>,
     #[serde(default = "default_models")]
+    /// `[[models]]`: what is served (default: the embedded default model).
     pub models: Vec<ModelConfig>,
     #[serde(default)]
+    /// `[[tenants]]`: who may call.
     pub tenants: Vec<TenantConfig>,
     /// Stored forms of the keys that may use `/admin/*`.
     #[serde(default)]
     pub admin_keys: Vec<String>,
     #[serde(default)]
+    /// `[ledger]`: the usage ledger.
     pub ledger: LedgerConfig,
     #[serde(default)]
+    /// `[telemetry]`: logs, metrics, traces.
     pub telemetry: TelemetryConfig,
     /// Named pools of replicas that models are routed to.
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
     #[serde(default)]
+    /// `[routing]`: timeouts, circuit breakers, health checks.
     pub routing: RoutingConfig,
 }
 

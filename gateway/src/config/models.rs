@@ -72,6 +72,7 @@ impl ModelConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum ModelKind {
     #[default]
+    /// A GGUF file on the local engine (the default).
     Gguf,
     /// Benchmark tool only: measures the gateway's own overhead; its output is meaningless.
     Synthetic,
@@ -91,6 +92,7 @@ pub struct SyntheticConfig {
 }
 
 impl SyntheticConfig {
+    /// The synthetic engine's options.
     pub fn options(&self) -> engines::SyntheticOptions {
         let d = engines::SyntheticOptions::default();
         engines::SyntheticOptions {
@@ -104,10 +106,13 @@ impl SyntheticConfig {
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
+/// `weights`: how a GGUF's weights are kept in memory.
 pub enum WeightsConfig {
     #[serde(rename = "q8_0")]
+    /// Re-quantize to 8 bits (more memory, a little closer to the f32 model).
     Q8_0,
     #[default]
+    /// Keep the file's quantization (4-bit stays 4-bit; the default).
     AsStored,
 }
 

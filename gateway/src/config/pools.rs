@@ -8,7 +8,9 @@ use super::*;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
+    /// The pool's name, as models list it.
     pub name: String,
+    /// Local devices or remote upstreams.
     pub kind: PoolKindConfig,
     /// `local`: one engine (and request core) per device, per model: `cpu`, `cuda:N`, `metal:N`.
     #[serde(default)]
@@ -57,6 +59,7 @@ impl PoolConfig {
         }
     }
 
+    /// The pool's circuit-breaker settings.
     pub fn breaker(&self) -> routing::BreakerSettings {
         routing::BreakerSettings {
             failure_threshold: self.failure_threshold.max(1),
@@ -67,8 +70,11 @@ impl PoolConfig {
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
+/// Where a pool's replicas run.
 pub enum PoolKindConfig {
+    /// In this process, one replica per device.
     Local,
+    /// Behind OpenAI-compatible URLs.
     Remote,
 }
 

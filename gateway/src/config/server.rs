@@ -42,8 +42,11 @@ pub struct EngineConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `[tls]`: serve HTTPS with these PEM files.
 pub struct TlsConfig {
+    /// The certificate chain.
     pub cert: PathBuf,
+    /// The private key.
     pub key: PathBuf,
 }
 

@@ -18,8 +18,10 @@ pub enum LogFormat {
 pub enum OtlpProtocol {
     #[default]
     #[serde(rename = "http/protobuf")]
+    /// OTLP over HTTP with protobuf bodies (port 4318).
     HttpProtobuf,
     #[serde(rename = "grpc")]
+    /// OTLP over gRPC (port 4317).
     Grpc,
 }
 

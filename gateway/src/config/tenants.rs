@@ -9,15 +9,21 @@ use super::*;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
+    /// The tenant's id (metric label, ledger key).
     pub id: TenantId,
     /// Stored forms (`sha256:<hex>`) of the tenant's keys; never plaintext.
     #[serde(default)]
     pub keys: Vec<String>,
     #[serde(default)]
+    /// Models it may use (`["*"]`: all).
     pub models: ModelAllowList,
+    /// Requests admitted per minute.
     pub requests_per_minute: Option<u32>,
+    /// Prompt plus `max_tokens` reserved per minute.
     pub tokens_per_minute: Option<u32>,
+    /// Requests in flight at once.
     pub max_concurrent: Option<u32>,
+    /// Real tokens (prompt plus completion) per UTC day.
     pub daily_tokens: Option<u64>,
     /// Fair share relative to other tenants (default 1).
     pub weight: Option<f64>,
@@ -41,6 +47,7 @@ impl TenantConfig {
         }
     }
 
+    /// The tenant as the policies see it.
     pub fn spec(&self) -> TenantSpec {
         TenantSpec {
             id: self.id.clone(),

@@ -21,6 +21,7 @@ pub struct EngineCollector {
 }
 
 impl EngineCollector {
+    /// A collector over the models of `models`.
     pub fn new(models: Arc<ModelRegistry>) -> Self {
         Self {
             models: Arc::new(ModelRegistryHandle(models)),

@@ -64,9 +64,13 @@ pub struct CommonParams {
 /// for chat, on the prompt's length.
 #[derive(Debug, Clone)]
 pub struct ValidParams {
+    /// The engine's sampling parameters (`max_tokens` not yet set).
     pub sampling: SamplingParams,
+    /// The request's `max_tokens`, if it named one.
     pub max_tokens: Option<usize>,
+    /// Answer with SSE.
     pub stream: bool,
+    /// Add a usage chunk before `[DONE]`.
     pub include_usage: bool,
 }
 
@@ -91,6 +95,7 @@ fn in_range(
 }
 
 impl CommonParams {
+    /// Checks every parameter's range; the first at fault names itself in `param`.
     pub fn validate(&self) -> Result<ValidParams, ApiError> {
         let temperature = in_range("temperature", self.temperature, 0.0, 2.0, 1.0)?;
         let top_p = in_range("top_p", self.top_p, 0.0, 1.0, 1.0)?;

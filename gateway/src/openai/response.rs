@@ -7,12 +7,16 @@ use serde_json::{json, Value};
 /// OpenAI's `usage` object.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct UsageBody {
+    /// Tokens of the prompt(s).
     pub prompt_tokens: usize,
+    /// Tokens generated.
     pub completion_tokens: usize,
+    /// Their sum.
     pub total_tokens: usize,
 }
 
 impl UsageBody {
+    /// Adds one choice's usage.
     pub fn add(&mut self, usage: Usage) {
         self.prompt_tokens += usage.prompt_tokens;
         self.completion_tokens += usage.completion_tokens;
@@ -25,34 +29,45 @@ impl UsageBody {
 pub enum ChoiceEvent<'a> {
     /// The choice opened (chat announces the assistant role here).
     Start,
+    /// Text of one token.
     Text(&'a str),
+    /// The choice finished.
     Finish(FinishReason),
 }
 
 /// A finished choice of a non-streamed response.
 #[derive(Debug, Clone)]
 pub struct FinishedChoice {
+    /// The choice's text.
     pub text: String,
+    /// Why it ended.
     pub finish_reason: FinishReason,
 }
 
 /// The two endpoints' response formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/v1/chat/completions`.
     Chat,
+    /// `/v1/completions`.
     Completions,
 }
 
 /// Identity of one response: shared by all its chunks.
 #[derive(Debug, Clone)]
 pub struct ResponseMeta {
+    /// Which format.
     pub endpoint: Endpoint,
+    /// `chatcmpl-...` or `cmpl-...`.
     pub id: String,
+    /// Unix seconds.
     pub created: u64,
+    /// The model as the client named it.
     pub model: String,
 }
 
 impl ResponseMeta {
+    /// A new response's identity for `model`.
     pub fn new(endpoint: Endpoint, model: &str) -> Self {
         let prefix = match endpoint {
             Endpoint::Chat => "chatcmpl",

@@ -14,11 +14,20 @@
 #   gateway-nosync  the gateway with `[ledger] durability = "process-crash"` (no fsync per commit)
 #   gateway-remote  the gateway with the engine in an `engine-worker` process behind a remote pool
 #                 (the cost of the extra HTTP hop: routing, SSE parse and re-encode, loopback)
+#   baseline      the `gateway` variant run by another build, $BASELINE_BIN (e.g. the commit
+#                 before a change, built in a worktree): an A/B of two commits in one run
+# $ROUNDS (default 1) repeats every variant that many times, alternating them (A B A B), so
+# that the shared machine's drift shows up as the spread between rounds, not as a difference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/bench/gateway-overhead}
 DURATION=${DURATION:-20}
 VARIANTS=${VARIANTS:-floor gateway}
+ROUNDS=${ROUNDS:-1}
+BASELINE_BIN=${BASELINE_BIN:-}
+case " $VARIANTS " in *" baseline "*)
+  [ -x "$BASELINE_BIN" ] || { echo "variant baseline needs BASELINE_BIN=<gateway binary>" >&2; exit 1; } ;;
+esac
 mkdir -p "$OUT"
 cargo build --release --locked -p gateway -p loadtest --bins --examples >&2
 BIN=target/release
@@ -69,14 +78,16 @@ models_block() { # tokens_per_second [pool]
   echo "tokens_per_second = $1"
 }
 
-run_target() { # variant scenario tokens_per_second
-  local variant=$1 name=$2 rate=$3 port=$((9300 + RANDOM % 500))
+run_target() { # variant scenario tokens_per_second round
+  local variant=$1 name=$2 rate=$3 round=$4 port=$((9300 + RANDOM % 500))
+  local tag="$variant-$name-r$round"
   case $variant in
     floor)
-      start "$OUT/$variant-$name.log" "$BIN/examples/synthetic_floor" \
+      start "$OUT/$tag.log" "$BIN/examples/synthetic_floor" \
         --listen "127.0.0.1:$port" --tokens-per-second "$rate" ;;
-    gateway*)
-      local extra="" models
+    gateway*|baseline)
+      local extra="" models gateway_bin="$BIN/gateway"
+      [ "$variant" = baseline ] && gateway_bin=$BASELINE_BIN
       models=$(models_block "$rate")
       if [ "$variant" = gateway-remote ]; then
         local worker_port=$((port + 500))
@@ -88,8 +99,8 @@ run_target() { # variant scenario tokens_per_second
       fi
       [ "$variant" = gateway-bare ] && extra=$'[ledger]\nenabled = false\n[telemetry]\nmetrics = false'
       [ "$variant" = gateway-nosync ] && extra=$'[ledger]\ndurability = "process-crash"'
-      rm -rf "$OUT/data-$variant-$name"
-      cat >"$OUT/$variant-$name-gateway.toml" <<EOF
+      rm -rf "$OUT/data-$tag"
+      cat >"$OUT/$tag-gateway.toml" <<EOF
 listen = "127.0.0.1:$port"
 $extra
 
@@ -104,23 +115,29 @@ tokens_per_minute = 1000000000
 max_concurrent = 100000
 daily_tokens = 100000000000
 EOF
-      WORKER_SECRET=bench-worker-secret-0123 GATEWAY_DATA_DIR="$OUT/data-$variant-$name" RUST_LOG=warn \
-        start "$OUT/$variant-$name.log" "$BIN/gateway" --config "$OUT/$variant-$name-gateway.toml" ;;
+      WORKER_SECRET=bench-worker-secret-0123 GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn \
+        start "$OUT/$tag.log" "$gateway_bin" --config "$OUT/$tag-gateway.toml" ;;
   esac
   "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
-    --out "$OUT/$variant-$name.json" | sed "s/^/[$variant $name] /"
+    --out "$OUT/$tag.json" | sed "s/^/[$variant $name r$round] /"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   pids=()
 }
 
-for variant in $VARIANTS; do run_target "$variant" latency 200; done
-for variant in $VARIANTS; do run_target "$variant" peak 0; done
+for round in $(seq "$ROUNDS"); do
+  for variant in $VARIANTS; do run_target "$variant" latency 200 "$round"; done
+done
+for round in $(seq "$ROUNDS"); do
+  for variant in $VARIANTS; do run_target "$variant" peak 0 "$round"; done
+done
 
 set -- $VARIANTS
 first=$1; shift
 for name in latency peak; do
-  for other in "$@"; do
-    echo "== $name: B = $other over A = $first"
-    "$BIN/loadtest" compare "$OUT/$first-$name.json" "$OUT/$other-$name.json"
+  for round in $(seq "$ROUNDS"); do
+    for other in "$@"; do
+      echo "== $name, round $round: B = $other over A = $first"
+      "$BIN/loadtest" compare "$OUT/$first-$name-r$round.json" "$OUT/$other-$name-r$round.json"
+    done
   done
 done

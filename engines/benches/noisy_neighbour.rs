@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engines::core::CoreConfig;
-use engines::local::LoadedModel;
+use engines::local::{LoadedModel, ModelFile};
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::{
-    DeviceSpec, Engine, GenerationRequest, LocalEngine, LocalEngineOptions, Prompt, SamplingParams,
-    TokenEvent,
+    DeviceSpec, Engine, GenerationRequest, LocalEngine, Prompt, SamplingParams, TokenEvent,
 };
 use rand::{Rng, SeedableRng};
 
@@ -121,11 +120,10 @@ fn main() {
     engines::threads::configure(None);
     let path = ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model");
     let model = Arc::new(
-        LoadedModel::load(&LocalEngineOptions {
-            model_path: path,
+        LoadedModel::load(&ModelFile {
+            path,
             device: DeviceSpec::Cpu,
             weight_format: Default::default(),
-            core: Default::default(),
         })
         .expect("load"),
     );

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engines::core::CoreConfig;
-use engines::local::LoadedModel;
+use engines::local::{LoadedModel, ModelFile};
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::{
-    DeviceSpec, Engine, EngineCounters, GenerationRequest, LocalEngine, LocalEngineOptions, Prompt,
-    SamplingParams, TokenEvent,
+    DeviceSpec, Engine, EngineCounters, GenerationRequest, LocalEngine, Prompt, SamplingParams,
+    TokenEvent,
 };
 
 const OUTPUT_TOKENS: usize = 128;
@@ -41,11 +41,10 @@ fn main() {
     let threads = engines::threads::configure(None);
     let path = ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model");
     let model = Arc::new(
-        LoadedModel::load(&LocalEngineOptions {
-            model_path: path,
+        LoadedModel::load(&ModelFile {
+            path,
             device: DeviceSpec::Cpu,
             weight_format: Default::default(),
-            core: Default::default(),
         })
         .expect("load"),
     );

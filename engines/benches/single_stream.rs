@@ -6,10 +6,10 @@
 
 use std::time::Instant;
 
-use engines::local::LoadedModel;
+use engines::local::{LoadedModel, ModelFile};
 use engines::model::WeightFormat;
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
-use engines::{DeviceSpec, LocalEngineOptions};
+use engines::DeviceSpec;
 
 const RUNS: usize = 5;
 const DECODE_TOKENS: usize = 128;
@@ -29,11 +29,10 @@ fn main() {
     println!("threads: {}", candle_core::utils::get_num_threads());
     for format in [WeightFormat::Q8_0, WeightFormat::AsStored] {
         let load_started = Instant::now();
-        let model = LoadedModel::load(&LocalEngineOptions {
-            model_path: path.clone(),
+        let model = LoadedModel::load(&ModelFile {
+            path: path.clone(),
             device: DeviceSpec::Cpu,
             weight_format: format,
-            core: Default::default(),
         })
         .expect("load");
         let load = load_started.elapsed();

@@ -4,11 +4,11 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use engines::local::LoadedModel;
+use engines::local::{LoadedModel, ModelFile};
 use engines::model::{LlamaModel, WeightFormat};
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::text::{ChatMessage, IncrementalDecoder};
-use engines::{Engine, GenerationRequest, LocalEngine, LocalEngineOptions, Prompt, SamplingParams};
+use engines::{Engine, GenerationRequest, LocalEngine, Prompt, SamplingParams};
 
 fn model_path() -> std::path::PathBuf {
     static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -17,11 +17,10 @@ fn model_path() -> std::path::PathBuf {
 }
 
 fn load(format: WeightFormat) -> LoadedModel {
-    LoadedModel::load(&LocalEngineOptions {
-        model_path: model_path(),
+    LoadedModel::load(&ModelFile {
+        path: model_path(),
         device: engines::DeviceSpec::Cpu,
         weight_format: format,
-        core: Default::default(),
     })
     .expect("model load")
 }

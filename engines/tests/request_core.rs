@@ -6,12 +6,12 @@ use std::sync::{Arc, OnceLock};
 
 use engines::core::CoreConfig;
 use engines::engine::CollectedOutput;
-use engines::local::LoadedModel;
+use engines::local::{LoadedModel, ModelFile};
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::text::ChatMessage;
 use engines::{
-    DeviceSpec, Engine, EngineCounters, FinishReason, GenerationRequest, LocalEngine,
-    LocalEngineOptions, Prompt, SamplingParams, StepRecord, TokenEvent,
+    DeviceSpec, Engine, EngineCounters, FinishReason, GenerationRequest, LocalEngine, Prompt,
+    SamplingParams, StepRecord, TokenEvent,
 };
 
 fn model() -> Arc<LoadedModel> {
@@ -20,11 +20,10 @@ fn model() -> Arc<LoadedModel> {
         .get_or_init(|| {
             let path = ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model fetch");
             Arc::new(
-                LoadedModel::load(&LocalEngineOptions {
-                    model_path: path,
+                LoadedModel::load(&ModelFile {
+                    path,
                     device: DeviceSpec::Cpu,
                     weight_format: Default::default(),
-                    core: Default::default(),
                 })
                 .expect("model load"),
             )

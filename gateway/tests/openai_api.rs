@@ -3,9 +3,9 @@
 mod common;
 
 use common::{TestGateway, MODEL};
-use engines::local::LoadedModel;
+use engines::local::{LoadedModel, ModelFile};
 use engines::text::ChatMessage;
-use engines::{DeviceSpec, LocalEngineOptions, Prompt};
+use engines::{DeviceSpec, Prompt};
 use serde_json::{json, Value};
 
 fn chat_body(messages: Value, extra: Value) -> Value {
@@ -225,11 +225,10 @@ async fn usage_equals_the_tokenizers_counts() {
             chat_body(user(question), json!({"temperature": 0, "max_tokens": 12})),
         )
         .await;
-    let reference = LoadedModel::load(&LocalEngineOptions {
-        model_path: common::model_path(),
+    let reference = LoadedModel::load(&ModelFile {
+        path: common::model_path(),
         device: DeviceSpec::Cpu,
         weight_format: Default::default(),
-        core: Default::default(),
     })
     .unwrap();
     let prompt_ids = reference

@@ -10,10 +10,12 @@ pub mod breaker;
 pub mod health;
 pub mod pool;
 pub mod relay;
+pub mod request;
 pub mod router;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, Health};
 pub use health::spawn_health_checks;
 pub use pool::{Pool, PoolKind, Probe, Replica, ReplicaSnapshot};
 pub use relay::RoutedStream;
-pub use router::{ModelRouter, PoolSnapshot, Requester, RoutablePrompt, RouteError, RouteRequest};
+pub use request::{Requester, RoutablePrompt, RouteRequest};
+pub use router::{ModelRouter, PoolSnapshot, RouteError};

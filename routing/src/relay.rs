@@ -7,7 +7,20 @@ use std::sync::Arc;
 use engines::{TokenEvent, TokenStream};
 
 use crate::pool::{Pool, Replica, Reservation};
-use crate::router::{generation_request, ModelRouter, Requester, RouteRequest};
+use crate::request::{generation_request, Requester, RouteRequest};
+
+/// Where a request can be placed again: the model's router, seen from the relay (which must
+/// not depend on the router that creates it).
+pub(crate) trait Placement: Send + Sync {
+    /// The first replica, in the tier's pool order, that is up, not saturated and not
+    /// `exclude`; its breaker has let the request through.
+    fn choose(
+        &self,
+        tier: Option<&str>,
+        tokens: u64,
+        exclude: Option<&Replica>,
+    ) -> Option<(Arc<Pool>, Arc<Replica>)>;
+}
 
 fn routed_event(pool: &Pool, replica: &Replica) -> TokenEvent {
     TokenEvent::Routed {
@@ -23,7 +36,7 @@ fn routed_event(pool: &Pool, replica: &Replica) -> TokenEvent {
 pub struct RoutedStream {
     /// The `Routed` event still to deliver.
     routed: Option<TokenEvent>,
-    router: Arc<ModelRouter>,
+    router: Arc<dyn Placement>,
     requester: Requester,
     request: RouteRequest,
     reservation: Reservation,
@@ -37,7 +50,7 @@ impl RoutedStream {
     /// Wraps `inner` in the stream the caller reads: it retries once elsewhere if the replica
     /// fails before the first token, and holds the reservation until the end.
     pub(crate) fn new(
-        router: Arc<ModelRouter>,
+        router: Arc<dyn Placement>,
         requester: &Requester,
         request: &RouteRequest,
         pool: &Pool,

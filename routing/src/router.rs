@@ -1,16 +1,16 @@
 //! The router of one model: placement (which pool, which replica, with what reservation).
 //! What happens to a placed request while it runs (retry, breaker feedback) is in `relay`.
 
-use policies::TenantId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use engines::{EngineError, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, SamplingParams};
+use engines::{EngineError, ModelInfo, Prompt};
 use serde::Serialize;
 
 use crate::pool::{Pool, PoolKind, Replica, ReplicaSnapshot};
-use crate::relay::RoutedStream;
+use crate::relay::{Placement, RoutedStream};
+use crate::request::{generation_request, Requester, RoutablePrompt, RouteRequest};
 
 /// Why a request could not be placed.
 #[derive(Debug, thiserror::Error)]
@@ -26,68 +26,6 @@ pub enum RouteError {
     /// The engine refused the request (the caller's fault: too long, empty, bad ids).
     #[error(transparent)]
     Engine(#[from] EngineError),
-}
-
-/// A prompt sized for admission, keeping the original for engines that want it.
-#[derive(Debug, Clone)]
-pub struct RoutablePrompt {
-    original: Prompt,
-    prepared: PreparedPrompt,
-}
-
-impl RoutablePrompt {
-    /// Prompt tokens (an estimate when the first pool is remote).
-    pub fn tokens(&self) -> usize {
-        self.prepared.tokens
-    }
-
-    /// What to submit to `replica`'s kind of engine: remote upstreams get the original text or
-    /// conversation (they render and tokenise it themselves); local engines get the token ids
-    /// when a local engine prepared them, else the original.
-    fn for_kind(&self, kind: PoolKind) -> Prompt {
-        match (kind, self.prepared.estimated) {
-            (PoolKind::Local, false) => self.prepared.prompt.clone(),
-            _ => self.original.clone(),
-        }
-    }
-}
-
-/// Who asks, for fair share, routing and traces.
-#[derive(Debug, Clone)]
-pub struct Requester {
-    /// Who asks: fair share in the engines, and accounting.
-    pub tenant: TenantId,
-    /// The tenant's fair-share weight.
-    pub weight: f64,
-    /// The tenant's tier (`[[models]] tiers` picks pools by it).
-    pub tier: Option<String>,
-    /// The caller's W3C `traceparent`, forwarded upstream.
-    pub traceparent: Option<String>,
-}
-
-/// One request to route: its prompt and its sampling parameters (`max_tokens` set).
-#[derive(Debug, Clone)]
-pub struct RouteRequest {
-    /// The prompt, rendered and sized.
-    pub prompt: RoutablePrompt,
-    /// Its sampling parameters.
-    pub params: SamplingParams,
-}
-
-impl RouteRequest {
-    /// The tokens this request may occupy: its prompt plus `max_tokens`. The one measure that
-    /// admission (tokens per minute) and placement (outstanding tokens) both reserve.
-    /// Saturating: a huge `max_tokens` cannot wrap into a small reservation.
-    pub fn reserved_tokens(&self) -> u64 {
-        (self.prompt.tokens() as u64).saturating_add(self.params.max_tokens as u64)
-    }
-
-    /// [`Self::reserved_tokens`] of several requests together (saturating).
-    pub fn reserved_tokens_of(requests: &[RouteRequest]) -> u64 {
-        requests
-            .iter()
-            .fold(0u64, |sum, r| sum.saturating_add(r.reserved_tokens()))
-    }
 }
 
 /// Every pool serving one model, in order of preference, per tier.
@@ -179,26 +117,6 @@ impl ModelRouter {
         })
     }
 
-    /// The first replica, in the tier's pool order, that is up and not saturated.
-    pub(crate) fn choose(
-        &self,
-        tier: Option<&str>,
-        tokens: u64,
-        exclude: Option<&Replica>,
-    ) -> Option<(Arc<Pool>, Arc<Replica>)> {
-        let now = Instant::now();
-        for pool in self.order(tier) {
-            // Another request may have taken a half-open replica's one trial meanwhile: the
-            // acquire fails, and that replica, now out, is not chosen again.
-            while let Some(replica) = pool.choose(tokens, exclude, now) {
-                if replica.acquire(now) {
-                    return Some((pool.clone(), replica.clone()));
-                }
-            }
-        }
-        None
-    }
-
     fn no_replica(&self, tier: Option<&str>) -> RouteError {
         let pools: Vec<&str> = self.order(tier).iter().map(|p| &*p.name).collect();
         RouteError::NoReplica {
@@ -279,18 +197,25 @@ impl ModelRouter {
     }
 }
 
-/// What the engine of a `kind` pool is given for `request`.
-pub(crate) fn generation_request(
-    requester: &Requester,
-    request: &RouteRequest,
-    kind: PoolKind,
-) -> GenerationRequest {
-    GenerationRequest {
-        prompt: request.prompt.for_kind(kind),
-        params: request.params.clone(),
-        tenant: requester.tenant.clone(),
-        weight: requester.weight,
-        traceparent: requester.traceparent.clone(),
+impl Placement for ModelRouter {
+    /// The first replica, in the tier's pool order, that is up and not saturated.
+    fn choose(
+        &self,
+        tier: Option<&str>,
+        tokens: u64,
+        exclude: Option<&Replica>,
+    ) -> Option<(Arc<Pool>, Arc<Replica>)> {
+        let now = Instant::now();
+        for pool in self.order(tier) {
+            // Another request may have taken a half-open replica's one trial meanwhile: the
+            // acquire fails, and that replica, now out, is not chosen again.
+            while let Some(replica) = pool.choose(tokens, exclude, now) {
+                if replica.acquire(now) {
+                    return Some((pool.clone(), replica.clone()));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -314,7 +239,8 @@ mod tests {
     use std::time::Duration;
 
     use engines::{
-        Engine, EngineCounters, SyntheticEngine, SyntheticOptions, TokenEvent, TokenStream,
+        Engine, EngineCounters, GenerationRequest, PreparedPrompt, SamplingParams, SyntheticEngine,
+        SyntheticOptions, TokenEvent, TokenStream,
     };
 
     use tokio::sync::mpsc;

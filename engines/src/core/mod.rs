@@ -18,12 +18,21 @@ use std::sync::Arc;
 
 use candle_core::IndexOp;
 
-use crate::engine::EngineCounters;
+use crate::engine::{EngineCounters, GenerationRequest, TokenEvent};
 use crate::error::Result;
-use crate::local::{Job, LoadedModel};
+use crate::local::loader::LoadedModel;
 use crate::model::{SequenceInput, Workspace};
 use scheduler::{Scheduler, SchedulerLimits, StepPlan};
 use sequence::{Next, Sequence, SequenceId};
+
+/// A request handed to the request core: tokenised, with the channel its events go to.
+pub(crate) struct Job {
+    pub id: SequenceId,
+    pub prompt_ids: Vec<u32>,
+    pub request: GenerationRequest,
+    pub events: tokio::sync::mpsc::UnboundedSender<TokenEvent>,
+    pub submitted_at: std::time::Instant,
+}
 
 /// Limits and sizes of one engine's request core.
 #[derive(Debug, Clone, PartialEq, Eq)]

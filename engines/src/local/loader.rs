@@ -10,17 +10,15 @@ use crate::error::{EngineError, Result};
 use crate::model::{LlamaModel, WeightFormat};
 use crate::text::{ChatTemplate, GgufTokenizer};
 
-/// How to load a local engine.
+/// A model file and how to load it.
 #[derive(Debug, Clone)]
-pub struct LocalEngineOptions {
+pub struct ModelFile {
     /// The GGUF file.
-    pub model_path: PathBuf,
+    pub path: PathBuf,
     /// Where to run it.
     pub device: DeviceSpec,
     /// Keep the file's 4-bit weights, or re-quantize to 8 bits.
     pub weight_format: WeightFormat,
-    /// The request core's limits and KV pool size.
-    pub core: crate::core::CoreConfig,
 }
 
 /// The model, its tokenizer and its chat template.
@@ -35,8 +33,8 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Reads the file: weights (repacked for the device), tokenizer, template.
-    pub fn load(options: &LocalEngineOptions) -> Result<Self> {
-        let path = &options.model_path;
+    pub fn load(options: &ModelFile) -> Result<Self> {
+        let path = &options.path;
         let mut file = std::fs::File::open(path)
             .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
         let content = gguf_file::Content::read(&mut file)

@@ -1,29 +1,46 @@
 //! The local engine: a candle model in this process, driven by its request core's thread.
 
-mod loader;
+pub mod loader;
 
-pub use loader::{LoadedModel, LocalEngineOptions};
+pub use loader::{LoadedModel, ModelFile};
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::core::sequence::SequenceId;
-use crate::core::{RequestCore, StepRecord};
+use crate::core::{CoreConfig, Job, RequestCore, StepRecord};
+use crate::device::DeviceSpec;
 use crate::engine::{
     Engine, EngineCounters, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, TokenStream,
 };
 use crate::error::{EngineError, Result};
+use crate::model::WeightFormat;
 
-/// A request handed to the request core.
-pub(crate) struct Job {
-    pub id: SequenceId,
-    pub prompt_ids: Vec<u32>,
-    pub request: GenerationRequest,
-    pub events: mpsc::UnboundedSender<crate::engine::TokenEvent>,
-    pub submitted_at: Instant,
+/// How to load and run a local engine.
+#[derive(Debug, Clone)]
+pub struct LocalEngineOptions {
+    /// The GGUF file.
+    pub model_path: PathBuf,
+    /// Where to run it.
+    pub device: DeviceSpec,
+    /// Keep the file's 4-bit weights, or re-quantize to 8 bits.
+    pub weight_format: WeightFormat,
+    /// The request core's limits and KV pool size.
+    pub core: CoreConfig,
+}
+
+impl LocalEngineOptions {
+    /// The model file to load, and how.
+    pub fn model_file(&self) -> ModelFile {
+        ModelFile {
+            path: self.model_path.clone(),
+            device: self.device,
+            weight_format: self.weight_format,
+        }
+    }
 }
 
 /// A candle model served by a dedicated scheduler thread. Model execution never runs on the
@@ -43,16 +60,12 @@ pub struct LocalEngine {
 impl LocalEngine {
     /// Loads the model and starts the request core.
     pub fn start(id: &str, options: &LocalEngineOptions) -> Result<Self> {
-        let model = Arc::new(LoadedModel::load(options)?);
+        let model = Arc::new(LoadedModel::load(&options.model_file())?);
         Self::with_model(id, model, &options.core)
     }
 
     /// Starts a request core over an already loaded model (several engines may share one).
-    pub fn with_model(
-        id: &str,
-        model: Arc<LoadedModel>,
-        core: &crate::core::CoreConfig,
-    ) -> Result<Self> {
+    pub fn with_model(id: &str, model: Arc<LoadedModel>, core: &CoreConfig) -> Result<Self> {
         let info = ModelInfo {
             id: id.to_string(),
             context_length: model.model.config().context_length,

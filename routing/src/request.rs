@@ -1,0 +1,84 @@
+//! A request on its way through the router: who asks, what prompt (sized), which parameters,
+//! and what it reserves; shared by placement (`router`) and the in-flight relay (`relay`).
+
+use engines::{GenerationRequest, PreparedPrompt, Prompt, SamplingParams};
+use policies::TenantId;
+
+use crate::pool::PoolKind;
+
+/// A prompt sized for admission, keeping the original for engines that want it.
+#[derive(Debug, Clone)]
+pub struct RoutablePrompt {
+    pub(crate) original: Prompt,
+    pub(crate) prepared: PreparedPrompt,
+}
+
+impl RoutablePrompt {
+    /// Prompt tokens (an estimate when the first pool is remote).
+    pub fn tokens(&self) -> usize {
+        self.prepared.tokens
+    }
+
+    /// What to submit to `replica`'s kind of engine: remote upstreams get the original text or
+    /// conversation (they render and tokenise it themselves); local engines get the token ids
+    /// when a local engine prepared them, else the original.
+    fn for_kind(&self, kind: PoolKind) -> Prompt {
+        match (kind, self.prepared.estimated) {
+            (PoolKind::Local, false) => self.prepared.prompt.clone(),
+            _ => self.original.clone(),
+        }
+    }
+}
+
+/// Who asks, for fair share, routing and traces.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    /// Who asks: fair share in the engines, and accounting.
+    pub tenant: TenantId,
+    /// The tenant's fair-share weight.
+    pub weight: f64,
+    /// The tenant's tier (`[[models]] tiers` picks pools by it).
+    pub tier: Option<String>,
+    /// The caller's W3C `traceparent`, forwarded upstream.
+    pub traceparent: Option<String>,
+}
+
+/// One request to route: its prompt and its sampling parameters (`max_tokens` set).
+#[derive(Debug, Clone)]
+pub struct RouteRequest {
+    /// The prompt, rendered and sized.
+    pub prompt: RoutablePrompt,
+    /// Its sampling parameters.
+    pub params: SamplingParams,
+}
+
+impl RouteRequest {
+    /// The tokens this request may occupy: its prompt plus `max_tokens`. The one measure that
+    /// admission (tokens per minute) and placement (outstanding tokens) both reserve.
+    /// Saturating: a huge `max_tokens` cannot wrap into a small reservation.
+    pub fn reserved_tokens(&self) -> u64 {
+        (self.prompt.tokens() as u64).saturating_add(self.params.max_tokens as u64)
+    }
+
+    /// [`Self::reserved_tokens`] of several requests together (saturating).
+    pub fn reserved_tokens_of(requests: &[RouteRequest]) -> u64 {
+        requests
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.reserved_tokens()))
+    }
+}
+
+/// What the engine of a `kind` pool is given for `request`.
+pub(crate) fn generation_request(
+    requester: &Requester,
+    request: &RouteRequest,
+    kind: PoolKind,
+) -> GenerationRequest {
+    GenerationRequest {
+        prompt: request.prompt.for_kind(kind),
+        params: request.params.clone(),
+        tenant: requester.tenant.clone(),
+        weight: requester.weight,
+        traceparent: requester.traceparent.clone(),
+    }
+}

@@ -16,6 +16,7 @@
 #                 (the cost of the extra HTTP hop: routing, SSE parse and re-encode, loopback)
 #   baseline      the `gateway` variant run by another build, $BASELINE_BIN (e.g. the commit
 #                 before a change, built in a worktree): an A/B of two commits in one run
+# $SCENARIOS (default "latency peak") picks the scenarios.
 # $ROUNDS (default 1) repeats every variant that many times, alternating them (A B A B), so
 # that the shared machine's drift shows up as the spread between rounds, not as a difference.
 set -euo pipefail
@@ -24,6 +25,7 @@ OUT=${1:-target/bench/gateway-overhead}
 DURATION=${DURATION:-20}
 VARIANTS=${VARIANTS:-floor gateway}
 ROUNDS=${ROUNDS:-1}
+SCENARIOS=${SCENARIOS:-latency peak}
 BASELINE_BIN=${BASELINE_BIN:-}
 case " $VARIANTS " in *" baseline "*)
   [ -x "$BASELINE_BIN" ] || { echo "variant baseline needs BASELINE_BIN=<gateway binary>" >&2; exit 1; } ;;
@@ -118,22 +120,31 @@ EOF
       WORKER_SECRET=bench-worker-secret-0123 GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn \
         start "$OUT/$tag.log" "$gateway_bin" --config "$OUT/$tag-gateway.toml" ;;
   esac
+  local server_pid=${pids[-1]}
   "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
     --out "$OUT/$tag.json" | sed "s/^/[$variant $name r$round] /"
+  # CPU the server spent (user + system, all its threads) per request served: less sensitive
+  # than the request rate to neighbours on a shared machine, which slow both alike.
+  local ticks ok
+  ticks=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
+  ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['overall']['ok'])" "$OUT/$tag.json")
+  python3 -c "import sys; t, ok, hz = map(float, sys.argv[1:]); print(f'[$variant $name r$round] server CPU {t / hz:.2f} s for {int(ok)} requests: {t / hz / max(ok, 1) * 1e6:.1f} us per request')" \
+    "$ticks" "$ok" "$(getconf CLK_TCK)" | tee -a "$OUT/cpu-per-request.txt"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   pids=()
 }
 
-for round in $(seq "$ROUNDS"); do
-  for variant in $VARIANTS; do run_target "$variant" latency 200 "$round"; done
-done
-for round in $(seq "$ROUNDS"); do
-  for variant in $VARIANTS; do run_target "$variant" peak 0 "$round"; done
+for name in $SCENARIOS; do
+  rate=0
+  [ "$name" = latency ] && rate=200
+  for round in $(seq "$ROUNDS"); do
+    for variant in $VARIANTS; do run_target "$variant" "$name" "$rate" "$round"; done
+  done
 done
 
 set -- $VARIANTS
 first=$1; shift
-for name in latency peak; do
+for name in $SCENARIOS; do
   for round in $(seq "$ROUNDS"); do
     for other in "$@"; do
       echo "== $name, round $round: B = $other over A = $first"

@@ -19,8 +19,9 @@ use policies::{KeyId, RateLimitStatus, TenantSpec};
 /// Who is calling. Never holds the key itself, only its non-secret id.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The tenant the key belongs to (a snapshot: a reload does not change a running request).
-    pub tenant: TenantSpec,
+    /// The tenant the key belongs to (a snapshot: a reload does not change a running request;
+    /// shared, so that passing the caller on copies nothing).
+    pub tenant: Arc<TenantSpec>,
     /// The key's non-secret id.
     pub key_id: KeyId,
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -118,8 +119,8 @@ impl fmt::Display for KeyId {
 /// Who a presented key belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedKey {
-    /// The tenant the key belongs to.
-    pub tenant: TenantSpec,
+    /// The tenant the key belongs to (shared with the store: resolving copies nothing).
+    pub tenant: Arc<TenantSpec>,
     /// The key's non-secret id.
     pub key_id: KeyId,
 }
@@ -127,7 +128,7 @@ pub struct ResolvedKey {
 /// Every valid key digest, mapped to its tenant.
 #[derive(Debug, Default, Clone)]
 pub struct KeyStore {
-    by_digest: HashMap<KeyDigest, TenantSpec>,
+    by_digest: HashMap<KeyDigest, Arc<TenantSpec>>,
 }
 
 impl KeyStore {
@@ -135,7 +136,7 @@ impl KeyStore {
     pub fn new(
         entries: impl IntoIterator<Item = (KeyDigest, TenantSpec)>,
     ) -> Result<Self, KeyError> {
-        let mut by_digest: HashMap<KeyDigest, TenantSpec> = HashMap::new();
+        let mut by_digest: HashMap<KeyDigest, Arc<TenantSpec>> = HashMap::new();
         for (digest, tenant) in entries {
             if let Some(existing) = by_digest.get(&digest) {
                 if existing.id != tenant.id {
@@ -146,7 +147,7 @@ impl KeyStore {
                     });
                 }
             }
-            by_digest.insert(digest, tenant);
+            by_digest.insert(digest, Arc::new(tenant));
         }
         Ok(Self { by_digest })
     }

@@ -7,49 +7,71 @@
 //! itself if it is dropped unused (a request that fails before it generates anything). The
 //! limits as admission saw them go back on the response ([`RateLimitSnapshot`]).
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use policies::Admission;
 
+use super::around::{Around, AroundLayer};
 use crate::error::ApiError;
 use crate::extensions::{Caller, Handoff, RateLimitSnapshot, RequestCost};
 use crate::state::AppState;
 
 /// Admits the request or answers 429. Requests without a cost (not generations) pass.
-pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let extensions = request.extensions();
-    let (Some(caller), Some(&cost)) = (extensions.get::<Caller>(), extensions.get::<RequestCost>())
-    else {
-        return next.run(request).await;
-    };
-    let admitted = tracing::info_span!(
-        "admission",
-        prompt_tokens = cost.prompt_tokens,
-        reserved_tokens = cost.reserved_tokens
-    )
-    .in_scope(|| {
-        state
-            .quotas
-            .admit(&caller.tenant, cost.prompt_tokens, cost.reserved_tokens)
-    });
-    match admitted {
-        Err(rejection) => {
-            let reason = rejection.reason.as_str();
-            tracing::info!(reason, "request refused by quota");
-            state.requests.count_rejection(&caller.tenant.id, reason);
-            ApiError::rate_limited(&rejection).into_response()
+pub fn layer(state: &AppState) -> AroundLayer<Admit> {
+    AroundLayer::new(Admit {
+        state: state.clone(),
+    })
+}
+
+/// The admission layer.
+#[derive(Clone)]
+pub struct Admit {
+    state: AppState,
+}
+
+impl Around for Admit {
+    type Carry = Option<RateLimitSnapshot>;
+
+    fn before(&self, request: &mut Request) -> Result<Self::Carry, Response> {
+        let extensions = request.extensions();
+        let (Some(caller), Some(&cost)) =
+            (extensions.get::<Caller>(), extensions.get::<RequestCost>())
+        else {
+            return Ok(None);
+        };
+        let state = &self.state;
+        let admitted = tracing::info_span!(
+            "admission",
+            prompt_tokens = cost.prompt_tokens,
+            reserved_tokens = cost.reserved_tokens
+        )
+        .in_scope(|| {
+            state
+                .quotas
+                .admit(&caller.tenant, cost.prompt_tokens, cost.reserved_tokens)
+        });
+        match admitted {
+            Err(rejection) => {
+                let reason = rejection.reason.as_str();
+                tracing::info!(reason, "request refused by quota");
+                state.requests.count_rejection(&caller.tenant.id, reason);
+                Err(ApiError::rate_limited(&rejection).into_response())
+            }
+            Ok(admission) => {
+                let snapshot = RateLimitSnapshot(admission.status.clone());
+                request
+                    .extensions_mut()
+                    .insert(Handoff::<Admission>::new(admission));
+                Ok(Some(snapshot))
+            }
         }
-        Ok(admission) => {
-            let snapshot = RateLimitSnapshot(admission.status.clone());
-            request
-                .extensions_mut()
-                .insert(Handoff::<Admission>::new(admission));
-            let mut response = next.run(request).await;
+    }
+
+    fn after(carry: Self::Carry, response: &mut Response) {
+        if let Some(snapshot) = carry {
             if response.extensions().get::<RateLimitSnapshot>().is_none() {
                 response.extensions_mut().insert(snapshot);
             }
-            response
         }
     }
 }
@@ -59,7 +81,6 @@ mod tests {
     use super::*;
     use crate::layers::testing;
     use axum::http::StatusCode;
-    use axum::middleware::from_fn_with_state;
     use tower::{Layer, ServiceExt};
 
     /// The stub handler: 200 if it received an admission, 500 if not.
@@ -88,8 +109,7 @@ mod tests {
     #[tokio::test]
     async fn admits_within_the_quota_and_refuses_beyond_it() {
         let state = testing::state(|t| t.requests_per_minute = Some(1));
-        let service =
-            from_fn_with_state(state.clone(), admit).layer(tower::service_fn(takes_admission));
+        let service = layer(&state).layer(tower::service_fn(takes_admission));
         let first = service
             .clone()
             .oneshot(generation(&state, 20))
@@ -115,8 +135,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_larger_than_the_token_limit_is_refused() {
         let state = testing::state(|t| t.tokens_per_minute = Some(100));
-        let service =
-            from_fn_with_state(state.clone(), admit).layer(tower::service_fn(takes_admission));
+        let service = layer(&state).layer(tower::service_fn(takes_admission));
         let response = service.oneshot(generation(&state, 101)).await.unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     }
@@ -124,10 +143,9 @@ mod tests {
     #[tokio::test]
     async fn requests_without_a_cost_pass_unadmitted() {
         let state = testing::state(|t| t.requests_per_minute = Some(1));
-        let service =
-            from_fn_with_state(state.clone(), admit).layer(tower::service_fn(|_: Request| async {
-                Ok::<_, std::convert::Infallible>(StatusCode::OK.into_response())
-            }));
+        let service = layer(&state).layer(tower::service_fn(|_: Request| async {
+            Ok::<_, std::convert::Infallible>(StatusCode::OK.into_response())
+        }));
         for _ in 0..3 {
             let response = service
                 .clone()
@@ -142,10 +160,9 @@ mod tests {
     async fn an_admission_nobody_takes_is_refunded() {
         let state = testing::state(|t| t.max_concurrent = Some(1));
         // A handler that fails before it takes the admission: the slot comes back.
-        let service =
-            from_fn_with_state(state.clone(), admit).layer(tower::service_fn(|_: Request| async {
-                Ok::<_, std::convert::Infallible>(StatusCode::SERVICE_UNAVAILABLE.into_response())
-            }));
+        let service = layer(&state).layer(tower::service_fn(|_: Request| async {
+            Ok::<_, std::convert::Infallible>(StatusCode::SERVICE_UNAVAILABLE.into_response())
+        }));
         for _ in 0..3 {
             let response = service
                 .clone()

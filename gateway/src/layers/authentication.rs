@@ -2,55 +2,86 @@
 //! current directory. The resolved [`Caller`] rides in the request's extensions for every later
 //! layer and the handler; the span gets `tenant` and `key_id`.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use policies::ApiKey;
 
+use super::around::{Around, AroundLayer};
 use crate::error::ApiError;
 use crate::extensions::Caller;
 use crate::state::AppState;
 
 /// API routes: 401 unless the request carries a tenant's key.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let resolved = tracing::info_span!("authenticate").in_scope(|| {
-        let presented = bearer_token(&request).ok_or_else(ApiError::missing_api_key)?;
-        state
-            .directory()
-            .resolve(&ApiKey::from_plaintext(presented))
-            .ok_or_else(ApiError::invalid_api_key)
-    })?;
-    let span = tracing::Span::current();
-    span.record("tenant", resolved.tenant.id.as_str());
-    span.record("key_id", resolved.key_id.as_str());
-    request.extensions_mut().insert(Caller {
-        tenant: resolved.tenant,
-        key_id: resolved.key_id,
-    });
-    Ok(next.run(request).await)
+pub fn layer(state: &AppState) -> AroundLayer<Authentication> {
+    AroundLayer::new(Authentication {
+        state: state.clone(),
+    })
 }
 
 /// `/admin/*`: 401 without a key or with an unknown one, 403 with a tenant's key.
-pub async fn authenticate_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented =
-        ApiKey::from_plaintext(bearer_token(&request).ok_or_else(ApiError::missing_api_key)?);
-    let directory = state.directory();
-    if directory.is_admin(&presented) {
-        Ok(next.run(request).await)
-    } else if directory.resolve(&presented).is_some() {
-        Err(ApiError::admin_only())
-    } else {
-        Err(ApiError::invalid_api_key())
+pub fn admin_layer(state: &AppState) -> AroundLayer<AdminAuthentication> {
+    AroundLayer::new(AdminAuthentication {
+        state: state.clone(),
+    })
+}
+
+/// Resolves a tenant's key.
+#[derive(Clone)]
+pub struct Authentication {
+    state: AppState,
+}
+
+impl Around for Authentication {
+    type Carry = ();
+
+    fn before(&self, request: &mut Request) -> Result<(), Response> {
+        let resolved = tracing::info_span!("authenticate")
+            .in_scope(|| {
+                let presented = bearer_token(request).ok_or_else(ApiError::missing_api_key)?;
+                self.state
+                    .directory()
+                    .resolve(&ApiKey::from_plaintext(presented))
+                    .ok_or_else(ApiError::invalid_api_key)
+            })
+            .map_err(IntoResponse::into_response)?;
+        let span = tracing::Span::current();
+        span.record("tenant", resolved.tenant.id.as_str());
+        span.record("key_id", resolved.key_id.as_str());
+        request.extensions_mut().insert(Caller {
+            tenant: resolved.tenant,
+            key_id: resolved.key_id,
+        });
+        Ok(())
     }
+
+    fn after(_: (), _: &mut Response) {}
+}
+
+/// Checks an admin key.
+#[derive(Clone)]
+pub struct AdminAuthentication {
+    state: AppState,
+}
+
+impl Around for AdminAuthentication {
+    type Carry = ();
+
+    fn before(&self, request: &mut Request) -> Result<(), Response> {
+        let presented =
+            bearer_token(request).ok_or_else(|| ApiError::missing_api_key().into_response())?;
+        let presented = ApiKey::from_plaintext(presented);
+        let directory = self.state.directory();
+        if directory.is_admin(&presented) {
+            Ok(())
+        } else if directory.resolve(&presented).is_some() {
+            Err(ApiError::admin_only().into_response())
+        } else {
+            Err(ApiError::invalid_api_key().into_response())
+        }
+    }
+
+    fn after(_: (), _: &mut Response) {}
 }
 
 fn bearer_token(request: &Request) -> Option<&str> {
@@ -65,8 +96,6 @@ mod tests {
     use super::*;
     use crate::layers::testing::{self, ADMIN_KEY, OTHER_KEY, TENANT_KEY};
     use axum::http::StatusCode;
-    use axum::middleware::from_fn_with_state;
-    use axum::response::IntoResponse;
     use tower::{Layer, ServiceExt};
 
     /// The stub handler: answers with the tenant it was told about, or 500 if none.
@@ -80,12 +109,12 @@ mod tests {
     async fn call(admin: bool, key: Option<&str>) -> (StatusCode, String) {
         let state = testing::state(|_| {});
         let response = if admin {
-            from_fn_with_state(state, authenticate_admin)
+            admin_layer(&state)
                 .layer(tower::service_fn(echo_tenant))
                 .oneshot(testing::request(key))
                 .await
         } else {
-            from_fn_with_state(state, authenticate)
+            layer(&state)
                 .layer(tower::service_fn(echo_tenant))
                 .oneshot(testing::request(key))
                 .await

@@ -17,6 +17,7 @@
 //! [`crate::extensions`]; each header is written by one layer, each thing counted by one.
 
 pub mod admission;
+pub mod around;
 pub mod authentication;
 pub mod body_limit;
 pub mod cors;

@@ -3,36 +3,49 @@
 //! current state. The only writer of these headers (`Retry-After` belongs to the 429 itself,
 //! `error.rs`).
 
-use axum::extract::{Request, State};
+use std::sync::Arc;
+
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
-use policies::{LimitState, RateLimitStatus};
+use policies::{LimitState, QuotaBook, RateLimitStatus, TenantSpec};
 use std::time::Duration;
 
+use super::around::{Around, AroundLayer};
 use crate::extensions::{Caller, RateLimitSnapshot};
 use crate::state::AppState;
 
 /// Writes the headers of the caller's limits on its response.
-pub async fn write_rate_limit_headers(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let tenant = request
-        .extensions()
-        .get::<Caller>()
-        .map(|caller| caller.tenant.clone());
-    let mut response = next.run(request).await;
-    let status = match response.extensions_mut().remove::<RateLimitSnapshot>() {
-        Some(snapshot) => snapshot.0,
-        None => match tenant {
-            Some(tenant) => state.quotas.status(&tenant),
-            None => return response,
-        },
-    };
-    insert(response.headers_mut(), &status);
-    response
+pub fn layer(state: &AppState) -> AroundLayer<RateLimitHeaders> {
+    AroundLayer::new(RateLimitHeaders {
+        quotas: state.quotas.clone(),
+    })
+}
+
+/// The rate-limit headers' layer.
+#[derive(Clone)]
+pub struct RateLimitHeaders {
+    quotas: Arc<QuotaBook>,
+}
+
+impl Around for RateLimitHeaders {
+    type Carry = Option<(Arc<QuotaBook>, Arc<TenantSpec>)>;
+
+    fn before(&self, request: &mut Request) -> Result<Self::Carry, Response> {
+        let caller = request.extensions().get::<Caller>();
+        Ok(caller.map(|caller| (self.quotas.clone(), caller.tenant.clone())))
+    }
+
+    fn after(carry: Self::Carry, response: &mut Response) {
+        let status = match response.extensions_mut().remove::<RateLimitSnapshot>() {
+            Some(snapshot) => snapshot.0,
+            None => match carry {
+                Some((quotas, tenant)) => quotas.status(&tenant),
+                None => return,
+            },
+        };
+        insert(response.headers_mut(), &status);
+    }
 }
 
 /// OpenAI's duration format: `1s`, `6m0s`, `20ms`.
@@ -83,7 +96,6 @@ mod tests {
     use super::*;
     use crate::layers::testing;
     use axum::http::StatusCode;
-    use axum::middleware::from_fn_with_state;
     use axum::response::IntoResponse;
     use tower::{Layer, ServiceExt};
 
@@ -112,7 +124,7 @@ mod tests {
         let caller = testing::caller(&state);
         let mut request = testing::request(None);
         request.extensions_mut().insert(caller.clone());
-        let response = from_fn_with_state(state.clone(), write_rate_limit_headers)
+        let response = layer(&state)
             .layer(tower::service_fn(plain))
             .oneshot(request)
             .await
@@ -122,7 +134,7 @@ mod tests {
 
         let mut request = testing::request(None);
         request.extensions_mut().insert(caller);
-        let response = from_fn_with_state(state.clone(), write_rate_limit_headers)
+        let response = layer(&state)
             .layer(tower::service_fn(with_snapshot))
             .oneshot(request)
             .await
@@ -135,7 +147,7 @@ mod tests {
     #[tokio::test]
     async fn no_headers_without_a_caller() {
         let state = testing::state(|t| t.requests_per_minute = Some(60));
-        let response = from_fn_with_state(state, write_rate_limit_headers)
+        let response = layer(&state)
             .layer(tower::service_fn(plain))
             .oneshot(testing::request(None))
             .await

@@ -2,34 +2,48 @@
 //! the model it served and the HTTP status it got. Requests refused by authentication are not
 //! counted (their tenant is unknown, and label values must not come from clients).
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use std::sync::Arc;
 
+use axum::extract::Request;
+use axum::response::Response;
+use policies::TenantSpec;
+
+use super::around::{Around, AroundLayer};
 use crate::extensions::{Caller, ServedModel};
+use crate::metrics::RequestMetrics;
 use crate::state::AppState;
 
-/// Counts the request once its response head is known.
-pub async fn count_request(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let tenant = request
-        .extensions()
-        .get::<Caller>()
-        .map(|caller| caller.tenant.id.clone());
-    let response = next.run(request).await;
-    if let Some(tenant) = tenant {
+/// Counts each request once its response head is known.
+pub fn layer(state: &AppState) -> AroundLayer<CountRequests> {
+    AroundLayer::new(CountRequests {
+        metrics: state.requests.clone(),
+    })
+}
+
+/// The request counter's layer.
+#[derive(Clone)]
+pub struct CountRequests {
+    metrics: Arc<RequestMetrics>,
+}
+
+impl Around for CountRequests {
+    type Carry = Option<(Arc<RequestMetrics>, Arc<TenantSpec>)>;
+
+    fn before(&self, request: &mut Request) -> Result<Self::Carry, Response> {
+        let caller = request.extensions().get::<Caller>();
+        Ok(caller.map(|caller| (self.metrics.clone(), caller.tenant.clone())))
+    }
+
+    fn after(carry: Self::Carry, response: &mut Response) {
+        let Some((metrics, tenant)) = carry else {
+            return;
+        };
         let model = response
             .extensions()
             .get::<ServedModel>()
             .map_or("", |m| m.0.as_str());
-        state
-            .requests
-            .count_request(&tenant, model, response.status().as_u16());
+        metrics.count_request(&tenant.id, model, response.status().as_u16());
     }
-    response
 }
 
 #[cfg(test)]
@@ -37,7 +51,6 @@ mod tests {
     use super::*;
     use crate::layers::testing;
     use axum::http::StatusCode;
-    use axum::middleware::from_fn_with_state;
     use axum::response::IntoResponse;
     use tower::{Layer, ServiceExt};
 
@@ -52,8 +65,7 @@ mod tests {
     #[tokio::test]
     async fn counts_by_tenant_model_and_status() {
         let state = testing::state(|_| {});
-        let service =
-            from_fn_with_state(state.clone(), count_request).layer(tower::service_fn(served));
+        let service = layer(&state).layer(tower::service_fn(served));
         for _ in 0..2 {
             let mut request = testing::request(None);
             request.extensions_mut().insert(testing::caller(&state));

@@ -83,3 +83,69 @@ pub fn access_log(response: &Response<Body>, latency: Duration, _span: &tracing:
         tracing::info!(target: "gateway::access", status, latency_ms, "request finished");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use std::sync::{Arc, Mutex};
+    use tower::{Layer, ServiceExt};
+
+    /// Log output, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// How many access-log lines at info level one request with `marker` writes.
+    async fn access_lines(marker: Option<&'static str>) -> usize {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let service = layer().layer(tower::service_fn(move |_: Request<Body>| async move {
+            let mut response = StatusCode::OK.into_response();
+            match marker {
+                Some("written") => {
+                    response.extensions_mut().insert(AccessLogWritten);
+                }
+                Some("polled") => {
+                    response.extensions_mut().insert(Polled);
+                }
+                _ => {}
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+        let request = Request::builder()
+            .uri("/v1/models")
+            .header("x-request-id", "abc")
+            .body(Body::empty())
+            .unwrap();
+        service.oneshot(request).await.unwrap();
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains("request finished"))
+            .inspect(|l| assert!(l.contains("request_id=\"abc\"") || l.contains("abc"), "{l}"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn one_access_line_unless_the_account_writes_it_or_the_route_is_polled() {
+        assert_eq!(access_lines(None).await, 1);
+        assert_eq!(access_lines(Some("written")).await, 0);
+        // Polled routes log at debug, below the info level captured here.
+        assert_eq!(access_lines(Some("polled")).await, 0);
+    }
+}

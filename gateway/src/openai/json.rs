@@ -1,10 +1,9 @@
-//! The JSON body extractor: every way a body can be wrong becomes an OpenAI error (400 with the
+//! The JSON body reader: every way a body can be wrong becomes an OpenAI error (400 with the
 //! offending field in `param`, 413 over the size limit) instead of axum's plain-text rejections.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use http_body_util::{BodyExt, LengthLimitError};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -17,20 +16,31 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes =
-            Bytes::from_request(req, state)
-                .await
-                .map_err(|rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::payload_too_large(state.limits.max_body_bytes)
-                    } else {
-                        ApiError::invalid_request(format!(
-                            "Could not read the request body: {rejection}"
-                        ))
-                    }
-                })?;
-        parse(&bytes).map(JsonBody)
+        read_json(req.into_body(), state.limits.max_body_bytes)
+            .await
+            .map(JsonBody)
     }
+}
+
+/// Reads a whole body and parses it. A body the body-limit layer capped at `limit` bytes and
+/// that went over is a 413.
+pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| {
+            let e = e.into_inner();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+            while let Some(c) = cause {
+                if c.is::<LengthLimitError>() {
+                    return ApiError::payload_too_large(limit);
+                }
+                cause = c.source();
+            }
+            ApiError::invalid_request(format!("Could not read the request body: {e}"))
+        })?
+        .to_bytes();
+    parse(&bytes)
 }
 
 /// Parses a body, naming the field at fault.
@@ -74,6 +84,7 @@ pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, A
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[derive(serde::Deserialize, Debug)]
     #[allow(dead_code)]

@@ -39,7 +39,7 @@ pub fn router(state: AppState) -> Router {
         post(generation::generate).route_layer(
             ServiceBuilder::new()
                 .layer(from_fn_with_state(preamble, generation::prepare))
-                .layer(from_fn_with_state(state.clone(), admission::admit)),
+                .layer(admission::layer(&state)),
         )
     };
     let api = Router::new()
@@ -50,28 +50,16 @@ pub fn router(state: AppState) -> Router {
         .route("/load", get(pools::load))
         .route_layer(
             ServiceBuilder::new()
-                .layer(from_fn_with_state(
-                    state.clone(),
-                    authentication::authenticate,
-                ))
-                .layer(from_fn_with_state(
-                    state.clone(),
-                    request_metrics::count_request,
-                ))
-                .layer(from_fn_with_state(
-                    state.clone(),
-                    rate_limit_headers::write_rate_limit_headers,
-                )),
+                .layer(authentication::layer(&state))
+                .layer(request_metrics::layer(&state))
+                .layer(rate_limit_headers::layer(&state)),
         );
     let admin = Router::new()
         .route("/admin/tenants", get(admin::tenants))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/usage/records", get(admin::usage_records))
         .route("/admin/pools", get(pools::admin_pools))
-        .route_layer(from_fn_with_state(
-            state.clone(),
-            authentication::authenticate_admin,
-        ));
+        .route_layer(authentication::admin_layer(&state));
     let public = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))

@@ -7,7 +7,7 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engines::{FinishReason, TokenEvent};
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use ledger::RecordStatus;
 use routing::RoutedStream;
@@ -58,7 +58,7 @@ impl Failure {
 /// routing, timings) and the usage total, and settles the account when the generation fails or
 /// completes. Dropped early (the client hung up), the account settles as cancelled.
 pub struct Relay {
-    events: BoxStream<'static, (usize, TokenEvent)>,
+    events: SelectAll<BoxStream<'static, (usize, TokenEvent)>>,
     account: Option<RequestAccount>,
     usage: UsageBody,
     choices: usize,
@@ -74,8 +74,7 @@ impl Relay {
             futures::stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) })
                 .map(move |e| (i, e))
                 .boxed()
-        }))
-        .boxed();
+        }));
         Self {
             events,
             account: Some(account),

@@ -125,11 +125,11 @@ EOF
     --out "$OUT/$tag.json" | sed "s/^/[$variant $name r$round] /"
   # CPU the server spent (user + system, all its threads) per request served: less sensitive
   # than the request rate to neighbours on a shared machine, which slow both alike.
-  local ticks ok
-  ticks=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
+  local user system ok
+  read -r user system < <(awk '{print $14, $15}' "/proc/$server_pid/stat")
   ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['overall']['ok'])" "$OUT/$tag.json")
-  python3 -c "import sys; t, ok, hz = map(float, sys.argv[1:]); print(f'[$variant $name r$round] server CPU {t / hz:.2f} s for {int(ok)} requests: {t / hz / max(ok, 1) * 1e6:.1f} us per request')" \
-    "$ticks" "$ok" "$(getconf CLK_TCK)" | tee -a "$OUT/cpu-per-request.txt"
+  python3 -c "import sys; u, s, ok, hz = map(float, sys.argv[1:]); per = lambda t: t / hz / max(ok, 1) * 1e6; print(f'[$variant $name r$round] server CPU {(u + s) / hz:.2f} s for {int(ok)} requests: {per(u + s):.1f} us per request ({per(u):.1f} user, {per(s):.1f} system)')" \
+    "$user" "$system" "$ok" "$(getconf CLK_TCK)" | tee -a "$OUT/cpu-per-request.txt"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   pids=()
 }

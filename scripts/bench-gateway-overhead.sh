@@ -26,6 +26,11 @@ DURATION=${DURATION:-20}
 VARIANTS=${VARIANTS:-floor gateway}
 ROUNDS=${ROUNDS:-1}
 SCENARIOS=${SCENARIOS:-latency peak}
+# PIN=1: the server on core 1, the load generator on core 0 (taskset), so that they do not
+# take turns on the same core; the A/B then varies less with the scheduler.
+PIN=${PIN:-0}
+server_cpus() { if [ "$PIN" = 1 ]; then echo "taskset -c 1"; fi; }
+client_cpus() { if [ "$PIN" = 1 ]; then echo "taskset -c 0"; fi; }
 BASELINE_BIN=${BASELINE_BIN:-}
 case " $VARIANTS " in *" baseline "*)
   [ -x "$BASELINE_BIN" ] || { echo "variant baseline needs BASELINE_BIN=<gateway binary>" >&2; exit 1; } ;;
@@ -85,7 +90,7 @@ run_target() { # variant scenario tokens_per_second round
   local tag="$variant-$name-r$round"
   case $variant in
     floor)
-      start "$OUT/$tag.log" "$BIN/examples/synthetic_floor" \
+      start "$OUT/$tag.log" $(server_cpus) "$BIN/examples/synthetic_floor" \
         --listen "127.0.0.1:$port" --tokens-per-second "$rate" ;;
     gateway*|baseline)
       local extra="" models gateway_bin="$BIN/gateway"
@@ -118,15 +123,17 @@ max_concurrent = 100000
 daily_tokens = 100000000000
 EOF
       WORKER_SECRET=bench-worker-secret-0123 GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn \
-        start "$OUT/$tag.log" "$gateway_bin" --config "$OUT/$tag-gateway.toml" ;;
+        start "$OUT/$tag.log" $(server_cpus) "$gateway_bin" --config "$OUT/$tag-gateway.toml" ;;
   esac
   local server_pid=${pids[-1]}
-  "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
+  $(client_cpus) "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
     --out "$OUT/$tag.json" | sed "s/^/[$variant $name r$round] /"
   # CPU the server spent (user + system, all its threads) per request served: less sensitive
   # than the request rate to neighbours on a shared machine, which slow both alike.
-  local user system ok
-  read -r user system < <(awk '{print $14, $15}' "/proc/$server_pid/stat")
+  local user system faults rss ok
+  read -r user system faults < <(awk '{print $14, $15, $10}' "/proc/$server_pid/stat")
+  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status")
+  echo "[$variant $name r$round] server minor page faults $faults, resident $rss kB" | tee -a "$OUT/cpu-per-request.txt"
   ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['overall']['ok'])" "$OUT/$tag.json")
   python3 -c "import sys; u, s, ok, hz = map(float, sys.argv[1:]); per = lambda t: t / hz / max(ok, 1) * 1e6; print(f'[$variant $name r$round] server CPU {(u + s) / hz:.2f} s for {int(ok)} requests: {per(u + s):.1f} us per request ({per(u):.1f} user, {per(s):.1f} system)')" \
     "$user" "$system" "$ok" "$(getconf CLK_TCK)" | tee -a "$OUT/cpu-per-request.txt"

@@ -232,6 +232,65 @@ async fn edited_limits_apply_while_an_in_flight_stream_completes() {
     assert!(text.trim_end().ends_with("data: [DONE]"));
 }
 
+/// A reload that changes a tenant's limits while its request runs must not lock it out: the
+/// running request gives its concurrency slot back to the counter the new limits read (it
+/// used to stay counted forever, and every later request got 429).
+#[tokio::test]
+async fn a_limit_change_during_a_request_does_not_lock_the_tenant_out() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant("busy", "sk-busy", "max_concurrent = 1"))),
+        ..Options::default()
+    });
+    let mut stream = gw
+        .client()
+        .post(gw.url("/v1/completions"))
+        .bearer_auth("sk-busy")
+        .body(json!({"model": MODEL, "prompt": "Once", "max_tokens": 48, "ignore_eos": true, "stream": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    stream.chunk().await.unwrap().unwrap();
+    rewrite(
+        &gw,
+        &config(&tenant(
+            "busy",
+            "sk-busy",
+            "max_concurrent = 1\nrequests_per_minute = 1000",
+        )),
+    );
+    // The new limits are in force (their header shows) while the stream still holds the slot.
+    assert!(
+        eventually(async || {
+            let response = gw
+                .client()
+                .get(gw.url("/v1/models"))
+                .bearer_auth("sk-busy")
+                .send()
+                .await
+                .unwrap();
+            response
+                .headers()
+                .get("x-ratelimit-limit-requests")
+                .is_some()
+        })
+        .await,
+        "the reload applies"
+    );
+    let rest = stream.bytes().await.unwrap();
+    assert!(String::from_utf8(rest.to_vec()).unwrap().contains("[DONE]"));
+    // The slot is free again under the new limits.
+    assert!(
+        eventually(async || {
+            gw.post_raw("/v1/completions", completion(1), Some("sk-busy"))
+                .await
+                .0
+                == 200
+        })
+        .await,
+        "the tenant is not locked out after the stream ends"
+    );
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_admin_key_and_report_usage() {
     let gw = TestGateway::start(Options {

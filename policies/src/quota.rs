@@ -111,12 +111,14 @@ struct TenantQuota {
     limits: TenantLimits,
     requests: Option<RequestLimiter>,
     tokens: Option<TokenLimiter>,
-    in_flight: AtomicU64,
+    /// Requests admitted and not yet settled. Shared by every generation of the tenant's quota:
+    /// a request admitted before a reload settles on the counter the reloaded quota reads.
+    in_flight: Arc<AtomicU64>,
     /// The request limiter's last reading: `(remaining, when)`. governor cannot be read without
     /// taking a cell, so responses that take none report this, refilled by the time since.
     last_requests: Mutex<Option<(u64, std::time::Instant)>>,
-    /// `(UTC day number, usage)`.
-    today: Mutex<(u64, DailyUsage)>,
+    /// `(UTC day number, usage)`, shared by every generation of the tenant's quota as well.
+    today: Arc<Mutex<(u64, DailyUsage)>>,
 }
 
 /// Days since the Unix epoch, UTC: the day the daily budget counts.
@@ -145,9 +147,20 @@ impl TenantQuota {
             tokens: limits
                 .tokens_per_minute
                 .map(|n| TokenLimiter::new(n as u64, Duration::from_secs(60))),
-            in_flight: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicU64::new(0)),
             last_requests: Mutex::new(None),
-            today: Mutex::new((utc_day(), DailyUsage::default())),
+            today: Arc::new(Mutex::new((utc_day(), DailyUsage::default()))),
+        }
+    }
+
+    /// The quota under new limits: fresh limiters (their windows restart), the same in-flight
+    /// counter and the same day's usage, so requests admitted under the old limits settle where
+    /// the new ones count.
+    fn with_limits(&self, limits: &TenantLimits) -> Self {
+        Self {
+            in_flight: self.in_flight.clone(),
+            today: self.today.clone(),
+            ..Self::new(limits)
         }
     }
 
@@ -242,13 +255,8 @@ impl QuotaBook {
             .entry(tenant.id.clone())
             .or_insert_with(|| Arc::new(TenantQuota::new(&tenant.limits)));
         if entry.limits != tenant.limits {
-            let fresh = Arc::new(TenantQuota::new(&tenant.limits));
-            let usage = entry.with_today(|u| *u);
-            fresh.with_today(|u| *u = usage);
-            fresh
-                .in_flight
-                .store(entry.in_flight.load(Ordering::Acquire), Ordering::Release);
-            *entry = fresh;
+            let reloaded = Arc::new(entry.with_limits(&tenant.limits));
+            *entry = reloaded;
         }
         entry.clone()
     }
@@ -462,6 +470,28 @@ mod tests {
         let err = book.admit(&t, 1, 1).err().unwrap();
         assert_eq!(err.reason, RejectReason::DailyBudget);
         assert!(err.retry_after.unwrap() <= Duration::from_secs(86_400));
+    }
+
+    /// A reload that changes a tenant's limits while its requests run must not lock it out:
+    /// the running requests settle on the counter the new limits read (it used to keep the old
+    /// count forever, and every later request got 429).
+    #[test]
+    fn requests_running_across_a_limit_change_give_their_slots_back() {
+        let book = QuotaBook::default();
+        let mut t = tenant(TenantLimits {
+            max_concurrent: Some(2),
+            ..TenantLimits::default()
+        });
+        let running = [book.admit(&t, 1, 1).unwrap(), book.admit(&t, 1, 1).unwrap()];
+        t.limits.requests_per_minute = Some(1000);
+        assert_eq!(book.live(&t).0, 2);
+        assert_eq!(
+            book.admit(&t, 1, 1).err().unwrap().reason,
+            RejectReason::Concurrency
+        );
+        drop(running);
+        assert_eq!(book.live(&t).0, 0);
+        assert!(book.admit(&t, 1, 1).is_ok());
     }
 
     #[test]

@@ -18,8 +18,9 @@ const DIGEST_PREFIX: &str = "sha256:";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 /// Why keys could not be read or stored.
 pub enum KeyError {
-    #[error("stored key must look like `sha256:<64 hex digits>`, got `{0}`")]
-    /// A stored key is not `sha256:<64 hex digits>`.
+    #[error("stored key must look like `sha256:<64 hex digits>`; got {0}")]
+    /// A stored key is not `sha256:<64 hex digits>`. It holds a description of what was found,
+    /// never the value itself: a plaintext key put there by mistake is a secret.
     MalformedDigest(String),
     #[error("key {key_id} is listed for both tenant `{first}` and tenant `{second}`")]
     /// Two tenants have the same key.
@@ -67,6 +68,24 @@ impl ApiKey {
     }
 }
 
+/// What a malformed stored key looks like, without any of its characters beyond a public prefix.
+fn describe_malformed(stored: &str) -> String {
+    let length = stored.chars().count();
+    if stored.starts_with(KEY_PREFIX) {
+        format!(
+            "a {length}-character value starting `{KEY_PREFIX}`, which looks like a plaintext key: \
+             store its hash instead (`gateway keys hash KEY`), and rotate it if this file was shared"
+        )
+    } else if let Some(hex_part) = stored.strip_prefix(DIGEST_PREFIX) {
+        format!(
+            "`{DIGEST_PREFIX}` followed by {} characters that are not 64 hex digits",
+            hex_part.chars().count()
+        )
+    } else {
+        format!("a {length}-character value without the `{DIGEST_PREFIX}` prefix")
+    }
+}
+
 /// The stored form of a key: its SHA-256.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyDigest([u8; 32]);
@@ -74,7 +93,7 @@ pub struct KeyDigest([u8; 32]);
 impl KeyDigest {
     /// Parses `sha256:<hex>`.
     pub fn parse(stored: &str) -> Result<Self, KeyError> {
-        let malformed = || KeyError::MalformedDigest(stored.to_string());
+        let malformed = || KeyError::MalformedDigest(describe_malformed(stored));
         let hex_part = stored.strip_prefix(DIGEST_PREFIX).ok_or_else(malformed)?;
         let bytes = hex::decode(hex_part).map_err(|_| malformed())?;
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| malformed())?;
@@ -182,6 +201,21 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plaintext key put where a hash belongs must not be echoed by the error (it goes to
+    /// the start-up and reload logs).
+    #[test]
+    fn a_malformed_stored_key_is_never_echoed() {
+        let secret = "sk-live-0123456789abcdefSECRET";
+        let message = KeyDigest::parse(secret).unwrap_err().to_string();
+        assert!(!message.contains("SECRET"), "{message}");
+        assert!(!message.contains("0123456789"), "{message}");
+        assert!(message.contains("plaintext key"), "{message}");
+        for stored in ["sha256:SECRETSECRET", "SECRET-without-prefix"] {
+            let message = KeyDigest::parse(stored).unwrap_err().to_string();
+            assert!(!message.contains("SECRET"), "{message}");
+        }
+    }
     use crate::tenant::ModelAllowList;
 
     fn tenant(id: &str) -> TenantSpec {

@@ -101,6 +101,8 @@ pub async fn serve_as(
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
         cors_origins: config.server.cors_origins.clone(),
+        max_prompts_per_request: config.server.max_prompts_per_request,
+        max_prompt_tokens_per_request: config.server.max_prompt_tokens_per_request,
     };
     let ledger = match config.ledger.enabled {
         true => {

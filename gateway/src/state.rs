@@ -19,6 +19,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Origins allowed by CORS (empty: CORS off).
     pub cors_origins: Vec<String>,
+    /// Most prompts per request (400 beyond).
+    pub max_prompts_per_request: usize,
+    /// Most prompt tokens per request, over its prompts (400 beyond).
+    pub max_prompt_tokens_per_request: u64,
 }
 
 /// Shared state of the server; cheap to clone.

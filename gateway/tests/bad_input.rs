@@ -206,3 +206,37 @@ async fn keys_and_model_allow_lists_are_enforced() {
     let (_, models) = gw.get("/v1/models", Some("sk-clinic-key")).await;
     assert_eq!(models["data"], json!([]));
 }
+
+/// Requests sized to exhaust the server (issue 14, item 5): 100,000 one-token prompts used to
+/// grow the gateway by 400 MB and keep the engine busy for minutes. The number of prompts and
+/// the prompt tokens of one request are bounded, and refused before any work.
+#[tokio::test]
+async fn prompts_per_request_and_prompt_tokens_per_request_are_bounded() {
+    let key = "sk-test-many-prompts";
+    let config = format!(
+        "[server]\nmax_prompts_per_request = 4\nmax_prompt_tokens_per_request = 20\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+         [[tenants]]\nid = \"t\"\nkeys = [\"{}\"]\n",
+        common::digest(key)
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let post = |prompt: Value| {
+        let body = json!({"model": "bench", "prompt": prompt, "max_tokens": 1}).to_string();
+        let gw = &gw;
+        async move { gw.post_raw("/v1/completions", body, Some(key)).await }
+    };
+    let many: Vec<Vec<u32>> = (0..100_000).map(|_| vec![1]).collect();
+    let (status, body) = post(json!(many)).await;
+    assert_error(status, &body, 400, Some("prompt"), "100,000 prompts");
+    let (status, body) = post(json!(["a", "b", "c", "d", "e"])).await;
+    assert_error(status, &body, 400, Some("prompt"), "5 prompts");
+    let ten_words = "one two three four five six seven eight nine ten";
+    let (status, body) = post(json!([ten_words, ten_words, ten_words])).await;
+    assert_error(status, &body, 400, Some("prompt"), "30 prompt tokens");
+    let (status, body) = post(json!([ten_words, "one two"])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2);
+}

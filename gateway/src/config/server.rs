@@ -20,6 +20,13 @@ pub struct ServerConfig {
     /// origins are refused by their own same-origin policy.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Most prompts one `/v1/completions` request may carry (each is a sequence in the engine);
+    /// 400 beyond.
+    #[serde(default = "default_max_prompts_per_request")]
+    pub max_prompts_per_request: usize,
+    /// Most prompt tokens one request may carry over all its prompts; 400 beyond.
+    #[serde(default = "default_max_prompt_tokens_per_request")]
+    pub max_prompt_tokens_per_request: u64,
 }
 
 impl Default for ServerConfig {
@@ -28,6 +35,8 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             request_timeout_secs: default_request_timeout_secs(),
             cors_origins: Vec::new(),
+            max_prompts_per_request: default_max_prompts_per_request(),
+            max_prompt_tokens_per_request: default_max_prompt_tokens_per_request(),
         }
     }
 }
@@ -82,6 +91,14 @@ pub(super) fn deserialize_listen<'de, D: serde::Deserializer<'de>>(
 
 fn default_max_body_bytes() -> usize {
     2 * 1024 * 1024
+}
+
+fn default_max_prompts_per_request() -> usize {
+    64
+}
+
+fn default_max_prompt_tokens_per_request() -> u64 {
+    131_072
 }
 
 fn default_request_timeout_secs() -> u64 {

@@ -66,6 +66,8 @@ pub(crate) mod testing {
                 max_body_bytes: 1 << 20,
                 request_timeout: Duration::from_secs(60),
                 cors_origins: Vec::new(),
+                max_prompts_per_request: 64,
+                max_prompt_tokens_per_request: 131_072,
             },
             Arc::new(ModelRegistry::default()),
             Directory::from_config(&config).unwrap(),

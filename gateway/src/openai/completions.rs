@@ -39,6 +39,15 @@ pub enum PromptInput {
 pub const DEFAULT_MAX_TOKENS: usize = 16;
 
 impl CompletionRequest {
+    /// How many prompts (choices) the request carries, before any is built.
+    pub fn prompt_count(&self) -> usize {
+        match &self.prompt {
+            PromptInput::Text(_) | PromptInput::Tokens(_) => 1,
+            PromptInput::Texts(texts) => texts.len(),
+            PromptInput::TokenLists(lists) => lists.len(),
+        }
+    }
+
     /// The prompts, one choice each.
     pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
         if self.echo == Some(true) {

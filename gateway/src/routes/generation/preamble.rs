@@ -115,9 +115,24 @@ fn prepare_generation(
     };
     let engine = resolve_model(state, caller, model)?;
     let params = from_value::<CommonParams>(body)?.validate()?;
+    let limits = &state.limits;
     let prompts = match &parsed {
         GenerationBody::Chat(request) => vec![Prompt::Chat(request.conversation()?)],
-        GenerationBody::Completions(request) => request.prompts()?,
+        GenerationBody::Completions(request) => {
+            // Counted before anything is built for them: a request of 100,000 one-token
+            // prompts must cost nothing but this check.
+            let count = request.prompt_count();
+            if count > limits.max_prompts_per_request {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!(
+                        "This request has {count} prompts; at most {} are allowed per request.",
+                        limits.max_prompts_per_request
+                    ),
+                ));
+            }
+            request.prompts()?
+        }
     };
     let context = engine.info().context_length;
     // The endpoint's `max_tokens` for a prompt of this size when the request names none: chat
@@ -143,10 +158,24 @@ fn prepare_generation(
             },
         });
     }
+    let prompt_tokens = requests
+        .iter()
+        .fold(0u64, |sum, r| sum.saturating_add(r.prompt.tokens() as u64));
+    if prompt_tokens > limits.max_prompt_tokens_per_request {
+        let param = match endpoint {
+            Endpoint::Chat => "messages",
+            Endpoint::Completions => "prompt",
+        };
+        return Err(ApiError::invalid_param(
+            param,
+            format!(
+                "This request has {prompt_tokens} prompt tokens; at most {} are allowed per request.",
+                limits.max_prompt_tokens_per_request
+            ),
+        ));
+    }
     let cost = RequestCost {
-        prompt_tokens: requests
-            .iter()
-            .fold(0u64, |sum, r| sum.saturating_add(r.prompt.tokens() as u64)),
+        prompt_tokens,
         reserved_tokens: RouteRequest::reserved_tokens_of(&requests),
     };
     let prepared = PreparedGeneration {

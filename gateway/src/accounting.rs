@@ -48,8 +48,10 @@ impl RequestAccount {
         request_id: &str,
         model: &str,
         prompt_tokens: u64,
-        admission: Admission,
+        mut admission: Admission,
     ) -> Self {
+        // The account opens once the engine took the request: from here it is billed.
+        admission.start();
         let span = tracing::Span::current();
         span.record("model", model);
         Self {

@@ -291,6 +291,32 @@ async fn a_limit_change_during_a_request_does_not_lock_the_tenant_out() {
     );
 }
 
+/// A request the engine refuses after admission (here: longer than the context window) is
+/// charged nothing (issue 14, item 6): it used to add its prompt tokens to the day's usage.
+#[tokio::test]
+async fn a_request_refused_after_admission_is_not_charged() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant(
+            "frugal",
+            "sk-frugal",
+            "daily_tokens = 100000",
+        ))),
+        ..Options::default()
+    });
+    let huge =
+        json!({"model": MODEL, "prompt": "Hello there", "max_tokens": 1_000_000}).to_string();
+    let (status, body) = gw
+        .post_raw("/v1/completions", huge, Some("sk-frugal"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+    let (status, tenants) = gw.get("/admin/tenants", Some("sk-admin")).await;
+    assert_eq!(status, 200, "{tenants}");
+    let live = &tenants["data"][0]["live"];
+    assert_eq!(live["tokens_used_today"], 0, "{tenants}");
+    assert_eq!(live["in_flight"], 0, "{tenants}");
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_admin_key_and_report_usage() {
     let gw = TestGateway::start(Options {

@@ -234,6 +234,12 @@ pub struct QuotaBook {
 pub struct Admission {
     quota: Arc<TenantQuota>,
     reserved_tokens: u64,
+    /// The request's prompt tokens, billed once it starts.
+    prompt_tokens: u64,
+    /// Whether the engine took the request ([`Admission::start`]): until then nothing is billed,
+    /// and a request refused after admission (by the engine, or for want of a replica) gives
+    /// its whole reservation back.
+    started: bool,
     used_tokens: AtomicU64,
     /// Headers for the response.
     pub status: RateLimitStatus,
@@ -308,15 +314,13 @@ impl QuotaBook {
                 return Err(quota.reject(RejectReason::TokensPerMinute, wait));
             }
         }
-        quota.with_today(|u| {
-            u.requests += 1;
-            u.prompt_tokens += prompt_tokens;
-        });
         let status = quota.status();
         Ok(Admission {
             quota,
             reserved_tokens: reserve_tokens,
-            used_tokens: AtomicU64::new(prompt_tokens),
+            prompt_tokens,
+            started: false,
+            used_tokens: AtomicU64::new(0),
             status,
         })
     }
@@ -343,6 +347,22 @@ impl QuotaBook {
 }
 
 impl Admission {
+    /// The engine took the request: its prompt tokens and the request itself count from now
+    /// (today's usage, and the part of the token reservation that is not given back).
+    pub fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.used_tokens
+            .fetch_add(self.prompt_tokens, Ordering::AcqRel);
+        let prompt_tokens = self.prompt_tokens;
+        self.quota.with_today(|u| {
+            u.requests += 1;
+            u.prompt_tokens += prompt_tokens;
+        });
+    }
+
     /// Adds completion tokens as they are generated (prompt tokens count from admission).
     pub fn record_completion_tokens(&self, n: u64) {
         self.used_tokens.fetch_add(n, Ordering::AcqRel);
@@ -440,7 +460,8 @@ mod tests {
             book.admit(&t, 10, 101).err().unwrap().reason,
             RejectReason::RequestTooLarge
         );
-        let a = book.admit(&t, 10, 90).unwrap(); // prompt 10 + max_tokens 80
+        let mut a = book.admit(&t, 10, 90).unwrap(); // prompt 10 + max_tokens 80
+        a.start();
         assert!(
             book.admit(&t, 10, 90).is_err(),
             "only 10 left while the first is in flight"
@@ -448,7 +469,8 @@ mod tests {
         a.record_completion_tokens(5); // stopped early: 15 used, 75 returned
         drop(a);
         // 85 left after the refund (plus at most a token refilled meanwhile).
-        let b = book.admit(&t, 10, 80).unwrap();
+        let mut b = book.admit(&t, 10, 80).unwrap();
+        b.start();
         assert!(b.status.tokens.unwrap().remaining <= 6);
         let (_, usage) = book.live(&t);
         assert_eq!(
@@ -464,12 +486,44 @@ mod tests {
             daily_tokens: Some(50),
             ..Default::default()
         });
-        let a = book.admit(&t, 30, 1000).unwrap();
+        let mut a = book.admit(&t, 30, 1000).unwrap();
+        a.start();
         a.record_completion_tokens(25);
         drop(a);
         let err = book.admit(&t, 1, 1).err().unwrap();
         assert_eq!(err.reason, RejectReason::DailyBudget);
         assert!(err.retry_after.unwrap() <= Duration::from_secs(86_400));
+    }
+
+    /// A request refused after admission (the engine found it too long, no replica could
+    /// take it) is charged nothing: not today's usage, not its tokens-per-minute reservation.
+    #[test]
+    fn a_request_that_never_starts_is_charged_nothing() {
+        let book = QuotaBook::default();
+        let t = tenant(TenantLimits {
+            tokens_per_minute: Some(100),
+            daily_tokens: Some(1000),
+            ..Default::default()
+        });
+        drop(book.admit(&t, 60, 90).unwrap());
+        let (in_flight, usage) = book.live(&t);
+        assert_eq!((in_flight, usage.requests, usage.prompt_tokens), (0, 0, 0));
+        // The whole reservation came back: another 90 fits at once.
+        let mut admitted = book.admit(&t, 60, 90).unwrap();
+        admitted.start();
+        admitted.record_completion_tokens(5);
+        drop(admitted);
+        let (_, usage) = book.live(&t);
+        assert_eq!(
+            (usage.requests, usage.prompt_tokens, usage.completion_tokens),
+            (1, 60, 5)
+        );
+        // Started, it keeps its prompt and completion tokens (65 of 100) until the minute
+        // refills: a request reserving 90 more does not fit.
+        assert_eq!(
+            book.admit(&t, 60, 90).err().unwrap().reason,
+            RejectReason::TokensPerMinute
+        );
     }
 
     /// A reload that changes a tenant's limits while its requests run must not lock it out:
@@ -498,7 +552,9 @@ mod tests {
     fn changed_limits_take_effect_and_keep_the_days_usage() {
         let book = QuotaBook::default();
         let mut t = tenant(TenantLimits::default());
-        drop(book.admit(&t, 7, 7).unwrap());
+        let mut admitted = book.admit(&t, 7, 7).unwrap();
+        admitted.start();
+        drop(admitted);
         t.limits.max_concurrent = Some(0);
         assert_eq!(
             book.admit(&t, 1, 1).err().unwrap().reason,

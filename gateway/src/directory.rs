@@ -46,4 +46,9 @@ impl Directory {
     pub fn tenant_key_count(&self) -> usize {
         self.keys.len()
     }
+
+    /// Admin keys stored.
+    pub fn admin_key_count(&self) -> usize {
+        self.admin_keys.len()
+    }
 }

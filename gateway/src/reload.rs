@@ -3,6 +3,7 @@
 //! models need a restart. In-flight requests keep what they were admitted with.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
@@ -10,19 +11,45 @@ use crate::config::GatewayConfig;
 use crate::directory::Directory;
 use crate::state::AppState;
 
-/// Reads the file and swaps in its tenants; a broken file keeps the previous ones.
+/// Reads the file and swaps in its tenants; a broken file keeps the previous ones, and so does
+/// a file that would leave no tenant or no admin key where there were some (an empty file, or
+/// one caught half-written), unless it sets `allow_empty_reload = true`.
 pub fn reload(state: &AppState, path: &Path) {
-    match GatewayConfig::load(path).and_then(|c| Directory::from_config(&c)) {
-        Ok(directory) => {
-            let (tenants, keys) = (directory.tenants.len(), directory.tenant_key_count());
-            state.replace_directory(directory);
-            tracing::info!(path = %path.display(), tenants, keys, "tenants reloaded");
-        }
+    let loaded = GatewayConfig::load(path)
+        .and_then(|c| Directory::from_config(&c).map(|d| (d, c.allow_empty_reload)));
+    let (directory, allow_empty) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "config reload failed; keeping the previous tenants")
+            tracing::error!(path = %path.display(), error = %e, "config reload failed; keeping the previous tenants");
+            return;
         }
+    };
+    let current = state.directory();
+    let emptied = [
+        ("tenant", current.tenants.len(), directory.tenants.len()),
+        (
+            "admin key",
+            current.admin_key_count(),
+            directory.admin_key_count(),
+        ),
+    ]
+    .into_iter()
+    .find(|&(_, before, after)| before > 0 && after == 0);
+    if let (Some((what, before, _)), false) = (emptied, allow_empty) {
+        tracing::error!(
+            path = %path.display(),
+            "config reload refused: the file has no {what} (there are {before} now); keeping the previous tenants. \
+             If that is meant, set `allow_empty_reload = true` in the file"
+        );
+        return;
     }
+    let (tenants, keys) = (directory.tenants.len(), directory.tenant_key_count());
+    state.replace_directory(directory);
+    tracing::info!(path = %path.display(), tenants, keys, "tenants reloaded");
 }
+
+/// How long the file must be left alone before it is read again.
+const QUIET: Duration = Duration::from_millis(150);
 
 /// Watches the config file's directory (editors replace files by renaming, so the file itself
 /// is not watched). The returned watcher must be kept alive.
@@ -46,8 +73,10 @@ pub fn watch(state: AppState, path: PathBuf) -> notify::Result<notify::Recommend
         .name("config-reload".into())
         .spawn(move || {
             while rx.recv().is_ok() {
-                // One reload per burst of events (an editor's save is several).
-                while rx.try_recv().is_ok() {}
+                // One reload per burst of events (an editor's save is several, a slow writer's
+                // many): wait until the file has been quiet for a moment, so that a file being
+                // written is read once it is complete.
+                while rx.recv_timeout(QUIET).is_ok() {}
                 reload(&state, &path);
             }
         })

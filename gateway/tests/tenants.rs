@@ -317,6 +317,52 @@ async fn a_request_refused_after_admission_is_not_charged() {
     assert_eq!(live["in_flight"], 0, "{tenants}");
 }
 
+/// An empty config file (or one caught half-written) used to be accepted as "no tenants": every
+/// key, the admin's included, got 401 until the file was fixed (issue 14, item 3). A reload
+/// that would leave no tenant or no admin key is refused unless the file says it is meant.
+#[tokio::test]
+async fn a_reload_that_would_lock_everyone_out_is_refused_unless_meant() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant("keep", "sk-keep", ""))),
+        capture_stderr: true,
+        ..Options::default()
+    });
+    let refusals = || {
+        gw.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("config reload refused"))
+            .count()
+    };
+    let models = async |key: &str| gw.get("/v1/models", Some(key)).await.0;
+    rewrite(&gw, "");
+    assert!(
+        eventually(async || refusals() == 1).await,
+        "the empty file is refused"
+    );
+    assert_eq!(models("sk-keep").await, 200);
+    // Tenants but no admin key: refused too.
+    rewrite(
+        &gw,
+        &format!(
+            "[[models]]\nid = \"{MODEL}\"\n{}",
+            tenant("keep", "sk-keep", "")
+        ),
+    );
+    assert!(
+        eventually(async || refusals() == 2).await,
+        "no admin key is refused"
+    );
+    assert_eq!(gw.get("/admin/tenants", Some("sk-admin")).await.0, 200);
+    // Meant: the tenants go.
+    rewrite(&gw, &format!("allow_empty_reload = true\n{}", config("")));
+    assert!(
+        eventually(async || models("sk-keep").await == 401).await,
+        "an explicit empty reload applies"
+    );
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_admin_key_and_report_usage() {
     let gw = TestGateway::start(Options {

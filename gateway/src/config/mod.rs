@@ -90,6 +90,10 @@ pub struct GatewayConfig {
     #[serde(default)]
     /// `[[tenants]]`: who may call.
     pub tenants: Vec<TenantConfig>,
+    /// A hot reload that would leave no tenant, or no admin key, where there were some is
+    /// refused (an empty or half-written file must not lock everyone out) unless this is true.
+    #[serde(default)]
+    pub allow_empty_reload: bool,
     /// Stored forms of the keys that may use `/admin/*`.
     #[serde(default)]
     pub admin_keys: Vec<String>,
@@ -119,6 +123,7 @@ impl Default for GatewayConfig {
             models: default_models(),
             tenants: Vec::new(),
             admin_keys: Vec::new(),
+            allow_empty_reload: false,
             ledger: LedgerConfig::default(),
             telemetry: TelemetryConfig::default(),
             pools: Vec::new(),

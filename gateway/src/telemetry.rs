@@ -65,7 +65,16 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         Ok("text") => LogFormat::Text,
         _ => config.log_format,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(&rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The config watcher's library logs every file event in the config's folder at debug and
+    // trace: with the log file in that folder, each line written is an event it logs, a loop
+    // (425 MB in 15 s). It stays at warn unless RUST_LOG names it.
+    if !rust_log.contains("notify") {
+        for quiet in ["notify=warn", "inotify=warn"] {
+            filter = filter.add_directive(quiet.parse()?);
+        }
+    }
     let logs = match format {
         // Colours only for a person at a terminal, never into files or pipes.
         LogFormat::Text => tracing_subscriber::fmt::layer()

@@ -363,6 +363,50 @@ async fn a_reload_that_would_lock_everyone_out_is_refused_unless_meant() {
     );
 }
 
+/// At trace level, a log file in the config's folder made the config watcher log its own
+/// events in a loop (issue 14, item 9): the watcher's library stays at warn unless named.
+#[tokio::test]
+async fn the_config_watcher_does_not_log_other_files_events_at_trace_level() {
+    let gw = TestGateway::start(Options {
+        config: Some(&config(&tenant("t", "sk-t", ""))),
+        capture_stderr: true,
+        env: vec![("RUST_LOG", "trace".to_string())],
+        ..Options::default()
+    });
+    let folder = gw
+        .config_path
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    for i in 0..20 {
+        std::fs::write(folder.join("gateway.log"), format!("line {i}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A change to the config itself is still seen.
+    rewrite(
+        &gw,
+        &config(&tenant("t", "sk-t", "").replace("\"t\"", "\"t2\"")),
+    );
+    assert!(
+        eventually(async || {
+            let (_, body) = gw.get("/v1/models", Some("sk-t")).await;
+            body["data"].is_array()
+        })
+        .await
+    );
+    let lines = gw.stderr.lock().unwrap().clone();
+    let from_watcher = lines.iter().filter(|l| l.contains("notify")).count();
+    assert_eq!(from_watcher, 0, "{:?}", &lines[..lines.len().min(20)]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("TRACE") || l.contains("DEBUG")),
+        "trace is on"
+    );
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_admin_key_and_report_usage() {
     let gw = TestGateway::start(Options {

@@ -269,3 +269,33 @@ async fn a_missing_field_is_named_in_param() {
         assert_eq!(answer["error"]["param"], param, "{answer}");
     }
 }
+
+/// `/load` answers a tenant only about the models it may use (issue 14, item 7: it listed every
+/// model, whatever the caller's allow-list).
+#[tokio::test]
+async fn load_lists_only_the_callers_models() {
+    let config = format!(
+        "[[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+         [[models]]\nid = \"secret-model\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+         [[tenants]]\nid = \"narrow\"\nkeys = [\"{}\"]\nmodels = [\"bench\"]\n\
+         [[tenants]]\nid = \"wide\"\nkeys = [\"{}\"]\n",
+        digest("sk-narrow"),
+        digest("sk-wide"),
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let models = async |key: &str| -> Vec<String> {
+        let (status, load) = gw.get("/load", Some(key)).await;
+        assert_eq!(status, 200, "{load}");
+        load["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["model"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(models("sk-narrow").await, ["bench"]);
+    assert_eq!(models("sk-wide").await, ["bench", "secret-model"]);
+}

@@ -7,7 +7,7 @@ use engines::remote::{LoadReport, ReportedLoad};
 use engines::EngineCounters;
 use serde_json::{json, Value};
 
-use crate::extensions::Polled;
+use crate::extensions::{Caller, Polled};
 use crate::models::ModelState;
 use crate::state::AppState;
 
@@ -26,12 +26,17 @@ pub async fn admin_pools(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"object": "list", "data": pools}))
 }
 
-/// The load of each ready model over its replicas in this process.
-pub async fn load(State(state): State<AppState>) -> (Extension<Polled>, Json<LoadReport>) {
+/// The load of each ready model the caller may use, over its replicas in this process (a
+/// tenant learns nothing of models outside its allow-list).
+pub async fn load(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> (Extension<Polled>, Json<LoadReport>) {
     let models = state
         .models
         .list()
         .into_iter()
+        .filter(|(id, _, _)| caller.tenant.models.allows(id))
         .filter_map(|(id, _, model)| match model {
             ModelState::Ready(router) => Some((id, router)),
             _ => None,

@@ -22,6 +22,9 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// For 429s: when to retry, and the limits to report (boxed: rare, and large).
     pub rate_limit: Option<Box<RateLimitDetails>>,
+    /// What went wrong inside (upstream addresses, OS errors, file paths): written to the log,
+    /// in the request's span (so under its request id), never sent to the tenant.
+    pub detail: Option<String>,
 }
 
 /// What a 429 adds to its response headers.
@@ -57,6 +60,40 @@ impl ApiError {
             param: None,
             code: None,
             rate_limit: None,
+            detail: None,
+        }
+    }
+
+    /// Keeps `detail` for the log only (see [`ApiError::detail`]).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// A fault of ours or of an engine, told to the tenant in general terms (`public`), with the
+    /// cause in the log under the request's id.
+    pub fn server_fault(public: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::internal(format!(
+            "{} The cause is in the gateway's log under this response's `x-request-id`.",
+            public.into()
+        ))
+        .with_detail(detail)
+    }
+
+    /// 500: a generation failed after it started (the reason is logged, not sent).
+    pub fn generation_failed(reason: &str) -> Self {
+        Self::server_fault("Generation failed.", reason).with_code("generation_failed")
+    }
+
+    /// Writes the hidden detail, if any, to the log (inside the request's span).
+    fn log_detail(&self) {
+        if let Some(detail) = &self.detail {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                code = self.code.unwrap_or(""),
+                detail,
+                "request failed"
+            );
         }
     }
 
@@ -161,9 +198,10 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
-            format!("The model `{model}` cannot be served now: {reason}. Retry shortly."),
+            format!("The model `{model}` cannot be served now. Retry shortly."),
         )
         .with_code("no_replica_available")
+        .with_detail(reason)
     }
 
     /// 503: the model is still loading.
@@ -233,6 +271,7 @@ impl ApiError {
 
     /// The error body as JSON text.
     pub fn to_json(&self) -> String {
+        self.log_detail();
         serde_json::to_string(&ErrorBody {
             error: self.detail(),
         })
@@ -242,6 +281,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log_detail();
         let body = ErrorBody {
             error: self.detail(),
         };
@@ -305,7 +345,7 @@ impl From<EngineError> for ApiError {
             | EngineError::Load(_)
             | EngineError::Fetch(_)
             | EngineError::Tokenizer(_)
-            | EngineError::Candle(_) => ApiError::internal(message),
+            | EngineError::Candle(_) => ApiError::server_fault("The engine failed.", message),
         }
     }
 }

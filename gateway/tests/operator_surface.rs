@@ -299,3 +299,44 @@ async fn load_lists_only_the_callers_models() {
     assert_eq!(models("sk-narrow").await, ["bench"]);
     assert_eq!(models("sk-wide").await, ["bench", "secret-model"]);
 }
+
+/// Internals stay out of what tenants and anonymous callers see (issue 14, item 7): a model
+/// that failed to load is "failed" on `/ready` and a generic 500 to a tenant, while the file
+/// path and the OS error are in the log.
+#[tokio::test]
+async fn a_model_that_failed_to_load_does_not_reveal_its_path() {
+    let secret_path = "/srv/secret-models/internal-name.gguf";
+    let config = format!(
+        "[[models]]\nid = \"broken\"\npath = \"{secret_path}\"\n\
+         [[tenants]]\nid = \"t\"\nkeys = [\"{}\"]\n",
+        digest("sk-t"),
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        model_flag: false,
+        wait_ready: false,
+        capture_stderr: true,
+        ..Options::default()
+    });
+    let mut ready = Value::Null;
+    for _ in 0..200 {
+        ready = gw.get("/ready", None).await.1;
+        if ready["models"]["broken"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["models"]["broken"], "failed", "{ready}");
+    assert!(!ready.to_string().contains("secret-models"), "{ready}");
+    let body = json!({"model": "broken", "prompt": "hi", "max_tokens": 1}).to_string();
+    let (status, answer) = gw.post_raw("/v1/completions", body, Some("sk-t")).await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(!answer.to_string().contains("secret-models"), "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("x-request-id"));
+    // The operator still has the cause.
+    let log = gw.stderr.lock().unwrap().join("\n");
+    assert!(log.contains("secret-models"), "{log}");
+}

@@ -21,7 +21,8 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             let status = match model_state {
                 ModelState::Loading => json!("loading"),
                 ModelState::Ready(_) => json!("ready"),
-                ModelState::Failed(reason) => json!({"failed": reason}),
+                // Unauthenticated: the reason (file paths, OS errors) is in the log only.
+                ModelState::Failed(_) => json!("failed"),
             };
             (id, status)
         })

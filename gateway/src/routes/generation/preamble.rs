@@ -204,8 +204,9 @@ fn resolve_model(
     match model_state {
         ModelState::Ready(engine) => Ok(engine),
         ModelState::Loading => Err(ApiError::model_not_ready(model)),
-        ModelState::Failed(reason) => Err(ApiError::internal(format!(
-            "The model `{model}` failed to load: {reason}"
-        ))),
+        ModelState::Failed(reason) => Err(ApiError::server_fault(
+            format!("The model `{model}` failed to load."),
+            reason,
+        )),
     }
 }

@@ -154,12 +154,7 @@ pub async fn whole_response(meta: ResponseMeta, mut relay: Relay) -> Result<Resp
             Err(Failure::Unavailable(reason)) => {
                 return Err(ApiError::no_replica(&meta.model, &reason))
             }
-            Err(failure) => {
-                return Err(ApiError::internal(format!(
-                    "Generation failed: {}",
-                    failure.reason()
-                )))
-            }
+            Err(failure) => return Err(ApiError::generation_failed(failure.reason())),
         }
     }
     let choices: Vec<FinishedChoice> = texts
@@ -213,7 +208,7 @@ pub fn sse_events(
         match failure {
             // Never a silently truncated answer: a failure mid-stream is an error event.
             Some(failure) => {
-                let error = ApiError::internal(format!("Generation failed: {}", failure.reason()));
+                let error = ApiError::generation_failed(failure.reason());
                 yield Ok(Event::default().data(error.to_json()));
             }
             None => {

@@ -12,6 +12,8 @@ pub struct Directory {
     /// Every tenant.
     pub tenants: Vec<TenantSpec>,
     admin_keys: Vec<KeyDigest>,
+    /// Keys that may read `/metrics` (empty: it is open).
+    metrics_keys: Vec<KeyDigest>,
 }
 
 impl Directory {
@@ -22,7 +24,14 @@ impl Directory {
             .iter()
             .map(|k| KeyDigest::parse(k).map_err(ConfigError::Keys))
             .collect::<Result<_, _>>()?;
+        let metrics_keys = config
+            .telemetry
+            .metrics_keys
+            .iter()
+            .map(|k| KeyDigest::parse(k).map_err(ConfigError::Keys))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
+            metrics_keys,
             keys: config.key_store()?,
             tenants: config.tenants.iter().map(|t| t.spec()).collect(),
             admin_keys,
@@ -36,10 +45,17 @@ impl Directory {
 
     /// Compared against every admin digest in constant time.
     pub fn is_admin(&self, key: &ApiKey) -> bool {
-        let digest = key.digest().to_string();
-        self.admin_keys.iter().fold(false, |found, d| {
-            found | bool::from(d.to_string().as_bytes().ct_eq(digest.as_bytes()))
-        })
+        contains(&self.admin_keys, key)
+    }
+
+    /// Whether `/metrics` asks for a key at all.
+    pub fn metrics_need_a_key(&self) -> bool {
+        !self.metrics_keys.is_empty()
+    }
+
+    /// A key that may read `/metrics`: a metrics key or an admin key.
+    pub fn may_read_metrics(&self, key: &ApiKey) -> bool {
+        contains(&self.metrics_keys, key) | self.is_admin(key)
     }
 
     /// Tenant keys stored.
@@ -51,4 +67,12 @@ impl Directory {
     pub fn admin_key_count(&self) -> usize {
         self.admin_keys.len()
     }
+}
+
+/// Whether `key`'s digest is in `digests`, compared in constant time with each.
+fn contains(digests: &[KeyDigest], key: &ApiKey) -> bool {
+    let digest = key.digest().to_string();
+    digests.iter().fold(false, |found, d| {
+        found | bool::from(d.to_string().as_bytes().ct_eq(digest.as_bytes()))
+    })
 }

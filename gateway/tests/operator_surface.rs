@@ -340,3 +340,36 @@ async fn a_model_that_failed_to_load_does_not_reveal_its_path() {
     let log = gw.stderr.lock().unwrap().join("\n");
     assert!(log.contains("secret-models"), "{log}");
 }
+
+/// `/metrics` names every tenant and its usage; where tenants can reach the gateway it goes
+/// behind a key (issue 14, item 7): `[telemetry] metrics_keys`, or an admin key.
+#[tokio::test]
+async fn metrics_can_be_put_behind_a_key() {
+    let config = format!(
+        "admin_keys = [\"{}\"]\n[telemetry]\nmetrics_keys = [\"{}\"]\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+         [[tenants]]\nid = \"t\"\nkeys = [\"{}\"]\n",
+        digest("sk-admin"),
+        digest("sk-scrape"),
+        digest("sk-tenant"),
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let scrape = async |key: Option<&str>| {
+        let mut request = gw.client().get(gw.url("/metrics"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+    assert_eq!(scrape(None).await.0, 401);
+    assert_eq!(scrape(Some("sk-tenant")).await.0, 401);
+    let (status, text) = scrape(Some("sk-scrape")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("gateway_build_info"));
+    assert_eq!(scrape(Some("sk-admin")).await.0, 200);
+}

@@ -45,6 +45,11 @@ pub struct TelemetryConfig {
     /// Record the per-request Prometheus series (default); `false` for overhead benchmarks.
     #[serde(default = "default_true")]
     pub metrics: bool,
+    /// Stored forms (`sha256:<hex>`) of the keys that may read `/metrics` (admin keys may too).
+    /// Empty (the default): `/metrics` is open, as Prometheus expects on a private network;
+    /// set it wherever tenants can reach the gateway, since the series name every tenant.
+    #[serde(default)]
+    pub metrics_keys: Vec<String>,
 }
 
 impl Default for TelemetryConfig {
@@ -56,6 +61,7 @@ impl Default for TelemetryConfig {
             resource_attributes: Default::default(),
             log_format: LogFormat::default(),
             metrics: true,
+            metrics_keys: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod extensions;
+pub mod first_request;
 pub mod layers;
 pub mod metrics;
 pub mod models;

@@ -15,6 +15,7 @@ use routing::{ModelRouter, Pool, PoolKind, Probe, Replica};
 
 use crate::config::{parse_device, GatewayConfig, ModelConfig, PoolConfig, PoolKindConfig};
 use crate::directory::Directory;
+use crate::first_request::FirstByteAcceptor;
 use crate::models::{ModelRegistry, ModelState};
 use crate::state::{AppState, Limits};
 use ledger::{Ledger, UsageQuery};
@@ -161,19 +162,21 @@ pub async fn serve_as(
                     )
                 })?;
             announce(name, "https", addr);
-            axum_server::from_tcp_rustls(listener, rustls)
-                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
-                .handle(handle)
-                .serve(app)
-                .await?;
+            let first_byte = Duration::from_secs(config.server.header_read_timeout_secs);
+            let mut server = axum_server::from_tcp_rustls(listener, rustls)
+                .map(|tls| FirstByteAcceptor::new(tls.acceptor(NoDelayAcceptor::new()), first_byte))
+                .handle(handle);
+            connection_timeouts(server.http_builder(), &config.server);
+            server.serve(app).await?;
         }
         None => {
             announce(name, "http", addr);
-            axum_server::from_tcp(listener)
-                .acceptor(NoDelayAcceptor::new())
-                .handle(handle)
-                .serve(app)
-                .await?;
+            let first_byte = Duration::from_secs(config.server.header_read_timeout_secs);
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(FirstByteAcceptor::new(NoDelayAcceptor::new(), first_byte))
+                .handle(handle);
+            connection_timeouts(server.http_builder(), &config.server);
+            server.serve(app).await?;
         }
     }
     // Requests that ended during the graceful shutdown may have queued records: commit them.
@@ -181,6 +184,27 @@ pub async fn serve_as(
         tokio::task::spawn_blocking(move || ledger.close()).await?;
     }
     Ok(())
+}
+
+/// Connections that send nothing are closed: a request head must arrive within
+/// `header_read_timeout_secs` of the connection opening or of the previous response (so an idle
+/// keep-alive connection, a slowloris client or a TLS connection idle after its handshake is
+/// closed too); HTTP/2 connections are pinged and closed when the pings go unanswered. axum-server
+/// sets hyper up without a timer, which leaves all of this off.
+fn connection_timeouts(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    server: &crate::config::ServerConfig,
+) {
+    let header_read = Duration::from_secs(server.header_read_timeout_secs);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(header_read)
+        .keep_alive_timeout(header_read);
 }
 
 /// The daily budget counts what each tenant used since midnight UTC, also across restarts: the

@@ -186,6 +186,11 @@ impl GatewayConfig {
 
     /// Checks what serde cannot: unique model ids, known devices, parseable keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.header_read_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] header_read_timeout_secs must be at least 1".into(),
+            ));
+        }
         for origin in &self.server.cors_origins {
             let valid = origin == "*"
                 || ((origin.starts_with("http://") || origin.starts_with("https://"))

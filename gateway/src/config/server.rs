@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// Most prompt tokens one request may carry over all its prompts; 400 beyond.
     #[serde(default = "default_max_prompt_tokens_per_request")]
     pub max_prompt_tokens_per_request: u64,
+    /// Seconds a connection may take to send a request head, counted from its opening or from
+    /// the previous response (idle keep-alive); then it is closed.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +41,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             max_prompts_per_request: default_max_prompts_per_request(),
             max_prompt_tokens_per_request: default_max_prompt_tokens_per_request(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
         }
     }
 }
@@ -99,6 +104,10 @@ fn default_max_prompts_per_request() -> usize {
 
 fn default_max_prompt_tokens_per_request() -> u64 {
     131_072
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    30
 }
 
 fn default_request_timeout_secs() -> u64 {

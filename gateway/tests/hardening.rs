@@ -1,0 +1,94 @@
+//! What hostile or broken clients find (issue 14), against the real gateway on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{digest, Options, TestGateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A bound so that a connection the gateway fails to close fails the test instead of hanging
+/// it; far above the configured 1 s, so it is no timing assertion.
+const BOUND: Duration = Duration::from_secs(15);
+
+fn gateway() -> TestGateway {
+    let config = format!(
+        "[server]\nheader_read_timeout_secs = 1\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+         [[tenants]]\nid = \"t\"\nkeys = [\"{}\"]\n",
+        digest("sk-t")
+    );
+    TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    })
+}
+
+async fn connect(gw: &TestGateway) -> TcpStream {
+    TcpStream::connect(gw.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (EOF or reset); panics past the bound.
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let outcome = tokio::time::timeout(BOUND, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the gateway kept the connection open");
+}
+
+/// Idle sockets were never closed (item 2): 1,100 of them exhausted a 1,024-fd limit.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let gw = gateway();
+    let mut stream = connect(&gw).await;
+    closed_by_server(&mut stream).await;
+}
+
+/// Slowloris: a request head trickling in, a byte at a time, is cut off.
+#[tokio::test]
+async fn a_trickling_request_head_is_cut_off() {
+    let gw = gateway();
+    let mut stream = connect(&gw).await;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..100 {
+            if stream.write_all(b"X").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(BOUND, trickle).await.is_ok(),
+        "the gateway kept reading the trickle"
+    );
+    closed_by_server(&mut stream).await;
+}
+
+/// A kept-alive connection left idle after a response is closed.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let gw = gateway();
+    let mut stream = connect(&gw).await;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    closed_by_server(&mut stream).await;
+}

@@ -1,4 +1,4 @@
-//! A deadline on a connection's first bytes. hyper's header-read timeout starts only once a
+//! The cap on open connections, and a deadline on a connection's first bytes. hyper's header-read timeout starts only once a
 //! request begins, and the HTTP/1-or-2 detection before it waits for the first bytes without a
 //! limit: a socket (or a TLS session after its handshake) that never sends anything was held
 //! forever. This acceptor gives every accepted stream, after TLS when there is TLS, until
@@ -7,25 +7,56 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum_server::accept::Accept;
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-/// Wraps another acceptor's streams in a [`FirstByteDeadline`].
-#[derive(Clone, Debug)]
+/// Wraps another acceptor's streams in a [`FirstByteDeadline`], and holds at most a fixed
+/// number of connections: one over the cap is closed at once (counted and logged), so idle
+/// sockets cannot use up the process's file descriptors and starve every other client.
+#[derive(Clone)]
 pub struct FirstByteAcceptor<A> {
     inner: A,
     limit: Duration,
+    slots: Arc<Semaphore>,
+    cap: usize,
+    refused: Counter,
+    last_warning: Arc<Mutex<Option<Instant>>>,
 }
 
 impl<A> FirstByteAcceptor<A> {
-    /// Streams accepted by `inner` must send a byte within `limit`.
-    pub fn new(inner: A, limit: Duration) -> Self {
-        Self { inner, limit }
+    /// Streams accepted by `inner` must send a byte within `limit`; at most `max_connections`
+    /// are open at once; refusals count on `refused`.
+    pub fn new(inner: A, limit: Duration, max_connections: usize, refused: Counter) -> Self {
+        Self {
+            inner,
+            limit,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            cap: max_connections,
+            refused,
+            last_warning: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Counts a refusal, and says so in the log at most every ten seconds.
+    fn refuse(&self) {
+        self.refused.inc();
+        let mut last = self.last_warning.lock().expect("warning clock");
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                max_connections = self.cap,
+                refused_total = self.refused.get(),
+                "connection refused: the gateway holds its maximum of connections ([server] max_connections)"
+            );
+        }
     }
 }
 
@@ -41,11 +72,19 @@ where
     type Future = BoxFuture<'static, io::Result<(Self::Stream, Self::Service)>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.refuse();
+            // Dropping the stream closes the connection.
+            drop(stream);
+            return Box::pin(std::future::ready(Err(io::Error::other(
+                "over [server] max_connections",
+            ))));
+        };
         let accepted = self.inner.accept(stream, service);
         let limit = self.limit;
         Box::pin(async move {
             let (stream, service) = accepted.await?;
-            Ok((FirstByteDeadline::new(stream, limit), service))
+            Ok((FirstByteDeadline::new(stream, limit, slot), service))
         })
     }
 }
@@ -56,14 +95,17 @@ pub struct FirstByteDeadline<S> {
     inner: S,
     /// Boxed so that the stream stays `Unpin`, as the server needs; dropped at the first byte.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The connection's place under the cap, given back when it closes.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl<S> FirstByteDeadline<S> {
-    /// `inner`, which must send a byte within `limit`.
-    pub fn new(inner: S, limit: Duration) -> Self {
+    /// `inner`, which must send a byte within `limit`, holding `slot`.
+    pub fn new(inner: S, limit: Duration, slot: OwnedSemaphorePermit) -> Self {
         Self {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(limit))),
+            _slot: slot,
         }
     }
 }

@@ -139,6 +139,7 @@ pub async fn serve_as(
         }
         None => None,
     };
+    let refused_counter = state.requests.connections_refused.clone();
     let app = crate::routes::router(state).into_make_service();
 
     let listener = std::net::TcpListener::bind(config.listen)
@@ -150,6 +151,12 @@ pub async fn serve_as(
     // token waits for the client's delayed ACK (~40 ms) and tokens arrive in bursts.
     tokio::spawn(shutdown_on_signal(handle.clone()));
 
+    let (first_byte, cap) = (
+        Duration::from_secs(config.server.header_read_timeout_secs),
+        config.server.connection_cap(),
+    );
+    tracing::info!(max_connections = cap, "connection cap");
+    let refused = refused_counter;
     match &config.tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
@@ -162,18 +169,24 @@ pub async fn serve_as(
                     )
                 })?;
             announce(name, "https", addr);
-            let first_byte = Duration::from_secs(config.server.header_read_timeout_secs);
             let mut server = axum_server::from_tcp_rustls(listener, rustls)
-                .map(|tls| FirstByteAcceptor::new(tls.acceptor(NoDelayAcceptor::new()), first_byte))
+                .map(|tls| {
+                    let tls = tls.acceptor(NoDelayAcceptor::new());
+                    FirstByteAcceptor::new(tls, first_byte, cap, refused.clone())
+                })
                 .handle(handle);
             connection_timeouts(server.http_builder(), &config.server);
             server.serve(app).await?;
         }
         None => {
             announce(name, "http", addr);
-            let first_byte = Duration::from_secs(config.server.header_read_timeout_secs);
             let mut server = axum_server::from_tcp(listener)
-                .acceptor(FirstByteAcceptor::new(NoDelayAcceptor::new(), first_byte))
+                .acceptor(FirstByteAcceptor::new(
+                    NoDelayAcceptor::new(),
+                    first_byte,
+                    cap,
+                    refused.clone(),
+                ))
                 .handle(handle);
             connection_timeouts(server.http_builder(), &config.server);
             server.serve(app).await?;

@@ -92,3 +92,45 @@ async fn an_idle_keep_alive_connection_is_closed() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     closed_by_server(&mut stream).await;
 }
+
+/// Idle sockets used to take every file descriptor, and then every new client timed out
+/// (item 2). Over `[server] max_connections` a connection is closed at once and counted, and
+/// the gateway serves again as soon as connections close.
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_counted() {
+    let config = format!(
+        "[server]\nheader_read_timeout_secs = 60\nmax_connections = 4\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+         [[tenants]]\nid = \"t\"\nkeys = [\"{}\"]\n",
+        digest("sk-t")
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        wait_ready: false,
+        ..Options::default()
+    });
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(connect(&gw).await);
+    }
+    // Give the gateway a moment to accept the four before the fifth comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = connect(&gw).await;
+    closed_by_server(&mut over).await;
+    drop(idle);
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(response) = gw.client().get(gw.url("/health")).send().await {
+            served = response.status() == 200;
+            if served {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served,
+        "the gateway serves again once the idle sockets close"
+    );
+    assert!(gw.metric("gateway_connections_refused_total").await >= 1.0);
+}

@@ -31,6 +31,11 @@ pub struct ServerConfig {
     /// the previous response (idle keep-alive); then it is closed.
     #[serde(default = "default_header_read_timeout_secs")]
     pub header_read_timeout_secs: u64,
+    /// Most connections open at once; one more is closed at once (counted in
+    /// `gateway_connections_refused_total`). Absent: the process's open-file limit less 128
+    /// (kept for the ledger, model files, upstream connections), so that idle sockets can never
+    /// take every descriptor.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +47,7 @@ impl Default for ServerConfig {
             max_prompts_per_request: default_max_prompts_per_request(),
             max_prompt_tokens_per_request: default_max_prompt_tokens_per_request(),
             header_read_timeout_secs: default_header_read_timeout_secs(),
+            max_connections: None,
         }
     }
 }
@@ -104,6 +110,22 @@ fn default_max_prompts_per_request() -> usize {
 
 fn default_max_prompt_tokens_per_request() -> u64 {
     131_072
+}
+
+impl ServerConfig {
+    /// `max_connections`, or the default derived from the open-file limit.
+    pub fn connection_cap(&self) -> usize {
+        if let Some(cap) = self.max_connections {
+            return cap;
+        }
+        #[cfg(target_os = "linux")]
+        if let Ok(limits) = procfs::process::Process::myself().and_then(|p| p.limits()) {
+            if let procfs::process::LimitValue::Value(files) = limits.max_open_files.soft_limit {
+                return (files as usize).saturating_sub(128).max(64);
+            }
+        }
+        4096
+    }
 }
 
 fn default_header_read_timeout_secs() -> u64 {

@@ -85,6 +85,9 @@ pub struct RequestMetrics {
     pub queue_time: Histograms,
     /// `gateway_ledger_write_errors_total`.
     pub ledger_errors: Counter,
+    /// `gateway_connections_refused_total` (recorded even with `metrics = false`: it is a
+    /// protection, not a per-request series).
+    pub connections_refused: Counter,
 }
 
 impl RequestMetrics {
@@ -101,6 +104,7 @@ impl RequestMetrics {
             e2e_latency: Family::new_with_constructor(seconds_from_10ms),
             queue_time: Family::new_with_constructor(seconds_from_5ms),
             ledger_errors: Counter::default(),
+            connections_refused: Counter::default(),
         }
     }
 
@@ -155,6 +159,11 @@ impl RequestMetrics {
             "gateway_ledger_write_errors",
             "Usage records the ledger failed to commit (after retries)",
             self.ledger_errors.clone(),
+        );
+        registry.register(
+            "gateway_connections_refused",
+            "Connections closed at once because the gateway held [server] max_connections",
+            self.connections_refused.clone(),
         );
     }
 

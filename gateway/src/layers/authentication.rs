@@ -4,6 +4,7 @@
 
 use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use policies::ApiKey;
 
@@ -38,7 +39,8 @@ impl Around for Authentication {
     fn before(&self, request: &mut Request) -> Result<(), Response> {
         let resolved = tracing::info_span!("authenticate")
             .in_scope(|| {
-                let presented = bearer_token(request).ok_or_else(ApiError::missing_api_key)?;
+                let presented =
+                    bearer_token(request.headers()).ok_or_else(ApiError::missing_api_key)?;
                 self.state
                     .directory()
                     .resolve(&ApiKey::from_plaintext(presented))
@@ -68,8 +70,8 @@ impl Around for AdminAuthentication {
     type Carry = ();
 
     fn before(&self, request: &mut Request) -> Result<(), Response> {
-        let presented =
-            bearer_token(request).ok_or_else(|| ApiError::missing_api_key().into_response())?;
+        let presented = bearer_token(request.headers())
+            .ok_or_else(|| ApiError::missing_api_key().into_response())?;
         let presented = ApiKey::from_plaintext(presented);
         let directory = self.state.directory();
         if directory.is_admin(&presented) {
@@ -84,8 +86,9 @@ impl Around for AdminAuthentication {
     fn after(_: (), _: &mut Response) {}
 }
 
-fn bearer_token(request: &Request) -> Option<&str> {
-    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+/// The key of an `Authorization: Bearer <key>` header, if there is a non-empty one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

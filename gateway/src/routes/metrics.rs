@@ -3,12 +3,13 @@
 //! Prometheus client libraries do: older scrapers and `promtool check metrics` read only that.
 
 use axum::extract::State;
-use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use policies::ApiKey;
 
 use crate::error::ApiError;
+use crate::layers::authentication::bearer_token;
 
 use crate::state::AppState;
 
@@ -19,12 +20,7 @@ const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let directory = state.directory();
     if directory.metrics_need_a_key() {
-        let presented = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| ApiKey::from_plaintext(key.trim()));
+        let presented = bearer_token(&headers).map(ApiKey::from_plaintext);
         match presented {
             None => return ApiError::missing_api_key().into_response(),
             Some(key) if !directory.may_read_metrics(&key) => {

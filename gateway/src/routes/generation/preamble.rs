@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use engines::{Prompt, SamplingParams};
@@ -17,10 +17,9 @@ use crate::extensions::{Caller, Handoff, RequestCost, ServedModel};
 use crate::models::ModelState;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::{CompletionRequest, DEFAULT_MAX_TOKENS};
-use crate::openai::json::from_value;
+use crate::openai::json::{from_value, read_json};
 use crate::openai::params::CommonParams;
 use crate::openai::response::{Endpoint, ResponseMeta};
-use crate::openai::JsonBody;
 use crate::state::AppState;
 
 /// The preamble's state: the server's, and which endpoint's body to expect.
@@ -56,20 +55,22 @@ pub async fn prepare(
     let state = &preamble.app;
     let (parts, body) = request.into_parts();
     // The body is read here, once; the handler gets what was parsed from it.
-    let body = match JsonBody::<Value>::from_request(
-        Request::from_parts(parts.clone(), body),
-        state,
-    )
-    .await
-    {
-        Ok(JsonBody(body)) => body,
+    let body: Value = match read_json(body, state.limits.max_body_bytes).await {
+        Ok(body) => body,
         Err(error) => return error.into_response(),
     };
+    // The configured model the body names, looked up once: it labels the response for the
+    // request counter (client-chosen strings must not become label values) and is the one
+    // `prepare_generation` resolves.
+    let named = body["model"]
+        .as_str()
+        .and_then(|m| state.models.get(m).map(|model_state| (m, model_state)));
     let Some(caller) = parts.extensions.get::<Caller>() else {
         return ApiError::internal("the generation preamble runs after authentication")
             .into_response();
     };
-    let mut response = match prepare_generation(state, preamble.endpoint, caller, &body) {
+    let found = named.as_ref().map(|(_, model_state)| model_state.clone());
+    let mut response = match prepare_generation(state, preamble.endpoint, caller, &body, found) {
         Ok((prepared, cost)) => {
             let mut request = Request::from_parts(parts, Body::empty());
             request.extensions_mut().insert(Handoff::new(prepared));
@@ -78,12 +79,7 @@ pub async fn prepare(
         }
         Err(error) => error.into_response(),
     };
-    // The requested id when it is a configured model (client-chosen strings must not become
-    // label values).
-    if let Some(model) = body["model"]
-        .as_str()
-        .filter(|m| state.models.get(m).is_some())
-    {
+    if let Some((model, _)) = named {
         response
             .extensions_mut()
             .insert(ServedModel(model.to_string()));
@@ -104,6 +100,7 @@ fn prepare_generation(
     endpoint: Endpoint,
     caller: &Caller,
     body: &Value,
+    model_state: Option<ModelState>,
 ) -> Result<(PreparedGeneration, RequestCost), ApiError> {
     let parsed = match endpoint {
         Endpoint::Chat => GenerationBody::Chat(from_value(body)?),
@@ -113,7 +110,7 @@ fn prepare_generation(
         GenerationBody::Chat(request) => &request.model,
         GenerationBody::Completions(request) => &request.model,
     };
-    let engine = resolve_model(state, caller, model)?;
+    let engine = resolve_model(model_state, caller, model)?;
     let params = from_value::<CommonParams>(body)?.validate()?;
     let limits = &state.limits;
     let prompts = match &parsed {
@@ -188,16 +185,14 @@ fn prepare_generation(
     Ok((prepared, cost))
 }
 
-/// The router of `model`, if it exists, the caller may use it, and it is loaded.
+/// The router of `model` (whose registry entry is `model_state`), if it exists, the caller may
+/// use it, and it is loaded.
 fn resolve_model(
-    state: &AppState,
+    model_state: Option<ModelState>,
     caller: &Caller,
     model: &str,
 ) -> Result<Arc<ModelRouter>, ApiError> {
-    let model_state = state
-        .models
-        .get(model)
-        .ok_or_else(|| ApiError::model_not_found(model))?;
+    let model_state = model_state.ok_or_else(|| ApiError::model_not_found(model))?;
     if !caller.tenant.models.allows(model) {
         return Err(ApiError::model_not_allowed(model));
     }

@@ -88,6 +88,7 @@ fn main() {
                             TokenEvent::Token { .. } => arrivals.push(Instant::now()),
                             TokenEvent::Finished(_) => break,
                             TokenEvent::Failed(e) | TokenEvent::Unavailable(e) => panic!("{e}"),
+                            TokenEvent::Refused(refusal) => panic!("{}", refusal.message),
                             TokenEvent::Routed { .. } => {}
                         }
                     }

@@ -106,6 +106,18 @@ pub struct Completion {
     pub timing: RequestTiming,
 }
 
+/// Why an upstream refused a request, in its own (OpenAI-format) words, which speak of the
+/// request, not of the upstream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Refusal {
+    /// `error.message`.
+    pub message: String,
+    /// `error.param`: the field at fault.
+    pub param: Option<String>,
+    /// `error.code`.
+    pub code: Option<String>,
+}
+
 /// What the stream carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
@@ -125,6 +137,9 @@ pub enum TokenEvent {
     /// or answered 5xx/429) and generated nothing: safe to retry on another replica. No more
     /// events follow.
     Unavailable(String),
+    /// The engine refused the request as invalid before generating anything (an upstream's
+    /// 400, 413 or 422: the request's fault, not the replica's). No more events follow.
+    Refused(Refusal),
     /// The router placed the request on this pool and replica (sent before the first token,
     /// and again if a retry moves it). Engines themselves never send it.
     Routed {
@@ -191,6 +206,12 @@ impl TokenStream {
         self.receiver.recv().await
     }
 
+    /// Gives the request up, as dropping the stream does, while keeping the stream: the
+    /// engine sees its receiver closed and frees the sequence.
+    pub fn cancel(&mut self) {
+        self.receiver.close();
+    }
+
     /// Blocking variant for non-async callers (tests, benchmarks).
     pub fn blocking_next(&mut self) -> Option<TokenEvent> {
         self.receiver.blocking_recv()
@@ -247,6 +268,7 @@ impl TokenStream {
                 completion,
             })),
             TokenEvent::Failed(e) | TokenEvent::Unavailable(e) => Some(Err(e)),
+            TokenEvent::Refused(refusal) => Some(Err(refusal.message)),
             TokenEvent::Routed { .. } => None,
         }
     }

@@ -23,7 +23,7 @@ pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
 pub use engine::{
     Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, PreparedPrompt,
-    Prompt, RequestTiming, TokenEvent, TokenStream, Usage, REMOTE_TOKEN_ID,
+    Prompt, Refusal, RequestTiming, TokenEvent, TokenStream, Usage, REMOTE_TOKEN_ID,
 };
 pub use error::EngineError;
 pub use local::{LocalEngine, LocalEngineOptions};

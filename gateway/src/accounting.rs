@@ -97,6 +97,16 @@ impl RequestAccount {
         self.replica = Some(replica.clone());
     }
 
+    /// The request ends without being served: refused by the upstream as invalid, or no
+    /// replica could take it. If no choice generated anything, it charges nothing (its prompt
+    /// neither in the record nor in today's usage); otherwise what was generated stands.
+    pub fn on_not_served(&mut self) {
+        if self.record.completion_tokens == 0 {
+            self.record.prompt_tokens = 0;
+            self.admission.refund();
+        }
+    }
+
     /// A token was generated (of any choice): billed even if the client leaves after it.
     pub fn on_token(&mut self) {
         let now = Instant::now();

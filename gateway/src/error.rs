@@ -192,8 +192,28 @@ impl ApiError {
         e
     }
 
-    /// 503: the model is still loading.
-    /// Every replica that could serve the model is down or saturated.
+    /// 400: an upstream refused the request as invalid. Its message, `param` and `code` go to
+    /// the client as they came (they speak of the request): the same error a local pool would
+    /// give, whichever pool served it. An unknown code becomes `upstream_refused`.
+    pub fn upstream_refused(refusal: &engines::Refusal) -> Self {
+        const KNOWN_CODES: [&str; 4] = [
+            "context_length_exceeded",
+            "invalid_value",
+            "empty_prompt",
+            "request_too_large",
+        ];
+        let code = KNOWN_CODES
+            .into_iter()
+            .find(|known| refusal.code.as_deref() == Some(*known))
+            .unwrap_or("upstream_refused");
+        let error = Self::invalid_request(refusal.message.clone()).with_code(code);
+        match &refusal.param {
+            Some(param) => error.with_param(param.clone()),
+            None => error,
+        }
+    }
+
+    /// 503: every replica that could serve the model is down or saturated.
     pub fn no_replica(model: &str, reason: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -265,6 +265,11 @@ fn build_router(
     let mut pools = Vec::new();
     for pool in config.pools_of(model) {
         let breaker = pool.breaker();
+        let stall = pool.stall_timeouts();
+        let patience = Duration::from_secs(config.server.request_timeout_secs);
+        if stall.first_token.is_some_and(|limit| limit >= patience) {
+            tracing::warn!(pool = %pool.name, "first_token_timeout_ms is not below [server] request_timeout_secs: requests on a stalled replica time out before they can fail over");
+        }
         let (kind, replicas) = match pool.kind {
             PoolKindConfig::Local => {
                 let replicas = pool
@@ -277,6 +282,7 @@ fn build_router(
                             engine,
                             None,
                             breaker,
+                            stall,
                         )))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
@@ -305,6 +311,7 @@ fn build_router(
                             engine,
                             Some(probe),
                             breaker,
+                            stall,
                         )))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;

@@ -369,6 +369,152 @@ async fn killing_a_worker_mid_run_fails_over_and_it_is_used_again_when_back() {
     assert!(routed(&gateway, "workers", &a.base).await > a_before);
 }
 
+/// Stops (SIGSTOP) or resumes (SIGCONT) a process: a hung worker, not a dead one. Its
+/// listening socket still accepts connections; nothing answers.
+fn signal(worker: &TestGateway, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &worker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Pool settings for the stall tests: stalls detected after 1 s; other failures never take a
+/// replica out (a threshold of 1000) and health checks never run, so that only passive stall
+/// detection can mark the hung worker.
+const STALL_SETTINGS: &str = "first_token_timeout_ms = 1000\ninter_token_timeout_ms = 1000\nfailure_threshold = 1000\nopen_ms = 600000";
+const NO_HEALTH_CHECKS: &str = "health_interval_ms = 600000";
+
+async fn assert_stalled(gateway: &TestGateway, worker: &TestGateway) {
+    let all = replicas(gateway).await;
+    let replica = &all[&("workers".to_string(), worker.base.clone())];
+    assert_eq!(replica["health"], "unhealthy", "{replica}");
+    assert!(replica["stalls"].as_u64().unwrap() >= 1, "{replica}");
+    assert!(
+        replica["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("produced nothing"),
+        "{replica}"
+    );
+    let metrics = gateway.metrics_text().await;
+    let stalls = format!(
+        r#"gateway_replica_stalls_total{{model="syn",pool="workers",replica="{}"}}"#,
+        worker.base
+    );
+    assert!(metrics.contains(&stalls), "{stalls} missing");
+}
+
+#[tokio::test]
+async fn requests_sent_to_a_hung_worker_fail_over_and_it_is_taken_out_at_once() {
+    let a = synthetic_worker(None);
+    let b = synthetic_worker(None);
+    let gateway = gateway_over_workers(&[&a.base, &b.base], NO_HEALTH_CHECKS, STALL_SETTINGS);
+    assert_eq!(stream_outcome(&gateway, 2).await, Ok(2), "warm-up");
+    signal(&a, "-STOP");
+
+    // Concurrent requests spread over both: those placed on A hear nothing, fail over to B
+    // after the first-token stall timeout, and finish there.
+    let a_before = routed(&gateway, "workers", &a.base).await;
+    let requests: Vec<_> = (0..6).map(|_| stream_outcome(&gateway, 4)).collect();
+    for outcome in futures::future::join_all(requests).await {
+        assert_eq!(outcome, Ok(4));
+    }
+    assert!(
+        routed(&gateway, "workers", &a.base).await > a_before,
+        "some requests must have been placed on the hung worker for this test to mean anything"
+    );
+    assert_stalled(&gateway, &a).await;
+
+    // Out at once: new requests go straight to B.
+    let a_out = routed(&gateway, "workers", &a.base).await;
+    for _ in 0..4 {
+        assert_eq!(stream_outcome(&gateway, 2).await, Ok(2));
+    }
+    assert_eq!(routed(&gateway, "workers", &a.base).await, a_out);
+    signal(&a, "-CONT");
+}
+
+#[tokio::test]
+async fn streams_on_a_worker_that_hangs_mid_stream_end_with_an_error_instead_of_hanging() {
+    let a = synthetic_worker(None);
+    let b = synthetic_worker(None);
+    // The transport's own idle timeout above the test's bound: only the stall watch can end
+    // the streams on A in time.
+    let settings = format!("{STALL_SETTINGS}\nidle_timeout_ms = 120000");
+    let gateway = gateway_over_workers(&[&a.base, &b.base], NO_HEALTH_CHECKS, &settings);
+
+    // Eight 3-second streams over both workers; A hangs while they stream.
+    let streams: Vec<_> = (0..8).map(|_| stream_outcome(&gateway, 120)).collect();
+    let stop = async {
+        loop {
+            let all = replicas(&gateway).await;
+            let in_flight = |worker: &TestGateway| {
+                all[&("workers".to_string(), worker.base.clone())]["in_flight"]
+                    .as_u64()
+                    .unwrap()
+            };
+            if in_flight(&a) + in_flight(&b) == 8 {
+                assert!(in_flight(&a) >= 1, "{all:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        signal(&a, "-STOP");
+    };
+    let (outcomes, ()) = tokio::join!(futures::future::join_all(streams), stop);
+    let failed = outcomes.iter().filter(|o| o.is_err()).count();
+    assert!(
+        failed >= 1,
+        "the streams on the hung worker end with an error"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Ok(120)).count(),
+        8 - failed,
+        "the streams on B finish: {outcomes:?}"
+    );
+    assert_stalled(&gateway, &a).await;
+    signal(&a, "-CONT");
+}
+
+/// A request an upstream refuses as invalid is the client's 400, with the upstream's param and
+/// code, and charges nothing (issue 14, item 6: a remote pool answered 500). Neither retried
+/// nor counted against the replica.
+#[tokio::test]
+async fn a_request_the_upstream_refuses_is_a_400_and_charges_nothing() {
+    let a = synthetic_worker(None);
+    let b = synthetic_worker(None);
+    let gateway = gateway_over_workers(&[&a.base, &b.base], NO_HEALTH_CHECKS, "");
+    let huge = json!({"model": "syn", "prompt": ["one", "two"], "max_tokens": i64::MAX});
+    let (status, answer) = gateway.post("/v1/completions", huge.clone()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["type"], "invalid_request_error", "{answer}");
+    assert_eq!(answer["error"]["code"], "context_length_exceeded", "{answer}");
+    // Streaming, the headers are out before the upstream answers: the same error as the
+    // stream's event.
+    let mut streaming = huge;
+    streaming["stream"] = json!(true);
+    let events = gateway.stream("/v1/completions", streaming).await;
+    let error = &events[events.len() - 2]["error"];
+    assert_eq!(error["code"], "context_length_exceeded", "{events:?}");
+    let (_, tenants) = gateway.get("/admin/tenants", Some(ADMIN_KEY)).await;
+    let standard = tenants["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "standard")
+        .unwrap();
+    assert_eq!(standard["live"]["tokens_used_today"], 0, "{standard}");
+    assert_eq!(standard["live"]["in_flight"], 0, "{standard}");
+    let all = replicas(&gateway).await;
+    for worker in [&a, &b] {
+        let replica = &all[&("workers".to_string(), worker.base.clone())];
+        assert_eq!(replica["failures"], 0, "{replica}");
+        assert_eq!(replica["health"], "healthy", "{replica}");
+    }
+}
+
 #[tokio::test]
 async fn a_request_that_fails_before_its_first_token_is_retried_on_another_replica() {
     let live = synthetic_worker(None);

@@ -363,6 +363,22 @@ impl Admission {
         });
     }
 
+    /// Undoes [`Self::start`]: the request was not served after all (refused upstream, or no
+    /// replica could take it) and generated nothing, so it charges nothing.
+    pub fn refund(&mut self) {
+        if !self.started {
+            return;
+        }
+        self.started = false;
+        self.used_tokens
+            .fetch_sub(self.prompt_tokens, Ordering::AcqRel);
+        let prompt_tokens = self.prompt_tokens;
+        self.quota.with_today(|u| {
+            u.requests = u.requests.saturating_sub(1);
+            u.prompt_tokens = u.prompt_tokens.saturating_sub(prompt_tokens);
+        });
+    }
+
     /// Adds completion tokens as they are generated (prompt tokens count from admission).
     pub fn record_completion_tokens(&self, n: u64) {
         self.used_tokens.fetch_add(n, Ordering::AcqRel);

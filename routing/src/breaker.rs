@@ -149,6 +149,15 @@ impl CircuitBreaker {
         };
     }
 
+    /// A stall (a replica silent for every request past its stall timeout): out at once,
+    /// whatever the failure count. A hung process answers nothing, so waiting for more
+    /// failures would only send it more requests to hang.
+    pub fn trip(&mut self, now: Instant) {
+        self.state = State::Open {
+            until: now + self.settings.open_for,
+        };
+    }
+
     /// The state at `now`.
     pub fn health(&self, now: Instant) -> Health {
         match self.availability(now) {
@@ -209,6 +218,20 @@ mod tests {
         assert!(b.acquire(after));
         b.on_success(after);
         assert_eq!(b.availability(after), Availability::Closed);
+    }
+
+    #[test]
+    fn a_trip_takes_a_closed_replica_out_at_once() {
+        let now = Instant::now();
+        let mut b = breaker();
+        assert_eq!(b.availability(now), Availability::Closed);
+        b.trip(now);
+        assert_eq!(b.health(now), Health::Unhealthy, "threshold 2, one trip");
+        assert!(!b.acquire(now + Duration::from_secs(4)));
+        assert!(
+            b.acquire(now + Duration::from_secs(5)),
+            "then a trial as usual"
+        );
     }
 
     #[test]

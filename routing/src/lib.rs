@@ -1,6 +1,7 @@
 //! Routing between engine replicas: pools (local devices or remote upstreams) in order of
 //! preference per tenant tier, the least-loaded healthy replica within a pool, circuit breakers
-//! fed by transport errors and background health checks, and one retry before the first token.
+//! fed by transport errors, stalls and background health checks, and one retry before the first
+//! token.
 //!
 //! The gateway builds one [`ModelRouter`] per model from its `[[pools]]` configuration.
 
@@ -12,6 +13,7 @@ pub mod pool;
 pub mod relay;
 pub mod request;
 pub mod router;
+pub mod stall;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, Health};
 pub use health::spawn_health_checks;
@@ -19,3 +21,4 @@ pub use pool::{Pool, PoolKind, Probe, Replica, ReplicaSnapshot};
 pub use relay::RoutedStream;
 pub use request::{Requester, RoutablePrompt, RouteRequest};
 pub use router::{ModelRouter, PoolSnapshot, RouteError};
+pub use stall::StallTimeouts;

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::breaker::{Availability, BreakerSettings, CircuitBreaker};
+use crate::stall::{Progress, StallTimeouts};
 
 /// A health check of a replica: `Ok(Some(load))` from an `engine-worker`, `Ok(None)` from a
 /// server that reports no load, `Err` when it is unreachable or unwell.
@@ -34,6 +35,10 @@ pub struct Replica {
     pub engine: Arc<dyn Engine>,
     probe: Option<Probe>,
     breaker: Mutex<CircuitBreaker>,
+    /// When its requests count it as stalled.
+    pub(crate) stall: StallTimeouts,
+    progress: Progress,
+    stalls: AtomicU64,
     /// Prompt plus `max_tokens` not yet generated, over the requests routed here.
     outstanding: AtomicU64,
     in_flight: AtomicU64,
@@ -44,18 +49,23 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica named `name` over `engine`, health-checked by `probe` if given.
+    /// A replica named `name` over `engine`, health-checked by `probe` if given, taken out by
+    /// its breaker after failures and at once when it stalls.
     pub fn new(
         name: impl Into<Arc<str>>,
         engine: Arc<dyn Engine>,
         probe: Option<Probe>,
         breaker: BreakerSettings,
+        stall: StallTimeouts,
     ) -> Self {
         Self {
             name: name.into(),
             engine,
             probe,
             breaker: Mutex::new(CircuitBreaker::new(breaker)),
+            stall,
+            progress: Progress::new(),
+            stalls: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             routed: AtomicU64::new(0),
@@ -123,6 +133,36 @@ impl Replica {
         }
     }
 
+    /// Its requests found it silent past a stall timeout: out at once (passive health), and
+    /// counted.
+    pub(crate) fn on_stall(&self, reason: &str) {
+        let now = Instant::now();
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.stalls.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().expect("replica lock") = Some(reason.to_string());
+        let mut breaker = self.breaker.lock().expect("replica lock");
+        let was = breaker.availability(now);
+        breaker.trip(now);
+        if was != Availability::Out {
+            tracing::warn!(replica = %self.name, reason, "replica stalled: taken out of service");
+        }
+    }
+
+    /// Stalls its requests have detected since start.
+    pub fn stalls(&self) -> u64 {
+        self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// It produced an event for some request at `now`.
+    pub(crate) fn note_progress(&self, now: Instant) {
+        self.progress.note(now);
+    }
+
+    /// When it last produced an event for any request.
+    pub(crate) fn last_progress(&self) -> Instant {
+        self.progress.last()
+    }
+
     /// Runs the health check, if the replica has one, and feeds the breaker.
     pub(crate) async fn check(&self) {
         let Some(probe) = &self.probe else { return };
@@ -164,6 +204,7 @@ impl Replica {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             routed: self.routed.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            stalls: self.stalls(),
             last_error: self.last_error.lock().expect("replica lock").clone(),
             running: EngineCounters::get(&c.running),
             waiting: EngineCounters::get(&c.waiting),
@@ -210,8 +251,10 @@ pub struct ReplicaSnapshot {
     pub in_flight: u64,
     /// Requests placed here since start.
     pub routed: u64,
-    /// Transport errors and failed health checks since start.
+    /// Transport errors, stalls and failed health checks since start.
     pub failures: u64,
+    /// Times its requests found it silent past a stall timeout (each took it out at once).
+    pub stalls: u64,
     /// The last transport error or failed check.
     pub last_error: Option<String>,
     /// Local engines' batch, or nothing for remote ones (see `reported`).

@@ -1,13 +1,17 @@
 //! The in-flight relay: one placed request's events on their way to the caller, with one
-//! retry on another replica before the first token, the reservation held until the end, and
-//! every outcome reported to the replica's circuit breaker.
+//! retry on another replica before the first token, the reservation held until the end, every
+//! outcome reported to the replica's circuit breaker, and a stall watch (see `stall`) that
+//! fails a silent replica's requests over and takes it out.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use engines::{TokenEvent, TokenStream};
 
 use crate::pool::{Pool, Replica, Reservation};
 use crate::request::{generation_request, Requester, RouteRequest};
+use crate::stall::StallTimeouts;
 
 /// Where a request can be placed again: the model's router, seen from the relay (which must
 /// not depend on the router that creates it).
@@ -44,6 +48,25 @@ pub struct RoutedStream {
     generated: usize,
     retried: bool,
     done: bool,
+    /// Armed on the first read from a replica with stall timeouts.
+    watch: Option<StallWatch>,
+}
+
+/// A routed request's stall timer. Armed once per replica and re-armed only when it fires
+/// (from the replica's latest progress), so a token costs a clock read, not a timer update.
+struct StallWatch {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the request reached its current replica.
+    since: Instant,
+}
+
+impl StallWatch {
+    fn new(since: Instant, limit: Duration) -> Self {
+        Self {
+            timer: Box::pin(tokio::time::sleep_until((since + limit).into())),
+            since,
+        }
+    }
 }
 
 impl RoutedStream {
@@ -67,6 +90,39 @@ impl RoutedStream {
             generated: 0,
             retried: false,
             done: false,
+            watch: None,
+        }
+    }
+
+    /// The engine's next event, or the silence that counts the replica as stalled.
+    async fn next_or_stall(&mut self) -> Result<Option<TokenEvent>, Duration> {
+        let replica = &self.reservation.replica;
+        if replica.stall == StallTimeouts::OFF {
+            return Ok(self.inner.next().await);
+        }
+        loop {
+            let Some(limit) = replica.stall.limit(self.generated) else {
+                return Ok(self.inner.next().await);
+            };
+            let watch = self
+                .watch
+                .get_or_insert_with(|| StallWatch::new(Instant::now(), limit));
+            tokio::select! {
+                biased;
+                event = self.inner.next() => {
+                    replica.note_progress(Instant::now());
+                    return Ok(event);
+                }
+                () = watch.timer.as_mut() => {
+                    let last = replica.last_progress().max(watch.since);
+                    let deadline = last + limit;
+                    if Instant::now() >= deadline {
+                        return Err(limit);
+                    }
+                    // Busy, not hung: the replica produced something for some request lately.
+                    watch.timer.as_mut().reset(deadline.into());
+                }
+            }
         }
     }
 
@@ -80,7 +136,30 @@ impl RoutedStream {
             return None;
         }
         let replica = self.reservation.replica.clone();
-        let event = match self.inner.next().await {
+        let next = match self.next_or_stall().await {
+            Ok(next) => next,
+            Err(limit) => {
+                let reason = format!(
+                    "replica {} produced nothing for {limit:?} ({} tokens into the request)",
+                    replica.name, self.generated
+                );
+                replica.on_stall(&reason);
+                // Gives the request up there: a hung upstream's connection is closed, a local
+                // engine frees the sequence.
+                self.inner.cancel();
+                let event = match (self.generated, self.retried) {
+                    (0, false) => match self.fail_over(&replica, &reason) {
+                        Some(routed) => return Some(routed),
+                        None => TokenEvent::Unavailable(reason),
+                    },
+                    (0, true) => TokenEvent::Unavailable(reason),
+                    _ => TokenEvent::Failed(reason),
+                };
+                self.done = true;
+                return Some(event);
+            }
+        };
+        let event = match next {
             Some(TokenEvent::Token { id, text }) => {
                 self.generated += 1;
                 self.reservation.consume_one();
@@ -92,15 +171,8 @@ impl RoutedStream {
             }
             Some(TokenEvent::Unavailable(reason)) if self.generated == 0 && !self.retried => {
                 replica.on_failure(&reason);
-                self.retried = true;
-                match self.retry(&replica) {
-                    Some((pool, reservation, inner)) => {
-                        tracing::info!(from = %replica.name, to = %reservation.replica.name, reason, "retrying on another replica before the first token");
-                        let routed = routed_event(&pool, &reservation.replica);
-                        self.reservation = reservation;
-                        self.inner = inner;
-                        return Some(routed);
-                    }
+                match self.fail_over(&replica, &reason) {
+                    Some(routed) => return Some(routed),
                     None => TokenEvent::Unavailable(reason),
                 }
             }
@@ -109,11 +181,11 @@ impl RoutedStream {
                 replica.on_failure(&reason);
                 TokenEvent::Unavailable(reason)
             }
-            // Refused before any token without being unavailable: the request's fault (an
-            // upstream 4xx), not the replica's; it answered, so it counts as healthy.
-            Some(TokenEvent::Failed(reason)) if self.generated == 0 => {
+            // Refused as invalid: the request's fault, not the replica's; it answered, so it
+            // counts as healthy, and another replica would refuse it too.
+            Some(TokenEvent::Refused(reason)) => {
                 replica.on_success();
-                TokenEvent::Failed(reason)
+                TokenEvent::Refused(reason)
             }
             Some(TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason)) => {
                 replica.on_failure(&reason);
@@ -128,6 +200,19 @@ impl RoutedStream {
         };
         self.done = true;
         Some(event)
+    }
+
+    /// Uses the one retry: the request moves to another replica, and the `Routed` event that
+    /// says so is returned; `None` if no replica can take it.
+    fn fail_over(&mut self, failed: &Replica, reason: &str) -> Option<TokenEvent> {
+        self.retried = true;
+        let (pool, reservation, inner) = self.retry(failed)?;
+        tracing::info!(from = %failed.name, to = %reservation.replica.name, reason, "retrying on another replica before the first token");
+        let routed = routed_event(&pool, &reservation.replica);
+        self.reservation = reservation;
+        self.inner = inner;
+        self.watch = None;
+        Some(routed)
     }
 
     /// The same request on another replica (any pool of the tier), if one can take it.

@@ -247,6 +247,7 @@ mod tests {
 
     use super::*;
     use crate::breaker::BreakerSettings;
+    use crate::stall::StallTimeouts;
 
     /// An engine whose every request fails before its first token, as an unreachable upstream
     /// does (isolates the router from HTTP).
@@ -264,10 +265,98 @@ mod tests {
         fn submit(&self, _: GenerationRequest) -> engines::error::Result<TokenStream> {
             let (events, receiver) = mpsc::unbounded_channel();
             let event = match self.refuses {
-                true => TokenEvent::Failed("upstream answered 400".into()),
+                true => TokenEvent::Refused(engines::Refusal {
+                    message: "prompt too long".into(),
+                    ..Default::default()
+                }),
                 false => TokenEvent::Unavailable("connection refused".into()),
             };
             events.send(event).unwrap();
+            Ok(TokenStream::new(0, 1, receiver))
+        }
+        fn prepare_prompt(&self, prompt: &Prompt) -> engines::error::Result<PreparedPrompt> {
+            Ok(PreparedPrompt {
+                prompt: prompt.clone(),
+                tokens: 1,
+                estimated: true,
+            })
+        }
+        fn counters(&self) -> &EngineCounters {
+            &self.counters
+        }
+    }
+
+    /// An engine that serves one request at a time, `tokens` tokens `interval` apart each,
+    /// and (if `hang_after` is set) goes silent for good after that many tokens in all, as a
+    /// stopped process does: it keeps every stream open and sends nothing more.
+    struct ScriptedEngine {
+        info: ModelInfo,
+        counters: EngineCounters,
+        tokens: usize,
+        interval: Duration,
+        hang_after: Option<usize>,
+        turn: Arc<tokio::sync::Mutex<usize>>,
+        held: Arc<std::sync::Mutex<Vec<mpsc::UnboundedSender<TokenEvent>>>>,
+    }
+
+    impl ScriptedEngine {
+        fn new(tokens: usize, interval_ms: u64, hang_after: Option<usize>) -> Arc<Self> {
+            Arc::new(Self {
+                info: ModelInfo {
+                    id: "m".into(),
+                    context_length: 8192,
+                    vocab_size: 0,
+                },
+                counters: EngineCounters::default(),
+                tokens,
+                interval: Duration::from_millis(interval_ms),
+                hang_after,
+                turn: Default::default(),
+                held: Default::default(),
+            })
+        }
+
+        /// Streams it holds open that the relay has given up (closed).
+        fn cancelled(&self) -> usize {
+            let held = self.held.lock().unwrap();
+            held.iter().filter(|s| s.is_closed()).count()
+        }
+    }
+
+    impl Engine for ScriptedEngine {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn submit(&self, _: GenerationRequest) -> engines::error::Result<TokenStream> {
+            let (events, receiver) = mpsc::unbounded_channel();
+            let (turn, held) = (self.turn.clone(), self.held.clone());
+            let (tokens, interval, hang_after) = (self.tokens, self.interval, self.hang_after);
+            tokio::spawn(async move {
+                let mut sent = turn.lock().await;
+                for _ in 0..tokens {
+                    if hang_after.is_some_and(|n| *sent >= n) {
+                        held.lock().unwrap().push(events);
+                        return;
+                    }
+                    tokio::time::sleep(interval).await;
+                    *sent += 1;
+                    let token = TokenEvent::Token {
+                        id: 1,
+                        text: "x".into(),
+                    };
+                    if events.send(token).is_err() {
+                        return;
+                    }
+                }
+                let _ = events.send(TokenEvent::Finished(engines::Completion {
+                    finish_reason: engines::FinishReason::Length,
+                    usage: engines::Usage {
+                        prompt_tokens: 1,
+                        completion_tokens: tokens,
+                    },
+                    timing: Default::default(),
+                }));
+            });
             Ok(TokenStream::new(0, 1, receiver))
         }
         fn prepare_prompt(&self, prompt: &Prompt) -> engines::error::Result<PreparedPrompt> {
@@ -307,8 +396,21 @@ mod tests {
     }
 
     fn pool(name: &str, engines: Vec<Arc<dyn Engine>>, max: Option<u64>) -> Arc<Pool> {
+        stalling_pool(name, engines, max, StallTimeouts::OFF)
+    }
+
+    fn stalling_pool(
+        name: &str,
+        engines: Vec<Arc<dyn Engine>>,
+        max: Option<u64>,
+        stall: StallTimeouts,
+    ) -> Arc<Pool> {
         let breaker = BreakerSettings {
-            failure_threshold: 1,
+            // Stalls take a replica out at once; other failures after one (as before).
+            failure_threshold: match stall {
+                StallTimeouts::OFF => 1,
+                _ => 100,
+            },
             open_for: Duration::from_secs(60),
         };
         Arc::new(Pool {
@@ -317,7 +419,9 @@ mod tests {
             replicas: engines
                 .into_iter()
                 .enumerate()
-                .map(|(i, e)| Arc::new(Replica::new(format!("{name}-{i}"), e, None, breaker)))
+                .map(|(i, e)| {
+                    Arc::new(Replica::new(format!("{name}-{i}"), e, None, breaker, stall))
+                })
                 .collect(),
             max_outstanding_tokens: max,
         })
@@ -351,7 +455,9 @@ mod tests {
                 }
                 TokenEvent::Token { .. } => {}
                 TokenEvent::Finished(_) => finished = true,
-                TokenEvent::Failed(_) | TokenEvent::Unavailable(_) => finished = false,
+                TokenEvent::Failed(_) | TokenEvent::Unavailable(_) | TokenEvent::Refused(_) => {
+                    finished = false
+                }
             }
         }
         (routes, finished)
@@ -444,6 +550,107 @@ mod tests {
         assert!(!finished);
         let refused = router.submit_all(&requester(None), vec![request(&router, None, 3)]);
         assert!(matches!(refused, Err(RouteError::NoReplica { .. })));
+    }
+
+    const STALL: StallTimeouts = StallTimeouts {
+        first_token: Some(Duration::from_millis(300)),
+        inter_token: Some(Duration::from_millis(300)),
+    };
+
+    /// Drains a stream, with a bound so that a missing stall timeout fails instead of hanging.
+    async fn drain_bounded(stream: RoutedStream) -> (Vec<(String, String)>, bool) {
+        tokio::time::timeout(Duration::from_secs(30), drain(stream))
+            .await
+            .expect("the stream hung: the stall was not detected")
+    }
+
+    #[tokio::test]
+    async fn a_replica_silent_before_the_first_token_is_taken_out_and_the_request_moves() {
+        let hung = ScriptedEngine::new(5, 1, Some(0));
+        let engines: Vec<Arc<dyn Engine>> = vec![hung.clone(), synthetic(0.0)];
+        let pools = vec![stalling_pool("p", engines, None, STALL)];
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
+        let mut streams = router
+            .submit_all(&requester(None), vec![request(&router, None, 3)])
+            .unwrap();
+        let (routes, finished) = drain_bounded(streams.remove(0)).await;
+        assert!(finished, "failed over and finished on the live replica");
+        assert_eq!(
+            routes,
+            [("p".into(), "p-0".into()), ("p".into(), "p-1".into())]
+        );
+        let snapshot = &router.snapshot()[0].replicas;
+        assert_eq!(
+            snapshot[0].health, "unhealthy",
+            "one stall takes it out, with a threshold of 100 failures"
+        );
+        assert_eq!(snapshot[0].stalls, 1);
+        assert_eq!(hung.cancelled(), 1, "the hung request was given up there");
+        // New requests go straight to the live replica.
+        assert_eq!(
+            route_one(&router, None).await.0,
+            [("p".into(), "p-1".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_silent_mid_stream_ends_the_stream_with_an_error_and_is_taken_out() {
+        let hung = ScriptedEngine::new(10, 1, Some(2));
+        let pools = vec![stalling_pool(
+            "p",
+            vec![hung.clone(), synthetic(0.0)],
+            None,
+            STALL,
+        )];
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
+        let mut streams = router
+            .submit_all(&requester(None), vec![request(&router, None, 10)])
+            .unwrap();
+        let mut stream = streams.remove(0);
+        let mut tokens = 0;
+        let last = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.next().await.expect("a final event") {
+                    TokenEvent::Token { .. } => tokens += 1,
+                    TokenEvent::Routed { .. } => {}
+                    last => return last,
+                }
+            }
+        })
+        .await
+        .expect("the stream hung: the stall was not detected");
+        assert_eq!(tokens, 2);
+        assert!(
+            matches!(&last, TokenEvent::Failed(reason) if reason.contains("produced nothing")),
+            "{last:?}"
+        );
+        assert!(stream.next().await.is_none());
+        assert_eq!(router.snapshot()[0].replicas[0].health, "unhealthy");
+        assert_eq!(hung.cancelled(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_queued_behind_others_on_a_busy_replica_keeps_its_place() {
+        // One request at a time, 20 tokens 30 ms apart: the second waits about 600 ms for its
+        // first token, twice the stall timeout, while the replica produces all along.
+        let busy = ScriptedEngine::new(20, 30, None);
+        let pools = vec![stalling_pool("p", vec![busy, synthetic(0.0)], None, STALL)];
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
+        // One batch goes to one replica: both to p-0.
+        let streams = router
+            .submit_all(
+                &requester(None),
+                vec![request(&router, None, 20), request(&router, None, 20)],
+            )
+            .unwrap();
+        let outcomes = futures::future::join_all(streams.into_iter().map(drain_bounded)).await;
+        for (routes, finished) in outcomes {
+            assert!(finished);
+            assert_eq!(routes, [("p".into(), "p-0".into())], "never moved");
+        }
+        let snapshot = &router.snapshot()[0].replicas;
+        assert_eq!(snapshot[0].health, "healthy");
+        assert_eq!(snapshot[0].stalls, 0);
     }
 
     #[tokio::test]

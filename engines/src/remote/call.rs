@@ -12,7 +12,7 @@ use http_body_util::{BodyDataStream, BodyExt, Full};
 use tokio::sync::mpsc;
 
 use super::client::{describe, RemoteClient};
-use super::wire::{error_message, read_chunk};
+use super::wire::{error_message, read_chunk, refusal};
 use super::RemoteOptions;
 use crate::engine::{
     Completion, EngineCounters, RequestTiming, TokenEvent, Usage, REMOTE_TOKEN_ID,
@@ -97,8 +97,17 @@ impl UpstreamCall {
             if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                 return self.fail(0, message);
             }
-            let _ = self.events.send(TokenEvent::Failed(message));
-            return Outcome::Failed;
+            // The request's fault: every replica would say the same. The client gets the
+            // upstream's own words (they speak of the request), the log the whole message.
+            if matches!(status.as_u16(), 400 | 413 | 422) {
+                tracing::debug!(%message, "upstream refused the request");
+                let refusal = TokenEvent::Refused(refusal(&body));
+                let _ = self.events.send(refusal);
+                return Outcome::Failed;
+            }
+            // Any other 4xx (401, 403, 404): this replica is not set up for us (a wrong
+            // secret, a missing model), which another replica may be.
+            return self.fail(0, message);
         }
 
         let mut stream = BodyDataStream::new(response.into_body()).eventsource();

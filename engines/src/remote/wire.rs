@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::engine::{FinishReason, GenerationRequest, Prompt, Usage};
+use crate::engine::{FinishReason, GenerationRequest, Prompt, Refusal, Usage};
 
 /// The upstream endpoint (under `api_base`) and JSON body of a request for `upstream_model`.
 pub(super) fn upstream_request(
@@ -102,6 +102,24 @@ pub(super) fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
 }
 
 /// The `message` of an OpenAI error body, else the body itself (shortened).
+/// The refusal an upstream's 4xx body states (its whole text as the message if it is not in
+/// OpenAI's format).
+pub(super) fn refusal(body: &[u8]) -> Refusal {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.pointer(&format!("/error/{name}")))
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(100).collect())
+    };
+    Refusal {
+        message: error_message(body),
+        param: field("param"),
+        code: field("code"),
+    }
+}
+
 pub(super) fn error_message(body: &[u8]) -> String {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let message = parsed.as_ref().and_then(|v| {
@@ -125,6 +143,12 @@ mod tests {
         let body = br#"{"error":{"message":"too long","type":"invalid_request_error"}}"#;
         assert_eq!(error_message(body), "too long");
         assert_eq!(error_message(b"plain"), "plain");
+        let body = br#"{"error":{"message":"too long","type":"invalid_request_error","param":"max_tokens","code":"context_length_exceeded"}}"#;
+        let refused = refusal(body);
+        assert_eq!(refused.message, "too long");
+        assert_eq!(refused.param.as_deref(), Some("max_tokens"));
+        assert_eq!(refused.code.as_deref(), Some("context_length_exceeded"));
+        assert_eq!(refusal(b"plain").param, None);
     }
 
     #[test]

@@ -33,6 +33,16 @@ pub struct PoolConfig {
     /// `remote`: longest silence between two chunks of a stream (default 60 s).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Silence (no token for any request of the replica) before a request's first token that
+    /// counts the replica as stalled: the request moves to another replica and the stalled one
+    /// is taken out at once. Default 10 000 ms for `remote` pools, off for `local` ones (whose
+    /// engine runs in this process); 0 turns it off.
+    pub first_token_timeout_ms: Option<u64>,
+    /// Silence between two tokens of a streaming request (and from every other request of the
+    /// replica) that counts the replica as stalled: the request ends with an error and the
+    /// replica is taken out at once. Default 10 000 ms for `remote` pools, off for `local`
+    /// ones; 0 turns it off.
+    pub inter_token_timeout_ms: Option<u64>,
     /// Consecutive failures (transport errors, failed health checks) that take a replica out.
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: u32,
@@ -54,8 +64,26 @@ impl PoolConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             response_timeout_ms: default_response_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            first_token_timeout_ms: None,
+            inter_token_timeout_ms: None,
             failure_threshold: default_failure_threshold(),
             open_ms: default_open_ms(),
+        }
+    }
+
+    /// The pool's stall timeouts, with its kind's defaults.
+    pub fn stall_timeouts(&self) -> routing::StallTimeouts {
+        let default = match self.kind {
+            PoolKindConfig::Local => 0,
+            PoolKindConfig::Remote => DEFAULT_REMOTE_STALL_MS,
+        };
+        let limit = |ms: Option<u64>| match ms.unwrap_or(default) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        };
+        routing::StallTimeouts {
+            first_token: limit(self.first_token_timeout_ms),
+            inter_token: limit(self.inter_token_timeout_ms),
         }
     }
 
@@ -98,6 +126,10 @@ impl Default for RoutingConfig {
         }
     }
 }
+
+/// A remote replica silent this long is stalled: long against a token's tens of milliseconds
+/// and a long prompt's prefill, short against a client's patience (`request_timeout_secs`, 30).
+const DEFAULT_REMOTE_STALL_MS: u64 = 10_000;
 
 fn default_connect_timeout_ms() -> u64 {
     2000

@@ -8,6 +8,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 
 use routing::breaker::Availability;
 use routing::{ModelRouter, Replica};
@@ -129,7 +130,7 @@ impl Collector for EngineCollector {
             "gateway_pool_up",
             "1 if some replica of the pool can serve the model, else 0.",
             None,
-            prometheus_client::metrics::MetricType::Gauge,
+            MetricType::Gauge,
         )?;
         for (id, _, state) in &models {
             let ModelState::Ready(router) = state else {
@@ -148,17 +149,24 @@ impl Collector for EngineCollector {
         }
         encode_per_replica(
             &mut encoder,
-            "gateway_replica_up",
+            ("gateway_replica_up", MetricType::Gauge),
             "1 if the replica takes requests (its circuit breaker is closed or half-open), else 0.",
             &routers,
-            |r| i64::from(r.availability(now) != Availability::Out),
+            |r| ConstGauge::new(i64::from(r.availability(now) != Availability::Out)),
         )?;
         encode_per_replica(
             &mut encoder,
-            "gateway_replica_outstanding_tokens",
+            ("gateway_replica_stalls", MetricType::Counter),
+            "Requests that found the replica silent past a stall timeout (each took it out at once).",
+            &routers,
+            |r| ConstCounter::new(r.stalls()),
+        )?;
+        encode_per_replica(
+            &mut encoder,
+            ("gateway_replica_outstanding_tokens", MetricType::Gauge),
             "Prompt plus max_tokens not yet generated, over the requests routed to the replica.",
             &routers,
-            |r| r.outstanding_tokens() as i64,
+            |r| ConstGauge::new(r.outstanding_tokens() as i64),
         )?;
         for (name, help, field) in ENGINE_COUNTERS {
             encode_per_model(&mut encoder, name, help, &routers, field, |v| {
@@ -207,7 +215,7 @@ fn encode_kv_usage(
         "gateway_engine_kv_cache_usage_ratio",
         "Share of the KV-cache blocks in use, 0 to 1.",
         None,
-        prometheus_client::metrics::MetricType::Gauge,
+        MetricType::Gauge,
     )?;
     for (model, router) in routers {
         let (mut free, mut total) = (0u64, 0u64);
@@ -224,20 +232,16 @@ fn encode_kv_usage(
     Ok(())
 }
 
-/// One gauge family with a sample per replica (labels `model`, `pool`, `replica`).
-fn encode_per_replica(
+/// One family of `metric_type` with a sample per replica (labels `model`, `pool`, `replica`);
+/// a counter's name gets `_total` from the encoder.
+fn encode_per_replica<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
-    name: &str,
+    (name, metric_type): (&str, MetricType),
     help: &str,
     routers: &[(String, Arc<ModelRouter>)],
-    value: impl Fn(&Replica) -> i64,
+    metric: impl Fn(&Replica) -> M,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Gauge,
-    )?;
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
     for (model, router) in routers {
         for pool in router.pools() {
             for replica in &pool.replicas {
@@ -246,7 +250,7 @@ fn encode_per_replica(
                     ("pool", &*pool.name),
                     ("replica", &*replica.name),
                 ];
-                ConstGauge::new(value(replica)).encode(family.encode_family(&labels)?)?;
+                metric(replica).encode(family.encode_family(&labels)?)?;
             }
         }
     }

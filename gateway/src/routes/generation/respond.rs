@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engines::{FinishReason, TokenEvent};
+use engines::{FinishReason, Refusal, TokenEvent};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use ledger::RecordStatus;
@@ -41,6 +41,8 @@ pub enum Failure {
     Engine(String),
     /// No replica could take it (before its first token).
     Unavailable(String),
+    /// The upstream refused it as invalid.
+    Refused(Refusal),
     /// The engine's streams ended before every choice finished.
     Incomplete,
 }
@@ -49,7 +51,18 @@ impl Failure {
     fn reason(&self) -> &str {
         match self {
             Failure::Engine(reason) | Failure::Unavailable(reason) => reason,
+            Failure::Refused(refusal) => &refusal.message,
             Failure::Incomplete => "the engine stopped before the request finished",
+        }
+    }
+
+    /// What the client is told, as the response (before anything was sent) or as the
+    /// stream's error event.
+    pub fn to_error(&self, model: &str) -> ApiError {
+        match self {
+            Failure::Unavailable(reason) => ApiError::no_replica(model, reason),
+            Failure::Refused(refusal) => ApiError::upstream_refused(refusal),
+            other => ApiError::generation_failed(other.reason()),
         }
     }
 }
@@ -116,6 +129,9 @@ impl Relay {
                 TokenEvent::Unavailable(reason) => {
                     return Err(self.fail(Failure::Unavailable(reason)).await)
                 }
+                TokenEvent::Refused(refusal) => {
+                    return Err(self.fail(Failure::Refused(refusal)).await)
+                }
             }
         }
         if self.open > 0 {
@@ -125,7 +141,10 @@ impl Relay {
     }
 
     async fn fail(&mut self, failure: Failure) -> Failure {
-        if let Some(account) = self.account.take() {
+        if let Some(mut account) = self.account.take() {
+            if matches!(failure, Failure::Unavailable(_) | Failure::Refused(_)) {
+                account.on_not_served();
+            }
             account.settle(RecordStatus::Failed).await;
         }
         failure
@@ -151,10 +170,7 @@ pub async fn whole_response(meta: ResponseMeta, mut relay: Relay) -> Result<Resp
             Ok(Some(Output::Text { choice, text })) => texts[choice].push_str(&text),
             Ok(Some(Output::Finished { choice, reason })) => finish_reasons[choice] = reason,
             Ok(None) => break,
-            Err(Failure::Unavailable(reason)) => {
-                return Err(ApiError::no_replica(&meta.model, &reason))
-            }
-            Err(failure) => return Err(ApiError::generation_failed(failure.reason())),
+            Err(failure) => return Err(failure.to_error(&meta.model)),
         }
     }
     let choices: Vec<FinishedChoice> = texts
@@ -208,7 +224,7 @@ pub fn sse_events(
         match failure {
             // Never a silently truncated answer: a failure mid-stream is an error event.
             Some(failure) => {
-                let error = ApiError::generation_failed(failure.reason());
+                let error = failure.to_error(&meta.model);
                 yield Ok(Event::default().data(error.to_json()));
             }
             None => {

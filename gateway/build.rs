@@ -13,8 +13,12 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=GATEWAY_GIT_COMMIT={commit}");
-    // A new commit changes HEAD (detached) or the branch's ref.
+    // A new commit changes HEAD (detached) or the branch's ref. Only paths that exist: cargo
+    // counts a missing one as changed, which rebuilt the crate (and everything above it) on
+    // every cargo command in a clone without packed refs.
     for path in ["../.git/HEAD", "../.git/refs/heads", "../.git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }

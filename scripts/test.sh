@@ -26,3 +26,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# The fuzz targets, briefly: 20 s each (`scripts/fuzz.sh 600` is the long run). Their seeds and
+# every past crash already ran on stable above (`cargo test -p fuzzing`); this part needs the
+# nightly toolchain and says so when there is none.
+scripts/fuzz.sh 20

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extensions;
 pub mod first_request;
 pub mod layers;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod openai;

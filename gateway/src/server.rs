@@ -150,6 +150,7 @@ pub async fn serve_as(
     // Streams are many small writes (one SSE event per token): with Nagle's algorithm on, a
     // token waits for the client's delayed ACK (~40 ms) and tokens arrive in bursts.
     tokio::spawn(shutdown_on_signal(handle.clone()));
+    crate::memory::spawn_trimming(crate::memory::TRIM_INTERVAL);
 
     let (first_byte, cap) = (
         Duration::from_secs(config.server.header_read_timeout_secs),

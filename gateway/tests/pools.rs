@@ -490,7 +490,10 @@ async fn a_request_the_upstream_refuses_is_a_400_and_charges_nothing() {
     let (status, answer) = gateway.post("/v1/completions", huge.clone()).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["type"], "invalid_request_error", "{answer}");
-    assert_eq!(answer["error"]["code"], "context_length_exceeded", "{answer}");
+    assert_eq!(
+        answer["error"]["code"], "context_length_exceeded",
+        "{answer}"
+    );
     // Streaming, the headers are out before the upstream answers: the same error as the
     // stream's event.
     let mut streaming = huge;

@@ -23,7 +23,7 @@ use crate::error::{EngineError, Result};
 
 mod call;
 mod client;
-mod wire;
+pub mod wire;
 
 use call::UpstreamCall;
 pub use client::RemoteClient;

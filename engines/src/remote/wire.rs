@@ -55,7 +55,7 @@ pub(super) fn upstream_request(
 
 /// What one streamed chunk carries.
 #[derive(Debug, Default, PartialEq)]
-pub(super) struct Chunk {
+pub struct Chunk {
     /// An error event's message (the stream ends with it).
     pub error: Option<String>,
     /// The request's usage (the last chunk, with `include_usage`).
@@ -67,7 +67,7 @@ pub(super) struct Chunk {
 }
 
 /// Reads one `data:` payload (not `[DONE]`) of a chat or text completion stream.
-pub(super) fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
+pub fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
     let chunk: Value = serde_json::from_str(data)?;
     let mut out = Chunk::default();
     if let Some(error) = chunk.get("error") {
@@ -101,10 +101,9 @@ pub(super) fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
     Ok(out)
 }
 
-/// The `message` of an OpenAI error body, else the body itself (shortened).
 /// The refusal an upstream's 4xx body states (its whole text as the message if it is not in
 /// OpenAI's format).
-pub(super) fn refusal(body: &[u8]) -> Refusal {
+pub fn refusal(body: &[u8]) -> Refusal {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let field = |name: &str| {
         parsed
@@ -120,7 +119,8 @@ pub(super) fn refusal(body: &[u8]) -> Refusal {
     }
 }
 
-pub(super) fn error_message(body: &[u8]) -> String {
+/// The `message` of an OpenAI error body, else the body itself (shortened).
+pub fn error_message(body: &[u8]) -> String {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let message = parsed.as_ref().and_then(|v| {
         v.pointer("/error/message")

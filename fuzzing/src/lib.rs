@@ -1,0 +1,111 @@
+//! What the fuzzers feed, from arbitrary bytes, into the parsers that read input from outside
+//! the gateway: request bodies (any tenant), the configuration file (an operator, or a rewrite
+//! caught half-way), and the SSE streams of upstream servers (another machine).
+//!
+//! A target passes when it returns: an error is the right answer to bad input, a panic (or a
+//! hang, or unbounded memory) is a bug. The `fuzz/` crate runs these functions under libFuzzer
+//! (`cargo +nightly fuzz run <target>`, see `scripts/fuzz.sh`); `tests/replay.rs` replays the
+//! committed seeds and every input that ever crashed one, on stable, in every test run.
+
+#![warn(missing_docs)]
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use gateway::config::GatewayConfig;
+use gateway::error::ApiError;
+use gateway::openai::chat::ChatCompletionRequest;
+use gateway::openai::completions::CompletionRequest;
+use gateway::openai::json::{from_value, parse};
+use gateway::openai::params::CommonParams;
+
+/// A target: the bytes libFuzzer made up, in; a panic out if it found a bug.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `fuzz/fuzz_targets/` and the corpus folders name them.
+pub const TARGETS: [(&str, Target); 3] = [
+    ("request_body", request_body),
+    ("config", config),
+    ("upstream_sse", upstream_sse),
+];
+
+/// A body of `POST /v1/chat/completions` or `/v1/completions`: parsed as the generation
+/// preamble does (JSON, each endpoint's own fields, the shared parameters), the conversation
+/// flattened and the prompts built, every error rendered as its response body.
+pub fn request_body(data: &[u8]) {
+    let body = match parse::<serde_json::Value>(data) {
+        Ok(body) => body,
+        Err(error) => return render(error),
+    };
+    let chat = from_value::<ChatCompletionRequest>(&body).and_then(|r| r.conversation().map(drop));
+    let completions = from_value::<CompletionRequest>(&body).and_then(|r| {
+        // The preamble refuses more than `max_prompts_per_request` (64) before building any.
+        match r.prompt_count() {
+            0..=64 => r.prompts().map(drop),
+            _ => Ok(()),
+        }
+    });
+    let params = from_value::<CommonParams>(&body).and_then(|p| p.validate().map(drop));
+    for error in [chat, completions, params]
+        .into_iter()
+        .filter_map(Result::err)
+    {
+        render(error);
+    }
+}
+
+fn render(error: ApiError) {
+    let json = error.to_json();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&json).is_ok(),
+        "an error body must be JSON: {json}"
+    );
+}
+
+/// A configuration file: TOML into the configuration, then every check a start or a reload
+/// makes, and what the server derives from each pool.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = toml::from_str::<GatewayConfig>(text) else {
+        return;
+    };
+    if config.validate().is_err() {
+        return;
+    }
+    for model in &config.models {
+        for pool in config.pools_of(model) {
+            let _ = pool.breaker();
+            let _ = pool.stall_timeouts();
+        }
+    }
+}
+
+/// An upstream's answer: the first byte says where to cut the rest into the network's chunks,
+/// which go through the SSE decoder the remote engine uses, and every event's data through the
+/// chunk reader; the whole input also as an error body.
+pub fn upstream_sse(data: &[u8]) {
+    let Some((&cut, body)) = data.split_first() else {
+        return;
+    };
+    let size = usize::from(cut % 16) + 1;
+    let chunks: Vec<Result<Bytes, Infallible>> = body
+        .chunks(size)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let events = futures::executor::block_on(
+        futures::stream::iter(chunks)
+            .eventsource()
+            .collect::<Vec<_>>(),
+    );
+    for event in events.into_iter().flatten() {
+        if event.data != "[DONE]" {
+            let _ = engines::remote::wire::read_chunk(&event.data);
+        }
+    }
+    let refusal = engines::remote::wire::refusal(body);
+    assert!(refusal.message.chars().count() <= 500);
+}

@@ -172,7 +172,12 @@ pub async fn serve_as(
             announce(name, "https", addr);
             let mut server = axum_server::from_tcp_rustls(listener, rustls)
                 .map(|tls| {
-                    let tls = tls.acceptor(NoDelayAcceptor::new());
+                    // A client that never finishes its handshake is closed as one that never
+                    // sends its request head, and within rustls's own 10 s at most.
+                    let handshake = first_byte.min(Duration::from_secs(10));
+                    let tls = tls
+                        .handshake_timeout(handshake)
+                        .acceptor(NoDelayAcceptor::new());
                     FirstByteAcceptor::new(tls, first_byte, cap, refused.clone())
                 })
                 .handle(handle);

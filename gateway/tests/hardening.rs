@@ -134,3 +134,55 @@ async fn connections_over_the_cap_are_refused_and_counted() {
     );
     assert!(gw.metric("gateway_connections_refused_total").await >= 1.0);
 }
+
+/// TLS: a client that never starts its handshake, and one idle after it, are both closed
+/// (item 2: a TLS session idle after the handshake was held for good).
+#[tokio::test]
+async fn tls_connections_idle_before_or_after_the_handshake_are_closed() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let config = format!(
+        "[server]\nheader_read_timeout_secs = 1\n\
+         [tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\n\
+         [[tenants]]\nid = \"t\"\nkeys = [\"{}\"]\n",
+        cert_path.display(),
+        key_path.display(),
+        digest("sk-t")
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let address = gw.base.trim_start_matches("https://").to_string();
+
+    // No handshake at all: closed at the same 1 s (the handshake timeout).
+    let mut silent = TcpStream::connect(&address).await.unwrap();
+    closed_by_server(&mut silent).await;
+
+    // A finished handshake, then silence: the first-byte deadline (1 s) closes it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(&address).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the handshake");
+    let mut buf = [0u8; 256];
+    let outcome = tokio::time::timeout(BOUND, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the gateway kept an idle TLS session open");
+}

@@ -11,11 +11,18 @@
 # shutdown; (instructions(N2) - instructions(N1)) / (N2 - N1) is the cost of one request, with
 # start-up and shutdown cancelled out. Authentication, all four quotas, metrics and the usage
 # ledger are on, as deployed.
+#
+# CACHE_SIM=1 adds callgrind's cache and branch simulation: instruction-cache (I1mr), data-cache
+# (D1mr, D1mw), last-level (ILmr, DLmr, DLmw) misses and mispredicted branches (Bcm, Bim) per
+# request, the deterministic stand-ins for what timing would show of code size and layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/bench/gateway-instructions}
 N1=${N1:-400}
 N2=${N2:-1600}
+CACHE_SIM=${CACHE_SIM:-0}
+SIM=()
+[ "$CACHE_SIM" = 1 ] && SIM=(--cache-sim=yes --branch-sim=yes)
 mkdir -p "$OUT"
 cargo build --release --locked -p gateway -p loadtest --bins >&2
 BIN=target/release
@@ -55,7 +62,7 @@ prompts = { kind = "synthetic", tokens = 64 }
 max_tokens = 16
 TOML
   rm -rf "$OUT/data-$tag"
-  GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn valgrind --tool=callgrind \
+  GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn valgrind --tool=callgrind "${SIM[@]}" \
     --callgrind-out-file="$OUT/$tag.callgrind" "$bin" --config "$OUT/$tag.toml" \
     >"$OUT/$tag.log" 2>&1 &
   local pid=$!
@@ -67,17 +74,25 @@ TOML
     --out "$OUT/$tag.json" >/dev/null
   kill -TERM "$pid"
   wait "$pid" || true
-  local ok instructions
+  local ok
   ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['overall']['ok'])" "$OUT/$tag.json")
   [ "$ok" = "$n" ] || { echo "$tag: only $ok of $n requests succeeded" >&2; exit 1; }
-  instructions=$(grep -E "^(summary|totals):" "$OUT/$tag.callgrind" | head -1 | awk '{print $2}')
-  echo "$instructions"
+  # Every event's total, space-separated, in the order of the file's `events:` line.
+  grep -E "^(summary|totals):" "$OUT/$tag.callgrind" | head -1 | cut -d' ' -f2-
 }
 
 for bin in "$@"; do
   name=$(echo "$bin" | tr '/' '_')
   low=$(run_one "$bin" "$N1" "$name-$N1")
   high=$(run_one "$bin" "$N2" "$name-$N2")
-  python3 -c "import sys; lo, hi, n1, n2 = map(int, sys.argv[2:]); print(f'{sys.argv[1]}: {(hi - lo) / (n2 - n1):,.0f} instructions per request ({lo:,} for {n1}, {hi:,} for {n2})')" \
-    "$bin" "$low" "$high" "$N1" "$N2" | tee -a "$OUT/results.txt"
+  events=$(grep -E "^events:" "$OUT/$name-$N2.callgrind" | head -1 | cut -d' ' -f2-)
+  python3 - "$bin" "$N1" "$N2" "$events" "$low" "$high" <<'PY' | tee -a "$OUT/results.txt"
+import sys
+bin, n1, n2, events, low, high = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+names, lo, hi = events.split(), list(map(int, low.split())), list(map(int, high.split()))
+per = {n: (h - l) / (n2 - n1) for n, l, h in zip(names, lo, hi)}
+print(f"{bin}: {per['Ir']:,.0f} instructions per request ({lo[0]:,} for {n1}, {hi[0]:,} for {n2})")
+if len(names) > 1:
+    print("  per request: " + ", ".join(f"{n} {v:,.0f}" for n, v in per.items() if n != "Ir"))
+PY
 done

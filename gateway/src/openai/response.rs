@@ -103,45 +103,71 @@ impl ResponseMeta {
         })
     }
 
-    /// A stream chunk for one choice event; `None` when the endpoint sends nothing for it.
-    /// With `include_usage`, every chunk carries `"usage": null`, as OpenAI sends them.
+    /// A stream chunk for one choice event, as its JSON text; `None` when the endpoint sends
+    /// nothing for it. With `include_usage`, every chunk carries `"usage": null`, as OpenAI
+    /// sends them. Written straight from borrowed fields (one per token: no JSON tree, no key
+    /// strings allocated).
     pub fn chunk(
         &self,
         index: usize,
         event: ChoiceEvent<'_>,
         include_usage: bool,
-    ) -> Option<Value> {
-        let choice = match (self.endpoint, event) {
-            (Endpoint::Chat, ChoiceEvent::Start) => json!({
-                "index": index, "delta": {"role": "assistant", "content": ""},
-                "logprobs": null, "finish_reason": null,
-            }),
-            (Endpoint::Chat, ChoiceEvent::Text(text)) => json!({
-                "index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null,
-            }),
-            (Endpoint::Chat, ChoiceEvent::Finish(reason)) => json!({
-                "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str(),
-            }),
-            (Endpoint::Completions, ChoiceEvent::Start) => return None,
-            (Endpoint::Completions, ChoiceEvent::Text(text)) => json!({
-                "index": index, "text": text, "logprobs": null, "finish_reason": null,
-            }),
-            (Endpoint::Completions, ChoiceEvent::Finish(reason)) => json!({
-                "index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str(),
-            }),
+    ) -> Option<String> {
+        let usage = include_usage.then_some(None);
+        let text = match (self.endpoint, event) {
+            (Endpoint::Chat, event) => {
+                let (delta, finish_reason) = match event {
+                    ChoiceEvent::Start => (Delta::opening(), None),
+                    ChoiceEvent::Text(text) => (Delta::text(text), None),
+                    ChoiceEvent::Finish(reason) => (Delta::default(), Some(reason.as_str())),
+                };
+                let choice = ChatChunkChoice {
+                    index,
+                    delta,
+                    logprobs: None,
+                    finish_reason,
+                };
+                serde_json::to_string(&self.chunk_envelope([choice], usage))
+            }
+            (Endpoint::Completions, event) => {
+                let (text, finish_reason) = match event {
+                    // Text completions have no opening chunk.
+                    ChoiceEvent::Start => return None,
+                    ChoiceEvent::Text(text) => (text, None),
+                    ChoiceEvent::Finish(reason) => ("", Some(reason.as_str())),
+                };
+                let choice = TextChunkChoice {
+                    index,
+                    text,
+                    logprobs: None,
+                    finish_reason,
+                };
+                serde_json::to_string(&self.chunk_envelope([choice], usage))
+            }
         };
-        let mut chunk = self.envelope(true, vec![choice]);
-        if include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        Some(chunk)
+        Some(text.expect("a chunk serialises"))
     }
 
     /// The last chunk of a stream with `include_usage`: no choices, the total usage.
-    pub fn usage_chunk(&self, usage: UsageBody) -> Value {
-        let mut chunk = self.envelope(true, Vec::new());
-        chunk["usage"] = json!(usage);
-        chunk
+    pub fn usage_chunk(&self, usage: UsageBody) -> String {
+        let envelope = self.chunk_envelope::<[ChatChunkChoice; 0]>([], Some(Some(usage)));
+        serde_json::to_string(&envelope).expect("a chunk serialises")
+    }
+
+    fn chunk_envelope<C: Serialize>(
+        &self,
+        choices: C,
+        usage: Option<Option<UsageBody>>,
+    ) -> ChunkEnvelope<'_, C> {
+        ChunkEnvelope {
+            id: &self.id,
+            object: self.object(true),
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        }
     }
 
     /// A whole (non-streamed) response.
@@ -168,6 +194,63 @@ impl ResponseMeta {
     }
 }
 
+/// A streamed chunk, in OpenAI's field order.
+#[derive(Serialize)]
+struct ChunkEnvelope<'a, C> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: Option<()>,
+    choices: C,
+    /// Absent without `include_usage`; `null` on every chunk but the last with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<UsageBody>>,
+}
+
+/// One choice of a chat chunk.
+#[derive(Serialize)]
+struct ChatChunkChoice<'a> {
+    index: usize,
+    delta: Delta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+/// What a chat chunk adds to the message: the role once, then text.
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
+impl<'a> Delta<'a> {
+    fn opening() -> Self {
+        Delta {
+            role: Some("assistant"),
+            content: Some(""),
+        }
+    }
+
+    fn text(text: &'a str) -> Self {
+        Delta {
+            role: None,
+            content: Some(text),
+        }
+    }
+}
+
+/// One choice of a text-completion chunk.
+#[derive(Serialize)]
+struct TextChunkChoice<'a> {
+    index: usize,
+    text: &'a str,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,23 +259,32 @@ mod tests {
     fn chat_chunks_follow_openai() {
         let meta = ResponseMeta::new(Endpoint::Chat, "m");
         assert!(meta.id.starts_with("chatcmpl-"));
-        let start = meta.chunk(0, ChoiceEvent::Start, false).unwrap();
+        let parse = |text: String| serde_json::from_str::<Value>(&text).unwrap();
+        let start = parse(meta.chunk(0, ChoiceEvent::Start, false).unwrap());
+        assert_eq!(start["id"], meta.id.as_str());
+        assert_eq!(start["model"], "m");
+        assert!(start["system_fingerprint"].is_null());
+        assert_eq!(start["choices"][0]["delta"]["content"], "");
         assert_eq!(start["object"], "chat.completion.chunk");
         assert_eq!(start["choices"][0]["delta"]["role"], "assistant");
         assert!(start.get("usage").is_none());
-        let text = meta.chunk(0, ChoiceEvent::Text("hi"), true).unwrap();
+        let text = parse(meta.chunk(0, ChoiceEvent::Text("hi"), true).unwrap());
+        assert!(text["choices"][0]["delta"].get("role").is_none());
         assert_eq!(text["choices"][0]["delta"]["content"], "hi");
         assert!(text["usage"].is_null() && text.get("usage").is_some());
-        let end = meta
-            .chunk(0, ChoiceEvent::Finish(FinishReason::Length), false)
-            .unwrap();
+        let end = parse(
+            meta.chunk(0, ChoiceEvent::Finish(FinishReason::Length), false)
+                .unwrap(),
+        );
         assert_eq!(end["choices"][0]["finish_reason"], "length");
+        assert_eq!(end["choices"][0]["delta"], json!({}));
+        assert!(text["choices"][0]["finish_reason"].is_null());
         let mut usage = UsageBody::default();
         usage.add(Usage {
             prompt_tokens: 3,
             completion_tokens: 4,
         });
-        let last = meta.usage_chunk(usage);
+        let last = parse(meta.usage_chunk(usage));
         assert_eq!(last["choices"], json!([]));
         assert_eq!(last["usage"]["total_tokens"], 7);
     }
@@ -201,6 +293,20 @@ mod tests {
     fn completion_response_follows_openai() {
         let meta = ResponseMeta::new(Endpoint::Completions, "m");
         assert!(meta.chunk(0, ChoiceEvent::Start, false).is_none());
+        let parse = |text: String| serde_json::from_str::<Value>(&text).unwrap();
+        let token = parse(meta.chunk(1, ChoiceEvent::Text("a"), false).unwrap());
+        assert_eq!(token["object"], "text_completion");
+        assert_eq!(token["choices"][0]["index"], 1);
+        assert_eq!(token["choices"][0]["text"], "a");
+        assert!(token["choices"][0]["finish_reason"].is_null());
+        assert!(token.get("usage").is_none());
+        let end = parse(
+            meta.chunk(1, ChoiceEvent::Finish(FinishReason::Stop), true)
+                .unwrap(),
+        );
+        assert_eq!(end["choices"][0]["text"], "");
+        assert_eq!(end["choices"][0]["finish_reason"], "stop");
+        assert!(end["usage"].is_null() && end.get("usage").is_some());
         let body = meta.response(
             &[FinishedChoice {
                 text: "x".into(),

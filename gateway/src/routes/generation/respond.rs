@@ -82,11 +82,15 @@ impl Relay {
     /// Relays `streams` (one per choice, in choice order), accounting on `account`.
     pub fn new(streams: Vec<RoutedStream>, account: RequestAccount) -> Self {
         let choices = streams.len();
-        // Every choice's events, interleaved as they come, tagged with the choice's index.
+        // Every choice's events, interleaved as they come, tagged with the choice's index. The
+        // routed stream is boxed: `unfold` moves its state in and out of a new future for every
+        // event, and a pointer is cheaper to move than the stream (hundreds of bytes, per token).
         let events = futures::stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
-            futures::stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) })
-                .map(move |e| (i, e))
-                .boxed()
+            futures::stream::unfold(Box::new(s), |mut s| async move {
+                s.next().await.map(|e| (e, s))
+            })
+            .map(move |e| (i, e))
+            .boxed()
         }));
         Self {
             events,
@@ -186,8 +190,8 @@ pub async fn whole_response(meta: ResponseMeta, mut relay: Relay) -> Result<Resp
     Ok(Json(meta.response(&choices, usage)).into_response())
 }
 
-fn data(value: &serde_json::Value) -> Result<Event, Infallible> {
-    Ok(Event::default().data(value.to_string()))
+fn data(json: String) -> Result<Event, Infallible> {
+    Ok(Event::default().data(json))
 }
 
 /// The SSE body. It owns the relay: when the client hangs up, hyper drops the body, the token
@@ -201,7 +205,7 @@ pub fn sse_events(
     async_stream::stream! {
         for i in 0..relay.choices() {
             if let Some(chunk) = meta.chunk(i, ChoiceEvent::Start, include_usage) {
-                yield data(&chunk);
+                yield data(chunk);
             }
         }
         let failure = loop {
@@ -218,7 +222,7 @@ pub fn sse_events(
                 Err(failure) => break Some(failure),
             };
             if let Some(chunk) = chunk {
-                yield data(&chunk);
+                yield data(chunk);
             }
         };
         match failure {
@@ -232,7 +236,7 @@ pub fn sse_events(
                 // Committed to the ledger before `[DONE]`, the response's last byte.
                 relay.complete().await;
                 if let Some(chunk) = usage_chunk {
-                    yield data(&chunk);
+                    yield data(chunk);
                 }
             }
         }

@@ -249,49 +249,15 @@ mod tests {
     use crate::breaker::BreakerSettings;
     use crate::stall::StallTimeouts;
 
-    /// An engine whose every request fails before its first token, as an unreachable upstream
-    /// does (isolates the router from HTTP).
-    struct DownEngine {
-        info: ModelInfo,
-        counters: EngineCounters,
-        /// Refuse as an upstream 4xx does (the request's fault) instead of being unreachable.
-        refuses: bool,
-    }
-
-    impl Engine for DownEngine {
-        fn info(&self) -> &ModelInfo {
-            &self.info
-        }
-        fn submit(&self, _: GenerationRequest) -> engines::error::Result<TokenStream> {
-            let (events, receiver) = mpsc::unbounded_channel();
-            let event = match self.refuses {
-                true => TokenEvent::Refused(engines::Refusal {
-                    message: "prompt too long".into(),
-                    ..Default::default()
-                }),
-                false => TokenEvent::Unavailable("connection refused".into()),
-            };
-            events.send(event).unwrap();
-            Ok(TokenStream::new(0, 1, receiver))
-        }
-        fn prepare_prompt(&self, prompt: &Prompt) -> engines::error::Result<PreparedPrompt> {
-            Ok(PreparedPrompt {
-                prompt: prompt.clone(),
-                tokens: 1,
-                estimated: true,
-            })
-        }
-        fn counters(&self) -> &EngineCounters {
-            &self.counters
-        }
-    }
-
     /// An engine that serves one request at a time, `tokens` tokens `interval` apart each,
     /// and (if `hang_after` is set) goes silent for good after that many tokens in all, as a
-    /// stopped process does: it keeps every stream open and sends nothing more.
+    /// stopped process does: it keeps every stream open and sends nothing more. With `fails`,
+    /// every request gets that event at once instead, as from an unreachable or refusing
+    /// upstream (the router isolated from HTTP).
     struct ScriptedEngine {
         info: ModelInfo,
         counters: EngineCounters,
+        fails: Option<TokenEvent>,
         tokens: usize,
         interval: Duration,
         hang_after: Option<usize>,
@@ -308,6 +274,7 @@ mod tests {
                     vocab_size: 0,
                 },
                 counters: EngineCounters::default(),
+                fails: None,
                 tokens,
                 interval: Duration::from_millis(interval_ms),
                 hang_after,
@@ -329,6 +296,10 @@ mod tests {
         }
         fn submit(&self, _: GenerationRequest) -> engines::error::Result<TokenStream> {
             let (events, receiver) = mpsc::unbounded_channel();
+            if let Some(event) = &self.fails {
+                events.send(event.clone()).unwrap();
+                return Ok(TokenStream::new(0, 1, receiver));
+            }
             let (turn, held) = (self.turn.clone(), self.held.clone());
             let (tokens, interval, hang_after) = (self.tokens, self.interval, self.hang_after);
             tokio::spawn(async move {
@@ -383,16 +354,19 @@ mod tests {
         failing(false)
     }
 
+    /// Every request fails before its first token: refused as invalid (an upstream 4xx, the
+    /// request's fault) or unavailable (an unreachable upstream).
     fn failing(refuses: bool) -> Arc<dyn Engine> {
-        Arc::new(DownEngine {
-            refuses,
-            info: ModelInfo {
-                id: "m".into(),
-                context_length: 8192,
-                vocab_size: 0,
-            },
-            counters: EngineCounters::default(),
-        })
+        let event = match refuses {
+            true => TokenEvent::Refused(engines::Refusal {
+                message: "prompt too long".into(),
+                ..Default::default()
+            }),
+            false => TokenEvent::Unavailable("connection refused".into()),
+        };
+        let mut engine = Arc::into_inner(ScriptedEngine::new(0, 0, None)).unwrap();
+        engine.fails = Some(event);
+        Arc::new(engine)
     }
 
     fn pool(name: &str, engines: Vec<Arc<dyn Engine>>, max: Option<u64>) -> Arc<Pool> {

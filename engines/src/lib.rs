@@ -6,6 +6,8 @@
 
 #![warn(missing_docs)]
 
+// Other crates use what the `pub use` lines below export, nothing deeper; the modules are public
+// for this crate's own benchmarks and tests, which measure and check the kernels inside.
 pub mod core;
 pub mod device;
 pub mod engine;
@@ -25,11 +27,17 @@ pub use engine::{
     Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, PreparedPrompt,
     Prompt, Refusal, RequestTiming, TokenEvent, TokenStream, Usage, REMOTE_TOKEN_ID,
 };
-pub use error::EngineError;
-pub use local::{LocalEngine, LocalEngineOptions};
-pub use remote::{LoadReport, RemoteClient, RemoteEngine, RemoteOptions, ReportedLoad};
+pub use error::{EngineError, Result};
+pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};
+pub use model::WeightFormat;
+pub use model_fetch::{
+    default_cache_dir, ensure_model, sha256_file, ModelSource, DEFAULT_MODEL, DEFAULT_MODEL_ID,
+};
+pub use remote::{wire, LoadReport, RemoteClient, RemoteEngine, RemoteOptions, ReportedLoad};
 pub use sampling::SamplingParams;
 pub use synthetic::{SyntheticEngine, SyntheticOptions};
+pub use text::ChatMessage;
+pub use threads::configure as configure_threads;
 
 /// The CPU kernel family the engines use on this machine (`avx512-vnni`, `avx2`, `portable`),
 /// chosen at run time from CPUID and `GATEWAY_CPU_KERNELS`.

@@ -103,9 +103,9 @@ pub fn upstream_sse(data: &[u8]) {
     );
     for event in events.into_iter().flatten() {
         if event.data != "[DONE]" {
-            let _ = engines::remote::wire::read_chunk(&event.data);
+            let _ = engines::wire::read_chunk(&event.data);
         }
     }
-    let refusal = engines::remote::wire::refusal(body);
+    let refusal = engines::wire::refusal(body);
     assert!(refusal.message.chars().count() <= 500);
 }

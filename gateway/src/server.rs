@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum_server::accept::NoDelayAcceptor;
-use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
-use engines::remote::{RemoteClient, RemoteEngine, RemoteOptions};
+use engines::{
+    default_cache_dir, ensure_model, RemoteClient, RemoteEngine, RemoteOptions, DEFAULT_MODEL,
+};
 use engines::{Engine, LocalEngine, LocalEngineOptions, SyntheticEngine};
 use routing::{ModelRouter, Pool, PoolKind, Probe, Replica};
 
@@ -29,7 +30,7 @@ pub fn run(
     config_path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     // Before any other thread starts: it sets the environment candle's kernels read.
-    engines::threads::configure(config.engine.threads);
+    engines::configure_threads(config.engine.threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -3,8 +3,7 @@
 mod common;
 
 use common::{digest, Options, TestGateway, MODEL};
-use loadtest::report::{Outcome, Report};
-use loadtest::scenario::Scenario;
+use loadtest::{Outcome, Report, Scenario};
 
 #[tokio::test]
 async fn a_run_against_the_gateway_counts_and_measures_consistently() {
@@ -45,7 +44,7 @@ async fn a_run_against_the_gateway_counts_and_measures_consistently() {
     ))
     .unwrap();
     scenario.validate().unwrap();
-    let report = loadtest::run::run(&gw.base, scenario, false).await.unwrap();
+    let report = loadtest::run(&gw.base, scenario, false).await.unwrap();
 
     let o = &report.overall;
     assert_eq!(
@@ -117,7 +116,7 @@ async fn the_synthetic_model_streams_paced_tokens_and_the_run_plots() {
     )
     .unwrap();
     scenario.validate().unwrap();
-    let report = loadtest::run::run(&gw.base, scenario, false).await.unwrap();
+    let report = loadtest::run(&gw.base, scenario, false).await.unwrap();
     assert!(report.tenants["a"].ok > 0 && report.tenants["b"].ok > 0);
     assert_eq!(
         report.overall.ok, report.overall.sent,
@@ -136,7 +135,7 @@ async fn the_synthetic_model_streams_paced_tokens_and_the_run_plots() {
         assert!(last_token_ms >= 10.0 * expected as f64 - 0.5, "{r:?}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let files = loadtest::plots::write_plots(&report, dir.path()).unwrap();
+    let files = loadtest::write_plots(&report, dir.path()).unwrap();
     assert_eq!(files.len(), 5);
     let ttft = std::fs::read_to_string(dir.path().join("ttft_cdf.svg")).unwrap();
     assert!(ttft.contains("a (n=") && ttft.contains("b (n="));
@@ -159,7 +158,7 @@ async fn the_smoke_scenario_runs_as_two_tenants_of_the_example_config() {
     scenario.validate().unwrap();
     let labels: Vec<&str> = scenario.tenants.iter().map(|t| t.label.as_str()).collect();
     assert_eq!(labels, ["hospital-a", "acme"]);
-    let report = loadtest::run::run(&gw.base, scenario, false).await.unwrap();
+    let report = loadtest::run(&gw.base, scenario, false).await.unwrap();
     for tenant in ["hospital-a", "acme"] {
         let summary = &report.tenants[tenant];
         assert!(summary.ok >= 1, "{tenant}: {summary:?}");

@@ -3,8 +3,7 @@
 mod common;
 
 use common::{TestGateway, MODEL};
-use engines::local::{LoadedModel, ModelFile};
-use engines::text::ChatMessage;
+use engines::{ChatMessage, LoadedModel, ModelFile};
 use engines::{DeviceSpec, Prompt};
 use serde_json::{json, Value};
 

@@ -167,8 +167,8 @@ async fn fetches_the_default_model_into_an_empty_cache() {
     let fetched = cache.path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(fetched.is_file());
     assert_eq!(
-        engines::model_fetch::sha256_file(&fetched).unwrap(),
-        engines::model_fetch::DEFAULT_MODEL.sha256
+        engines::sha256_file(&fetched).unwrap(),
+        engines::DEFAULT_MODEL.sha256
     );
     // Nothing half-written is left behind.
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);

@@ -3,10 +3,16 @@
 
 #![warn(missing_docs)]
 
-pub mod arrival;
-pub mod client;
-pub mod plots;
-pub mod prompts;
-pub mod report;
-pub mod run;
-pub mod scenario;
+mod arrival;
+mod client;
+mod plots;
+mod prompts;
+mod report;
+mod run;
+mod scenario;
+
+// The surface other crates (and the `loadtest` binary) use; the modules stay private.
+pub use plots::write_plots;
+pub use report::{compare, failure_reasons, Outcome, Report, Summary};
+pub use run::run;
+pub use scenario::Scenario;

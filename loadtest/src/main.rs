@@ -5,8 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use loadtest::report::{compare, failure_reasons, Report, Summary};
-use loadtest::scenario::Scenario;
+use loadtest::{compare, failure_reasons, Report, Scenario, Summary};
 
 /// `println!` that ends the program quietly when the reader has gone (`loadtest ... | head`)
 /// instead of panicking on the broken pipe.
@@ -106,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(loadtest::run::run(&url, scenario, !quiet))?;
+            let report = runtime.block_on(loadtest::run(&url, scenario, !quiet))?;
             say!("{} for {:.1} s", report.url, report.duration_s);
             print_summary("overall", &report.overall)?;
             for (tenant, summary) in &report.tenants {
@@ -124,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 say!("report written to {}", out.display());
             }
             if let Some(dir) = plots {
-                for file in loadtest::plots::write_plots(&report, &dir)? {
+                for file in loadtest::write_plots(&report, &dir)? {
                     say!("picture written to {}", file.display());
                 }
             }
@@ -139,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             say!("{}", compare(&load(&a)?, &load(&b)?));
         }
         Command::Plot { report, out } => {
-            for file in loadtest::plots::write_plots(&load(&report)?, &out)? {
+            for file in loadtest::write_plots(&load(&report)?, &out)? {
                 say!("picture written to {}", file.display());
             }
         }

@@ -1,13 +1,15 @@
-//! Tenants and their credentials (and, later, quotas, rate limits, budgets and fair-share
-//! weights). This crate knows nothing of HTTP.
+//! Tenants, their credentials, quotas, rate limits and budgets. This crate knows nothing of
+//! HTTP.
 
 #![warn(missing_docs)]
 
-pub mod keys;
-pub mod limits;
-pub mod quota;
-pub mod tenant;
-pub mod token_limiter;
+mod keys;
+mod limits;
+mod quota;
+mod tenant;
+mod token_limiter;
+
+// The surface other crates use; the modules stay private.
 
 pub use keys::{ApiKey, KeyDigest, KeyError, KeyId, KeyStore, ResolvedKey};
 pub use limits::TenantLimits;

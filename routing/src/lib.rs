@@ -7,15 +7,17 @@
 
 #![warn(missing_docs)]
 
-pub mod breaker;
-pub mod health;
-pub mod pool;
-pub mod relay;
-pub mod request;
-pub mod router;
-pub mod stall;
+mod breaker;
+mod health;
+mod pool;
+mod relay;
+mod request;
+mod router;
+mod stall;
 
-pub use breaker::{BreakerSettings, CircuitBreaker, Health};
+// The surface other crates use; the modules stay private.
+
+pub use breaker::{Availability, BreakerSettings, CircuitBreaker, Health};
 pub use health::spawn_health_checks;
 pub use pool::{Pool, PoolKind, Probe, Replica, ReplicaSnapshot};
 pub use relay::RoutedStream;

@@ -294,7 +294,7 @@ mod tests {
         fn info(&self) -> &ModelInfo {
             &self.info
         }
-        fn submit(&self, _: GenerationRequest) -> engines::error::Result<TokenStream> {
+        fn submit(&self, _: GenerationRequest) -> engines::Result<TokenStream> {
             let (events, receiver) = mpsc::unbounded_channel();
             if let Some(event) = &self.fails {
                 events.send(event.clone()).unwrap();
@@ -330,7 +330,7 @@ mod tests {
             });
             Ok(TokenStream::new(0, 1, receiver))
         }
-        fn prepare_prompt(&self, prompt: &Prompt) -> engines::error::Result<PreparedPrompt> {
+        fn prepare_prompt(&self, prompt: &Prompt) -> engines::Result<PreparedPrompt> {
             Ok(PreparedPrompt {
                 prompt: prompt.clone(),
                 tokens: 1,

@@ -262,7 +262,7 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engines::model_fetch::DEFAULT_MODEL_ID;
+    use engines::DEFAULT_MODEL_ID;
 
     #[test]
     fn example_config_parses() {

@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use engines::model::WeightFormat;
-use engines::model_fetch::DEFAULT_MODEL_ID;
 use engines::{CoreConfig, DeviceSpec};
+use engines::{WeightFormat, DEFAULT_MODEL_ID};
 use serde::Deserialize;
 
 /// A model served by a local engine.

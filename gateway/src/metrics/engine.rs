@@ -10,8 +10,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use routing::breaker::Availability;
-use routing::{ModelRouter, Replica};
+use routing::{Availability, ModelRouter, Replica};
 
 use crate::models::{ModelRegistry, ModelState};
 

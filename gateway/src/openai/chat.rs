@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions` request body.
 
-use engines::text::ChatMessage;
+use engines::ChatMessage;
 use serde::Deserialize;
 
 use crate::error::ApiError;

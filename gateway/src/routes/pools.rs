@@ -3,8 +3,8 @@
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use engines::remote::{LoadReport, ReportedLoad};
 use engines::EngineCounters;
+use engines::{LoadReport, ReportedLoad};
 use serde_json::{json, Value};
 
 use crate::extensions::{Caller, Polled};

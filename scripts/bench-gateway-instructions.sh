@@ -26,11 +26,12 @@ SIM=()
 mkdir -p "$OUT"
 cargo build --release --locked -p gateway -p loadtest --bins >&2
 BIN=target/release
+. scripts/lib/servers.sh
 [ $# -gt 0 ] || set -- "$BIN/gateway"
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 
 KEY=sk-bench-instructions
-DIGEST=$("$BIN/gateway" keys hash "$KEY" | tail -1)
+DIGEST=$(key_digest "$KEY")
 
 run_one() { # binary requests tag
   local bin=$1 n=$2 tag=$3 port=$((9800 + RANDOM % 100))
@@ -41,13 +42,7 @@ id = "bench"
 kind = "synthetic"
 [models.synthetic]
 tokens_per_second = 0
-[[tenants]]
-id = "bench"
-keys = ["$DIGEST"]
-requests_per_minute = 10000000
-tokens_per_minute = 1000000000
-max_concurrent = 100000
-daily_tokens = 100000000000
+$(bench_tenant bench "$DIGEST")
 TOML
   cat >"$OUT/$tag-scenario.toml" <<TOML
 model = "bench"
@@ -62,18 +57,12 @@ prompts = { kind = "synthetic", tokens = 64 }
 max_tokens = 16
 TOML
   rm -rf "$OUT/data-$tag"
-  GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn valgrind --tool=callgrind "${SIM[@]}" \
-    --callgrind-out-file="$OUT/$tag.callgrind" "$bin" --config "$OUT/$tag.toml" \
-    >"$OUT/$tag.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 600); do
-    grep -q "listening on" "$OUT/$tag.log" && break
-    sleep 0.2
-  done
+  GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn START_WAIT_SECS=120 start_server "$OUT/$tag.log" \
+    valgrind --tool=callgrind "${SIM[@]}" --callgrind-out-file="$OUT/$tag.callgrind" \
+    "$bin" --config "$OUT/$tag.toml"
   "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$tag-scenario.toml" \
     --out "$OUT/$tag.json" >/dev/null
-  kill -TERM "$pid"
-  wait "$pid" || true
+  stop_servers
   local ok
   ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['overall']['ok'])" "$OUT/$tag.json")
   [ "$ok" = "$n" ] || { echo "$tag: only $ok of $n requests succeeded" >&2; exit 1; }

@@ -38,25 +38,10 @@ esac
 mkdir -p "$OUT"
 cargo build --release --locked -p gateway -p loadtest --bins --examples >&2
 BIN=target/release
+. scripts/lib/servers.sh
 
 KEY=sk-bench-overhead
-DIGEST=$("$BIN/gateway" keys hash "$KEY" | tail -1)
-
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# Starts a server in the background; waits until it prints its address.
-start() {
-  local log=$1; shift
-  "$@" >"$log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do
-    grep -q "listening on" "$log" && return 0
-    sleep 0.1
-  done
-  echo "server did not start: $log" >&2; cat "$log" >&2; exit 1
-}
+DIGEST=$(key_digest "$KEY")
 
 scenario() { # name clients max_tokens
   cat >"$OUT/$1.toml" <<EOF
@@ -90,7 +75,7 @@ run_target() { # variant scenario tokens_per_second round
   local tag="$variant-$name-r$round"
   case $variant in
     floor)
-      start "$OUT/$tag.log" $(server_cpus) "$BIN/examples/synthetic_floor" \
+      start_server "$OUT/$tag.log" $(server_cpus) "$BIN/examples/synthetic_floor" \
         --listen "127.0.0.1:$port" --tokens-per-second "$rate" ;;
     gateway*|baseline)
       local extra="" models gateway_bin="$BIN/gateway"
@@ -100,7 +85,7 @@ run_target() { # variant scenario tokens_per_second round
         local worker_port=$((port + 500))
         models_block "$rate" >"$OUT/$variant-$name-worker.toml"
         ENGINE_WORKER_SECRET=bench-worker-secret-0123 RUST_LOG=warn \
-          start "$OUT/$variant-$name-worker.log" "$BIN/engine-worker" \
+          start_server "$OUT/$variant-$name-worker.log" "$BIN/engine-worker" \
           --config "$OUT/$variant-$name-worker.toml" --listen "127.0.0.1:$worker_port"
         models=$(printf '[[pools]]\nname = "worker"\nkind = "remote"\nurls = ["http://127.0.0.1:%s"]\napi_key_env = "WORKER_SECRET"\n\n' "$worker_port"; models_block "$rate" worker)
       fi
@@ -113,17 +98,10 @@ $extra
 
 $models
 
-[[tenants]]
-id = "bench"
-keys = ["$DIGEST"]
-# Quotas on, high enough never to refuse: their bookkeeping is part of what is measured.
-requests_per_minute = 10000000
-tokens_per_minute = 1000000000
-max_concurrent = 100000
-daily_tokens = 100000000000
+$(bench_tenant bench "$DIGEST")
 EOF
       WORKER_SECRET=bench-worker-secret-0123 GATEWAY_DATA_DIR="$OUT/data-$tag" RUST_LOG=warn \
-        start "$OUT/$tag.log" $(server_cpus) "$gateway_bin" --config "$OUT/$tag-gateway.toml" ;;
+        start_server "$OUT/$tag.log" $(server_cpus) "$gateway_bin" --config "$OUT/$tag-gateway.toml" ;;
   esac
   local server_pid=${pids[-1]}
   $(client_cpus) "$BIN/loadtest" run --quiet --url "http://127.0.0.1:$port" --scenario "$OUT/$name.toml" \
@@ -137,8 +115,7 @@ EOF
   ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['overall']['ok'])" "$OUT/$tag.json")
   python3 -c "import sys; u, s, ok, hz = map(float, sys.argv[1:]); per = lambda t: t / hz / max(ok, 1) * 1e6; print(f'[$variant $name r$round] server CPU {(u + s) / hz:.2f} s for {int(ok)} requests: {per(u + s):.1f} us per request ({per(u):.1f} user, {per(s):.1f} system)')" \
     "$user" "$system" "$ok" "$(getconf CLK_TCK)" | tee -a "$OUT/cpu-per-request.txt"
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  pids=()
+  stop_servers
 }
 
 for name in $SCENARIOS; do

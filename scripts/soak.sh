@@ -37,12 +37,12 @@ fi
 
 cargo build --release --locked -p gateway --bin gateway --example soak >&2
 BIN=target/release
+. scripts/lib/servers.sh
 
 GOOD_KEY=sk-soak-well-behaved-tenant
 STORM_KEY=sk-soak-storm-tenant
 ADMIN_KEY=sk-soak-admin-key
-hash() { "$BIN/gateway" keys hash "$1" | tail -1; }
-GOOD=$(hash $GOOD_KEY); STORM_D=$(hash $STORM_KEY); ADMIN=$(hash $ADMIN_KEY)
+GOOD=$(key_digest $GOOD_KEY); STORM_D=$(key_digest $STORM_KEY); ADMIN=$(key_digest $ADMIN_KEY)
 
 # Two versions of the file, swapped every second: the storm tenant's limit changes and a third
 # tenant comes and goes, so that every reload really changes the tenants.
@@ -78,16 +78,10 @@ cp "$OUT/config-a.toml" "$OUT/gateway.toml"
 
 server_cpus=(); client_cpus=()
 if [ "$PIN" = 1 ]; then server_cpus=(taskset -c 1); client_cpus=(taskset -c 0); fi
-RUST_LOG=${RUST_LOG:-info} "${server_cpus[@]}" "$BIN/gateway" --listen 127.0.0.1:0 \
-  --config "$OUT/gateway.toml" >"$OUT/gateway.log" 2>&1 &
-GATEWAY=$!
-trap 'kill $GATEWAY 2>/dev/null || true' EXIT
-for _ in $(seq 200); do
-  grep -q "listening on" "$OUT/gateway.log" && break
-  sleep 0.1
-done
-ADDR=$(grep -o "listening on http://[0-9.:]*" "$OUT/gateway.log" | head -1 | sed 's|listening on http://||')
-[ -n "$ADDR" ] || { echo "the gateway did not start" >&2; cat "$OUT/gateway.log" >&2; exit 1; }
+RUST_LOG=${RUST_LOG:-info} start_server "$OUT/gateway.log" "${server_cpus[@]}" "$BIN/gateway" \
+  --listen 127.0.0.1:0 --config "$OUT/gateway.toml"
+GATEWAY=${pids[-1]}
+ADDR=$(listening_address "$OUT/gateway.log")
 echo "gateway $ADDR (pid $GATEWAY)" >&2
 
 status=0

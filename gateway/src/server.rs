@@ -140,7 +140,7 @@ pub async fn serve_as(
         }
         None => None,
     };
-    let refused_counter = state.requests.connections_refused.clone();
+    let refused = state.requests.connections_refused.clone();
     let app = crate::routes::router(state).into_make_service();
 
     let listener = std::net::TcpListener::bind(config.listen)
@@ -158,7 +158,6 @@ pub async fn serve_as(
         config.server.connection_cap(),
     );
     tracing::info!(max_connections = cap, "connection cap");
-    let refused = refused_counter;
     match &config.tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)

@@ -501,13 +501,7 @@ async fn a_request_the_upstream_refuses_is_a_400_and_charges_nothing() {
     let events = gateway.stream("/v1/completions", streaming).await;
     let error = &events[events.len() - 2]["error"];
     assert_eq!(error["code"], "context_length_exceeded", "{events:?}");
-    let (_, tenants) = gateway.get("/admin/tenants", Some(ADMIN_KEY)).await;
-    let standard = tenants["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == "standard")
-        .unwrap();
+    let standard = gateway.admin_tenant(ADMIN_KEY, "standard").await;
     assert_eq!(standard["live"]["tokens_used_today"], 0, "{standard}");
     assert_eq!(standard["live"]["in_flight"], 0, "{standard}");
     let all = replicas(&gateway).await;

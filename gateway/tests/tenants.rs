@@ -199,21 +199,30 @@ async fn max_concurrent_admits_two_and_frees_a_slot_on_disconnect() {
     drop(second);
 }
 
+/// A streamed completion of `max_tokens` tokens (EOS ignored) for `key`, once its first chunk
+/// has arrived: a request in flight.
+async fn open_stream(gw: &TestGateway, key: &str, max_tokens: usize) -> reqwest::Response {
+    let body = json!({"model": MODEL, "prompt": "Once", "max_tokens": max_tokens,
+                      "ignore_eos": true, "stream": true});
+    let mut stream = gw
+        .client()
+        .post(gw.url("/v1/completions"))
+        .bearer_auth(key)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    stream.chunk().await.unwrap().unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn edited_limits_apply_while_an_in_flight_stream_completes() {
     let gw = TestGateway::start(Options {
         config: Some(&config(&tenant("edit", "sk-e", ""))),
         ..Options::default()
     });
-    let mut stream = gw
-        .client()
-        .post(gw.url("/v1/completions"))
-        .bearer_auth("sk-e")
-        .body(json!({"model": MODEL, "prompt": "Once", "max_tokens": 64, "ignore_eos": true, "stream": true}).to_string())
-        .send()
-        .await
-        .unwrap();
-    stream.chunk().await.unwrap().unwrap();
+    let stream = open_stream(&gw, "sk-e", 64).await;
     rewrite(&gw, &config(&tenant("edit", "sk-e", "daily_tokens = 1")));
     assert!(
         eventually(async || {
@@ -241,15 +250,7 @@ async fn a_limit_change_during_a_request_does_not_lock_the_tenant_out() {
         config: Some(&config(&tenant("busy", "sk-busy", "max_concurrent = 1"))),
         ..Options::default()
     });
-    let mut stream = gw
-        .client()
-        .post(gw.url("/v1/completions"))
-        .bearer_auth("sk-busy")
-        .body(json!({"model": MODEL, "prompt": "Once", "max_tokens": 48, "ignore_eos": true, "stream": true}).to_string())
-        .send()
-        .await
-        .unwrap();
-    stream.chunk().await.unwrap().unwrap();
+    let stream = open_stream(&gw, "sk-busy", 48).await;
     rewrite(
         &gw,
         &config(&tenant(
@@ -310,11 +311,10 @@ async fn a_request_refused_after_admission_is_not_charged() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
-    let (status, tenants) = gw.get("/admin/tenants", Some("sk-admin")).await;
-    assert_eq!(status, 200, "{tenants}");
-    let live = &tenants["data"][0]["live"];
-    assert_eq!(live["tokens_used_today"], 0, "{tenants}");
-    assert_eq!(live["in_flight"], 0, "{tenants}");
+    let frugal = gw.admin_tenant("sk-admin", "frugal").await;
+    let live = &frugal["live"];
+    assert_eq!(live["tokens_used_today"], 0, "{frugal}");
+    assert_eq!(live["in_flight"], 0, "{frugal}");
 }
 
 /// An empty config file (or one caught half-written) used to be accepted as "no tenants": every
@@ -429,14 +429,7 @@ async fn admin_routes_need_the_admin_key_and_report_usage() {
         (status, body["error"]["code"].as_str()),
         (403, Some("admin_key_required"))
     );
-    let (status, tenants) = gw.get("/admin/tenants", Some("sk-admin")).await;
-    assert_eq!(status, 200);
-    let lab = tenants["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == "lab")
-        .unwrap();
+    let lab = gw.admin_tenant("sk-admin", "lab").await;
     assert_eq!(lab["limits"]["requests_per_minute"], 1000);
     assert_eq!(lab["limits"]["weight"], 2.0);
     assert_eq!(lab["live"]["in_flight"], 0);

@@ -116,34 +116,36 @@ impl Replica {
         }
     }
 
-    /// Counts a failure; the log says when it takes the replica out (not at every failed check
-    /// of a replica already out).
+    /// Counts a failure (a transport error, an upstream 5xx, a failed check).
     pub(crate) fn on_failure(&self, reason: &str) {
-        let now = Instant::now();
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().expect("replica lock") = Some(reason.to_string());
-        let mut breaker = self.breaker.lock().expect("replica lock");
-        let was = breaker.availability(now);
-        breaker.on_failure(now);
-        if was != Availability::Out && breaker.availability(now) == Availability::Out {
-            tracing::warn!(replica = %self.name, reason, "replica taken out of service");
-        } else {
-            tracing::debug!(replica = %self.name, reason, "replica failure");
-        }
+        self.count_failure(reason, CircuitBreaker::on_failure, "failure");
     }
 
     /// Its requests found it silent past a stall timeout: out at once (passive health), and
-    /// counted.
+    /// counted as a stall as well as a failure.
     pub(crate) fn on_stall(&self, reason: &str) {
+        self.stalls.fetch_add(1, Ordering::Relaxed);
+        self.count_failure(reason, CircuitBreaker::trip, "stall");
+    }
+
+    /// Counts a failure of `kind` and gives it to the breaker with `feed`; the log says when
+    /// that takes the replica out (not at every failed check of a replica already out).
+    fn count_failure(
+        &self,
+        reason: &str,
+        feed: fn(&mut CircuitBreaker, Instant),
+        kind: &'static str,
+    ) {
         let now = Instant::now();
         self.failures.fetch_add(1, Ordering::Relaxed);
-        self.stalls.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().expect("replica lock") = Some(reason.to_string());
         let mut breaker = self.breaker.lock().expect("replica lock");
         let was = breaker.availability(now);
-        breaker.trip(now);
-        if was != Availability::Out {
-            tracing::warn!(replica = %self.name, reason, "replica stalled: taken out of service");
+        feed(&mut breaker, now);
+        if was != Availability::Out && breaker.availability(now) == Availability::Out {
+            tracing::warn!(replica = %self.name, kind, reason, "replica taken out of service");
+        } else {
+            tracing::debug!(replica = %self.name, kind, reason, "replica failure");
         }
     }
 

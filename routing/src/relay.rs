@@ -11,7 +11,6 @@ use engines::{TokenEvent, TokenStream};
 
 use crate::pool::{Pool, Replica, Reservation};
 use crate::request::{generation_request, Requester, RouteRequest};
-use crate::stall::StallTimeouts;
 
 /// Where a request can be placed again: the model's router, seen from the relay (which must
 /// not depend on the router that creates it).
@@ -97,9 +96,6 @@ impl RoutedStream {
     /// The engine's next event, or the silence that counts the replica as stalled.
     async fn next_or_stall(&mut self) -> Result<Option<TokenEvent>, Duration> {
         let replica = &self.reservation.replica;
-        if replica.stall == StallTimeouts::OFF {
-            return Ok(self.inner.next().await);
-        }
         loop {
             let Some(limit) = replica.stall.limit(self.generated) else {
                 return Ok(self.inner.next().await);

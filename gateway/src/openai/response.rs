@@ -92,10 +92,11 @@ impl ResponseMeta {
         }
     }
 
-    fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Value {
+    /// A whole response's body around its choices (chunks are [`Self::chunk_envelope`]).
+    fn envelope(&self, choices: Vec<Value>) -> Value {
         json!({
             "id": self.id,
-            "object": self.object(chunk),
+            "object": self.object(false),
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
@@ -113,44 +114,32 @@ impl ResponseMeta {
         event: ChoiceEvent<'_>,
         include_usage: bool,
     ) -> Option<String> {
-        let usage = include_usage.then_some(None);
-        let text = match (self.endpoint, event) {
-            (Endpoint::Chat, event) => {
-                let (delta, finish_reason) = match event {
-                    ChoiceEvent::Start => (Delta::opening(), None),
-                    ChoiceEvent::Text(text) => (Delta::text(text), None),
-                    ChoiceEvent::Finish(reason) => (Delta::default(), Some(reason.as_str())),
-                };
-                let choice = ChatChunkChoice {
-                    index,
-                    delta,
-                    logprobs: None,
-                    finish_reason,
-                };
-                serde_json::to_string(&self.chunk_envelope([choice], usage))
-            }
-            (Endpoint::Completions, event) => {
-                let (text, finish_reason) = match event {
-                    // Text completions have no opening chunk.
-                    ChoiceEvent::Start => return None,
-                    ChoiceEvent::Text(text) => (text, None),
-                    ChoiceEvent::Finish(reason) => ("", Some(reason.as_str())),
-                };
-                let choice = TextChunkChoice {
-                    index,
-                    text,
-                    logprobs: None,
-                    finish_reason,
-                };
-                serde_json::to_string(&self.chunk_envelope([choice], usage))
-            }
+        use ChoiceEvent::{Finish, Start, Text};
+        // Chat chunks carry a `delta`, text-completion chunks a `text`.
+        let (delta, text, finish_reason) = match (self.endpoint, event) {
+            (Endpoint::Chat, Start) => (Some(Delta::opening()), None, None),
+            (Endpoint::Chat, Text(text)) => (Some(Delta::text(text)), None, None),
+            (Endpoint::Chat, Finish(reason)) => (Some(Delta::default()), None, Some(reason)),
+            // Text completions have no opening chunk.
+            (Endpoint::Completions, Start) => return None,
+            (Endpoint::Completions, Text(text)) => (None, Some(text), None),
+            (Endpoint::Completions, Finish(reason)) => (None, Some(""), Some(reason)),
         };
-        Some(text.expect("a chunk serialises"))
+        let choice = ChunkChoice {
+            index,
+            delta,
+            text,
+            logprobs: None,
+            finish_reason: finish_reason.map(FinishReason::as_str),
+        };
+        let usage = include_usage.then_some(None);
+        let envelope = self.chunk_envelope([choice], usage);
+        Some(serde_json::to_string(&envelope).expect("a chunk serialises"))
     }
 
     /// The last chunk of a stream with `include_usage`: no choices, the total usage.
     pub fn usage_chunk(&self, usage: UsageBody) -> String {
-        let envelope = self.chunk_envelope::<[ChatChunkChoice; 0]>([], Some(Some(usage)));
+        let envelope = self.chunk_envelope::<[ChunkChoice; 0]>([], Some(Some(usage)));
         serde_json::to_string(&envelope).expect("a chunk serialises")
     }
 
@@ -188,7 +177,7 @@ impl ResponseMeta {
                 }),
             })
             .collect();
-        let mut body = self.envelope(false, choices);
+        let mut body = self.envelope(choices);
         body["usage"] = json!(usage);
         body
     }
@@ -208,11 +197,14 @@ struct ChunkEnvelope<'a, C> {
     usage: Option<Option<UsageBody>>,
 }
 
-/// One choice of a chat chunk.
+/// One choice of a chunk: `delta` in chat streams, `text` in text-completion streams.
 #[derive(Serialize)]
-struct ChatChunkChoice<'a> {
+struct ChunkChoice<'a> {
     index: usize,
-    delta: Delta<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<Delta<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
     logprobs: Option<()>,
     finish_reason: Option<&'static str>,
 }
@@ -242,15 +234,6 @@ impl<'a> Delta<'a> {
     }
 }
 
-/// One choice of a text-completion chunk.
-#[derive(Serialize)]
-struct TextChunkChoice<'a> {
-    index: usize,
-    text: &'a str,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +253,10 @@ mod tests {
         assert!(start.get("usage").is_none());
         let text = parse(meta.chunk(0, ChoiceEvent::Text("hi"), true).unwrap());
         assert!(text["choices"][0]["delta"].get("role").is_none());
+        assert!(
+            text["choices"][0].get("text").is_none(),
+            "chat chunks have no `text`"
+        );
         assert_eq!(text["choices"][0]["delta"]["content"], "hi");
         assert!(text["usage"].is_null() && text.get("usage").is_some());
         let end = parse(
@@ -298,6 +285,10 @@ mod tests {
         assert_eq!(token["object"], "text_completion");
         assert_eq!(token["choices"][0]["index"], 1);
         assert_eq!(token["choices"][0]["text"], "a");
+        assert!(
+            token["choices"][0].get("delta").is_none(),
+            "text chunks have no `delta`"
+        );
         assert!(token["choices"][0]["finish_reason"].is_null());
         assert!(token.get("usage").is_none());
         let end = parse(

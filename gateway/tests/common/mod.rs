@@ -243,6 +243,21 @@ impl TestGateway {
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
+    /// One tenant's entry of `/admin/tenants` (its limits and live usage), read with
+    /// `admin_key`.
+    pub async fn admin_tenant(&self, admin_key: &str, id: &str) -> serde_json::Value {
+        let (status, tenants) = self.get("/admin/tenants", Some(admin_key)).await;
+        assert_eq!(status, 200, "{tenants}");
+        let found = tenants["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id);
+        found
+            .unwrap_or_else(|| panic!("no tenant `{id}` in {tenants}"))
+            .clone()
+    }
+
     /// The `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         let response = self.client().get(self.url("/metrics")).send().await;

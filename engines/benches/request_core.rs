@@ -73,7 +73,7 @@ fn main() {
                 ..SamplingParams::greedy(OUTPUT_TOKENS)
             },
             tenant: "bench".parse().unwrap(),
-            weight: 1.0,
+            share: Default::default(),
             traceparent: None,
         };
         let started = Instant::now();

@@ -3,7 +3,7 @@
 //! A stream is an unbounded channel of [`TokenEvent`]s. Dropping the receiver is cancellation:
 //! the engine notices at its next step and frees the sequence.
 
-use policies::TenantId;
+use policies::{Share, TenantId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,21 +34,21 @@ pub struct GenerationRequest {
     pub params: SamplingParams,
     /// Who asks (for fair share and accounting); a label, not a credential.
     pub tenant: TenantId,
-    /// The tenant's fair-share weight (1 = an equal share).
-    pub weight: f64,
+    /// The tenant's scheduling terms: weight, priority class, caps, queue bound.
+    pub share: Share,
     /// W3C `traceparent` of the caller's span: remote engines forward it, so the upstream's
     /// spans join the gateway's trace.
     pub traceparent: Option<String>,
 }
 
 impl GenerationRequest {
-    /// A request of `tenant` with weight 1.
+    /// A request of `tenant` with the default terms (weight 1, interactive).
     pub fn new(prompt: Prompt, params: SamplingParams, tenant: TenantId) -> Self {
         Self {
             prompt,
             params,
             tenant,
-            weight: 1.0,
+            share: Share::default(),
             traceparent: None,
         }
     }
@@ -305,6 +305,8 @@ pub struct EngineCounters {
     pub kv_blocks_free: AtomicU64,
     /// KV-cache blocks in the pool.
     pub kv_blocks_total: AtomicU64,
+    /// Per tenant: queue, service and preemptions.
+    pub tenants: dashmap::DashMap<TenantId, Arc<TenantCounters>>,
 }
 
 impl EngineCounters {
@@ -312,6 +314,36 @@ impl EngineCounters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// `tenant`'s counters, created at its first request. Sequences keep the `Arc`, so the
+    /// scheduler thread updates them without touching the map.
+    pub fn tenant(&self, tenant: &TenantId) -> Arc<TenantCounters> {
+        if let Some(counters) = self.tenants.get(tenant) {
+            return counters.clone();
+        }
+        self.tenants.entry(tenant.clone()).or_default().clone()
+    }
+}
+
+/// One tenant's figures in one engine (for `gateway_engine_tenant_*`).
+#[derive(Debug, Default)]
+pub struct TenantCounters {
+    /// Sequences waiting for admission now (new or preempted).
+    pub waiting: AtomicU64,
+    /// Sequences in the running batch now.
+    pub running: AtomicU64,
+    /// Sequences admitted for the first time (each one's queue time is in `queue_nanos`).
+    pub admitted: AtomicU64,
+    /// Time from submission to first admission, summed over `admitted`, in nanoseconds.
+    pub queue_nanos: AtomicU64,
+    /// Times one of its sequences was preempted (blocks freed, recomputed later).
+    pub preemptions: AtomicU64,
+    /// Tokens run through the model for it (prompt, recompute and decode): the service
+    /// received.
+    pub service_tokens: AtomicU64,
+    /// Requests refused because its waiting queue was full, or shed (batch class) because
+    /// the engine was backed up.
+    pub refused: AtomicU64,
 }
 
 /// Static facts about the model an engine serves.

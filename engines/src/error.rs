@@ -22,6 +22,23 @@ pub enum EngineError {
     /// The chat template could not be rendered for these messages.
     #[error("chat template error: {0}")]
     ChatTemplate(String),
+    /// The tenant already has as many requests waiting as it may: refused rather than queued
+    /// for minutes.
+    #[error("too many requests waiting: {waiting} of this tenant's requests wait for this engine (limit {limit}); retry later")]
+    QueueFull {
+        /// Its requests waiting when this one came.
+        waiting: usize,
+        /// Its bound.
+        limit: usize,
+    },
+    /// A batch-class request met an engine already backed up: shed, to be retried later.
+    #[error("the engine is overloaded: {waiting} requests wait for it, and batch-class requests are shed above {limit}; retry later")]
+    Overloaded {
+        /// Requests waiting when this one came.
+        waiting: usize,
+        /// The engine's shedding threshold.
+        limit: usize,
+    },
     /// The engine thread is gone (it panicked or was shut down).
     #[error("the engine is not running")]
     EngineStopped,

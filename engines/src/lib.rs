@@ -25,7 +25,8 @@ pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
 pub use engine::{
     Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, PreparedPrompt,
-    Prompt, Refusal, RequestTiming, TokenEvent, TokenStream, Usage, REMOTE_TOKEN_ID,
+    Prompt, Refusal, RequestTiming, TenantCounters, TokenEvent, TokenStream, Usage,
+    REMOTE_TOKEN_ID,
 };
 pub use error::{EngineError, Result};
 pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};

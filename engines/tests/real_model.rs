@@ -273,7 +273,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
         prompt: Prompt::Chat(vec![ChatMessage::new("user", question)]),
         params,
         tenant: "test".parse().unwrap(),
-        weight: 1.0,
+        share: Default::default(),
         traceparent: None,
     }
 }

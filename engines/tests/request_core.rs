@@ -10,9 +10,10 @@ use engines::local::{LoadedModel, ModelFile};
 use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::text::ChatMessage;
 use engines::{
-    DeviceSpec, Engine, EngineCounters, FinishReason, GenerationRequest, LocalEngine, Prompt,
-    SamplingParams, StepRecord, TokenEvent,
+    DeviceSpec, Engine, EngineCounters, EngineError, FinishReason, GenerationRequest, LocalEngine,
+    Prompt, SamplingParams, StepRecord, TokenEvent,
 };
+use policies::{Priority, Share};
 
 fn model() -> Arc<LoadedModel> {
     static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
@@ -51,7 +52,7 @@ fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
             ..SamplingParams::greedy(max_tokens)
         },
         tenant: "t".parse().unwrap(),
-        weight: 1.0,
+        share: Share::default(),
         traceparent: None,
     }
 }
@@ -148,7 +149,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
             ..SamplingParams::greedy(8)
         },
         tenant: "t".parse().unwrap(),
-        weight: 1.0,
+        share: Share::default(),
         traceparent: None,
     };
     let mut streams: Vec<_> = short
@@ -331,7 +332,10 @@ fn tenant_request(tenant: &str, weight: f64) -> GenerationRequest {
             ..SamplingParams::greedy(12)
         },
         tenant: tenant.parse().unwrap(),
-        weight,
+        share: Share {
+            weight,
+            ..Share::default()
+        },
         traceparent: None,
     }
 }
@@ -411,4 +415,133 @@ fn a_late_tenant_is_not_starved_by_earlier_service() {
         (b_share - 0.5).abs() <= 0.1,
         "late tenant B got {b_share:.3}"
     );
+}
+
+/// Tenant A fills the batch; B arrives while A's sequences decode. B is admitted at once by
+/// preempting A's youngest, and every output, the preempted ones included, equals the
+/// single-sequence reference token for token.
+#[test]
+fn a_newcomer_preempts_a_neighbour_whose_output_is_unchanged() {
+    let engine = engine(CoreConfig {
+        max_running: 4,
+        ..CoreConfig::default()
+    });
+    let mut a: Vec<_> = QUESTIONS[..4]
+        .iter()
+        .map(|q| GenerationRequest {
+            tenant: "a".parse().unwrap(),
+            ..chat(q, 24)
+        })
+        .collect();
+    let mut streams: Vec<_> = a
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    // Every A sequence is decoding before B comes.
+    let firsts: Vec<u32> = streams
+        .iter_mut()
+        .map(|s| match s.blocking_next() {
+            Some(TokenEvent::Token { id, .. }) => id,
+            other => panic!("expected a token, got {other:?}"),
+        })
+        .collect();
+    let b = GenerationRequest {
+        tenant: "b".parse().unwrap(),
+        ..chat(QUESTIONS[5], 24)
+    };
+    let b_stream = engine.submit(b.clone()).unwrap();
+    let b_id = b_stream.id;
+    let b_out = b_stream.blocking_collect().unwrap();
+    let a_out: Vec<Vec<u32>> = streams
+        .into_iter()
+        .zip(firsts)
+        .map(|(s, first)| {
+            let mut ids = vec![first];
+            ids.extend(s.blocking_collect().unwrap().token_ids);
+            ids
+        })
+        .collect();
+
+    let records = records_until_idle(&engine);
+    let admitted_at = records
+        .iter()
+        .find(|r| r.admitted.contains(&b_id))
+        .expect("B was admitted");
+    assert_eq!(
+        admitted_at.preempted.len(),
+        1,
+        "one of A's sequences made room"
+    );
+    let waited = records
+        .iter()
+        .filter(|r| r.step < admitted_at.step && r.backlogged.iter().any(|t| t.as_str() == "b"))
+        .count();
+    assert_eq!(waited, 0, "B waited {waited} steps for a slot");
+    let preemptions_of =
+        |t: &str| EngineCounters::get(&engine.counters().tenant(&t.parse().unwrap()).preemptions);
+    assert!(preemptions_of("a") >= 1);
+    assert_eq!(preemptions_of("b"), 0);
+
+    a.push(b);
+    let expected = solo(&a);
+    for (i, out) in a_out.iter().enumerate() {
+        assert_eq!(out, &expected[i], "A's request {i}");
+    }
+    assert_eq!(b_out.token_ids, expected[4], "B");
+}
+
+/// A tenant's waiting queue is bounded: past it, submission is refused with `QueueFull`, and a
+/// batch-class request meeting a backed-up engine is shed with `Overloaded`. Nothing is left
+/// counted as waiting once the accepted requests finish.
+#[test]
+fn bounded_queues_refuse_instead_of_growing() {
+    let engine = engine(CoreConfig {
+        max_running: 1,
+        max_waiting_per_tenant: 3,
+        shed_batch_above: 2,
+        ..CoreConfig::default()
+    });
+    let request = |tenant: &str, priority: Priority| GenerationRequest {
+        tenant: tenant.parse().unwrap(),
+        share: Share {
+            priority,
+            ..Share::default()
+        },
+        ..chat("Hi", 16)
+    };
+    // Three wait (the core has not taken them yet, or one runs and two wait): the fourth is
+    // refused whatever the timing, as the bound counts submissions not yet admitted.
+    let accepted = engine
+        .submit_all(vec![request("a", Priority::Interactive); 3])
+        .unwrap();
+    let mut refused = 0;
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        match engine.submit(request("a", Priority::Interactive)) {
+            Err(EngineError::QueueFull { limit, .. }) => {
+                assert_eq!(limit, 3);
+                refused += 1;
+            }
+            Ok(s) => kept.push(s),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused >= 3, "refused {refused} of 4 past the bound");
+    // A batch request meets the backlog and is shed.
+    match engine.submit(request("bulk", Priority::Batch)) {
+        Err(EngineError::Overloaded { limit, .. }) => assert_eq!(limit, 2),
+        Ok(_) => panic!("a batch request joined a backed-up engine"),
+        Err(other) => panic!("unexpected {other}"),
+    }
+    for s in accepted.into_iter().chain(kept) {
+        s.blocking_collect().unwrap();
+    }
+    records_until_idle(&engine);
+    let a = engine.counters().tenant(&"a".parse().unwrap());
+    assert_eq!(EngineCounters::get(&a.waiting), 0);
+    assert_eq!(EngineCounters::get(&a.running), 0);
+    assert!(EngineCounters::get(&a.refused) >= 3);
+    assert!(EngineCounters::get(&a.service_tokens) > 0);
+    let bulk = engine.counters().tenant(&"bulk".parse().unwrap());
+    assert_eq!(EngineCounters::get(&bulk.refused), 1);
 }

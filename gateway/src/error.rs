@@ -20,20 +20,20 @@ pub struct ApiError {
     pub param: Option<String>,
     /// OpenAI's `code`, for programs.
     pub code: Option<&'static str>,
-    /// For 429s: when to retry, and the limits to report (boxed: rare, and large).
+    /// For 429s and 503s: when to retry, and the limits to report (boxed: rare, and large).
     pub rate_limit: Option<Box<RateLimitDetails>>,
     /// What went wrong inside (upstream addresses, OS errors, file paths): written to the log,
     /// in the request's span (so under its request id), never sent to the tenant.
     pub detail: Option<String>,
 }
 
-/// What a 429 adds to its response headers.
+/// What a 429 or 503 adds to its response headers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitDetails {
     /// `Retry-After`, when known.
     pub retry_after: Option<std::time::Duration>,
-    /// The limits' state for the `x-ratelimit-*` headers.
-    pub status: policies::RateLimitStatus,
+    /// The quota limits' state for the `x-ratelimit-*` headers (`None`: not a quota refusal).
+    pub status: Option<policies::RateLimitStatus>,
 }
 
 #[derive(Serialize)]
@@ -187,7 +187,34 @@ impl ApiError {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message).with_code(kind);
         e.rate_limit = Some(Box::new(RateLimitDetails {
             retry_after: rejection.retry_after,
-            status: rejection.status.clone(),
+            status: Some(rejection.status.clone()),
+        }));
+        e
+    }
+
+    /// 429: the tenant already has as many requests waiting for the engine as it may; they
+    /// are refused rather than queued for minutes.
+    pub fn queue_full(message: String) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            message,
+        )
+        .with_code("queue_full");
+        e.rate_limit = Some(Box::new(RateLimitDetails {
+            retry_after: Some(QUEUE_RETRY_AFTER),
+            status: None,
+        }));
+        e
+    }
+
+    /// 503: a batch-class request met an engine that is backed up, and was shed.
+    pub fn overloaded(message: String) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            .with_code("overloaded");
+        e.rate_limit = Some(Box::new(RateLimitDetails {
+            retry_after: Some(QUEUE_RETRY_AFTER),
+            status: None,
         }));
         e
     }
@@ -299,6 +326,9 @@ impl ApiError {
     }
 }
 
+/// When a refused queue is worth another try: a few steps drain a good part of any queue.
+const QUEUE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log_detail();
@@ -309,10 +339,12 @@ impl IntoResponse for ApiError {
         let Some(details) = &self.rate_limit else {
             return response;
         };
-        // The `x-ratelimit-*` headers are written by their layer, from this snapshot.
-        response
-            .extensions_mut()
-            .insert(crate::extensions::RateLimitSnapshot(details.status.clone()));
+        if let Some(status) = &details.status {
+            // The `x-ratelimit-*` headers are written by their layer, from this snapshot.
+            response
+                .extensions_mut()
+                .insert(crate::extensions::RateLimitSnapshot(status.clone()));
+        }
         if let Some(after) = details.retry_after {
             // Whole seconds, rounded up, never 0.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -361,6 +393,8 @@ impl From<EngineError> for ApiError {
             EngineError::ChatTemplate(_) => {
                 ApiError::invalid_request(message).with_param("messages")
             }
+            EngineError::QueueFull { .. } => ApiError::queue_full(message),
+            EngineError::Overloaded { .. } => ApiError::overloaded(message),
             EngineError::EngineStopped
             | EngineError::Load(_)
             | EngineError::Fetch(_)

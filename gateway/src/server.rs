@@ -386,7 +386,7 @@ fn load_local(model: &ModelConfig, device: &str) -> anyhow::Result<Arc<dyn Engin
         model_path: path,
         device,
         weight_format: model.weights.into(),
-        core: model.core(),
+        core: model.core(device),
     };
     Ok(Arc::new(LocalEngine::start(&model.id, &options)?))
 }

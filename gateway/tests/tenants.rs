@@ -445,3 +445,93 @@ async fn admin_routes_need_the_admin_key_and_report_usage() {
     assert_eq!(lab["completion_tokens"], 3);
     assert!(lab["prompt_tokens"].as_u64().unwrap() > 0);
 }
+
+/// With one running slot, a tenant allowed one waiting request gets 429 `queue_full` (with
+/// `Retry-After`) for the next; a batch-class tenant meeting that backlog is shed with 503
+/// `overloaded`. Neither refusal is charged, and the per-tenant engine metrics count them.
+#[tokio::test]
+async fn bounded_queues_refuse_with_retry_after_and_batch_is_shed() {
+    let models = format!(
+        "admin_keys = [\"{}\"]\n[[models]]\nid = \"{MODEL}\"\nmax_running = 1\nshed_batch_above = 1\n",
+        digest("sk-admin")
+    );
+    let config = models
+        + &tenant("clinic", "sk-c", "max_waiting = 1")
+        + &tenant(
+            "lab",
+            "sk-l",
+            "priority = \"batch\"\nmax_running_share = 0.5",
+        );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    // One runs (its first chunk came) and one waits behind it.
+    let running = open_stream(&gw, "sk-c", 3000).await;
+    let body = json!({"model": MODEL, "prompt": "Twice", "max_tokens": 3000,
+                      "ignore_eos": true, "stream": true});
+    let waiting = gw
+        .client()
+        .post(gw.url("/v1/completions"))
+        .bearer_auth("sk-c")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waiting.status(), 200);
+
+    let refused = gw
+        .client()
+        .post(gw.url("/v1/completions"))
+        .bearer_auth("sk-c")
+        .body(completion(4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "queue_full", "{error}");
+    assert_eq!(error["error"]["type"], "rate_limit_exceeded");
+
+    let shed = gw
+        .client()
+        .post(gw.url("/v1/completions"))
+        .bearer_auth("sk-l")
+        .body(completion(4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    assert!(shed.headers().contains_key("retry-after"));
+    let error: serde_json::Value = shed.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "overloaded", "{error}");
+
+    let metrics = gw.metrics_text().await;
+    let sample = |name: &str, tenant: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("tenant=\"{tenant}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for {tenant}"))
+    };
+    assert_eq!(sample("gateway_engine_tenant_refused_total", "clinic"), 1.0);
+    assert_eq!(sample("gateway_engine_tenant_refused_total", "lab"), 1.0);
+    assert_eq!(
+        sample("gateway_engine_tenant_waiting_sequences", "clinic"),
+        1.0
+    );
+    assert_eq!(
+        sample("gateway_engine_tenant_running_sequences", "clinic"),
+        1.0
+    );
+    assert!(sample("gateway_engine_tenant_service_tokens_total", "clinic") > 0.0);
+    assert!(sample("gateway_engine_tenant_queue_seconds_total", "clinic") >= 0.0);
+
+    let lab = gw.admin_tenant("sk-admin", "lab").await;
+    assert_eq!(lab["limits"]["priority"], "batch");
+    assert_eq!(lab["limits"]["max_running_share"], 0.5);
+    // Refusals cost nothing: nothing was generated for them.
+    assert_eq!(lab["live"]["tokens_used_today"], 0);
+    drop((running, waiting));
+}

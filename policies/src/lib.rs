@@ -6,6 +6,7 @@
 mod keys;
 mod limits;
 mod quota;
+mod share;
 mod tenant;
 mod token_limiter;
 
@@ -16,4 +17,5 @@ pub use limits::TenantLimits;
 pub use quota::{
     utc_day, Admission, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason, Rejection,
 };
+pub use share::{Priority, Share, UnknownPriority};
 pub use tenant::{ModelAllowList, TenantId, TenantSpec};

@@ -1,7 +1,9 @@
 //! A tenant's limits, as configured. Absent means unlimited.
 
-/// Per-tenant limits and fair-share weight.
-#[derive(Debug, Clone, PartialEq)]
+use crate::Share;
+
+/// Per-tenant limits and scheduling terms.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TenantLimits {
     /// Requests admitted per minute.
     pub requests_per_minute: Option<u32>,
@@ -11,18 +13,6 @@ pub struct TenantLimits {
     pub max_concurrent: Option<u32>,
     /// Real tokens (prompt + completion) per UTC day.
     pub daily_tokens: Option<u64>,
-    /// Fair share relative to other tenants.
-    pub weight: f64,
-}
-
-impl Default for TenantLimits {
-    fn default() -> Self {
-        Self {
-            requests_per_minute: None,
-            tokens_per_minute: None,
-            max_concurrent: None,
-            daily_tokens: None,
-            weight: 1.0,
-        }
-    }
+    /// Its terms in the engines' scheduling: weight, priority class, caps, queue bound.
+    pub share: Share,
 }

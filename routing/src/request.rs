@@ -2,7 +2,7 @@
 //! and what it reserves; shared by placement (`router`) and the in-flight relay (`relay`).
 
 use engines::{GenerationRequest, PreparedPrompt, Prompt, SamplingParams};
-use policies::TenantId;
+use policies::{Share, TenantId};
 
 use crate::pool::PoolKind;
 
@@ -35,8 +35,8 @@ impl RoutablePrompt {
 pub struct Requester {
     /// Who asks: fair share in the engines, and accounting.
     pub tenant: TenantId,
-    /// The tenant's fair-share weight.
-    pub weight: f64,
+    /// The tenant's scheduling terms (weight, priority class, caps, queue bound).
+    pub share: Share,
     /// The tenant's tier (`[[models]] tiers` picks pools by it).
     pub tier: Option<String>,
     /// The caller's W3C `traceparent`, forwarded upstream.
@@ -78,7 +78,7 @@ pub(crate) fn generation_request(
         prompt: request.prompt.for_kind(kind),
         params: request.params.clone(),
         tenant: requester.tenant.clone(),
-        weight: requester.weight,
+        share: requester.share,
         traceparent: requester.traceparent.clone(),
     }
 }

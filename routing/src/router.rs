@@ -413,7 +413,7 @@ mod tests {
     fn requester(tier: Option<&str>) -> Requester {
         Requester {
             tenant: "t".parse().unwrap(),
-            weight: 1.0,
+            share: Default::default(),
             tier: tier.map(str::to_string),
             traceparent: None,
         }

@@ -39,6 +39,14 @@ impl VirtualTokenCounters {
         *self.counters.entry(tenant.to_string()).or_insert(0.0) += tokens as f64 / weight.max(1e-6);
     }
 
+    /// Takes back a charge for tokens that were planned but will not run (their sequence was
+    /// preempted in the same step).
+    pub fn refund(&mut self, tenant: &str, tokens: usize, weight: f64) {
+        if let Some(counter) = self.counters.get_mut(tenant) {
+            *counter -= tokens as f64 / weight.max(1e-6);
+        }
+    }
+
     /// Of the candidate tenants, the least served (the first on ties).
     pub fn pick<'a>(&self, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
         candidates.fold(None, |best: Option<&str>, t| match best {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use candle_core::IndexOp;
 
-use crate::engine::{EngineCounters, GenerationRequest, TokenEvent};
+use crate::engine::{EngineCounters, GenerationRequest, TenantCounters, TokenEvent};
 use crate::error::Result;
 use crate::local::loader::LoadedModel;
 use crate::model::{SequenceInput, Workspace};
@@ -32,6 +32,8 @@ pub(crate) struct Job {
     pub request: GenerationRequest,
     pub events: tokio::sync::mpsc::UnboundedSender<TokenEvent>,
     pub submitted_at: std::time::Instant,
+    /// Its tenant's counters (the `waiting` gauge already counts it).
+    pub counters: Arc<TenantCounters>,
 }
 
 /// Limits and sizes of one engine's request core.
@@ -51,9 +53,30 @@ pub struct CoreConfig {
     pub kv_cache_tokens: Option<usize>,
     /// Keep a record of every step (tests, debugging): see [`crate::LocalEngine::step_records`].
     pub record_steps: bool,
-    /// Admit across tenants by virtual token counters (fair share); off: first come, first
-    /// served.
+    /// Admit across tenants by virtual token counters (fair share), and preempt for a tenant
+    /// short of its share of slots; off: first come, first served.
     pub fair_share: bool,
+    /// Tokens per step that batch-class sequences may use while interactive ones run
+    /// (`None`: no limit). Small on a CPU, where every token lengthens the step.
+    pub lower_class_step_tokens: Option<usize>,
+    /// Requests of one tenant that may wait for admission, unless its own terms say otherwise;
+    /// beyond it the engine refuses ([`crate::EngineError::QueueFull`]).
+    pub max_waiting_per_tenant: usize,
+    /// Batch-class requests are shed ([`crate::EngineError::Overloaded`]) while this many
+    /// requests already wait.
+    pub shed_batch_above: usize,
+}
+
+impl CoreConfig {
+    /// The default for [`Self::lower_class_step_tokens`] on `device`: on a CPU every token
+    /// lengthens the step, so batch work gets one token beside interactive work; an
+    /// accelerator's decode step barely grows with the batch, so it gets 64.
+    pub fn default_lower_class_step_tokens(device: crate::DeviceSpec) -> usize {
+        match device {
+            crate::DeviceSpec::Cpu => 1,
+            _ => 64,
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -66,6 +89,9 @@ impl Default for CoreConfig {
             kv_cache_tokens: None,
             record_steps: false,
             fair_share: true,
+            lower_class_step_tokens: None,
+            max_waiting_per_tenant: 256,
+            shed_batch_above: 64,
         }
     }
 }
@@ -132,6 +158,7 @@ impl RequestCore {
             prefill_chunk: config.prefill_chunk,
             block_size: config.block_size,
             fair_share: config.fair_share,
+            lower_class_step_tokens: config.lower_class_step_tokens,
         };
         counters
             .kv_blocks_total
@@ -179,7 +206,8 @@ impl RequestCore {
             job.events,
             job.submitted_at,
         );
-        sequence.weight = job.request.weight;
+        sequence.share = job.request.share;
+        sequence.counters = job.counters;
         self.counters
             .prompt_tokens
             .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);
@@ -204,24 +232,7 @@ impl RequestCore {
 
     /// Frees every sequence whose client went away.
     fn drop_cancelled(&mut self) -> Vec<SequenceId> {
-        let mut ended = Vec::new();
-        let mut i = 0;
-        while i < self.scheduler.running.len() {
-            if self.scheduler.running[i].is_cancelled() {
-                let mut sequence = self.scheduler.running.remove(i);
-                self.scheduler.release(&mut sequence);
-                ended.push(sequence.id);
-            } else {
-                i += 1;
-            }
-        }
-        self.scheduler.waiting.retain(|s| {
-            let cancelled = s.is_cancelled();
-            if cancelled {
-                ended.push(s.id);
-            }
-            !cancelled
-        });
+        let ended = self.scheduler.remove_cancelled();
         self.counters
             .cancelled
             .fetch_add(ended.len() as u64, Ordering::Relaxed);
@@ -265,6 +276,12 @@ impl RequestCore {
         self.counters
             .batch_tokens
             .fetch_add(batch_tokens as u64, Ordering::Relaxed);
+        for c in &plan.chunks {
+            self.scheduler.running[c.index]
+                .counters
+                .service_tokens
+                .fetch_add(c.tokens as u64, Ordering::Relaxed);
+        }
 
         let mut ended = Vec::new();
         let logits = match logits {
@@ -275,9 +292,8 @@ impl RequestCore {
                 let mut indices: Vec<usize> = plan.chunks.iter().map(|c| c.index).collect();
                 indices.sort_unstable_by(|a, b| b.cmp(a));
                 for i in indices {
-                    let mut sequence = self.scheduler.running.remove(i);
+                    let sequence = self.scheduler.finish(i);
                     sequence.fail(format!("model execution failed: {e}"));
-                    self.scheduler.release(&mut sequence);
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     ended.push(sequence.id);
                 }
@@ -316,9 +332,7 @@ impl RequestCore {
         // Free finished sequences' blocks in this same step (highest index first).
         finished.sort_unstable_by(|a, b| b.cmp(a));
         for i in finished {
-            let mut sequence = self.scheduler.running.remove(i);
-            self.scheduler.release(&mut sequence);
-            ended.push(sequence.id);
+            ended.push(self.scheduler.finish(i).id);
         }
         ended
     }

@@ -1,15 +1,27 @@
 //! Which sequences run in the next step, and with how many tokens.
 //!
-//! Every step: (1) each running sequence that is decoding gets one token, oldest first; when
-//! one needs a new KV block and none is free, the most recently admitted sequence is preempted
-//! (its blocks freed, itself re-queued at the front to be recomputed); (2) sequences part-way
-//! through their prompt get a chunk, within the token budget and the free blocks; (3) waiting
-//! sequences are admitted while there is room in the batch, budget and blocks for their whole
-//! prompt: preempted ones first, then the next sequence of the least-served tenant (see
-//! [`super::fair_share`]). Decodes come first so a long prompt never stalls the others' tokens.
+//! Classes are planned highest first ([`Priority::HIGHEST_FIRST`]); while a higher class has
+//! tokens in the step, lower classes share at most `lower_class_step_tokens` of it, so an
+//! interactive sequence's steps stay short however much batch work waits. Inside a class, every
+//! step: (1) each running sequence that is decoding gets one token, least recently served first;
+//! when one needs a new KV block and none is free, the youngest sequence of the lowest class is
+//! preempted (its blocks freed, itself re-queued at the front to be recomputed); (2) sequences
+//! part-way through their prompt get a chunk, within the token budget and the free blocks;
+//! (3) waiting sequences are admitted, the next one from the least-served tenant (see
+//! [`super::fair_share`]), while there is room in the batch, the budget and the blocks for its
+//! whole prompt. When there is no room, the engine makes it: a lower class's youngest sequence
+//! is preempted, or, inside the class, the youngest of the tenant that holds the most running
+//! slots for its weight, as long as it keeps at least as many as the newcomer's tenant will
+//! have (so two tenants never take slots back and forth). Decodes come first so a long prompt
+//! never stalls the others' tokens.
+//!
+//! Per-tenant caps (`max_running_share`, `max_kv_share` of [`policies::Share`]) bound what one
+//! tenant holds; a tenant may always run one sequence whatever its caps.
 
-use policies::TenantId;
-use std::collections::VecDeque;
+use policies::{Priority, Share, TenantId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::block_allocator::{blocks_for, BlockAllocator};
 use super::fair_share::VirtualTokenCounters;
@@ -27,8 +39,12 @@ pub struct SchedulerLimits {
     pub prefill_chunk: usize,
     /// Positions per KV block.
     pub block_size: usize,
-    /// Admit by virtual token counters across tenants; off: first come, first served.
+    /// Admit by virtual token counters across tenants, and preempt for a tenant short of its
+    /// share of slots; off: first come, first served (priority classes still hold).
     pub fair_share: bool,
+    /// Tokens per step that lower classes may use while a higher class has tokens in the step
+    /// (`None`: no limit, lower classes fill the step).
+    pub lower_class_step_tokens: Option<usize>,
 }
 
 /// One sequence's share of a step.
@@ -59,17 +75,37 @@ pub struct StepPlan {
     pub backlogged: Vec<TenantId>,
 }
 
+/// The step being planned.
+#[derive(Default)]
+struct Draft {
+    /// `(sequence, tokens)` planned so far.
+    chunks: Vec<(SequenceId, usize)>,
+    /// Tokens left in the step.
+    left: usize,
+    /// Tokens left to the class being planned (at most `left`).
+    class_left: usize,
+    plan: StepPlan,
+}
+
+impl Draft {
+    fn is_planned(&self, id: SequenceId) -> bool {
+        self.chunks.iter().any(|(c, _)| *c == id)
+    }
+}
+
 /// Owns the waiting queue, the running batch and the block pool's bookkeeping.
 pub struct Scheduler {
     /// Batch and token limits.
     pub limits: SchedulerLimits,
     /// The KV pool's free list.
     pub allocator: BlockAllocator,
-    /// Sequences not admitted yet, oldest first.
+    /// Sequences not admitted yet, oldest first (preempted ones at the front).
     pub waiting: VecDeque<Sequence>,
     /// In admission order (oldest first).
     pub running: Vec<Sequence>,
     next_admission: u64,
+    /// Steps planned so far.
+    step: u64,
     /// Service received per tenant, for fair admission.
     pub fair_share: VirtualTokenCounters,
 }
@@ -83,6 +119,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_admission: 0,
+            step: 0,
             fair_share: VirtualTokenCounters::default(),
         }
     }
@@ -97,7 +134,8 @@ impl Scheduler {
         self.allocator.total() * self.limits.block_size
     }
 
-    /// Queues a new sequence (lifting its tenant's fair-share counter if it was idle).
+    /// Queues a new sequence (lifting its tenant's fair-share counter if it was idle). Its
+    /// tenant's `waiting` gauge was raised when it was submitted.
     pub fn enqueue(&mut self, sequence: Sequence) {
         let tenant = sequence.tenant.as_str();
         let present = |s: &Sequence| s.tenant.as_str() == tenant;
@@ -113,98 +151,84 @@ impl Scheduler {
         self.waiting.push_back(sequence);
     }
 
-    /// Which waiting sequence to admit next: a preempted one (it was running already), else the
-    /// oldest of the least-served tenant, else (fair share off) the oldest.
-    fn next_waiting(&self) -> Option<usize> {
-        let first = self.waiting.front()?;
-        if first.preemptions > 0 || !self.limits.fair_share {
-            return Some(0);
+    /// Removes every sequence whose client went away, freeing its blocks; returns their ids.
+    pub fn remove_cancelled(&mut self) -> Vec<SequenceId> {
+        let mut ended = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].is_cancelled() {
+                ended.push(self.finish(i).id);
+            } else {
+                i += 1;
+            }
         }
-        let tenant = self
-            .fair_share
-            .pick(self.waiting.iter().map(|s| s.tenant.as_str()))?;
-        self.waiting
-            .iter()
-            .position(|s| s.tenant.as_str() == tenant)
+        self.waiting.retain(|s| {
+            let cancelled = s.is_cancelled();
+            if cancelled {
+                s.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                ended.push(s.id);
+            }
+            !cancelled
+        });
+        ended
+    }
+
+    /// Takes running sequence `i` out of the batch (it finished, failed or was cancelled) and
+    /// frees its blocks.
+    pub fn finish(&mut self, i: usize) -> Sequence {
+        let mut sequence = self.running.remove(i);
+        self.release(&mut sequence);
+        sequence.counters.running.fetch_sub(1, Ordering::Relaxed);
+        sequence
     }
 
     /// Frees a sequence's blocks.
-    pub fn release(&mut self, sequence: &mut Sequence) {
+    fn release(&mut self, sequence: &mut Sequence) {
         let table = std::mem::take(&mut sequence.table);
         self.allocator.release(table.blocks);
+    }
+
+    fn index_of(&self, id: SequenceId) -> Option<usize> {
+        self.running.iter().position(|s| s.id == id)
     }
 
     /// Plans the next step; changes the running set (admissions, preemptions) and grows the
     /// block tables of every planned chunk.
     pub fn plan(&mut self) -> StepPlan {
-        let mut plan = StepPlan::default();
-        let mut budget = self.limits.max_batch_tokens;
+        self.step += 1;
+        let mut draft = Draft {
+            left: self.limits.max_batch_tokens,
+            ..Draft::default()
+        };
         for s in &self.waiting {
-            if !plan.backlogged.contains(&s.tenant) {
-                plan.backlogged.push(s.tenant.clone());
+            if !draft.plan.backlogged.contains(&s.tenant) {
+                draft.plan.backlogged.push(s.tenant.clone());
             }
         }
-        let mut chunks: Vec<(SequenceId, usize)> = Vec::new();
-
-        // 1. Decodes, oldest first, preempting the youngest when blocks run out.
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            if self.running[i].is_prefilling() {
-                i += 1;
-                continue;
-            }
-            if self.grow_or_preempt(i, 1, &mut plan.preempted) {
-                self.plan_chunk(&mut chunks, i, 1);
-                budget -= 1;
-                i += 1;
-            }
-            // Else the sequence at `i` preempted itself and `i` now points past the end.
-        }
-
-        // 2. Prompts already admitted continue by chunks that fit the budget and free blocks.
-        for i in 0..self.running.len() {
-            if budget == 0 {
-                break;
-            }
-            if !self.running[i].is_prefilling() {
-                continue;
-            }
-            budget -= self.plan_prompt_chunk(&mut chunks, i, budget);
-        }
-
-        // 3. Admissions, while everything fits.
-        while budget > 0 && self.running.len() < self.limits.max_running {
-            let Some(index) = self.next_waiting() else {
-                break;
+        let mut higher_class_planned = false;
+        for class in Priority::HIGHEST_FIRST {
+            draft.class_left = match (higher_class_planned, self.limits.lower_class_step_tokens) {
+                (true, Some(cap)) => draft.left.min(cap),
+                _ => draft.left,
             };
-            let next = &self.waiting[index];
-            // Room for the whole prompt, plus one block of headroom per running sequence so
-            // that admitting does not immediately force a preemption.
-            let needed =
-                blocks_for(next.total_tokens(), self.limits.block_size) + self.running.len();
-            if self.allocator.free_count() < needed {
-                break;
-            }
-            let mut sequence = self.waiting.remove(index).expect("index from next_waiting");
-            sequence.admission = self.next_admission;
-            self.next_admission += 1;
-            if sequence.admitted_at.is_none() {
-                let now = std::time::Instant::now();
-                sequence.admitted_at = Some(now);
-                sequence.timing.queue = now - sequence.submitted_at;
-            }
-            plan.admitted.push(sequence.id);
-            self.running.push(sequence);
-            let i = self.running.len() - 1;
-            budget -= self.plan_prompt_chunk(&mut chunks, i, budget);
+            self.plan_decodes(class, &mut draft);
+            self.plan_prompts(class, &mut draft);
+            self.plan_admissions(class, &mut draft);
+            higher_class_planned |= self
+                .running
+                .iter()
+                .any(|s| s.share.priority == class && draft.is_planned(s.id));
         }
 
+        let step = self.step;
+        let mut plan = std::mem::take(&mut draft.plan);
         plan.chunks = self
             .running
-            .iter()
+            .iter_mut()
             .enumerate()
             .filter_map(|(index, s)| {
-                let (_, tokens) = chunks.iter().find(|(id, _)| *id == s.id)?;
+                let (_, tokens) = draft.chunks.iter().find(|(id, _)| *id == s.id)?;
+                s.last_step = step;
                 Some(PlannedChunk {
                     index,
                     sequence: s.id,
@@ -214,61 +238,341 @@ impl Scheduler {
                 })
             })
             .collect();
-
         plan
     }
 
+    /// (1) One token for each decoding sequence of `class`, least recently served first.
+    fn plan_decodes(&mut self, class: Priority, draft: &mut Draft) {
+        let mut order: Vec<(u64, u64, SequenceId)> = self
+            .running
+            .iter()
+            .filter(|s| s.share.priority == class && !s.is_prefilling())
+            .map(|s| (s.last_step, s.admission, s.id))
+            .collect();
+        order.sort_unstable();
+        for (_, _, id) in order {
+            if draft.class_left == 0 {
+                break;
+            }
+            // An earlier growth may have preempted it.
+            let Some(i) = self.index_of(id) else { continue };
+            if self.grow_or_preempt(i, 1, draft) {
+                self.plan_chunk(draft, id, 1);
+            }
+        }
+    }
+
+    /// (2) Prompts of `class` already admitted continue by chunks, oldest first.
+    fn plan_prompts(&mut self, class: Priority, draft: &mut Draft) {
+        let ids: Vec<SequenceId> = self
+            .running
+            .iter()
+            .filter(|s| s.share.priority == class && s.is_prefilling() && !draft.is_planned(s.id))
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            if draft.class_left == 0 {
+                break;
+            }
+            // A prompt that finds no free block takes one from the youngest of the lowest class,
+            // as a decode does: prompts part-way through must not wait on each other for ever.
+            // Its tenant's own youngest gives way when the tenant's KV cap is what stops it.
+            while let Some(i) = self.index_of(id) {
+                if self.plan_prompt_chunk(draft, i) > 0 {
+                    break;
+                }
+                let victim = match self.over_kv_cap(i, 1) {
+                    Some(own) => own,
+                    None if self.allocator.free_count() == 0 => self.growth_victim(),
+                    None => break,
+                };
+                if self.running[victim].id == id {
+                    break;
+                }
+                self.preempt(victim, draft);
+            }
+        }
+    }
+
+    /// (3) Admissions of `class`, making room by preemption where the rules allow.
+    fn plan_admissions(&mut self, class: Priority, draft: &mut Draft) {
+        while draft.class_left > 0 {
+            let Some(index) = self.next_waiting(class) else {
+                break;
+            };
+            let id = self.waiting[index].id;
+            let Some(victims) = self.victims_for(&self.waiting[index]) else {
+                break;
+            };
+            for victim in victims {
+                let i = self.index_of(victim).expect("a victim is running");
+                self.preempt(i, draft);
+            }
+            // Preempted sequences went to the front of the queue: find the newcomer again.
+            let index = self
+                .waiting
+                .iter()
+                .position(|s| s.id == id)
+                .expect("still waiting");
+            self.admit(index, draft);
+        }
+    }
+
+    /// Moves waiting sequence `index` into the batch and plans its first prompt chunk.
+    fn admit(&mut self, index: usize, draft: &mut Draft) {
+        let mut sequence = self.waiting.remove(index).expect("index from next_waiting");
+        sequence.admission = self.next_admission;
+        self.next_admission += 1;
+        let counters = &sequence.counters;
+        counters.waiting.fetch_sub(1, Ordering::Relaxed);
+        counters.running.fetch_add(1, Ordering::Relaxed);
+        if sequence.admitted_at.is_none() {
+            let now = Instant::now();
+            sequence.admitted_at = Some(now);
+            sequence.timing.queue = now - sequence.submitted_at;
+            counters.admitted.fetch_add(1, Ordering::Relaxed);
+            counters
+                .queue_nanos
+                .fetch_add(sequence.timing.queue.as_nanos() as u64, Ordering::Relaxed);
+        }
+        draft.plan.admitted.push(sequence.id);
+        self.running.push(sequence);
+        self.plan_prompt_chunk(draft, self.running.len() - 1);
+    }
+
+    /// Which waiting sequence of `class` to admit next: the first (preempted ones are at the
+    /// front) of the least-served tenant not at its caps, else (fair share off) the oldest.
+    fn next_waiting(&self, class: Priority) -> Option<usize> {
+        let eligible = |s: &Sequence| s.share.priority == class && !self.at_cap(s);
+        if !self.limits.fair_share {
+            return self.waiting.iter().position(eligible);
+        }
+        let tenant = self.fair_share.pick(
+            self.waiting
+                .iter()
+                .filter(|s| eligible(s))
+                .map(|s| s.tenant.as_str()),
+        )?;
+        self.waiting
+            .iter()
+            .position(|s| s.tenant.as_str() == tenant && eligible(s))
+    }
+
+    /// Sequences and blocks `tenant` holds in the batch.
+    fn held_by(&self, tenant: &TenantId) -> (usize, usize) {
+        self.running
+            .iter()
+            .filter(|s| &s.tenant == tenant)
+            .fold((0, 0), |(n, b), s| (n + 1, b + s.table.blocks.len()))
+    }
+
+    /// Blocks `tenant`'s running sequences hold or will need for the rest of their prompts.
+    fn committed_to(&self, tenant: &TenantId) -> usize {
+        self.running
+            .iter()
+            .filter(|s| &s.tenant == tenant)
+            .map(|s| {
+                s.table
+                    .blocks
+                    .len()
+                    .max(blocks_for(s.total_tokens(), self.limits.block_size))
+            })
+            .sum()
+    }
+
+    /// Admitting `s` would take its tenant past its share of slots or KV blocks (a tenant with
+    /// nothing running is never at its cap).
+    fn at_cap(&self, s: &Sequence) -> bool {
+        let (running, _) = self.held_by(&s.tenant);
+        if running == 0 {
+            return false;
+        }
+        let slots = Share::cap(s.share.max_running_share, self.limits.max_running);
+        let kv = Share::cap(s.share.max_kv_share, self.allocator.total());
+        running >= slots
+            || (s.share.max_kv_share.is_some()
+                && self.committed_to(&s.tenant)
+                    + blocks_for(s.total_tokens(), self.limits.block_size)
+                    > kv)
+    }
+
+    /// The running sequences to preempt so that `newcomer` fits (empty: it fits already), or
+    /// `None` if the rules allow no room for it. Lower classes give way first, youngest first;
+    /// inside the class, a tenant gives a slot only while it keeps at least as many for its
+    /// weight as the newcomer's tenant will have, and only if it is not less served.
+    fn victims_for(&self, newcomer: &Sequence) -> Option<Vec<SequenceId>> {
+        let class = newcomer.share.priority;
+        let prompt_blocks = blocks_for(newcomer.total_tokens(), self.limits.block_size);
+        let mut free = self.allocator.free_count();
+        let mut running = self.running.len();
+        let owed_to = |s: &Sequence| {
+            blocks_for(s.total_tokens(), self.limits.block_size)
+                .saturating_sub(s.table.blocks.len())
+        };
+        // Blocks that prompts part-way through still need: promised already.
+        let mut owed: usize = self
+            .running
+            .iter()
+            .filter(|s| s.is_prefilling())
+            .map(owed_to)
+            .sum();
+        // Room for the whole prompt, plus one block of headroom per running sequence so that
+        // admitting does not immediately force a growth preemption.
+        let fits = |free: usize, owed: usize, running: usize| {
+            running < self.limits.max_running && free >= prompt_blocks + owed + running
+        };
+        let mut slots: HashMap<&TenantId, (usize, f64)> = HashMap::new();
+        for s in self.running.iter().filter(|s| s.share.priority == class) {
+            slots.entry(&s.tenant).or_insert((0, s.share.weight)).0 += 1;
+        }
+        let mut taken: HashSet<SequenceId> = HashSet::new();
+        let mut victims = Vec::new();
+        while !fits(free, owed, running) {
+            let lower = self
+                .running
+                .iter()
+                .filter(|s| s.share.priority < class && !taken.contains(&s.id))
+                .max_by_key(|s| (std::cmp::Reverse(s.share.priority), s.admission));
+            let victim = match lower {
+                Some(v) => v,
+                None if !self.limits.fair_share => return None,
+                None => {
+                    let mine = slots.get(&newcomer.tenant).map_or(0, |(n, _)| *n);
+                    let after = (mine + 1) as f64 / newcomer.share.weight.max(1e-6);
+                    let newcomer_served = self.fair_share.get(newcomer.tenant.as_str());
+                    let (tenant, _) = slots
+                        .iter()
+                        .filter(|(t, (n, w))| {
+                            **t != &newcomer.tenant
+                                && *n > 0
+                                && (*n - 1) as f64 / w.max(1e-6) >= after
+                                && self.fair_share.get(t.as_str()) >= newcomer_served
+                        })
+                        .max_by(|(_, (a, wa)), (_, (b, wb))| {
+                            (*a as f64 / wa.max(1e-6)).total_cmp(&(*b as f64 / wb.max(1e-6)))
+                        })?;
+                    let tenant = *tenant;
+                    self.running
+                        .iter()
+                        .filter(|s| {
+                            &s.tenant == tenant
+                                && s.share.priority == class
+                                && !taken.contains(&s.id)
+                        })
+                        .max_by_key(|s| s.admission)?
+                }
+            };
+            if victim.share.priority == class {
+                if let Some((n, _)) = slots.get_mut(&victim.tenant) {
+                    *n -= 1;
+                }
+            }
+            taken.insert(victim.id);
+            victims.push(victim.id);
+            free += victim.table.blocks.len();
+            if victim.is_prefilling() {
+                owed -= owed_to(victim);
+            }
+            running -= 1;
+        }
+        Some(victims)
+    }
+
     /// Plans the next prompt chunk of running sequence `i`: at most `prefill_chunk` tokens,
-    /// within `budget` and the free blocks. Returns the tokens planned.
-    fn plan_prompt_chunk(
-        &mut self,
-        chunks: &mut Vec<(SequenceId, usize)>,
-        i: usize,
-        budget: usize,
-    ) -> usize {
+    /// within the class's budget, the free blocks and its tenant's KV cap. Returns the tokens
+    /// planned.
+    fn plan_prompt_chunk(&mut self, draft: &mut Draft, i: usize) -> usize {
         let want = self.running[i]
             .pending()
             .min(self.limits.prefill_chunk)
-            .min(budget);
+            .min(draft.class_left);
         let granted = self.grow_within_free(i, want);
         if granted > 0 {
-            self.plan_chunk(chunks, i, granted);
+            let id = self.running[i].id;
+            self.plan_chunk(draft, id, granted);
         }
         granted
     }
 
-    /// Adds `tokens` of running sequence `i` to the step and charges them to its tenant at once,
-    /// so the next admission of the same step already sees the service.
-    fn plan_chunk(&mut self, chunks: &mut Vec<(SequenceId, usize)>, i: usize, tokens: usize) {
-        let sequence = &self.running[i];
-        chunks.push((sequence.id, tokens));
+    /// Adds `tokens` of sequence `id` to the step and charges them to its tenant at once, so
+    /// the next admission of the same step already sees the service.
+    fn plan_chunk(&mut self, draft: &mut Draft, id: SequenceId, tokens: usize) {
+        let sequence = &self.running[self.index_of(id).expect("planned sequences run")];
+        draft.chunks.push((id, tokens));
+        draft.left -= tokens;
+        draft.class_left -= tokens;
         self.fair_share
-            .charge(sequence.tenant.as_str(), tokens, sequence.weight);
+            .charge(sequence.tenant.as_str(), tokens, sequence.share.weight);
     }
 
-    /// Ensures running sequence `i` has blocks for `n` more positions, preempting the youngest
-    /// sequences as needed. Returns false if `i` itself had to be preempted.
-    fn grow_or_preempt(&mut self, i: usize, n: usize, preempted: &mut Vec<SequenceId>) -> bool {
-        let needed = self.blocks_missing(i, n);
-        while self.allocator.free_count() < needed {
-            let youngest = self.running.len() - 1;
-            let victim_is_self = youngest == i;
-            self.preempt(youngest, preempted);
+    /// Ensures running sequence `i` has blocks for `n` more positions, preempting as needed:
+    /// the tenant's own youngest if it would pass its KV cap, else the youngest of the lowest
+    /// class. Returns false if `i` itself had to be preempted.
+    fn grow_or_preempt(&mut self, i: usize, n: usize, draft: &mut Draft) -> bool {
+        let id = self.running[i].id;
+        loop {
+            let i = self.index_of(id).expect("not preempted yet");
+            let needed = self.blocks_missing(i, n);
+            let victim = if let Some(own) = self.over_kv_cap(i, needed) {
+                own
+            } else if self.allocator.free_count() < needed {
+                self.growth_victim()
+            } else {
+                let blocks = self.allocator.allocate(needed).expect("checked above");
+                self.running[i].table.blocks.extend(blocks);
+                return true;
+            };
+            let victim_is_self = self.running[victim].id == id;
+            self.preempt(victim, draft);
             if victim_is_self {
                 return false;
             }
         }
-        let blocks = self.allocator.allocate(needed).expect("checked above");
-        self.running[i].table.blocks.extend(blocks);
-        true
     }
 
-    /// Grows running sequence `i` by up to `n` positions within the free blocks; returns how
-    /// many positions it may compute.
+    /// If growing sequence `i` by `needed` blocks takes its tenant past its KV cap while it runs
+    /// other sequences too, the tenant's youngest (perhaps `i` itself).
+    fn over_kv_cap(&self, i: usize, needed: usize) -> Option<usize> {
+        let s = &self.running[i];
+        s.share.max_kv_share?;
+        let (running, blocks) = self.held_by(&s.tenant);
+        let cap = Share::cap(s.share.max_kv_share, self.allocator.total());
+        if running < 2 || blocks + needed <= cap {
+            return None;
+        }
+        self.running
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.tenant == s.tenant)
+            .max_by_key(|(_, q)| q.admission)
+            .map(|(j, _)| j)
+    }
+
+    /// The sequence to preempt when blocks run out: the youngest of the lowest class.
+    fn growth_victim(&self) -> usize {
+        self.running
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| (std::cmp::Reverse(s.share.priority), s.admission))
+            .map(|(j, _)| j)
+            .expect("the growing sequence runs")
+    }
+
+    /// Grows running sequence `i` by up to `n` positions within the free blocks and its
+    /// tenant's KV cap; returns how many positions it may compute.
     fn grow_within_free(&mut self, i: usize, n: usize) -> usize {
         let bs = self.limits.block_size;
-        let table = &self.running[i].table;
-        let room = table.capacity(bs) - table.len + self.allocator.free_count() * bs;
+        let s = &self.running[i];
+        let mut free = self.allocator.free_count();
+        if s.share.max_kv_share.is_some() {
+            let (running, blocks) = self.held_by(&s.tenant);
+            let cap = Share::cap(s.share.max_kv_share, self.allocator.total());
+            if running > 1 {
+                free = free.min(cap.saturating_sub(blocks));
+            }
+        }
+        let table = &s.table;
+        let room = table.capacity(bs) - table.len + free * bs;
         let granted = n.min(room);
         let needed = self.blocks_missing(i, granted);
         let blocks = self
@@ -285,12 +589,25 @@ impl Scheduler {
     }
 
     /// Frees running sequence `i`'s blocks and puts it back at the front of the queue; it will
-    /// recompute its prompt and the tokens it generated so far.
-    fn preempt(&mut self, i: usize, preempted: &mut Vec<SequenceId>) {
+    /// recompute its prompt and the tokens it generated so far. Tokens already planned for it in
+    /// this step go back to the budget and its tenant's counter.
+    fn preempt(&mut self, i: usize, draft: &mut Draft) {
         let mut sequence = self.running.remove(i);
         self.release(&mut sequence);
         sequence.preemptions += 1;
-        preempted.push(sequence.id);
+        let counters = &sequence.counters;
+        counters.preemptions.fetch_add(1, Ordering::Relaxed);
+        counters.running.fetch_sub(1, Ordering::Relaxed);
+        counters.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = draft.chunks.iter().position(|(id, _)| *id == sequence.id) {
+            let (_, tokens) = draft.chunks.remove(at);
+            draft.left += tokens;
+            draft.class_left += tokens;
+            self.fair_share
+                .refund(sequence.tenant.as_str(), tokens, sequence.share.weight);
+        }
+        draft.plan.admitted.retain(|id| *id != sequence.id);
+        draft.plan.preempted.push(sequence.id);
         self.waiting.push_front(sequence);
     }
 }
@@ -298,8 +615,12 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::TokenEvent;
     use crate::sampling::SamplingParams;
+    use proptest::prelude::*;
+    use std::sync::Arc;
     use std::time::Instant;
+    use tokio::sync::mpsc::UnboundedReceiver;
 
     fn limits() -> SchedulerLimits {
         SchedulerLimits {
@@ -308,20 +629,41 @@ mod tests {
             prefill_chunk: 4,
             block_size: 2,
             fair_share: true,
+            lower_class_step_tokens: None,
         }
     }
 
-    fn sequence(id: SequenceId, prompt: usize) -> Sequence {
+    /// A sequence of `tenant` and its receiver (dropping it cancels the sequence).
+    fn sequence_of(
+        id: SequenceId,
+        tenant: &str,
+        share: Share,
+        prompt: usize,
+        max_tokens: usize,
+    ) -> (Sequence, UnboundedReceiver<TokenEvent>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        std::mem::forget(rx); // keep the channel open: the sequence is not cancelled
-        Sequence::new(
+        let mut s = Sequence::new(
             id,
-            "t".parse().unwrap(),
+            tenant.parse().unwrap(),
             vec![1; prompt],
-            SamplingParams::greedy(8),
+            SamplingParams::greedy(max_tokens),
             tx,
             Instant::now(),
-        )
+        );
+        s.share = share;
+        (s, rx)
+    }
+
+    fn sequence(id: SequenceId, prompt: usize) -> Sequence {
+        let (s, rx) = sequence_of(id, "t", Share::default(), prompt, 8);
+        std::mem::forget(rx); // keep the channel open: the sequence is not cancelled
+        s
+    }
+
+    /// Queues `s` as the engine does: its tenant's waiting gauge counts it from submission.
+    fn submit(scheduler: &mut Scheduler, s: Sequence) {
+        s.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        scheduler.enqueue(s);
     }
 
     /// `(index, tokens, prefill)` of each chunk.
@@ -341,6 +683,23 @@ mod tests {
                 seq.generated.push(7);
             }
         }
+    }
+
+    /// Applies a plan and ends the sequences that reached `max_tokens`; returns their ids.
+    fn compute_and_finish(s: &mut Scheduler, plan: &StepPlan) -> Vec<SequenceId> {
+        compute(s, plan);
+        let mut done: Vec<usize> = (0..s.running.len())
+            .filter(|&i| s.running[i].generated.len() >= s.running[i].params.max_tokens)
+            .collect();
+        done.sort_unstable_by(|a, b| b.cmp(a));
+        done.into_iter().map(|i| s.finish(i).id).collect()
+    }
+
+    fn running_of(s: &Scheduler, tenant: &str) -> usize {
+        s.running
+            .iter()
+            .filter(|q| q.tenant.as_str() == tenant)
+            .count()
     }
 
     #[test]
@@ -425,5 +784,371 @@ mod tests {
         let plan = s.plan();
         assert_eq!(plan.admitted, vec![1]);
         assert_eq!(s.waiting.len(), 1);
+    }
+
+    /// Tenant `noisy` fills every slot and keeps a backlog; returns the scheduler after a few
+    /// steps, and the receivers that keep its sequences alive.
+    fn flooded(
+        limits: SchedulerLimits,
+        share: Share,
+    ) -> (Scheduler, Vec<UnboundedReceiver<TokenEvent>>) {
+        let mut s = Scheduler::new(limits, 256);
+        let mut keep = Vec::new();
+        for id in 0..12 {
+            let (q, rx) = sequence_of(id, "noisy", share, 3, 40);
+            keep.push(rx);
+            submit(&mut s, q);
+        }
+        for _ in 0..4 {
+            let plan = s.plan();
+            compute(&mut s, &plan);
+        }
+        assert_eq!(running_of(&s, "noisy"), 4, "the neighbour fills the batch");
+        (s, keep)
+    }
+
+    #[test]
+    fn a_quiet_arrival_gets_a_slot_in_the_next_step_and_slots_do_not_flap() {
+        let (mut s, _keep) = flooded(limits(), Share::default());
+        let (quiet, _rx) = sequence_of(100, "quiet", Share::default(), 3, 40);
+        submit(&mut s, quiet);
+        let plan = s.plan();
+        assert!(
+            plan.admitted.contains(&100),
+            "admitted at the first step after arriving"
+        );
+        assert_eq!(
+            plan.preempted.len(),
+            1,
+            "one neighbour's sequence made room"
+        );
+        let victim = plan.preempted[0];
+        assert!(
+            s.running
+                .iter()
+                .filter(|q| q.tenant.as_str() == "noisy")
+                .all(|q| q.admission < s.running.iter().find(|q| q.id == 100).unwrap().admission),
+            "the victim was the neighbour's youngest"
+        );
+        assert!(plan.chunks.iter().any(|c| c.sequence == 100 && c.prefill));
+        compute(&mut s, &plan);
+        // The victim waits at the front of the queue and the slots settle: no preemption back
+        // and forth while both tenants are busy.
+        assert_eq!(s.waiting.front().map(|q| q.id), Some(victim));
+        for _ in 0..30 {
+            let plan = s.plan();
+            assert!(
+                plan.preempted.is_empty(),
+                "slots flapped: {:?}",
+                plan.preempted
+            );
+            compute(&mut s, &plan);
+        }
+        assert_eq!(running_of(&s, "quiet"), 1);
+    }
+
+    #[test]
+    fn preemption_for_fairness_needs_the_other_tenant_to_hold_more_slots() {
+        // Two tenants with two slots each: a third arrival of either takes nothing.
+        let mut s = Scheduler::new(limits(), 256);
+        let mut keep = Vec::new();
+        for id in 0..8 {
+            let tenant = if id % 2 == 0 { "a" } else { "b" };
+            let (q, rx) = sequence_of(id, tenant, Share::default(), 3, 40);
+            keep.push(rx);
+            submit(&mut s, q);
+        }
+        for _ in 0..20 {
+            let plan = s.plan();
+            assert!(plan.preempted.is_empty());
+            compute(&mut s, &plan);
+        }
+        assert_eq!((running_of(&s, "a"), running_of(&s, "b")), (2, 2));
+    }
+
+    #[test]
+    fn weights_set_the_slot_split_that_preemption_restores() {
+        // `heavy` (weight 3) holds every slot; `light` (weight 1) arrives with a backlog: one
+        // slot changes hands, as 3:1 asks, and no more.
+        let heavy = Share {
+            weight: 3.0,
+            ..Share::default()
+        };
+        let (mut s, _keep) = flooded(limits(), heavy);
+        let mut keep = Vec::new();
+        for id in 100..104 {
+            let (q, rx) = sequence_of(id, "light", Share::default(), 3, 40);
+            keep.push(rx);
+            submit(&mut s, q);
+        }
+        let mut preempted = 0;
+        for _ in 0..10 {
+            let plan = s.plan();
+            preempted += plan.preempted.len();
+            compute(&mut s, &plan);
+        }
+        assert_eq!(preempted, 1);
+        assert_eq!((running_of(&s, "noisy"), running_of(&s, "light")), (3, 1));
+    }
+
+    #[test]
+    fn a_higher_class_is_admitted_first_and_keeps_its_steps_short() {
+        let batch = Share {
+            priority: Priority::Batch,
+            ..Share::default()
+        };
+        let (mut s, _keep) = flooded(
+            SchedulerLimits {
+                lower_class_step_tokens: Some(1),
+                ..limits()
+            },
+            batch,
+        );
+        // The batch tenant is far less served than the newcomer will be, yet the interactive
+        // request goes first: classes before fair share.
+        let (urgent, _rx) = sequence_of(100, "clinic", Share::default(), 3, 6);
+        submit(&mut s, urgent);
+        let plan = s.plan();
+        assert!(plan.admitted.contains(&100));
+        assert_eq!(plan.preempted.len(), 1, "a batch sequence gave its slot");
+        let mut steps_with_urgent = 0;
+        let mut done = false;
+        while !done {
+            let plan = s.plan();
+            let urgent_runs = plan.chunks.iter().any(|c| c.sequence == 100);
+            let batch_tokens: usize = plan
+                .chunks
+                .iter()
+                .filter(|c| c.tenant.as_str() == "noisy")
+                .map(|c| c.tokens)
+                .sum();
+            if urgent_runs {
+                steps_with_urgent += 1;
+                assert!(
+                    batch_tokens <= 1,
+                    "batch took {batch_tokens} tokens beside interactive"
+                );
+            }
+            done = compute_and_finish(&mut s, &plan).contains(&100);
+        }
+        assert!(steps_with_urgent >= 5);
+        // With the interactive work gone, batch fills the step again.
+        let plan = s.plan();
+        assert!(plan.chunks.iter().map(|c| c.tokens).sum::<usize>() > 1);
+        // And a batch sequence never preempts an interactive one.
+        let (late, _rx2) = sequence_of(101, "clinic", Share::default(), 3, 40);
+        submit(&mut s, late);
+        let plan = s.plan();
+        compute(&mut s, &plan);
+        for _ in 0..20 {
+            let plan = s.plan();
+            assert!(!plan.preempted.contains(&101));
+            compute(&mut s, &plan);
+        }
+    }
+
+    #[test]
+    fn batch_decodes_take_turns_when_their_step_share_is_small() {
+        let batch = Share {
+            priority: Priority::Batch,
+            ..Share::default()
+        };
+        let (mut s, _keep) = flooded(
+            SchedulerLimits {
+                lower_class_step_tokens: Some(1),
+                ..limits()
+            },
+            batch,
+        );
+        let (urgent, _rx) = sequence_of(100, "clinic", Share::default(), 3, 40);
+        submit(&mut s, urgent);
+        let mut served: HashMap<SequenceId, usize> = HashMap::new();
+        for _ in 0..12 {
+            let plan = s.plan();
+            for c in plan.chunks.iter().filter(|c| c.tenant.as_str() == "noisy") {
+                *served.entry(c.sequence).or_default() += 1;
+            }
+            compute(&mut s, &plan);
+        }
+        let running_batch: Vec<SequenceId> = s
+            .running
+            .iter()
+            .filter(|q| q.tenant.as_str() == "noisy")
+            .map(|q| q.id)
+            .collect();
+        assert_eq!(running_batch.len(), 3);
+        for id in running_batch {
+            assert!(
+                served.get(&id).copied().unwrap_or(0) >= 3,
+                "{id} starved: {served:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn caps_bound_what_one_tenant_holds() {
+        let capped = Share {
+            max_running_share: Some(0.5),
+            max_kv_share: Some(0.25),
+            ..Share::default()
+        };
+        let mut s = Scheduler::new(limits(), 32); // KV cap: 8 blocks
+        let mut keep = Vec::new();
+        for id in 0..6 {
+            let (q, rx) = sequence_of(id, "capped", capped, 3, 12);
+            keep.push(rx);
+            submit(&mut s, q);
+        }
+        let mut preempted = 0;
+        for _ in 0..40 {
+            let plan = s.plan();
+            preempted += plan.preempted.len();
+            let (n, blocks) = s.held_by(&"capped".parse().unwrap());
+            assert!(n <= 2, "{n} running, cap 2");
+            assert!(n < 2 || blocks <= 8, "{blocks} blocks, cap 8");
+            compute_and_finish(&mut s, &plan);
+        }
+        assert!(
+            preempted > 0,
+            "growth past the KV cap preempted the tenant's own youngest"
+        );
+        // A tenant alone at its cap still leaves the rest for others.
+        let (other, _rx) = sequence_of(100, "other", Share::default(), 3, 4);
+        submit(&mut s, other);
+        let plan = s.plan();
+        assert!(plan.admitted.contains(&100) || running_of(&s, "other") == 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Submit: (tenant 0-2, batch class, prompt length, max tokens).
+        Submit(usize, bool, usize, usize),
+        /// Drop the receiver of the `i % live`-th sequence (its client leaves).
+        Cancel(usize),
+        /// Plan and compute this many steps.
+        Steps(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..3, any::<bool>(), 1usize..12, 1usize..10)
+                .prop_map(|(t, b, p, m)| Op::Submit(t, b, p, m)),
+            any::<usize>().prop_map(Op::Cancel),
+            (1usize..4).prop_map(Op::Steps),
+        ]
+    }
+
+    /// Every block is free or held by exactly one running sequence; no sequence is both
+    /// running and waiting; the tenants' gauges match the queues.
+    fn check_invariants(
+        s: &Scheduler,
+        total: usize,
+        tenants: &[Arc<crate::engine::TenantCounters>],
+    ) {
+        let held: Vec<_> = s
+            .running
+            .iter()
+            .flat_map(|q| q.table.blocks.iter().copied())
+            .collect();
+        let unique: HashSet<_> = held.iter().copied().collect();
+        assert_eq!(unique.len(), held.len(), "a block is held twice");
+        assert_eq!(
+            held.len() + s.allocator.free_count(),
+            total,
+            "a block leaked"
+        );
+        assert!(s.running.len() <= s.limits.max_running);
+        assert!(
+            s.waiting.iter().all(|q| q.table.blocks.is_empty()),
+            "a waiting sequence holds blocks"
+        );
+        let ids: HashSet<_> = s.running.iter().chain(&s.waiting).map(|q| q.id).collect();
+        assert_eq!(
+            ids.len(),
+            s.running.len() + s.waiting.len(),
+            "a sequence is in two places"
+        );
+        for (t, counters) in tenants.iter().enumerate() {
+            let name = format!("t{t}");
+            let waiting = s
+                .waiting
+                .iter()
+                .filter(|q| q.tenant.as_str() == name)
+                .count();
+            assert_eq!(
+                counters.waiting.load(Ordering::Relaxed) as usize,
+                waiting,
+                "{name} waiting"
+            );
+            assert_eq!(
+                counters.running.load(Ordering::Relaxed) as usize,
+                running_of(s, &name),
+                "{name} running"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)))]
+        #[test]
+        fn no_slot_or_block_leaks_across_preemption_and_cancellation(
+            blocks in 4usize..24,
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let mut s = Scheduler::new(
+                SchedulerLimits { lower_class_step_tokens: Some(1), ..limits() },
+                blocks,
+            );
+            let tenants: Vec<Arc<crate::engine::TenantCounters>> =
+                (0..3).map(|_| Arc::default()).collect();
+            let mut receivers: Vec<(SequenceId, UnboundedReceiver<TokenEvent>)> = Vec::new();
+            let mut next_id = 0;
+            for op in ops {
+                match op {
+                    Op::Submit(t, batch, prompt, max_tokens) => {
+                        // Never more than the pool can hold, as the engine checks at submission.
+                        if blocks_for(prompt + max_tokens, 2) > blocks { continue; }
+                        let share = Share {
+                            priority: if batch { Priority::Batch } else { Priority::Interactive },
+                            max_running_share: (t == 2).then_some(0.5),
+                            max_kv_share: (t == 2).then_some(0.5),
+                            weight: 1.0 + t as f64,
+                            ..Share::default()
+                        };
+                        let (mut q, rx) = sequence_of(next_id, &format!("t{t}"), share, prompt, max_tokens);
+                        q.counters = tenants[t].clone();
+                        receivers.push((next_id, rx));
+                        next_id += 1;
+                        submit(&mut s, q);
+                    }
+                    Op::Cancel(i) if !receivers.is_empty() => {
+                        let i = i % receivers.len();
+                        drop(receivers.swap_remove(i));
+                        s.remove_cancelled();
+                    }
+                    Op::Cancel(_) => {}
+                    Op::Steps(n) => {
+                        for _ in 0..n {
+                            s.remove_cancelled();
+                            let plan = s.plan();
+                            compute_and_finish(&mut s, &plan);
+                            check_invariants(&s, blocks, &tenants);
+                        }
+                    }
+                }
+                check_invariants(&s, blocks, &tenants);
+            }
+            // Drain: everything submitted ends, and every block comes back.
+            let mut steps = 0;
+            while !s.is_idle() {
+                s.remove_cancelled();
+                let plan = s.plan();
+                compute_and_finish(&mut s, &plan);
+                check_invariants(&s, blocks, &tenants);
+                steps += 1;
+                prop_assert!(steps < 5000, "the queue never drained: {} waiting", s.waiting.len());
+            }
+            prop_assert_eq!(s.allocator.free_count(), blocks);
+        }
     }
 }

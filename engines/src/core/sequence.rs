@@ -1,13 +1,14 @@
 //! One sequence being generated: its tokens, block table, sampler, streaming decoder and stop
 //! strings, and the rules that turn a sampled token into events for the client.
 
-use policies::TenantId;
+use policies::{Share, TenantId};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
 use tokio::sync::mpsc;
 
-use crate::engine::{Completion, FinishReason, RequestTiming, TokenEvent, Usage};
+use crate::engine::{Completion, FinishReason, RequestTiming, TenantCounters, TokenEvent, Usage};
 use crate::error::Result;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::text::stop::StopOutcome;
@@ -24,8 +25,10 @@ pub struct Sequence {
     pub id: SequenceId,
     /// Who asked: the fair-share unit.
     pub tenant: TenantId,
-    /// The tenant's fair-share weight.
-    pub weight: f64,
+    /// The tenant's scheduling terms (weight, class, caps).
+    pub share: Share,
+    /// The tenant's counters in this engine.
+    pub counters: Arc<TenantCounters>,
     /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
     /// Tokens sampled so far.
@@ -48,6 +51,9 @@ pub struct Sequence {
     pub admission: u64,
     /// Times the sequence was preempted (its blocks freed, to be recomputed).
     pub preemptions: usize,
+    /// The last step that ran it: when lower classes get only a few tokens per step, the
+    /// least recently served go first.
+    pub last_step: u64,
 }
 
 /// What the engine should do with a sequence after a token.
@@ -72,7 +78,8 @@ impl Sequence {
         Self {
             id,
             tenant,
-            weight: 1.0,
+            share: Share::default(),
+            counters: Arc::default(),
             sampler: Sampler::new(&params),
             stops: StopMatcher::new(params.stop.clone()),
             prompt_ids,
@@ -86,6 +93,7 @@ impl Sequence {
             admitted_at: None,
             admission: 0,
             preemptions: 0,
+            last_step: 0,
         }
     }
 

@@ -14,10 +14,12 @@ use tokio::sync::mpsc;
 use crate::core::{CoreConfig, Job, RequestCore, StepRecord};
 use crate::device::DeviceSpec;
 use crate::engine::{
-    Engine, EngineCounters, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, TokenStream,
+    Engine, EngineCounters, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, TenantCounters,
+    TokenStream,
 };
 use crate::error::{EngineError, Result};
 use crate::model::WeightFormat;
+use policies::Priority;
 
 /// How to load and run a local engine.
 #[derive(Debug, Clone)]
@@ -55,6 +57,7 @@ pub struct LocalEngine {
     /// Positions the KV pool holds: no request may need more.
     capacity_tokens: usize,
     step_records: Option<crossbeam_channel::Receiver<StepRecord>>,
+    queue: QueueBounds,
 }
 
 impl LocalEngine {
@@ -94,6 +97,10 @@ impl LocalEngine {
             next_id: AtomicU64::new(0),
             capacity_tokens,
             step_records,
+            queue: QueueBounds {
+                max_waiting_per_tenant: core.max_waiting_per_tenant,
+                shed_batch_above: core.shed_batch_above,
+            },
         })
     }
 
@@ -111,6 +118,56 @@ impl LocalEngine {
     }
 }
 
+impl LocalEngine {
+    /// Counts the requests into their tenants' waiting queues, or refuses them all: a tenant
+    /// past its bound gets [`EngineError::QueueFull`], a batch-class request meeting a backed-up
+    /// engine [`EngineError::Overloaded`]. Returns each request's tenant counters.
+    fn enter_queue(&self, requests: &[GenerationRequest]) -> Result<Vec<Arc<TenantCounters>>> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        // One submission is one caller's: the first request's tenant and terms speak for all.
+        let n = requests.len() as u64;
+        let tenant = self.counters.tenant(&first.tenant);
+        if first.share.priority == Priority::Batch {
+            let waiting: u64 = self
+                .counters
+                .tenants
+                .iter()
+                .map(|t| t.waiting.load(Ordering::Relaxed))
+                .sum();
+            if waiting + n > self.queue.shed_batch_above as u64 {
+                tenant.refused.fetch_add(n, Ordering::Relaxed);
+                return Err(EngineError::Overloaded {
+                    waiting: waiting as usize,
+                    limit: self.queue.shed_batch_above,
+                });
+            }
+        }
+        let limit = first
+            .share
+            .max_waiting
+            .unwrap_or(self.queue.max_waiting_per_tenant) as u64;
+        let before = tenant.waiting.fetch_add(n, Ordering::Relaxed);
+        if before + n > limit {
+            tenant.waiting.fetch_sub(n, Ordering::Relaxed);
+            tenant.refused.fetch_add(n, Ordering::Relaxed);
+            return Err(EngineError::QueueFull {
+                waiting: before as usize,
+                limit: limit as usize,
+            });
+        }
+        Ok(vec![tenant; requests.len()])
+    }
+}
+
+/// The bounds on an engine's waiting queue.
+#[derive(Debug, Clone, Copy)]
+struct QueueBounds {
+    max_waiting_per_tenant: usize,
+    shed_batch_above: usize,
+}
+
 impl Engine for LocalEngine {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -124,9 +181,8 @@ impl Engine for LocalEngine {
     /// queued together (one step never sees only some of them).
     fn submit_all(&self, requests: Vec<GenerationRequest>) -> Result<Vec<TokenStream>> {
         let limit = self.info.context_length.min(self.capacity_tokens);
-        let mut jobs = Vec::with_capacity(requests.len());
-        let mut streams = Vec::with_capacity(requests.len());
-        for request in requests {
+        let mut prompts = Vec::with_capacity(requests.len());
+        for request in &requests {
             let prompt_ids = self.model.prompt_ids(&request.prompt)?;
             if prompt_ids.len() + request.params.max_tokens > limit {
                 return Err(EngineError::ContextLengthExceeded {
@@ -135,6 +191,12 @@ impl Engine for LocalEngine {
                     max_tokens: request.params.max_tokens,
                 });
             }
+            prompts.push(prompt_ids);
+        }
+        let counters = self.enter_queue(&requests)?;
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut streams = Vec::with_capacity(requests.len());
+        for ((request, prompt_ids), counters) in requests.into_iter().zip(prompts).zip(counters) {
             let (events, receiver) = mpsc::unbounded_channel();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             streams.push(TokenStream::new(id, prompt_ids.len(), receiver));
@@ -144,12 +206,16 @@ impl Engine for LocalEngine {
                 request,
                 events,
                 submitted_at: Instant::now(),
+                counters,
             });
         }
         let count = jobs.len() as u64;
-        self.jobs
-            .send(jobs)
-            .map_err(|_| EngineError::EngineStopped)?;
+        self.jobs.send(jobs).map_err(|jobs| {
+            for job in &jobs.0 {
+                job.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            EngineError::EngineStopped
+        })?;
         self.counters.submitted.fetch_add(count, Ordering::Relaxed);
         Ok(streams)
     }

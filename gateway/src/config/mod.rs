@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use engines::DeviceSpec;
 use policies::{KeyDigest, TenantId};
 use serde::Deserialize;
 
@@ -227,12 +228,13 @@ impl GatewayConfig {
                     )));
                 }
             }
-            let core = model.core();
+            let core = model.core(DeviceSpec::Cpu);
             let zero = [
                 ("max_batch_tokens", core.max_batch_tokens),
                 ("max_running", core.max_running),
                 ("prefill_chunk", core.prefill_chunk),
                 ("kv_cache_tokens", core.kv_cache_tokens.unwrap_or(1)),
+                ("max_waiting_per_tenant", core.max_waiting_per_tenant),
             ]
             .into_iter()
             .find(|(_, v)| *v == 0);
@@ -248,6 +250,24 @@ impl GatewayConfig {
             if tenant.weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant `{}`: `weight` must be positive",
+                    tenant.id
+                )));
+            }
+            let shares = [
+                ("max_running_share", tenant.max_running_share),
+                ("max_kv_share", tenant.max_kv_share),
+            ];
+            for (field, share) in shares {
+                if share.is_some_and(|s| !(s > 0.0 && s <= 1.0)) {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenant `{}`: `{field}` must be above 0 and at most 1",
+                        tenant.id
+                    )));
+                }
+            }
+            if tenant.max_waiting == Some(0) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant `{}`: `max_waiting` must be at least 1",
                     tenant.id
                 )));
             }
@@ -272,7 +292,7 @@ mod tests {
         assert!(!config.tenants.is_empty());
         assert!(!config.key_store().unwrap().is_empty());
         assert_eq!(config.admin_keys.len(), 1);
-        assert_eq!(config.tenants[0].spec().limits.weight, 2.0);
+        assert_eq!(config.tenants[0].spec().limits.share.weight, 2.0);
     }
 
     #[test]
@@ -285,6 +305,55 @@ mod tests {
         "#;
         let config: GatewayConfig = toml::from_str(bad_key).unwrap();
         assert!(matches!(config.validate(), Err(ConfigError::Key { .. })));
+    }
+
+    #[test]
+    fn scheduling_terms_parse_and_are_validated() {
+        let good = "[[models]]\nid = \"m\"\nlower_class_step_tokens = 4\n[[tenants]]\nid = \"t\"\npriority = \"batch\"\nmax_running_share = 0.5\nmax_kv_share = 0.25\nmax_waiting = 8\n";
+        let config: GatewayConfig = toml::from_str(good).unwrap();
+        config.validate().unwrap();
+        let share = config.tenants[0].spec().limits.share;
+        assert_eq!(share.priority, policies::Priority::Batch);
+        assert_eq!(
+            (
+                share.max_running_share,
+                share.max_kv_share,
+                share.max_waiting
+            ),
+            (Some(0.5), Some(0.25), Some(8))
+        );
+        let core = config.models[0].core(DeviceSpec::Cpu);
+        assert_eq!(core.lower_class_step_tokens, Some(4));
+        // Absent: by device.
+        let plain: GatewayConfig = toml::from_str("[[models]]\nid = \"m\"\n").unwrap();
+        assert_eq!(
+            plain.models[0]
+                .core(DeviceSpec::Cpu)
+                .lower_class_step_tokens,
+            Some(1)
+        );
+        assert_eq!(
+            plain.models[0]
+                .core(DeviceSpec::Cuda(0))
+                .lower_class_step_tokens,
+            Some(64)
+        );
+        for (bad, field) in [
+            ("max_kv_share = 1.5", "max_kv_share"),
+            ("max_running_share = 0.0", "max_running_share"),
+            ("max_waiting = 0", "max_waiting"),
+            ("priority = \"urgent\"", "priority"),
+        ] {
+            let text = format!("[[tenants]]\nid = \"t\"\n{bad}\n");
+            let err = match toml::from_str::<GatewayConfig>(&text) {
+                Err(e) => e.to_string(),
+                Ok(config) => config.validate().unwrap_err().to_string(),
+            };
+            assert!(
+                err.contains(field) || err.contains("urgent"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

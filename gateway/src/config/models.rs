@@ -46,14 +46,22 @@ pub struct ModelConfig {
     pub prefill_chunk: Option<usize>,
     /// KV cache size in tokens; absent: the model's context length.
     pub kv_cache_tokens: Option<usize>,
-    /// Admit across tenants by weighted virtual token counters (default); `false`: first come,
-    /// first served.
+    /// Admit across tenants by weighted virtual token counters, and preempt for a tenant short
+    /// of its share of slots (default); `false`: first come, first served.
     pub fair_share: Option<bool>,
+    /// Tokens per step that batch-class requests may use while interactive ones run (default:
+    /// 1 on a CPU, 64 on a GPU).
+    pub lower_class_step_tokens: Option<usize>,
+    /// Requests of one tenant that may wait for admission in one engine (default 256); a
+    /// tenant's own `max_waiting` overrides it.
+    pub max_waiting_per_tenant: Option<usize>,
+    /// Batch-class requests are refused (503) while this many requests wait (default 64).
+    pub shed_batch_above: Option<usize>,
 }
 
 impl ModelConfig {
-    /// The request core's settings: configured values over the defaults.
-    pub fn core(&self) -> CoreConfig {
+    /// The request core's settings on `device`: configured values over the defaults.
+    pub fn core(&self, device: DeviceSpec) -> CoreConfig {
         let d = CoreConfig::default();
         CoreConfig {
             max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
@@ -61,6 +69,14 @@ impl ModelConfig {
             prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
             kv_cache_tokens: self.kv_cache_tokens.or(d.kv_cache_tokens),
             fair_share: self.fair_share.unwrap_or(d.fair_share),
+            lower_class_step_tokens: Some(
+                self.lower_class_step_tokens
+                    .unwrap_or(CoreConfig::default_lower_class_step_tokens(device)),
+            ),
+            max_waiting_per_tenant: self
+                .max_waiting_per_tenant
+                .unwrap_or(d.max_waiting_per_tenant),
+            shed_batch_above: self.shed_batch_above.unwrap_or(d.shed_batch_above),
             ..d
         }
     }
@@ -145,6 +161,9 @@ pub(super) fn default_models() -> Vec<ModelConfig> {
         prefill_chunk: None,
         kv_cache_tokens: None,
         fair_share: None,
+        lower_class_step_tokens: None,
+        max_waiting_per_tenant: None,
+        shed_batch_above: None,
     }]
 }
 

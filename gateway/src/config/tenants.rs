@@ -1,6 +1,8 @@
 //! `[[tenants]]`: who may call, with which keys and limits.
 
-use policies::{KeyDigest, KeyStore, ModelAllowList, TenantId, TenantLimits, TenantSpec};
+use policies::{
+    KeyDigest, KeyStore, ModelAllowList, Priority, Share, TenantId, TenantLimits, TenantSpec,
+};
 use serde::Deserialize;
 
 use super::*;
@@ -29,6 +31,16 @@ pub struct TenantConfig {
     pub weight: Option<f64>,
     /// Service tier; `[models.tiers]` may route it to other pools.
     pub tier: Option<String>,
+    /// Priority class: `interactive` (default) or `batch`.
+    #[serde(default)]
+    pub priority: Priority,
+    /// The most of an engine's running slots it may hold, above 0 and at most 1.
+    pub max_running_share: Option<f64>,
+    /// The most of an engine's KV cache it may hold, above 0 and at most 1.
+    pub max_kv_share: Option<f64>,
+    /// Requests that may wait for admission in one engine (default: the model's
+    /// `max_waiting_per_tenant`).
+    pub max_waiting: Option<usize>,
 }
 
 impl TenantConfig {
@@ -44,6 +56,10 @@ impl TenantConfig {
             daily_tokens: None,
             weight: None,
             tier: None,
+            priority: Priority::default(),
+            max_running_share: None,
+            max_kv_share: None,
+            max_waiting: None,
         }
     }
 
@@ -57,7 +73,13 @@ impl TenantConfig {
                 tokens_per_minute: self.tokens_per_minute,
                 max_concurrent: self.max_concurrent,
                 daily_tokens: self.daily_tokens,
-                weight: self.weight.unwrap_or(1.0),
+                share: Share {
+                    weight: self.weight.unwrap_or(1.0),
+                    priority: self.priority,
+                    max_running_share: self.max_running_share,
+                    max_kv_share: self.max_kv_share,
+                    max_waiting: self.max_waiting,
+                },
             },
             tier: self.tier.clone(),
         }

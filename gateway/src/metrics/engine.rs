@@ -3,7 +3,10 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use engines::EngineCounters;
+use std::collections::BTreeMap;
+
+use engines::{EngineCounters, TenantCounters};
+use policies::TenantId;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -178,6 +181,7 @@ impl Collector for EngineCollector {
             })?;
         }
         encode_kv_usage(&mut encoder, &routers)?;
+        encode_per_tenant(&mut encoder, &routers)?;
         Ok(())
     }
 }
@@ -200,6 +204,98 @@ fn encode_per_model<M: EncodeMetric>(
             .map(|r| EngineCounters::get(field(r.counters())))
             .sum();
         metric(value).encode(family.encode_family(&[("model", model.as_str())])?)?;
+    }
+    Ok(())
+}
+
+type TenantField = fn(&TenantCounters) -> &AtomicU64;
+
+/// `(name without _total, help, field, is a counter)` of the per-tenant engine figures.
+const TENANT_FIGURES: [(&str, &str, TenantField, bool); 6] = [
+    (
+        "gateway_engine_tenant_waiting_sequences",
+        "The tenant's sequences waiting for admission (new or preempted).",
+        |c| &c.waiting,
+        false,
+    ),
+    (
+        "gateway_engine_tenant_running_sequences",
+        "The tenant's sequences in the running batch.",
+        |c| &c.running,
+        false,
+    ),
+    (
+        "gateway_engine_tenant_admissions",
+        "The tenant's requests admitted into the running batch (first admission).",
+        |c| &c.admitted,
+        true,
+    ),
+    (
+        "gateway_engine_tenant_preemptions",
+        "Times one of the tenant's sequences was preempted (recomputed later).",
+        |c| &c.preemptions,
+        true,
+    ),
+    (
+        "gateway_engine_tenant_service_tokens",
+        "Tokens run through the model for the tenant (prompt, recompute and decode): the service it received.",
+        |c| &c.service_tokens,
+        true,
+    ),
+    (
+        "gateway_engine_tenant_refused",
+        "The tenant's requests refused because its waiting queue was full, or shed (batch class) from a backed-up engine.",
+        |c| &c.refused,
+        true,
+    ),
+];
+
+/// The `gateway_engine_tenant_*` families: per model and tenant, summed over the replicas.
+/// Queue time is `gateway_engine_tenant_queue_seconds_total` over `..._admissions_total`.
+fn encode_per_tenant(
+    encoder: &mut DescriptorEncoder,
+    routers: &[(String, Arc<ModelRouter>)],
+) -> Result<(), std::fmt::Error> {
+    // (model, tenant) -> the counters of every replica that has seen the tenant.
+    let mut rows: BTreeMap<(&str, TenantId), Vec<Arc<TenantCounters>>> = BTreeMap::new();
+    for (model, router) in routers {
+        for replica in router.replicas() {
+            for entry in replica.counters().tenants.iter() {
+                rows.entry((model.as_str(), entry.key().clone()))
+                    .or_default()
+                    .push(entry.value().clone());
+            }
+        }
+    }
+    let sum = |counters: &[Arc<TenantCounters>], field: TenantField| -> u64 {
+        counters.iter().map(|c| EngineCounters::get(field(c))).sum()
+    };
+    for (name, help, field, is_counter) in TENANT_FIGURES {
+        let kind = if is_counter {
+            MetricType::Counter
+        } else {
+            MetricType::Gauge
+        };
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for ((model, tenant), counters) in &rows {
+            let labels = [("model", *model), ("tenant", tenant.as_str())];
+            let value = sum(counters, field);
+            match is_counter {
+                true => ConstCounter::new(value).encode(family.encode_family(&labels)?)?,
+                false => ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?,
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "gateway_engine_tenant_queue_seconds",
+        "Time the tenant's requests waited from submission to first admission, summed.",
+        None,
+        MetricType::Counter,
+    )?;
+    for ((model, tenant), counters) in &rows {
+        let seconds = sum(counters, |c| &c.queue_nanos) as f64 / 1e9;
+        let labels = [("model", *model), ("tenant", tenant.as_str())];
+        ConstCounter::new(seconds).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

@@ -36,7 +36,11 @@ fn tenant_object(state: &AppState, tenant: &TenantSpec) -> Value {
             "tokens_per_minute": limits.tokens_per_minute,
             "max_concurrent": limits.max_concurrent,
             "daily_tokens": limits.daily_tokens,
-            "weight": limits.weight,
+            "weight": limits.share.weight,
+            "priority": limits.share.priority,
+            "max_running_share": limits.share.max_running_share,
+            "max_kv_share": limits.share.max_kv_share,
+            "max_waiting": limits.share.max_waiting,
         },
         "live": {
             "in_flight": in_flight,

@@ -30,7 +30,7 @@ pub async fn generate(
     };
     let requester = Requester {
         tenant: caller.tenant.id.clone(),
-        weight: caller.tenant.limits.weight,
+        share: caller.tenant.limits.share,
         tier: caller.tenant.tier.clone(),
         traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
     };

@@ -95,6 +95,19 @@ fn run_together(engine: &LocalEngine, requests: &[GenerationRequest]) -> Vec<Col
 }
 
 /// Step records until the core is idle (it publishes the last one after the final tokens).
+/// Each stream's token ids: its first token (already read) followed by the rest.
+fn finish_after_first(streams: Vec<engines::TokenStream>, firsts: Vec<u32>) -> Vec<Vec<u32>> {
+    streams
+        .into_iter()
+        .zip(firsts)
+        .map(|(s, first)| {
+            let mut ids = vec![first];
+            ids.extend(s.blocking_collect().unwrap().token_ids);
+            ids
+        })
+        .collect()
+}
+
 fn records_until_idle(engine: &LocalEngine) -> Vec<StepRecord> {
     let mut records = Vec::new();
     for _ in 0..10_000 {
@@ -168,15 +181,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
     let long_id = long_stream.id;
     let short_ids: Vec<u64> = streams.iter().map(|s| s.id).collect();
     let long_out = long_stream.blocking_collect().unwrap();
-    let short_out: Vec<_> = streams
-        .into_iter()
-        .zip(first_tokens)
-        .map(|(s, first)| {
-            let mut ids = vec![first];
-            ids.extend(s.blocking_collect().unwrap().token_ids);
-            ids
-        })
-        .collect();
+    let short_out = finish_after_first(streams, first_tokens);
 
     let records = records_until_idle(&engine);
     let long_chunks: Vec<_> = records
@@ -452,15 +457,7 @@ fn a_newcomer_preempts_a_neighbour_whose_output_is_unchanged() {
     let b_stream = engine.submit(b.clone()).unwrap();
     let b_id = b_stream.id;
     let b_out = b_stream.blocking_collect().unwrap();
-    let a_out: Vec<Vec<u32>> = streams
-        .into_iter()
-        .zip(firsts)
-        .map(|(s, first)| {
-            let mut ids = vec![first];
-            ids.extend(s.blocking_collect().unwrap().token_ids);
-            ids
-        })
-        .collect();
+    let a_out = finish_after_first(streams, firsts);
 
     let records = records_until_idle(&engine);
     let admitted_at = records

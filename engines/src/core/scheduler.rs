@@ -807,6 +807,20 @@ mod tests {
         (s, keep)
     }
 
+    /// [`flooded`] by a `batch`-class tenant, with one batch token per step beside interactive
+    /// work.
+    fn flooded_by_batch() -> (Scheduler, Vec<UnboundedReceiver<TokenEvent>>) {
+        let batch = Share {
+            priority: Priority::Batch,
+            ..Share::default()
+        };
+        let limits = SchedulerLimits {
+            lower_class_step_tokens: Some(1),
+            ..limits()
+        };
+        flooded(limits, batch)
+    }
+
     #[test]
     fn a_quiet_arrival_gets_a_slot_in_the_next_step_and_slots_do_not_flap() {
         let (mut s, _keep) = flooded(limits(), Share::default());
@@ -893,17 +907,7 @@ mod tests {
 
     #[test]
     fn a_higher_class_is_admitted_first_and_keeps_its_steps_short() {
-        let batch = Share {
-            priority: Priority::Batch,
-            ..Share::default()
-        };
-        let (mut s, _keep) = flooded(
-            SchedulerLimits {
-                lower_class_step_tokens: Some(1),
-                ..limits()
-            },
-            batch,
-        );
+        let (mut s, _keep) = flooded_by_batch();
         // The batch tenant is far less served than the newcomer will be, yet the interactive
         // request goes first: classes before fair share.
         let (urgent, _rx) = sequence_of(100, "clinic", Share::default(), 3, 6);
@@ -949,17 +953,7 @@ mod tests {
 
     #[test]
     fn batch_decodes_take_turns_when_their_step_share_is_small() {
-        let batch = Share {
-            priority: Priority::Batch,
-            ..Share::default()
-        };
-        let (mut s, _keep) = flooded(
-            SchedulerLimits {
-                lower_class_step_tokens: Some(1),
-                ..limits()
-            },
-            batch,
-        );
+        let (mut s, _keep) = flooded_by_batch();
         let (urgent, _rx) = sequence_of(100, "clinic", Share::default(), 3, 40);
         submit(&mut s, urgent);
         let mut served: HashMap<SequenceId, usize> = HashMap::new();

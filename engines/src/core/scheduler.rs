@@ -281,15 +281,10 @@ impl Scheduler {
                 if self.plan_prompt_chunk(draft, i) > 0 {
                     break;
                 }
-                let victim = match self.over_kv_cap(i, 1) {
-                    Some(own) => own,
-                    None if self.allocator.free_count() == 0 => self.growth_victim(),
-                    None => break,
-                };
-                if self.running[victim].id == id {
-                    break;
+                match self.victim_to_grow(i, 1) {
+                    Some(victim) if self.running[victim].id != id => self.preempt(victim, draft),
+                    _ => break,
                 }
-                self.preempt(victim, draft);
             }
         }
     }
@@ -513,11 +508,7 @@ impl Scheduler {
         loop {
             let i = self.index_of(id).expect("not preempted yet");
             let needed = self.blocks_missing(i, n);
-            let victim = if let Some(own) = self.over_kv_cap(i, needed) {
-                own
-            } else if self.allocator.free_count() < needed {
-                self.growth_victim()
-            } else {
+            let Some(victim) = self.victim_to_grow(i, needed) else {
                 let blocks = self.allocator.allocate(needed).expect("checked above");
                 self.running[i].table.blocks.extend(blocks);
                 return true;
@@ -530,14 +521,29 @@ impl Scheduler {
         }
     }
 
+    /// Who must be preempted before running sequence `i` can take `needed` more blocks: the
+    /// tenant's own youngest (perhaps `i`) if it would pass its KV cap, else the youngest of the
+    /// lowest class if too few blocks are free; `None`: they can be taken now.
+    fn victim_to_grow(&self, i: usize, needed: usize) -> Option<usize> {
+        self.over_kv_cap(i, needed)
+            .or_else(|| (self.allocator.free_count() < needed).then(|| self.growth_victim()))
+    }
+
+    /// The blocks `s`'s tenant holds and its KV cap, when the cap binds: it has one and the
+    /// tenant runs other sequences too (one sequence may always run).
+    fn kv_cap_of(&self, s: &Sequence) -> Option<(usize, usize)> {
+        s.share.max_kv_share?;
+        let (running, blocks) = self.held_by(&s.tenant);
+        let cap = Share::cap(s.share.max_kv_share, self.allocator.total());
+        (running > 1).then_some((blocks, cap))
+    }
+
     /// If growing sequence `i` by `needed` blocks takes its tenant past its KV cap while it runs
     /// other sequences too, the tenant's youngest (perhaps `i` itself).
     fn over_kv_cap(&self, i: usize, needed: usize) -> Option<usize> {
         let s = &self.running[i];
-        s.share.max_kv_share?;
-        let (running, blocks) = self.held_by(&s.tenant);
-        let cap = Share::cap(s.share.max_kv_share, self.allocator.total());
-        if running < 2 || blocks + needed <= cap {
+        let (blocks, cap) = self.kv_cap_of(s)?;
+        if blocks + needed <= cap {
             return None;
         }
         self.running
@@ -564,12 +570,8 @@ impl Scheduler {
         let bs = self.limits.block_size;
         let s = &self.running[i];
         let mut free = self.allocator.free_count();
-        if s.share.max_kv_share.is_some() {
-            let (running, blocks) = self.held_by(&s.tenant);
-            let cap = Share::cap(s.share.max_kv_share, self.allocator.total());
-            if running > 1 {
-                free = free.min(cap.saturating_sub(blocks));
-            }
+        if let Some((blocks, cap)) = self.kv_cap_of(s) {
+            free = free.min(cap.saturating_sub(blocks));
         }
         let table = &s.table;
         let room = table.capacity(bs) - table.len + free * bs;

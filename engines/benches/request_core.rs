@@ -4,6 +4,9 @@
 //! clients submit at once, each streaming 128 greedy tokens (end-of-sequence ignored) from a
 //! ~20-token prompt; reports aggregate output tokens/s, time to first token and inter-token
 //! latency (p50/p99) as seen by the clients.
+//!
+//! `BENCH_DEVICE` picks the device the model runs on (`cpu`, the default, or `cuda:0` in a build
+//! with the `cuda` feature); `GATEWAY_CACHE_DIR` where the model file is found (or fetched).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +31,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank]
 }
 
+/// One short request before the timed runs, so that one-time costs (a GPU's kernels are compiled
+/// from PTX at first use) do not land in the first concurrency's TTFT.
+fn warm_up(model: &Arc<LoadedModel>) {
+    let engine = LocalEngine::with_model("warm-up", model.clone(), &CoreConfig::default()).unwrap();
+    let mut stream = engine
+        .submit(GenerationRequest {
+            prompt: Prompt::Text(PROMPT.to_string()),
+            params: SamplingParams::greedy(4),
+            tenant: "bench".parse().unwrap(),
+            share: Default::default(),
+            traceparent: None,
+        })
+        .unwrap();
+    while let Some(event) = stream.blocking_next() {
+        if matches!(event, TokenEvent::Finished(_)) {
+            break;
+        }
+    }
+}
+
 fn main() {
     let concurrencies: Vec<usize> = std::env::args()
         .skip(1)
@@ -39,19 +62,24 @@ fn main() {
         concurrencies
     };
     let threads = engines::threads::configure(None);
+    let device: DeviceSpec = std::env::var("BENCH_DEVICE")
+        .unwrap_or_else(|_| "cpu".to_string())
+        .parse()
+        .expect("BENCH_DEVICE");
     let path = ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model");
     let model = Arc::new(
         LoadedModel::load(&ModelFile {
             path,
-            device: DeviceSpec::Cpu,
+            device,
             weight_format: Default::default(),
         })
         .expect("load"),
     );
     let prompt_tokens = model.tokenizer.encode(PROMPT).unwrap().len();
     println!(
-        "threads {threads}, prompt {prompt_tokens} tokens, {OUTPUT_TOKENS} tokens out per request"
+        "device {device}, threads {threads}, prompt {prompt_tokens} tokens, {OUTPUT_TOKENS} tokens out per request"
     );
+    warm_up(&model);
     println!("| concurrency | aggregate output tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | mean batch tokens/step |");
     println!("|---|---|---|---|---|---|---|");
     for c in concurrencies {

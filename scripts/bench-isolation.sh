@@ -8,22 +8,27 @@
 #
 # BEFORE_BIN=path/to/an/older/gateway adds the same-class run on that binary (the scheduler
 # before this work); MAX_RUNNING (16) sizes the batch; RUNS picks a subset (space-separated:
-# quiet-alone noisy-alone batch same-class before weighted).
+# quiet-alone noisy-alone batch batch-nopause same-class before weighted; batch-nopause is the
+# batch run with `pause_for_higher_class = false`); ROUNDS (1) repeats the chosen runs in turn,
+# A B A B, and the table pools each run's requests over the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/bench-isolation}
 MAX_RUNNING=${MAX_RUNNING:-16}
 RUNS=${RUNS:-quiet-alone noisy-alone batch same-class before weighted}
+ROUNDS=${ROUNDS:-1}
 mkdir -p "$OUT"
 cargo build --release --locked -p gateway -p loadtest >&2
 BIN=target/release
 . scripts/lib/servers.sh
 
 export QUIET_KEY=sk-bench-quiet NOISY_KEY=sk-bench-noisy LIGHT_KEY=sk-bench-light HEAVY_KEY=sk-bench-heavy
-# config NOISY_PRIORITY [NEW_FIELDS=1]: two tenants quiet and noisy (and light/heavy for the split).
+# config NOISY_PRIORITY [PAUSE]: two tenants quiet and noisy (and light/heavy for the split).
 config() {
   local noisy_extra=""
   [ "$1" = batch ] && noisy_extra='priority = "batch"'
+  local model_extra=""
+  [ "${2:-}" = nopause ] && model_extra='pause_for_higher_class = false'
   cat <<TOML
 [ledger]
 enabled = false
@@ -31,6 +36,7 @@ enabled = false
 [[models]]
 id = "smollm2-135m-instruct"
 max_running = $MAX_RUNNING
+$model_extra
 
 [[tenants]]
 id = "quiet"
@@ -53,10 +59,10 @@ weight = 3
 TOML
 }
 
-# run NAME GATEWAY_BINARY NOISY_PRIORITY SCENARIO
+# run NAME GATEWAY_BINARY NOISY_PRIORITY SCENARIO [PAUSE]
 run() {
   local name=$1 gateway=$2 priority=$3 scenario=$4
-  config "$priority" > "$OUT/$name.toml"
+  config "$priority" "${5:-}" > "$OUT/$name.toml"
   stop_servers
   START_WAIT_SECS=300 start_server "$OUT/$name.gateway.log" "$gateway" serve --config "$OUT/$name.toml" --listen 127.0.0.1:0
   local addr; addr=$(listening_address "$OUT/$name.gateway.log")
@@ -66,31 +72,48 @@ run() {
   stop_servers
 }
 
-for r in $RUNS; do
-  case $r in
-    quiet-alone) run quiet-alone "$BIN/gateway" interactive loadtest/scenarios/quiet-alone.toml ;;
-    noisy-alone) run noisy-alone "$BIN/gateway" interactive loadtest/scenarios/noisy-alone.toml ;;
-    batch) run batch "$BIN/gateway" batch loadtest/scenarios/noisy-neighbour.toml ;;
-    same-class) run same-class "$BIN/gateway" interactive loadtest/scenarios/noisy-neighbour.toml ;;
-    before) [ -n "${BEFORE_BIN:-}" ] && run before "$BEFORE_BIN" interactive loadtest/scenarios/noisy-neighbour.toml ;;
-    weighted) run weighted "$BIN/gateway" interactive loadtest/scenarios/weighted-split.toml ;;
-  esac
+rm -f "$OUT"/*.r*.json
+for round in $(seq "$ROUNDS"); do
+  for r in $RUNS; do
+    case $r in
+      quiet-alone) run quiet-alone.r$round "$BIN/gateway" interactive loadtest/scenarios/quiet-alone.toml ;;
+      noisy-alone) run noisy-alone.r$round "$BIN/gateway" interactive loadtest/scenarios/noisy-alone.toml ;;
+      batch) run batch.r$round "$BIN/gateway" batch loadtest/scenarios/noisy-neighbour.toml ;;
+      batch-nopause) run batch-nopause.r$round "$BIN/gateway" batch loadtest/scenarios/noisy-neighbour.toml nopause ;;
+      same-class) run same-class.r$round "$BIN/gateway" interactive loadtest/scenarios/noisy-neighbour.toml ;;
+      before) [ -n "${BEFORE_BIN:-}" ] && run before.r$round "$BEFORE_BIN" interactive loadtest/scenarios/noisy-neighbour.toml ;;
+      weighted) run weighted.r$round "$BIN/gateway" interactive loadtest/scenarios/weighted-split.toml ;;
+    esac
+  done
 done
 
 python3 - "$OUT" <<'PY'
-import json, os, sys
+import glob, json, os, sys
 out = sys.argv[1]
+def rounds(name):
+    return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, name + ".r*.json")))]
 def load(name):
-    p = os.path.join(out, name + ".json")
-    return json.load(open(p)) if os.path.exists(p) else None
-print("| run | tenant | ok | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | output tok/s |")
-print("|---|---|---|---|---|---|---|---|")
-for name in ["quiet-alone", "noisy-alone", "batch", "same-class", "before", "weighted"]:
-    r = load(name)
-    if not r: continue
-    for tenant, s in r["tenants"].items():
-        f = lambda st, k: "-" if st.get(k) is None else f"{st[k]:.1f}"
-        print(f"| {name} | {tenant} | {s['ok']} | {f(s['ttft_ms'],'p50')} | {f(s['ttft_ms'],'p99')} | {f(s['itl_ms'],'p50')} | {f(s['itl_ms'],'p99')} | {s['output_throughput']:.1f} |")
+    r = rounds(name)
+    return r[0] if r else None
+def pct(values, p):  # linear between ranks, as the harness reports
+    values = sorted(values)
+    if not values: return None
+    rank = p / 100 * (len(values) - 1)
+    lo, hi = int(rank), min(int(rank) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (rank - lo)
+print("| run | tenant | rounds | ok | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | output tok/s |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name in ["quiet-alone", "noisy-alone", "batch", "batch-nopause", "same-class", "before", "weighted"]:
+    runs = rounds(name)
+    if not runs: continue
+    for tenant in runs[0]["tenants"]:
+        reqs = [q for r in runs for q in r["requests"] if q["tenant"] == tenant and q.get("ttft_ms") is not None]
+        ttft = [q["ttft_ms"] for q in reqs]
+        itl = [g for q in reqs for g in q["itl_ms"]]
+        ok = sum(r["tenants"][tenant]["ok"] for r in runs)
+        tput = sum(r["tenants"][tenant]["output_throughput"] for r in runs) / len(runs)
+        f = lambda v: "-" if v is None else f"{v:.1f}"
+        print(f"| {name} | {tenant} | {len(runs)} | {ok} | {f(pct(ttft,50))} | {f(pct(ttft,99))} | {f(pct(itl,50))} | {f(pct(itl,99))} | {tput:.1f} |")
 w = load("weighted")
 if w:
     light, heavy = (w["tenants"][t]["total_output_tokens"] for t in ("light", "heavy"))
@@ -108,7 +131,7 @@ if w:
     share = got["heavy"] / max(1, got["light"] + got["heavy"])
     print(f"\nweighted split, tokens received 5-60 s: light {got['light']}, heavy {got['heavy']}: heavy share {share:.3f} (goal 0.75 +- 0.05)")
     print(f"(all output tokens, backlogs drained: light {light}, heavy {heavy})")
-    svc = os.path.join(out, "weighted.service.txt")
+    svc = os.path.join(out, "weighted.r1.service.txt")
     if os.path.exists(svc):
         print(open(svc).read())
 PY

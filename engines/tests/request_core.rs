@@ -542,3 +542,100 @@ fn bounded_queues_refuse_instead_of_growing() {
     let bulk = engine.counters().tenant(&"bulk".parse().unwrap());
     assert_eq!(EngineCounters::get(&bulk.refused), 1);
 }
+
+/// What [`quiet_beside_bulk`] saw: the step records, the quiet sequences' ids, and every
+/// output (bulk first) with the request that made it.
+struct QuietBesideBulk {
+    records: Vec<StepRecord>,
+    quiet: Vec<engines::core::sequence::SequenceId>,
+    outputs: Vec<(GenerationRequest, Vec<u32>)>,
+}
+
+/// Runs batch-class requests until each is decoding, then interactive ones one after another.
+fn quiet_beside_bulk(pause: bool) -> QuietBesideBulk {
+    let engine = engine(CoreConfig {
+        pause_for_higher_class: pause,
+        ..CoreConfig::default()
+    });
+    let bulk: Vec<_> = QUESTIONS[..6]
+        .iter()
+        .map(|q| GenerationRequest {
+            tenant: "bulk".parse().unwrap(),
+            share: Share {
+                priority: Priority::Batch,
+                ..Share::default()
+            },
+            ..chat(q, 64)
+        })
+        .collect();
+    let mut streams: Vec<_> = bulk
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    let firsts: Vec<u32> = streams
+        .iter_mut()
+        .map(|s| match s.blocking_next() {
+            Some(TokenEvent::Token { id, .. }) => id,
+            other => panic!("expected a token, got {other:?}"),
+        })
+        .collect();
+    // Batch steps run back to back now: each quiet request lands inside one almost surely.
+    let mut quiet_ids = Vec::new();
+    let mut outputs = Vec::new();
+    for q in &QUESTIONS[6..8] {
+        let request = GenerationRequest {
+            tenant: "quiet".parse().unwrap(),
+            ..chat(q, 4)
+        };
+        let stream = engine.submit(request.clone()).unwrap();
+        quiet_ids.push(stream.id);
+        outputs.push((request, stream.blocking_collect().unwrap().token_ids));
+    }
+    let bulk_out = finish_after_first(streams, firsts);
+    let mut all: Vec<_> = bulk.into_iter().zip(bulk_out).collect();
+    all.extend(outputs);
+    QuietBesideBulk {
+        records: records_until_idle(&engine),
+        quiet: quiet_ids,
+        outputs: all,
+    }
+}
+
+/// An interactive request arriving while a step of batch work runs starts inside that step:
+/// the step pauses between layers, the newcomer's prompt runs and its first token goes out,
+/// then the step goes on. Seen in the records as a step holding only the newcomer's prompt
+/// while batch sequences run (an ordinary step would give them their decode tokens too), and
+/// numbered before the paused step. Every output still equals the single-sequence reference;
+/// with pausing off no such step exists.
+#[test]
+fn an_interactive_arrival_starts_inside_a_paused_batch_step() {
+    let urgent_steps = |records: &[StepRecord], quiet: &[engines::core::sequence::SequenceId]| {
+        records
+            .iter()
+            .filter(|r| {
+                !r.chunks.is_empty()
+                    && r.chunks
+                        .iter()
+                        .all(|c| quiet.contains(&c.sequence) && c.prefill)
+                    && r.running > r.chunks.len()
+            })
+            .count()
+    };
+    let QuietBesideBulk {
+        records,
+        quiet,
+        outputs,
+    } = quiet_beside_bulk(true);
+    assert!(
+        urgent_steps(&records, &quiet) >= 1,
+        "no quiet prompt ran inside a paused step"
+    );
+    let (requests, got): (Vec<_>, Vec<_>) = outputs.into_iter().unzip();
+    let expected = solo(&requests);
+    for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(got, expected, "request {i}");
+    }
+
+    let off = quiet_beside_bulk(false);
+    assert_eq!(urgent_steps(&off.records, &off.quiet), 0);
+}

@@ -411,6 +411,7 @@ impl From<routing::RouteError> for ApiError {
                 ApiError::no_replica(&model, &reason)
             }
             routing::RouteError::Engine(e) => e.into(),
+            full @ routing::RouteError::QueueFull { .. } => ApiError::queue_full(full.to_string()),
         }
     }
 }

@@ -337,7 +337,11 @@ fn build_router(
         .iter()
         .map(|(tier, pools)| (tier.clone(), pools.clone()))
         .collect();
-    Ok(Arc::new(ModelRouter::new(pools, &model.pools, &tiers)))
+    let router = ModelRouter::new(pools, &model.pools, &tiers);
+    Ok(Arc::new(match model.saturated_wait() {
+        Some(settings) => router.with_waiting_room(settings),
+        None => router,
+    }))
 }
 
 fn remote_options(

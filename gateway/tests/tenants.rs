@@ -461,7 +461,8 @@ async fn bounded_queues_refuse_with_retry_after_and_batch_is_shed() {
             "lab",
             "sk-l",
             "priority = \"batch\"\nmax_running_share = 0.5",
-        );
+        )
+        + &tenant("desk", "sk-d", "");
     let gw = TestGateway::start(Options {
         config: Some(&config),
         ..Options::default()
@@ -507,6 +508,29 @@ async fn bounded_queues_refuse_with_retry_after_and_batch_is_shed() {
     let error: serde_json::Value = shed.json().await.unwrap();
     assert_eq!(error["error"]["code"], "overloaded", "{error}");
 
+    // A request may lower its key's class (and is then shed as batch work), not raise it.
+    let post = |key: &'static str, priority: &'static str| {
+        let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": true,
+                          "priority": priority});
+        gw.client()
+            .post(gw.url("/v1/completions"))
+            .bearer_auth(key)
+            .body(body.to_string())
+            .send()
+    };
+    let demoted = post("sk-d", "batch").await.unwrap();
+    assert_eq!(demoted.status(), 503);
+    let error: serde_json::Value = demoted.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "overloaded", "{error}");
+    let as_configured = post("sk-d", "interactive").await.unwrap();
+    assert_eq!(as_configured.status(), 200);
+    drop(as_configured);
+    let raised = post("sk-l", "interactive").await.unwrap();
+    assert_eq!(raised.status(), 400);
+    let error: serde_json::Value = raised.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "priority_not_allowed", "{error}");
+    assert_eq!(error["error"]["param"], "priority", "{error}");
+
     let metrics = gw.metrics_text().await;
     let sample = |name: &str, tenant: &str| -> f64 {
         metrics
@@ -517,6 +541,7 @@ async fn bounded_queues_refuse_with_retry_after_and_batch_is_shed() {
     };
     assert_eq!(sample("gateway_engine_tenant_refused_total", "clinic"), 1.0);
     assert_eq!(sample("gateway_engine_tenant_refused_total", "lab"), 1.0);
+    assert_eq!(sample("gateway_engine_tenant_refused_total", "desk"), 1.0);
     assert_eq!(
         sample("gateway_engine_tenant_waiting_sequences", "clinic"),
         1.0

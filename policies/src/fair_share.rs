@@ -6,6 +6,9 @@
 //! becomes active (nothing waiting or running before) is lifted to the smallest counter among
 //! the active tenants, so time spent idle is not banked as credit. A tenant that floods the
 //! engine therefore gets what the others leave, not everyone's share.
+//!
+//! The engines' schedulers admit by these counters, and so does the gateway's waiting room for
+//! saturated pools.
 
 use std::collections::HashMap;
 

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+mod fair_share;
 mod keys;
 mod limits;
 mod quota;
@@ -12,6 +13,7 @@ mod token_limiter;
 
 // The surface other crates use; the modules stay private.
 
+pub use fair_share::VirtualTokenCounters;
 pub use keys::{ApiKey, KeyDigest, KeyError, KeyId, KeyStore, ResolvedKey};
 pub use limits::TenantLimits;
 pub use quota::{

@@ -1,7 +1,8 @@
 //! Routing between engine replicas: pools (local devices or remote upstreams) in order of
 //! preference per tenant tier, the least-loaded healthy replica within a pool, circuit breakers
 //! fed by transport errors, stalls and background health checks, and one retry before the first
-//! token.
+//! token. When every replica a request may use is up but saturated, it waits in the model's
+//! waiting room, let through by priority class and weighted fair share.
 //!
 //! The gateway builds one [`ModelRouter`] per model from its `[[pools]]` configuration.
 
@@ -14,6 +15,7 @@ mod relay;
 mod request;
 mod router;
 mod stall;
+mod waiting_room;
 
 // The surface other crates use; the modules stay private.
 
@@ -24,3 +26,4 @@ pub use relay::RoutedStream;
 pub use request::{Requester, RoutablePrompt, RouteRequest};
 pub use router::{ModelRouter, PoolSnapshot, RouteError};
 pub use stall::StallTimeouts;
+pub use waiting_room::{RoomFull, Ticket, WaitingRoom, WaitingSettings};

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use engines::{EngineError, ModelInfo, Prompt};
 use serde::Serialize;
@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::pool::{Pool, PoolKind, Replica, ReplicaSnapshot};
 use crate::relay::{Placement, RoutedStream};
 use crate::request::{generation_request, Requester, RoutablePrompt, RouteRequest};
+use crate::waiting_room::{RoomFull, WaitingRoom, WaitingSettings};
 
 /// Why a request could not be placed.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,20 @@ pub enum RouteError {
     /// The engine refused the request (the caller's fault: too long, empty, bad ids).
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The pools are saturated and the tenant already has its most requests waiting for them.
+    #[error("model `{model}`: {full}")]
+    QueueFull {
+        /// The model.
+        model: String,
+        /// The tenant's bound and count.
+        full: RoomFull,
+    },
 }
+
+/// How often the request whose turn it is looks for room while the pools stay saturated, and
+/// how often the others look whether their turn came (they are also woken when it changes).
+const TURN_POLL: Duration = Duration::from_millis(5);
+const WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// Every pool serving one model, in order of preference, per tier.
 pub struct ModelRouter {
@@ -37,6 +51,8 @@ pub struct ModelRouter {
     default_order: Vec<Arc<Pool>>,
     /// Tier → pools in that tier's order.
     tiers: HashMap<String, Vec<Arc<Pool>>>,
+    /// Where requests wait for saturated pools (none: they are refused at once).
+    waiting_room: Option<Arc<WaitingRoom>>,
 }
 
 impl ModelRouter {
@@ -79,7 +95,20 @@ impl ModelRouter {
             pools,
             default_order,
             tiers,
+            waiting_room: None,
         }
+    }
+
+    /// Lets requests that find every replica saturated wait (see [`WaitingRoom`]) instead of
+    /// being refused at once.
+    pub fn with_waiting_room(mut self, settings: WaitingSettings) -> Self {
+        self.waiting_room = Some(Arc::new(WaitingRoom::new(settings)));
+        self
+    }
+
+    /// The waiting room, if requests may wait.
+    pub fn waiting_room(&self) -> Option<&Arc<WaitingRoom>> {
+        self.waiting_room.as_ref()
     }
 
     /// The model's id and context.
@@ -118,14 +147,86 @@ impl ModelRouter {
     }
 
     fn no_replica(&self, tier: Option<&str>) -> RouteError {
-        let pools: Vec<&str> = self.order(tier).iter().map(|p| &*p.name).collect();
         RouteError::NoReplica {
             model: self.info.id.clone(),
             reason: format!(
                 "every replica of pools [{}] is down or saturated",
-                pools.join(", ")
+                self.pool_names(tier)
             ),
         }
+    }
+
+    /// [`Self::submit_all`], waiting in the waiting room while every replica the requests may
+    /// use is up but saturated: by priority class, then weighted fair share, for at most the
+    /// room's `max_wait`. While anyone waits, newcomers queue behind them rather than take room
+    /// that frees up first.
+    pub async fn submit_all_waiting(
+        self: &Arc<Self>,
+        requester: &Requester,
+        requests: Vec<RouteRequest>,
+    ) -> Result<Vec<RoutedStream>, RouteError> {
+        let Some(room) = &self.waiting_room else {
+            return self.submit_all(requester, requests);
+        };
+        let tier = requester.tier.as_deref();
+        if room.waiting().is_empty() {
+            match self.submit_all(requester, requests.clone()) {
+                Err(RouteError::NoReplica { .. }) if self.any_up(tier) => {}
+                placed => return placed,
+            }
+        }
+        let ticket = room
+            .join(
+                &requester.tenant,
+                requester.share,
+                RouteRequest::reserved_tokens_of(&requests),
+            )
+            .map_err(|full| RouteError::QueueFull {
+                model: self.info.id.clone(),
+                full,
+            })?;
+        let max_wait = room.settings().max_wait;
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let turn = ticket.is_turn();
+            if turn {
+                match self.submit_all(requester, requests.clone()) {
+                    Ok(streams) => {
+                        ticket.served();
+                        return Ok(streams);
+                    }
+                    Err(RouteError::NoReplica { .. }) if self.any_up(tier) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RouteError::NoReplica {
+                    model: self.info.id.clone(),
+                    reason: format!(
+                        "every replica of pools [{}] stayed saturated for {} ms",
+                        self.pool_names(tier),
+                        max_wait.as_millis()
+                    ),
+                });
+            }
+            let poll = if turn { TURN_POLL } else { WAIT_POLL };
+            ticket.changed(poll.min(left)).await;
+        }
+    }
+
+    /// Some replica of the tier's pools is up (so a refusal means saturation, worth waiting).
+    fn any_up(&self, tier: Option<&str>) -> bool {
+        let now = Instant::now();
+        self.order(tier)
+            .iter()
+            .flat_map(|p| p.replicas.iter())
+            .any(|r| r.availability(now) != crate::breaker::Availability::Out)
+    }
+
+    fn pool_names(&self, tier: Option<&str>) -> String {
+        let pools: Vec<&str> = self.order(tier).iter().map(|p| &*p.name).collect();
+        pools.join(", ")
     }
 
     /// Places the requests (one replica for all of them, as one batch) and returns their
@@ -480,6 +581,122 @@ mod tests {
             "a is saturated: 3 + 15 outstanding, 18 more would pass 20"
         );
         drop(first);
+    }
+
+    fn waiting_router(max_wait: Duration, max_waiting: usize) -> Arc<ModelRouter> {
+        // One replica, room for one request of 18 tokens at a time.
+        let pools = vec![pool("a", vec![synthetic(400.0)], Some(20))];
+        Arc::new(
+            ModelRouter::new(pools, &[], &[]).with_waiting_room(WaitingSettings {
+                max_wait,
+                max_waiting_per_tenant: max_waiting,
+            }),
+        )
+    }
+
+    fn tenant(name: &str, weight: f64, priority: policies::Priority) -> Requester {
+        Requester {
+            tenant: name.parse().unwrap(),
+            share: policies::Share {
+                weight,
+                priority,
+                ..Default::default()
+            },
+            ..requester(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_for_a_saturated_pool_wait_and_are_let_through_by_class_and_weight() {
+        use policies::Priority::{Batch, Interactive};
+        let router = waiting_router(Duration::from_secs(30), 100);
+        let occupant = router
+            .submit_all(&requester(None), vec![request(&router, None, 15)])
+            .unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        let mut waiters = vec![("bulk", 100.0, Batch)];
+        for _ in 0..4 {
+            waiters.push(("light", 1.0, Interactive));
+            waiters.push(("heavy", 3.0, Interactive));
+        }
+        for (name, weight, priority) in waiters {
+            let (shared, order) = (router.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let who = tenant(name, weight, priority);
+                let request = request(&shared, None, 15);
+                let mut streams = shared
+                    .submit_all_waiting(&who, vec![request])
+                    .await
+                    .unwrap();
+                order.lock().unwrap().push(name);
+                drain(streams.remove(0)).await
+            }));
+            // Each joins before the next comes.
+            while router
+                .waiting_room()
+                .unwrap()
+                .waiting()
+                .iter()
+                .map(|(_, n)| n)
+                .sum::<usize>()
+                < tasks.len()
+            {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(occupant);
+        for task in tasks {
+            assert!(task.await.unwrap().1, "every waiter was served to the end");
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(
+            order.last(),
+            Some(&"bulk"),
+            "batch after interactive: {order:?}"
+        );
+        let heavy_first_four = order[..4].iter().filter(|t| **t == "heavy").count();
+        assert_eq!(
+            heavy_first_four, 3,
+            "weights 3:1 while both wait: {order:?}"
+        );
+        assert!(router.waiting_room().unwrap().waiting().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wait_is_bounded_in_time_and_in_requests_per_tenant() {
+        let router = waiting_router(Duration::from_millis(50), 1);
+        let occupant = router
+            .submit_all(&requester(None), vec![request(&router, None, 15)])
+            .unwrap();
+        let who = requester(None);
+        let (first, second) = tokio::join!(
+            router.submit_all_waiting(&who, vec![request(&router, None, 15)]),
+            async {
+                tokio::task::yield_now().await;
+                router
+                    .submit_all_waiting(&who, vec![request(&router, None, 15)])
+                    .await
+            }
+        );
+        match first {
+            Err(RouteError::NoReplica { reason, .. }) => {
+                assert!(reason.contains("stayed saturated"), "{reason}")
+            }
+            other => panic!("expected a timeout, got {:?}", other.map(|_| ())),
+        }
+        assert!(
+            matches!(second, Err(RouteError::QueueFull { full, .. }) if full.limit == 1),
+            "{:?}",
+            second.map(|_| ())
+        );
+        assert!(router.waiting_room().unwrap().waiting().is_empty());
+        drop(occupant);
+        // Room again: placed at once.
+        assert!(router
+            .submit_all_waiting(&who, vec![request(&router, None, 15)])
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

@@ -6,9 +6,14 @@
 //! KV pool, so the hot path takes no lock. Each step it plans (see [`scheduler`]), runs one
 //! forward pass over the flattened tokens of every planned sequence, samples, and pushes each
 //! new token to its request's channel. A dropped receiver frees its sequence at the next step.
+//!
+//! On the CPU a step of many batch-class sequences takes tens of milliseconds. An interactive
+//! request that arrives meanwhile does not wait for its end: between two layers the step is
+//! paused, the newcomer is admitted if it fits without preempting anyone, its first prompt chunk
+//! runs (its own buffers, its own blocks) and its first token goes out; then the paused step goes
+//! on from where it was ([`CoreConfig::pause_for_higher_class`]).
 
 pub mod block_allocator;
-pub mod fair_share;
 pub mod scheduler;
 pub mod sequence;
 
@@ -21,7 +26,9 @@ use candle_core::IndexOp;
 use crate::engine::{EngineCounters, GenerationRequest, TenantCounters, TokenEvent};
 use crate::error::Result;
 use crate::local::loader::LoadedModel;
-use crate::model::{SequenceInput, Workspace};
+use crate::model::{BlockTable, Pause, SequenceInput, Workspace};
+use crate::text::GgufTokenizer;
+use policies::Priority;
 use scheduler::{Scheduler, SchedulerLimits, StepPlan};
 use sequence::{Next, Sequence, SequenceId};
 
@@ -65,6 +72,12 @@ pub struct CoreConfig {
     /// Batch-class requests are shed ([`crate::EngineError::Overloaded`]) while this many
     /// requests already wait.
     pub shed_batch_above: usize,
+    /// Pause a step between layers to start a newly arrived request of a higher class than any
+    /// in the step (CPU path), so that its first token does not wait for the whole step.
+    pub pause_for_higher_class: bool,
+    /// Running slots batch-class sequences may not take, kept for interactive arrivals (so
+    /// that one can start inside a paused step without preempting anyone).
+    pub reserved_interactive_slots: usize,
 }
 
 impl CoreConfig {
@@ -92,6 +105,8 @@ impl Default for CoreConfig {
             lower_class_step_tokens: None,
             max_waiting_per_tenant: 256,
             shed_batch_above: 64,
+            pause_for_higher_class: true,
+            reserved_interactive_slots: 1,
         }
     }
 }
@@ -140,6 +155,7 @@ pub(crate) struct RequestCore {
     counters: Arc<EngineCounters>,
     records: Option<crossbeam_channel::Sender<StepRecord>>,
     steps: u64,
+    pause_for_higher_class: bool,
 }
 
 impl RequestCore {
@@ -159,6 +175,7 @@ impl RequestCore {
             block_size: config.block_size,
             fair_share: config.fair_share,
             lower_class_step_tokens: config.lower_class_step_tokens,
+            reserved_interactive_slots: config.reserved_interactive_slots,
         };
         counters
             .kv_blocks_total
@@ -173,6 +190,7 @@ impl RequestCore {
             counters,
             records,
             steps: 0,
+            pause_for_higher_class: config.pause_for_higher_class,
         })
     }
 
@@ -186,36 +204,19 @@ impl RequestCore {
         loop {
             if self.scheduler.is_idle() {
                 match queue.recv() {
-                    Ok(jobs) => jobs.into_iter().for_each(|job| self.enqueue(job)),
+                    Ok(jobs) => jobs
+                        .into_iter()
+                        .for_each(|job| enqueue(&mut self.scheduler, &self.counters, job)),
                     Err(_) => return,
                 }
             }
-            while let Ok(jobs) = queue.try_recv() {
-                jobs.into_iter().for_each(|job| self.enqueue(job));
-            }
-            self.step();
+            drain(&queue, &mut self.scheduler, &self.counters);
+            self.step(&queue);
         }
     }
 
-    fn enqueue(&mut self, job: Job) {
-        let mut sequence = Sequence::new(
-            job.id,
-            job.request.tenant,
-            job.prompt_ids,
-            job.request.params,
-            job.events,
-            job.submitted_at,
-        );
-        sequence.share = job.request.share;
-        sequence.counters = job.counters;
-        self.counters
-            .prompt_tokens
-            .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);
-        self.scheduler.enqueue(sequence);
-    }
-
     /// One scheduling step and forward pass.
-    fn step(&mut self) {
+    fn step(&mut self, queue: &crossbeam_channel::Receiver<Vec<Job>>) {
         let mut ended = self.drop_cancelled();
         let plan = self.scheduler.plan();
         if !plan.preempted.is_empty() {
@@ -224,10 +225,14 @@ impl RequestCore {
         self.counters
             .preemptions
             .fetch_add(plan.preempted.len() as u64, Ordering::Relaxed);
+        let mut urgent_steps = Vec::new();
         if !plan.chunks.is_empty() {
-            ended.extend(self.execute(&plan));
+            ended.extend(self.execute(&plan, queue, &mut urgent_steps));
         }
-        self.publish(&plan, ended);
+        for (step, plan, ended) in urgent_steps {
+            self.publish(step, &plan, ended);
+        }
+        self.publish(self.steps, &plan, ended);
     }
 
     /// Frees every sequence whose client went away.
@@ -240,105 +245,67 @@ impl RequestCore {
     }
 
     /// Runs the planned chunks through the model and samples where a prompt or decode ends.
-    fn execute(&mut self, plan: &StepPlan) -> Vec<SequenceId> {
+    /// While the step is paused between layers, urgent steps may run (see the module's
+    /// documentation); their plans and outcomes go to `urgent_steps` to be published.
+    fn execute(
+        &mut self,
+        plan: &StepPlan,
+        queue: &crossbeam_channel::Receiver<Vec<Job>>,
+        urgent_steps: &mut Vec<(u64, StepPlan, Vec<SequenceId>)>,
+    ) -> Vec<SequenceId> {
         let running = &mut self.scheduler.running;
-        let tokens: Vec<Vec<u32>> = plan
+        let (tokens, wants_logits) = step_inputs(running, plan);
+        // The step runs on copies of its block tables (their lengths are copied back after),
+        // so that the scheduler may admit urgent work while the step is paused.
+        let mut tables: Vec<BlockTable> = plan
             .chunks
             .iter()
-            .map(|c| running[c.index].next_tokens(c.tokens))
+            .map(|c| running[c.index].table.clone())
             .collect();
-        let wants_logits: Vec<bool> = plan
+        let in_flight = plan
             .chunks
             .iter()
-            .map(|c| running[c.index].pending() == c.tokens)
-            .collect();
-        let batch_tokens: usize = tokens.iter().map(Vec::len).sum();
-
+            .map(|c| running[c.index].share.priority)
+            .max()
+            .unwrap_or_default();
+        let pausable = self.pause_for_higher_class && in_flight < Priority::HIGHEST_FIRST[0];
         let logits = {
-            let tables = running
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| plan.chunks.iter().any(|c| c.index == *i))
-                .map(|(_, s)| &mut s.table);
-            let mut inputs: Vec<SequenceInput<'_>> = tables
-                .zip(&tokens)
-                .zip(&wants_logits)
-                .map(|((table, tokens), &wants_logits)| SequenceInput {
-                    tokens,
-                    table,
-                    wants_logits,
-                })
-                .collect();
-            self.model.model.forward(&mut self.workspace, &mut inputs)
+            let mut inputs = inputs(&mut tables, &tokens, &wants_logits);
+            if pausable {
+                let mut urgent = UrgentSteps {
+                    scheduler: &mut self.scheduler,
+                    counters: &self.counters,
+                    tokenizer: &self.model.tokenizer,
+                    steps: &mut self.steps,
+                    queue,
+                    in_flight,
+                    done: urgent_steps,
+                };
+                self.model
+                    .model
+                    .forward_pausable(&mut self.workspace, &mut inputs, &mut |pause| {
+                        urgent.run(pause)
+                    })
+            } else {
+                self.model.model.forward(&mut self.workspace, &mut inputs)
+            }
         };
+        for (c, table) in plan.chunks.iter().zip(&tables) {
+            self.scheduler.running[c.index].table.len = table.len;
+        }
         self.steps += 1;
-        self.counters.steps.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .batch_tokens
-            .fetch_add(batch_tokens as u64, Ordering::Relaxed);
-        for c in &plan.chunks {
-            self.scheduler.running[c.index]
-                .counters
-                .service_tokens
-                .fetch_add(c.tokens as u64, Ordering::Relaxed);
-        }
-
-        let mut ended = Vec::new();
-        let logits = match logits {
-            Ok(logits) => logits,
-            Err(e) => {
-                // A failed pass leaves the planned sequences' caches unknown: end them all.
-                tracing::error!(error = %e, "forward pass failed");
-                let mut indices: Vec<usize> = plan.chunks.iter().map(|c| c.index).collect();
-                indices.sort_unstable_by(|a, b| b.cmp(a));
-                for i in indices {
-                    let sequence = self.scheduler.finish(i);
-                    sequence.fail(format!("model execution failed: {e}"));
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    ended.push(sequence.id);
-                }
-                return ended;
-            }
-        };
-
-        let mut finished = Vec::new();
-        let mut row = 0;
-        for (chunk, wants) in plan.chunks.iter().zip(&wants_logits) {
-            if !wants {
-                continue;
-            }
-            let sequence = &mut self.scheduler.running[chunk.index];
-            let outcome = logits
-                .i(row)
-                .map_err(Into::into)
-                .and_then(|l| sequence.accept_logits(&l, &self.model.tokenizer));
-            row += 1;
-            self.counters
-                .generated_tokens
-                .fetch_add(1, Ordering::Relaxed);
-            match outcome {
-                Ok(Next::Continue) => {}
-                Ok(Next::Finished) => {
-                    self.counters.finished.fetch_add(1, Ordering::Relaxed);
-                    finished.push(chunk.index);
-                }
-                Err(e) => {
-                    sequence.fail(e.to_string());
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    finished.push(chunk.index);
-                }
-            }
-        }
-        // Free finished sequences' blocks in this same step (highest index first).
-        finished.sort_unstable_by(|a, b| b.cmp(a));
-        for i in finished {
-            ended.push(self.scheduler.finish(i).id);
-        }
-        ended
+        settle(
+            &mut self.scheduler,
+            &self.counters,
+            &self.model.tokenizer,
+            plan,
+            &wants_logits,
+            logits,
+        )
     }
 
-    /// Updates the gauges and, when asked for, records the step.
-    fn publish(&mut self, plan: &StepPlan, ended: Vec<SequenceId>) {
+    /// Updates the gauges and, when asked for, records step number `step`.
+    fn publish(&mut self, step: u64, plan: &StepPlan, ended: Vec<SequenceId>) {
         let s = &self.scheduler;
         let active = (s.running.len() + s.waiting.len()) as u64;
         self.counters
@@ -366,7 +333,7 @@ impl RequestCore {
             })
             .collect();
         let _ = records.send(StepRecord {
-            step: self.steps,
+            step,
             chunks,
             admitted: plan.admitted.clone(),
             preempted: plan.preempted.clone(),
@@ -376,6 +343,194 @@ impl RequestCore {
             waiting: s.waiting.len(),
             backlogged: plan.backlogged.clone(),
         });
+    }
+}
+
+/// Turns a submitted job into a waiting sequence.
+fn enqueue(scheduler: &mut Scheduler, counters: &EngineCounters, job: Job) {
+    let mut sequence = Sequence::new(
+        job.id,
+        job.request.tenant,
+        job.prompt_ids,
+        job.request.params,
+        job.events,
+        job.submitted_at,
+    );
+    sequence.share = job.request.share;
+    sequence.counters = job.counters;
+    counters
+        .prompt_tokens
+        .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);
+    scheduler.enqueue(sequence);
+}
+
+/// Enqueues every job submitted so far.
+fn drain(
+    queue: &crossbeam_channel::Receiver<Vec<Job>>,
+    scheduler: &mut Scheduler,
+    counters: &EngineCounters,
+) {
+    while let Ok(jobs) = queue.try_recv() {
+        jobs.into_iter()
+            .for_each(|job| enqueue(scheduler, counters, job));
+    }
+}
+
+/// Each planned chunk's tokens, and whether its last token's logits are wanted.
+fn step_inputs(running: &[Sequence], plan: &StepPlan) -> (Vec<Vec<u32>>, Vec<bool>) {
+    plan.chunks
+        .iter()
+        .map(|c| {
+            let s = &running[c.index];
+            (s.next_tokens(c.tokens), s.pending() == c.tokens)
+        })
+        .unzip()
+}
+
+fn inputs<'a>(
+    tables: impl IntoIterator<Item = &'a mut BlockTable>,
+    tokens: &'a [Vec<u32>],
+    wants_logits: &[bool],
+) -> Vec<SequenceInput<'a>> {
+    tables
+        .into_iter()
+        .zip(tokens)
+        .zip(wants_logits)
+        .map(|((table, tokens), &wants_logits)| SequenceInput {
+            tokens,
+            table,
+            wants_logits,
+        })
+        .collect()
+}
+
+/// After a forward pass: counts the step, samples where logits came back, streams the tokens,
+/// and takes finished (or, if the pass failed, all planned) sequences out of the batch.
+/// Returns the sequences that ended.
+fn settle(
+    scheduler: &mut Scheduler,
+    counters: &EngineCounters,
+    tokenizer: &GgufTokenizer,
+    plan: &StepPlan,
+    wants_logits: &[bool],
+    logits: candle_core::Result<candle_core::Tensor>,
+) -> Vec<SequenceId> {
+    let batch_tokens: usize = plan.chunks.iter().map(|c| c.tokens).sum();
+    counters.steps.fetch_add(1, Ordering::Relaxed);
+    counters
+        .batch_tokens
+        .fetch_add(batch_tokens as u64, Ordering::Relaxed);
+    for c in &plan.chunks {
+        scheduler.running[c.index]
+            .counters
+            .service_tokens
+            .fetch_add(c.tokens as u64, Ordering::Relaxed);
+    }
+
+    let mut ended = Vec::new();
+    let logits = match logits {
+        Ok(logits) => logits,
+        Err(e) => {
+            // A failed pass leaves the planned sequences' caches unknown: end them all.
+            tracing::error!(error = %e, "forward pass failed");
+            let mut indices: Vec<usize> = plan.chunks.iter().map(|c| c.index).collect();
+            indices.sort_unstable_by(|a, b| b.cmp(a));
+            for i in indices {
+                let sequence = scheduler.finish(i);
+                sequence.fail(format!("model execution failed: {e}"));
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                ended.push(sequence.id);
+            }
+            return ended;
+        }
+    };
+
+    let mut finished = Vec::new();
+    let mut row = 0;
+    for (chunk, wants) in plan.chunks.iter().zip(wants_logits) {
+        if !wants {
+            continue;
+        }
+        let sequence = &mut scheduler.running[chunk.index];
+        let outcome = logits
+            .i(row)
+            .map_err(Into::into)
+            .and_then(|l| sequence.accept_logits(&l, tokenizer));
+        row += 1;
+        counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(Next::Continue) => {}
+            Ok(Next::Finished) => {
+                counters.finished.fetch_add(1, Ordering::Relaxed);
+                finished.push(chunk.index);
+            }
+            Err(e) => {
+                sequence.fail(e.to_string());
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                finished.push(chunk.index);
+            }
+        }
+    }
+    // Free finished sequences' blocks in this same step (highest index first).
+    finished.sort_unstable_by(|a, b| b.cmp(a));
+    for i in finished {
+        ended.push(scheduler.finish(i).id);
+    }
+    ended
+}
+
+/// What a paused step lends to the steps that run while it waits between layers.
+struct UrgentSteps<'a> {
+    scheduler: &'a mut Scheduler,
+    counters: &'a EngineCounters,
+    tokenizer: &'a GgufTokenizer,
+    steps: &'a mut u64,
+    queue: &'a crossbeam_channel::Receiver<Vec<Job>>,
+    /// The highest class in the paused step: only classes above it may cut in.
+    in_flight: Priority,
+    /// Each urgent step's number, plan and ended sequences, to publish.
+    done: &'a mut Vec<(u64, StepPlan, Vec<SequenceId>)>,
+}
+
+impl UrgentSteps<'_> {
+    /// Called between two layers of the paused step: admits what arrived of a higher class and
+    /// fits without preemption, and runs its first prompt chunk now. Sequences it admits sit
+    /// after every sequence of the paused step in `running`, so the paused step's indices hold
+    /// even when one of them ends at once.
+    fn run(&mut self, pause: &mut Pause<'_>) {
+        drain(self.queue, self.scheduler, self.counters);
+        if !self.scheduler.waits_above(self.in_flight) {
+            return;
+        }
+        let plan = self.scheduler.plan_urgent(self.in_flight);
+        if plan.chunks.is_empty() {
+            if !plan.admitted.is_empty() {
+                *self.steps += 1;
+                self.done.push((*self.steps, plan, Vec::new()));
+            }
+            return;
+        }
+        let (tokens, wants_logits) = step_inputs(&self.scheduler.running, &plan);
+        let logits = {
+            let tables = self
+                .scheduler
+                .running
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| plan.chunks.iter().any(|c| c.index == *i))
+                .map(|(_, s)| &mut s.table);
+            pause.forward(&mut inputs(tables, &tokens, &wants_logits))
+        };
+        *self.steps += 1;
+        let ended = settle(
+            self.scheduler,
+            self.counters,
+            self.tokenizer,
+            &plan,
+            &wants_logits,
+            logits,
+        );
+        self.done.push((*self.steps, plan, ended));
     }
 }
 

@@ -8,7 +8,7 @@
 //! preempted (its blocks freed, itself re-queued at the front to be recomputed); (2) sequences
 //! part-way through their prompt get a chunk, within the token budget and the free blocks;
 //! (3) waiting sequences are admitted, the next one from the least-served tenant (see
-//! [`super::fair_share`]), while there is room in the batch, the budget and the blocks for its
+//! [`policies::VirtualTokenCounters`]), while there is room in the batch, the budget and the blocks for its
 //! whole prompt. When there is no room, the engine makes it: a lower class's youngest sequence
 //! is preempted, or, inside the class, the youngest of the tenant that holds the most running
 //! slots for its weight, as long as it keeps at least as many as the newcomer's tenant will
@@ -18,13 +18,12 @@
 //! Per-tenant caps (`max_running_share`, `max_kv_share` of [`policies::Share`]) bound what one
 //! tenant holds; a tenant may always run one sequence whatever its caps.
 
-use policies::{Priority, Share, TenantId};
+use policies::{Priority, Share, TenantId, VirtualTokenCounters};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::block_allocator::{blocks_for, BlockAllocator};
-use super::fair_share::VirtualTokenCounters;
 use super::sequence::{Sequence, SequenceId};
 use crate::model::BlockTable;
 
@@ -45,6 +44,9 @@ pub struct SchedulerLimits {
     /// Tokens per step that lower classes may use while a higher class has tokens in the step
     /// (`None`: no limit, lower classes fill the step).
     pub lower_class_step_tokens: Option<usize>,
+    /// Running slots that only the highest class may take: an interactive arrival finds one
+    /// free, so it can start inside a paused batch step instead of waiting for its end.
+    pub reserved_interactive_slots: usize,
 }
 
 /// One sequence's share of a step.
@@ -241,6 +243,61 @@ impl Scheduler {
         plan
     }
 
+    /// Whether a sequence of a class above `class` waits (for [`Self::plan_urgent`]).
+    pub fn waits_above(&self, class: Priority) -> bool {
+        self.waiting.iter().any(|s| s.share.priority > class)
+    }
+
+    /// Plans a step to run while the step in flight is paused between layers: admissions of
+    /// classes above `in_flight` (the highest class in the paused step) that fit as they are,
+    /// each with its first prompt chunk. Nothing is preempted and no running sequence changes,
+    /// so the paused step's chunks stay valid; admitted sequences go to the end of `running`,
+    /// after every index the paused step uses.
+    pub fn plan_urgent(&mut self, in_flight: Priority) -> StepPlan {
+        self.step += 1;
+        let mut draft = Draft {
+            left: self.limits.max_batch_tokens,
+            ..Draft::default()
+        };
+        let first_new = self.running.len();
+        for class in Priority::HIGHEST_FIRST {
+            if class <= in_flight {
+                break;
+            }
+            draft.class_left = draft.left;
+            while draft.class_left > 0 {
+                let Some(index) = self.next_waiting(class) else {
+                    break;
+                };
+                // Only what fits without preemption: a victim could be in the paused step.
+                if !self
+                    .victims_for(&self.waiting[index])
+                    .is_some_and(|victims| victims.is_empty())
+                {
+                    break;
+                }
+                self.admit(index, &mut draft);
+            }
+        }
+        let step = self.step;
+        let mut plan = std::mem::take(&mut draft.plan);
+        plan.chunks = (first_new..self.running.len())
+            .filter_map(|index| {
+                let s = &mut self.running[index];
+                let (_, tokens) = draft.chunks.iter().find(|(id, _)| *id == s.id)?;
+                s.last_step = step;
+                Some(PlannedChunk {
+                    index,
+                    sequence: s.id,
+                    tenant: s.tenant.clone(),
+                    tokens: *tokens,
+                    prefill: true,
+                })
+            })
+            .collect();
+        plan
+    }
+
     /// (1) One token for each decoding sequence of `class`, least recently served first.
     fn plan_decodes(&mut self, class: Priority, draft: &mut Draft) {
         let mut order: Vec<(u64, u64, SequenceId)> = self
@@ -413,8 +470,9 @@ impl Scheduler {
             .sum();
         // Room for the whole prompt, plus one block of headroom per running sequence so that
         // admitting does not immediately force a growth preemption.
+        let max_running = self.max_running_of(class);
         let fits = |free: usize, owed: usize, running: usize| {
-            running < self.limits.max_running && free >= prompt_blocks + owed + running
+            running < max_running && free >= prompt_blocks + owed + running
         };
         let mut slots: HashMap<&TenantId, (usize, f64)> = HashMap::new();
         for s in self.running.iter().filter(|s| s.share.priority == class) {
@@ -471,6 +529,19 @@ impl Scheduler {
             running -= 1;
         }
         Some(victims)
+    }
+
+    /// Slots sequences of `class` may fill: all of them for the highest class, the rest less
+    /// the reserve (always at least one).
+    fn max_running_of(&self, class: Priority) -> usize {
+        if class == Priority::HIGHEST_FIRST[0] {
+            self.limits.max_running
+        } else {
+            self.limits
+                .max_running
+                .saturating_sub(self.limits.reserved_interactive_slots)
+                .max(1)
+        }
     }
 
     /// Plans the next prompt chunk of running sequence `i`: at most `prefill_chunk` tokens,
@@ -632,6 +703,7 @@ mod tests {
             block_size: 2,
             fair_share: true,
             lower_class_step_tokens: None,
+            reserved_interactive_slots: 0,
         }
     }
 
@@ -951,6 +1023,106 @@ mod tests {
             assert!(!plan.preempted.contains(&101));
             compute(&mut s, &plan);
         }
+    }
+
+    #[test]
+    fn an_urgent_step_admits_only_a_higher_class_that_fits_and_leaves_the_batch_alone() {
+        // Batch work holds 3 of 4 slots; its step is in flight.
+        let batch = Share {
+            priority: Priority::Batch,
+            ..Share::default()
+        };
+        let mut s = Scheduler::new(limits(), 256);
+        let mut keep = Vec::new();
+        for id in 0..3 {
+            let (q, rx) = sequence_of(id, "bulk", batch, 3, 40);
+            keep.push(rx);
+            submit(&mut s, q);
+        }
+        let (late_batch, rx) = sequence_of(50, "bulk", batch, 3, 40);
+        keep.push(rx);
+        let in_flight = s.plan();
+        compute(&mut s, &in_flight);
+        let in_flight = s.plan();
+        let before: Vec<(SequenceId, usize, usize)> = s
+            .running
+            .iter()
+            .map(|q| (q.id, q.table.len, q.table.blocks.len()))
+            .collect();
+        // Nothing above batch waits: no urgent step, even with a batch arrival.
+        submit(&mut s, late_batch);
+        assert!(!s.waits_above(Priority::Batch));
+        assert!(s.plan_urgent(Priority::Batch).chunks.is_empty());
+        // Two interactive arrivals: one fits in the free slot and runs its whole prompt now;
+        // the other would need a preemption and waits for the next ordinary step.
+        let (a, _ra) = sequence_of(100, "clinic", Share::default(), 3, 6);
+        let (b, _rb) = sequence_of(101, "lab", Share::default(), 3, 6);
+        submit(&mut s, a);
+        submit(&mut s, b);
+        assert!(s.waits_above(Priority::Batch));
+        assert!(
+            s.plan_urgent(Priority::Interactive).chunks.is_empty(),
+            "nothing cuts into an interactive step"
+        );
+        let urgent = s.plan_urgent(Priority::Batch);
+        assert_eq!(urgent.admitted.len(), 1);
+        assert!(urgent.preempted.is_empty());
+        assert_eq!(shape(&urgent), vec![(3, 3, true)]);
+        // The paused step's sequences, indices and blocks are as they were.
+        for (i, (id, len, blocks)) in before.iter().enumerate() {
+            let q = &s.running[i];
+            assert_eq!(
+                (q.id, q.table.len, q.table.blocks.len()),
+                (*id, *len, *blocks)
+            );
+        }
+        assert!(in_flight
+            .chunks
+            .iter()
+            .all(|c| s.running[c.index].id == c.sequence));
+        assert!(
+            s.plan_urgent(Priority::Batch).chunks.is_empty(),
+            "no slot left"
+        );
+        // The ordinary step after it gives the other interactive request a batch slot.
+        compute(&mut s, &in_flight);
+        compute(&mut s, &urgent);
+        let next = s.plan();
+        assert_eq!(next.admitted.len(), 1);
+        assert_eq!(next.preempted.len(), 1);
+    }
+
+    #[test]
+    fn batch_work_leaves_the_reserved_slot_to_an_interactive_arrival() {
+        let limits = SchedulerLimits {
+            reserved_interactive_slots: 1,
+            ..limits()
+        };
+        let batch = Share {
+            priority: Priority::Batch,
+            ..Share::default()
+        };
+        let mut s = Scheduler::new(limits, 256);
+        let mut keep = Vec::new();
+        for id in 0..12 {
+            let (q, rx) = sequence_of(id, "bulk", batch, 3, 40);
+            keep.push(rx);
+            submit(&mut s, q);
+        }
+        for _ in 0..6 {
+            let plan = s.plan();
+            compute(&mut s, &plan);
+        }
+        assert_eq!(
+            running_of(&s, "bulk"),
+            3,
+            "batch keeps off the reserved slot"
+        );
+        let (clinic, _rx) = sequence_of(100, "clinic", Share::default(), 3, 6);
+        submit(&mut s, clinic);
+        let urgent = s.plan_urgent(Priority::Batch);
+        assert_eq!(urgent.admitted, vec![100]);
+        assert!(urgent.preempted.is_empty());
     }
 
     #[test]

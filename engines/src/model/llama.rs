@@ -41,8 +41,52 @@ pub struct LlamaModel {
 }
 
 enum WorkspaceKind {
-    Cpu { kv: KvPool, scratch: Box<Scratch> },
+    Cpu {
+        kv: KvPool,
+        scratch: Box<Scratch>,
+        /// Buffers of the steps run while a step is paused between layers.
+        urgent: Box<Scratch>,
+    },
     Candle(PagedKvCache),
+}
+
+/// A step paused between two layers (CPU path): other sequences' steps can run now, in buffers
+/// of their own and their own blocks of the same KV pool, before the paused step goes on.
+pub struct Pause<'a> {
+    model: &'a CpuLlama,
+    kv: &'a mut KvPool,
+    scratch: &'a mut Scratch,
+}
+
+impl Pause<'_> {
+    /// Runs one whole step over `batch` (sequences other than the paused step's); as
+    /// [`LlamaModel::forward`].
+    pub fn forward(&mut self, batch: &mut [SequenceInput<'_>]) -> Result<Tensor> {
+        cpu_forward(self.model, self.kv, self.scratch, batch, &mut |_| {})
+    }
+}
+
+fn cpu_forward(
+    model: &CpuLlama,
+    kv: &mut KvPool,
+    scratch: &mut Scratch,
+    batch: &mut [SequenceInput<'_>],
+    between_layers: &mut dyn FnMut(&mut KvPool),
+) -> Result<Tensor> {
+    let vocab = model.config().vocab_size;
+    let mut steps: Vec<StepSequence<'_>> = batch
+        .iter_mut()
+        .map(|s| StepSequence {
+            tokens: s.tokens,
+            table: &mut *s.table,
+            wants_logits: s.wants_logits,
+        })
+        .collect();
+    let logits = model
+        .forward_pausable(kv, scratch, &mut steps, between_layers)
+        .map_err(cpu_error)?;
+    let rows = logits.len() / vocab;
+    Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)
 }
 
 /// What one request core needs besides the model: the KV pool and the step buffers.
@@ -149,6 +193,7 @@ impl LlamaModel {
             Backend::Cpu(m) => WorkspaceKind::Cpu {
                 kv: m.new_kv_pool(num_blocks, block_size),
                 scratch: Box::new(m.new_scratch()),
+                urgent: Box::new(m.new_scratch()),
             },
             Backend::Candle(m) => WorkspaceKind::Candle(PagedKvCache::new(
                 m.config(),
@@ -168,21 +213,34 @@ impl LlamaModel {
         workspace: &mut Workspace,
         batch: &mut [SequenceInput<'_>],
     ) -> Result<Tensor> {
-        let vocab = self.config().vocab_size;
+        self.forward_pausable(workspace, batch, &mut |_| {})
+    }
+
+    /// [`Self::forward`], calling `between_layers` after each layer with a [`Pause`] that can
+    /// run other sequences' steps first (a newly arrived interactive prompt, say, instead of
+    /// waiting for the whole step). Only the CPU path pauses; on GPUs a step is short and
+    /// `between_layers` is never called.
+    pub fn forward_pausable(
+        &self,
+        workspace: &mut Workspace,
+        batch: &mut [SequenceInput<'_>],
+        between_layers: &mut dyn FnMut(&mut Pause<'_>),
+    ) -> Result<Tensor> {
         match (&self.backend, &mut workspace.kind) {
-            (Backend::Cpu(m), WorkspaceKind::Cpu { kv, scratch }) => {
-                let mut steps: Vec<StepSequence<'_>> = batch
-                    .iter_mut()
-                    .map(|s| StepSequence {
-                        tokens: s.tokens,
-                        table: &mut *s.table,
-                        wants_logits: s.wants_logits,
-                    })
-                    .collect();
-                let logits = m.forward(kv, scratch, &mut steps).map_err(cpu_error)?;
-                let rows = logits.len() / vocab;
-                Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)
-            }
+            (
+                Backend::Cpu(m),
+                WorkspaceKind::Cpu {
+                    kv,
+                    scratch,
+                    urgent,
+                },
+            ) => cpu_forward(m, kv, scratch, batch, &mut |kv| {
+                between_layers(&mut Pause {
+                    model: m,
+                    kv,
+                    scratch: urgent,
+                })
+            }),
             (Backend::Candle(m), WorkspaceKind::Candle(cache)) => {
                 let shapes: Vec<(&[u32], bool)> =
                     batch.iter().map(|s| (s.tokens, s.wants_logits)).collect();

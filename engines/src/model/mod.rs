@@ -11,4 +11,4 @@ pub mod kv_cache;
 pub mod llama;
 
 pub use config::{BlockId, BlockTable, LlamaConfig, WeightFormat};
-pub use llama::{LlamaModel, SequenceInput, SoloCache, Workspace};
+pub use llama::{LlamaModel, Pause, SequenceInput, SoloCache, Workspace};

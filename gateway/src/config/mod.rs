@@ -228,6 +228,15 @@ impl GatewayConfig {
                     )));
                 }
             }
+            if model
+                .saturated_wait_secs
+                .is_some_and(|s| !(s >= 0.0 && s.is_finite() && s <= 3600.0))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "model `{}`: `saturated_wait_secs` must be between 0 and 3600",
+                    model.id
+                )));
+            }
             let core = model.core(DeviceSpec::Cpu);
             let zero = [
                 ("max_batch_tokens", core.max_batch_tokens),
@@ -309,7 +318,7 @@ mod tests {
 
     #[test]
     fn scheduling_terms_parse_and_are_validated() {
-        let good = "[[models]]\nid = \"m\"\nlower_class_step_tokens = 4\n[[tenants]]\nid = \"t\"\npriority = \"batch\"\nmax_running_share = 0.5\nmax_kv_share = 0.25\nmax_waiting = 8\n";
+        let good = "[[models]]\nid = \"m\"\nlower_class_step_tokens = 4\npause_for_higher_class = false\nreserved_interactive_slots = 2\n[[tenants]]\nid = \"t\"\npriority = \"batch\"\nmax_running_share = 0.5\nmax_kv_share = 0.25\nmax_waiting = 8\n";
         let config: GatewayConfig = toml::from_str(good).unwrap();
         config.validate().unwrap();
         let share = config.tenants[0].spec().limits.share;
@@ -324,6 +333,8 @@ mod tests {
         );
         let core = config.models[0].core(DeviceSpec::Cpu);
         assert_eq!(core.lower_class_step_tokens, Some(4));
+        assert!(!core.pause_for_higher_class);
+        assert_eq!(core.reserved_interactive_slots, 2);
         // Absent: by device.
         let plain: GatewayConfig = toml::from_str("[[models]]\nid = \"m\"\n").unwrap();
         assert_eq!(
@@ -332,6 +343,7 @@ mod tests {
                 .lower_class_step_tokens,
             Some(1)
         );
+        assert!(plain.models[0].core(DeviceSpec::Cpu).pause_for_higher_class);
         assert_eq!(
             plain.models[0]
                 .core(DeviceSpec::Cuda(0))

@@ -57,9 +57,30 @@ pub struct ModelConfig {
     pub max_waiting_per_tenant: Option<usize>,
     /// Batch-class requests are refused (503) while this many requests wait (default 64).
     pub shed_batch_above: Option<usize>,
+    /// Pause a CPU step between layers to start a newly arrived interactive request when the
+    /// step holds only batch work (default `true`).
+    pub pause_for_higher_class: Option<bool>,
+    /// Running slots batch-class requests may not take, kept for interactive arrivals
+    /// (default 1).
+    pub reserved_interactive_slots: Option<usize>,
+    /// Seconds a request may wait at the gateway when every replica it may use is saturated
+    /// (pools with `max_outstanding_tokens`), let through by priority class and weighted fair
+    /// share (default 30; 0: refused at once with 503).
+    pub saturated_wait_secs: Option<f64>,
 }
 
 impl ModelConfig {
+    /// The waiting room's settings for saturated pools, or `None` if requests may not wait.
+    pub fn saturated_wait(&self) -> Option<routing::WaitingSettings> {
+        let secs = self.saturated_wait_secs.unwrap_or(30.0);
+        (secs > 0.0).then(|| routing::WaitingSettings {
+            max_wait: std::time::Duration::from_secs_f64(secs),
+            max_waiting_per_tenant: self
+                .max_waiting_per_tenant
+                .unwrap_or(CoreConfig::default().max_waiting_per_tenant),
+        })
+    }
+
     /// The request core's settings on `device`: configured values over the defaults.
     pub fn core(&self, device: DeviceSpec) -> CoreConfig {
         let d = CoreConfig::default();
@@ -77,6 +98,12 @@ impl ModelConfig {
                 .max_waiting_per_tenant
                 .unwrap_or(d.max_waiting_per_tenant),
             shed_batch_above: self.shed_batch_above.unwrap_or(d.shed_batch_above),
+            pause_for_higher_class: self
+                .pause_for_higher_class
+                .unwrap_or(d.pause_for_higher_class),
+            reserved_interactive_slots: self
+                .reserved_interactive_slots
+                .unwrap_or(d.reserved_interactive_slots),
             ..d
         }
     }
@@ -164,6 +191,9 @@ pub(super) fn default_models() -> Vec<ModelConfig> {
         lower_class_step_tokens: None,
         max_waiting_per_tenant: None,
         shed_batch_above: None,
+        pause_for_higher_class: None,
+        reserved_interactive_slots: None,
+        saturated_wait_secs: None,
     }]
 }
 

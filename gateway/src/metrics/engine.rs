@@ -182,6 +182,7 @@ impl Collector for EngineCollector {
         }
         encode_kv_usage(&mut encoder, &routers)?;
         encode_per_tenant(&mut encoder, &routers)?;
+        encode_waiting_room(&mut encoder, &routers)?;
         Ok(())
     }
 }
@@ -296,6 +297,30 @@ fn encode_per_tenant(
         let seconds = sum(counters, |c| &c.queue_nanos) as f64 / 1e9;
         let labels = [("model", *model), ("tenant", tenant.as_str())];
         ConstCounter::new(seconds).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `gateway_router_waiting_requests`: per model and tenant, requests waiting at the gateway for
+/// a saturated pool (the waiting room).
+fn encode_waiting_room(
+    encoder: &mut DescriptorEncoder,
+    routers: &[(String, Arc<ModelRouter>)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "gateway_router_waiting_requests",
+        "Requests waiting at the gateway because every replica they may use is saturated.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (model, router) in routers {
+        let Some(room) = router.waiting_room() else {
+            continue;
+        };
+        for (tenant, n) in room.waiting() {
+            let labels = [("model", model.as_str()), ("tenant", tenant.as_str())];
+            ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+        }
     }
     Ok(())
 }

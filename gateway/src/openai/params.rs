@@ -1,6 +1,7 @@
 //! Sampling parameters shared by chat and text completions, validated into engine terms.
 
 use engines::SamplingParams;
+use policies::Priority;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -58,6 +59,10 @@ pub struct CommonParams {
     pub top_logprobs: Option<serde_json::Value>,
     /// The end user's id (recorded nowhere; accepted for compatibility).
     pub user: Option<String>,
+    /// This request's priority class, `interactive` or `batch`: a request may lower its API
+    /// key's class (a bulk job from an interactive tenant), never raise it.
+    #[schema(value_type = Option<String>)]
+    pub priority: Option<serde_json::Value>,
 }
 
 /// Validated parameters. `max_tokens` stays optional: its default depends on the endpoint and,
@@ -72,6 +77,8 @@ pub struct ValidParams {
     pub stream: bool,
     /// Add a usage chunk before `[DONE]`.
     pub include_usage: bool,
+    /// The class the request asked for, if any (checked against the caller's by the preamble).
+    pub priority: Option<Priority>,
 }
 
 /// OpenAI's limit on the number of stop sequences.
@@ -158,8 +165,24 @@ impl CommonParams {
                 "`logprobs` is not supported yet.",
             ));
         }
+        let priority = match &self.priority {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(name)) if name == Priority::Interactive.as_str() => {
+                Some(Priority::Interactive)
+            }
+            Some(serde_json::Value::String(name)) if name == Priority::Batch.as_str() => {
+                Some(Priority::Batch)
+            }
+            Some(other) => {
+                return Err(ApiError::invalid_param(
+                    "priority",
+                    format!("`priority` must be \"interactive\" or \"batch\", got {other}."),
+                ))
+            }
+        };
         let stream = self.stream.unwrap_or(false);
         Ok(ValidParams {
+            priority,
             sampling: SamplingParams {
                 temperature,
                 top_p,
@@ -225,6 +248,8 @@ mod tests {
             (r#"{"n": 2}"#, "n"),
             (r#"{"stop": ["a","b","c","d","e"]}"#, "stop"),
             (r#"{"logprobs": true}"#, "logprobs"),
+            (r#"{"priority": "urgent"}"#, "priority"),
+            (r#"{"priority": 1}"#, "priority"),
         ] {
             let err = parse(json).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{json}");
@@ -241,5 +266,18 @@ mod tests {
         assert!(p.include_usage);
         assert_eq!(p.sampling.stop, vec!["x".to_string()]);
         assert_eq!(p.sampling.seed, Some(u64::MAX));
+    }
+
+    #[test]
+    fn priority_names_a_class() {
+        assert_eq!(parse("{}").unwrap().priority, None);
+        assert_eq!(
+            parse(r#"{"priority": "batch"}"#).unwrap().priority,
+            Some(Priority::Batch)
+        );
+        assert_eq!(
+            parse(r#"{"priority": "interactive"}"#).unwrap().priority,
+            Some(Priority::Interactive)
+        );
     }
 }

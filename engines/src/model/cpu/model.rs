@@ -250,6 +250,20 @@ impl CpuLlama {
         scratch: &mut Scratch,
         batch: &mut [StepSequence<'_>],
     ) -> Result<Vec<f32>, Error> {
+        self.forward_pausable(kv, scratch, batch, &mut |_| {})
+    }
+
+    /// [`Self::forward`], calling `between_layers` with the KV pool after each layer. The step's
+    /// state lives in `scratch` and in the blocks of `batch`, so the callback may run other
+    /// sequences' steps (another scratch, other blocks) before this one goes on: a long step
+    /// can make way for urgent work without losing what it computed.
+    pub fn forward_pausable(
+        &self,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        batch: &mut [StepSequence<'_>],
+        between_layers: &mut dyn FnMut(&mut KvPool),
+    ) -> Result<Vec<f32>, Error> {
         let c = &self.config;
         let isa = self.isa;
         let hidden = c.hidden;
@@ -491,6 +505,7 @@ impl CpuLlama {
                 0,
                 Output::Accumulate,
             );
+            between_layers(kv);
         }
 
         // Logits of the last token of each sequence that wants them.

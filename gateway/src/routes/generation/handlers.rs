@@ -30,13 +30,18 @@ pub async fn generate(
     };
     let requester = Requester {
         tenant: caller.tenant.id.clone(),
-        share: caller.tenant.limits.share,
+        share: prepared.share,
         tier: caller.tenant.tier.clone(),
         traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
     };
     // All prompts or none: a prompt that does not fit fails the whole request (and, with
     // nothing generated, it is not billed: the admission is dropped and refunded).
-    let streams = prepared.engine.submit_all(&requester, prepared.requests)?;
+    // Waits (by priority class and fair share) while every replica is saturated, if the
+    // model's pools let requests wait.
+    let streams = prepared
+        .engine
+        .submit_all_waiting(&requester, prepared.requests)
+        .await?;
     let request_id = request_id.header_value().to_str().unwrap_or("");
     let account = RequestAccount::new(
         &state,

@@ -43,6 +43,8 @@ pub struct PreparedGeneration {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// The caller's scheduling terms, with the priority class the request asked for.
+    pub share: policies::Share,
 }
 
 /// The layer's function: prepares the request, or answers with the error that stops it. Either
@@ -112,6 +114,21 @@ fn prepare_generation(
     };
     let engine = resolve_model(model_state, caller, model)?;
     let params = from_value::<CommonParams>(body)?.validate()?;
+    let mut share = caller.tenant.limits.share;
+    if let Some(asked) = params.priority {
+        if asked > share.priority {
+            return Err(ApiError::invalid_param(
+                "priority",
+                format!(
+                    "This API key's priority class is `{}`; a request may lower it, not raise it to `{}`.",
+                    share.priority.as_str(),
+                    asked.as_str()
+                ),
+            )
+            .with_code("priority_not_allowed"));
+        }
+        share.priority = asked;
+    }
     let limits = &state.limits;
     let prompts = match &parsed {
         GenerationBody::Chat(request) => vec![Prompt::Chat(request.conversation()?)],
@@ -181,6 +198,7 @@ fn prepare_generation(
         requests,
         stream: params.stream,
         include_usage: params.include_usage,
+        share,
     };
     Ok((prepared, cost))
 }

@@ -8,8 +8,9 @@
 #
 # BEFORE_BIN=path/to/an/older/gateway adds the same-class run on that binary (the scheduler
 # before this work); MAX_RUNNING (16) sizes the batch; RUNS picks a subset (space-separated:
-# quiet-alone noisy-alone batch batch-nopause same-class before weighted; batch-nopause is the
-# batch run with `pause_for_higher_class = false`); ROUNDS (1) repeats the chosen runs in turn,
+# quiet-alone noisy-alone batch batch-nopause batch-strict same-class before weighted;
+# batch-nopause is the batch run with `pause_for_higher_class = false`, batch-strict with
+# `lower_class_step_tokens = 0`); ROUNDS (1) repeats the chosen runs in turn,
 # A B A B, and the table pools each run's requests over the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ config() {
   [ "$1" = batch ] && noisy_extra='priority = "batch"'
   local model_extra=""
   [ "${2:-}" = nopause ] && model_extra='pause_for_higher_class = false'
+  [ "${2:-}" = strict ] && model_extra='lower_class_step_tokens = 0'
   cat <<TOML
 [ledger]
 enabled = false
@@ -80,6 +82,7 @@ for round in $(seq "$ROUNDS"); do
       noisy-alone) run noisy-alone.r$round "$BIN/gateway" interactive loadtest/scenarios/noisy-alone.toml ;;
       batch) run batch.r$round "$BIN/gateway" batch loadtest/scenarios/noisy-neighbour.toml ;;
       batch-nopause) run batch-nopause.r$round "$BIN/gateway" batch loadtest/scenarios/noisy-neighbour.toml nopause ;;
+      batch-strict) run batch-strict.r$round "$BIN/gateway" batch loadtest/scenarios/noisy-neighbour.toml strict ;;
       same-class) run same-class.r$round "$BIN/gateway" interactive loadtest/scenarios/noisy-neighbour.toml ;;
       before) [ -n "${BEFORE_BIN:-}" ] && run before.r$round "$BEFORE_BIN" interactive loadtest/scenarios/noisy-neighbour.toml ;;
       weighted) run weighted.r$round "$BIN/gateway" interactive loadtest/scenarios/weighted-split.toml ;;
@@ -103,7 +106,7 @@ def pct(values, p):  # linear between ranks, as the harness reports
     return values[lo] + (values[hi] - values[lo]) * (rank - lo)
 print("| run | tenant | rounds | ok | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | output tok/s |")
 print("|---|---|---|---|---|---|---|---|---|")
-for name in ["quiet-alone", "noisy-alone", "batch", "batch-nopause", "same-class", "before", "weighted"]:
+for name in ["quiet-alone", "noisy-alone", "batch", "batch-nopause", "batch-strict", "same-class", "before", "weighted"]:
     runs = rounds(name)
     if not runs: continue
     for tenant in runs[0]["tenants"]:

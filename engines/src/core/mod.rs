@@ -273,6 +273,7 @@ impl RequestCore {
             let mut inputs = inputs(&mut tables, &tokens, &wants_logits);
             if pausable {
                 let mut urgent = UrgentSteps {
+                    paused_len: self.scheduler.running.len(),
                     scheduler: &mut self.scheduler,
                     counters: &self.counters,
                     tokenizer: &self.model.tokenizer,
@@ -488,21 +489,26 @@ struct UrgentSteps<'a> {
     queue: &'a crossbeam_channel::Receiver<Vec<Job>>,
     /// The highest class in the paused step: only classes above it may cut in.
     in_flight: Priority,
+    /// Sequences in `running` when the step was planned; those after were admitted during the
+    /// pause.
+    paused_len: usize,
     /// Each urgent step's number, plan and ended sequences, to publish.
     done: &'a mut Vec<(u64, StepPlan, Vec<SequenceId>)>,
 }
 
 impl UrgentSteps<'_> {
-    /// Called between two layers of the paused step: admits what arrived of a higher class and
-    /// fits without preemption, and runs its first prompt chunk now. Sequences it admits sit
+    /// Called between two layers of the paused step: gives the sequences admitted during this
+    /// pause their next token, admits what arrived of a higher class and fits without
+    /// preemption, and runs its first prompt chunk now. Sequences it admits sit
     /// after every sequence of the paused step in `running`, so the paused step's indices hold
     /// even when one of them ends at once.
     fn run(&mut self, pause: &mut Pause<'_>) {
         drain(self.queue, self.scheduler, self.counters);
-        if !self.scheduler.waits_above(self.in_flight) {
+        let admitted_here = self.scheduler.running.len() > self.paused_len;
+        if !admitted_here && !self.scheduler.waits_above(self.in_flight) {
             return;
         }
-        let plan = self.scheduler.plan_urgent(self.in_flight);
+        let plan = self.scheduler.plan_urgent(self.in_flight, self.paused_len);
         if plan.chunks.is_empty() {
             if !plan.admitted.is_empty() {
                 *self.steps += 1;

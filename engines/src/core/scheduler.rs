@@ -248,18 +248,28 @@ impl Scheduler {
         self.waiting.iter().any(|s| s.share.priority > class)
     }
 
-    /// Plans a step to run while the step in flight is paused between layers: admissions of
-    /// classes above `in_flight` (the highest class in the paused step) that fit as they are,
-    /// each with its first prompt chunk. Nothing is preempted and no running sequence changes,
-    /// so the paused step's chunks stay valid; admitted sequences go to the end of `running`,
-    /// after every index the paused step uses.
-    pub fn plan_urgent(&mut self, in_flight: Priority) -> StepPlan {
+    /// Plans a step to run while the step in flight is paused between layers. The sequences
+    /// from `paused_len` on in `running` were admitted during this pause: each gets its next
+    /// token (or prompt chunk), so its stream does not wait for the rest of the paused step;
+    /// then waiting sequences of classes above `in_flight` (the highest class in the paused
+    /// step) are admitted if they fit as they are, each with its first prompt chunk. Nothing
+    /// is preempted and no sequence of the paused step changes, so its chunks stay valid;
+    /// admitted sequences go to the end of `running`, after every index the paused step uses.
+    pub fn plan_urgent(&mut self, in_flight: Priority, paused_len: usize) -> StepPlan {
         self.step += 1;
         let mut draft = Draft {
             left: self.limits.max_batch_tokens,
             ..Draft::default()
         };
-        let first_new = self.running.len();
+        for i in paused_len..self.running.len() {
+            draft.class_left = draft.left;
+            if self.running[i].is_prefilling() {
+                self.plan_prompt_chunk(&mut draft, i);
+            } else if self.grow_within_free(i, 1) == 1 {
+                let id = self.running[i].id;
+                self.plan_chunk(&mut draft, id, 1);
+            }
+        }
         for class in Priority::HIGHEST_FIRST {
             if class <= in_flight {
                 break;
@@ -281,7 +291,7 @@ impl Scheduler {
         }
         let step = self.step;
         let mut plan = std::mem::take(&mut draft.plan);
-        plan.chunks = (first_new..self.running.len())
+        plan.chunks = (paused_len..self.running.len())
             .filter_map(|index| {
                 let s = &mut self.running[index];
                 let (_, tokens) = draft.chunks.iter().find(|(id, _)| *id == s.id)?;
@@ -291,7 +301,7 @@ impl Scheduler {
                     sequence: s.id,
                     tenant: s.tenant.clone(),
                     tokens: *tokens,
-                    prefill: true,
+                    prefill: s.is_prefilling(),
                 })
             })
             .collect();
@@ -1044,6 +1054,7 @@ mod tests {
         let in_flight = s.plan();
         compute(&mut s, &in_flight);
         let in_flight = s.plan();
+        let paused_len = s.running.len();
         let before: Vec<(SequenceId, usize, usize)> = s
             .running
             .iter()
@@ -1052,7 +1063,7 @@ mod tests {
         // Nothing above batch waits: no urgent step, even with a batch arrival.
         submit(&mut s, late_batch);
         assert!(!s.waits_above(Priority::Batch));
-        assert!(s.plan_urgent(Priority::Batch).chunks.is_empty());
+        assert!(s.plan_urgent(Priority::Batch, paused_len).chunks.is_empty());
         // Two interactive arrivals: one fits in the free slot and runs its whole prompt now;
         // the other would need a preemption and waits for the next ordinary step.
         let (a, _ra) = sequence_of(100, "clinic", Share::default(), 3, 6);
@@ -1061,10 +1072,12 @@ mod tests {
         submit(&mut s, b);
         assert!(s.waits_above(Priority::Batch));
         assert!(
-            s.plan_urgent(Priority::Interactive).chunks.is_empty(),
+            s.plan_urgent(Priority::Interactive, paused_len)
+                .chunks
+                .is_empty(),
             "nothing cuts into an interactive step"
         );
-        let urgent = s.plan_urgent(Priority::Batch);
+        let urgent = s.plan_urgent(Priority::Batch, paused_len);
         assert_eq!(urgent.admitted.len(), 1);
         assert!(urgent.preempted.is_empty());
         assert_eq!(shape(&urgent), vec![(3, 3, true)]);
@@ -1080,13 +1093,17 @@ mod tests {
             .chunks
             .iter()
             .all(|c| s.running[c.index].id == c.sequence));
-        assert!(
-            s.plan_urgent(Priority::Batch).chunks.is_empty(),
-            "no slot left"
+        // While the step stays paused, the newcomer keeps decoding; no one else gets in.
+        compute(&mut s, &urgent);
+        let next_token = s.plan_urgent(Priority::Batch, paused_len);
+        assert_eq!(
+            shape(&next_token),
+            vec![(3, 1, false)],
+            "no slot left for the other"
         );
+        compute(&mut s, &next_token);
         // The ordinary step after it gives the other interactive request a batch slot.
         compute(&mut s, &in_flight);
-        compute(&mut s, &urgent);
         let next = s.plan();
         assert_eq!(next.admitted.len(), 1);
         assert_eq!(next.preempted.len(), 1);
@@ -1120,7 +1137,8 @@ mod tests {
         );
         let (clinic, _rx) = sequence_of(100, "clinic", Share::default(), 3, 6);
         submit(&mut s, clinic);
-        let urgent = s.plan_urgent(Priority::Batch);
+        let paused_len = s.running.len();
+        let urgent = s.plan_urgent(Priority::Batch, paused_len);
         assert_eq!(urgent.admitted, vec![100]);
         assert!(urgent.preempted.is_empty());
     }
@@ -1195,6 +1213,8 @@ mod tests {
         Cancel(usize),
         /// Plan and compute this many steps.
         Steps(usize),
+        /// Plan a step, and before computing it run an urgent step (as while it is paused).
+        Paused,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1203,6 +1223,7 @@ mod tests {
                 .prop_map(|(t, b, p, m)| Op::Submit(t, b, p, m)),
             any::<usize>().prop_map(Op::Cancel),
             (1usize..4).prop_map(Op::Steps),
+            Just(Op::Paused),
         ]
     }
 
@@ -1264,7 +1285,11 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..60),
         ) {
             let mut s = Scheduler::new(
-                SchedulerLimits { lower_class_step_tokens: Some(1), ..limits() },
+                SchedulerLimits {
+                    lower_class_step_tokens: Some(1),
+                    reserved_interactive_slots: 1,
+                    ..limits()
+                },
                 blocks,
             );
             let tenants: Vec<Arc<crate::engine::TenantCounters>> =
@@ -1295,6 +1320,32 @@ mod tests {
                         s.remove_cancelled();
                     }
                     Op::Cancel(_) => {}
+                    Op::Paused => {
+                        s.remove_cancelled();
+                        let plan = s.plan();
+                        let in_flight: Vec<(SequenceId, Vec<u32>)> = plan
+                            .chunks
+                            .iter()
+                            .map(|c| (s.running[c.index].id, s.running[c.index].table.blocks.clone()))
+                            .collect();
+                        let top = plan.chunks.iter().map(|c| s.running[c.index].share.priority).max();
+                        if let Some(top) = top {
+                            // Two pauses in the step: admissions, then their next tokens.
+                            let paused_len = s.running.len();
+                            for _ in 0..2 {
+                                let urgent = s.plan_urgent(top, paused_len);
+                                prop_assert!(urgent.preempted.is_empty());
+                                compute_and_finish(&mut s, &urgent);
+                            }
+                        }
+                        // The paused step's sequences, at its indices, with the same blocks.
+                        for (c, (id, blocks)) in plan.chunks.iter().zip(&in_flight) {
+                            prop_assert_eq!(s.running[c.index].id, *id);
+                            prop_assert_eq!(&s.running[c.index].table.blocks, blocks);
+                        }
+                        compute_and_finish(&mut s, &plan);
+                        check_invariants(&s, blocks, &tenants);
+                    }
                     Op::Steps(n) => {
                         for _ in 0..n {
                             s.remove_cancelled();

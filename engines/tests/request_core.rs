@@ -94,7 +94,26 @@ fn run_together(engine: &LocalEngine, requests: &[GenerationRequest]) -> Vec<Col
         .collect()
 }
 
-/// Step records until the core is idle (it publishes the last one after the final tokens).
+/// Submits each request and reads its first token: returns the streams, every one of them
+/// decoding now, and those first tokens.
+fn submit_until_decoding(
+    engine: &LocalEngine,
+    requests: &[GenerationRequest],
+) -> (Vec<engines::TokenStream>, Vec<u32>) {
+    let mut streams: Vec<_> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    let firsts = streams
+        .iter_mut()
+        .map(|s| match s.blocking_next() {
+            Some(TokenEvent::Token { id, .. }) => id,
+            other => panic!("expected a token, got {other:?}"),
+        })
+        .collect();
+    (streams, firsts)
+}
+
 /// Each stream's token ids: its first token (already read) followed by the rest.
 fn finish_after_first(streams: Vec<engines::TokenStream>, firsts: Vec<u32>) -> Vec<Vec<u32>> {
     streams
@@ -108,6 +127,7 @@ fn finish_after_first(streams: Vec<engines::TokenStream>, firsts: Vec<u32>) -> V
         .collect()
 }
 
+/// Step records until the core is idle (it publishes the last one after the final tokens).
 fn records_until_idle(engine: &LocalEngine) -> Vec<StepRecord> {
     let mut records = Vec::new();
     for _ in 0..10_000 {
@@ -438,18 +458,8 @@ fn a_newcomer_preempts_a_neighbour_whose_output_is_unchanged() {
             ..chat(q, 24)
         })
         .collect();
-    let mut streams: Vec<_> = a
-        .iter()
-        .map(|r| engine.submit(r.clone()).unwrap())
-        .collect();
     // Every A sequence is decoding before B comes.
-    let firsts: Vec<u32> = streams
-        .iter_mut()
-        .map(|s| match s.blocking_next() {
-            Some(TokenEvent::Token { id, .. }) => id,
-            other => panic!("expected a token, got {other:?}"),
-        })
-        .collect();
+    let (streams, firsts) = submit_until_decoding(&engine, &a);
     let b = GenerationRequest {
         tenant: "b".parse().unwrap(),
         ..chat(QUESTIONS[5], 24)
@@ -568,17 +578,7 @@ fn quiet_beside_bulk(pause: bool) -> QuietBesideBulk {
             ..chat(q, 64)
         })
         .collect();
-    let mut streams: Vec<_> = bulk
-        .iter()
-        .map(|r| engine.submit(r.clone()).unwrap())
-        .collect();
-    let firsts: Vec<u32> = streams
-        .iter_mut()
-        .map(|s| match s.blocking_next() {
-            Some(TokenEvent::Token { id, .. }) => id,
-            other => panic!("expected a token, got {other:?}"),
-        })
-        .collect();
+    let (streams, firsts) = submit_until_decoding(&engine, &bulk);
     // Batch steps run back to back now: each quiet request lands inside one almost surely.
     let mut quiet_ids = Vec::new();
     let mut outputs = Vec::new();

@@ -222,13 +222,17 @@ impl Scheduler {
                 .any(|s| s.share.priority == class && draft.is_planned(s.id));
         }
 
+        self.finish_plan(draft, 0)
+    }
+
+    /// The plan of `draft`: a chunk for each planned sequence from index `from` of `running`
+    /// on, in `running` order, each marked as served at this step.
+    fn finish_plan(&mut self, mut draft: Draft, from: usize) -> StepPlan {
         let step = self.step;
         let mut plan = std::mem::take(&mut draft.plan);
-        plan.chunks = self
-            .running
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(index, s)| {
+        plan.chunks = (from..self.running.len())
+            .filter_map(|index| {
+                let s = &mut self.running[index];
                 let (_, tokens) = draft.chunks.iter().find(|(id, _)| *id == s.id)?;
                 s.last_step = step;
                 Some(PlannedChunk {
@@ -289,23 +293,7 @@ impl Scheduler {
                 self.admit(index, &mut draft);
             }
         }
-        let step = self.step;
-        let mut plan = std::mem::take(&mut draft.plan);
-        plan.chunks = (paused_len..self.running.len())
-            .filter_map(|index| {
-                let s = &mut self.running[index];
-                let (_, tokens) = draft.chunks.iter().find(|(id, _)| *id == s.id)?;
-                s.last_step = step;
-                Some(PlannedChunk {
-                    index,
-                    sequence: s.id,
-                    tenant: s.tenant.clone(),
-                    tokens: *tokens,
-                    prefill: s.is_prefilling(),
-                })
-            })
-            .collect();
-        plan
+        self.finish_plan(draft, paused_len)
     }
 
     /// (1) One token for each decoding sequence of `class`, least recently served first.

@@ -1,5 +1,8 @@
-//! A quiet tenant's time to first token, alone and beside a noisy tenant sending 10x its
-//! request rate, with fair share on and off. In process (no HTTP), open-loop Poisson arrivals
+//! A quiet tenant's time to first token and inter-token latency, alone and beside a noisy
+//! tenant sending 10x its request rate: the noisy tenant in the `batch` class (the gateway's
+//! CPU settings: one batch token beside interactive work, steps paused for interactive
+//! arrivals), and in the same class with fair share on and off. In process (no HTTP), so the
+//! engine's part of the latency is seen apart from the server's; open-loop Poisson arrivals
 //! from a fixed seed, on the default model.
 //!
 //! `cargo bench -p engines --bench noisy_neighbour [-- SECONDS]` (default 40 s per run).
@@ -13,6 +16,7 @@ use engines::model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use engines::{
     DeviceSpec, Engine, GenerationRequest, LocalEngine, Prompt, SamplingParams, TokenEvent,
 };
+use policies::{Priority, Share};
 use rand::{Rng, SeedableRng};
 
 const QUIET_RATE: f64 = 0.5; // requests per second
@@ -41,15 +45,25 @@ fn arrivals(rate: f64, duration: Duration, seed: u64) -> Vec<Duration> {
     }
 }
 
-/// Submits each tenant's arrivals on schedule; returns the quiet tenant's TTFTs in ms.
-fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Duration) -> Vec<f64> {
+/// One run's setup.
+struct Setup {
+    fair_share: bool,
+    noisy: Option<Priority>,
+}
+
+/// Submits each tenant's arrivals on schedule; returns the quiet tenant's TTFTs and
+/// inter-token gaps, in ms.
+fn run(model: &Arc<LoadedModel>, setup: Setup, duration: Duration) -> (Vec<f64>, Vec<f64>) {
     let engine = Arc::new(
         LocalEngine::with_model(
             "bench",
             model.clone(),
             &CoreConfig {
                 max_running: MAX_RUNNING,
-                fair_share,
+                fair_share: setup.fair_share,
+                lower_class_step_tokens: Some(CoreConfig::default_lower_class_step_tokens(
+                    DeviceSpec::Cpu,
+                )),
                 ..CoreConfig::default()
             },
         )
@@ -59,7 +73,7 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
         .into_iter()
         .map(|t| (t, "quiet"))
         .collect();
-    if noisy {
+    if setup.noisy.is_some() {
         schedule.extend(
             arrivals(NOISY_RATE, duration, 2)
                 .into_iter()
@@ -73,7 +87,7 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
         if let Some(wait) = at.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
-        let request = GenerationRequest::new(
+        let mut request = GenerationRequest::new(
             Prompt::Text("Write a short note about the weather today.".into()),
             SamplingParams {
                 ignore_eos: true,
@@ -81,34 +95,42 @@ fn run(model: &Arc<LoadedModel>, fair_share: bool, noisy: bool, duration: Durati
             },
             tenant.parse().unwrap(),
         );
+        if tenant == "noisy" {
+            request.share = Share {
+                priority: setup.noisy.unwrap_or_default(),
+                ..Share::default()
+            };
+        }
         let mut stream = engine.submit(request).unwrap();
         let submitted = Instant::now();
         clients.push((
             tenant,
             std::thread::spawn(move || {
-                let mut ttft = None;
+                let mut arrivals = Vec::new();
                 while let Some(event) = stream.blocking_next() {
                     match event {
-                        TokenEvent::Token { .. } if ttft.is_none() => {
-                            ttft = Some(submitted.elapsed())
-                        }
+                        TokenEvent::Token { .. } => arrivals.push(Instant::now()),
                         TokenEvent::Finished(_) | TokenEvent::Failed(_) => break,
                         _ => {}
                     }
                 }
-                ttft
+                (submitted, arrivals)
             }),
         ));
     }
-    let mut quiet: Vec<f64> = clients
-        .into_iter()
-        .filter_map(|(tenant, h)| {
-            let ttft = h.join().unwrap()?;
-            (tenant == "quiet").then_some(ttft.as_secs_f64() * 1000.0)
-        })
-        .collect();
-    quiet.sort_by(f64::total_cmp);
-    quiet
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut ttft, mut itl) = (Vec::new(), Vec::new());
+    for (tenant, client) in clients {
+        let (submitted, arrivals) = client.join().unwrap();
+        if tenant != "quiet" || arrivals.is_empty() {
+            continue;
+        }
+        ttft.push(ms(arrivals[0] - submitted));
+        itl.extend(arrivals.windows(2).map(|w| ms(w[1] - w[0])));
+    }
+    ttft.sort_by(f64::total_cmp);
+    itl.sort_by(f64::total_cmp);
+    (ttft, itl)
 }
 
 fn main() {
@@ -130,19 +152,30 @@ fn main() {
     println!(
         "quiet {QUIET_RATE} req/s, noisy {NOISY_RATE} req/s, {OUTPUT_TOKENS} tokens out, max_running {MAX_RUNNING}, {seconds} s per run"
     );
-    println!("| run | quiet requests | quiet TTFT p50 | quiet TTFT p99 |");
-    println!("|---|---|---|---|");
-    for (label, fair, noisy) in [
-        ("quiet alone", true, false),
-        ("with noisy neighbour, fair share on", true, true),
-        ("with noisy neighbour, fair share off", false, true),
+    println!("| run | quiet requests | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |");
+    println!("|---|---|---|---|---|---|");
+    for (label, fair_share, noisy) in [
+        ("quiet alone", true, None),
+        ("noisy neighbour in `batch`", true, Some(Priority::Batch)),
+        (
+            "noisy neighbour, same class, fair share on",
+            true,
+            Some(Priority::Interactive),
+        ),
+        (
+            "noisy neighbour, same class, fair share off",
+            false,
+            Some(Priority::Interactive),
+        ),
     ] {
-        let ttft = run(&model, fair, noisy, duration);
+        let (ttft, itl) = run(&model, Setup { fair_share, noisy }, duration);
         println!(
-            "| {label} | {} | {:.0} ms | {:.0} ms |",
+            "| {label} | {} | {:.0} ms | {:.0} ms | {:.1} ms | {:.1} ms |",
             ttft.len(),
             percentile(&ttft, 50.0),
-            percentile(&ttft, 99.0)
+            percentile(&ttft, 99.0),
+            percentile(&itl, 50.0),
+            percentile(&itl, 99.0)
         );
     }
 }

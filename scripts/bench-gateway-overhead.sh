@@ -14,9 +14,14 @@
 #   gateway-nosync  the gateway with `[ledger] durability = "process-crash"` (no fsync per commit)
 #   gateway-remote  the gateway with the engine in an `engine-worker` process behind a remote pool
 #                 (the cost of the extra HTTP hop: routing, SSE parse and re-encode, loopback)
+#   gateway-redis the gateway with its quotas counted in Redis (`[quotas] redis_url`, a
+#                 redis-server started here on loopback): one admission script and one
+#                 settlement script per request
 #   baseline      the `gateway` variant run by another build, $BASELINE_BIN (e.g. the commit
 #                 before a change, built in a worktree): an A/B of two commits in one run
-# $SCENARIOS (default "latency peak") picks the scenarios.
+# $SCENARIOS (default "latency peak") picks the scenarios; `rate1k` and `rate5k` are open loop
+# (Poisson arrivals at 1000 and 5000 requests/s, one unpaced token each): the per-request
+# latency at a fixed rate, for admission cost (VARIANTS="gateway gateway-redis").
 # $ROUNDS (default 1) repeats every variant that many times, alternating them (A B A B), so
 # that the shared machine's drift shows up as the spread between rounds, not as a difference.
 set -euo pipefail
@@ -60,6 +65,21 @@ EOF
 }
 scenario latency 16 32
 scenario peak 64 16
+for rate in 1000 5000; do
+  cat >"$OUT/rate$((rate / 1000))k.toml" <<EOF
+model = "bench"
+endpoint = "completions"
+stream = false
+stop = { duration_secs = $DURATION }
+
+[[tenants]]
+label = "bench"
+api_key = "$KEY"
+arrival = { kind = "poisson", rate = $rate.0 }
+prompts = { kind = "synthetic", tokens = 16 }
+max_tokens = 1
+EOF
+done
 
 models_block() { # tokens_per_second [pool]
   echo '[[models]]'
@@ -90,6 +110,14 @@ run_target() { # variant scenario tokens_per_second round
         models=$(printf '[[pools]]\nname = "worker"\nkind = "remote"\nurls = ["http://127.0.0.1:%s"]\napi_key_env = "WORKER_SECRET"\n\n' "$worker_port"; models_block "$rate" worker)
       fi
       [ "$variant" = gateway-bare ] && extra=$'[ledger]\nenabled = false\n[telemetry]\nmetrics = false'
+      if [ "$variant" = gateway-redis ]; then
+        local redis_port=$((port + 600))
+        redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+          >"$OUT/$tag-redis.log" 2>&1 &
+        pids+=($!)
+        until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+        extra=$(printf '[quotas]\nredis_url = "redis://127.0.0.1:%s/0"\nnamespace = "bench-%s"' "$redis_port" "$tag")
+      fi
       [ "$variant" = gateway-nosync ] && extra=$'[ledger]\ndurability = "process-crash"'
       rm -rf "$OUT/data-$tag"
       cat >"$OUT/$tag-gateway.toml" <<EOF

@@ -20,12 +20,27 @@ if ! command -v promtool >/dev/null 2>&1; then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
+# Real servers for the fleet tests (quotas shared in Redis): Debian's redis-server package,
+# started by the tests themselves on free loopback ports; the package's own service is not
+# needed.
+if ! command -v redis-server >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+
 # A clean clone gains nothing from incremental caches; they cost gigabytes of CI disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# deploy/: Kubernetes manifests against the Kubernetes schemas, the compose file against the
+# Compose Specification (offline; tools from PyPI).
+scripts/check-deploy.sh
 
 # The fuzz targets, briefly: 20 s each (`scripts/fuzz.sh 600` is the long run). Their seeds and
 # every past crash already ran on stable above (`cargo test -p fuzzing`); this part needs the

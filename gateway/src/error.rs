@@ -208,6 +208,22 @@ impl ApiError {
         e
     }
 
+    /// 503: the quota store shared by the replicas cannot be reached and the operator chose
+    /// `fail_closed`: no request is admitted unmetered.
+    pub fn quota_store_unavailable(retry_after: std::time::Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "The quota service is unavailable; please retry shortly.",
+        )
+        .with_code("quota_store_unavailable");
+        e.rate_limit = Some(Box::new(RateLimitDetails {
+            retry_after: Some(retry_after),
+            status: None,
+        }));
+        e
+    }
+
     /// 503: a batch-class request met an engine that is backed up, and was shed.
     pub fn overloaded(message: String) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)

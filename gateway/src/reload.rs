@@ -51,6 +51,9 @@ pub fn reload(state: &AppState, path: &Path) {
 /// How long the file must be left alone before it is read again.
 const QUIET: Duration = Duration::from_millis(150);
 
+/// The symlink a Kubernetes ConfigMap volume swaps to publish an update atomically.
+const CONFIGMAP_DATA: &str = "..data";
+
 /// Watches the config file's directory (editors replace files by renaming, so the file itself
 /// is not watched). The returned watcher must be kept alive.
 pub fn watch(state: AppState, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
@@ -58,7 +61,13 @@ pub fn watch(state: AppState, path: PathBuf) -> notify::Result<notify::Recommend
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
+            // The file itself, or a Kubernetes ConfigMap update: the kubelet writes the new
+            // files into a fresh hidden directory and swaps the `..data` symlink that the
+            // file's own symlink goes through; only `..data` changes in the watched directory.
+            let ours = event.paths.iter().any(|p| {
+                let file = p.file_name();
+                file == name.as_deref() || file == Some(std::ffi::OsStr::new(CONFIGMAP_DATA))
+            });
             if ours && !event.kind.is_access() {
                 let _ = tx.send(());
             }

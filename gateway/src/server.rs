@@ -118,15 +118,28 @@ pub async fn serve_as(
             None
         }
     };
+    let quotas: Arc<dyn policies::QuotaStore> = match config.quotas.redis() {
+        Some(settings) => {
+            tracing::info!(
+                namespace = %settings.namespace,
+                on_unavailable = ?settings.on_unavailable,
+                lease_secs = settings.lease.as_secs(),
+                "tenant limits are counted in Redis, shared by every replica"
+            );
+            Arc::new(redis_quotas::RedisQuotas::new(settings)?)
+        }
+        None => Arc::new(policies::QuotaBook::default()),
+    };
     let state = AppState::new(
         limits,
         models,
         directory,
         ledger.clone(),
+        quotas,
         config.telemetry.metrics,
     );
     if let Some(ledger) = &ledger {
-        restore_todays_usage(&state, ledger)?;
+        restore_todays_usage(&state, ledger).await?;
     }
     // Tenants, keys and limits follow the file without a restart.
     let _watcher = match &config_path {
@@ -228,7 +241,7 @@ fn connection_timeouts(
 
 /// The daily budget counts what each tenant used since midnight UTC, also across restarts: the
 /// ledger has it.
-fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()> {
+async fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()> {
     // The same day the quota book counts, so the restored usage and the live counters agree.
     let midnight = policies::utc_day() as i64 * 86_400_000;
     let rows = ledger.usage(&UsageQuery {
@@ -238,15 +251,18 @@ fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()>
     let directory = state.directory();
     for row in rows {
         if let Some(tenant) = directory.tenants.iter().find(|t| t.id == row.tenant) {
-            state.quotas.restore_usage(
-                tenant,
-                DailyUsage {
-                    requests: row.requests,
-                    prompt_tokens: row.prompt_tokens,
-                    completion_tokens: row.completion_tokens,
-                    rejections: 0,
-                },
-            );
+            state
+                .quotas
+                .restore_usage(
+                    tenant,
+                    DailyUsage {
+                        requests: row.requests,
+                        prompt_tokens: row.prompt_tokens,
+                        completion_tokens: row.completion_tokens,
+                        rejections: 0,
+                    },
+                )
+                .await;
             tracing::info!(tenant = %row.tenant, tokens = row.total_tokens, "restored today's usage from the ledger");
         }
     }

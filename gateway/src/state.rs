@@ -4,7 +4,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ledger::Ledger;
-use policies::QuotaBook;
+use policies::QuotaStore;
 
 use crate::directory::Directory;
 use crate::metrics::RequestMetrics;
@@ -36,8 +36,8 @@ pub struct AppState {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The per-request series (also registered in `metrics`).
     pub requests: Arc<RequestMetrics>,
-    /// Each tenant's live quota counters.
-    pub quotas: Arc<QuotaBook>,
+    /// Each tenant's live quota counters: in process, or in Redis for a fleet.
+    pub quotas: Arc<dyn QuotaStore>,
     /// The durable usage ledger (`None` when `[ledger] enabled = false`).
     pub ledger: Option<Arc<Ledger>>,
     directory: Arc<RwLock<Arc<Directory>>>,
@@ -50,16 +50,21 @@ impl AppState {
         models: Arc<ModelRegistry>,
         directory: Directory,
         ledger: Option<Arc<Ledger>>,
+        quotas: Arc<dyn QuotaStore>,
         record_metrics: bool,
     ) -> Self {
         let requests = Arc::new(RequestMetrics::new(record_metrics));
-        let metrics = Arc::new(crate::metrics::registry(models.clone(), &requests));
+        let metrics = Arc::new(crate::metrics::registry(
+            models.clone(),
+            &requests,
+            quotas.clone(),
+        ));
         Self {
             limits,
             models,
             metrics,
             requests,
-            quotas: Arc::new(QuotaBook::default()),
+            quotas,
             ledger,
             directory: Arc::new(RwLock::new(Arc::new(directory))),
         }

@@ -560,3 +560,47 @@ async fn bounded_queues_refuse_with_retry_after_and_batch_is_shed() {
     assert_eq!(lab["live"]["tokens_used_today"], 0);
     drop((running, waiting));
 }
+
+/// A Kubernetes ConfigMap volume: `gateway.toml -> ..data/gateway.toml`, `..data -> ..<ts>/`.
+/// The kubelet publishes an update by writing a new `..<ts>/` directory and renaming a fresh
+/// `..data_tmp` symlink over `..data`; the file's own name never changes.
+fn configmap_publish(dir: &std::path::Path, generation: u32, contents: &str) {
+    use std::os::unix::fs::symlink;
+    let data = dir.join(format!("..2026_12_05_00_00_0{generation}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("gateway.toml"), contents).unwrap();
+    let tmp = dir.join("..data_tmp");
+    symlink(data.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if generation == 0 {
+        symlink("..data/gateway.toml", dir.join("gateway.toml")).unwrap();
+    } else {
+        let old = dir.join(format!("..2026_12_05_00_00_0{}", generation - 1));
+        std::fs::remove_dir_all(old).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_configmap_update_by_symlink_swap_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = config(&format!(
+        "[[tenants]]\nid = \"acme\"\nkeys = [\"{}\", \"{}\"]\n",
+        digest("sk-c1"),
+        digest("sk-c2")
+    ));
+    configmap_publish(dir.path(), 0, &both);
+    let gw = TestGateway::start(Options {
+        env: vec![(
+            "GATEWAY_CONFIG",
+            dir.path().join("gateway.toml").display().to_string(),
+        )],
+        ..Options::default()
+    });
+    assert_eq!(gw.get("/v1/models", Some("sk-c2")).await.0, 200);
+    configmap_publish(dir.path(), 1, &config(&tenant("acme", "sk-c1", "")));
+    assert!(
+        eventually(async || gw.get("/v1/models", Some("sk-c2")).await.0 == 401).await,
+        "the swapped ConfigMap was not reloaded"
+    );
+    assert_eq!(gw.get("/v1/models", Some("sk-c1")).await.0, 200);
+}

@@ -8,6 +8,7 @@ mod keys;
 mod limits;
 mod quota;
 mod share;
+mod store;
 mod tenant;
 mod token_limiter;
 
@@ -17,7 +18,9 @@ pub use fair_share::VirtualTokenCounters;
 pub use keys::{ApiKey, KeyDigest, KeyError, KeyId, KeyStore, ResolvedKey};
 pub use limits::TenantLimits;
 pub use quota::{
-    utc_day, Admission, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason, Rejection,
+    utc_day, Admission, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason,
+    Rejection, Settle, Settlement,
 };
 pub use share::{Priority, Share, UnknownPriority};
+pub use store::{Admitting, QuotaStore, Refusal, StoreFuture, StoreHealth};
 pub use tenant::{ModelAllowList, TenantId, TenantSpec};

@@ -229,10 +229,10 @@ pub struct QuotaBook {
     tenants: DashMap<TenantId, Arc<TenantQuota>>,
 }
 
-/// A request's hold on its tenant's quota. Record real usage with [`Admission::record`]; the
-/// drop settles it.
+/// A request's hold on its tenant's quota. Record real usage with
+/// [`Admission::record_completion_tokens`]; the drop settles it.
 pub struct Admission {
-    quota: Arc<TenantQuota>,
+    hold: Hold,
     reserved_tokens: u64,
     /// The request's prompt tokens, billed once it starts.
     prompt_tokens: u64,
@@ -243,6 +243,31 @@ pub struct Admission {
     used_tokens: AtomicU64,
     /// Headers for the response.
     pub status: RateLimitStatus,
+}
+
+/// Where an admission's reservation and slot are held.
+enum Hold {
+    /// In this process's [`QuotaBook`]: usage counts live.
+    Local(Arc<TenantQuota>),
+    /// In a store shared by the replicas: settled once, when the request ends.
+    Shared(Option<Box<dyn Settle>>),
+}
+
+/// How a request ended, for a shared quota store to settle in one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    /// Tokens of the reservation not used: they go back to the tokens-per-minute limit.
+    pub unused_tokens: u64,
+    /// What the request adds to its tenant's day (`requests` is 0 for a request never started).
+    pub usage: DailyUsage,
+}
+
+/// The settling end of an admission held in a shared store (see `QuotaStore`): called once,
+/// when the [`Admission`] is dropped. It must not block: a store that needs I/O hands the
+/// work to a task.
+pub trait Settle: Send + Sync {
+    /// Gives the concurrency slot and the unused reservation back and adds the usage.
+    fn settle(self: Box<Self>, settlement: Settlement);
 }
 
 impl QuotaBook {
@@ -316,7 +341,7 @@ impl QuotaBook {
         }
         let status = quota.status();
         Ok(Admission {
-            quota,
+            hold: Hold::Local(quota),
             reserved_tokens: reserve_tokens,
             prompt_tokens,
             started: false,
@@ -347,6 +372,31 @@ impl QuotaBook {
 }
 
 impl Admission {
+    /// An admission held in a shared store: `settle` runs when it is dropped.
+    pub fn shared(
+        prompt_tokens: u64,
+        reserved_tokens: u64,
+        status: RateLimitStatus,
+        settle: Box<dyn Settle>,
+    ) -> Self {
+        Self {
+            hold: Hold::Shared(Some(settle)),
+            reserved_tokens,
+            prompt_tokens,
+            started: false,
+            used_tokens: AtomicU64::new(0),
+            status,
+        }
+    }
+
+    /// Changes today's usage where it counts live (a local quota); a shared one learns it all
+    /// at settlement.
+    fn with_today(&self, f: impl FnOnce(&mut DailyUsage)) {
+        if let Hold::Local(quota) = &self.hold {
+            quota.with_today(f);
+        }
+    }
+
     /// The engine took the request: its prompt tokens and the request itself count from now
     /// (today's usage, and the part of the token reservation that is not given back).
     pub fn start(&mut self) {
@@ -357,7 +407,7 @@ impl Admission {
         self.used_tokens
             .fetch_add(self.prompt_tokens, Ordering::AcqRel);
         let prompt_tokens = self.prompt_tokens;
-        self.quota.with_today(|u| {
+        self.with_today(|u| {
             u.requests += 1;
             u.prompt_tokens += prompt_tokens;
         });
@@ -373,7 +423,7 @@ impl Admission {
         self.used_tokens
             .fetch_sub(self.prompt_tokens, Ordering::AcqRel);
         let prompt_tokens = self.prompt_tokens;
-        self.quota.with_today(|u| {
+        self.with_today(|u| {
             u.requests = u.requests.saturating_sub(1);
             u.prompt_tokens = u.prompt_tokens.saturating_sub(prompt_tokens);
         });
@@ -382,17 +432,40 @@ impl Admission {
     /// Adds completion tokens as they are generated (prompt tokens count from admission).
     pub fn record_completion_tokens(&self, n: u64) {
         self.used_tokens.fetch_add(n, Ordering::AcqRel);
-        self.quota.with_today(|u| u.completion_tokens += n);
+        self.with_today(|u| u.completion_tokens += n);
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some(tokens) = &self.quota.tokens {
-            let used = self.used_tokens.load(Ordering::Acquire);
-            tokens.give_back(self.reserved_tokens.saturating_sub(used));
+        let used = self.used_tokens.load(Ordering::Acquire);
+        let unused_tokens = self.reserved_tokens.saturating_sub(used);
+        match &mut self.hold {
+            Hold::Local(quota) => {
+                if let Some(tokens) = &quota.tokens {
+                    tokens.give_back(unused_tokens);
+                }
+                quota.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            Hold::Shared(settle) => {
+                let (requests, prompt_tokens) = match self.started {
+                    true => (1, self.prompt_tokens),
+                    false => (0, 0),
+                };
+                let usage = DailyUsage {
+                    requests,
+                    prompt_tokens,
+                    completion_tokens: used.saturating_sub(prompt_tokens),
+                    rejections: 0,
+                };
+                if let Some(settle) = settle.take() {
+                    settle.settle(Settlement {
+                        unused_tokens,
+                        usage,
+                    });
+                }
+            }
         }
-        self.quota.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod ledger;
 mod models;
 mod pools;
+mod quotas;
 mod server;
 mod telemetry;
 mod tenants;
@@ -18,6 +19,7 @@ mod tenants;
 pub use ledger::*;
 pub use models::*;
 pub use pools::*;
+pub use quotas::*;
 pub use server::*;
 pub use telemetry::*;
 pub use tenants::*;
@@ -102,6 +104,9 @@ pub struct GatewayConfig {
     /// `[ledger]`: the usage ledger.
     pub ledger: LedgerConfig,
     #[serde(default)]
+    /// `[quotas]`: where tenants' limits are counted (this process, or Redis for a fleet).
+    pub quotas: QuotasConfig,
+    #[serde(default)]
     /// `[telemetry]`: logs, metrics, traces.
     pub telemetry: TelemetryConfig,
     /// Named pools of replicas that models are routed to.
@@ -126,6 +131,7 @@ impl Default for GatewayConfig {
             admin_keys: Vec::new(),
             allow_empty_reload: false,
             ledger: LedgerConfig::default(),
+            quotas: QuotasConfig::default(),
             telemetry: TelemetryConfig::default(),
             pools: Vec::new(),
             routing: RoutingConfig::default(),
@@ -302,6 +308,45 @@ mod tests {
         assert!(!config.key_store().unwrap().is_empty());
         assert_eq!(config.admin_keys.len(), 1);
         assert_eq!(config.tenants[0].spec().limits.share.weight, 2.0);
+    }
+
+    /// The fleet configurations shipped in deploy/ (compose and Kubernetes) load, and each
+    /// counts limits in Redis once the URL comes from the environment.
+    #[test]
+    fn deploy_configs_load_and_share_their_limits_in_redis() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for file in ["compose/gateway.toml", "kubernetes/base/gateway.toml"] {
+            let config = GatewayConfig::load(&root.join(file))
+                .unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
+            assert!(!config.tenants.is_empty(), "{file}");
+            assert_eq!(config.admin_keys.len(), 1, "{file}");
+            assert_eq!(
+                config.quotas.on_unavailable,
+                redis_quotas::OnUnavailable::FailOpen
+            );
+            assert!(
+                config.quotas.redis_url.is_none(),
+                "the URL is a secret: {file}"
+            );
+        }
+        let quotas: QuotasConfig = toml::from_str(
+            "redis_url = \"redis://r:6379/0\"\non_unavailable = \"fail_closed\"\nlease_secs = 3",
+        )
+        .unwrap();
+        let settings = quotas.redis().unwrap();
+        assert_eq!(
+            (
+                settings.on_unavailable,
+                settings.lease,
+                settings.namespace.as_str()
+            ),
+            (
+                redis_quotas::OnUnavailable::FailClosed,
+                std::time::Duration::from_secs(3),
+                "gateway"
+            )
+        );
+        assert!(toml::from_str::<QuotasConfig>("on_unavailable = \"maybe\"").is_err());
     }
 
     #[test]

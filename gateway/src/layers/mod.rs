@@ -72,6 +72,7 @@ pub(crate) mod testing {
             Arc::new(ModelRegistry::default()),
             Directory::from_config(&config).unwrap(),
             None,
+            Arc::new(policies::QuotaBook::default()),
             true,
         )
     }

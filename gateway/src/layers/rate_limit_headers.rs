@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
-use policies::{LimitState, QuotaBook, RateLimitStatus, TenantSpec};
+use policies::{LimitState, QuotaStore, RateLimitStatus, TenantSpec};
 use std::time::Duration;
 
 use super::around::{Around, AroundLayer};
@@ -25,11 +25,11 @@ pub fn layer(state: &AppState) -> AroundLayer<RateLimitHeaders> {
 /// The rate-limit headers' layer.
 #[derive(Clone)]
 pub struct RateLimitHeaders {
-    quotas: Arc<QuotaBook>,
+    quotas: Arc<dyn QuotaStore>,
 }
 
 impl Around for RateLimitHeaders {
-    type Carry = Option<(Arc<QuotaBook>, Arc<TenantSpec>)>;
+    type Carry = Option<(Arc<dyn QuotaStore>, Arc<TenantSpec>)>;
 
     fn before(&self, request: &mut Request) -> Result<Self::Carry, Response> {
         let caller = request.extensions().get::<Caller>();

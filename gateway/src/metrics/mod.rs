@@ -5,23 +5,31 @@
 mod classic;
 mod engine;
 mod process;
+mod quota_store;
 mod requests;
 
 use std::sync::Arc;
 
+use policies::QuotaStore;
 use prometheus_client::registry::Registry;
 
 pub use classic::to_classic_text;
 pub use engine::EngineCollector;
 pub use process::ProcessCollector;
+pub use quota_store::QuotaStoreCollector;
 pub use requests::{LatencyHandles, RequestMetrics};
 
 use crate::models::ModelRegistry;
 
 /// Builds the registry for a server.
-pub fn registry(models: Arc<ModelRegistry>, requests: &RequestMetrics) -> Registry {
+pub fn registry(
+    models: Arc<ModelRegistry>,
+    requests: &RequestMetrics,
+    quotas: Arc<dyn QuotaStore>,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(EngineCollector::new(models)));
+    registry.register_collector(Box::new(QuotaStoreCollector(quotas)));
     registry.register_collector(Box::new(ProcessCollector));
     requests.register(&mut registry);
     registry

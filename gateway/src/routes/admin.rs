@@ -24,9 +24,9 @@ fn limit_state(state: &Option<LimitState>) -> Value {
     }
 }
 
-fn tenant_object(state: &AppState, tenant: &TenantSpec) -> Value {
+async fn tenant_object(state: &AppState, tenant: &TenantSpec) -> Value {
     let limits = &tenant.limits;
-    let (in_flight, today) = state.quotas.live(tenant);
+    let (in_flight, today) = state.quotas.live(tenant).await;
     let status = state.quotas.status(tenant);
     json!({
         "id": tenant.id.as_str(),
@@ -53,11 +53,8 @@ fn tenant_object(state: &AppState, tenant: &TenantSpec) -> Value {
 
 pub async fn tenants(State(state): State<AppState>) -> Json<Value> {
     let directory = state.directory();
-    let data: Vec<Value> = directory
-        .tenants
-        .iter()
-        .map(|t| tenant_object(&state, t))
-        .collect();
+    let data: Vec<Value> =
+        futures::future::join_all(directory.tenants.iter().map(|t| tenant_object(&state, t))).await;
     Json(json!({"object": "list", "data": data}))
 }
 

@@ -30,6 +30,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
     $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
+# ... and Debian's postgresql package for the shared usage ledger (the tests make their own
+# clusters with initdb; the package's own cluster is not needed).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
+fi
 
 # A clean clone gains nothing from incremental caches; they cost gigabytes of CI disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

@@ -107,12 +107,23 @@ pub async fn serve_as(
         max_prompt_tokens_per_request: config.server.max_prompt_tokens_per_request,
     };
     let ledger = match config.ledger.enabled {
-        true => {
-            let path = config.ledger.resolved_path();
-            let ledger = Ledger::open_with(&path, config.ledger.durability)?;
-            tracing::info!(path = %path.display(), durability = ?config.ledger.durability, "usage ledger open");
-            Some(Arc::new(ledger))
-        }
+        true => match config.ledger.postgres_url() {
+            Some(url) => {
+                // The PostgreSQL client blocks (it runs its own runtime): not on this one's
+                // threads.
+                let ledger = tokio::task::spawn_blocking(move || Ledger::connect(&url))
+                    .await
+                    .context("connecting the usage ledger")??;
+                tracing::info!("usage ledger in PostgreSQL, shared by every replica");
+                Some(Arc::new(ledger))
+            }
+            None => {
+                let path = config.ledger.resolved_path();
+                let ledger = Ledger::open_with(&path, config.ledger.durability)?;
+                tracing::info!(path = %path.display(), durability = ?config.ledger.durability, "usage ledger open");
+                Some(Arc::new(ledger))
+            }
+        },
         false => {
             tracing::warn!("usage ledger disabled: usage is not recorded durably");
             None
@@ -241,13 +252,17 @@ fn connection_timeouts(
 
 /// The daily budget counts what each tenant used since midnight UTC, also across restarts: the
 /// ledger has it.
-async fn restore_todays_usage(state: &AppState, ledger: &Ledger) -> anyhow::Result<()> {
+async fn restore_todays_usage(state: &AppState, ledger: &Arc<Ledger>) -> anyhow::Result<()> {
     // The same day the quota book counts, so the restored usage and the live counters agree.
     let midnight = policies::utc_day() as i64 * 86_400_000;
-    let rows = ledger.usage(&UsageQuery {
-        from_ms: Some(midnight),
-        ..Default::default()
-    })?;
+    let ledger = ledger.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        ledger.usage(&UsageQuery {
+            from_ms: Some(midnight),
+            ..Default::default()
+        })
+    })
+    .await??;
     let directory = state.directory();
     for row in rows {
         if let Some(tenant) = directory.tenants.iter().find(|t| t.id == row.tenant) {

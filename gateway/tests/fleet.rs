@@ -1,7 +1,9 @@
-//! Two gateway replicas on one real Redis (`[quotas] redis_url`): a tenant's limits hold over
-//! the fleet, not per replica; a replica killed with SIGKILL gives its concurrency slots back
-//! within the lease time; Redis stopped mid-run follows each replica's policy and is used
-//! again when it returns. The synthetic model keeps the load cheap.
+//! Two gateway replicas on one real Redis (`[quotas] redis_url`) and one real PostgreSQL
+//! (`[ledger] url`): a tenant's limits hold over the fleet, not per replica; either replica's
+//! `/admin/usage` answers for the fleet; a replica killed with SIGKILL gives its concurrency
+//! slots back within the lease time and loses no record of a request that got `[DONE]`; Redis
+//! stopped mid-run follows each replica's policy and is used again when it returns. The
+//! synthetic model keeps the load cheap.
 
 mod common;
 
@@ -10,14 +12,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{digest, Options, TestGateway};
+use ledger::test_server::PostgresServer;
 use redis_quotas::test_server::RedisServer;
 use serde_json::json;
 
 const ADMIN: &str = "sk-fleet-admin";
 
-fn config(redis: &RedisServer, quotas_extra: &str, tokens_per_second: f64) -> String {
+/// The fleet's shared servers.
+struct Shared {
+    redis: RedisServer,
+    ledger_url: String,
+    _postgres: PostgresServer,
+}
+
+fn shared() -> Shared {
+    let postgres = PostgresServer::start();
+    Shared {
+        redis: RedisServer::start(),
+        ledger_url: postgres.database("fleet"),
+        _postgres: postgres,
+    }
+}
+
+fn config(shared: &Shared, quotas_extra: &str, tokens_per_second: f64) -> String {
     format!(
         "admin_keys = [\"{admin}\"]\n\
+         [ledger]\nurl = \"{ledger}\"\n\
          [quotas]\nredis_url = \"{url}\"\nnamespace = \"fleet\"\nlease_secs = 2\n\
          retry_interval_ms = 200\n{quotas_extra}\n\
          [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n\
@@ -27,7 +47,8 @@ fn config(redis: &RedisServer, quotas_extra: &str, tokens_per_second: f64) -> St
          [[tenants]]\nid = \"conc\"\nkeys = [\"{conc}\"]\nmax_concurrent = 4\n\
          [[tenants]]\nid = \"free\"\nkeys = [\"{free}\"]\n",
         admin = digest(ADMIN),
-        url = redis.url(),
+        ledger = shared.ledger_url,
+        url = shared.redis.url(),
         rpm = digest("sk-rpm"),
         tpm = digest("sk-tpm"),
         conc = digest("sk-conc"),
@@ -107,13 +128,14 @@ fn within_5_percent(value: f64, expected: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_tokens_per_minute_hold_over_two_replicas() {
-    let redis = RedisServer::start();
-    let config = config(&redis, "", 0.0);
+    let shared = shared();
+    let config = config(&shared, "", 0.0);
     let (a, b) = (replica(&config), replica(&config));
     let run = Duration::from_secs(5);
 
     // 120 a minute, a burst of the whole minute, then 2 a second: over both replicas together.
     let (admitted, _, elapsed) = hammer(&[&a, &b], "sk-rpm", run).await;
+    let rpm_admitted = admitted;
     let allowed = 120.0 * (1.0 + elapsed / 60.0);
     assert!(
         within_5_percent(admitted as f64, allowed),
@@ -144,6 +166,14 @@ async fn requests_and_tokens_per_minute_hold_over_two_replicas() {
             "A reports {on_a}, B {on_b}; {tokens} were served"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The shared ledger: either replica's /admin/usage has every request of both.
+    for replica in [&a, &b] {
+        let (status, usage) = replica.get("/admin/usage?tenant=rpm", Some(ADMIN)).await;
+        assert_eq!(status, 200, "{usage}");
+        assert_eq!(usage["data"][0]["requests"], rpm_admitted, "{usage}");
+        let (_, usage) = replica.get("/admin/usage?tenant=tpm", Some(ADMIN)).await;
+        assert_eq!(usage["data"][0]["total_tokens"], tokens, "{usage}");
     }
 }
 
@@ -179,10 +209,30 @@ async fn status_of(replica: &TestGateway, key: &str) -> (u16, serde_json::Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_holds_over_replicas_and_a_killed_replica_returns_its_slots() {
-    let redis = RedisServer::start();
+    let shared = shared();
     // Paced: a stream of 1000 tokens runs 100 s, far past the test.
-    let config = config(&redis, "", 10.0);
+    let config = config(&shared, "", 10.0);
     let (mut a, b) = (replica(&config), replica(&config));
+    // Streams that end with `[DONE]` on A before it dies: their records must survive it.
+    let mut finished_on_a = Vec::new();
+    for _ in 0..3 {
+        let response = a
+            .client()
+            .post(a.url("/v1/completions"))
+            .bearer_auth("sk-conc")
+            .json(&completion(3, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = response.text().await.unwrap();
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        finished_on_a.push(id);
+    }
     let mut held_on_a = Vec::new();
     for _ in 0..3 {
         held_on_a.push(running_stream(&a, "sk-conc").await);
@@ -218,19 +268,35 @@ async fn concurrency_holds_over_replicas_and_a_killed_replica_returns_its_slots(
         futures::future::join_all((0..3).map(|_| running_stream(&b, "sk-conc"))).await;
     assert_eq!(status_of(&b, "sk-conc").await.0, 429);
     drop((others, held_on_b, held_on_a));
+    // Every request A finished before it was killed is in the shared ledger, as B reads it.
+    let (status, records) = b.get("/admin/usage/records?tenant=conc", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{records}");
+    let recorded: Vec<&str> = records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "completed")
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    for id in &finished_on_a {
+        assert!(
+            recorded.contains(&id.as_str()),
+            "{id} missing from {records}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_run_follows_each_replicas_policy_and_recovers() {
-    let mut redis = RedisServer::start();
-    let open = replica(&config(&redis, "on_unavailable = \"fail_open\"", 0.0));
-    let closed = replica(&config(&redis, "on_unavailable = \"fail_closed\"", 0.0));
+    let mut shared = shared();
+    let open = replica(&config(&shared, "on_unavailable = \"fail_open\"", 0.0));
+    let closed = replica(&config(&shared, "on_unavailable = \"fail_closed\"", 0.0));
     for replica in [&open, &closed] {
         assert_eq!(status_of(replica, "sk-free").await.0, 200);
         assert_eq!(replica.metric("gateway_quota_store_available").await, 1.0);
     }
 
-    redis.stop();
+    shared.redis.stop();
     // fail_open: served by the replica's own limits; fail_closed: 503 with Retry-After.
     for _ in 0..5 {
         assert_eq!(status_of(&open, "sk-free").await.0, 200);
@@ -260,7 +326,7 @@ async fn redis_stopped_mid_run_follows_each_replicas_policy_and_recovers() {
             >= 5.0
     );
 
-    redis.resume();
+    shared.redis.resume();
     let deadline = Instant::now() + Duration::from_secs(20);
     for replica in [&open, &closed] {
         while !(status_of(replica, "sk-free").await.0 == 200

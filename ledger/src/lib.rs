@@ -1,16 +1,23 @@
-//! The usage ledger: every finished request becomes one [`UsageRecord`], appended to SQLite in
-//! WAL mode and committed before the caller is told it is safe (the gateway waits for that before
-//! it sends a response's last byte).
+//! The usage ledger: every finished request becomes one [`UsageRecord`], committed before the
+//! caller is told it is safe (the gateway waits for that before it sends a response's last
+//! byte). Two stores: SQLite in WAL mode, embedded (one replica, the default), and PostgreSQL,
+//! shared by a fleet of replicas ([`Ledger::connect`]). Both schemas are versioned migrations
+//! (`migrations/`, run by refinery when the ledger opens).
 //!
 //! Writes go through one writer thread that commits in groups: whatever records arrived while
-//! the previous transaction was syncing go into the next one, so a busy gateway pays one `fsync`
-//! per group, not per request. Reads (usage queries, the daily budget after a restart) use a
-//! connection of their own; WAL lets them run beside the writer.
+//! the previous transaction was committing go into the next one, so a busy gateway pays one
+//! sync (or one round trip) per group, not per request. Reads (usage queries, the daily budget
+//! after a restart) use a connection of their own. Both stores' calls block: call them from a
+//! blocking thread, not from an async task (the PostgreSQL client runs its own runtime).
 
 #![warn(missing_docs)]
 
+mod postgres;
 mod query;
 mod record;
+mod sqlite;
+#[cfg(any(test, feature = "test-server"))]
+pub mod test_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -37,6 +44,23 @@ pub enum LedgerError {
     #[error("usage ledger: {0}")]
     /// A query or statement failed.
     Sqlite(#[from] rusqlite::Error),
+    #[error("usage ledger at PostgreSQL {server}: {source}")]
+    /// PostgreSQL could not be reached.
+    Connect {
+        /// Where (the URL's host part, without credentials).
+        server: String,
+        /// What the client said.
+        source: ::postgres::Error,
+    },
+    #[error("usage ledger (PostgreSQL): {0}")]
+    /// A PostgreSQL query or statement failed.
+    Postgres(#[from] ::postgres::Error),
+    #[error("usage ledger: schema migration failed: {0}")]
+    /// The schema could not be brought up to date.
+    Migration(String),
+    #[error("usage ledger: unexpected stored value: {0}")]
+    /// A stored value this crate would never have written.
+    Corrupt(String),
     #[error("usage ledger: commit failed: {0}")]
     /// A group commit failed after its retries.
     Commit(String),
@@ -83,31 +107,28 @@ enum Message {
     Flush(oneshot::Sender<()>),
 }
 
+/// The writer thread's side of a store: one transaction per group.
+pub(crate) trait Writer: Send + 'static {
+    /// Commits every record, or none.
+    fn commit(&mut self, records: &[&UsageRecord]) -> Result<(), String>;
+}
+
+/// The reading side of a store.
+pub(crate) trait Reader: Send + 'static {
+    /// Usage summed per tenant (and day or model).
+    fn usage(&mut self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
+    /// The records, oldest first.
+    fn records(&mut self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
+}
+
 /// See the crate documentation. Cheap to share behind an `Arc`.
 pub struct Ledger {
     writer: Mutex<Option<mpsc::Sender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    reader: Mutex<Connection>,
+    reader: Mutex<Box<dyn Reader>>,
+    /// SQLite's date functions parse query times, whatever the store (an in-memory database).
+    dates: Mutex<Connection>,
 }
-
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS usage (
-        id                INTEGER PRIMARY KEY,
-        request_id        TEXT    NOT NULL,
-        tenant            TEXT    NOT NULL,
-        key_id            TEXT    NOT NULL,
-        model             TEXT    NOT NULL,
-        pool              TEXT    NOT NULL,
-        prompt_tokens     INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        status            TEXT    NOT NULL,
-        finish_reason     TEXT,
-        started_at_ms     INTEGER NOT NULL,
-        ended_at_ms       INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS usage_by_time ON usage (ended_at_ms);
-    CREATE INDEX IF NOT EXISTS usage_by_tenant_time ON usage (tenant, ended_at_ms);
-";
 
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path`, every commit synced to disk.
@@ -115,42 +136,47 @@ impl Ledger {
         Self::open_with(path, Durability::PowerLoss)
     }
 
-    /// Opens the ledger with the given durability of a commit.
+    /// Opens (creating and migrating if needed) the SQLite ledger at `path`, with the given
+    /// durability of a commit.
     pub fn open_with(path: &Path, durability: Durability) -> Result<Self> {
-        let open_error = |source| LedgerError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let writer_conn = Connection::open(path).map_err(open_error)?;
-        // WAL: readers never block the writer.
-        writer_conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_error)?;
-        writer_conn
-            .pragma_update(None, "synchronous", durability.synchronous())
-            .map_err(open_error)?;
-        writer_conn
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_error)?;
-        writer_conn.execute_batch(SCHEMA).map_err(open_error)?;
-        let reader = Connection::open(path).map_err(open_error)?;
-        reader
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_error)?;
+        let (writer, reader) = sqlite::open(path, durability)?;
+        Self::start(writer, reader)
+    }
 
+    /// Connects to the PostgreSQL ledger at `url` (`postgres://user:password@host:port/db`)
+    /// and brings its schema up to date (replicas starting together migrate one at a time).
+    /// Blocks: call it from a blocking thread.
+    pub fn connect(url: &str) -> Result<Self> {
+        let (writer, reader) = postgres::connect(url)?;
+        Self::start(writer, reader)
+    }
+
+    fn start(writer: impl Writer, reader: impl Reader) -> Result<Self> {
+        let dates = Connection::open_in_memory()?;
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("usage-ledger".into())
-            .spawn(move || write_groups(writer_conn, receiver))
+            .spawn(move || write_groups(writer, receiver))
             .map_err(|e| LedgerError::Commit(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             writer: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
-            reader: Mutex::new(reader),
+            reader: Mutex::new(Box::new(reader)),
+            dates: Mutex::new(dates),
         })
+    }
+
+    /// Usage summed per tenant, and per day or model when asked, in key order.
+    pub fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
+        self.reader.lock().expect("ledger reader lock").usage(query)
+    }
+
+    /// The records themselves, oldest first.
+    pub fn records(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>> {
+        self.reader
+            .lock()
+            .expect("ledger reader lock")
+            .records(query)
     }
 
     fn send(&self, message: Message) -> Result<()> {
@@ -193,24 +219,17 @@ impl Ledger {
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let conn = self.reader.lock().expect("ledger reader lock");
-        Ok(f(&conn)?)
-    }
-
     /// Unix milliseconds of `text`: `YYYY-MM-DD` (midnight UTC), an RFC 3339 / ISO 8601
     /// date-time, or Unix seconds. SQLite's date functions do the parsing.
     pub fn parse_time(&self, text: &str) -> Result<i64> {
         if let Ok(seconds) = text.parse::<i64>() {
             return Ok(seconds * 1000);
         }
-        let parsed: Option<f64> = self.read(|c| {
-            c.query_row(
-                "SELECT (julianday(?1) - 2440587.5) * 86400000.0",
-                [text],
-                |row| row.get(0),
-            )
-        })?;
+        let parsed: Option<f64> = self.dates.lock().expect("date parser lock").query_row(
+            "SELECT (julianday(?1) - 2440587.5) * 86400000.0",
+            [text],
+            |row| row.get(0),
+        )?;
         parsed
             .map(|ms| ms.round() as i64)
             .ok_or_else(|| LedgerError::InvalidTime(text.to_string()))
@@ -225,7 +244,7 @@ impl Drop for Ledger {
 
 /// The writer thread: take one message, then whatever else is already queued, commit them in one
 /// transaction, answer everyone, repeat. Ends when every sender is gone and the queue is empty.
-fn write_groups(mut conn: Connection, receiver: mpsc::Receiver<Message>) {
+fn write_groups(mut store: impl Writer, receiver: mpsc::Receiver<Message>) {
     while let Ok(first) = receiver.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -241,14 +260,14 @@ fn write_groups(mut conn: Connection, receiver: mpsc::Receiver<Message>) {
                 Message::Flush(_) => None,
             })
             .collect();
-        let mut result = commit(&mut conn, &records);
+        let mut result = commit(&mut store, &records);
         for attempt in 1..=3 {
             if result.is_ok() {
                 break;
             }
             tracing::warn!(attempt, error = %result.as_ref().unwrap_err(), "usage ledger commit failed; retrying");
             std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
-            result = commit(&mut conn, &records);
+            result = commit(&mut store, &records);
         }
         if let Err(e) = &result {
             tracing::error!(records = records.len(), error = %e, "usage ledger commit failed: records lost");
@@ -268,34 +287,11 @@ fn write_groups(mut conn: Connection, receiver: mpsc::Receiver<Message>) {
     }
 }
 
-fn commit(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Result<()> {
+fn commit(store: &mut impl Writer, records: &[&UsageRecord]) -> Result<(), String> {
     if records.is_empty() {
         return Ok(());
     }
-    let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO usage (request_id, tenant, key_id, model, pool, prompt_tokens,
-                 completion_tokens, status, finish_reason, started_at_ms, ended_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        for r in records {
-            insert.execute(rusqlite::params![
-                r.request_id,
-                r.tenant.as_str(),
-                r.key_id,
-                r.model,
-                r.pool,
-                r.prompt_tokens as i64,
-                r.completion_tokens as i64,
-                r.status.as_str(),
-                r.finish_reason,
-                r.started_at_ms,
-                r.ended_at_ms,
-            ])?;
-        }
-    }
-    tx.commit()
+    store.commit(records)
 }
 
 #[cfg(test)]
@@ -361,5 +357,68 @@ mod tests {
         ));
         // The detached record queued before closing was committed.
         assert_eq!(ledger.records(&UsageQuery::default()).unwrap().len(), 1);
+    }
+}
+
+/// The fleet's ledger: replicas that connect at once migrate one at a time, and each sees
+/// what every replica committed.
+#[cfg(test)]
+mod postgres_tests {
+    use super::*;
+    use crate::test_server::PostgresServer;
+    use std::sync::Arc;
+
+    fn record(replica: usize, i: u64) -> UsageRecord {
+        UsageRecord {
+            request_id: format!("req-{replica}-{i}"),
+            tenant: "acme".parse().unwrap(),
+            key_id: "k".into(),
+            model: "m".into(),
+            pool: format!("replica-{replica}"),
+            prompt_tokens: i,
+            completion_tokens: 1,
+            status: RecordStatus::Completed,
+            finish_reason: None,
+            started_at_ms: 1_000,
+            ended_at_ms: 2_000 + i as i64,
+        }
+    }
+
+    #[test]
+    fn two_replicas_share_one_ledger() {
+        let server = PostgresServer::start();
+        let url = server.database("fleet");
+        let replicas: Vec<Arc<Ledger>> = std::thread::scope(|s| {
+            let connecting: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| Arc::new(Ledger::connect(&url).unwrap())))
+                .collect();
+            connecting.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let appends: Vec<_> = (0..200)
+                .map(|i| {
+                    let ledger = replicas[i % 2].clone();
+                    tokio::spawn(async move { ledger.append(record(i % 2, i as u64)).await })
+                })
+                .collect();
+            for append in appends {
+                append.await.unwrap().unwrap();
+            }
+        });
+        for ledger in &replicas {
+            let rows = ledger.usage(&UsageQuery::default()).unwrap();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].requests, 200);
+            assert_eq!(rows[0].prompt_tokens, (0..200).sum::<u64>());
+        }
+        let records = replicas[1].records(&UsageQuery::default()).unwrap();
+        assert_eq!(records[7], record(1, 7), "the records as written");
+        // A third replica starting later finds the schema migrated and the records there.
+        let later = Ledger::connect(&url).unwrap();
+        assert_eq!(later.records(&UsageQuery::default()).unwrap().len(), 200);
     }
 }

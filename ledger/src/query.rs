@@ -1,12 +1,9 @@
 //! Reading the ledger: raw records, usage summed per tenant (and day or model), and each
-//! tenant's tokens since a moment (the daily budget after a restart).
+//! tenant's tokens since a moment (the daily budget after a restart). The queries are written
+//! once here, in the two dialects of the stores (SQLite, PostgreSQL).
 
 use policies::TenantId;
-use rusqlite::types::Value as SqlValue;
 use serde::Serialize;
-
-use crate::record::{RecordStatus, UsageRecord};
-use crate::{Ledger, Result};
 
 /// Second key of a usage summary (the first is always the tenant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,22 +53,69 @@ pub struct UsageRow {
     pub failed: u64,
 }
 
+/// A parameter of a query, bound by each store in its own way.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    /// A text value.
+    Text(String),
+    /// An integer value.
+    Int(i64),
+}
+
+/// The SQL dialect of a store: the same queries, two spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `?1` parameters; dates by `strftime`.
+    Sqlite,
+    /// `$1` parameters; dates by `to_char`.
+    Postgres,
+}
+
+impl Dialect {
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    /// The UTC day (`YYYY-MM-DD`) of a request's end.
+    fn day(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "strftime('%Y-%m-%d', ended_at_ms / 1000, 'unixepoch')",
+            Dialect::Postgres => {
+                "to_char(to_timestamp(ended_at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            }
+        }
+    }
+}
+
+/// The columns of a record, in the order [`records_sql`] selects them and stores insert them.
+pub(crate) const RECORD_COLUMNS: &str = "request_id, tenant, key_id, model, pool, prompt_tokens, \
+     completion_tokens, status, finish_reason, started_at_ms, ended_at_ms";
+
 impl UsageQuery {
     /// `WHERE` clause and its parameters.
-    fn filter(&self) -> (String, Vec<SqlValue>) {
+    fn filter(&self, dialect: Dialect) -> (String, Vec<Param>) {
         let mut clauses = Vec::new();
         let mut params = Vec::new();
         if let Some(tenant) = &self.tenant {
-            params.push(SqlValue::Text(tenant.to_string()));
-            clauses.push(format!("tenant = ?{}", params.len()));
+            params.push(Param::Text(tenant.to_string()));
+            clauses.push(format!("tenant = {}", dialect.placeholder(params.len())));
         }
         if let Some(from) = self.from_ms {
-            params.push(SqlValue::Integer(from));
-            clauses.push(format!("ended_at_ms >= ?{}", params.len()));
+            params.push(Param::Int(from));
+            clauses.push(format!(
+                "ended_at_ms >= {}",
+                dialect.placeholder(params.len())
+            ));
         }
         if let Some(to) = self.to_ms {
-            params.push(SqlValue::Integer(to));
-            clauses.push(format!("ended_at_ms < ?{}", params.len()));
+            params.push(Param::Int(to));
+            clauses.push(format!(
+                "ended_at_ms < {}",
+                dialect.placeholder(params.len())
+            ));
         }
         let clause = if clauses.is_empty() {
             String::new()
@@ -80,87 +124,63 @@ impl UsageQuery {
         };
         (clause, params)
     }
-}
 
-impl Ledger {
-    /// Usage summed per tenant, and per day or model when asked, in key order.
-    pub fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
-        let (filter, params) = query.filter();
-        let key = match query.group_by {
-            None => "NULL",
-            Some(GroupBy::Day) => "strftime('%Y-%m-%d', ended_at_ms / 1000, 'unixepoch')",
+    /// Usage summed per tenant (and key): columns tenant, key, requests, prompt tokens,
+    /// completion tokens, cancelled, failed; every number a 64-bit integer in both dialects.
+    pub(crate) fn usage_sql(&self, dialect: Dialect) -> (String, Vec<Param>) {
+        let (filter, params) = self.filter(dialect);
+        let key = match self.group_by {
+            None => "CAST(NULL AS TEXT)",
+            Some(GroupBy::Day) => dialect.day(),
             Some(GroupBy::Model) => "model",
         };
         let sql = format!(
-            "SELECT tenant, {key} AS k, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
-                    SUM(status = 'cancelled'), SUM(status = 'failed')
+            "SELECT tenant, {key} AS k, CAST(COUNT(*) AS BIGINT),
+                    CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
+                    CAST(SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS BIGINT),
+                    CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT)
              FROM usage {filter} GROUP BY tenant, k ORDER BY tenant, k"
         );
-        self.read(|c| {
-            let mut statement = c.prepare(&sql)?;
-            let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
-                let key: Option<String> = row.get(1)?;
-                let prompt: i64 = row.get(3)?;
-                let completion: i64 = row.get(4)?;
-                Ok(UsageRow {
-                    tenant: tenant_column(row, 0)?,
-                    day: key.clone().filter(|_| query.group_by == Some(GroupBy::Day)),
-                    model: key.filter(|_| query.group_by == Some(GroupBy::Model)),
-                    requests: row.get::<_, i64>(2)? as u64,
-                    prompt_tokens: prompt as u64,
-                    completion_tokens: completion as u64,
-                    total_tokens: (prompt + completion) as u64,
-                    cancelled: row.get::<_, i64>(5)? as u64,
-                    failed: row.get::<_, i64>(6)? as u64,
-                })
-            })?;
-            rows.collect()
-        })
+        (sql, params)
     }
 
-    /// The records themselves, oldest first.
-    pub fn records(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>> {
-        let (filter, params) = query.filter();
-        let sql = format!(
-            "SELECT request_id, tenant, key_id, model, pool, prompt_tokens, completion_tokens,
-                    status, finish_reason, started_at_ms, ended_at_ms
-             FROM usage {filter} ORDER BY ended_at_ms, id"
-        );
-        self.read(|c| {
-            let mut statement = c.prepare(&sql)?;
-            let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
-                let status: String = row.get(7)?;
-                Ok(UsageRecord {
-                    request_id: row.get(0)?,
-                    tenant: tenant_column(row, 1)?,
-                    key_id: row.get(2)?,
-                    model: row.get(3)?,
-                    pool: row.get(4)?,
-                    prompt_tokens: row.get::<_, i64>(5)? as u64,
-                    completion_tokens: row.get::<_, i64>(6)? as u64,
-                    // Only this crate writes the column.
-                    status: RecordStatus::parse(&status).unwrap_or(RecordStatus::Failed),
-                    finish_reason: row.get(8)?,
-                    started_at_ms: row.get(9)?,
-                    ended_at_ms: row.get(10)?,
-                })
-            })?;
-            rows.collect()
-        })
+    /// The records themselves, oldest first ([`RECORD_COLUMNS`]).
+    pub(crate) fn records_sql(&self, dialect: Dialect) -> (String, Vec<Param>) {
+        let (filter, params) = self.filter(dialect);
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM usage {filter} ORDER BY ended_at_ms, id");
+        (sql, params)
     }
-}
 
-/// A tenant column, read back as the validated id it was written from.
-fn tenant_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<TenantId> {
-    let text: String = row.get(index)?;
-    TenantId::new(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
+    /// A summary row from its columns as [`Self::usage_sql`] selects them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn row(
+        &self,
+        tenant: TenantId,
+        key: Option<String>,
+        requests: i64,
+        prompt: i64,
+        completion: i64,
+        cancelled: i64,
+        failed: i64,
+    ) -> UsageRow {
+        UsageRow {
+            tenant,
+            day: key.clone().filter(|_| self.group_by == Some(GroupBy::Day)),
+            model: key.filter(|_| self.group_by == Some(GroupBy::Model)),
+            requests: requests as u64,
+            prompt_tokens: prompt as u64,
+            completion_tokens: completion as u64,
+            total_tokens: (prompt + completion) as u64,
+            cancelled: cancelled as u64,
+            failed: failed as u64,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Ledger, RecordStatus, UsageRecord};
 
     fn record(tenant: &str, model: &str, ended_at_ms: i64, status: RecordStatus) -> UsageRecord {
         UsageRecord {
@@ -180,19 +200,20 @@ mod tests {
 
     const DAY: i64 = 86_400_000;
 
-    #[tokio::test]
-    async fn sums_per_tenant_day_and_model_within_the_time_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(&dir.path().join("usage.db")).unwrap();
+    /// The same records and queries give the same answers from either store.
+    fn sums_per_tenant_day_and_model_within_the_time_range(ledger: Ledger) {
         let d0 = ledger.parse_time("2026-11-20").unwrap();
         assert_eq!(d0, 1_795_132_800_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         for r in [
             record("acme", "m1", d0 + 1000, RecordStatus::Completed),
             record("acme", "m2", d0 + 2000, RecordStatus::Cancelled),
             record("acme", "m1", d0 + DAY + 5, RecordStatus::Failed),
             record("beta", "m1", d0 + 3000, RecordStatus::Completed),
         ] {
-            ledger.append(r).await.unwrap();
+            runtime.block_on(ledger.append(r)).unwrap();
         }
         let all = ledger.usage(&UsageQuery::default()).unwrap();
         assert_eq!(all.len(), 2);
@@ -241,6 +262,22 @@ mod tests {
         assert_eq!(
             records,
             vec![record("beta", "m1", d0 + 3000, RecordStatus::Completed)]
+        );
+    }
+
+    #[test]
+    fn sqlite_sums_per_tenant_day_and_model() {
+        let dir = tempfile::tempdir().unwrap();
+        sums_per_tenant_day_and_model_within_the_time_range(
+            Ledger::open(&dir.path().join("usage.db")).unwrap(),
+        );
+    }
+
+    #[test]
+    fn postgres_sums_per_tenant_day_and_model() {
+        let server = crate::test_server::PostgresServer::start();
+        sums_per_tenant_day_and_model_within_the_time_range(
+            Ledger::connect(&server.database("sums")).unwrap(),
         );
     }
 

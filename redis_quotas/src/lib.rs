@@ -52,7 +52,7 @@ pub enum OnUnavailable {
 /// How to reach Redis and what to do without it.
 #[derive(Debug, Clone)]
 pub struct RedisQuotaSettings {
-    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS).
+    /// `redis://[user:password@]host:port/db` (TLS, `rediss://`, is not compiled in yet).
     pub url: String,
     /// Prefix of every key, so several gateways (or tests) can share one Redis.
     pub namespace: String,

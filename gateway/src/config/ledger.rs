@@ -15,8 +15,12 @@ pub struct LedgerConfig {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// SQLite file; absent: `usage.db` in the data directory (`GATEWAY_DATA_DIR`, else
-    /// `$XDG_DATA_HOME/gateway` or `~/.local/share/gateway`).
+    /// `$XDG_DATA_HOME/gateway` or `~/.local/share/gateway`). Not used with `url`.
     pub path: Option<PathBuf>,
+    /// `postgres://user:password@host:port/db`: the ledger in PostgreSQL, shared by every
+    /// replica (`/admin/usage` then answers for the fleet). `GATEWAY_LEDGER_URL` takes its
+    /// place when set. Absent: the SQLite file.
+    pub url: Option<String>,
     /// `power-loss` (default: every commit synced) or `process-crash` (no sync per commit).
     #[serde(default)]
     pub durability: ::ledger::Durability,
@@ -27,12 +31,21 @@ impl Default for LedgerConfig {
         Self {
             enabled: true,
             path: None,
+            url: None,
             durability: ::ledger::Durability::default(),
         }
     }
 }
 
 impl LedgerConfig {
+    /// The PostgreSQL URL, if the ledger is shared (`GATEWAY_LEDGER_URL` over the file).
+    pub fn postgres_url(&self) -> Option<String> {
+        std::env::var("GATEWAY_LEDGER_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.url.clone())
+    }
+
     /// Where the ledger lives.
     pub fn resolved_path(&self) -> PathBuf {
         self.path

@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotasConfig {
-    /// `redis://host:port/db` (or `rediss://`): count limits in Redis, shared by every replica
+    /// `redis://[user:password@]host:port/db`: count limits in Redis, shared by every replica
     /// that names the same server and `namespace`. Absent (the default): in this process.
     /// The environment variable `GATEWAY_REDIS_URL` takes its place when set (a Kubernetes
     /// Secret keeps the password out of the ConfigMap).

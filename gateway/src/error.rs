@@ -409,12 +409,16 @@ impl From<EngineError> for ApiError {
             EngineError::ChatTemplate(_) => {
                 ApiError::invalid_request(message).with_param("messages")
             }
+            EngineError::InvalidInput(_) => ApiError::invalid_request(message)
+                .with_param("input")
+                .with_code("invalid_value"),
             EngineError::QueueFull { .. } => ApiError::queue_full(message),
             EngineError::Overloaded { .. } => ApiError::overloaded(message),
             EngineError::EngineStopped
             | EngineError::Load(_)
             | EngineError::Fetch(_)
             | EngineError::Tokenizer(_)
+            | EngineError::Embedding(_)
             | EngineError::Candle(_) => ApiError::server_fault("The engine failed.", message),
         }
     }

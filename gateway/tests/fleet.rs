@@ -314,6 +314,17 @@ async fn redis_stopped_mid_run_follows_each_replicas_policy_and_recovers() {
         assert_eq!(body["error"]["code"], "quota_store_unavailable", "{body}");
     }
     assert_eq!(open.metric("gateway_quota_store_available").await, 0.0);
+    // Every series docs/observability.md lists for the store is there.
+    let text = open.metrics_text().await;
+    for name in [
+        "gateway_quota_store_available",
+        "gateway_quota_store_errors_total",
+        "gateway_quota_store_fallback_admissions_total",
+        "gateway_quota_store_unavailable_refusals_total",
+    ] {
+        assert!(text.contains(name), "{name} not in /metrics");
+    }
+    assert!(open.metric("gateway_quota_store_errors_total").await >= 1.0);
     assert!(
         open.metric("gateway_quota_store_fallback_admissions_total")
             .await

@@ -13,6 +13,8 @@ pub enum ModelState {
     Loading,
     /// It serves, through this router over its pools.
     Ready(Arc<ModelRouter>),
+    /// An embedding model: it serves `/v1/embeddings`.
+    Embeddings(Arc<engines::EmbeddingModel>),
     /// It could not be loaded; the reason, for `/ready` and 500s.
     Failed(String),
 }
@@ -72,6 +74,6 @@ impl ModelRegistry {
         let slots = self.slots.read().expect("registry lock");
         slots
             .iter()
-            .all(|s| matches!(s.state, ModelState::Ready(_)))
+            .all(|s| matches!(s.state, ModelState::Ready(_) | ModelState::Embeddings(_)))
     }
 }

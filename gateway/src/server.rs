@@ -14,7 +14,9 @@ use engines::{
 use engines::{Engine, LocalEngine, LocalEngineOptions, SyntheticEngine};
 use routing::{ModelRouter, Pool, PoolKind, Probe, Replica};
 
-use crate::config::{parse_device, GatewayConfig, ModelConfig, PoolConfig, PoolKindConfig};
+use crate::config::{
+    parse_device, GatewayConfig, ModelConfig, ModelKind, PoolConfig, PoolKindConfig,
+};
 use crate::directory::Directory;
 use crate::first_request::FirstByteAcceptor;
 use crate::models::{ModelRegistry, ModelState};
@@ -83,6 +85,20 @@ pub async fn serve_as(
         let runtime = tokio::runtime::Handle::current();
         // Loading reads and re-quantizes weights: CPU work, off the async workers.
         tokio::task::spawn_blocking(move || {
+            if model.kind == ModelKind::Embedding {
+                let state = match load_embedding(&model) {
+                    Ok(embeddings) => {
+                        tracing::info!(model = %model.id, "embedding model ready");
+                        ModelState::Embeddings(embeddings)
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %model.id, error = %format!("{e:#}"), "model failed to load");
+                        ModelState::Failed(format!("{e:#}"))
+                    }
+                };
+                registry.set_state(&model.id, state);
+                return;
+            }
             let state = match build_router(&config, &model, &clients, &runtime) {
                 Ok(router) => {
                     tracing::info!(model = %model.id, "model ready");
@@ -293,6 +309,18 @@ fn announce(name: &str, scheme: &str, addr: SocketAddr) {
 
 /// Every pool of `model` with its replicas: local engines loaded on their devices, remote
 /// upstreams with their health checks.
+/// An embedding model: its directory, or the embedded one fetched into the cache.
+fn load_embedding(model: &ModelConfig) -> anyhow::Result<Arc<engines::EmbeddingModel>> {
+    let dir = match &model.path {
+        Some(dir) => dir.clone(),
+        None => engines::ensure_bundle(&engines::EMBEDDING_MODEL, &engines::default_cache_dir())?,
+    };
+    Ok(Arc::new(engines::EmbeddingModel::load(
+        &dir,
+        engines::EmbeddingOptions::default(),
+    )?))
+}
+
 fn build_router(
     config: &GatewayConfig,
     model: &ModelConfig,

@@ -138,6 +138,7 @@ async fn version_and_openapi_describe_the_running_gateway() {
         "/v1/models",
         "/v1/models/{model}",
         "/load",
+        "/v1/embeddings",
         "/admin/tenants",
         "/admin/usage",
         "/admin/usage/records",

@@ -219,6 +219,14 @@ impl GatewayConfig {
                 device: model.device.clone(),
                 reason,
             })?;
+            if model.kind == ModelKind::Embedding
+                && (!model.pools.is_empty() || model.device != "cpu")
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "model `{}`: an embedding model runs on `device = \"cpu\"` in this process (pools and other devices are not supported for embeddings yet)",
+                    model.id
+                )));
+            }
             if model.synthetic.is_some() != (model.kind == ModelKind::Synthetic) {
                 return Err(ConfigError::Invalid(format!(
                     "model `{}`: `[models.synthetic]` goes with `kind = \"synthetic\"`, and only with it",
@@ -456,8 +464,27 @@ mod tests {
         assert_eq!(named.listen.port(), 9000);
         assert!(named.listen.ip().is_loopback());
         assert!(resolve_listen("no port here").is_err());
-        assert_eq!(config.models.len(), 1);
-        assert!(config.models[0].path.is_none());
+        // The chat model, and the embedding model beside it.
+        let kinds: Vec<(&str, ModelKind)> = config
+            .models
+            .iter()
+            .map(|m| (m.id.as_str(), m.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (DEFAULT_MODEL_ID, ModelKind::Gguf),
+                (engines::EMBEDDING_MODEL_ID, ModelKind::Embedding)
+            ]
+        );
+        assert!(config.models.iter().all(|m| m.path.is_none()));
+        config.validate().unwrap();
+        let mut on_gpu = config.clone();
+        on_gpu.models[1].device = "cuda:0".into();
+        assert!(
+            on_gpu.validate().is_err(),
+            "embedding models run on the CPU"
+        );
         assert_eq!(config.server.max_body_bytes, 2 * 1024 * 1024);
     }
 }

@@ -12,8 +12,9 @@ use serde::Deserialize;
 pub struct ModelConfig {
     /// The id clients put in `model`.
     pub id: String,
-    /// `gguf` (default): a candle engine on a GGUF file. `synthetic`: a benchmark tool that
-    /// streams tokens without running a model (see `[models.synthetic]`).
+    /// `gguf` (default): a candle engine on a GGUF file. `embedding`: a sentence-embedding
+    /// model for `/v1/embeddings`. `synthetic`: a benchmark tool that streams tokens without
+    /// running a model (see `[models.synthetic]`).
     #[serde(default)]
     pub kind: ModelKind,
     /// Behaviour of a `synthetic` model.
@@ -118,6 +119,10 @@ pub enum ModelKind {
     Gguf,
     /// Benchmark tool only: measures the gateway's own overhead; its output is meaningless.
     Synthetic,
+    /// A sentence-embedding model (BERT family, safetensors) served at `/v1/embeddings`, on
+    /// the CPU in this process; `path` is its directory (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`), absent: the embedded all-MiniLM-L6-v2.
+    Embedding,
 }
 
 /// `[models.synthetic]`: how the benchmark engine streams.
@@ -171,8 +176,9 @@ fn default_device() -> String {
     "cpu".to_string()
 }
 
+/// The embedded defaults: the chat model, and the embedding model beside it.
 pub(super) fn default_models() -> Vec<ModelConfig> {
-    vec![ModelConfig {
+    let chat = ModelConfig {
         id: DEFAULT_MODEL_ID.to_string(),
         kind: ModelKind::Gguf,
         synthetic: None,
@@ -194,7 +200,13 @@ pub(super) fn default_models() -> Vec<ModelConfig> {
         pause_for_higher_class: None,
         reserved_interactive_slots: None,
         saturated_wait_secs: None,
-    }]
+    };
+    let embedding = ModelConfig {
+        id: engines::EMBEDDING_MODEL_ID.to_string(),
+        kind: ModelKind::Embedding,
+        ..chat.clone()
+    };
+    vec![chat, embedding]
 }
 
 /// Parses a device name (`cpu`, `cuda:N`, `metal:N`).

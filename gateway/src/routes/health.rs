@@ -20,7 +20,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .map(|(id, _, model_state)| {
             let status = match model_state {
                 ModelState::Loading => json!("loading"),
-                ModelState::Ready(_) => json!("ready"),
+                ModelState::Ready(_) | ModelState::Embeddings(_) => json!("ready"),
                 // Unauthenticated: the reason (file paths, OS errors) is in the log only.
                 ModelState::Failed(_) => json!("failed"),
             };

@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per endpoint family, assembled here with the tower layers.
 
 mod admin;
+mod embeddings;
 mod generation;
 mod health;
 mod metrics;
@@ -47,6 +48,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{model}", get(models::retrieve))
         .route("/v1/chat/completions", generation(Endpoint::Chat))
         .route("/v1/completions", generation(Endpoint::Completions))
+        .route(
+            "/v1/embeddings",
+            post(embeddings::embed).route_layer(
+                ServiceBuilder::new()
+                    .layer(from_fn_with_state(state.clone(), embeddings::prepare))
+                    .layer(admission::layer(&state)),
+            ),
+        )
         .route("/load", get(pools::load))
         .route_layer(
             ServiceBuilder::new()

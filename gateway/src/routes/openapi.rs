@@ -12,6 +12,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::CompletionRequest;
+use crate::openai::embeddings::EmbeddingRequest;
 use crate::openai::params::CommonParams;
 
 /// A chat completion request: the endpoint's fields and the shared sampling parameters.
@@ -80,6 +81,18 @@ fn chat_completions() {}
     ),
     security(("api_key" = [])))]
 fn completions() {}
+
+/// Creates embedding vectors of the input(s) with an embedding model.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 200, description = "A `list` of `embedding` objects, with `usage`"),
+        (status = 400, description = "Invalid request (empty or too long input, `dimensions`, not an embedding model)", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 429, description = "A quota limit", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+fn embeddings() {}
 
 /// The models the caller's tenant may use.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
@@ -161,7 +174,7 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Multi-tenant model-serving gateway", description = "OpenAI-compatible API with per-tenant keys, quotas and fair share."),
-    paths(chat_completions, completions, list_models, retrieve_model, load, admin_tenants,
+    paths(chat_completions, completions, embeddings, list_models, retrieve_model, load, admin_tenants,
         admin_usage, admin_usage_records, admin_pools, health, ready, metrics, version, openapi),
     components(schemas(ErrorBody)),
     modifiers(&Security)

@@ -216,6 +216,11 @@ fn resolve_model(
     }
     match model_state {
         ModelState::Ready(engine) => Ok(engine),
+        ModelState::Embeddings(_) => Err(ApiError::invalid_param(
+            "model",
+            format!("`{model}` is an embedding model; use /v1/embeddings."),
+        )
+        .with_code("model_not_supported")),
         ModelState::Loading => Err(ApiError::model_not_ready(model)),
         ModelState::Failed(reason) => Err(ApiError::server_fault(
             format!("The model `{model}` failed to load."),

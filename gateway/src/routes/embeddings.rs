@@ -1,0 +1,200 @@
+//! `POST /v1/embeddings`: sentence vectors from an embedding model. Like the generation routes,
+//! a preamble sizes the request (its inputs tokenised: the token count is what quotas and the
+//! ledger charge), admission weighs it, and the handler runs it and settles its account (one
+//! ledger record, prompt tokens only).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use engines::EmbeddingModel;
+use ledger::RecordStatus;
+use policies::Admission;
+use serde_json::{json, Value};
+use tower_http::request_id::RequestId;
+
+use crate::accounting::RequestAccount;
+use crate::error::ApiError;
+use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost, ServedModel};
+use crate::models::ModelState;
+use crate::openai::embeddings::{EmbeddingRequest, EncodingFormat, Input};
+use crate::openai::json::{from_value, read_json};
+use crate::state::AppState;
+
+/// An embedding request ready to run: handed to the handler once.
+pub struct PreparedEmbedding {
+    model: Arc<EmbeddingModel>,
+    model_id: String,
+    inputs: Vec<Vec<u32>>,
+    format: EncodingFormat,
+}
+
+/// The preamble: parses, resolves the model, tokenises and sizes; or answers with the error.
+pub async fn prepare(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let body: Value = match read_json(body, state.limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    // Only a configured model's id labels the response (see the generation preamble).
+    let named = body["model"].as_str().and_then(|m| {
+        state
+            .models
+            .get(m)
+            .map(|model_state| (m.to_string(), model_state))
+    });
+    let Some(caller) = parts.extensions.get::<Caller>() else {
+        return ApiError::internal("the embeddings preamble runs after authentication")
+            .into_response();
+    };
+    let found = named.as_ref().map(|(_, model_state)| model_state.clone());
+    let mut response = match prepare_embedding(caller, &body, found) {
+        Ok((prepared, cost)) => {
+            let mut request = Request::from_parts(parts, Body::empty());
+            request.extensions_mut().insert(Handoff::new(prepared));
+            request.extensions_mut().insert(cost);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    };
+    if let Some((model, _)) = named {
+        response.extensions_mut().insert(ServedModel(model));
+    }
+    response
+}
+
+fn prepare_embedding(
+    caller: &Caller,
+    body: &Value,
+    model_state: Option<ModelState>,
+) -> Result<(PreparedEmbedding, RequestCost), ApiError> {
+    let request: EmbeddingRequest = from_value(body)?;
+    let id = request.model.as_str();
+    let model_state = model_state.ok_or_else(|| ApiError::model_not_found(id))?;
+    if !caller.tenant.models.allows(id) {
+        return Err(ApiError::model_not_allowed(id));
+    }
+    let model = match model_state {
+        ModelState::Embeddings(model) => model,
+        ModelState::Ready(_) => {
+            return Err(ApiError::invalid_param(
+                "model",
+                format!(
+                "`{id}` is not an embedding model; use /v1/chat/completions or /v1/completions."
+            ),
+            )
+            .with_code("model_not_supported"))
+        }
+        ModelState::Loading => return Err(ApiError::model_not_ready(id)),
+        ModelState::Failed(reason) => {
+            return Err(ApiError::server_fault(
+                format!("The model `{id}` failed to load."),
+                reason,
+            ))
+        }
+    };
+    if let Some(dimensions) = request.dimensions {
+        if dimensions != model.dimensions() as u64 {
+            return Err(ApiError::invalid_param(
+                "dimensions",
+                format!(
+                    "`{id}` makes vectors of {} dimensions; `dimensions` cannot change that.",
+                    model.dimensions()
+                ),
+            ));
+        }
+    }
+    let mut inputs = Vec::new();
+    for input in request.inputs()? {
+        let ids = match input {
+            Input::Text("") => {
+                return Err(ApiError::invalid_param(
+                    "input",
+                    "An input must not be an empty string.",
+                ))
+            }
+            Input::Text(text) => model.tokenize(text)?,
+            Input::Tokens(ids) => ids.to_vec(),
+        };
+        if let Err(message) = model.check_input(&ids) {
+            let code = match ids.len() > model.max_input_tokens() {
+                true => "context_length_exceeded",
+                false => "invalid_value",
+            };
+            return Err(ApiError::invalid_param("input", message).with_code(code));
+        }
+        inputs.push(ids);
+    }
+    let tokens: u64 = inputs.iter().map(|ids| ids.len() as u64).sum();
+    let prepared = PreparedEmbedding {
+        model,
+        model_id: request.model,
+        inputs,
+        format: request.encoding_format.unwrap_or_default(),
+    };
+    let cost = RequestCost {
+        prompt_tokens: tokens,
+        reserved_tokens: tokens,
+    };
+    Ok((prepared, cost))
+}
+
+/// The handler: embeds, settles the account (ledger record before the response), answers.
+pub async fn embed(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(request_id): Extension<RequestId>,
+    Extension(cost): Extension<RequestCost>,
+    Extension(prepared): Extension<Handoff<PreparedEmbedding>>,
+    Extension(admission): Extension<Handoff<Admission>>,
+) -> Result<Response, ApiError> {
+    let (Some(prepared), Some(admission)) = (prepared.take(), admission.take()) else {
+        return Err(ApiError::internal("the request was handed on twice"));
+    };
+    let request_id = request_id.header_value().to_str().unwrap_or("");
+    let mut account = RequestAccount::new(
+        &state,
+        &caller,
+        request_id,
+        &prepared.model_id,
+        cost.prompt_tokens,
+        admission,
+    );
+    account.on_routed("local", &Arc::from("cpu"));
+    let vectors = match prepared.model.embed(prepared.inputs).await {
+        Ok(vectors) => vectors,
+        Err(error) => {
+            account.on_not_served();
+            account.settle(RecordStatus::Failed).await;
+            return Err(error.into());
+        }
+    };
+    account.settle(RecordStatus::Completed).await;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = match prepared.format {
+                EncodingFormat::Float => json!(vector),
+                EncodingFormat::Base64 => {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let mut response = Json(json!({
+        "object": "list",
+        "data": data,
+        "model": prepared.model_id,
+        "usage": {"prompt_tokens": cost.prompt_tokens, "total_tokens": cost.prompt_tokens},
+    }))
+    .into_response();
+    response.extensions_mut().insert(AccessLogWritten);
+    Ok(response)
+}

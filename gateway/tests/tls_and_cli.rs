@@ -170,8 +170,24 @@ async fn fetches_the_default_model_into_an_empty_cache() {
         engines::sha256_file(&fetched).unwrap(),
         engines::DEFAULT_MODEL.sha256
     );
+    // The embedding model beside it, every file checked.
+    let embedding = cache.path().join(engines::EMBEDDING_MODEL.dir_name);
+    for (_, name, sha256) in engines::EMBEDDING_MODEL.files {
+        assert_eq!(
+            engines::sha256_file(&embedding.join(name)).unwrap(),
+            *sha256
+        );
+    }
     // Nothing half-written is left behind.
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    let mut entries: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["SmolLM2-135M-Instruct.Q4_1.gguf", "all-MiniLM-L6-v2"]
+    );
     let (status, _) = gw
         .post(
             "/v1/completions",

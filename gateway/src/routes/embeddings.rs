@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,10 +18,11 @@ use tower_http::request_id::RequestId;
 
 use crate::accounting::RequestAccount;
 use crate::error::ApiError;
-use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost, ServedModel};
+use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
 use crate::models::ModelState;
 use crate::openai::embeddings::{EmbeddingRequest, EncodingFormat, Input};
-use crate::openai::json::{from_value, read_json};
+use crate::openai::json::from_value;
+use crate::routes::sizing::sized;
 use crate::state::AppState;
 
 /// An embedding request ready to run: handed to the handler once.
@@ -33,38 +33,9 @@ pub struct PreparedEmbedding {
     format: EncodingFormat,
 }
 
-/// The preamble: parses, resolves the model, tokenises and sizes; or answers with the error.
+/// The preamble: parses, resolves the model, tokenises and sizes (`routes::sizing`).
 pub async fn prepare(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let body: Value = match read_json(body, state.limits.max_body_bytes).await {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-    // Only a configured model's id labels the response (see the generation preamble).
-    let named = body["model"].as_str().and_then(|m| {
-        state
-            .models
-            .get(m)
-            .map(|model_state| (m.to_string(), model_state))
-    });
-    let Some(caller) = parts.extensions.get::<Caller>() else {
-        return ApiError::internal("the embeddings preamble runs after authentication")
-            .into_response();
-    };
-    let found = named.as_ref().map(|(_, model_state)| model_state.clone());
-    let mut response = match prepare_embedding(caller, &body, found) {
-        Ok((prepared, cost)) => {
-            let mut request = Request::from_parts(parts, Body::empty());
-            request.extensions_mut().insert(Handoff::new(prepared));
-            request.extensions_mut().insert(cost);
-            next.run(request).await
-        }
-        Err(error) => error.into_response(),
-    };
-    if let Some((model, _)) = named {
-        response.extensions_mut().insert(ServedModel(model));
-    }
-    response
+    sized(&state, request, next, prepare_embedding).await
 }
 
 fn prepare_embedding(

@@ -8,6 +8,7 @@ mod metrics;
 mod models;
 mod openapi;
 mod pools;
+mod sizing;
 mod version;
 
 use axum::http::{Method, Uri};

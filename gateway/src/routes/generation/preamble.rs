@@ -4,22 +4,22 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use engines::{Prompt, SamplingParams};
 use routing::{ModelRouter, RouteRequest};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::extensions::{Caller, Handoff, RequestCost, ServedModel};
+use crate::extensions::{Caller, RequestCost};
 use crate::models::ModelState;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::{CompletionRequest, DEFAULT_MAX_TOKENS};
-use crate::openai::json::{from_value, read_json};
+use crate::openai::json::from_value;
 use crate::openai::params::CommonParams;
 use crate::openai::response::{Endpoint, ResponseMeta};
+use crate::routes::sizing::sized;
 use crate::state::AppState;
 
 /// The preamble's state: the server's, and which endpoint's body to expect.
@@ -47,46 +47,17 @@ pub struct PreparedGeneration {
     pub share: policies::Share,
 }
 
-/// The layer's function: prepares the request, or answers with the error that stops it. Either
-/// way the response is labelled with the model for the request counter.
+/// The layer's function: prepares and sizes the request (`routes::sizing`).
 pub async fn prepare(
     State(preamble): State<PreambleState>,
     request: Request,
     next: Next,
 ) -> Response {
     let state = &preamble.app;
-    let (parts, body) = request.into_parts();
-    // The body is read here, once; the handler gets what was parsed from it.
-    let body: Value = match read_json(body, state.limits.max_body_bytes).await {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-    // The configured model the body names, looked up once: it labels the response for the
-    // request counter (client-chosen strings must not become label values) and is the one
-    // `prepare_generation` resolves.
-    let named = body["model"]
-        .as_str()
-        .and_then(|m| state.models.get(m).map(|model_state| (m, model_state)));
-    let Some(caller) = parts.extensions.get::<Caller>() else {
-        return ApiError::internal("the generation preamble runs after authentication")
-            .into_response();
-    };
-    let found = named.as_ref().map(|(_, model_state)| model_state.clone());
-    let mut response = match prepare_generation(state, preamble.endpoint, caller, &body, found) {
-        Ok((prepared, cost)) => {
-            let mut request = Request::from_parts(parts, Body::empty());
-            request.extensions_mut().insert(Handoff::new(prepared));
-            request.extensions_mut().insert(cost);
-            next.run(request).await
-        }
-        Err(error) => error.into_response(),
-    };
-    if let Some((model, _)) = named {
-        response
-            .extensions_mut()
-            .insert(ServedModel(model.to_string()));
-    }
-    response
+    sized(state, request, next, |caller, body, found| {
+        prepare_generation(state, preamble.endpoint, caller, body, found)
+    })
+    .await
 }
 
 /// The endpoint's request body, parsed.

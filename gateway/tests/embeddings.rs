@@ -177,3 +177,72 @@ async fn what_the_model_cannot_do_is_a_clear_400_and_quotas_apply() {
     }
     assert_eq!(statuses, [200, 200, 200, 429]);
 }
+
+/// A virtual environment with the official `openai` SDK (pinned), made once under `target/`.
+fn openai_sdk_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/openai-sdk");
+    let python = venv.join("bin/python");
+    let has_sdk = |python: &std::path::Path| {
+        std::process::Command::new(python)
+            .args(["-c", "import openai; assert openai.__version__ == '3.63.0'"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_sdk(&python) {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "openai==3.63.0",
+            ])
+            .status()
+            .expect("pip install openai");
+        assert!(installed.success(), "pip install openai==3.63.0 failed");
+    }
+    assert!(has_sdk(&python), "the openai SDK is not importable");
+    python
+}
+
+#[tokio::test]
+async fn the_official_openai_sdk_works_unchanged() {
+    let gw = gateway("");
+    let python = openai_sdk_python();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/embeddings.py");
+    let base = gw.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args([script, &base, "sk-rag", MODEL])
+            .output()
+            .expect("run the SDK script")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["count"], 2);
+    assert_eq!(seen["indexes"], json!([0, 1]));
+    assert_eq!(seen["dimensions"], 384);
+    assert_eq!(seen["model"], MODEL);
+    assert!(seen["prompt_tokens"].as_u64().unwrap() > 3);
+    // The SDK's default (base64, decoded by it) and explicit floats agree.
+    let default: Vec<f32> = serde_json::from_value(seen["hi_default"].clone()).unwrap();
+    let float: Vec<f32> = serde_json::from_value(seen["hi_float"].clone()).unwrap();
+    assert!(default
+        .iter()
+        .zip(&float)
+        .all(|(a, b)| (a - b).abs() <= 1e-5));
+    let hi = &reference()[4];
+    assert_eq!(hi.0, "Hi");
+    assert!(cosine(&float, &hi.2) >= 0.999);
+}

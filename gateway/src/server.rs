@@ -85,26 +85,20 @@ pub async fn serve_as(
         let runtime = tokio::runtime::Handle::current();
         // Loading reads and re-quantizes weights: CPU work, off the async workers.
         tokio::task::spawn_blocking(move || {
-            if model.kind == ModelKind::Embedding {
-                let state = match load_embedding(&model) {
-                    Ok(embeddings) => {
-                        tracing::info!(model = %model.id, "embedding model ready");
-                        ModelState::Embeddings(embeddings)
-                    }
-                    Err(e) => {
-                        tracing::error!(model = %model.id, error = %format!("{e:#}"), "model failed to load");
-                        ModelState::Failed(format!("{e:#}"))
-                    }
-                };
-                registry.set_state(&model.id, state);
-                return;
-            }
-            let state = match build_router(&config, &model, &clients, &runtime) {
-                Ok(router) => {
+            let loaded = match model.kind {
+                ModelKind::Embedding => load_embedding(&model).map(ModelState::Embeddings),
+                ModelKind::Gguf | ModelKind::Synthetic => {
+                    build_router(&config, &model, &clients, &runtime).map(|router| {
+                        let interval = Duration::from_millis(config.routing.health_interval_ms);
+                        routing::spawn_health_checks(vec![router.clone()], interval, &runtime);
+                        ModelState::Ready(router)
+                    })
+                }
+            };
+            let state = match loaded {
+                Ok(state) => {
                     tracing::info!(model = %model.id, "model ready");
-                    let interval = Duration::from_millis(config.routing.health_interval_ms);
-                    routing::spawn_health_checks(vec![router.clone()], interval, &runtime);
-                    ModelState::Ready(router)
+                    state
                 }
                 Err(e) => {
                     tracing::error!(model = %model.id, error = %format!("{e:#}"), "model failed to load");

@@ -135,11 +135,10 @@ impl QuotaStore for RedisQuotas {
             return Admitting::Decided(inner.fallback(tenant, prompt_tokens, reserve_tokens));
         }
         let inner = inner.clone();
-        let (id, limits) = (tenant.id.clone(), tenant.limits.clone());
         let tenant = tenant.clone();
         Admitting::Pending(Box::pin(async move {
             match inner
-                .admit(&id, &limits, prompt_tokens, reserve_tokens)
+                .admit(&tenant.id, &tenant.limits, prompt_tokens, reserve_tokens)
                 .await
             {
                 Ok(decision) => decision,

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
-use policies::{Admission, Admitting, Refusal};
+use policies::{Admission, Admitting, Refusal, TenantSpec};
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
@@ -63,7 +63,7 @@ pub struct Admit<S> {
 #[allow(clippy::result_large_err)]
 fn decide(
     state: &AppState,
-    caller: &Caller,
+    tenant: &TenantSpec,
     admitted: Result<Admission, Refusal>,
     request: &mut Request,
 ) -> Result<RateLimitSnapshot, Response> {
@@ -71,14 +71,14 @@ fn decide(
         Err(Refusal::Limited(rejection)) => {
             let reason = rejection.reason.as_str();
             tracing::info!(reason, "request refused by quota");
-            state.requests.count_rejection(&caller.tenant.id, reason);
+            state.requests.count_rejection(&tenant.id, reason);
             Err(ApiError::rate_limited(&rejection).into_response())
         }
         Err(Refusal::Unavailable { retry_after }) => {
             tracing::warn!("request refused: the quota store is unavailable (fail_closed)");
             state
                 .requests
-                .count_rejection(&caller.tenant.id, "quota_store_unavailable");
+                .count_rejection(&tenant.id, "quota_store_unavailable");
             Err(ApiError::quota_store_unavailable(retry_after).into_response())
         }
         Ok(admission) => {
@@ -123,7 +123,9 @@ where
                 snapshot: None,
             };
         };
-        let caller = caller.clone();
+        // The tenant alone (a shared pointer, no copy): the request's extensions are amended
+        // below while it is in use.
+        let tenant = caller.tenant.clone();
         let span = tracing::info_span!(
             "admission",
             prompt_tokens = cost.prompt_tokens,
@@ -132,11 +134,11 @@ where
         let admitting = span.in_scope(|| {
             self.state
                 .quotas
-                .admit(&caller.tenant, cost.prompt_tokens, cost.reserved_tokens)
+                .admit(&tenant, cost.prompt_tokens, cost.reserved_tokens)
         });
         match admitting {
             Admitting::Decided(admitted) => {
-                match decide(&self.state, &caller, admitted, &mut request) {
+                match decide(&self.state, &tenant, admitted, &mut request) {
                     Ok(snapshot) => AdmitFuture::Inner {
                         future: self.inner.call(request),
                         snapshot: Some(snapshot),
@@ -154,7 +156,7 @@ where
                 AdmitFuture::Waiting {
                     future: Box::pin(async move {
                         let admitted = tracing::Instrument::instrument(admitting, span).await;
-                        match decide(&state, &caller, admitted, &mut request) {
+                        match decide(&state, &tenant, admitted, &mut request) {
                             Ok(snapshot) => {
                                 let Ok(mut response) = inner.call(request).await;
                                 attach(Some(snapshot), &mut response);

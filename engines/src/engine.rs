@@ -118,6 +118,27 @@ pub struct Refusal {
     pub code: Option<String>,
 }
 
+/// One token's log probability, as OpenAI reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text (its bytes decoded, invalid UTF-8 replaced).
+    pub token: String,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+    /// Natural log of its probability under the model (before temperature, penalties and
+    /// grammar masks, as vLLM reports by default).
+    pub logprob: f32,
+}
+
+/// The log probabilities reported with one sampled token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprobs {
+    /// The sampled token's.
+    pub sampled: TokenLogprob,
+    /// The most likely tokens at that position, most likely first (`top_logprobs` of them).
+    pub top: Vec<TokenLogprob>,
+}
+
 /// What the stream carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
@@ -128,6 +149,8 @@ pub enum TokenEvent {
         id: u32,
         /// The text it completes.
         text: String,
+        /// Its log probabilities, when the request asked for them.
+        logprobs: Option<Box<Logprobs>>,
     },
     /// Generation ended normally; no more events follow.
     Finished(Completion),
@@ -225,6 +248,8 @@ pub struct CollectedOutput {
     pub token_ids: Vec<u32>,
     /// The whole generated text.
     pub text: String,
+    /// Each token's log probabilities, when the request asked for them.
+    pub logprobs: Vec<Logprobs>,
     /// How it ended.
     pub completion: Completion,
 }
@@ -232,7 +257,7 @@ pub struct CollectedOutput {
 impl TokenStream {
     /// Reads the stream to its end.
     pub async fn collect(mut self) -> std::result::Result<CollectedOutput, String> {
-        let mut out = (Vec::new(), String::new());
+        let mut out = Collecting::default();
         while let Some(event) = self.next().await {
             if let Some(done) = Self::fold(&mut out, event) {
                 return done;
@@ -243,7 +268,7 @@ impl TokenStream {
 
     /// Reads the stream to its end, blocking the current thread.
     pub fn blocking_collect(mut self) -> std::result::Result<CollectedOutput, String> {
-        let mut out = (Vec::new(), String::new());
+        let mut out = Collecting::default();
         while let Some(event) = self.blocking_next() {
             if let Some(done) = Self::fold(&mut out, event) {
                 return done;
@@ -253,25 +278,38 @@ impl TokenStream {
     }
 
     fn fold(
-        (ids, text): &mut (Vec<u32>, String),
+        out: &mut Collecting,
         event: TokenEvent,
     ) -> Option<std::result::Result<CollectedOutput, String>> {
         match event {
-            TokenEvent::Token { id, text: t } => {
-                ids.push(id);
-                text.push_str(&t);
+            TokenEvent::Token { id, text, logprobs } => {
+                out.ids.push(id);
+                out.text.push_str(&text);
+                out.logprobs.extend(logprobs.map(|l| *l));
                 None
             }
-            TokenEvent::Finished(completion) => Some(Ok(CollectedOutput {
-                token_ids: std::mem::take(ids),
-                text: std::mem::take(text),
-                completion,
-            })),
+            TokenEvent::Finished(completion) => {
+                let out = std::mem::take(out);
+                Some(Ok(CollectedOutput {
+                    token_ids: out.ids,
+                    text: out.text,
+                    logprobs: out.logprobs,
+                    completion,
+                }))
+            }
             TokenEvent::Failed(e) | TokenEvent::Unavailable(e) => Some(Err(e)),
             TokenEvent::Refused(refusal) => Some(Err(refusal.message)),
             TokenEvent::Routed { .. } => None,
         }
     }
+}
+
+/// What [`TokenStream::collect`] has read so far.
+#[derive(Default)]
+struct Collecting {
+    ids: Vec<u32>,
+    text: String,
+    logprobs: Vec<Logprobs>,
 }
 
 /// Live counters of an engine, readable from any thread.

@@ -57,6 +57,12 @@ pub enum EngineError {
     /// An embedding input the model cannot take (empty, too long, unknown token ids).
     #[error("{0}")]
     InvalidInput(String),
+    /// A `response_format` or tool schema the grammar engine cannot use (the request's fault).
+    #[error("invalid output schema: {0}")]
+    InvalidConstraint(String),
+    /// The grammar engine failed while generating (a bug, or its limits reached).
+    #[error("structured output failed: {0}")]
+    Constraint(String),
     /// A batch of embeddings failed in the model (every caller in it is told).
     #[error("embedding failed: {0}")]
     Embedding(String),

@@ -9,6 +9,7 @@
 
 // Other crates use what the `pub use` lines below export, nothing deeper; the modules are public
 // for this crate's own benchmarks and tests, which measure and check the kernels inside.
+pub mod constraint;
 pub mod core;
 pub mod device;
 pub mod embeddings;
@@ -23,13 +24,14 @@ pub mod synthetic;
 pub mod text;
 pub mod threads;
 
+pub use constraint::OutputConstraint;
 pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
 pub use embeddings::{EmbeddingModel, EmbeddingOptions};
 pub use engine::{
-    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, ModelInfo, PreparedPrompt,
-    Prompt, Refusal, RequestTiming, TenantCounters, TokenEvent, TokenStream, Usage,
-    REMOTE_TOKEN_ID,
+    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, Logprobs, ModelInfo,
+    PreparedPrompt, Prompt, Refusal, RequestTiming, TenantCounters, TokenEvent, TokenLogprob,
+    TokenStream, Usage, REMOTE_TOKEN_ID,
 };
 pub use error::{EngineError, Result};
 pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};

@@ -1,12 +1,18 @@
 //! Sampling parameters and the per-sequence sampler: OpenAI's presence and frequency penalties
-//! applied to the logits, then candle's `LogitsProcessor` (greedy, temperature, top-k, top-p).
+//! applied to the logits, then candle's `LogitsProcessor` (greedy, temperature, top-k, top-p);
+//! and the log probabilities reported with each token.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
+use crate::constraint::OutputConstraint;
 use crate::error::Result;
+
+/// The most alternatives a request may ask log probabilities of (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// How to pick tokens and when to stop. Validated by the gateway at the edge.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +35,11 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Keep generating past the end-of-sequence token (benchmarks).
     pub ignore_eos: bool,
+    /// Report each sampled token's log probability and those of the `k` most likely tokens
+    /// (`Some(0)`: the sampled token's only); at most [`MAX_TOP_LOGPROBS`].
+    pub logprobs: Option<usize>,
+    /// What the output must match (structured output, forced tool calls).
+    pub constraint: Option<Arc<OutputConstraint>>,
 }
 
 impl Default for SamplingParams {
@@ -43,6 +54,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             ignore_eos: false,
+            logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -95,23 +108,54 @@ impl Sampler {
 
     /// Picks the next token from a `[vocab]` row of logits.
     pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
-        let token = if self.presence_penalty == 0.0 && self.frequency_penalty == 0.0 {
-            self.processor.sample(logits)?
-        } else {
-            // Penalties act on logits (before temperature and softmax), as OpenAI defines them.
-            let mut row = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-            apply_penalties(
-                &mut row,
-                &self.counts,
-                self.presence_penalty,
-                self.frequency_penalty,
-            );
-            let penalised = Tensor::from_vec(row, logits.dims1()?, logits.device())?;
-            self.processor.sample(&penalised)?
-        };
+        if self.presence_penalty == 0.0 && self.frequency_penalty == 0.0 {
+            let token = self.processor.sample(logits)?;
+            *self.counts.entry(token).or_insert(0) += 1;
+            return Ok(token);
+        }
+        self.sample_row(logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// Picks the next token from logits already copied to the host (and perhaps masked).
+    pub fn sample_row(&mut self, mut row: Vec<f32>) -> Result<u32> {
+        // Penalties act on logits (before temperature and softmax), as OpenAI defines them.
+        apply_penalties(
+            &mut row,
+            &self.counts,
+            self.presence_penalty,
+            self.frequency_penalty,
+        );
+        let len = row.len();
+        let row = Tensor::from_vec(row, len, &candle_core::Device::Cpu)?;
+        let token = self.processor.sample(&row)?;
         *self.counts.entry(token).or_insert(0) += 1;
         Ok(token)
     }
+}
+
+/// The log probability of `chosen` under `logits` (a log-softmax), and the `k` most likely
+/// tokens with theirs, most likely first (ties: the lower id first).
+pub fn top_logprobs(logits: &[f32], chosen: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let log_norm = max + sum.ln() as f32;
+    // One pass keeping the best k in order: k is at most 20, the vocabulary tens of thousands.
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (id, &x) in logits.iter().enumerate() {
+            if best.len() == k && x <= best[k - 1].1 {
+                continue;
+            }
+            let at = best.partition_point(|&(_, y)| y >= x);
+            best.insert(at, (id as u32, x));
+            best.truncate(k);
+        }
+    }
+    let chosen = logits
+        .get(chosen as usize)
+        .map_or(f32::NEG_INFINITY, |&x| x - log_norm);
+    let top = best.into_iter().map(|(id, x)| (id, x - log_norm)).collect();
+    (chosen, top)
 }
 
 fn apply_penalties(logits: &mut [f32], counts: &HashMap<u32, u32>, presence: f32, frequency: f32) {
@@ -129,6 +173,20 @@ mod tests {
 
     fn logits(values: &[f32]) -> Tensor {
         Tensor::new(values, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn top_logprobs_are_a_log_softmax_in_order() {
+        let row = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        let (chosen, top) = top_logprobs(&row, 2, 3);
+        let norm: f32 = row.iter().map(|x| x.exp()).sum::<f32>().ln();
+        assert!((chosen - (2.0 - norm)).abs() < 1e-5);
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 2], "highest first, ties by id");
+        assert!((top[0].1 - (3.0 - norm)).abs() < 1e-5);
+        let total: f32 = row.iter().map(|x| (x - norm).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!(top_logprobs(&row, 0, 0).1.is_empty());
     }
 
     #[test]

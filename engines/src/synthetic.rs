@@ -128,6 +128,7 @@ async fn stream_tokens(job: Job, interval: Option<Duration>, counters: Arc<Engin
         let event = TokenEvent::Token {
             id: (sent % 1000) as u32,
             text: " token".to_string(),
+            logprobs: None,
         };
         counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if job.sender.send(event).is_err() {

@@ -156,10 +156,10 @@ impl RoutedStream {
             }
         };
         let event = match next {
-            Some(TokenEvent::Token { id, text }) => {
+            Some(token @ TokenEvent::Token { .. }) => {
                 self.generated += 1;
                 self.reservation.consume_one();
-                return Some(TokenEvent::Token { id, text });
+                return Some(token);
             }
             Some(TokenEvent::Finished(completion)) => {
                 replica.on_success();

@@ -415,6 +415,7 @@ mod tests {
                     let token = TokenEvent::Token {
                         id: 1,
                         text: "x".into(),
+                        logprobs: None,
                     };
                     if events.send(token).is_err() {
                         return;

@@ -41,6 +41,8 @@ pub(crate) struct Job {
     pub submitted_at: std::time::Instant,
     /// Its tenant's counters (the `waiting` gauge already counts it).
     pub counters: Arc<TenantCounters>,
+    /// Its grammar, compiled at submission (off the scheduler's thread).
+    pub constraint: Option<crate::constraint::ConstraintState>,
 }
 
 /// Limits and sizes of one engine's request core.
@@ -359,6 +361,7 @@ fn enqueue(scheduler: &mut Scheduler, counters: &EngineCounters, job: Job) {
     );
     sequence.share = job.request.share;
     sequence.counters = job.counters;
+    sequence.constraint = job.constraint;
     counters
         .prompt_tokens
         .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);

@@ -8,9 +8,13 @@ use std::time::Instant;
 use candle_core::Tensor;
 use tokio::sync::mpsc;
 
-use crate::engine::{Completion, FinishReason, RequestTiming, TenantCounters, TokenEvent, Usage};
+use crate::constraint::ConstraintState;
+use crate::engine::{
+    Completion, FinishReason, Logprobs, RequestTiming, TenantCounters, TokenEvent, TokenLogprob,
+    Usage,
+};
 use crate::error::Result;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{top_logprobs, Sampler, SamplingParams};
 use crate::text::stop::StopOutcome;
 use crate::text::{GgufTokenizer, IncrementalDecoder, StopMatcher};
 
@@ -38,6 +42,8 @@ pub struct Sequence {
     /// How to sample and when to stop.
     pub params: SamplingParams,
     sampler: Sampler,
+    /// The grammar the output must follow, if the request has one.
+    pub constraint: Option<ConstraintState>,
     decoder: IncrementalDecoder,
     stops: StopMatcher,
     events: mpsc::UnboundedSender<TokenEvent>,
@@ -81,6 +87,7 @@ impl Sequence {
             share: Share::default(),
             counters: Arc::default(),
             sampler: Sampler::new(&params),
+            constraint: None,
             stops: StopMatcher::new(params.stop.clone()),
             prompt_ids,
             generated: Vec::new(),
@@ -144,7 +151,7 @@ impl Sequence {
 
     /// Samples from `logits`, streams the result, and says whether generation goes on.
     pub fn accept_logits(&mut self, logits: &Tensor, tokenizer: &GgufTokenizer) -> Result<Next> {
-        let token = self.sampler.sample(logits)?;
+        let (token, logprobs) = self.sample(logits, tokenizer)?;
         if self.generated.is_empty() {
             self.timing.time_to_first_token = self.submitted_at.elapsed();
             if let Some(admitted) = self.admitted_at {
@@ -156,24 +163,89 @@ impl Sequence {
         self.generated.push(token);
         let is_eos = !self.params.ignore_eos && tokenizer.eos_ids().contains(&token);
         if is_eos {
-            return Ok(self.finish(token, String::new(), FinishReason::Stop));
+            return Ok(self.finish(token, String::new(), logprobs, FinishReason::Stop));
         }
+        // A grammar that is complete admits nothing but the end: the output ends here.
+        let grammar_done = match &mut self.constraint {
+            Some(constraint) => constraint.advance(token)?,
+            None => false,
+        };
         let delta = self.decoder.step(tokenizer, token)?.unwrap_or_default();
         match self.stops.push(&delta) {
-            StopOutcome::Stopped(text) => Ok(self.finish(token, text, FinishReason::Stop)),
+            StopOutcome::Stopped(text) => {
+                Ok(self.finish(token, text, logprobs, FinishReason::Stop))
+            }
+            StopOutcome::Continue(text) if grammar_done => {
+                let text = text + &self.stops.flush();
+                Ok(self.finish(token, text, logprobs, FinishReason::Stop))
+            }
             StopOutcome::Continue(text) if self.generated.len() >= self.params.max_tokens => {
                 let text = text + &self.stops.flush();
-                Ok(self.finish(token, text, FinishReason::Length))
+                Ok(self.finish(token, text, logprobs, FinishReason::Length))
             }
             StopOutcome::Continue(text) => {
-                let _ = self.events.send(TokenEvent::Token { id: token, text });
+                let _ = self.events.send(TokenEvent::Token {
+                    id: token,
+                    text,
+                    logprobs,
+                });
                 Ok(Next::Continue)
             }
         }
     }
 
-    fn finish(&mut self, token: u32, text: String, reason: FinishReason) -> Next {
-        let _ = self.events.send(TokenEvent::Token { id: token, text });
+    /// Picks the token (within the grammar's mask, if any) and, when asked for, its log
+    /// probabilities under the model's own distribution.
+    fn sample(
+        &mut self,
+        logits: &Tensor,
+        tokenizer: &GgufTokenizer,
+    ) -> Result<(u32, Option<Box<Logprobs>>)> {
+        let raw = match self.params.logprobs.is_some() || self.constraint.is_some() {
+            true => Some(logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?),
+            false => None,
+        };
+        let token = match (&mut self.constraint, &raw) {
+            (Some(constraint), Some(raw)) => {
+                let mut row = raw.clone();
+                constraint.mask(&mut row)?;
+                self.sampler.sample_row(row)?
+            }
+            _ => self.sampler.sample(logits)?,
+        };
+        let logprobs = match (self.params.logprobs, raw) {
+            (Some(k), Some(raw)) => {
+                let (logprob, top) = top_logprobs(&raw, token, k);
+                let entry = |id: u32, logprob: f32| {
+                    let bytes = tokenizer.token_bytes(id).to_vec();
+                    TokenLogprob {
+                        token: String::from_utf8_lossy(&bytes).into_owned(),
+                        bytes,
+                        logprob,
+                    }
+                };
+                Some(Box::new(Logprobs {
+                    sampled: entry(token, logprob),
+                    top: top.into_iter().map(|(id, l)| entry(id, l)).collect(),
+                }))
+            }
+            _ => None,
+        };
+        Ok((token, logprobs))
+    }
+
+    fn finish(
+        &mut self,
+        token: u32,
+        text: String,
+        logprobs: Option<Box<Logprobs>>,
+        reason: FinishReason,
+    ) -> Next {
+        let _ = self.events.send(TokenEvent::Token {
+            id: token,
+            text,
+            logprobs,
+        });
         let _ = self.events.send(TokenEvent::Finished(Completion {
             finish_reason: reason,
             usage: self.usage(),

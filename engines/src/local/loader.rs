@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file;
 
+use crate::constraint::Grammars;
 use crate::device::DeviceSpec;
 use crate::engine::Prompt;
 use crate::error::{EngineError, Result};
@@ -29,6 +30,8 @@ pub struct LoadedModel {
     pub tokenizer: GgufTokenizer,
     /// The chat template from the GGUF metadata, if it has one.
     pub chat_template: Option<ChatTemplate>,
+    /// Structured output's grammar compiler over this tokenizer.
+    pub grammars: Grammars,
 }
 
 impl LoadedModel {
@@ -64,6 +67,7 @@ impl LoadedModel {
         .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         Ok(Self {
             model,
+            grammars: Grammars::new(&tokenizer)?,
             tokenizer,
             chat_template,
         })

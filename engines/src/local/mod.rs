@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::constraint::ConstraintState;
 use crate::core::{CoreConfig, Job, RequestCore, StepRecord};
 use crate::device::DeviceSpec;
 use crate::engine::{
@@ -193,6 +194,19 @@ impl Engine for LocalEngine {
             }
             prompts.push(prompt_ids);
         }
+        // Schemas compile here, in the caller's thread: the scheduler only computes masks.
+        let mut constraints = requests
+            .iter()
+            .map(|r| match &r.params.constraint {
+                Some(c) => self
+                    .model
+                    .grammars
+                    .matcher(c)
+                    .map(|m| Some(ConstraintState::new(m))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
         let counters = self.enter_queue(&requests)?;
         let mut jobs = Vec::with_capacity(requests.len());
         let mut streams = Vec::with_capacity(requests.len());
@@ -207,6 +221,7 @@ impl Engine for LocalEngine {
                 events,
                 submitted_at: Instant::now(),
                 counters,
+                constraint: constraints.next().flatten(),
             });
         }
         let count = jobs.len() as u64;

@@ -165,6 +165,7 @@ impl UpstreamCall {
                 let token = TokenEvent::Token {
                     id: REMOTE_TOKEN_ID,
                     text,
+                    logprobs: chunk.logprobs,
                 };
                 if self.events.send(token).is_err() {
                     return Outcome::Cancelled;

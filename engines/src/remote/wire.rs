@@ -3,7 +3,10 @@
 
 use serde_json::{json, Value};
 
-use crate::engine::{FinishReason, GenerationRequest, Prompt, Refusal, Usage};
+use crate::constraint::OutputConstraint;
+use crate::engine::{
+    FinishReason, GenerationRequest, Logprobs, Prompt, Refusal, TokenLogprob, Usage,
+};
 
 /// The upstream endpoint (under `api_base`) and JSON body of a request for `upstream_model`.
 pub(super) fn upstream_request(
@@ -36,6 +39,32 @@ pub(super) fn upstream_request(
     if !p.stop.is_empty() {
         body["stop"] = json!(p.stop);
     }
+    let chat = matches!(request.prompt, Prompt::Chat(_));
+    // Log probabilities in each endpoint's own terms.
+    match (p.logprobs, chat) {
+        (None, _) => {}
+        (Some(k), true) => {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(k);
+        }
+        (Some(k), false) => body["logprobs"] = json!(k),
+    }
+    // Structured output: OpenAI's `response_format` on chat; vLLM's `guided_json` (which the
+    // engine-worker also reads) on text completions, which OpenAI does not constrain.
+    if let Some(constraint) = &p.constraint {
+        let schema = match constraint.as_ref() {
+            OutputConstraint::JsonObject => None,
+            OutputConstraint::JsonSchema(schema) => Some(schema),
+        };
+        match (chat, schema) {
+            (true, None) => body["response_format"] = json!({"type": "json_object"}),
+            (true, Some(schema)) => {
+                body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}})
+            }
+            (false, None) => body["guided_json"] = json!({"type": "object"}),
+            (false, Some(schema)) => body["guided_json"] = schema.clone(),
+        }
+    }
     let path = match &request.prompt {
         Prompt::Chat(messages) => {
             body["messages"] = json!(messages);
@@ -64,6 +93,8 @@ pub struct Chunk {
     pub token: Option<String>,
     /// The choice finished.
     pub finish_reason: Option<FinishReason>,
+    /// The token's log probabilities, if the upstream sent them.
+    pub logprobs: Option<Box<Logprobs>>,
 }
 
 /// Reads one `data:` payload (not `[DONE]`) of a chat or text completion stream.
@@ -94,11 +125,67 @@ pub fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
     if !opens && (reason.is_none() || !text.is_empty()) {
         out.token = Some(text.to_string());
     }
+    if out.token.is_some() {
+        out.logprobs = read_logprobs(&choice["logprobs"]).map(Box::new);
+    }
     out.finish_reason = reason.map(|reason| match reason {
         "length" => FinishReason::Length,
         _ => FinishReason::Stop,
     });
     Ok(out)
+}
+
+/// A streamed chunk's log probabilities for its (one) token: chat's
+/// `{"content": [{token, logprob, bytes, top_logprobs}]}`, or the completions endpoint's
+/// `{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}]}`.
+fn read_logprobs(value: &Value) -> Option<Logprobs> {
+    let entry = |token: &str, logprob: &Value, bytes: Option<&Value>| TokenLogprob {
+        token: token.to_string(),
+        bytes: bytes
+            .and_then(Value::as_array)
+            .map(|b| {
+                b.iter()
+                    .filter_map(|x| x.as_u64().map(|x| x as u8))
+                    .collect()
+            })
+            .unwrap_or_else(|| token.as_bytes().to_vec()),
+        logprob: logprob.as_f64().unwrap_or(f64::NEG_INFINITY) as f32,
+    };
+    if let Some(first) = value.get("content").and_then(|c| c.get(0)) {
+        let top = first["top_logprobs"]
+            .as_array()
+            .map(|tops| {
+                tops.iter()
+                    .map(|t| {
+                        entry(
+                            t["token"].as_str().unwrap_or(""),
+                            &t["logprob"],
+                            t.get("bytes"),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Some(Logprobs {
+            sampled: entry(
+                first["token"].as_str().unwrap_or(""),
+                &first["logprob"],
+                first.get("bytes"),
+            ),
+            top,
+        });
+    }
+    let token = value.get("tokens")?.get(0)?.as_str()?;
+    let mut top: Vec<TokenLogprob> = value["top_logprobs"]
+        .get(0)
+        .and_then(Value::as_object)
+        .map(|tops| tops.iter().map(|(t, l)| entry(t, l, None)).collect())
+        .unwrap_or_default();
+    top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+    Some(Logprobs {
+        sampled: entry(token, &value["token_logprobs"][0], None),
+        top,
+    })
 }
 
 /// The refusal an upstream's 4xx body states (its whole text as the message if it is not in

@@ -22,6 +22,10 @@ pub struct GgufTokenizer {
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     vocab_size: usize,
+    /// Each token's bytes as the model produces them (the byte-level alphabet undone);
+    /// special tokens: their text, and `true` in `special`.
+    token_bytes: Vec<Vec<u8>>,
+    special: Vec<bool>,
 }
 
 impl std::fmt::Debug for GgufTokenizer {
@@ -100,19 +104,39 @@ impl GgufTokenizer {
         // values such as `smollm`, `llama-bpe`, `gpt-2` all mean this regex family).
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let is_special = |ty: &i32| matches!(*ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED);
         let specials: Vec<AddedToken> = tokens
             .iter()
             .zip(&token_types)
-            .filter(|(_, ty)| matches!(**ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
+            .filter(|(_, ty)| is_special(ty))
             .map(|(tok, _)| AddedToken::from(tok.clone(), true))
             .collect();
         inner.add_special_tokens(&specials);
+        let special: Vec<bool> = (0..tokens.len())
+            .map(|i| token_types.get(i).is_some_and(is_special))
+            .collect();
+        let unicode_to_byte = byte_level_alphabet();
+        let token_bytes = tokens
+            .iter()
+            .zip(&special)
+            .map(|(tok, &special)| match special {
+                true => tok.as_bytes().to_vec(),
+                false => tok
+                    .chars()
+                    .map(|c| unicode_to_byte.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    // Not in the byte-level alphabet (malformed vocabulary): its UTF-8.
+                    .unwrap_or_else(|| tok.as_bytes().to_vec()),
+            })
+            .collect();
 
         Ok(Self {
             inner,
             bos_id,
             eos_ids: vec![eos_id],
             vocab_size: tokens.len(),
+            token_bytes,
+            special,
         })
     }
 
@@ -157,4 +181,38 @@ impl GgufTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
+
+    /// The bytes token `id` stands for (a special token's name for special tokens); empty
+    /// for an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Is `id` a control token (`<|im_end|>`), which decoding leaves out?
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+}
+
+/// GPT-2's byte-level alphabet reversed: the printable character that stands for each byte in
+/// a byte-level BPE vocabulary, mapped back to the byte. Printable ASCII and Latin-1 stand for
+/// themselves; the other 68 bytes are shifted to U+0100 and up, in byte order.
+fn byte_level_alphabet() -> std::collections::HashMap<char, u8> {
+    let printable =
+        |b: u8| matches!(b, b'!'..=b'~') || matches!(b, 0xA1..=0xAC) || matches!(b, 0xAE..=0xFF);
+    let mut shifted = 0u32;
+    (0..=255u8)
+        .map(|b| {
+            let c = if printable(b) {
+                char::from(b)
+            } else {
+                shifted += 1;
+                char::from_u32(255 + shifted).expect("U+0100..U+0143 are characters")
+            };
+            (c, b)
+        })
+        .collect()
 }

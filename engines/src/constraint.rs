@@ -1,0 +1,236 @@
+//! Structured output: the output a request must match (any JSON object, or JSON that validates
+//! against a schema), enforced token by token with `llguidance`, the grammar engine vLLM, SGLang
+//! and llama.cpp use.
+//!
+//! A [`Grammars`] holds llguidance's parser factory over one tokenizer (the token trie is built
+//! once, at model load). Each constrained request gets its own [`Matcher`]: before each sample
+//! the matcher's mask removes every token the grammar cannot take next, and the sampled token
+//! is fed back. Compiling a schema into a matcher happens in the caller's thread at submission,
+//! never on the scheduler's; the scheduler only computes masks (tens of microseconds per token
+//! for the schemas of `tests/structured_output.rs`; `docs/benchmarks.md` has the figures).
+
+use std::sync::{Arc, OnceLock};
+
+use llguidance::api::{GrammarWithLexer, TopLevelGrammar};
+use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{json, Value};
+
+use crate::error::{EngineError, Result};
+use crate::text::GgufTokenizer;
+
+/// What a request's output must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputConstraint {
+    /// Any JSON object (OpenAI's `response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// JSON valid against this JSON Schema (`{"type": "json_schema", ...}`, and the arguments
+    /// of forced tool calls).
+    JsonSchema(Value),
+}
+
+/// How JSON is laid out: one space after `:` and `,`, no other whitespace (as Python's
+/// `json.dumps` writes it). Free whitespace would let a sampled model at temperature 1 spend
+/// its tokens on blank lines.
+fn layout() -> Value {
+    json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+}
+
+impl OutputConstraint {
+    fn grammar(&self) -> TopLevelGrammar {
+        let mut schema = match self {
+            OutputConstraint::JsonObject => json!({"type": "object"}),
+            OutputConstraint::JsonSchema(schema) => schema.clone(),
+        };
+        // A schema that states its own layout (llguidance's `x-guidance`) keeps it.
+        if let Some(object) = schema.as_object_mut() {
+            object.entry("x-guidance").or_insert_with(layout);
+        }
+        TopLevelGrammar::from_grammar(GrammarWithLexer::from_json_schema(schema))
+    }
+
+    /// Checks that the constraint compiles, without a model's tokenizer (over single bytes):
+    /// the gateway calls this at the edge, so a bad schema is a 400 whichever engine serves.
+    pub fn check(&self) -> Result<()> {
+        Grammars::byte_level().matcher(self).map(drop)
+    }
+}
+
+/// llguidance's parser factory over one tokenizer: compiles constraints into matchers.
+pub struct Grammars {
+    factory: ParserFactory,
+}
+
+impl std::fmt::Debug for Grammars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grammars").finish_non_exhaustive()
+    }
+}
+
+impl Grammars {
+    /// A factory over `tokenizer`'s vocabulary, whose masks span `vocab_size` logits.
+    pub fn new(tokenizer: &GgufTokenizer) -> Result<Self> {
+        let env: TokEnv = Arc::new(TokenizerBytes::new(tokenizer)?);
+        Self::over(&env)
+    }
+
+    fn over(env: &TokEnv) -> Result<Self> {
+        let mut factory = ParserFactory::new_simple(env)
+            .map_err(|e| EngineError::Load(format!("grammar engine: {e}")))?;
+        // Errors are returned to the caller; nothing goes to stderr.
+        factory.quiet();
+        Ok(Self { factory })
+    }
+
+    /// The factory over single bytes, for checks that need no model.
+    fn byte_level() -> &'static Grammars {
+        static BYTES: OnceLock<Grammars> = OnceLock::new();
+        BYTES.get_or_init(|| {
+            Grammars::over(&ApproximateTokEnv::single_byte_env())
+                .expect("a single-byte vocabulary builds")
+        })
+    }
+
+    /// A fresh matcher for `constraint`, or why the constraint cannot be used.
+    pub fn matcher(&self, constraint: &OutputConstraint) -> Result<Matcher> {
+        let parser = self
+            .factory
+            .create_parser(constraint.grammar())
+            .map_err(|e| EngineError::InvalidConstraint(first_line(&e.to_string())))?;
+        Ok(Matcher::new(Ok(parser)))
+    }
+}
+
+/// llguidance's errors carry the grammar after the first line; the first line says what is
+/// wrong.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).to_string()
+}
+
+/// A request's grammar state in the sequence being generated.
+pub struct ConstraintState {
+    matcher: Matcher,
+}
+
+impl ConstraintState {
+    /// A state at the start of the output.
+    pub fn new(matcher: Matcher) -> Self {
+        Self { matcher }
+    }
+
+    /// Sets every logit the grammar forbids next to minus infinity (ids past the tokenizer's
+    /// vocabulary included).
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
+        let allowed = self
+            .matcher
+            .compute_mask()
+            .map_err(|e| EngineError::Constraint(first_line(&e.to_string())))?;
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if id >= allowed.len() || !allowed.is_allowed(id as TokenId) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the sampled token; true when the grammar is complete and nothing may follow.
+    pub fn advance(&mut self, token: u32) -> Result<bool> {
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| EngineError::Constraint(first_line(&e.to_string())))?;
+        Ok(self.matcher.is_stopped())
+    }
+}
+
+/// The model's vocabulary as llguidance sees it: each token's bytes (special tokens marked
+/// with 0xFF, llguidance's convention, so the grammar never produces them as text), and the
+/// model's tokenizer for text the grammar itself contains.
+struct TokenizerBytes {
+    trie: TokTrie,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl TokenizerBytes {
+    fn new(tokenizer: &GgufTokenizer) -> Result<Self> {
+        let eos = *tokenizer
+            .eos_ids()
+            .first()
+            .ok_or_else(|| EngineError::Load("the tokenizer has no end-of-sequence id".into()))?;
+        let words: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
+            .map(|id| {
+                let bytes = tokenizer.token_bytes(id);
+                match tokenizer.is_special(id) {
+                    true => [&[TokTrie::SPECIAL_TOKEN_MARKER], bytes].concat(),
+                    false => bytes.to_vec(),
+                }
+            })
+            .collect();
+        let mut info = TokRxInfo::new(words.len() as u32, eos);
+        info.tok_bos = tokenizer.bos_id();
+        Ok(Self {
+            trie: TokTrie::from(&info, &words),
+            tokenizer: tokenizer.inner().clone(),
+        })
+    }
+}
+
+impl TokenizerEnv for TokenizerBytes {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        self.tokenizer
+            .encode(String::from_utf8_lossy(s).as_ref(), false)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_schemas_are_refused_with_the_reason() {
+        for schema in [
+            json!({"type": "object", "properties": {"a": {"type": "strin"}}}),
+            json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}),
+            json!({"type": "string", "minLength": 5, "maxLength": 2}),
+        ] {
+            let err = OutputConstraint::JsonSchema(schema.clone())
+                .check()
+                .unwrap_err();
+            assert!(
+                matches!(err, EngineError::InvalidConstraint(ref m) if !m.is_empty()),
+                "{schema}: {err:?}"
+            );
+        }
+        OutputConstraint::JsonObject.check().unwrap();
+        OutputConstraint::JsonSchema(
+            json!({"type": "object", "properties": {"a": {"enum": ["x", "y"]}}, "required": ["a"]}),
+        )
+        .check()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_matcher_over_bytes_accepts_only_its_language() {
+        let constraint = OutputConstraint::JsonSchema(
+            json!({"type": "object", "properties": {"a": {"enum": ["x"]}}, "required": ["a"], "additionalProperties": false}),
+        );
+        let mut state = ConstraintState::new(Grammars::byte_level().matcher(&constraint).unwrap());
+        // Single-byte vocabulary: token id = byte.
+        let mut logits = vec![0.0f32; 256];
+        state.mask(&mut logits).unwrap();
+        let allowed: Vec<u8> = (0..=255u8)
+            .filter(|&b| logits[b as usize].is_finite())
+            .collect();
+        assert_eq!(allowed, b"{");
+        let mut done = false;
+        for &b in br#"{"a": "x"}"# {
+            done = state.advance(b as u32).unwrap();
+        }
+        assert!(done, "the object is complete");
+    }
+}

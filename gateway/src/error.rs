@@ -412,6 +412,11 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidInput(_) => ApiError::invalid_request(message)
                 .with_param("input")
                 .with_code("invalid_value"),
+            // Checked at the edge already; an engine may still find a schema too large for
+            // its vocabulary.
+            EngineError::InvalidConstraint(_) => ApiError::invalid_request(message)
+                .with_param("response_format")
+                .with_code("invalid_value"),
             EngineError::QueueFull { .. } => ApiError::queue_full(message),
             EngineError::Overloaded { .. } => ApiError::overloaded(message),
             EngineError::EngineStopped
@@ -419,6 +424,7 @@ impl From<EngineError> for ApiError {
             | EngineError::Fetch(_)
             | EngineError::Tokenizer(_)
             | EngineError::Embedding(_)
+            | EngineError::Constraint(_)
             | EngineError::Candle(_) => ApiError::server_fault("The engine failed.", message),
         }
     }

@@ -4,6 +4,7 @@ use engines::ChatMessage;
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::openai::tools::{render_calls, ToolSpec};
 
 /// The chat endpoint's own fields (the sampling parameters are [`crate::openai::params::CommonParams`]).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -12,10 +13,14 @@ pub struct ChatCompletionRequest {
     pub model: String,
     /// The conversation so far.
     pub messages: Vec<RequestMessage>,
-    /// Not supported yet: anything but absent or `[]` is a 400.
+    /// Functions the model may call (`[{"type": "function", "function": {name, description,
+    /// parameters}}]`).
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<serde_json::Value>,
-    /// `{"type": "text"}` only, so far.
-    pub response_format: Option<serde_json::Value>,
+    /// `none`, `auto` (the default with tools), `required`, or `{"type": "function",
+    /// "function": {"name": ...}}`.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<serde_json::Value>,
 }
 
 /// One message of the conversation.
@@ -26,6 +31,14 @@ pub struct RequestMessage {
     /// The text, or a list of parts of which only `text` parts are supported.
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// An assistant message's calls (`[{"id", "type": "function", "function": {"name",
+    /// "arguments"}}]`).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// A message's content: a string, or a list of parts of which only text is supported.
@@ -51,33 +64,35 @@ pub struct ContentPart {
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 impl ChatCompletionRequest {
-    /// Checks the conversation and flattens it to plain-text messages for the chat template.
-    pub fn conversation(&self) -> Result<Vec<ChatMessage>, ApiError> {
+    /// The request's tools and tool choice, checked; `None` without tools.
+    pub fn tools(&self) -> Result<Option<ToolSpec>, ApiError> {
+        ToolSpec::from_request(self.tools.as_ref(), self.tool_choice.as_ref())
+    }
+
+    /// Checks the conversation and flattens it to plain-text messages for the chat template:
+    /// offered tools are described in the system message, earlier calls written as the model
+    /// writes them (see [`crate::openai::tools`]).
+    pub fn conversation(&self, tools: Option<&ToolSpec>) -> Result<Vec<ChatMessage>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid_param(
                 "messages",
                 "`messages` must not be empty.",
             ));
         }
-        if self
-            .tools
-            .as_ref()
-            .is_some_and(|t| !t.is_null() && t != &serde_json::json!([]))
-        {
-            return Err(ApiError::invalid_param(
-                "tools",
-                "Tool calling is not supported yet.",
-            ));
-        }
-        if let Some(format) = &self.response_format {
-            let kind = format.get("type").and_then(|t| t.as_str()).unwrap_or("");
-            if !format.is_null() && kind != "text" {
-                return Err(ApiError::invalid_param(
-                    "response_format",
-                    "Only `response_format: {\"type\": \"text\"}` is supported yet.",
-                ));
+        let mut messages = self.flat_messages()?;
+        if let Some(tools) = tools.filter(|t| t.offered()) {
+            let prompt = tools.system_prompt();
+            match messages.first_mut() {
+                Some(first) if first.role == "system" => {
+                    first.content = format!("{}\n\n{prompt}", first.content);
+                }
+                _ => messages.insert(0, ChatMessage::new("system", prompt)),
             }
         }
+        Ok(messages)
+    }
+
+    fn flat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         self.messages
             .iter()
             .enumerate()
@@ -92,7 +107,7 @@ impl ChatCompletionRequest {
                         ),
                     ));
                 }
-                let content = match &m.content {
+                let mut content = match &m.content {
                     Some(MessageContent::Text(text)) => text.clone(),
                     Some(MessageContent::Parts(parts)) => text_of_parts(parts, i)?,
                     // An assistant turn may carry no content (it called a tool).
@@ -104,6 +119,18 @@ impl ChatCompletionRequest {
                         ))
                     }
                 };
+                if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_empty()) {
+                    if m.role != "assistant" {
+                        return Err(ApiError::invalid_param(
+                            &format!("messages[{i}].tool_calls"),
+                            "Only assistant messages carry `tool_calls`.",
+                        ));
+                    }
+                    if !content.is_empty() {
+                        content.push('\n');
+                    }
+                    content.push_str(&render_calls(calls));
+                }
                 // `developer` is OpenAI's newer name for the system role.
                 let role = if m.role == "developer" {
                     "system"
@@ -139,6 +166,31 @@ fn text_of_parts(parts: &[ContentPart], message: usize) -> Result<String, ApiErr
 mod tests {
     use super::*;
 
+    #[test]
+    fn tools_join_the_system_message_and_calls_the_assistant_turns() {
+        let r = request(
+            r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather in Lyon?"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Lyon\"}"}}]},
+                {"role":"tool","tool_call_id":"call_1","content":"12 C"}],
+               "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}"#,
+        );
+        let tools = r.tools().unwrap();
+        let c = r.conversation(tools.as_ref()).unwrap();
+        assert_eq!(c.len(), 4);
+        assert!(c[0].content.starts_with("Be brief.\n\n") && c[0].content.contains("<tools>"));
+        assert!(c[0].content.contains("get_weather"));
+        assert_eq!(
+            c[2].content,
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Lyon\"}}\n</tool_call>"
+        );
+        assert_eq!(c[3], ChatMessage::new("tool", "12 C"));
+        // `tool_choice: none`: the functions are not described.
+        let mut none = r.clone();
+        none.tool_choice = Some(serde_json::json!("none"));
+        let c = none.conversation(none.tools().unwrap().as_ref()).unwrap();
+        assert_eq!(c[0].content, "Be brief.");
+    }
+
     fn request(json: &str) -> ChatCompletionRequest {
         crate::openai::json::parse(json.as_bytes()).unwrap()
     }
@@ -148,7 +200,7 @@ mod tests {
         let r = request(
             r#"{"model":"m","messages":[{"role":"developer","content":"be kind"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
         );
-        let c = r.conversation().unwrap();
+        let c = r.conversation(None).unwrap();
         assert_eq!(c[0], ChatMessage::new("system", "be kind"));
         assert_eq!(c[1], ChatMessage::new("user", "ab"));
     }
@@ -169,12 +221,8 @@ mod tests {
                 r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
                 "messages[0].content[0]",
             ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
-                "tools",
-            ),
         ] {
-            let err = request(json).conversation().unwrap_err();
+            let err = request(json).conversation(None).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{json}");
         }
     }

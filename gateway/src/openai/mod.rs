@@ -6,5 +6,6 @@ pub mod embeddings;
 pub mod json;
 pub mod params;
 pub mod response;
+pub mod tools;
 
 pub use json::JsonBody;

@@ -1,10 +1,15 @@
 //! Sampling parameters shared by chat and text completions, validated into engine terms.
 
-use engines::SamplingParams;
+use std::sync::Arc;
+
+use engines::sampling::MAX_TOP_LOGPROBS;
+use engines::{OutputConstraint, SamplingParams};
 use policies::Priority;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::openai::response::Endpoint;
 
 /// OpenAI's `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -47,16 +52,22 @@ pub struct CommonParams {
     pub frequency_penalty: Option<f64>,
     /// vLLM's extension for benchmarks.
     pub ignore_eos: Option<bool>,
-    /// Choices per prompt: 1 only, so far.
+    /// Choices per prompt (each sampled on its own; `seed + i` for choice `i`).
     pub n: Option<i64>,
     /// Server-sent events, one chunk per token, ending with `data: [DONE]`.
     pub stream: Option<bool>,
     /// With `stream`.
     pub stream_options: Option<StreamOptions>,
-    /// Not supported yet.
-    pub logprobs: Option<serde_json::Value>,
-    /// Not supported yet.
-    pub top_logprobs: Option<serde_json::Value>,
+    /// Chat: `true` for each token's log probability. Completions: how many alternatives
+    /// (0 to 20) to report with each token's.
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+    /// Chat, with `logprobs`: alternatives to report per token, 0 to 20.
+    pub top_logprobs: Option<i64>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
+    /// {"name", "schema", "strict"}}`: the output is constrained while it is generated.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
     /// The end user's id (recorded nowhere; accepted for compatibility).
     pub user: Option<String>,
     /// This request's priority class, `interactive` or `batch`: a request may lower its API
@@ -79,7 +90,12 @@ pub struct ValidParams {
     pub include_usage: bool,
     /// The class the request asked for, if any (checked against the caller's by the preamble).
     pub priority: Option<Priority>,
+    /// Choices per prompt.
+    pub n: usize,
 }
+
+/// Most choices per prompt (`n`): each is a sequence in the engine's batch.
+pub const MAX_CHOICES: usize = 16;
 
 /// OpenAI's limit on the number of stop sequences.
 const MAX_STOP_SEQUENCES: usize = 4;
@@ -102,8 +118,9 @@ fn in_range(
 }
 
 impl CommonParams {
-    /// Checks every parameter's range; the first at fault names itself in `param`.
-    pub fn validate(&self) -> Result<ValidParams, ApiError> {
+    /// Checks every parameter's range for `endpoint`; the first at fault names itself in
+    /// `param`.
+    pub fn validate(&self, endpoint: Endpoint) -> Result<ValidParams, ApiError> {
         let temperature = in_range("temperature", self.temperature, 0.0, 2.0, 1.0)?;
         let top_p = in_range("top_p", self.top_p, 0.0, 1.0, 1.0)?;
         if top_p == 0.0 {
@@ -151,20 +168,18 @@ impl CommonParams {
                 format!("At most {MAX_STOP_SEQUENCES} stop sequences are allowed."),
             ));
         }
-        if let Some(n) = self.n {
-            if n != 1 {
+        let n = match self.n {
+            None => 1,
+            Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+            Some(n) => {
                 return Err(ApiError::invalid_param(
                     "n",
-                    "Only `n = 1` is supported; send several requests for several choices.",
-                ));
+                    format!("`n` must be between 1 and {MAX_CHOICES}, got {n}."),
+                ))
             }
-        }
-        if logprobs_requested(&self.logprobs) || logprobs_requested(&self.top_logprobs) {
-            return Err(ApiError::invalid_param(
-                "logprobs",
-                "`logprobs` is not supported yet.",
-            ));
-        }
+        };
+        let logprobs = self.logprobs(endpoint)?;
+        let constraint = response_format(self.response_format.as_ref())?;
         let priority = match &self.priority {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(name)) if name == Priority::Interactive.as_str() => {
@@ -193,7 +208,10 @@ impl CommonParams {
                 presence_penalty: presence_penalty as f32,
                 frequency_penalty: frequency_penalty as f32,
                 ignore_eos: self.ignore_eos.unwrap_or(false),
+                logprobs,
+                constraint,
             },
+            n,
             max_tokens,
             stream,
             include_usage: stream
@@ -205,13 +223,86 @@ impl CommonParams {
     }
 }
 
-/// `logprobs: false`, `null` or `0` ask for nothing.
-fn logprobs_requested(value: &Option<serde_json::Value>) -> bool {
-    match value {
-        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
-        Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
-        Some(_) => true,
+impl CommonParams {
+    /// How many alternatives to report per token, if log probabilities are asked for: chat
+    /// says `logprobs: true` and `top_logprobs: k`, completions `logprobs: k`.
+    fn logprobs(&self, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
+        let top = |param: &str, k: i64| match usize::try_from(k) {
+            Ok(k) if k <= MAX_TOP_LOGPROBS => Ok(k),
+            _ => Err(ApiError::invalid_param(
+                param,
+                format!("`{param}` must be between 0 and {MAX_TOP_LOGPROBS}, got {k}."),
+            )),
+        };
+        match endpoint {
+            Endpoint::Chat => {
+                let wanted = match &self.logprobs {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(other) => {
+                        return Err(ApiError::invalid_param(
+                            "logprobs",
+                            format!("`logprobs` must be a boolean, got {other}."),
+                        ))
+                    }
+                };
+                match (wanted, self.top_logprobs) {
+                    (false, Some(k)) if k > 0 => Err(ApiError::invalid_param(
+                        "top_logprobs",
+                        "`top_logprobs` needs `logprobs: true`.",
+                    )),
+                    (false, _) => Ok(None),
+                    (true, k) => top("top_logprobs", k.unwrap_or(0)).map(Some),
+                }
+            }
+            Endpoint::Completions => match &self.logprobs {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(k)) if k.as_i64().is_some() => {
+                    top("logprobs", k.as_i64().unwrap_or(0)).map(Some)
+                }
+                Some(other) => Err(ApiError::invalid_param(
+                    "logprobs",
+                    format!(
+                        "`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {other}."
+                    ),
+                )),
+            },
+        }
     }
+}
+
+/// OpenAI's `response_format` as an output constraint, checked with the grammar engine (a
+/// schema it cannot use is the request's fault, named in the message).
+fn response_format(format: Option<&Value>) -> Result<Option<Arc<OutputConstraint>>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let invalid = |message: String| ApiError::invalid_param("response_format", message);
+    let constraint = match format.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => OutputConstraint::JsonObject,
+        Some("json_schema") => {
+            let schema = format
+                .pointer("/json_schema/schema")
+                .filter(|s| s.is_object() || s.is_boolean())
+                .ok_or_else(|| {
+                    invalid(
+                        "`response_format.json_schema.schema` must be a JSON Schema object.".into(),
+                    )
+                })?;
+            OutputConstraint::JsonSchema(schema.clone())
+        }
+        other => {
+            return Err(invalid(format!(
+                "`response_format.type` must be `text`, `json_object` or `json_schema`, got {}.",
+                other.map_or("nothing".to_string(), |t| format!("`{t}`"))
+            )))
+        }
+    };
+    constraint
+        .check()
+        .map_err(|e| invalid(format!("The schema cannot be used: {e}.")))?;
+    Ok(Some(Arc::new(constraint)))
 }
 
 #[cfg(test)]
@@ -219,9 +310,88 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<ValidParams, ApiError> {
+        parse_for(Endpoint::Chat, json)
+    }
+
+    fn parse_for(endpoint: Endpoint, json: &str) -> Result<ValidParams, ApiError> {
         serde_json::from_str::<CommonParams>(json)
             .unwrap()
-            .validate()
+            .validate(endpoint)
+    }
+
+    #[test]
+    fn logprobs_in_each_endpoints_terms() {
+        let chat = |json| parse_for(Endpoint::Chat, json);
+        let text = |json| parse_for(Endpoint::Completions, json);
+        assert_eq!(
+            chat(r#"{"logprobs": true}"#).unwrap().sampling.logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            chat(r#"{"logprobs": true, "top_logprobs": 20}"#)
+                .unwrap()
+                .sampling
+                .logprobs,
+            Some(20)
+        );
+        assert_eq!(
+            chat(r#"{"logprobs": false}"#).unwrap().sampling.logprobs,
+            None
+        );
+        assert_eq!(
+            text(r#"{"logprobs": 3}"#).unwrap().sampling.logprobs,
+            Some(3)
+        );
+        assert_eq!(
+            text(r#"{"logprobs": null}"#).unwrap().sampling.logprobs,
+            None
+        );
+        for (endpoint, json, param) in [
+            (
+                Endpoint::Chat,
+                r#"{"logprobs": true, "top_logprobs": 21}"#,
+                "top_logprobs",
+            ),
+            (Endpoint::Chat, r#"{"top_logprobs": 2}"#, "top_logprobs"),
+            (Endpoint::Chat, r#"{"logprobs": 2}"#, "logprobs"),
+            (Endpoint::Completions, r#"{"logprobs": 21}"#, "logprobs"),
+            (Endpoint::Completions, r#"{"logprobs": true}"#, "logprobs"),
+        ] {
+            let err = parse_for(endpoint, json).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{json}");
+        }
+    }
+
+    #[test]
+    fn response_formats_become_constraints_and_bad_schemas_are_400s() {
+        assert!(parse(r#"{"response_format": {"type": "text"}}"#)
+            .unwrap()
+            .sampling
+            .constraint
+            .is_none());
+        assert_eq!(
+            parse(r#"{"response_format": {"type": "json_object"}}"#)
+                .unwrap()
+                .sampling
+                .constraint
+                .as_deref(),
+            Some(&OutputConstraint::JsonObject)
+        );
+        let schema = r#"{"response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}}"#;
+        assert!(matches!(
+            parse(schema).unwrap().sampling.constraint.as_deref(),
+            Some(OutputConstraint::JsonSchema(_))
+        ));
+        for json in [
+            r#"{"response_format": {"type": "yaml"}}"#,
+            r#"{"response_format": {"type": "json_schema"}}"#,
+            r#"{"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integr"}}}}}}"#,
+            r##"{"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/nowhere"}}}}"##,
+        ] {
+            let err = parse(json).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("response_format"), "{json}");
+            assert!(!err.message.is_empty());
+        }
     }
 
     #[test]
@@ -245,9 +415,9 @@ mod tests {
             (r#"{"max_completion_tokens": -5}"#, "max_completion_tokens"),
             (r#"{"presence_penalty": 3}"#, "presence_penalty"),
             (r#"{"frequency_penalty": -3}"#, "frequency_penalty"),
-            (r#"{"n": 2}"#, "n"),
+            (r#"{"n": 0}"#, "n"),
+            (r#"{"n": 17}"#, "n"),
             (r#"{"stop": ["a","b","c","d","e"]}"#, "stop"),
-            (r#"{"logprobs": true}"#, "logprobs"),
             (r#"{"priority": "urgent"}"#, "priority"),
             (r#"{"priority": 1}"#, "priority"),
         ] {

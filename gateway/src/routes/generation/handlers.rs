@@ -54,9 +54,15 @@ pub async fn generate(
     let relay = Relay::new(streams, account);
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {
-        Sse::new(sse_events(prepared.meta, relay, prepared.include_usage)).into_response()
+        Sse::new(sse_events(
+            prepared.meta,
+            relay,
+            prepared.include_usage,
+            prepared.tools,
+        ))
+        .into_response()
     } else {
-        whole_response(prepared.meta, relay)
+        whole_response(prepared.meta, relay, prepared.tools, prepared.logprobs)
             .await
             .unwrap_or_else(IntoResponse::into_response)
     };

@@ -19,6 +19,7 @@ use crate::openai::completions::{CompletionRequest, DEFAULT_MAX_TOKENS};
 use crate::openai::json::from_value;
 use crate::openai::params::CommonParams;
 use crate::openai::response::{Endpoint, ResponseMeta};
+use crate::openai::tools::ToolSpec;
 use crate::routes::sizing::sized;
 use crate::state::AppState;
 
@@ -45,6 +46,10 @@ pub struct PreparedGeneration {
     pub include_usage: bool,
     /// The caller's scheduling terms, with the priority class the request asked for.
     pub share: policies::Share,
+    /// The functions the model may call, if the request offers any.
+    pub tools: Option<Arc<ToolSpec>>,
+    /// Log probabilities were asked for.
+    pub logprobs: bool,
 }
 
 /// The layer's function: prepares and sizes the request (`routes::sizing`).
@@ -84,7 +89,7 @@ fn prepare_generation(
         GenerationBody::Completions(request) => &request.model,
     };
     let engine = resolve_model(model_state, caller, model)?;
-    let params = from_value::<CommonParams>(body)?.validate()?;
+    let mut params = from_value::<CommonParams>(body)?.validate(endpoint)?;
     let mut share = caller.tenant.limits.share;
     if let Some(asked) = params.priority {
         if asked > share.priority {
@@ -101,17 +106,34 @@ fn prepare_generation(
         share.priority = asked;
     }
     let limits = &state.limits;
+    let tools = match &parsed {
+        GenerationBody::Chat(request) => request.tools()?.map(Arc::new),
+        GenerationBody::Completions(_) => None,
+    };
+    // A forced call is the whole answer, held to the function's schema.
+    if let Some(constraint) = tools.as_ref().and_then(|t| t.constraint()) {
+        if params.sampling.constraint.is_some() {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "`response_format` cannot be combined with a `tool_choice` that forces a call.",
+            ));
+        }
+        params.sampling.constraint = Some(Arc::new(constraint));
+    }
     let prompts = match &parsed {
-        GenerationBody::Chat(request) => vec![Prompt::Chat(request.conversation()?)],
+        GenerationBody::Chat(request) => {
+            vec![Prompt::Chat(request.conversation(tools.as_deref())?)]
+        }
         GenerationBody::Completions(request) => {
             // Counted before anything is built for them: a request of 100,000 one-token
             // prompts must cost nothing but this check.
             let count = request.prompt_count();
-            if count > limits.max_prompts_per_request {
+            if count.saturating_mul(params.n) > limits.max_prompts_per_request {
                 return Err(ApiError::invalid_param(
                     "prompt",
                     format!(
-                        "This request has {count} prompts; at most {} are allowed per request.",
+                        "This request has {count} prompts of {} choices each; at most {} choices are allowed per request.",
+                        params.n,
                         limits.max_prompts_per_request
                     ),
                 ));
@@ -129,19 +151,24 @@ fn prepare_generation(
     // Each prompt is rendered and tokenised once, here: admission needs its size, and a local
     // engine gets the ids (a remote one the original, with an estimated size).
     let tier = caller.tenant.tier.as_deref();
-    let mut requests = Vec::with_capacity(prompts.len());
+    let mut requests = Vec::with_capacity(prompts.len() * params.n);
     for prompt in prompts {
         let prompt = engine.prepare(tier, prompt)?;
         let max_tokens = params
             .max_tokens
             .unwrap_or_else(|| default_max_tokens(prompt.tokens()));
-        requests.push(RouteRequest {
-            prompt,
-            params: SamplingParams {
-                max_tokens,
-                ..params.sampling.clone()
-            },
-        });
+        // `n` choices of one prompt sit next to each other (OpenAI's order of indices); a
+        // seeded request seeds its choices apart, so they differ unless sampling is greedy.
+        for choice in 0..params.n as u64 {
+            requests.push(RouteRequest {
+                prompt: prompt.clone(),
+                params: SamplingParams {
+                    max_tokens,
+                    seed: params.sampling.seed.map(|s| s.wrapping_add(choice)),
+                    ..params.sampling.clone()
+                },
+            });
+        }
     }
     let prompt_tokens = requests
         .iter()
@@ -170,6 +197,9 @@ fn prepare_generation(
         stream: params.stream,
         include_usage: params.include_usage,
         share,
+        // `none` offers nothing: the answer is text, whatever it says.
+        tools: tools.filter(|t| t.offered()),
+        logprobs: params.sampling.logprobs.is_some(),
     };
     Ok((prepared, cost))
 }

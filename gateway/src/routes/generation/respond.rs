@@ -1,12 +1,14 @@
 //! The answer: the engine's token events, relayed once (the [`Relay`]), shaped either into one
-//! JSON body or into OpenAI's stream of server-sent events.
+//! JSON body or into OpenAI's stream of server-sent events. With tools, a choice's text is held
+//! back while it may be a call ([`ChoiceText`]) and read as calls at its end.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engines::{FinishReason, Refusal, TokenEvent};
+use engines::{FinishReason, Logprobs, Refusal, TokenEvent};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use ledger::RecordStatus;
@@ -14,7 +16,10 @@ use routing::RoutedStream;
 
 use crate::accounting::RequestAccount;
 use crate::error::ApiError;
-use crate::openai::response::{ChoiceEvent, FinishedChoice, ResponseMeta, UsageBody};
+use crate::openai::response::{
+    ChoiceEnd, ChoiceEvent, FinishedChoice, ResponseMeta, TextPiece, UsageBody,
+};
+use crate::openai::tools::ToolSpec;
 
 /// What the client hears of the engine: text and finishes, per choice.
 pub enum Output {
@@ -25,6 +30,8 @@ pub enum Output {
         choice: usize,
         /// Its text.
         text: String,
+        /// Its log probabilities, when asked for.
+        logprobs: Option<Box<Logprobs>>,
     },
     /// Choice `choice` finished.
     Finished {
@@ -115,9 +122,13 @@ impl Relay {
             .expect("a relay is not polled after it settled");
         while let Some((choice, event)) = self.events.next().await {
             match event {
-                TokenEvent::Token { text, .. } => {
+                TokenEvent::Token { text, logprobs, .. } => {
                     account.on_token();
-                    return Ok(Some(Output::Text { choice, text }));
+                    return Ok(Some(Output::Text {
+                        choice,
+                        text,
+                        logprobs,
+                    }));
                 }
                 TokenEvent::Finished(completion) => {
                     account.on_finished(&completion);
@@ -164,14 +175,56 @@ impl Relay {
     }
 }
 
+/// One choice's text so far, and its log probabilities.
+#[derive(Default)]
+struct ChoiceText {
+    text: String,
+    logprobs: Vec<Logprobs>,
+    /// Bytes of the choice's text already sent (streams).
+    sent: usize,
+}
+
+impl ChoiceText {
+    fn push(&mut self, text: &str, logprobs: Option<Box<Logprobs>>) {
+        self.text.push_str(text);
+        self.logprobs.extend(logprobs.map(|l| *l));
+    }
+
+    /// The held text as one piece, and forgets it.
+    fn piece(&self) -> TextPiece<'_> {
+        TextPiece {
+            text: &self.text,
+            logprobs: &self.logprobs,
+            offset: self.sent,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.sent += self.text.len();
+        self.text.clear();
+        self.logprobs.clear();
+    }
+}
+
 /// The non-streamed answer. Tokens are counted as they come, so a client that hangs up before
 /// the end (dropping this future) is billed for what was generated.
-pub async fn whole_response(meta: ResponseMeta, mut relay: Relay) -> Result<Response, ApiError> {
-    let mut texts = vec![String::new(); relay.choices()];
+pub async fn whole_response(
+    meta: ResponseMeta,
+    mut relay: Relay,
+    tools: Option<Arc<ToolSpec>>,
+    logprobs: bool,
+) -> Result<Response, ApiError> {
+    let mut texts: Vec<ChoiceText> = (0..relay.choices())
+        .map(|_| ChoiceText::default())
+        .collect();
     let mut finish_reasons = vec![FinishReason::Stop; relay.choices()];
     loop {
         match relay.next().await {
-            Ok(Some(Output::Text { choice, text })) => texts[choice].push_str(&text),
+            Ok(Some(Output::Text {
+                choice,
+                text,
+                logprobs,
+            })) => texts[choice].push(&text, logprobs),
             Ok(Some(Output::Finished { choice, reason })) => finish_reasons[choice] = reason,
             Ok(None) => break,
             Err(failure) => return Err(failure.to_error(&meta.model)),
@@ -180,9 +233,17 @@ pub async fn whole_response(meta: ResponseMeta, mut relay: Relay) -> Result<Resp
     let choices: Vec<FinishedChoice> = texts
         .into_iter()
         .zip(finish_reasons)
-        .map(|(text, finish_reason)| FinishedChoice {
-            text,
-            finish_reason,
+        .map(|(choice, reason)| {
+            let tool_calls = tools.as_ref().and_then(|t| t.parse(&choice.text));
+            FinishedChoice {
+                finish_reason: match tool_calls {
+                    Some(_) => ChoiceEnd::ToolCalls,
+                    None => ChoiceEnd::Engine(reason),
+                },
+                tool_calls,
+                text: choice.text,
+                logprobs: logprobs.then_some(choice.logprobs),
+            }
         })
         .collect();
     // Committed to the ledger before the body goes out.
@@ -201,8 +262,15 @@ pub fn sse_events(
     meta: ResponseMeta,
     mut relay: Relay,
     include_usage: bool,
+    tools: Option<Arc<ToolSpec>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
+        // Per choice: the text held back while it may still be a tool call (`None` once it
+        // is known to be content: tokens then go out as they come).
+        let mut held: Vec<Option<ChoiceText>> = (0..relay.choices())
+            .map(|_| tools.as_ref().filter(|t| t.may_open_call("")).map(|_| ChoiceText::default()))
+            .collect();
+        let mut sent = vec![0usize; relay.choices()];
         for i in 0..relay.choices() {
             if let Some(chunk) = meta.chunk(i, ChoiceEvent::Start, include_usage) {
                 yield data(chunk);
@@ -211,17 +279,43 @@ pub fn sse_events(
         let failure = loop {
             // One chunk per generated token, as vLLM streams, even when its text is empty:
             // clients and load generators count tokens by chunks.
-            let chunk = match relay.next().await {
-                Ok(Some(Output::Text { choice, text })) => {
-                    meta.chunk(choice, ChoiceEvent::Text(&text), include_usage)
-                }
+            let mut chunks = Vec::new();
+            match relay.next().await {
+                Ok(Some(Output::Text { choice, text, logprobs })) => match &mut held[choice] {
+                    Some(holding) => {
+                        holding.push(&text, logprobs);
+                        let may_call = tools.as_ref().is_some_and(|t| t.may_open_call(&holding.text));
+                        if !may_call {
+                            chunks.extend(meta.chunk(choice, ChoiceEvent::Text(holding.piece()), include_usage));
+                            holding.clear();
+                            sent[choice] = holding.sent;
+                            held[choice] = None;
+                        }
+                    }
+                    None => {
+                        let logprobs: Vec<Logprobs> = logprobs.map(|l| *l).into_iter().collect();
+                        let piece = TextPiece { text: &text, logprobs: &logprobs, offset: sent[choice] };
+                        chunks.extend(meta.chunk(choice, ChoiceEvent::Text(piece), include_usage));
+                        sent[choice] += text.len();
+                    }
+                },
                 Ok(Some(Output::Finished { choice, reason })) => {
-                    meta.chunk(choice, ChoiceEvent::Finish(reason), include_usage)
+                    let mut end = ChoiceEnd::Engine(reason);
+                    if let Some(holding) = held[choice].take() {
+                        match tools.as_ref().and_then(|t| t.parse(&holding.text)) {
+                            Some(calls) => {
+                                chunks.extend(meta.chunk(choice, ChoiceEvent::ToolCalls(&calls), include_usage));
+                                end = ChoiceEnd::ToolCalls;
+                            }
+                            None => chunks.extend(meta.chunk(choice, ChoiceEvent::Text(holding.piece()), include_usage)),
+                        }
+                    }
+                    chunks.extend(meta.chunk(choice, ChoiceEvent::Finish(end), include_usage));
                 }
                 Ok(None) => break None,
                 Err(failure) => break Some(failure),
             };
-            if let Some(chunk) = chunk {
+            for chunk in chunks {
                 yield data(chunk);
             }
         };

@@ -5,7 +5,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{digest, Options, TestGateway};
+use common::{digest, openai_sdk_python, Options, TestGateway};
 use serde_json::{json, Value};
 
 const MODEL: &str = "all-minilm-l6-v2";
@@ -176,38 +176,6 @@ async fn what_the_model_cannot_do_is_a_clear_400_and_quotas_apply() {
         );
     }
     assert_eq!(statuses, [200, 200, 200, 429]);
-}
-
-/// A virtual environment with the official `openai` SDK (pinned), made once under `target/`.
-fn openai_sdk_python() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/openai-sdk");
-    let python = venv.join("bin/python");
-    let has_sdk = |python: &std::path::Path| {
-        std::process::Command::new(python)
-            .args(["-c", "import openai; assert openai.__version__ == '3.63.0'"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has_sdk(&python) {
-        let made = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv");
-        assert!(made.success(), "python3 -m venv failed");
-        let installed = std::process::Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "openai==3.63.0",
-            ])
-            .status()
-            .expect("pip install openai");
-        assert!(installed.success(), "pip install openai==3.63.0 failed");
-    }
-    assert!(has_sdk(&python), "the openai SDK is not importable");
-    python
 }
 
 #[tokio::test]

@@ -280,12 +280,14 @@ fn parse_tools(tools: &Value) -> Result<Vec<Function>, ApiError> {
             .map_err(|e| ApiError::invalid_param(&param, format!("Invalid tool: {e}.")))?;
         let function = match (tool.kind.as_str(), tool.function) {
             ("function", Some(function)) => function,
-            (kind, _) => return Err(ApiError::invalid_param(
-                &param,
-                format!(
+            (kind, _) => {
+                return Err(ApiError::invalid_param(
+                    &param,
+                    format!(
                     "Only tools of type `function` with a `function` are supported, got `{kind}`."
                 ),
-            )),
+                ))
+            }
         };
         let valid_name = !function.name.is_empty()
             && function.name.len() <= 64

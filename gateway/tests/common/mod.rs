@@ -318,3 +318,35 @@ impl Drop for TestGateway {
 pub fn digest(key: &str) -> String {
     policies::ApiKey::from_plaintext(key).digest().to_string()
 }
+
+/// A virtual environment with the official `openai` SDK (pinned), made once under `target/`.
+pub fn openai_sdk_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/openai-sdk");
+    let python = venv.join("bin/python");
+    let has_sdk = |python: &std::path::Path| {
+        std::process::Command::new(python)
+            .args(["-c", "import openai; assert openai.__version__ == '3.63.0'"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_sdk(&python) {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "openai==3.63.0",
+            ])
+            .status()
+            .expect("pip install");
+        assert!(installed.success(), "pip install openai==3.63.0 failed");
+    }
+    assert!(has_sdk(&python), "the openai SDK is not importable");
+    python
+}

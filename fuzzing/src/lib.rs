@@ -20,6 +20,7 @@ use gateway::openai::chat::ChatCompletionRequest;
 use gateway::openai::completions::CompletionRequest;
 use gateway::openai::json::{from_value, parse};
 use gateway::openai::params::CommonParams;
+use gateway::openai::response::Endpoint;
 
 /// A target: the bytes libFuzzer made up, in; a panic out if it found a bug.
 pub type Target = fn(&[u8]);
@@ -39,7 +40,9 @@ pub fn request_body(data: &[u8]) {
         Ok(body) => body,
         Err(error) => return render(error),
     };
-    let chat = from_value::<ChatCompletionRequest>(&body).and_then(|r| r.conversation().map(drop));
+    // Tools (their schemas compiled by the grammar engine) and the conversation they join.
+    let chat = from_value::<ChatCompletionRequest>(&body)
+        .and_then(|r| r.tools().and_then(|tools| r.conversation(tools.as_ref()).map(drop)));
     let completions = from_value::<CompletionRequest>(&body).and_then(|r| {
         // The preamble refuses more than `max_prompts_per_request` (64) before building any.
         match r.prompt_count() {
@@ -47,8 +50,15 @@ pub fn request_body(data: &[u8]) {
             _ => Ok(()),
         }
     });
-    let params = from_value::<CommonParams>(&body).and_then(|p| p.validate().map(drop));
-    for error in [chat, completions, params]
+    let params = from_value::<CommonParams>(&body);
+    let (chat_params, text_params) = match params {
+        Ok(p) => (
+            p.validate(Endpoint::Chat).map(drop),
+            p.validate(Endpoint::Completions).map(drop),
+        ),
+        Err(e) => (Err(e), Ok(())),
+    };
+    for error in [chat, completions, chat_params, text_params]
         .into_iter()
         .filter_map(Result::err)
     {

@@ -41,8 +41,10 @@ pub fn request_body(data: &[u8]) {
         Err(error) => return render(error),
     };
     // Tools (their schemas compiled by the grammar engine) and the conversation they join.
-    let chat = from_value::<ChatCompletionRequest>(&body)
-        .and_then(|r| r.tools().and_then(|tools| r.conversation(tools.as_ref()).map(drop)));
+    let chat = from_value::<ChatCompletionRequest>(&body).and_then(|r| {
+        r.tools()
+            .and_then(|tools| r.conversation(tools.as_ref()).map(drop))
+    });
     let completions = from_value::<CompletionRequest>(&body).and_then(|r| {
         // The preamble refuses more than `max_prompts_per_request` (64) before building any.
         match r.prompt_count() {

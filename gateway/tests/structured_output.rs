@@ -409,3 +409,85 @@ async fn the_official_openai_sdk_parses_and_calls_tools_unchanged() {
     );
     assert!(["stop", "length", "tool_calls"].contains(&seen["follow_up_finish"].as_str().unwrap()));
 }
+
+/// A gateway whose model is served only by a remote engine-worker on the real model: the
+/// constraint, the log probabilities and the tool call travel to the upstream and back.
+#[tokio::test]
+async fn structured_output_logprobs_and_tools_pass_through_a_remote_pool() {
+    let worker = TestGateway::start(common::Options {
+        worker: true,
+        ..common::Options::default()
+    });
+    let config = format!(
+        r#"
+[[tenants]]
+id = "remote-user"
+keys = ["{key}"]
+
+[[pools]]
+name = "workers"
+kind = "remote"
+urls = ["{url}"]
+api_key_env = "WORKER_SECRET"
+
+[[models]]
+id = "{MODEL}"
+pools = ["workers"]
+"#,
+        key = common::digest("sk-remote-user"),
+        url = worker.base,
+    );
+    let mut gw = TestGateway::start(common::Options {
+        config: Some(&config),
+        model_flag: false,
+        ..common::Options::default()
+    });
+    gw.key = "sk-remote-user".into();
+    let schema = person_schema();
+    for seed in [1, 2, 3] {
+        let (status, body) = gw
+            .post(
+                "/v1/chat/completions",
+                chat(
+                    "Describe a person in JSON.",
+                    json!({"response_format": json_schema_format(&schema), "temperature": 1.0, "seed": seed, "max_tokens": 300, "logprobs": true, "top_logprobs": 2}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let choice = &body["choices"][0];
+        assert_valid(&schema, choice["message"]["content"].as_str().unwrap());
+        let content = choice["logprobs"]["content"].as_array().unwrap();
+        assert!(!content.is_empty());
+        assert!(content
+            .iter()
+            .all(|e| e["top_logprobs"].as_array().unwrap().len() == 2));
+    }
+    let (status, body) = gw
+        .post(
+            "/v1/chat/completions",
+            chat(
+                "Weather in Rome?",
+                json!({"tools": [weather_tool()], "tool_choice": "required", "max_tokens": 100}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_valid(
+        &weather_tool()["function"]["parameters"],
+        call["function"]["arguments"].as_str().unwrap(),
+    );
+    // A bad schema is refused at the edge, before any upstream sees it.
+    let (status, body) = gw
+        .post(
+            "/v1/chat/completions",
+            chat("hi", json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("response_format"))
+    );
+}

@@ -49,21 +49,15 @@ pub(super) fn upstream_request(
         }
         (Some(k), false) => body["logprobs"] = json!(k),
     }
-    // Structured output: OpenAI's `response_format` on chat; vLLM's `guided_json` (which the
-    // engine-worker also reads) on text completions, which OpenAI does not constrain.
+    // Structured output as OpenAI's `response_format`, on both endpoints (vLLM and the
+    // engine-worker read it on text completions too).
     if let Some(constraint) = &p.constraint {
-        let schema = match constraint.as_ref() {
-            OutputConstraint::JsonObject => None,
-            OutputConstraint::JsonSchema(schema) => Some(schema),
-        };
-        match (chat, schema) {
-            (true, None) => body["response_format"] = json!({"type": "json_object"}),
-            (true, Some(schema)) => {
-                body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}})
+        body["response_format"] = match constraint.as_ref() {
+            OutputConstraint::JsonObject => json!({"type": "json_object"}),
+            OutputConstraint::JsonSchema(schema) => {
+                json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}})
             }
-            (false, None) => body["guided_json"] = json!({"type": "object"}),
-            (false, Some(schema)) => body["guided_json"] = schema.clone(),
-        }
+        };
     }
     let path = match &request.prompt {
         Prompt::Chat(messages) => {
@@ -236,6 +230,53 @@ mod tests {
         assert_eq!(refused.param.as_deref(), Some("max_tokens"));
         assert_eq!(refused.code.as_deref(), Some("context_length_exceeded"));
         assert_eq!(refusal(b"plain").param, None);
+    }
+
+    #[test]
+    fn constraints_and_logprobs_travel_in_each_endpoints_terms() {
+        let params = crate::SamplingParams {
+            logprobs: Some(3),
+            constraint: Some(std::sync::Arc::new(OutputConstraint::JsonSchema(
+                json!({"type": "object"}),
+            ))),
+            ..crate::SamplingParams::greedy(4)
+        };
+        let tenant = policies::TenantId::new("t").unwrap();
+        let chat = GenerationRequest::new(Prompt::Chat(vec![]), params.clone(), tenant.clone());
+        let (url, body) = upstream_request("http://u/v1", "m", &chat);
+        assert_eq!(url, "http://u/v1/chat/completions");
+        assert_eq!(
+            (body["logprobs"].clone(), body["top_logprobs"].clone()),
+            (json!(true), json!(3))
+        );
+        assert_eq!(
+            body["response_format"]["json_schema"]["schema"],
+            json!({"type": "object"})
+        );
+        let text = GenerationRequest::new(Prompt::Text("x".into()), params, tenant);
+        let (_, body) = upstream_request("http://u/v1", "m", &text);
+        assert_eq!(body["logprobs"], json!(3));
+        assert!(body.get("top_logprobs").is_none());
+        assert_eq!(body["response_format"]["type"], "json_schema");
+    }
+
+    #[test]
+    fn logprobs_of_chat_and_text_chunks() {
+        let chat = read_chunk(r#"{"choices":[{"delta":{"content":"Hi"},"logprobs":{"content":[{"token":"Hi","logprob":-0.25,"bytes":[72,105],"top_logprobs":[{"token":"Hi","logprob":-0.25,"bytes":[72,105]},{"token":"Yo","logprob":-2.0,"bytes":[89,111]}]}]}}]}"#).unwrap();
+        let lp = chat.logprobs.unwrap();
+        assert_eq!(
+            (lp.sampled.token.as_str(), lp.sampled.logprob),
+            ("Hi", -0.25)
+        );
+        assert_eq!(lp.top[1].bytes, b"Yo");
+        let text = read_chunk(r#"{"choices":[{"text":" a","logprobs":{"tokens":[" a"],"token_logprobs":[-0.5],"top_logprobs":[{" b":-1.5," a":-0.5}],"text_offset":[0]}}]}"#).unwrap();
+        let lp = text.logprobs.unwrap();
+        assert_eq!(lp.sampled.logprob, -0.5);
+        assert_eq!(lp.top[0].token, " a", "most likely first");
+        assert!(read_chunk(r#"{"choices":[{"delta":{"content":"x"}}]}"#)
+            .unwrap()
+            .logprobs
+            .is_none());
     }
 
     #[test]

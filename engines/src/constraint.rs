@@ -12,7 +12,9 @@
 use std::sync::{Arc, OnceLock};
 
 use llguidance::api::{GrammarWithLexer, TopLevelGrammar};
-use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::toktrie::{
+    ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv,
+};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 
@@ -110,27 +112,45 @@ fn first_line(message: &str) -> String {
 /// A request's grammar state in the sequence being generated.
 pub struct ConstraintState {
     matcher: Matcher,
+    /// The tokens allowed next, when computed ahead of sampling ([`Self::prepare`]).
+    allowed: Option<SimpleVob>,
 }
 
 impl ConstraintState {
     /// A state at the start of the output.
     pub fn new(matcher: Matcher) -> Self {
-        Self { matcher }
+        Self {
+            matcher,
+            allowed: None,
+        }
     }
 
-    /// Sets every logit the grammar forbids next to minus infinity (ids past the tokenizer's
-    /// vocabulary included).
-    pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
-        let allowed = self
-            .matcher
-            .compute_mask()
-            .map_err(|e| EngineError::Constraint(first_line(&e.to_string())))?;
-        for (id, logit) in logits.iter_mut().enumerate() {
-            if id >= allowed.len() || !allowed.is_allowed(id as TokenId) {
-                *logit = f32::NEG_INFINITY;
-            }
+    /// Computes the tokens allowed next, ahead of sampling: the request core does this for
+    /// every constrained sequence of a step at once, spread over its threads.
+    pub fn prepare(&mut self) -> Result<()> {
+        if self.allowed.is_none() {
+            let allowed = self
+                .matcher
+                .compute_mask()
+                .map_err(|e| EngineError::Constraint(first_line(&e.to_string())))?;
+            self.allowed = Some(allowed);
         }
         Ok(())
+    }
+
+    /// `logits` with every token the grammar forbids next at minus infinity (ids past the
+    /// tokenizer's vocabulary included). Built from the allowed set, which is small next to
+    /// the vocabulary in most grammar states.
+    pub fn mask(&mut self, logits: &[f32]) -> Result<Vec<f32>> {
+        self.prepare()?;
+        let allowed = self.allowed.take().expect("prepared above");
+        let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+        allowed.iter_set_entries(|id| {
+            if let Some(&logit) = logits.get(id) {
+                masked[id] = logit;
+            }
+        });
+        Ok(masked)
     }
 
     /// Feeds the sampled token; true when the grammar is complete and nothing may follow.
@@ -221,8 +241,7 @@ mod tests {
         );
         let mut state = ConstraintState::new(Grammars::byte_level().matcher(&constraint).unwrap());
         // Single-byte vocabulary: token id = byte.
-        let mut logits = vec![0.0f32; 256];
-        state.mask(&mut logits).unwrap();
+        let logits = state.mask(&[0.0f32; 256]).unwrap();
         let allowed: Vec<u8> = (0..=255u8)
             .filter(|&b| logits[b as usize].is_finite())
             .collect();

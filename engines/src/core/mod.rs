@@ -449,6 +449,7 @@ fn settle(
         }
     };
 
+    prepare_masks(scheduler, plan, wants_logits);
     let mut finished = Vec::new();
     let mut row = 0;
     for (chunk, wants) in plan.chunks.iter().zip(wants_logits) {
@@ -481,6 +482,36 @@ fn settle(
         ended.push(scheduler.finish(i).id);
     }
     ended
+}
+
+/// Computes the grammar masks of every constrained sequence about to sample, spread over the
+/// model's threads (the other threads would otherwise idle while the scheduler's thread
+/// samples). A sequence whose mask fails here fails when it samples.
+fn prepare_masks(scheduler: &mut Scheduler, plan: &StepPlan, wants_logits: &[bool]) {
+    let sampling: Vec<usize> = plan
+        .chunks
+        .iter()
+        .zip(wants_logits)
+        .filter(|(_, &wants)| wants)
+        .map(|(c, _)| c.index)
+        .collect();
+    let states: Vec<std::sync::Mutex<&mut crate::constraint::ConstraintState>> = scheduler
+        .running
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| sampling.contains(i))
+        .filter_map(|(_, s)| s.constraint.as_mut().map(std::sync::Mutex::new))
+        .collect();
+    if states.len() < 2 {
+        return;
+    }
+    crate::model::cpu::parallel::for_each_chunk(states.len(), 1, |_, range| {
+        for state in &states[range] {
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            // An error is kept by the matcher and reported again at sampling.
+            let _ = state.prepare();
+        }
+    });
 }
 
 /// What a paused step lends to the steps that run while it waits between layers.

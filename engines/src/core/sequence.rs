@@ -206,11 +206,7 @@ impl Sequence {
             false => None,
         };
         let token = match (&mut self.constraint, &raw) {
-            (Some(constraint), Some(raw)) => {
-                let mut row = raw.clone();
-                constraint.mask(&mut row)?;
-                self.sampler.sample_row(row)?
-            }
+            (Some(constraint), Some(raw)) => self.sampler.sample_row(constraint.mask(raw)?)?,
             _ => self.sampler.sample(logits)?,
         };
         let logprobs = match (self.params.logprobs, raw) {

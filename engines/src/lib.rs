@@ -40,7 +40,10 @@ pub use model_fetch::{
     default_cache_dir, ensure_bundle, ensure_model, sha256_file, ModelBundle, ModelSource,
     DEFAULT_MODEL, DEFAULT_MODEL_ID, EMBEDDING_MODEL, EMBEDDING_MODEL_ID,
 };
-pub use remote::{wire, LoadReport, RemoteClient, RemoteEngine, RemoteOptions, ReportedLoad};
+pub use remote::{
+    wire, LoadReport, RemoteClient, RemoteEmbeddings, RemoteEngine, RemoteOptions, ReportedLoad,
+    UpstreamError,
+};
 pub use sampling::SamplingParams;
 pub use synthetic::{SyntheticEngine, SyntheticOptions};
 pub use text::ChatMessage;

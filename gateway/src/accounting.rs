@@ -107,6 +107,12 @@ impl RequestAccount {
         }
     }
 
+    /// The upstream counted the request's input itself (remote embeddings): its count goes in
+    /// the record instead of the gateway's estimate.
+    pub fn set_prompt_tokens(&mut self, tokens: u64) {
+        self.record.prompt_tokens = tokens;
+    }
+
     /// A token was generated (of any choice): billed even if the client leaves after it.
     pub fn on_token(&mut self) {
         let now = Instant::now();

@@ -14,9 +14,57 @@ pub enum ModelState {
     /// It serves, through this router over its pools.
     Ready(Arc<ModelRouter>),
     /// An embedding model: it serves `/v1/embeddings`.
-    Embeddings(Arc<engines::EmbeddingModel>),
+    Embeddings(Arc<Embedder>),
     /// It could not be loaded; the reason, for `/ready` and 500s.
     Failed(String),
+}
+
+/// What computes an embedding model's vectors.
+pub enum Embedder {
+    /// The model in this process.
+    Local(Arc<engines::EmbeddingModel>),
+    /// Upstreams' `/v1/embeddings` (an `engine-worker` or any OpenAI-compatible server).
+    Remote(Arc<RemoteEmbedder>),
+}
+
+/// An embedding model served by the replicas of remote pools: requests go round the replicas,
+/// and one that cannot serve (unreachable, 5xx, 429) passes the request to the next.
+pub struct RemoteEmbedder {
+    /// `(pool, replica URL, engine)` of every replica, in configuration order.
+    pub replicas: Vec<(Arc<str>, Arc<str>, Arc<engines::RemoteEngine>)>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl RemoteEmbedder {
+    /// An embedder over `replicas`.
+    pub fn new(replicas: Vec<(Arc<str>, Arc<str>, Arc<engines::RemoteEngine>)>) -> Self {
+        Self {
+            replicas,
+            next: Default::default(),
+        }
+    }
+
+    /// The vectors of `input` (as the client sent it), the pool and replica that made them.
+    pub async fn embed(
+        &self,
+        input: &serde_json::Value,
+        dimensions: Option<u64>,
+    ) -> Result<(engines::RemoteEmbeddings, Arc<str>, Arc<str>), engines::UpstreamError> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut last = engines::UpstreamError::Unavailable("no replica configured".into());
+        for k in 0..self.replicas.len() {
+            let (pool, url, engine) = &self.replicas[(start + k) % self.replicas.len()];
+            match engine.embeddings(input, dimensions).await {
+                Ok(vectors) => return Ok((vectors, pool.clone(), url.clone())),
+                Err(refused @ engines::UpstreamError::Refused(_)) => return Err(refused),
+                Err(unavailable) => {
+                    tracing::warn!(replica = %url, error = ?unavailable, "embedding replica failed; trying the next");
+                    last = unavailable;
+                }
+            }
+        }
+        Err(last)
+    }
 }
 
 struct ModelSlot {

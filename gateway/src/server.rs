@@ -19,7 +19,7 @@ use crate::config::{
 };
 use crate::directory::Directory;
 use crate::first_request::FirstByteAcceptor;
-use crate::models::{ModelRegistry, ModelState};
+use crate::models::{Embedder, ModelRegistry, ModelState, RemoteEmbedder};
 use crate::state::{AppState, Limits};
 use ledger::{Ledger, UsageQuery};
 use policies::DailyUsage;
@@ -86,7 +86,12 @@ pub async fn serve_as(
         // Loading reads and re-quantizes weights: CPU work, off the async workers.
         tokio::task::spawn_blocking(move || {
             let loaded = match model.kind {
-                ModelKind::Embedding => load_embedding(&model).map(ModelState::Embeddings),
+                ModelKind::Embedding => match model.pools.is_empty() {
+                    true => load_embedding(&model)
+                        .map(|m| ModelState::Embeddings(Arc::new(Embedder::Local(Arc::new(m))))),
+                    false => remote_embedder(&config, &model, &clients, &runtime)
+                        .map(|e| ModelState::Embeddings(Arc::new(Embedder::Remote(Arc::new(e))))),
+                },
                 ModelKind::Gguf | ModelKind::Synthetic => {
                     build_router(&config, &model, &clients, &runtime).map(|router| {
                         let interval = Duration::from_millis(config.routing.health_interval_ms);
@@ -304,15 +309,43 @@ fn announce(name: &str, scheme: &str, addr: SocketAddr) {
 /// Every pool of `model` with its replicas: local engines loaded on their devices, remote
 /// upstreams with their health checks.
 /// An embedding model: its directory, or the embedded one fetched into the cache.
-fn load_embedding(model: &ModelConfig) -> anyhow::Result<Arc<engines::EmbeddingModel>> {
+fn load_embedding(model: &ModelConfig) -> anyhow::Result<engines::EmbeddingModel> {
     let dir = match &model.path {
         Some(dir) => dir.clone(),
         None => engines::ensure_bundle(&engines::EMBEDDING_MODEL, &engines::default_cache_dir())?,
     };
-    Ok(Arc::new(engines::EmbeddingModel::load(
+    Ok(engines::EmbeddingModel::load(
         &dir,
         engines::EmbeddingOptions::default(),
-    )?))
+    )?)
+}
+
+/// An embedding model served by its (remote) pools' replicas.
+fn remote_embedder(
+    config: &GatewayConfig,
+    model: &ModelConfig,
+    clients: &HashMap<String, RemoteClient>,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<RemoteEmbedder> {
+    let mut replicas = Vec::new();
+    for pool in config.pools_of(model) {
+        for url in &pool.urls {
+            let options = remote_options(model, &pool, url)?;
+            let engine = RemoteEngine::new(
+                &model.id,
+                options,
+                clients[&pool.name].clone(),
+                runtime.clone(),
+            )?;
+            replicas.push((
+                Arc::from(pool.name.as_str()),
+                Arc::from(url.as_str()),
+                Arc::new(engine),
+            ));
+        }
+    }
+    tracing::info!(model = %model.id, replicas = replicas.len(), "remote embedding model ready");
+    Ok(RemoteEmbedder::new(replicas))
 }
 
 fn build_router(

@@ -214,3 +214,68 @@ async fn the_official_openai_sdk_works_unchanged() {
     assert_eq!(hi.0, "Hi");
     assert!(cosine(&float, &hi.2) >= 0.999);
 }
+
+/// An embedding model on a remote pool: an engine-worker's `/v1/embeddings` (the same model)
+/// serves it, the first replica being dead (the request passes to the next), the vectors match
+/// the reference, and the record bills the upstream's token count.
+#[tokio::test]
+async fn a_remote_pool_serves_embeddings_through_an_engine_worker() {
+    let worker = TestGateway::start(Options {
+        worker: true,
+        ..Options::default()
+    });
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let config = format!(
+        "admin_keys = [\"{}\"]\n[[pools]]\nname = \"workers\"\nkind = \"remote\"\nurls = [\"{dead}\", \"{}\"]\n\
+         api_key_env = \"WORKER_SECRET\"\n[[models]]\nid = \"{MODEL}\"\nkind = \"embedding\"\npools = [\"workers\"]\n\
+         [[tenants]]\nid = \"rag\"\nkeys = [\"{}\"]\n",
+        digest(ADMIN),
+        worker.base,
+        digest("sk-rag")
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        model_flag: false,
+        ..Options::default()
+    });
+    let cases = reference();
+    let texts: Vec<&str> = cases.iter().map(|(t, _, _)| t.as_str()).collect();
+    let local_tokens: usize = cases.iter().map(|(_, ids, _)| ids.len()).sum();
+    for _ in 0..2 {
+        // Twice: round robin starts once on the dead replica, once on the live one.
+        let (status, body) = embed(&gw, json!({"model": MODEL, "input": texts})).await;
+        assert_eq!(status, 200, "{body}");
+        for ((_, _, expected), item) in cases.iter().zip(body["data"].as_array().unwrap()) {
+            assert!(cosine(&vector(item), expected) >= 0.999);
+        }
+        assert_eq!(
+            body["usage"]["prompt_tokens"], local_tokens,
+            "the upstream's count"
+        );
+    }
+    // base64 is encoded by the gateway from the upstream's floats.
+    let (status, body) = embed(
+        &gw,
+        json!({"model": MODEL, "input": "Hi", "encoding_format": "base64"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(bytes.len(), 384 * 4);
+    // The upstream's refusal is the client's 400, and charges nothing.
+    let (status, body) = embed(&gw, json!({"model": MODEL, "input": [[1, 2, 99999999]]})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, usage) = gw.get("/admin/usage", Some(ADMIN)).await;
+    assert_eq!(status, 200);
+    let rows = usage["data"].as_array().unwrap();
+    let tokens: u64 = rows
+        .iter()
+        .map(|r| r["prompt_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tokens, 2 * local_tokens as u64 + 3, "{usage}");
+}

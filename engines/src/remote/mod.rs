@@ -278,3 +278,78 @@ mod tests {
         assert_eq!(estimate_prompt_tokens(&chat), 5);
     }
 }
+
+/// Why an upstream call that is not a generation (embeddings) did not succeed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamError {
+    /// The upstream refused the request as invalid (4xx but 429): the request's fault, not
+    /// worth another replica.
+    Refused(crate::engine::Refusal),
+    /// The upstream could not serve it (unreachable, timed out, 5xx, 429, unreadable answer):
+    /// another replica may.
+    Unavailable(String),
+}
+
+/// Vectors an upstream's `/v1/embeddings` returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteEmbeddings {
+    /// One per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// The input tokens the upstream counted (its `usage.prompt_tokens`), if it said.
+    pub prompt_tokens: Option<usize>,
+}
+
+impl RemoteEngine {
+    /// `POST /v1/embeddings` upstream with the client's `input` as given (strings or token
+    /// ids: the upstream tokenises), vectors asked for as floats.
+    pub async fn embeddings(
+        &self,
+        input: &serde_json::Value,
+        dimensions: Option<u64>,
+    ) -> std::result::Result<RemoteEmbeddings, UpstreamError> {
+        let mut body = serde_json::json!({
+            "model": self.options.upstream_model,
+            "input": input,
+            "encoding_format": "float",
+        });
+        if let Some(dimensions) = dimensions {
+            body["dimensions"] = dimensions.into();
+        }
+        let url = format!("{}/embeddings", self.api_base);
+        let request = self
+            .request_builder(Method::POST, &url)
+            .and_then(|b| {
+                b.header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(UpstreamError::Unavailable)?;
+        let base = &self.options.base_url;
+        let exchange = async {
+            let response = self.client.http.request(request).await.map_err(describe)?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map_err(describe)?;
+            Ok::<_, String>((status, body.to_bytes()))
+        };
+        let (status, body) = tokio::time::timeout(self.options.response_timeout, exchange)
+            .await
+            .map_err(|_| {
+                UpstreamError::Unavailable(format!("upstream {base} did not answer in time"))
+            })?
+            .map_err(|e| {
+                UpstreamError::Unavailable(format!("cannot reach upstream {base}: {e}"))
+            })?;
+        if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            return Err(UpstreamError::Refused(wire::refusal(&body)));
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Unavailable(format!(
+                "upstream {base} answered {status}: {}",
+                wire::error_message(&body)
+            )));
+        }
+        wire::read_embeddings(&body).map_err(|e| {
+            UpstreamError::Unavailable(format!("upstream {base} sent unreadable embeddings: {e}"))
+        })
+    }
+}

@@ -182,6 +182,28 @@ fn read_logprobs(value: &Value) -> Option<Logprobs> {
     })
 }
 
+/// The vectors (in input order) and usage of an upstream's `/v1/embeddings` answer.
+pub fn read_embeddings(body: &[u8]) -> Result<super::RemoteEmbeddings, String> {
+    let answer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let data = answer["data"].as_array().ok_or("no `data` list")?;
+    let mut vectors: Vec<(u64, Vec<f32>)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let vector = serde_json::from_value(item["embedding"].clone())
+                .map_err(|e| format!("data[{i}].embedding: {e}"))?;
+            Ok((item["index"].as_u64().unwrap_or(i as u64), vector))
+        })
+        .collect::<Result<_, String>>()?;
+    vectors.sort_by_key(|(index, _)| *index);
+    Ok(super::RemoteEmbeddings {
+        vectors: vectors.into_iter().map(|(_, v)| v).collect(),
+        prompt_tokens: answer["usage"]["prompt_tokens"]
+            .as_u64()
+            .map(|n| n as usize),
+    })
+}
+
 /// The refusal an upstream's 4xx body states (its whole text as the message if it is not in
 /// OpenAI's format).
 pub fn refusal(body: &[u8]) -> Refusal {

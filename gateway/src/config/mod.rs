@@ -219,11 +219,15 @@ impl GatewayConfig {
                 device: model.device.clone(),
                 reason,
             })?;
-            if model.kind == ModelKind::Embedding
-                && (!model.pools.is_empty() || model.device != "cpu")
-            {
+            // No pools: in this process. Pools: remote ones only (their upstreams embed).
+            let remote_only = model.pools.is_empty()
+                || self
+                    .pools_of(model)
+                    .iter()
+                    .all(|p| p.kind == PoolKindConfig::Remote);
+            if model.kind == ModelKind::Embedding && (model.device != "cpu" || !remote_only) {
                 return Err(ConfigError::Invalid(format!(
-                    "model `{}`: an embedding model runs on `device = \"cpu\"` in this process (pools and other devices are not supported for embeddings yet)",
+                    "model `{}`: an embedding model runs on `device = \"cpu\"` in this process, or on remote pools' upstreams (local pools and other devices are not supported for embeddings yet)",
                     model.id
                 )));
             }

@@ -1,7 +1,8 @@
 //! `POST /v1/embeddings`: sentence vectors from an embedding model. Like the generation routes,
 //! a preamble sizes the request (its inputs tokenised: the token count is what quotas and the
 //! ledger charge), admission weighs it, and the handler runs it and settles its account (one
-//! ledger record, prompt tokens only).
+//! ledger record, prompt tokens only). A model on remote pools sends the input upstream as
+//! given: its size is estimated for admission, and the record has the upstream's count.
 
 use std::sync::Arc;
 
@@ -10,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
-use engines::EmbeddingModel;
 use ledger::RecordStatus;
 use policies::Admission;
 use serde_json::{json, Value};
@@ -19,18 +19,26 @@ use tower_http::request_id::RequestId;
 use crate::accounting::RequestAccount;
 use crate::error::ApiError;
 use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
-use crate::models::ModelState;
+use crate::models::{Embedder, ModelState, RemoteEmbedder};
 use crate::openai::embeddings::{EmbeddingRequest, EncodingFormat, Input};
 use crate::openai::json::from_value;
 use crate::routes::sizing::sized;
 use crate::state::AppState;
+use engines::EmbeddingModel;
 
 /// An embedding request ready to run: handed to the handler once.
 pub struct PreparedEmbedding {
-    model: Arc<EmbeddingModel>,
     model_id: String,
-    inputs: Vec<Vec<u32>>,
+    work: Work,
     format: EncodingFormat,
+}
+
+/// What the handler runs.
+enum Work {
+    /// The local model, on these token ids.
+    Local(Arc<EmbeddingModel>, Vec<Vec<u32>>),
+    /// Remote replicas, on the client's `input` as sent (and its `dimensions`).
+    Remote(Arc<RemoteEmbedder>, Value, Option<u64>),
 }
 
 /// The preamble: parses, resolves the model, tokenises and sizes (`routes::sizing`).
@@ -49,8 +57,8 @@ fn prepare_embedding(
     if !caller.tenant.models.allows(id) {
         return Err(ApiError::model_not_allowed(id));
     }
-    let model = match model_state {
-        ModelState::Embeddings(model) => model,
+    let embedder = match model_state {
+        ModelState::Embeddings(embedder) => embedder,
         ModelState::Ready(_) => {
             return Err(ApiError::invalid_param(
                 "model",
@@ -66,6 +74,36 @@ fn prepare_embedding(
                 format!("The model `{id}` failed to load."),
                 reason,
             ))
+        }
+    };
+    let model = match embedder.as_ref() {
+        Embedder::Local(model) => model,
+        Embedder::Remote(remote) => {
+            // The upstream tokenises; four bytes a token for admission (as for prompts).
+            let inputs = request.inputs()?;
+            if inputs.iter().any(|i| matches!(i, Input::Text(""))) {
+                return Err(ApiError::invalid_param(
+                    "input",
+                    "An input must not be an empty string.",
+                ));
+            }
+            let tokens: u64 = inputs
+                .iter()
+                .map(|i| match i {
+                    Input::Text(text) => text.len().div_ceil(4) as u64,
+                    Input::Tokens(ids) => ids.len() as u64,
+                })
+                .sum();
+            let prepared = PreparedEmbedding {
+                model_id: request.model.clone(),
+                work: Work::Remote(remote.clone(), body["input"].clone(), request.dimensions),
+                format: request.encoding_format.unwrap_or_default(),
+            };
+            let cost = RequestCost {
+                prompt_tokens: tokens,
+                reserved_tokens: tokens,
+            };
+            return Ok((prepared, cost));
         }
     };
     if let Some(dimensions) = request.dimensions {
@@ -102,9 +140,8 @@ fn prepare_embedding(
     }
     let tokens: u64 = inputs.iter().map(|ids| ids.len() as u64).sum();
     let prepared = PreparedEmbedding {
-        model,
         model_id: request.model,
-        inputs,
+        work: Work::Local(model.clone(), inputs),
         format: request.encoding_format.unwrap_or_default(),
     };
     let cost = RequestCost {
@@ -135,13 +172,41 @@ pub async fn embed(
         cost.prompt_tokens,
         admission,
     );
-    account.on_routed("local", &Arc::from("cpu"));
-    let vectors = match prepared.model.embed(prepared.inputs).await {
-        Ok(vectors) => vectors,
+    let outcome = match prepared.work {
+        Work::Local(model, inputs) => {
+            account.on_routed("local", &Arc::from("cpu"));
+            model
+                .embed(inputs)
+                .await
+                .map(|v| (v, cost.prompt_tokens))
+                .map_err(ApiError::from)
+        }
+        Work::Remote(remote, input, dimensions) => {
+            match remote.embed(&input, dimensions).await {
+                Ok((answer, pool, replica)) => {
+                    account.on_routed(&pool, &replica);
+                    // The upstream counted the tokens: its count is billed.
+                    let tokens = answer
+                        .prompt_tokens
+                        .map_or(cost.prompt_tokens, |n| n as u64);
+                    account.set_prompt_tokens(tokens);
+                    Ok((answer.vectors, tokens))
+                }
+                Err(engines::UpstreamError::Refused(refusal)) => {
+                    Err(ApiError::upstream_refused(&refusal))
+                }
+                Err(engines::UpstreamError::Unavailable(reason)) => {
+                    Err(ApiError::no_replica(&prepared.model_id, &reason))
+                }
+            }
+        }
+    };
+    let (vectors, prompt_tokens) = match outcome {
+        Ok(done) => done,
         Err(error) => {
             account.on_not_served();
             account.settle(RecordStatus::Failed).await;
-            return Err(error.into());
+            return Err(error);
         }
     };
     account.settle(RecordStatus::Completed).await;
@@ -163,7 +228,7 @@ pub async fn embed(
         "object": "list",
         "data": data,
         "model": prepared.model_id,
-        "usage": {"prompt_tokens": cost.prompt_tokens, "total_tokens": cost.prompt_tokens},
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }))
     .into_response();
     response.extensions_mut().insert(AccessLogWritten);

@@ -639,3 +639,63 @@ fn an_interactive_arrival_starts_inside_a_paused_batch_step() {
     let off = quiet_beside_bulk(false);
     assert_eq!(urgent_steps(&off.records, &off.quiet), 0);
 }
+
+/// Four choices of one prompt (OpenAI's `n = 4`) at temperature 0: identical, and the prompt is
+/// computed once: the others share its full KV blocks, as the free-block gauge shows.
+#[test]
+fn n_choices_share_the_prompts_kv_blocks_and_agree() {
+    let engine = engine(CoreConfig::default());
+    let question =
+        "Explain, in a few sentences, why the sky is blue and sunsets are red. ".repeat(6);
+    let requests: Vec<GenerationRequest> = (0..4).map(|_| chat(&question, 24)).collect();
+    let outputs: Vec<CollectedOutput> = engine
+        .submit_all(requests)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.blocking_collect().unwrap())
+        .collect();
+    assert!(outputs.iter().all(|o| o.token_ids == outputs[0].token_ids));
+    let prompt_tokens = outputs[0].completion.usage.prompt_tokens;
+    let block_size = CoreConfig::default().block_size;
+    let prompt_blocks = prompt_tokens.div_ceil(block_size);
+    assert!(
+        prompt_blocks >= 8,
+        "a prompt worth sharing: {prompt_tokens} tokens"
+    );
+    let records = engine.step_records();
+    let total = EngineCounters::get(&engine.counters().kv_blocks_total) as usize;
+    let busiest = records
+        .iter()
+        .filter(|r| r.running == 4)
+        .map(|r| total - r.free_blocks)
+        .max()
+        .expect("the four ran together");
+    // Unshared, four sequences hold at least four prompts' blocks; shared, one prompt's plus
+    // each choice's own tail and generated tokens.
+    let own = (prompt_tokens % block_size + 24).div_ceil(block_size) + 1;
+    assert!(
+        busiest < 4 * prompt_blocks,
+        "{busiest} blocks held: not shared"
+    );
+    assert!(busiest <= prompt_blocks + 4 * own, "{busiest} blocks held");
+    // The prompt ran once in full; the others computed only its last partial block.
+    let prefill: usize = records
+        .iter()
+        .flat_map(|r| &r.chunks)
+        .filter(|c| c.prefill)
+        .map(|c| c.tokens)
+        .sum();
+    assert!(
+        prefill < prompt_tokens + 4 * block_size,
+        "{prefill} prompt tokens computed"
+    );
+    // Every block comes back (the gauge is set after the step that ended them).
+    let free = || EngineCounters::get(&engine.counters().kv_blocks_free) as usize;
+    for _ in 0..500 {
+        if free() == total {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(free(), total, "blocks leaked");
+}

@@ -358,9 +358,23 @@ async fn n_greedy_choices_are_identical_and_indexed() {
     for (i, c) in choices.iter().enumerate() {
         assert_eq!(c["index"], i);
     }
-    // Usage counts every choice's tokens and the prompt once per choice.
+    // Usage counts every choice's tokens, and the prompt once (as OpenAI bills `n`).
     let usage = &body["usage"];
     assert_eq!(usage["completion_tokens"], 64);
+    let (_, single) = gw
+        .post(
+            "/v1/chat/completions",
+            chat(
+                "Tell me a fact.",
+                json!({"temperature": 0, "max_tokens": 16}),
+            ),
+        )
+        .await;
+    assert_eq!(usage["prompt_tokens"], single["usage"]["prompt_tokens"]);
+    assert_eq!(
+        single["choices"][0]["message"]["content"].as_str().unwrap(),
+        texts[0]
+    );
     // Completions: two prompts of two choices each, in OpenAI's order.
     let (status, body) = gw
         .post("/v1/completions", json!({"model": MODEL, "prompt": ["One", "Two"], "n": 2, "temperature": 0, "max_tokens": 4}))

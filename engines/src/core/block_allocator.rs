@@ -1,12 +1,19 @@
 //! Fixed-size KV blocks handed out from a pool allocated once per engine.
+//!
+//! A block may be held by several sequences at once: the choices of one prompt (`n` > 1) share
+//! the prompt's full blocks ([`BlockAllocator::share`]). A full block is never written again
+//! (a sequence writes only past its own length), so sharing needs no copy; a block returns to
+//! the free list when its last holder releases it.
 
 pub use crate::model::BlockId;
 
-/// A free list of block ids. Allocation is all-or-nothing, so a failed request never leaves
-/// a sequence half-grown.
+/// A free list of block ids and each block's holders. Allocation is all-or-nothing, so a
+/// failed request never leaves a sequence half-grown.
 #[derive(Debug, Clone)]
 pub struct BlockAllocator {
     free: Vec<BlockId>,
+    /// Sequences holding each block (0: free).
+    holders: Vec<u32>,
     total: usize,
 }
 
@@ -16,6 +23,7 @@ impl BlockAllocator {
         // Reversed so that blocks are handed out from 0 upwards.
         Self {
             free: (0..total as BlockId).rev().collect(),
+            holders: vec![0; total],
             total,
         }
     }
@@ -36,18 +44,40 @@ impl BlockAllocator {
             return None;
         }
         let at = self.free.len() - n;
-        Some(self.free.split_off(at))
+        let blocks = self.free.split_off(at);
+        for &block in &blocks {
+            self.holders[block as usize] = 1;
+        }
+        Some(blocks)
     }
 
-    /// Returns blocks to the pool.
+    /// Another sequence holds `blocks` too (they must be held already).
+    pub fn share(&mut self, blocks: &[BlockId]) {
+        for &block in blocks {
+            let holders = &mut self.holders[block as usize];
+            debug_assert!(*holders > 0, "block {block} is free: nothing to share");
+            *holders += 1;
+        }
+    }
+
+    /// Sequences holding `block`.
+    pub fn holders(&self, block: BlockId) -> u32 {
+        self.holders.get(block as usize).copied().unwrap_or(0)
+    }
+
+    /// A holder lets `blocks` go; each returns to the pool with its last holder.
     pub fn release(&mut self, blocks: impl IntoIterator<Item = BlockId>) {
         for block in blocks {
             debug_assert!(
                 (block as usize) < self.total,
                 "block {block} is not from this pool"
             );
-            debug_assert!(!self.free.contains(&block), "block {block} released twice");
-            self.free.push(block);
+            let holders = &mut self.holders[block as usize];
+            debug_assert!(*holders > 0, "block {block} released twice");
+            *holders = holders.saturating_sub(1);
+            if *holders == 0 {
+                self.free.push(block);
+            }
         }
     }
 }
@@ -116,6 +146,23 @@ mod tests {
             for blocks in sequences.drain(..) { pool.release(blocks); }
             prop_assert_eq!(pool.free_count(), total);
         }
+    }
+
+    #[test]
+    fn a_shared_block_is_free_only_when_its_last_holder_lets_go() {
+        let mut pool = BlockAllocator::new(4);
+        let parent = pool.allocate(3).unwrap();
+        pool.share(&parent[..2]);
+        pool.share(&parent[..2]);
+        assert_eq!(pool.holders(parent[0]), 3);
+        assert_eq!(pool.free_count(), 1);
+        pool.release(parent.clone());
+        assert_eq!(pool.free_count(), 2, "only the unshared block came back");
+        pool.release(parent[..2].to_vec());
+        assert_eq!(pool.free_count(), 2);
+        pool.release(parent[..2].to_vec());
+        assert_eq!(pool.free_count(), 4);
+        assert_eq!(pool.holders(parent[0]), 0);
     }
 
     #[test]

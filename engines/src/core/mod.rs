@@ -43,6 +43,9 @@ pub(crate) struct Job {
     pub counters: Arc<TenantCounters>,
     /// Its grammar, compiled at submission (off the scheduler's thread).
     pub constraint: Option<crate::constraint::ConstraintState>,
+    /// An earlier job of the same submission with the same prompt, whose KV blocks this one
+    /// shares.
+    pub fork_of: Option<SequenceId>,
 }
 
 /// Limits and sizes of one engine's request core.
@@ -362,6 +365,7 @@ fn enqueue(scheduler: &mut Scheduler, counters: &EngineCounters, job: Job) {
     sequence.share = job.request.share;
     sequence.counters = job.counters;
     sequence.constraint = job.constraint;
+    sequence.fork_of = job.fork_of;
     counters
         .prompt_tokens
         .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);

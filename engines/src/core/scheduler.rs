@@ -368,9 +368,49 @@ impl Scheduler {
         }
     }
 
+    /// A sequence that shares its prompt with another may be admitted once that one is not
+    /// waiting and not part-way through its prompt (or is gone).
+    fn fork_ready(&self, s: &Sequence) -> bool {
+        let Some(parent) = s.fork_of else {
+            return true;
+        };
+        !self.waiting.iter().any(|w| w.id == parent)
+            && self
+                .running
+                .iter()
+                .find(|r| r.id == parent)
+                .is_none_or(|r| !r.is_prefilling())
+    }
+
+    /// A newly admitted sequence takes the full blocks of its prompt from the sequence it
+    /// shares the prompt with, if that one holds them: its own prefill is then the prompt's
+    /// tail (at least one token, for its first logits).
+    fn fork(&mut self, sequence: &mut Sequence) {
+        let Some(parent) = sequence.fork_of else {
+            return;
+        };
+        let Some(parent) = self.running.iter().find(|r| r.id == parent) else {
+            return;
+        };
+        if !sequence.table.blocks.is_empty() || parent.prompt_ids != sequence.prompt_ids {
+            return;
+        }
+        let shared = (sequence.prompt_ids.len() - 1) / self.limits.block_size;
+        if shared == 0 || parent.computed() < shared * self.limits.block_size {
+            return;
+        }
+        let blocks = parent.table.blocks[..shared].to_vec();
+        self.allocator.share(&blocks);
+        sequence.table = BlockTable {
+            blocks,
+            len: shared * self.limits.block_size,
+        };
+    }
+
     /// Moves waiting sequence `index` into the batch and plans its first prompt chunk.
     fn admit(&mut self, index: usize, draft: &mut Draft) {
         let mut sequence = self.waiting.remove(index).expect("index from next_waiting");
+        self.fork(&mut sequence);
         sequence.admission = self.next_admission;
         self.next_admission += 1;
         let counters = &sequence.counters;
@@ -393,7 +433,8 @@ impl Scheduler {
     /// Which waiting sequence of `class` to admit next: the first (preempted ones are at the
     /// front) of the least-served tenant not at its caps, else (fair share off) the oldest.
     fn next_waiting(&self, class: Priority) -> Option<usize> {
-        let eligible = |s: &Sequence| s.share.priority == class && !self.at_cap(s);
+        let eligible =
+            |s: &Sequence| s.share.priority == class && !self.at_cap(s) && self.fork_ready(s);
         if !self.limits.fair_share {
             return self.waiting.iter().position(eligible);
         }
@@ -772,6 +813,53 @@ mod tests {
             .iter()
             .filter(|q| q.tenant.as_str() == tenant)
             .count()
+    }
+
+    #[test]
+    fn choices_of_one_prompt_wait_for_it_and_share_its_full_blocks() {
+        let mut s = Scheduler::new(limits(), 64);
+        // A 7-token prompt over blocks of 2: three full blocks to share, the 7th token each
+        // choice computes itself.
+        s.enqueue(sequence(1, 7));
+        for id in [2, 3] {
+            let mut choice = sequence(id, 7);
+            choice.fork_of = Some(1);
+            s.enqueue(choice);
+        }
+        // While the first computes the prompt (chunks of 4), the others wait.
+        let plan = s.plan();
+        assert_eq!(plan.admitted, vec![1]);
+        compute(&mut s, &plan);
+        let plan = s.plan();
+        assert_eq!(plan.admitted, Vec::<SequenceId>::new());
+        compute(&mut s, &plan);
+        // The prompt is done: both others are admitted, each computing one token.
+        let plan = s.plan();
+        assert_eq!(plan.admitted, vec![2, 3]);
+        assert_eq!(shape(&plan)[1..], [(1, 1, true), (2, 1, true)]);
+        let parent = s.running[0].table.blocks.clone();
+        for child in &s.running[1..] {
+            assert_eq!(child.table.blocks[..3], parent[..3]);
+            assert_ne!(
+                child.table.blocks[3], parent[3],
+                "the partial block is each one's own"
+            );
+        }
+        assert_eq!(s.allocator.holders(parent[0]), 3);
+        // Four blocks for the first, one more for each other: 6 held, not 12.
+        let held: std::collections::HashSet<_> = s
+            .running
+            .iter()
+            .flat_map(|q| q.table.blocks.clone())
+            .collect();
+        assert_eq!(held.len(), 6);
+        assert_eq!(s.allocator.free_count(), 64 - 6);
+        compute(&mut s, &plan);
+        // Ending them in any order returns every block once.
+        for i in [0, 0, 0] {
+            s.finish(i);
+        }
+        assert_eq!(s.allocator.free_count(), 64);
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Sequence {
     /// The last step that ran it: when lower classes get only a few tokens per step, the
     /// least recently served go first.
     pub last_step: u64,
+    /// Another sequence with the same prompt (a choice of the same request): this one waits
+    /// until that one has computed the prompt, then shares its full KV blocks.
+    pub fork_of: Option<SequenceId>,
 }
 
 /// What the engine should do with a sequence after a token.
@@ -101,6 +104,7 @@ impl Sequence {
             admission: 0,
             preemptions: 0,
             last_step: 0,
+            fork_of: None,
         }
     }
 

@@ -208,11 +208,25 @@ impl Engine for LocalEngine {
             .collect::<Result<Vec<_>>>()?
             .into_iter();
         let counters = self.enter_queue(&requests)?;
+        // Requests of one submission with the same prompt (the `n` choices of one prompt) share
+        // its KV blocks: each names the first of them.
+        let first_with_prompt: Vec<usize> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| prompts[..i].iter().position(|q| q == p).unwrap_or(i))
+            .collect();
+        let first_id = self
+            .next_id
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
         let mut jobs = Vec::with_capacity(requests.len());
         let mut streams = Vec::with_capacity(requests.len());
-        for ((request, prompt_ids), counters) in requests.into_iter().zip(prompts).zip(counters) {
+        for (i, ((request, prompt_ids), counters)) in
+            requests.into_iter().zip(prompts).zip(counters).enumerate()
+        {
             let (events, receiver) = mpsc::unbounded_channel();
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = first_id + i as u64;
+            let fork_of =
+                (first_with_prompt[i] != i).then(|| first_id + first_with_prompt[i] as u64);
             streams.push(TokenStream::new(id, prompt_ids.len(), receiver));
             jobs.push(Job {
                 id,
@@ -222,6 +236,7 @@ impl Engine for LocalEngine {
                 submitted_at: Instant::now(),
                 counters,
                 constraint: constraints.next().flatten(),
+                fork_of,
             });
         }
         let count = jobs.len() as u64;

@@ -51,7 +51,7 @@ pub async fn generate(
         cost.prompt_tokens,
         admission,
     );
-    let relay = Relay::new(streams, account);
+    let relay = Relay::new(streams, prepared.choices_per_prompt, account);
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {
         Sse::new(sse_events(

@@ -50,6 +50,8 @@ pub struct PreparedGeneration {
     pub tools: Option<Arc<ToolSpec>>,
     /// Log probabilities were asked for.
     pub logprobs: bool,
+    /// Choices per prompt (`n`): `requests` holds each prompt's choices together.
+    pub choices_per_prompt: usize,
 }
 
 /// The layer's function: prepares and sizes the request (`routes::sizing`).
@@ -170,8 +172,11 @@ fn prepare_generation(
             });
         }
     }
+    // A prompt counts once however many choices it has (as OpenAI bills `n`): the choices
+    // share its computation.
     let prompt_tokens = requests
         .iter()
+        .step_by(params.n)
         .fold(0u64, |sum, r| sum.saturating_add(r.prompt.tokens() as u64));
     if prompt_tokens > limits.max_prompt_tokens_per_request {
         let param = match endpoint {
@@ -200,6 +205,7 @@ fn prepare_generation(
         // `none` offers nothing: the answer is text, whatever it says.
         tools: tools.filter(|t| t.offered()),
         logprobs: params.sampling.logprobs.is_some(),
+        choices_per_prompt: params.n,
     };
     Ok((prepared, cost))
 }

@@ -82,12 +82,18 @@ pub struct Relay {
     account: Option<RequestAccount>,
     usage: UsageBody,
     choices: usize,
+    choices_per_prompt: usize,
     open: usize,
 }
 
 impl Relay {
-    /// Relays `streams` (one per choice, in choice order), accounting on `account`.
-    pub fn new(streams: Vec<RoutedStream>, account: RequestAccount) -> Self {
+    /// Relays `streams` (one per choice, in choice order, `choices_per_prompt` choices of each
+    /// prompt together), accounting on `account`.
+    pub fn new(
+        streams: Vec<RoutedStream>,
+        choices_per_prompt: usize,
+        account: RequestAccount,
+    ) -> Self {
         let choices = streams.len();
         // Every choice's events, interleaved as they come, tagged with the choice's index. The
         // routed stream is boxed: `unfold` moves its state in and out of a new future for every
@@ -104,6 +110,7 @@ impl Relay {
             account: Some(account),
             usage: UsageBody::default(),
             choices,
+            choices_per_prompt: choices_per_prompt.max(1),
             open: choices,
         }
     }
@@ -132,7 +139,12 @@ impl Relay {
                 }
                 TokenEvent::Finished(completion) => {
                     account.on_finished(&completion);
-                    self.usage.add(completion.usage);
+                    let mut usage = completion.usage;
+                    // A prompt's tokens count once, with its first choice.
+                    if choice % self.choices_per_prompt != 0 {
+                        usage.prompt_tokens = 0;
+                    }
+                    self.usage.add(usage);
                     self.open -= 1;
                     return Ok(Some(Output::Finished {
                         choice,

@@ -21,8 +21,27 @@ pub enum Prompt {
     Text(String),
     /// A conversation, rendered with the model's chat template.
     Chat(Vec<ChatMessage>),
+    /// A conversation with the functions the model may call (OpenAI's `tools`), rendered
+    /// through the chat template if it knows tools, else in the system message
+    /// ([`crate::text::tools`]).
+    ChatWithTools(Vec<ChatMessage>, Arc<Vec<serde_json::Value>>),
     /// Pre-tokenised input.
     Tokens(Vec<u32>),
+}
+
+impl Prompt {
+    /// A conversation as plain messages, for engines that do not render templates themselves
+    /// (remote upstreams, the synthetic engine): tools described in the system message and
+    /// calls written out. `None` for text and token prompts.
+    pub fn plain_messages(&self) -> Option<Vec<ChatMessage>> {
+        match self {
+            Prompt::Chat(messages) => Some(crate::text::tools::flatten(messages, &[])),
+            Prompt::ChatWithTools(messages, tools) => {
+                Some(crate::text::tools::flatten(messages, tools))
+            }
+            Prompt::Text(_) | Prompt::Tokens(_) => None,
+        }
+    }
 }
 
 /// One generation request, already validated at the edge.

@@ -177,7 +177,9 @@ impl SyntheticEngine {
         Ok(match prompt {
             Prompt::Tokens(ids) => ids.clone(),
             Prompt::Text(text) => text.split_whitespace().map(|w| self.word_id(w)).collect(),
-            Prompt::Chat(messages) => messages
+            chat => chat
+                .plain_messages()
+                .unwrap_or_default()
                 .iter()
                 .flat_map(|m| {
                     let framing = [self.word_id(&m.role); 4];

@@ -77,11 +77,16 @@ impl LoadedModel {
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Text(text) => self.tokenizer.encode(text)?,
-            Prompt::Chat(messages) => {
+            Prompt::Chat(messages) | Prompt::ChatWithTools(messages, _) => {
                 let template = self.chat_template.as_ref().ok_or_else(|| {
                     EngineError::ChatTemplate("this model has no chat template".into())
                 })?;
-                self.tokenizer.encode(&template.render(messages, true)?)?
+                let tools = match prompt {
+                    Prompt::ChatWithTools(_, tools) => Some(tools.as_slice()),
+                    _ => None,
+                };
+                self.tokenizer
+                    .encode(&template.render_with_tools(messages, tools, true)?)?
             }
             Prompt::Tokens(ids) => {
                 let vocab = self.model.config().vocab_size as u32;

@@ -199,7 +199,9 @@ pub fn estimate_prompt_tokens(prompt: &Prompt) -> usize {
     match prompt {
         Prompt::Tokens(ids) => ids.len(),
         Prompt::Text(text) => bytes_to_tokens(text),
-        Prompt::Chat(messages) => messages
+        chat => chat
+            .plain_messages()
+            .unwrap_or_default()
             .iter()
             .map(|m| 4 + bytes_to_tokens(&m.content))
             .sum(),

@@ -39,7 +39,8 @@ pub(super) fn upstream_request(
     if !p.stop.is_empty() {
         body["stop"] = json!(p.stop);
     }
-    let chat = matches!(request.prompt, Prompt::Chat(_));
+    let messages = request.prompt.plain_messages();
+    let chat = messages.is_some();
     // Log probabilities in each endpoint's own terms.
     match (p.logprobs, chat) {
         (None, _) => {}
@@ -59,8 +60,10 @@ pub(super) fn upstream_request(
             }
         };
     }
+    // Conversations go up as plain messages, tools in the system message (the gateway reads
+    // the calls back from the text, so no upstream tool parser is needed).
     let path = match &request.prompt {
-        Prompt::Chat(messages) => {
+        Prompt::Chat(_) | Prompt::ChatWithTools(..) => {
             body["messages"] = json!(messages);
             "chat/completions"
         }

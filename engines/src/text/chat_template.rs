@@ -8,12 +8,19 @@ use crate::error::{EngineError, Result};
 
 /// One message of a conversation. `content` is plain text: the gateway flattens OpenAI's
 /// content parts before it gets here.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, ...
     pub role: String,
     /// The message's text.
     pub content: String,
+    /// An assistant message's calls, in OpenAI's shape with each call's `arguments` as an
+    /// object (as chat templates that know tools read them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -22,6 +29,8 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -31,6 +40,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    supports_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -60,11 +70,48 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            // Templates that know tools read the `tools` variable (Hugging Face's convention).
+            supports_tools: source.contains("tools"),
         })
+    }
+
+    /// Does the template render `tools` itself? Otherwise they go in the system message
+    /// ([`crate::text::tools::flatten`]).
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
     }
 
     /// Renders the conversation; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Renders the conversation with the functions it may call: through the template when it
+    /// knows tools, else in the system message in the Hermes format.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        if !self.supports_tools {
+            let tools = tools.unwrap_or_default();
+            let needs_flattening =
+                !tools.is_empty() || messages.iter().any(|m| m.tool_calls.is_some());
+            if needs_flattening {
+                let flat = crate::text::tools::flatten(messages, tools);
+                return self.render_plain(&flat, None, add_generation_prompt);
+            }
+        }
+        self.render_plain(messages, tools, add_generation_prompt)
+    }
+
+    fn render_plain(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -72,6 +119,7 @@ impl ChatTemplate {
         template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -121,6 +169,37 @@ mod tests {
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
         );
+    }
+
+    /// A template with tool syntax, in the style of Qwen2.5's (much shortened).
+    const WITH_TOOLS: &str = "{% if tools %}<tools>{% for tool in tools %}{{ tool.function.name }};{% endfor %}</tools>\n{% endif %}{% for message in messages %}{{ message.role }}: {% if message.tool_calls %}{% for call in message.tool_calls %}call {{ call.function.name }}({{ call.function.arguments.city }}){% endfor %}{% else %}{{ message.content }}{% endif %}\n{% endfor %}";
+
+    #[test]
+    fn tools_go_through_a_template_that_knows_them_and_into_the_system_message_otherwise() {
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(vec![
+            serde_json::json!({"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}),
+        ]);
+        let messages = [ChatMessage::new("user", "Weather?"), call];
+        let native = ChatTemplate::new(WITH_TOOLS, "", "").unwrap();
+        assert!(native.supports_tools());
+        assert_eq!(
+            native
+                .render_with_tools(&messages, Some(&tools), false)
+                .unwrap(),
+            "<tools>get_weather;</tools>\nuser: Weather?\nassistant: call get_weather(Oslo)\n"
+        );
+        let chatml = ChatTemplate::new(SMOLLM2, "<|im_start|>", "<|im_end|>").unwrap();
+        assert!(!chatml.supports_tools());
+        let out = chatml
+            .render_with_tools(&messages, Some(&tools), true)
+            .unwrap();
+        assert!(
+            out.starts_with("<|im_start|>system\nYou are a function calling AI model."),
+            "{out}"
+        );
+        assert!(out.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\"}}\n</tool_call>"), "{out}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod detokenize;
 pub mod stop;
 pub mod tokenizer;
+pub mod tools;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenize::IncrementalDecoder;

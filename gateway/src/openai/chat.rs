@@ -1,10 +1,13 @@
 //! `POST /v1/chat/completions` request body.
 
-use engines::ChatMessage;
+use std::sync::Arc;
+
+use engines::text::tools::arguments_object;
+use engines::{ChatMessage, Prompt};
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::openai::tools::{render_calls, ToolSpec};
+use crate::openai::tools::ToolSpec;
 
 /// The chat endpoint's own fields (the sampling parameters are [`crate::openai::params::CommonParams`]).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -69,30 +72,24 @@ impl ChatCompletionRequest {
         ToolSpec::from_request(self.tools.as_ref(), self.tool_choice.as_ref())
     }
 
-    /// Checks the conversation and flattens it to plain-text messages for the chat template:
-    /// offered tools are described in the system message, earlier calls written as the model
-    /// writes them (see [`crate::openai::tools`]).
-    pub fn conversation(&self, tools: Option<&ToolSpec>) -> Result<Vec<ChatMessage>, ApiError> {
+    /// Checks the conversation and makes it the engine's prompt: text messages (content parts
+    /// flattened), earlier calls and tool results kept, and the offered functions (see
+    /// [`crate::openai::tools`]).
+    pub fn conversation(&self, tools: Option<&ToolSpec>) -> Result<Prompt, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid_param(
                 "messages",
                 "`messages` must not be empty.",
             ));
         }
-        let mut messages = self.flat_messages()?;
-        if let Some(tools) = tools.filter(|t| t.offered()) {
-            let prompt = tools.system_prompt();
-            match messages.first_mut() {
-                Some(first) if first.role == "system" => {
-                    first.content = format!("{}\n\n{prompt}", first.content);
-                }
-                _ => messages.insert(0, ChatMessage::new("system", prompt)),
-            }
-        }
-        Ok(messages)
+        let messages = self.messages()?;
+        Ok(match tools.filter(|t| t.offered()) {
+            Some(tools) => Prompt::ChatWithTools(messages, Arc::new(tools.tool_values())),
+            None => Prompt::Chat(messages),
+        })
     }
 
-    fn flat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+    fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         self.messages
             .iter()
             .enumerate()
@@ -107,7 +104,7 @@ impl ChatCompletionRequest {
                         ),
                     ));
                 }
-                let mut content = match &m.content {
+                let content = match &m.content {
                     Some(MessageContent::Text(text)) => text.clone(),
                     Some(MessageContent::Parts(parts)) => text_of_parts(parts, i)?,
                     // An assistant turn may carry no content (it called a tool).
@@ -119,25 +116,39 @@ impl ChatCompletionRequest {
                         ))
                     }
                 };
-                if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_empty()) {
-                    if m.role != "assistant" {
+                let tool_calls = match m.tool_calls.as_ref().filter(|c| !c.is_empty()) {
+                    Some(_) if m.role != "assistant" => {
                         return Err(ApiError::invalid_param(
                             &format!("messages[{i}].tool_calls"),
                             "Only assistant messages carry `tool_calls`.",
-                        ));
+                        ))
                     }
-                    if !content.is_empty() {
-                        content.push('\n');
-                    }
-                    content.push_str(&render_calls(calls));
-                }
+                    // Templates read each call's arguments as an object.
+                    Some(calls) => Some(
+                        calls
+                            .iter()
+                            .map(|call| {
+                                let mut call = call.clone();
+                                let arguments = arguments_object(&call["function"]["arguments"]);
+                                if let Some(function) = call.get_mut("function") {
+                                    function["arguments"] = arguments;
+                                }
+                                call
+                            })
+                            .collect(),
+                    ),
+                    None => None,
+                };
                 // `developer` is OpenAI's newer name for the system role.
                 let role = if m.role == "developer" {
                     "system"
                 } else {
                     &m.role
                 };
-                Ok(ChatMessage::new(role, content))
+                let mut message = ChatMessage::new(role, content);
+                message.tool_calls = tool_calls;
+                message.tool_call_id = m.tool_call_id.clone();
+                Ok(message)
             })
             .collect()
     }
@@ -166,8 +177,12 @@ fn text_of_parts(parts: &[ContentPart], message: usize) -> Result<String, ApiErr
 mod tests {
     use super::*;
 
+    fn request(json: &str) -> ChatCompletionRequest {
+        crate::openai::json::parse(json.as_bytes()).unwrap()
+    }
+
     #[test]
-    fn tools_join_the_system_message_and_calls_the_assistant_turns() {
+    fn tools_and_earlier_calls_reach_the_engine() {
         let r = request(
             r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather in Lyon?"},
                 {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Lyon\"}"}}]},
@@ -175,24 +190,25 @@ mod tests {
                "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}"#,
         );
         let tools = r.tools().unwrap();
-        let c = r.conversation(tools.as_ref()).unwrap();
-        assert_eq!(c.len(), 4);
-        assert!(c[0].content.starts_with("Be brief.\n\n") && c[0].content.contains("<tools>"));
-        assert!(c[0].content.contains("get_weather"));
+        let Prompt::ChatWithTools(messages, offered) = r.conversation(tools.as_ref()).unwrap()
+        else {
+            panic!("tools are offered")
+        };
+        assert_eq!(offered[0]["function"]["name"], "get_weather");
+        assert_eq!(messages.len(), 4);
+        let call = &messages[2].tool_calls.as_ref().unwrap()[0];
         assert_eq!(
-            c[2].content,
-            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Lyon\"}}\n</tool_call>"
+            call["function"]["arguments"]["city"], "Lyon",
+            "arguments as an object"
         );
-        assert_eq!(c[3], ChatMessage::new("tool", "12 C"));
-        // `tool_choice: none`: the functions are not described.
+        assert_eq!(messages[3].tool_call_id.as_deref(), Some("call_1"));
+        // `tool_choice: none`: the functions are not offered.
         let mut none = r.clone();
         none.tool_choice = Some(serde_json::json!("none"));
-        let c = none.conversation(none.tools().unwrap().as_ref()).unwrap();
-        assert_eq!(c[0].content, "Be brief.");
-    }
-
-    fn request(json: &str) -> ChatCompletionRequest {
-        crate::openai::json::parse(json.as_bytes()).unwrap()
+        assert!(matches!(
+            none.conversation(none.tools().unwrap().as_ref()).unwrap(),
+            Prompt::Chat(_)
+        ));
     }
 
     #[test]
@@ -200,7 +216,9 @@ mod tests {
         let r = request(
             r#"{"model":"m","messages":[{"role":"developer","content":"be kind"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
         );
-        let c = r.conversation(None).unwrap();
+        let Prompt::Chat(c) = r.conversation(None).unwrap() else {
+            panic!("no tools")
+        };
         assert_eq!(c[0], ChatMessage::new("system", "be kind"));
         assert_eq!(c[1], ChatMessage::new("user", "ab"));
     }

@@ -1,10 +1,10 @@
 //! Tool calling (`tools`, `tool_choice`), done by the gateway over plain generation and
 //! structured output, so it works the same on every engine:
 //!
-//! - The functions are described to the model in a system message, in the Hermes format most
-//!   open models are tuned on (SmolLM2's own chat template has no tool syntax):
-//!   [`ToolSpec::system_prompt`]. Earlier calls in the conversation are rendered as
-//!   `<tool_call>{"name": ..., "arguments": ...}</tool_call>` and results as `tool` messages.
+//! - The functions go to the engine with the conversation (`Prompt::ChatWithTools`): a chat
+//!   template that knows tools renders them; otherwise they are described in the system
+//!   message in the Hermes format most open models are tuned on, earlier calls written as
+//!   `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (`engines::text::tools`).
 //! - `tool_choice: "required"` or a named function constrains the whole answer to one call,
 //!   `{"name": ..., "arguments": ...}`, with the arguments held to the function's JSON schema
 //!   by the grammar engine: the call always parses and validates.
@@ -13,16 +13,12 @@
 //!   answer stays text).
 //! - `none`: the functions are not described and nothing is parsed.
 
+use engines::text::tools::{CALL_CLOSE, CALL_OPEN};
 use engines::OutputConstraint;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-
-/// The opening tag of a call in the model's text.
-pub const CALL_OPEN: &str = "<tool_call>";
-/// The closing tag.
-pub const CALL_CLOSE: &str = "</tool_call>";
 
 /// One function a tool offers.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -163,10 +159,9 @@ impl ToolSpec {
         matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_))
     }
 
-    /// The system message that describes the functions and how to call them.
-    pub fn system_prompt(&self) -> String {
-        let described: Vec<String> = self
-            .functions
+    /// The functions in OpenAI's shape, for the prompt (the engine renders them).
+    pub fn tool_values(&self) -> Vec<Value> {
+        self.functions
             .iter()
             .map(|f| {
                 json!({"type": "function", "function": {
@@ -174,13 +169,8 @@ impl ToolSpec {
                     "description": f.description.clone().unwrap_or_default(),
                     "parameters": parameters_schema(f),
                 }})
-                .to_string()
             })
-            .collect();
-        format!(
-            "You are a function calling AI model. You are provided with function signatures within <tools></tools> XML tags. You may call one or more functions to assist with the user query. Here are the available tools:\n<tools>\n{}\n</tools>\nFor each function call, return a JSON object with the function name and arguments within {CALL_OPEN}{CALL_CLOSE} XML tags:\n{CALL_OPEN}\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n{CALL_CLOSE}",
-            described.join("\n")
-        )
+            .collect()
     }
 
     /// The constraint of a forced call: one `{"name", "arguments"}` object whose arguments
@@ -330,27 +320,6 @@ fn parse_tools(tools: &Value) -> Result<Vec<Function>, ApiError> {
     Ok(functions)
 }
 
-/// An assistant message's earlier calls, as the model would have written them.
-pub fn render_calls(calls: &[Value]) -> String {
-    calls
-        .iter()
-        .map(|call| {
-            let function = &call["function"];
-            // OpenAI sends arguments as a JSON text; an unparsable one is passed as a string.
-            let arguments = function["arguments"]
-                .as_str()
-                .map(|a| serde_json::from_str(a).unwrap_or_else(|_| json!(a)))
-                .unwrap_or_else(|| function["arguments"].clone());
-            // Written out so that `name` comes first, as the system prompt shows it.
-            format!(
-                "{CALL_OPEN}\n{{\"name\": {}, \"arguments\": {arguments}}}\n{CALL_CLOSE}",
-                function["name"]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,14 +407,5 @@ mod tests {
             .is_none());
         assert!(auto.may_open_call("  <tool"));
         assert!(!auto.may_open_call("Hello"));
-    }
-
-    #[test]
-    fn earlier_calls_render_as_the_model_writes_them() {
-        let calls = json!([{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]);
-        assert_eq!(
-            render_calls(calls.as_array().unwrap()),
-            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\":1}}\n</tool_call>"
-        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use engines::{Prompt, SamplingParams};
+use engines::SamplingParams;
 use routing::{ModelRouter, RouteRequest};
 use serde_json::Value;
 
@@ -124,7 +124,7 @@ fn prepare_generation(
     }
     let prompts = match &parsed {
         GenerationBody::Chat(request) => {
-            vec![Prompt::Chat(request.conversation(tools.as_deref())?)]
+            vec![request.conversation(tools.as_deref())?]
         }
         GenerationBody::Completions(request) => {
             // Counted before anything is built for them: a request of 100,000 one-token

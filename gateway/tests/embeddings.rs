@@ -5,7 +5,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{digest, openai_sdk_python, Options, TestGateway};
+use common::{digest, Options, TestGateway};
 use serde_json::{json, Value};
 
 const MODEL: &str = "all-minilm-l6-v2";
@@ -181,23 +181,7 @@ async fn what_the_model_cannot_do_is_a_clear_400_and_quotas_apply() {
 #[tokio::test]
 async fn the_official_openai_sdk_works_unchanged() {
     let gw = gateway("");
-    let python = openai_sdk_python();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/embeddings.py");
-    let base = gw.base.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args([script, &base, "sk-rag", MODEL])
-            .output()
-            .expect("run the SDK script")
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = common::run_sdk_script("embeddings.py", &gw.base, "sk-rag", MODEL).await;
     assert_eq!(seen["count"], 2);
     assert_eq!(seen["indexes"], json!([0, 1]));
     assert_eq!(seen["dimensions"], 384);

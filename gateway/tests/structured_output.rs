@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{openai_sdk_python, TestGateway, MODEL};
+use common::{TestGateway, MODEL};
 use serde_json::{json, Value};
 
 fn chat(text: &str, extra: Value) -> Value {
@@ -394,24 +394,7 @@ async fn n_greedy_choices_are_identical_and_indexed() {
 #[tokio::test]
 async fn the_official_openai_sdk_parses_and_calls_tools_unchanged() {
     let gw = TestGateway::start_demo();
-    let python = openai_sdk_python();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/structured.py");
-    let base = gw.base.clone();
-    let key = gw.key.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args([script, &base, &key, MODEL])
-            .output()
-            .expect("run the SDK script")
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = common::run_sdk_script("structured.py", &gw.base, &gw.key, MODEL).await;
     let medications = seen["medications"].as_array().unwrap();
     assert!((1..=2).contains(&medications.len()), "{seen}");
     assert!(["oral", "iv", "topical"].contains(&medications[0]["route"].as_str().unwrap()));

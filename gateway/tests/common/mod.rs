@@ -350,3 +350,28 @@ pub fn openai_sdk_python() -> std::path::PathBuf {
     assert!(has_sdk(&python), "the openai SDK is not importable");
     python
 }
+
+/// Runs `gateway/tests/sdk/<script>` with the official SDK against `base` with `key` and
+/// `model`; returns the JSON line it prints of what it saw.
+pub async fn run_sdk_script(script: &str, base: &str, key: &str, model: &str) -> serde_json::Value {
+    let python = openai_sdk_python();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let args = [base.to_string(), key.to_string(), model.to_string()];
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("run the SDK script")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

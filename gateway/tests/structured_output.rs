@@ -488,3 +488,72 @@ pools = ["workers"]
         (400, Some("response_format"))
     );
 }
+
+/// `best_of`: of four sampled candidates, the two with the highest total log probability come
+/// back, best first; all four are billed.
+#[tokio::test]
+async fn best_of_returns_the_most_likely_candidates() {
+    let gw = TestGateway::start_demo();
+    let body = |extra: Value| {
+        let mut body = json!({"model": MODEL, "prompt": "Once upon a time", "temperature": 1.0, "seed": 42, "max_tokens": 8, "logprobs": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let total = |choice: &Value| -> f64 {
+        choice["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_f64().unwrap())
+            .sum()
+    };
+    // The same four candidates, all returned (choice i is seeded `seed + i` either way).
+    let (status, all) = gw.post("/v1/completions", body(json!({"n": 4}))).await;
+    assert_eq!(status, 200, "{all}");
+    let mut totals: Vec<f64> = all["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(total)
+        .collect();
+    totals.sort_by(|a, b| b.total_cmp(a));
+    let (status, best) = gw
+        .post("/v1/completions", body(json!({"n": 2, "best_of": 4})))
+        .await;
+    assert_eq!(status, 200, "{best}");
+    let choices = best["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(
+        (choices[0]["index"].as_u64(), choices[1]["index"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let kept: Vec<f64> = choices.iter().map(total).collect();
+    assert!(
+        (kept[0] - totals[0]).abs() < 1e-3 && (kept[1] - totals[1]).abs() < 1e-3,
+        "{kept:?} vs {totals:?}"
+    );
+    assert_eq!(
+        best["usage"]["completion_tokens"], all["usage"]["completion_tokens"],
+        "every candidate is billed"
+    );
+    // Without `logprobs`, none are shown (the ranking needs them only inside).
+    let mut quiet = body(json!({"n": 1, "best_of": 3}));
+    quiet.as_object_mut().unwrap().remove("logprobs");
+    let (status, one) = gw.post("/v1/completions", quiet).await;
+    assert_eq!(status, 200, "{one}");
+    assert!(one["choices"][0]["logprobs"].is_null());
+    for (extra, why) in [
+        (json!({"n": 3, "best_of": 2}), "below n"),
+        (json!({"best_of": 2, "stream": true}), "streamed"),
+        (json!({"best_of": 17}), "too many"),
+    ] {
+        let (status, err) = gw.post("/v1/completions", body(extra)).await;
+        assert_eq!(
+            (status, err["error"]["param"].as_str()),
+            (400, Some("best_of")),
+            "{why}: {err}"
+        );
+    }
+}

@@ -4,6 +4,7 @@ use engines::Prompt;
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::openai::params::MAX_CHOICES;
 
 /// The completions endpoint's own fields (the sampling parameters are
 /// [`crate::openai::params::CommonParams`]).
@@ -17,7 +18,8 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     /// Not supported yet (400 when set).
     pub suffix: Option<String>,
-    /// Not supported yet (400 above 1).
+    /// Candidates generated per prompt, of which the `n` most likely (highest total log
+    /// probability) are returned; `n` to 16, not with `stream`.
     pub best_of: Option<i64>,
 }
 
@@ -48,6 +50,27 @@ impl CompletionRequest {
         }
     }
 
+    /// Candidates per prompt: `best_of`, at least `n` (the default) and at most
+    /// [`MAX_CHOICES`]; more than `n` cannot stream (the best are known at the end).
+    pub fn candidates(&self, n: usize, stream: bool) -> Result<usize, ApiError> {
+        let Some(best_of) = self.best_of else {
+            return Ok(n);
+        };
+        if best_of < n as i64 || best_of > MAX_CHOICES as i64 {
+            return Err(ApiError::invalid_param(
+                "best_of",
+                format!("`best_of` must be between `n` ({n}) and {MAX_CHOICES}, got {best_of}."),
+            ));
+        }
+        if stream && best_of > n as i64 {
+            return Err(ApiError::invalid_param(
+                "best_of",
+                "`best_of` above `n` cannot be streamed: the best choices are known at the end.",
+            ));
+        }
+        Ok(best_of as usize)
+    }
+
     /// The prompts, one choice each.
     pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
         if self.echo == Some(true) {
@@ -60,12 +83,6 @@ impl CompletionRequest {
             return Err(ApiError::invalid_param(
                 "suffix",
                 "`suffix` is not supported.",
-            ));
-        }
-        if self.best_of.is_some_and(|b| b != 1) {
-            return Err(ApiError::invalid_param(
-                "best_of",
-                "Only `best_of = 1` is supported.",
             ));
         }
         let prompts: Vec<Prompt> = match &self.prompt {

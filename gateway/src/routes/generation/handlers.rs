@@ -10,7 +10,7 @@ use routing::Requester;
 use tower_http::request_id::RequestId;
 
 use super::preamble::PreparedGeneration;
-use super::respond::{sse_events, whole_response, Relay};
+use super::respond::{sse_events, whole_response, BestOf, Relay};
 use crate::accounting::RequestAccount;
 use crate::error::ApiError;
 use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
@@ -62,9 +62,19 @@ pub async fn generate(
         ))
         .into_response()
     } else {
-        whole_response(prepared.meta, relay, prepared.tools, prepared.logprobs)
-            .await
-            .unwrap_or_else(IntoResponse::into_response)
+        let best_of = BestOf {
+            generated: prepared.choices_per_prompt,
+            returned: prepared.returned_per_prompt,
+        };
+        whole_response(
+            prepared.meta,
+            relay,
+            prepared.tools,
+            prepared.logprobs,
+            best_of,
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
     };
     response.extensions_mut().insert(AccessLogWritten);
     Ok(response)

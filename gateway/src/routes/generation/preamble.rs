@@ -50,8 +50,11 @@ pub struct PreparedGeneration {
     pub tools: Option<Arc<ToolSpec>>,
     /// Log probabilities were asked for.
     pub logprobs: bool,
-    /// Choices per prompt (`n`): `requests` holds each prompt's choices together.
+    /// Choices generated per prompt (`n`, or `best_of`): `requests` holds each prompt's
+    /// choices together.
     pub choices_per_prompt: usize,
+    /// Choices returned per prompt (`n`): the most likely of `choices_per_prompt`.
+    pub returned_per_prompt: usize,
 }
 
 /// The layer's function: prepares and sizes the request (`routes::sizing`).
@@ -108,6 +111,16 @@ fn prepare_generation(
         share.priority = asked;
     }
     let limits = &state.limits;
+    // Choices generated per prompt: `n`, or `best_of` candidates of which `n` are returned.
+    let candidates = match &parsed {
+        GenerationBody::Chat(_) => params.n,
+        GenerationBody::Completions(request) => request.candidates(params.n, params.stream)?,
+    };
+    let logprobs_asked = params.sampling.logprobs.is_some();
+    if candidates > params.n {
+        // Candidates are ranked by their total log probability.
+        params.sampling.logprobs.get_or_insert(0);
+    }
     let tools = match &parsed {
         GenerationBody::Chat(request) => request.tools()?.map(Arc::new),
         GenerationBody::Completions(_) => None,
@@ -130,12 +143,11 @@ fn prepare_generation(
             // Counted before anything is built for them: a request of 100,000 one-token
             // prompts must cost nothing but this check.
             let count = request.prompt_count();
-            if count.saturating_mul(params.n) > limits.max_prompts_per_request {
+            if count.saturating_mul(candidates) > limits.max_prompts_per_request {
                 return Err(ApiError::invalid_param(
                     "prompt",
                     format!(
-                        "This request has {count} prompts of {} choices each; at most {} choices are allowed per request.",
-                        params.n,
+                        "This request has {count} prompts of {candidates} choices each; at most {} choices are allowed per request.",
                         limits.max_prompts_per_request
                     ),
                 ));
@@ -153,7 +165,7 @@ fn prepare_generation(
     // Each prompt is rendered and tokenised once, here: admission needs its size, and a local
     // engine gets the ids (a remote one the original, with an estimated size).
     let tier = caller.tenant.tier.as_deref();
-    let mut requests = Vec::with_capacity(prompts.len() * params.n);
+    let mut requests = Vec::with_capacity(prompts.len() * candidates);
     for prompt in prompts {
         let prompt = engine.prepare(tier, prompt)?;
         let max_tokens = params
@@ -161,7 +173,7 @@ fn prepare_generation(
             .unwrap_or_else(|| default_max_tokens(prompt.tokens()));
         // `n` choices of one prompt sit next to each other (OpenAI's order of indices); a
         // seeded request seeds its choices apart, so they differ unless sampling is greedy.
-        for choice in 0..params.n as u64 {
+        for choice in 0..candidates as u64 {
             requests.push(RouteRequest {
                 prompt: prompt.clone(),
                 params: SamplingParams {
@@ -176,7 +188,7 @@ fn prepare_generation(
     // share its computation.
     let prompt_tokens = requests
         .iter()
-        .step_by(params.n)
+        .step_by(candidates)
         .fold(0u64, |sum, r| sum.saturating_add(r.prompt.tokens() as u64));
     if prompt_tokens > limits.max_prompt_tokens_per_request {
         let param = match endpoint {
@@ -204,8 +216,9 @@ fn prepare_generation(
         share,
         // `none` offers nothing: the answer is text, whatever it says.
         tools: tools.filter(|t| t.offered()),
-        logprobs: params.sampling.logprobs.is_some(),
-        choices_per_prompt: params.n,
+        logprobs: logprobs_asked,
+        choices_per_prompt: candidates,
+        returned_per_prompt: params.n,
     };
     Ok((prepared, cost))
 }

@@ -188,12 +188,24 @@ impl Relay {
 }
 
 /// One choice's text so far, and its log probabilities.
-#[derive(Default)]
 struct ChoiceText {
     text: String,
     logprobs: Vec<Logprobs>,
     /// Bytes of the choice's text already sent (streams).
     sent: usize,
+    /// Why it ended (whole answers).
+    finish_reason: FinishReason,
+}
+
+impl Default for ChoiceText {
+    fn default() -> Self {
+        Self {
+            text: String::new(),
+            logprobs: Vec::new(),
+            sent: 0,
+            finish_reason: FinishReason::Stop,
+        }
+    }
 }
 
 impl ChoiceText {
@@ -218,18 +230,48 @@ impl ChoiceText {
     }
 }
 
+/// Choices generated and returned per prompt (`best_of` and `n` of the completions endpoint).
+#[derive(Debug, Clone, Copy)]
+pub struct BestOf {
+    /// Generated per prompt.
+    pub generated: usize,
+    /// Returned per prompt: the most likely.
+    pub returned: usize,
+}
+
+impl BestOf {
+    /// Keeps, of each prompt's generated choices, the `returned` with the highest total log
+    /// probability, best first.
+    fn select(self, choices: Vec<ChoiceText>) -> Vec<ChoiceText> {
+        if self.returned >= self.generated {
+            return choices;
+        }
+        let total =
+            |c: &ChoiceText| -> f64 { c.logprobs.iter().map(|l| l.sampled.logprob as f64).sum() };
+        let mut kept = Vec::new();
+        let mut choices = choices.into_iter().peekable();
+        while choices.peek().is_some() {
+            let mut group: Vec<ChoiceText> = choices.by_ref().take(self.generated).collect();
+            group.sort_by(|a, b| total(b).total_cmp(&total(a)));
+            kept.extend(group.into_iter().take(self.returned));
+        }
+        kept
+    }
+}
+
 /// The non-streamed answer. Tokens are counted as they come, so a client that hangs up before
-/// the end (dropping this future) is billed for what was generated.
+/// the end (dropping this future) is billed for what was generated (every `best_of`
+/// candidate included).
 pub async fn whole_response(
     meta: ResponseMeta,
     mut relay: Relay,
     tools: Option<Arc<ToolSpec>>,
     logprobs: bool,
+    best_of: BestOf,
 ) -> Result<Response, ApiError> {
     let mut texts: Vec<ChoiceText> = (0..relay.choices())
         .map(|_| ChoiceText::default())
         .collect();
-    let mut finish_reasons = vec![FinishReason::Stop; relay.choices()];
     loop {
         match relay.next().await {
             Ok(Some(Output::Text {
@@ -237,15 +279,16 @@ pub async fn whole_response(
                 text,
                 logprobs,
             })) => texts[choice].push(&text, logprobs),
-            Ok(Some(Output::Finished { choice, reason })) => finish_reasons[choice] = reason,
+            Ok(Some(Output::Finished { choice, reason })) => texts[choice].finish_reason = reason,
             Ok(None) => break,
             Err(failure) => return Err(failure.to_error(&meta.model)),
         }
     }
-    let choices: Vec<FinishedChoice> = texts
+    let choices: Vec<FinishedChoice> = best_of
+        .select(texts)
         .into_iter()
-        .zip(finish_reasons)
-        .map(|(choice, reason)| {
+        .map(|choice| {
+            let reason = choice.finish_reason;
             let tool_calls = tools.as_ref().and_then(|t| t.parse(&choice.text));
             FinishedChoice {
                 finish_reason: match tool_calls {

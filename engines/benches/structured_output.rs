@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use engines::constraint::ConstraintState;
 use engines::{
     default_cache_dir, ensure_model, ChatMessage, CoreConfig, Engine, GenerationRequest,
     LocalEngine, LocalEngineOptions, OutputConstraint, Prompt, SamplingParams, DEFAULT_MODEL,
@@ -42,8 +43,17 @@ fn schema() -> serde_json::Value {
     })
 }
 
-/// One round: `STREAMS` requests at once; returns generated tokens per second.
+/// One round: `STREAMS` requests at once; returns generated tokens per second (and, for the
+/// schema arm, the first output's token ids, replayed below).
 fn round(engine: &LocalEngine, constraint: Option<&Arc<OutputConstraint>>, round: usize) -> f64 {
+    round_with_output(engine, constraint, round).0
+}
+
+fn round_with_output(
+    engine: &LocalEngine,
+    constraint: Option<&Arc<OutputConstraint>>,
+    round: usize,
+) -> (f64, Vec<u32>) {
     let requests = (0..STREAMS)
         .map(|i| {
             let params = SamplingParams {
@@ -64,12 +74,35 @@ fn round(engine: &LocalEngine, constraint: Option<&Arc<OutputConstraint>>, round
     let started = Instant::now();
     let streams = engine.submit_all(requests).unwrap();
     let mut tokens = 0;
+    let mut first = None;
     for stream in streams {
         let out = stream.blocking_collect().unwrap();
         assert_eq!(out.token_ids.len(), TOKENS, "every request runs to TOKENS");
         tokens += out.token_ids.len();
+        first.get_or_insert(out.token_ids);
     }
-    tokens as f64 / started.elapsed().as_secs_f64()
+    (
+        tokens as f64 / started.elapsed().as_secs_f64(),
+        first.unwrap_or_default(),
+    )
+}
+
+/// The grammar's own work per token, alone on one thread: a generated output's tokens replayed
+/// through a fresh matcher (mask, then the token), as the scheduler does while sampling.
+fn mask_cost_per_token(engine: &LocalEngine, constraint: &OutputConstraint, tokens: &[u32]) -> f64 {
+    let grammars = &engine.model().grammars;
+    let logits = vec![0.0f32; engine.info().vocab_size];
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let mut state = ConstraintState::new(grammars.matcher(constraint).unwrap());
+        let started = Instant::now();
+        for &token in tokens {
+            std::hint::black_box(state.mask(&logits).unwrap());
+            state.advance(token).unwrap();
+        }
+        times.push(started.elapsed().as_secs_f64() / tokens.len() as f64);
+    }
+    median(times)
 }
 
 fn main() {
@@ -90,7 +123,7 @@ fn main() {
         engines::cpu_kernels()
     );
     round(&engine, None, 0);
-    round(&engine, Some(&constraint), 0);
+    let (_, replay) = round_with_output(&engine, Some(&constraint), 0);
     let (mut free, mut schema) = (Vec::new(), Vec::new());
     for r in 1..=ROUNDS {
         // Each arm goes first in every other round, so that neither always meets the
@@ -114,5 +147,12 @@ fn main() {
         1e3 / free,
         1e3 / schema,
         (free / schema - 1.0) * 100.0
+    );
+    let mask = mask_cost_per_token(&engine, &constraint, &replay);
+    println!(
+        "grammar work per token, one thread: {:.1} us (mask over {} ids and advance), {:.1}% of the free-text time per token at {STREAMS} streams",
+        mask * 1e6,
+        engine.info().vocab_size,
+        mask * free * 100.0
     );
 }

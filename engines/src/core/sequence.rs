@@ -179,13 +179,15 @@ impl Sequence {
             StopOutcome::Stopped(text) => {
                 Ok(self.finish(token, text, logprobs, FinishReason::Stop))
             }
-            StopOutcome::Continue(text) if grammar_done => {
+            StopOutcome::Continue(text)
+                if grammar_done || self.generated.len() >= self.params.max_tokens =>
+            {
                 let text = text + &self.stops.flush();
-                Ok(self.finish(token, text, logprobs, FinishReason::Stop))
-            }
-            StopOutcome::Continue(text) if self.generated.len() >= self.params.max_tokens => {
-                let text = text + &self.stops.flush();
-                Ok(self.finish(token, text, logprobs, FinishReason::Length))
+                let reason = match grammar_done {
+                    true => FinishReason::Stop,
+                    false => FinishReason::Length,
+                };
+                Ok(self.finish(token, text, logprobs, reason))
             }
             StopOutcome::Continue(text) => {
                 let _ = self.events.send(TokenEvent::Token {

@@ -73,21 +73,26 @@ impl LoadedModel {
         })
     }
 
+    /// Renders a conversation (with the functions it may call) and tokenises it.
+    fn render_chat(
+        &self,
+        messages: &[crate::text::ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<Vec<u32>> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| EngineError::ChatTemplate("this model has no chat template".into()))?;
+        self.tokenizer
+            .encode(&template.render_with_tools(messages, tools, true)?)
+    }
+
     /// Renders (for chat) and tokenises a prompt, checking every id is in the vocabulary.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Text(text) => self.tokenizer.encode(text)?,
-            Prompt::Chat(messages) | Prompt::ChatWithTools(messages, _) => {
-                let template = self.chat_template.as_ref().ok_or_else(|| {
-                    EngineError::ChatTemplate("this model has no chat template".into())
-                })?;
-                let tools = match prompt {
-                    Prompt::ChatWithTools(_, tools) => Some(tools.as_slice()),
-                    _ => None,
-                };
-                self.tokenizer
-                    .encode(&template.render_with_tools(messages, tools, true)?)?
-            }
+            Prompt::Chat(messages) => self.render_chat(messages, None)?,
+            Prompt::ChatWithTools(messages, tools) => self.render_chat(messages, Some(tools))?,
             Prompt::Tokens(ids) => {
                 let vocab = self.model.config().vocab_size as u32;
                 if let Some(&bad) = ids.iter().find(|&&id| id >= vocab) {

@@ -130,7 +130,9 @@ impl RemoteEngine {
         timeout: Duration,
     ) -> std::result::Result<Option<ReportedLoad>, String> {
         let root = self.api_base.trim_end_matches("/v1");
-        let (status, body) = self.get(&format!("{root}/load"), timeout).await?;
+        let (status, body) = self
+            .exchange(Method::GET, &format!("{root}/load"), None, timeout)
+            .await?;
         if status == StatusCode::OK {
             let report: LoadReport = serde_json::from_slice(&body)
                 .map_err(|e| format!("unreadable load report: {e}"))?;
@@ -146,7 +148,12 @@ impl RemoteEngine {
             });
         }
         let (status, _) = self
-            .get(&format!("{}/models", self.api_base), timeout)
+            .exchange(
+                Method::GET,
+                &format!("{}/models", self.api_base),
+                None,
+                timeout,
+            )
             .await?;
         if status.is_success() {
             Ok(None)
@@ -155,15 +162,24 @@ impl RemoteEngine {
         }
     }
 
-    async fn get(
+    /// One request that is not a generation (health checks, embeddings) and its whole
+    /// answer, within `timeout`; `json` is sent as the body.
+    async fn exchange(
         &self,
+        method: Method,
         url: &str,
+        json: Option<&serde_json::Value>,
         timeout: Duration,
     ) -> std::result::Result<(StatusCode, Bytes), String> {
-        let request = self
-            .request_builder(Method::GET, url)?
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+        let mut builder = self.request_builder(method, url)?;
+        let body = match json {
+            Some(json) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(json.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
         let exchange = async {
             let response = self.client.http.request(request).await.map_err(describe)?;
             let status = response.status();
@@ -318,29 +334,16 @@ impl RemoteEngine {
             body["dimensions"] = dimensions.into();
         }
         let url = format!("{}/embeddings", self.api_base);
-        let request = self
-            .request_builder(Method::POST, &url)
-            .and_then(|b| {
-                b.header(header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())))
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(UpstreamError::Unavailable)?;
         let base = &self.options.base_url;
-        let exchange = async {
-            let response = self.client.http.request(request).await.map_err(describe)?;
-            let status = response.status();
-            let body = response.into_body().collect().await.map_err(describe)?;
-            Ok::<_, String>((status, body.to_bytes()))
-        };
-        let (status, body) = tokio::time::timeout(self.options.response_timeout, exchange)
+        let (status, body) = self
+            .exchange(
+                Method::POST,
+                &url,
+                Some(&body),
+                self.options.response_timeout,
+            )
             .await
-            .map_err(|_| {
-                UpstreamError::Unavailable(format!("upstream {base} did not answer in time"))
-            })?
-            .map_err(|e| {
-                UpstreamError::Unavailable(format!("cannot reach upstream {base}: {e}"))
-            })?;
+            .map_err(|e| UpstreamError::Unavailable(format!("upstream {base}: {e}")))?;
         if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
             return Err(UpstreamError::Refused(wire::refusal(&body)));
         }

@@ -154,11 +154,6 @@ impl ToolSpec {
         self.choice != ToolChoice::None
     }
 
-    /// Must the whole answer be one call?
-    pub fn forced(&self) -> bool {
-        matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_))
-    }
-
     /// The functions in OpenAI's shape, for the prompt (the engine renders them).
     pub fn tool_values(&self) -> Vec<Value> {
         self.functions
@@ -343,7 +338,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(spec.choice, ToolChoice::Named("get_time".into()));
-        assert!(spec.forced() && spec.constraint().is_some());
+        assert!(spec.constraint().is_some(), "a named call is forced");
         assert!(ToolSpec::from_request(None, Some(&json!("auto")))
             .unwrap()
             .is_none());

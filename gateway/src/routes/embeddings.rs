@@ -76,16 +76,13 @@ fn prepare_embedding(
             ))
         }
     };
-    let model = match embedder.as_ref() {
-        Embedder::Local(model) => model,
+    let (work, tokens) = match embedder.as_ref() {
+        Embedder::Local(model) => local_work(model, &request)?,
         Embedder::Remote(remote) => {
             // The upstream tokenises; four bytes a token for admission (as for prompts).
             let inputs = request.inputs()?;
             if inputs.iter().any(|i| matches!(i, Input::Text(""))) {
-                return Err(ApiError::invalid_param(
-                    "input",
-                    "An input must not be an empty string.",
-                ));
+                return Err(empty_input());
             }
             let tokens: u64 = inputs
                 .iter()
@@ -94,18 +91,33 @@ fn prepare_embedding(
                     Input::Tokens(ids) => ids.len() as u64,
                 })
                 .sum();
-            let prepared = PreparedEmbedding {
-                model_id: request.model.clone(),
-                work: Work::Remote(remote.clone(), body["input"].clone(), request.dimensions),
-                format: request.encoding_format.unwrap_or_default(),
-            };
-            let cost = RequestCost {
-                prompt_tokens: tokens,
-                reserved_tokens: tokens,
-            };
-            return Ok((prepared, cost));
+            let work = Work::Remote(remote.clone(), body["input"].clone(), request.dimensions);
+            (work, tokens)
         }
     };
+    let prepared = PreparedEmbedding {
+        model_id: request.model,
+        work,
+        format: request.encoding_format.unwrap_or_default(),
+    };
+    let cost = RequestCost {
+        prompt_tokens: tokens,
+        reserved_tokens: tokens,
+    };
+    Ok((prepared, cost))
+}
+
+fn empty_input() -> ApiError {
+    ApiError::invalid_param("input", "An input must not be an empty string.")
+}
+
+/// The local model's work: `dimensions` checked, every input tokenised and checked; with its
+/// token count.
+fn local_work(
+    model: &Arc<EmbeddingModel>,
+    request: &EmbeddingRequest,
+) -> Result<(Work, u64), ApiError> {
+    let id = request.model.as_str();
     if let Some(dimensions) = request.dimensions {
         if dimensions != model.dimensions() as u64 {
             return Err(ApiError::invalid_param(
@@ -120,12 +132,7 @@ fn prepare_embedding(
     let mut inputs = Vec::new();
     for input in request.inputs()? {
         let ids = match input {
-            Input::Text("") => {
-                return Err(ApiError::invalid_param(
-                    "input",
-                    "An input must not be an empty string.",
-                ))
-            }
+            Input::Text("") => return Err(empty_input()),
             Input::Text(text) => model.tokenize(text)?,
             Input::Tokens(ids) => ids.to_vec(),
         };
@@ -139,16 +146,7 @@ fn prepare_embedding(
         inputs.push(ids);
     }
     let tokens: u64 = inputs.iter().map(|ids| ids.len() as u64).sum();
-    let prepared = PreparedEmbedding {
-        model_id: request.model,
-        work: Work::Local(model.clone(), inputs),
-        format: request.encoding_format.unwrap_or_default(),
-    };
-    let cost = RequestCost {
-        prompt_tokens: tokens,
-        reserved_tokens: tokens,
-    };
-    Ok((prepared, cost))
+    Ok((Work::Local(model.clone(), inputs), tokens))
 }
 
 /// The handler: embeds, settles the account (ledger record before the response), answers.

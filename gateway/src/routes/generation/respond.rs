@@ -187,12 +187,11 @@ impl Relay {
     }
 }
 
-/// One choice's text so far, and its log probabilities.
+/// One choice's text so far (a whole answer's, or a stream's held from its start), and its
+/// log probabilities.
 struct ChoiceText {
     text: String,
     logprobs: Vec<Logprobs>,
-    /// Bytes of the choice's text already sent (streams).
-    sent: usize,
     /// Why it ended (whole answers).
     finish_reason: FinishReason,
 }
@@ -202,7 +201,6 @@ impl Default for ChoiceText {
         Self {
             text: String::new(),
             logprobs: Vec::new(),
-            sent: 0,
             finish_reason: FinishReason::Stop,
         }
     }
@@ -214,19 +212,13 @@ impl ChoiceText {
         self.logprobs.extend(logprobs.map(|l| *l));
     }
 
-    /// The held text as one piece, and forgets it.
+    /// The text as one piece; it starts the choice (text is held only from a stream's start).
     fn piece(&self) -> TextPiece<'_> {
         TextPiece {
             text: &self.text,
             logprobs: &self.logprobs,
-            offset: self.sent,
+            offset: 0,
         }
-    }
-
-    fn clear(&mut self) {
-        self.sent += self.text.len();
-        self.text.clear();
-        self.logprobs.clear();
     }
 }
 
@@ -342,14 +334,13 @@ pub fn sse_events(
                         let may_call = tools.as_ref().is_some_and(|t| t.may_open_call(&holding.text));
                         if !may_call {
                             chunks.extend(meta.chunk(choice, ChoiceEvent::Text(holding.piece()), include_usage));
-                            holding.clear();
-                            sent[choice] = holding.sent;
+                            sent[choice] = holding.text.len();
                             held[choice] = None;
                         }
                     }
                     None => {
-                        let logprobs: Vec<Logprobs> = logprobs.map(|l| *l).into_iter().collect();
-                        let piece = TextPiece { text: &text, logprobs: &logprobs, offset: sent[choice] };
+                        let logprobs = logprobs.as_deref().map(std::slice::from_ref).unwrap_or_default();
+                        let piece = TextPiece { text: &text, logprobs, offset: sent[choice] };
                         chunks.extend(meta.chunk(choice, ChoiceEvent::Text(piece), include_usage));
                         sent[choice] += text.len();
                     }

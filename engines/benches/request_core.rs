@@ -42,6 +42,7 @@ fn warm_up(model: &Arc<LoadedModel>) {
             tenant: "bench".parse().unwrap(),
             share: Default::default(),
             traceparent: None,
+            cache_scope: None,
         })
         .unwrap();
     while let Some(event) = stream.blocking_next() {
@@ -103,6 +104,7 @@ fn main() {
             tenant: "bench".parse().unwrap(),
             share: Default::default(),
             traceparent: None,
+            cache_scope: None,
         };
         let started = Instant::now();
         let clients: Vec<_> = (0..c)

@@ -58,6 +58,10 @@ pub struct GenerationRequest {
     /// W3C `traceparent` of the caller's span: remote engines forward it, so the upstream's
     /// spans join the gateway's trace.
     pub traceparent: Option<String>,
+    /// Who may reuse this request's cached prompt blocks, and whose it may reuse: `None`, its
+    /// tenant alone; otherwise every request with the same scope (a sharing group, or a
+    /// `cache_salt`). Requests of different scopes never share a block.
+    pub cache_scope: Option<String>,
 }
 
 impl GenerationRequest {
@@ -69,6 +73,7 @@ impl GenerationRequest {
             tenant,
             share: Share::default(),
             traceparent: None,
+            cache_scope: None,
         }
     }
 }
@@ -99,6 +104,9 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Every sampled token, the end-of-sequence token included (as vLLM counts).
     pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of being
+    /// computed (OpenAI's `usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
 }
 
 /// Timing of one request as the engine saw it.
@@ -362,6 +370,12 @@ pub struct EngineCounters {
     pub kv_blocks_free: AtomicU64,
     /// KV-cache blocks in the pool.
     pub kv_blocks_total: AtomicU64,
+    /// KV-cache blocks registered in the prefix cache (held or free to evict).
+    pub kv_blocks_cached: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache (at each request's first admission).
+    pub prefix_query_tokens: AtomicU64,
+    /// Of those, tokens found there (not computed).
+    pub prefix_hit_tokens: AtomicU64,
     /// Per tenant: queue, service and preemptions.
     pub tenants: dashmap::DashMap<TenantId, Arc<TenantCounters>>,
 }
@@ -401,6 +415,10 @@ pub struct TenantCounters {
     /// Requests refused because its waiting queue was full, or shed (batch class) because
     /// the engine was backed up.
     pub refused: AtomicU64,
+    /// Its prompt tokens looked up in the prefix cache.
+    pub prefix_query_tokens: AtomicU64,
+    /// Of those, tokens found there (not computed).
+    pub prefix_hit_tokens: AtomicU64,
 }
 
 /// Static facts about the model an engine serves.

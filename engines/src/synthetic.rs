@@ -154,6 +154,7 @@ async fn stream_tokens(job: Job, interval: Option<Duration>, counters: Arc<Engin
             usage: Usage {
                 prompt_tokens: job.prompt_tokens,
                 completion_tokens: sent,
+                cached_tokens: 0,
             },
             timing: RequestTiming {
                 queue: Duration::ZERO,

@@ -275,6 +275,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
         tenant: "test".parse().unwrap(),
         share: Default::default(),
         traceparent: None,
+        cache_scope: None,
     }
 }
 

@@ -54,6 +54,7 @@ fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
         tenant: "t".parse().unwrap(),
         share: Share::default(),
         traceparent: None,
+        cache_scope: None,
     }
 }
 
@@ -68,9 +69,14 @@ const QUESTIONS: [&str; 8] = [
     "Tell me a story about a robot who learns to paint, with a happy ending and a lesson.",
 ];
 
-/// Each request run alone through a fresh engine: the single-sequence reference.
+/// Each request run alone through a fresh engine without a prefix cache: the single-sequence
+/// reference (the engines under test have the cache on, so every comparison with it also
+/// checks that cache hits change nothing).
 fn solo(requests: &[GenerationRequest]) -> Vec<Vec<u32>> {
-    let reference = engine(CoreConfig::default());
+    let reference = engine(CoreConfig {
+        prefix_cache: false,
+        ..CoreConfig::default()
+    });
     requests
         .iter()
         .map(|r| {
@@ -184,6 +190,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
         tenant: "t".parse().unwrap(),
         share: Share::default(),
         traceparent: None,
+        cache_scope: None,
     };
     let mut streams: Vec<_> = short
         .iter()
@@ -268,6 +275,10 @@ fn more_requests_than_the_pool_holds_all_complete_with_preemption() {
         "the pool was too small not to preempt"
     );
     assert!(EngineCounters::get(&engine.counters().preemptions) > 0);
+    assert!(
+        EngineCounters::get(&engine.counters().prefix_hit_tokens) > 0,
+        "repeated questions found their prompts cached"
+    );
     assert_eq!(
         records.last().unwrap().free_blocks,
         total_blocks,
@@ -362,6 +373,7 @@ fn tenant_request(tenant: &str, weight: f64) -> GenerationRequest {
             ..Share::default()
         },
         traceparent: None,
+        cache_scope: None,
     }
 }
 
@@ -698,4 +710,128 @@ fn n_choices_share_the_prompts_kv_blocks_and_agree() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert_eq!(free(), total, "blocks leaked");
+}
+
+/// A request of `tenant` with a system prompt long enough to span several KV blocks.
+fn with_system(tenant: &str, question: &str, max_tokens: usize) -> GenerationRequest {
+    let system = "You answer questions for the staff of a hospital. Be brief, precise and kind; \
+                  say when you do not know, never invent a dosage, and point to a colleague for \
+                  anything clinical. "
+        .repeat(3);
+    GenerationRequest {
+        prompt: Prompt::Chat(vec![
+            ChatMessage::new("system", &system),
+            ChatMessage::new("user", question),
+        ]),
+        tenant: tenant.parse().unwrap(),
+        ..chat(question, max_tokens)
+    }
+}
+
+/// Runs each request alone, one after the other, through `engine`.
+fn one_by_one(engine: &LocalEngine, requests: &[GenerationRequest]) -> Vec<CollectedOutput> {
+    requests
+        .iter()
+        .map(|r| {
+            engine
+                .submit(r.clone())
+                .unwrap()
+                .blocking_collect()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_output_is_the_same_with_and_without_a_cache_hit() {
+    let block_size = CoreConfig::default().block_size;
+    let mut requests: Vec<_> = QUESTIONS[..4]
+        .iter()
+        .map(|q| with_system("t", q, 24))
+        .collect();
+    requests.push(requests[1].clone());
+    let cold = solo(&requests);
+    let engine = engine(CoreConfig::default());
+    let warm = one_by_one(&engine, &requests);
+    for (i, (out, want)) in warm.iter().zip(&cold).enumerate() {
+        assert_eq!(&out.token_ids, want, "request {i}");
+    }
+    let cached: Vec<usize> = warm
+        .iter()
+        .map(|o| o.completion.usage.cached_tokens)
+        .collect();
+    let prompt: Vec<usize> = warm
+        .iter()
+        .map(|o| o.completion.usage.prompt_tokens)
+        .collect();
+    assert_eq!(cached[0], 0, "a fresh engine has nothing cached");
+    // The system prompt (the blocks before the question starts) is found by every later one.
+    for i in 1..4 {
+        assert!(
+            cached[i] >= 3 * block_size,
+            "request {i}: {cached:?} of {prompt:?}"
+        );
+        assert!(cached[i] < prompt[i]);
+    }
+    // The same prompt again: every full block but the one with its last token.
+    assert_eq!(cached[4], (prompt[4] - 1) / block_size * block_size);
+    let counters = engine.counters();
+    assert_eq!(
+        EngineCounters::get(&counters.prefix_hit_tokens) as usize,
+        cached.iter().sum::<usize>()
+    );
+    assert_eq!(
+        EngineCounters::get(&counters.prefix_query_tokens) as usize,
+        prompt.iter().sum::<usize>()
+    );
+    // Only the tokens not found were computed.
+    let records = records_until_idle(&engine);
+    let prefill: usize = records
+        .iter()
+        .flat_map(|r| &r.chunks)
+        .filter(|c| c.prefill)
+        .map(|c| c.tokens)
+        .sum();
+    assert_eq!(
+        prefill,
+        prompt.iter().sum::<usize>() - cached.iter().sum::<usize>()
+    );
+    assert!(EngineCounters::get(&counters.kv_blocks_cached) > 0);
+}
+
+#[test]
+fn tenants_share_cached_blocks_only_within_a_scope() {
+    let engine = engine(CoreConfig::default());
+    let question = QUESTIONS[2];
+    let cached = |r: GenerationRequest| {
+        engine
+            .submit(r)
+            .unwrap()
+            .blocking_collect()
+            .unwrap()
+            .completion
+            .usage
+            .cached_tokens
+    };
+    assert_eq!(cached(with_system("a", question, 4)), 0);
+    // The same prompt from another tenant computes everything: no block crosses tenants.
+    assert_eq!(cached(with_system("b", question, 4)), 0);
+    assert!(cached(with_system("a", question, 4)) > 0, "a finds its own");
+    assert!(cached(with_system("b", question, 4)) > 0, "b finds its own");
+    // Two tenants of one sharing group share; a salt narrows the scope further.
+    let in_group = |tenant: &str, scope: &str| GenerationRequest {
+        cache_scope: Some(scope.to_string()),
+        ..with_system(tenant, question, 4)
+    };
+    assert_eq!(cached(in_group("c", "group\0clinic")), 0);
+    assert!(cached(in_group("d", "group\0clinic")) > 0);
+    assert_eq!(cached(in_group("d", "group\0clinic\0salt\0x")), 0);
+    assert_eq!(cached(in_group("a", "group\0other")), 0);
+    let tenant = |name: &str| engine.counters().tenant(&name.parse().unwrap());
+    assert_eq!(
+        EngineCounters::get(&tenant("c").prefix_hit_tokens),
+        0,
+        "the first of the group found nothing"
+    );
+    assert!(EngineCounters::get(&tenant("d").prefix_hit_tokens) > 0);
 }

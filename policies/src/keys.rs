@@ -224,6 +224,7 @@ mod tests {
             models: ModelAllowList::all(),
             limits: Default::default(),
             tier: None,
+            prefix_cache_group: None,
         }
     }
 

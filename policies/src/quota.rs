@@ -480,6 +480,7 @@ mod tests {
             models: ModelAllowList::all(),
             limits,
             tier: None,
+            prefix_cache_group: None,
         }
     }
 

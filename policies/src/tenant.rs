@@ -102,6 +102,9 @@ pub struct TenantSpec {
     pub limits: crate::limits::TenantLimits,
     /// The tenant's service tier (e.g. `premium`): models may prefer other pools for it.
     pub tier: Option<String>,
+    /// The prefix-cache sharing group it belongs to: tenants of one group (who agreed to it)
+    /// reuse each other's cached prompt blocks; `None`, its cache is its own.
+    pub prefix_cache_group: Option<String>,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ fn tenant(id: &str, limits: TenantLimits) -> TenantSpec {
         models: ModelAllowList::all(),
         limits,
         tier: None,
+        prefix_cache_group: None,
     }
 }
 

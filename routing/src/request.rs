@@ -41,6 +41,9 @@ pub struct Requester {
     pub tier: Option<String>,
     /// The caller's W3C `traceparent`, forwarded upstream.
     pub traceparent: Option<String>,
+    /// Whose cached prompt blocks the request may reuse (see
+    /// [`engines::GenerationRequest::cache_scope`]): `None`, its tenant's alone.
+    pub cache_scope: Option<String>,
 }
 
 /// One request to route: its prompt and its sampling parameters (`max_tokens` set).
@@ -80,5 +83,6 @@ pub(crate) fn generation_request(
         tenant: requester.tenant.clone(),
         share: requester.share,
         traceparent: requester.traceparent.clone(),
+        cache_scope: requester.cache_scope.clone(),
     }
 }

@@ -426,6 +426,7 @@ mod tests {
                     usage: engines::Usage {
                         prompt_tokens: 1,
                         completion_tokens: tokens,
+                        cached_tokens: 0,
                     },
                     timing: Default::default(),
                 }));
@@ -518,6 +519,7 @@ mod tests {
             share: Default::default(),
             tier: tier.map(str::to_string),
             traceparent: None,
+            cache_scope: None,
         }
     }
 

@@ -46,6 +46,8 @@ pub(crate) struct Job {
     /// An earlier job of the same submission with the same prompt, whose KV blocks this one
     /// shares.
     pub fork_of: Option<SequenceId>,
+    /// The root key of its prefix-cache scope (`None`: the cache is off).
+    pub cache_root: Option<block_allocator::BlockHash>,
 }
 
 /// Limits and sizes of one engine's request core.
@@ -83,6 +85,9 @@ pub struct CoreConfig {
     /// Running slots batch-class sequences may not take, kept for interactive arrivals (so
     /// that one can start inside a paused step without preempting anyone).
     pub reserved_interactive_slots: usize,
+    /// Keep computed prompt blocks for reuse by later requests of the same scope (tenant or
+    /// sharing group) whose prompts start alike: they skip that part of the prefill.
+    pub prefix_cache: bool,
 }
 
 impl CoreConfig {
@@ -112,6 +117,7 @@ impl Default for CoreConfig {
             shed_batch_above: 64,
             pause_for_higher_class: true,
             reserved_interactive_slots: 1,
+            prefix_cache: true,
         }
     }
 }
@@ -324,6 +330,15 @@ impl RequestCore {
         self.counters
             .kv_blocks_free
             .store(s.allocator.free_count() as u64, Ordering::Relaxed);
+        self.counters
+            .kv_blocks_cached
+            .store(s.allocator.cached_count() as u64, Ordering::Relaxed);
+        self.counters
+            .prefix_query_tokens
+            .store(s.prefix_query_tokens, Ordering::Relaxed);
+        self.counters
+            .prefix_hit_tokens
+            .store(s.prefix_hit_tokens, Ordering::Relaxed);
         let Some(records) = &self.records else { return };
         if plan.chunks.is_empty() && ended.is_empty() && plan.preempted.is_empty() {
             return;
@@ -366,6 +381,7 @@ fn enqueue(scheduler: &mut Scheduler, counters: &EngineCounters, job: Job) {
     sequence.counters = job.counters;
     sequence.constraint = job.constraint;
     sequence.fork_of = job.fork_of;
+    sequence.cache_root = job.cache_root;
     counters
         .prompt_tokens
         .fetch_add(sequence.prompt_ids.len() as u64, Ordering::Relaxed);
@@ -453,6 +469,10 @@ fn settle(
         }
     };
 
+    // Full blocks just computed join the prefix cache before anything ends and frees them.
+    for c in &plan.chunks {
+        scheduler.register_computed(c.index);
+    }
     prepare_masks(scheduler, plan, wants_logits);
     let mut finished = Vec::new();
     let mut row = 0;

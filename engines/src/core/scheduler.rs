@@ -110,6 +110,10 @@ pub struct Scheduler {
     step: u64,
     /// Service received per tenant, for fair admission.
     pub fair_share: VirtualTokenCounters,
+    /// Prompt tokens looked up in the prefix cache so far (at first admissions).
+    pub prefix_query_tokens: u64,
+    /// Of those, tokens found there.
+    pub prefix_hit_tokens: u64,
 }
 
 impl Scheduler {
@@ -123,6 +127,8 @@ impl Scheduler {
             next_admission: 0,
             step: 0,
             fair_share: VirtualTokenCounters::default(),
+            prefix_query_tokens: 0,
+            prefix_hit_tokens: 0,
         }
     }
 
@@ -184,10 +190,53 @@ impl Scheduler {
         sequence
     }
 
-    /// Frees a sequence's blocks.
+    /// Frees a sequence's blocks, last first (see [`BlockAllocator::release`]); registered
+    /// ones stay in the prefix cache.
     fn release(&mut self, sequence: &mut Sequence) {
         let table = std::mem::take(&mut sequence.table);
-        self.allocator.release(table.blocks);
+        sequence.registered_blocks = 0;
+        self.allocator.release(table.blocks.into_iter().rev());
+    }
+
+    /// Registers in the prefix cache every block of running sequence `i` that is full and
+    /// computed (called after each forward pass): from then on a sequence of the same scope
+    /// whose tokens start alike reuses it.
+    pub fn register_computed(&mut self, i: usize) {
+        let bs = self.limits.block_size;
+        let s = &mut self.running[i];
+        if s.cache_root.is_none() {
+            return;
+        }
+        let full = (s.computed() / bs).min(s.table.blocks.len());
+        while s.registered_blocks < full {
+            let k = s.registered_blocks;
+            let key = s.block_key(k, bs).expect("the cache is on for it");
+            self.allocator.register(s.table.blocks[k], key);
+            s.registered_blocks += 1;
+        }
+    }
+
+    /// Gives a sequence about to be admitted (holding no block) the longest run of cached
+    /// blocks that starts its tokens, within its scope; it computes only the rest, and at least
+    /// its last token (for the logits). Returns the positions found.
+    fn reuse_cached(&mut self, sequence: &mut Sequence) -> usize {
+        let bs = self.limits.block_size;
+        if sequence.cache_root.is_none() || !sequence.table.blocks.is_empty() {
+            return 0;
+        }
+        let reusable = sequence.total_tokens().saturating_sub(1) / bs;
+        let mut blocks = Vec::new();
+        for k in 0..reusable {
+            let key = sequence.block_key(k, bs).expect("the cache is on for it");
+            match self.allocator.take_cached(key) {
+                Some(block) => blocks.push(block),
+                None => break,
+            }
+        }
+        let found = blocks.len() * bs;
+        sequence.registered_blocks = blocks.len();
+        sequence.table = BlockTable { blocks, len: found };
+        found
     }
 
     fn index_of(&self, id: SequenceId) -> Option<usize> {
@@ -410,6 +459,7 @@ impl Scheduler {
     /// Moves waiting sequence `index` into the batch and plans its first prompt chunk.
     fn admit(&mut self, index: usize, draft: &mut Draft) {
         let mut sequence = self.waiting.remove(index).expect("index from next_waiting");
+        let found = self.reuse_cached(&mut sequence);
         self.fork(&mut sequence);
         sequence.admission = self.next_admission;
         self.next_admission += 1;
@@ -424,6 +474,17 @@ impl Scheduler {
             counters
                 .queue_nanos
                 .fetch_add(sequence.timing.queue.as_nanos() as u64, Ordering::Relaxed);
+            if sequence.cache_root.is_some() {
+                let prompt = sequence.prompt_ids.len();
+                sequence.cached_tokens = found.min(prompt);
+                let hit = sequence.cached_tokens as u64;
+                counters
+                    .prefix_query_tokens
+                    .fetch_add(prompt as u64, Ordering::Relaxed);
+                counters.prefix_hit_tokens.fetch_add(hit, Ordering::Relaxed);
+                self.prefix_query_tokens += prompt as u64;
+                self.prefix_hit_tokens += hit;
+            }
         }
         draft.plan.admitted.push(sequence.id);
         self.running.push(sequence);
@@ -787,15 +848,161 @@ mod tests {
             .collect()
     }
 
-    /// Applies a plan as the engine would after a forward pass (no sampling).
+    /// Applies a plan as the engine would after a forward pass (no sampling): full blocks
+    /// join the prefix cache, and a sequence whose pending tokens are done gets token 7.
     fn compute(s: &mut Scheduler, plan: &StepPlan) {
         for c in &plan.chunks {
+            s.running[c.index].table.len += c.tokens;
+            s.register_computed(c.index);
             let seq = &mut s.running[c.index];
-            seq.table.len += c.tokens;
             if seq.pending() == 0 {
                 seq.generated.push(7);
             }
         }
+    }
+
+    /// A stand-in for the KV pool: the token whose keys and values each (block, offset) holds.
+    type FakeKv = HashMap<(crate::model::BlockId, usize), u32>;
+
+    /// What the forward pass of `plan` would write: each chunk's tokens at its positions.
+    fn write_kv(s: &Scheduler, plan: &StepPlan, kv: &mut FakeKv) {
+        let bs = s.limits.block_size;
+        for c in &plan.chunks {
+            let seq = &s.running[c.index];
+            for (k, token) in seq.next_tokens(c.tokens).into_iter().enumerate() {
+                let p = seq.computed() + k;
+                kv.insert((seq.table.blocks[p / bs], p % bs), token);
+            }
+        }
+    }
+
+    /// Every computed position of every running sequence reads back its own token: a cache hit
+    /// gave the right contents and no block in use was handed to another writer.
+    fn check_contents(s: &Scheduler, kv: &FakeKv) {
+        let bs = s.limits.block_size;
+        for seq in &s.running {
+            let tokens: Vec<u32> = seq
+                .prompt_ids
+                .iter()
+                .chain(&seq.generated)
+                .copied()
+                .collect();
+            for (p, token) in tokens.iter().enumerate().take(seq.computed()) {
+                assert_eq!(
+                    kv.get(&(seq.table.blocks[p / bs], p % bs)),
+                    Some(token),
+                    "sequence {} reads a wrong key/value at position {p}",
+                    seq.id
+                );
+            }
+        }
+    }
+
+    /// A sequence under the prefix-cache scope `scope` with prompt `prompt`.
+    fn cached_sequence(id: SequenceId, scope: &str, prompt: Vec<u32>) -> Sequence {
+        let mut s = sequence(id, prompt.len());
+        s.prompt_ids = prompt;
+        s.cache_root = Some(super::super::block_allocator::scope_root(scope));
+        s
+    }
+
+    /// Runs `s` until idle; returns the plans.
+    fn drain(s: &mut Scheduler) -> Vec<StepPlan> {
+        let mut plans = Vec::new();
+        while !s.is_idle() {
+            let plan = s.plan();
+            compute_and_finish(s, &plan);
+            plans.push(plan);
+        }
+        plans
+    }
+
+    #[test]
+    fn a_prompt_that_starts_like_a_cached_one_computes_only_the_rest() {
+        let mut s = Scheduler::new(limits(), 64);
+        let prompt: Vec<u32> = (10..19).collect();
+        s.enqueue(cached_sequence(1, "tenant a", prompt.clone()));
+        drain(&mut s);
+        assert_eq!(s.allocator.free_count(), 64, "cached blocks count as free");
+        // 9 prompt tokens and 8 generated, the last never computed: 8 full blocks of 2.
+        assert_eq!(s.allocator.cached_count(), 8);
+        // Same first 6 tokens, then different: three blocks found, the rest computed.
+        let mut other = prompt[..6].to_vec();
+        other.extend([40, 41, 42]);
+        s.enqueue(cached_sequence(2, "tenant a", other));
+        let plan = s.plan();
+        assert_eq!(shape(&plan), vec![(0, 3, true)]);
+        assert_eq!(s.running[0].cached_tokens, 6);
+        assert_eq!((s.prefix_query_tokens, s.prefix_hit_tokens), (18, 6));
+        drain(&mut s);
+        // The whole prompt again: every full block but the one holding the last token.
+        s.enqueue(cached_sequence(3, "tenant a", prompt.clone()));
+        let plan = s.plan();
+        assert_eq!(shape(&plan), vec![(0, 1, true)]);
+        assert_eq!(s.running[0].cached_tokens, 8);
+    }
+
+    #[test]
+    fn another_scope_never_finds_the_blocks() {
+        let mut s = Scheduler::new(limits(), 64);
+        let prompt: Vec<u32> = (10..19).collect();
+        s.enqueue(cached_sequence(1, "tenant a", prompt.clone()));
+        drain(&mut s);
+        s.enqueue(cached_sequence(2, "tenant b", prompt.clone()));
+        let plan = s.plan();
+        assert_eq!(shape(&plan), vec![(0, 4, true)], "computed from the start");
+        assert_eq!(s.running[0].cached_tokens, 0);
+        // Blocks of the same tokens under two scopes: both kept, neither shared.
+        drain(&mut s);
+        assert_eq!(s.allocator.cached_count(), 16);
+        // Off for a sequence (no scope): nothing found, nothing registered.
+        let mut plain = sequence(3, 9);
+        plain.prompt_ids = prompt;
+        s.enqueue(plain);
+        let plan = s.plan();
+        assert_eq!(shape(&plan), vec![(0, 4, true)]);
+        drain(&mut s);
+        assert_eq!(s.allocator.cached_count(), 16);
+    }
+
+    #[test]
+    fn a_preempted_sequence_finds_its_own_blocks_again() {
+        // 6 blocks of 2: the first sequence's 8-token prompt holds 4, the second needs 3.
+        let mut s = Scheduler::new(limits(), 6);
+        let mut first = cached_sequence(1, "a", (10..18).collect());
+        first.params.max_tokens = 2;
+        s.enqueue(first);
+        let plan = s.plan();
+        compute(&mut s, &plan);
+        let plan = s.plan();
+        compute(&mut s, &plan);
+        assert_eq!(s.running[0].computed(), 8);
+        let mut second = cached_sequence(2, "a", (50..54).collect());
+        second.params.max_tokens = 2;
+        second.share.priority = Priority::Interactive;
+        s.running[0].share.priority = Priority::Batch;
+        s.enqueue(second);
+        // The interactive newcomer needs its blocks: the batch sequence gives way.
+        let mut preempted = false;
+        for _ in 0..4 {
+            let plan = s.plan();
+            preempted |= plan.preempted.contains(&1);
+            compute(&mut s, &plan);
+            if preempted {
+                break;
+            }
+        }
+        assert!(preempted);
+        let plans = drain(&mut s);
+        let again = plans
+            .iter()
+            .flat_map(|p| &p.chunks)
+            .filter(|c| c.sequence == 1)
+            .map(|c| c.tokens)
+            .next();
+        // Its 9 tokens (the prompt and one generated) but the first three blocks, still
+        // cached: its tail block went to the newcomer.
+        assert_eq!(again, Some(3), "tokens computed again after the preemption");
     }
 
     /// Applies a plan and ends the sequences that reached `max_tokens`; returns their ids.
@@ -1283,8 +1490,8 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// Submit: (tenant 0-2, batch class, prompt length, max tokens).
-        Submit(usize, bool, usize, usize),
+        /// Submit: (tenant 0-2, batch class, prompt length, max tokens, prompt variant).
+        Submit(usize, bool, usize, usize, u32),
         /// Drop the receiver of the `i % live`-th sequence (its client leaves).
         Cancel(usize),
         /// Plan and compute this many steps.
@@ -1295,8 +1502,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0usize..3, any::<bool>(), 1usize..12, 1usize..10)
-                .prop_map(|(t, b, p, m)| Op::Submit(t, b, p, m)),
+            (0usize..3, any::<bool>(), 1usize..12, 1usize..10, 0u32..3)
+                .prop_map(|(t, b, p, m, v)| Op::Submit(t, b, p, m, v)),
             any::<usize>().prop_map(Op::Cancel),
             (1usize..4).prop_map(Op::Steps),
             Just(Op::Paused),
@@ -1310,15 +1517,16 @@ mod tests {
         total: usize,
         tenants: &[Arc<crate::engine::TenantCounters>],
     ) {
-        let held: Vec<_> = s
-            .running
-            .iter()
-            .flat_map(|q| q.table.blocks.iter().copied())
-            .collect();
-        let unique: HashSet<_> = held.iter().copied().collect();
-        assert_eq!(unique.len(), held.len(), "a block is held twice");
+        // Blocks are shared (prefix cache): each one's holders are the sequences holding it.
+        let mut holders: HashMap<crate::model::BlockId, u32> = HashMap::new();
+        for b in s.running.iter().flat_map(|q| q.table.blocks.iter()) {
+            *holders.entry(*b).or_default() += 1;
+        }
+        for (b, n) in &holders {
+            assert_eq!(s.allocator.holders(*b), *n, "holders of block {b}");
+        }
         assert_eq!(
-            held.len() + s.allocator.free_count(),
+            holders.len() + s.allocator.free_count(),
             total,
             "a block leaked"
         );
@@ -1372,9 +1580,10 @@ mod tests {
                 (0..3).map(|_| Arc::default()).collect();
             let mut receivers: Vec<(SequenceId, UnboundedReceiver<TokenEvent>)> = Vec::new();
             let mut next_id = 0;
+            let mut kv = FakeKv::new();
             for op in ops {
                 match op {
-                    Op::Submit(t, batch, prompt, max_tokens) => {
+                    Op::Submit(t, batch, prompt, max_tokens, variant) => {
                         // Never more than the pool can hold, as the engine checks at submission.
                         if blocks_for(prompt + max_tokens, 2) > blocks { continue; }
                         let share = Share {
@@ -1386,6 +1595,11 @@ mod tests {
                         };
                         let (mut q, rx) = sequence_of(next_id, &format!("t{t}"), share, prompt, max_tokens);
                         q.counters = tenants[t].clone();
+                        // Prompts start alike and differ after half; t0 and t1 share a
+                        // prefix-cache scope, t2 has its own.
+                        q.prompt_ids = (0..prompt as u32).map(|i| if 2 * i < prompt as u32 { 1 } else { 2 + variant }).collect();
+                        let scope = if t == 2 { "t2" } else { "group" };
+                        q.cache_root = Some(super::super::block_allocator::scope_root(scope));
                         receivers.push((next_id, rx));
                         next_id += 1;
                         submit(&mut s, q);
@@ -1411,6 +1625,7 @@ mod tests {
                             for _ in 0..2 {
                                 let urgent = s.plan_urgent(top, paused_len);
                                 prop_assert!(urgent.preempted.is_empty());
+                                write_kv(&s, &urgent, &mut kv);
                                 compute_and_finish(&mut s, &urgent);
                             }
                         }
@@ -1419,15 +1634,20 @@ mod tests {
                             prop_assert_eq!(s.running[c.index].id, *id);
                             prop_assert_eq!(&s.running[c.index].table.blocks, blocks);
                         }
+                        write_kv(&s, &plan, &mut kv);
                         compute_and_finish(&mut s, &plan);
                         check_invariants(&s, blocks, &tenants);
+                        check_contents(&s, &kv);
                     }
                     Op::Steps(n) => {
                         for _ in 0..n {
                             s.remove_cancelled();
                             let plan = s.plan();
+                            check_contents(&s, &kv);
+                            write_kv(&s, &plan, &mut kv);
                             compute_and_finish(&mut s, &plan);
                             check_invariants(&s, blocks, &tenants);
+                            check_contents(&s, &kv);
                         }
                     }
                 }
@@ -1438,8 +1658,11 @@ mod tests {
             while !s.is_idle() {
                 s.remove_cancelled();
                 let plan = s.plan();
+                check_contents(&s, &kv);
+                write_kv(&s, &plan, &mut kv);
                 compute_and_finish(&mut s, &plan);
                 check_invariants(&s, blocks, &tenants);
+                check_contents(&s, &kv);
                 steps += 1;
                 prop_assert!(steps < 5000, "the queue never drained: {} waiting", s.waiting.len());
             }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use tokio::sync::mpsc;
 
+use super::block_allocator::{chain_hash, BlockHash};
 use crate::constraint::ConstraintState;
 use crate::engine::{
     Completion, FinishReason, Logprobs, RequestTiming, TenantCounters, TokenEvent, TokenLogprob,
@@ -63,6 +64,15 @@ pub struct Sequence {
     /// Another sequence with the same prompt (a choice of the same request): this one waits
     /// until that one has computed the prompt, then shares its full KV blocks.
     pub fork_of: Option<SequenceId>,
+    /// The root key of its prefix-cache scope (`None`: the cache is off for it).
+    pub cache_root: Option<BlockHash>,
+    /// The keys of its full blocks, as far as computed (tokens never change, so they stay
+    /// valid across preemptions).
+    block_keys: Vec<BlockHash>,
+    /// Blocks of its table registered in the prefix cache (or found there).
+    pub registered_blocks: usize,
+    /// Prompt tokens found in the prefix cache at its first admission (not computed).
+    pub cached_tokens: usize,
 }
 
 /// What the engine should do with a sequence after a token.
@@ -105,7 +115,32 @@ impl Sequence {
             preemptions: 0,
             last_step: 0,
             fork_of: None,
+            cache_root: None,
+            block_keys: Vec::new(),
+            registered_blocks: 0,
+            cached_tokens: 0,
         }
+    }
+
+    /// The prefix-cache key of full block `k` (its tokens must exist): chained over the scope
+    /// and every token up to the block's end.
+    pub fn block_key(&mut self, k: usize, block_size: usize) -> Option<BlockHash> {
+        let root = self.cache_root?;
+        while self.block_keys.len() <= k {
+            let at = self.block_keys.len();
+            let previous = self.block_keys.last().copied().unwrap_or(root);
+            let tokens: Vec<u32> = self
+                .prompt_ids
+                .iter()
+                .chain(&self.generated)
+                .skip(at * block_size)
+                .take(block_size)
+                .copied()
+                .collect();
+            debug_assert_eq!(tokens.len(), block_size, "block {at} is not full");
+            self.block_keys.push(chain_hash(previous, &tokens));
+        }
+        Some(self.block_keys[k])
     }
 
     /// Prompt and generated tokens.
@@ -150,6 +185,7 @@ impl Sequence {
         Usage {
             prompt_tokens: self.prompt_ids.len(),
             completion_tokens: self.generated.len(),
+            cached_tokens: self.cached_tokens,
         }
     }
 

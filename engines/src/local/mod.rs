@@ -12,6 +12,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::constraint::ConstraintState;
+use crate::core::block_allocator::{scope_root, BlockHash};
 use crate::core::{CoreConfig, Job, RequestCore, StepRecord};
 use crate::device::DeviceSpec;
 use crate::engine::{
@@ -59,6 +60,8 @@ pub struct LocalEngine {
     capacity_tokens: usize,
     step_records: Option<crossbeam_channel::Receiver<StepRecord>>,
     queue: QueueBounds,
+    /// Whether requests' prompt blocks go to (and come from) the prefix cache.
+    prefix_cache: bool,
 }
 
 impl LocalEngine {
@@ -102,6 +105,7 @@ impl LocalEngine {
                 max_waiting_per_tenant: core.max_waiting_per_tenant,
                 shed_batch_above: core.shed_batch_above,
             },
+            prefix_cache: core.prefix_cache,
         })
     }
 
@@ -159,6 +163,15 @@ impl LocalEngine {
             });
         }
         Ok(vec![tenant; requests.len()])
+    }
+}
+
+/// The root of `request`'s prefix-cache scope: its tenant's own, unless it names a shared
+/// scope. The two kinds are spelled apart, so no scope name can pose as a tenant.
+fn cache_root(request: &GenerationRequest) -> BlockHash {
+    match &request.cache_scope {
+        Some(scope) => scope_root(&format!("shared\0{scope}")),
+        None => scope_root(&format!("tenant\0{}", request.tenant.as_str())),
     }
 }
 
@@ -227,6 +240,7 @@ impl Engine for LocalEngine {
             let id = first_id + i as u64;
             let fork_of =
                 (first_with_prompt[i] != i).then(|| first_id + first_with_prompt[i] as u64);
+            let cache_root = self.prefix_cache.then(|| cache_root(&request));
             streams.push(TokenStream::new(id, prompt_ids.len(), receiver));
             jobs.push(Job {
                 id,
@@ -237,6 +251,7 @@ impl Engine for LocalEngine {
                 counters,
                 constraint: constraints.next().flatten(),
                 fork_of,
+                cache_root,
             });
         }
         let count = jobs.len() as u64;

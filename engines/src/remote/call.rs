@@ -184,6 +184,7 @@ impl UpstreamCall {
         let usage = usage.unwrap_or(Usage {
             prompt_tokens: self.prompt_estimate,
             completion_tokens: *generated,
+            cached_tokens: 0,
         });
         self.counters
             .prompt_tokens

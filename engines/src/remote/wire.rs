@@ -106,6 +106,9 @@ pub fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
         out.usage = Some(Usage {
             prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0) as usize,
             completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0) as usize,
+            cached_tokens: u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0) as usize,
         });
     }
     let Some(choice) = chunk["choices"].get(0) else {

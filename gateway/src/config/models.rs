@@ -64,6 +64,9 @@ pub struct ModelConfig {
     /// Running slots batch-class requests may not take, kept for interactive arrivals
     /// (default 1).
     pub reserved_interactive_slots: Option<usize>,
+    /// Keep computed prompt blocks for later requests of the same tenant (or sharing group)
+    /// whose prompts start alike (default `true`).
+    pub prefix_cache: Option<bool>,
     /// Seconds a request may wait at the gateway when every replica it may use is saturated
     /// (pools with `max_outstanding_tokens`), let through by priority class and weighted fair
     /// share (default 30; 0: refused at once with 503).
@@ -105,6 +108,7 @@ impl ModelConfig {
             reserved_interactive_slots: self
                 .reserved_interactive_slots
                 .unwrap_or(d.reserved_interactive_slots),
+            prefix_cache: self.prefix_cache.unwrap_or(d.prefix_cache),
             ..d
         }
     }
@@ -199,6 +203,7 @@ pub(super) fn default_models() -> Vec<ModelConfig> {
         shed_batch_above: None,
         pause_for_higher_class: None,
         reserved_interactive_slots: None,
+        prefix_cache: None,
         saturated_wait_secs: None,
     };
     let embedding = ModelConfig {

@@ -41,6 +41,10 @@ pub struct TenantConfig {
     /// Requests that may wait for admission in one engine (default: the model's
     /// `max_waiting_per_tenant`).
     pub max_waiting: Option<usize>,
+    /// Prefix-cache sharing group: tenants naming the same group reuse each other's cached
+    /// prompt blocks (a timing side channel between them, so only for tenants that agree);
+    /// absent, the tenant's cache is its own.
+    pub prefix_cache_group: Option<String>,
 }
 
 impl TenantConfig {
@@ -60,6 +64,7 @@ impl TenantConfig {
             max_running_share: None,
             max_kv_share: None,
             max_waiting: None,
+            prefix_cache_group: None,
         }
     }
 
@@ -82,6 +87,7 @@ impl TenantConfig {
                 },
             },
             tier: self.tier.clone(),
+            prefix_cache_group: self.prefix_cache_group.clone(),
         }
     }
 }

@@ -44,7 +44,7 @@ impl std::fmt::Debug for ModelRegistryHandle {
 type CounterField = fn(&EngineCounters) -> &AtomicU64;
 
 /// `(name without _total, help, field)`.
-const ENGINE_COUNTERS: [(&str, &str, CounterField); 9] = [
+const ENGINE_COUNTERS: [(&str, &str, CounterField); 11] = [
     (
         "gateway_engine_requests_submitted",
         "Requests accepted by the engine.",
@@ -84,10 +84,20 @@ const ENGINE_COUNTERS: [(&str, &str, CounterField); 9] = [
         "Sequences preempted (KV blocks freed, recomputed later).",
         |c| &c.preemptions,
     ),
+    (
+        "gateway_engine_prefix_cache_query_tokens",
+        "Prompt tokens looked up in the prefix cache.",
+        |c| &c.prefix_query_tokens,
+    ),
+    (
+        "gateway_engine_prefix_cache_hit_tokens",
+        "Prompt tokens found in the prefix cache (not computed).",
+        |c| &c.prefix_hit_tokens,
+    ),
 ];
 
 /// `(name, help, field)` of the engine gauges.
-const ENGINE_GAUGES: [(&str, &str, CounterField); 5] = [
+const ENGINE_GAUGES: [(&str, &str, CounterField); 6] = [
     (
         "gateway_engine_active_sequences",
         "Sequences running or waiting in the engine.",
@@ -112,6 +122,11 @@ const ENGINE_GAUGES: [(&str, &str, CounterField); 5] = [
         "gateway_engine_kv_blocks",
         "KV-cache blocks in the pool (free or not).",
         |c| &c.kv_blocks_total,
+    ),
+    (
+        "gateway_engine_kv_blocks_cached",
+        "KV-cache blocks in the prefix cache (held by a sequence or free to evict).",
+        |c| &c.kv_blocks_cached,
     ),
 ];
 
@@ -212,7 +227,7 @@ fn encode_per_model<M: EncodeMetric>(
 type TenantField = fn(&TenantCounters) -> &AtomicU64;
 
 /// `(name without _total, help, field, is a counter)` of the per-tenant engine figures.
-const TENANT_FIGURES: [(&str, &str, TenantField, bool); 6] = [
+const TENANT_FIGURES: [(&str, &str, TenantField, bool); 8] = [
     (
         "gateway_engine_tenant_waiting_sequences",
         "The tenant's sequences waiting for admission (new or preempted).",
@@ -247,6 +262,18 @@ const TENANT_FIGURES: [(&str, &str, TenantField, bool); 6] = [
         "gateway_engine_tenant_refused",
         "The tenant's requests refused because its waiting queue was full, or shed (batch class) from a backed-up engine.",
         |c| &c.refused,
+        true,
+    ),
+    (
+        "gateway_engine_tenant_prefix_cache_query_tokens",
+        "The tenant's prompt tokens looked up in the prefix cache.",
+        |c| &c.prefix_query_tokens,
+        true,
+    ),
+    (
+        "gateway_engine_tenant_prefix_cache_hit_tokens",
+        "The tenant's prompt tokens found in the prefix cache (not computed).",
+        |c| &c.prefix_hit_tokens,
         true,
     ),
 ];

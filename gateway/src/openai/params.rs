@@ -74,6 +74,9 @@ pub struct CommonParams {
     /// key's class (a bulk job from an interactive tenant), never raise it.
     #[schema(value_type = Option<String>)]
     pub priority: Option<serde_json::Value>,
+    /// vLLM's prefix-cache salt: only requests with the same salt (of the same tenant or
+    /// sharing group) reuse each other's cached prompt blocks.
+    pub cache_salt: Option<String>,
 }
 
 /// Validated parameters. `max_tokens` stays optional: its default depends on the endpoint and,
@@ -92,6 +95,8 @@ pub struct ValidParams {
     pub priority: Option<Priority>,
     /// Choices per prompt.
     pub n: usize,
+    /// `cache_salt`, if given (non-empty).
+    pub cache_salt: Option<String>,
 }
 
 /// Most choices per prompt (`n`): each is a sequence in the engine's batch.
@@ -195,8 +200,15 @@ impl CommonParams {
                 ))
             }
         };
+        if self.cache_salt.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(ApiError::invalid_param(
+                "cache_salt",
+                "`cache_salt` must not be empty.",
+            ));
+        }
         let stream = self.stream.unwrap_or(false);
         Ok(ValidParams {
+            cache_salt: self.cache_salt.clone(),
             priority,
             sampling: SamplingParams {
                 temperature,

@@ -15,6 +15,15 @@ pub struct UsageBody {
     pub completion_tokens: usize,
     /// Their sum.
     pub total_tokens: usize,
+    /// How the prompt tokens were served.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// OpenAI's `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens found in the prefix cache (not computed again).
+    pub cached_tokens: usize,
 }
 
 impl UsageBody {
@@ -23,6 +32,7 @@ impl UsageBody {
         self.prompt_tokens += usage.prompt_tokens;
         self.completion_tokens += usage.completion_tokens;
         self.total_tokens = self.prompt_tokens + self.completion_tokens;
+        self.prompt_tokens_details.cached_tokens += usage.cached_tokens;
     }
 }
 
@@ -478,6 +488,7 @@ mod tests {
         usage.add(Usage {
             prompt_tokens: 3,
             completion_tokens: 4,
+            cached_tokens: 0,
         });
         let last = parse(meta.usage_chunk(usage));
         assert_eq!(last["choices"], json!([]));

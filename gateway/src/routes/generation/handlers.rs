@@ -33,6 +33,7 @@ pub async fn generate(
         share: prepared.share,
         tier: caller.tenant.tier.clone(),
         traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
+        cache_scope: prepared.cache_scope.clone(),
     };
     // All prompts or none: a prompt that does not fit fails the whole request (and, with
     // nothing generated, it is not billed: the admission is dropped and refunded).

@@ -55,6 +55,9 @@ pub struct PreparedGeneration {
     pub choices_per_prompt: usize,
     /// Choices returned per prompt (`n`): the most likely of `choices_per_prompt`.
     pub returned_per_prompt: usize,
+    /// Whose cached prompt blocks the request may reuse: its tenant's sharing group's, or its
+    /// own (`None`), narrowed to one `cache_salt` if it names one.
+    pub cache_scope: Option<String>,
 }
 
 /// The layer's function: prepares and sizes the request (`routes::sizing`).
@@ -219,8 +222,26 @@ fn prepare_generation(
         logprobs: logprobs_asked,
         choices_per_prompt: candidates,
         returned_per_prompt: params.n,
+        cache_scope: cache_scope(caller, params.cache_salt.as_deref()),
     };
     Ok((prepared, cost))
+}
+
+/// The prefix-cache scope of a request of `caller` with `salt`: the tenant's sharing group
+/// (configured by the operator) or the tenant itself, narrowed by the salt. The parts are
+/// spelled apart (`group`, `tenant`, `salt`), so no name can pose as another kind; `None` is
+/// the engine's default, the tenant alone.
+fn cache_scope(caller: &Caller, salt: Option<&str>) -> Option<String> {
+    let tenant = &caller.tenant;
+    let base = match &tenant.prefix_cache_group {
+        Some(group) => format!("group\0{group}"),
+        None if salt.is_none() => return None,
+        None => format!("tenant\0{}", tenant.id.as_str()),
+    };
+    Some(match salt {
+        Some(salt) => format!("{base}\0salt\0{salt}"),
+        None => base,
+    })
 }
 
 /// The router of `model` (whose registry entry is `model_state`), if it exists, the caller may

@@ -143,6 +143,7 @@ impl Relay {
                     // A prompt's tokens count once, with its first choice.
                     if choice % self.choices_per_prompt != 0 {
                         usage.prompt_tokens = 0;
+                        usage.cached_tokens = 0;
                     }
                     self.usage.add(usage);
                     self.open -= 1;

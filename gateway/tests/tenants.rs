@@ -604,3 +604,146 @@ async fn a_configmap_update_by_symlink_swap_is_reloaded() {
     );
     assert_eq!(gw.get("/v1/models", Some("sk-c1")).await.0, 200);
 }
+
+/// The prompt tokens a chat request of `key` found in the prefix cache (its
+/// `usage.prompt_tokens_details.cached_tokens`), or the error body if it was refused.
+async fn cached_tokens(
+    gw: &TestGateway,
+    key: &str,
+    model: &str,
+    extra: serde_json::Value,
+) -> Result<u64, serde_json::Value> {
+    let system =
+        "You answer for the registry of a court. Cite the rule, give the deadline, and say \
+                  which office handles the filing; never give legal advice. "
+            .repeat(3);
+    let mut body = json!({
+        "model": model,
+        "max_tokens": 2,
+        "temperature": 0,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "When is the appeal deadline?"}
+        ],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let response = gw
+        .client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let value: serde_json::Value = response.json().await.unwrap();
+    match status {
+        200 => Ok(value["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .expect("usage.prompt_tokens_details.cached_tokens")),
+        _ => Err(value),
+    }
+}
+
+#[tokio::test]
+async fn the_prefix_cache_is_each_tenants_own_unless_a_sharing_group_says_otherwise() {
+    let tenants = [
+        tenant("law-a", "sk-la", ""),
+        tenant("law-b", "sk-lb", ""),
+        tenant("clinic-1", "sk-c1", "prefix_cache_group = \"clinics\""),
+        tenant("clinic-2", "sk-c2", "prefix_cache_group = \"clinics\""),
+    ]
+    .concat();
+    let config = format!(
+        "admin_keys = [\"{}\"]\n[[models]]\nid = \"{MODEL}\"\n[[models]]\nid = \"uncached\"\nprefix_cache = false\n{tenants}",
+        digest("sk-admin")
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let none = json!({});
+    assert_eq!(
+        cached_tokens(&gw, "sk-la", MODEL, none.clone()).await,
+        Ok(0)
+    );
+    // The same prompt from another tenant: nothing found.
+    assert_eq!(
+        cached_tokens(&gw, "sk-lb", MODEL, none.clone()).await,
+        Ok(0)
+    );
+    let again = cached_tokens(&gw, "sk-la", MODEL, none.clone())
+        .await
+        .unwrap();
+    assert!(again >= 48, "the tenant's own prompt is found: {again}");
+    // Tenants of one group share.
+    assert_eq!(
+        cached_tokens(&gw, "sk-c1", MODEL, none.clone()).await,
+        Ok(0)
+    );
+    assert_eq!(
+        cached_tokens(&gw, "sk-c2", MODEL, none.clone()).await,
+        Ok(again)
+    );
+    // A salt narrows the scope: another salt finds nothing, the same salt finds its own.
+    let salted = |salt: &str| json!({"cache_salt": salt});
+    assert_eq!(cached_tokens(&gw, "sk-c2", MODEL, salted("x")).await, Ok(0));
+    assert_eq!(
+        cached_tokens(&gw, "sk-c1", MODEL, salted("x")).await,
+        Ok(again)
+    );
+    let refused = cached_tokens(&gw, "sk-c1", MODEL, salted(""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused["error"]["param"], "cache_salt");
+    // A model with the cache off never finds anything.
+    for _ in 0..2 {
+        assert_eq!(
+            cached_tokens(&gw, "sk-la", "uncached", none.clone()).await,
+            Ok(0)
+        );
+    }
+    // Streamed usage says the same.
+    let events = gw
+        .client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-lb")
+        .json(&json!({
+            "model": MODEL, "max_tokens": 2, "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "When is the appeal deadline?"}],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        events.contains("\"prompt_tokens_details\":{\"cached_tokens\":"),
+        "{events}"
+    );
+    // Per-tenant metrics: law-b never hit; law-a and the second clinic did.
+    let text = gw.metrics_text().await;
+    let hits = |tenant: &str| -> f64 {
+        let series = format!(
+            "gateway_engine_tenant_prefix_cache_hit_tokens_total{{model=\"{MODEL}\",tenant=\"{tenant}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert_eq!(hits("law-b"), 0.0);
+    assert_eq!(hits("law-a"), again as f64);
+    assert_eq!(hits("clinic-2"), again as f64);
+    assert!(gw.metric("gateway_engine_kv_blocks_cached").await > 0.0);
+    assert!(
+        gw.metric("gateway_engine_prefix_cache_query_tokens_total")
+            .await
+            > gw.metric("gateway_engine_prefix_cache_hit_tokens_total")
+                .await
+    );
+}

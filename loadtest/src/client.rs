@@ -7,6 +7,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use crate::prompts::Message;
 use crate::report::{Outcome, RequestRecord};
 use crate::scenario::{Endpoint, Scenario};
 
@@ -19,8 +20,8 @@ pub struct Request<'a> {
     pub tenant: &'a str,
     /// Its API key.
     pub api_key: &'a str,
-    /// The prompt text.
-    pub prompt: String,
+    /// The prompt: chat messages (the completions endpoint gets their texts, joined).
+    pub prompt: Vec<Message>,
     /// `max_tokens`.
     pub max_tokens: u64,
     /// When it was sent, from the start of the run.
@@ -29,8 +30,18 @@ pub struct Request<'a> {
 
 fn body(scenario: &Scenario, r: &Request<'_>) -> Value {
     let mut body = match scenario.endpoint {
-        Endpoint::Chat => json!({"messages": [{"role": "user", "content": r.prompt}]}),
-        Endpoint::Completions => json!({"prompt": r.prompt}),
+        Endpoint::Chat => {
+            let messages: Vec<Value> = r
+                .prompt
+                .iter()
+                .map(|m| json!({"role": m.role, "content": m.content}))
+                .collect();
+            json!({ "messages": messages })
+        }
+        Endpoint::Completions => {
+            let texts: Vec<&str> = r.prompt.iter().map(|m| m.content.as_str()).collect();
+            json!({"prompt": texts.join("\n\n")})
+        }
     };
     body["model"] = json!(scenario.model);
     body["max_tokens"] = json!(r.max_tokens);
@@ -92,13 +103,38 @@ fn server_message(body: &[u8]) -> String {
     message
 }
 
-/// Sends one request; `progress_tokens`, when given, counts token chunks as they arrive.
+/// The generated text of one choice of a response (chunk or whole).
+fn choice_text(choice: &Value) -> Option<&str> {
+    choice["delta"]["content"]
+        .as_str()
+        .or_else(|| choice["message"]["content"].as_str())
+        .or_else(|| choice["text"].as_str())
+}
+
+/// Sends one request and returns its record and the answer's text (of its first choice;
+/// empty if it failed). `progress_tokens`, when given, counts token chunks as they arrive.
 pub async fn send(
     client: &reqwest::Client,
     base_url: &str,
     scenario: &Scenario,
     r: Request<'_>,
     progress_tokens: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+) -> (RequestRecord, String) {
+    let mut answer = String::new();
+    let record = send_into(client, base_url, scenario, r, progress_tokens, &mut answer).await;
+    if record.outcome != Outcome::Ok {
+        answer.clear();
+    }
+    (record, answer)
+}
+
+async fn send_into(
+    client: &reqwest::Client,
+    base_url: &str,
+    scenario: &Scenario,
+    r: Request<'_>,
+    progress_tokens: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    answer: &mut String,
 ) -> RequestRecord {
     let started = Instant::now();
     let mut record = RequestRecord {
@@ -111,6 +147,7 @@ pub async fn send(
         e2el_ms: 0.0,
         prompt_tokens: 0,
         output_tokens: 0,
+        cached_tokens: 0,
         error: None,
     };
     let url = format!(
@@ -181,6 +218,9 @@ pub async fn send(
             if value["usage"].is_object() {
                 usage = Some(value["usage"].clone());
             }
+            if let Some(text) = value["choices"].get(0).and_then(choice_text) {
+                answer.push_str(text);
+            }
             if value["choices"]
                 .as_array()
                 .is_some_and(|cs| cs.iter().any(is_token_chunk))
@@ -201,6 +241,9 @@ pub async fn send(
         match response.json::<Value>().await {
             Ok(value) => {
                 usage = value.get("usage").cloned();
+                if let Some(text) = value["choices"].get(0).and_then(choice_text) {
+                    answer.push_str(text);
+                }
                 chunks = u64::from(value["choices"].as_array().is_some_and(|c| !c.is_empty()));
             }
             Err(e) => {
@@ -218,6 +261,10 @@ pub async fn send(
     record.prompt_tokens = usage
         .as_ref()
         .and_then(|u| u["prompt_tokens"].as_u64())
+        .unwrap_or(0);
+    record.cached_tokens = usage
+        .as_ref()
+        .and_then(|u| u["prompt_tokens_details"]["cached_tokens"].as_u64())
         .unwrap_or(0);
     record
 }
@@ -296,12 +343,15 @@ mod tests {
         let request = Request {
             tenant: "t",
             api_key: "k",
-            prompt: "hi".into(),
+            prompt: vec![Message {
+                role: "user",
+                content: "hi".into(),
+            }],
             max_tokens: 3,
             sent_at: Duration::ZERO,
         };
         let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let record = send(
+        let (record, answer) = send(
             &reqwest::Client::new(),
             &url,
             &scenario,
@@ -309,6 +359,7 @@ mod tests {
             Some(counted.clone()),
         )
         .await;
+        assert_eq!(answer, "abc");
         assert_eq!(record.outcome, Outcome::Ok, "{record:?}");
         assert_eq!((record.prompt_tokens, record.output_tokens), (4, 3));
         assert!(record.ttft_ms.is_some());

@@ -290,6 +290,7 @@ mod tests {
             e2el_ms: e2el,
             prompt_tokens: 10,
             output_tokens: tokens,
+            cached_tokens: 0,
             error: None,
         }
     }

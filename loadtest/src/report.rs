@@ -45,6 +45,10 @@ pub struct RequestRecord {
     pub prompt_tokens: u64,
     /// Completion tokens as the server reported them (else content chunks counted).
     pub output_tokens: u64,
+    /// Prompt tokens the server found in its prefix cache
+    /// (`usage.prompt_tokens_details.cached_tokens`; 0 if it does not say).
+    #[serde(default)]
+    pub cached_tokens: u64,
     /// Why it failed, as the client saw it: the transport error with its causes, or the status
     /// and the server's error message. Absent in reports of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +127,9 @@ pub struct Summary {
     pub total_input_tokens: u64,
     /// Completion tokens of successful requests.
     pub total_output_tokens: u64,
+    /// Of the prompt tokens, those the server reported as served from its prefix cache.
+    #[serde(default)]
+    pub total_cached_tokens: u64,
     /// Successful requests per second.
     pub request_throughput: f64,
     /// Output tokens per second.
@@ -173,6 +180,7 @@ impl Summary {
             transport_errors: count(Outcome::Transport),
             total_input_tokens: ok.iter().map(|r| r.prompt_tokens).sum(),
             total_output_tokens: output,
+            total_cached_tokens: ok.iter().map(|r| r.cached_tokens).sum(),
             request_throughput: per_second(ok.len() as f64),
             output_throughput: per_second(output as f64),
             goodput: per_second(ok.iter().filter(|r| meets(r)).count() as f64),
@@ -360,6 +368,7 @@ mod tests {
             e2el_ms: e2el,
             prompt_tokens: 5,
             output_tokens: tokens,
+            cached_tokens: 0,
             error: None,
         }
     }

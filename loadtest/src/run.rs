@@ -81,7 +81,7 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                 records_tx.clone(),
                 tenant.label.clone(),
             );
-            move |prompt: String, max_tokens: u64| {
+            move |prompt: Vec<crate::prompts::Message>, max_tokens: u64| {
                 let (client, url, scenario, progress, tx, label, key) = (
                     client.clone(),
                     url.clone(),
@@ -94,7 +94,7 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                 let tickets = tickets.clone();
                 async move {
                     if !tickets.take() {
-                        return false;
+                        return None;
                     }
                     progress.sent.fetch_add(1, Ordering::Relaxed);
                     let request = Request {
@@ -106,7 +106,7 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                     };
                     // Streamed tokens are counted as they arrive; whole responses at the end.
                     let live = scenario.stream.then(|| progress.output_tokens.clone());
-                    let record = send(&client, &url, &scenario, request, live).await;
+                    let (record, answer) = send(&client, &url, &scenario, request, live).await;
                     progress.done.fetch_add(1, Ordering::Relaxed);
                     match record.outcome {
                         Outcome::Ok if !scenario.stream => {
@@ -123,14 +123,14 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                         }
                     };
                     let _ = tx.send(record);
-                    true
+                    Some(answer)
                 }
             }
         };
         match schedule(&tenant.arrival, seed, horizon, limit) {
             // Open loop: each request is spawned at its time; a slow server never delays the next.
             Some(times) => {
-                let requests: Vec<(Duration, String, u64)> = times
+                let requests: Vec<(Duration, Vec<crate::prompts::Message>, u64)> = times
                     .into_iter()
                     .map(|t| {
                         (
@@ -164,8 +164,9 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                     drivers.push(tokio::spawn(async move {
                         while start.elapsed() < horizon {
                             let prompt = prompts.next(&mut rng);
-                            if !fire(prompt, max_tokens.sample(&mut rng)).await {
-                                break;
+                            match fire(prompt, max_tokens.sample(&mut rng)).await {
+                                Some(answer) => prompts.answered(answer),
+                                None => break,
                             }
                         }
                     }));

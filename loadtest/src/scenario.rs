@@ -130,6 +130,24 @@ pub enum Prompts {
         /// The file.
         path: PathBuf,
     },
+    /// One system prompt of `system_tokens` tokens, the same for every request (of every
+    /// client and run), then a synthetic question of `tokens`: a prefix cache's best case.
+    SharedPrefix {
+        /// System prompt length in tokens.
+        system_tokens: u64,
+        /// Question length in tokens.
+        tokens: Distribution,
+    },
+    /// Conversations of `turns` questions (closed loop only): each request sends the system
+    /// prompt, every earlier question and the answer the server gave it, and a new question.
+    MultiTurn {
+        /// System prompt length in tokens (0: none but an empty one).
+        system_tokens: u64,
+        /// Each question's length in tokens.
+        tokens: Distribution,
+        /// Questions per conversation.
+        turns: u64,
+    },
 }
 
 /// A fixed number or a uniform range.
@@ -215,6 +233,14 @@ impl Scenario {
                     "tenant `{}`: arrival parameters must be positive",
                     t.label
                 ));
+            }
+            if let Prompts::MultiTurn { turns, .. } = t.prompts {
+                if !matches!(t.arrival, Arrival::ClosedLoop { .. }) || turns == 0 {
+                    return invalid(format!(
+                        "tenant `{}`: `multi_turn` prompts need a `closed_loop` arrival (each client holds its conversation) and `turns` of at least 1",
+                        t.label
+                    ));
+                }
             }
         }
         Ok(())

@@ -278,12 +278,22 @@ pub struct Pool {
     pub max_outstanding_tokens: Option<u64>,
 }
 
+/// How far above the mean load (with the new request) a replica may be and still take a
+/// request for its cached prefix: consistent hashing with bounded loads (Mirrokni, Thorup and
+/// Zadimoghaddam), so affinity never piles work on one replica.
+pub const PREFIX_AFFINITY_LOAD_FACTOR: f64 = 1.25;
+
 impl Pool {
-    /// The least loaded replica that is up and has room for `tokens`, other than `exclude`.
-    /// Healthy replicas go before one that is only up for a trial.
+    /// Where a request goes, among the replicas that are up and have room for `tokens`, other
+    /// than `exclude` (healthy ones before one only up for a trial): the replica that ranks
+    /// first for `prefix_key` (rendezvous hashing, so requests whose prompts start alike meet
+    /// the replica that has their prefix cached, and a replica leaving moves only its own
+    /// keys), unless its load is past [`PREFIX_AFFINITY_LOAD_FACTOR`] times the mean (the new
+    /// request counted in the mean); then the next in rank within that bound.
     pub(crate) fn choose(
         &self,
         tokens: u64,
+        prefix_key: u64,
         exclude: Option<&Replica>,
         now: Instant,
     ) -> Option<&Arc<Replica>> {
@@ -292,7 +302,8 @@ impl Pool {
             Some(max) => r.load() == 0 || r.load() + tokens <= max,
             None => true,
         };
-        self.replicas
+        let open: Vec<(bool, &Arc<Replica>)> = self
+            .replicas
             .iter()
             .filter(|r| exclude.is_none_or(|e| !std::ptr::eq(e, r.as_ref())))
             .filter_map(|r| match r.availability(now) {
@@ -300,7 +311,29 @@ impl Pool {
                 availability => Some((availability != Availability::Closed, r)),
             })
             .filter(|(_, r)| has_room(r))
-            .min_by_key(|(trial, r)| (*trial, r.load()))
+            .collect();
+        // Trials only when no healthy replica is open.
+        let trial = open.iter().all(|(trial, _)| *trial);
+        let candidates: Vec<&Arc<Replica>> = open
+            .into_iter()
+            .filter(|(t, _)| *t == trial)
             .map(|(_, r)| r)
+            .collect();
+        let total: u64 = candidates.iter().map(|r| r.load()).sum::<u64>() + tokens;
+        let bound = PREFIX_AFFINITY_LOAD_FACTOR * total as f64 / candidates.len().max(1) as f64;
+        candidates
+            .iter()
+            .filter(|r| r.load() as f64 <= bound)
+            .max_by_key(|r| rendezvous(prefix_key, &r.name))
+            .or_else(|| candidates.iter().min_by_key(|r| r.load()))
+            .copied()
     }
+}
+
+/// The rank of replica `name` for `key`: each key prefers the replica with the highest.
+fn rendezvous(key: u64, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (key, name).hash(&mut hasher);
+    hasher.finish()
 }

@@ -17,10 +17,12 @@ use crate::request::{generation_request, Requester, RouteRequest};
 pub(crate) trait Placement: Send + Sync {
     /// The first replica, in the tier's pool order, that is up, not saturated and not
     /// `exclude`; its breaker has let the request through.
+    /// Requests with the same `prefix_key` go to the same replica while its load allows.
     fn choose(
         &self,
         tier: Option<&str>,
         tokens: u64,
+        prefix_key: u64,
         exclude: Option<&Replica>,
     ) -> Option<(Arc<Pool>, Arc<Replica>)>;
 }
@@ -214,9 +216,10 @@ impl RoutedStream {
     /// The same request on another replica (any pool of the tier), if one can take it.
     fn retry(&self, failed: &Replica) -> Option<(Arc<Pool>, Reservation, TokenStream)> {
         let tokens = self.request.reserved_tokens();
+        let key = self.request.prefix_key(&self.requester);
         let (pool, replica) =
             self.router
-                .choose(self.requester.tier.as_deref(), tokens, Some(failed))?;
+                .choose(self.requester.tier.as_deref(), tokens, key, Some(failed))?;
         let request = generation_request(&self.requester, &self.request, pool.kind);
         match replica.engine.submit(request) {
             Ok(inner) => Some((pool, replica.reserve(tokens), inner)),

@@ -30,6 +30,12 @@ impl RoutablePrompt {
     }
 }
 
+/// Token ids of a prompt's start that decide its [`RouteRequest::prefix_key`].
+pub const PREFIX_KEY_TOKENS: usize = 64;
+
+/// Bytes of an untokenised prompt's start that decide its [`RouteRequest::prefix_key`].
+pub const PREFIX_KEY_BYTES: usize = 256;
+
 /// Who asks, for fair share, routing and traces.
 #[derive(Debug, Clone)]
 pub struct Requester {
@@ -61,6 +67,42 @@ impl RouteRequest {
     /// Saturating: a huge `max_tokens` cannot wrap into a small reservation.
     pub fn reserved_tokens(&self) -> u64 {
         (self.prompt.tokens() as u64).saturating_add(self.params.max_tokens as u64)
+    }
+
+    /// The key of where the prompt starts, within the requester's prefix-cache scope: requests
+    /// with the same key would reuse each other's cached blocks, so placement keeps them on one
+    /// replica while its load allows ([`crate::pool::Pool::choose`]). Covers the first
+    /// [`PREFIX_KEY_TOKENS`] token ids of a tokenised prompt, else the first
+    /// [`PREFIX_KEY_BYTES`] bytes of its text: enough for a shared system prompt to count,
+    /// short enough that different questions after it still do.
+    pub fn prefix_key(&self, requester: &Requester) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        match &requester.cache_scope {
+            Some(scope) => ("scope", scope.as_str()).hash(&mut hasher),
+            None => ("tenant", requester.tenant.as_str()).hash(&mut hasher),
+        }
+        let mut text_head = |texts: &mut dyn Iterator<Item = &str>| {
+            let mut left = PREFIX_KEY_BYTES;
+            for text in texts {
+                let take = text.len().min(left);
+                text.as_bytes()[..take].hash(&mut hasher);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        };
+        match &self.prompt.prepared.prompt {
+            Prompt::Tokens(ids) => ids[..ids.len().min(PREFIX_KEY_TOKENS)].hash(&mut hasher),
+            Prompt::Text(text) => text_head(&mut std::iter::once(text.as_str())),
+            Prompt::Chat(messages) | Prompt::ChatWithTools(messages, _) => text_head(
+                &mut messages
+                    .iter()
+                    .flat_map(|m| [m.role.as_str(), m.content.as_str()]),
+            ),
+        }
+        hasher.finish()
     }
 
     /// [`Self::reserved_tokens`] of several requests together (saturating).

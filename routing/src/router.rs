@@ -239,10 +239,12 @@ impl ModelRouter {
     ) -> Result<Vec<RoutedStream>, RouteError> {
         let tier = requester.tier.as_deref();
         let total = RouteRequest::reserved_tokens_of(&requests);
+        // The choices of one request share a prompt, or their first prompt speaks for them.
+        let key = requests.first().map_or(0, |r| r.prefix_key(requester));
         let mut excluded: Option<Arc<Replica>> = None;
         // A local engine whose thread died refuses at submission: try one other replica.
         for _attempt in 0..2 {
-            let Some((pool, replica)) = self.choose(tier, total, excluded.as_deref()) else {
+            let Some((pool, replica)) = self.choose(tier, total, key, excluded.as_deref()) else {
                 break;
             };
             let engine_requests = requests
@@ -304,13 +306,14 @@ impl Placement for ModelRouter {
         &self,
         tier: Option<&str>,
         tokens: u64,
+        prefix_key: u64,
         exclude: Option<&Replica>,
     ) -> Option<(Arc<Pool>, Arc<Replica>)> {
         let now = Instant::now();
         for pool in self.order(tier) {
             // Another request may have taken a half-open replica's one trial meanwhile: the
             // acquire fails, and that replica, now out, is not chosen again.
-            while let Some(replica) = pool.choose(tokens, exclude, now) {
+            while let Some(replica) = pool.choose(tokens, prefix_key, exclude, now) {
                 if replica.acquire(now) {
                     return Some((pool.clone(), replica.clone()));
                 }
@@ -523,6 +526,26 @@ mod tests {
         }
     }
 
+    /// A requester whose requests ([`request`]'s prompt) rank the first replica of the tier's
+    /// first pool highest, so that tests scripting that replica's failure meet it first (while
+    /// it can take requests at all).
+    fn first_replicas_requester(router: &ModelRouter, tier: Option<&str>) -> Requester {
+        let pool = &router.order(tier)[0];
+        let now = Instant::now();
+        (0..1000)
+            .map(|i| Requester {
+                tenant: format!("t{i}").parse().unwrap(),
+                ..requester(tier)
+            })
+            .find(|who| {
+                let key = request(router, tier, 3).prefix_key(who);
+                pool.choose(0, key, None, now)
+                    .is_some_and(|r| Arc::ptr_eq(r, &pool.replicas[0]))
+            })
+            // The first replica is out: any requester will do.
+            .unwrap_or_else(|| requester(tier))
+    }
+
     /// Every `Routed` event's `(pool, replica)` and whether the stream finished.
     async fn drain(mut stream: RoutedStream) -> (Vec<(String, String)>, bool) {
         let (mut routes, mut finished) = (Vec::new(), false);
@@ -545,8 +568,9 @@ mod tests {
         router: &Arc<ModelRouter>,
         tier: Option<&str>,
     ) -> (Vec<(String, String)>, bool) {
+        let who = first_replicas_requester(router, tier);
         let mut streams = router
-            .submit_all(&requester(tier), vec![request(router, tier, 3)])
+            .submit_all(&who, vec![request(router, tier, 3)])
             .unwrap();
         drain(streams.remove(0)).await
     }
@@ -584,6 +608,65 @@ mod tests {
             "a is saturated: 3 + 15 outstanding, 18 more would pass 20"
         );
         drop(first);
+    }
+
+    #[test]
+    fn requests_that_start_alike_meet_one_replica_within_a_load_bound() {
+        let engines: Vec<Arc<dyn Engine>> = (0..4).map(|_| synthetic(0.0)).collect();
+        let pool = pool("p", engines, None);
+        let now = Instant::now();
+        let chosen = |key: u64| pool.choose(10, key, None, now).unwrap().clone();
+        // Idle: each key has its replica, the same every time, and the keys spread over all.
+        let mut used = std::collections::HashSet::new();
+        for key in 0..64u64 {
+            let first = chosen(key);
+            assert!(Arc::ptr_eq(&chosen(key), &first));
+            used.insert(first.name.clone());
+        }
+        assert_eq!(used.len(), 4, "keys spread over every replica");
+        // Its replica loaded past 1.25 times the mean: the key goes elsewhere, then comes back.
+        let preferred = chosen(7);
+        let held = preferred.reserve(1000);
+        assert!(!Arc::ptr_eq(&chosen(7), &preferred));
+        drop(held);
+        assert!(Arc::ptr_eq(&chosen(7), &preferred));
+        // Without that replica (it failed), only its own keys move.
+        let moved = (0..64u64)
+            .filter(|&key| {
+                let without = pool.choose(10, key, Some(&preferred), now).unwrap();
+                !Arc::ptr_eq(without, &chosen(key))
+            })
+            .count();
+        let its_own = (0..64u64)
+            .filter(|&key| Arc::ptr_eq(&chosen(key), &preferred))
+            .count();
+        assert_eq!(moved, its_own);
+    }
+
+    #[test]
+    fn the_prefix_key_is_the_scope_and_the_prompts_start() {
+        let router = ModelRouter::new(vec![pool("a", vec![synthetic(0.0)], None)], &[], &[]);
+        let text = |t: &str| RouteRequest {
+            prompt: router.prepare(None, Prompt::Text(t.into())).unwrap(),
+            params: SamplingParams::greedy(1),
+        };
+        let system = "You are a careful assistant. ".repeat(20);
+        let a = text(&format!("{system} What is the time?"));
+        let b = text(&format!("{system} Where is the station?"));
+        let t = requester(None);
+        assert_eq!(a.prefix_key(&t), b.prefix_key(&t), "same start, same key");
+        assert_ne!(a.prefix_key(&t), text("Hello").prefix_key(&t));
+        let other_tenant = Requester {
+            tenant: "u".parse().unwrap(),
+            ..requester(None)
+        };
+        assert_ne!(a.prefix_key(&t), a.prefix_key(&other_tenant));
+        let group = |tenant: &str| Requester {
+            tenant: tenant.parse().unwrap(),
+            cache_scope: Some("group\0g".into()),
+            ..requester(None)
+        };
+        assert_eq!(a.prefix_key(&group("t")), a.prefix_key(&group("u")));
     }
 
     fn waiting_router(max_wait: Duration, max_waiting: usize) -> Arc<ModelRouter> {
@@ -765,7 +848,10 @@ mod tests {
         let pools = vec![stalling_pool("p", engines, None, STALL)];
         let router = Arc::new(ModelRouter::new(pools, &[], &[]));
         let mut streams = router
-            .submit_all(&requester(None), vec![request(&router, None, 3)])
+            .submit_all(
+                &first_replicas_requester(&router, None),
+                vec![request(&router, None, 3)],
+            )
             .unwrap();
         let (routes, finished) = drain_bounded(streams.remove(0)).await;
         assert!(finished, "failed over and finished on the live replica");
@@ -798,7 +884,10 @@ mod tests {
         )];
         let router = Arc::new(ModelRouter::new(pools, &[], &[]));
         let mut streams = router
-            .submit_all(&requester(None), vec![request(&router, None, 10)])
+            .submit_all(
+                &first_replicas_requester(&router, None),
+                vec![request(&router, None, 10)],
+            )
             .unwrap();
         let mut stream = streams.remove(0);
         let mut tokens = 0;
@@ -833,7 +922,7 @@ mod tests {
         // One batch goes to one replica: both to p-0.
         let streams = router
             .submit_all(
-                &requester(None),
+                &first_replicas_requester(&router, None),
                 vec![request(&router, None, 20), request(&router, None, 20)],
             )
             .unwrap();

@@ -98,12 +98,8 @@ def rounds(name):
 def load(name):
     r = rounds(name)
     return r[0] if r else None
-def pct(values, p):  # linear between ranks, as the harness reports
-    values = sorted(values)
-    if not values: return None
-    rank = p / 100 * (len(values) - 1)
-    lo, hi = int(rank), min(int(rank) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (rank - lo)
+sys.path.insert(0, "scripts/lib")
+from bench_stats import pct
 print("| run | tenant | rounds | ok | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | output tok/s |")
 print("|---|---|---|---|---|---|---|---|---|")
 for name in ["quiet-alone", "noisy-alone", "batch", "batch-nopause", "batch-strict", "same-class", "before", "weighted"]:

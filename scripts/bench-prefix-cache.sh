@@ -65,12 +65,8 @@ done
 python3 - "$OUT" "$SCENARIOS" <<'PY'
 import glob, json, os, sys
 out, scenarios = sys.argv[1], sys.argv[2].split()
-def pct(values, p):  # linear between ranks, as the harness reports
-    values = sorted(values)
-    if not values: return None
-    rank = p / 100 * (len(values) - 1)
-    lo, hi = int(rank), min(int(rank) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (rank - lo)
+sys.path.insert(0, "scripts/lib")
+from bench_stats import pct
 print("| scenario | cache | rounds | ok | prompt tok (mean) | cached | TTFT p50 ms | TTFT p90 ms | ITL p50 ms | output tok/s |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 figures = {}

@@ -133,6 +133,16 @@ fn finish_after_first(streams: Vec<engines::TokenStream>, firsts: Vec<u32>) -> V
         .collect()
 }
 
+/// Prompt (and recompute) tokens run over `records`.
+fn prefill_tokens(records: &[StepRecord]) -> usize {
+    records
+        .iter()
+        .flat_map(|r| &r.chunks)
+        .filter(|c| c.prefill)
+        .map(|c| c.tokens)
+        .sum()
+}
+
 /// Step records until the core is idle (it publishes the last one after the final tokens).
 fn records_until_idle(engine: &LocalEngine) -> Vec<StepRecord> {
     let mut records = Vec::new();
@@ -691,12 +701,7 @@ fn n_choices_share_the_prompts_kv_blocks_and_agree() {
     );
     assert!(busiest <= prompt_blocks + 4 * own, "{busiest} blocks held");
     // The prompt ran once in full; the others computed only its last partial block.
-    let prefill: usize = records
-        .iter()
-        .flat_map(|r| &r.chunks)
-        .filter(|c| c.prefill)
-        .map(|c| c.tokens)
-        .sum();
+    let prefill = prefill_tokens(&records);
     assert!(
         prefill < prompt_tokens + 4 * block_size,
         "{prefill} prompt tokens computed"
@@ -785,13 +790,7 @@ fn greedy_output_is_the_same_with_and_without_a_cache_hit() {
         prompt.iter().sum::<usize>()
     );
     // Only the tokens not found were computed.
-    let records = records_until_idle(&engine);
-    let prefill: usize = records
-        .iter()
-        .flat_map(|r| &r.chunks)
-        .filter(|c| c.prefill)
-        .map(|c| c.tokens)
-        .sum();
+    let prefill = prefill_tokens(&records_until_idle(&engine));
     assert_eq!(
         prefill,
         prompt.iter().sum::<usize>() - cached.iter().sum::<usize>()

@@ -629,16 +629,9 @@ async fn cached_tokens(
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
-    let response = gw
-        .client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let value: serde_json::Value = response.json().await.unwrap();
+    let (status, value) = gw
+        .post_raw("/v1/chat/completions", body.to_string(), Some(key))
+        .await;
     match status {
         200 => Ok(value["usage"]["prompt_tokens_details"]["cached_tokens"]
             .as_u64()

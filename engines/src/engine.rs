@@ -107,6 +107,8 @@ pub struct Usage {
     /// Prompt tokens whose keys and values came from the prefix cache instead of being
     /// computed (OpenAI's `usage.prompt_tokens_details.cached_tokens`).
     pub cached_tokens: usize,
+    /// `prompt_tokens` is the gateway's own estimate: a remote upstream reported no usage.
+    pub prompt_estimated: bool,
 }
 
 /// Timing of one request as the engine saw it.

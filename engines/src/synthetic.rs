@@ -155,6 +155,7 @@ async fn stream_tokens(job: Job, interval: Option<Duration>, counters: Arc<Engin
                 prompt_tokens: job.prompt_tokens,
                 completion_tokens: sent,
                 cached_tokens: 0,
+                prompt_estimated: false,
             },
             timing: RequestTiming {
                 queue: Duration::ZERO,

@@ -37,6 +37,8 @@ pub struct RequestAccount {
     span: tracing::Span,
     /// Wall-clock time of submission to the engine, the origin of the engine's phase timings.
     submitted: SystemTime,
+    /// Prompts billed at an estimate whose engine has not counted them yet.
+    estimated_prompts: usize,
     settled: bool,
 }
 
@@ -72,6 +74,7 @@ impl RequestAccount {
                 finish_reason: None,
                 started_at_ms: unix_ms_now(),
                 ended_at_ms: 0,
+                prompt_tokens_estimated: false,
             },
             replica: None,
             started: Instant::now(),
@@ -79,6 +82,7 @@ impl RequestAccount {
             time_to_first_token: None,
             span,
             submitted: SystemTime::now(),
+            estimated_prompts: 0,
             settled: false,
         }
     }
@@ -107,10 +111,34 @@ impl RequestAccount {
         }
     }
 
-    /// The upstream counted the request's input itself (remote embeddings): its count goes in
-    /// the record instead of the gateway's estimate.
-    pub fn set_prompt_tokens(&mut self, tokens: u64) {
-        self.record.prompt_tokens = tokens;
+    /// `n` of the request's prompts were billed at admission at the gateway's estimate (no
+    /// local engine tokenised them): until their engine counts them
+    /// ([`Self::on_prompt_counted`]), the record says its prompt tokens are an estimate.
+    pub fn prompts_estimated(&mut self, n: usize) {
+        self.estimated_prompts = n;
+    }
+
+    /// The engine counted one prompt that was billed `billed` tokens at admission: `counted`
+    /// replaces them in the record and in the tenant's quota counters, unless the count is
+    /// itself an estimate (an upstream that reports no usage). `was_estimate`: the admission's
+    /// figure was an estimate (see [`Self::prompts_estimated`]).
+    pub fn on_prompt_counted(
+        &mut self,
+        billed: u64,
+        counted: u64,
+        is_estimate: bool,
+        was_estimate: bool,
+    ) {
+        if is_estimate {
+            return;
+        }
+        if was_estimate {
+            self.estimated_prompts = self.estimated_prompts.saturating_sub(1);
+        }
+        if counted != billed {
+            self.record.prompt_tokens = self.record.prompt_tokens.saturating_sub(billed) + counted;
+            self.admission.correct_prompt_tokens(billed, counted);
+        }
     }
 
     /// A token was generated (of any choice): billed even if the client leaves after it.
@@ -192,6 +220,8 @@ impl RequestAccount {
     fn close(&mut self, status: RecordStatus) -> UsageRecord {
         self.settled = true;
         self.record.status = status;
+        self.record.prompt_tokens_estimated =
+            self.estimated_prompts > 0 && self.record.prompt_tokens > 0;
         self.record.ended_at_ms = unix_ms_now();
         let e2e = self.started.elapsed().as_secs_f64();
         if let Some(h) = &self.latencies {

@@ -646,3 +646,100 @@ async fn load_balancing_spreads_concurrent_requests_by_outstanding_tokens() {
         assert_eq!(replica["in_flight"], 0, "{replica}");
     }
 }
+
+/// An OpenAI-compatible upstream that streams `"a b c"` as three tokens and then reports a
+/// usage of 12 prompt tokens, or no usage at all.
+async fn scripted_upstream(reports_usage: bool) -> String {
+    let chunk = |delta: serde_json::Value, finish: Value| {
+        json!({"id": "x", "object": "chat.completion.chunk", "model": "syn",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for word in ["a", " b", " c"] {
+        events.push(chunk(json!({"content": word}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if reports_usage {
+        events.push(
+            json!({"id": "x", "object": "chat.completion.chunk", "model": "syn", "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}),
+        );
+    }
+    let body: String = events
+        .iter()
+        .map(|e| format!("data: {e}\n\n"))
+        .chain(["data: [DONE]\n\n".to_string()])
+        .collect();
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let body = body.clone();
+                async move { ([("content-type", "text/event-stream")], body) }
+            }),
+        )
+        .route(
+            "/v1/models",
+            axum::routing::get(|| async { axum::Json(json!({"object": "list", "data": []})) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// The ledger's records of the standard tenant.
+async fn standard_records(gateway: &TestGateway) -> Vec<Value> {
+    let (status, body) = gateway
+        .get("/admin/usage/records?tenant=standard", Some(ADMIN_KEY))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_remote_pool_bills_the_upstreams_usage_and_marks_an_estimate() {
+    let question = json!({
+        "model": "syn",
+        "messages": [{"role": "user", "content": "one two three"}],
+        "max_tokens": 8,
+    });
+    for reports_usage in [true, false] {
+        let upstream = scripted_upstream(reports_usage).await;
+        let gateway = gateway_over_workers(&[&upstream], NO_HEALTH_CHECKS, "");
+        let (status, whole) = gateway.post("/v1/chat/completions", question.clone()).await;
+        assert_eq!(status, 200, "{whole}");
+        let mut streamed = question.clone();
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        let events = gateway.stream("/v1/chat/completions", streamed).await;
+        let stream_usage = &events[events.len() - 2]["usage"];
+        let records = standard_records(&gateway).await;
+        assert_eq!(records.len(), 2, "{records:?}");
+        let billed = whole["usage"]["prompt_tokens"].as_u64().unwrap();
+        if reports_usage {
+            assert_eq!(billed, 12, "the client sees the upstream's count");
+        } else {
+            assert_ne!(billed, 12, "no usage: the gateway's estimate");
+        }
+        assert_eq!(stream_usage["prompt_tokens"], billed);
+        for record in &records {
+            assert_eq!(record["prompt_tokens"], billed, "{record}");
+            assert_eq!(record["completion_tokens"], 3, "{record}");
+            assert_eq!(
+                record["prompt_tokens_estimated"], !reports_usage,
+                "{record}"
+            );
+        }
+        // The quota's day counts what the ledger bills.
+        let standard = gateway.admin_tenant(ADMIN_KEY, "standard").await;
+        assert_eq!(
+            standard["live"]["tokens_used_today"],
+            2 * (billed + 3),
+            "{standard}"
+        );
+    }
+}

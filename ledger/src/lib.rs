@@ -312,6 +312,7 @@ mod tests {
             finish_reason: Some("length".into()),
             started_at_ms: 1_000,
             ended_at_ms: 2_000 + i as i64,
+            prompt_tokens_estimated: false,
         }
     }
 
@@ -381,6 +382,7 @@ mod postgres_tests {
             finish_reason: None,
             started_at_ms: 1_000,
             ended_at_ms: 2_000 + i as i64,
+            prompt_tokens_estimated: false,
         }
     }
 

@@ -89,13 +89,14 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
     let finish: Vec<Option<&str>> = records.iter().map(|r| r.finish_reason.as_deref()).collect();
     let started = number(|r| r.started_at_ms);
     let ended = number(|r| r.ended_at_ms);
+    let estimated: Vec<bool> = records.iter().map(|r| r.prompt_tokens_estimated).collect();
     let mut tx = client.transaction()?;
     tx.execute(
         &format!(
             "INSERT INTO usage ({RECORD_COLUMNS})
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::text[], $9::text[],
-                                  $10::bigint[], $11::bigint[])"
+                                  $10::bigint[], $11::bigint[], $12::boolean[])"
         ),
         &[
             &request_ids,
@@ -109,6 +110,7 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
             &finish,
             &started,
             &ended,
+            &estimated,
         ],
     )?;
     tx.commit()
@@ -169,6 +171,7 @@ impl Reader for PostgresReader {
                     finish_reason: row.try_get(8)?,
                     started_at_ms: row.try_get(9)?,
                     ended_at_ms: row.try_get(10)?,
+                    prompt_tokens_estimated: row.try_get(11)?,
                 })
             })
             .collect()

@@ -49,8 +49,13 @@ pub struct UsageRecord {
     pub model: String,
     /// The pool that served it.
     pub pool: String,
-    /// Prompt tokens (the upstream's count for remote pools that report usage).
+    /// Prompt tokens: the engine's own count (a local engine's tokeniser, or a remote
+    /// upstream's reported `usage`).
     pub prompt_tokens: u64,
+    /// `prompt_tokens` is the gateway's estimate instead: a remote upstream reported no usage
+    /// (or the request ended before it did).
+    #[serde(default)]
+    pub prompt_tokens_estimated: bool,
     /// Tokens generated, including those of a cancelled request.
     pub completion_tokens: u64,
     /// How it ended.

@@ -59,7 +59,7 @@ fn commit(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Result<(
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ))?;
         for r in records {
             insert.execute(rusqlite::params![
@@ -74,6 +74,7 @@ fn commit(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Result<(
                 r.finish_reason,
                 r.started_at_ms,
                 r.ended_at_ms,
+                r.prompt_tokens_estimated,
             ])?;
         }
     }
@@ -126,6 +127,7 @@ impl Reader for SqliteReader {
                 finish_reason: row.get(8)?,
                 started_at_ms: row.get(9)?,
                 ended_at_ms: row.get(10)?,
+                prompt_tokens_estimated: row.get(11)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

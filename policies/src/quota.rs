@@ -429,6 +429,24 @@ impl Admission {
         });
     }
 
+    /// The prompt was counted again where it ran (a remote upstream's `usage`): `counted`
+    /// replaces the `billed` tokens of the admission's count, in the reservation's use and in
+    /// today's usage alike.
+    pub fn correct_prompt_tokens(&mut self, billed: u64, counted: u64) {
+        self.prompt_tokens = self.prompt_tokens.saturating_sub(billed) + counted;
+        if !self.started {
+            return;
+        }
+        if counted >= billed {
+            self.used_tokens
+                .fetch_add(counted - billed, Ordering::AcqRel);
+        } else {
+            self.used_tokens
+                .fetch_sub(billed - counted, Ordering::AcqRel);
+        }
+        self.with_today(|u| u.prompt_tokens = u.prompt_tokens.saturating_sub(billed) + counted);
+    }
+
     /// Adds completion tokens as they are generated (prompt tokens count from admission).
     pub fn record_completion_tokens(&self, n: u64) {
         self.used_tokens.fetch_add(n, Ordering::AcqRel);

@@ -19,6 +19,11 @@ impl RoutablePrompt {
         self.prepared.tokens
     }
 
+    /// Whether [`Self::tokens`] is an estimate (no local engine tokenised the prompt).
+    pub fn is_estimate(&self) -> bool {
+        self.prepared.estimated
+    }
+
     /// What to submit to `replica`'s kind of engine: remote upstreams get the original text or
     /// conversation (they render and tokenise it themselves); local engines get the token ids
     /// when a local engine prepared them, else the original.

@@ -430,6 +430,7 @@ mod tests {
                         prompt_tokens: 1,
                         completion_tokens: tokens,
                         cached_tokens: 0,
+                        prompt_estimated: false,
                     },
                     timing: Default::default(),
                 }));

@@ -186,6 +186,7 @@ impl Sequence {
             prompt_tokens: self.prompt_ids.len(),
             completion_tokens: self.generated.len(),
             cached_tokens: self.cached_tokens,
+            prompt_estimated: false,
         }
     }
 

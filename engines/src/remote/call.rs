@@ -185,6 +185,7 @@ impl UpstreamCall {
             prompt_tokens: self.prompt_estimate,
             completion_tokens: *generated,
             cached_tokens: 0,
+            prompt_estimated: true,
         });
         self.counters
             .prompt_tokens

@@ -109,6 +109,7 @@ pub fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
             cached_tokens: u["prompt_tokens_details"]["cached_tokens"]
                 .as_u64()
                 .unwrap_or(0) as usize,
+            prompt_estimated: false,
         });
     }
     let Some(choice) = chunk["choices"].get(0) else {

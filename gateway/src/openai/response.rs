@@ -489,6 +489,7 @@ mod tests {
             prompt_tokens: 3,
             completion_tokens: 4,
             cached_tokens: 0,
+            prompt_estimated: false,
         });
         let last = parse(meta.usage_chunk(usage));
         assert_eq!(last["choices"], json!([]));

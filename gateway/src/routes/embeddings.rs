@@ -183,11 +183,14 @@ pub async fn embed(
             match remote.embed(&input, dimensions).await {
                 Ok((answer, pool, replica)) => {
                     account.on_routed(&pool, &replica);
-                    // The upstream counted the tokens: its count is billed.
+                    // The upstream counted the tokens: its count is billed (the estimate,
+                    // marked, when it says nothing).
+                    account.prompts_estimated(1);
                     let tokens = answer
                         .prompt_tokens
                         .map_or(cost.prompt_tokens, |n| n as u64);
-                    account.set_prompt_tokens(tokens);
+                    let reported = answer.prompt_tokens.is_some();
+                    account.on_prompt_counted(cost.prompt_tokens, tokens, !reported, true);
                     Ok((answer.vectors, tokens))
                 }
                 Err(engines::UpstreamError::Refused(refusal)) => {

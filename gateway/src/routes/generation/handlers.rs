@@ -10,7 +10,7 @@ use routing::Requester;
 use tower_http::request_id::RequestId;
 
 use super::preamble::PreparedGeneration;
-use super::respond::{sse_events, whole_response, BestOf, Relay};
+use super::respond::{sse_events, whole_response, BestOf, BilledPrompt, Relay};
 use crate::accounting::RequestAccount;
 use crate::error::ApiError;
 use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
@@ -37,6 +37,15 @@ pub async fn generate(
     };
     // All prompts or none: a prompt that does not fit fails the whole request (and, with
     // nothing generated, it is not billed: the admission is dropped and refunded).
+    let billed: Vec<BilledPrompt> = prepared
+        .requests
+        .iter()
+        .step_by(prepared.choices_per_prompt.max(1))
+        .map(|r| BilledPrompt {
+            tokens: r.prompt.tokens() as u64,
+            estimated: r.prompt.is_estimate(),
+        })
+        .collect();
     // Waits (by priority class and fair share) while every replica is saturated, if the
     // model's pools let requests wait.
     let streams = prepared
@@ -52,7 +61,7 @@ pub async fn generate(
         cost.prompt_tokens,
         admission,
     );
-    let relay = Relay::new(streams, prepared.choices_per_prompt, account);
+    let relay = Relay::new(streams, prepared.choices_per_prompt, billed, account);
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {
         Sse::new(sse_events(

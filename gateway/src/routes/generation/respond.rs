@@ -83,17 +83,31 @@ pub struct Relay {
     usage: UsageBody,
     choices: usize,
     choices_per_prompt: usize,
+    /// Each prompt's tokens as billed at admission, and whether that was an estimate.
+    prompts: Vec<BilledPrompt>,
     open: usize,
+}
+
+/// A prompt's tokens as admission billed them: the engine's own count replaces them when it
+/// comes (a remote upstream's `usage`).
+#[derive(Debug, Clone, Copy)]
+pub struct BilledPrompt {
+    /// Tokens billed.
+    pub tokens: u64,
+    /// An estimate (no local engine tokenised the prompt).
+    pub estimated: bool,
 }
 
 impl Relay {
     /// Relays `streams` (one per choice, in choice order, `choices_per_prompt` choices of each
-    /// prompt together), accounting on `account`.
+    /// prompt together; `prompts` as billed, one per prompt), accounting on `account`.
     pub fn new(
         streams: Vec<RoutedStream>,
         choices_per_prompt: usize,
-        account: RequestAccount,
+        prompts: Vec<BilledPrompt>,
+        mut account: RequestAccount,
     ) -> Self {
+        account.prompts_estimated(prompts.iter().filter(|p| p.estimated).count());
         let choices = streams.len();
         // Every choice's events, interleaved as they come, tagged with the choice's index. The
         // routed stream is boxed: `unfold` moves its state in and out of a new future for every
@@ -111,6 +125,7 @@ impl Relay {
             usage: UsageBody::default(),
             choices,
             choices_per_prompt: choices_per_prompt.max(1),
+            prompts,
             open: choices,
         }
     }
@@ -140,10 +155,19 @@ impl Relay {
                 TokenEvent::Finished(completion) => {
                     account.on_finished(&completion);
                     let mut usage = completion.usage;
-                    // A prompt's tokens count once, with its first choice.
+                    // A prompt's tokens count once, with its first choice; the engine's count
+                    // is what is billed.
                     if choice % self.choices_per_prompt != 0 {
                         usage.prompt_tokens = 0;
                         usage.cached_tokens = 0;
+                    } else if let Some(billed) = self.prompts.get(choice / self.choices_per_prompt)
+                    {
+                        account.on_prompt_counted(
+                            billed.tokens,
+                            usage.prompt_tokens as u64,
+                            usage.prompt_estimated,
+                            billed.estimated,
+                        );
                     }
                     self.usage.add(usage);
                     self.open -= 1;

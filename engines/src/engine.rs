@@ -4,8 +4,11 @@
 //! the engine notices at its next step and frees the sequence.
 
 use policies::{Share, TenantId};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -230,13 +233,25 @@ pub struct PreparedPrompt {
 }
 
 /// The receiving end of a submission.
-#[derive(Debug)]
 pub struct TokenStream {
     /// The engine's id for this submission (as in its step records).
     pub id: u64,
     /// Prompt length in tokens, known at submission.
     pub prompt_tokens: usize,
     receiver: mpsc::UnboundedReceiver<TokenEvent>,
+    /// The work that feeds `receiver`, when the reader drives it (see [`TokenStream::driven`]);
+    /// `None` for an engine with a thread or task of its own, or once it has finished.
+    producer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for TokenStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStream")
+            .field("id", &self.id)
+            .field("prompt_tokens", &self.prompt_tokens)
+            .field("driven", &self.producer.is_some())
+            .finish()
+    }
 }
 
 impl TokenStream {
@@ -250,22 +265,67 @@ impl TokenStream {
             id,
             prompt_tokens,
             receiver,
+            producer: None,
+        }
+    }
+
+    /// A stream whose events come from `producer`, run by whoever reads the stream, inside
+    /// [`Self::next`]: no task of its own, so a token reaches the reader without waking another
+    /// task (a remote call's relay). Dropping the stream drops the producer, and with it its
+    /// work (a remote call's connection).
+    pub fn driven(
+        id: u64,
+        prompt_tokens: usize,
+        receiver: mpsc::UnboundedReceiver<TokenEvent>,
+        producer: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Self {
+            producer: Some(Box::pin(producer)),
+            ..Self::new(id, prompt_tokens, receiver)
         }
     }
 
     /// The next event; `None` if the engine dropped the sender without a final event.
     pub async fn next(&mut self) -> Option<TokenEvent> {
-        self.receiver.recv().await
+        std::future::poll_fn(|cx| self.poll_next_event(cx)).await
+    }
+
+    /// Polls for the next event, running the producer (if the stream has one) until it has
+    /// sent one or waits.
+    fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<TokenEvent>> {
+        loop {
+            if let Poll::Ready(event) = self.receiver.poll_recv(cx) {
+                return Poll::Ready(event);
+            }
+            let Some(producer) = &mut self.producer else {
+                return Poll::Pending;
+            };
+            match producer.as_mut().poll(cx) {
+                // Done: its sender is gone, so the receiver now drains and then ends.
+                Poll::Ready(()) => self.producer = None,
+                Poll::Pending => {
+                    // It may have sent something before it waited.
+                    return self.receiver.poll_recv(cx);
+                }
+            }
+        }
     }
 
     /// Gives the request up, as dropping the stream does, while keeping the stream: the
-    /// engine sees its receiver closed and frees the sequence.
+    /// engine sees its receiver closed and frees the sequence (a driven stream drops its
+    /// producer).
     pub fn cancel(&mut self) {
+        self.producer = None;
         self.receiver.close();
     }
 
-    /// Blocking variant for non-async callers (tests, benchmarks).
+    /// Blocking variant for non-async callers (tests, benchmarks). A driven stream's producer
+    /// runs on this thread (it must not need a runtime's timers or sockets: remote engines'
+    /// streams are read from async code).
     pub fn blocking_next(&mut self) -> Option<TokenEvent> {
+        if self.producer.is_some() {
+            return futures::executor::block_on(self.next());
+        }
         self.receiver.blocking_recv()
     }
 }

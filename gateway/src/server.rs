@@ -33,9 +33,11 @@ pub fn run(
 ) -> anyhow::Result<()> {
     // Before any other thread starts: it sets the environment candle's kernels read.
     engines::configure_threads(config.engine.threads);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.server.worker_threads {
+        runtime.worker_threads(workers.get());
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         // Inside the runtime: the gRPC trace exporter needs one. Dropped last: flushes spans.
         let _telemetry = crate::telemetry::init(&config.telemetry)?;
@@ -89,16 +91,15 @@ pub async fn serve_as(
                 ModelKind::Embedding => match model.pools.is_empty() {
                     true => load_embedding(&model)
                         .map(|m| ModelState::Embeddings(Arc::new(Embedder::Local(Arc::new(m))))),
-                    false => remote_embedder(&config, &model, &clients, &runtime)
+                    false => remote_embedder(&config, &model, &clients)
                         .map(|e| ModelState::Embeddings(Arc::new(Embedder::Remote(Arc::new(e))))),
                 },
-                ModelKind::Gguf | ModelKind::Synthetic => {
-                    build_router(&config, &model, &clients, &runtime).map(|router| {
+                ModelKind::Gguf | ModelKind::Synthetic => build_router(&config, &model, &clients)
+                    .map(|router| {
                         let interval = Duration::from_millis(config.routing.health_interval_ms);
                         routing::spawn_health_checks(vec![router.clone()], interval, &runtime);
                         ModelState::Ready(router)
-                    })
-                }
+                    }),
             };
             let state = match loaded {
                 Ok(state) => {
@@ -325,18 +326,12 @@ fn remote_embedder(
     config: &GatewayConfig,
     model: &ModelConfig,
     clients: &HashMap<String, RemoteClient>,
-    runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<RemoteEmbedder> {
     let mut replicas = Vec::new();
     for pool in config.pools_of(model) {
         for url in &pool.urls {
             let options = remote_options(model, &pool, url)?;
-            let engine = RemoteEngine::new(
-                &model.id,
-                options,
-                clients[&pool.name].clone(),
-                runtime.clone(),
-            )?;
+            let engine = RemoteEngine::new(&model.id, options, clients[&pool.name].clone())?;
             replicas.push((
                 Arc::from(pool.name.as_str()),
                 Arc::from(url.as_str()),
@@ -352,7 +347,6 @@ fn build_router(
     config: &GatewayConfig,
     model: &ModelConfig,
     clients: &HashMap<String, RemoteClient>,
-    runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<Arc<ModelRouter>> {
     let mut pools = Vec::new();
     for pool in config.pools_of(model) {
@@ -391,7 +385,6 @@ fn build_router(
                             &model.id,
                             options,
                             clients[&pool.name].clone(),
-                            runtime.clone(),
                         )?);
                         let checked = engine.clone();
                         let probe: Probe = Arc::new(move || {

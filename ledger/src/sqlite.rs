@@ -56,29 +56,38 @@ impl Writer for SqliteWriter {
 }
 
 fn commit(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Result<()> {
+    // One record (the usual group at low rates) is one statement, its own transaction: no
+    // BEGIN and COMMIT to parse and run around it. Several share one transaction (one sync).
+    if let [record] = records {
+        return insert(conn, record);
+    }
     let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-        ))?;
-        for r in records {
-            insert.execute(rusqlite::params![
-                r.request_id,
-                r.tenant.as_str(),
-                r.key_id,
-                r.model,
-                r.pool,
-                r.prompt_tokens as i64,
-                r.completion_tokens as i64,
-                r.status.as_str(),
-                r.finish_reason,
-                r.started_at_ms,
-                r.ended_at_ms,
-                r.prompt_tokens_estimated,
-            ])?;
-        }
+    for r in records {
+        insert(&tx, r)?;
     }
     tx.commit()
+}
+
+/// Inserts one record with the cached prepared statement.
+fn insert(conn: &Connection, r: &UsageRecord) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(&format!(
+        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))?;
+    insert.execute(rusqlite::params![
+        r.request_id,
+        r.tenant.as_str(),
+        r.key_id,
+        r.model,
+        r.pool,
+        r.prompt_tokens as i64,
+        r.completion_tokens as i64,
+        r.status.as_str(),
+        r.finish_reason,
+        r.started_at_ms,
+        r.ended_at_ms,
+        r.prompt_tokens_estimated,
+    ])?;
+    Ok(())
 }
 
 /// The connection for reads.

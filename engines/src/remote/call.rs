@@ -28,26 +28,46 @@ pub(super) struct UpstreamCall {
 }
 
 /// How a call ended, for the counters.
+#[derive(Clone, Copy)]
 enum Outcome {
     Finished,
     Cancelled,
     Failed,
 }
 
-impl UpstreamCall {
-    pub(super) async fn run(self, request: Request<Full<Bytes>>) {
-        let mut generated = 0;
-        let outcome = self.exchange(request, &mut generated).await;
+/// Counts a call's end however it comes: run to its outcome, or dropped on the way (its
+/// reader went away: cancelled).
+struct Settle {
+    counters: std::sync::Arc<EngineCounters>,
+    generated: usize,
+    outcome: Outcome,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
         let c = &self.counters;
         c.active.fetch_sub(1, Ordering::Relaxed);
         c.generated_tokens
-            .fetch_add(generated as u64, Ordering::Relaxed);
-        let counter = match outcome {
+            .fetch_add(self.generated as u64, Ordering::Relaxed);
+        let counter = match self.outcome {
             Outcome::Finished => &c.finished,
             Outcome::Cancelled => &c.cancelled,
             Outcome::Failed => &c.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl UpstreamCall {
+    /// The call, as the producer of its [`crate::TokenStream`] (driven by the stream's reader:
+    /// dropping the stream drops the call and its connection).
+    pub(super) async fn run(self, request: Request<Full<Bytes>>) {
+        let mut settle = Settle {
+            counters: self.counters.clone(),
+            generated: 0,
+            outcome: Outcome::Cancelled,
+        };
+        settle.outcome = self.exchange(request, &mut settle.generated).await;
     }
 
     /// Sends the terminal error event: retryable while nothing was generated.
@@ -63,10 +83,11 @@ impl UpstreamCall {
     async fn exchange(&self, request: Request<Full<Bytes>>, generated: &mut usize) -> Outcome {
         let started = Instant::now();
         let base = &self.options.base_url;
-        let response = tokio::select! {
-            _ = self.events.closed() => return Outcome::Cancelled,
-            response = tokio::time::timeout(self.options.response_timeout, self.client.http.request(request)) => response,
-        };
+        let response = tokio::time::timeout(
+            self.options.response_timeout,
+            self.client.http.request(request),
+        )
+        .await;
         let response = match response {
             Err(_) => {
                 let timeout = self.options.response_timeout;
@@ -114,14 +135,24 @@ impl UpstreamCall {
         let mut first_token = None;
         let mut finish_reason = None;
         let mut usage = None;
+        // One timer for the whole stream, moved only when it fires (an event only notes the
+        // time): a timer per chunk would cost a timer-wheel entry per token.
+        let idle = self.options.idle_timeout;
+        let silence = tokio::time::sleep(idle);
+        tokio::pin!(silence);
+        let mut last_event = Instant::now();
         loop {
             let next = tokio::select! {
-                _ = self.events.closed() => return Outcome::Cancelled,
-                next = tokio::time::timeout(self.options.idle_timeout, stream.next()) => next,
+                biased;
+                next = stream.next() => Ok(next),
+                () = &mut silence => Err(()),
             };
             let event = match next {
-                Err(_) => {
-                    let idle = self.options.idle_timeout;
+                Err(()) if last_event.elapsed() < idle => {
+                    silence.as_mut().reset((last_event + idle).into());
+                    continue;
+                }
+                Err(()) => {
                     return self.fail(
                         *generated,
                         format!("upstream {base} sent nothing for {idle:?}"),
@@ -141,6 +172,7 @@ impl UpstreamCall {
                 }
                 Ok(Some(Ok(event))) => event,
             };
+            last_event = Instant::now();
             if event.data == "[DONE]" {
                 break;
             }

@@ -80,7 +80,6 @@ pub struct RemoteEngine {
     api_base: String,
     client: RemoteClient,
     counters: std::sync::Arc<EngineCounters>,
-    runtime: tokio::runtime::Handle,
     next_id: AtomicU64,
 }
 
@@ -94,13 +93,9 @@ impl std::fmt::Debug for RemoteEngine {
 }
 
 impl RemoteEngine {
-    /// A replica of `model_id` at `options.base_url`; requests run on `runtime`.
-    pub fn new(
-        model_id: &str,
-        options: RemoteOptions,
-        client: RemoteClient,
-        runtime: tokio::runtime::Handle,
-    ) -> Result<Self> {
+    /// A replica of `model_id` at `options.base_url`. Its requests run inside their streams'
+    /// readers ([`TokenStream::driven`]), on the caller's runtime.
+    pub fn new(model_id: &str, options: RemoteOptions, client: RemoteClient) -> Result<Self> {
         let api_base = api_base(&options.base_url)?;
         Ok(Self {
             info: ModelInfo {
@@ -113,7 +108,6 @@ impl RemoteEngine {
             api_base,
             client,
             counters: Default::default(),
-            runtime,
             next_id: AtomicU64::new(0),
         })
     }
@@ -256,9 +250,15 @@ impl Engine for RemoteEngine {
         };
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
         self.counters.active.fetch_add(1, Ordering::Relaxed);
-        self.runtime.spawn(call.run(http_request));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(TokenStream::new(id, estimate, receiver))
+        // The call runs inside the stream's reader (the response's task): no task of its own,
+        // no hand-over of each token between two tasks.
+        Ok(TokenStream::driven(
+            id,
+            estimate,
+            receiver,
+            call.run(http_request),
+        ))
     }
 
     fn prepare_prompt(&self, prompt: &Prompt) -> Result<PreparedPrompt> {

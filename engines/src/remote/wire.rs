@@ -1,6 +1,8 @@
 //! OpenAI's wire format as an upstream speaks it: the streamed request's body, the chunks of
 //! its answer, and the message of an error body.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
 use crate::constraint::OutputConstraint;
@@ -94,42 +96,96 @@ pub struct Chunk {
     pub logprobs: Option<Box<Logprobs>>,
 }
 
+/// A streamed chunk as the wire has it: only the fields read, strings borrowed from the
+/// payload where they have no escapes (one parse per token, no JSON tree).
+#[derive(serde::Deserialize)]
+struct WireChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<WireChoice<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<WireDelta<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireDelta<'a> {
+    #[serde(default, borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<WirePromptDetails>,
+}
+
+#[derive(serde::Deserialize)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
 /// Reads one `data:` payload (not `[DONE]`) of a chat or text completion stream.
 pub fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
-    let chunk: Value = serde_json::from_str(data)?;
+    let chunk: WireChunk<'_> = serde_json::from_str(data)?;
     let mut out = Chunk::default();
-    if let Some(error) = chunk.get("error") {
+    if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
         out.error = Some(error_message(error.to_string().as_bytes()));
         return Ok(out);
     }
-    if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+    if let Some(u) = chunk.usage {
         out.usage = Some(Usage {
-            prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0) as usize,
-            completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0) as usize,
-            cached_tokens: u["prompt_tokens_details"]["cached_tokens"]
-                .as_u64()
+            prompt_tokens: u.prompt_tokens as usize,
+            completion_tokens: u.completion_tokens as usize,
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
                 .unwrap_or(0) as usize,
             prompt_estimated: false,
         });
     }
-    let Some(choice) = chunk["choices"].get(0) else {
+    let Some(choice) = chunk.choices.into_iter().next() else {
         return Ok(out);
     };
-    let text = choice["delta"]["content"]
-        .as_str()
-        .or_else(|| choice["text"].as_str())
-        .unwrap_or("");
-    let reason = choice["finish_reason"].as_str();
+    let (role, content) = match choice.delta {
+        Some(delta) => (delta.role, delta.content),
+        None => (None, None),
+    };
+    let text = content.or(choice.text).unwrap_or_default();
+    let reason = choice.finish_reason;
     // A chat stream opens with a role-only chunk; a finishing chunk may carry the last text
     // (vLLM) or none (the engine-worker). Every other chunk is one token.
-    let opens = choice["delta"].get("role").is_some() && text.is_empty();
+    let opens = role.is_some() && text.is_empty();
     if !opens && (reason.is_none() || !text.is_empty()) {
-        out.token = Some(text.to_string());
+        out.token = Some(text.into_owned());
     }
     if out.token.is_some() {
-        out.logprobs = read_logprobs(&choice["logprobs"]).map(Box::new);
+        out.logprobs = choice
+            .logprobs
+            .as_ref()
+            .and_then(read_logprobs)
+            .map(Box::new);
     }
-    out.finish_reason = reason.map(|reason| match reason {
+    out.finish_reason = reason.map(|reason| match reason.as_ref() {
         "length" => FinishReason::Length,
         _ => FinishReason::Stop,
     });

@@ -36,6 +36,11 @@ pub struct ServerConfig {
     /// (kept for the ledger, model files, upstream connections), so that idle sockets can never
     /// take every descriptor.
     pub max_connections: Option<usize>,
+    /// Threads of the async runtime that serves HTTP and relays streams. Absent: one per core
+    /// (or `TOKIO_WORKER_THREADS`). Fewer than the cores suits a gateway that shares its
+    /// machine (a load generator, local engines' model threads): every extra worker that parks
+    /// and wakes costs system calls per request.
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +53,7 @@ impl Default for ServerConfig {
             max_prompt_tokens_per_request: default_max_prompt_tokens_per_request(),
             header_read_timeout_secs: default_header_read_timeout_secs(),
             max_connections: None,
+            worker_threads: None,
         }
     }
 }

@@ -2,7 +2,6 @@
 //! answers with one JSON body or an SSE stream.
 
 use axum::extract::State;
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use policies::Admission;
@@ -10,7 +9,7 @@ use routing::Requester;
 use tower_http::request_id::RequestId;
 
 use super::preamble::PreparedGeneration;
-use super::respond::{sse_events, whole_response, BestOf, BilledPrompt, Relay};
+use super::respond::{sse_events, sse_response, whole_response, BestOf, BilledPrompt, Relay};
 use crate::accounting::RequestAccount;
 use crate::error::ApiError;
 use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
@@ -64,13 +63,12 @@ pub async fn generate(
     let relay = Relay::new(streams, prepared.choices_per_prompt, billed, account);
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {
-        Sse::new(sse_events(
+        sse_response(sse_events(
             prepared.meta,
             relay,
             prepared.include_usage,
             prepared.tools,
         ))
-        .into_response()
     } else {
         let best_of = BestOf {
             generated: prepared.choices_per_prompt,

@@ -5,9 +5,9 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use engines::{FinishReason, Logprobs, Refusal, TokenEvent};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
@@ -323,8 +323,42 @@ pub async fn whole_response(
     Ok(Json(meta.response(&choices, usage)).into_response())
 }
 
-fn data(json: String) -> Result<Event, Infallible> {
-    Ok(Event::default().data(json))
+/// One server-sent event carrying `json` (compact JSON has no line breaks, so one `data:`
+/// line holds it).
+fn data(json: String) -> Result<Bytes, Infallible> {
+    let mut event = String::with_capacity(json.len() + 8);
+    event.push_str("data: ");
+    event.push_str(&json);
+    event.push_str("\n\n");
+    Ok(Bytes::from(event))
+}
+
+/// The SSE response over `events`: the events that are ready together go out as one body
+/// frame (one write to the socket, not one per token when the engine hands over several at
+/// once, as a remote upstream's segment of chunks does); none waits for another.
+pub fn sse_response(
+    events: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+) -> Response {
+    const MOST_EVENTS_PER_FRAME: usize = 64;
+    let frames = events
+        .ready_chunks(MOST_EVENTS_PER_FRAME)
+        .map(|events| match events.as_slice() {
+            [one] => one.clone(),
+            many => Ok(Bytes::from(
+                many.iter()
+                    .flat_map(|e| e.as_ref().map_or(&[][..], |b| &b[..]))
+                    .copied()
+                    .collect::<Vec<u8>>(),
+            )),
+        });
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response()
 }
 
 /// The SSE body. It owns the relay: when the client hangs up, hyper drops the body, the token
@@ -335,7 +369,7 @@ pub fn sse_events(
     mut relay: Relay,
     include_usage: bool,
     tools: Option<Arc<ToolSpec>>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
         // Per choice: the text held back while it may still be a tool call (`None` once it
         // is known to be content: tokens then go out as they come).
@@ -394,7 +428,7 @@ pub fn sse_events(
             // Never a silently truncated answer: a failure mid-stream is an error event.
             Some(failure) => {
                 let error = failure.to_error(&meta.model);
-                yield Ok(Event::default().data(error.to_json()));
+                yield data(error.to_json());
             }
             None => {
                 let usage_chunk = include_usage.then(|| meta.usage_chunk(relay.usage));
@@ -405,6 +439,6 @@ pub fn sse_events(
                 }
             }
         }
-        yield Ok(Event::default().data("[DONE]"));
+        yield data("[DONE]".to_string());
     }
 }

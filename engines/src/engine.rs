@@ -517,3 +517,76 @@ pub trait Engine: Send + Sync + 'static {
     /// The engine's live counters, for metrics and `/load`.
     fn counters(&self) -> &EngineCounters;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Sets its flag when dropped: shows whether a producer was dropped.
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn token(text: &str) -> TokenEvent {
+        TokenEvent::Token {
+            id: 0,
+            text: text.into(),
+            logprobs: None,
+        }
+    }
+
+    /// A driven stream whose producer sends `a`, waits for `go`, then sends `b` and ends.
+    fn driven(dropped: Arc<AtomicBool>) -> (TokenStream, tokio::sync::oneshot::Sender<()>) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let producer = async move {
+            let _flag = DropFlag(dropped);
+            let _ = events.send(token("a"));
+            let _ = wait.await;
+            let _ = events.send(token("b"));
+        };
+        (TokenStream::driven(1, 2, receiver, producer), go)
+    }
+
+    #[tokio::test]
+    async fn a_driven_stream_runs_its_producer_as_it_is_read_and_ends_with_it() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (mut stream, go) = driven(dropped.clone());
+        assert!(matches!(stream.next().await, Some(TokenEvent::Token { text, .. }) if text == "a"));
+        // The producer waits: so does the reader, without blocking anything.
+        let waiting = tokio::time::timeout(Duration::from_millis(20), stream.next()).await;
+        assert!(waiting.is_err(), "nothing to read while the producer waits");
+        go.send(()).unwrap();
+        assert!(matches!(stream.next().await, Some(TokenEvent::Token { text, .. }) if text == "b"));
+        assert!(
+            stream.next().await.is_none(),
+            "the producer ended: so does the stream"
+        );
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn dropping_or_cancelling_a_driven_stream_drops_its_producer() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (mut stream, _go) = driven(dropped.clone());
+        assert!(stream.next().await.is_some());
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(stream);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the client left: the work stops"
+        );
+
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (mut stream, _go) = driven(dropped.clone());
+        assert!(stream.next().await.is_some());
+        stream.cancel();
+        assert!(dropped.load(Ordering::SeqCst));
+        assert!(stream.next().await.is_none());
+    }
+}

@@ -442,3 +442,27 @@ pub fn sse_events(
         yield data("[DONE]".to_string());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn events_ready_together_go_out_as_one_frame_and_none_waits_for_another() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, Infallible>>();
+        let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let mut body = sse_response(events).into_body();
+        for text in ["a", "b", "c"] {
+            tx.send(data(format!("\"{text}\""))).unwrap();
+        }
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&frame[..], b"data: \"a\"\n\ndata: \"b\"\n\ndata: \"c\"\n\n");
+        // One ready event is sent at once, alone.
+        tx.send(data("[DONE]".to_string())).unwrap();
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&frame[..], b"data: [DONE]\n\n");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+    }
+}

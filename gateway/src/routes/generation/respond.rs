@@ -342,14 +342,16 @@ pub fn sse_response(
     const MOST_EVENTS_PER_FRAME: usize = 64;
     let frames = events
         .ready_chunks(MOST_EVENTS_PER_FRAME)
-        .map(|events| match events.as_slice() {
-            [one] => one.clone(),
-            many => Ok(Bytes::from(
-                many.iter()
-                    .flat_map(|e| e.as_ref().map_or(&[][..], |b| &b[..]))
-                    .copied()
-                    .collect::<Vec<u8>>(),
-            )),
+        .map(|mut events| {
+            if events.len() == 1 {
+                return events.pop().expect("one event");
+            }
+            let events: Vec<Bytes> = events.into_iter().map(|e| e.unwrap_or_default()).collect();
+            let mut frame = Vec::with_capacity(events.iter().map(Bytes::len).sum());
+            for event in &events {
+                frame.extend_from_slice(event);
+            }
+            Ok(Bytes::from(frame))
         });
     (
         [

@@ -653,7 +653,7 @@ async fn the_prefix_cache_is_each_tenants_own_unless_a_sharing_group_says_otherw
         "admin_keys = [\"{}\"]\n[[models]]\nid = \"{MODEL}\"\n[[models]]\nid = \"uncached\"\nprefix_cache = false\n{tenants}",
         digest("sk-admin")
     );
-    let gw = TestGateway::start(Options {
+    let mut gw = TestGateway::start(Options {
         config: Some(&config),
         ..Options::default()
     });
@@ -699,24 +699,21 @@ async fn the_prefix_cache_is_each_tenants_own_unless_a_sharing_group_says_otherw
         );
     }
     // Streamed usage says the same.
+    gw.key = "sk-lb".to_string();
     let events = gw
-        .client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth("sk-lb")
-        .json(&json!({
-            "model": MODEL, "max_tokens": 2, "stream": true,
-            "stream_options": {"include_usage": true},
-            "messages": [{"role": "user", "content": "When is the appeal deadline?"}],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .stream(
+            "/v1/chat/completions",
+            json!({
+                "model": MODEL, "max_tokens": 2, "stream": true,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "When is the appeal deadline?"}],
+            }),
+        )
+        .await;
+    let usage = &events[events.len() - 2]["usage"];
     assert!(
-        events.contains("\"prompt_tokens_details\":{\"cached_tokens\":"),
-        "{events}"
+        usage["prompt_tokens_details"]["cached_tokens"].is_u64(),
+        "{usage}"
     );
     // Per-tenant metrics: law-b never hit; law-a and the second clinic did.
     let text = gw.metrics_text().await;

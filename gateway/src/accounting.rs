@@ -20,6 +20,16 @@ use crate::metrics::{LatencyHandles, RequestMetrics};
 use crate::state::AppState;
 use crate::telemetry;
 
+/// A prompt's tokens as admission billed them: the engine's own count replaces them when it
+/// comes (a remote upstream's `usage`).
+#[derive(Debug, Clone, Copy)]
+pub struct BilledPrompt {
+    /// Tokens billed.
+    pub tokens: u64,
+    /// An estimate (no local engine tokenised the prompt).
+    pub estimated: bool,
+}
+
 /// One admitted request's bookkeeping. See the module documentation.
 pub struct RequestAccount {
     admission: Admission,
@@ -43,15 +53,19 @@ pub struct RequestAccount {
 }
 
 impl RequestAccount {
-    /// Opens the account of an admitted request, in the current (the request's) span.
+    /// Opens the account of an admitted request of `prompts` (as admission billed them), in the
+    /// current (the request's) span.
     pub fn new(
         state: &AppState,
         caller: &Caller,
         request_id: &str,
         model: &str,
-        prompt_tokens: u64,
+        prompts: &[BilledPrompt],
         mut admission: Admission,
     ) -> Self {
+        let prompt_tokens = prompts
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.tokens));
         // The account opens once the engine took the request: from here it is billed.
         admission.start();
         let span = tracing::Span::current();
@@ -82,7 +96,7 @@ impl RequestAccount {
             time_to_first_token: None,
             span,
             submitted: SystemTime::now(),
-            estimated_prompts: 0,
+            estimated_prompts: prompts.iter().filter(|p| p.estimated).count(),
             settled: false,
         }
     }
@@ -111,33 +125,19 @@ impl RequestAccount {
         }
     }
 
-    /// `n` of the request's prompts were billed at admission at the gateway's estimate (no
-    /// local engine tokenised them): until their engine counts them
-    /// ([`Self::on_prompt_counted`]), the record says its prompt tokens are an estimate.
-    pub fn prompts_estimated(&mut self, n: usize) {
-        self.estimated_prompts = n;
-    }
-
-    /// The engine counted one prompt that was billed `billed` tokens at admission: `counted`
-    /// replaces them in the record and in the tenant's quota counters, unless the count is
-    /// itself an estimate (an upstream that reports no usage). `was_estimate`: the admission's
-    /// figure was an estimate (see [`Self::prompts_estimated`]).
-    pub fn on_prompt_counted(
-        &mut self,
-        billed: u64,
-        counted: u64,
-        is_estimate: bool,
-        was_estimate: bool,
-    ) {
-        if is_estimate {
-            return;
-        }
-        if was_estimate {
+    /// The engine is done with one of the request's prompts, `billed` at admission: its own
+    /// count, if it has one (`None`: an upstream that reports no usage), replaces the billed
+    /// tokens in the record and in the tenant's quota counters. While an estimated prompt has
+    /// not been counted, the record says its prompt tokens are an estimate.
+    pub fn on_prompt_counted(&mut self, billed: BilledPrompt, counted: Option<u64>) {
+        let Some(counted) = counted else { return };
+        if billed.estimated {
             self.estimated_prompts = self.estimated_prompts.saturating_sub(1);
         }
-        if counted != billed {
-            self.record.prompt_tokens = self.record.prompt_tokens.saturating_sub(billed) + counted;
-            self.admission.correct_prompt_tokens(billed, counted);
+        if counted != billed.tokens {
+            self.record.prompt_tokens =
+                self.record.prompt_tokens.saturating_sub(billed.tokens) + counted;
+            self.admission.correct_prompt_tokens(billed.tokens, counted);
         }
     }
 

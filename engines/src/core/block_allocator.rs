@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sha2::{Digest, Sha256};
+
 pub use crate::model::BlockId;
 
 /// The key of a full block's contents: a hash chained over every token up to its end and the
@@ -25,24 +27,27 @@ pub type BlockHash = u128;
 /// block) and whose tokens are `tokens`. SHA-256, truncated to 128 bits: a collision would
 /// hand one prompt another's keys and values, so the hash must resist crafted inputs, not only
 /// chance.
-pub fn chain_hash(previous: BlockHash, tokens: &[u32]) -> BlockHash {
-    use sha2::{Digest, Sha256};
+pub fn chain_hash(previous: BlockHash, tokens: impl IntoIterator<Item = u32>) -> BlockHash {
     let mut hasher = Sha256::new();
     hasher.update(previous.to_le_bytes());
     for token in tokens {
         hasher.update(token.to_le_bytes());
     }
-    let digest = hasher.finalize();
-    BlockHash::from_le_bytes(digest[..16].try_into().expect("16 of 32 bytes"))
+    key_of_digest(hasher)
 }
 
 /// The root key of a cache scope: the chain of every block under it starts here.
 pub fn scope_root(scope: &str) -> BlockHash {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"prefix-cache scope\0")
-        .chain_update(scope.as_bytes())
-        .finalize();
+    key_of_digest(
+        Sha256::new()
+            .chain_update(b"prefix-cache scope\0")
+            .chain_update(scope.as_bytes()),
+    )
+}
+
+/// The first 128 bits of the hash `hasher` has taken in.
+fn key_of_digest(hasher: Sha256) -> BlockHash {
+    let digest = hasher.finalize();
     BlockHash::from_le_bytes(digest[..16].try_into().expect("16 of 32 bytes"))
 }
 
@@ -357,13 +362,13 @@ mod tests {
     fn keys_chain_over_the_scope_and_every_earlier_token() {
         let tenant_a = scope_root("tenant\0a");
         let tenant_b = scope_root("tenant\0b");
-        assert_ne!(chain_hash(tenant_a, &[1, 2]), chain_hash(tenant_b, &[1, 2]));
-        let first = chain_hash(tenant_a, &[1, 2]);
-        let other_first = chain_hash(tenant_a, &[1, 3]);
-        assert_ne!(chain_hash(first, &[4, 5]), chain_hash(other_first, &[4, 5]));
+        assert_ne!(chain_hash(tenant_a, [1, 2]), chain_hash(tenant_b, [1, 2]));
+        let first = chain_hash(tenant_a, [1, 2]);
+        let other_first = chain_hash(tenant_a, [1, 3]);
+        assert_ne!(chain_hash(first, [4, 5]), chain_hash(other_first, [4, 5]));
         assert_eq!(
-            chain_hash(first, &[4, 5]),
-            chain_hash(chain_hash(tenant_a, &[1, 2]), &[4, 5])
+            chain_hash(first, [4, 5]),
+            chain_hash(chain_hash(tenant_a, [1, 2]), [4, 5])
         );
     }
 

@@ -129,16 +129,18 @@ impl Sequence {
         while self.block_keys.len() <= k {
             let at = self.block_keys.len();
             let previous = self.block_keys.last().copied().unwrap_or(root);
-            let tokens: Vec<u32> = self
+            debug_assert!(
+                (at + 1) * block_size <= self.total_tokens(),
+                "block {at} is not full"
+            );
+            let tokens = self
                 .prompt_ids
                 .iter()
                 .chain(&self.generated)
                 .skip(at * block_size)
                 .take(block_size)
-                .copied()
-                .collect();
-            debug_assert_eq!(tokens.len(), block_size, "block {at} is not full");
-            self.block_keys.push(chain_hash(previous, &tokens));
+                .copied();
+            self.block_keys.push(chain_hash(previous, tokens));
         }
         Some(self.block_keys[k])
     }

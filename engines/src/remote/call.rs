@@ -28,7 +28,6 @@ pub(super) struct UpstreamCall {
 }
 
 /// How a call ended, for the counters.
-#[derive(Clone, Copy)]
 enum Outcome {
     Finished,
     Cancelled,

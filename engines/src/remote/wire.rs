@@ -148,7 +148,7 @@ struct WirePromptDetails {
 pub fn read_chunk(data: &str) -> Result<Chunk, serde_json::Error> {
     let chunk: WireChunk<'_> = serde_json::from_str(data)?;
     let mut out = Chunk::default();
-    if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
+    if let Some(error) = chunk.error {
         out.error = Some(error_message(error.to_string().as_bytes()));
         return Ok(out);
     }

@@ -16,7 +16,7 @@ use policies::Admission;
 use serde_json::{json, Value};
 use tower_http::request_id::RequestId;
 
-use crate::accounting::RequestAccount;
+use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
 use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
 use crate::models::{Embedder, ModelState, RemoteEmbedder};
@@ -162,12 +162,17 @@ pub async fn embed(
         return Err(ApiError::internal("the request was handed on twice"));
     };
     let request_id = request_id.header_value().to_str().unwrap_or("");
+    // A remote upstream counts the input itself; admission could only estimate it.
+    let billed = BilledPrompt {
+        tokens: cost.prompt_tokens,
+        estimated: matches!(prepared.work, Work::Remote(..)),
+    };
     let mut account = RequestAccount::new(
         &state,
         &caller,
         request_id,
         &prepared.model_id,
-        cost.prompt_tokens,
+        &[billed],
         admission,
     );
     let outcome = match prepared.work {
@@ -183,15 +188,11 @@ pub async fn embed(
             match remote.embed(&input, dimensions).await {
                 Ok((answer, pool, replica)) => {
                     account.on_routed(&pool, &replica);
-                    // The upstream counted the tokens: its count is billed (the estimate,
-                    // marked, when it says nothing).
-                    account.prompts_estimated(1);
-                    let tokens = answer
-                        .prompt_tokens
-                        .map_or(cost.prompt_tokens, |n| n as u64);
-                    let reported = answer.prompt_tokens.is_some();
-                    account.on_prompt_counted(cost.prompt_tokens, tokens, !reported, true);
-                    Ok((answer.vectors, tokens))
+                    // The upstream's count is billed (the estimate, marked, when it says
+                    // nothing).
+                    let counted = answer.prompt_tokens.map(|n| n as u64);
+                    account.on_prompt_counted(billed, counted);
+                    Ok((answer.vectors, counted.unwrap_or(billed.tokens)))
                 }
                 Err(engines::UpstreamError::Refused(refusal)) => {
                     Err(ApiError::upstream_refused(&refusal))

@@ -9,10 +9,10 @@ use routing::Requester;
 use tower_http::request_id::RequestId;
 
 use super::preamble::PreparedGeneration;
-use super::respond::{sse_events, sse_response, whole_response, BestOf, BilledPrompt, Relay};
-use crate::accounting::RequestAccount;
+use super::respond::{sse_events, sse_response, whole_response, BestOf, Relay};
+use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
-use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
+use crate::extensions::{AccessLogWritten, Caller, Handoff};
 use crate::state::AppState;
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`, after the preamble and admission.
@@ -20,7 +20,6 @@ pub async fn generate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(request_id): Extension<RequestId>,
-    Extension(cost): Extension<RequestCost>,
     Extension(prepared): Extension<Handoff<PreparedGeneration>>,
     Extension(admission): Extension<Handoff<Admission>>,
 ) -> Result<Response, ApiError> {
@@ -34,8 +33,7 @@ pub async fn generate(
         traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
         cache_scope: prepared.cache_scope.clone(),
     };
-    // All prompts or none: a prompt that does not fit fails the whole request (and, with
-    // nothing generated, it is not billed: the admission is dropped and refunded).
+    // Each prompt as admission billed it (once, whatever its number of choices).
     let billed: Vec<BilledPrompt> = prepared
         .requests
         .iter()
@@ -45,6 +43,8 @@ pub async fn generate(
             estimated: r.prompt.is_estimate(),
         })
         .collect();
+    // All prompts or none: a prompt that does not fit fails the whole request (and, with
+    // nothing generated, it is not billed: the admission is dropped and refunded).
     // Waits (by priority class and fair share) while every replica is saturated, if the
     // model's pools let requests wait.
     let streams = prepared
@@ -57,7 +57,7 @@ pub async fn generate(
         &caller,
         request_id,
         &prepared.meta.model,
-        cost.prompt_tokens,
+        &billed,
         admission,
     );
     let relay = Relay::new(streams, prepared.choices_per_prompt, billed, account);

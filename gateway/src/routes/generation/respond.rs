@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use ledger::RecordStatus;
 use routing::RoutedStream;
 
-use crate::accounting::RequestAccount;
+use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
 use crate::openai::response::{
     ChoiceEnd, ChoiceEvent, FinishedChoice, ResponseMeta, TextPiece, UsageBody,
@@ -88,16 +88,6 @@ pub struct Relay {
     open: usize,
 }
 
-/// A prompt's tokens as admission billed them: the engine's own count replaces them when it
-/// comes (a remote upstream's `usage`).
-#[derive(Debug, Clone, Copy)]
-pub struct BilledPrompt {
-    /// Tokens billed.
-    pub tokens: u64,
-    /// An estimate (no local engine tokenised the prompt).
-    pub estimated: bool,
-}
-
 impl Relay {
     /// Relays `streams` (one per choice, in choice order, `choices_per_prompt` choices of each
     /// prompt together; `prompts` as billed, one per prompt), accounting on `account`.
@@ -105,9 +95,8 @@ impl Relay {
         streams: Vec<RoutedStream>,
         choices_per_prompt: usize,
         prompts: Vec<BilledPrompt>,
-        mut account: RequestAccount,
+        account: RequestAccount,
     ) -> Self {
-        account.prompts_estimated(prompts.iter().filter(|p| p.estimated).count());
         let choices = streams.len();
         // Every choice's events, interleaved as they come, tagged with the choice's index. The
         // routed stream is boxed: `unfold` moves its state in and out of a new future for every
@@ -162,12 +151,8 @@ impl Relay {
                         usage.cached_tokens = 0;
                     } else if let Some(billed) = self.prompts.get(choice / self.choices_per_prompt)
                     {
-                        account.on_prompt_counted(
-                            billed.tokens,
-                            usage.prompt_tokens as u64,
-                            usage.prompt_estimated,
-                            billed.estimated,
-                        );
+                        let counted = (!usage.prompt_estimated).then_some(usage.prompt_tokens);
+                        account.on_prompt_counted(*billed, counted.map(|n| n as u64));
                     }
                     self.usage.add(usage);
                     self.open -= 1;
@@ -346,9 +331,8 @@ pub fn sse_response(
             if events.len() == 1 {
                 return events.pop().expect("one event");
             }
-            let events: Vec<Bytes> = events.into_iter().map(|e| e.unwrap_or_default()).collect();
-            let mut frame = Vec::with_capacity(events.iter().map(Bytes::len).sum());
-            for event in &events {
+            let mut frame = Vec::with_capacity(events.iter().flatten().map(Bytes::len).sum());
+            for event in events.iter().flatten() {
                 frame.extend_from_slice(event);
             }
             Ok(Bytes::from(frame))

@@ -1,9 +1,18 @@
 //! The embedded store: one SQLite file in WAL mode (readers never block the writer), a
-//! connection for the writer thread and one for reads.
+//! connection for the writer thread, one for reads and one for checkpoints.
+//!
+//! Checkpoints (copying the WAL back into the database file, two syncs and a burst of writes)
+//! run on a thread of their own: SQLite's automatic checkpoint would run them inside the commit
+//! that crosses the threshold, and every request waiting on that group would wait for it too.
+//! A passive checkpoint never blocks the writer, and the WAL restarts from its beginning once
+//! one has copied everything back.
 
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use policies::TenantId;
+use rusqlite::hooks::Wal;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::Connection;
 
@@ -12,6 +21,10 @@ use crate::{
     Durability, LedgerError, Reader, RecordStatus, Result, UsageQuery, UsageRecord, UsageRow,
     Writer,
 };
+
+/// WAL frames (pages) after which the writer asks for a checkpoint: SQLite's own default for its
+/// automatic one.
+const CHECKPOINT_AFTER_FRAMES: i32 = 1000;
 
 mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
@@ -43,15 +56,92 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<(SqliteWriter,
     reader
         .busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_error)?;
-    Ok((SqliteWriter(writer), SqliteReader(reader)))
+    let checkpoints = Connection::open(path).map_err(open_error)?;
+    checkpoints
+        .pragma_update(None, "synchronous", durability.synchronous())
+        .map_err(open_error)?;
+    let checkpointer = Checkpointer::start(checkpoints)?;
+    let wake = checkpointer.wake.clone();
+    // The WAL's length at which to ask next: every further CHECKPOINT_AFTER_FRAMES frames (a
+    // checkpoint held back by a reader is asked for again), from the start once it restarts.
+    let mut ask_at = CHECKPOINT_AFTER_FRAMES;
+    let mut last = 0;
+    // Replaces SQLite's automatic checkpoint (itself a WAL hook) on this connection.
+    writer
+        .wal_hook(Some(move |_: &mut Wal, frames: i32| {
+            if frames < last {
+                ask_at = CHECKPOINT_AFTER_FRAMES;
+            }
+            last = frames;
+            if frames >= ask_at {
+                ask_at = frames + CHECKPOINT_AFTER_FRAMES;
+                // Full: a checkpoint is already asked for, and it will see these frames too.
+                let _ = wake.try_send(());
+            }
+            Ok(())
+        }))
+        .map_err(open_error)?;
+    Ok((
+        SqliteWriter {
+            connection: writer,
+            _checkpointer: checkpointer,
+        },
+        SqliteReader(reader),
+    ))
 }
 
 /// The writer thread's connection.
-pub(crate) struct SqliteWriter(Connection);
+pub(crate) struct SqliteWriter {
+    connection: Connection,
+    /// Stopped (and joined) when the writer goes: declared after the connection, whose hook
+    /// holds a sender, so that the thread sees its channel close.
+    _checkpointer: Checkpointer,
+}
 
 impl Writer for SqliteWriter {
     fn commit(&mut self, records: &[&UsageRecord]) -> Result<(), String> {
-        commit(&mut self.0, records).map_err(|e| e.to_string())
+        commit(&mut self.connection, records).map_err(|e| e.to_string())
+    }
+}
+
+/// The thread that checkpoints the WAL when the writer asks, on its own connection.
+struct Checkpointer {
+    wake: mpsc::SyncSender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(connection: Connection) -> Result<Self> {
+        let (wake, asked) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    if let Err(e) = connection.query_row(
+                        "PRAGMA wal_checkpoint(PASSIVE)",
+                        [],
+                        |_| Ok(()),
+                    ) {
+                        tracing::warn!(error = %e, "usage ledger checkpoint failed; the WAL grows until the next one");
+                    }
+                }
+            })
+            .map_err(|e| LedgerError::Commit(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self {
+            wake,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Our sender is the last one once the writer's connection (and its hook) is gone.
+        let (closed, _) = mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.wake, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -149,4 +239,63 @@ fn tenant_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Tena
     TenantId::new(text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RecordStatus;
+
+    fn record(i: u64) -> UsageRecord {
+        UsageRecord {
+            request_id: format!("req-{i}"),
+            tenant: "acme".parse().unwrap(),
+            key_id: "k".into(),
+            model: "m".into(),
+            pool: "local".into(),
+            prompt_tokens: i,
+            completion_tokens: 1,
+            status: RecordStatus::Completed,
+            finish_reason: None,
+            started_at_ms: 1_000,
+            ended_at_ms: 2_000 + i as i64,
+            prompt_tokens_estimated: false,
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_thread_copies_the_wal_back_while_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let (mut writer, mut reader) = open(&path, Durability::ProcessCrash).unwrap();
+        let database_size = || std::fs::metadata(&path).unwrap().len();
+        let before = database_size();
+        // One record per commit: well over CHECKPOINT_AFTER_FRAMES frames (a page or more each).
+        let records: Vec<UsageRecord> = (0..3 * CHECKPOINT_AFTER_FRAMES as u64)
+            .map(record)
+            .collect();
+        for r in &records {
+            writer.commit(&[r]).unwrap();
+        }
+        // Only a checkpoint writes the database file while the connections are open (SQLite's
+        // automatic one is off on the writer): it grows when the thread has run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while database_size() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint: the database file is still {before} bytes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let all = reader.records(&UsageQuery::default()).unwrap();
+        assert_eq!(all.len(), records.len());
+        drop(writer);
+        // Closing stopped the thread (dropping the writer joined it) and kept every record.
+        drop(reader);
+        let (_, mut reopened) = open(&path, Durability::PowerLoss).unwrap();
+        assert_eq!(
+            reopened.records(&UsageQuery::default()).unwrap().len(),
+            records.len()
+        );
+    }
 }

@@ -41,8 +41,8 @@ pub use model_fetch::{
     DEFAULT_MODEL, DEFAULT_MODEL_ID, EMBEDDING_MODEL, EMBEDDING_MODEL_ID,
 };
 pub use remote::{
-    wire, LoadReport, RemoteClient, RemoteEmbeddings, RemoteEngine, RemoteOptions, ReportedLoad,
-    UpstreamError,
+    sse, wire, LoadReport, RemoteClient, RemoteEmbeddings, RemoteEngine, RemoteOptions,
+    ReportedLoad, UpstreamError,
 };
 pub use sampling::SamplingParams;
 pub use synthetic::{SyntheticEngine, SyntheticOptions};

@@ -9,11 +9,6 @@
 
 #![warn(missing_docs)]
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use gateway::config::GatewayConfig;
 use gateway::error::ApiError;
 use gateway::openai::chat::ChatCompletionRequest;
@@ -104,18 +99,19 @@ pub fn upstream_sse(data: &[u8]) {
         return;
     };
     let size = usize::from(cut % 16) + 1;
-    let chunks: Vec<Result<Bytes, Infallible>> = body
-        .chunks(size)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    let events = futures::executor::block_on(
-        futures::stream::iter(chunks)
-            .eventsource()
-            .collect::<Vec<_>>(),
-    );
-    for event in events.into_iter().flatten() {
-        if event.data != "[DONE]" {
-            let _ = engines::wire::read_chunk(&event.data);
+    let mut events = engines::sse::SseDecoder::new();
+    'read: for piece in body.chunks(size) {
+        events.push(piece);
+        loop {
+            match events.next_event() {
+                Ok(None) => break,
+                Ok(Some("[DONE]")) => break 'read,
+                Ok(Some(data)) => {
+                    let _ = engines::wire::read_chunk(data);
+                }
+                // The call ends there (a failed stream).
+                Err(_) => break 'read,
+            }
         }
     }
     let refusal = engines::wire::refusal(body);

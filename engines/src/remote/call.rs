@@ -5,13 +5,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use http::{Request, StatusCode};
-use http_body_util::{BodyDataStream, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 
 use super::client::{describe, RemoteClient};
+use super::sse::SseDecoder;
 use super::wire::{error_message, read_chunk, refusal};
 use super::RemoteOptions;
 use crate::engine::{
@@ -130,26 +129,72 @@ impl UpstreamCall {
             return self.fail(0, message);
         }
 
-        let mut stream = BodyDataStream::new(response.into_body()).eventsource();
+        let mut body = response.into_body();
+        let mut events = SseDecoder::new();
         let mut first_token = None;
         let mut finish_reason = None;
         let mut usage = None;
-        // One timer for the whole stream, moved only when it fires (an event only notes the
+        // One timer for the whole stream, moved only when it fires (a read only notes the
         // time): a timer per chunk would cost a timer-wheel entry per token.
         let idle = self.options.idle_timeout;
         let silence = tokio::time::sleep(idle);
         tokio::pin!(silence);
-        let mut last_event = Instant::now();
-        loop {
-            let next = tokio::select! {
+        let mut last_read = Instant::now();
+        'stream: loop {
+            // Every event complete in what was read, then a read.
+            loop {
+                let data = match events.next_event() {
+                    Ok(Some(data)) => data,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return self.fail(
+                            *generated,
+                            format!("reading the stream of upstream {base}: {e}"),
+                        )
+                    }
+                };
+                if data == "[DONE]" {
+                    break 'stream;
+                }
+                let chunk = match read_chunk(data) {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        return self.fail(
+                            *generated,
+                            format!("unreadable chunk from upstream {base}: {e}"),
+                        )
+                    }
+                };
+                if let Some(error) = chunk.error {
+                    return self.fail(*generated, format!("upstream {base}: {error}"));
+                }
+                if chunk.usage.is_some() {
+                    usage = chunk.usage;
+                }
+                if let Some(text) = chunk.token {
+                    first_token.get_or_insert_with(|| started.elapsed());
+                    *generated += 1;
+                    let token = TokenEvent::Token {
+                        id: REMOTE_TOKEN_ID,
+                        text,
+                        logprobs: chunk.logprobs,
+                    };
+                    if self.events.send(token).is_err() {
+                        return Outcome::Cancelled;
+                    }
+                }
+                if chunk.finish_reason.is_some() {
+                    finish_reason = chunk.finish_reason;
+                }
+            }
+            let read = tokio::select! {
                 biased;
-                next = stream.next() => Ok(next),
+                frame = body.frame() => Ok(frame),
                 () = &mut silence => Err(()),
             };
-            let event = match next {
-                Err(()) if last_event.elapsed() < idle => {
-                    silence.as_mut().reset((last_event + idle).into());
-                    continue;
+            match read {
+                Err(()) if last_read.elapsed() < idle => {
+                    silence.as_mut().reset((last_read + idle).into());
                 }
                 Err(()) => {
                     return self.fail(
@@ -169,41 +214,12 @@ impl UpstreamCall {
                         format!("reading the stream of upstream {base}: {e}"),
                     )
                 }
-                Ok(Some(Ok(event))) => event,
-            };
-            last_event = Instant::now();
-            if event.data == "[DONE]" {
-                break;
-            }
-            let chunk = match read_chunk(&event.data) {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    return self.fail(
-                        *generated,
-                        format!("unreadable chunk from upstream {base}: {e}"),
-                    )
+                Ok(Some(Ok(frame))) => {
+                    last_read = Instant::now();
+                    if let Some(bytes) = frame.data_ref() {
+                        events.push(bytes);
+                    }
                 }
-            };
-            if let Some(error) = chunk.error {
-                return self.fail(*generated, format!("upstream {base}: {error}"));
-            }
-            if chunk.usage.is_some() {
-                usage = chunk.usage;
-            }
-            if let Some(text) = chunk.token {
-                first_token.get_or_insert_with(|| started.elapsed());
-                *generated += 1;
-                let token = TokenEvent::Token {
-                    id: REMOTE_TOKEN_ID,
-                    text,
-                    logprobs: chunk.logprobs,
-                };
-                if self.events.send(token).is_err() {
-                    return Outcome::Cancelled;
-                }
-            }
-            if chunk.finish_reason.is_some() {
-                finish_reason = chunk.finish_reason;
             }
         }
         let Some(finish_reason) = finish_reason else {

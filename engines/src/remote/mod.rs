@@ -23,6 +23,7 @@ use crate::error::{EngineError, Result};
 
 mod call;
 mod client;
+pub mod sse;
 pub mod wire;
 
 use call::UpstreamCall;

@@ -153,16 +153,16 @@ impl ResponseMeta {
         })
     }
 
-    /// A stream chunk for one choice event, as its JSON text; `None` when the endpoint sends
-    /// nothing for it. With `include_usage`, every chunk carries `"usage": null`, as OpenAI
-    /// sends them. Written straight from borrowed fields (one per token: no JSON tree, no key
-    /// strings allocated).
-    pub fn chunk(
-        &self,
+    /// A stream chunk for one choice event, to be serialised (into the stream's buffer);
+    /// `None` when the endpoint sends nothing for it. With `include_usage`, every chunk carries
+    /// `"usage": null`, as OpenAI sends them. Made of borrowed fields (one per token: no JSON
+    /// tree, no key strings allocated).
+    pub fn chunk<'a>(
+        &'a self,
         index: usize,
-        event: ChoiceEvent<'_>,
+        event: ChoiceEvent<'a>,
         include_usage: bool,
-    ) -> Option<String> {
+    ) -> Option<impl Serialize + 'a> {
         use ChoiceEvent::{Finish, Start, Text, ToolCalls};
         // Chat chunks carry a `delta`, text-completion chunks a `text`.
         let (delta, text, finish_reason) = match (self.endpoint, event) {
@@ -189,14 +189,12 @@ impl ResponseMeta {
             finish_reason: finish_reason.map(ChoiceEnd::as_str),
         };
         let usage = include_usage.then_some(None);
-        let envelope = self.chunk_envelope([choice], usage);
-        Some(serde_json::to_string(&envelope).expect("a chunk serialises"))
+        Some(self.chunk_envelope([choice], usage))
     }
 
     /// The last chunk of a stream with `include_usage`: no choices, the total usage.
-    pub fn usage_chunk(&self, usage: UsageBody) -> String {
-        let envelope = self.chunk_envelope::<[ChunkChoice; 0]>([], Some(Some(usage)));
-        serde_json::to_string(&envelope).expect("a chunk serialises")
+    pub fn usage_chunk(&self, usage: UsageBody) -> impl Serialize + '_ {
+        self.chunk_envelope::<[ChunkChoice; 0]>([], Some(Some(usage)))
     }
 
     fn chunk_envelope<C: Serialize>(
@@ -364,6 +362,11 @@ impl<'a> Delta<'a> {
 mod tests {
     use super::*;
 
+    /// A chunk as its client reads it.
+    fn parse(chunk: impl Serialize) -> Value {
+        serde_json::from_slice(&serde_json::to_vec(&chunk).unwrap()).unwrap()
+    }
+
     fn text(text: &str) -> ChoiceEvent<'_> {
         ChoiceEvent::Text(TextPiece {
             text,
@@ -392,7 +395,6 @@ mod tests {
                 top: vec![logprob("!", -0.1), logprob(".", -2.5)],
             },
         ];
-        let parse = |text: String| serde_json::from_str::<Value>(&text).unwrap();
         let chat = ResponseMeta::new(Endpoint::Chat, "m");
         let piece = TextPiece {
             text: "!",
@@ -456,7 +458,6 @@ mod tests {
     fn chat_chunks_follow_openai() {
         let meta = ResponseMeta::new(Endpoint::Chat, "m");
         assert!(meta.id.starts_with("chatcmpl-"));
-        let parse = |text: String| serde_json::from_str::<Value>(&text).unwrap();
         let start = parse(meta.chunk(0, ChoiceEvent::Start, false).unwrap());
         assert_eq!(start["id"], meta.id.as_str());
         assert_eq!(start["model"], "m");
@@ -500,7 +501,6 @@ mod tests {
     fn completion_response_follows_openai() {
         let meta = ResponseMeta::new(Endpoint::Completions, "m");
         assert!(meta.chunk(0, ChoiceEvent::Start, false).is_none());
-        let parse = |text: String| serde_json::from_str::<Value>(&text).unwrap();
         let token = parse(meta.chunk(1, text("a"), false).unwrap());
         assert_eq!(token["object"], "text_completion");
         assert_eq!(token["choices"][0]["index"], 1);

@@ -3,16 +3,19 @@
 //! back while it may be a call ([`ChoiceText`]) and read as calls at its end.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use engines::{FinishReason, Logprobs, Refusal, TokenEvent};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use ledger::RecordStatus;
 use routing::RoutedStream;
+use serde::Serialize;
 
 use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
@@ -308,43 +311,121 @@ pub async fn whole_response(
     Ok(Json(meta.response(&choices, usage)).into_response())
 }
 
-/// One server-sent event carrying `json` (compact JSON has no line breaks, so one `data:`
-/// line holds it).
-fn data(json: String) -> Result<Bytes, Infallible> {
-    let mut event = String::with_capacity(json.len() + 8);
-    event.push_str("data: ");
-    event.push_str(&json);
-    event.push_str("\n\n");
-    Ok(Bytes::from(event))
+/// Server-sent events, written into one buffer that is reused: what is written between two
+/// [`Self::take`]s leaves as one body frame, a slice of that buffer (no allocation per event
+/// once the buffer is warm: a frame hyper has written and dropped gives its space back).
+struct SseWriter {
+    buffer: BytesMut,
+    /// An event's JSON on its way into `buffer`: serde_json writes a piece at a time, which a
+    /// vector takes faster than a `BytesMut`.
+    json: Vec<u8>,
 }
 
-/// The SSE response over `events`: the events that are ready together go out as one body
-/// frame (one write to the socket, not one per token when the engine hands over several at
-/// once, as a remote upstream's segment of chunks does); none waits for another.
+impl SseWriter {
+    /// Room made at once when the buffer runs low (a few tokens' chunks).
+    const RESERVE: usize = 4096;
+
+    fn new() -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            json: Vec::new(),
+        }
+    }
+
+    /// An event carrying `json` (compact JSON has no line breaks, so one `data:` line holds
+    /// it).
+    fn json(&mut self, json: &impl Serialize) {
+        self.json.clear();
+        serde_json::to_writer(&mut self.json, json).expect("an event serialises");
+        self.open();
+        self.buffer.put_slice(&self.json);
+        self.buffer.put_slice(b"\n\n");
+    }
+
+    /// An event carrying `text` as it is (`[DONE]`, an error's JSON).
+    fn text(&mut self, text: &str) {
+        self.open();
+        self.buffer.put_slice(text.as_bytes());
+        self.buffer.put_slice(b"\n\n");
+    }
+
+    fn open(&mut self) {
+        if self.buffer.capacity() - self.buffer.len() < Self::RESERVE / 4 {
+            self.buffer.reserve(Self::RESERVE);
+        }
+        self.buffer.put_slice(b"data: ");
+    }
+
+    /// The events written since the last take, as one frame; `None` if there are none.
+    fn take(&mut self) -> Option<Result<BytesMut, Infallible>> {
+        (!self.buffer.is_empty()).then(|| Ok(self.buffer.split()))
+    }
+}
+
+/// The SSE response over `frames`: the frames that are ready together go out as one (one
+/// write to the socket, not one per token when the engine hands over several at once, as a
+/// remote upstream's segment of chunks does); none waits for another.
 pub fn sse_response(
-    events: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+    frames: impl Stream<Item = Result<BytesMut, Infallible>> + Send + 'static,
 ) -> Response {
-    const MOST_EVENTS_PER_FRAME: usize = 64;
-    let frames = events
-        .ready_chunks(MOST_EVENTS_PER_FRAME)
-        .map(|mut events| {
-            if events.len() == 1 {
-                return events.pop().expect("one event");
-            }
-            let mut frame = Vec::with_capacity(events.iter().flatten().map(Bytes::len).sum());
-            for event in events.iter().flatten() {
-                frame.extend_from_slice(event);
-            }
-            Ok(Bytes::from(frame))
-        });
     (
         [
             (axum::http::header::CONTENT_TYPE, "text/event-stream"),
             (axum::http::header::CACHE_CONTROL, "no-cache"),
         ],
-        axum::body::Body::from_stream(frames),
+        axum::body::Body::from_stream(ReadyJoined::new(frames)),
     )
         .into_response()
+}
+
+/// The frames of a stream, those ready together joined into one (up to
+/// [`Self::MOST_FRAMES`]). Like `futures`' `ready_chunks` and a concatenation, without a vector
+/// per frame, and without a copy when the frames lie next to each other in one buffer (an
+/// [`SseWriter`]'s do, unless it had to grow in between).
+struct ReadyJoined<S> {
+    frames: Pin<Box<S>>,
+    ended: bool,
+}
+
+impl<S> ReadyJoined<S> {
+    const MOST_FRAMES: usize = 64;
+
+    fn new(frames: S) -> Self {
+        Self {
+            frames: Box::pin(frames),
+            ended: false,
+        }
+    }
+}
+
+impl<S: Stream<Item = Result<BytesMut, Infallible>>> Stream for ReadyJoined<S> {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut joined = match this.frames.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => return Poll::Pending,
+        };
+        for _ in 1..Self::MOST_FRAMES {
+            match this.frames.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => joined.unsplit(frame),
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(joined.freeze())))
+    }
 }
 
 /// The SSE body. It owns the relay: when the client hangs up, hyper drops the body, the token
@@ -355,7 +436,7 @@ pub fn sse_events(
     mut relay: Relay,
     include_usage: bool,
     tools: Option<Arc<ToolSpec>>,
-) -> impl Stream<Item = Result<Bytes, Infallible>> {
+) -> impl Stream<Item = Result<BytesMut, Infallible>> {
     async_stream::stream! {
         // Per choice: the text held back while it may still be a tool call (`None` once it
         // is known to be content: tokens then go out as they come).
@@ -363,22 +444,25 @@ pub fn sse_events(
             .map(|_| tools.as_ref().filter(|t| t.may_open_call("")).map(|_| ChoiceText::default()))
             .collect();
         let mut sent = vec![0usize; relay.choices()];
+        let mut sse = SseWriter::new();
         for i in 0..relay.choices() {
             if let Some(chunk) = meta.chunk(i, ChoiceEvent::Start, include_usage) {
-                yield data(chunk);
+                sse.json(&chunk);
             }
+        }
+        if let Some(frame) = sse.take() {
+            yield frame;
         }
         let failure = loop {
             // One chunk per generated token, as vLLM streams, even when its text is empty:
             // clients and load generators count tokens by chunks.
-            let mut chunks = Vec::new();
             match relay.next().await {
                 Ok(Some(Output::Text { choice, text, logprobs })) => match &mut held[choice] {
                     Some(holding) => {
                         holding.push(&text, logprobs);
                         let may_call = tools.as_ref().is_some_and(|t| t.may_open_call(&holding.text));
                         if !may_call {
-                            chunks.extend(meta.chunk(choice, ChoiceEvent::Text(holding.piece()), include_usage));
+                            sse_chunk(&mut sse, meta.chunk(choice, ChoiceEvent::Text(holding.piece()), include_usage));
                             sent[choice] = holding.text.len();
                             held[choice] = None;
                         }
@@ -386,7 +470,7 @@ pub fn sse_events(
                     None => {
                         let logprobs = logprobs.as_deref().map(std::slice::from_ref).unwrap_or_default();
                         let piece = TextPiece { text: &text, logprobs, offset: sent[choice] };
-                        chunks.extend(meta.chunk(choice, ChoiceEvent::Text(piece), include_usage));
+                        sse_chunk(&mut sse, meta.chunk(choice, ChoiceEvent::Text(piece), include_usage));
                         sent[choice] += text.len();
                     }
                 },
@@ -395,37 +479,47 @@ pub fn sse_events(
                     if let Some(holding) = held[choice].take() {
                         match tools.as_ref().and_then(|t| t.parse(&holding.text)) {
                             Some(calls) => {
-                                chunks.extend(meta.chunk(choice, ChoiceEvent::ToolCalls(&calls), include_usage));
+                                sse_chunk(&mut sse, meta.chunk(choice, ChoiceEvent::ToolCalls(&calls), include_usage));
                                 end = ChoiceEnd::ToolCalls;
                             }
-                            None => chunks.extend(meta.chunk(choice, ChoiceEvent::Text(holding.piece()), include_usage)),
+                            None => sse_chunk(&mut sse, meta.chunk(choice, ChoiceEvent::Text(holding.piece()), include_usage)),
                         }
                     }
-                    chunks.extend(meta.chunk(choice, ChoiceEvent::Finish(end), include_usage));
+                    sse_chunk(&mut sse, meta.chunk(choice, ChoiceEvent::Finish(end), include_usage));
                 }
                 Ok(None) => break None,
                 Err(failure) => break Some(failure),
             };
-            for chunk in chunks {
-                yield data(chunk);
+            if let Some(frame) = sse.take() {
+                yield frame;
             }
         };
         match failure {
             // Never a silently truncated answer: a failure mid-stream is an error event.
             Some(failure) => {
                 let error = failure.to_error(&meta.model);
-                yield data(error.to_json());
+                sse.text(&error.to_json());
             }
             None => {
                 let usage_chunk = include_usage.then(|| meta.usage_chunk(relay.usage));
                 // Committed to the ledger before `[DONE]`, the response's last byte.
                 relay.complete().await;
                 if let Some(chunk) = usage_chunk {
-                    yield data(chunk);
+                    sse.json(&chunk);
                 }
             }
         }
-        yield data("[DONE]".to_string());
+        sse.text("[DONE]");
+        if let Some(frame) = sse.take() {
+            yield frame;
+        }
+    }
+}
+
+/// Writes `chunk`, if the endpoint has one for the event.
+fn sse_chunk(sse: &mut SseWriter, chunk: Option<impl Serialize>) {
+    if let Some(chunk) = chunk {
+        sse.json(&chunk);
     }
 }
 
@@ -436,16 +530,32 @@ mod tests {
 
     #[tokio::test]
     async fn events_ready_together_go_out_as_one_frame_and_none_waits_for_another() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, Infallible>>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<BytesMut, Infallible>>();
         let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
         let mut body = sse_response(events).into_body();
-        for text in ["a", "b", "c"] {
-            tx.send(data(format!("\"{text}\""))).unwrap();
+        let event = |text: &str| {
+            let mut sse = SseWriter::new();
+            sse.text(text);
+            sse.take().unwrap()
+        };
+        for text in ["\"a\"", "\"b\"", "\"c\""] {
+            tx.send(event(text)).unwrap();
         }
         let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&frame[..], b"data: \"a\"\n\ndata: \"b\"\n\ndata: \"c\"\n\n");
+        // Frames of one writer (side by side in its buffer), JSON events among them.
+        let mut sse = SseWriter::new();
+        for n in 0..3 {
+            sse.json(&serde_json::json!({ "n": n }));
+            tx.send(sse.take().unwrap()).unwrap();
+        }
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(
+            &frame[..],
+            b"data: {\"n\":0}\n\ndata: {\"n\":1}\n\ndata: {\"n\":2}\n\n"
+        );
         // One ready event is sent at once, alone.
-        tx.send(data("[DONE]".to_string())).unwrap();
+        tx.send(event("[DONE]")).unwrap();
         let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&frame[..], b"data: [DONE]\n\n");
         drop(tx);

@@ -13,7 +13,7 @@ use gateway::config::GatewayConfig;
 use gateway::error::ApiError;
 use gateway::openai::chat::ChatCompletionRequest;
 use gateway::openai::completions::CompletionRequest;
-use gateway::openai::json::{from_value, parse};
+use gateway::openai::json::parse;
 use gateway::openai::params::CommonParams;
 use gateway::openai::response::Endpoint;
 
@@ -31,23 +31,23 @@ pub const TARGETS: [(&str, Target); 3] = [
 /// preamble does (JSON, each endpoint's own fields, the shared parameters), the conversation
 /// flattened and the prompts built, every error rendered as its response body.
 pub fn request_body(data: &[u8]) {
-    let body = match parse::<serde_json::Value>(data) {
-        Ok(body) => body,
-        Err(error) => return render(error),
-    };
+    let body = data;
+    if let Err(error) = gateway::openai::json::model_name(body) {
+        return render(error);
+    }
     // Tools (their schemas compiled by the grammar engine) and the conversation they join.
-    let chat = from_value::<ChatCompletionRequest>(&body).and_then(|r| {
+    let chat = parse::<ChatCompletionRequest>(body).and_then(|r| {
         r.tools()
             .and_then(|tools| r.conversation(tools.as_ref()).map(drop))
     });
-    let completions = from_value::<CompletionRequest>(&body).and_then(|r| {
+    let completions = parse::<CompletionRequest>(body).and_then(|r| {
         // The preamble refuses more than `max_prompts_per_request` (64) before building any.
         match r.prompt_count() {
             0..=64 => r.prompts().map(drop),
             _ => Ok(()),
         }
     });
-    let params = from_value::<CommonParams>(&body);
+    let params = parse::<CommonParams>(body);
     let (chat_params, text_params) = match params {
         Ok(p) => (
             p.validate(Endpoint::Chat).map(drop),

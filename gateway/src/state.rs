@@ -1,5 +1,6 @@
 //! What every handler can reach: the models, the key store, the server limits.
 
+use std::ops::Deref;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -25,9 +26,13 @@ pub struct Limits {
     pub max_prompt_tokens_per_request: u64,
 }
 
-/// Shared state of the server; cheap to clone.
+/// Shared state of the server; cheap to clone (one reference count: every layer and handler
+/// that takes the state clones it, per request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+/// What [`AppState`] shares (reached through it).
+pub struct SharedState {
     /// Limits applied at the edge.
     pub limits: Limits,
     /// Every configured model and its state.
@@ -59,7 +64,7 @@ impl AppState {
             &requests,
             quotas.clone(),
         ));
-        Self {
+        Self(Arc::new(SharedState {
             limits,
             models,
             metrics,
@@ -67,7 +72,7 @@ impl AppState {
             quotas,
             ledger,
             directory: Arc::new(RwLock::new(Arc::new(directory))),
-        }
+        }))
     }
 
     /// The current tenants and keys (a snapshot: a reload swaps in a new one).
@@ -78,5 +83,13 @@ impl AppState {
     /// Replaces tenants and keys; requests already admitted keep what they were admitted with.
     pub fn replace_directory(&self, directory: Directory) {
         *self.directory.write().expect("directory lock") = Arc::new(directory);
+    }
+}
+
+impl Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
     }
 }

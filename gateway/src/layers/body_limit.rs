@@ -60,8 +60,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> Router {
-        let mut state = testing::state(|_| {});
-        state.limits.max_body_bytes = 32;
+        let state = testing::state_with_edge(|_| {}, |edge| edge.max_body_bytes = 32);
         Router::new()
             .route(
                 "/",

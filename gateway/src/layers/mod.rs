@@ -52,6 +52,14 @@ pub(crate) mod testing {
 
     /// A state with one tenant, shaped by `limits`, and no model.
     pub fn state(limits: impl FnOnce(&mut TenantConfig)) -> AppState {
+        state_with_edge(limits, |_| {})
+    }
+
+    /// [`state`], with the edge's limits shaped by `edge`.
+    pub fn state_with_edge(
+        limits: impl FnOnce(&mut TenantConfig),
+        edge: impl FnOnce(&mut Limits),
+    ) -> AppState {
         let digest = |key: &str| ApiKey::from_plaintext(key).digest().to_string();
         let mut tenant =
             TenantConfig::unlimited(TenantId::new(TENANT).unwrap(), vec![digest(TENANT_KEY)]);
@@ -61,14 +69,16 @@ pub(crate) mod testing {
             admin_keys: vec![digest(ADMIN_KEY)],
             ..GatewayConfig::default()
         };
+        let mut edge_limits = Limits {
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(60),
+            cors_origins: Vec::new(),
+            max_prompts_per_request: 64,
+            max_prompt_tokens_per_request: 131_072,
+        };
+        edge(&mut edge_limits);
         AppState::new(
-            Limits {
-                max_body_bytes: 1 << 20,
-                request_timeout: Duration::from_secs(60),
-                cors_origins: Vec::new(),
-                max_prompts_per_request: 64,
-                max_prompt_tokens_per_request: 131_072,
-            },
+            edge_limits,
             Arc::new(ModelRegistry::default()),
             Directory::from_config(&config).unwrap(),
             None,

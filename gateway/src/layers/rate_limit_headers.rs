@@ -64,30 +64,43 @@ pub fn format_reset(d: Duration) -> String {
     }
 }
 
-fn put(headers: &mut HeaderMap, kind: &str, state: &LimitState) {
-    let mut set = |name: String, value: String| {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            headers.insert(name, value);
-        }
-    };
-    set(format!("x-ratelimit-limit-{kind}"), state.limit.to_string());
-    set(
-        format!("x-ratelimit-remaining-{kind}"),
-        state.remaining.to_string(),
-    );
-    set(
-        format!("x-ratelimit-reset-{kind}"),
-        format_reset(state.reset),
-    );
+/// One kind of limit's headers: its limit, what remains, when it is whole again. Names made
+/// once (they go on every response).
+struct LimitHeaders {
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
+}
+
+const REQUESTS: LimitHeaders = LimitHeaders {
+    limit: HeaderName::from_static("x-ratelimit-limit-requests"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-requests"),
+    reset: HeaderName::from_static("x-ratelimit-reset-requests"),
+};
+
+const TOKENS: LimitHeaders = LimitHeaders {
+    limit: HeaderName::from_static("x-ratelimit-limit-tokens"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    reset: HeaderName::from_static("x-ratelimit-reset-tokens"),
+};
+
+fn put(headers: &mut HeaderMap, names: LimitHeaders, state: &LimitState) {
+    headers.insert(names.limit, HeaderValue::from(state.limit));
+    headers.insert(names.remaining, HeaderValue::from(state.remaining));
+    if let Ok(reset) = HeaderValue::try_from(format_reset(state.reset)) {
+        headers.insert(names.reset, reset);
+    }
 }
 
 /// Adds the headers of every configured limit (unlimited tenants get none).
 fn insert(headers: &mut HeaderMap, status: &RateLimitStatus) {
+    // Room for all six at once, not a regrowth of the map on the way.
+    headers.reserve(6);
     if let Some(requests) = &status.requests {
-        put(headers, "requests", requests);
+        put(headers, REQUESTS, requests);
     }
     if let Some(tokens) = &status.tokens {
-        put(headers, "tokens", tokens);
+        put(headers, TOKENS, tokens);
     }
 }
 

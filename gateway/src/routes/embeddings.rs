@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
 use crate::models::{Embedder, ModelState, RemoteEmbedder};
 use crate::openai::embeddings::{EmbeddingRequest, EncodingFormat, Input};
-use crate::openai::json::from_value;
+use crate::openai::json::parse;
 use crate::routes::sizing::sized;
 use crate::state::AppState;
 use engines::EmbeddingModel;
@@ -48,10 +48,10 @@ pub async fn prepare(State(state): State<AppState>, request: Request, next: Next
 
 fn prepare_embedding(
     caller: &Caller,
-    body: &Value,
+    body: &[u8],
     model_state: Option<ModelState>,
 ) -> Result<(PreparedEmbedding, RequestCost), ApiError> {
-    let request: EmbeddingRequest = from_value(body)?;
+    let request: EmbeddingRequest = parse(body)?;
     let id = request.model.as_str();
     let model_state = model_state.ok_or_else(|| ApiError::model_not_found(id))?;
     if !caller.tenant.models.allows(id) {
@@ -91,7 +91,13 @@ fn prepare_embedding(
                     Input::Tokens(ids) => ids.len() as u64,
                 })
                 .sum();
-            let work = Work::Remote(remote.clone(), body["input"].clone(), request.dimensions);
+            /// The client's `input` as sent, for the upstream.
+            #[derive(serde::Deserialize)]
+            struct AsSent {
+                input: Value,
+            }
+            let input = parse::<AsSent>(body)?.input;
+            let work = Work::Remote(remote.clone(), input, request.dimensions);
             (work, tokens)
         }
     };

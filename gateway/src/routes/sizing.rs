@@ -9,12 +9,11 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::extensions::{Caller, Handoff, RequestCost, ServedModel};
 use crate::models::ModelState;
-use crate::openai::json::read_json;
+use crate::openai::json::{model_name, read_body};
 use crate::state::AppState;
 
 /// Runs `prepare(caller, body, the named model's state)` between reading the request and the
@@ -22,16 +21,20 @@ use crate::state::AppState;
 pub async fn sized<P, F>(state: &AppState, request: Request, next: Next, prepare: F) -> Response
 where
     P: Send + Sync + 'static,
-    F: FnOnce(&Caller, &Value, Option<ModelState>) -> Result<(P, RequestCost), ApiError>,
+    F: FnOnce(&Caller, &[u8], Option<ModelState>) -> Result<(P, RequestCost), ApiError>,
 {
     let (parts, body) = request.into_parts();
     // The body is read here, once; the handler gets what was parsed from it.
-    let body: Value = match read_json(body, state.limits.max_body_bytes).await {
+    let body = match read_body(body, state.limits.max_body_bytes).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
-    let named = body["model"]
-        .as_str()
+    let model = match model_name(&body) {
+        Ok(model) => model,
+        Err(error) => return error.into_response(),
+    };
+    let named = model
+        .as_deref()
         .and_then(|m| state.models.get(m).map(|model_state| (m, model_state)));
     let Some(caller) = parts.extensions.get::<Caller>() else {
         return ApiError::internal("a sized route runs after authentication").into_response();

@@ -9,14 +9,13 @@ use axum::middleware::Next;
 use axum::response::Response;
 use engines::SamplingParams;
 use routing::{ModelRouter, RouteRequest};
-use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::extensions::{Caller, RequestCost};
 use crate::models::ModelState;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::{CompletionRequest, DEFAULT_MAX_TOKENS};
-use crate::openai::json::from_value;
+use crate::openai::json::parse;
 use crate::openai::params::CommonParams;
 use crate::openai::response::{Endpoint, ResponseMeta};
 use crate::openai::tools::ToolSpec;
@@ -85,19 +84,19 @@ fn prepare_generation(
     state: &AppState,
     endpoint: Endpoint,
     caller: &Caller,
-    body: &Value,
+    body: &[u8],
     model_state: Option<ModelState>,
 ) -> Result<(PreparedGeneration, RequestCost), ApiError> {
     let parsed = match endpoint {
-        Endpoint::Chat => GenerationBody::Chat(from_value(body)?),
-        Endpoint::Completions => GenerationBody::Completions(from_value(body)?),
+        Endpoint::Chat => GenerationBody::Chat(parse(body)?),
+        Endpoint::Completions => GenerationBody::Completions(parse(body)?),
     };
     let model = match &parsed {
         GenerationBody::Chat(request) => &request.model,
         GenerationBody::Completions(request) => &request.model,
     };
     let engine = resolve_model(model_state, caller, model)?;
-    let mut params = from_value::<CommonParams>(body)?.validate(endpoint)?;
+    let mut params = parse::<CommonParams>(body)?.validate(endpoint)?;
     let mut share = caller.tenant.limits.share;
     if let Some(asked) = params.priority {
         if asked > share.priority {

@@ -9,8 +9,12 @@
 #   - fixed rates ($RATES, req/s): p99 latency, the share served, and CPU per request; the
 #     added latency is a target's p99 minus the mock's at the same rate.
 # Every measurement runs the targets one after the other (mock, gateway, LiteLLM), so drift of
-# the shared machine shows up between rounds, not between targets. CPU per request is the
-# server's user + system time (all its processes) over the requests it answered.
+# the shared machine shows up between rounds, not between targets. While one target is
+# measured, the other proxies are stopped (SIGSTOP, their whole process trees; the mock runs
+# for all): idle, LiteLLM's workers still wake up often enough to take cycles and caches from
+# whatever runs beside them (the gateway's CPU per request at 50 req/s read 0.56 ms with LiteLLM
+# idling beside it, 0.38 without). CPU per request is the server's user + system time (all its
+# processes) over the requests it answered.
 #
 #   scripts/bench-gateway-vs-litellm.sh [OUT_DIR]     (default target/bench/gateway-vs-litellm)
 #
@@ -174,8 +178,8 @@ pid_of() {
     litellm) echo "$LITELLM_PID" ;;
   esac
 }
-# cpu_ticks PID: user + system clock ticks of PID and every process below it.
-cpu_ticks() {
+# tree PID: PID and every process below it.
+tree() {
   local all=$1 frontier=$1 next
   while [ -n "$frontier" ]; do
     next=""
@@ -183,19 +187,35 @@ cpu_ticks() {
     frontier=$(echo $next)
     all="$all $frontier"
   done
-  for p in $all; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true; done | awk '{s += $1} END {print s + 0}'
+  echo $all
 }
+# cpu_ticks PID: user + system clock ticks of PID and every process below it.
+cpu_ticks() {
+  for p in $(tree "$1"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true; done | awk '{s += $1} END {print s + 0}'
+}
+# pause_others TARGET SIGNAL: SIGSTOP or SIGCONT to every proxy but TARGET (never the mock).
+pause_others() {
+  local other
+  for other in $TARGETS; do
+    if [ "$other" = mock ] || [ "$other" = "$1" ]; then continue; fi
+    kill -"$2" $(tree "$(pid_of "$other")") 2>/dev/null || true
+  done
+}
+# A stopped server would not hear the TERM that stops it: everyone runs again first.
+trap 'pause_others none CONT; stop_servers' EXIT
 REQUEST='{"model": "mock", "messages": [{"role": "user", "content": "Say something short, please."}], "stream": true, "max_tokens": 16}'
 
 # measure TARGET NAME OHA_ARGS...: one oha run; its JSON and the server's CPU ticks.
 measure() {
   local target=$1 name=$2; shift 2
   local before after
+  pause_others "$target" STOP
   before=$(cpu_ticks "$(pid_of "$target")")
   "$OHA" --no-tui --output-format json -z "${DURATION}s" -m POST \
     -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" -d "$REQUEST" \
     "$@" "$(url_of "$target")" >"$OUT/$target.$name.json" 2>"$OUT/$target.$name.err" || true
   after=$(cpu_ticks "$(pid_of "$target")")
+  pause_others "$target" CONT
   echo "$((after - before))" >"$OUT/$target.$name.cpu"
   echo "[$target $name] done" >&2
 }

@@ -239,7 +239,7 @@ impl Engine for RemoteEngine {
             builder = builder.header("traceparent", traceparent);
         }
         let http_request = builder
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| EngineError::Load(e.to_string()))?;
         let (events, receiver) = mpsc::unbounded_channel();
         let call = UpstreamCall {

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::constraint::OutputConstraint;
@@ -10,75 +11,119 @@ use crate::engine::{
     FinishReason, GenerationRequest, Logprobs, Prompt, Refusal, TokenLogprob, Usage,
 };
 
+/// The body of a streamed request upstream, in the order OpenAI documents its fields. Written
+/// from borrowed fields straight into the body's bytes (one per request: no JSON tree).
+#[derive(Serialize)]
+struct UpstreamBody<'a> {
+    model: &'a str,
+    max_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    stream: bool,
+    stream_options: StreamOptions,
+    // Extensions vLLM and the engine-worker understand; sent only when they matter, so strict
+    // OpenAI servers are not handed unknown fields needlessly.
+    #[serde(skip_serializing_if = "is_zero")]
+    top_k: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ignore_eos: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<LogprobsField>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<crate::ChatMessage>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<PromptField<'a>>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// `logprobs`: a switch on chat completions, a count on text completions.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum LogprobsField {
+    Chat(bool),
+    Text(usize),
+}
+
+/// A text completion's `prompt`: text or token ids.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PromptField<'a> {
+    Text(&'a str),
+    Tokens(&'a [u32]),
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// The upstream endpoint (under `api_base`) and JSON body of a request for `upstream_model`.
 pub(super) fn upstream_request(
     api_base: &str,
     upstream_model: &str,
     request: &GenerationRequest,
-) -> (String, Value) {
+) -> (String, Vec<u8>) {
     let p = &request.params;
-    let mut body = json!({
-        "model": upstream_model,
-        "max_tokens": p.max_tokens,
-        "temperature": p.temperature,
-        "top_p": p.top_p,
-        "presence_penalty": p.presence_penalty,
-        "frequency_penalty": p.frequency_penalty,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    // Extensions vLLM and the engine-worker understand; sent only when they matter, so
-    // strict OpenAI servers are not handed unknown fields needlessly.
-    if p.top_k > 0 {
-        body["top_k"] = json!(p.top_k);
-    }
-    if p.ignore_eos {
-        body["ignore_eos"] = json!(true);
-    }
-    if let Some(seed) = p.seed {
-        body["seed"] = json!(seed);
-    }
-    if !p.stop.is_empty() {
-        body["stop"] = json!(p.stop);
-    }
     let messages = request.prompt.plain_messages();
     let chat = messages.is_some();
     // Log probabilities in each endpoint's own terms.
-    match (p.logprobs, chat) {
-        (None, _) => {}
-        (Some(k), true) => {
-            body["logprobs"] = json!(true);
-            body["top_logprobs"] = json!(k);
-        }
-        (Some(k), false) => body["logprobs"] = json!(k),
-    }
+    let (logprobs, top_logprobs) = match (p.logprobs, chat) {
+        (None, _) => (None, None),
+        (Some(k), true) => (Some(LogprobsField::Chat(true)), Some(k)),
+        (Some(k), false) => (Some(LogprobsField::Text(k)), None),
+    };
     // Structured output as OpenAI's `response_format`, on both endpoints (vLLM and the
     // engine-worker read it on text completions too).
-    if let Some(constraint) = &p.constraint {
-        body["response_format"] = match constraint.as_ref() {
-            OutputConstraint::JsonObject => json!({"type": "json_object"}),
-            OutputConstraint::JsonSchema(schema) => {
-                json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}})
-            }
-        };
-    }
+    let response_format = p.constraint.as_ref().map(|c| match c.as_ref() {
+        OutputConstraint::JsonObject => json!({"type": "json_object"}),
+        OutputConstraint::JsonSchema(schema) => {
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}})
+        }
+    });
     // Conversations go up as plain messages, tools in the system message (the gateway reads
     // the calls back from the text, so no upstream tool parser is needed).
-    let path = match &request.prompt {
-        Prompt::Chat(_) | Prompt::ChatWithTools(..) => {
-            body["messages"] = json!(messages);
-            "chat/completions"
-        }
-        Prompt::Text(text) => {
-            body["prompt"] = json!(text);
-            "completions"
-        }
-        Prompt::Tokens(ids) => {
-            body["prompt"] = json!(ids);
-            "completions"
-        }
+    let (path, prompt) = match &request.prompt {
+        Prompt::Chat(_) | Prompt::ChatWithTools(..) => ("chat/completions", None),
+        Prompt::Text(text) => ("completions", Some(PromptField::Text(text))),
+        Prompt::Tokens(ids) => ("completions", Some(PromptField::Tokens(ids))),
     };
-    (format!("{}/{path}", api_base), body)
+    let body = UpstreamBody {
+        model: upstream_model,
+        max_tokens: p.max_tokens,
+        temperature: p.temperature,
+        top_p: p.top_p,
+        presence_penalty: p.presence_penalty,
+        frequency_penalty: p.frequency_penalty,
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        top_k: p.top_k,
+        ignore_eos: p.ignore_eos,
+        seed: p.seed,
+        stop: &p.stop,
+        logprobs,
+        top_logprobs,
+        response_format,
+        messages,
+        prompt,
+    };
+    let mut bytes = Vec::with_capacity(512);
+    serde_json::to_writer(&mut bytes, &body).expect("a request body serialises");
+    (format!("{}/{path}", api_base), bytes)
 }
 
 /// What one streamed chunk carries.
@@ -329,7 +374,13 @@ mod tests {
         let tenant = policies::TenantId::new("t").unwrap();
         let chat = GenerationRequest::new(Prompt::Chat(vec![]), params.clone(), tenant.clone());
         let (url, body) = upstream_request("http://u/v1", "m", &chat);
+        let body: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(url, "http://u/v1/chat/completions");
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["messages"], json!([]));
+        for absent in ["top_k", "ignore_eos", "seed", "stop", "prompt"] {
+            assert!(body.get(absent).is_none(), "{absent} sent unasked");
+        }
         assert_eq!(
             (body["logprobs"].clone(), body["top_logprobs"].clone()),
             (json!(true), json!(3))
@@ -340,6 +391,9 @@ mod tests {
         );
         let text = GenerationRequest::new(Prompt::Text("x".into()), params, tenant);
         let (_, body) = upstream_request("http://u/v1", "m", &text);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["prompt"], "x");
+        assert!(body.get("messages").is_none());
         assert_eq!(body["logprobs"], json!(3));
         assert!(body.get("top_logprobs").is_none());
         assert_eq!(body["response_format"]["type"], "json_schema");

@@ -194,10 +194,20 @@ mod tests {
     #[test]
     fn the_model_is_read_alone_and_a_body_that_is_not_json_stops_there() {
         let name = |body: &[u8]| model_name(body).map(|m| m.map(|m| m.into_owned()));
-        assert_eq!(name(br#"{"x": [1], "model": "a\"b"}"#).unwrap().as_deref(), Some("a\"b"));
+        assert_eq!(
+            name(br#"{"x": [1], "model": "a\"b"}"#).unwrap().as_deref(),
+            Some("a\"b")
+        );
         assert_eq!(name(br#"{"messages": []}"#).unwrap(), None);
-        assert_eq!(name(br#"{"model": 7}"#).unwrap(), None, "the endpoint's parse says why");
-        assert_eq!(name(br#"{"model": 7"#).unwrap_err().code, Some("invalid_json"));
+        assert_eq!(
+            name(br#"{"model": 7}"#).unwrap(),
+            None,
+            "the endpoint's parse says why"
+        );
+        assert_eq!(
+            name(br#"{"model": 7"#).unwrap_err().code,
+            Some("invalid_json")
+        );
         assert_eq!(name(b"[1, 2]").unwrap(), None);
     }
 

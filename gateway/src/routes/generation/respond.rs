@@ -328,7 +328,8 @@ impl SseWriter {
     fn new() -> Self {
         Self {
             buffer: BytesMut::new(),
-            json: Vec::new(),
+            // A chunk's JSON is a few hundred bytes: no regrowth on the first ones.
+            json: Vec::with_capacity(512),
         }
     }
 

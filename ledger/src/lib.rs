@@ -299,7 +299,8 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn record(i: u64) -> UsageRecord {
+    /// Record number `i` (three tenants in turn); the store tests use it too.
+    pub(crate) fn record(i: u64) -> UsageRecord {
         UsageRecord {
             request_id: format!("req-{i}"),
             tenant: format!("t{}", i % 3).parse().unwrap(),

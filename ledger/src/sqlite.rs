@@ -244,24 +244,7 @@ fn tenant_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Tena
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RecordStatus;
-
-    fn record(i: u64) -> UsageRecord {
-        UsageRecord {
-            request_id: format!("req-{i}"),
-            tenant: "acme".parse().unwrap(),
-            key_id: "k".into(),
-            model: "m".into(),
-            pool: "local".into(),
-            prompt_tokens: i,
-            completion_tokens: 1,
-            status: RecordStatus::Completed,
-            finish_reason: None,
-            started_at_ms: 1_000,
-            ended_at_ms: 2_000 + i as i64,
-            prompt_tokens_estimated: false,
-        }
-    }
+    use crate::tests::record;
 
     #[test]
     fn the_checkpoint_thread_copies_the_wal_back_while_the_writer_goes_on() {

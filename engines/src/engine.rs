@@ -67,7 +67,24 @@ pub struct GenerationRequest {
     pub cache_scope: Option<String>,
 }
 
+/// The prefix-cache scope of a request of `tenant` that names `cache_scope`, as its kind and
+/// its name: the tenant's own scope when it names none, else the shared one it names (a
+/// sharing group, narrowed by a salt). Kinds are spelled apart, so no shared name can pose as a
+/// tenant. Whatever keys by scope (the local engine's block keys, routing's placement) takes it
+/// from here, so that they agree on which requests share.
+pub fn prefix_cache_scope<'a>(tenant: &'a TenantId, cache_scope: Option<&'a str>) -> [&'a str; 2] {
+    match cache_scope {
+        Some(scope) => ["shared", scope],
+        None => ["tenant", tenant.as_str()],
+    }
+}
+
 impl GenerationRequest {
+    /// Its prefix-cache scope ([`prefix_cache_scope`]).
+    pub fn prefix_cache_scope(&self) -> [&str; 2] {
+        prefix_cache_scope(&self.tenant, self.cache_scope.as_deref())
+    }
+
     /// A request of `tenant` with the default terms (weight 1, interactive).
     pub fn new(prompt: Prompt, params: SamplingParams, tenant: TenantId) -> Self {
         Self {

@@ -29,9 +29,9 @@ pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
 pub use embeddings::{EmbeddingModel, EmbeddingOptions};
 pub use engine::{
-    Completion, Engine, EngineCounters, FinishReason, GenerationRequest, Logprobs, ModelInfo,
-    PreparedPrompt, Prompt, Refusal, RequestTiming, TenantCounters, TokenEvent, TokenLogprob,
-    TokenStream, Usage, REMOTE_TOKEN_ID,
+    prefix_cache_scope, Completion, Engine, EngineCounters, FinishReason, GenerationRequest,
+    Logprobs, ModelInfo, PreparedPrompt, Prompt, Refusal, RequestTiming, TenantCounters,
+    TokenEvent, TokenLogprob, TokenStream, Usage, REMOTE_TOKEN_ID,
 };
 pub use error::{EngineError, Result};
 pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};

@@ -83,10 +83,8 @@ impl RouteRequest {
     pub fn prefix_key(&self, requester: &Requester) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();
-        match &requester.cache_scope {
-            Some(scope) => ("scope", scope.as_str()).hash(&mut hasher),
-            None => ("tenant", requester.tenant.as_str()).hash(&mut hasher),
-        }
+        engines::prefix_cache_scope(&requester.tenant, requester.cache_scope.as_deref())
+            .hash(&mut hasher);
         let mut text_head = |texts: &mut dyn Iterator<Item = &str>| {
             let mut left = PREFIX_KEY_BYTES;
             for text in texts {

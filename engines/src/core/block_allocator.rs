@@ -36,12 +36,15 @@ pub fn chain_hash(previous: BlockHash, tokens: impl IntoIterator<Item = u32>) ->
     key_of_digest(hasher)
 }
 
-/// The root key of a cache scope: the chain of every block under it starts here.
-pub fn scope_root(scope: &str) -> BlockHash {
+/// The root key of a cache scope, named by its kind and name
+/// ([`crate::engine::prefix_cache_scope`]): the chain of every block under it starts here.
+pub fn scope_root([kind, name]: [&str; 2]) -> BlockHash {
     key_of_digest(
         Sha256::new()
             .chain_update(b"prefix-cache scope\0")
-            .chain_update(scope.as_bytes()),
+            .chain_update(kind.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(name.as_bytes()),
     )
 }
 
@@ -360,8 +363,8 @@ mod tests {
 
     #[test]
     fn keys_chain_over_the_scope_and_every_earlier_token() {
-        let tenant_a = scope_root("tenant\0a");
-        let tenant_b = scope_root("tenant\0b");
+        let tenant_a = scope_root(["tenant", "a"]);
+        let tenant_b = scope_root(["tenant", "b"]);
         assert_ne!(chain_hash(tenant_a, [1, 2]), chain_hash(tenant_b, [1, 2]));
         let first = chain_hash(tenant_a, [1, 2]);
         let other_first = chain_hash(tenant_a, [1, 3]);

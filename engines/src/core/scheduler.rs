@@ -902,7 +902,7 @@ mod tests {
     fn cached_sequence(id: SequenceId, scope: &str, prompt: Vec<u32>) -> Sequence {
         let mut s = sequence(id, prompt.len());
         s.prompt_ids = prompt;
-        s.cache_root = Some(super::super::block_allocator::scope_root(scope));
+        s.cache_root = Some(super::super::block_allocator::scope_root(["test", scope]));
         s
     }
 
@@ -1599,7 +1599,7 @@ mod tests {
                         // prefix-cache scope, t2 has its own.
                         q.prompt_ids = (0..prompt as u32).map(|i| if 2 * i < prompt as u32 { 1 } else { 2 + variant }).collect();
                         let scope = if t == 2 { "t2" } else { "group" };
-                        q.cache_root = Some(super::super::block_allocator::scope_root(scope));
+                        q.cache_root = Some(super::super::block_allocator::scope_root(["test", scope]));
                         receivers.push((next_id, rx));
                         next_id += 1;
                         submit(&mut s, q);

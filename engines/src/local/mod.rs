@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::constraint::ConstraintState;
-use crate::core::block_allocator::{scope_root, BlockHash};
+use crate::core::block_allocator::scope_root;
 use crate::core::{CoreConfig, Job, RequestCore, StepRecord};
 use crate::device::DeviceSpec;
 use crate::engine::{
@@ -166,15 +166,6 @@ impl LocalEngine {
     }
 }
 
-/// The root of `request`'s prefix-cache scope: its tenant's own, unless it names a shared
-/// scope. The two kinds are spelled apart, so no scope name can pose as a tenant.
-fn cache_root(request: &GenerationRequest) -> BlockHash {
-    match &request.cache_scope {
-        Some(scope) => scope_root(&format!("shared\0{scope}")),
-        None => scope_root(&format!("tenant\0{}", request.tenant.as_str())),
-    }
-}
-
 /// The bounds on an engine's waiting queue.
 #[derive(Debug, Clone, Copy)]
 struct QueueBounds {
@@ -240,7 +231,9 @@ impl Engine for LocalEngine {
             let id = first_id + i as u64;
             let fork_of =
                 (first_with_prompt[i] != i).then(|| first_id + first_with_prompt[i] as u64);
-            let cache_root = self.prefix_cache.then(|| cache_root(&request));
+            let cache_root = self
+                .prefix_cache
+                .then(|| scope_root(request.prefix_cache_scope()));
             streams.push(TokenStream::new(id, prompt_ids.len(), receiver));
             jobs.push(Job {
                 id,

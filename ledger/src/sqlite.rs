@@ -8,7 +8,7 @@
 //! one has copied everything back.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, LazyLock};
 use std::thread::JoinHandle;
 
 use policies::TenantId;
@@ -60,8 +60,7 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<(SqliteWriter,
     checkpoints
         .pragma_update(None, "synchronous", durability.synchronous())
         .map_err(open_error)?;
-    let checkpointer = Checkpointer::start(checkpoints)?;
-    let wake = checkpointer.wake.clone();
+    let (checkpointer, wake) = Checkpointer::start(checkpoints)?;
     // The WAL's length at which to ask next: every further CHECKPOINT_AFTER_FRAMES frames (a
     // checkpoint held back by a reader is asked for again), from the start once it restarts.
     let mut ask_at = CHECKPOINT_AFTER_FRAMES;
@@ -94,7 +93,7 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<(SqliteWriter,
 pub(crate) struct SqliteWriter {
     connection: Connection,
     /// Stopped (and joined) when the writer goes: declared after the connection, whose hook
-    /// holds a sender, so that the thread sees its channel close.
+    /// holds the thread's only sender, so that the thread sees its channel close.
     _checkpointer: Checkpointer,
 }
 
@@ -104,14 +103,16 @@ impl Writer for SqliteWriter {
     }
 }
 
-/// The thread that checkpoints the WAL when the writer asks, on its own connection.
+/// The thread that checkpoints the WAL when the writer asks, on its own connection; joined when
+/// dropped.
 struct Checkpointer {
-    wake: mpsc::SyncSender<()>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    fn start(connection: Connection) -> Result<Self> {
+    /// Starts the thread; the sender asks it for a checkpoint (it stops once the sender is
+    /// gone).
+    fn start(connection: Connection) -> Result<(Self, mpsc::SyncSender<()>)> {
         let (wake, asked) = mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("ledger-checkpoint".into())
@@ -127,42 +128,47 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| LedgerError::Commit(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Self {
-            wake,
+        let checkpointer = Self {
             thread: Some(thread),
-        })
+        };
+        Ok((checkpointer, wake))
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        // Our sender is the last one once the writer's connection (and its hook) is gone.
-        let (closed, _) = mpsc::sync_channel(1);
-        drop(std::mem::replace(&mut self.wake, closed));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
+/// The statement that inserts one record (built once: it is looked up in the connection's
+/// statement cache by its text).
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    )
+});
+
 fn commit(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Result<()> {
     // One record (the usual group at low rates) is one statement, its own transaction: no
     // BEGIN and COMMIT to parse and run around it. Several share one transaction (one sync).
     if let [record] = records {
-        return insert(conn, record);
+        return insert(&mut conn.prepare_cached(&INSERT)?, record);
     }
     let tx = conn.transaction()?;
-    for r in records {
-        insert(&tx, r)?;
+    {
+        let mut statement = tx.prepare_cached(&INSERT)?;
+        for r in records {
+            insert(&mut statement, r)?;
+        }
     }
     tx.commit()
 }
 
-/// Inserts one record with the cached prepared statement.
-fn insert(conn: &Connection, r: &UsageRecord) -> rusqlite::Result<()> {
-    let mut insert = conn.prepare_cached(&format!(
-        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-    ))?;
+/// Inserts one record with the prepared insert statement.
+fn insert(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> rusqlite::Result<()> {
     insert.execute(rusqlite::params![
         r.request_id,
         r.tenant.as_str(),

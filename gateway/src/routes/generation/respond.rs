@@ -5,13 +5,13 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{BufMut, Bytes, BytesMut};
 use engines::{FinishReason, Logprobs, Refusal, TokenEvent};
-use futures::stream::{BoxStream, SelectAll};
+use futures::stream::{BoxStream, Fuse, SelectAll};
 use futures::{Stream, StreamExt};
 use ledger::RecordStatus;
 use routing::RoutedStream;
@@ -384,17 +384,16 @@ pub fn sse_response(
 /// per frame, and without a copy when the frames lie next to each other in one buffer (an
 /// [`SseWriter`]'s do, unless it had to grow in between).
 struct ReadyJoined<S> {
-    frames: Pin<Box<S>>,
-    ended: bool,
+    /// Fused: it may have ended while frames before its end were joined.
+    frames: Pin<Box<Fuse<S>>>,
 }
 
-impl<S> ReadyJoined<S> {
+impl<S: Stream> ReadyJoined<S> {
     const MOST_FRAMES: usize = 64;
 
     fn new(frames: S) -> Self {
         Self {
-            frames: Box::pin(frames),
-            ended: false,
+            frames: Box::pin(frames.fuse()),
         }
     }
 }
@@ -403,26 +402,14 @@ impl<S: Stream<Item = Result<BytesMut, Infallible>>> Stream for ReadyJoined<S> {
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
+        let frames = &mut self.get_mut().frames;
+        let Some(Ok(mut joined)) = ready!(frames.as_mut().poll_next(cx)) else {
             return Poll::Ready(None);
-        }
-        let mut joined = match this.frames.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(None) => {
-                this.ended = true;
-                return Poll::Ready(None);
-            }
-            Poll::Pending => return Poll::Pending,
         };
         for _ in 1..Self::MOST_FRAMES {
-            match this.frames.as_mut().poll_next(cx) {
+            match frames.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => joined.unsplit(frame),
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    break;
-                }
-                Poll::Pending => break,
+                Poll::Ready(None) | Poll::Pending => break,
             }
         }
         Poll::Ready(Some(Ok(joined.freeze())))

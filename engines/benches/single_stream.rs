@@ -1,7 +1,7 @@
 //! Single-stream prefill and decode speed of the local engine on the default model.
 //!
 //! `cargo bench -p engines --bench single_stream` prints, for each weight format, the prefill
-//! rate over the 38-token chat prompt of `shared/fixtures` and the decode rate over 128 greedy
+//! rate over the 38-token chat prompt of `engines/tests/fixtures` and the decode rate over 128 greedy
 //! tokens (end-of-sequence ignored), as the median of several runs.
 
 use std::time::Instant;
@@ -23,7 +23,7 @@ fn main() {
     let path = ensure_model(&DEFAULT_MODEL, &default_cache_dir()).expect("model");
     let prompt_text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/smollm2-chat-prompt.txt"),
+            .join("tests/fixtures/smollm2-chat-prompt.txt"),
     )
     .expect("fixture");
     println!("threads: {}", candle_core::utils::get_num_threads());

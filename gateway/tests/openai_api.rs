@@ -123,7 +123,7 @@ async fn serving_the_default_model_stays_under_400_mb_resident() {
 async fn chat_answers_questions_the_model_knows() {
     let gw = TestGateway::start_demo();
     // The bare question makes this 135M model ramble in French (llama.cpp too: see
-    // shared/BASELINES.md); with a one-word instruction it answers robustly.
+    // the team's early anchor figures); with a one-word instruction it answers robustly.
     let cases = [
         (
             json!([{"role": "system", "content": "Answer with a single word."},

@@ -128,7 +128,7 @@ impl Default for RoutingConfig {
 }
 
 /// A remote replica silent this long is stalled: long against a token's tens of milliseconds
-/// and a long prompt's prefill, short against a client's patience (`request_timeout_secs`, 30).
+/// and a long prompt's prefill, short against a client's patience (`request_timeout_secs`, 600 by default).
 const DEFAULT_REMOTE_STALL_MS: u64 = 10_000;
 
 fn default_connect_timeout_ms() -> u64 {

@@ -1,8 +1,10 @@
 //! The per-request concerns, one tower layer each. They are composed, in the order of the
-//! request path (DESIGN.md, "The path of one request"), in one function: `routes::router`.
+//! request path (docs/architecture.md, "The path of a request today"), in one function:
+//! `routes::router`.
 //! Outermost first:
 //!
-//! 1. request id (`x-request-id`, tower-http's layers, set and echoed);
+//! 1. [`client_request_id`]: a client's own id kept apart (never the gateway's), then the
+//!    gateway's request id (`x-request-id`, tower-http's layers, made and echoed);
 //! 2. [`trace`]: the request's span and its access-log line;
 //! 3. [`cors`]: cross-origin preflights and headers, when configured;
 //! 4. [`body_limit`]: the request-body size limit (413);
@@ -20,6 +22,7 @@ pub mod admission;
 pub mod around;
 pub mod authentication;
 pub mod body_limit;
+pub mod client_request_id;
 pub mod cors;
 pub mod rate_limit_headers;
 pub mod request_metrics;

@@ -117,7 +117,9 @@ fn main() {
                         match event {
                             TokenEvent::Token { .. } => arrivals.push(Instant::now()),
                             TokenEvent::Finished(_) => break,
-                            TokenEvent::Failed(e) | TokenEvent::Unavailable(e) => panic!("{e}"),
+                            TokenEvent::Failed(e)
+                            | TokenEvent::Unavailable(e)
+                            | TokenEvent::Declined(e) => panic!("{e}"),
                             TokenEvent::Refused(refusal) => panic!("{}", refusal.message),
                             TokenEvent::Routed { .. } => {}
                         }

@@ -209,8 +209,14 @@ pub enum TokenEvent {
     /// or answered 5xx/429) and generated nothing: safe to retry on another replica. No more
     /// events follow.
     Unavailable(String),
-    /// The engine refused the request as invalid before generating anything (an upstream's
-    /// 400, 413 or 422: the request's fault, not the replica's). No more events follow.
+    /// The upstream declined the request with a 4xx that is neither the request's fault nor
+    /// the replica's failure (429: busy; 401, 403, 404: not set up for this model or secret)
+    /// and generated nothing: another replica may serve it, and this one is not counted as
+    /// failed. No more events follow.
+    Declined(String),
+    /// The request's own fault, not the replica's: an upstream refused it as invalid (its 400,
+    /// 413 or 422) before generating anything, or a local engine found its output grammar
+    /// failing (possibly after some tokens). No more events follow.
     Refused(Refusal),
     /// The router placed the request on this pool and replica (sent before the first token,
     /// and again if a retry moves it). Engines themselves never send it.
@@ -403,7 +409,9 @@ impl TokenStream {
                     completion,
                 }))
             }
-            TokenEvent::Failed(e) | TokenEvent::Unavailable(e) => Some(Err(e)),
+            TokenEvent::Failed(e) | TokenEvent::Unavailable(e) | TokenEvent::Declined(e) => {
+                Some(Err(e))
+            }
             TokenEvent::Refused(refusal) => Some(Err(refusal.message)),
             TokenEvent::Routed { .. } => None,
         }
@@ -509,6 +517,9 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// Size of the vocabulary (0 when unknown: a remote engine).
     pub vocab_size: usize,
+    /// What requests that leave a sampling setting out get (the file's recommendation; the
+    /// gateway puts the operator's `[models.defaults]` over it).
+    pub sampling_defaults: crate::sampling::SamplingDefaults,
 }
 
 /// Anything that turns requests into token streams: a local candle engine, the synthetic

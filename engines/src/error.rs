@@ -68,5 +68,29 @@ pub enum EngineError {
     Embedding(String),
 }
 
+impl EngineError {
+    /// How a client is told of an error its own request caused (its output schema or grammar,
+    /// its prompt, its token ids, its messages for the template): `None` for the engine's own
+    /// failures. A request's own fault never counts against the replica that found it.
+    pub fn request_fault(&self) -> Option<crate::engine::Refusal> {
+        let (param, code) = match self {
+            EngineError::InvalidConstraint(_) | EngineError::Constraint(_) => {
+                ("response_format", "invalid_value")
+            }
+            EngineError::ContextLengthExceeded { .. } => ("messages", "context_length_exceeded"),
+            EngineError::EmptyPrompt => ("prompt", "empty_prompt"),
+            EngineError::InvalidTokenId(_) => ("prompt", "invalid_value"),
+            EngineError::ChatTemplate(_) => ("messages", "invalid_value"),
+            EngineError::InvalidInput(_) => ("input", "invalid_value"),
+            _ => return None,
+        };
+        Some(crate::engine::Refusal {
+            message: self.to_string(),
+            param: Some(param.to_string()),
+            code: Some(code.to_string()),
+        })
+    }
+}
+
 /// The engines' result type.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -38,13 +38,13 @@ pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};
 pub use model::WeightFormat;
 pub use model_fetch::{
     default_cache_dir, ensure_bundle, ensure_model, sha256_file, ModelBundle, ModelSource,
-    DEFAULT_MODEL, DEFAULT_MODEL_ID, EMBEDDING_MODEL, EMBEDDING_MODEL_ID,
+    DEFAULT_MODEL, DEFAULT_MODEL_ID, DEFAULT_MODEL_SAMPLING, EMBEDDING_MODEL, EMBEDDING_MODEL_ID,
 };
 pub use remote::{
     sse, wire, LoadReport, RemoteClient, RemoteEmbeddings, RemoteEngine, RemoteOptions,
     ReportedLoad, UpstreamError,
 };
-pub use sampling::SamplingParams;
+pub use sampling::{SamplingDefaults, SamplingParams};
 pub use synthetic::{SyntheticEngine, SyntheticOptions};
 pub use text::ChatMessage;
 pub use threads::configure as configure_threads;

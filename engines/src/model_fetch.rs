@@ -33,6 +33,19 @@ pub const DEFAULT_MODEL: ModelSource = ModelSource {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
+/// What the default model's authors recommend sampling with (SmolLM2's model card:
+/// temperature 0.2, top-p 0.9); its GGUF carries no `general.sampling.*` keys. At OpenAI's
+/// temperature 1.0 the 135M model wanders off topic.
+pub const DEFAULT_MODEL_SAMPLING: crate::sampling::SamplingDefaults =
+    crate::sampling::SamplingDefaults {
+        temperature: Some(0.2),
+        top_p: Some(0.9),
+        top_k: None,
+        presence_penalty: None,
+        frequency_penalty: None,
+        repetition_penalty: None,
+    };
+
 /// The model id the default model is served under.
 pub const DEFAULT_MODEL_ID: &str = "smollm2-135m-instruct";
 

@@ -1,8 +1,9 @@
 //! Sampling parameters and the per-sequence sampler: OpenAI's presence and frequency penalties
-//! applied to the logits, then candle's `LogitsProcessor` (greedy, temperature, top-k, top-p);
-//! and the log probabilities reported with each token.
+//! and the repetition penalty applied to the logits, then candle's `LogitsProcessor` (greedy,
+//! temperature, top-k, top-p); a model's default sampling settings; and the log probabilities
+//! reported with each token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -33,6 +34,10 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// Subtracted from a token's logit once per time it was generated.
     pub frequency_penalty: f32,
+    /// The multiplicative penalty of every token in the prompt or generated so far (as Hugging
+    /// Face's and vLLM's `repetition_penalty`): a positive logit is divided by it, a negative
+    /// one multiplied. 1.0 disables it.
+    pub repetition_penalty: f32,
     /// Keep generating past the end-of-sequence token (benchmarks).
     pub ignore_eos: bool,
     /// Report each sampled token's log probability and those of the `k` most likely tokens
@@ -53,6 +58,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
             ignore_eos: false,
             logprobs: None,
             constraint: None,
@@ -84,14 +90,81 @@ impl SamplingParams {
     }
 }
 
+/// What a model applies to requests that leave a sampling setting out (as vLLM applies a model's
+/// generation config): the operator's `[models.defaults]` first, then the GGUF's
+/// `general.sampling.*` keys, then OpenAI's defaults. `None`: not set at this level.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingDefaults {
+    /// `temperature`.
+    pub temperature: Option<f64>,
+    /// `top_p`.
+    pub top_p: Option<f64>,
+    /// `top_k` (0 disables it).
+    pub top_k: Option<usize>,
+    /// `presence_penalty`.
+    pub presence_penalty: Option<f32>,
+    /// `frequency_penalty`.
+    pub frequency_penalty: Option<f32>,
+    /// `repetition_penalty`.
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingDefaults {
+    /// These settings, and `fallback`'s where these have none.
+    pub fn or(self, fallback: SamplingDefaults) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: self.temperature.or(fallback.temperature),
+            top_p: self.top_p.or(fallback.top_p),
+            top_k: self.top_k.or(fallback.top_k),
+            presence_penalty: self.presence_penalty.or(fallback.presence_penalty),
+            frequency_penalty: self.frequency_penalty.or(fallback.frequency_penalty),
+            repetition_penalty: self.repetition_penalty.or(fallback.repetition_penalty),
+        }
+    }
+
+    /// The recommendation a GGUF file carries in `general.sampling.*` (llama.cpp's keys:
+    /// `temp`, `top_p`, `top_k`, `penalty_repeat`), keeping only values in the API's ranges.
+    pub fn from_gguf(metadata: &HashMap<String, candle_core::quantized::gguf_file::Value>) -> Self {
+        let number = |key: &str| -> Option<f64> {
+            use candle_core::quantized::gguf_file::Value;
+            match metadata.get(&format!("general.sampling.{key}"))? {
+                Value::F32(v) => Some(*v as f64),
+                Value::F64(v) => Some(*v),
+                Value::I32(v) => Some(*v as f64),
+                Value::U32(v) => Some(*v as f64),
+                Value::I64(v) => Some(*v as f64),
+                Value::U64(v) => Some(*v as f64),
+                _ => None,
+            }
+        };
+        let within =
+            |v: f64, lo: f64, hi: f64| (v.is_finite() && (lo..=hi).contains(&v)).then_some(v);
+        SamplingDefaults {
+            temperature: number("temp").and_then(|v| within(v, 0.0, 2.0)),
+            top_p: number("top_p").and_then(|v| within(v, f64::MIN_POSITIVE, 1.0)),
+            top_k: number("top_k")
+                .and_then(|v| within(v, 0.0, 1e6))
+                .map(|v| v as usize),
+            presence_penalty: None,
+            frequency_penalty: None,
+            repetition_penalty: number("penalty_repeat")
+                .and_then(|v| within(v, f64::MIN_POSITIVE, 2.0))
+                .map(|v| v as f32),
+        }
+    }
+}
+
 /// Samples the tokens of one sequence.
 pub struct Sampler {
     processor: LogitsProcessor,
     presence_penalty: f32,
     frequency_penalty: f32,
-    /// How often each token was generated so far (penalties apply to generated tokens, as in
-    /// OpenAI's and vLLM's definition).
+    repetition_penalty: f32,
+    /// How often each token was generated so far (presence and frequency penalties apply to
+    /// generated tokens, as in OpenAI's and vLLM's definition).
     counts: HashMap<u32, u32>,
+    /// The prompt's tokens, when the repetition penalty is on (it applies to them too).
+    prompt: HashSet<u32>,
 }
 
 impl Sampler {
@@ -102,13 +175,29 @@ impl Sampler {
             processor: LogitsProcessor::from_sampling(seed, params.sampling()),
             presence_penalty: params.presence_penalty,
             frequency_penalty: params.frequency_penalty,
+            repetition_penalty: params.repetition_penalty,
             counts: HashMap::new(),
+            prompt: HashSet::new(),
         }
+    }
+
+    /// The sequence's prompt, which the repetition penalty counts as seen.
+    pub fn with_prompt(mut self, prompt: &[u32]) -> Self {
+        if self.repetition_penalty != 1.0 {
+            self.prompt = prompt.iter().copied().collect();
+        }
+        self
+    }
+
+    fn penalised(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
     }
 
     /// Picks the next token from a `[vocab]` row of logits.
     pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
-        if self.presence_penalty == 0.0 && self.frequency_penalty == 0.0 {
+        if !self.penalised() {
             let token = self.processor.sample(logits)?;
             *self.counts.entry(token).or_insert(0) += 1;
             return Ok(token);
@@ -119,6 +208,18 @@ impl Sampler {
     /// Picks the next token from logits already copied to the host (and perhaps masked).
     pub fn sample_row(&mut self, mut row: Vec<f32>) -> Result<u32> {
         // Penalties act on logits (before temperature and softmax), as OpenAI defines them.
+        if self.repetition_penalty != 1.0 {
+            let penalty = self.repetition_penalty;
+            let generated_only = self.counts.keys().filter(|t| !self.prompt.contains(t));
+            for &token in self.prompt.iter().chain(generated_only) {
+                if let Some(logit) = row.get_mut(token as usize) {
+                    *logit = match *logit > 0.0 {
+                        true => *logit / penalty,
+                        false => *logit * penalty,
+                    };
+                }
+            }
+        }
         apply_penalties(
             &mut row,
             &self.counts,
@@ -205,6 +306,50 @@ mod tests {
         let l = logits(&[2.5, 3.0, 0.0]);
         assert_eq!(s.sample(&l).unwrap(), 1); // 3.0 beats 2.5
         assert_eq!(s.sample(&l).unwrap(), 0); // 3.0 - 1.0 < 2.5
+    }
+
+    #[test]
+    fn repetition_penalty_divides_seen_positive_logits_and_multiplies_negative_ones() {
+        let params = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy(4)
+        };
+        // Token 0 is in the prompt: 3.0 / 2 = 1.5 loses to token 1's 2.0.
+        let mut s = Sampler::new(&params).with_prompt(&[0]);
+        assert_eq!(s.sample(&logits(&[3.0, 2.0, -1.0])).unwrap(), 1);
+        // Token 1 now generated too: 2.0 / 2 = 1.0 loses to unseen token 2's 1.1.
+        assert_eq!(s.sample(&logits(&[1.8, 2.0, 1.1])).unwrap(), 2);
+        // Seen negative logits get more negative: -0.5 * 2 = -1.0 < -0.8.
+        let mut s = Sampler::new(&params).with_prompt(&[0]);
+        assert_eq!(s.sample(&logits(&[-0.5, -0.8, -3.0])).unwrap(), 1);
+        // Off at 1.0: the prompt is not even kept.
+        let s = Sampler::new(&SamplingParams::greedy(1)).with_prompt(&[0, 1]);
+        assert!(s.prompt.is_empty());
+    }
+
+    #[test]
+    fn defaults_from_a_gguf_keep_only_usable_values_and_yield_to_the_operators() {
+        use candle_core::quantized::gguf_file::Value;
+        let metadata = HashMap::from([
+            ("general.sampling.temp".to_string(), Value::F32(0.6)),
+            ("general.sampling.top_p".to_string(), Value::F32(0.95)),
+            ("general.sampling.top_k".to_string(), Value::I32(20)),
+            (
+                "general.sampling.penalty_repeat".to_string(),
+                Value::F32(9.0),
+            ),
+        ]);
+        let gguf = SamplingDefaults::from_gguf(&metadata);
+        assert!((gguf.temperature.unwrap() - 0.6).abs() < 1e-6);
+        assert_eq!(gguf.top_k, Some(20));
+        assert_eq!(gguf.repetition_penalty, None, "9.0 is out of range");
+        let operator = SamplingDefaults {
+            temperature: Some(0.2),
+            ..SamplingDefaults::default()
+        };
+        let merged = operator.or(gguf);
+        assert_eq!(merged.temperature, Some(0.2));
+        assert!((merged.top_p.unwrap() - 0.95).abs() < 1e-6);
     }
 
     #[test]

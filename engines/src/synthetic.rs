@@ -93,6 +93,7 @@ impl SyntheticEngine {
                 id: id.to_string(),
                 context_length: options.context_length,
                 vocab_size: options.vocab_size,
+                sampling_defaults: Default::default(),
             },
             options,
             counters,

@@ -50,8 +50,9 @@ pub fn request_body(data: &[u8]) {
     let params = parse::<CommonParams>(body);
     let (chat_params, text_params) = match params {
         Ok(p) => (
-            p.validate(Endpoint::Chat).map(drop),
-            p.validate(Endpoint::Completions).map(drop),
+            p.validate(Endpoint::Chat, &Default::default()).map(drop),
+            p.validate(Endpoint::Completions, &Default::default())
+                .map(drop),
         ),
         Err(e) => (Err(e), Ok(())),
     };

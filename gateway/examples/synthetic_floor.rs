@@ -105,7 +105,10 @@ fn events(mut stream: engines::TokenStream) -> impl Stream<Item = Result<Event, 
                     yield Ok(Event::default().data(json!({"object": "text_completion", "choices": [{"index": 0, "text": "", "finish_reason": done.finish_reason.as_str()}], "usage": {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens}}).to_string()));
                     break;
                 }
-                TokenEvent::Failed(_) | TokenEvent::Unavailable(_) | TokenEvent::Refused(_) => break,
+                TokenEvent::Failed(_)
+                | TokenEvent::Unavailable(_)
+                | TokenEvent::Declined(_)
+                | TokenEvent::Refused(_) => break,
                 TokenEvent::Routed { .. } => {}
             }
         }

@@ -15,7 +15,7 @@ use ledger::{unix_ms_now, Ledger, RecordStatus, UsageRecord};
 use opentelemetry::KeyValue;
 use policies::Admission;
 
-use crate::extensions::Caller;
+use crate::extensions::{Caller, ClientRequestId};
 use crate::metrics::{LatencyHandles, RequestMetrics};
 use crate::state::AppState;
 use crate::telemetry;
@@ -59,6 +59,7 @@ impl RequestAccount {
         state: &AppState,
         caller: &Caller,
         request_id: &str,
+        client_request_id: Option<&ClientRequestId>,
         model: &str,
         prompts: &[BilledPrompt],
         mut admission: Admission,
@@ -78,6 +79,7 @@ impl RequestAccount {
             metrics: state.requests.clone(),
             record: UsageRecord {
                 request_id: request_id.to_string(),
+                client_request_id: client_request_id.map(|id| id.0.to_string()),
                 tenant: caller.tenant.id.clone(),
                 key_id: caller.key_id.to_string(),
                 model: model.to_string(),

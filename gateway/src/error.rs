@@ -141,7 +141,8 @@ impl ApiError {
         .with_code("invalid_api_key")
     }
 
-    /// 404: the model does not exist here.
+    /// 404: the model does not exist here, or the caller's tenant may not use it: both answer
+    /// alike (as OpenAI does), so a tenant cannot learn which models other tenants use.
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -150,17 +151,6 @@ impl ApiError {
         )
         .with_param("model")
         .with_code("model_not_found")
-    }
-
-    /// 403: the model exists but the tenant may not use it.
-    pub fn model_not_allowed(model: &str) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            format!("Your key is not allowed to use the model `{model}`."),
-        )
-        .with_param("model")
-        .with_code("model_not_allowed")
     }
 
     /// 403: a tenant's key on an admin route.
@@ -179,6 +169,7 @@ impl ApiError {
         use policies::RejectReason as R;
         let (kind, message) = match rejection.reason {
             R::DailyBudget => ("insufficient_quota", "You exceeded your daily token budget; it resets at midnight UTC.".to_string()),
+            R::DailyBudgetShort => ("insufficient_quota", "This request's prompt tokens + max_tokens exceed what is left of your daily token budget; lower max_tokens, or leave it out to use what is left.".to_string()),
             R::RequestsPerMinute => ("rate_limit_exceeded", "Rate limit reached for requests per minute.".to_string()),
             R::TokensPerMinute => ("rate_limit_exceeded", "Rate limit reached for tokens per minute (prompt tokens + max_tokens are reserved).".to_string()),
             R::RequestTooLarge => ("rate_limit_exceeded", "This request's prompt tokens + max_tokens exceed your tokens-per-minute limit; lower max_tokens.".to_string()),

@@ -4,6 +4,7 @@
 //!
 //! | extension | written by | read by |
 //! |---|---|---|
+//! | [`ClientRequestId`] (request) | client request id | trace span, usage accounts |
 //! | [`Caller`] (request) | authentication | request metrics, rate-limit headers, admission, handlers |
 //! | [`RequestCost`] (request) | the generation preamble | admission |
 //! | [`Handoff<Admission>`] (request) | admission | the generation handler |
@@ -26,6 +27,11 @@ pub struct Caller {
     pub key_id: KeyId,
 }
 
+/// The id a client sent with its request (`x-client-request-id` or `x-request-id`), when usable:
+/// its own reference, stored beside the gateway's id, never in its place.
+#[derive(Debug, Clone)]
+pub struct ClientRequestId(pub Arc<str>);
+
 /// What admitting a generation request costs, in tokens: known once its prompts are rendered
 /// and sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +41,20 @@ pub struct RequestCost {
     /// Prompt tokens plus `max_tokens` of every prompt: what the tokens-per-minute limit and the
     /// router reserve (`routing::RouteRequest::reserved_tokens`).
     pub reserved_tokens: u64,
+    /// The request named no `max_tokens`: with less than `reserved_tokens` left of the day it
+    /// may be cut to what is left, down to this many (its prompt and a token per choice).
+    pub shortenable_to: Option<u64>,
+}
+
+impl RequestCost {
+    /// What admission is asked for.
+    pub fn ask(&self) -> policies::Ask {
+        let ask = policies::Ask::new(self.prompt_tokens, self.reserved_tokens);
+        match self.shortenable_to {
+            Some(least) => ask.shortenable_to(least),
+            None => ask,
+        }
+    }
 }
 
 /// The tenant's limits as of this request, for the `x-ratelimit-*` headers. A response that

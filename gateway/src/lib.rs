@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod openai;
+pub mod paths;
 pub mod reload;
 pub mod routes;
 pub mod server;

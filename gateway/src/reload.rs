@@ -1,8 +1,11 @@
 //! Hot reload of tenants, keys and limits: when the config file changes (or on SIGHUP), it is
-//! read again and, if valid, its tenants replace the current ones. Listen address, TLS and
-//! models need a restart. In-flight requests keep what they were admitted with.
+//! read again and, if valid, its tenants replace the current ones. Everything else (listen
+//! address, TLS, models, pools, routing, ledger, quotas, telemetry but its metrics keys) needs a
+//! restart: a reload that finds those changed says which, and that they are not applied.
+//! In-flight requests keep what they were admitted with.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -11,10 +14,55 @@ use crate::config::GatewayConfig;
 use crate::directory::Directory;
 use crate::state::AppState;
 
+/// The config file the process follows, with its contents as the process started from them
+/// (what it still runs for the sections that only a restart applies).
+#[derive(Debug)]
+pub struct ConfigFile {
+    path: PathBuf,
+    at_start: toml::Table,
+}
+
+impl ConfigFile {
+    /// The file at `path`, as it reads now.
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        let at_start = read_table(&path).unwrap_or_default();
+        Arc::new(Self { path, at_start })
+    }
+}
+
+fn read_table(path: &Path) -> Option<toml::Table> {
+    std::fs::read_to_string(path).ok()?.parse().ok()
+}
+
+/// Top-level settings a reload applies: tenants and the keys.
+const APPLIED_LIVE: &[&str] = &["tenants", "admin_keys", "allow_empty_reload"];
+
+/// The settings of `new` that differ from `running` and that only a restart applies, by their
+/// name in the file (`pools`, `routing`, ...; `telemetry` but for its `metrics_keys`, which a
+/// reload applies).
+pub fn restart_only_changes(running: &toml::Table, new: &toml::Table) -> Vec<String> {
+    let without_live = |table: &toml::Table, key: &str| -> Option<toml::Value> {
+        let mut value = table.get(key)?.clone();
+        if let (Some(section), "telemetry") = (value.as_table_mut(), key) {
+            section.remove("metrics_keys");
+        }
+        Some(value)
+    };
+    let mut keys: Vec<&String> = running.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|key| !APPLIED_LIVE.contains(&key.as_str()))
+        .filter(|key| without_live(running, key) != without_live(new, key))
+        .cloned()
+        .collect()
+}
+
 /// Reads the file and swaps in its tenants; a broken file keeps the previous ones, and so does
 /// a file that would leave no tenant or no admin key where there were some (an empty file, or
 /// one caught half-written), unless it sets `allow_empty_reload = true`.
-pub fn reload(state: &AppState, path: &Path) {
+pub fn reload(state: &AppState, file: &ConfigFile) {
+    let path = &file.path;
     let loaded = GatewayConfig::load(path)
         .and_then(|c| Directory::from_config(&c).map(|d| (d, c.allow_empty_reload)));
     let (directory, allow_empty) = match loaded {
@@ -45,7 +93,17 @@ pub fn reload(state: &AppState, path: &Path) {
     }
     let (tenants, keys) = (directory.tenants.len(), directory.tenant_key_count());
     state.replace_directory(directory);
-    tracing::info!(path = %path.display(), tenants, keys, "tenants reloaded");
+    tracing::info!(path = %path.display(), tenants, keys, "tenants, keys and limits reloaded");
+    let unapplied = read_table(path)
+        .map(|new| restart_only_changes(&file.at_start, &new))
+        .unwrap_or_default();
+    if !unapplied.is_empty() {
+        tracing::warn!(
+            path = %path.display(),
+            sections = %unapplied.join(", "),
+            "config reload: these settings changed and need a restart; they are not applied"
+        );
+    }
 }
 
 /// How long the file must be left alone before it is read again.
@@ -56,7 +114,8 @@ const CONFIGMAP_DATA: &str = "..data";
 
 /// Watches the config file's directory (editors replace files by renaming, so the file itself
 /// is not watched). The returned watcher must be kept alive.
-pub fn watch(state: AppState, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(state: AppState, file: Arc<ConfigFile>) -> notify::Result<notify::RecommendedWatcher> {
+    let path = file.path.clone();
     let name = path.file_name().map(|n| n.to_owned());
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -86,7 +145,7 @@ pub fn watch(state: AppState, path: PathBuf) -> notify::Result<notify::Recommend
                 // many): wait until the file has been quiet for a moment, so that a file being
                 // written is read once it is complete.
                 while rx.recv_timeout(QUIET).is_ok() {}
-                reload(&state, &path);
+                reload(&state, &file);
             }
         })
         .map_err(|e| notify::Error::generic(&e.to_string()))?;
@@ -95,14 +154,55 @@ pub fn watch(state: AppState, path: PathBuf) -> notify::Result<notify::Recommend
 
 /// Reloads on every SIGHUP.
 #[cfg(unix)]
-pub async fn reload_on_sighup(state: AppState, path: PathBuf) {
+pub async fn reload_on_sighup(state: AppState, file: Arc<ConfigFile>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP");
         return;
     };
     while hangups.recv().await.is_some() {
-        let (state, path) = (state.clone(), path.clone());
-        let _ = tokio::task::spawn_blocking(move || reload(&state, &path)).await;
+        let (state, file) = (state.clone(), file.clone());
+        let _ = tokio::task::spawn_blocking(move || reload(&state, &file)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_the_changed_settings_that_need_a_restart() {
+        let running: toml::Table = r#"
+            listen = "127.0.0.1:8080"
+            admin_keys = ["a"]
+            [routing]
+            request_timeout_secs = 600
+            [telemetry]
+            metrics_keys = ["m"]
+            [[tenants]]
+            id = "t"
+        "#
+        .parse()
+        .unwrap();
+        let mut new = running.clone();
+        new.insert("admin_keys".into(), toml::Value::Array(vec![]));
+        new["telemetry"]
+            .as_table_mut()
+            .unwrap()
+            .insert("metrics_keys".into(), toml::Value::Array(vec![]));
+        assert!(restart_only_changes(&running, &new).is_empty());
+        new["routing"]
+            .as_table_mut()
+            .unwrap()
+            .insert("request_timeout_secs".into(), 30.into());
+        new.insert("quotas".into(), toml::Table::new().into());
+        new["telemetry"]
+            .as_table_mut()
+            .unwrap()
+            .insert("log_format".into(), "json".into());
+        assert_eq!(
+            restart_only_changes(&running, &new),
+            ["quotas", "routing", "telemetry"]
+        );
     }
 }

@@ -171,12 +171,10 @@ pub async fn serve_as(
     // Tenants, keys and limits follow the file without a restart.
     let _watcher = match &config_path {
         Some(path) => {
+            let file = crate::reload::ConfigFile::new(path.clone());
             #[cfg(unix)]
-            tokio::spawn(crate::reload::reload_on_sighup(state.clone(), path.clone()));
-            Some(
-                crate::reload::watch(state.clone(), path.clone())
-                    .context("watching the config file")?,
-            )
+            tokio::spawn(crate::reload::reload_on_sighup(state.clone(), file.clone()));
+            Some(crate::reload::watch(state.clone(), file).context("watching the config file")?)
         }
         None => None,
     };
@@ -416,7 +414,9 @@ fn build_router(
         .iter()
         .map(|(tier, pools)| (tier.clone(), pools.clone()))
         .collect();
-    let router = ModelRouter::new(pools, &model.pools, &tiers);
+    let served_locally = pools.iter().any(|p| p.kind == PoolKind::Local);
+    let router = ModelRouter::new(pools, &model.pools, &tiers)
+        .with_sampling_defaults(model.sampling_defaults(served_locally));
     Ok(Arc::new(match model.saturated_wait() {
         Some(settings) => router.with_waiting_room(settings),
         None => router,

@@ -58,6 +58,18 @@ fn otlp_target(config: &TelemetryConfig) -> Option<(Option<String>, OtlpProtocol
     }
 }
 
+/// The log filter `RUST_LOG` asks for; `info` when it is unset, empty or unreadable (an empty
+/// filter has no directive at all and would log nothing, not even errors).
+fn log_filter(rust_log: &str) -> EnvFilter {
+    match rust_log.trim() {
+        "" => EnvFilter::new("info"),
+        directives => EnvFilter::try_new(directives).unwrap_or_else(|error| {
+            eprintln!("RUST_LOG={directives:?} cannot be read ({error}); logging at info");
+            EnvFilter::new("info")
+        }),
+    }
+}
+
 /// Installs the global subscriber. Call inside the tokio runtime (the gRPC exporter needs it).
 pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     let format = match std::env::var("GATEWAY_LOG_FORMAT").as_deref() {
@@ -66,7 +78,7 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         _ => config.log_format,
     };
     let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
-    let mut filter = EnvFilter::try_new(&rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = log_filter(&rust_log);
     // The config watcher's library logs every file event in the config's folder at debug and
     // trace: with the log file in that folder, each line written is an event it logs, a loop
     // (425 MB in 15 s). It stays at warn unless RUST_LOG names it.
@@ -214,4 +226,22 @@ pub fn record_phase(
         .with_attributes(attributes)
         .start_with_context(&tracer, &context);
     span.end_with_timestamp(end);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn an_unset_or_empty_rust_log_logs_at_info() {
+        for unset in ["", "  ", "not a [valid filter"] {
+            assert_eq!(
+                log_filter(unset).max_level_hint(),
+                Some(LevelFilter::INFO),
+                "{unset:?}"
+            );
+        }
+        assert_eq!(log_filter("warn").max_level_hint(), Some(LevelFilter::WARN));
+    }
 }

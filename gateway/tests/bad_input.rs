@@ -193,15 +193,33 @@ async fn keys_and_model_allow_lists_are_enforced() {
     );
     let (status, _) = gw.post_raw(chat, body.clone(), Some("sk-lab-key")).await;
     assert_eq!(status, 200);
+    // A model outside the allow-list is answered exactly as one that does not exist (issue
+    // 30, item 7): no oracle of which models exist for other tenants.
     let (status, err) = gw.post_raw(chat, body, Some("sk-clinic-key")).await;
     assert_error(
         status,
         &err,
-        403,
+        404,
         Some("model"),
         "model outside the allow-list",
     );
-    assert_eq!(err["error"]["code"], "model_not_allowed");
+    assert_eq!(err["error"]["code"], "model_not_found");
+    let unknown = json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let (unknown_status, unknown_err) = gw
+        .post_raw(chat, unknown.to_string(), Some("sk-clinic-key"))
+        .await;
+    assert_eq!(unknown_status, status);
+    let without_name = |e: &Value, name: &str| {
+        let mut e = e.clone();
+        let message = e["error"]["message"].as_str().unwrap().replace(name, "M");
+        e["error"]["message"] = message.into();
+        e
+    };
+    assert_eq!(
+        without_name(&err, MODEL),
+        without_name(&unknown_err, "no-such-model"),
+        "allowed-out and unknown models answer alike"
+    );
     // The clinic sees no models it cannot use.
     let (_, models) = gw.get("/v1/models", Some("sk-clinic-key")).await;
     assert_eq!(models["data"], json!([]));

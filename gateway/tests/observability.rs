@@ -155,6 +155,8 @@ async fn metrics_move_by_exactly_the_requests_and_tokens_sent() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in [
         "docs/observability.md",
+        "docs/api.md",
+        "README.md",
         "deploy/grafana/gateway-dashboard.json",
     ] {
         let named = std::fs::read_to_string(root.join(file)).unwrap();
@@ -164,7 +166,10 @@ async fn metrics_move_by_exactly_the_requests_and_tokens_sent() {
             .collect();
         names.sort();
         names.dedup();
-        assert!(names.len() >= 10, "{file}: {names:?}");
+        assert!(
+            names.len() >= 10 || !file.ends_with(".json") && !file.contains("observability"),
+            "{file}: {names:?}"
+        );
         // The shared quota store's series exist only with `[quotas] redis_url`: fleet.rs checks
         // them on replicas that have one.
         for name in names

@@ -271,15 +271,19 @@ async fn a_missing_field_is_named_in_param() {
     }
 }
 
-/// `/load` answers a tenant only about the models it may use (issue 14, item 7: it listed every
-/// model, whatever the caller's allow-list).
+/// `/load` moves with every tenant's requests (running sequences, outstanding tokens, free KV
+/// blocks), so no tenant key reads it (issue 30, item 6; before, issue 14 had narrowed it to the
+/// caller's models): it is for the gateways that route to an engine-worker, whose shared secret
+/// is the worker's admin key, and for operators.
 #[tokio::test]
-async fn load_lists_only_the_callers_models() {
+async fn load_takes_an_admin_or_worker_key_never_a_tenants() {
     let config = format!(
-        "[[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+        "admin_keys = [\"{}\"]\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
          [[models]]\nid = \"secret-model\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
          [[tenants]]\nid = \"narrow\"\nkeys = [\"{}\"]\nmodels = [\"bench\"]\n\
          [[tenants]]\nid = \"wide\"\nkeys = [\"{}\"]\n",
+        digest("sk-operator"),
         digest("sk-narrow"),
         digest("sk-wide"),
     );
@@ -287,18 +291,22 @@ async fn load_lists_only_the_callers_models() {
         config: Some(&config),
         ..Options::default()
     });
-    let models = async |key: &str| -> Vec<String> {
-        let (status, load) = gw.get("/load", Some(key)).await;
-        assert_eq!(status, 200, "{load}");
-        load["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["model"].as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eq!(models("sk-narrow").await, ["bench"]);
-    assert_eq!(models("sk-wide").await, ["bench", "secret-model"]);
+    for tenant_key in ["sk-narrow", "sk-wide"] {
+        let (status, answer) = gw.get("/load", Some(tenant_key)).await;
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"]["code"], "admin_key_required");
+    }
+    let (status, _) = gw.get("/load", None).await;
+    assert_eq!(status, 401);
+    let (status, load) = gw.get("/load", Some("sk-operator")).await;
+    assert_eq!(status, 200, "{load}");
+    let models: Vec<&str> = load["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["bench", "secret-model"]);
 }
 
 /// Internals stay out of what tenants and anonymous callers see (issue 14, item 7): a model

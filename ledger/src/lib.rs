@@ -101,6 +101,9 @@ impl Durability {
 /// Largest group committed in one transaction.
 const MAX_GROUP: usize = 1024;
 
+// Nearly every message is an `Append`: boxing its record would cost an allocation per request
+// to shrink the rare `Flush`.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Append(UsageRecord, Option<oneshot::Sender<Result<(), String>>>),
     /// Answered once every message before it is committed.
@@ -314,6 +317,7 @@ mod tests {
             started_at_ms: 1_000,
             ended_at_ms: 2_000 + i as i64,
             prompt_tokens_estimated: false,
+            client_request_id: i.is_multiple_of(2).then(|| format!("client-{i}")),
         }
     }
 
@@ -384,6 +388,7 @@ mod postgres_tests {
             started_at_ms: 1_000,
             ended_at_ms: 2_000 + i as i64,
             prompt_tokens_estimated: false,
+            client_request_id: (!i.is_multiple_of(2)).then(|| format!("client-{i}")),
         }
     }
 

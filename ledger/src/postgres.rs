@@ -90,13 +90,17 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
     let started = number(|r| r.started_at_ms);
     let ended = number(|r| r.ended_at_ms);
     let estimated: Vec<bool> = records.iter().map(|r| r.prompt_tokens_estimated).collect();
+    let client_ids: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.client_request_id.as_deref())
+        .collect();
     let mut tx = client.transaction()?;
     tx.execute(
         &format!(
             "INSERT INTO usage ({RECORD_COLUMNS})
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::text[], $9::text[],
-                                  $10::bigint[], $11::bigint[], $12::boolean[])"
+                                  $10::bigint[], $11::bigint[], $12::boolean[], $13::text[])"
         ),
         &[
             &request_ids,
@@ -111,6 +115,7 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
             &started,
             &ended,
             &estimated,
+            &client_ids,
         ],
     )?;
     tx.commit()
@@ -172,6 +177,7 @@ impl Reader for PostgresReader {
                     started_at_ms: row.try_get(9)?,
                     ended_at_ms: row.try_get(10)?,
                     prompt_tokens_estimated: row.try_get(11)?,
+                    client_request_id: row.try_get(12)?,
                 })
             })
             .collect()

@@ -92,7 +92,8 @@ impl Dialect {
 
 /// The columns of a record, in the order [`records_sql`] selects them and stores insert them.
 pub(crate) const RECORD_COLUMNS: &str = "request_id, tenant, key_id, model, pool, prompt_tokens, \
-     completion_tokens, status, finish_reason, started_at_ms, ended_at_ms, prompt_tokens_estimated";
+     completion_tokens, status, finish_reason, started_at_ms, ended_at_ms, prompt_tokens_estimated, \
+     client_request_id";
 
 impl UsageQuery {
     /// `WHERE` clause and its parameters.
@@ -196,6 +197,7 @@ mod tests {
             started_at_ms: ended_at_ms - 100,
             ended_at_ms,
             prompt_tokens_estimated: false,
+            client_request_id: None,
         }
     }
 

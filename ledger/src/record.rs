@@ -39,8 +39,13 @@ impl RecordStatus {
 /// One finished request: who, what, how much, when (Unix milliseconds, UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
-    /// The request's `x-request-id`.
+    /// The gateway's id of the request (the `x-request-id` of its response): the record's key,
+    /// unique across tenants.
     pub request_id: String,
+    /// The id the client sent with the request, if it sent a usable one (see the gateway's
+    /// `client_request_id`): the client's own reference, never a key.
+    #[serde(default)]
+    pub client_request_id: Option<String>,
     /// Who is billed.
     pub tenant: TenantId,
     /// Which of the tenant's keys was used (its non-secret id).

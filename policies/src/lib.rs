@@ -18,7 +18,7 @@ pub use fair_share::VirtualTokenCounters;
 pub use keys::{ApiKey, KeyDigest, KeyError, KeyId, KeyStore, ResolvedKey};
 pub use limits::TenantLimits;
 pub use quota::{
-    utc_day, Admission, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason,
+    utc_day, Admission, Ask, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason,
     Rejection, Settle, Settlement,
 };
 pub use share::{Priority, Share, UnknownPriority};

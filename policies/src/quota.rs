@@ -2,9 +2,15 @@
 //!
 //! One [`QuotaBook`] per gateway replica holds every tenant's live state in a DashMap: a
 //! governor GCRA limiter for requests per minute, a [`TokenLimiter`] for tokens per minute, the
-//! number of requests in flight, and today's usage. An admitted request holds an [`Admission`];
-//! dropping it (completion, error or client gone) releases the concurrency slot, returns the
-//! unused token reservation and adds the real usage to the day's budget.
+//! number of requests in flight, and today's usage with the tokens reserved against it. An
+//! admitted request holds an [`Admission`]; dropping it (completion, error or client gone)
+//! releases the concurrency slot, returns the unused token reservations (per minute and of the
+//! day) and leaves the real usage in the day's budget.
+//!
+//! The daily budget is reserved at admission like the per-minute one: a request holds its
+//! prompt plus `max_tokens` against what is left of the day, so concurrent requests can never
+//! take a tenant past `daily_tokens` together. A request that names no `max_tokens`
+//! ([`Ask::shortenable`]) is cut to what is left instead of refused.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +44,11 @@ pub enum RejectReason {
     RequestTooLarge,
     /// `max_concurrent`.
     Concurrency,
-    /// `daily_tokens`.
+    /// `daily_tokens`: nothing is left of today's budget.
     DailyBudget,
+    /// `daily_tokens`: something is left today, but less than this request's prompt plus
+    /// `max_tokens`.
+    DailyBudgetShort,
 }
 
 impl RejectReason {
@@ -50,7 +59,7 @@ impl RejectReason {
             Self::TokensPerMinute => "tokens_per_minute",
             Self::RequestTooLarge => "request_too_large",
             Self::Concurrency => "max_concurrent",
-            Self::DailyBudget => "daily_tokens",
+            Self::DailyBudget | Self::DailyBudgetShort => "daily_tokens",
         }
     }
 }
@@ -106,6 +115,68 @@ impl DailyUsage {
     }
 }
 
+/// What a request asks of its tenant's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// Its prompt tokens (billed once it starts).
+    pub prompt_tokens: u64,
+    /// Prompt plus the most it may generate: what the per-minute and daily token limits
+    /// reserve.
+    pub reserve_tokens: u64,
+    /// The request named no `max_tokens`: where less than `reserve_tokens` is left of the
+    /// day, it is admitted with what is left (and generates until then) instead of refused,
+    /// as long as at least this many tokens are left (its prompt and one token per choice).
+    pub shortenable_to: Option<u64>,
+}
+
+impl Ask {
+    /// A request of `prompt_tokens` that may use `reserve_tokens` in all.
+    pub fn new(prompt_tokens: u64, reserve_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            reserve_tokens,
+            shortenable_to: None,
+        }
+    }
+
+    /// The same request, cut to what is left of the day rather than refused: it runs with
+    /// as few as its prompt plus one token.
+    pub fn shortenable(self) -> Self {
+        self.shortenable_to(self.prompt_tokens + 1)
+    }
+
+    /// The same request, cut to what is left of the day rather than refused while at least
+    /// `least` tokens are (its prompt and one token for each of its choices).
+    pub fn shortenable_to(self, least: u64) -> Self {
+        Self {
+            shortenable_to: Some(least.max(self.prompt_tokens + 1)),
+            ..self
+        }
+    }
+
+    /// The tokens granted against `left` of the day's budget, or why not: nothing left
+    /// (not even the prompt), or too little for the request.
+    pub fn against_day(&self, left: u64) -> Result<u64, RejectReason> {
+        if left <= self.prompt_tokens {
+            return Err(RejectReason::DailyBudget);
+        }
+        match self.shortenable_to {
+            _ if self.reserve_tokens <= left => Ok(self.reserve_tokens),
+            Some(least) if least <= left => Ok(left),
+            _ => Err(RejectReason::DailyBudgetShort),
+        }
+    }
+}
+
+/// Today (UTC) of one tenant: its usage, and the tokens its requests in flight hold against
+/// the budget beyond what they have used.
+#[derive(Debug, Default)]
+struct Today {
+    day: u64,
+    usage: DailyUsage,
+    reserved: u64,
+}
+
 /// Live state of one tenant.
 struct TenantQuota {
     limits: TenantLimits,
@@ -117,8 +188,9 @@ struct TenantQuota {
     /// The request limiter's last reading: `(remaining, when)`. governor cannot be read without
     /// taking a cell, so responses that take none report this, refilled by the time since.
     last_requests: Mutex<Option<(u64, std::time::Instant)>>,
-    /// `(UTC day number, usage)`, shared by every generation of the tenant's quota as well.
-    today: Arc<Mutex<(u64, DailyUsage)>>,
+    /// Today's usage and reservations, shared by every generation of the tenant's quota as
+    /// well.
+    today: Arc<Mutex<Today>>,
 }
 
 /// Days since the Unix epoch, UTC: the day the daily budget counts.
@@ -149,7 +221,10 @@ impl TenantQuota {
                 .map(|n| TokenLimiter::new(n as u64, Duration::from_secs(60))),
             in_flight: Arc::new(AtomicU64::new(0)),
             last_requests: Mutex::new(None),
-            today: Arc::new(Mutex::new((utc_day(), DailyUsage::default()))),
+            today: Arc::new(Mutex::new(Today {
+                day: utc_day(),
+                ..Today::default()
+            })),
         }
     }
 
@@ -166,12 +241,20 @@ impl TenantQuota {
 
     /// Today's usage, reset if the UTC day changed.
     fn with_today<R>(&self, f: impl FnOnce(&mut DailyUsage) -> R) -> R {
+        self.with_day(|today| f(&mut today.usage))
+    }
+
+    /// Today's usage and reservations, both reset if the UTC day changed.
+    fn with_day<R>(&self, f: impl FnOnce(&mut Today) -> R) -> R {
         let mut today = self.today.lock().expect("usage lock");
         let day = utc_day();
-        if today.0 != day {
-            *today = (day, DailyUsage::default());
+        if today.day != day {
+            *today = Today {
+                day,
+                ..Today::default()
+            };
         }
-        f(&mut today.1)
+        f(&mut today)
     }
 
     /// Records a reading of the request limiter.
@@ -234,6 +317,12 @@ pub struct QuotaBook {
 pub struct Admission {
     hold: Hold,
     reserved_tokens: u64,
+    /// The most tokens the request may use, when admission cut it to what was left of the
+    /// day (`None`: it may use what it asked for).
+    shortened_to: Option<u64>,
+    /// Tokens still held against today's budget beyond what the request has used (in
+    /// process; a shared store holds its own and settles it at the end).
+    day_hold: AtomicU64,
     /// The request's prompt tokens, billed once it starts.
     prompt_tokens: u64,
     /// Whether the engine took the request ([`Admission::start`]): until then nothing is billed,
@@ -292,22 +381,46 @@ impl QuotaBook {
         entry.clone()
     }
 
-    /// Admits a request that will use at most `reserve_tokens` (prompt + `max_tokens`).
-    pub fn admit(
-        &self,
-        tenant: &TenantSpec,
-        prompt_tokens: u64,
-        reserve_tokens: u64,
-    ) -> Result<Admission, Rejection> {
+    /// Admits a request that will use at most `ask.reserve_tokens` (prompt + `max_tokens`),
+    /// reserving them against the per-minute and daily token limits.
+    pub fn admit(&self, tenant: &TenantSpec, ask: Ask) -> Result<Admission, Rejection> {
         let quota = self.quota(tenant);
         let limits = &quota.limits;
+        // The day first: what the request may use in all, held at once under the day's lock
+        // so that two requests cannot both take the last of it.
+        let mut reserve_tokens = ask.reserve_tokens;
+        let mut shortened_to = None;
         if let Some(budget) = limits.daily_tokens {
-            if quota.with_today(|u| u.total_tokens()) >= budget {
-                return Err(quota.reject(RejectReason::DailyBudget, Some(until_utc_midnight())));
+            let granted = quota.with_day(|today| {
+                let left = budget.saturating_sub(today.usage.total_tokens() + today.reserved);
+                let granted = ask.against_day(left)?;
+                today.reserved += granted;
+                Ok(granted)
+            });
+            match granted {
+                Ok(granted) => {
+                    if granted < reserve_tokens {
+                        shortened_to = Some(granted);
+                    }
+                    reserve_tokens = granted;
+                }
+                Err(reason) => {
+                    let retry = (reason == RejectReason::DailyBudget).then(until_utc_midnight);
+                    return Err(quota.reject(reason, retry));
+                }
             }
         }
+        // From here on a refusal must give the day's reservation back.
+        let release_day = |quota: &TenantQuota| {
+            if limits.daily_tokens.is_some() {
+                quota.with_day(|today| {
+                    today.reserved = today.reserved.saturating_sub(reserve_tokens)
+                });
+            }
+        };
         if let Some(tokens) = &quota.tokens {
             if reserve_tokens > tokens.capacity() {
+                release_day(&quota);
                 return Err(quota.reject(RejectReason::RequestTooLarge, None));
             }
         }
@@ -315,13 +428,17 @@ impl QuotaBook {
             let previous = quota.in_flight.fetch_add(1, Ordering::AcqRel);
             if previous >= max as u64 {
                 quota.in_flight.fetch_sub(1, Ordering::AcqRel);
+                release_day(&quota);
                 return Err(quota.reject(RejectReason::Concurrency, Some(Duration::from_secs(1))));
             }
         } else {
             quota.in_flight.fetch_add(1, Ordering::AcqRel);
         }
-        // From here on a refusal must give the concurrency slot back.
-        let release = |quota: &TenantQuota| quota.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // From here on a refusal must give the concurrency slot back too.
+        let release = |quota: &TenantQuota| {
+            quota.in_flight.fetch_sub(1, Ordering::AcqRel);
+            release_day(quota);
+        };
         if let Some(limiter) = &quota.requests {
             match limiter.check() {
                 Ok(snapshot) => quota.note_requests(snapshot.remaining_burst_capacity() as u64),
@@ -340,10 +457,16 @@ impl QuotaBook {
             }
         }
         let status = quota.status();
+        let day_hold = match limits.daily_tokens {
+            Some(_) => reserve_tokens,
+            None => 0,
+        };
         Ok(Admission {
             hold: Hold::Local(quota),
             reserved_tokens: reserve_tokens,
-            prompt_tokens,
+            shortened_to,
+            day_hold: AtomicU64::new(day_hold),
+            prompt_tokens: ask.prompt_tokens,
             started: false,
             used_tokens: AtomicU64::new(0),
             status,
@@ -372,16 +495,21 @@ impl QuotaBook {
 }
 
 impl Admission {
-    /// An admission held in a shared store: `settle` runs when it is dropped.
+    /// An admission held in a shared store: `settle` runs when it is dropped. `reserved_tokens`
+    /// is what the store granted (`shortened_to`: less than asked, cut to what was left of
+    /// the day).
     pub fn shared(
         prompt_tokens: u64,
         reserved_tokens: u64,
+        shortened_to: Option<u64>,
         status: RateLimitStatus,
         settle: Box<dyn Settle>,
     ) -> Self {
         Self {
             hold: Hold::Shared(Some(settle)),
             reserved_tokens,
+            shortened_to,
+            day_hold: AtomicU64::new(0),
             prompt_tokens,
             started: false,
             used_tokens: AtomicU64::new(0),
@@ -389,11 +517,24 @@ impl Admission {
         }
     }
 
-    /// Changes today's usage where it counts live (a local quota); a shared one learns it all
-    /// at settlement.
-    fn with_today(&self, f: impl FnOnce(&mut DailyUsage)) {
+    /// The most tokens (prompt included) the request may use, when admission cut it to what
+    /// was left of the day's budget: its `max_tokens` must be lowered to fit.
+    pub fn shortened_to(&self) -> Option<u64> {
+        self.shortened_to
+    }
+
+    /// Changes today's usage where it counts live (a local quota), moving `used` tokens from
+    /// the request's hold on the day into the usage; a shared store learns it all at
+    /// settlement.
+    fn with_today(&self, used: u64, f: impl FnOnce(&mut DailyUsage)) {
         if let Hold::Local(quota) = &self.hold {
-            quota.with_today(f);
+            quota.with_day(|today| {
+                let hold = self.day_hold.load(Ordering::Acquire);
+                let moved = used.min(hold);
+                self.day_hold.store(hold - moved, Ordering::Release);
+                today.reserved = today.reserved.saturating_sub(moved);
+                f(&mut today.usage)
+            });
         }
     }
 
@@ -407,14 +548,15 @@ impl Admission {
         self.used_tokens
             .fetch_add(self.prompt_tokens, Ordering::AcqRel);
         let prompt_tokens = self.prompt_tokens;
-        self.with_today(|u| {
+        self.with_today(prompt_tokens, |u| {
             u.requests += 1;
             u.prompt_tokens += prompt_tokens;
         });
     }
 
     /// Undoes [`Self::start`]: the request was not served after all (refused upstream, or no
-    /// replica could take it) and generated nothing, so it charges nothing.
+    /// replica could take it) and generated nothing, so it charges nothing. Its prompt goes
+    /// back from today's usage to its hold on the day.
     pub fn refund(&mut self) {
         if !self.started {
             return;
@@ -423,10 +565,17 @@ impl Admission {
         self.used_tokens
             .fetch_sub(self.prompt_tokens, Ordering::AcqRel);
         let prompt_tokens = self.prompt_tokens;
-        self.with_today(|u| {
-            u.requests = u.requests.saturating_sub(1);
-            u.prompt_tokens = u.prompt_tokens.saturating_sub(prompt_tokens);
-        });
+        if let Hold::Local(quota) = &self.hold {
+            let holds_day = quota.limits.daily_tokens.is_some();
+            quota.with_day(|today| {
+                today.usage.requests = today.usage.requests.saturating_sub(1);
+                today.usage.prompt_tokens = today.usage.prompt_tokens.saturating_sub(prompt_tokens);
+                if holds_day {
+                    self.day_hold.fetch_add(prompt_tokens, Ordering::AcqRel);
+                    today.reserved += prompt_tokens;
+                }
+            });
+        }
     }
 
     /// The prompt was counted again where it ran (a remote upstream's `usage`): `counted`
@@ -444,13 +593,15 @@ impl Admission {
             self.used_tokens
                 .fetch_sub(billed - counted, Ordering::AcqRel);
         }
-        self.with_today(|u| u.prompt_tokens = u.prompt_tokens.saturating_sub(billed) + counted);
+        self.with_today(counted.saturating_sub(billed), |u| {
+            u.prompt_tokens = u.prompt_tokens.saturating_sub(billed) + counted
+        });
     }
 
     /// Adds completion tokens as they are generated (prompt tokens count from admission).
     pub fn record_completion_tokens(&self, n: u64) {
         self.used_tokens.fetch_add(n, Ordering::AcqRel);
-        self.with_today(|u| u.completion_tokens += n);
+        self.with_today(n, |u| u.completion_tokens += n);
     }
 }
 
@@ -462,6 +613,12 @@ impl Drop for Admission {
             Hold::Local(quota) => {
                 if let Some(tokens) = &quota.tokens {
                     tokens.give_back(unused_tokens);
+                }
+                // What the request held of the day and did not use goes back.
+                let day_hold = self.day_hold.swap(0, Ordering::AcqRel);
+                if day_hold > 0 {
+                    quota
+                        .with_day(|today| today.reserved = today.reserved.saturating_sub(day_hold));
                 }
                 quota.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
@@ -509,12 +666,12 @@ mod tests {
             max_concurrent: Some(2),
             ..Default::default()
         });
-        let a = book.admit(&t, 1, 1).unwrap();
-        let _b = book.admit(&t, 1, 1).unwrap();
-        let err = book.admit(&t, 1, 1).err().unwrap();
+        let a = book.admit(&t, Ask::new(1, 1)).unwrap();
+        let _b = book.admit(&t, Ask::new(1, 1)).unwrap();
+        let err = book.admit(&t, Ask::new(1, 1)).err().unwrap();
         assert_eq!(err.reason, RejectReason::Concurrency);
         drop(a);
-        assert!(book.admit(&t, 1, 1).is_ok());
+        assert!(book.admit(&t, Ask::new(1, 1)).is_ok());
         assert_eq!(book.live(&t).1.rejections, 1);
     }
 
@@ -525,10 +682,12 @@ mod tests {
             requests_per_minute: Some(5),
             ..Default::default()
         });
-        let admitted = (0..8).filter(|_| book.admit(&t, 0, 0).is_ok()).count();
+        let admitted = (0..8)
+            .filter(|_| book.admit(&t, Ask::new(0, 0)).is_ok())
+            .count();
         // GCRA with a burst of the whole minute: 5, plus at most one cell refilled meanwhile.
         assert!((5..=6).contains(&admitted), "{admitted}");
-        let err = book.admit(&t, 0, 0).err().unwrap();
+        let err = book.admit(&t, Ask::new(0, 0)).err().unwrap();
         assert_eq!(err.reason, RejectReason::RequestsPerMinute);
         assert!(err.retry_after.unwrap() > Duration::ZERO);
         assert_eq!(err.status.requests.unwrap().remaining, 0);
@@ -547,7 +706,7 @@ mod tests {
                 let (book, t, barrier) = (book.clone(), t.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    book.admit(&t, 0, 0).is_ok()
+                    book.admit(&t, Ask::new(0, 0)).is_ok()
                 })
             })
             .collect::<Vec<_>>()
@@ -565,19 +724,19 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            book.admit(&t, 10, 101).err().unwrap().reason,
+            book.admit(&t, Ask::new(10, 101)).err().unwrap().reason,
             RejectReason::RequestTooLarge
         );
-        let mut a = book.admit(&t, 10, 90).unwrap(); // prompt 10 + max_tokens 80
+        let mut a = book.admit(&t, Ask::new(10, 90)).unwrap(); // prompt 10 + max_tokens 80
         a.start();
         assert!(
-            book.admit(&t, 10, 90).is_err(),
+            book.admit(&t, Ask::new(10, 90)).is_err(),
             "only 10 left while the first is in flight"
         );
         a.record_completion_tokens(5); // stopped early: 15 used, 75 returned
         drop(a);
         // 85 left after the refund (plus at most a token refilled meanwhile).
-        let mut b = book.admit(&t, 10, 80).unwrap();
+        let mut b = book.admit(&t, Ask::new(10, 80)).unwrap();
         b.start();
         assert!(b.status.tokens.unwrap().remaining <= 6);
         let (_, usage) = book.live(&t);
@@ -594,13 +753,98 @@ mod tests {
             daily_tokens: Some(50),
             ..Default::default()
         });
-        let mut a = book.admit(&t, 30, 1000).unwrap();
+        let mut a = book.admit(&t, Ask::new(30, 40)).unwrap();
         a.start();
         a.record_completion_tokens(25);
         drop(a);
-        let err = book.admit(&t, 1, 1).err().unwrap();
+        let err = book.admit(&t, Ask::new(1, 1)).err().unwrap();
         assert_eq!(err.reason, RejectReason::DailyBudget);
         assert!(err.retry_after.unwrap() <= Duration::from_secs(86_400));
+    }
+
+    /// Two requests in parallel with 500 tokens left of the day and 1,000 asked each used to
+    /// be admitted both (the day ended 15 % over): the day is reserved at admission, as the
+    /// minute is (issue 30, item 3).
+    #[test]
+    fn the_daily_budget_is_reserved_at_admission() {
+        let book = QuotaBook::default();
+        let t = tenant(TenantLimits {
+            daily_tokens: Some(8_000),
+            ..Default::default()
+        });
+        book.restore_usage(
+            &t,
+            DailyUsage {
+                prompt_tokens: 7_500,
+                ..DailyUsage::default()
+            },
+        );
+        // Asking for more than is left, with `max_tokens`: refused, and says so.
+        let refused = book.admit(&t, Ask::new(10, 1_010)).err().unwrap();
+        assert_eq!(refused.reason, RejectReason::DailyBudgetShort);
+        assert_eq!(refused.retry_after, None);
+        // Without `max_tokens`: cut to what is left.
+        let mut first = book.admit(&t, Ask::new(10, 1_010).shortenable()).unwrap();
+        assert_eq!(first.shortened_to(), Some(500));
+        // The second finds nothing left while the first holds it.
+        let second = book
+            .admit(&t, Ask::new(10, 1_010).shortenable())
+            .err()
+            .unwrap();
+        assert_eq!(second.reason, RejectReason::DailyBudget);
+        // The first uses 110 of its 500; the rest comes back when it ends.
+        first.start();
+        first.record_completion_tokens(100);
+        drop(first);
+        let (_, usage) = book.live(&t);
+        assert_eq!(usage.total_tokens(), 7_610);
+        let third = book.admit(&t, Ask::new(10, 390)).unwrap();
+        assert_eq!(third.shortened_to(), None, "390 fit in the 390 left");
+        assert_eq!(
+            book.admit(&t, Ask::new(1, 1)).err().unwrap().reason,
+            RejectReason::DailyBudget
+        );
+        // A request that never started gives its day back at once.
+        drop(third);
+        assert!(book.admit(&t, Ask::new(10, 390)).is_ok());
+    }
+
+    /// However requests interleave, the day never ends past its budget.
+    #[test]
+    fn concurrent_requests_never_take_a_tenant_past_its_day() {
+        let book = Arc::new(QuotaBook::default());
+        let t = tenant(TenantLimits {
+            daily_tokens: Some(10_000),
+            ..Default::default()
+        });
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (book, t) = (book.clone(), t.clone());
+                std::thread::spawn(move || {
+                    for j in 0..200u64 {
+                        let ask = Ask::new(5 + (i + j) % 7, 50 + (i * j) % 300);
+                        let ask = if j % 2 == 0 { ask.shortenable() } else { ask };
+                        if let Ok(mut admitted) = book.admit(&t, ask) {
+                            admitted.start();
+                            let room = admitted
+                                .shortened_to()
+                                .unwrap_or(ask.reserve_tokens)
+                                .saturating_sub(ask.prompt_tokens);
+                            for _ in 0..room {
+                                admitted.record_completion_tokens(1);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let (in_flight, usage) = book.live(&t);
+        assert_eq!(in_flight, 0);
+        assert!(usage.total_tokens() <= 10_000, "{usage:?}");
+        assert!(usage.total_tokens() > 9_000, "the day was used: {usage:?}");
     }
 
     /// A request refused after admission (the engine found it too long, no replica could
@@ -613,11 +857,11 @@ mod tests {
             daily_tokens: Some(1000),
             ..Default::default()
         });
-        drop(book.admit(&t, 60, 90).unwrap());
+        drop(book.admit(&t, Ask::new(60, 90)).unwrap());
         let (in_flight, usage) = book.live(&t);
         assert_eq!((in_flight, usage.requests, usage.prompt_tokens), (0, 0, 0));
         // The whole reservation came back: another 90 fits at once.
-        let mut admitted = book.admit(&t, 60, 90).unwrap();
+        let mut admitted = book.admit(&t, Ask::new(60, 90)).unwrap();
         admitted.start();
         admitted.record_completion_tokens(5);
         drop(admitted);
@@ -629,7 +873,7 @@ mod tests {
         // Started, it keeps its prompt and completion tokens (65 of 100) until the minute
         // refills: a request reserving 90 more does not fit.
         assert_eq!(
-            book.admit(&t, 60, 90).err().unwrap().reason,
+            book.admit(&t, Ask::new(60, 90)).err().unwrap().reason,
             RejectReason::TokensPerMinute
         );
     }
@@ -644,28 +888,31 @@ mod tests {
             max_concurrent: Some(2),
             ..TenantLimits::default()
         });
-        let running = [book.admit(&t, 1, 1).unwrap(), book.admit(&t, 1, 1).unwrap()];
+        let running = [
+            book.admit(&t, Ask::new(1, 1)).unwrap(),
+            book.admit(&t, Ask::new(1, 1)).unwrap(),
+        ];
         t.limits.requests_per_minute = Some(1000);
         assert_eq!(book.live(&t).0, 2);
         assert_eq!(
-            book.admit(&t, 1, 1).err().unwrap().reason,
+            book.admit(&t, Ask::new(1, 1)).err().unwrap().reason,
             RejectReason::Concurrency
         );
         drop(running);
         assert_eq!(book.live(&t).0, 0);
-        assert!(book.admit(&t, 1, 1).is_ok());
+        assert!(book.admit(&t, Ask::new(1, 1)).is_ok());
     }
 
     #[test]
     fn changed_limits_take_effect_and_keep_the_days_usage() {
         let book = QuotaBook::default();
         let mut t = tenant(TenantLimits::default());
-        let mut admitted = book.admit(&t, 7, 7).unwrap();
+        let mut admitted = book.admit(&t, Ask::new(7, 7)).unwrap();
         admitted.start();
         drop(admitted);
         t.limits.max_concurrent = Some(0);
         assert_eq!(
-            book.admit(&t, 1, 1).err().unwrap().reason,
+            book.admit(&t, Ask::new(1, 1)).err().unwrap().reason,
             RejectReason::Concurrency
         );
         assert_eq!(book.live(&t).1.prompt_tokens, 7);

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::quota::{Admission, DailyUsage, QuotaBook, RateLimitStatus, Rejection};
+use crate::quota::{Admission, Ask, DailyUsage, QuotaBook, RateLimitStatus, Rejection};
 use crate::tenant::TenantSpec;
 
 /// Why a request was not admitted.
@@ -49,9 +49,10 @@ pub struct StoreHealth {
 
 /// Every tenant's admission state: limits per minute, concurrency, the day's budget.
 pub trait QuotaStore: Send + Sync + 'static {
-    /// Admits a request that will use at most `reserve_tokens` (prompt + `max_tokens`), of
-    /// which `prompt_tokens` are its prompt.
-    fn admit(&self, tenant: &TenantSpec, prompt_tokens: u64, reserve_tokens: u64) -> Admitting;
+    /// Admits a request that will use at most `ask.reserve_tokens` (prompt + `max_tokens`), of
+    /// which `ask.prompt_tokens` are its prompt, reserving them against the per-minute and
+    /// the daily token limits (or what is left of the day, for a shortenable request).
+    fn admit(&self, tenant: &TenantSpec, ask: Ask) -> Admitting;
 
     /// The tenant's current `x-ratelimit-*` state, without taking anything. A shared store
     /// answers from its last reading on this replica (headers must not cost a round trip).
@@ -73,10 +74,8 @@ pub trait QuotaStore: Send + Sync + 'static {
 }
 
 impl QuotaStore for QuotaBook {
-    fn admit(&self, tenant: &TenantSpec, prompt_tokens: u64, reserve_tokens: u64) -> Admitting {
-        Admitting::Decided(
-            QuotaBook::admit(self, tenant, prompt_tokens, reserve_tokens).map_err(Refusal::Limited),
-        )
+    fn admit(&self, tenant: &TenantSpec, ask: Ask) -> Admitting {
+        Admitting::Decided(QuotaBook::admit(self, tenant, ask).map_err(Refusal::Limited))
     }
 
     fn status(&self, tenant: &TenantSpec) -> RateLimitStatus {

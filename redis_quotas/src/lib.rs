@@ -4,7 +4,8 @@
 //! every admission is one atomic Lua script in Redis (`lua/admit.lua`) that checks and takes
 //! all of a tenant's limits at once, on Redis's clock: requests and tokens per minute (GCRA,
 //! tokens reserved at admission and the unused part given back at settlement), the daily token
-//! budget, and concurrency as leases with an expiry that this replica renews while the request
+//! budget (reserved at admission too: each lease carries what it holds of the day, so a lease
+//! that expires gives it back), and concurrency as leases with an expiry that this replica renews while the request
 //! runs ([`leases`]), so a crashed replica's slots come back on their own. The answer carries
 //! the limits' state for the `x-ratelimit-*` headers.
 //!
@@ -27,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use policies::{
-    Admission, Admitting, DailyUsage, LimitState, QuotaBook, QuotaStore, RateLimitStatus, Refusal,
-    RejectReason, Rejection, Settle, Settlement, StoreFuture, StoreHealth, TenantId, TenantLimits,
-    TenantSpec,
+    Admission, Admitting, Ask, DailyUsage, LimitState, QuotaBook, QuotaStore, RateLimitStatus,
+    Refusal, RejectReason, Rejection, Settle, Settlement, StoreFuture, StoreHealth, TenantId,
+    TenantLimits, TenantSpec,
 };
 
 use connection::Connection;
@@ -128,23 +129,20 @@ impl RedisQuotas {
 }
 
 impl QuotaStore for RedisQuotas {
-    fn admit(&self, tenant: &TenantSpec, prompt_tokens: u64, reserve_tokens: u64) -> Admitting {
+    fn admit(&self, tenant: &TenantSpec, ask: Ask) -> Admitting {
         let inner = &self.inner;
         if !inner.connection.may_try() {
             // Known down: decided here, without a round trip.
-            return Admitting::Decided(inner.fallback(tenant, prompt_tokens, reserve_tokens));
+            return Admitting::Decided(inner.fallback(tenant, ask));
         }
         let inner = inner.clone();
         let tenant = tenant.clone();
         Admitting::Pending(Box::pin(async move {
-            match inner
-                .admit(&tenant.id, &tenant.limits, prompt_tokens, reserve_tokens)
-                .await
-            {
+            match inner.admit(&tenant.id, &tenant.limits, ask).await {
                 Ok(decision) => decision,
                 Err(error) => {
                     inner.connection.failed(&error);
-                    inner.fallback(&tenant, prompt_tokens, reserve_tokens)
+                    inner.fallback(&tenant, ask)
                 }
             }
         }))
@@ -242,8 +240,7 @@ impl Inner {
         self: &Arc<Self>,
         tenant: &TenantId,
         limits: &TenantLimits,
-        prompt_tokens: u64,
-        reserve_tokens: u64,
+        ask: Ask,
     ) -> Result<Result<Admission, Refusal>, StoreError> {
         let keys = Arc::new(self.keys(tenant));
         let lease = self.leases.next_id();
@@ -261,7 +258,7 @@ impl Inner {
                     .key(&keys.day)
                     .arg(rpm)
                     .arg(tpm)
-                    .arg(reserve_tokens)
+                    .arg(ask.reserve_tokens)
                     .arg(limits.max_concurrent.map_or(-1, i64::from))
                     .arg(
                         limits
@@ -270,12 +267,14 @@ impl Inner {
                     )
                     .arg(&lease)
                     .arg(lease_ms)
+                    .arg(ask.prompt_tokens)
+                    .arg(ask.shortenable_to.unwrap_or(0))
                     .invoke_async(&mut c)
                     .await?)
             })
             .await?
         };
-        let [code, retry_ms, requests_remaining, requests_reset, tokens_remaining, tokens_reset] =
+        let [code, retry_ms, requests_remaining, requests_reset, tokens_remaining, tokens_reset, granted] =
             answer[..]
         else {
             return Err(StoreError::Answer(format!("{answer:?}")));
@@ -296,16 +295,21 @@ impl Inner {
         let retry_after = Some(Duration::from_millis(retry_ms.max(0) as u64));
         let reason = match code {
             0 => {
-                self.leases.hold(lease.clone(), keys.clone());
+                let granted = granted.max(0) as u64;
+                // The lease's member carries what it holds of the day (see admit.lua).
+                let member = format!("{lease}|{granted}");
+                self.leases.hold(member.clone(), keys.clone());
                 let hold = Box::new(RedisHold {
                     store: Arc::downgrade(self),
                     keys,
-                    lease,
+                    lease: member,
                     tokens_per_minute: tpm,
                 });
+                let shortened_to = (granted < ask.reserve_tokens).then_some(granted);
                 return Ok(Ok(Admission::shared(
-                    prompt_tokens,
-                    reserve_tokens,
+                    ask.prompt_tokens,
+                    granted,
+                    shortened_to,
                     status,
                     hold,
                 )));
@@ -315,30 +319,27 @@ impl Inner {
             3 => RejectReason::RequestTooLarge,
             4 => RejectReason::Concurrency,
             5 => RejectReason::DailyBudget,
+            6 => RejectReason::DailyBudgetShort,
             other => return Err(StoreError::Answer(format!("admission code {other}"))),
         };
         Ok(Err(Refusal::Limited(Rejection {
             reason,
-            retry_after: (reason != RejectReason::RequestTooLarge)
-                .then_some(retry_after)
-                .flatten(),
+            retry_after: (!matches!(
+                reason,
+                RejectReason::RequestTooLarge | RejectReason::DailyBudgetShort
+            ))
+            .then_some(retry_after)
+            .flatten(),
             status,
         })))
     }
 
     /// Admission while Redis cannot be asked, by the configured policy.
-    fn fallback(
-        &self,
-        tenant: &TenantSpec,
-        prompt_tokens: u64,
-        reserve_tokens: u64,
-    ) -> Result<Admission, Refusal> {
+    fn fallback(&self, tenant: &TenantSpec, ask: Ask) -> Result<Admission, Refusal> {
         match self.settings.on_unavailable {
             OnUnavailable::FailOpen => {
                 self.fallback_admissions.fetch_add(1, Ordering::Relaxed);
-                self.local
-                    .admit(tenant, prompt_tokens, reserve_tokens)
-                    .map_err(Refusal::Limited)
+                self.local.admit(tenant, ask).map_err(Refusal::Limited)
             }
             OnUnavailable::FailClosed => {
                 self.unavailable_refusals.fetch_add(1, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use policies::{
-    Admission, Admitting, ModelAllowList, QuotaStore, Refusal, RejectReason, TenantId,
+    Admission, Admitting, Ask, ModelAllowList, QuotaStore, Refusal, RejectReason, TenantId,
     TenantLimits, TenantSpec,
 };
 use redis_quotas::test_server::RedisServer;
@@ -39,7 +39,7 @@ async fn admit(
     prompt: u64,
     reserve: u64,
 ) -> Result<Admission, Refusal> {
-    match store.admit(tenant, prompt, reserve) {
+    match store.admit(tenant, Ask::new(prompt, reserve)) {
         Admitting::Decided(decision) => decision,
         Admitting::Pending(decision) => decision.await,
     }
@@ -231,13 +231,117 @@ async fn the_daily_budget_counts_every_replicas_usage_and_restore_only_seeds() {
     )
     .await;
     assert_eq!(a.live(&t).await.1.total_tokens(), 40);
-    let mut first = admit(&a, &t, 30, 1000).await.unwrap();
+    let mut first = admit(&a, &t, 30, 60).await.unwrap();
     first.start();
     first.record_completion_tokens(30);
     drop(first);
     until("the usage is settled", || in_flight(&redis, "budget") == 0).await;
     assert_eq!(reason(admit(&b, &t, 1, 1).await), RejectReason::DailyBudget);
     assert_eq!(b.live(&t).await.1.total_tokens(), 100);
+}
+
+/// Two replicas, 500 tokens left of the day, requests of 1,000 each in parallel: the day is
+/// reserved at admission in Redis, so it never ends past its budget (it ended 15 % over when
+/// only usage was counted, at settlement); a request without `max_tokens` is cut to what is
+/// left; a replica that dies gives its reservation back when its lease expires (issue 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_budget_is_reserved_across_replicas_and_comes_back_from_a_dead_one() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(1);
+    let a = replica(&redis, lease, OnUnavailable::FailClosed);
+    let b = replica(&redis, lease, OnUnavailable::FailClosed);
+    let t = tenant(
+        "reserved",
+        TenantLimits {
+            daily_tokens: Some(8_000),
+            ..Default::default()
+        },
+    );
+    a.restore_usage(
+        &t,
+        policies::DailyUsage {
+            prompt_tokens: 7_500,
+            ..Default::default()
+        },
+    )
+    .await;
+    let ask = |store: &RedisQuotas, ask: Ask| {
+        let decision = store.admit(&t, ask);
+        async move {
+            match decision {
+                Admitting::Decided(d) => d,
+                Admitting::Pending(d) => d.await,
+            }
+        }
+    };
+    // With `max_tokens`: more than is left is refused, whichever replica.
+    assert_eq!(
+        reason(ask(&a, Ask::new(10, 1_010)).await),
+        RejectReason::DailyBudgetShort
+    );
+    // Without: both ask at once; one gets what is left, the other nothing.
+    let (one, two) = tokio::join!(
+        ask(&a, Ask::new(10, 1_010).shortenable()),
+        ask(&b, Ask::new(10, 1_010).shortenable())
+    );
+    let (mut held, refused) = match (one, two) {
+        (Ok(held), refused) | (refused, Ok(held)) => (held, refused),
+        (Err(a), Err(b)) => panic!("both refused: {a:?} {b:?}"),
+    };
+    assert_eq!(held.shortened_to(), Some(500));
+    assert_eq!(reason(refused), RejectReason::DailyBudget);
+    held.start();
+    held.record_completion_tokens(490);
+    drop(held);
+    until("the usage is settled", || {
+        in_flight(&redis, "reserved") == 0
+    })
+    .await;
+    assert_eq!(
+        b.live(&t).await.1.total_tokens(),
+        8_000,
+        "exactly the budget"
+    );
+    assert_eq!(
+        reason(ask(&b, Ask::new(1, 1)).await),
+        RejectReason::DailyBudget
+    );
+
+    // A reservation held by a replica that dies comes back within its lease.
+    let t2 = tenant(
+        "dies",
+        TenantLimits {
+            daily_tokens: Some(1_000),
+            ..Default::default()
+        },
+    );
+    let admit2 = |store: &RedisQuotas, ask: Ask| {
+        let decision = store.admit(&t2, ask);
+        async move {
+            match decision {
+                Admitting::Decided(d) => d,
+                Admitting::Pending(d) => d.await,
+            }
+        }
+    };
+    let doomed = admit2(&a, Ask::new(10, 900)).await.unwrap();
+    assert_eq!(
+        reason(admit2(&b, Ask::new(10, 900)).await),
+        RejectReason::DailyBudgetShort
+    );
+    std::mem::forget(doomed);
+    drop(a);
+    let died = Instant::now();
+    loop {
+        if admit2(&b, Ask::new(10, 900)).await.is_ok() {
+            break;
+        }
+        assert!(
+            died.elapsed() < lease * 5,
+            "the dead replica's reservation never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +403,7 @@ async fn without_redis_fail_closed_refuses_and_recovers() {
     }
     // Known down: refused at once, without waiting for Redis.
     assert!(matches!(
-        store.admit(&t, 1, 1),
+        store.admit(&t, Ask::new(1, 1)),
         Admitting::Decided(Err(Refusal::Unavailable { .. }))
     ));
     assert!(store.health().unwrap().unavailable_refusals >= 2);

@@ -179,6 +179,19 @@ impl RoutedStream {
                 replica.on_failure(&reason);
                 TokenEvent::Unavailable(reason)
             }
+            // Declined (an upstream's 429, 401, 403, 404): not the replica's failure, and
+            // another replica may take it.
+            Some(TokenEvent::Declined(reason)) if self.generated == 0 && !self.retried => {
+                replica.on_success();
+                match self.fail_over(&replica, &reason) {
+                    Some(routed) => return Some(routed),
+                    None => TokenEvent::Unavailable(reason),
+                }
+            }
+            Some(TokenEvent::Declined(reason)) => {
+                replica.on_success();
+                TokenEvent::Unavailable(reason)
+            }
             // Refused as invalid: the request's fault, not the replica's; it answered, so it
             // counts as healthy, and another replica would refuse it too.
             Some(TokenEvent::Refused(reason)) => {

@@ -99,6 +99,13 @@ impl ModelRouter {
         }
     }
 
+    /// Puts the operator's sampling defaults over those the model's file recommends: a request
+    /// that leaves a setting out gets `defaults`' value, else the file's, else OpenAI's.
+    pub fn with_sampling_defaults(mut self, defaults: engines::SamplingDefaults) -> Self {
+        self.info.sampling_defaults = defaults.or(self.info.sampling_defaults);
+        self
+    }
+
     /// Lets requests that find every replica saturated wait (see [`WaitingRoom`]) instead of
     /// being refused at once.
     pub fn with_waiting_room(mut self, settings: WaitingSettings) -> Self {
@@ -376,6 +383,7 @@ mod tests {
                     id: "m".into(),
                     context_length: 8192,
                     vocab_size: 0,
+                    sampling_defaults: Default::default(),
                 },
                 counters: EngineCounters::default(),
                 fails: None,
@@ -557,9 +565,10 @@ mod tests {
                 }
                 TokenEvent::Token { .. } => {}
                 TokenEvent::Finished(_) => finished = true,
-                TokenEvent::Failed(_) | TokenEvent::Unavailable(_) | TokenEvent::Refused(_) => {
-                    finished = false
-                }
+                TokenEvent::Failed(_)
+                | TokenEvent::Unavailable(_)
+                | TokenEvent::Declined(_)
+                | TokenEvent::Refused(_) => finished = false,
             }
         }
         (routes, finished)
@@ -803,6 +812,25 @@ mod tests {
         let snapshot = &router.snapshot()[0].replicas;
         assert_eq!(snapshot[0].health, "unhealthy");
         assert_eq!(snapshot[0].failures, 1);
+    }
+
+    /// An upstream's 429, 401, 403 or 404 never counts against its replica (issue 30): the
+    /// request moves to another replica before its first token, and the first stays in
+    /// service however often it happens.
+    #[tokio::test]
+    async fn a_declined_request_moves_on_and_does_not_count_against_the_replica() {
+        let mut declining = Arc::into_inner(ScriptedEngine::new(0, 0, None)).unwrap();
+        declining.fails = Some(TokenEvent::Declined("upstream answered 429".into()));
+        let pools = vec![pool("p", vec![Arc::new(declining), synthetic(0.0)], None)];
+        let router = Arc::new(ModelRouter::new(pools, &[], &[]));
+        for _ in 0..5 {
+            let (routes, finished) = route_one(&router, None).await;
+            assert!(finished, "{routes:?}");
+            assert_eq!(routes.last(), Some(&("p".into(), "p-1".into())));
+        }
+        let snapshot = &router.snapshot()[0].replicas;
+        assert_eq!(snapshot[0].health, "healthy");
+        assert_eq!(snapshot[0].failures, 0);
     }
 
     #[tokio::test]

@@ -494,7 +494,7 @@ fn settle(
                 finished.push(chunk.index);
             }
             Err(e) => {
-                sequence.fail(e.to_string());
+                sequence.fail_with(&e);
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 finished.push(chunk.index);
             }

@@ -99,7 +99,7 @@ impl Sequence {
             tenant,
             share: Share::default(),
             counters: Arc::default(),
-            sampler: Sampler::new(&params),
+            sampler: Sampler::new(&params).with_prompt(&prompt_ids),
             constraint: None,
             stops: StopMatcher::new(params.stop.clone()),
             prompt_ids,
@@ -298,5 +298,15 @@ impl Sequence {
     /// Ends the stream with an error.
     pub fn fail(&self, message: String) {
         let _ = self.events.send(TokenEvent::Failed(message));
+    }
+
+    /// Ends the stream with `error`: refused, when the request caused it (its grammar, say),
+    /// so that it is the client's 4xx and not the replica's failure; failed otherwise.
+    pub fn fail_with(&self, error: &crate::error::EngineError) {
+        let event = match error.request_fault() {
+            Some(refusal) => TokenEvent::Refused(refusal),
+            None => TokenEvent::Failed(error.to_string()),
+        };
+        let _ = self.events.send(event);
     }
 }

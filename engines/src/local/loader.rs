@@ -9,6 +9,7 @@ use crate::device::DeviceSpec;
 use crate::engine::Prompt;
 use crate::error::{EngineError, Result};
 use crate::model::{LlamaModel, WeightFormat};
+use crate::sampling::SamplingDefaults;
 use crate::text::{ChatTemplate, GgufTokenizer};
 
 /// A model file and how to load it.
@@ -32,6 +33,8 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
     /// Structured output's grammar compiler over this tokenizer.
     pub grammars: Grammars,
+    /// The sampling settings the file recommends (`general.sampling.*`).
+    pub sampling_defaults: SamplingDefaults,
 }
 
 impl LoadedModel {
@@ -67,13 +70,16 @@ impl LoadedModel {
         .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         Ok(Self {
             model,
+            sampling_defaults: SamplingDefaults::from_gguf(&content.metadata),
             grammars: Grammars::new(&tokenizer)?,
             tokenizer,
             chat_template,
         })
     }
 
-    /// Renders a conversation (with the functions it may call) and tokenises it.
+    /// Renders a conversation (with the functions it may call) and tokenises it: control
+    /// tokens come from the template's markup only, never from the messages' text
+    /// ([`crate::text::chat_prompt`]).
     fn render_chat(
         &self,
         messages: &[crate::text::ChatMessage],
@@ -83,11 +89,16 @@ impl LoadedModel {
             .chat_template
             .as_ref()
             .ok_or_else(|| EngineError::ChatTemplate("this model has no chat template".into()))?;
+        let specials: Vec<&str> = self.tokenizer.special_spellings().collect();
+        let rendered = crate::text::chat_prompt::render(template, messages, tools, &specials)?;
         self.tokenizer
-            .encode(&template.render_with_tools(messages, tools, true)?)
+            .encode_with_markup(&rendered.text, &rendered.client)
     }
 
-    /// Renders (for chat) and tokenises a prompt, checking every id is in the vocabulary.
+    /// Renders (for chat) and tokenises a prompt, checking every id is in the vocabulary. A
+    /// completion's raw prompt is the tenant's own text and keeps its control tokens (a client
+    /// of `/v1/completions` writes the whole prompt, markup included); a conversation's
+    /// messages never produce them.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Text(text) => self.tokenizer.encode(text)?,

@@ -77,6 +77,7 @@ impl LocalEngine {
             id: id.to_string(),
             context_length: model.model.config().context_length,
             vocab_size: model.model.config().vocab_size,
+            sampling_defaults: model.sampling_defaults,
         };
         let counters = Arc::new(EngineCounters::default());
         let (records_tx, step_records) = match core.record_steps {

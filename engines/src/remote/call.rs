@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 
@@ -112,8 +112,8 @@ impl UpstreamCall {
                 "upstream {base} answered {status}: {}",
                 error_message(&body)
             );
-            // Overload and server errors: another replica may well serve it.
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            // Server errors: the replica failed; another may well serve it.
+            if status.is_server_error() {
                 return self.fail(0, message);
             }
             // The request's fault: every replica would say the same. The client gets the
@@ -124,9 +124,11 @@ impl UpstreamCall {
                 let _ = self.events.send(refusal);
                 return Outcome::Failed;
             }
-            // Any other 4xx (401, 403, 404): this replica is not set up for us (a wrong
-            // secret, a missing model), which another replica may be.
-            return self.fail(0, message);
+            // Any other 4xx (429: busy; 401, 403, 404: not set up for this model or secret):
+            // another replica may serve it, and this one answered, so it has not failed.
+            tracing::debug!(%message, "upstream declined the request");
+            let _ = self.events.send(TokenEvent::Declined(message));
+            return Outcome::Failed;
         }
 
         let mut body = response.into_body();

@@ -104,6 +104,8 @@ impl RemoteEngine {
                 context_length: options.context_length,
                 // Unknown upstream; only local engines check ids against it.
                 vocab_size: 0,
+                // The upstream applies its own model's defaults to what is not forwarded.
+                sampling_defaults: Default::default(),
             },
             options,
             api_base,

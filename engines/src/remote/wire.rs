@@ -27,6 +27,8 @@ struct UpstreamBody<'a> {
     // OpenAI servers are not handed unknown fields needlessly.
     #[serde(skip_serializing_if = "is_zero")]
     top_k: usize,
+    #[serde(skip_serializing_if = "is_one")]
+    repetition_penalty: f32,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ignore_eos: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +66,10 @@ enum LogprobsField {
 enum PromptField<'a> {
     Text(&'a str),
     Tokens(&'a [u32]),
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -112,6 +118,7 @@ pub(super) fn upstream_request(
             include_usage: true,
         },
         top_k: p.top_k,
+        repetition_penalty: p.repetition_penalty,
         ignore_eos: p.ignore_eos,
         seed: p.seed,
         stop: &p.stop,
@@ -378,7 +385,14 @@ mod tests {
         assert_eq!(url, "http://u/v1/chat/completions");
         assert_eq!(body["stream_options"]["include_usage"], true);
         assert_eq!(body["messages"], json!([]));
-        for absent in ["top_k", "ignore_eos", "seed", "stop", "prompt"] {
+        for absent in [
+            "top_k",
+            "repetition_penalty",
+            "ignore_eos",
+            "seed",
+            "stop",
+            "prompt",
+        ] {
             assert!(body.get(absent).is_none(), "{absent} sent unasked");
         }
         assert_eq!(

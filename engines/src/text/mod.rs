@@ -1,12 +1,14 @@
 //! Text in and out of the model: the tokenizer built from GGUF metadata, the chat template,
 //! incremental detokenisation and stop strings.
 
+pub mod chat_prompt;
 pub mod chat_template;
 pub mod detokenize;
 pub mod stop;
 pub mod tokenizer;
 pub mod tools;
 
+pub use chat_prompt::RenderedChat;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenize::IncrementalDecoder;
 pub use stop::StopMatcher;

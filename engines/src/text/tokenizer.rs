@@ -2,7 +2,7 @@
 //!
 //! We build it ourselves with the `tokenizers` crate rather than use candle's GGUF tokenizer:
 //! that one inserts a prefix space after each special token (37 ids instead of llama.cpp's 38 for
-//! the SmolLM2 chat prompt in `shared/fixtures`), which changes what the model sees.
+//! the SmolLM2 chat prompt in `engines/tests/fixtures`), which changes what the model sees.
 
 use candle_core::quantized::gguf_file;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -19,6 +19,10 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// The model's tokenizer plus the ids the engine needs to know about.
 pub struct GgufTokenizer {
     inner: Tokenizer,
+    /// The same, reading control tokens' spellings as text (for a client's text).
+    plain: Tokenizer,
+    /// The control tokens' spellings and ids, longest first.
+    specials: Vec<(String, u32)>,
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     vocab_size: usize,
@@ -112,6 +116,16 @@ impl GgufTokenizer {
             .map(|(tok, _)| AddedToken::from(tok.clone(), true))
             .collect();
         inner.add_special_tokens(&specials);
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let mut special_spellings: Vec<(String, u32)> = tokens
+            .iter()
+            .zip(&token_types)
+            .enumerate()
+            .filter(|(_, (tok, ty))| is_special(ty) && !tok.is_empty())
+            .map(|(id, (tok, _))| (tok.clone(), id as u32))
+            .collect();
+        special_spellings.sort_by_key(|(tok, _)| std::cmp::Reverse(tok.len()));
         let special: Vec<bool> = (0..tokens.len())
             .map(|i| token_types.get(i).is_some_and(is_special))
             .collect();
@@ -132,6 +146,8 @@ impl GgufTokenizer {
 
         Ok(Self {
             inner,
+            plain,
+            specials: special_spellings,
             bos_id,
             eos_ids: vec![eos_id],
             vocab_size: tokens.len(),
@@ -148,6 +164,66 @@ impl GgufTokenizer {
             .encode(text, false)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Encodes a client's text: control tokens' spellings in it are text like any other
+    /// (`<|im_start|>` becomes the ordinary tokens of those characters).
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .plain
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The spellings of the vocabulary's control tokens.
+    pub fn special_spellings(&self) -> impl Iterator<Item = &str> {
+        self.specials.iter().map(|(s, _)| s.as_str())
+    }
+
+    /// Encodes a rendered prompt whose `client` byte ranges are a client's text: control
+    /// tokens are read only outside them (the template's markup), the rest is text. With no
+    /// ranges this is [`Self::encode`]. The pieces between control tokens are encoded as the
+    /// whole string would split them, so a prompt with no control spelling in client text
+    /// gets the same ids either way.
+    pub fn encode_with_markup(
+        &self,
+        text: &str,
+        client: &[std::ops::Range<usize>],
+    ) -> Result<Vec<u32>> {
+        if client.is_empty() {
+            return self.encode(text);
+        }
+        let in_client =
+            |start: usize, end: usize| client.iter().any(|r| start < r.end && r.start < end);
+        // Every control token the markup writes, leftmost first (the longest where two start
+        // together), none overlapping.
+        let mut found: Vec<(usize, usize, u32)> = Vec::new();
+        for (spelling, id) in &self.specials {
+            for (start, _) in text.match_indices(spelling.as_str()) {
+                let end = start + spelling.len();
+                if !in_client(start, end) {
+                    found.push((start, end, *id));
+                }
+            }
+        }
+        found.sort_by_key(|&(start, end, _)| (start, std::cmp::Reverse(end)));
+        let mut ids = Vec::new();
+        let mut at = 0;
+        for (start, end, id) in found {
+            if start < at {
+                continue;
+            }
+            if at < start {
+                ids.extend(self.encode_text(&text[at..start])?);
+            }
+            ids.push(id);
+            at = end;
+        }
+        if at < text.len() {
+            ids.extend(self.encode_text(&text[at..])?);
+        }
+        Ok(ids)
     }
 
     /// Decodes ids to text, leaving special tokens out.

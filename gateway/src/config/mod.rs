@@ -246,6 +246,12 @@ impl GatewayConfig {
                     )));
                 }
             }
+            if let Some((name, why)) = model.defaults.out_of_range() {
+                return Err(ConfigError::Invalid(format!(
+                    "model `{}`: `[models.defaults] {name}` must be {why}",
+                    model.id
+                )));
+            }
             if model
                 .saturated_wait_secs
                 .is_some_and(|s| !(s >= 0.0 && s.is_finite() && s <= 3600.0))

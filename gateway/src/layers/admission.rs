@@ -131,11 +131,7 @@ where
             prompt_tokens = cost.prompt_tokens,
             reserved_tokens = cost.reserved_tokens
         );
-        let admitting = span.in_scope(|| {
-            self.state
-                .quotas
-                .admit(&tenant, cost.prompt_tokens, cost.reserved_tokens)
-        });
+        let admitting = span.in_scope(|| self.state.quotas.admit(&tenant, cost.ask()));
         match admitting {
             Admitting::Decided(admitted) => {
                 match decide(&self.state, &tenant, admitted, &mut request) {
@@ -237,6 +233,7 @@ mod tests {
         request.extensions_mut().insert(RequestCost {
             prompt_tokens: 4,
             reserved_tokens,
+            shortenable_to: None,
         });
         request
     }

@@ -25,6 +25,7 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static("x-request-id"),
+                header::HeaderName::from_static("x-client-request-id"),
                 header::HeaderName::from_static("traceparent"),
             ])
             // What a browser client may read: the request id and OpenAI's rate-limit headers.

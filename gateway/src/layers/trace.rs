@@ -46,13 +46,19 @@ pub fn request_span(request: &Request<Body>) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // The route's template, never the raw path (which may hold a key: `/v1/models/sk-...`).
+    let route = crate::paths::template(request.uri().path());
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+        otel.name = %format!("{} {route}", request.method()),
         otel.kind = "server",
         method = %request.method(),
-        path = %request.uri().path(),
+        path = route,
         request_id,
+        client_request_id = request
+            .extensions()
+            .get::<crate::extensions::ClientRequestId>()
+            .map(|id| &*id.0),
         // Filled in by authentication.
         tenant = tracing::field::Empty,
         key_id = tracing::field::Empty,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use engines::sampling::MAX_TOP_LOGPROBS;
-use engines::{OutputConstraint, SamplingParams};
+use engines::{OutputConstraint, SamplingDefaults, SamplingParams};
 use policies::Priority;
 use serde::Deserialize;
 use serde_json::Value;
@@ -50,6 +50,9 @@ pub struct CommonParams {
     pub presence_penalty: Option<f64>,
     /// -2 to 2.
     pub frequency_penalty: Option<f64>,
+    /// vLLM's extension: above 0 and at most 2; above 1 discourages every token already in the
+    /// prompt or the output (1 disables it).
+    pub repetition_penalty: Option<f64>,
     /// vLLM's extension for benchmarks.
     pub ignore_eos: Option<bool>,
     /// Choices per prompt (each sampled on its own; `seed + i` for choice `i`).
@@ -124,20 +127,65 @@ fn in_range(
 
 impl CommonParams {
     /// Checks every parameter's range for `endpoint`; the first at fault names itself in
-    /// `param`.
-    pub fn validate(&self, endpoint: Endpoint) -> Result<ValidParams, ApiError> {
-        let temperature = in_range("temperature", self.temperature, 0.0, 2.0, 1.0)?;
-        let top_p = in_range("top_p", self.top_p, 0.0, 1.0, 1.0)?;
+    /// `param`. A sampling setting the request leaves out takes the model's default
+    /// (`defaults`: `[models.defaults]`, then the file's recommendation), else OpenAI's.
+    pub fn validate(
+        &self,
+        endpoint: Endpoint,
+        defaults: &SamplingDefaults,
+    ) -> Result<ValidParams, ApiError> {
+        let or = |asked: Option<f64>, default: Option<f64>| asked.or(default);
+        let temperature = in_range(
+            "temperature",
+            or(self.temperature, defaults.temperature),
+            0.0,
+            2.0,
+            1.0,
+        )?;
+        let top_p = in_range("top_p", or(self.top_p, defaults.top_p), 0.0, 1.0, 1.0)?;
         if top_p == 0.0 {
             return Err(ApiError::invalid_param(
                 "top_p",
                 "`top_p` must be greater than 0.",
             ));
         }
-        let presence_penalty = in_range("presence_penalty", self.presence_penalty, -2.0, 2.0, 0.0)?;
-        let frequency_penalty =
-            in_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0, 0.0)?;
-        let top_k = match self.top_k {
+        let presence_penalty = in_range(
+            "presence_penalty",
+            or(
+                self.presence_penalty,
+                defaults.presence_penalty.map(f64::from),
+            ),
+            -2.0,
+            2.0,
+            0.0,
+        )?;
+        let frequency_penalty = in_range(
+            "frequency_penalty",
+            or(
+                self.frequency_penalty,
+                defaults.frequency_penalty.map(f64::from),
+            ),
+            -2.0,
+            2.0,
+            0.0,
+        )?;
+        let repetition_penalty = in_range(
+            "repetition_penalty",
+            or(
+                self.repetition_penalty,
+                defaults.repetition_penalty.map(f64::from),
+            ),
+            0.0,
+            2.0,
+            1.0,
+        )?;
+        if repetition_penalty == 0.0 {
+            return Err(ApiError::invalid_param(
+                "repetition_penalty",
+                "`repetition_penalty` must be greater than 0.",
+            ));
+        }
+        let top_k = match self.top_k.or(defaults.top_k.map(|k| k as i64)) {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
             Some(k) => {
@@ -219,6 +267,7 @@ impl CommonParams {
                 stop,
                 presence_penalty: presence_penalty as f32,
                 frequency_penalty: frequency_penalty as f32,
+                repetition_penalty: repetition_penalty as f32,
                 ignore_eos: self.ignore_eos.unwrap_or(false),
                 logprobs,
                 constraint,
@@ -328,7 +377,7 @@ mod tests {
     fn parse_for(endpoint: Endpoint, json: &str) -> Result<ValidParams, ApiError> {
         serde_json::from_str::<CommonParams>(json)
             .unwrap()
-            .validate(endpoint)
+            .validate(endpoint, &SamplingDefaults::default())
     }
 
     #[test]
@@ -411,8 +460,41 @@ mod tests {
         let p = parse("{}").unwrap();
         assert_eq!(p.sampling.temperature, 1.0);
         assert_eq!(p.sampling.top_p, 1.0);
+        assert_eq!(p.sampling.repetition_penalty, 1.0);
         assert_eq!(p.max_tokens, None);
         assert!(!p.stream);
+    }
+
+    /// The request first, then the model's defaults, then OpenAI's (issue 30, item 10).
+    #[test]
+    fn a_models_defaults_fill_what_the_request_leaves_out() {
+        let defaults = SamplingDefaults {
+            temperature: Some(0.2),
+            top_p: Some(0.9),
+            top_k: Some(40),
+            repetition_penalty: Some(1.1),
+            ..SamplingDefaults::default()
+        };
+        let validate = |json: &str| {
+            serde_json::from_str::<CommonParams>(json)
+                .unwrap()
+                .validate(Endpoint::Chat, &defaults)
+                .unwrap()
+                .sampling
+        };
+        let omitted = validate("{}");
+        assert_eq!(omitted.temperature, 0.2);
+        assert_eq!(omitted.top_p, 0.9);
+        assert_eq!(omitted.top_k, 40);
+        assert!((omitted.repetition_penalty - 1.1).abs() < 1e-6);
+        assert_eq!(omitted.presence_penalty, 0.0, "no default: OpenAI's");
+        let asked = validate(
+            r#"{"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}"#,
+        );
+        assert_eq!(asked.temperature, 1.0);
+        assert_eq!(asked.top_p, 1.0);
+        assert_eq!(asked.top_k, 0);
+        assert_eq!(asked.repetition_penalty, 1.0);
     }
 
     #[test]
@@ -427,6 +509,8 @@ mod tests {
             (r#"{"max_completion_tokens": -5}"#, "max_completion_tokens"),
             (r#"{"presence_penalty": 3}"#, "presence_penalty"),
             (r#"{"frequency_penalty": -3}"#, "frequency_penalty"),
+            (r#"{"repetition_penalty": 0}"#, "repetition_penalty"),
+            (r#"{"repetition_penalty": 2.5}"#, "repetition_penalty"),
             (r#"{"n": 0}"#, "n"),
             (r#"{"n": 17}"#, "n"),
             (r#"{"stop": ["a","b","c","d","e"]}"#, "stop"),

@@ -164,15 +164,8 @@ fn usage_query(
 }
 
 fn csv_response<T: serde::Serialize>(rows: &[T], filename: &str) -> Result<Response, ApiError> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for row in rows {
-        writer
-            .serialize(row)
-            .map_err(|e| ApiError::internal(format!("CSV export: {e}")))?;
-    }
-    let body = writer
-        .into_inner()
-        .map_err(|e| ApiError::internal(format!("CSV export: {e}")))?;
+    let body =
+        spreadsheet_safe_csv(rows).map_err(|e| ApiError::internal(format!("CSV export: {e}")))?;
     Ok((
         [
             (CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -184,4 +177,79 @@ fn csv_response<T: serde::Serialize>(rows: &[T], filename: &str) -> Result<Respo
         body,
     )
         .into_response())
+}
+
+/// `rows` as CSV whose every cell a spreadsheet reads as text, never as a formula (OWASP's CSV
+/// injection): a cell a client chose (its request id, say `=HYPERLINK(...)`) that starts with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`. Numbers stay numbers.
+fn spreadsheet_safe_csv<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>, csv::Error> {
+    // Serialised once as serde names the columns, then every cell is made safe.
+    let mut plain = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        plain.serialize(row)?;
+    }
+    let plain = plain.into_inner().map_err(|e| e.into_error())?;
+    let mut safe = csv::Writer::from_writer(Vec::with_capacity(plain.len()));
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(plain.as_slice());
+    for record in reader.records() {
+        let record = record?;
+        safe.write_record(record.iter().map(|cell| inert_cell(cell).into_owned()))?;
+    }
+    safe.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// The cell, with a leading `'` if a spreadsheet would evaluate it.
+fn inert_cell(cell: &str) -> std::borrow::Cow<'_, str> {
+    let evaluated = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if evaluated && cell.parse::<f64>().is_err() {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_a_spreadsheet_would_evaluate_are_made_text() {
+        #[derive(serde::Serialize)]
+        struct Row {
+            id: &'static str,
+            n: i64,
+        }
+        let rows = [
+            Row {
+                id: "=HYPERLINK(\"http://x\",\"click\")",
+                n: -3,
+            },
+            Row { id: "+1+2", n: 4 },
+            Row {
+                id: "@SUM(A1)",
+                n: 0,
+            },
+            Row { id: "\tcmd", n: 0 },
+            Row { id: "-2+3", n: 0 },
+            Row {
+                id: "plain-id",
+                n: 0,
+            },
+        ];
+        let csv = String::from_utf8(spreadsheet_safe_csv(&rows).unwrap()).unwrap();
+        let cells: Vec<Vec<String>> = csv::ReaderBuilder::new()
+            .from_reader(csv.as_bytes())
+            .records()
+            .map(|r| r.unwrap().iter().map(String::from).collect())
+            .collect();
+        assert_eq!(cells[0], ["'=HYPERLINK(\"http://x\",\"click\")", "-3"]);
+        assert_eq!(cells[1], ["'+1+2", "4"]);
+        assert_eq!(cells[2][0], "'@SUM(A1)");
+        assert_eq!(cells[3][0], "'\tcmd");
+        assert_eq!(cells[4][0], "'-2+3");
+        assert_eq!(cells[5][0], "plain-id");
+        assert!(csv.starts_with("id,n\n"), "{csv}");
+    }
 }

@@ -18,7 +18,7 @@ use tower_http::request_id::RequestId;
 
 use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
-use crate::extensions::{AccessLogWritten, Caller, Handoff, RequestCost};
+use crate::extensions::{AccessLogWritten, Caller, ClientRequestId, Handoff, RequestCost};
 use crate::models::{Embedder, ModelState, RemoteEmbedder};
 use crate::openai::embeddings::{EmbeddingRequest, EncodingFormat, Input};
 use crate::openai::json::parse;
@@ -53,10 +53,10 @@ fn prepare_embedding(
 ) -> Result<(PreparedEmbedding, RequestCost), ApiError> {
     let request: EmbeddingRequest = parse(body)?;
     let id = request.model.as_str();
-    let model_state = model_state.ok_or_else(|| ApiError::model_not_found(id))?;
-    if !caller.tenant.models.allows(id) {
-        return Err(ApiError::model_not_allowed(id));
-    }
+    // A model outside the tenant's allow-list is answered as one that does not exist.
+    let model_state = model_state
+        .filter(|_| caller.tenant.models.allows(id))
+        .ok_or_else(|| ApiError::model_not_found(id))?;
     let embedder = match model_state {
         ModelState::Embeddings(embedder) => embedder,
         ModelState::Ready(_) => {
@@ -109,6 +109,7 @@ fn prepare_embedding(
     let cost = RequestCost {
         prompt_tokens: tokens,
         reserved_tokens: tokens,
+        shortenable_to: None,
     };
     Ok((prepared, cost))
 }
@@ -160,6 +161,7 @@ pub async fn embed(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(request_id): Extension<RequestId>,
+    client_request_id: Option<Extension<ClientRequestId>>,
     Extension(cost): Extension<RequestCost>,
     Extension(prepared): Extension<Handoff<PreparedEmbedding>>,
     Extension(admission): Extension<Handoff<Admission>>,
@@ -177,6 +179,7 @@ pub async fn embed(
         &state,
         &caller,
         request_id,
+        client_request_id.as_deref(),
         &prepared.model_id,
         &[billed],
         admission,

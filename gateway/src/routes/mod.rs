@@ -21,10 +21,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::error::ApiError;
 use crate::layers::{
-    admission, authentication, body_limit, cors, rate_limit_headers, request_metrics, timeout,
-    trace,
+    admission, authentication, body_limit, client_request_id, cors, rate_limit_headers,
+    request_metrics, timeout, trace,
 };
 use crate::openai::response::Endpoint;
+use crate::paths;
 use crate::state::AppState;
 
 pub use openapi::openapi_document;
@@ -45,19 +46,18 @@ pub fn router(state: AppState) -> Router {
         )
     };
     let api = Router::new()
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{model}", get(models::retrieve))
-        .route("/v1/chat/completions", generation(Endpoint::Chat))
-        .route("/v1/completions", generation(Endpoint::Completions))
+        .route(paths::MODELS, get(models::list))
+        .route(paths::MODEL, get(models::retrieve))
+        .route(paths::CHAT_COMPLETIONS, generation(Endpoint::Chat))
+        .route(paths::COMPLETIONS, generation(Endpoint::Completions))
         .route(
-            "/v1/embeddings",
+            paths::EMBEDDINGS,
             post(embeddings::embed).route_layer(
                 ServiceBuilder::new()
                     .layer(from_fn_with_state(state.clone(), embeddings::prepare))
                     .layer(admission::layer(&state)),
             ),
         )
-        .route("/load", get(pools::load))
         .route_layer(
             ServiceBuilder::new()
                 .layer(authentication::layer(&state))
@@ -65,17 +65,20 @@ pub fn router(state: AppState) -> Router {
                 .layer(rate_limit_headers::layer(&state)),
         );
     let admin = Router::new()
-        .route("/admin/tenants", get(admin::tenants))
-        .route("/admin/usage", get(admin::usage))
-        .route("/admin/usage/records", get(admin::usage_records))
-        .route("/admin/pools", get(pools::admin_pools))
+        .route(paths::ADMIN_TENANTS, get(admin::tenants))
+        .route(paths::ADMIN_USAGE, get(admin::usage))
+        .route(paths::ADMIN_USAGE_RECORDS, get(admin::usage_records))
+        .route(paths::ADMIN_POOLS, get(pools::admin_pools))
+        // An engine-worker's load, read by the gateways that route to it (with the worker's
+        // shared secret, its admin key): it shows every tenant's activity, so no tenant key.
+        .route(paths::LOAD, get(pools::load))
         .route_layer(authentication::admin_layer(&state));
     let public = Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(metrics::render))
-        .route("/version", get(version::version))
-        .route("/openapi.json", get(openapi::document));
+        .route(paths::HEALTH, get(health::health))
+        .route(paths::READY, get(health::ready))
+        .route(paths::METRICS, get(metrics::render))
+        .route(paths::VERSION, get(version::version))
+        .route(paths::OPENAPI, get(openapi::document));
     Router::new()
         .merge(api)
         .merge(admin)
@@ -84,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
+                .layer(client_request_id::layer())
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(trace::layer())
                 .layer(PropagateRequestIdLayer::x_request_id())

@@ -108,10 +108,11 @@ fn list_models() {}
     security(("api_key" = [])))]
 fn retrieve_model() {}
 
-/// Each local pool's load, for gateways routing to this one (`/load` health checks).
+/// Each local pool's load, for gateways routing to this one (`/load` health checks): an admin
+/// key (on an engine-worker, its shared secret); never a tenant's key.
 #[utoipa::path(get, path = "/load", tag = "pools",
-    responses((status = 200, description = "Per model: running and waiting sequences, free KV blocks")),
-    security(("api_key" = [])))]
+    responses((status = 200, description = "Per model: running and waiting sequences, free KV blocks"), (status = 403, description = "Not an admin key", body = ErrorBody)),
+    security(("admin_key" = [])))]
 fn load() {}
 
 /// Tenants and their live quota state.

@@ -1,13 +1,20 @@
 -- Admission: every limit of one tenant checked and taken at once, or nothing taken.
 -- KEYS: requests TAT, tokens TAT, leases (sorted set: lease -> expiry ms), today's usage hash.
 -- ARGV: requests per minute (0: none), tokens per minute (0: none), tokens to reserve,
---       max concurrent (-1: none), daily tokens (-1: none), lease id, lease ms.
+--       max concurrent (-1: none), daily tokens (-1: none), lease id, lease ms, prompt tokens,
+--       the fewest tokens the request can be cut to when less is left of the day than it asks
+--       (0: not cut, refused).
 -- Reply: {code, retry ms, requests remaining, requests reset ms, tokens remaining,
---         tokens reset ms}; code 0 admitted, 1 requests per minute, 2 tokens per minute,
---         3 request too large, 4 concurrency, 5 daily budget; -1 where a limit is not set.
+--         tokens reset ms, tokens granted}; code 0 admitted, 1 requests per minute, 2 tokens
+--         per minute, 3 request too large, 4 concurrency, 5 daily budget (nothing left),
+--         6 daily budget (less left than asked); -1 where a limit is not set.
+-- The day is reserved like the minute: each lease's member is `<lease id>|<tokens granted>`,
+-- and what live leases were granted counts against the day until they settle. A lease that
+-- expires (its replica died) takes its reservation with it.
 local rpm, tpm, reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_concurrent, daily = tonumber(ARGV[4]), tonumber(ARGV[5])
 local lease, lease_ms = ARGV[6], tonumber(ARGV[7])
+local prompt, least = tonumber(ARGV[8]), tonumber(ARGV[9])
 
 -- GCRA over one number, the theoretical arrival time (TAT), with a burst of the whole minute:
 -- taking n units pushes it n emission intervals ahead; admitted while it stays within a minute.
@@ -36,8 +43,30 @@ local function store(g)
 end
 
 local used_today = todays_tokens(KEYS[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+
+-- What live leases hold of the day.
+local function reserved_today()
+  local held = 0
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    held = held + (tonumber(string.match(member, '|(%d+)$')) or 0)
+  end
+  return held
+end
+
+local granted = reserve
+local day_refusal = nil
+if daily >= 0 then
+  local left = daily - used_today - reserved_today()
+  if left <= prompt then
+    day_refusal = 5
+  elseif reserve > left then
+    if least > 0 and least <= left then granted = left else day_refusal = 6 end
+  end
+end
+
 local requests = gcra(KEYS[1], rpm, 1)
-local tokens = gcra(KEYS[2], tpm, reserve)
+local tokens = gcra(KEYS[2], tpm, granted)
 
 local function reply(code, retry)
   if code ~= 0 then
@@ -50,16 +79,18 @@ local function reply(code, retry)
     end
   end
   return {code, math.max(retry, 0), requests.remaining, requests.reset,
-          tokens.remaining, tokens.reset}
+          tokens.remaining, tokens.reset, granted}
 end
 
-if daily >= 0 and used_today >= daily then
+if day_refusal == 5 then
   return reply(5, (today + 1) * 86400000 - now)
 end
-if tpm > 0 and reserve > tpm then
+if day_refusal == 6 then
+  return reply(6, 0)
+end
+if tpm > 0 and granted > tpm then
   return reply(3, 0)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if max_concurrent >= 0 and redis.call('ZCARD', KEYS[3]) >= max_concurrent then
   return reply(4, 1000)
 end
@@ -71,6 +102,6 @@ if not tokens.ok then
 end
 store(requests)
 store(tokens)
-redis.call('ZADD', KEYS[3], now + lease_ms, lease)
+redis.call('ZADD', KEYS[3], now + lease_ms, lease .. '|' .. granted)
 redis.call('PEXPIRE', KEYS[3], 2 * lease_ms)
 return reply(0, 0)

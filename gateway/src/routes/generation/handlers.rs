@@ -12,7 +12,7 @@ use super::preamble::PreparedGeneration;
 use super::respond::{sse_events, sse_response, whole_response, BestOf, Relay};
 use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
-use crate::extensions::{AccessLogWritten, Caller, Handoff};
+use crate::extensions::{AccessLogWritten, Caller, ClientRequestId, Handoff};
 use crate::state::AppState;
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`, after the preamble and admission.
@@ -20,12 +20,16 @@ pub async fn generate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(request_id): Extension<RequestId>,
+    client_request_id: Option<Extension<ClientRequestId>>,
     Extension(prepared): Extension<Handoff<PreparedGeneration>>,
     Extension(admission): Extension<Handoff<Admission>>,
 ) -> Result<Response, ApiError> {
-    let (Some(prepared), Some(admission)) = (prepared.take(), admission.take()) else {
+    let (Some(mut prepared), Some(admission)) = (prepared.take(), admission.take()) else {
         return Err(ApiError::internal("the request was handed on twice"));
     };
+    if let Some(granted) = admission.shortened_to() {
+        prepared.fit_to(granted);
+    }
     let requester = Requester {
         tenant: caller.tenant.id.clone(),
         share: prepared.share,
@@ -56,6 +60,7 @@ pub async fn generate(
         &state,
         &caller,
         request_id,
+        client_request_id.as_deref(),
         &prepared.meta.model,
         &billed,
         admission,

@@ -59,6 +59,25 @@ pub struct PreparedGeneration {
     pub cache_scope: Option<String>,
 }
 
+impl PreparedGeneration {
+    /// Lowers every choice's `max_tokens` so that the request uses at most `tokens` in all,
+    /// its prompts billed once (admission cut a request without `max_tokens` to what was left
+    /// of its tenant's day; it then ends with `finish_reason: length`).
+    pub fn fit_to(&mut self, tokens: u64) {
+        let prompts: u64 = self
+            .requests
+            .iter()
+            .step_by(self.choices_per_prompt.max(1))
+            .map(|r| r.prompt.tokens() as u64)
+            .sum();
+        let choices = self.requests.len().max(1) as u64;
+        let each = (tokens.saturating_sub(prompts) / choices).max(1) as usize;
+        for request in &mut self.requests {
+            request.params.max_tokens = request.params.max_tokens.min(each);
+        }
+    }
+}
+
 /// The layer's function: prepares and sizes the request (`routes::sizing`).
 pub async fn prepare(
     State(preamble): State<PreambleState>,
@@ -96,7 +115,8 @@ fn prepare_generation(
         GenerationBody::Completions(request) => &request.model,
     };
     let engine = resolve_model(model_state, caller, model)?;
-    let mut params = parse::<CommonParams>(body)?.validate(endpoint)?;
+    let mut params =
+        parse::<CommonParams>(body)?.validate(endpoint, &engine.info().sampling_defaults)?;
     let mut share = caller.tenant.limits.share;
     if let Some(asked) = params.priority {
         if asked > share.priority {
@@ -208,6 +228,12 @@ fn prepare_generation(
     let cost = RequestCost {
         prompt_tokens,
         reserved_tokens: RouteRequest::reserved_tokens_of(&requests),
+        // Without `max_tokens`, the request may be cut to what is left of the tenant's day
+        // (as long as every choice gets a token) rather than refused.
+        shortenable_to: params
+            .max_tokens
+            .is_none()
+            .then(|| prompt_tokens.saturating_add(requests.len() as u64)),
     };
     let prepared = PreparedGeneration {
         meta: ResponseMeta::new(endpoint, model),
@@ -250,10 +276,10 @@ fn resolve_model(
     caller: &Caller,
     model: &str,
 ) -> Result<Arc<ModelRouter>, ApiError> {
-    let model_state = model_state.ok_or_else(|| ApiError::model_not_found(model))?;
-    if !caller.tenant.models.allows(model) {
-        return Err(ApiError::model_not_allowed(model));
-    }
+    // A model outside the tenant's allow-list is answered as one that does not exist.
+    let model_state = model_state
+        .filter(|_| caller.tenant.models.allows(model))
+        .ok_or_else(|| ApiError::model_not_found(model))?;
     match model_state {
         ModelState::Ready(engine) => Ok(engine),
         ModelState::Embeddings(_) => Err(ApiError::invalid_param(

@@ -166,7 +166,8 @@ impl Relay {
                 }
                 TokenEvent::Routed { pool, replica } => account.on_routed(&pool, &replica),
                 TokenEvent::Failed(reason) => return Err(self.fail(Failure::Engine(reason)).await),
-                TokenEvent::Unavailable(reason) => {
+                // The router turns a decline into a retry or `Unavailable`; alike here.
+                TokenEvent::Unavailable(reason) | TokenEvent::Declined(reason) => {
                     return Err(self.fail(Failure::Unavailable(reason)).await)
                 }
                 TokenEvent::Refused(refusal) => {

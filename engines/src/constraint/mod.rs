@@ -21,6 +21,11 @@ use serde_json::{json, Value};
 use crate::error::{EngineError, Result};
 use crate::text::GgufTokenizer;
 
+mod cycles;
+mod runs;
+
+pub use runs::{JsonRuns, MAX_EXPONENT_DIGITS, MAX_SIGNIFICANT_DIGITS, MAX_WHITESPACE_RUN};
+
 /// What a request's output must be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputConstraint {
@@ -51,10 +56,33 @@ impl OutputConstraint {
         TopLevelGrammar::from_grammar(GrammarWithLexer::from_json_schema(schema))
     }
 
-    /// Checks that the constraint compiles, without a model's tokenizer (over single bytes):
-    /// the gateway calls this at the edge, so a bad schema is a 400 whichever engine serves.
+    /// Checks that the constraint compiles and can start an output, without a model's
+    /// tokenizer (over single bytes): the gateway calls this at the edge, so a bad schema is a
+    /// 400 whichever engine serves. A schema can compile and still describe nothing (a `$ref`
+    /// to itself, `anyOf`/`allOf` cycles): its first mask fails or is empty, and that is found
+    /// here too, not in the engine.
     pub fn check(&self) -> Result<()> {
-        Grammars::byte_level().matcher(self).map(drop)
+        if let OutputConstraint::JsonSchema(schema) = self {
+            if let Some(at) = cycles::unproductive_cycle(schema) {
+                return Err(EngineError::InvalidConstraint(format!(
+                    "the schema at `{at}` refers back to itself without anything written in between (through `$ref`, `anyOf`, `allOf` or `oneOf`): it describes no finite JSON value"
+                )));
+            }
+        }
+        let mut matcher = Grammars::byte_level().matcher(self)?;
+        let invalid =
+            |e: &dyn std::fmt::Display| EngineError::InvalidConstraint(first_line(&e.to_string()));
+        let first = matcher.compute_mask().map_err(|e| invalid(&e))?;
+        if let Some(error) = matcher.get_error() {
+            return Err(invalid(&error));
+        }
+        if first.is_zero() {
+            return Err(EngineError::InvalidConstraint(
+                "the schema admits no JSON value (a reference cycle or contradictory keywords)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -112,6 +140,10 @@ fn first_line(message: &str) -> String {
 /// A request's grammar state in the sequence being generated.
 pub struct ConstraintState {
     matcher: Matcher,
+    /// The vocabulary's bytes, for the bounds on numbers and whitespace.
+    vocabulary: Option<TokEnv>,
+    /// The bounds' view of the output so far.
+    runs: JsonRuns,
     /// The tokens allowed next, when computed ahead of sampling ([`Self::prepare`]).
     allowed: Option<SimpleVob>,
 }
@@ -120,7 +152,9 @@ impl ConstraintState {
     /// A state at the start of the output.
     pub fn new(matcher: Matcher) -> Self {
         Self {
+            vocabulary: matcher.tok_env().ok(),
             matcher,
+            runs: JsonRuns::default(),
             allowed: None,
         }
     }
@@ -129,13 +163,40 @@ impl ConstraintState {
     /// every constrained sequence of a step at once, spread over its threads.
     pub fn prepare(&mut self) -> Result<()> {
         if self.allowed.is_none() {
-            let allowed = self
+            let mut allowed = self
                 .matcher
                 .compute_mask()
                 .map_err(|e| EngineError::Constraint(first_line(&e.to_string())))?;
+            self.bound_runs(&mut allowed);
             self.allowed = Some(allowed);
         }
         Ok(())
+    }
+
+    /// Removes from `allowed` the tokens that would take a number or a whitespace run past
+    /// its bound ([`runs`]). Should that leave nothing (a schema that demands more), the
+    /// grammar's own set stands.
+    fn bound_runs(&self, allowed: &mut SimpleVob) {
+        let Some(vocabulary) = &self.vocabulary else {
+            return;
+        };
+        if !self.runs.constraining() {
+            return;
+        }
+        let trie = vocabulary.tok_trie();
+        let mut over = Vec::new();
+        allowed.iter_set_entries(|id| {
+            let bytes = trie.token(id as TokenId);
+            let special = bytes.first() == Some(&TokTrie::SPECIAL_TOKEN_MARKER);
+            if !special && !self.runs.clone().feed(bytes) {
+                over.push(id);
+            }
+        });
+        if over.len() < allowed.num_set() {
+            for id in over {
+                allowed.disallow_token(id as TokenId);
+            }
+        }
     }
 
     /// `logits` with every token the grammar forbids next at minus infinity (ids past the
@@ -155,6 +216,12 @@ impl ConstraintState {
 
     /// Feeds the sampled token; true when the grammar is complete and nothing may follow.
     pub fn advance(&mut self, token: u32) -> Result<bool> {
+        if let Some(vocabulary) = &self.vocabulary {
+            let bytes = vocabulary.tok_trie().token(token);
+            if bytes.first() != Some(&TokTrie::SPECIAL_TOKEN_MARKER) {
+                self.runs.feed(bytes);
+            }
+        }
         self.matcher
             .consume_token(token)
             .map_err(|e| EngineError::Constraint(first_line(&e.to_string())))?;
@@ -229,6 +296,34 @@ mod tests {
         OutputConstraint::JsonObject.check().unwrap();
         OutputConstraint::JsonSchema(
             json!({"type": "object", "properties": {"a": {"enum": ["x", "y"]}}, "required": ["a"]}),
+        )
+        .check()
+        .unwrap();
+    }
+
+    /// Schemas that compile but describe nothing: a `$ref` to itself, `anyOf`/`allOf` cycles.
+    /// They used to pass the edge and fail in the engine (`NoExtensionBias`), counted as the
+    /// replica's failure (issue 30, item 1).
+    #[test]
+    fn schemas_that_describe_nothing_are_refused_at_the_edge() {
+        for schema in [
+            json!({"$ref": "#/$defs/N", "$defs": {"N": {"$ref": "#/$defs/N"}}}),
+            json!({"$ref": "#/$defs/A", "$defs": {"A": {"anyOf": [{"$ref": "#/$defs/B"}]}, "B": {"anyOf": [{"$ref": "#/$defs/A"}]}}}),
+            json!({"$ref": "#/$defs/A", "$defs": {"A": {"allOf": [{"$ref": "#/$defs/B"}]}, "B": {"allOf": [{"$ref": "#/$defs/A"}]}}}),
+            json!({"type": "object", "properties": {"x": {"$ref": "#/$defs/N"}}, "required": ["x"], "$defs": {"N": {"$ref": "#/$defs/N"}}}),
+        ] {
+            let err = OutputConstraint::JsonSchema(schema.clone())
+                .check()
+                .unwrap_err();
+            assert!(
+                matches!(err, EngineError::InvalidConstraint(ref m) if !m.is_empty()),
+                "{schema}: {err:?}"
+            );
+        }
+        // Recursion that ends (a tree) is fine.
+        OutputConstraint::JsonSchema(
+            json!({"$ref": "#/$defs/T", "$defs": {"T": {"type": "object",
+            "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/T"}}}}}}),
         )
         .check()
         .unwrap();

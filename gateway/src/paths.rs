@@ -1,0 +1,88 @@
+//! The paths the gateway serves, as route templates: the router is built from them, and logs
+//! and trace spans name a request by its template, never by the raw path. A raw path can hold
+//! a secret (a key pasted where a model id goes, `GET /v1/models/sk-...`): a template cannot.
+
+/// `GET /v1/models`.
+pub const MODELS: &str = "/v1/models";
+/// `GET /v1/models/{model}`.
+pub const MODEL: &str = "/v1/models/{model}";
+/// `POST /v1/chat/completions`.
+pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// `POST /v1/completions`.
+pub const COMPLETIONS: &str = "/v1/completions";
+/// `POST /v1/embeddings`.
+pub const EMBEDDINGS: &str = "/v1/embeddings";
+/// `GET /load`: an engine-worker's load, for the gateways that route to it.
+pub const LOAD: &str = "/load";
+/// `GET /admin/tenants`.
+pub const ADMIN_TENANTS: &str = "/admin/tenants";
+/// `GET /admin/usage`.
+pub const ADMIN_USAGE: &str = "/admin/usage";
+/// `GET /admin/usage/records`.
+pub const ADMIN_USAGE_RECORDS: &str = "/admin/usage/records";
+/// `GET /admin/pools`.
+pub const ADMIN_POOLS: &str = "/admin/pools";
+/// `GET /health`.
+pub const HEALTH: &str = "/health";
+/// `GET /ready`.
+pub const READY: &str = "/ready";
+/// `GET /metrics`.
+pub const METRICS: &str = "/metrics";
+/// `GET /version`.
+pub const VERSION: &str = "/version";
+/// `GET /openapi.json`.
+pub const OPENAPI: &str = "/openapi.json";
+
+/// Every route's template.
+pub const ALL: &[&str] = &[
+    MODELS,
+    MODEL,
+    CHAT_COMPLETIONS,
+    COMPLETIONS,
+    EMBEDDINGS,
+    LOAD,
+    ADMIN_TENANTS,
+    ADMIN_USAGE,
+    ADMIN_USAGE_RECORDS,
+    ADMIN_POOLS,
+    HEALTH,
+    READY,
+    METRICS,
+    VERSION,
+    OPENAPI,
+];
+
+/// What logs call a path that matches no route (its text is the client's, and may hold
+/// anything).
+pub const UNMATCHED: &str = "(no route)";
+
+/// The template `path` matches (a `{name}` segment matches any one segment), or [`UNMATCHED`].
+pub fn template(path: &str) -> &'static str {
+    let segments = || path.trim_end_matches('/').split('/');
+    ALL.iter()
+        .copied()
+        .find(|template| {
+            let wanted = template.split('/');
+            wanted.clone().count() == segments().count()
+                && wanted.zip(segments()).all(|(w, s)| {
+                    (w.starts_with('{') && w.ends_with('}') && !s.is_empty()) || w == s
+                })
+        })
+        .unwrap_or(UNMATCHED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_named_by_its_template_never_by_what_the_client_wrote() {
+        assert_eq!(template("/v1/models"), MODELS);
+        assert_eq!(template("/v1/models/sk-live-0123456789abcdef"), MODEL);
+        assert_eq!(template("/v1/chat/completions"), CHAT_COMPLETIONS);
+        assert_eq!(template("/admin/usage/records"), ADMIN_USAGE_RECORDS);
+        assert_eq!(template("/v1/sk-live-0123456789abcdef"), UNMATCHED);
+        assert_eq!(template("/v1/models/a/b"), UNMATCHED);
+        assert_eq!(template("/v1/models/"), MODELS);
+    }
+}

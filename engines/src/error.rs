@@ -94,3 +94,40 @@ impl EngineError {
 
 /// The engines' result type.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's own errors are refusals (the client's 4xx, never the replica's failure);
+    /// the engine's own are not.
+    #[test]
+    fn request_faults_are_told_apart_from_engine_failures() {
+        let grammar = EngineError::Constraint("NoExtensionBias".into()).request_fault();
+        assert_eq!(
+            grammar.as_ref().and_then(|r| r.param.as_deref()),
+            Some("response_format")
+        );
+        for fault in [
+            EngineError::InvalidConstraint("x".into()),
+            EngineError::EmptyPrompt,
+            EngineError::InvalidTokenId(7),
+            EngineError::ChatTemplate("x".into()),
+            EngineError::ContextLengthExceeded {
+                context_length: 1,
+                prompt_tokens: 2,
+                max_tokens: 3,
+            },
+        ] {
+            assert!(fault.request_fault().is_some(), "{fault:?}");
+        }
+        for failure in [
+            EngineError::EngineStopped,
+            EngineError::Load("x".into()),
+            EngineError::Tokenizer("x".into()),
+            EngineError::Embedding("x".into()),
+        ] {
+            assert!(failure.request_fault().is_none(), "{failure:?}");
+        }
+    }
+}

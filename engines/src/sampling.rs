@@ -93,7 +93,8 @@ impl SamplingParams {
 /// What a model applies to requests that leave a sampling setting out (as vLLM applies a model's
 /// generation config): the operator's `[models.defaults]` first, then the GGUF's
 /// `general.sampling.*` keys, then OpenAI's defaults. `None`: not set at this level.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SamplingDefaults {
     /// `temperature`.
     pub temperature: Option<f64>,
@@ -110,6 +111,44 @@ pub struct SamplingDefaults {
 }
 
 impl SamplingDefaults {
+    /// The first setting out of the API's range, as `(name, the range)`.
+    pub fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
+        let within = |v: Option<f64>, lo: f64, hi: f64, open_lo: bool| {
+            v.is_none_or(|v| v.is_finite() && v <= hi && (v > lo || !open_lo && v == lo))
+        };
+        let f = |v: Option<f32>| v.map(f64::from);
+        [
+            (
+                "temperature",
+                within(self.temperature, 0.0, 2.0, false),
+                "between 0 and 2",
+            ),
+            (
+                "top_p",
+                within(self.top_p, 0.0, 1.0, true),
+                "above 0 and at most 1",
+            ),
+            (
+                "presence_penalty",
+                within(f(self.presence_penalty), -2.0, 2.0, false),
+                "between -2 and 2",
+            ),
+            (
+                "frequency_penalty",
+                within(f(self.frequency_penalty), -2.0, 2.0, false),
+                "between -2 and 2",
+            ),
+            (
+                "repetition_penalty",
+                within(f(self.repetition_penalty), 0.0, 2.0, true),
+                "above 0 and at most 2",
+            ),
+        ]
+        .into_iter()
+        .find(|(_, ok, _)| !ok)
+        .map(|(name, _, why)| (name, why))
+    }
+
     /// These settings, and `fallback`'s where these have none.
     pub fn or(self, fallback: SamplingDefaults) -> SamplingDefaults {
         SamplingDefaults {
@@ -350,6 +389,23 @@ mod tests {
         let merged = operator.or(gguf);
         assert_eq!(merged.temperature, Some(0.2));
         assert!((merged.top_p.unwrap() - 0.95).abs() < 1e-6);
+        assert_eq!(merged.out_of_range(), None);
+        let hot = SamplingDefaults {
+            temperature: Some(2.5),
+            ..SamplingDefaults::default()
+        };
+        assert_eq!(
+            hot.out_of_range().map(|(name, _)| name),
+            Some("temperature")
+        );
+        let zero_top_p = SamplingDefaults {
+            top_p: Some(0.0),
+            ..SamplingDefaults::default()
+        };
+        assert_eq!(
+            zero_top_p.out_of_range().map(|(name, _)| name),
+            Some("top_p")
+        );
     }
 
     #[test]

@@ -467,6 +467,32 @@ mod tests {
     }
 
     #[test]
+    fn model_sampling_defaults_are_checked_and_come_over_the_embedded_recommendation() {
+        let set = "[[models]]\nid = \"m\"\n[models.defaults]\ntemperature = 0.0\nrepetition_penalty = 1.1\n";
+        let config: GatewayConfig = toml::from_str(set).unwrap();
+        config.validate().unwrap();
+        let defaults = config.models[0].sampling_defaults(true);
+        assert_eq!(defaults.temperature, Some(0.0));
+        assert_eq!(
+            defaults.top_p,
+            Some(0.9),
+            "the embedded model's recommendation"
+        );
+        // Served by an upstream: only what the operator set.
+        assert_eq!(config.models[0].sampling_defaults(false).top_p, None);
+        // Another file: no embedded recommendation.
+        let other = "[[models]]\nid = \"m\"\npath = \"/m/qwen.gguf\"\n";
+        let config: GatewayConfig = toml::from_str(other).unwrap();
+        assert_eq!(config.models[0].sampling_defaults(true).temperature, None);
+        let hot = "[[models]]\nid = \"m\"\n[models.defaults]\ntemperature = 3.0\n";
+        let config: GatewayConfig = toml::from_str(hot).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("temperature"), "{err}");
+        let unknown = "[[models]]\nid = \"m\"\n[models.defaults]\ntemprature = 0.5\n";
+        assert!(toml::from_str::<GatewayConfig>(unknown).is_err());
+    }
+
+    #[test]
     fn defaults_serve_the_embedded_model() {
         let config: GatewayConfig = toml::from_str("").unwrap();
         assert_eq!(config.listen, default_listen());

@@ -74,64 +74,7 @@ pub struct ModelConfig {
     /// `[models.defaults]`: sampling settings for requests that leave them out (the request
     /// first, then these, then the GGUF's `general.sampling.*` keys, then OpenAI's defaults).
     #[serde(default)]
-    pub defaults: ModelDefaults,
-}
-
-/// `[models.defaults]`: what a request that leaves a sampling setting out gets.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ModelDefaults {
-    /// 0 to 2.
-    pub temperature: Option<f64>,
-    /// Above 0, at most 1.
-    pub top_p: Option<f64>,
-    /// 0 disables it.
-    pub top_k: Option<usize>,
-    /// -2 to 2.
-    pub presence_penalty: Option<f32>,
-    /// -2 to 2.
-    pub frequency_penalty: Option<f32>,
-    /// Above 0, at most 2 (1 disables it).
-    pub repetition_penalty: Option<f32>,
-}
-
-impl ModelDefaults {
-    /// The first setting out of its range, as `(name, why)`.
-    pub fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
-        let within = |v: Option<f64>, lo: f64, hi: f64, open_lo: bool| {
-            v.is_none_or(|v| v.is_finite() && v <= hi && (v > lo || !open_lo && v == lo))
-        };
-        [
-            (
-                "temperature",
-                within(self.temperature, 0.0, 2.0, false),
-                "between 0 and 2",
-            ),
-            (
-                "top_p",
-                within(self.top_p, 0.0, 1.0, true),
-                "above 0 and at most 1",
-            ),
-            (
-                "presence_penalty",
-                within(self.presence_penalty.map(f64::from), -2.0, 2.0, false),
-                "between -2 and 2",
-            ),
-            (
-                "frequency_penalty",
-                within(self.frequency_penalty.map(f64::from), -2.0, 2.0, false),
-                "between -2 and 2",
-            ),
-            (
-                "repetition_penalty",
-                within(self.repetition_penalty.map(f64::from), 0.0, 2.0, true),
-                "above 0 and at most 2",
-            ),
-        ]
-        .into_iter()
-        .find(|(_, ok, _)| !ok)
-        .map(|(name, _, why)| (name, why))
-    }
+    pub defaults: SamplingDefaults,
 }
 
 impl ModelConfig {
@@ -139,15 +82,7 @@ impl ModelConfig {
     /// model's recommendation when this model serves that file itself (`served_locally`; the
     /// GGUF's own keys come under both, from the engine). An upstream applies its own.
     pub fn sampling_defaults(&self, served_locally: bool) -> SamplingDefaults {
-        let d = self.defaults;
-        let configured = SamplingDefaults {
-            temperature: d.temperature,
-            top_p: d.top_p,
-            top_k: d.top_k,
-            presence_penalty: d.presence_penalty,
-            frequency_penalty: d.frequency_penalty,
-            repetition_penalty: d.repetition_penalty,
-        };
+        let configured = self.defaults;
         let default_file = served_locally
             && self.kind == ModelKind::Gguf
             && self.path.as_ref().is_none_or(|p| {
@@ -291,7 +226,7 @@ pub(super) fn default_models() -> Vec<ModelConfig> {
         reserved_interactive_slots: None,
         prefix_cache: None,
         saturated_wait_secs: None,
-        defaults: ModelDefaults::default(),
+        defaults: SamplingDefaults::default(),
     };
     let embedding = ModelConfig {
         id: engines::EMBEDDING_MODEL_ID.to_string(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::sampling::SamplingParams;
 use crate::text::ChatMessage;
 
@@ -165,6 +165,30 @@ pub struct Refusal {
     pub param: Option<String>,
     /// `error.code`.
     pub code: Option<String>,
+}
+
+impl Refusal {
+    /// How a client is told of an error its own request caused (its output schema or grammar,
+    /// its prompt, its token ids, its messages for the template): `None` for the engine's own
+    /// failures. A request's own fault never counts against the replica that found it.
+    pub fn of(error: &EngineError) -> Option<Refusal> {
+        let (param, code) = match error {
+            EngineError::InvalidConstraint(_) | EngineError::Constraint(_) => {
+                ("response_format", "invalid_value")
+            }
+            EngineError::ContextLengthExceeded { .. } => ("messages", "context_length_exceeded"),
+            EngineError::EmptyPrompt => ("prompt", "empty_prompt"),
+            EngineError::InvalidTokenId(_) => ("prompt", "invalid_value"),
+            EngineError::ChatTemplate(_) => ("messages", "invalid_value"),
+            EngineError::InvalidInput(_) => ("input", "invalid_value"),
+            _ => return None,
+        };
+        Some(Refusal {
+            message: error.to_string(),
+            param: Some(param.to_string()),
+            code: Some(code.to_string()),
+        })
+    }
 }
 
 /// One token's log probability, as OpenAI reports it.
@@ -550,6 +574,38 @@ pub trait Engine: Send + Sync + 'static {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    /// A request's own errors are refusals (the client's 4xx, never the replica's failure);
+    /// the engine's own are not.
+    #[test]
+    fn request_faults_are_told_apart_from_engine_failures() {
+        let grammar = Refusal::of(&EngineError::Constraint("NoExtensionBias".into()));
+        assert_eq!(
+            grammar.as_ref().and_then(|r| r.param.as_deref()),
+            Some("response_format")
+        );
+        for fault in [
+            EngineError::InvalidConstraint("x".into()),
+            EngineError::EmptyPrompt,
+            EngineError::InvalidTokenId(7),
+            EngineError::ChatTemplate("x".into()),
+            EngineError::ContextLengthExceeded {
+                context_length: 1,
+                prompt_tokens: 2,
+                max_tokens: 3,
+            },
+        ] {
+            assert!(Refusal::of(&fault).is_some(), "{fault:?}");
+        }
+        for failure in [
+            EngineError::EngineStopped,
+            EngineError::Load("x".into()),
+            EngineError::Tokenizer("x".into()),
+            EngineError::Embedding("x".into()),
+        ] {
+            assert!(Refusal::of(&failure).is_none(), "{failure:?}");
+        }
+    }
 
     /// Sets its flag when dropped: shows whether a producer was dropped.
     struct DropFlag(Arc<AtomicBool>);

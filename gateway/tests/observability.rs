@@ -307,10 +307,11 @@ where
 #[tokio::test]
 async fn the_daily_budget_survives_a_restart_and_usage_exports_as_csv() {
     let data = tempfile::tempdir().unwrap();
-    // 3 prompt + 10 completion tokens a request: two fit under 20 (checked before admission).
+    // 3 prompt + 10 completion tokens a request, reserved at admission: two fit in 26, the
+    // third finds nothing left (before issue 30 the day was only checked, and went past it).
     let config = synthetic_config("").replace(
         "[[tenants]]\nid = \"a\"\n",
-        "[[tenants]]\nid = \"a\"\ndaily_tokens = 20\n",
+        "[[tenants]]\nid = \"a\"\ndaily_tokens = 26\n",
     );
     let options = || Options {
         config: Some(&config),

@@ -303,7 +303,7 @@ impl Sequence {
     /// Ends the stream with `error`: refused, when the request caused it (its grammar, say),
     /// so that it is the client's 4xx and not the replica's failure; failed otherwise.
     pub fn fail_with(&self, error: &crate::error::EngineError) {
-        let event = match error.request_fault() {
+        let event = match crate::engine::Refusal::of(error) {
             Some(refusal) => TokenEvent::Refused(refusal),
             None => TokenEvent::Failed(error.to_string()),
         };

@@ -18,11 +18,14 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// The model's tokenizer plus the ids the engine needs to know about.
 pub struct GgufTokenizer {
+    /// Reads control tokens' spellings as text: where control tokens are is decided before
+    /// (`specials`), so that a client's text is never read as one.
     inner: Tokenizer,
-    /// The same, reading control tokens' spellings as text (for a client's text).
-    plain: Tokenizer,
-    /// The control tokens' spellings and ids, longest first.
-    specials: Vec<(String, u32)>,
+    /// The control tokens' spellings, and their ids in the same order.
+    specials: Vec<String>,
+    special_ids: Vec<u32>,
+    /// Finds them in a prompt, leftmost-longest (as the tokenizers crate splits added tokens).
+    special_finder: Option<aho_corasick::AhoCorasick>,
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     vocab_size: usize,
@@ -116,16 +119,25 @@ impl GgufTokenizer {
             .map(|(tok, _)| AddedToken::from(tok.clone(), true))
             .collect();
         inner.add_special_tokens(&specials);
-        let mut plain = inner.clone();
-        plain.set_encode_special_tokens(true);
-        let mut special_spellings: Vec<(String, u32)> = tokens
+        // Decoding still knows them as special; encoding reads every spelling as text, and
+        // `encode_with_markup` places the control tokens itself.
+        inner.set_encode_special_tokens(true);
+        let (special_spellings, special_ids): (Vec<String>, Vec<u32>) = tokens
             .iter()
             .zip(&token_types)
             .enumerate()
             .filter(|(_, (tok, ty))| is_special(ty) && !tok.is_empty())
             .map(|(id, (tok, _))| (tok.clone(), id as u32))
-            .collect();
-        special_spellings.sort_by_key(|(tok, _)| std::cmp::Reverse(tok.len()));
+            .unzip();
+        let special_finder = match special_spellings.is_empty() {
+            true => None,
+            false => Some(
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                    .build(&special_spellings)
+                    .map_err(|e| EngineError::Load(format!("control tokens: {e}")))?,
+            ),
+        };
         let special: Vec<bool> = (0..tokens.len())
             .map(|i| token_types.get(i).is_some_and(is_special))
             .collect();
@@ -146,8 +158,9 @@ impl GgufTokenizer {
 
         Ok(Self {
             inner,
-            plain,
             specials: special_spellings,
+            special_ids,
+            special_finder,
             bos_id,
             eos_ids: vec![eos_id],
             vocab_size: tokens.len(),
@@ -157,8 +170,15 @@ impl GgufTokenizer {
     }
 
     /// Encodes text. Special tokens written in the text (`<|im_start|>`) become their ids, as
-    /// chat templates need. No BOS is added: templates that want one write it.
+    /// chat templates and a completion's raw prompt need. No BOS is added: templates that want
+    /// one write it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with_markup(text, &[])
+    }
+
+    /// Encodes a client's text: control tokens' spellings in it are text like any other
+    /// (`<|im_start|>` becomes the ordinary tokens of those characters).
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
             .inner
             .encode(text, false)
@@ -166,59 +186,45 @@ impl GgufTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Encodes a client's text: control tokens' spellings in it are text like any other
-    /// (`<|im_start|>` becomes the ordinary tokens of those characters).
-    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .plain
-            .encode(text, false)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
-    }
-
     /// The spellings of the vocabulary's control tokens.
     pub fn special_spellings(&self) -> impl Iterator<Item = &str> {
-        self.specials.iter().map(|(s, _)| s.as_str())
+        self.specials.iter().map(String::as_str)
     }
 
     /// Encodes a rendered prompt whose `client` byte ranges are a client's text: control
-    /// tokens are read only outside them (the template's markup), the rest is text. With no
-    /// ranges this is [`Self::encode`]. The pieces between control tokens are encoded as the
-    /// whole string would split them, so a prompt with no control spelling in client text
-    /// gets the same ids either way.
+    /// tokens are read only outside them (the template's markup), the rest is text. The
+    /// control tokens are found leftmost-longest and the text between them is encoded piece
+    /// by piece, as the tokenizers crate splits added tokens: with no ranges this is
+    /// [`Self::encode`], and a prompt whose client text spells no control token gets the same
+    /// ids either way.
     pub fn encode_with_markup(
         &self,
         text: &str,
         client: &[std::ops::Range<usize>],
     ) -> Result<Vec<u32>> {
-        if client.is_empty() {
-            return self.encode(text);
-        }
+        let Some(finder) = &self.special_finder else {
+            return self.encode_text(text);
+        };
         let in_client =
             |start: usize, end: usize| client.iter().any(|r| start < r.end && r.start < end);
-        // Every control token the markup writes, leftmost first (the longest where two start
-        // together), none overlapping.
-        let mut found: Vec<(usize, usize, u32)> = Vec::new();
-        for (spelling, id) in &self.specials {
-            for (start, _) in text.match_indices(spelling.as_str()) {
-                let end = start + spelling.len();
-                if !in_client(start, end) {
-                    found.push((start, end, *id));
-                }
-            }
-        }
-        found.sort_by_key(|&(start, end, _)| (start, std::cmp::Reverse(end)));
         let mut ids = Vec::new();
         let mut at = 0;
-        for (start, end, id) in found {
-            if start < at {
+        let mut search = aho_corasick::Input::new(text);
+        while let Some(found) = finder.find(search.clone()) {
+            let (start, end) = (found.start(), found.end());
+            if in_client(start, end) {
+                // A client's text: read on from the next character (a shorter control
+                // spelling may still start inside the markup after it).
+                let next = text[start..].chars().next().map_or(1, char::len_utf8);
+                search.set_start(start + next);
                 continue;
             }
             if at < start {
                 ids.extend(self.encode_text(&text[at..start])?);
             }
-            ids.push(id);
+            ids.push(self.special_ids[found.pattern().as_usize()]);
             at = end;
+            search.set_start(end);
         }
         if at < text.len() {
             ids.extend(self.encode_text(&text[at..])?);

@@ -121,7 +121,6 @@ fn main() {
                             | TokenEvent::Unavailable(e)
                             | TokenEvent::Declined(e) => panic!("{e}"),
                             TokenEvent::Refused(refusal) => panic!("{}", refusal.message),
-                            TokenEvent::Routed { .. } => {}
                         }
                     }
                     (submitted, arrivals)

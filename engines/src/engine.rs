@@ -242,14 +242,6 @@ pub enum TokenEvent {
     /// 413 or 422) before generating anything, or a local engine found its output grammar
     /// failing (possibly after some tokens). No more events follow.
     Refused(Refusal),
-    /// The router placed the request on this pool and replica (sent before the first token,
-    /// and again if a retry moves it). Engines themselves never send it.
-    Routed {
-        /// The pool's name.
-        pool: Arc<str>,
-        /// The replica's name.
-        replica: Arc<str>,
-    },
 }
 
 /// The token id of a token that came from a remote engine, which reports text, not ids.
@@ -437,7 +429,6 @@ impl TokenStream {
                 Some(Err(e))
             }
             TokenEvent::Refused(refusal) => Some(Err(refusal.message)),
-            TokenEvent::Routed { .. } => None,
         }
     }
 }

@@ -109,7 +109,6 @@ fn events(mut stream: engines::TokenStream) -> impl Stream<Item = Result<Event, 
                 | TokenEvent::Unavailable(_)
                 | TokenEvent::Declined(_)
                 | TokenEvent::Refused(_) => break,
-                TokenEvent::Routed { .. } => {}
             }
         }
         yield Ok(Event::default().data("[DONE]"));

@@ -22,7 +22,7 @@ mod waiting_room;
 pub use breaker::{Availability, BreakerSettings, CircuitBreaker, Health};
 pub use health::spawn_health_checks;
 pub use pool::{Pool, PoolKind, Probe, Replica, ReplicaSnapshot};
-pub use relay::RoutedStream;
+pub use relay::{Routed, RoutedStream};
 pub use request::{Requester, RoutablePrompt, RouteRequest};
 pub use router::{ModelRouter, PoolSnapshot, RouteError};
 pub use stall::StallTimeouts;

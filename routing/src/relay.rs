@@ -27,8 +27,26 @@ pub(crate) trait Placement: Send + Sync {
     ) -> Option<(Arc<Pool>, Arc<Replica>)>;
 }
 
-fn routed_event(pool: &Pool, replica: &Replica) -> TokenEvent {
-    TokenEvent::Routed {
+/// What the caller of a routed request reads: where the router placed it, then its engine's
+/// events. Placement is the router's fact, not an engine's: it travels in the router's own
+/// event, around the engine's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routed {
+    /// The request runs on this pool and replica (before the first token, and again if a
+    /// retry moves it).
+    Placed {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// The replica's name.
+        replica: Arc<str>,
+    },
+    /// An event of the engine that serves it (as the router passes it on: a decline or a
+    /// stall it could not recover from reads as `Unavailable` or `Failed`).
+    Event(TokenEvent),
+}
+
+fn placed(pool: &Pool, replica: &Replica) -> Routed {
+    Routed::Placed {
         pool: pool.name.clone(),
         replica: replica.name.clone(),
     }
@@ -39,8 +57,8 @@ fn routed_event(pool: &Pool, replica: &Replica) -> TokenEvent {
 /// no second channel per request. Dropping it drops the engine's stream, which cancels the
 /// request there, and gives the reservation back.
 pub struct RoutedStream {
-    /// The `Routed` event still to deliver.
-    routed: Option<TokenEvent>,
+    /// The placement still to tell.
+    routed: Option<Routed>,
     router: Arc<dyn Placement>,
     requester: Requester,
     request: RouteRequest,
@@ -82,7 +100,7 @@ impl RoutedStream {
         inner: TokenStream,
     ) -> Self {
         RoutedStream {
-            routed: Some(routed_event(pool, &reservation.replica)),
+            routed: Some(placed(pool, &reservation.replica)),
             router,
             requester: requester.clone(),
             request: request.clone(),
@@ -124,9 +142,9 @@ impl RoutedStream {
         }
     }
 
-    /// The next event: `Routed` first (again after a retry), then the engine's events; `None`
-    /// after the final one.
-    pub async fn next(&mut self) -> Option<TokenEvent> {
+    /// The next event: the placement first (again after a retry), then the engine's events;
+    /// `None` after the final one.
+    pub async fn next(&mut self) -> Option<Routed> {
         if let Some(routed) = self.routed.take() {
             return Some(routed);
         }
@@ -154,14 +172,14 @@ impl RoutedStream {
                     _ => TokenEvent::Failed(reason),
                 };
                 self.done = true;
-                return Some(event);
+                return Some(Routed::Event(event));
             }
         };
         let event = match next {
             Some(token @ TokenEvent::Token { .. }) => {
                 self.generated += 1;
                 self.reservation.consume_one();
-                return Some(token);
+                return Some(Routed::Event(token));
             }
             Some(TokenEvent::Finished(completion)) => {
                 replica.on_success();
@@ -202,7 +220,6 @@ impl RoutedStream {
                 replica.on_failure(&reason);
                 TokenEvent::Failed(reason)
             }
-            Some(routed @ TokenEvent::Routed { .. }) => return Some(routed),
             None => {
                 let reason = "the engine stopped before the request finished".to_string();
                 replica.on_failure(&reason);
@@ -210,16 +227,16 @@ impl RoutedStream {
             }
         };
         self.done = true;
-        Some(event)
+        Some(Routed::Event(event))
     }
 
-    /// Uses the one retry: the request moves to another replica, and the `Routed` event that
-    /// says so is returned; `None` if no replica can take it.
-    fn fail_over(&mut self, failed: &Replica, reason: &str) -> Option<TokenEvent> {
+    /// Uses the one retry: the request moves to another replica, and the placement that says
+    /// so is returned; `None` if no replica can take it.
+    fn fail_over(&mut self, failed: &Replica, reason: &str) -> Option<Routed> {
         self.retried = true;
         let (pool, reservation, inner) = self.retry(failed)?;
         tracing::info!(from = %failed.name, to = %reservation.replica.name, reason, "retrying on another replica before the first token");
-        let routed = routed_event(&pool, &reservation.replica);
+        let routed = placed(&pool, &reservation.replica);
         self.reservation = reservation;
         self.inner = inner;
         self.watch = None;

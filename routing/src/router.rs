@@ -237,7 +237,7 @@ impl ModelRouter {
     }
 
     /// Places the requests (one replica for all of them, as one batch) and returns their
-    /// streams. Each stream starts with [`TokenEvent::Routed`]; a stream whose replica fails
+    /// streams. Each stream starts with [`crate::Routed::Placed`]; a stream whose replica fails
     /// before the first token is moved once to another replica.
     pub fn submit_all(
         self: &Arc<Self>,
@@ -347,6 +347,7 @@ pub struct PoolSnapshot {
 
 #[cfg(test)]
 mod tests {
+    use crate::relay::Routed;
     use std::time::Duration;
 
     use engines::{
@@ -555,20 +556,22 @@ mod tests {
             .unwrap_or_else(|| requester(tier))
     }
 
-    /// Every `Routed` event's `(pool, replica)` and whether the stream finished.
+    /// Every placement's `(pool, replica)` and whether the stream finished.
     async fn drain(mut stream: RoutedStream) -> (Vec<(String, String)>, bool) {
         let (mut routes, mut finished) = (Vec::new(), false);
         while let Some(event) = stream.next().await {
             match event {
-                TokenEvent::Routed { pool, replica } => {
+                Routed::Placed { pool, replica } => {
                     routes.push((pool.to_string(), replica.to_string()))
                 }
-                TokenEvent::Token { .. } => {}
-                TokenEvent::Finished(_) => finished = true,
-                TokenEvent::Failed(_)
-                | TokenEvent::Unavailable(_)
-                | TokenEvent::Declined(_)
-                | TokenEvent::Refused(_) => finished = false,
+                Routed::Event(TokenEvent::Token { .. }) => {}
+                Routed::Event(TokenEvent::Finished(_)) => finished = true,
+                Routed::Event(
+                    TokenEvent::Failed(_)
+                    | TokenEvent::Unavailable(_)
+                    | TokenEvent::Declined(_)
+                    | TokenEvent::Refused(_),
+                ) => finished = false,
             }
         }
         (routes, finished)
@@ -923,9 +926,9 @@ mod tests {
         let last = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 match stream.next().await.expect("a final event") {
-                    TokenEvent::Token { .. } => tokens += 1,
-                    TokenEvent::Routed { .. } => {}
-                    last => return last,
+                    Routed::Event(TokenEvent::Token { .. }) => tokens += 1,
+                    Routed::Placed { .. } => {}
+                    Routed::Event(last) => return last,
                 }
             }
         })
@@ -974,7 +977,10 @@ mod tests {
             .unwrap();
         let mut stream = streams.remove(0);
         // Wait for the first token, then hang up.
-        while !matches!(stream.next().await, Some(TokenEvent::Token { .. })) {}
+        while !matches!(
+            stream.next().await,
+            Some(Routed::Event(TokenEvent::Token { .. }))
+        ) {}
         assert!(router.snapshot()[0].replicas[0].outstanding_tokens > 0);
         drop(stream);
         let started = std::time::Instant::now();

@@ -14,7 +14,7 @@ use engines::{FinishReason, Logprobs, Refusal, TokenEvent};
 use futures::stream::{BoxStream, Fuse, SelectAll};
 use futures::{Stream, StreamExt};
 use ledger::RecordStatus;
-use routing::RoutedStream;
+use routing::{Routed, RoutedStream};
 use serde::Serialize;
 
 use crate::accounting::{BilledPrompt, RequestAccount};
@@ -81,7 +81,7 @@ impl Failure {
 /// routing, timings) and the usage total, and settles the account when the generation fails or
 /// completes. Dropped early (the client hung up), the account settles as cancelled.
 pub struct Relay {
-    events: SelectAll<BoxStream<'static, (usize, TokenEvent)>>,
+    events: SelectAll<BoxStream<'static, (usize, Routed)>>,
     account: Option<RequestAccount>,
     usage: UsageBody,
     choices: usize,
@@ -134,7 +134,14 @@ impl Relay {
             .account
             .as_mut()
             .expect("a relay is not polled after it settled");
-        while let Some((choice, event)) = self.events.next().await {
+        while let Some((choice, routed)) = self.events.next().await {
+            let event = match routed {
+                Routed::Placed { pool, replica } => {
+                    account.on_routed(&pool, &replica);
+                    continue;
+                }
+                Routed::Event(event) => event,
+            };
             match event {
                 TokenEvent::Token { text, logprobs, .. } => {
                     account.on_token();
@@ -164,7 +171,6 @@ impl Relay {
                         reason: completion.finish_reason,
                     }));
                 }
-                TokenEvent::Routed { pool, replica } => account.on_routed(&pool, &replica),
                 TokenEvent::Failed(reason) => return Err(self.fail(Failure::Engine(reason)).await),
                 // The router turns a decline into a retry or `Unavailable`; alike here.
                 TokenEvent::Unavailable(reason) | TokenEvent::Declined(reason) => {

@@ -39,9 +39,8 @@ pub async fn generate(
     };
     // Each prompt as admission billed it (once, whatever its number of choices).
     let billed: Vec<BilledPrompt> = prepared
-        .requests
-        .iter()
-        .step_by(prepared.choices_per_prompt.max(1))
+        .choices
+        .one_per_prompt(&prepared.requests)
         .map(|r| BilledPrompt {
             tokens: r.prompt.tokens() as u64,
             estimated: r.prompt.is_estimate(),
@@ -65,7 +64,7 @@ pub async fn generate(
         &billed,
         admission,
     );
-    let relay = Relay::new(streams, prepared.choices_per_prompt, billed, account);
+    let relay = Relay::new(streams, prepared.choices, billed, account);
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {
         sse_response(sse_events(
@@ -76,7 +75,7 @@ pub async fn generate(
         ))
     } else {
         let best_of = BestOf {
-            generated: prepared.choices_per_prompt,
+            generated: prepared.choices.per_prompt(),
             returned: prepared.returned_per_prompt,
         };
         whole_response(

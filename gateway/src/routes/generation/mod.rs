@@ -7,6 +7,7 @@
 //! 3. [`handlers::generate`]: submits to the model's router and answers through [`respond`], one
 //!    loop over the engine's token events for both the JSON body and the SSE stream.
 
+pub mod choices;
 pub mod handlers;
 pub mod preamble;
 pub mod respond;

@@ -10,6 +10,7 @@ use axum::response::Response;
 use engines::SamplingParams;
 use routing::{ModelRouter, RouteRequest};
 
+use super::choices::Choices;
 use crate::error::ApiError;
 use crate::extensions::{Caller, RequestCost};
 use crate::models::ModelState;
@@ -51,8 +52,8 @@ pub struct PreparedGeneration {
     pub logprobs: bool,
     /// Choices generated per prompt (`n`, or `best_of`): `requests` holds each prompt's
     /// choices together.
-    pub choices_per_prompt: usize,
-    /// Choices returned per prompt (`n`): the most likely of `choices_per_prompt`.
+    pub choices: Choices,
+    /// Choices returned per prompt (`n`): the most likely of those generated.
     pub returned_per_prompt: usize,
     /// Whose cached prompt blocks the request may reuse: its tenant's sharing group's, or its
     /// own (`None`), narrowed to one `cache_salt` if it names one.
@@ -65,9 +66,8 @@ impl PreparedGeneration {
     /// of its tenant's day; it then ends with `finish_reason: length`).
     pub fn fit_to(&mut self, tokens: u64) {
         let prompts: u64 = self
-            .requests
-            .iter()
-            .step_by(self.choices_per_prompt.max(1))
+            .choices
+            .one_per_prompt(&self.requests)
             .map(|r| r.prompt.tokens() as u64)
             .sum();
         let choices = self.requests.len().max(1) as u64;
@@ -208,9 +208,9 @@ fn prepare_generation(
     }
     // A prompt counts once however many choices it has (as OpenAI bills `n`): the choices
     // share its computation.
-    let prompt_tokens = requests
-        .iter()
-        .step_by(candidates)
+    let choices = Choices::new(candidates);
+    let prompt_tokens = choices
+        .one_per_prompt(&requests)
         .fold(0u64, |sum, r| sum.saturating_add(r.prompt.tokens() as u64));
     if prompt_tokens > limits.max_prompt_tokens_per_request {
         let param = match endpoint {
@@ -245,7 +245,7 @@ fn prepare_generation(
         // `none` offers nothing: the answer is text, whatever it says.
         tools: tools.filter(|t| t.offered()),
         logprobs: logprobs_asked,
-        choices_per_prompt: candidates,
+        choices,
         returned_per_prompt: params.n,
         cache_scope: cache_scope(caller, params.cache_salt.as_deref()),
     };

@@ -17,6 +17,7 @@ use ledger::RecordStatus;
 use routing::{Routed, RoutedStream};
 use serde::Serialize;
 
+use super::choices::Choices;
 use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
 use crate::openai::response::{
@@ -85,18 +86,18 @@ pub struct Relay {
     account: Option<RequestAccount>,
     usage: UsageBody,
     choices: usize,
-    choices_per_prompt: usize,
+    per_prompt: Choices,
     /// Each prompt's tokens as billed at admission, and whether that was an estimate.
     prompts: Vec<BilledPrompt>,
     open: usize,
 }
 
 impl Relay {
-    /// Relays `streams` (one per choice, in choice order, `choices_per_prompt` choices of each
-    /// prompt together; `prompts` as billed, one per prompt), accounting on `account`.
+    /// Relays `streams` (one per choice, in choice order, each prompt's `choices` together;
+    /// `prompts` as billed, one per prompt), accounting on `account`.
     pub fn new(
         streams: Vec<RoutedStream>,
-        choices_per_prompt: usize,
+        per_prompt: Choices,
         prompts: Vec<BilledPrompt>,
         account: RequestAccount,
     ) -> Self {
@@ -116,7 +117,7 @@ impl Relay {
             account: Some(account),
             usage: UsageBody::default(),
             choices,
-            choices_per_prompt: choices_per_prompt.max(1),
+            per_prompt,
             prompts,
             open: choices,
         }
@@ -156,10 +157,10 @@ impl Relay {
                     let mut usage = completion.usage;
                     // A prompt's tokens count once, with its first choice; the engine's count
                     // is what is billed.
-                    if choice % self.choices_per_prompt != 0 {
+                    if !self.per_prompt.bills_the_prompt(choice) {
                         usage.prompt_tokens = 0;
                         usage.cached_tokens = 0;
-                    } else if let Some(billed) = self.prompts.get(choice / self.choices_per_prompt)
+                    } else if let Some(billed) = self.prompts.get(self.per_prompt.prompt_of(choice))
                     {
                         let counted = (!usage.prompt_estimated).then_some(usage.prompt_tokens);
                         account.on_prompt_counted(*billed, counted.map(|n| n as u64));

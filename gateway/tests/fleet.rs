@@ -121,6 +121,30 @@ async fn hammer(replicas: &[&TestGateway], key: &str, run: Duration) -> (u64, u6
     )
 }
 
+/// One request of the unlimited tenant on each replica, until served: each has connected to
+/// Redis before the limits are measured (a replica connects on first use, and under
+/// `fail_open` a first call that times out is admitted by the replica's own limits).
+async fn connected(replicas: &[&TestGateway]) {
+    for replica in replicas {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let served = replica
+                .client()
+                .post(replica.url("/v1/completions"))
+                .bearer_auth("sk-free")
+                .json(&completion(1, false))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if served && replica.metric("gateway_quota_store_available").await == 1.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica never reached Redis");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Whether `value` is within 5% of `expected`.
 fn within_5_percent(value: f64, expected: f64) -> bool {
     (value - expected).abs() <= 0.05 * expected
@@ -132,6 +156,7 @@ async fn requests_and_tokens_per_minute_hold_over_two_replicas() {
     let config = config(&shared, "", 0.0);
     let (a, b) = (replica(&config), replica(&config));
     let run = Duration::from_secs(5);
+    connected(&[&a, &b]).await;
 
     // 120 a minute, a burst of the whole minute, then 2 a second: over both replicas together.
     let (admitted, _, elapsed) = hammer(&[&a, &b], "sk-rpm", run).await;

@@ -110,43 +110,68 @@ pub struct SamplingDefaults {
     pub repetition_penalty: Option<f32>,
 }
 
+/// The values a sampling setting takes in the API (the gateway checks requests by the same).
+#[derive(Debug, Clone, Copy)]
+struct SettingRange {
+    low: f64,
+    high: f64,
+    /// Whether `low` itself is allowed (not for `top_p` and `repetition_penalty`).
+    low_included: bool,
+    /// The range in words, for errors.
+    says: &'static str,
+}
+
+impl SettingRange {
+    fn admits(&self, value: f64) -> bool {
+        value.is_finite()
+            && value <= self.high
+            && (value > self.low || self.low_included && value == self.low)
+    }
+}
+
+const TEMPERATURE: SettingRange = SettingRange {
+    low: 0.0,
+    high: 2.0,
+    low_included: true,
+    says: "between 0 and 2",
+};
+const TOP_P: SettingRange = SettingRange {
+    low: 0.0,
+    high: 1.0,
+    low_included: false,
+    says: "above 0 and at most 1",
+};
+const PENALTY: SettingRange = SettingRange {
+    low: -2.0,
+    high: 2.0,
+    low_included: true,
+    says: "between -2 and 2",
+};
+const REPETITION_PENALTY: SettingRange = SettingRange {
+    low: 0.0,
+    high: 2.0,
+    low_included: false,
+    says: "above 0 and at most 2",
+};
+
 impl SamplingDefaults {
     /// The first setting out of the API's range, as `(name, the range)`.
     pub fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
-        let within = |v: Option<f64>, lo: f64, hi: f64, open_lo: bool| {
-            v.is_none_or(|v| v.is_finite() && v <= hi && (v > lo || !open_lo && v == lo))
-        };
         let f = |v: Option<f32>| v.map(f64::from);
         [
-            (
-                "temperature",
-                within(self.temperature, 0.0, 2.0, false),
-                "between 0 and 2",
-            ),
-            (
-                "top_p",
-                within(self.top_p, 0.0, 1.0, true),
-                "above 0 and at most 1",
-            ),
-            (
-                "presence_penalty",
-                within(f(self.presence_penalty), -2.0, 2.0, false),
-                "between -2 and 2",
-            ),
-            (
-                "frequency_penalty",
-                within(f(self.frequency_penalty), -2.0, 2.0, false),
-                "between -2 and 2",
-            ),
+            ("temperature", self.temperature, TEMPERATURE),
+            ("top_p", self.top_p, TOP_P),
+            ("presence_penalty", f(self.presence_penalty), PENALTY),
+            ("frequency_penalty", f(self.frequency_penalty), PENALTY),
             (
                 "repetition_penalty",
-                within(f(self.repetition_penalty), 0.0, 2.0, true),
-                "above 0 and at most 2",
+                f(self.repetition_penalty),
+                REPETITION_PENALTY,
             ),
         ]
         .into_iter()
-        .find(|(_, ok, _)| !ok)
-        .map(|(name, _, why)| (name, why))
+        .find(|(_, value, range)| value.is_some_and(|v| !range.admits(v)))
+        .map(|(name, _, range)| (name, range.says))
     }
 
     /// These settings, and `fallback`'s where these have none.
@@ -176,18 +201,16 @@ impl SamplingDefaults {
                 _ => None,
             }
         };
-        let within =
-            |v: f64, lo: f64, hi: f64| (v.is_finite() && (lo..=hi).contains(&v)).then_some(v);
         SamplingDefaults {
-            temperature: number("temp").and_then(|v| within(v, 0.0, 2.0)),
-            top_p: number("top_p").and_then(|v| within(v, f64::MIN_POSITIVE, 1.0)),
+            temperature: number("temp").filter(|&v| TEMPERATURE.admits(v)),
+            top_p: number("top_p").filter(|&v| TOP_P.admits(v)),
             top_k: number("top_k")
-                .and_then(|v| within(v, 0.0, 1e6))
+                .filter(|v| (0.0..=1e6).contains(v))
                 .map(|v| v as usize),
             presence_penalty: None,
             frequency_penalty: None,
             repetition_penalty: number("penalty_repeat")
-                .and_then(|v| within(v, f64::MIN_POSITIVE, 2.0))
+                .filter(|&v| REPETITION_PENALTY.admits(v))
                 .map(|v| v as f32),
         }
     }

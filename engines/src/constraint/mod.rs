@@ -183,12 +183,10 @@ impl ConstraintState {
         if !self.runs.constraining() {
             return;
         }
-        let trie = vocabulary.tok_trie();
         let mut over = Vec::new();
         allowed.iter_set_entries(|id| {
-            let bytes = trie.token(id as TokenId);
-            let special = bytes.first() == Some(&TokTrie::SPECIAL_TOKEN_MARKER);
-            if !special && !self.runs.clone().feed(bytes) {
+            let text = written(vocabulary, id as TokenId);
+            if text.is_some_and(|bytes| !self.runs.clone().feed(bytes)) {
                 over.push(id);
             }
         });
@@ -216,17 +214,20 @@ impl ConstraintState {
 
     /// Feeds the sampled token; true when the grammar is complete and nothing may follow.
     pub fn advance(&mut self, token: u32) -> Result<bool> {
-        if let Some(vocabulary) = &self.vocabulary {
-            let bytes = vocabulary.tok_trie().token(token);
-            if bytes.first() != Some(&TokTrie::SPECIAL_TOKEN_MARKER) {
-                self.runs.feed(bytes);
-            }
+        if let Some(bytes) = self.vocabulary.as_ref().and_then(|v| written(v, token)) {
+            self.runs.feed(bytes);
         }
         self.matcher
             .consume_token(token)
             .map_err(|e| EngineError::Constraint(first_line(&e.to_string())))?;
         Ok(self.matcher.is_stopped())
     }
+}
+
+/// The bytes `token` writes into the output; `None` for a special token (which writes none).
+fn written(vocabulary: &TokEnv, token: TokenId) -> Option<&[u8]> {
+    let bytes = vocabulary.tok_trie().token(token);
+    (bytes.first() != Some(&TokTrie::SPECIAL_TOKEN_MARKER)).then_some(bytes)
 }
 
 /// The model's vocabulary as llguidance sees it: each token's bytes (special tokens marked

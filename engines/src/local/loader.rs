@@ -89,8 +89,10 @@ impl LoadedModel {
             .chat_template
             .as_ref()
             .ok_or_else(|| EngineError::ChatTemplate("this model has no chat template".into()))?;
-        let specials: Vec<&str> = self.tokenizer.special_spellings().collect();
-        let rendered = crate::text::chat_prompt::render(template, messages, tools, &specials)?;
+        let tokenizer = &self.tokenizer;
+        let rendered = crate::text::chat_prompt::render(template, messages, tools, &|text| {
+            tokenizer.spells_a_control_token(text)
+        })?;
         self.tokenizer
             .encode_with_markup(&rendered.text, &rendered.client)
     }

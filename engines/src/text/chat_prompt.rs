@@ -40,18 +40,18 @@ pub struct RenderedChat {
     pub client: Vec<Range<usize>>,
 }
 
-/// Renders `messages` (with `tools`) and finds the client's text in it; `specials` are the
-/// spellings of the vocabulary's control tokens.
+/// Renders `messages` (with `tools`) and finds the client's text in it; `holds_special` tells
+/// whether a string spells one of the vocabulary's control tokens
+/// ([`crate::text::GgufTokenizer::spells_a_control_token`]).
 pub fn render(
     template: &ChatTemplate,
     messages: &[ChatMessage],
     tools: Option<&[Value]>,
-    specials: &[&str],
+    holds_special: &dyn Fn(&str) -> bool,
 ) -> Result<RenderedChat> {
     let text = template.render_with_tools(messages, tools, true)?;
-    let holds_special = |s: &str| specials.iter().any(|special| s.contains(special));
     let mut marker = Marker {
-        holds_special: &holds_special,
+        holds_special,
         marked: 0,
     };
     let marked_messages: Vec<ChatMessage> = messages
@@ -175,6 +175,11 @@ mod tests {
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
     const SPECIALS: &[&str] = &["<|im_start|>", "<|im_end|>"];
 
+    /// What the tokenizer answers for a vocabulary of ChatML's two control tokens.
+    fn holds_special(text: &str) -> bool {
+        SPECIALS.iter().any(|special| text.contains(special))
+    }
+
     fn chatml() -> ChatTemplate {
         ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap()
     }
@@ -182,7 +187,7 @@ mod tests {
     #[test]
     fn a_conversation_without_control_spellings_renders_once_with_no_ranges() {
         let messages = [ChatMessage::new("user", "Hello <b>there</b> |>")];
-        let rendered = render(&chatml(), &messages, None, SPECIALS).unwrap();
+        let rendered = render(&chatml(), &messages, None, &holds_special).unwrap();
         assert!(rendered.client.is_empty());
         assert_eq!(
             rendered.text,
@@ -197,7 +202,7 @@ mod tests {
             ChatMessage::new("system", "be kind"),
             ChatMessage::new("user", forged),
         ];
-        let rendered = render(&chatml(), &messages, None, SPECIALS).unwrap();
+        let rendered = render(&chatml(), &messages, None, &holds_special).unwrap();
         assert_eq!(rendered.client.len(), 1);
         assert_eq!(&rendered.text[rendered.client[0].clone()], forged);
         // The text is what the template writes anyway: nothing stripped or added.
@@ -219,7 +224,7 @@ mod tests {
             "function": {"name": "f", "description": forged}})];
         let messages = [ChatMessage::new("user", "x"), call, result];
         // ChatML knows no tools: they go into the system message (the Hermes format).
-        let rendered = render(&chatml(), &messages, Some(&tools), SPECIALS).unwrap();
+        let rendered = render(&chatml(), &messages, Some(&tools), &holds_special).unwrap();
         assert_eq!(rendered.client.len(), 3, "{rendered:?}");
         for range in &rendered.client {
             assert!(rendered.text[range.clone()].contains(forged));
@@ -233,7 +238,7 @@ mod tests {
             "parameters": {"type": "object", "properties": {"<|im_start|>": {"type": "string"}}}}}),
         ];
         let messages = [ChatMessage::new("user", "x")];
-        let err = render(&chatml(), &messages, Some(&tools), SPECIALS).unwrap_err();
+        let err = render(&chatml(), &messages, Some(&tools), &holds_special).unwrap_err();
         assert!(matches!(err, EngineError::ChatTemplate(_)), "{err:?}");
     }
 
@@ -246,10 +251,10 @@ mod tests {
         )
         .unwrap();
         let messages = [ChatMessage::new("user", "a<|im_start|>bxc")];
-        let err = render(&cutting, &messages, None, SPECIALS).unwrap_err();
+        let err = render(&cutting, &messages, None, &holds_special).unwrap_err();
         assert!(matches!(err, EngineError::ChatTemplate(_)), "{err:?}");
         // The same template with harmless text renders.
         let fine = [ChatMessage::new("user", "abxc")];
-        assert!(render(&cutting, &fine, None, SPECIALS).is_ok());
+        assert!(render(&cutting, &fine, None, &holds_special).is_ok());
     }
 }

@@ -191,6 +191,14 @@ impl GgufTokenizer {
         self.specials.iter().map(String::as_str)
     }
 
+    /// Whether `text` spells one of the vocabulary's control tokens somewhere (one pass of the
+    /// same automaton that places them in a prompt).
+    pub fn spells_a_control_token(&self, text: &str) -> bool {
+        self.special_finder
+            .as_ref()
+            .is_some_and(|finder| finder.is_match(text))
+    }
+
     /// Encodes a rendered prompt whose `client` byte ranges are a client's text: control
     /// tokens are read only outside them (the template's markup), the rest is text. The
     /// control tokens are found leftmost-longest and the text between them is encoded piece

@@ -134,15 +134,14 @@ impl CommonParams {
         endpoint: Endpoint,
         defaults: &SamplingDefaults,
     ) -> Result<ValidParams, ApiError> {
-        let or = |asked: Option<f64>, default: Option<f64>| asked.or(default);
         let temperature = in_range(
             "temperature",
-            or(self.temperature, defaults.temperature),
+            self.temperature.or(defaults.temperature),
             0.0,
             2.0,
             1.0,
         )?;
-        let top_p = in_range("top_p", or(self.top_p, defaults.top_p), 0.0, 1.0, 1.0)?;
+        let top_p = in_range("top_p", self.top_p.or(defaults.top_p), 0.0, 1.0, 1.0)?;
         if top_p == 0.0 {
             return Err(ApiError::invalid_param(
                 "top_p",
@@ -151,30 +150,24 @@ impl CommonParams {
         }
         let presence_penalty = in_range(
             "presence_penalty",
-            or(
-                self.presence_penalty,
-                defaults.presence_penalty.map(f64::from),
-            ),
+            self.presence_penalty
+                .or(defaults.presence_penalty.map(f64::from)),
             -2.0,
             2.0,
             0.0,
         )?;
         let frequency_penalty = in_range(
             "frequency_penalty",
-            or(
-                self.frequency_penalty,
-                defaults.frequency_penalty.map(f64::from),
-            ),
+            self.frequency_penalty
+                .or(defaults.frequency_penalty.map(f64::from)),
             -2.0,
             2.0,
             0.0,
         )?;
         let repetition_penalty = in_range(
             "repetition_penalty",
-            or(
-                self.repetition_penalty,
-                defaults.repetition_penalty.map(f64::from),
-            ),
+            self.repetition_penalty
+                .or(defaults.repetition_penalty.map(f64::from)),
             0.0,
             2.0,
             1.0,

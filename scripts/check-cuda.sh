@@ -31,7 +31,7 @@ STUBS=$TOOLKIT/lib/stubs
 if [ ! -f "$STUBS/libcublasLt.so" ]; then
   mkdir -p "$STUBS"
   ln -sf libcudart.so.13 "$TOOLKIT/lib/libcudart.so"
-  CUDARC=$(cargo metadata --format-version 1 --features engines/cuda | python3 -c \
+  CUDARC=$(cargo metadata --format-version 1 --features local_engine/cuda | python3 -c \
     'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cudarc").rsplit("/",1)[0])')
   for spec in cuda:driver:libcuda.so.1 nvrtc:nvrtc:libnvrtc.so.13 curand:curand:libcurand.so.10 \
     cublas:cublas:libcublas.so.13 cublasLt:cublaslt:libcublasLt.so.13; do

@@ -100,7 +100,7 @@ pub fn upstream_sse(data: &[u8]) {
         return;
     };
     let size = usize::from(cut % 16) + 1;
-    let mut events = engines::sse::SseDecoder::new();
+    let mut events = remote_engine::sse::SseDecoder::new();
     'read: for piece in body.chunks(size) {
         events.push(piece);
         loop {
@@ -108,13 +108,13 @@ pub fn upstream_sse(data: &[u8]) {
                 Ok(None) => break,
                 Ok(Some("[DONE]")) => break 'read,
                 Ok(Some(data)) => {
-                    let _ = engines::wire::read_chunk(data);
+                    let _ = remote_engine::wire::read_chunk(data);
                 }
                 // The call ends there (a failed stream).
                 Err(_) => break 'read,
             }
         }
     }
-    let refusal = engines::wire::refusal(body);
+    let refusal = remote_engine::wire::refusal(body);
     assert!(refusal.message.chars().count() <= 500);
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use clap::Parser;
-use engines::{
+use engine_api::{
     Engine, GenerationRequest, Prompt, SamplingParams, SyntheticEngine, SyntheticOptions,
     TokenEvent,
 };
@@ -94,7 +94,7 @@ async fn complete(State(engine): State<Arc<dyn Engine>>, Json(body): Json<Value>
     }
 }
 
-fn events(mut stream: engines::TokenStream) -> impl Stream<Item = Result<Event, Infallible>> {
+fn events(mut stream: engine_api::TokenStream) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
         while let Some(event) = stream.next().await {
             match event {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use engines::Completion;
+use engine_api::Completion;
 use ledger::{unix_ms_now, Ledger, RecordStatus, UsageRecord};
 use opentelemetry::KeyValue;
 use policies::Admission;

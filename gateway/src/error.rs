@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engines::EngineError;
+use engine_api::EngineError;
 use serde::Serialize;
 
 /// An error as the client sees it.
@@ -229,7 +229,7 @@ impl ApiError {
     /// 400: an upstream refused the request as invalid. Its message, `param` and `code` go to
     /// the client as they came (they speak of the request): the same error a local pool would
     /// give, whichever pool served it. An unknown code becomes `upstream_refused`.
-    pub fn upstream_refused(refusal: &engines::Refusal) -> Self {
+    pub fn upstream_refused(refusal: &engine_api::Refusal) -> Self {
         const KNOWN_CODES: [&str; 4] = [
             "context_length_exceeded",
             "invalid_value",
@@ -416,7 +416,7 @@ impl From<EngineError> for ApiError {
             | EngineError::Tokenizer(_)
             | EngineError::Embedding(_)
             | EngineError::Constraint(_)
-            | EngineError::Candle(_) => ApiError::server_fault("The engine failed.", message),
+            | EngineError::Execution(_) => ApiError::server_fault("The engine failed.", message),
         }
     }
 }

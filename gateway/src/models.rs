@@ -22,7 +22,7 @@ pub enum ModelState {
 /// What computes an embedding model's vectors.
 pub enum Embedder {
     /// The model in this process.
-    Local(Arc<engines::EmbeddingModel>),
+    Local(Arc<embeddings::EmbeddingModel>),
     /// Upstreams' `/v1/embeddings` (an `engine-worker` or any OpenAI-compatible server).
     Remote(Arc<RemoteEmbedder>),
 }
@@ -31,13 +31,13 @@ pub enum Embedder {
 /// and one that cannot serve (unreachable, 5xx, 429) passes the request to the next.
 pub struct RemoteEmbedder {
     /// `(pool, replica URL, engine)` of every replica, in configuration order.
-    pub replicas: Vec<(Arc<str>, Arc<str>, Arc<engines::RemoteEngine>)>,
+    pub replicas: Vec<(Arc<str>, Arc<str>, Arc<remote_engine::RemoteEngine>)>,
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl RemoteEmbedder {
     /// An embedder over `replicas`.
-    pub fn new(replicas: Vec<(Arc<str>, Arc<str>, Arc<engines::RemoteEngine>)>) -> Self {
+    pub fn new(replicas: Vec<(Arc<str>, Arc<str>, Arc<remote_engine::RemoteEngine>)>) -> Self {
         Self {
             replicas,
             next: Default::default(),
@@ -49,14 +49,15 @@ impl RemoteEmbedder {
         &self,
         input: &serde_json::Value,
         dimensions: Option<u64>,
-    ) -> Result<(engines::RemoteEmbeddings, Arc<str>, Arc<str>), engines::UpstreamError> {
+    ) -> Result<(remote_engine::RemoteEmbeddings, Arc<str>, Arc<str>), remote_engine::UpstreamError>
+    {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut last = engines::UpstreamError::Unavailable("no replica configured".into());
+        let mut last = remote_engine::UpstreamError::Unavailable("no replica configured".into());
         for k in 0..self.replicas.len() {
             let (pool, url, engine) = &self.replicas[(start + k) % self.replicas.len()];
             match engine.embeddings(input, dimensions).await {
                 Ok(vectors) => return Ok((vectors, pool.clone(), url.clone())),
-                Err(refused @ engines::UpstreamError::Refused(_)) => return Err(refused),
+                Err(refused @ remote_engine::UpstreamError::Refused(_)) => return Err(refused),
                 Err(unavailable) => {
                     tracing::warn!(replica = %url, error = ?unavailable, "embedding replica failed; trying the next");
                     last = unavailable;

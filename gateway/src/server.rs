@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum_server::accept::NoDelayAcceptor;
-use engines::{
-    default_cache_dir, ensure_model, RemoteClient, RemoteEngine, RemoteOptions, DEFAULT_MODEL,
-};
-use engines::{Engine, LocalEngine, LocalEngineOptions, SyntheticEngine};
+use engine_api::{Engine, SyntheticEngine};
+use local_engine::{LocalEngine, LocalEngineOptions};
+use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
+use remote_engine::{RemoteClient, RemoteEngine, RemoteOptions};
 use routing::{ModelRouter, Pool, PoolKind, Probe, Replica};
 
 use crate::config::{
@@ -32,7 +32,7 @@ pub fn run(
     config_path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     // Before any other thread starts: it sets the environment candle's kernels read.
-    engines::configure_threads(config.engine.threads);
+    local_engine::configure_threads(config.engine.threads);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = config.server.worker_threads {
         runtime.worker_threads(workers.get());
@@ -308,14 +308,17 @@ fn announce(name: &str, scheme: &str, addr: SocketAddr) {
 /// Every pool of `model` with its replicas: local engines loaded on their devices, remote
 /// upstreams with their health checks.
 /// An embedding model: its directory, or the embedded one fetched into the cache.
-fn load_embedding(model: &ModelConfig) -> anyhow::Result<engines::EmbeddingModel> {
+fn load_embedding(model: &ModelConfig) -> anyhow::Result<embeddings::EmbeddingModel> {
     let dir = match &model.path {
         Some(dir) => dir.clone(),
-        None => engines::ensure_bundle(&engines::EMBEDDING_MODEL, &engines::default_cache_dir())?,
+        None => model_fetch::ensure_bundle(
+            &model_fetch::EMBEDDING_MODEL,
+            &model_fetch::default_cache_dir(),
+        )?,
     };
-    Ok(engines::EmbeddingModel::load(
+    Ok(embeddings::EmbeddingModel::load(
         &dir,
-        engines::EmbeddingOptions::default(),
+        embeddings::EmbeddingOptions::default(),
     )?)
 }
 

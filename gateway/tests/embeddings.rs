@@ -1,5 +1,5 @@
 //! `POST /v1/embeddings` end to end: the real gateway with the real all-MiniLM-L6-v2, its
-//! vectors against the independent reference (engines/tests/fixtures), OpenAI's input shapes
+//! vectors against the independent reference (local_engine/tests/fixtures), OpenAI's input shapes
 //! and `encoding_format`, clear 400s, quotas and the ledger.
 
 mod common;
@@ -40,7 +40,7 @@ async fn embed(gw: &TestGateway, body: Value) -> (u16, Value) {
 fn reference() -> Vec<(String, Vec<u32>, Vec<f32>)> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../engines/tests/fixtures/minilm-reference.json"
+        "/../embeddings/tests/fixtures/minilm-reference.json"
     );
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     fixture["cases"]

@@ -3,8 +3,10 @@
 mod common;
 
 use common::{TestGateway, MODEL};
-use engines::{ChatMessage, LoadedModel, ModelFile};
-use engines::{DeviceSpec, Prompt};
+use engine_api::ChatMessage;
+use engine_api::Prompt;
+use local_engine::DeviceSpec;
+use local_engine::{LoadedModel, ModelFile};
 use serde_json::{json, Value};
 
 fn chat_body(messages: Value, extra: Value) -> Value {
@@ -104,13 +106,15 @@ async fn serving_the_default_model_stays_under_400_mb_resident() {
     );
     // The chat engine's bound is 400 MB; the default configuration also serves the embedding
     // model beside it, whose f32 weights are held in memory as they are on disk.
-    let embedding_weights =
-        engines::ensure_bundle(&engines::EMBEDDING_MODEL, &engines::default_cache_dir())
-            .unwrap()
-            .join("model.safetensors")
-            .metadata()
-            .unwrap()
-            .len();
+    let embedding_weights = model_fetch::ensure_bundle(
+        &model_fetch::EMBEDDING_MODEL,
+        &model_fetch::default_cache_dir(),
+    )
+    .unwrap()
+    .join("model.safetensors")
+    .metadata()
+    .unwrap()
+    .len();
     assert!(
         rss < 400_000_000 + embedding_weights,
         "{} MB resident ({} MB of them the embedding model's weights)",

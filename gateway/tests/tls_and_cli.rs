@@ -167,14 +167,14 @@ async fn fetches_the_default_model_into_an_empty_cache() {
     let fetched = cache.path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(fetched.is_file());
     assert_eq!(
-        engines::sha256_file(&fetched).unwrap(),
-        engines::DEFAULT_MODEL.sha256
+        model_fetch::sha256_file(&fetched).unwrap(),
+        model_fetch::DEFAULT_MODEL.sha256
     );
     // The embedding model beside it, every file checked.
-    let embedding = cache.path().join(engines::EMBEDDING_MODEL.dir_name);
-    for (_, name, sha256) in engines::EMBEDDING_MODEL.files {
+    let embedding = cache.path().join(model_fetch::EMBEDDING_MODEL.dir_name);
+    for (_, name, sha256) in model_fetch::EMBEDDING_MODEL.files {
         assert_eq!(
-            engines::sha256_file(&embedding.join(name)).unwrap(),
+            model_fetch::sha256_file(&embedding.join(name)).unwrap(),
             *sha256
         );
     }

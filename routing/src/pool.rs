@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use engines::{Engine, EngineCounters, ReportedLoad};
+use engine_api::{Engine, EngineCounters, ReportedLoad};
 use futures::future::BoxFuture;
 use serde::Serialize;
 

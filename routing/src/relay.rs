@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engines::{TokenEvent, TokenStream};
+use engine_api::{TokenEvent, TokenStream};
 
 use crate::pool::{Pool, Replica, Reservation};
 use crate::request::{generation_request, Requester, RouteRequest};

@@ -1,7 +1,7 @@
 //! A request on its way through the router: who asks, what prompt (sized), which parameters,
 //! and what it reserves; shared by placement (`router`) and the in-flight relay (`relay`).
 
-use engines::{GenerationRequest, PreparedPrompt, Prompt, SamplingParams};
+use engine_api::{GenerationRequest, PreparedPrompt, Prompt, SamplingParams};
 use policies::{Share, TenantId};
 
 use crate::pool::PoolKind;
@@ -53,7 +53,7 @@ pub struct Requester {
     /// The caller's W3C `traceparent`, forwarded upstream.
     pub traceparent: Option<String>,
     /// Whose cached prompt blocks the request may reuse (see
-    /// [`engines::GenerationRequest::cache_scope`]): `None`, its tenant's alone.
+    /// [`engine_api::GenerationRequest::cache_scope`]): `None`, its tenant's alone.
     pub cache_scope: Option<String>,
 }
 
@@ -83,7 +83,7 @@ impl RouteRequest {
     pub fn prefix_key(&self, requester: &Requester) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();
-        engines::prefix_cache_scope(&requester.tenant, requester.cache_scope.as_deref())
+        engine_api::prefix_cache_scope(&requester.tenant, requester.cache_scope.as_deref())
             .hash(&mut hasher);
         let mut text_head = |texts: &mut dyn Iterator<Item = &str>| {
             let mut left = PREFIX_KEY_BYTES;

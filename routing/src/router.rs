@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engines::{EngineError, ModelInfo, Prompt};
+use engine_api::{EngineError, ModelInfo, Prompt};
 use serde::Serialize;
 
 use crate::pool::{Pool, PoolKind, Replica, ReplicaSnapshot};
@@ -101,7 +101,7 @@ impl ModelRouter {
 
     /// Puts the operator's sampling defaults over those the model's file recommends: a request
     /// that leaves a setting out gets `defaults`' value, else the file's, else OpenAI's.
-    pub fn with_sampling_defaults(mut self, defaults: engines::SamplingDefaults) -> Self {
+    pub fn with_sampling_defaults(mut self, defaults: engine_api::SamplingDefaults) -> Self {
         self.info.sampling_defaults = defaults.or(self.info.sampling_defaults);
         self
     }
@@ -350,7 +350,7 @@ mod tests {
     use crate::relay::Routed;
     use std::time::Duration;
 
-    use engines::{
+    use engine_api::{
         Engine, EngineCounters, GenerationRequest, PreparedPrompt, SamplingParams, SyntheticEngine,
         SyntheticOptions, TokenEvent, TokenStream,
     };
@@ -407,7 +407,7 @@ mod tests {
         fn info(&self) -> &ModelInfo {
             &self.info
         }
-        fn submit(&self, _: GenerationRequest) -> engines::Result<TokenStream> {
+        fn submit(&self, _: GenerationRequest) -> engine_api::Result<TokenStream> {
             let (events, receiver) = mpsc::unbounded_channel();
             if let Some(event) = &self.fails {
                 events.send(event.clone()).unwrap();
@@ -433,9 +433,9 @@ mod tests {
                         return;
                     }
                 }
-                let _ = events.send(TokenEvent::Finished(engines::Completion {
-                    finish_reason: engines::FinishReason::Length,
-                    usage: engines::Usage {
+                let _ = events.send(TokenEvent::Finished(engine_api::Completion {
+                    finish_reason: engine_api::FinishReason::Length,
+                    usage: engine_api::Usage {
                         prompt_tokens: 1,
                         completion_tokens: tokens,
                         cached_tokens: 0,
@@ -446,7 +446,7 @@ mod tests {
             });
             Ok(TokenStream::new(0, 1, receiver))
         }
-        fn prepare_prompt(&self, prompt: &Prompt) -> engines::Result<PreparedPrompt> {
+        fn prepare_prompt(&self, prompt: &Prompt) -> engine_api::Result<PreparedPrompt> {
             Ok(PreparedPrompt {
                 prompt: prompt.clone(),
                 tokens: 1,
@@ -474,7 +474,7 @@ mod tests {
     /// request's fault) or unavailable (an unreachable upstream).
     fn failing(refuses: bool) -> Arc<dyn Engine> {
         let event = match refuses {
-            true => TokenEvent::Refused(engines::Refusal {
+            true => TokenEvent::Refused(engine_api::Refusal {
                 message: "prompt too long".into(),
                 ..Default::default()
             }),

@@ -6,7 +6,7 @@
 # `echo /.gpu/ >> .git/info/exclude`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-scripts/check-cuda.sh bench -p engines --features cuda --bench request_core --no-run
+scripts/check-cuda.sh bench -p local_engine --features cuda --bench request_core --no-run
 BIN=$(ls -t target/cuda/release/deps/request_core-* | grep -v '\.d$' | head -1)
 MODEL=$(python3 -c 'import os;print(os.environ.get("GATEWAY_CACHE_DIR") or os.path.expanduser("~/.cache/gateway"))')/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$MODEL" ] || { echo "no $MODEL: run the test suite or the gateway once to fetch it" >&2; exit 1; }

@@ -1,6 +1,6 @@
 """The PyTorch anchor for the request-core benchmark on a GPU (docs/benchmarks.md).
 
-The same workload as `cargo bench -p engines --bench request_core`: C requests at once, each a
+The same workload as `cargo bench -p local_engine --bench request_core`: C requests at once, each a
 ~17-token prompt and 128 greedy tokens (end of sequence ignored), on SmolLM2-135M-Instruct, run as
 one static batch through Hugging Face transformers' `generate` in bf16 with SDPA attention (what
 a PyTorch user runs first). Reports aggregate output tokens/s, TTFT (prefill and first token of

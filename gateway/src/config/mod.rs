@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use engines::DeviceSpec;
+use local_engine::DeviceSpec;
 use policies::{KeyDigest, TenantId};
 use serde::Deserialize;
 
@@ -315,7 +315,7 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engines::DEFAULT_MODEL_ID;
+    use model_fetch::DEFAULT_MODEL_ID;
 
     #[test]
     fn example_config_parses() {
@@ -510,7 +510,7 @@ mod tests {
             kinds,
             [
                 (DEFAULT_MODEL_ID, ModelKind::Gguf),
-                (engines::EMBEDDING_MODEL_ID, ModelKind::Embedding)
+                (model_fetch::EMBEDDING_MODEL_ID, ModelKind::Embedding)
             ]
         );
         assert!(config.models.iter().all(|m| m.path.is_none()));

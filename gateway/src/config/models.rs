@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use engines::{CoreConfig, DeviceSpec, SamplingDefaults};
-use engines::{WeightFormat, DEFAULT_MODEL, DEFAULT_MODEL_ID, DEFAULT_MODEL_SAMPLING};
+use engine_api::SamplingDefaults;
+use local_engine::WeightFormat;
+use local_engine::{CoreConfig, DeviceSpec};
+use model_fetch::{DEFAULT_MODEL, DEFAULT_MODEL_ID, DEFAULT_MODEL_SAMPLING};
 use serde::Deserialize;
 
 /// A model served by a local engine.
@@ -165,9 +167,9 @@ pub struct SyntheticConfig {
 
 impl SyntheticConfig {
     /// The synthetic engine's options.
-    pub fn options(&self) -> engines::SyntheticOptions {
-        let d = engines::SyntheticOptions::default();
-        engines::SyntheticOptions {
+    pub fn options(&self) -> engine_api::SyntheticOptions {
+        let d = engine_api::SyntheticOptions::default();
+        engine_api::SyntheticOptions {
             tokens_per_second: self.tokens_per_second,
             output_tokens: self.output_tokens,
             context_length: self.context_length.unwrap_or(d.context_length),
@@ -229,7 +231,7 @@ pub(super) fn default_models() -> Vec<ModelConfig> {
         defaults: SamplingDefaults::default(),
     };
     let embedding = ModelConfig {
-        id: engines::EMBEDDING_MODEL_ID.to_string(),
+        id: model_fetch::EMBEDDING_MODEL_ID.to_string(),
         kind: ModelKind::Embedding,
         ..chat.clone()
     };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use engines::{EngineCounters, TenantCounters};
+use engine_api::{EngineCounters, TenantCounters};
 use policies::TenantId;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};

@@ -23,7 +23,7 @@ impl Collector for ProcessCollector {
         let labels = [
             ("version", crate::build::VERSION),
             ("commit", crate::build::COMMIT),
-            ("cpu_kernels", engines::cpu_kernels()),
+            ("cpu_kernels", local_engine::cpu_kernels()),
         ];
         ConstGauge::new(1i64).encode(build.encode_family(&labels)?)?;
         #[cfg(target_os = "linux")]

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use engines::text::tools::arguments_object;
-use engines::{ChatMessage, Prompt};
+use engine_api::tools::arguments_object;
+use engine_api::{ChatMessage, Prompt};
 use serde::Deserialize;
 
 use crate::error::ApiError;

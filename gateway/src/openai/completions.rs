@@ -1,6 +1,6 @@
 //! `POST /v1/completions` request body.
 
-use engines::Prompt;
+use engine_api::Prompt;
 use serde::Deserialize;
 
 use crate::error::ApiError;

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use engines::sampling::MAX_TOP_LOGPROBS;
-use engines::{OutputConstraint, SamplingDefaults, SamplingParams};
+use engine_api::MAX_TOP_LOGPROBS;
+use engine_api::{OutputConstraint, SamplingDefaults, SamplingParams};
 use policies::Priority;
 use serde::Deserialize;
 use serde_json::Value;
@@ -353,8 +353,7 @@ fn response_format(format: Option<&Value>) -> Result<Option<Arc<OutputConstraint
             )))
         }
     };
-    constraint
-        .check()
+    structured_output::check(&constraint)
         .map_err(|e| invalid(format!("The schema cannot be used: {e}.")))?;
     Ok(Some(Arc::new(constraint)))
 }

@@ -1,6 +1,6 @@
 //! Response bodies: whole responses and streamed chunks, for both endpoints.
 
-use engines::{FinishReason, Logprobs, TokenLogprob, Usage};
+use engine_api::{FinishReason, Logprobs, TokenLogprob, Usage};
 use serde::Serialize;
 use serde_json::{json, Value};
 

@@ -4,7 +4,7 @@
 //! - The functions go to the engine with the conversation (`Prompt::ChatWithTools`): a chat
 //!   template that knows tools renders them; otherwise they are described in the system
 //!   message in the Hermes format most open models are tuned on, earlier calls written as
-//!   `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (`engines::text::tools`).
+//!   `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (`engine_api::tools`).
 //! - `tool_choice: "required"` or a named function constrains the whole answer to one call,
 //!   `{"name": ..., "arguments": ...}`, with the arguments held to the function's JSON schema
 //!   by the grammar engine: the call always parses and validates.
@@ -13,8 +13,8 @@
 //!   answer stays text).
 //! - `none`: the functions are not described and nothing is parsed.
 
-use engines::text::tools::{CALL_CLOSE, CALL_OPEN};
-use engines::OutputConstraint;
+use engine_api::tools::{CALL_CLOSE, CALL_OPEN};
+use engine_api::OutputConstraint;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -139,7 +139,7 @@ impl ToolSpec {
         let spec = Self { functions, choice };
         // The forced call's schema must compile, whatever engine serves the request.
         if let Some(constraint) = spec.constraint() {
-            constraint.check().map_err(|e| {
+            structured_output::check(&constraint).map_err(|e| {
                 ApiError::invalid_param(
                     "tools",
                     format!("A function's `parameters` cannot be used: {e}."),
@@ -301,14 +301,14 @@ fn parse_tools(tools: &Value) -> Result<Vec<Function>, ApiError> {
                     "`parameters` must be a JSON Schema of an object.",
                 ));
             }
-            OutputConstraint::JsonSchema(parameters.clone())
-                .check()
-                .map_err(|e| {
+            structured_output::check(&OutputConstraint::JsonSchema(parameters.clone())).map_err(
+                |e| {
                     ApiError::invalid_param(
                         &format!("{param}.function.parameters"),
                         format!("The schema cannot be used: {e}."),
                     )
-                })?;
+                },
+            )?;
         }
         functions.push(function);
     }

@@ -24,7 +24,7 @@ use crate::openai::embeddings::{EmbeddingRequest, EncodingFormat, Input};
 use crate::openai::json::parse;
 use crate::routes::sizing::sized;
 use crate::state::AppState;
-use engines::EmbeddingModel;
+use embeddings::EmbeddingModel;
 
 /// An embedding request ready to run: handed to the handler once.
 pub struct PreparedEmbedding {
@@ -203,10 +203,10 @@ pub async fn embed(
                     account.on_prompt_counted(billed, counted);
                     Ok((answer.vectors, counted.unwrap_or(billed.tokens)))
                 }
-                Err(engines::UpstreamError::Refused(refusal)) => {
+                Err(remote_engine::UpstreamError::Refused(refusal)) => {
                     Err(ApiError::upstream_refused(&refusal))
                 }
-                Err(engines::UpstreamError::Unavailable(reason)) => {
+                Err(remote_engine::UpstreamError::Unavailable(reason)) => {
                     Err(ApiError::no_replica(&prepared.model_id, &reason))
                 }
             }

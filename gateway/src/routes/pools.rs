@@ -3,8 +3,8 @@
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use engines::EngineCounters;
-use engines::{LoadReport, ReportedLoad};
+use engine_api::EngineCounters;
+use engine_api::{LoadReport, ReportedLoad};
 use serde_json::{json, Value};
 
 use crate::extensions::Polled;

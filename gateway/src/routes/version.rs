@@ -10,6 +10,6 @@ pub async fn version() -> Json<Value> {
         "version": crate::build::VERSION,
         "commit": crate::build::COMMIT,
         "features": crate::build::features(),
-        "cpu_kernels": engines::cpu_kernels(),
+        "cpu_kernels": local_engine::cpu_kernels(),
     }))
 }

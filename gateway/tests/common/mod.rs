@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use engines::{default_cache_dir, ensure_model, DEFAULT_MODEL};
+use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 
 pub const MODEL: &str = "smollm2-135m-instruct";
 pub const DEMO_KEY: &str = "sk-test-demo-key";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use engines::SamplingParams;
+use engine_api::SamplingParams;
 use routing::{ModelRouter, RouteRequest};
 
 use super::choices::Choices;

@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{BufMut, Bytes, BytesMut};
-use engines::{FinishReason, Logprobs, Refusal, TokenEvent};
+use engine_api::{FinishReason, Logprobs, Refusal, TokenEvent};
 use futures::stream::{BoxStream, Fuse, SelectAll};
 use futures::{Stream, StreamExt};
 use ledger::RecordStatus;

@@ -1,0 +1,340 @@
+//! The microkernels: one weight tile (four outputs) against one to four activation rows.
+//!
+//! Every family computes, for each (row, output) pair, eight lane sums per block (lane `l`
+//! covers elements `4l..4l+4`), accumulates `lane * (d_w * d_x)` with a fused multiply-add per
+//! block, reduces the lanes as `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`, then adds the 4-bit
+//! offsets' term `sum_b m_b * s_b` (a fused multiply-add chain). Keeping that order in each
+//! family (the portable one emulates the lanes) makes them bit-identical, which the tests check.
+
+use super::{Q4Tile, TILE};
+use crate::isa::Isa;
+use crate::quant::{QuantizedRows, BLOCK};
+
+/// Runs a microkernel over `rows`: groups of `R` rows while they last, then single rows.
+fn in_groups<const R: usize>(
+    rows: std::ops::Range<usize>,
+    group: impl Fn(usize) -> [[f32; TILE]; R],
+    single: impl Fn(usize) -> [f32; TILE],
+    store: &mut impl FnMut(usize, [f32; TILE]),
+) {
+    let mut r = rows.start;
+    while r + R <= rows.end {
+        for (i, values) in group(r).into_iter().enumerate() {
+            store(r + i, values);
+        }
+        r += R;
+    }
+    for r in r..rows.end {
+        store(r, single(r));
+    }
+}
+
+/// The outputs of a 4-bit tile for every row in `rows`, handed to `store(row, values)`.
+pub(super) fn q4_rows(
+    isa: Isa,
+    w: Q4Tile<'_>,
+    d: &[f32],
+    m: &[f32],
+    x: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    mut store: impl FnMut(usize, [f32; TILE]),
+) {
+    // SAFETY (every `unsafe` below): `Isa::detect` picks a family only where the CPU has its
+    // features; the tile and the rows hold `d.len() / TILE` whole blocks.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => in_groups::<4>(
+            rows,
+            |r| unsafe {
+                match w {
+                    Q4Tile::Packed(p) => x86::q4_vnni::<4, true>(p, d, m, x, r),
+                    Q4Tile::Unpacked(u) => x86::q4_vnni::<4, false>(u, d, m, x, r),
+                }
+            },
+            |r| unsafe {
+                match w {
+                    Q4Tile::Packed(p) => x86::q4_vnni::<1, true>(p, d, m, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_vnni::<1, false>(u, d, m, x, r)[0],
+                }
+            },
+            &mut store,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => in_groups::<2>(
+            rows,
+            |r| unsafe {
+                match w {
+                    Q4Tile::Packed(p) => x86::q4_avx2::<2, true>(p, d, m, x, r),
+                    Q4Tile::Unpacked(u) => x86::q4_avx2::<2, false>(u, d, m, x, r),
+                }
+            },
+            |r| unsafe {
+                match w {
+                    Q4Tile::Packed(p) => x86::q4_avx2::<1, true>(p, d, m, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_avx2::<1, false>(u, d, m, x, r)[0],
+                }
+            },
+            &mut store,
+        ),
+        _ => in_groups::<1>(
+            rows,
+            |r| [portable::q4(w, d, m, x, r)],
+            |r| portable::q4(w, d, m, x, r),
+            &mut store,
+        ),
+    }
+}
+
+/// The outputs of an 8-bit tile for every row in `rows`, handed to `store(row, values)`.
+pub(super) fn q8_rows(
+    isa: Isa,
+    w: &[i8],
+    d: &[f32],
+    x: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    mut store: impl FnMut(usize, [f32; TILE]),
+) {
+    // SAFETY: as in `q4_rows`.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => in_groups::<4>(
+            rows,
+            |r| unsafe { x86::q8_vnni::<4>(w, d, x, r) },
+            |r| unsafe { x86::q8_vnni::<1>(w, d, x, r)[0] },
+            &mut store,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => in_groups::<2>(
+            rows,
+            |r| unsafe { x86::q8_avx2::<2>(w, d, x, r) },
+            |r| unsafe { x86::q8_avx2::<1>(w, d, x, r)[0] },
+            &mut store,
+        ),
+        _ => in_groups::<1>(
+            rows,
+            |r| [portable::q8(w, d, x, r)],
+            |r| portable::q8(w, d, x, r),
+            &mut store,
+        ),
+    }
+}
+
+/// Plain Rust, lane for lane what the SIMD kernels do.
+mod portable {
+    use super::*;
+
+    /// `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`, the SIMD kernels' reduction.
+    fn reduce(l: &[f32; 8]) -> f32 {
+        ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+    }
+
+    pub(super) fn q4(w: Q4Tile<'_>, d: &[f32], m: &[f32], x: &QuantizedRows, r: usize) -> [f32; 4] {
+        let nb = d.len() / TILE;
+        let row = x.row(r);
+        let mut acc = [[0f32; 8]; TILE];
+        let mut weights = [0u8; BLOCK];
+        for b in 0..nb {
+            let xb = &row.q[b * BLOCK..(b + 1) * BLOCK];
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let at = b * TILE + c;
+                match w {
+                    Q4Tile::Packed(p) => {
+                        let pair = (b * TILE + c) / 2;
+                        let shift = if c % 2 == 1 { 4 } else { 0 };
+                        for (w, &byte) in weights.iter_mut().zip(&p[pair * 32..(pair + 1) * 32]) {
+                            *w = (byte >> shift) & 0x0f;
+                        }
+                    }
+                    Q4Tile::Unpacked(u) => weights.copy_from_slice(&u[at * 32..(at + 1) * 32]),
+                }
+                let scale = d[at] * row.d[b];
+                for (l, lane) in acc.iter_mut().enumerate() {
+                    let sum: i32 = (4 * l..4 * l + 4)
+                        .map(|e| weights[e] as i32 * xb[e] as i32)
+                        .sum();
+                    *lane = (sum as f32).mul_add(scale, *lane);
+                }
+            }
+        }
+        let mut out = [0f32; TILE];
+        for (c, o) in out.iter_mut().enumerate() {
+            let mut offsets = 0f32;
+            for b in 0..nb {
+                offsets = m[b * TILE + c].mul_add(row.s[b], offsets);
+            }
+            *o = reduce(&acc[c]) + offsets;
+        }
+        out
+    }
+
+    pub(super) fn q8(w: &[i8], d: &[f32], x: &QuantizedRows, r: usize) -> [f32; 4] {
+        let nb = d.len() / TILE;
+        let row = x.row(r);
+        let mut acc = [[0f32; 8]; TILE];
+        for b in 0..nb {
+            let xb = &row.q[b * BLOCK..(b + 1) * BLOCK];
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let at = b * TILE + c;
+                let wb = &w[at * BLOCK..(at + 1) * BLOCK];
+                let scale = d[at] * row.d[b];
+                for (l, lane) in acc.iter_mut().enumerate() {
+                    let sum: i32 = (4 * l..4 * l + 4)
+                        .map(|e| wb[e] as i32 * xb[e] as i32)
+                        .sum();
+                    *lane = (sum as f32).mul_add(scale, *lane);
+                }
+            }
+        }
+        std::array::from_fn(|c| reduce(&acc[c]))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Four 8-lane accumulators reduced to their four sums, in the documented order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn reduce4(a: &[__m256; TILE]) -> __m128 {
+        let t0 = _mm256_hadd_ps(a[0], a[1]);
+        let t1 = _mm256_hadd_ps(a[2], a[3]);
+        let t = _mm256_hadd_ps(t0, t1);
+        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1))
+    }
+
+    /// Lane sums of unsigned-by-signed byte products, AVX2: `maddubs` then `madd` by ones.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_avx2(unsigned: __m256i, signed: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
+    }
+
+    /// The same lane sums in one VNNI instruction.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot_vnni(unsigned: __m256i, signed: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
+    }
+
+    macro_rules! q4_kernel {
+        ($name:ident, $features:literal, $dot:ident) => {
+            /// One 4-bit tile against `R` rows from `r0`; `PACKED` reads nibbles, else bytes.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const R: usize, const PACKED: bool>(
+                w: &[u8],
+                d: &[f32],
+                m: &[f32],
+                x: &QuantizedRows,
+                r0: usize,
+            ) -> [[f32; TILE]; R] {
+                let nb = d.len() / TILE;
+                let low = _mm256_set1_epi8(0x0f);
+                let mut acc = [[_mm256_setzero_ps(); TILE]; R];
+                let mut xq = [std::ptr::null::<i8>(); R];
+                let mut xd = [std::ptr::null::<f32>(); R];
+                for r in 0..R {
+                    let row = x.row(r0 + r);
+                    xq[r] = row.q.as_ptr();
+                    xd[r] = row.d.as_ptr();
+                }
+                let (wp, dp) = (w.as_ptr(), d.as_ptr());
+                for b in 0..nb {
+                    let mut xv = [_mm256_setzero_si256(); R];
+                    let mut dx = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        xv[r] = _mm256_loadu_si256(xq[r].add(b * BLOCK) as *const __m256i);
+                        dx[r] = _mm256_broadcast_ss(&*xd[r].add(b));
+                    }
+                    let mut pair = _mm256_setzero_si256();
+                    for c in 0..TILE {
+                        let at = b * TILE + c;
+                        let wv = if PACKED {
+                            // One load serves two outputs: low nibbles, then high ones.
+                            if c % 2 == 0 {
+                                pair = _mm256_loadu_si256(wp.add(at * 16) as *const __m256i);
+                                _mm256_and_si256(pair, low)
+                            } else {
+                                _mm256_and_si256(_mm256_srli_epi16(pair, 4), low)
+                            }
+                        } else {
+                            _mm256_loadu_si256(wp.add(at * 32) as *const __m256i)
+                        };
+                        let dw = _mm256_broadcast_ss(&*dp.add(at));
+                        for r in 0..R {
+                            let sums = _mm256_cvtepi32_ps($dot(wv, xv[r]));
+                            let scale = _mm256_mul_ps(dw, dx[r]);
+                            acc[r][c] = _mm256_fmadd_ps(sums, scale, acc[r][c]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; TILE]; R];
+                for r in 0..R {
+                    let s = x.row(r0 + r).s;
+                    let mut offsets = _mm_setzero_ps();
+                    for b in 0..nb {
+                        let m4 = _mm_loadu_ps(m.as_ptr().add(b * TILE));
+                        offsets = _mm_fmadd_ps(m4, _mm_set1_ps(s[b]), offsets);
+                    }
+                    _mm_storeu_ps(out[r].as_mut_ptr(), _mm_add_ps(reduce4(&acc[r]), offsets));
+                }
+                out
+            }
+        };
+    }
+
+    macro_rules! q8_kernel {
+        ($name:ident, $features:literal, $dot:ident) => {
+            /// One 8-bit tile against `R` rows from `r0` (`|x|` times `w` carrying x's sign).
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const R: usize>(
+                w: &[i8],
+                d: &[f32],
+                x: &QuantizedRows,
+                r0: usize,
+            ) -> [[f32; TILE]; R] {
+                let nb = d.len() / TILE;
+                let mut acc = [[_mm256_setzero_ps(); TILE]; R];
+                let mut xq = [std::ptr::null::<i8>(); R];
+                let mut xd = [std::ptr::null::<f32>(); R];
+                for r in 0..R {
+                    let row = x.row(r0 + r);
+                    xq[r] = row.q.as_ptr();
+                    xd[r] = row.d.as_ptr();
+                }
+                let (wp, dp) = (w.as_ptr(), d.as_ptr());
+                for b in 0..nb {
+                    let mut xv = [_mm256_setzero_si256(); R];
+                    let mut ax = [_mm256_setzero_si256(); R];
+                    let mut dx = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        xv[r] = _mm256_loadu_si256(xq[r].add(b * BLOCK) as *const __m256i);
+                        ax[r] = _mm256_sign_epi8(xv[r], xv[r]);
+                        dx[r] = _mm256_broadcast_ss(&*xd[r].add(b));
+                    }
+                    for c in 0..TILE {
+                        let at = b * TILE + c;
+                        let wv = _mm256_loadu_si256(wp.add(at * BLOCK) as *const __m256i);
+                        let dw = _mm256_broadcast_ss(&*dp.add(at));
+                        for r in 0..R {
+                            let sums = _mm256_cvtepi32_ps($dot(ax[r], _mm256_sign_epi8(wv, xv[r])));
+                            let scale = _mm256_mul_ps(dw, dx[r]);
+                            acc[r][c] = _mm256_fmadd_ps(sums, scale, acc[r][c]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; TILE]; R];
+                for r in 0..R {
+                    _mm_storeu_ps(out[r].as_mut_ptr(), reduce4(&acc[r]));
+                }
+                out
+            }
+        };
+    }
+
+    q4_kernel!(q4_avx2, "avx2,fma", dot_avx2);
+    q4_kernel!(q4_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
+    q8_kernel!(q8_avx2, "avx2,fma", dot_avx2);
+    q8_kernel!(q8_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
+}

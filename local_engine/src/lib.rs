@@ -1,0 +1,30 @@
+//! The local engine: a model loaded from a GGUF file, served by the request core (continuous
+//! batching over a paged KV cache) on the CPU kernels or candle; its tokenizer, chat template,
+//! sampling and structured output.
+//!
+//! What routing and the gateway know of engines is in `engine_api`; this crate implements it for
+//! a model in this process. Model code is in `models`, kernels in `cpu_kernels`.
+
+#![warn(missing_docs)]
+
+// Other crates use what the `pub use` lines below export, nothing deeper; the modules are public
+// for this crate's own benchmarks and tests, which measure and check the parts inside.
+pub mod core;
+pub mod device;
+pub mod error;
+pub mod local;
+pub mod sampling;
+pub mod text;
+pub mod threads;
+
+pub use core::{CoreConfig, StepRecord};
+pub use device::DeviceSpec;
+pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};
+pub use models::WeightFormat;
+pub use threads::configure as configure_threads;
+
+/// The CPU kernel family the engines use on this machine (`avx512-vnni`, `avx2`, `portable`),
+/// chosen at run time from CPUID and `GATEWAY_CPU_KERNELS`.
+pub fn cpu_kernels() -> &'static str {
+    cpu_kernels::isa::Isa::detect().name()
+}

@@ -1,0 +1,601 @@
+//! The llama forward pass on the CPU kernels: one step over the flattened new tokens of every
+//! sequence in the batch, reading and writing the paged KV cache in place.
+//!
+//! Per layer: RMSNorm fused with int8 quantization; Q, K and V as one stacked product; RoPE
+//! in place and the new keys and values written to their slots in f16; attention per
+//! (sequence, KV head, run of queries); the output projection added into the residual stream;
+//! RMSNorm and quantization again; gate and up as one stacked product; SiLU(gate) * up fused
+//! with the quantization the down projection reads; the down projection added into the
+//! residual. Every buffer comes from [`Scratch`], sized for the largest step seen and reused.
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::Device;
+
+use crate::config::{BlockTable, LlamaConfig, WeightFormat};
+use cpu_kernels::attention::{self, Heads, SequenceRows};
+use cpu_kernels::isa::Isa;
+use cpu_kernels::kv::{KvLayout, KvPool};
+use cpu_kernels::math;
+use cpu_kernels::matmul::{matmul, Output, PackedMatrix};
+use cpu_kernels::parallel::{self, SharedMut};
+use cpu_kernels::quant::{self, QuantizedRows, BLOCK};
+
+/// Errors of the CPU path: bad weights at load, or a batch the caches cannot hold.
+pub type Error = String;
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Q, K and V stacked: `[q_dim + 2 * kv_dim, hidden]`.
+    qkv: PackedMatrix,
+    wo: PackedMatrix,
+    ffn_norm: Vec<f32>,
+    /// Gate and up stacked: `[2 * ffn, hidden]`.
+    gate_up: PackedMatrix,
+    down: PackedMatrix,
+}
+
+/// A llama model in the CPU kernels' layout.
+pub struct CpuLlama {
+    config: LlamaConfig,
+    isa: Isa,
+    ffn: usize,
+    /// Token embeddings; also the output projection when the model ties them.
+    embeddings: PackedMatrix,
+    lm_head: Option<PackedMatrix>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    /// RoPE `[context_length, head_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// One sequence's new tokens in a step.
+pub struct StepSequence<'a> {
+    /// The new tokens; the first goes at position `table.len`.
+    pub tokens: &'a [u32],
+    /// Its blocks; must hold every position after this step.
+    pub table: &'a mut BlockTable,
+    /// Whether the logits of its last token are wanted.
+    pub wants_logits: bool,
+}
+
+/// Buffers of a step, grown to the largest step seen and then reused.
+pub struct Scratch {
+    x: Vec<f32>,
+    xq: QuantizedRows,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    gate_up: Vec<f32>,
+    hq: QuantizedRows,
+    /// Per thread: attention scores.
+    scores: Vec<Vec<f32>>,
+    /// Per token row: (sequence index, position).
+    rows: Vec<(usize, usize)>,
+    /// Attention work items: (sequence index, KV head, first query, end query).
+    items: Vec<(usize, usize, usize, usize)>,
+}
+
+fn load_qtensor<R: Read + Seek>(
+    ct: &gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+) -> Result<QTensor, Error> {
+    ct.tensor(reader, name, &Device::Cpu)
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+fn load_vector<R: Read + Seek>(
+    ct: &gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+) -> Result<Vec<f32>, Error> {
+    load_qtensor(ct, reader, name)?
+        .dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// A weight matrix in the kernels' layout: 4-bit and 8-bit blocks as stored (unless `format`
+/// asks for Q8_0), any other type re-quantized to Q8_0.
+fn load_matrix<R: Read + Seek>(
+    ct: &gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+    format: WeightFormat,
+) -> Result<PackedMatrix, Error> {
+    let tensor = load_qtensor(ct, reader, name)?;
+    let (n, k) = match tensor.shape().dims() {
+        [n, k] => (*n, *k),
+        dims => return Err(format!("{name}: expected a matrix, found shape {dims:?}")),
+    };
+    let bytes = || tensor.data().map_err(|e| format!("{name}: {e}"));
+    let keep = format == WeightFormat::AsStored;
+    let matrix = match tensor.dtype() {
+        GgmlDType::Q4_0 if keep => PackedMatrix::from_q4_0(&bytes()?, n, k),
+        GgmlDType::Q4_1 if keep => PackedMatrix::from_q4_1(&bytes()?, n, k),
+        GgmlDType::Q8_0 => PackedMatrix::from_q8_0(&bytes()?, n, k),
+        _ => {
+            let values = tensor
+                .dequantize(&Device::Cpu)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(|e| format!("{name}: {e}"))?;
+            PackedMatrix::quantize_q8_0(&values, n, k)
+        }
+    };
+    matrix.map_err(|e| format!("{name}: {e}"))
+}
+
+fn stack(name: &str, parts: &[&PackedMatrix]) -> Result<PackedMatrix, Error> {
+    PackedMatrix::stack(parts).ok_or_else(|| {
+        format!("{name}: projections of different types or shapes cannot be stacked")
+    })
+}
+
+impl CpuLlama {
+    /// Loads and repacks the weights of a llama GGUF.
+    pub fn from_gguf<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        config: LlamaConfig,
+        format: WeightFormat,
+    ) -> Result<Self, Error> {
+        let c = &config;
+        if !c.hidden.is_multiple_of(BLOCK)
+            || !c.head_dim.is_multiple_of(2)
+            || !c.n_heads.is_multiple_of(c.n_kv_heads)
+        {
+            return Err(format!(
+                "unsupported shape: hidden {} (a multiple of {BLOCK} is needed), head size {}, \
+                 {} heads over {} KV heads",
+                c.hidden, c.head_dim, c.n_heads, c.n_kv_heads
+            ));
+        }
+        let embeddings = load_matrix(ct, reader, "token_embd.weight", format)?;
+        let lm_head = match ct.tensor_infos.contains_key("output.weight") {
+            true => Some(load_matrix(ct, reader, "output.weight", format)?),
+            false => None,
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut ffn = 0;
+        for i in 0..c.n_layers {
+            let p = format!("blk.{i}");
+            let mut matrix =
+                |name: &str| load_matrix(ct, reader, &format!("{p}.{name}.weight"), format);
+            let (wq, wk, wv, wo) = (
+                matrix("attn_q")?,
+                matrix("attn_k")?,
+                matrix("attn_v")?,
+                matrix("attn_output")?,
+            );
+            let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
+            // Every packed matrix has whole blocks of inputs (checked at repacking), so the MLP
+            // size the down projection reads is a multiple of BLOCK too.
+            ffn = gate.n();
+            layers.push(Layer {
+                attn_norm: load_vector(ct, reader, &format!("{p}.attn_norm.weight"))?,
+                ffn_norm: load_vector(ct, reader, &format!("{p}.ffn_norm.weight"))?,
+                qkv: stack(&p, &[&wq, &wk, &wv])?,
+                wo,
+                gate_up: stack(&p, &[&gate, &up])?,
+                down,
+            });
+        }
+        let final_norm = load_vector(ct, reader, "output_norm.weight")?;
+        let (cos, sin) = rope_tables(c);
+        Ok(Self {
+            isa: Isa::detect(),
+            ffn,
+            embeddings,
+            lm_head,
+            layers,
+            final_norm,
+            cos,
+            sin,
+            config,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The kernel family in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.config.n_heads,
+            kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// A KV pool of `num_blocks` blocks of `block_size` positions.
+    pub fn new_kv_pool(&self, num_blocks: usize, block_size: usize) -> KvPool {
+        let c = &self.config;
+        KvPool::new(KvLayout {
+            layers: c.n_layers,
+            kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            block_size,
+            num_blocks,
+        })
+    }
+
+    /// Empty step buffers.
+    pub fn new_scratch(&self) -> Scratch {
+        Scratch {
+            x: Vec::new(),
+            xq: QuantizedRows::new(self.config.hidden),
+            qkv: Vec::new(),
+            attn: Vec::new(),
+            gate_up: Vec::new(),
+            hq: QuantizedRows::new(self.ffn),
+            scores: (0..parallel::threads()).map(|_| Vec::new()).collect(),
+            rows: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Runs one step; returns the logits `[sequences wanting them, vocab]`, row-major, in batch
+    /// order. Advances each table's length by its tokens.
+    pub fn forward(
+        &self,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        batch: &mut [StepSequence<'_>],
+    ) -> Result<Vec<f32>, Error> {
+        self.forward_pausable(kv, scratch, batch, &mut |_| {})
+    }
+
+    /// [`Self::forward`], calling `between_layers` with the KV pool after each layer. The step's
+    /// state lives in `scratch` and in the blocks of `batch`, so the callback may run other
+    /// sequences' steps (another scratch, other blocks) before this one goes on: a long step
+    /// can make way for urgent work without losing what it computed.
+    pub fn forward_pausable(
+        &self,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        batch: &mut [StepSequence<'_>],
+        between_layers: &mut dyn FnMut(&mut KvPool),
+    ) -> Result<Vec<f32>, Error> {
+        let c = &self.config;
+        let isa = self.isa;
+        let hidden = c.hidden;
+        let q_dim = c.n_heads * c.head_dim;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let layout = kv.layout();
+        let bs = layout.block_size;
+
+        // Validate, then lay out rows.
+        scratch.rows.clear();
+        let mut max_len = 0;
+        for (s, seq) in batch.iter().enumerate() {
+            let start = seq.table.len;
+            let end = start + seq.tokens.len();
+            if end > c.context_length {
+                return Err(format!(
+                    "position {end} beyond the context length {}",
+                    c.context_length
+                ));
+            }
+            if end > seq.table.blocks.len() * bs {
+                return Err(format!(
+                    "sequence needs {end} positions but holds blocks for {}",
+                    seq.table.blocks.len() * bs
+                ));
+            }
+            if let Some(&bad) = seq
+                .table
+                .blocks
+                .iter()
+                .find(|&&b| b as usize >= layout.num_blocks)
+            {
+                return Err(format!("block {bad} is not in the pool"));
+            }
+            if let Some(&bad) = seq.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(format!("token id {bad} is outside the vocabulary"));
+            }
+            max_len = max_len.max(end);
+            scratch.rows.extend((start..end).map(|p| (s, p)));
+        }
+        let t = scratch.rows.len();
+        if t == 0 {
+            return Err("forward called with no tokens".into());
+        }
+        grow(&mut scratch.x, t * hidden);
+        grow(&mut scratch.qkv, t * qkv_dim);
+        grow(&mut scratch.attn, t * hidden);
+        grow(&mut scratch.gate_up, t * 2 * self.ffn);
+        scratch.xq.reset(t);
+        scratch.hq.reset(t);
+        let group_rows = self.heads().group().min(attention::MAX_GROUP);
+        for s in &mut scratch.scores {
+            grow(s, group_rows * max_len);
+        }
+
+        // Attention work items: (sequence, KV head, run of queries). Long prefills are cut into
+        // runs so that both threads get work even for one sequence.
+        scratch.items.clear();
+        for (s, seq) in batch.iter().enumerate() {
+            let n = seq.tokens.len();
+            let run = if n > 1 { 8 } else { 1 };
+            for h in 0..c.n_kv_heads {
+                let mut q = 0;
+                while q < n {
+                    scratch.items.push((s, h, q, (q + run).min(n)));
+                    q += run;
+                }
+            }
+        }
+        // Each sequence's rows and blocks, once per step (the layers only read them).
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut first_row = 0;
+        for seq in batch.iter() {
+            seqs.push(SequenceRows {
+                first_row,
+                rows: seq.tokens.len(),
+                start: seq.table.len,
+                blocks: &seq.table.blocks,
+            });
+            first_row += seq.tokens.len();
+        }
+
+        // Embeddings.
+        {
+            let x = &mut scratch.x[..t * hidden];
+            let mut row = 0;
+            for seq in batch.iter() {
+                for &token in seq.tokens {
+                    self.embeddings
+                        .dequantize_row(token as usize, &mut x[row * hidden..(row + 1) * hidden]);
+                    row += 1;
+                }
+            }
+        }
+
+        let eps = c.rms_eps as f32;
+        let row_grain = parallel::grain_for(t, 2).max(4);
+        for (layer_index, layer) in self.layers.iter().enumerate() {
+            norm_quantize(
+                isa,
+                &scratch.x,
+                hidden,
+                &layer.attn_norm,
+                eps,
+                &mut scratch.xq,
+                row_grain,
+            );
+            matmul(
+                isa,
+                &layer.qkv,
+                &scratch.xq,
+                &mut scratch.qkv,
+                qkv_dim,
+                0,
+                Output::Store,
+            );
+
+            // RoPE and the new keys and values into the pool.
+            {
+                let qkv = SharedMut::new(&mut scratch.qkv[..t * qkv_dim]);
+                let (keys, values) = kv.data_mut();
+                let (keys, values) = (SharedMut::new(keys), SharedMut::new(values));
+                let rows = &scratch.rows;
+                let seqs = &seqs;
+                let hd = c.head_dim;
+                parallel::for_each_chunk(t, row_grain, |_, range| {
+                    for r in range {
+                        let (s, pos) = rows[r];
+                        // SAFETY: row `r` of `qkv` belongs to this work item alone.
+                        let row = unsafe { qkv.slice(r * qkv_dim..(r + 1) * qkv_dim) };
+                        let (cos, sin) = (
+                            &self.cos[pos * hd / 2..(pos + 1) * hd / 2],
+                            &self.sin[pos * hd / 2..(pos + 1) * hd / 2],
+                        );
+                        for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
+                            math::rope(head, cos, sin);
+                        }
+                        let block = seqs[s].blocks[pos / bs] as usize;
+                        for h in 0..c.n_kv_heads {
+                            let at = layout.slab(layer_index, block, h) + (pos % bs) * hd;
+                            let k = &row[q_dim + h * hd..q_dim + (h + 1) * hd];
+                            let v = &row[q_dim + kv_dim + h * hd..q_dim + kv_dim + (h + 1) * hd];
+                            // SAFETY: each position has one slot, written by its row alone.
+                            unsafe {
+                                math::to_f16(k, keys.slice(at..at + hd));
+                                math::to_f16(v, values.slice(at..at + hd));
+                            }
+                        }
+                    }
+                });
+            }
+
+            // Attention, one work item per (sequence, KV head, run of queries).
+            {
+                let heads = self.heads();
+                let out = SharedMut::new(&mut scratch.attn[..t * hidden]);
+                let qkv = &scratch.qkv[..t * qkv_dim];
+                let items = &scratch.items;
+                let scores = SharedMut::new(&mut scratch.scores);
+                let pool = &*kv;
+                let seqs = &seqs;
+                parallel::for_each_chunk(items.len(), 1, |thread, range| {
+                    // SAFETY: each thread uses its own scores buffer.
+                    let scores = unsafe { &mut scores.slice(thread..thread + 1)[0] };
+                    for &(s, h, q0, q1) in &items[range] {
+                        // SAFETY: the item's heads and rows are written by it alone.
+                        unsafe {
+                            attention::attend(
+                                isa,
+                                pool,
+                                layer_index,
+                                heads,
+                                seqs[s],
+                                h,
+                                q0..q1,
+                                qkv,
+                                qkv_dim,
+                                out,
+                                hidden,
+                                scores,
+                            )
+                        };
+                    }
+                });
+            }
+            quantize_rows(isa, &scratch.attn, hidden, &mut scratch.xq, row_grain);
+            matmul(
+                isa,
+                &layer.wo,
+                &scratch.xq,
+                &mut scratch.x,
+                hidden,
+                0,
+                Output::Accumulate,
+            );
+
+            norm_quantize(
+                isa,
+                &scratch.x,
+                hidden,
+                &layer.ffn_norm,
+                eps,
+                &mut scratch.xq,
+                row_grain,
+            );
+            let ffn = self.ffn;
+            matmul(
+                isa,
+                &layer.gate_up,
+                &scratch.xq,
+                &mut scratch.gate_up,
+                2 * ffn,
+                0,
+                Output::Store,
+            );
+            {
+                let gate_up = SharedMut::new(&mut scratch.gate_up[..t * 2 * ffn]);
+                let writer = scratch.hq.writer();
+                parallel::for_each_chunk(t, row_grain, |_, range| {
+                    for r in range {
+                        // SAFETY: rows are disjoint between work items.
+                        unsafe {
+                            let row = gate_up.slice(r * 2 * ffn..(r + 1) * 2 * ffn);
+                            let (gate, up) = row.split_at_mut(ffn);
+                            math::silu_mul(isa, gate, up);
+                            let (q, d, s) = writer.blocks(r, 0..ffn / BLOCK);
+                            quant::quantize(isa, gate, q, d, s);
+                        }
+                    }
+                });
+            }
+            matmul(
+                isa,
+                &layer.down,
+                &scratch.hq,
+                &mut scratch.x,
+                hidden,
+                0,
+                Output::Accumulate,
+            );
+            between_layers(kv);
+        }
+
+        // Logits of the last token of each sequence that wants them.
+        let mut wanted = Vec::new();
+        let mut end = 0;
+        for seq in batch.iter() {
+            end += seq.tokens.len();
+            if seq.wants_logits {
+                wanted.push(end - 1);
+            }
+        }
+        drop(seqs);
+        for seq in batch.iter_mut() {
+            seq.table.len += seq.tokens.len();
+        }
+        let vocab = c.vocab_size;
+        let mut logits = vec![0f32; wanted.len() * vocab];
+        if wanted.is_empty() {
+            return Ok(logits);
+        }
+        scratch.xq.reset(wanted.len());
+        {
+            let writer = scratch.xq.writer();
+            for (i, &r) in wanted.iter().enumerate() {
+                // SAFETY: one thread writes these rows.
+                let (q, d, s) = unsafe { writer.blocks(i, 0..hidden / BLOCK) };
+                let x = &scratch.x[r * hidden..(r + 1) * hidden];
+                quant::rms_norm_quantize(isa, x, &self.final_norm, eps, q, d, s);
+            }
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
+        matmul(isa, head, &scratch.xq, &mut logits, vocab, 0, Output::Store);
+        Ok(logits)
+    }
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// RMSNorm of each of the first `xq.rows()` rows of `x`, quantized into `xq`.
+fn norm_quantize(
+    isa: Isa,
+    x: &[f32],
+    k: usize,
+    weight: &[f32],
+    eps: f32,
+    xq: &mut QuantizedRows,
+    grain: usize,
+) {
+    let writer = xq.writer();
+    parallel::for_each_chunk(xq.rows(), grain, |_, range| {
+        for r in range {
+            // SAFETY: rows are disjoint between work items.
+            let (q, d, s) = unsafe { writer.blocks(r, 0..k / BLOCK) };
+            quant::rms_norm_quantize(isa, &x[r * k..(r + 1) * k], weight, eps, q, d, s);
+        }
+    });
+}
+
+/// Quantizes each of the first `xq.rows()` rows of `x` into `xq`.
+fn quantize_rows(isa: Isa, x: &[f32], k: usize, xq: &mut QuantizedRows, grain: usize) {
+    let writer = xq.writer();
+    parallel::for_each_chunk(xq.rows(), grain, |_, range| {
+        for r in range {
+            // SAFETY: rows are disjoint between work items.
+            let (q, d, s) = unsafe { writer.blocks(r, 0..k / BLOCK) };
+            quant::quantize(isa, &x[r * k..(r + 1) * k], q, d, s);
+        }
+    });
+}
+
+/// RoPE cosines and sines `[context_length, head_dim / 2]`, as candle's reference computes
+/// them (f32 angles `position * base^(-2i / head_dim)`).
+fn rope_tables(c: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
+    let half = c.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..c.head_dim)
+        .step_by(2)
+        .map(|i| 1.0 / c.rope_base.powf(i as f32 / c.head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(c.context_length * half);
+    let mut sin = Vec::with_capacity(c.context_length * half);
+    for p in 0..c.context_length {
+        for &f in &inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}

@@ -22,6 +22,39 @@ use super::isa::Isa;
 use super::parallel::{self, SharedMut};
 use super::quant::{QuantizedRows, BLOCK};
 
+/// Why weights cannot be packed: their shape does not fit the kernels' blocks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// Rows whose length is not a whole number of blocks.
+    #[error("{k} inputs is not a multiple of {BLOCK}")]
+    PartialBlock {
+        /// Inputs per row.
+        k: usize,
+    },
+    /// Quantized data of the wrong size for its shape.
+    #[error("{bytes} bytes for a [{n}, {k}] matrix, expected {expected}")]
+    WrongSize {
+        /// Rows.
+        n: usize,
+        /// Inputs per row.
+        k: usize,
+        /// Bytes given.
+        bytes: usize,
+        /// Bytes the shape needs.
+        expected: usize,
+    },
+    /// f32 weights of the wrong count for their shape.
+    #[error("{values} values for a [{n}, {k}] matrix")]
+    WrongValues {
+        /// Rows.
+        n: usize,
+        /// Inputs per row.
+        k: usize,
+        /// Values given.
+        values: usize,
+    },
+}
+
 /// Output columns per tile.
 pub const TILE: usize = 4;
 /// Bytes of one GGML Q4_0 block: f16 scale, 16 bytes of nibbles.
@@ -102,15 +135,18 @@ impl PackedMatrix {
         self.k / BLOCK
     }
 
-    fn check_shape(n: usize, k: usize, bytes: usize, block_bytes: usize) -> Result<(), String> {
+    fn check_shape(n: usize, k: usize, bytes: usize, block_bytes: usize) -> Result<(), ShapeError> {
         if !k.is_multiple_of(BLOCK) {
-            return Err(format!("{k} inputs is not a multiple of {BLOCK}"));
+            return Err(ShapeError::PartialBlock { k });
         }
-        if bytes != n * k / BLOCK * block_bytes {
-            return Err(format!(
-                "{bytes} bytes for a [{n}, {k}] matrix, expected {}",
-                n * k / BLOCK * block_bytes
-            ));
+        let expected = n * k / BLOCK * block_bytes;
+        if bytes != expected {
+            return Err(ShapeError::WrongSize {
+                n,
+                k,
+                bytes,
+                expected,
+            });
         }
         Ok(())
     }
@@ -146,7 +182,7 @@ impl PackedMatrix {
     }
 
     /// Repacks GGML Q4_0 data of a `[n, k]` matrix (`w = d * (q - 8)`).
-    pub fn from_q4_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, String> {
+    pub fn from_q4_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
         Self::from_4bit(bytes, n, k, Q4_0_BYTES, |block| {
             let d = f16_at(block, 0);
             (d, -8.0 * d, &block[2..18])
@@ -154,7 +190,7 @@ impl PackedMatrix {
     }
 
     /// Repacks GGML Q4_1 data of a `[n, k]` matrix (`w = d * q + m`).
-    pub fn from_q4_1(bytes: &[u8], n: usize, k: usize) -> Result<Self, String> {
+    pub fn from_q4_1(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
         Self::from_4bit(bytes, n, k, Q4_1_BYTES, |block| {
             (f16_at(block, 0), f16_at(block, 2), &block[4..20])
         })
@@ -166,7 +202,7 @@ impl PackedMatrix {
         k: usize,
         block_bytes: usize,
         parse: impl Fn(&[u8]) -> (f32, f32, &[u8]),
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ShapeError> {
         Self::check_shape(n, k, bytes.len(), block_bytes)?;
         let mut matrix = Self::empty_q4(n, k);
         let nb = k / BLOCK;
@@ -198,7 +234,7 @@ impl PackedMatrix {
     }
 
     /// Repacks GGML Q8_0 data of a `[n, k]` matrix.
-    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, String> {
+    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
         Self::check_shape(n, k, bytes.len(), Q8_0_BYTES)?;
         let mut matrix = Self::empty_q8(n, k);
         let nb = k / BLOCK;
@@ -219,12 +255,16 @@ impl PackedMatrix {
 
     /// Quantizes f32 weights `[n, k]` (row-major) to Q8_0: the form for types no kernel reads
     /// directly. Scales are rounded through f16, as GGML's Q8_0 stores them.
-    pub fn quantize_q8_0(weights: &[f32], n: usize, k: usize) -> Result<Self, String> {
-        if weights.len() != n * k || !k.is_multiple_of(BLOCK) {
-            return Err(format!(
-                "{} values for a [{n}, {k}] matrix (k a multiple of {BLOCK})",
-                weights.len()
-            ));
+    pub fn quantize_q8_0(weights: &[f32], n: usize, k: usize) -> Result<Self, ShapeError> {
+        if !k.is_multiple_of(BLOCK) {
+            return Err(ShapeError::PartialBlock { k });
+        }
+        if weights.len() != n * k {
+            return Err(ShapeError::WrongValues {
+                n,
+                k,
+                values: weights.len(),
+            });
         }
         let mut matrix = Self::empty_q8(n, k);
         let nb = k / BLOCK;

@@ -118,19 +118,20 @@ impl EmbeddingModel {
 
     /// Checks inputs given as token ids: each between 1 and `max_input_tokens` long, every id
     /// in the vocabulary.
-    pub fn check_input(&self, ids: &[u32]) -> std::result::Result<(), String> {
+    pub fn check_input(&self, ids: &[u32]) -> Result<()> {
+        let invalid = |message: String| Err(EngineError::InvalidInput(message));
         if ids.is_empty() {
-            return Err("an input is empty".into());
+            return invalid("an input is empty".into());
         }
         if ids.len() > self.max_input_tokens {
-            return Err(format!(
+            return invalid(format!(
                 "an input has {} tokens; this model takes at most {}",
                 ids.len(),
                 self.max_input_tokens
             ));
         }
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(format!(
+            return invalid(format!(
                 "token id {bad} is outside the vocabulary (0..{})",
                 self.vocab_size
             ));
@@ -141,7 +142,7 @@ impl EmbeddingModel {
     /// The unit vectors of `inputs` (token ids, already checked), in order.
     pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
         if let Some(bad) = inputs.iter().find_map(|ids| self.check_input(ids).err()) {
-            return Err(EngineError::InvalidInput(bad));
+            return Err(bad);
         }
         let (reply, answer) = oneshot::channel();
         self.jobs

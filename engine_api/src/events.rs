@@ -135,7 +135,7 @@ pub enum TokenEvent {
     /// Generation ended normally; no more events follow.
     Finished(Completion),
     /// Generation failed after it started; no more events follow.
-    Failed(String),
+    Failed(Failure),
     /// The engine could not start the request (an upstream refused the connection, timed out
     /// or answered 5xx/429) and generated nothing: safe to retry on another replica. No more
     /// events follow.
@@ -149,6 +149,50 @@ pub enum TokenEvent {
     /// 413 or 422) before generating anything, or a local engine found its output grammar
     /// failing (possibly after some tokens). No more events follow.
     Refused(Refusal),
+}
+
+/// Why a request that had started failed: the kind of failure, and its account in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// What failed.
+    pub kind: FailureKind,
+    /// What happened, for logs and the client's error message.
+    pub message: String,
+}
+
+/// What failed under a request that had started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The model failed in a step the request was in (a kernel, a device, a tensor operation).
+    Execution,
+    /// The engine stopped (its thread is gone) before the request finished.
+    Stopped,
+    /// An upstream broke off or sent what cannot be read.
+    Upstream,
+    /// The replica went silent past its stall timeout.
+    Stalled,
+    /// The replica could not keep the request, after some of it was sent.
+    Unavailable,
+}
+
+impl Failure {
+    /// A failure of `kind`, told as `message`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// How an engine error that is not the request's own fault ends a started request.
+    pub fn of(error: &EngineError) -> Self {
+        let kind = match error {
+            EngineError::EngineStopped => FailureKind::Stopped,
+            _ => FailureKind::Execution,
+        };
+        Self::new(kind, error.to_string())
+    }
 }
 
 /// The token id of a token that came from a remote engine, which reports text, not ids.

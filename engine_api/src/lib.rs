@@ -26,12 +26,12 @@ pub use counters::{EngineCounters, TenantCounters};
 pub use engine::{Engine, ModelInfo};
 pub use error::{EngineError, Result};
 pub use events::{
-    Completion, FinishReason, Logprobs, Refusal, RequestTiming, TokenEvent, TokenLogprob, Usage,
-    REMOTE_TOKEN_ID,
+    Completion, Failure, FailureKind, FinishReason, Logprobs, Refusal, RequestTiming, TokenEvent,
+    TokenLogprob, Usage, REMOTE_TOKEN_ID,
 };
-pub use load::{LoadReport, ReportedLoad};
+pub use load::{LoadReport, ProbeError, ReportedLoad};
 pub use prompt::{PreparedPrompt, Prompt};
 pub use request::{prefix_cache_scope, GenerationRequest};
 pub use sampling::{OutputConstraint, SamplingDefaults, SamplingParams, MAX_TOP_LOGPROBS};
-pub use stream::{CollectedOutput, TokenStream};
+pub use stream::{CollectedOutput, TokenStream, Unfinished};
 pub use synthetic::{SyntheticEngine, SyntheticOptions};

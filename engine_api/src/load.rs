@@ -26,3 +26,20 @@ pub struct LoadReport {
     /// One entry per model the worker serves.
     pub models: Vec<ReportedLoad>,
 }
+
+/// Why a replica's health check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// No answer: unreachable, refused, timed out (the client's account of it).
+    #[error("{0}")]
+    NoAnswer(String),
+    /// A worker's `/load` answer that cannot be read.
+    #[error("unreadable load report: {0}")]
+    UnreadableReport(String),
+    /// A worker that does not serve the model.
+    #[error("the worker does not serve `{0}`")]
+    NotServed(String),
+    /// An answer other than success.
+    #[error("health check answered {0}")]
+    Status(u16),
+}

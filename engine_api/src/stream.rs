@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
-use crate::events::{Completion, Logprobs, TokenEvent};
+use crate::events::{Completion, Failure, Logprobs, Refusal, TokenEvent};
 
 /// The receiving end of a submission.
 pub struct TokenStream {
@@ -122,31 +122,31 @@ pub struct CollectedOutput {
 
 impl TokenStream {
     /// Reads the stream to its end.
-    pub async fn collect(mut self) -> std::result::Result<CollectedOutput, String> {
+    pub async fn collect(mut self) -> std::result::Result<CollectedOutput, Unfinished> {
         let mut out = Collecting::default();
         while let Some(event) = self.next().await {
             if let Some(done) = Self::fold(&mut out, event) {
                 return done;
             }
         }
-        Err("engine stopped without finishing the request".into())
+        Err(Unfinished::Ended)
     }
 
     /// Reads the stream to its end, blocking the current thread.
-    pub fn blocking_collect(mut self) -> std::result::Result<CollectedOutput, String> {
+    pub fn blocking_collect(mut self) -> std::result::Result<CollectedOutput, Unfinished> {
         let mut out = Collecting::default();
         while let Some(event) = self.blocking_next() {
             if let Some(done) = Self::fold(&mut out, event) {
                 return done;
             }
         }
-        Err("engine stopped without finishing the request".into())
+        Err(Unfinished::Ended)
     }
 
     fn fold(
         out: &mut Collecting,
         event: TokenEvent,
-    ) -> Option<std::result::Result<CollectedOutput, String>> {
+    ) -> Option<std::result::Result<CollectedOutput, Unfinished>> {
         match event {
             TokenEvent::Token { id, text, logprobs } => {
                 out.ids.push(id);
@@ -163,12 +163,30 @@ impl TokenStream {
                     completion,
                 }))
             }
-            TokenEvent::Failed(e) | TokenEvent::Unavailable(e) | TokenEvent::Declined(e) => {
-                Some(Err(e))
+            TokenEvent::Failed(failure) => Some(Err(Unfinished::Failed(failure))),
+            TokenEvent::Unavailable(reason) | TokenEvent::Declined(reason) => {
+                Some(Err(Unfinished::Unavailable(reason)))
             }
-            TokenEvent::Refused(refusal) => Some(Err(refusal.message)),
+            TokenEvent::Refused(refusal) => Some(Err(Unfinished::Refused(refusal))),
         }
     }
+}
+
+/// Why a collected stream did not finish its request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unfinished {
+    /// It failed after it started.
+    #[error("{0}")]
+    Failed(Failure),
+    /// No replica could take it (or an upstream declined it).
+    #[error("{0}")]
+    Unavailable(String),
+    /// It was refused as the request's own fault.
+    #[error("{}", .0.message)]
+    Refused(Refusal),
+    /// The stream ended without a last event.
+    #[error("engine stopped without finishing the request")]
+    Ended,
 }
 
 /// What [`TokenStream::collect`] has read so far.

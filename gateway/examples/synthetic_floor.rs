@@ -89,7 +89,7 @@ async fn complete(State(engine): State<Arc<dyn Engine>>, Json(body): Json<Value>
                 "usage": {"prompt_tokens": out.completion.usage.prompt_tokens, "completion_tokens": out.completion.usage.completion_tokens},
             }))
             .into_response(),
-            Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+            Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         }
     }
 }

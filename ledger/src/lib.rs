@@ -21,7 +21,7 @@ pub mod test_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
@@ -62,8 +62,11 @@ pub enum LedgerError {
     /// A stored value this crate would never have written.
     Corrupt(String),
     #[error("usage ledger: commit failed: {0}")]
-    /// A group commit failed after its retries.
-    Commit(String),
+    /// A group commit failed after its retries (every record of the group shares the cause).
+    Commit(#[source] std::sync::Arc<LedgerError>),
+    #[error("usage ledger: cannot start its {0} thread: {1}")]
+    /// A thread of the ledger could not be started.
+    Thread(&'static str, #[source] std::io::Error),
     #[error("usage ledger: the writer thread is gone")]
     /// The writer thread stopped (the ledger is closing).
     WriterGone,
@@ -105,7 +108,10 @@ const MAX_GROUP: usize = 1024;
 // to shrink the rare `Flush`.
 #[allow(clippy::large_enum_variant)]
 enum Message {
-    Append(UsageRecord, Option<oneshot::Sender<Result<(), String>>>),
+    Append(
+        UsageRecord,
+        Option<oneshot::Sender<Result<(), Arc<LedgerError>>>>,
+    ),
     /// Answered once every message before it is committed.
     Flush(oneshot::Sender<()>),
 }
@@ -113,7 +119,7 @@ enum Message {
 /// The writer thread's side of a store: one transaction per group.
 pub(crate) trait Writer: Send + 'static {
     /// Commits every record, or none.
-    fn commit(&mut self, records: &[&UsageRecord]) -> Result<(), String>;
+    fn commit(&mut self, records: &[&UsageRecord]) -> Result<()>;
 }
 
 /// The reading side of a store.
@@ -160,7 +166,7 @@ impl Ledger {
         let thread = std::thread::Builder::new()
             .name("usage-ledger".into())
             .spawn(move || write_groups(writer, receiver))
-            .map_err(|e| LedgerError::Commit(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| LedgerError::Thread("writer", e))?;
         Ok(Self {
             writer: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
@@ -275,7 +281,7 @@ fn write_groups(mut store: impl Writer, receiver: mpsc::Receiver<Message>) {
         if let Err(e) = &result {
             tracing::error!(records = records.len(), error = %e, "usage ledger commit failed: records lost");
         }
-        let outcome = result.map_err(|e| e.to_string());
+        let outcome = result.map_err(Arc::new);
         for message in group {
             match message {
                 Message::Append(_, Some(done)) => {
@@ -290,7 +296,7 @@ fn write_groups(mut store: impl Writer, receiver: mpsc::Receiver<Message>) {
     }
 }
 
-fn commit(store: &mut impl Writer, records: &[&UsageRecord]) -> Result<(), String> {
+fn commit(store: &mut impl Writer, records: &[&UsageRecord]) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }

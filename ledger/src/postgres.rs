@@ -69,9 +69,8 @@ impl Connection {
 pub(crate) struct PostgresWriter(Connection);
 
 impl Writer for PostgresWriter {
-    fn commit(&mut self, records: &[&UsageRecord]) -> Result<(), String> {
-        let client = self.0.client().map_err(|e| e.to_string())?;
-        commit(client, records).map_err(|e| e.to_string())
+    fn commit(&mut self, records: &[&UsageRecord]) -> Result<()> {
+        Ok(commit(self.0.client()?, records)?)
     }
 }
 

@@ -98,8 +98,8 @@ pub(crate) struct SqliteWriter {
 }
 
 impl Writer for SqliteWriter {
-    fn commit(&mut self, records: &[&UsageRecord]) -> Result<(), String> {
-        commit(&mut self.connection, records).map_err(|e| e.to_string())
+    fn commit(&mut self, records: &[&UsageRecord]) -> Result<()> {
+        Ok(commit(&mut self.connection, records)?)
     }
 }
 
@@ -127,7 +127,7 @@ impl Checkpointer {
                     }
                 }
             })
-            .map_err(|e| LedgerError::Commit(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|e| LedgerError::Thread("checkpoint", e))?;
         let checkpointer = Self {
             thread: Some(thread),
         };

@@ -115,9 +115,8 @@ fn main() {
                         match event {
                             TokenEvent::Token { .. } => arrivals.push(Instant::now()),
                             TokenEvent::Finished(_) => break,
-                            TokenEvent::Failed(e)
-                            | TokenEvent::Unavailable(e)
-                            | TokenEvent::Declined(e) => panic!("{e}"),
+                            TokenEvent::Failed(failure) => panic!("{failure}"),
+                            TokenEvent::Unavailable(e) | TokenEvent::Declined(e) => panic!("{e}"),
                             TokenEvent::Refused(refusal) => panic!("{}", refusal.message),
                         }
                     }

@@ -18,12 +18,83 @@ use cpu_kernels::attention::{self, Heads, SequenceRows};
 use cpu_kernels::isa::Isa;
 use cpu_kernels::kv::{KvLayout, KvPool};
 use cpu_kernels::math;
-use cpu_kernels::matmul::{matmul, Output, PackedMatrix};
+use cpu_kernels::matmul::{matmul, Output, PackedMatrix, ShapeError};
 use cpu_kernels::parallel::{self, SharedMut};
 use cpu_kernels::quant::{self, QuantizedRows, BLOCK};
 
 /// Errors of the CPU path: bad weights at load, or a batch the caches cannot hold.
-pub type Error = String;
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor could not be read from the file.
+    #[error("{tensor}: {source}")]
+    Read {
+        /// The tensor's name.
+        tensor: String,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+    /// A tensor's shape does not fit the kernels.
+    #[error("{tensor}: {source}")]
+    Shape {
+        /// The tensor's name.
+        tensor: String,
+        /// Why.
+        #[source]
+        source: ShapeError,
+    },
+    /// A weight that must be a matrix is not.
+    #[error("{tensor}: expected a matrix, found shape {dims:?}")]
+    NotAMatrix {
+        /// The tensor's name.
+        tensor: String,
+        /// Its shape.
+        dims: Vec<usize>,
+    },
+    /// Projections that are run as one product do not match.
+    #[error("{layer}: projections of different types or shapes cannot be stacked")]
+    Unstackable {
+        /// The layer.
+        layer: String,
+    },
+    /// The model's shape is not one the kernels support.
+    #[error("unsupported shape: hidden {hidden} (a multiple of {BLOCK} is needed), head size {head_dim}, {n_heads} heads over {n_kv_heads} KV heads")]
+    UnsupportedShape {
+        /// Hidden size.
+        hidden: usize,
+        /// Head size.
+        head_dim: usize,
+        /// Query heads.
+        n_heads: usize,
+        /// Key/value heads.
+        n_kv_heads: usize,
+    },
+    /// A sequence would pass the context length.
+    #[error("position {end} beyond the context length {context_length}")]
+    BeyondContext {
+        /// The position it would reach.
+        end: usize,
+        /// The model's context length.
+        context_length: usize,
+    },
+    /// A sequence's blocks cannot hold its new tokens.
+    #[error("sequence needs {needed} positions but holds blocks for {held}")]
+    BlocksShort {
+        /// Positions after the step.
+        needed: usize,
+        /// Positions its blocks hold.
+        held: usize,
+    },
+    /// A block id past the pool.
+    #[error("block {0} is not in the pool")]
+    BlockOutsidePool(u32),
+    /// A token id past the vocabulary.
+    #[error("token id {0} is outside the vocabulary")]
+    TokenOutsideVocabulary(u32),
+    /// A step with nothing to run.
+    #[error("forward called with no tokens")]
+    EmptyStep,
+}
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -83,7 +154,7 @@ fn load_qtensor<R: Read + Seek>(
     name: &str,
 ) -> Result<QTensor, Error> {
     ct.tensor(reader, name, &Device::Cpu)
-        .map_err(|e| format!("{name}: {e}"))
+        .map_err(|e| read_error(name, e))
 }
 
 fn load_vector<R: Read + Seek>(
@@ -94,7 +165,14 @@ fn load_vector<R: Read + Seek>(
     load_qtensor(ct, reader, name)?
         .dequantize(&Device::Cpu)
         .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-        .map_err(|e| format!("{name}: {e}"))
+        .map_err(|e| read_error(name, e))
+}
+
+fn read_error(tensor: &str, source: candle_core::Error) -> Error {
+    Error::Read {
+        tensor: tensor.to_string(),
+        source,
+    }
 }
 
 /// A weight matrix in the kernels' layout: 4-bit and 8-bit blocks as stored (unless `format`
@@ -108,9 +186,14 @@ fn load_matrix<R: Read + Seek>(
     let tensor = load_qtensor(ct, reader, name)?;
     let (n, k) = match tensor.shape().dims() {
         [n, k] => (*n, *k),
-        dims => return Err(format!("{name}: expected a matrix, found shape {dims:?}")),
+        dims => {
+            return Err(Error::NotAMatrix {
+                tensor: name.to_string(),
+                dims: dims.to_vec(),
+            })
+        }
     };
-    let bytes = || tensor.data().map_err(|e| format!("{name}: {e}"));
+    let bytes = || tensor.data().map_err(|e| read_error(name, e));
     let keep = format == WeightFormat::AsStored;
     let matrix = match tensor.dtype() {
         GgmlDType::Q4_0 if keep => PackedMatrix::from_q4_0(&bytes()?, n, k),
@@ -120,16 +203,19 @@ fn load_matrix<R: Read + Seek>(
             let values = tensor
                 .dequantize(&Device::Cpu)
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .map_err(|e| format!("{name}: {e}"))?;
+                .map_err(|e| read_error(name, e))?;
             PackedMatrix::quantize_q8_0(&values, n, k)
         }
     };
-    matrix.map_err(|e| format!("{name}: {e}"))
+    matrix.map_err(|source| Error::Shape {
+        tensor: name.to_string(),
+        source,
+    })
 }
 
 fn stack(name: &str, parts: &[&PackedMatrix]) -> Result<PackedMatrix, Error> {
-    PackedMatrix::stack(parts).ok_or_else(|| {
-        format!("{name}: projections of different types or shapes cannot be stacked")
+    PackedMatrix::stack(parts).ok_or_else(|| Error::Unstackable {
+        layer: name.to_string(),
     })
 }
 
@@ -146,11 +232,12 @@ impl CpuLlama {
             || !c.head_dim.is_multiple_of(2)
             || !c.n_heads.is_multiple_of(c.n_kv_heads)
         {
-            return Err(format!(
-                "unsupported shape: hidden {} (a multiple of {BLOCK} is needed), head size {}, \
-                 {} heads over {} KV heads",
-                c.hidden, c.head_dim, c.n_heads, c.n_kv_heads
-            ));
+            return Err(Error::UnsupportedShape {
+                hidden: c.hidden,
+                head_dim: c.head_dim,
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+            });
         }
         let embeddings = load_matrix(ct, reader, "token_embd.weight", format)?;
         let lm_head = match ct.tensor_infos.contains_key("output.weight") {
@@ -264,54 +351,80 @@ impl CpuLlama {
         batch: &mut [StepSequence<'_>],
         between_layers: &mut dyn FnMut(&mut KvPool),
     ) -> Result<Vec<f32>, Error> {
-        let c = &self.config;
-        let isa = self.isa;
-        let hidden = c.hidden;
-        let q_dim = c.n_heads * c.head_dim;
-        let kv_dim = c.n_kv_heads * c.head_dim;
-        let qkv_dim = q_dim + 2 * kv_dim;
-        let layout = kv.layout();
-        let bs = layout.block_size;
+        let max_len = self.lay_out_rows(kv.layout(), scratch, batch)?;
+        self.size_scratch(scratch, max_len);
+        self.plan_attention(scratch, batch);
+        self.embed(scratch, batch);
+        let row_grain = parallel::grain_for(scratch.rows.len(), 2).max(4);
+        for (index, layer) in self.layers.iter().enumerate() {
+            {
+                // Each sequence's rows and blocks (the layer only reads them).
+                let seqs = sequence_rows(batch);
+                self.attention_block(index, layer, kv, scratch, &seqs, row_grain);
+            }
+            self.mlp_block(layer, scratch, row_grain);
+            between_layers(kv);
+        }
+        let wanted = rows_wanting_logits(batch);
+        for seq in batch.iter_mut() {
+            seq.table.len += seq.tokens.len();
+        }
+        Ok(self.logits(scratch, &wanted))
+    }
 
-        // Validate, then lay out rows.
+    /// Checks the batch against the model and the pool, and lays out one row per new token
+    /// (`scratch.rows`); returns the longest sequence after the step.
+    fn lay_out_rows(
+        &self,
+        layout: KvLayout,
+        scratch: &mut Scratch,
+        batch: &[StepSequence<'_>],
+    ) -> Result<usize, Error> {
+        let c = &self.config;
+        let bs = layout.block_size;
         scratch.rows.clear();
         let mut max_len = 0;
         for (s, seq) in batch.iter().enumerate() {
             let start = seq.table.len;
             let end = start + seq.tokens.len();
             if end > c.context_length {
-                return Err(format!(
-                    "position {end} beyond the context length {}",
-                    c.context_length
-                ));
+                return Err(Error::BeyondContext {
+                    end,
+                    context_length: c.context_length,
+                });
             }
-            if end > seq.table.blocks.len() * bs {
-                return Err(format!(
-                    "sequence needs {end} positions but holds blocks for {}",
-                    seq.table.blocks.len() * bs
-                ));
+            let held = seq.table.blocks.len() * bs;
+            if end > held {
+                return Err(Error::BlocksShort { needed: end, held });
             }
-            if let Some(&bad) = seq
+            let outside = seq
                 .table
                 .blocks
                 .iter()
-                .find(|&&b| b as usize >= layout.num_blocks)
-            {
-                return Err(format!("block {bad} is not in the pool"));
+                .find(|&&b| b as usize >= layout.num_blocks);
+            if let Some(&bad) = outside {
+                return Err(Error::BlockOutsidePool(bad));
             }
             if let Some(&bad) = seq.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(format!("token id {bad} is outside the vocabulary"));
+                return Err(Error::TokenOutsideVocabulary(bad));
             }
             max_len = max_len.max(end);
             scratch.rows.extend((start..end).map(|p| (s, p)));
         }
-        let t = scratch.rows.len();
-        if t == 0 {
-            return Err("forward called with no tokens".into());
+        if scratch.rows.is_empty() {
+            return Err(Error::EmptyStep);
         }
-        grow(&mut scratch.x, t * hidden);
+        Ok(max_len)
+    }
+
+    /// Grows the step's buffers to its rows (they are kept for later steps).
+    fn size_scratch(&self, scratch: &mut Scratch, max_len: usize) {
+        let c = &self.config;
+        let t = scratch.rows.len();
+        let qkv_dim = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+        grow(&mut scratch.x, t * c.hidden);
         grow(&mut scratch.qkv, t * qkv_dim);
-        grow(&mut scratch.attn, t * hidden);
+        grow(&mut scratch.attn, t * c.hidden);
         grow(&mut scratch.gate_up, t * 2 * self.ffn);
         scratch.xq.reset(t);
         scratch.hq.reset(t);
@@ -319,14 +432,16 @@ impl CpuLlama {
         for s in &mut scratch.scores {
             grow(s, group_rows * max_len);
         }
+    }
 
-        // Attention work items: (sequence, KV head, run of queries). Long prefills are cut into
-        // runs so that both threads get work even for one sequence.
+    /// Attention work items: (sequence, KV head, run of queries). Long prefills are cut into
+    /// runs so that both threads get work even for one sequence.
+    fn plan_attention(&self, scratch: &mut Scratch, batch: &[StepSequence<'_>]) {
         scratch.items.clear();
         for (s, seq) in batch.iter().enumerate() {
             let n = seq.tokens.len();
             let run = if n > 1 { 8 } else { 1 };
-            for h in 0..c.n_kv_heads {
+            for h in 0..self.config.n_kv_heads {
                 let mut q = 0;
                 while q < n {
                     scratch.items.push((s, h, q, (q + run).min(n)));
@@ -334,197 +449,193 @@ impl CpuLlama {
                 }
             }
         }
-        // Each sequence's rows and blocks, once per step (the layers only read them).
-        let mut seqs = Vec::with_capacity(batch.len());
-        let mut first_row = 0;
-        for seq in batch.iter() {
-            seqs.push(SequenceRows {
-                first_row,
-                rows: seq.tokens.len(),
-                start: seq.table.len,
-                blocks: &seq.table.blocks,
-            });
-            first_row += seq.tokens.len();
-        }
+    }
 
-        // Embeddings.
-        {
-            let x = &mut scratch.x[..t * hidden];
-            let mut row = 0;
-            for seq in batch.iter() {
-                for &token in seq.tokens {
-                    self.embeddings
-                        .dequantize_row(token as usize, &mut x[row * hidden..(row + 1) * hidden]);
-                    row += 1;
+    /// The new tokens' embeddings into the residual stream.
+    fn embed(&self, scratch: &mut Scratch, batch: &[StepSequence<'_>]) {
+        let hidden = self.config.hidden;
+        let tokens = batch.iter().flat_map(|seq| seq.tokens.iter());
+        for (x, &token) in scratch.x.chunks_exact_mut(hidden).zip(tokens) {
+            self.embeddings.dequantize_row(token as usize, x);
+        }
+    }
+
+    /// A layer's attention half: norm, Q/K/V, RoPE and the new keys and values into the pool,
+    /// attention, and the output projection added into the residual stream.
+    fn attention_block(
+        &self,
+        index: usize,
+        layer: &Layer,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        seqs: &[SequenceRows<'_>],
+        row_grain: usize,
+    ) {
+        let (isa, hidden) = (self.isa, self.config.hidden);
+        let eps = self.config.rms_eps as f32;
+        let xq = &mut scratch.xq;
+        norm_quantize(
+            isa,
+            &scratch.x,
+            hidden,
+            &layer.attn_norm,
+            eps,
+            xq,
+            row_grain,
+        );
+        let qkv_dim = layer.qkv.n();
+        matmul(
+            isa,
+            &layer.qkv,
+            xq,
+            &mut scratch.qkv,
+            qkv_dim,
+            0,
+            Output::Store,
+        );
+        self.rope_and_store(index, kv, scratch, seqs, row_grain);
+        self.attend(index, kv, scratch, seqs);
+        quantize_rows(isa, &scratch.attn, hidden, &mut scratch.xq, row_grain);
+        let x = &mut scratch.x;
+        matmul(
+            isa,
+            &layer.wo,
+            &scratch.xq,
+            x,
+            hidden,
+            0,
+            Output::Accumulate,
+        );
+    }
+
+    /// RoPE on each row's queries and keys, in place, and its key and value written to its
+    /// slot of the pool in f16.
+    fn rope_and_store(
+        &self,
+        layer: usize,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        seqs: &[SequenceRows<'_>],
+        row_grain: usize,
+    ) {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let t = scratch.rows.len();
+        let layout = kv.layout();
+        let bs = layout.block_size;
+        let qkv = SharedMut::new(&mut scratch.qkv[..t * qkv_dim]);
+        let (keys, values) = kv.data_mut();
+        let (keys, values) = (SharedMut::new(keys), SharedMut::new(values));
+        let rows = &scratch.rows;
+        parallel::for_each_chunk(t, row_grain, |_, range| {
+            for r in range {
+                let (s, pos) = rows[r];
+                // SAFETY: row `r` of `qkv` belongs to this work item alone.
+                let row = unsafe { qkv.slice(r * qkv_dim..(r + 1) * qkv_dim) };
+                let angles = pos * hd / 2..(pos + 1) * hd / 2;
+                let (cos, sin) = (&self.cos[angles.clone()], &self.sin[angles]);
+                for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
+                    math::rope(head, cos, sin);
+                }
+                let block = seqs[s].blocks[pos / bs] as usize;
+                for h in 0..c.n_kv_heads {
+                    let at = layout.slab(layer, block, h) + (pos % bs) * hd;
+                    let k = &row[q_dim + h * hd..q_dim + (h + 1) * hd];
+                    let v = &row[q_dim + kv_dim + h * hd..q_dim + kv_dim + (h + 1) * hd];
+                    // SAFETY: each position has one slot, written by its row alone.
+                    unsafe {
+                        math::to_f16(k, keys.slice(at..at + hd));
+                        math::to_f16(v, values.slice(at..at + hd));
+                    }
                 }
             }
-        }
+        });
+    }
 
-        let eps = c.rms_eps as f32;
-        let row_grain = parallel::grain_for(t, 2).max(4);
-        for (layer_index, layer) in self.layers.iter().enumerate() {
-            norm_quantize(
-                isa,
-                &scratch.x,
-                hidden,
-                &layer.attn_norm,
-                eps,
-                &mut scratch.xq,
-                row_grain,
-            );
-            matmul(
-                isa,
-                &layer.qkv,
-                &scratch.xq,
-                &mut scratch.qkv,
-                qkv_dim,
-                0,
-                Output::Store,
-            );
+    /// Attention, one work item per (sequence, KV head, run of queries), reading the pool in
+    /// place; the heads' outputs into `scratch.attn`.
+    fn attend(&self, layer: usize, kv: &KvPool, scratch: &mut Scratch, seqs: &[SequenceRows<'_>]) {
+        let (hidden, t) = (self.config.hidden, scratch.rows.len());
+        let qkv_dim = (self.config.n_heads + 2 * self.config.n_kv_heads) * self.config.head_dim;
+        let heads = self.heads();
+        let out = SharedMut::new(&mut scratch.attn[..t * hidden]);
+        let qkv = &scratch.qkv[..t * qkv_dim];
+        let items = &scratch.items;
+        let scores = SharedMut::new(&mut scratch.scores);
+        let isa = self.isa;
+        parallel::for_each_chunk(items.len(), 1, |thread, range| {
+            // SAFETY: each thread uses its own scores buffer.
+            let scores = unsafe { &mut scores.slice(thread..thread + 1)[0] };
+            for &(s, h, q0, q1) in &items[range] {
+                // SAFETY: the item's heads and rows are written by it alone.
+                unsafe {
+                    attention::attend(
+                        isa,
+                        kv,
+                        layer,
+                        heads,
+                        seqs[s],
+                        h,
+                        q0..q1,
+                        qkv,
+                        qkv_dim,
+                        out,
+                        hidden,
+                        scores,
+                    )
+                };
+            }
+        });
+    }
 
-            // RoPE and the new keys and values into the pool.
-            {
-                let qkv = SharedMut::new(&mut scratch.qkv[..t * qkv_dim]);
-                let (keys, values) = kv.data_mut();
-                let (keys, values) = (SharedMut::new(keys), SharedMut::new(values));
-                let rows = &scratch.rows;
-                let seqs = &seqs;
-                let hd = c.head_dim;
-                parallel::for_each_chunk(t, row_grain, |_, range| {
-                    for r in range {
-                        let (s, pos) = rows[r];
-                        // SAFETY: row `r` of `qkv` belongs to this work item alone.
-                        let row = unsafe { qkv.slice(r * qkv_dim..(r + 1) * qkv_dim) };
-                        let (cos, sin) = (
-                            &self.cos[pos * hd / 2..(pos + 1) * hd / 2],
-                            &self.sin[pos * hd / 2..(pos + 1) * hd / 2],
-                        );
-                        for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
-                            math::rope(head, cos, sin);
-                        }
-                        let block = seqs[s].blocks[pos / bs] as usize;
-                        for h in 0..c.n_kv_heads {
-                            let at = layout.slab(layer_index, block, h) + (pos % bs) * hd;
-                            let k = &row[q_dim + h * hd..q_dim + (h + 1) * hd];
-                            let v = &row[q_dim + kv_dim + h * hd..q_dim + kv_dim + (h + 1) * hd];
-                            // SAFETY: each position has one slot, written by its row alone.
-                            unsafe {
-                                math::to_f16(k, keys.slice(at..at + hd));
-                                math::to_f16(v, values.slice(at..at + hd));
-                            }
-                        }
+    /// A layer's MLP half: norm, gate and up as one product, SiLU(gate) * up quantized for the
+    /// down projection, added into the residual stream.
+    fn mlp_block(&self, layer: &Layer, scratch: &mut Scratch, row_grain: usize) {
+        let (isa, hidden, ffn) = (self.isa, self.config.hidden, self.ffn);
+        let eps = self.config.rms_eps as f32;
+        let t = scratch.rows.len();
+        let xq = &mut scratch.xq;
+        norm_quantize(isa, &scratch.x, hidden, &layer.ffn_norm, eps, xq, row_grain);
+        let gate_up = &mut scratch.gate_up;
+        matmul(isa, &layer.gate_up, xq, gate_up, 2 * ffn, 0, Output::Store);
+        {
+            let gate_up = SharedMut::new(&mut scratch.gate_up[..t * 2 * ffn]);
+            let writer = scratch.hq.writer();
+            parallel::for_each_chunk(t, row_grain, |_, range| {
+                for r in range {
+                    // SAFETY: rows are disjoint between work items.
+                    unsafe {
+                        let row = gate_up.slice(r * 2 * ffn..(r + 1) * 2 * ffn);
+                        let (gate, up) = row.split_at_mut(ffn);
+                        math::silu_mul(isa, gate, up);
+                        let (q, d, s) = writer.blocks(r, 0..ffn / BLOCK);
+                        quant::quantize(isa, gate, q, d, s);
                     }
-                });
-            }
-
-            // Attention, one work item per (sequence, KV head, run of queries).
-            {
-                let heads = self.heads();
-                let out = SharedMut::new(&mut scratch.attn[..t * hidden]);
-                let qkv = &scratch.qkv[..t * qkv_dim];
-                let items = &scratch.items;
-                let scores = SharedMut::new(&mut scratch.scores);
-                let pool = &*kv;
-                let seqs = &seqs;
-                parallel::for_each_chunk(items.len(), 1, |thread, range| {
-                    // SAFETY: each thread uses its own scores buffer.
-                    let scores = unsafe { &mut scores.slice(thread..thread + 1)[0] };
-                    for &(s, h, q0, q1) in &items[range] {
-                        // SAFETY: the item's heads and rows are written by it alone.
-                        unsafe {
-                            attention::attend(
-                                isa,
-                                pool,
-                                layer_index,
-                                heads,
-                                seqs[s],
-                                h,
-                                q0..q1,
-                                qkv,
-                                qkv_dim,
-                                out,
-                                hidden,
-                                scores,
-                            )
-                        };
-                    }
-                });
-            }
-            quantize_rows(isa, &scratch.attn, hidden, &mut scratch.xq, row_grain);
-            matmul(
-                isa,
-                &layer.wo,
-                &scratch.xq,
-                &mut scratch.x,
-                hidden,
-                0,
-                Output::Accumulate,
-            );
-
-            norm_quantize(
-                isa,
-                &scratch.x,
-                hidden,
-                &layer.ffn_norm,
-                eps,
-                &mut scratch.xq,
-                row_grain,
-            );
-            let ffn = self.ffn;
-            matmul(
-                isa,
-                &layer.gate_up,
-                &scratch.xq,
-                &mut scratch.gate_up,
-                2 * ffn,
-                0,
-                Output::Store,
-            );
-            {
-                let gate_up = SharedMut::new(&mut scratch.gate_up[..t * 2 * ffn]);
-                let writer = scratch.hq.writer();
-                parallel::for_each_chunk(t, row_grain, |_, range| {
-                    for r in range {
-                        // SAFETY: rows are disjoint between work items.
-                        unsafe {
-                            let row = gate_up.slice(r * 2 * ffn..(r + 1) * 2 * ffn);
-                            let (gate, up) = row.split_at_mut(ffn);
-                            math::silu_mul(isa, gate, up);
-                            let (q, d, s) = writer.blocks(r, 0..ffn / BLOCK);
-                            quant::quantize(isa, gate, q, d, s);
-                        }
-                    }
-                });
-            }
-            matmul(
-                isa,
-                &layer.down,
-                &scratch.hq,
-                &mut scratch.x,
-                hidden,
-                0,
-                Output::Accumulate,
-            );
-            between_layers(kv);
+                }
+            });
         }
+        let x = &mut scratch.x;
+        matmul(
+            isa,
+            &layer.down,
+            &scratch.hq,
+            x,
+            hidden,
+            0,
+            Output::Accumulate,
+        );
+    }
 
-        // Logits of the last token of each sequence that wants them.
-        let mut wanted = Vec::new();
-        let mut end = 0;
-        for seq in batch.iter() {
-            end += seq.tokens.len();
-            if seq.wants_logits {
-                wanted.push(end - 1);
-            }
-        }
-        drop(seqs);
-        for seq in batch.iter_mut() {
-            seq.table.len += seq.tokens.len();
-        }
-        let vocab = c.vocab_size;
+    /// The logits `[wanted rows, vocab]` of the rows `wanted`: final norm and the output
+    /// projection (the embeddings when the model ties them).
+    fn logits(&self, scratch: &mut Scratch, wanted: &[usize]) -> Vec<f32> {
+        let (isa, hidden, vocab) = (self.isa, self.config.hidden, self.config.vocab_size);
+        let eps = self.config.rms_eps as f32;
         let mut logits = vec![0f32; wanted.len() * vocab];
         if wanted.is_empty() {
-            return Ok(logits);
+            return logits;
         }
         scratch.xq.reset(wanted.len());
         {
@@ -538,8 +649,39 @@ impl CpuLlama {
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
         matmul(isa, head, &scratch.xq, &mut logits, vocab, 0, Output::Store);
-        Ok(logits)
+        logits
     }
+}
+
+/// Each sequence's first row in the step, its rows, its start position and its blocks.
+fn sequence_rows<'a>(batch: &'a [StepSequence<'_>]) -> Vec<SequenceRows<'a>> {
+    let mut first_row = 0;
+    batch
+        .iter()
+        .map(|seq| {
+            let rows = SequenceRows {
+                first_row,
+                rows: seq.tokens.len(),
+                start: seq.table.len,
+                blocks: &seq.table.blocks,
+            };
+            first_row += seq.tokens.len();
+            rows
+        })
+        .collect()
+}
+
+/// The row of each sequence's last token, for the sequences that want logits.
+fn rows_wanting_logits(batch: &[StepSequence<'_>]) -> Vec<usize> {
+    let mut end = 0;
+    let mut wanted = Vec::new();
+    for seq in batch {
+        end += seq.tokens.len();
+        if seq.wants_logits {
+            wanted.push(end - 1);
+        }
+    }
+    wanted
 }
 
 fn grow(v: &mut Vec<f32>, len: usize) {

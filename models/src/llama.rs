@@ -123,8 +123,9 @@ impl SoloCache {
     }
 }
 
-fn cpu_error(e: String) -> candle_core::Error {
-    candle_core::Error::Msg(e)
+/// The CPU path's typed error, carried inside candle's (the interface both paths share).
+fn cpu_error(e: crate::cpu_llama::Error) -> candle_core::Error {
+    candle_core::Error::wrap(e)
 }
 
 /// Positions per block of a [`SoloCache`].

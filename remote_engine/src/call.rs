@@ -13,7 +13,10 @@ use super::client::{describe, RemoteClient};
 use super::sse::SseDecoder;
 use super::wire::{error_message, read_chunk, refusal};
 use super::RemoteOptions;
-use engine_api::{Completion, EngineCounters, RequestTiming, TokenEvent, Usage, REMOTE_TOKEN_ID};
+use engine_api::{
+    Completion, EngineCounters, Failure, FailureKind, RequestTiming, TokenEvent, Usage,
+    REMOTE_TOKEN_ID,
+};
 
 /// One request on its way upstream and back.
 pub(super) struct UpstreamCall {
@@ -70,7 +73,7 @@ impl UpstreamCall {
     fn fail(&self, generated: usize, message: String) -> Outcome {
         let event = match generated {
             0 => TokenEvent::Unavailable(message),
-            _ => TokenEvent::Failed(message),
+            _ => TokenEvent::Failed(Failure::new(FailureKind::Upstream, message)),
         };
         let _ = self.events.send(event);
         Outcome::Failed

@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 
 use engine_api::{
-    Engine, EngineCounters, GenerationRequest, LoadReport, ModelInfo, PreparedPrompt, Prompt,
-    ReportedLoad, TokenStream,
+    Engine, EngineCounters, GenerationRequest, LoadReport, ModelInfo, PreparedPrompt, ProbeError,
+    Prompt, ReportedLoad, TokenStream,
 };
 use engine_api::{EngineError, Result};
 
@@ -103,24 +103,23 @@ impl RemoteEngine {
     pub async fn probe(
         &self,
         timeout: Duration,
-    ) -> std::result::Result<Option<ReportedLoad>, String> {
+    ) -> std::result::Result<Option<ReportedLoad>, ProbeError> {
+        let no_answer = |e: ExchangeError| ProbeError::NoAnswer(e.to_string());
         let root = self.api_base.trim_end_matches("/v1");
         let (status, body) = self
             .exchange(Method::GET, &format!("{root}/load"), None, timeout)
-            .await?;
+            .await
+            .map_err(no_answer)?;
         if status == StatusCode::OK {
             let report: LoadReport = serde_json::from_slice(&body)
-                .map_err(|e| format!("unreadable load report: {e}"))?;
+                .map_err(|e| ProbeError::UnreadableReport(e.to_string()))?;
             let load = report
                 .models
                 .into_iter()
                 .find(|m| m.model == self.options.upstream_model);
-            return load.map(Some).ok_or_else(|| {
-                format!(
-                    "the worker does not serve `{}`",
-                    self.options.upstream_model
-                )
-            });
+            return load
+                .map(Some)
+                .ok_or_else(|| ProbeError::NotServed(self.options.upstream_model.clone()));
         }
         let (status, _) = self
             .exchange(
@@ -129,11 +128,12 @@ impl RemoteEngine {
                 None,
                 timeout,
             )
-            .await?;
+            .await
+            .map_err(no_answer)?;
         if status.is_success() {
             Ok(None)
         } else {
-            Err(format!("health check answered {status}"))
+            Err(ProbeError::Status(status.as_u16()))
         }
     }
 
@@ -145,7 +145,7 @@ impl RemoteEngine {
         url: &str,
         json: Option<&serde_json::Value>,
         timeout: Duration,
-    ) -> std::result::Result<(StatusCode, Bytes), String> {
+    ) -> std::result::Result<(StatusCode, Bytes), ExchangeError> {
         let mut builder = self.request_builder(method, url)?;
         let body = match json {
             Some(json) => {
@@ -154,26 +154,34 @@ impl RemoteEngine {
             }
             None => Bytes::new(),
         };
-        let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let request = builder.body(Full::new(body))?;
         let exchange = async {
-            let response = self.client.http.request(request).await.map_err(describe)?;
+            let connection = |e| ExchangeError::Connection(describe(e));
+            let response = self
+                .client
+                .http
+                .request(request)
+                .await
+                .map_err(connection)?;
             let status = response.status();
-            let body = response.into_body().collect().await.map_err(describe)?;
+            let body = response.into_body().collect().await;
+            let body = body.map_err(|e| ExchangeError::Connection(describe(e)))?;
             Ok((status, body.to_bytes()))
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|_| ExchangeError::Timeout(timeout))?
     }
 
     fn request_builder(
         &self,
         method: Method,
         url: &str,
-    ) -> std::result::Result<http::request::Builder, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("bad upstream URL `{url}`: {e}"))?;
+    ) -> std::result::Result<http::request::Builder, ExchangeError> {
+        let uri: Uri = url.parse().map_err(|source| ExchangeError::BadUrl {
+            url: url.to_string(),
+            source,
+        })?;
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(key) = &self.options.api_key {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {key}"));
@@ -212,7 +220,7 @@ impl Engine for RemoteEngine {
         let (url, body) = upstream_request(&self.api_base, &self.options.upstream_model, &request);
         let mut builder = self
             .request_builder(Method::POST, &url)
-            .map_err(EngineError::Load)?
+            .map_err(|e| EngineError::Load(e.to_string()))?
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "text/event-stream");
         if let Some(traceparent) = &request.traceparent {
@@ -276,6 +284,29 @@ mod tests {
         let chat = Prompt::Chat(vec![ChatMessage::new("user", "abcd")]);
         assert_eq!(estimate_prompt_tokens(&chat), 5);
     }
+}
+
+/// Why a call upstream that is not a generation (a health check, embeddings) got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The upstream's URL does not parse.
+    #[error("bad upstream URL `{url}`: {source}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// The request could not be built.
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    /// The connection failed or broke off (the client's errors and their causes, on one line).
+    #[error("{0}")]
+    Connection(String),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Why an upstream call that is not a generation (embeddings) did not succeed.

@@ -295,19 +295,41 @@ fn read_logprobs(value: &Value) -> Option<Logprobs> {
     })
 }
 
+/// Why an upstream's `/v1/embeddings` answer cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableEmbeddings {
+    /// Not JSON.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// No `data` list.
+    #[error("no `data` list")]
+    NoData,
+    /// An entry whose `embedding` is not a list of numbers.
+    #[error("data[{index}].embedding: {source}")]
+    Vector {
+        /// The entry.
+        index: usize,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// The vectors (in input order) and usage of an upstream's `/v1/embeddings` answer.
-pub fn read_embeddings(body: &[u8]) -> Result<super::RemoteEmbeddings, String> {
-    let answer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let data = answer["data"].as_array().ok_or("no `data` list")?;
+pub fn read_embeddings(body: &[u8]) -> Result<super::RemoteEmbeddings, UnreadableEmbeddings> {
+    let answer: Value = serde_json::from_slice(body)?;
+    let data = answer["data"]
+        .as_array()
+        .ok_or(UnreadableEmbeddings::NoData)?;
     let mut vectors: Vec<(u64, Vec<f32>)> = data
         .iter()
         .enumerate()
         .map(|(i, item)| {
             let vector = serde_json::from_value(item["embedding"].clone())
-                .map_err(|e| format!("data[{i}].embedding: {e}"))?;
+                .map_err(|source| UnreadableEmbeddings::Vector { index: i, source })?;
             Ok((item["index"].as_u64().unwrap_or(i as u64), vector))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, UnreadableEmbeddings>>()?;
     vectors.sort_by_key(|(index, _)| *index);
     Ok(super::RemoteEmbeddings {
         vectors: vectors.into_iter().map(|(_, v)| v).collect(),

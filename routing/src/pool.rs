@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use engine_api::{Engine, EngineCounters, ReportedLoad};
+use engine_api::{Engine, EngineCounters, ProbeError, ReportedLoad};
 use futures::future::BoxFuture;
 use serde::Serialize;
 
@@ -14,7 +14,7 @@ use crate::stall::{Progress, StallTimeouts};
 /// A health check of a replica: `Ok(Some(load))` from an `engine-worker`, `Ok(None)` from a
 /// server that reports no load, `Err` when it is unreachable or unwell.
 pub type Probe =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<ReportedLoad>, String>> + Send + Sync>;
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<ReportedLoad>, ProbeError>> + Send + Sync>;
 
 /// Where a pool's engines run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

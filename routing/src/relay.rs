@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_api::{TokenEvent, TokenStream};
+use engine_api::{Failure, FailureKind, TokenEvent, TokenStream};
 
 use crate::pool::{Pool, Replica, Reservation};
 use crate::request::{generation_request, Requester, RouteRequest};
@@ -169,7 +169,7 @@ impl RoutedStream {
                         None => TokenEvent::Unavailable(reason),
                     },
                     (0, true) => TokenEvent::Unavailable(reason),
-                    _ => TokenEvent::Failed(reason),
+                    _ => TokenEvent::Failed(Failure::new(FailureKind::Stalled, reason)),
                 };
                 self.done = true;
                 return Some(Routed::Event(event));
@@ -216,14 +216,18 @@ impl RoutedStream {
                 replica.on_success();
                 TokenEvent::Refused(reason)
             }
-            Some(TokenEvent::Failed(reason) | TokenEvent::Unavailable(reason)) => {
+            Some(TokenEvent::Failed(failure)) => {
+                replica.on_failure(&failure.message);
+                TokenEvent::Failed(failure)
+            }
+            Some(TokenEvent::Unavailable(reason)) => {
                 replica.on_failure(&reason);
-                TokenEvent::Failed(reason)
+                TokenEvent::Failed(Failure::new(FailureKind::Unavailable, reason))
             }
             None => {
-                let reason = "the engine stopped before the request finished".to_string();
-                replica.on_failure(&reason);
-                TokenEvent::Failed(reason)
+                let reason = "the engine stopped before the request finished";
+                replica.on_failure(reason);
+                TokenEvent::Failed(Failure::new(FailureKind::Stopped, reason))
             }
         };
         self.done = true;

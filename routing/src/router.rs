@@ -936,7 +936,7 @@ mod tests {
         .expect("the stream hung: the stall was not detected");
         assert_eq!(tokens, 2);
         assert!(
-            matches!(&last, TokenEvent::Failed(reason) if reason.contains("produced nothing")),
+            matches!(&last, TokenEvent::Failed(f) if f.kind == engine_api::FailureKind::Stalled && f.message.contains("produced nothing")),
             "{last:?}"
         );
         assert!(stream.next().await.is_none());

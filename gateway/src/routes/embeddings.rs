@@ -148,7 +148,7 @@ fn local_work(
                 true => "context_length_exceeded",
                 false => "invalid_value",
             };
-            return Err(ApiError::invalid_param("input", message).with_code(code));
+            return Err(ApiError::invalid_param("input", message.to_string()).with_code(code));
         }
         inputs.push(ids);
     }

@@ -465,7 +465,10 @@ fn settle(
             indices.sort_unstable_by(|a, b| b.cmp(a));
             for i in indices {
                 let sequence = scheduler.finish(i);
-                sequence.fail(format!("model execution failed: {e}"));
+                sequence.fail(engine_api::Failure::new(
+                    engine_api::FailureKind::Execution,
+                    format!("model execution failed: {e}"),
+                ));
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 ended.push(sequence.id);
             }

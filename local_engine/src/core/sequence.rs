@@ -303,9 +303,9 @@ impl Sequence {
         Next::Finished
     }
 
-    /// Ends the stream with an error.
-    pub fn fail(&self, message: String) {
-        let _ = self.events.send(TokenEvent::Failed(message));
+    /// Ends the stream with a failure.
+    pub fn fail(&self, failure: engine_api::Failure) {
+        let _ = self.events.send(TokenEvent::Failed(failure));
     }
 
     /// Ends the stream with `error`: refused, when the request caused it (its grammar, say),
@@ -313,7 +313,7 @@ impl Sequence {
     pub fn fail_with(&self, error: &crate::error::EngineError) {
         let event = match engine_api::Refusal::of(error) {
             Some(refusal) => TokenEvent::Refused(refusal),
-            None => TokenEvent::Failed(error.to_string()),
+            None => TokenEvent::Failed(engine_api::Failure::of(error)),
         };
         let _ = self.events.send(event);
     }

@@ -172,7 +172,9 @@ impl Relay {
                         reason: completion.finish_reason,
                     }));
                 }
-                TokenEvent::Failed(reason) => return Err(self.fail(Failure::Engine(reason)).await),
+                TokenEvent::Failed(failure) => {
+                    return Err(self.fail(Failure::Engine(failure.message)).await)
+                }
                 // The router turns a decline into a retry or `Unavailable`; alike here.
                 TokenEvent::Unavailable(reason) | TokenEvent::Declined(reason) => {
                     return Err(self.fail(Failure::Unavailable(reason)).await)

@@ -5,15 +5,17 @@
 //! | extension | written by | read by |
 //! |---|---|---|
 //! | [`ClientRequestId`] (request) | client request id | trace span, usage accounts |
-//! | [`Caller`] (request) | authentication | request metrics, rate-limit headers, admission, handlers |
-//! | [`RequestCost`] (request) | the generation preamble | admission |
-//! | [`Handoff<Admission>`] (request) | admission | the generation handler |
-//! | [`RateLimitSnapshot`] (response) | admission, a 429 | rate-limit headers |
-//! | [`ServedModel`] (response) | the generation preamble | request metrics |
-//! | [`AccessLogWritten`] (response) | the generation handler | access log |
+//! | [`Caller`] (request) | authentication | request metrics, rate-limit headers, handlers |
+//! | [`RateLimitSnapshot`] (response) | the admitted routes' handlers, a 429 | rate-limit headers |
+//! | [`ServedModel`] (response) | the admitted routes' handlers | request metrics |
+//! | [`AccessLogWritten`] (response) | the generation and embedding handlers | access log |
 //! | [`Polled`] (response) | polled endpoints | access log |
+//!
+//! Nothing here goes from a layer to a handler but what a layer produces (the caller, the
+//! client's request id): a request's own stages (validate, admit, route, respond, settle) pass
+//! their values by call in the handler (`routes::pipeline`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use policies::{KeyId, RateLimitStatus, TenantSpec};
 
@@ -31,31 +33,6 @@ pub struct Caller {
 /// its own reference, stored beside the gateway's id, never in its place.
 #[derive(Debug, Clone)]
 pub struct ClientRequestId(pub Arc<str>);
-
-/// What admitting a generation request costs, in tokens: known once its prompts are rendered
-/// and sized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestCost {
-    /// Prompt tokens over every prompt of the request.
-    pub prompt_tokens: u64,
-    /// Prompt tokens plus `max_tokens` of every prompt: what the tokens-per-minute limit and the
-    /// router reserve (`routing::RouteRequest::reserved_tokens`).
-    pub reserved_tokens: u64,
-    /// The request named no `max_tokens`: with less than `reserved_tokens` left of the day it
-    /// may be cut to what is left, down to this many (its prompt and a token per choice).
-    pub shortenable_to: Option<u64>,
-}
-
-impl RequestCost {
-    /// What admission is asked for.
-    pub fn ask(&self) -> policies::Ask {
-        let ask = policies::Ask::new(self.prompt_tokens, self.reserved_tokens);
-        match self.shortenable_to {
-            Some(least) => ask.shortenable_to(least),
-            None => ask,
-        }
-    }
-}
 
 /// The tenant's limits as of this request, for the `x-ratelimit-*` headers. A response that
 /// carries none gets the tenant's current state.
@@ -77,40 +54,3 @@ pub struct AccessLogWritten;
 /// by every gateway every few seconds) would drown the requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Polled;
-
-/// A value handed from a layer to the handler exactly once. Extensions must be `Clone`; the
-/// values handed on here (an admission that refunds its reservation when dropped, prepared
-/// prompts) must not be duplicated, so they travel in a shared cell that the receiver empties.
-/// Whatever nobody takes is dropped with the request.
-pub struct Handoff<T>(Arc<Mutex<Option<T>>>);
-
-impl<T> Clone for Handoff<T> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<T> Handoff<T> {
-    /// Wraps `value` for the next stage.
-    pub fn new(value: T) -> Self {
-        Self(Arc::new(Mutex::new(Some(value))))
-    }
-
-    /// The value, to the first caller only.
-    pub fn take(&self) -> Option<T> {
-        self.0.lock().map(|mut v| v.take()).unwrap_or(None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_handoff_is_taken_once_across_clones() {
-        let handoff = Handoff::new(7);
-        let copy = handoff.clone();
-        assert_eq!(copy.take(), Some(7));
-        assert_eq!(handoff.take(), None);
-    }
-}

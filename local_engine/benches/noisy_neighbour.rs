@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine_api::{Engine, GenerationRequest, Prompt, SamplingParams, TokenEvent};
-use local_engine::core::CoreConfig;
 use local_engine::local::{LoadedModel, ModelFile};
+use local_engine::CoreConfig;
 use local_engine::{DeviceSpec, LocalEngine};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use policies::{Priority, Share};
@@ -60,9 +60,7 @@ fn run(model: &Arc<LoadedModel>, setup: Setup, duration: Duration) -> (Vec<f64>,
             &CoreConfig {
                 max_running: MAX_RUNNING,
                 fair_share: setup.fair_share,
-                lower_class_step_tokens: Some(CoreConfig::default_lower_class_step_tokens(
-                    DeviceSpec::Cpu,
-                )),
+                lower_class_step_tokens: Some(DeviceSpec::Cpu.default_lower_class_step_tokens()),
                 ..CoreConfig::default()
             },
         )

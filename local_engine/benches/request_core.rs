@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine_api::{Engine, EngineCounters, GenerationRequest, Prompt, SamplingParams, TokenEvent};
-use local_engine::core::CoreConfig;
 use local_engine::local::{LoadedModel, ModelFile};
+use local_engine::CoreConfig;
 use local_engine::{DeviceSpec, LocalEngine};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 

@@ -48,15 +48,25 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The default for `CoreConfig::lower_class_step_tokens` here: on a CPU every token
+    /// lengthens the step, so batch work gets one token beside interactive work; an
+    /// accelerator's decode step barely grows with the batch, so it gets 64.
+    pub fn default_lower_class_step_tokens(self) -> usize {
+        match self {
+            DeviceSpec::Cpu => 1,
+            _ => 64,
+        }
+    }
+
     /// Opens the device. GPU devices need a build with the matching cargo feature (`cuda`,
     /// `metal`); without it, asking for one is a clear load error, never a silent CPU fallback.
     pub fn open(&self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             #[cfg(feature = "cuda")]
-            Self::Cuda(ordinal) => Ok(Device::new_cuda(*ordinal)?),
+            Self::Cuda(ordinal) => Device::new_cuda(*ordinal).map_err(crate::error::execution),
             #[cfg(feature = "metal")]
-            Self::Metal(ordinal) => Ok(Device::new_metal(*ordinal)?),
+            Self::Metal(ordinal) => Device::new_metal(*ordinal).map_err(crate::error::execution),
             #[allow(unreachable_patterns)]
             other => Err(EngineError::Load(format!(
                 "device `{other}` needs a build with the `{}` feature, which this build does not have",

@@ -3,24 +3,28 @@
 //! sampling and structured output.
 //!
 //! What routing and the gateway know of engines is in `engine_api`; this crate implements it for
-//! a model in this process. Model code is in `models`, kernels in `cpu_kernels`.
+//! a model in this process: the loader (`local::loader`), the engine (`local`), the runner that
+//! runs the request core's steps on the model (`runner`), and what turns logits into tokens
+//! (`decoding`, `sampling`, `text`). Scheduling is `request_core`'s, model code `models`', the
+//! kernels `cpu_kernels`'.
 
 #![warn(missing_docs)]
 
 // Other crates use what the `pub use` lines below export, nothing deeper; the modules are public
 // for this crate's own benchmarks and tests, which measure and check the parts inside.
-pub mod core;
+pub mod decoding;
 pub mod device;
 pub mod error;
 pub mod local;
+pub mod runner;
 pub mod sampling;
 pub mod text;
 pub mod threads;
 
-pub use core::{CoreConfig, StepRecord};
 pub use device::DeviceSpec;
 pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};
 pub use models::WeightFormat;
+pub use request_core::{CoreConfig, StepRecord};
 pub use threads::configure as configure_threads;
 
 /// The CPU kernel family the engines use on this machine (`avx512-vnni`, `avx2`, `portable`),

@@ -9,9 +9,9 @@ use engine_api::{
     Engine, EngineCounters, EngineError, FinishReason, GenerationRequest, Prompt, SamplingParams,
     TokenEvent,
 };
-use local_engine::core::CoreConfig;
 use local_engine::local::{LoadedModel, ModelFile};
 use local_engine::text::ChatMessage;
+use local_engine::CoreConfig;
 use local_engine::{DeviceSpec, LocalEngine, StepRecord};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use policies::{Priority, Share};
@@ -580,7 +580,7 @@ fn bounded_queues_refuse_instead_of_growing() {
 /// output (bulk first) with the request that made it.
 struct QuietBesideBulk {
     records: Vec<StepRecord>,
-    quiet: Vec<local_engine::core::sequence::SequenceId>,
+    quiet: Vec<request_core::SequenceId>,
     outputs: Vec<(GenerationRequest, Vec<u32>)>,
 }
 
@@ -632,8 +632,7 @@ fn quiet_beside_bulk(pause: bool) -> QuietBesideBulk {
 /// with pausing off no such step exists.
 #[test]
 fn an_interactive_arrival_starts_inside_a_paused_batch_step() {
-    let urgent_steps = |records: &[StepRecord],
-                        quiet: &[local_engine::core::sequence::SequenceId]| {
+    let urgent_steps = |records: &[StepRecord], quiet: &[request_core::SequenceId]| {
         records
             .iter()
             .filter(|r| {

@@ -132,6 +132,15 @@ pub struct StepSequence<'a> {
     pub wants_logits: bool,
 }
 
+/// How far a step came: done with its logits, or paused before a layer.
+#[derive(Debug, PartialEq)]
+pub enum Progress {
+    /// The logits `[sequences wanting them, vocab]`, row-major, in batch order.
+    Done(Vec<f32>),
+    /// Stopped between layers; goes on from this layer.
+    PausedBefore(usize),
+}
+
 /// Buffers of a step, grown to the largest step seen and then reused.
 pub struct Scratch {
     x: Vec<f32>,
@@ -337,39 +346,48 @@ impl CpuLlama {
         scratch: &mut Scratch,
         batch: &mut [StepSequence<'_>],
     ) -> Result<Vec<f32>, Error> {
-        self.forward_pausable(kv, scratch, batch, &mut |_| {})
+        match self.forward_from(kv, scratch, batch, 0, &|| false)? {
+            Progress::Done(logits) => Ok(logits),
+            Progress::PausedBefore(_) => unreachable!("never asked to pause"),
+        }
     }
 
-    /// [`Self::forward`], calling `between_layers` with the KV pool after each layer. The step's
-    /// state lives in `scratch` and in the blocks of `batch`, so the callback may run other
-    /// sequences' steps (another scratch, other blocks) before this one goes on: a long step
-    /// can make way for urgent work without losing what it computed.
-    pub fn forward_pausable(
+    /// Runs the step's layers from `first_layer` on (0: the step starts, its rows are laid out
+    /// and embedded); after each layer but the last, stops when `pause()` says so. A paused step
+    /// keeps its state in `scratch` and in the blocks of `batch`: other sequences' steps may
+    /// run (another scratch, other blocks) before it goes on from the layer it names, with the
+    /// same `scratch` and `batch`.
+    pub fn forward_from(
         &self,
         kv: &mut KvPool,
         scratch: &mut Scratch,
         batch: &mut [StepSequence<'_>],
-        between_layers: &mut dyn FnMut(&mut KvPool),
-    ) -> Result<Vec<f32>, Error> {
-        let max_len = self.lay_out_rows(kv.layout(), scratch, batch)?;
-        self.size_scratch(scratch, max_len);
-        self.plan_attention(scratch, batch);
-        self.embed(scratch, batch);
+        first_layer: usize,
+        pause: &dyn Fn() -> bool,
+    ) -> Result<Progress, Error> {
+        if first_layer == 0 {
+            let max_len = self.lay_out_rows(kv.layout(), scratch, batch)?;
+            self.size_scratch(scratch, max_len);
+            self.plan_attention(scratch, batch);
+            self.embed(scratch, batch);
+        }
         let row_grain = parallel::grain_for(scratch.rows.len(), 2).max(4);
-        for (index, layer) in self.layers.iter().enumerate() {
+        for (index, layer) in self.layers.iter().enumerate().skip(first_layer) {
             {
                 // Each sequence's rows and blocks (the layer only reads them).
                 let seqs = sequence_rows(batch);
                 self.attention_block(index, layer, kv, scratch, &seqs, row_grain);
             }
             self.mlp_block(layer, scratch, row_grain);
-            between_layers(kv);
+            if index + 1 < self.layers.len() && pause() {
+                return Ok(Progress::PausedBefore(index + 1));
+            }
         }
         let wanted = rows_wanting_logits(batch);
         for seq in batch.iter_mut() {
             seq.table.len += seq.tokens.len();
         }
-        Ok(self.logits(scratch, &wanted))
+        Ok(Progress::Done(self.logits(scratch, &wanted)))
     }
 
     /// Checks the batch against the model and the pool, and lays out one row per new token

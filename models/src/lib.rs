@@ -15,4 +15,4 @@ pub mod kv_cache;
 pub mod llama;
 
 pub use config::{BlockId, BlockTable, LlamaConfig, WeightFormat};
-pub use llama::{LlamaModel, Pause, SequenceInput, SoloCache, Workspace};
+pub use llama::{Forward, LlamaModel, SequenceInput, SoloCache, Workspace};

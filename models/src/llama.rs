@@ -15,7 +15,7 @@ use candle_core::{Device, Result, Tensor, D};
 use super::candle_llama::{CandleInput, CandleLlama};
 use super::candle_paged::PagedKvCache;
 use super::config::{BlockId, BlockTable, LlamaConfig, WeightFormat};
-use crate::cpu_llama::{CpuLlama, Scratch, StepSequence};
+use crate::cpu_llama::{CpuLlama, Progress as CpuProgress, Scratch, StepSequence};
 use cpu_kernels::kv::KvPool;
 
 /// The new tokens of one sequence in a forward pass.
@@ -50,20 +50,12 @@ enum WorkspaceKind {
     Candle(PagedKvCache),
 }
 
-/// A step paused between two layers (CPU path): other sequences' steps can run now, in buffers
-/// of their own and their own blocks of the same KV pool, before the paused step goes on.
-pub struct Pause<'a> {
-    model: &'a CpuLlama,
-    kv: &'a mut KvPool,
-    scratch: &'a mut Scratch,
-}
-
-impl Pause<'_> {
-    /// Runs one whole step over `batch` (sequences other than the paused step's); as
-    /// [`LlamaModel::forward`].
-    pub fn forward(&mut self, batch: &mut [SequenceInput<'_>]) -> Result<Tensor> {
-        cpu_forward(self.model, self.kv, self.scratch, batch, &mut |_| {})
-    }
+/// How far a step came ([`LlamaModel::forward_from`]).
+pub enum Forward {
+    /// The logits `[n, vocab]` of the sequences that want them, in batch order.
+    Done(Tensor),
+    /// Stopped between layers (CPU path); goes on from this layer.
+    PausedBefore(usize),
 }
 
 fn cpu_forward(
@@ -71,8 +63,9 @@ fn cpu_forward(
     kv: &mut KvPool,
     scratch: &mut Scratch,
     batch: &mut [SequenceInput<'_>],
-    between_layers: &mut dyn FnMut(&mut KvPool),
-) -> Result<Tensor> {
+    first_layer: usize,
+    pause: &dyn Fn() -> bool,
+) -> Result<Forward> {
     let vocab = model.config().vocab_size;
     let mut steps: Vec<StepSequence<'_>> = batch
         .iter_mut()
@@ -82,11 +75,16 @@ fn cpu_forward(
             wants_logits: s.wants_logits,
         })
         .collect();
-    let logits = model
-        .forward_pausable(kv, scratch, &mut steps, between_layers)
+    let progress = model
+        .forward_from(kv, scratch, &mut steps, first_layer, pause)
         .map_err(cpu_error)?;
-    let rows = logits.len() / vocab;
-    Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)
+    Ok(match progress {
+        CpuProgress::Done(logits) => {
+            let rows = logits.len() / vocab;
+            Forward::Done(Tensor::from_vec(logits, (rows, vocab), &Device::Cpu)?)
+        }
+        CpuProgress::PausedBefore(layer) => Forward::PausedBefore(layer),
+    })
 }
 
 /// What one request core needs besides the model: the KV pool and the step buffers.
@@ -214,34 +212,27 @@ impl LlamaModel {
         workspace: &mut Workspace,
         batch: &mut [SequenceInput<'_>],
     ) -> Result<Tensor> {
-        self.forward_pausable(workspace, batch, &mut |_| {})
+        match self.forward_from(workspace, batch, 0, &|| false)? {
+            Forward::Done(logits) => Ok(logits),
+            Forward::PausedBefore(_) => candle_core::bail!("a step that may not pause paused"),
+        }
     }
 
-    /// [`Self::forward`], calling `between_layers` after each layer with a [`Pause`] that can
-    /// run other sequences' steps first (a newly arrived interactive prompt, say, instead of
-    /// waiting for the whole step). Only the CPU path pauses; on GPUs a step is short and
-    /// `between_layers` is never called.
-    pub fn forward_pausable(
+    /// [`Self::forward`] from layer `first_layer` on (0: from the start), stopping between two
+    /// layers when `pause()` says so: other sequences' steps may then run
+    /// ([`Self::forward_beside`]) before this one goes on from the layer it names, with the same
+    /// workspace and batch. Only the CPU path pauses; on GPUs a step is short and runs whole.
+    pub fn forward_from(
         &self,
         workspace: &mut Workspace,
         batch: &mut [SequenceInput<'_>],
-        between_layers: &mut dyn FnMut(&mut Pause<'_>),
-    ) -> Result<Tensor> {
+        first_layer: usize,
+        pause: &dyn Fn() -> bool,
+    ) -> Result<Forward> {
         match (&self.backend, &mut workspace.kind) {
-            (
-                Backend::Cpu(m),
-                WorkspaceKind::Cpu {
-                    kv,
-                    scratch,
-                    urgent,
-                },
-            ) => cpu_forward(m, kv, scratch, batch, &mut |kv| {
-                between_layers(&mut Pause {
-                    model: m,
-                    kv,
-                    scratch: urgent,
-                })
-            }),
+            (Backend::Cpu(m), WorkspaceKind::Cpu { kv, scratch, .. }) => {
+                cpu_forward(m, kv, scratch, batch, first_layer, pause)
+            }
             (Backend::Candle(m), WorkspaceKind::Candle(cache)) => {
                 let shapes: Vec<(&[u32], bool)> =
                     batch.iter().map(|s| (s.tokens, s.wants_logits)).collect();
@@ -255,9 +246,27 @@ impl LlamaModel {
                         wants_logits,
                     })
                     .collect();
-                m.forward(&mut inputs)
+                m.forward(&mut inputs).map(Forward::Done)
             }
             _ => candle_core::bail!("workspace made for another model"),
+        }
+    }
+
+    /// Runs a whole step over `batch` while another step is paused, in buffers of its own and
+    /// its own blocks of the same pool (the CPU path; elsewhere no step pauses).
+    pub fn forward_beside(
+        &self,
+        workspace: &mut Workspace,
+        batch: &mut [SequenceInput<'_>],
+    ) -> Result<Tensor> {
+        match (&self.backend, &mut workspace.kind) {
+            (Backend::Cpu(m), WorkspaceKind::Cpu { kv, urgent, .. }) => {
+                match cpu_forward(m, kv, urgent, batch, 0, &|| false)? {
+                    Forward::Done(logits) => Ok(logits),
+                    Forward::PausedBefore(_) => unreachable!("never asked to pause"),
+                }
+            }
+            _ => self.forward(workspace, batch),
         }
     }
 

@@ -119,7 +119,7 @@ impl ModelConfig {
             fair_share: self.fair_share.unwrap_or(d.fair_share),
             lower_class_step_tokens: Some(
                 self.lower_class_step_tokens
-                    .unwrap_or(CoreConfig::default_lower_class_step_tokens(device)),
+                    .unwrap_or(device.default_lower_class_step_tokens()),
             ),
             max_waiting_per_tenant: self
                 .max_waiting_per_tenant

@@ -11,14 +11,14 @@
 //! 5. [`timeout`]: the time to the response head (504);
 //! 6. [`authentication`]: the caller's key, resolved to a tenant (401/403);
 //! 7. [`request_metrics`]: the request counter by tenant, model and status;
-//! 8. [`rate_limit_headers`]: OpenAI's `x-ratelimit-*` headers;
-//! 9. on generation routes, after the generation preamble has sized the prompts,
-//!    [`admission`]: the tenant's quota (429).
+//! 8. [`rate_limit_headers`]: OpenAI's `x-ratelimit-*` headers.
 //!
-//! They tell each other what they learned through the typed extensions of
-//! [`crate::extensions`]; each header is written by one layer, each thing counted by one.
+//! Quota admission is no layer: it needs the request's size, known only once its prompts are
+//! rendered, so the handlers of the routes it weighs call it in their pipeline
+//! (`routes::pipeline`). The layers tell each other what they learned through the typed
+//! extensions of [`crate::extensions`]; each header is written by one layer, each thing
+//! counted by one.
 
-pub mod admission;
 pub mod around;
 pub mod authentication;
 pub mod body_limit;

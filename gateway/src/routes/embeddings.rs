@@ -1,32 +1,30 @@
-//! `POST /v1/embeddings`: sentence vectors from an embedding model. Like the generation routes,
-//! a preamble sizes the request (its inputs tokenised: the token count is what quotas and the
-//! ledger charge), admission weighs it, and the handler runs it and settles its account (one
-//! ledger record, prompt tokens only). A model on remote pools sends the input upstream as
+//! `POST /v1/embeddings`: sentence vectors from an embedding model. Its handler is the same
+//! pipeline as the generation routes': read the request, validate and size it (its inputs
+//! tokenised: the token count is what quotas and the ledger charge), admit it, run it, and
+//! settle its account (one ledger record, prompt tokens only). A model on remote pools sends the input upstream as
 //! given: its size is estimated for admission, and the record has the upstream's count.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use base64::Engine as _;
 use ledger::RecordStatus;
 use policies::Admission;
 use serde_json::{json, Value};
-use tower_http::request_id::RequestId;
 
 use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
-use crate::extensions::{AccessLogWritten, Caller, ClientRequestId, Handoff, RequestCost};
+use crate::extensions::{AccessLogWritten, Caller, RateLimitSnapshot};
 use crate::models::{Embedder, ModelState, RemoteEmbedder};
 use crate::openai::embeddings::{EmbeddingRequest, EncodingFormat, Input};
 use crate::openai::json::parse;
-use crate::routes::sizing::sized;
+use crate::routes::pipeline::{self, Incoming, RequestCost};
 use crate::state::AppState;
 use embeddings::EmbeddingModel;
 
-/// An embedding request ready to run: handed to the handler once.
+/// An embedding request ready to run.
 pub struct PreparedEmbedding {
     model_id: String,
     work: Work,
@@ -41,11 +39,24 @@ enum Work {
     Remote(Arc<RemoteEmbedder>, Value, Option<u64>),
 }
 
-/// The preamble: parses, resolves the model, tokenises and sizes (`routes::sizing`).
-pub async fn prepare(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    sized(&state, request, next, prepare_embedding).await
+/// `POST /v1/embeddings`: read, validate and size, admit, embed, settle.
+pub async fn embed(State(state): State<AppState>, request: Request) -> Response {
+    let incoming = match pipeline::read(&state, request).await {
+        Ok(incoming) => incoming,
+        Err(error) => return error.into_response(),
+    };
+    let response = async {
+        let model = incoming.model_state();
+        let (prepared, cost) = prepare_embedding(&incoming.caller, &incoming.body, model)?;
+        let admission = pipeline::admit(&state, &incoming.caller.tenant, cost).await?;
+        let limits = RateLimitSnapshot(admission.status.clone());
+        let response = run(&state, &incoming, cost, prepared, admission).await?;
+        Ok::<_, ApiError>(pipeline::with_limits(response, limits))
+    };
+    incoming.label(response.await.unwrap_or_else(IntoResponse::into_response))
 }
 
+/// Parses, resolves the model, tokenises and sizes.
 fn prepare_embedding(
     caller: &Caller,
     body: &[u8],
@@ -156,30 +167,24 @@ fn local_work(
     Ok((Work::Local(model.clone(), inputs), tokens))
 }
 
-/// The handler: embeds, settles the account (ledger record before the response), answers.
-pub async fn embed(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Extension(request_id): Extension<RequestId>,
-    client_request_id: Option<Extension<ClientRequestId>>,
-    Extension(cost): Extension<RequestCost>,
-    Extension(prepared): Extension<Handoff<PreparedEmbedding>>,
-    Extension(admission): Extension<Handoff<Admission>>,
+/// Embeds, settles the account (ledger record before the response), answers.
+async fn run(
+    state: &AppState,
+    incoming: &Incoming,
+    cost: RequestCost,
+    prepared: PreparedEmbedding,
+    admission: Admission,
 ) -> Result<Response, ApiError> {
-    let (Some(prepared), Some(admission)) = (prepared.take(), admission.take()) else {
-        return Err(ApiError::internal("the request was handed on twice"));
-    };
-    let request_id = request_id.header_value().to_str().unwrap_or("");
     // A remote upstream counts the input itself; admission could only estimate it.
     let billed = BilledPrompt {
         tokens: cost.prompt_tokens,
         estimated: matches!(prepared.work, Work::Remote(..)),
     };
     let mut account = RequestAccount::new(
-        &state,
-        &caller,
-        request_id,
-        client_request_id.as_deref(),
+        state,
+        &incoming.caller,
+        &incoming.request_id,
+        incoming.client_request_id.as_ref(),
         &prepared.model_id,
         &[billed],
         admission,

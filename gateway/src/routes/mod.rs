@@ -7,24 +7,22 @@ mod health;
 mod metrics;
 mod models;
 mod openapi;
+mod pipeline;
 mod pools;
-mod sizing;
 mod version;
 
 use axum::http::{Method, Uri};
-use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::ApiError;
 use crate::layers::{
-    admission, authentication, body_limit, client_request_id, cors, rate_limit_headers,
-    request_metrics, timeout, trace,
+    authentication, body_limit, client_request_id, cors, rate_limit_headers, request_metrics,
+    timeout, trace,
 };
-use crate::openai::response::Endpoint;
 use crate::paths;
 use crate::state::AppState;
 
@@ -33,31 +31,14 @@ pub use openapi::openapi_document;
 /// The whole application: the routes and, in one place, the layers each request passes, in the
 /// order of the request path (outermost first; see `layers`).
 pub fn router(state: AppState) -> Router {
-    // Generation routes: the preamble sizes the request, then admission weighs it.
-    let generation = |endpoint| -> MethodRouter<AppState> {
-        let preamble = generation::PreambleState {
-            app: state.clone(),
-            endpoint,
-        };
-        post(generation::generate).route_layer(
-            ServiceBuilder::new()
-                .layer(from_fn_with_state(preamble, generation::prepare))
-                .layer(admission::layer(&state)),
-        )
-    };
+    // The routes that admission weighs validate and admit in their handlers
+    // (`routes::pipeline`); the layers keep what every request needs.
     let api = Router::new()
         .route(paths::MODELS, get(models::list))
         .route(paths::MODEL, get(models::retrieve))
-        .route(paths::CHAT_COMPLETIONS, generation(Endpoint::Chat))
-        .route(paths::COMPLETIONS, generation(Endpoint::Completions))
-        .route(
-            paths::EMBEDDINGS,
-            post(embeddings::embed).route_layer(
-                ServiceBuilder::new()
-                    .layer(from_fn_with_state(state.clone(), embeddings::prepare))
-                    .layer(admission::layer(&state)),
-            ),
-        )
+        .route(paths::CHAT_COMPLETIONS, post(generation::chat_completions))
+        .route(paths::COMPLETIONS, post(generation::completions))
+        .route(paths::EMBEDDINGS, post(embeddings::embed))
         .route_layer(
             ServiceBuilder::new()
                 .layer(authentication::layer(&state))

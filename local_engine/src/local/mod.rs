@@ -11,16 +11,18 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::core::block_allocator::scope_root;
-use crate::core::{CoreConfig, Job, RequestCore, StepRecord};
+use crate::decoding::Decoding;
 use crate::device::DeviceSpec;
 use crate::error::{EngineError, Result};
+use crate::runner::LocalRunner;
 use engine_api::{
     Engine, EngineCounters, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, TenantCounters,
     TokenStream,
 };
 use models::WeightFormat;
 use policies::Priority;
+use request_core::block_pool::scope_root;
+use request_core::{num_blocks, CoreConfig, CoreHandle, Job, RequestCore, StepRecord};
 use structured_output::ConstraintState;
 
 /// How to load and run a local engine.
@@ -52,13 +54,10 @@ impl LocalEngineOptions {
 pub struct LocalEngine {
     model: Arc<LoadedModel>,
     info: ModelInfo,
-    /// Batches of jobs: one message is queued as a whole.
-    jobs: crossbeam_channel::Sender<Vec<Job>>,
+    /// The request core's submitting side: one message is queued as a whole.
+    core: CoreHandle<Decoding>,
     counters: Arc<EngineCounters>,
     next_id: AtomicU64,
-    /// Positions the KV pool holds: no request may need more.
-    capacity_tokens: usize,
-    step_records: Option<crossbeam_channel::Receiver<StepRecord>>,
     queue: QueueBounds,
     /// Whether requests' prompt blocks go to (and come from) the prefix cache.
     prefix_cache: bool,
@@ -80,28 +79,17 @@ impl LocalEngine {
             sampling_defaults: model.sampling_defaults,
         };
         let counters = Arc::new(EngineCounters::default());
-        let (records_tx, step_records) = match core.record_steps {
-            true => {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                (Some(tx), Some(rx))
-            }
-            false => (None, None),
-        };
-        let request_core = RequestCore::new(model.clone(), core, counters.clone(), records_tx)?;
-        let capacity_tokens = request_core.capacity_tokens();
-        let (jobs, queue) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name(format!("engine-{id}"))
-            .spawn(move || request_core.run(queue))
+        let blocks = num_blocks(core, info.context_length);
+        let runner = LocalRunner::new(model.clone(), blocks, core.block_size)?;
+        let name = format!("engine-{id}");
+        let handle = RequestCore::start(name, runner, blocks, core, counters.clone())
             .map_err(|e| EngineError::Load(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             model,
             info,
-            jobs,
+            core: handle,
             counters,
             next_id: AtomicU64::new(0),
-            capacity_tokens,
-            step_records,
             queue: QueueBounds {
                 max_waiting_per_tenant: core.max_waiting_per_tenant,
                 shed_batch_above: core.shed_batch_above,
@@ -117,10 +105,7 @@ impl LocalEngine {
 
     /// Records of every step so far, when the core was configured with `record_steps`.
     pub fn step_records(&self) -> Vec<StepRecord> {
-        self.step_records
-            .as_ref()
-            .map(|rx| rx.try_iter().collect())
-            .unwrap_or_default()
+        self.core.step_records()
     }
 }
 
@@ -186,7 +171,7 @@ impl Engine for LocalEngine {
     /// Validates every request, then hands them to the core in one message, so they are
     /// queued together (one step never sees only some of them).
     fn submit_all(&self, requests: Vec<GenerationRequest>) -> Result<Vec<TokenStream>> {
-        let limit = self.info.context_length.min(self.capacity_tokens);
+        let limit = self.info.context_length.min(self.core.capacity_tokens());
         let mut prompts = Vec::with_capacity(requests.len());
         for request in &requests {
             let prompt_ids = self.model.prompt_ids(&request.prompt)?;
@@ -236,6 +221,8 @@ impl Engine for LocalEngine {
                 .prefix_cache
                 .then(|| scope_root(request.prefix_cache_scope()));
             streams.push(TokenStream::new(id, prompt_ids.len(), receiver));
+            let constraint = constraints.next().flatten();
+            let decoding = Decoding::new(request.params.clone(), &prompt_ids, constraint);
             jobs.push(Job {
                 id,
                 prompt_ids,
@@ -243,14 +230,14 @@ impl Engine for LocalEngine {
                 events,
                 submitted_at: Instant::now(),
                 counters,
-                constraint: constraints.next().flatten(),
+                decoding,
                 fork_of,
                 cache_root,
             });
         }
         let count = jobs.len() as u64;
-        self.jobs.send(jobs).map_err(|jobs| {
-            for job in &jobs.0 {
+        self.core.submit(jobs).map_err(|jobs| {
+            for job in &jobs {
                 job.counters.waiting.fetch_sub(1, Ordering::Relaxed);
             }
             EngineError::EngineStopped

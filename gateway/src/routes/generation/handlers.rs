@@ -1,35 +1,68 @@
-//! The generation handler: submits the prepared, admitted request to the model's router and
-//! answers with one JSON body or an SSE stream.
+//! The generation handlers: one pipeline, read in order: read the request, validate and size it,
+//! admit it, route it to the model's replicas, respond with one JSON body or an SSE stream;
+//! the usage account settles when the generation ends.
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use policies::Admission;
 use routing::Requester;
-use tower_http::request_id::RequestId;
 
-use super::preamble::PreparedGeneration;
+use super::prepare::{prepare_generation, PreparedGeneration};
 use super::respond::{sse_events, sse_response, whole_response, BestOf, Relay};
 use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
-use crate::extensions::{AccessLogWritten, Caller, ClientRequestId, Handoff};
+use crate::extensions::{AccessLogWritten, RateLimitSnapshot};
+use crate::openai::response::Endpoint;
+use crate::routes::pipeline::{self, Incoming};
 use crate::state::AppState;
 
-/// `POST /v1/chat/completions` and `POST /v1/completions`, after the preamble and admission.
-pub async fn generate(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Extension(request_id): Extension<RequestId>,
-    client_request_id: Option<Extension<ClientRequestId>>,
-    Extension(prepared): Extension<Handoff<PreparedGeneration>>,
-    Extension(admission): Extension<Handoff<Admission>>,
-) -> Result<Response, ApiError> {
-    let (Some(mut prepared), Some(admission)) = (prepared.take(), admission.take()) else {
-        return Err(ApiError::internal("the request was handed on twice"));
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    generate(&state, Endpoint::Chat, request).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    generate(&state, Endpoint::Completions, request).await
+}
+
+/// The pipeline of both endpoints.
+async fn generate(state: &AppState, endpoint: Endpoint, request: Request) -> Response {
+    let incoming = match pipeline::read(state, request).await {
+        Ok(incoming) => incoming,
+        Err(error) => return error.into_response(),
     };
+    let response = validate_admit_serve(state, endpoint, &incoming).await;
+    incoming.label(response.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Validates (400, 403, 404, 503), admits (429) and serves.
+async fn validate_admit_serve(
+    state: &AppState,
+    endpoint: Endpoint,
+    incoming: &Incoming,
+) -> Result<Response, ApiError> {
+    let caller = &incoming.caller;
+    let model = incoming.model_state();
+    let (prepared, cost) = prepare_generation(state, endpoint, caller, &incoming.body, model)?;
+    let admission = pipeline::admit(state, &caller.tenant, cost).await?;
+    let limits = RateLimitSnapshot(admission.status.clone());
+    let response = serve(state, incoming, prepared, admission).await?;
+    Ok(pipeline::with_limits(response, limits))
+}
+
+/// Routes the admitted request to the model's replicas and answers with what they generate;
+/// its usage account settles (quota, metrics, access log, ledger) when the generation ends.
+async fn serve(
+    state: &AppState,
+    incoming: &Incoming,
+    mut prepared: PreparedGeneration,
+    admission: Admission,
+) -> Result<Response, ApiError> {
     if let Some(granted) = admission.shortened_to() {
         prepared.fit_to(granted);
     }
+    let caller = &incoming.caller;
     let requester = Requester {
         tenant: caller.tenant.id.clone(),
         share: prepared.share,
@@ -54,12 +87,11 @@ pub async fn generate(
         .engine
         .submit_all_waiting(&requester, prepared.requests)
         .await?;
-    let request_id = request_id.header_value().to_str().unwrap_or("");
     let account = RequestAccount::new(
-        &state,
-        &caller,
-        request_id,
-        client_request_id.as_deref(),
+        state,
+        caller,
+        &incoming.request_id,
+        incoming.client_request_id.as_ref(),
         &prepared.meta.model,
         &billed,
         admission,

@@ -1,16 +1,13 @@
-//! `POST /v1/chat/completions` and `POST /v1/completions`. Both pass the same three stages:
-//!
-//! 1. [`preamble`] (a layer on each route, before admission): reads the body once, checks the
-//!    model (404, 403, 503) and the parameters (400), renders and sizes each prompt, and leaves
-//!    the prepared request and its [`crate::extensions::RequestCost`] for admission;
-//! 2. quota admission (`layers::admission`);
-//! 3. [`handlers::generate`]: submits to the model's router and answers through [`respond`], one
-//!    loop over the engine's token events for both the JSON body and the SSE stream.
+//! `POST /v1/chat/completions` and `POST /v1/completions`: one pipeline in the handler
+//! ([`handlers`]): read the request (`routes::pipeline`), validate and size it ([`prepare`]:
+//! the body's shape, the model, the parameters, each prompt rendered and sized), admit it
+//! against the tenant's quota, route it to the model's replicas, and answer through
+//! [`respond`] (one loop over the router's events for both the JSON body and the SSE stream),
+//! the usage account settling when the generation ends.
 
 pub mod choices;
 pub mod handlers;
-pub mod preamble;
+pub mod prepare;
 pub mod respond;
 
-pub use handlers::generate;
-pub use preamble::{prepare, PreambleState};
+pub use handlers::{chat_completions, completions};

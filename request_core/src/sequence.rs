@@ -1,33 +1,29 @@
-//! One sequence being generated: its tokens, block table, sampler, streaming decoder and stop
-//! strings, and the rules that turn a sampled token into events for the client.
+//! One sequence being generated, as the request core sees it: its tokens, its block table, its
+//! place in the schedule, and the channel its events go to. What turns logits into its tokens
+//! (sampler, grammar, streaming decoder, stop strings) is its runner's [`ModelRunner::Decoding`],
+//! carried here as `decoding` and never looked into.
+//!
+//! [`ModelRunner::Decoding`]: crate::runner::ModelRunner::Decoding
 
 use policies::{Share, TenantId};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Tensor;
 use tokio::sync::mpsc;
 
-use super::block_allocator::{chain_hash, BlockHash};
-use crate::error::OrExecution;
-use crate::error::Result;
-use crate::sampling::{top_logprobs, Sampler};
-use crate::text::stop::StopOutcome;
-use crate::text::{GgufTokenizer, IncrementalDecoder, StopMatcher};
-use engine_api::SamplingParams;
 use engine_api::{
-    Completion, FinishReason, Logprobs, RequestTiming, TenantCounters, TokenEvent, TokenLogprob,
-    Usage,
+    Completion, EngineError, Failure, FinishReason, Logprobs, RequestTiming, TenantCounters,
+    TokenEvent, Usage,
 };
-use structured_output::ConstraintState;
 
-use models::BlockTable;
+use crate::block_pool::{chain_hash, BlockHash, BlockTable};
+use crate::runner::Sampled;
 
 /// Identifies a submission inside one engine.
 pub type SequenceId = u64;
 
-/// The generation state of one request.
-pub struct Sequence {
+/// The generation state of one request; `D` is its runner's decoding state.
+pub struct Sequence<D> {
     /// The engine's id of the request.
     pub id: SequenceId,
     /// Who asked: the fair-share unit.
@@ -42,13 +38,8 @@ pub struct Sequence {
     pub generated: Vec<u32>,
     /// KV blocks and the number of positions computed into them.
     pub table: BlockTable,
-    /// How to sample and when to stop.
-    pub params: SamplingParams,
-    sampler: Sampler,
-    /// The grammar the output must follow, if the request has one.
-    pub constraint: Option<ConstraintState>,
-    decoder: IncrementalDecoder,
-    stops: StopMatcher,
+    /// What its runner keeps to turn logits into its tokens.
+    pub decoding: D,
     events: mpsc::UnboundedSender<TokenEvent>,
     /// Its phases' durations, reported at the end.
     pub timing: RequestTiming,
@@ -86,13 +77,13 @@ pub enum Next {
     Finished,
 }
 
-impl Sequence {
+impl<D> Sequence<D> {
     /// A waiting sequence for a submitted request.
     pub fn new(
         id: SequenceId,
         tenant: TenantId,
         prompt_ids: Vec<u32>,
-        params: SamplingParams,
+        decoding: D,
         events: mpsc::UnboundedSender<TokenEvent>,
         submitted_at: Instant,
     ) -> Self {
@@ -101,14 +92,10 @@ impl Sequence {
             tenant,
             share: Share::default(),
             counters: Arc::default(),
-            sampler: Sampler::new(&params).with_prompt(&prompt_ids),
-            constraint: None,
-            stops: StopMatcher::new(params.stop.clone()),
             prompt_ids,
             generated: Vec::new(),
             table: BlockTable::default(),
-            params,
-            decoder: IncrementalDecoder::new(),
+            decoding,
             events,
             timing: RequestTiming::default(),
             submitted_at,
@@ -194,9 +181,9 @@ impl Sequence {
         }
     }
 
-    /// Samples from `logits`, streams the result, and says whether generation goes on.
-    pub fn accept_logits(&mut self, logits: &Tensor, tokenizer: &GgufTokenizer) -> Result<Next> {
-        let (token, logprobs) = self.sample(logits, tokenizer)?;
+    /// Takes the token its runner sampled: streams it, and its end when it is the last;
+    /// says whether generation goes on.
+    pub fn accept(&mut self, sampled: Sampled) -> Next {
         if self.generated.is_empty() {
             self.timing.time_to_first_token = self.submitted_at.elapsed();
             if let Some(admitted) = self.admitted_at {
@@ -205,82 +192,18 @@ impl Sequence {
         } else {
             self.timing.decode_steps += 1;
         }
-        self.generated.push(token);
-        let is_eos = !self.params.ignore_eos && tokenizer.eos_ids().contains(&token);
-        if is_eos {
-            return Ok(self.finish(token, String::new(), logprobs, FinishReason::Stop));
-        }
-        // A grammar that is complete admits nothing but the end: the output ends here.
-        let grammar_done = match &mut self.constraint {
-            Some(constraint) => constraint.advance(token)?,
-            None => false,
-        };
-        let delta = self.decoder.step(tokenizer, token)?.unwrap_or_default();
-        match self.stops.push(&delta) {
-            StopOutcome::Stopped(text) => {
-                Ok(self.finish(token, text, logprobs, FinishReason::Stop))
-            }
-            StopOutcome::Continue(text)
-                if grammar_done || self.generated.len() >= self.params.max_tokens =>
-            {
-                let text = text + &self.stops.flush();
-                let reason = match grammar_done {
-                    true => FinishReason::Stop,
-                    false => FinishReason::Length,
-                };
-                Ok(self.finish(token, text, logprobs, reason))
-            }
-            StopOutcome::Continue(text) => {
+        self.generated.push(sampled.token);
+        match sampled.finish {
+            Some(reason) => self.finish(sampled.token, sampled.text, sampled.logprobs, reason),
+            None => {
                 let _ = self.events.send(TokenEvent::Token {
-                    id: token,
-                    text,
-                    logprobs,
+                    id: sampled.token,
+                    text: sampled.text,
+                    logprobs: sampled.logprobs,
                 });
-                Ok(Next::Continue)
+                Next::Continue
             }
         }
-    }
-
-    /// Picks the token (within the grammar's mask, if any) and, when asked for, its log
-    /// probabilities under the model's own distribution.
-    fn sample(
-        &mut self,
-        logits: &Tensor,
-        tokenizer: &GgufTokenizer,
-    ) -> Result<(u32, Option<Box<Logprobs>>)> {
-        let raw = match self.params.logprobs.is_some() || self.constraint.is_some() {
-            true => Some(
-                logits
-                    .to_dtype(candle_core::DType::F32)
-                    .or_execution()?
-                    .to_vec1::<f32>()
-                    .or_execution()?,
-            ),
-            false => None,
-        };
-        let token = match (&mut self.constraint, &raw) {
-            (Some(constraint), Some(raw)) => self.sampler.sample_row(constraint.mask(raw)?)?,
-            _ => self.sampler.sample(logits)?,
-        };
-        let logprobs = match (self.params.logprobs, raw) {
-            (Some(k), Some(raw)) => {
-                let (logprob, top) = top_logprobs(&raw, token, k);
-                let entry = |id: u32, logprob: f32| {
-                    let bytes = tokenizer.token_bytes(id).to_vec();
-                    TokenLogprob {
-                        token: String::from_utf8_lossy(&bytes).into_owned(),
-                        bytes,
-                        logprob,
-                    }
-                };
-                Some(Box::new(Logprobs {
-                    sampled: entry(token, logprob),
-                    top: top.into_iter().map(|(id, l)| entry(id, l)).collect(),
-                }))
-            }
-            _ => None,
-        };
-        Ok((token, logprobs))
     }
 
     fn finish(
@@ -303,17 +226,12 @@ impl Sequence {
         Next::Finished
     }
 
-    /// Ends the stream with a failure.
-    pub fn fail(&self, failure: engine_api::Failure) {
-        let _ = self.events.send(TokenEvent::Failed(failure));
-    }
-
     /// Ends the stream with `error`: refused, when the request caused it (its grammar, say),
     /// so that it is the client's 4xx and not the replica's failure; failed otherwise.
-    pub fn fail_with(&self, error: &crate::error::EngineError) {
+    pub fn fail_with(&self, error: &EngineError) {
         let event = match engine_api::Refusal::of(error) {
             Some(refusal) => TokenEvent::Refused(refusal),
-            None => TokenEvent::Failed(engine_api::Failure::of(error)),
+            None => TokenEvent::Failed(Failure::of(error)),
         };
         let _ = self.events.send(event);
     }

@@ -1,18 +1,14 @@
-//! The generation preamble: everything a generation request needs before admission can weigh
-//! it. It runs as a layer on the two generation routes, so that admission (a layer too) sits
-//! between it and the handler.
+//! Validating a generation request: everything it needs before admission can weigh it (the
+//! body's shape, the model, the parameters, each prompt rendered and sized).
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use engine_api::SamplingParams;
 use routing::{ModelRouter, RouteRequest};
 
 use super::choices::Choices;
 use crate::error::ApiError;
-use crate::extensions::{Caller, RequestCost};
+use crate::extensions::Caller;
 use crate::models::ModelState;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::{CompletionRequest, DEFAULT_MAX_TOKENS};
@@ -20,19 +16,10 @@ use crate::openai::json::parse;
 use crate::openai::params::CommonParams;
 use crate::openai::response::{Endpoint, ResponseMeta};
 use crate::openai::tools::ToolSpec;
-use crate::routes::sizing::sized;
+use crate::routes::pipeline::RequestCost;
 use crate::state::AppState;
 
-/// The preamble's state: the server's, and which endpoint's body to expect.
-#[derive(Clone)]
-pub struct PreambleState {
-    /// The server's state.
-    pub app: AppState,
-    /// The route's endpoint.
-    pub endpoint: Endpoint,
-}
-
-/// A generation request ready to submit: handed to the handler once.
+/// A generation request ready to submit.
 pub struct PreparedGeneration {
     /// The model's router.
     pub engine: Arc<ModelRouter>,
@@ -78,19 +65,6 @@ impl PreparedGeneration {
     }
 }
 
-/// The layer's function: prepares and sizes the request (`routes::sizing`).
-pub async fn prepare(
-    State(preamble): State<PreambleState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let state = &preamble.app;
-    sized(state, request, next, |caller, body, found| {
-        prepare_generation(state, preamble.endpoint, caller, body, found)
-    })
-    .await
-}
-
 /// The endpoint's request body, parsed.
 enum GenerationBody {
     Chat(ChatCompletionRequest),
@@ -99,7 +73,7 @@ enum GenerationBody {
 
 /// Parses, checks, renders and sizes. The order of the checks decides which error a request
 /// with several faults gets: body shape, model, parameters, prompts.
-fn prepare_generation(
+pub fn prepare_generation(
     state: &AppState,
     endpoint: Endpoint,
     caller: &Caller,

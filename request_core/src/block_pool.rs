@@ -17,7 +17,25 @@ use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
-pub use models::BlockId;
+/// Index of one KV block in a pool.
+pub type BlockId = u32;
+
+/// The blocks of one sequence and how many positions they hold. The runner hands the model its
+/// own copy for a step; the core advances `len` when the step is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockTable {
+    /// Its blocks, in position order: position `p` is in `blocks[p / block_size]`.
+    pub blocks: Vec<BlockId>,
+    /// Positions computed so far.
+    pub len: usize,
+}
+
+impl BlockTable {
+    /// Positions the table can hold without another block.
+    pub fn capacity(&self, block_size: usize) -> usize {
+        self.blocks.len() * block_size
+    }
+}
 
 /// The key of a full block's contents: a hash chained over every token up to its end and the
 /// cache scope (see [`chain_hash`]).

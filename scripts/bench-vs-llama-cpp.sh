@@ -17,6 +17,10 @@
 # PREFILL_WORDS (380, about 512 tokens), THREADS (2), SLOTS (16), BENCH_DIR
 # (~/.cache/gateway-bench), ROUNDS (1: how many times the whole comparison is repeated).
 # Prints one table; reports (JSON) stay in $BENCH_DIR/reports.
+#
+# BASELINE_BIN=/path/to/gateway: an A/B of two builds of ours instead (e.g. the commit before a
+# change, built in a worktree): that binary takes llama.cpp's place, llama.cpp is not built, and
+# the runs alternate A B A B; the table ends with each row's medians over the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -94,7 +98,15 @@ EOF
 
 log "building the gateway and the load-test harness (release)"
 cargo build --release -q -p gateway -p loadtest
-LLAMA_BIN=$(build_llama_server)
+GATEWAY_BIN=target/release/gateway
+BASELINE_BIN=${BASELINE_BIN:-}
+if [[ -n "$BASELINE_BIN" ]]; then
+    A=baseline
+    LLAMA_BIN="(not used: A/B against $BASELINE_BIN)"
+else
+    A=llama
+    LLAMA_BIN=$(build_llama_server)
+fi
 GGUF="${GATEWAY_CACHE_DIR:-$HOME/.cache/gateway}/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 WORKDIR=$(mktemp -d)
@@ -113,6 +125,10 @@ start_llama() { # port
     wait_ready "http://127.0.0.1:$1/health"
 }
 
+start_baseline() { # port
+    GATEWAY_BIN="$BASELINE_BIN" start_gateway "$1"
+}
+
 start_gateway() { # port
     cat >"$WORKDIR/gateway.toml" <<EOF
 listen = "127.0.0.1:$1"
@@ -129,7 +145,7 @@ kv_cache_tokens = 8192
 id = "bench"
 keys = ["$(target/release/gateway keys hash sk-bench)"]
 EOF
-    RUST_LOG=warn target/release/gateway serve --config "$WORKDIR/gateway.toml" >"$WORKDIR/gateway.log" 2>&1 &
+    RUST_LOG=warn "$GATEWAY_BIN" serve --config "$WORKDIR/gateway.toml" >"$WORKDIR/gateway.log" 2>&1 &
     SERVER_PID=$!
     wait_ready "http://127.0.0.1:$1/ready"
 }
@@ -172,21 +188,22 @@ ROWS="$WORKDIR/rows.tsv"
 for ROUND in $(seq 1 "$ROUNDS"); do
     for c in $CONCURRENCY; do
         requests=$((c * 2 > 8 ? c * 2 : 8))
-        log "round $ROUND, concurrency $c: llama.cpp"
-        a=$(measure llama llama "$c" "$requests" "$PROMPT_WORDS" "$TOKENS")
+        log "round $ROUND, concurrency $c: $A"
+        a=$(measure "$A" "$A" "$c" "$requests" "$PROMPT_WORDS" "$TOKENS")
         log "round $ROUND, concurrency $c: gateway"
         b=$(measure gateway gateway "$c" "$requests" "$PROMPT_WORDS" "$TOKENS")
         printf 'c=%s\t%s\t%s\n' "$c" "$a" "$b" >>"$ROWS"
     done
-    log "round $ROUND, prefill: llama.cpp"
-    a=$(measure llama llama 1 6 "$PREFILL_WORDS" 1)
+    log "round $ROUND, prefill: $A"
+    a=$(measure "$A" "$A" 1 6 "$PREFILL_WORDS" 1)
     log "round $ROUND, prefill: gateway"
     b=$(measure gateway gateway 1 6 "$PREFILL_WORDS" 1)
     printf 'prefill\t%s\t%s\n' "$a" "$b" >>"$ROWS"
 done
 
-python3 - "$ROWS" <<'EOF'
-import json, sys
+python3 - "$ROWS" "$A" <<'EOF'
+import json, statistics, sys
+A = "llama.cpp" if sys.argv[2] == "llama" else sys.argv[2]
 def load(path):
     r = json.load(open(path))
     o = r["overall"]
@@ -199,16 +216,30 @@ print(f"{'run':<8} {'server':<9} {'ok/sent':>8} {'prompt':>6} {'tok/s':>8} {'TTF
 for line in open(sys.argv[1]):
     label, a, b = line.split()
     results = {}
-    for name, path in (("llama.cpp", a), ("gateway", b)):
+    for name, path in ((A, a), ("gateway", b)):
         o, prompt, ok, sent = load(path)
         results[name] = (o, prompt)
         prefill = prompt / (o["ttft_ms"]["p50"] / 1000) if label == "prefill" and o["ttft_ms"]["p50"] else None
         print(f"{label:<8} {name:<9} {ok:>4}/{sent:<3} {prompt:>6.0f} {o['output_throughput']:>8.1f} "
               f"{f(o['ttft_ms']['p50'],0):>9} {f(o['ttft_ms']['p99'],0):>9} {f(o['itl_ms']['p50']):>8} "
               f"{f(o['itl_ms']['p99']):>8} {f(prefill,0):>13}")
-    (oa, _), (ob, _) = results["llama.cpp"], results["gateway"]
+    (oa, _), (ob, _) = results[A], results["gateway"]
     ratio = lambda x, y: "-" if not x or not y else f"{y / x:.2f}"
     print(f"{label:<8} {'ratio':<9} {'':>8} {'':>6} {ratio(oa['output_throughput'], ob['output_throughput']):>8} "
           f"{ratio(oa['ttft_ms']['p50'], ob['ttft_ms']['p50']):>9} {ratio(oa['ttft_ms']['p99'], ob['ttft_ms']['p99']):>9} "
           f"{ratio(oa['itl_ms']['p50'], ob['itl_ms']['p50']):>8} {ratio(oa['itl_ms']['p99'], ob['itl_ms']['p99']):>8}")
+medians = {}
+for line in open(sys.argv[1]):
+    label, a, b = line.split()
+    for name, path in ((A, a), ("gateway", b)):
+        o = load(path)[0]
+        m = medians.setdefault((label, name), {"tok/s": [], "TTFT p50": [], "ITL p50": []})
+        m["tok/s"].append(o["output_throughput"])
+        m["TTFT p50"].append(o["ttft_ms"]["p50"] or 0)
+        m["ITL p50"].append(o["itl_ms"]["p50"] or 0)
+print()
+print(f"medians over the rounds: {'run':<8} {'server':<9} {'tok/s':>8} {'TTFT p50':>9} {'ITL p50':>8}")
+for (label, name), m in medians.items():
+    med = {k: statistics.median(v) for k, v in m.items()}
+    print(f"{'':<24}{label:<8} {name:<9} {med['tok/s']:>8.1f} {med['TTFT p50']:>9.1f} {med['ITL p50']:>8.2f}")
 EOF

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+mod decision;
 mod fair_share;
 mod keys;
 mod limits;

@@ -1,0 +1,189 @@
+//! The llama forward pass on the CPU kernels: one step over the flattened new tokens of every
+//! sequence in the batch, reading and writing the paged KV cache in place.
+//!
+//! Per layer: RMSNorm fused with int8 quantization; Q, K and V as one stacked product; RoPE
+//! in place and the new keys and values written to their slots in f16; attention per
+//! (sequence, KV head, run of queries); the output projection added into the residual stream;
+//! RMSNorm and quantization again; gate and up as one stacked product; SiLU(gate) * up fused
+//! with the quantization the down projection reads; the down projection added into the
+//! residual. Every buffer comes from [`Scratch`], sized for the largest step seen and reused.
+
+//!
+//! `load` reads and repacks the weights, `step` holds the stages of a step, `error` what can go
+//! wrong.
+
+use crate::config::{BlockTable, LlamaConfig};
+use cpu_kernels::attention::Heads;
+use cpu_kernels::isa::Isa;
+use cpu_kernels::kv::{KvLayout, KvPool};
+use cpu_kernels::matmul::PackedMatrix;
+use cpu_kernels::parallel;
+use cpu_kernels::quant::QuantizedRows;
+
+mod error;
+mod load;
+mod step;
+
+use step::{rows_wanting_logits, sequence_rows};
+
+pub use error::Error;
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Q, K and V stacked: `[q_dim + 2 * kv_dim, hidden]`.
+    qkv: PackedMatrix,
+    wo: PackedMatrix,
+    ffn_norm: Vec<f32>,
+    /// Gate and up stacked: `[2 * ffn, hidden]`.
+    gate_up: PackedMatrix,
+    down: PackedMatrix,
+}
+
+/// A llama model in the CPU kernels' layout.
+pub struct CpuLlama {
+    config: LlamaConfig,
+    isa: Isa,
+    ffn: usize,
+    /// Token embeddings; also the output projection when the model ties them.
+    embeddings: PackedMatrix,
+    lm_head: Option<PackedMatrix>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    /// RoPE `[context_length, head_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// One sequence's new tokens in a step.
+pub struct StepSequence<'a> {
+    /// The new tokens; the first goes at position `table.len`.
+    pub tokens: &'a [u32],
+    /// Its blocks; must hold every position after this step.
+    pub table: &'a mut BlockTable,
+    /// Whether the logits of its last token are wanted.
+    pub wants_logits: bool,
+}
+
+/// How far a step came: done with its logits, or paused before a layer.
+#[derive(Debug, PartialEq)]
+pub enum Progress {
+    /// The logits `[sequences wanting them, vocab]`, row-major, in batch order.
+    Done(Vec<f32>),
+    /// Stopped between layers; goes on from this layer.
+    PausedBefore(usize),
+}
+
+/// Buffers of a step, grown to the largest step seen and then reused.
+pub struct Scratch {
+    x: Vec<f32>,
+    xq: QuantizedRows,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    gate_up: Vec<f32>,
+    hq: QuantizedRows,
+    /// Per thread: attention scores.
+    scores: Vec<Vec<f32>>,
+    /// Per token row: (sequence index, position).
+    rows: Vec<(usize, usize)>,
+    /// Attention work items: (sequence index, KV head, first query, end query).
+    items: Vec<(usize, usize, usize, usize)>,
+}
+
+impl CpuLlama {
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The kernel family in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.config.n_heads,
+            kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// A KV pool of `num_blocks` blocks of `block_size` positions.
+    pub fn new_kv_pool(&self, num_blocks: usize, block_size: usize) -> KvPool {
+        let c = &self.config;
+        KvPool::new(KvLayout {
+            layers: c.n_layers,
+            kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            block_size,
+            num_blocks,
+        })
+    }
+
+    /// Empty step buffers.
+    pub fn new_scratch(&self) -> Scratch {
+        Scratch {
+            x: Vec::new(),
+            xq: QuantizedRows::new(self.config.hidden),
+            qkv: Vec::new(),
+            attn: Vec::new(),
+            gate_up: Vec::new(),
+            hq: QuantizedRows::new(self.ffn),
+            scores: (0..parallel::threads()).map(|_| Vec::new()).collect(),
+            rows: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Runs one step; returns the logits `[sequences wanting them, vocab]`, row-major, in batch
+    /// order. Advances each table's length by its tokens.
+    pub fn forward(
+        &self,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        batch: &mut [StepSequence<'_>],
+    ) -> Result<Vec<f32>, Error> {
+        match self.forward_from(kv, scratch, batch, 0, &|| false)? {
+            Progress::Done(logits) => Ok(logits),
+            Progress::PausedBefore(_) => unreachable!("never asked to pause"),
+        }
+    }
+
+    /// Runs the step's layers from `first_layer` on (0: the step starts, its rows are laid out
+    /// and embedded); after each layer but the last, stops when `pause()` says so. A paused step
+    /// keeps its state in `scratch` and in the blocks of `batch`: other sequences' steps may
+    /// run (another scratch, other blocks) before it goes on from the layer it names, with the
+    /// same `scratch` and `batch`.
+    pub fn forward_from(
+        &self,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        batch: &mut [StepSequence<'_>],
+        first_layer: usize,
+        pause: &dyn Fn() -> bool,
+    ) -> Result<Progress, Error> {
+        if first_layer == 0 {
+            let max_len = self.lay_out_rows(kv.layout(), scratch, batch)?;
+            self.size_scratch(scratch, max_len);
+            self.plan_attention(scratch, batch);
+            self.embed(scratch, batch);
+        }
+        let row_grain = parallel::grain_for(scratch.rows.len(), 2).max(4);
+        for (index, layer) in self.layers.iter().enumerate().skip(first_layer) {
+            {
+                // Each sequence's rows and blocks (the layer only reads them).
+                let seqs = sequence_rows(batch);
+                self.attention_block(index, layer, kv, scratch, &seqs, row_grain);
+            }
+            self.mlp_block(layer, scratch, row_grain);
+            if index + 1 < self.layers.len() && pause() {
+                return Ok(Progress::PausedBefore(index + 1));
+            }
+        }
+        let wanted = rows_wanting_logits(batch);
+        for seq in batch.iter_mut() {
+            seq.table.len += seq.tokens.len();
+        }
+        Ok(Progress::Done(self.logits(scratch, &wanted)))
+    }
+}

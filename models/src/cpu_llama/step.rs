@@ -1,0 +1,371 @@
+//! One step's stages, in the order `CpuLlama::forward_from` runs them: rows laid out and
+//! checked, buffers sized, attention work planned, tokens embedded; per layer the attention
+//! half (norm, Q/K/V, RoPE and the new keys and values into the pool, attention, output
+//! projection) and the MLP half; the logits of the rows that sample.
+
+use cpu_kernels::attention::{self, SequenceRows};
+use cpu_kernels::isa::Isa;
+use cpu_kernels::kv::{KvLayout, KvPool};
+use cpu_kernels::math;
+use cpu_kernels::matmul::{matmul, Output};
+use cpu_kernels::parallel::{self, SharedMut};
+use cpu_kernels::quant::{self, QuantizedRows, BLOCK};
+
+use super::{CpuLlama, Error, Layer, Scratch, StepSequence};
+
+impl CpuLlama {
+    /// Checks the batch against the model and the pool, and lays out one row per new token
+    /// (`scratch.rows`); returns the longest sequence after the step.
+    pub(super) fn lay_out_rows(
+        &self,
+        layout: KvLayout,
+        scratch: &mut Scratch,
+        batch: &[StepSequence<'_>],
+    ) -> Result<usize, Error> {
+        let c = &self.config;
+        let bs = layout.block_size;
+        scratch.rows.clear();
+        let mut max_len = 0;
+        for (s, seq) in batch.iter().enumerate() {
+            let start = seq.table.len;
+            let end = start + seq.tokens.len();
+            if end > c.context_length {
+                return Err(Error::BeyondContext {
+                    end,
+                    context_length: c.context_length,
+                });
+            }
+            let held = seq.table.blocks.len() * bs;
+            if end > held {
+                return Err(Error::BlocksShort { needed: end, held });
+            }
+            let outside = seq
+                .table
+                .blocks
+                .iter()
+                .find(|&&b| b as usize >= layout.num_blocks);
+            if let Some(&bad) = outside {
+                return Err(Error::BlockOutsidePool(bad));
+            }
+            if let Some(&bad) = seq.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(Error::TokenOutsideVocabulary(bad));
+            }
+            max_len = max_len.max(end);
+            scratch.rows.extend((start..end).map(|p| (s, p)));
+        }
+        if scratch.rows.is_empty() {
+            return Err(Error::EmptyStep);
+        }
+        Ok(max_len)
+    }
+
+    /// Grows the step's buffers to its rows (they are kept for later steps).
+    pub(super) fn size_scratch(&self, scratch: &mut Scratch, max_len: usize) {
+        let c = &self.config;
+        let t = scratch.rows.len();
+        let qkv_dim = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+        grow(&mut scratch.x, t * c.hidden);
+        grow(&mut scratch.qkv, t * qkv_dim);
+        grow(&mut scratch.attn, t * c.hidden);
+        grow(&mut scratch.gate_up, t * 2 * self.ffn);
+        scratch.xq.reset(t);
+        scratch.hq.reset(t);
+        let group_rows = self.heads().group().min(attention::MAX_GROUP);
+        for s in &mut scratch.scores {
+            grow(s, group_rows * max_len);
+        }
+    }
+
+    /// Attention work items: (sequence, KV head, run of queries). Long prefills are cut into
+    /// runs so that both threads get work even for one sequence.
+    pub(super) fn plan_attention(&self, scratch: &mut Scratch, batch: &[StepSequence<'_>]) {
+        scratch.items.clear();
+        for (s, seq) in batch.iter().enumerate() {
+            let n = seq.tokens.len();
+            let run = if n > 1 { 8 } else { 1 };
+            for h in 0..self.config.n_kv_heads {
+                let mut q = 0;
+                while q < n {
+                    scratch.items.push((s, h, q, (q + run).min(n)));
+                    q += run;
+                }
+            }
+        }
+    }
+
+    /// The new tokens' embeddings into the residual stream.
+    pub(super) fn embed(&self, scratch: &mut Scratch, batch: &[StepSequence<'_>]) {
+        let hidden = self.config.hidden;
+        let tokens = batch.iter().flat_map(|seq| seq.tokens.iter());
+        for (x, &token) in scratch.x.chunks_exact_mut(hidden).zip(tokens) {
+            self.embeddings.dequantize_row(token as usize, x);
+        }
+    }
+
+    /// A layer's attention half: norm, Q/K/V, RoPE and the new keys and values into the pool,
+    /// attention, and the output projection added into the residual stream.
+    pub(super) fn attention_block(
+        &self,
+        index: usize,
+        layer: &Layer,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        seqs: &[SequenceRows<'_>],
+        row_grain: usize,
+    ) {
+        let (isa, hidden) = (self.isa, self.config.hidden);
+        let eps = self.config.rms_eps as f32;
+        let xq = &mut scratch.xq;
+        norm_quantize(
+            isa,
+            &scratch.x,
+            hidden,
+            &layer.attn_norm,
+            eps,
+            xq,
+            row_grain,
+        );
+        let qkv_dim = layer.qkv.n();
+        matmul(
+            isa,
+            &layer.qkv,
+            xq,
+            &mut scratch.qkv,
+            qkv_dim,
+            0,
+            Output::Store,
+        );
+        self.rope_and_store(index, kv, scratch, seqs, row_grain);
+        self.attend(index, kv, scratch, seqs);
+        quantize_rows(isa, &scratch.attn, hidden, &mut scratch.xq, row_grain);
+        let x = &mut scratch.x;
+        matmul(
+            isa,
+            &layer.wo,
+            &scratch.xq,
+            x,
+            hidden,
+            0,
+            Output::Accumulate,
+        );
+    }
+
+    /// RoPE on each row's queries and keys, in place, and its key and value written to its
+    /// slot of the pool in f16.
+    pub(super) fn rope_and_store(
+        &self,
+        layer: usize,
+        kv: &mut KvPool,
+        scratch: &mut Scratch,
+        seqs: &[SequenceRows<'_>],
+        row_grain: usize,
+    ) {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let t = scratch.rows.len();
+        let layout = kv.layout();
+        let bs = layout.block_size;
+        let qkv = SharedMut::new(&mut scratch.qkv[..t * qkv_dim]);
+        let (keys, values) = kv.data_mut();
+        let (keys, values) = (SharedMut::new(keys), SharedMut::new(values));
+        let rows = &scratch.rows;
+        parallel::for_each_chunk(t, row_grain, |_, range| {
+            for r in range {
+                let (s, pos) = rows[r];
+                // SAFETY: row `r` of `qkv` belongs to this work item alone.
+                let row = unsafe { qkv.slice(r * qkv_dim..(r + 1) * qkv_dim) };
+                let angles = pos * hd / 2..(pos + 1) * hd / 2;
+                let (cos, sin) = (&self.cos[angles.clone()], &self.sin[angles]);
+                for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
+                    math::rope(head, cos, sin);
+                }
+                let block = seqs[s].blocks[pos / bs] as usize;
+                for h in 0..c.n_kv_heads {
+                    let at = layout.slab(layer, block, h) + (pos % bs) * hd;
+                    let k = &row[q_dim + h * hd..q_dim + (h + 1) * hd];
+                    let v = &row[q_dim + kv_dim + h * hd..q_dim + kv_dim + (h + 1) * hd];
+                    // SAFETY: each position has one slot, written by its row alone.
+                    unsafe {
+                        math::to_f16(k, keys.slice(at..at + hd));
+                        math::to_f16(v, values.slice(at..at + hd));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Attention, one work item per (sequence, KV head, run of queries), reading the pool in
+    /// place; the heads' outputs into `scratch.attn`.
+    pub(super) fn attend(
+        &self,
+        layer: usize,
+        kv: &KvPool,
+        scratch: &mut Scratch,
+        seqs: &[SequenceRows<'_>],
+    ) {
+        let (hidden, t) = (self.config.hidden, scratch.rows.len());
+        let qkv_dim = (self.config.n_heads + 2 * self.config.n_kv_heads) * self.config.head_dim;
+        let heads = self.heads();
+        let out = SharedMut::new(&mut scratch.attn[..t * hidden]);
+        let qkv = &scratch.qkv[..t * qkv_dim];
+        let items = &scratch.items;
+        let scores = SharedMut::new(&mut scratch.scores);
+        let isa = self.isa;
+        parallel::for_each_chunk(items.len(), 1, |thread, range| {
+            // SAFETY: each thread uses its own scores buffer.
+            let scores = unsafe { &mut scores.slice(thread..thread + 1)[0] };
+            for &(s, h, q0, q1) in &items[range] {
+                // SAFETY: the item's heads and rows are written by it alone.
+                unsafe {
+                    attention::attend(
+                        isa,
+                        kv,
+                        layer,
+                        heads,
+                        seqs[s],
+                        h,
+                        q0..q1,
+                        qkv,
+                        qkv_dim,
+                        out,
+                        hidden,
+                        scores,
+                    )
+                };
+            }
+        });
+    }
+
+    /// A layer's MLP half: norm, gate and up as one product, SiLU(gate) * up quantized for the
+    /// down projection, added into the residual stream.
+    pub(super) fn mlp_block(&self, layer: &Layer, scratch: &mut Scratch, row_grain: usize) {
+        let (isa, hidden, ffn) = (self.isa, self.config.hidden, self.ffn);
+        let eps = self.config.rms_eps as f32;
+        let t = scratch.rows.len();
+        let xq = &mut scratch.xq;
+        norm_quantize(isa, &scratch.x, hidden, &layer.ffn_norm, eps, xq, row_grain);
+        let gate_up = &mut scratch.gate_up;
+        matmul(isa, &layer.gate_up, xq, gate_up, 2 * ffn, 0, Output::Store);
+        {
+            let gate_up = SharedMut::new(&mut scratch.gate_up[..t * 2 * ffn]);
+            let writer = scratch.hq.writer();
+            parallel::for_each_chunk(t, row_grain, |_, range| {
+                for r in range {
+                    // SAFETY: rows are disjoint between work items.
+                    unsafe {
+                        let row = gate_up.slice(r * 2 * ffn..(r + 1) * 2 * ffn);
+                        let (gate, up) = row.split_at_mut(ffn);
+                        math::silu_mul(isa, gate, up);
+                        let (q, d, s) = writer.blocks(r, 0..ffn / BLOCK);
+                        quant::quantize(isa, gate, q, d, s);
+                    }
+                }
+            });
+        }
+        let x = &mut scratch.x;
+        matmul(
+            isa,
+            &layer.down,
+            &scratch.hq,
+            x,
+            hidden,
+            0,
+            Output::Accumulate,
+        );
+    }
+
+    /// The logits `[wanted rows, vocab]` of the rows `wanted`: final norm and the output
+    /// projection (the embeddings when the model ties them).
+    pub(super) fn logits(&self, scratch: &mut Scratch, wanted: &[usize]) -> Vec<f32> {
+        let (isa, hidden, vocab) = (self.isa, self.config.hidden, self.config.vocab_size);
+        let eps = self.config.rms_eps as f32;
+        let mut logits = vec![0f32; wanted.len() * vocab];
+        if wanted.is_empty() {
+            return logits;
+        }
+        scratch.xq.reset(wanted.len());
+        {
+            let writer = scratch.xq.writer();
+            for (i, &r) in wanted.iter().enumerate() {
+                // SAFETY: one thread writes these rows.
+                let (q, d, s) = unsafe { writer.blocks(i, 0..hidden / BLOCK) };
+                let x = &scratch.x[r * hidden..(r + 1) * hidden];
+                quant::rms_norm_quantize(isa, x, &self.final_norm, eps, q, d, s);
+            }
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
+        matmul(isa, head, &scratch.xq, &mut logits, vocab, 0, Output::Store);
+        logits
+    }
+}
+
+/// Each sequence's first row in the step, its rows, its start position and its blocks.
+pub(super) fn sequence_rows<'a>(batch: &'a [StepSequence<'_>]) -> Vec<SequenceRows<'a>> {
+    let mut first_row = 0;
+    batch
+        .iter()
+        .map(|seq| {
+            let rows = SequenceRows {
+                first_row,
+                rows: seq.tokens.len(),
+                start: seq.table.len,
+                blocks: &seq.table.blocks,
+            };
+            first_row += seq.tokens.len();
+            rows
+        })
+        .collect()
+}
+
+/// The row of each sequence's last token, for the sequences that want logits.
+pub(super) fn rows_wanting_logits(batch: &[StepSequence<'_>]) -> Vec<usize> {
+    let mut end = 0;
+    let mut wanted = Vec::new();
+    for seq in batch {
+        end += seq.tokens.len();
+        if seq.wants_logits {
+            wanted.push(end - 1);
+        }
+    }
+    wanted
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// RMSNorm of each of the first `xq.rows()` rows of `x`, quantized into `xq`.
+fn norm_quantize(
+    isa: Isa,
+    x: &[f32],
+    k: usize,
+    weight: &[f32],
+    eps: f32,
+    xq: &mut QuantizedRows,
+    grain: usize,
+) {
+    let writer = xq.writer();
+    parallel::for_each_chunk(xq.rows(), grain, |_, range| {
+        for r in range {
+            // SAFETY: rows are disjoint between work items.
+            let (q, d, s) = unsafe { writer.blocks(r, 0..k / BLOCK) };
+            quant::rms_norm_quantize(isa, &x[r * k..(r + 1) * k], weight, eps, q, d, s);
+        }
+    });
+}
+
+/// Quantizes each of the first `xq.rows()` rows of `x` into `xq`.
+fn quantize_rows(isa: Isa, x: &[f32], k: usize, xq: &mut QuantizedRows, grain: usize) {
+    let writer = xq.writer();
+    parallel::for_each_chunk(xq.rows(), grain, |_, range| {
+        for r in range {
+            // SAFETY: rows are disjoint between work items.
+            let (q, d, s) = unsafe { writer.blocks(r, 0..k / BLOCK) };
+            quant::quantize(isa, &x[r * k..(r + 1) * k], q, d, s);
+        }
+    });
+}

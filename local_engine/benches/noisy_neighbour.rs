@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine_api::{Engine, GenerationRequest, Prompt, SamplingParams, TokenEvent};
-use local_engine::local::{LoadedModel, ModelFile};
 use local_engine::CoreConfig;
 use local_engine::{DeviceSpec, LocalEngine};
+use local_engine::{LoadedModel, ModelFile};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use policies::{Priority, Share};
 use rand::{Rng, SeedableRng};

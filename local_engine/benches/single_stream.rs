@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use local_engine::local::{LoadedModel, ModelFile};
 use local_engine::DeviceSpec;
+use local_engine::{LoadedModel, ModelFile};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use models::WeightFormat;
 

@@ -3,7 +3,7 @@
 //! sampling and structured output.
 //!
 //! What routing and the gateway know of engines is in `engine_api`; this crate implements it for
-//! a model in this process: the loader (`local::loader`), the engine (`local`), the runner that
+//! a model in this process: the loader (`loader`), the engine (`engine`), the runner that
 //! runs the request core's steps on the model (`runner`), and what turns logits into tokens
 //! (`decoding`, `sampling`, `text`). Scheduling is `request_core`'s, model code `models`', the
 //! kernels `cpu_kernels`'.
@@ -14,15 +14,17 @@
 // for this crate's own benchmarks and tests, which measure and check the parts inside.
 pub mod decoding;
 pub mod device;
+pub mod engine;
 pub mod error;
-pub mod local;
+pub mod loader;
 pub mod runner;
 pub mod sampling;
 pub mod text;
 pub mod threads;
 
 pub use device::DeviceSpec;
-pub use local::{LoadedModel, LocalEngine, LocalEngineOptions, ModelFile};
+pub use engine::{LocalEngine, LocalEngineOptions};
+pub use loader::{LoadedModel, ModelFile};
 pub use models::WeightFormat;
 pub use request_core::{CoreConfig, StepRecord};
 pub use threads::configure as configure_threads;

@@ -11,7 +11,7 @@ use request_core::{ModelRunner, PausePoint, Progress, Sampled, StepInput};
 
 use crate::decoding::Decoding;
 use crate::error::{execution, OrExecution};
-use crate::local::LoadedModel;
+use crate::loader::LoadedModel;
 
 /// A step paused between layers: its input and the layer it goes on from.
 struct PausedStep {

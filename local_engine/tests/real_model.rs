@@ -5,9 +5,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use engine_api::{Engine, GenerationRequest, Prompt, SamplingParams};
-use local_engine::local::{LoadedModel, ModelFile};
 use local_engine::text::{ChatMessage, IncrementalDecoder};
 use local_engine::LocalEngine;
+use local_engine::{LoadedModel, ModelFile};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use models::{LlamaModel, WeightFormat};
 

@@ -9,10 +9,10 @@ use engine_api::{
     Engine, EngineCounters, EngineError, FinishReason, GenerationRequest, Prompt, SamplingParams,
     TokenEvent,
 };
-use local_engine::local::{LoadedModel, ModelFile};
 use local_engine::text::ChatMessage;
 use local_engine::CoreConfig;
 use local_engine::{DeviceSpec, LocalEngine, StepRecord};
+use local_engine::{LoadedModel, ModelFile};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use policies::{Priority, Share};
 

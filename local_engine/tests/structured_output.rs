@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use engine_api::{
     ChatMessage, Engine, EngineError, GenerationRequest, OutputConstraint, Prompt, SamplingParams,
 };
-use local_engine::local::{LoadedModel, ModelFile};
 use local_engine::{CoreConfig, LocalEngine};
+use local_engine::{LoadedModel, ModelFile};
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 use models::WeightFormat;
 use serde_json::{json, Value};

@@ -12,11 +12,11 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use engine_api::{EngineError, FinishReason, Logprobs};
+use engine_api::EngineError;
 use policies::Priority;
 
 use crate::block_pool::BlockTable;
-use crate::sequence::SequenceId;
+use crate::sequence::{Sampled, SequenceId};
 
 /// One sequence's part of a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,21 +47,6 @@ pub enum Progress<L> {
     /// It stopped between layers at the pause point's request, keeping what it computed; the
     /// runner holds it until [`ModelRunner::resume`].
     Paused,
-}
-
-/// The token a runner sampled for one sequence, and whether the sequence ends with it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampled {
-    /// The token's id.
-    pub token: u32,
-    /// The text it completes (empty while a character or a possible stop string is incomplete,
-    /// and for the end-of-sequence token).
-    pub text: String,
-    /// Its log probabilities, when asked for.
-    pub logprobs: Option<Box<Logprobs>>,
-    /// Why the sequence ends with it (end of sequence, a stop string, its grammar complete,
-    /// `max_tokens` reached); `None`: it goes on.
-    pub finish: Option<FinishReason>,
 }
 
 /// Runs the steps the core plans, over a model.

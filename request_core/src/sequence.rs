@@ -17,7 +17,6 @@ use engine_api::{
 };
 
 use crate::block_pool::{chain_hash, BlockHash, BlockTable};
-use crate::runner::Sampled;
 
 /// Identifies a submission inside one engine.
 pub type SequenceId = u64;
@@ -66,6 +65,21 @@ pub struct Sequence<D> {
     pub registered_blocks: usize,
     /// Prompt tokens found in the prefix cache at its first admission (not computed).
     pub cached_tokens: usize,
+}
+
+/// The token a runner sampled for one sequence, and whether the sequence ends with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The token's id.
+    pub token: u32,
+    /// The text it completes (empty while a character or a possible stop string is incomplete,
+    /// and for the end-of-sequence token).
+    pub text: String,
+    /// Its log probabilities, when asked for.
+    pub logprobs: Option<Box<Logprobs>>,
+    /// Why the sequence ends with it (end of sequence, a stop string, its grammar complete,
+    /// `max_tokens` reached); `None`: it goes on.
+    pub finish: Option<FinishReason>,
 }
 
 /// What the engine should do with a sequence after a token.

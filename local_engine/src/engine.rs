@@ -1,8 +1,4 @@
-//! The local engine: a candle model in this process, driven by its request core's thread.
-
-pub mod loader;
-
-pub use loader::{LoadedModel, ModelFile};
+//! The local engine: a model in this process, driven by its request core's thread.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::decoding::Decoding;
 use crate::device::DeviceSpec;
 use crate::error::{EngineError, Result};
+use crate::loader::{LoadedModel, ModelFile};
 use crate::runner::LocalRunner;
 use engine_api::{
     Engine, EngineCounters, GenerationRequest, ModelInfo, PreparedPrompt, Prompt, TenantCounters,

@@ -15,7 +15,8 @@
 #
 # Environment: CONCURRENCY ("1 4 16 64"), TOKENS (128), PROMPT_WORDS (28, about 38 tokens),
 # PREFILL_WORDS (380, about 512 tokens), THREADS (2), SLOTS (16), BENCH_DIR
-# (~/.cache/gateway-bench), ROUNDS (1: how many times the whole comparison is repeated).
+# (~/.cache/gateway-bench), ROUNDS (1: how many times the whole comparison is repeated),
+# SKIP_BUILD (1: use the release binaries already in target/release, built as they were).
 # Prints one table; reports (JSON) stay in $BENCH_DIR/reports.
 #
 # BASELINE_BIN=/path/to/gateway: an A/B of two builds of ours instead (e.g. the commit before a
@@ -97,7 +98,7 @@ EOF
 }
 
 log "building the gateway and the load-test harness (release)"
-cargo build --release -q -p gateway -p loadtest
+[[ "${SKIP_BUILD:-0}" = 1 ]] || cargo build --release -q -p gateway -p loadtest
 GATEWAY_BIN=target/release/gateway
 BASELINE_BIN=${BASELINE_BIN:-}
 if [[ -n "$BASELINE_BIN" ]]; then

@@ -214,8 +214,7 @@ fn encode_all(
             end += 1;
         }
         vectors.extend(
-            encode(model, device, &inputs[start..end], longest)
-                .map_err(|e| EngineError::Execution(Box::new(e)))?,
+            encode(model, device, &inputs[start..end], longest).map_err(EngineError::execution)?,
         );
         start = end;
     }

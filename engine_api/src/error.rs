@@ -69,5 +69,13 @@ pub enum EngineError {
     Embedding(String),
 }
 
+impl EngineError {
+    /// A failure of a model backend (a tensor operation, a kernel, a device), kept as the
+    /// source.
+    pub fn execution(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        EngineError::Execution(Box::new(error))
+    }
+}
+
 /// The engines' result type.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

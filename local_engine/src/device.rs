@@ -64,9 +64,9 @@ impl DeviceSpec {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             #[cfg(feature = "cuda")]
-            Self::Cuda(ordinal) => Device::new_cuda(*ordinal).map_err(crate::error::execution),
+            Self::Cuda(ordinal) => Device::new_cuda(*ordinal).map_err(EngineError::execution),
             #[cfg(feature = "metal")]
-            Self::Metal(ordinal) => Device::new_metal(*ordinal).map_err(crate::error::execution),
+            Self::Metal(ordinal) => Device::new_metal(*ordinal).map_err(EngineError::execution),
             #[allow(unreachable_patterns)]
             other => Err(EngineError::Load(format!(
                 "device `{other}` needs a build with the `{}` feature, which this build does not have",

@@ -6,11 +6,6 @@ pub use engine_api::EngineError;
 /// The local engine's result type.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-/// A failure of the model backend (candle) while loading or running a step.
-pub fn execution(error: candle_core::Error) -> EngineError {
-    EngineError::Execution(Box::new(error))
-}
-
 /// Turns a backend result into the engine's, keeping the backend's error as the source.
 pub trait OrExecution<T> {
     /// `Err(e)` becomes [`EngineError::Execution`] with `e` as its source.
@@ -19,6 +14,6 @@ pub trait OrExecution<T> {
 
 impl<T> OrExecution<T> for candle_core::Result<T> {
     fn or_execution(self) -> Result<T> {
-        self.map_err(execution)
+        self.map_err(EngineError::execution)
     }
 }

@@ -10,13 +10,13 @@ use models::{BlockTable, Forward, SequenceInput, Workspace};
 use request_core::{ModelRunner, PausePoint, Progress, Sampled, StepInput};
 
 use crate::decoding::Decoding;
-use crate::error::{execution, OrExecution};
+use crate::error::OrExecution;
 use crate::loader::LoadedModel;
 
-/// A step paused between layers: its input and the layer it goes on from.
+/// A step paused between layers: its input and the layer it goes on from. (The model's block
+/// tables are made from the input again on resuming: a step advances them only at its end.)
 struct PausedStep {
     input: StepInput,
-    tables: Vec<BlockTable>,
     next_layer: usize,
 }
 
@@ -47,10 +47,10 @@ impl LocalRunner {
     fn run_from(
         &mut self,
         input: StepInput,
-        mut tables: Vec<BlockTable>,
         first_layer: usize,
         pause: &PausePoint<'_>,
     ) -> Result<Progress<Tensor>> {
+        let mut tables = tables_of(&input);
         let requested = || pause.requested();
         let forward = {
             let mut batch = batch_of(&input, &mut tables);
@@ -60,11 +60,7 @@ impl LocalRunner {
         match forward.or_execution()? {
             Forward::Done(logits) => Ok(Progress::Done(logits)),
             Forward::PausedBefore(next_layer) => {
-                self.paused = Some(PausedStep {
-                    input,
-                    tables,
-                    next_layer,
-                });
+                self.paused = Some(PausedStep { input, next_layer });
                 Ok(Progress::Paused)
             }
         }
@@ -99,13 +95,12 @@ impl ModelRunner for LocalRunner {
     type Logits = Tensor;
 
     fn start(&mut self, step: StepInput, pause: &PausePoint<'_>) -> Result<Progress<Tensor>> {
-        let tables = tables_of(&step);
-        self.run_from(step, tables, 0, pause)
+        self.run_from(step, 0, pause)
     }
 
     fn resume(&mut self, pause: &PausePoint<'_>) -> Result<Progress<Tensor>> {
         let paused = self.paused.take().ok_or(EngineError::EngineStopped)?;
-        self.run_from(paused.input, paused.tables, paused.next_layer, pause)
+        self.run_from(paused.input, paused.next_layer, pause)
     }
 
     fn run_beside(&mut self, step: StepInput) -> Result<Tensor> {
@@ -124,7 +119,7 @@ impl ModelRunner for LocalRunner {
             .iter_mut()
             .enumerate()
             .map(|(row, decoding)| {
-                let row = logits.i(row).map_err(execution)?;
+                let row = logits.i(row).map_err(EngineError::execution)?;
                 decoding.sample(&row, tokenizer)
             })
             .collect()

@@ -150,11 +150,6 @@ impl<'a> PausePoint<'a> {
             None => false,
         }
     }
-
-    /// The highest class in the step.
-    pub fn in_flight(&self) -> Priority {
-        self.in_flight
-    }
 }
 
 #[cfg(test)]

@@ -99,10 +99,12 @@ impl<D> CoreHandle<D> {
     /// Queues `jobs` together (one step never sees only some of them); gives them back if the
     /// core is gone.
     pub fn submit(&self, jobs: Vec<Job<D>>) -> Result<(), Vec<Job<D>>> {
-        let classes: Vec<Priority> = jobs.iter().map(|j| j.request.share.priority).collect();
+        let highest = jobs.iter().map(|j| j.request.share.priority).max();
         self.jobs.send(jobs).map_err(|e| e.0)?;
         // Raised after the send: a step that sees it will find the jobs in the queue.
-        classes.into_iter().for_each(|c| self.arrivals.arrived(c));
+        if let Some(class) = highest {
+            self.arrivals.arrived(class);
+        }
         Ok(())
     }
 

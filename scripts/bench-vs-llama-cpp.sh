@@ -26,7 +26,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-LLAMA_CPP_PYTHON=0.3.36
 CONCURRENCY=${CONCURRENCY:-"1 4 16 64"}
 TOKENS=${TOKENS:-128}
 PROMPT_WORDS=${PROMPT_WORDS:-28}
@@ -44,29 +43,15 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# shellcheck source=lib/llama-cpp.sh
+source "$ROOT/scripts/lib/llama-cpp.sh"
+
 build_llama_server() {
     if [[ -n "${LLAMA_SERVER:-}" ]]; then
         echo "$LLAMA_SERVER"
         return
     fi
-    local src="$BENCH_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
-    local bin="$src/build/bin/llama-server"
-    if [[ ! -x "$bin" ]]; then
-        log "building llama-server from llama-cpp-python==$LLAMA_CPP_PYTHON's sdist (once)"
-        python3 -m pip install -q cmake ninja scikit-build-core >&2
-        python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
-            "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$BENCH_DIR" >&2
-        tar xzf "$BENCH_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$BENCH_DIR"
-        local avx512=OFF vnni=OFF
-        if grep -qw avx512f /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then avx512=ON; fi
-        if [[ $avx512 == ON ]] && grep -qw avx512_vnni /proc/cpuinfo; then vnni=ON; fi
-        cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-            -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-            -DGGML_AVX512=$avx512 -DGGML_AVX512_VNNI=$vnni -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
-            -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
-        cmake --build "$src/build" --target llama-server -j "$(nproc)" >&2
-    fi
-    echo "$bin"
+    echo "$(build_llama_cpp llama-server)/llama-server"
 }
 
 wait_ready() { # url

@@ -49,6 +49,17 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// Rotates element `i` with element `i + head_dim / 2` of `x` (one head) by the angles whose
+/// cosines and sines are `cos`, `sin`: the GPT-NeoX layout that Qwen, Phi and EXAONE use.
+pub fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let (first, second) = x.split_at_mut(x.len() / 2);
+    for (((a, b), &c), &s) in first.iter_mut().zip(second.iter_mut()).zip(cos).zip(sin) {
+        let (x0, x1) = (*a, *b);
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+}
+
 /// f32 to f16 bits, rounding to nearest even.
 pub fn to_f16(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
@@ -175,6 +186,16 @@ mod tests {
         let mut very_negative = vec![-200.0f32; 9];
         exp_sub_sum(Isa::detect(), &mut very_negative, 0.0);
         assert!(very_negative.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn rope_halves_rotates_element_i_with_i_plus_half() {
+        let mut x = [1.0f32, 0.0, 0.0, 2.0];
+        let angle = std::f32::consts::FRAC_PI_2;
+        rope_halves(&mut x, &[angle.cos(), 1.0], &[angle.sin(), 0.0]);
+        // (x0, x2) = (1, 0) turns a quarter to (0, 1); (x1, x3) = (0, 2) stays.
+        assert!(x[0].abs() < 1e-6 && (x[2] - 1.0).abs() < 1e-6, "{x:?}");
+        assert_eq!((x[1], x[3]), (0.0, 2.0));
     }
 
     #[test]

@@ -26,10 +26,12 @@ use super::quant::{QuantizedRows, BLOCK};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShapeError {
     /// Rows whose length is not a whole number of blocks.
-    #[error("{k} inputs is not a multiple of {BLOCK}")]
+    #[error("{k} inputs is not a multiple of {block}")]
     PartialBlock {
         /// Inputs per row.
         k: usize,
+        /// Values per block of the type.
+        block: usize,
     },
     /// Quantized data of the wrong size for its shape.
     #[error("{bytes} bytes for a [{n}, {k}] matrix, expected {expected}")]
@@ -63,6 +65,11 @@ const Q4_0_BYTES: usize = 18;
 const Q4_1_BYTES: usize = 20;
 /// Bytes of one GGML Q8_0 block: f16 scale, 32 int8 quants.
 const Q8_0_BYTES: usize = 34;
+/// Values per K-quant super-block.
+pub const SUPER_BLOCK: usize = 256;
+/// Bytes of one GGML Q4_K super-block: f16 `d` and `dmin`, 12 bytes of 6-bit scales and
+/// mins, 128 bytes of nibbles.
+const Q4_K_BYTES: usize = 144;
 /// Activation rows at or above which a 4-bit tile is unpacked to bytes once and reused.
 const UNPACK_FROM_ROWS: usize = 4;
 /// Activation rows per cache block of a batched product: the rows' quants stay in L2 while
@@ -102,6 +109,28 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
+/// A Q4_0/Q4_1 block's 16 bytes as 32 quants: element `e < 16` in the low nibble of byte `e`,
+/// `16 + e` in its high nibble.
+fn ggml_nibbles(bytes: &[u8]) -> [u8; BLOCK] {
+    std::array::from_fn(|e| match e < 16 {
+        true => bytes[e] & 0x0f,
+        false => bytes[e - 16] >> 4,
+    })
+}
+
+/// The 6-bit scale and min of block `j` (0..8) of a Q4_K super-block: blocks 0..4 in the low
+/// six bits of bytes `j` and `j + 4`; blocks 4..8 in the nibbles of byte `j + 4` with their two
+/// high bits in the top bits of bytes `j - 4` and `j`.
+fn q4_k_scale_min(j: usize, s: &[u8; 12]) -> (u8, u8) {
+    match j < 4 {
+        true => (s[j] & 63, s[j + 4] & 63),
+        false => (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        ),
+    }
+}
+
 impl PackedMatrix {
     /// Outputs.
     pub fn n(&self) -> usize {
@@ -135,11 +164,19 @@ impl PackedMatrix {
         self.k / BLOCK
     }
 
-    fn check_shape(n: usize, k: usize, bytes: usize, block_bytes: usize) -> Result<(), ShapeError> {
-        if !k.is_multiple_of(BLOCK) {
-            return Err(ShapeError::PartialBlock { k });
+    /// Checks that rows are whole blocks of `block` values and the data is `block_bytes` per
+    /// block.
+    fn check_shape(
+        n: usize,
+        k: usize,
+        bytes: usize,
+        block_bytes: usize,
+        block: usize,
+    ) -> Result<(), ShapeError> {
+        if !k.is_multiple_of(block) {
+            return Err(ShapeError::PartialBlock { k, block });
         }
-        let expected = n * k / BLOCK * block_bytes;
+        let expected = n * k / block * block_bytes;
         if bytes != expected {
             return Err(ShapeError::WrongSize {
                 n,
@@ -183,33 +220,67 @@ impl PackedMatrix {
 
     /// Repacks GGML Q4_0 data of a `[n, k]` matrix (`w = d * (q - 8)`).
     pub fn from_q4_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
-        Self::from_4bit(bytes, n, k, Q4_0_BYTES, |block| {
-            let d = f16_at(block, 0);
-            (d, -8.0 * d, &block[2..18])
-        })
+        Self::check_shape(n, k, bytes.len(), Q4_0_BYTES, BLOCK)?;
+        Self::from_4bit(
+            bytes.chunks_exact(Q4_0_BYTES).map(|block| {
+                let d = f16_at(block, 0);
+                (d, -8.0 * d, ggml_nibbles(&block[2..18]))
+            }),
+            n,
+            k,
+        )
     }
 
     /// Repacks GGML Q4_1 data of a `[n, k]` matrix (`w = d * q + m`).
     pub fn from_q4_1(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
-        Self::from_4bit(bytes, n, k, Q4_1_BYTES, |block| {
-            (f16_at(block, 0), f16_at(block, 2), &block[4..20])
-        })
+        Self::check_shape(n, k, bytes.len(), Q4_1_BYTES, BLOCK)?;
+        Self::from_4bit(
+            bytes.chunks_exact(Q4_1_BYTES).map(|block| {
+                (
+                    f16_at(block, 0),
+                    f16_at(block, 2),
+                    ggml_nibbles(&block[4..20]),
+                )
+            }),
+            n,
+            k,
+        )
     }
 
+    /// Repacks GGML Q4_K data of a `[n, k]` matrix. A super-block of 256 weights holds eight
+    /// blocks of 32, each `w = d * sc_j * q - dmin * m_j` with 6-bit `sc_j`, `m_j`: exactly
+    /// the 4-bit form with `d_j = d * sc_j` and `m_j = -dmin * m_j` (the products GGML's own
+    /// dequantization computes, in f32), so Q4_K runs on the 4-bit kernels unchanged.
+    pub fn from_q4_k(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
+        Self::check_shape(n, k, bytes.len(), Q4_K_BYTES, SUPER_BLOCK)?;
+        let blocks = bytes.chunks_exact(Q4_K_BYTES).flat_map(|sb| {
+            let (d, dmin) = (f16_at(sb, 0), f16_at(sb, 2));
+            let scales: &[u8; 12] = sb[4..16].try_into().expect("12 bytes of scales");
+            let qs = &sb[16..144];
+            (0..8).map(move |j| {
+                let (sc, m) = q4_k_scale_min(j, scales);
+                // Blocks 2i and 2i + 1 share bytes 32i..32i+32: low nibbles, then high ones.
+                let bytes = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
+                let shift = if j % 2 == 1 { 4 } else { 0 };
+                let quants: [u8; BLOCK] = std::array::from_fn(|e| (bytes[e] >> shift) & 0x0f);
+                (d * sc as f32, -(dmin * m as f32), quants)
+            })
+        });
+        Self::from_4bit(blocks, n, k)
+    }
+
+    /// Fills a 4-bit matrix from its blocks in file order: `(d, m, quants)`, quants in 0..16
+    /// in element order.
     fn from_4bit(
-        bytes: &[u8],
+        blocks: impl Iterator<Item = (f32, f32, [u8; BLOCK])>,
         n: usize,
         k: usize,
-        block_bytes: usize,
-        parse: impl Fn(&[u8]) -> (f32, f32, &[u8]),
     ) -> Result<Self, ShapeError> {
-        Self::check_shape(n, k, bytes.len(), block_bytes)?;
         let mut matrix = Self::empty_q4(n, k);
         let nb = k / BLOCK;
-        for (i, block) in bytes.chunks_exact(block_bytes).enumerate() {
+        for (i, (d, m, quants)) in blocks.enumerate() {
             let (row, b) = (i / nb, i % nb);
             let at = matrix.slot(row, b);
-            let (d, m, nibbles) = parse(block);
             matrix.d[at] = d;
             if let Quants::Q4 {
                 nibbles: dst,
@@ -219,13 +290,7 @@ impl PackedMatrix {
                 offsets[at] = m;
                 let (pair, high) = ((row % TILE) / 2, row % 2 == 1);
                 let base = (((row / TILE) * nb + b) * (TILE / 2) + pair) * BLOCK;
-                for e in 0..BLOCK {
-                    // GGML: element e < 16 in the low nibble of byte e, 16 + e in the high one.
-                    let q = if e < 16 {
-                        nibbles[e] & 0x0f
-                    } else {
-                        nibbles[e - 16] >> 4
-                    };
+                for (e, &q) in quants.iter().enumerate() {
                     dst[base + e] |= if high { q << 4 } else { q };
                 }
             }
@@ -235,7 +300,7 @@ impl PackedMatrix {
 
     /// Repacks GGML Q8_0 data of a `[n, k]` matrix.
     pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
-        Self::check_shape(n, k, bytes.len(), Q8_0_BYTES)?;
+        Self::check_shape(n, k, bytes.len(), Q8_0_BYTES, BLOCK)?;
         let mut matrix = Self::empty_q8(n, k);
         let nb = k / BLOCK;
         for (i, block) in bytes.chunks_exact(Q8_0_BYTES).enumerate() {
@@ -257,7 +322,7 @@ impl PackedMatrix {
     /// directly. Scales are rounded through f16, as GGML's Q8_0 stores them.
     pub fn quantize_q8_0(weights: &[f32], n: usize, k: usize) -> Result<Self, ShapeError> {
         if !k.is_multiple_of(BLOCK) {
-            return Err(ShapeError::PartialBlock { k });
+            return Err(ShapeError::PartialBlock { k, block: BLOCK });
         }
         if weights.len() != n * k {
             return Err(ShapeError::WrongValues {

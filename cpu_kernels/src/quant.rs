@@ -166,6 +166,14 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm of `x` times `weight`, in place (QK-norm of one head).
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let scale = rms_scale(x, eps);
+    for (x, &w) in x.iter_mut().zip(weight) {
+        *x *= scale * w;
+    }
+}
+
 /// `1 / sqrt(mean(x^2) + eps)`, summed in eight lanes (vectorizes; same order on every CPU).
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let mut lanes = [0f32; 8];

@@ -11,7 +11,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 
-use super::config::{LlamaConfig, WeightFormat};
+use super::config::{ModelConfig, WeightFormat};
 use super::kv_cache::KvSequence;
 
 /// A linear layer: candle's quantized matmul.
@@ -41,7 +41,7 @@ struct Layer {
 
 /// A llama model on candle. Immutable: all per-sequence state lives in a [`KvSequence`].
 pub struct CandleLlama {
-    config: LlamaConfig,
+    config: ModelConfig,
     /// Token embeddings, dequantized to f32 for row lookups.
     embeddings: Tensor,
     layers: Vec<Layer>,
@@ -106,7 +106,8 @@ impl CandleLlama {
         device: &Device,
         format: WeightFormat,
     ) -> Result<Self> {
-        let config = LlamaConfig::from_gguf(ct)?;
+        let config = ModelConfig::from_gguf(ct).map_err(candle_core::Error::wrap)?;
+        gpu_serves(&config, ct)?;
         let eps = config.rms_eps;
         let embeddings_q = load_tensor(ct, reader, "token_embd.weight", device)?;
         let embeddings = embeddings_q.dequantize(device)?;
@@ -162,7 +163,7 @@ impl CandleLlama {
     }
 
     /// The model's hyper-parameters.
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -296,7 +297,26 @@ fn causal_mask(
     Tensor::from_vec(mask, (group * n, kv_len), device)
 }
 
-fn rope_tables(c: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+/// What this path implements: plain llama. The other architectures, and llama with RoPE
+/// scaling, run on the CPU engine until the GPU path serves them (the GPU batching work);
+/// refusing them here beats producing wrong text.
+fn gpu_serves(c: &ModelConfig, ct: &gguf_file::Content) -> Result<()> {
+    if c.architecture != crate::config::Architecture::Llama {
+        candle_core::bail!(
+            "architecture `{}` runs on the CPU engine only; the GPU path serves `llama`",
+            c.architecture.name()
+        );
+    }
+    if c.rope_position_scale != 1.0 || ct.tensor_infos.contains_key("rope_freqs.weight") {
+        candle_core::bail!("RoPE scaling (Llama 3.1+) runs on the CPU engine only");
+    }
+    if c.head_dim * c.n_heads != c.hidden {
+        candle_core::bail!("a head size other than hidden / heads runs on the CPU engine only");
+    }
+    Ok(())
+}
+
+fn rope_tables(c: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let inv_freq: Vec<f32> = (0..c.head_dim)
         .step_by(2)
         .map(|i| 1.0 / c.rope_base.powf(i as f32 / c.head_dim as f32))

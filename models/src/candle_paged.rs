@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::config::{BlockTable, LlamaConfig};
+use super::config::{BlockTable, ModelConfig};
 use super::kv_cache::KvSequence;
 
 /// The block pool's storage.
@@ -19,7 +19,7 @@ pub struct PagedKvCache {
 impl PagedKvCache {
     /// A pool of `num_blocks` blocks of `block_size` positions per layer.
     pub fn new(
-        config: &LlamaConfig,
+        config: &ModelConfig,
         num_blocks: usize,
         block_size: usize,
         device: &Device,
@@ -118,15 +118,18 @@ mod tests {
     use super::*;
     use crate::kv_cache::KvCache;
 
-    fn config() -> LlamaConfig {
-        LlamaConfig {
+    fn config() -> ModelConfig {
+        ModelConfig {
+            architecture: crate::config::Architecture::Llama,
             n_layers: 2,
             n_heads: 2,
             n_kv_heads: 1,
             head_dim: 2,
             hidden: 4,
+            ffn: 8,
             rms_eps: 1e-5,
             rope_base: 10_000.0,
+            rope_position_scale: 1.0,
             context_length: 64,
             vocab_size: 8,
         }

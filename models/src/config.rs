@@ -1,8 +1,7 @@
-//! What every implementation of the llama architecture shares: the model's shape read from
-//! GGUF metadata, how weights are held, and the block tables of the paged KV cache.
+//! What every implementation of the supported architectures shares: the model's shape read
+//! from GGUF metadata, how weights are held, and the block tables of the paged KV cache.
 
 use candle_core::quantized::gguf_file;
-use candle_core::Result;
 
 /// Index of one KV block in a pool.
 pub type BlockId = u32;
@@ -23,9 +22,94 @@ impl BlockTable {
     }
 }
 
-/// Shape and constants of a llama model, read from GGUF metadata.
+/// The transformer families the engine runs, by GGUF's `general.architecture`. All are
+/// pre-norm decoders with RMSNorm, RoPE, grouped-query attention and a gated MLP; they differ
+/// in the details below, which the forward pass reads from [`ModelConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama 1/2/3.x, Mistral (without sliding window), SmolLM, TinyLlama: RoPE on adjacent
+    /// pairs (GGUF stores Q and K permuted for it), optional `rope_freqs` (Llama 3.1+).
+    Llama,
+    /// Qwen 2 / 2.5: biases on Q, K and V; RoPE on halves (GPT-NeoX style).
+    Qwen2,
+    /// Qwen 3: RMSNorm of each query and key head before RoPE (QK-norm), no biases; the head
+    /// size is its own (`attention.key_length`), not hidden / heads.
+    Qwen3,
+    /// Phi-3 / 3.5 mini: Q, K, V fused in one tensor, gate and up fused in one; RoPE on halves.
+    Phi3,
+    /// EXAONE 3.x (LG AI Research): llama's tensors, RoPE on halves.
+    Exaone,
+}
+
+impl Architecture {
+    /// Every supported `general.architecture` value.
+    pub const SUPPORTED: [&'static str; 5] = ["llama", "qwen2", "qwen3", "phi3", "exaone"];
+
+    /// The architecture GGUF's `general.architecture` names, if supported.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama" => Self::Llama,
+            "qwen2" => Self::Qwen2,
+            "qwen3" => Self::Qwen3,
+            "phi3" => Self::Phi3,
+            "exaone" => Self::Exaone,
+            _ => return None,
+        })
+    }
+
+    /// Its GGUF name (the prefix of its metadata keys).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
+            Self::Exaone => "exaone",
+        }
+    }
+
+    /// Which elements RoPE rotates together.
+    pub fn rope_style(self) -> RopeStyle {
+        match self {
+            Self::Llama => RopeStyle::AdjacentPairs,
+            Self::Qwen2 | Self::Qwen3 | Self::Phi3 | Self::Exaone => RopeStyle::Halves,
+        }
+    }
+}
+
+/// Which elements of a head RoPE rotates together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// `(2i, 2i + 1)`: llama as GGUF stores it.
+    AdjacentPairs,
+    /// `(i, i + head_dim / 2)`: GPT-NeoX, Qwen, Phi, EXAONE.
+    Halves,
+}
+
+/// Why a file's metadata does not describe a model the engine can run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// `general.architecture` names an architecture the engine does not implement.
+    #[error("architecture `{0}` is not supported (supported: {supported})", supported = Architecture::SUPPORTED.join(", "))]
+    UnknownArchitecture(String),
+    /// A key the architecture needs is absent.
+    #[error("GGUF metadata has no `{0}`")]
+    MissingKey(String),
+    /// A key holds the wrong type or an impossible value.
+    #[error("GGUF metadata `{key}`: {problem}")]
+    BadValue {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// Shape and constants of a model, read from GGUF metadata (`{architecture}.*` keys).
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
+pub struct ModelConfig {
+    /// The family, which decides the details of the forward pass.
+    pub architecture: Architecture,
     /// Transformer blocks.
     pub n_layers: usize,
     /// Query heads.
@@ -36,11 +120,15 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     /// Width of the residual stream.
     pub hidden: usize,
+    /// Inner width of the MLP.
+    pub ffn: usize,
     /// RMSNorm epsilon.
     pub rms_eps: f64,
     /// RoPE frequency base.
     pub rope_base: f32,
-    /// Longest sequence the model was trained for.
+    /// Linear RoPE scaling: positions are multiplied by this (`1 / rope.scaling.factor`).
+    pub rope_position_scale: f32,
+    /// Longest sequence the model serves.
     pub context_length: usize,
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
@@ -49,8 +137,8 @@ pub struct LlamaConfig {
 /// How linear-layer weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// As stored in the file where a kernel reads that type (Q4_0, Q4_1, Q8_0 on the CPU);
-    /// anything else is re-quantized to Q8_0 at load.
+    /// As stored in the file where a kernel reads that type (Q4_0, Q4_1, Q4_K, Q8_0 on the
+    /// CPU); anything else is re-quantized to Q8_0 at load.
     #[default]
     AsStored,
     /// Re-quantized to Q8_0 at load: 8-bit weights for every projection (more bytes per
@@ -58,43 +146,152 @@ pub enum WeightFormat {
     Q8_0,
 }
 
-impl LlamaConfig {
-    /// Reads the shape from GGUF metadata (`llama.*` keys).
-    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
-        let arch = md(ct, "general.architecture")?.to_string()?.clone();
-        if arch != "llama" {
-            candle_core::bail!("architecture `{arch}` is not supported (only `llama`)");
-        }
-        let n_heads = md(ct, "llama.attention.head_count")?.to_u32()? as usize;
-        let hidden = md(ct, "llama.embedding_length")?.to_u32()? as usize;
-        let vocab_size = match ct.metadata.get("llama.vocab_size") {
-            Some(v) => v.to_u32()? as usize,
-            None => ct
-                .tensor_infos
-                .get("token_embd.weight")
-                .map(|t| t.shape.dims()[0])
-                .ok_or_else(|| candle_core::Error::Msg("no token_embd.weight".into()))?,
+impl ModelConfig {
+    /// Reads the shape from GGUF metadata.
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self, ConfigError> {
+        let name = string(ct, "general.architecture")?;
+        let architecture =
+            Architecture::from_name(&name).ok_or(ConfigError::UnknownArchitecture(name))?;
+        let a = architecture.name();
+        let key = |k: &str| format!("{a}.{k}");
+        let n_heads = positive(ct, &key("attention.head_count"))?;
+        let hidden = positive(ct, &key("embedding_length"))?;
+        let n_kv_heads = match ct.metadata.get(&key("attention.head_count_kv")) {
+            Some(_) => positive(ct, &key("attention.head_count_kv"))?,
+            None => n_heads,
         };
-        Ok(Self {
-            n_layers: md(ct, "llama.block_count")?.to_u32()? as usize,
-            n_heads,
-            n_kv_heads: md(ct, "llama.attention.head_count_kv")?.to_u32()? as usize,
-            head_dim: hidden / n_heads,
-            hidden,
-            rms_eps: md(ct, "llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-            rope_base: ct
+        let head_dim = match ct.metadata.get(&key("attention.key_length")) {
+            Some(_) => positive(ct, &key("attention.key_length"))?,
+            None => hidden / n_heads,
+        };
+        if let Some(v) = ct.metadata.get(&key("attention.value_length")) {
+            if v.to_u32().ok().map(|v| v as usize) != Some(head_dim) {
+                return Err(bad(
+                    &key("attention.value_length"),
+                    "must equal the key length",
+                ));
+            }
+        }
+        if let Some(v) = ct.metadata.get(&key("rope.dimension_count")) {
+            if v.to_u32().ok().map(|v| v as usize) != Some(head_dim) {
+                return Err(bad(
+                    &key("rope.dimension_count"),
+                    "RoPE on part of a head is not supported",
+                ));
+            }
+        }
+        let vocab_size = match ct.metadata.get(&key("vocab_size")) {
+            Some(_) => positive(ct, &key("vocab_size"))?,
+            None => match ct.tensor_infos.get("token_embd.weight") {
+                Some(t) => *t.shape.dims().first().unwrap_or(&0),
+                None => match ct.metadata.get("tokenizer.ggml.tokens") {
+                    Some(v) => v.to_vec().map(|v| v.len()).unwrap_or(0),
+                    None => return Err(ConfigError::MissingKey(key("vocab_size"))),
+                },
+            },
+        };
+        let rope_position_scale = match ct
+            .metadata
+            .get(&key("rope.scaling.type"))
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+        {
+            None | Some("none") => 1.0,
+            Some("linear") => {
+                let factor = float(ct, &key("rope.scaling.factor"))?;
+                if !(factor.is_finite() && factor > 0.0) {
+                    return Err(bad(&key("rope.scaling.factor"), "must be positive"));
+                }
+                1.0 / factor
+            }
+            Some(other) => {
+                return Err(bad(
+                    &key("rope.scaling.type"),
+                    &format!("`{other}` is not supported (only linear)"),
+                ))
+            }
+        };
+        let mut context_length = positive(ct, &key("context_length"))?;
+        if architecture == Architecture::Phi3 {
+            // LongRoPE files (Phi-3 128k) carry long and short factors; only the short ones,
+            // valid up to the original context, are applied here.
+            if let Some(v) = ct
                 .metadata
-                .get("llama.rope.freq_base")
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(10_000.0),
-            context_length: md(ct, "llama.context_length")?.to_u32()? as usize,
+                .get(&key("rope.scaling.original_context_length"))
+            {
+                let original = v.to_u32().map_err(|e| {
+                    bad(&key("rope.scaling.original_context_length"), &e.to_string())
+                })? as usize;
+                context_length = context_length.min(original.max(1));
+            }
+        }
+        Ok(Self {
+            architecture,
+            n_layers: positive(ct, &key("block_count"))?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            hidden,
+            ffn: positive(ct, &key("feed_forward_length"))?,
+            rms_eps: float(ct, &key("attention.layer_norm_rms_epsilon"))? as f64,
+            rope_base: match ct.metadata.get(&key("rope.freq_base")) {
+                Some(_) => float(ct, &key("rope.freq_base"))?,
+                None => 10_000.0,
+            },
+            rope_position_scale,
+            context_length,
             vocab_size,
         })
     }
+
+    /// Width of the attention's queries (and of its output): heads times head size.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of the keys (and of the values).
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
 }
 
-fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
+fn bad(key: &str, problem: &str) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        problem: problem.to_string(),
+    }
+}
+
+fn value<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value, ConfigError> {
     ct.metadata
         .get(key)
-        .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no `{key}`")))
+        .ok_or_else(|| ConfigError::MissingKey(key.to_string()))
+}
+
+fn string(ct: &gguf_file::Content, key: &str) -> Result<String, ConfigError> {
+    value(ct, key)?
+        .to_string()
+        .cloned()
+        .map_err(|e| bad(key, &e.to_string()))
+}
+
+/// A count: an unsigned integer above zero and below 2^31.
+fn positive(ct: &gguf_file::Content, key: &str) -> Result<usize, ConfigError> {
+    let v = value(ct, key)?;
+    let n = v
+        .to_u32()
+        .or_else(|_| v.to_u64().map(|n| n.min(u32::MAX as u64) as u32))
+        .or_else(|_| v.to_i32().map(|n| n.max(0) as u32))
+        .map_err(|e| bad(key, &e.to_string()))?;
+    if n == 0 || n > i32::MAX as u32 {
+        return Err(bad(key, &format!("{n} is out of range")));
+    }
+    Ok(n as usize)
+}
+
+fn float(ct: &gguf_file::Content, key: &str) -> Result<f32, ConfigError> {
+    let v = value(ct, key)?;
+    v.to_f32()
+        .or_else(|_| v.to_f64().map(|f| f as f32))
+        .map_err(|e| bad(key, &e.to_string()))
 }

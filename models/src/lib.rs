@@ -14,5 +14,5 @@ pub mod cpu_llama;
 pub mod kv_cache;
 pub mod llama;
 
-pub use config::{BlockId, BlockTable, LlamaConfig, WeightFormat};
+pub use config::{BlockId, BlockTable, ModelConfig, WeightFormat};
 pub use llama::{Forward, LlamaModel, SequenceInput, SoloCache, Workspace};

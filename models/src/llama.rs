@@ -14,7 +14,7 @@ use candle_core::{Device, Result, Tensor, D};
 
 use super::candle_llama::{CandleInput, CandleLlama};
 use super::candle_paged::PagedKvCache;
-use super::config::{BlockId, BlockTable, LlamaConfig, WeightFormat};
+use super::config::{BlockId, BlockTable, ModelConfig, WeightFormat};
 use crate::cpu_llama::{CpuLlama, Progress as CpuProgress, Scratch, StepSequence};
 use cpu_kernels::kv::KvPool;
 
@@ -142,7 +142,7 @@ impl LlamaModel {
         if !device.is_cpu() {
             return Self::from_gguf_candle(ct, reader, device, format);
         }
-        let config = LlamaConfig::from_gguf(ct)?;
+        let config = ModelConfig::from_gguf(ct).map_err(candle_core::Error::wrap)?;
         let model = CpuLlama::from_gguf(ct, reader, config, format).map_err(cpu_error)?;
         Ok(Self {
             backend: Backend::Cpu(model),
@@ -165,7 +165,7 @@ impl LlamaModel {
     }
 
     /// The model's shape.
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         match &self.backend {
             Backend::Cpu(m) => m.config(),
             Backend::Candle(m) => m.config(),

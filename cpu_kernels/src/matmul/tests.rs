@@ -20,6 +20,7 @@ fn matrix(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (PackedMatrix, Vec
     let packed = match dtype {
         GgmlDType::Q4_0 => PackedMatrix::from_q4_0(&bytes, n, k),
         GgmlDType::Q4_1 => PackedMatrix::from_q4_1(&bytes, n, k),
+        GgmlDType::Q4K => PackedMatrix::from_q4_k(&bytes, n, k),
         GgmlDType::Q8_0 => PackedMatrix::from_q8_0(&bytes, n, k),
         other => panic!("{other:?}"),
     }
@@ -47,8 +48,13 @@ fn product(isa: Isa, w: &PackedMatrix, x: &QuantizedRows) -> Vec<f32> {
 
 #[test]
 fn repacking_keeps_every_weight_as_ggml_stores_it() {
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        let (n, k) = (12, 96);
+    for (dtype, k) in [
+        (GgmlDType::Q4_0, 96),
+        (GgmlDType::Q4_1, 96),
+        (GgmlDType::Q4K, 512),
+        (GgmlDType::Q8_0, 96),
+    ] {
+        let n = 12;
         let (packed, dequantized) = matrix(dtype, n, k, 1);
         let mut row = vec![0f32; k];
         for r in 0..n {

@@ -24,6 +24,26 @@ pub enum Error {
         #[source]
         source: ShapeError,
     },
+    /// A matrix whose shape disagrees with the model's metadata.
+    #[error("{tensor}: shape {found:?} disagrees with the metadata, which implies {expected:?}")]
+    WrongShape {
+        /// The tensor's name.
+        tensor: String,
+        /// Its `[outputs, inputs]`.
+        found: [usize; 2],
+        /// What the metadata implies.
+        expected: [usize; 2],
+    },
+    /// A vector (norm weight, bias, RoPE factors) of the wrong length.
+    #[error("{tensor}: {len} values, the metadata implies {expected}")]
+    WrongLength {
+        /// The tensor's name.
+        tensor: String,
+        /// Its length.
+        len: usize,
+        /// What the metadata implies.
+        expected: usize,
+    },
     /// A weight that must be a matrix is not.
     #[error("{tensor}: expected a matrix, found shape {dims:?}")]
     NotAMatrix {
@@ -31,12 +51,6 @@ pub enum Error {
         tensor: String,
         /// Its shape.
         dims: Vec<usize>,
-    },
-    /// Projections that are run as one product do not match.
-    #[error("{layer}: projections of different types or shapes cannot be stacked")]
-    Unstackable {
-        /// The layer.
-        layer: String,
     },
     /// The model's shape is not one the kernels support.
     #[error("unsupported shape: hidden {hidden} (a multiple of {BLOCK} is needed), head size {head_dim}, {n_heads} heads over {n_kv_heads} KV heads")]

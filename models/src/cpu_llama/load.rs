@@ -1,6 +1,7 @@
-//! Loading a llama GGUF into the kernels' layout: each weight matrix repacked (4-bit and 8-bit
-//! blocks as stored, anything else re-quantized to Q8_0), Q/K/V and gate/up stacked, RoPE
-//! tables computed.
+//! Loading a GGUF into the kernels' layout: each weight matrix repacked (4-bit and 8-bit
+//! blocks as stored, anything else re-quantized to Q8_0), Q/K/V and gate/up stacked (or read
+//! stacked, as Phi-3 stores them), every shape checked against the metadata, RoPE tables
+//! computed with the file's frequency factors.
 
 use std::io::{Read, Seek};
 
@@ -10,8 +11,8 @@ use cpu_kernels::isa::Isa;
 use cpu_kernels::matmul::PackedMatrix;
 use cpu_kernels::quant::BLOCK;
 
-use super::{CpuLlama, Error, Layer};
-use crate::config::{LlamaConfig, WeightFormat};
+use super::{CpuLlama, Error, Fused, Layer};
+use crate::config::{ModelConfig, WeightFormat};
 
 fn load_qtensor<R: Read + Seek>(
     ct: &gguf_file::Content,
@@ -40,8 +41,9 @@ fn read_error(tensor: &str, source: candle_core::Error) -> Error {
     }
 }
 
-/// A weight matrix in the kernels' layout: 4-bit and 8-bit blocks as stored (unless `format`
-/// asks for Q8_0), any other type re-quantized to Q8_0.
+/// A weight matrix in the kernels' layout: Q4_0, Q4_1, Q4_K and Q8_0 as stored (unless
+/// `format` asks for Q8_0), any other type (F16, BF16, Q5_0, Q5_1, Q5_K, Q6_K, ...)
+/// dequantized and re-quantized to Q8_0.
 fn load_matrix<R: Read + Seek>(
     ct: &gguf_file::Content,
     reader: &mut R,
@@ -63,6 +65,7 @@ fn load_matrix<R: Read + Seek>(
     let matrix = match tensor.dtype() {
         GgmlDType::Q4_0 if keep => PackedMatrix::from_q4_0(&bytes()?, n, k),
         GgmlDType::Q4_1 if keep => PackedMatrix::from_q4_1(&bytes()?, n, k),
+        GgmlDType::Q4K if keep => PackedMatrix::from_q4_k(&bytes()?, n, k),
         GgmlDType::Q8_0 => PackedMatrix::from_q8_0(&bytes()?, n, k),
         _ => {
             let values = tensor
@@ -78,22 +81,17 @@ fn load_matrix<R: Read + Seek>(
     })
 }
 
-fn stack(name: &str, parts: &[&PackedMatrix]) -> Result<PackedMatrix, Error> {
-    PackedMatrix::stack(parts).ok_or_else(|| Error::Unstackable {
-        layer: name.to_string(),
-    })
-}
-
 impl CpuLlama {
-    /// Loads and repacks the weights of a llama GGUF.
+    /// Loads and repacks the weights of a GGUF of one of the supported architectures.
     pub fn from_gguf<R: Read + Seek>(
         ct: &gguf_file::Content,
         reader: &mut R,
-        config: LlamaConfig,
+        config: ModelConfig,
         format: WeightFormat,
     ) -> Result<Self, Error> {
         let c = &config;
         if !c.hidden.is_multiple_of(BLOCK)
+            || !c.q_dim().is_multiple_of(BLOCK)
             || !c.head_dim.is_multiple_of(2)
             || !c.n_heads.is_multiple_of(c.n_kv_heads)
         {
@@ -104,38 +102,99 @@ impl CpuLlama {
                 n_kv_heads: c.n_kv_heads,
             });
         }
+        let has = |name: &str| ct.tensor_infos.contains_key(name);
         let embeddings = load_matrix(ct, reader, "token_embd.weight", format)?;
-        let lm_head = match ct.tensor_infos.contains_key("output.weight") {
-            true => Some(load_matrix(ct, reader, "output.weight", format)?),
+        expect_shape("token_embd.weight", &embeddings, c.vocab_size, c.hidden)?;
+        let lm_head = match has("output.weight") {
+            true => {
+                let head = load_matrix(ct, reader, "output.weight", format)?;
+                expect_shape("output.weight", &head, c.vocab_size, c.hidden)?;
+                Some(head)
+            }
             false => None,
         };
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let mut layers = Vec::with_capacity(c.n_layers);
         let mut ffn = 0;
         for i in 0..c.n_layers {
             let p = format!("blk.{i}");
-            let mut matrix =
-                |name: &str| load_matrix(ct, reader, &format!("{p}.{name}.weight"), format);
-            let (wq, wk, wv, wo) = (
-                matrix("attn_q")?,
-                matrix("attn_k")?,
-                matrix("attn_v")?,
-                matrix("attn_output")?,
-            );
-            let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
+            let name = |n: &str| format!("{p}.{n}.weight");
+            let mut matrix = |n: &str| load_matrix(ct, reader, &name(n), format);
+            // Phi-3 stores Q, K and V as one tensor, gate and up as one (gate first): the
+            // stacked layout the kernels run anyway.
+            let qkv = Fused::new(match has(&name("attn_qkv")) {
+                true => vec![matrix("attn_qkv")?],
+                false => vec![matrix("attn_q")?, matrix("attn_k")?, matrix("attn_v")?],
+            });
+            expect_shape(&name("attn_qkv"), &qkv, q_dim + 2 * kv_dim, c.hidden)?;
+            let wo = matrix("attn_output")?;
+            expect_shape(&name("attn_output"), &wo, c.hidden, q_dim)?;
+            let gate_up = Fused::new(match has(&name("ffn_gate")) {
+                true => vec![matrix("ffn_gate")?, matrix("ffn_up")?],
+                false => vec![matrix("ffn_up")?],
+            });
+            expect_shape(&name("ffn_gate/up"), &gate_up, 2 * c.ffn, c.hidden)?;
+            let down = matrix("ffn_down")?;
+            expect_shape(&name("ffn_down"), &down, c.hidden, c.ffn)?;
             // Every packed matrix has whole blocks of inputs (checked at repacking), so the MLP
             // size the down projection reads is a multiple of BLOCK too.
-            ffn = gate.n();
+            ffn = c.ffn;
+            let mut vector = |n: &str, len: usize| -> Result<Vec<f32>, Error> {
+                let v = load_vector(ct, reader, &format!("{p}.{n}"))?;
+                match v.len() == len {
+                    true => Ok(v),
+                    false => Err(Error::WrongLength {
+                        tensor: format!("{p}.{n}"),
+                        len: v.len(),
+                        expected: len,
+                    }),
+                }
+            };
+            let qkv_bias = match has(&format!("{p}.attn_q.bias")) {
+                true => {
+                    let mut bias = vector("attn_q.bias", q_dim)?;
+                    bias.extend(vector("attn_k.bias", kv_dim)?);
+                    bias.extend(vector("attn_v.bias", kv_dim)?);
+                    Some(bias)
+                }
+                false => None,
+            };
+            let qk_norm = match has(&name("attn_q_norm")) {
+                true => Some((
+                    vector("attn_q_norm.weight", c.head_dim)?,
+                    vector("attn_k_norm.weight", c.head_dim)?,
+                )),
+                false => None,
+            };
             layers.push(Layer {
-                attn_norm: load_vector(ct, reader, &format!("{p}.attn_norm.weight"))?,
-                ffn_norm: load_vector(ct, reader, &format!("{p}.ffn_norm.weight"))?,
-                qkv: stack(&p, &[&wq, &wk, &wv])?,
+                attn_norm: vector("attn_norm.weight", c.hidden)?,
+                ffn_norm: vector("ffn_norm.weight", c.hidden)?,
+                qkv,
+                qkv_bias,
+                qk_norm,
                 wo,
-                gate_up: stack(&p, &[&gate, &up])?,
+                gate_up,
                 down,
             });
         }
         let final_norm = load_vector(ct, reader, "output_norm.weight")?;
-        let (cos, sin) = rope_tables(c);
+        // Llama 3.1+ divides each RoPE frequency by a factor stored beside the weights; LongRoPE
+        // (Phi-3 128k) stores short-context factors the same way.
+        let freq_factors = ["rope_freqs.weight", "rope_factors_short.weight"]
+            .into_iter()
+            .find(|n| has(n))
+            .map(|n| load_vector(ct, reader, n))
+            .transpose()?;
+        if let Some(f) = &freq_factors {
+            if f.len() != c.head_dim / 2 {
+                return Err(Error::WrongLength {
+                    tensor: "rope_freqs.weight".into(),
+                    len: f.len(),
+                    expected: c.head_dim / 2,
+                });
+            }
+        }
+        let (cos, sin) = rope_tables(c, freq_factors.as_deref());
         Ok(Self {
             isa: Isa::detect(),
             ffn,
@@ -150,19 +209,50 @@ impl CpuLlama {
     }
 }
 
+/// The `[outputs, inputs]` of a matrix or of fused ones.
+trait Shape {
+    fn shape(&self) -> [usize; 2];
+}
+
+impl Shape for PackedMatrix {
+    fn shape(&self) -> [usize; 2] {
+        [self.n(), self.k()]
+    }
+}
+
+impl Shape for Fused {
+    fn shape(&self) -> [usize; 2] {
+        [self.n(), self.k()]
+    }
+}
+
+fn expect_shape(name: &str, m: &impl Shape, n: usize, k: usize) -> Result<(), Error> {
+    match m.shape() == [n, k] {
+        true => Ok(()),
+        false => Err(Error::WrongShape {
+            tensor: name.to_string(),
+            found: m.shape(),
+            expected: [n, k],
+        }),
+    }
+}
+
 /// RoPE cosines and sines `[context_length, head_dim / 2]`, as candle's reference computes
-/// them (f32 angles `position * base^(-2i / head_dim)`).
-fn rope_tables(c: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
+/// them (f32 angles `position * scale * base^(-2i / head_dim) / factor_i`).
+fn rope_tables(c: &ModelConfig, factors: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
     let half = c.head_dim / 2;
-    let inv_freq: Vec<f32> = (0..c.head_dim)
-        .step_by(2)
-        .map(|i| 1.0 / c.rope_base.powf(i as f32 / c.head_dim as f32))
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| {
+            let f = 1.0 / c.rope_base.powf((2 * i) as f32 / c.head_dim as f32);
+            f / factors.map_or(1.0, |factors| factors[i])
+        })
         .collect();
     let mut cos = Vec::with_capacity(c.context_length * half);
     let mut sin = Vec::with_capacity(c.context_length * half);
     for p in 0..c.context_length {
+        let position = p as f32 * c.rope_position_scale;
         for &f in &inv_freq {
-            let angle = p as f32 * f;
+            let angle = position * f;
             cos.push(angle.cos());
             sin.push(angle.sin());
         }

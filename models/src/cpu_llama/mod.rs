@@ -1,8 +1,9 @@
-//! The llama forward pass on the CPU kernels: one step over the flattened new tokens of every
+//! The forward pass of every supported architecture on the CPU kernels: one step over the flattened new tokens of every
 //! sequence in the batch, reading and writing the paged KV cache in place.
 //!
-//! Per layer: RMSNorm fused with int8 quantization; Q, K and V as one stacked product; RoPE
-//! in place and the new keys and values written to their slots in f16; attention per
+//! Per layer: RMSNorm fused with int8 quantization; Q, K and V as one stacked product (plus
+//! biases, Qwen 2; each head RMS-normed, Qwen 3); RoPE (adjacent pairs or halves, by
+//! architecture) in place and the new keys and values written to their slots in f16; attention per
 //! (sequence, KV head, run of queries); the output projection added into the residual stream;
 //! RMSNorm and quantization again; gate and up as one stacked product; SiLU(gate) * up fused
 //! with the quantization the down projection reads; the down projection added into the
@@ -12,11 +13,11 @@
 //! `load` reads and repacks the weights, `step` holds the stages of a step, `error` what can go
 //! wrong.
 
-use crate::config::{BlockTable, LlamaConfig};
+use crate::config::{BlockTable, ModelConfig};
 use cpu_kernels::attention::Heads;
 use cpu_kernels::isa::Isa;
 use cpu_kernels::kv::{KvLayout, KvPool};
-use cpu_kernels::matmul::PackedMatrix;
+use cpu_kernels::matmul::{self, PackedMatrix};
 use cpu_kernels::parallel;
 use cpu_kernels::quant::QuantizedRows;
 
@@ -31,17 +32,59 @@ pub use error::Error;
 struct Layer {
     attn_norm: Vec<f32>,
     /// Q, K and V stacked: `[q_dim + 2 * kv_dim, hidden]`.
-    qkv: PackedMatrix,
+    qkv: Fused,
+    /// Their biases, stacked the same way (Qwen 2).
+    qkv_bias: Option<Vec<f32>>,
+    /// RMSNorm weights of each query head and each key head before RoPE (Qwen 3).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: PackedMatrix,
     ffn_norm: Vec<f32>,
     /// Gate and up stacked: `[2 * ffn, hidden]`.
-    gate_up: PackedMatrix,
+    gate_up: Fused,
     down: PackedMatrix,
 }
 
-/// A llama model in the CPU kernels' layout.
+/// Projections that read the same input and write side by side (Q, K, V; gate, up): one
+/// stacked matrix where their types allow, else each on its own (K-quant files mix types, e.g.
+/// Q4_K queries beside Q6_K values), written into adjacent columns of one output.
+struct Fused {
+    parts: Vec<PackedMatrix>,
+}
+
+impl Fused {
+    fn new(parts: Vec<PackedMatrix>) -> Self {
+        let refs: Vec<&PackedMatrix> = parts.iter().collect();
+        match PackedMatrix::stack(&refs) {
+            Some(stacked) => Self {
+                parts: vec![stacked],
+            },
+            None => Self { parts },
+        }
+    }
+
+    /// Outputs of all parts together.
+    fn n(&self) -> usize {
+        self.parts.iter().map(PackedMatrix::n).sum()
+    }
+
+    /// Inputs (every part has the same).
+    fn k(&self) -> usize {
+        self.parts.first().map_or(0, PackedMatrix::k)
+    }
+
+    /// Every part's product, side by side in `out` (`ldo` columns per row).
+    fn matmul(&self, isa: Isa, x: &QuantizedRows, out: &mut [f32], ldo: usize) {
+        let mut col = 0;
+        for part in &self.parts {
+            matmul::matmul(isa, part, x, out, ldo, col, matmul::Output::Store);
+            col += part.n();
+        }
+    }
+}
+
+/// A model of one of the supported architectures in the CPU kernels' layout.
 pub struct CpuLlama {
-    config: LlamaConfig,
+    config: ModelConfig,
     isa: Isa,
     ffn: usize,
     /// Token embeddings; also the output projection when the model ties them.
@@ -78,6 +121,8 @@ pub struct Scratch {
     x: Vec<f32>,
     xq: QuantizedRows,
     qkv: Vec<f32>,
+    /// The attention's output quantized for the output projection (`q_dim` wide).
+    aq: QuantizedRows,
     attn: Vec<f32>,
     gate_up: Vec<f32>,
     hq: QuantizedRows,
@@ -91,7 +136,7 @@ pub struct Scratch {
 
 impl CpuLlama {
     /// The model's shape.
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -126,6 +171,7 @@ impl CpuLlama {
             x: Vec::new(),
             xq: QuantizedRows::new(self.config.hidden),
             qkv: Vec::new(),
+            aq: QuantizedRows::new(self.config.q_dim()),
             attn: Vec::new(),
             gate_up: Vec::new(),
             hq: QuantizedRows::new(self.ffn),

@@ -12,6 +12,7 @@ use cpu_kernels::parallel::{self, SharedMut};
 use cpu_kernels::quant::{self, QuantizedRows, BLOCK};
 
 use super::{CpuLlama, Error, Layer, Scratch, StepSequence};
+use crate::config::RopeStyle;
 
 impl CpuLlama {
     /// Checks the batch against the model and the pool, and lays out one row per new token
@@ -63,12 +64,13 @@ impl CpuLlama {
     pub(super) fn size_scratch(&self, scratch: &mut Scratch, max_len: usize) {
         let c = &self.config;
         let t = scratch.rows.len();
-        let qkv_dim = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+        let qkv_dim = c.q_dim() + 2 * c.kv_dim();
         grow(&mut scratch.x, t * c.hidden);
         grow(&mut scratch.qkv, t * qkv_dim);
-        grow(&mut scratch.attn, t * c.hidden);
+        grow(&mut scratch.attn, t * c.q_dim());
         grow(&mut scratch.gate_up, t * 2 * self.ffn);
         scratch.xq.reset(t);
+        scratch.aq.reset(t);
         scratch.hq.reset(t);
         let group_rows = self.heads().group().min(attention::MAX_GROUP);
         for s in &mut scratch.scores {
@@ -126,23 +128,16 @@ impl CpuLlama {
             row_grain,
         );
         let qkv_dim = layer.qkv.n();
-        matmul(
-            isa,
-            &layer.qkv,
-            xq,
-            &mut scratch.qkv,
-            qkv_dim,
-            0,
-            Output::Store,
-        );
-        self.rope_and_store(index, kv, scratch, seqs, row_grain);
+        layer.qkv.matmul(isa, xq, &mut scratch.qkv, qkv_dim);
+        self.rope_and_store(index, layer, kv, scratch, seqs, row_grain);
         self.attend(index, kv, scratch, seqs);
-        quantize_rows(isa, &scratch.attn, hidden, &mut scratch.xq, row_grain);
+        let q_dim = self.config.q_dim();
+        quantize_rows(isa, &scratch.attn, q_dim, &mut scratch.aq, row_grain);
         let x = &mut scratch.x;
         matmul(
             isa,
             &layer.wo,
-            &scratch.xq,
+            &scratch.aq,
             x,
             hidden,
             0,
@@ -150,11 +145,12 @@ impl CpuLlama {
         );
     }
 
-    /// RoPE on each row's queries and keys, in place, and its key and value written to its
-    /// slot of the pool in f16.
+    /// Biases and QK-norm where the architecture has them, RoPE on each row's queries and
+    /// keys, in place, and its key and value written to its slot of the pool in f16.
     pub(super) fn rope_and_store(
         &self,
         layer: usize,
+        weights: &Layer,
         kv: &mut KvPool,
         scratch: &mut Scratch,
         seqs: &[SequenceRows<'_>],
@@ -171,15 +167,32 @@ impl CpuLlama {
         let (keys, values) = kv.data_mut();
         let (keys, values) = (SharedMut::new(keys), SharedMut::new(values));
         let rows = &scratch.rows;
+        let eps = c.rms_eps as f32;
+        let rope = match c.architecture.rope_style() {
+            RopeStyle::AdjacentPairs => math::rope,
+            RopeStyle::Halves => math::rope_halves,
+        };
         parallel::for_each_chunk(t, row_grain, |_, range| {
             for r in range {
                 let (s, pos) = rows[r];
                 // SAFETY: row `r` of `qkv` belongs to this work item alone.
                 let row = unsafe { qkv.slice(r * qkv_dim..(r + 1) * qkv_dim) };
+                if let Some(bias) = &weights.qkv_bias {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+                if let Some((q_norm, k_norm)) = &weights.qk_norm {
+                    let (queries, keys) = row[..q_dim + kv_dim].split_at_mut(q_dim);
+                    for head in queries.chunks_exact_mut(hd) {
+                        quant::rms_norm_in_place(head, q_norm, eps);
+                    }
+                    for head in keys.chunks_exact_mut(hd) {
+                        quant::rms_norm_in_place(head, k_norm, eps);
+                    }
+                }
                 let angles = pos * hd / 2..(pos + 1) * hd / 2;
                 let (cos, sin) = (&self.cos[angles.clone()], &self.sin[angles]);
                 for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
-                    math::rope(head, cos, sin);
+                    rope(head, cos, sin);
                 }
                 let block = seqs[s].blocks[pos / bs] as usize;
                 for h in 0..c.n_kv_heads {
@@ -205,10 +218,10 @@ impl CpuLlama {
         scratch: &mut Scratch,
         seqs: &[SequenceRows<'_>],
     ) {
-        let (hidden, t) = (self.config.hidden, scratch.rows.len());
-        let qkv_dim = (self.config.n_heads + 2 * self.config.n_kv_heads) * self.config.head_dim;
+        let (q_dim, t) = (self.config.q_dim(), scratch.rows.len());
+        let qkv_dim = q_dim + 2 * self.config.kv_dim();
         let heads = self.heads();
-        let out = SharedMut::new(&mut scratch.attn[..t * hidden]);
+        let out = SharedMut::new(&mut scratch.attn[..t * q_dim]);
         let qkv = &scratch.qkv[..t * qkv_dim];
         let items = &scratch.items;
         let scores = SharedMut::new(&mut scratch.scores);
@@ -230,7 +243,7 @@ impl CpuLlama {
                         qkv,
                         qkv_dim,
                         out,
-                        hidden,
+                        q_dim,
                         scores,
                     )
                 };
@@ -247,7 +260,7 @@ impl CpuLlama {
         let xq = &mut scratch.xq;
         norm_quantize(isa, &scratch.x, hidden, &layer.ffn_norm, eps, xq, row_grain);
         let gate_up = &mut scratch.gate_up;
-        matmul(isa, &layer.gate_up, xq, gate_up, 2 * ffn, 0, Output::Store);
+        layer.gate_up.matmul(isa, xq, gate_up, 2 * ffn);
         {
             let gate_up = SharedMut::new(&mut scratch.gate_up[..t * 2 * ffn]);
             let writer = scratch.hq.writer();

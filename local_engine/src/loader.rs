@@ -103,9 +103,11 @@ impl LoadedModel {
     /// messages never produce them.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
-            Prompt::Text(text) => self.tokenizer.encode(text)?,
-            Prompt::Chat(messages) => self.render_chat(messages, None)?,
-            Prompt::ChatWithTools(messages, tools) => self.render_chat(messages, Some(tools))?,
+            Prompt::Text(text) => self.tokenizer.with_bos(self.tokenizer.encode(text)?),
+            Prompt::Chat(messages) => self.tokenizer.with_bos(self.render_chat(messages, None)?),
+            Prompt::ChatWithTools(messages, tools) => self
+                .tokenizer
+                .with_bos(self.render_chat(messages, Some(tools))?),
             Prompt::Tokens(ids) => {
                 let vocab = self.model.config().vocab_size as u32;
                 if let Some(&bad) = ids.iter().find(|&&id| id >= vocab) {

@@ -4,6 +4,8 @@
 pub mod chat_prompt;
 pub mod chat_template;
 pub mod detokenize;
+pub mod pre_tokenize;
+pub mod spm;
 pub mod stop;
 pub mod token_bytes;
 pub mod tokenizer;

@@ -17,7 +17,7 @@ pub fn token_env(tokenizer: &GgufTokenizer) -> Result<TokEnv> {
 /// model's tokenizer for text the grammar itself contains.
 struct TokenizerBytes {
     trie: TokTrie,
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: GgufTokenizer,
 }
 
 impl TokenizerBytes {
@@ -39,7 +39,7 @@ impl TokenizerBytes {
         info.tok_bos = tokenizer.bos_id();
         Ok(Self {
             trie: TokTrie::from(&info, &words),
-            tokenizer: tokenizer.inner().clone(),
+            tokenizer: tokenizer.clone(),
         })
     }
 }
@@ -51,8 +51,7 @@ impl TokenizerEnv for TokenizerBytes {
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
         self.tokenizer
-            .encode(String::from_utf8_lossy(s).as_ref(), false)
-            .map(|e| e.get_ids().to_vec())
+            .encode_fragment(String::from_utf8_lossy(s).as_ref())
             .unwrap_or_default()
     }
 }

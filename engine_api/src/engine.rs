@@ -19,6 +19,17 @@ pub struct ModelInfo {
     /// What requests that leave a sampling setting out get (the file's recommendation; the
     /// gateway puts the operator's `[models.defaults]` over it).
     pub sampling_defaults: SamplingDefaults,
+    /// What the model file says of itself (local engines; empty for remote and synthetic).
+    pub file: ModelFileFacts,
+}
+
+/// What a model file says of itself, shown in `/v1/models`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelFileFacts {
+    /// Its architecture, as GGUF names it (`llama`, `qwen2`, ...).
+    pub architecture: Option<String>,
+    /// Its quantization (`Q4_K_M`, `Q8_0`, ...).
+    pub quantization: Option<String>,
 }
 
 /// Anything that turns requests into token streams: a local candle engine, the synthetic

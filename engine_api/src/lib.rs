@@ -23,7 +23,7 @@ pub mod tools;
 
 pub use chat::ChatMessage;
 pub use counters::{EngineCounters, TenantCounters};
-pub use engine::{Engine, ModelInfo};
+pub use engine::{Engine, ModelFileFacts, ModelInfo};
 pub use error::{EngineError, Result};
 pub use events::{
     Completion, Failure, FailureKind, FinishReason, Logprobs, Refusal, RequestTiming, TokenEvent,

@@ -94,6 +94,7 @@ impl SyntheticEngine {
                 context_length: options.context_length,
                 vocab_size: options.vocab_size,
                 sampling_defaults: Default::default(),
+                file: Default::default(),
             },
             options,
             counters,

@@ -74,6 +74,7 @@ impl LocalEngine {
             context_length: model.model.config().context_length,
             vocab_size: model.model.config().vocab_size,
             sampling_defaults: model.sampling_defaults,
+            file: model.facts.clone(),
         };
         let counters = Arc::new(EngineCounters::default());
         let blocks = num_blocks(core, info.context_length);

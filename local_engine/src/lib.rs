@@ -24,7 +24,7 @@ pub mod threads;
 
 pub use device::DeviceSpec;
 pub use engine::{LocalEngine, LocalEngineOptions};
-pub use loader::{LoadedModel, ModelFile};
+pub use loader::{model_id_from_file, LoadedModel, ModelFile};
 pub use models::WeightFormat;
 pub use request_core::{CoreConfig, StepRecord};
 pub use threads::configure as configure_threads;

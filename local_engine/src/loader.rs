@@ -8,7 +8,7 @@ use crate::device::DeviceSpec;
 use crate::error::{EngineError, Result};
 use crate::text::{ChatTemplate, GgufTokenizer};
 use engine_api::Prompt;
-use engine_api::SamplingDefaults;
+use engine_api::{ModelFileFacts, SamplingDefaults};
 use models::{LlamaModel, WeightFormat};
 use structured_output::Grammars;
 
@@ -35,6 +35,8 @@ pub struct LoadedModel {
     pub grammars: Grammars,
     /// The sampling settings the file recommends (`general.sampling.*`).
     pub sampling_defaults: SamplingDefaults,
+    /// Its architecture and quantization, for `/v1/models`.
+    pub facts: ModelFileFacts,
 }
 
 impl LoadedModel {
@@ -68,8 +70,13 @@ impl LoadedModel {
             options.weight_format,
         )
         .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let facts = ModelFileFacts {
+            architecture: Some(model.config().architecture.name().to_string()),
+            quantization: quantization_name(&content),
+        };
         Ok(Self {
             model,
+            facts,
             sampling_defaults: crate::sampling::defaults_from_gguf(&content.metadata),
             grammars: Grammars::over(&crate::text::token_bytes::token_env(&tokenizer)?)?,
             tokenizer,
@@ -120,5 +127,102 @@ impl LoadedModel {
             return Err(EngineError::EmptyPrompt);
         }
         Ok(ids)
+    }
+}
+
+/// The id a model file is served under when the configuration gives none: a slug of its
+/// `general.name`, else of the file's stem (`Qwen2.5 0.5B Instruct` -> `qwen2.5-0.5b-instruct`).
+pub fn model_id_from_file(path: &std::path::Path) -> Result<String> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+    let name = content
+        .metadata
+        .get("general.name")
+        .and_then(|v| v.to_string().ok())
+        .map(|name| slug(name))
+        .filter(|s| !s.is_empty());
+    let stem = || {
+        path.file_stem()
+            .map(|s| slug(&s.to_string_lossy()))
+            .filter(|s| !s.is_empty())
+    };
+    name.or_else(stem).ok_or_else(|| {
+        EngineError::Load(format!(
+            "{}: no `general.name` and no file name to name the model by",
+            path.display()
+        ))
+    })
+}
+
+/// Lower case; letters, digits, `.` and `_` kept; every other run of characters one `-`.
+pub fn slug(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim().chars().flat_map(char::to_lowercase) {
+        match c.is_alphanumeric() || c == '.' || c == '_' {
+            true => out.push(c),
+            false if !out.is_empty() && !out.ends_with('-') => out.push('-'),
+            false => {}
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+/// The file's quantization by llama.cpp's `general.file_type` names, else the type most of
+/// its matrices have.
+fn quantization_name(content: &gguf_file::Content) -> Option<String> {
+    const FILE_TYPES: &[(u32, &str)] = &[
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (7, "Q8_0"),
+        (8, "Q5_0"),
+        (9, "Q5_1"),
+        (10, "Q2_K"),
+        (11, "Q3_K_S"),
+        (12, "Q3_K_M"),
+        (13, "Q3_K_L"),
+        (14, "Q4_K_S"),
+        (15, "Q4_K_M"),
+        (16, "Q5_K_S"),
+        (17, "Q5_K_M"),
+        (18, "Q6_K"),
+        (32, "BF16"),
+    ];
+    let declared = content
+        .metadata
+        .get("general.file_type")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(|t| FILE_TYPES.iter().find(|(id, _)| *id == t))
+        .map(|(_, name)| name.to_string());
+    declared.or_else(|| {
+        let mut counts = std::collections::BTreeMap::new();
+        for info in content.tensor_infos.values() {
+            if info.shape.dims().len() == 2 {
+                *counts.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(name, _)| name.to_uppercase())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug;
+
+    #[test]
+    fn slugs_keep_versions_and_join_words() {
+        assert_eq!(slug("Qwen2.5 0.5B Instruct"), "qwen2.5-0.5b-instruct");
+        assert_eq!(
+            slug("  Meta Llama 3.1 8B / Instruct!! "),
+            "meta-llama-3.1-8b-instruct"
+        );
+        assert_eq!(slug("EXAONE_3.5"), "exaone_3.5");
+        assert_eq!(slug("---"), "");
     }
 }

@@ -84,6 +84,7 @@ impl RemoteEngine {
                 vocab_size: 0,
                 // The upstream applies its own model's defaults to what is not forwarded.
                 sampling_defaults: Default::default(),
+                file: Default::default(),
             },
             options,
             api_base,

@@ -385,6 +385,7 @@ mod tests {
                     context_length: 8192,
                     vocab_size: 0,
                     sampling_defaults: Default::default(),
+                    file: Default::default(),
                 },
                 counters: EngineCounters::default(),
                 fails: None,

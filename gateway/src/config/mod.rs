@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use local_engine::DeviceSpec;
+use model_fetch::{DEFAULT_MODEL, DEFAULT_MODEL_ID};
 use policies::{KeyDigest, TenantId};
 use serde::Deserialize;
 
@@ -168,11 +169,34 @@ impl GatewayConfig {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
         }
+        config.name_models()?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Gives each GGUF model without an `id` the one its file names (a slug of
+    /// `general.name`, else of the file name).
+    pub fn name_models(&mut self) -> Result<(), ConfigError> {
+        for model in &mut self.models {
+            if !model.id.is_empty() {
+                continue;
+            }
+            let path = match (&model.path, model.kind) {
+                (Some(path), ModelKind::Gguf) => path,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "a model without `id` must be a GGUF file with a `path`".into(),
+                    ))
+                }
+            };
+            model.id = local_engine::model_id_from_file(path)
+                .map_err(|e| ConfigError::Invalid(format!("a model without `id`: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// The command line's `--listen` and `--model` (the first model's GGUF file) over the file.
+    /// The embedded default model given another file by `--model` takes that file's id.
     pub fn apply_overrides(
         &mut self,
         listen: Option<SocketAddr>,
@@ -186,7 +210,15 @@ impl GatewayConfig {
                 .models
                 .first_mut()
                 .ok_or_else(|| ConfigError::Invalid("the config names no model".into()))?;
+            let default_file = model
+                .file_name()
+                .is_some_and(|name| name == DEFAULT_MODEL.file_name);
+            if first.path.is_none() && first.id == DEFAULT_MODEL_ID && !default_file {
+                first.id.clear();
+            }
             first.path = Some(model);
+            self.name_models()?;
+            self.validate()?;
         }
         Ok(())
     }
@@ -315,7 +347,6 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model_fetch::DEFAULT_MODEL_ID;
 
     #[test]
     fn example_config_parses() {

@@ -12,7 +12,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The id clients put in `model`.
+    /// The id clients put in `model`. Absent for a GGUF file: a slug of the file's
+    /// `general.name`, else of its file name (`name_models`).
+    #[serde(default)]
     pub id: String,
     /// `gguf` (default): a candle engine on a GGUF file. `embedding`: a sentence-embedding
     /// model for `/v1/embeddings`. `synthetic`: a benchmark tool that streams tokens without

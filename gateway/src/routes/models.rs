@@ -6,10 +6,26 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::extensions::Caller;
+use crate::models::ModelState;
 use crate::state::AppState;
 
-fn model_object(id: &str, created: u64) -> Value {
-    json!({"id": id, "object": "model", "created": created, "owned_by": "gateway"})
+/// OpenAI's model object, with what clients of vLLM and llama.cpp also read: the context
+/// length (`max_model_len`, as vLLM names it) and, for files served here, the architecture
+/// and quantization.
+fn model_object(id: &str, created: u64, state: &ModelState) -> Value {
+    let mut object =
+        json!({"id": id, "object": "model", "created": created, "owned_by": "gateway"});
+    if let ModelState::Ready(router) = state {
+        let info = router.info();
+        object["max_model_len"] = json!(info.context_length);
+        if let Some(architecture) = &info.file.architecture {
+            object["architecture"] = json!(architecture);
+        }
+        if let Some(quantization) = &info.file.quantization {
+            object["quantization"] = json!(quantization);
+        }
+    }
+    object
 }
 
 pub async fn list(
@@ -21,7 +37,7 @@ pub async fn list(
         .list()
         .into_iter()
         .filter(|(id, _, _)| caller.tenant.models.allows(id))
-        .map(|(id, created, _)| model_object(&id, created))
+        .map(|(id, created, state)| model_object(&id, created, &state))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
@@ -36,6 +52,6 @@ pub async fn retrieve(
         .list()
         .into_iter()
         .find(|(id, _, _)| *id == model && caller.tenant.models.allows(id))
-        .map(|(id, created, _)| Json(model_object(&id, created)))
+        .map(|(id, created, state)| Json(model_object(&id, created, &state)))
         .ok_or_else(|| ApiError::model_not_found(&model))
 }

@@ -22,6 +22,11 @@ pub struct Heads {
     pub kv_heads: usize,
     /// Values per head.
     pub head_dim: usize,
+    /// What multiplies each query-key dot product (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
+    /// Sliding-window layers: how many positions a query sees, its own included (`None`:
+    /// the whole sequence so far).
+    pub window: Option<usize>,
 }
 
 impl Heads {
@@ -67,19 +72,34 @@ pub unsafe fn attend(
     scores: &mut [f32],
 ) {
     let hd = heads.head_dim;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = heads.scale;
     let group = heads.group();
     for i in queries {
         let row = seq.first_row + i;
         let len = seq.start + i + 1;
+        // Keys before `first` are outside a sliding window: never read, weight zero.
+        let first = heads.window.map_or(0, |w| len.saturating_sub(w));
         let mut g0 = 0;
         while g0 < group {
             let gn = (group - g0).min(MAX_GROUP);
             let first_head = kv_head * group + g0;
             let q = &qkv[row * ldq + first_head * hd..row * ldq + (first_head + gn) * hd];
             let scores = &mut scores[..gn * len];
+            for s in scores.chunks_exact_mut(len) {
+                s[..first].fill(f32::NEG_INFINITY);
+            }
+            let keys = first..len;
             key_scores(
-                isa, pool, layer, seq.blocks, kv_head, q, gn, len, scale, scores,
+                isa,
+                pool,
+                layer,
+                seq.blocks,
+                kv_head,
+                q,
+                gn,
+                keys.clone(),
+                scale,
+                scores,
             );
             let mut inv = [0f32; MAX_GROUP];
             for (g, s) in scores.chunks_exact_mut(len).enumerate() {
@@ -87,7 +107,7 @@ pub unsafe fn attend(
                 inv[g] = 1.0 / math::exp_sub_sum(isa, s, max);
             }
             let o = out.slice(row * ldo + first_head * hd..row * ldo + (first_head + gn) * hd);
-            weighted_values(isa, pool, layer, seq.blocks, kv_head, scores, gn, len, o);
+            weighted_values(isa, pool, layer, seq.blocks, kv_head, scores, gn, keys, o);
             for (g, o) in o.chunks_exact_mut(hd).enumerate() {
                 o.iter_mut().for_each(|v| *v *= inv[g]);
             }
@@ -96,7 +116,7 @@ pub unsafe fn attend(
     }
 }
 
-/// `scores[g * len + j] = scale * q_g . k_j` for positions `0..len`.
+/// `scores[g * len + j] = scale * q_g . k_j` for positions `j` in `keys` (`len` is its end).
 #[allow(clippy::too_many_arguments)]
 fn key_scores(
     isa: Isa,
@@ -106,14 +126,15 @@ fn key_scores(
     kv_head: usize,
     q: &[f32],
     group: usize,
-    len: usize,
+    keys: std::ops::Range<usize>,
     scale: f32,
     scores: &mut [f32],
 ) {
     let hd = pool.layout().head_dim;
-    let keys = pool.data().0;
-    for (j, at) in positions(pool.layout(), layer, blocks, kv_head, len) {
-        let k = &keys[at..at + hd];
+    let len = keys.end;
+    let data = pool.data().0;
+    for (j, at) in positions(pool.layout(), layer, blocks, kv_head, keys) {
+        let k = &data[at..at + hd];
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2, FMA and F16C are present for these families.
@@ -135,7 +156,8 @@ fn key_scores(
     }
 }
 
-/// `out_g = sum_j weights[g * len + j] * v_j` (not yet normalised).
+/// `out_g = sum_j weights[g * len + j] * v_j` over positions `j` in `keys` (not yet
+/// normalised).
 #[allow(clippy::too_many_arguments)]
 fn weighted_values(
     isa: Isa,
@@ -145,13 +167,14 @@ fn weighted_values(
     kv_head: usize,
     weights: &[f32],
     group: usize,
-    len: usize,
+    keys: std::ops::Range<usize>,
     out: &mut [f32],
 ) {
     let hd = pool.layout().head_dim;
+    let len = keys.end;
     let values = pool.data().1;
     out.iter_mut().for_each(|v| *v = 0.0);
-    for (j, at) in positions(pool.layout(), layer, blocks, kv_head, len) {
+    for (j, at) in positions(pool.layout(), layer, blocks, kv_head, keys) {
         let v = &values[at..at + hd];
         match isa {
             #[cfg(target_arch = "x86_64")]
@@ -171,24 +194,27 @@ fn weighted_values(
     }
 }
 
-/// Positions `0..len` of one sequence's KV head, walked through its block table: `(j, at)`,
+/// Positions `keys` of one sequence's KV head, walked through its block table: `(j, at)`,
 /// the position and where its `head_dim` values start in the pool's keys (or values: both
-/// share the layout).
+/// share the layout). Blocks wholly before `keys.start` are not visited.
 fn positions(
     layout: KvLayout,
     layer: usize,
     blocks: &[u32],
     kv_head: usize,
-    len: usize,
+    keys: std::ops::Range<usize>,
 ) -> impl Iterator<Item = (usize, usize)> + '_ {
     let (bs, hd) = (layout.block_size, layout.head_dim);
+    let (first, len) = (keys.start, keys.end);
     blocks
         .iter()
-        .take(len.div_ceil(bs))
         .enumerate()
+        .take(len.div_ceil(bs))
+        .skip(first / bs)
         .flat_map(move |(bi, &block)| {
             let slab = layout.slab(layer, block as usize, kv_head);
-            (0..bs.min(len - bi * bs)).map(move |s| (bi * bs + s, slab + s * hd))
+            let from = first.saturating_sub(bi * bs);
+            (from..bs.min(len - bi * bs)).map(move |s| (bi * bs + s, slab + s * hd))
         })
 }
 

@@ -38,6 +38,17 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// `gate[i] = gelu(gate[i]) * up[i]`, in place, with GELU's tanh approximation (Gemma's MLP,
+/// as llama.cpp computes it).
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let inner = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+        *g = 0.5 * x * (1.0 + inner.tanh()) * u;
+    }
+}
+
 /// Rotates consecutive pairs of `x` (one head) by the angles whose cosines and sines are
 /// `cos`, `sin` (`head_dim / 2` each): GGUF llama weights are permuted for this interleaved
 /// (GPT-J style) rotation.

@@ -1,6 +1,6 @@
 //! What the fuzzers feed, from arbitrary bytes, into the parsers that read input from outside
 //! the gateway: request bodies (any tenant), the configuration file (an operator, or a rewrite
-//! caught half-way), and the SSE streams of upstream servers (another machine).
+//! caught half-way), the SSE streams of upstream servers (another machine), and model files.
 //!
 //! A target passes when it returns: an error is the right answer to bad input, a panic (or a
 //! hang, or unbounded memory) is a bug. The `fuzz/` crate runs these functions under libFuzzer
@@ -21,11 +21,35 @@ use gateway::openai::response::Endpoint;
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/` and the corpus folders name them.
-pub const TARGETS: [(&str, Target); 3] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("request_body", request_body),
     ("config", config),
     ("upstream_sse", upstream_sse),
+    ("gguf_file", gguf_file),
 ];
+
+/// A model file (an operator's download, soon a tenant's adapter upload): its header read
+/// within bounds, then, if that accepts it, parsed by candle, its architecture's shape and its
+/// tokenizer built, and its weights loaded, as the engine loads a model.
+pub fn gguf_file(data: &[u8]) {
+    use candle_core::quantized::gguf_file::Content;
+    let mut cursor = std::io::Cursor::new(data);
+    if models::gguf_check::check(&mut cursor).is_err() {
+        return;
+    }
+    let Ok(content) = Content::read(&mut cursor) else {
+        return;
+    };
+    let _ = local_engine::text::GgufTokenizer::from_gguf(&content);
+    if models::ModelConfig::from_gguf(&content).is_ok() {
+        let _ = models::LlamaModel::from_gguf(
+            &content,
+            &mut cursor,
+            &candle_core::Device::Cpu,
+            models::WeightFormat::AsStored,
+        );
+    }
+}
 
 /// A body of `POST /v1/chat/completions` or `/v1/completions`: parsed as the generation
 /// preamble does (JSON, each endpoint's own fields, the shared parameters), the conversation

@@ -47,6 +47,7 @@ async fn every_architecture_serves_under_the_id_its_file_names() {
         ("tiny-qwen3-Q4_K_M.gguf", "tiny-qwen3", "qwen3", "Q4_K_M"),
         ("tiny-phi3-Q8_0.gguf", "tiny-phi3", "phi3", "Q8_0"),
         ("tiny-exaone-Q8_0.gguf", "tiny-exaone", "exaone", "Q8_0"),
+        ("tiny-gemma3-Q4_K_M.gguf", "tiny-gemma3", "gemma3", "Q4_K_M"),
     ];
     let models: String = files
         .iter()

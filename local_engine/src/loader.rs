@@ -45,6 +45,8 @@ impl LoadedModel {
         let path = &options.path;
         let mut file = std::fs::File::open(path)
             .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
+        models::gguf_check::check(&mut file)
+            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
@@ -135,6 +137,8 @@ impl LoadedModel {
 pub fn model_id_from_file(path: &std::path::Path) -> Result<String> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
+    models::gguf_check::check(&mut file)
+        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
     let name = content

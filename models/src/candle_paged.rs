@@ -130,6 +130,9 @@ mod tests {
             rms_eps: 1e-5,
             rope_base: 10_000.0,
             rope_position_scale: 1.0,
+            attention_scale: 1.0 / 2f32.sqrt(),
+            embedding_scale: 1.0,
+            sliding_window: None,
             context_length: 64,
             vocab_size: 8,
         }

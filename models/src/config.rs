@@ -39,11 +39,16 @@ pub enum Architecture {
     Phi3,
     /// EXAONE 3.x (LG AI Research): llama's tensors, RoPE on halves.
     Exaone,
+    /// Gemma 3: embeddings scaled by sqrt(hidden), QK-norm, norms after attention and after
+    /// the MLP too, GELU-gated MLP, and sliding-window layers (their own RoPE base) between
+    /// global ones.
+    Gemma3,
 }
 
 impl Architecture {
     /// Every supported `general.architecture` value.
-    pub const SUPPORTED: [&'static str; 5] = ["llama", "qwen2", "qwen3", "phi3", "exaone"];
+    pub const SUPPORTED: [&'static str; 6] =
+        ["llama", "qwen2", "qwen3", "phi3", "exaone", "gemma3"];
 
     /// The architecture GGUF's `general.architecture` names, if supported.
     pub fn from_name(name: &str) -> Option<Self> {
@@ -53,6 +58,7 @@ impl Architecture {
             "qwen3" => Self::Qwen3,
             "phi3" => Self::Phi3,
             "exaone" => Self::Exaone,
+            "gemma3" => Self::Gemma3,
             _ => return None,
         })
     }
@@ -65,6 +71,7 @@ impl Architecture {
             Self::Qwen3 => "qwen3",
             Self::Phi3 => "phi3",
             Self::Exaone => "exaone",
+            Self::Gemma3 => "gemma3",
         }
     }
 
@@ -72,7 +79,9 @@ impl Architecture {
     pub fn rope_style(self) -> RopeStyle {
         match self {
             Self::Llama => RopeStyle::AdjacentPairs,
-            Self::Qwen2 | Self::Qwen3 | Self::Phi3 | Self::Exaone => RopeStyle::Halves,
+            Self::Qwen2 | Self::Qwen3 | Self::Phi3 | Self::Exaone | Self::Gemma3 => {
+                RopeStyle::Halves
+            }
         }
     }
 }
@@ -105,6 +114,9 @@ pub enum ConfigError {
     },
 }
 
+/// Most positions a model may claim (a corrupt length must not size the KV pool).
+const MAX_CONTEXT: usize = 1 << 24;
+
 /// Shape and constants of a model, read from GGUF metadata (`{architecture}.*` keys).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -132,6 +144,25 @@ pub struct ModelConfig {
     pub context_length: usize,
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// What multiplies each query-key dot product: `1 / sqrt(head_dim)`, but Gemma 3 27B's
+    /// `1 / sqrt(hidden / heads)`.
+    pub attention_scale: f32,
+    /// What multiplies the token embeddings (Gemma: `sqrt(hidden)`; others 1).
+    pub embedding_scale: f32,
+    /// Keys a sliding-window layer's queries see (the query's own position and those before
+    /// it), and which layers slide; `None` when every layer attends to the whole sequence.
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// Gemma 3's local layers: attention over the last `window` positions, with their own RoPE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a query sees, itself included.
+    pub window: usize,
+    /// Per layer: whether it slides.
+    pub layers: Vec<bool>,
+    /// RoPE frequency base of the sliding layers (no RoPE scaling on them).
+    pub rope_base: f32,
 }
 
 /// How linear-layer weights are held in memory.
@@ -212,6 +243,12 @@ impl ModelConfig {
             }
         };
         let mut context_length = positive(ct, &key("context_length"))?;
+        if context_length > MAX_CONTEXT {
+            return Err(bad(
+                &key("context_length"),
+                &format!("{context_length} is beyond the {MAX_CONTEXT} positions served"),
+            ));
+        }
         if architecture == Architecture::Phi3 {
             // LongRoPE files (Phi-3 128k) carry long and short factors; only the short ones,
             // valid up to the original context, are applied here.
@@ -225,9 +262,44 @@ impl ModelConfig {
                 context_length = context_length.min(original.max(1));
             }
         }
+        let n_layers = positive(ct, &key("block_count"))?;
+        let sliding_window = match ct.metadata.get(&key("attention.sliding_window")) {
+            Some(_) if architecture == Architecture::Gemma3 => {
+                let window = positive(ct, &key("attention.sliding_window"))?;
+                // Every n-th layer global (Gemma 3: every sixth), unless the file says.
+                let pattern = match ct.metadata.get(&key("attention.sliding_window_pattern")) {
+                    Some(_) => positive(ct, &key("attention.sliding_window_pattern"))?,
+                    None => 6,
+                };
+                Some(SlidingWindow {
+                    window,
+                    layers: (0..n_layers).map(|l| l % pattern < pattern - 1).collect(),
+                    rope_base: match ct.metadata.get(&key("rope.freq_base_swa")) {
+                        Some(_) => float(ct, &key("rope.freq_base_swa"))?,
+                        None => 10_000.0,
+                    },
+                })
+            }
+            Some(_) => {
+                return Err(bad(
+                    &key("attention.sliding_window"),
+                    "sliding-window attention is supported for gemma3 only",
+                ))
+            }
+            None => None,
+        };
+        let attention_scale = match architecture {
+            // Gemma's reference scales 27B (62 layers) by the hidden size per head.
+            Architecture::Gemma3 if n_layers == 62 => 1.0 / ((hidden / n_heads) as f32).sqrt(),
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+        let embedding_scale = match architecture {
+            Architecture::Gemma3 => (hidden as f32).sqrt(),
+            _ => 1.0,
+        };
         Ok(Self {
             architecture,
-            n_layers: positive(ct, &key("block_count"))?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -241,12 +313,22 @@ impl ModelConfig {
             rope_position_scale,
             context_length,
             vocab_size,
+            attention_scale,
+            embedding_scale,
+            sliding_window,
         })
     }
 
     /// Width of the attention's queries (and of its output): heads times head size.
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
+    }
+
+    /// Whether layer `layer` attends over a sliding window.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window
+            .as_ref()
+            .is_some_and(|w| w.layers.get(layer).copied().unwrap_or(false))
     }
 
     /// Width of the keys (and of the values).

@@ -11,6 +11,7 @@ pub mod candle_llama;
 pub mod candle_paged;
 pub mod config;
 pub mod cpu_llama;
+pub mod gguf_check;
 pub mod kv_cache;
 pub mod llama;
 

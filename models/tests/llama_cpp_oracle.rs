@@ -132,4 +132,6 @@ oracle_tests! {
     phi3_fused_projections_q4_k_m => "tiny-phi3-Q4_K_M", K_QUANTS;
     exaone_q8_0 => "tiny-exaone-Q8_0", AS_STORED;
     exaone_q4_k_m => "tiny-exaone-Q4_K_M", K_QUANTS;
+    gemma3_sliding_window_post_norms_q8_0 => "tiny-gemma3-Q8_0", AS_STORED;
+    gemma3_sliding_window_post_norms_q4_k_m => "tiny-gemma3-Q4_K_M", K_QUANTS;
 }

@@ -76,7 +76,7 @@ def norm(rng, n):
 
 
 def write(path, arch, name, *, head_dim=None, qkv_bias=False, qk_norm=False, fused=False,
-          tied=False, rope_freqs=False, rope_base=10000.0):
+          tied=False, rope_freqs=False, rope_base=10000.0, post_norms=False, sliding=None):
     head_dim = head_dim or HIDDEN // HEADS
     q_dim, kv_dim = HEADS * head_dim, KV_HEADS * head_dim
     rng = rng_for(name)
@@ -94,6 +94,11 @@ def write(path, arch, name, *, head_dim=None, qkv_bias=False, qk_norm=False, fus
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(rope_base)
     w.add_rope_dimension_count(head_dim)
+    if sliding:
+        window, pattern, base = sliding
+        w.add_sliding_window(window)
+        w.add_sliding_window_pattern(pattern)
+        w.add_rope_freq_base_swa(base)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     tokens, types, merges = vocabulary()
     w.add_tokenizer_model("gpt2")
@@ -134,6 +139,9 @@ def write(path, arch, name, *, head_dim=None, qkv_bias=False, qk_norm=False, fus
             w.add_tensor(f"{p}.attn_q_norm.weight", norm(rng, head_dim))
             w.add_tensor(f"{p}.attn_k_norm.weight", norm(rng, head_dim))
         w.add_tensor(f"{p}.attn_output.weight", matrix(rng, HIDDEN, q_dim))
+        if post_norms:
+            w.add_tensor(f"{p}.post_attention_norm.weight", norm(rng, HIDDEN))
+            w.add_tensor(f"{p}.post_ffw_norm.weight", norm(rng, HIDDEN))
         w.add_tensor(f"{p}.ffn_norm.weight", norm(rng, HIDDEN))
         if fused:
             w.add_tensor(f"{p}.ffn_up.weight", matrix(rng, 2 * FFN, HIDDEN))
@@ -154,6 +162,10 @@ MODELS = {
     "qwen3": dict(arch="qwen3", qk_norm=True, head_dim=128, rope_base=1000000.0),
     "phi3": dict(arch="phi3", fused=True),
     "exaone": dict(arch="exaone", rope_base=1000000.0),
+    # Gemma 3: a window of 16 on every other layer (layer 0 slides, layer 1 is global), so the
+    # recorded prompts (up to 131 tokens) cross it.
+    "gemma3": dict(arch="gemma3", qk_norm=True, head_dim=128, tied=True, post_norms=True,
+                   sliding=(16, 2, 10000.0), rope_base=1000000.0),
 }
 
 if __name__ == "__main__":

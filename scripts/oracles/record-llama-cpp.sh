@@ -29,10 +29,11 @@ declare -A QUANTS=(
     [qwen3]="Q8_0 Q4_K_M"
     [phi3]="Q8_0 Q4_K_M"
     [exaone]="Q8_0 Q4_K_M"
+    [gemma3]="Q8_0 Q4_K_M"
 )
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-for arch in llama qwen2 qwen3 phi3 exaone; do
+for arch in ${ARCHS:-llama qwen2 qwen3 phi3 exaone gemma3}; do
     for quant in ${QUANTS[$arch]}; do
         name=tiny-$arch-$quant.gguf
         "$BIN/llama-quantize" "$WORK/tiny-$arch-f32.gguf" "$OUT/$name" "$quant" >"$WORK/quantize.log" 2>&1 ||

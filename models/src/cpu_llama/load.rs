@@ -166,7 +166,15 @@ impl CpuLlama {
                 )),
                 false => None,
             };
+            let post_norms = match has(&format!("{p}.post_attention_norm.weight")) {
+                true => Some((
+                    vector("post_attention_norm.weight", c.hidden)?,
+                    vector("post_ffw_norm.weight", c.hidden)?,
+                )),
+                false => None,
+            };
             layers.push(Layer {
+                post_norms,
                 attn_norm: vector("attn_norm.weight", c.hidden)?,
                 ffn_norm: vector("ffn_norm.weight", c.hidden)?,
                 qkv,
@@ -194,7 +202,11 @@ impl CpuLlama {
                 });
             }
         }
-        let (cos, sin) = rope_tables(c, freq_factors.as_deref());
+        let inv_freq = rope_frequencies(c.rope_base, c.head_dim, freq_factors.as_deref());
+        let inv_freq_sliding = c
+            .sliding_window
+            .as_ref()
+            .map(|w| rope_frequencies(w.rope_base, c.head_dim, None));
         Ok(Self {
             isa: Isa::detect(),
             ffn,
@@ -202,8 +214,8 @@ impl CpuLlama {
             lm_head,
             layers,
             final_norm,
-            cos,
-            sin,
+            inv_freq,
+            inv_freq_sliding,
             config,
         })
     }
@@ -237,25 +249,13 @@ fn expect_shape(name: &str, m: &impl Shape, n: usize, k: usize) -> Result<(), Er
     }
 }
 
-/// RoPE cosines and sines `[context_length, head_dim / 2]`, as candle's reference computes
-/// them (f32 angles `position * scale * base^(-2i / head_dim) / factor_i`).
-fn rope_tables(c: &ModelConfig, factors: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let half = c.head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
+/// RoPE's frequency of each pair, `base^(-2i / head_dim) / factor_i`, as candle's reference
+/// computes them in f32.
+fn rope_frequencies(base: f32, head_dim: usize, factors: Option<&[f32]>) -> Vec<f32> {
+    (0..head_dim / 2)
         .map(|i| {
-            let f = 1.0 / c.rope_base.powf((2 * i) as f32 / c.head_dim as f32);
+            let f = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
             f / factors.map_or(1.0, |factors| factors[i])
         })
-        .collect();
-    let mut cos = Vec::with_capacity(c.context_length * half);
-    let mut sin = Vec::with_capacity(c.context_length * half);
-    for p in 0..c.context_length {
-        let position = p as f32 * c.rope_position_scale;
-        for &f in &inv_freq {
-            let angle = position * f;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
-    (cos, sin)
+        .collect()
 }

@@ -35,8 +35,11 @@ struct Layer {
     qkv: Fused,
     /// Their biases, stacked the same way (Qwen 2).
     qkv_bias: Option<Vec<f32>>,
-    /// RMSNorm weights of each query head and each key head before RoPE (Qwen 3).
+    /// RMSNorm weights of each query head and each key head before RoPE (Qwen 3, Gemma 3).
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// RMSNorm weights applied to the attention's and the MLP's outputs before each joins the
+    /// residual stream (Gemma 3).
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
     wo: PackedMatrix,
     ffn_norm: Vec<f32>,
     /// Gate and up stacked: `[2 * ffn, hidden]`.
@@ -92,9 +95,12 @@ pub struct CpuLlama {
     lm_head: Option<PackedMatrix>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
-    /// RoPE `[context_length, head_dim / 2]`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// RoPE's angle per position for each pair: `scale * base^(-2i / head_dim) / factor_i`.
+    /// The step computes its rows' cosines and sines from them (a few hundred per token), so
+    /// no table grows with the context length a file claims.
+    inv_freq: Vec<f32>,
+    /// The sliding-window layers' frequencies (their own base, no scaling), if any.
+    inv_freq_sliding: Option<Vec<f32>>,
 }
 
 /// One sequence's new tokens in a step.
@@ -130,6 +136,14 @@ pub struct Scratch {
     scores: Vec<Vec<f32>>,
     /// Per token row: (sequence index, position).
     rows: Vec<(usize, usize)>,
+    /// Per token row: RoPE cosines and sines of its position, `head_dim / 2` each; and for
+    /// sliding-window layers, where they have their own.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    rope_cos_sliding: Vec<f32>,
+    rope_sin_sliding: Vec<f32>,
+    /// A projection's output before its post-norm joins the residual stream (Gemma 3).
+    post: Vec<f32>,
     /// Attention work items: (sequence index, KV head, first query, end query).
     items: Vec<(usize, usize, usize, usize)>,
 }
@@ -145,11 +159,19 @@ impl CpuLlama {
         self.isa
     }
 
-    fn heads(&self) -> Heads {
+    /// The attention geometry of layer `layer` (its window, if it slides).
+    fn heads(&self, layer: usize) -> Heads {
+        let c = &self.config;
         Heads {
-            n_heads: self.config.n_heads,
-            kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim,
+            n_heads: c.n_heads,
+            kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attention_scale,
+            window: c
+                .sliding_window
+                .as_ref()
+                .filter(|_| c.is_sliding(layer))
+                .map(|w| w.window),
         }
     }
 
@@ -177,6 +199,11 @@ impl CpuLlama {
             hq: QuantizedRows::new(self.ffn),
             scores: (0..parallel::threads()).map(|_| Vec::new()).collect(),
             rows: Vec::new(),
+            rope_cos: Vec::new(),
+            rope_sin: Vec::new(),
+            rope_cos_sliding: Vec::new(),
+            rope_sin_sliding: Vec::new(),
+            post: Vec::new(),
             items: Vec::new(),
         }
     }
@@ -211,6 +238,7 @@ impl CpuLlama {
         if first_layer == 0 {
             let max_len = self.lay_out_rows(kv.layout(), scratch, batch)?;
             self.size_scratch(scratch, max_len);
+            self.rope_angles(scratch);
             self.plan_attention(scratch, batch);
             self.embed(scratch, batch);
         }

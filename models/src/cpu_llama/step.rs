@@ -7,12 +7,12 @@ use cpu_kernels::attention::{self, SequenceRows};
 use cpu_kernels::isa::Isa;
 use cpu_kernels::kv::{KvLayout, KvPool};
 use cpu_kernels::math;
-use cpu_kernels::matmul::{matmul, Output};
+use cpu_kernels::matmul::{matmul, Output, PackedMatrix};
 use cpu_kernels::parallel::{self, SharedMut};
 use cpu_kernels::quant::{self, QuantizedRows, BLOCK};
 
 use super::{CpuLlama, Error, Layer, Scratch, StepSequence};
-use crate::config::RopeStyle;
+use crate::config::{Architecture, RopeStyle};
 
 impl CpuLlama {
     /// Checks the batch against the model and the pool, and lays out one row per new token
@@ -72,9 +72,30 @@ impl CpuLlama {
         scratch.xq.reset(t);
         scratch.aq.reset(t);
         scratch.hq.reset(t);
-        let group_rows = self.heads().group().min(attention::MAX_GROUP);
+        let group_rows = self.heads(0).group().min(attention::MAX_GROUP);
+        if self.layers.iter().any(|l| l.post_norms.is_some()) {
+            grow(&mut scratch.post, t * c.hidden);
+        }
         for s in &mut scratch.scores {
             grow(s, group_rows * max_len);
+        }
+    }
+
+    /// Each row's RoPE cosines and sines, from its position: angles `position * scale *
+    /// frequency` in f32, the arithmetic of a precomputed table.
+    pub(super) fn rope_angles(&self, scratch: &mut Scratch) {
+        let rows = &scratch.rows;
+        let scale = self.config.rope_position_scale;
+        angles(
+            rows,
+            &self.inv_freq,
+            scale,
+            &mut scratch.rope_cos,
+            &mut scratch.rope_sin,
+        );
+        if let Some(inv_freq) = &self.inv_freq_sliding {
+            let (cos, sin) = (&mut scratch.rope_cos_sliding, &mut scratch.rope_sin_sliding);
+            angles(rows, inv_freq, 1.0, cos, sin);
         }
     }
 
@@ -95,12 +116,15 @@ impl CpuLlama {
         }
     }
 
-    /// The new tokens' embeddings into the residual stream.
+    /// The new tokens' embeddings into the residual stream (scaled, for Gemma).
     pub(super) fn embed(&self, scratch: &mut Scratch, batch: &[StepSequence<'_>]) {
-        let hidden = self.config.hidden;
+        let (hidden, scale) = (self.config.hidden, self.config.embedding_scale);
         let tokens = batch.iter().flat_map(|seq| seq.tokens.iter());
         for (x, &token) in scratch.x.chunks_exact_mut(hidden).zip(tokens) {
             self.embeddings.dequantize_row(token as usize, x);
+            if scale != 1.0 {
+                x.iter_mut().for_each(|v| *v *= scale);
+            }
         }
     }
 
@@ -133,16 +157,8 @@ impl CpuLlama {
         self.attend(index, kv, scratch, seqs);
         let q_dim = self.config.q_dim();
         quantize_rows(isa, &scratch.attn, q_dim, &mut scratch.aq, row_grain);
-        let x = &mut scratch.x;
-        matmul(
-            isa,
-            &layer.wo,
-            &scratch.aq,
-            x,
-            hidden,
-            0,
-            Output::Accumulate,
-        );
+        let post_norm = layer.post_norms.as_ref().map(|(attn, _)| attn.as_slice());
+        self.add_to_residual(&layer.wo, post_norm, Input::Attention, scratch, row_grain);
     }
 
     /// Biases and QK-norm where the architecture has them, RoPE on each row's queries and
@@ -167,6 +183,10 @@ impl CpuLlama {
         let (keys, values) = kv.data_mut();
         let (keys, values) = (SharedMut::new(keys), SharedMut::new(values));
         let rows = &scratch.rows;
+        let (rope_cos, rope_sin) = match c.is_sliding(layer) {
+            true => (&scratch.rope_cos_sliding, &scratch.rope_sin_sliding),
+            false => (&scratch.rope_cos, &scratch.rope_sin),
+        };
         let eps = c.rms_eps as f32;
         let rope = match c.architecture.rope_style() {
             RopeStyle::AdjacentPairs => math::rope,
@@ -189,8 +209,8 @@ impl CpuLlama {
                         quant::rms_norm_in_place(head, k_norm, eps);
                     }
                 }
-                let angles = pos * hd / 2..(pos + 1) * hd / 2;
-                let (cos, sin) = (&self.cos[angles.clone()], &self.sin[angles]);
+                let angles = r * hd / 2..(r + 1) * hd / 2;
+                let (cos, sin) = (&rope_cos[angles.clone()], &rope_sin[angles]);
                 for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
                     rope(head, cos, sin);
                 }
@@ -220,7 +240,7 @@ impl CpuLlama {
     ) {
         let (q_dim, t) = (self.config.q_dim(), scratch.rows.len());
         let qkv_dim = q_dim + 2 * self.config.kv_dim();
-        let heads = self.heads();
+        let heads = self.heads(layer);
         let out = SharedMut::new(&mut scratch.attn[..t * q_dim]);
         let qkv = &scratch.qkv[..t * qkv_dim];
         let items = &scratch.items;
@@ -256,6 +276,7 @@ impl CpuLlama {
     pub(super) fn mlp_block(&self, layer: &Layer, scratch: &mut Scratch, row_grain: usize) {
         let (isa, hidden, ffn) = (self.isa, self.config.hidden, self.ffn);
         let eps = self.config.rms_eps as f32;
+        let gelu = self.config.architecture == Architecture::Gemma3;
         let t = scratch.rows.len();
         let xq = &mut scratch.xq;
         norm_quantize(isa, &scratch.x, hidden, &layer.ffn_norm, eps, xq, row_grain);
@@ -270,23 +291,57 @@ impl CpuLlama {
                     unsafe {
                         let row = gate_up.slice(r * 2 * ffn..(r + 1) * 2 * ffn);
                         let (gate, up) = row.split_at_mut(ffn);
-                        math::silu_mul(isa, gate, up);
+                        match gelu {
+                            true => math::gelu_mul(gate, up),
+                            false => math::silu_mul(isa, gate, up),
+                        }
                         let (q, d, s) = writer.blocks(r, 0..ffn / BLOCK);
                         quant::quantize(isa, gate, q, d, s);
                     }
                 }
             });
         }
-        let x = &mut scratch.x;
-        matmul(
-            isa,
-            &layer.down,
-            &scratch.hq,
-            x,
-            hidden,
-            0,
-            Output::Accumulate,
-        );
+        let post_norm = layer.post_norms.as_ref().map(|(_, mlp)| mlp.as_slice());
+        self.add_to_residual(&layer.down, post_norm, Input::Mlp, scratch, row_grain);
+    }
+
+    /// A block's output projection added into the residual stream: directly, or first into
+    /// `scratch.post`, RMS-normed with `post_norm`, then added (Gemma 3).
+    fn add_to_residual(
+        &self,
+        w: &PackedMatrix,
+        post_norm: Option<&[f32]>,
+        input: Input,
+        scratch: &mut Scratch,
+        row_grain: usize,
+    ) {
+        let (isa, hidden) = (self.isa, self.config.hidden);
+        let x_in = match input {
+            Input::Attention => &scratch.aq,
+            Input::Mlp => &scratch.hq,
+        };
+        let Some(weight) = post_norm else {
+            matmul(isa, w, x_in, &mut scratch.x, hidden, 0, Output::Accumulate);
+            return;
+        };
+        let t = scratch.rows.len();
+        matmul(isa, w, x_in, &mut scratch.post, hidden, 0, Output::Store);
+        let eps = self.config.rms_eps as f32;
+        let x = SharedMut::new(&mut scratch.x[..t * hidden]);
+        let post = SharedMut::new(&mut scratch.post[..t * hidden]);
+        parallel::for_each_chunk(t, row_grain, |_, range| {
+            for r in range {
+                // SAFETY: rows are disjoint between work items.
+                let (x, y) = unsafe {
+                    (
+                        x.slice(r * hidden..(r + 1) * hidden),
+                        post.slice(r * hidden..(r + 1) * hidden),
+                    )
+                };
+                quant::rms_norm_in_place(y, weight, eps);
+                x.iter_mut().zip(y.iter()).for_each(|(x, y)| *x += y);
+            }
+        });
     }
 
     /// The logits `[wanted rows, vocab]` of the rows `wanted`: final norm and the output
@@ -343,6 +398,37 @@ pub(super) fn rows_wanting_logits(batch: &[StepSequence<'_>]) -> Vec<usize> {
         }
     }
     wanted
+}
+
+/// Which quantized activations an output projection reads.
+#[derive(Clone, Copy)]
+enum Input {
+    /// The attention's output (`scratch.aq`).
+    Attention,
+    /// The gated MLP's hidden layer (`scratch.hq`).
+    Mlp,
+}
+
+/// RoPE cosines and sines of each row's position for frequencies `inv_freq`.
+fn angles(
+    rows: &[(usize, usize)],
+    inv_freq: &[f32],
+    position_scale: f32,
+    cos: &mut Vec<f32>,
+    sin: &mut Vec<f32>,
+) {
+    cos.clear();
+    sin.clear();
+    cos.reserve(rows.len() * inv_freq.len());
+    sin.reserve(rows.len() * inv_freq.len());
+    for &(_, p) in rows {
+        let position = p as f32 * position_scale;
+        for &f in inv_freq {
+            let angle = position * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
 }
 
 fn grow(v: &mut Vec<f32>, len: usize) {

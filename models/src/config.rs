@@ -185,14 +185,14 @@ impl ModelConfig {
             Architecture::from_name(&name).ok_or(ConfigError::UnknownArchitecture(name))?;
         let a = architecture.name();
         let key = |k: &str| format!("{a}.{k}");
-        let n_heads = positive(ct, &key("attention.head_count"))?;
-        let hidden = positive(ct, &key("embedding_length"))?;
+        let n_heads = at_most(ct, &key("attention.head_count"), 1 << 12)?;
+        let hidden = at_most(ct, &key("embedding_length"), 1 << 20)?;
         let n_kv_heads = match ct.metadata.get(&key("attention.head_count_kv")) {
-            Some(_) => positive(ct, &key("attention.head_count_kv"))?,
+            Some(_) => at_most(ct, &key("attention.head_count_kv"), 1 << 12)?,
             None => n_heads,
         };
         let head_dim = match ct.metadata.get(&key("attention.key_length")) {
-            Some(_) => positive(ct, &key("attention.key_length"))?,
+            Some(_) => at_most(ct, &key("attention.key_length"), 1 << 12)?,
             None => hidden / n_heads,
         };
         if let Some(v) = ct.metadata.get(&key("attention.value_length")) {
@@ -212,7 +212,7 @@ impl ModelConfig {
             }
         }
         let vocab_size = match ct.metadata.get(&key("vocab_size")) {
-            Some(_) => positive(ct, &key("vocab_size"))?,
+            Some(_) => at_most(ct, &key("vocab_size"), 1 << 24)?,
             None => match ct.tensor_infos.get("token_embd.weight") {
                 Some(t) => *t.shape.dims().first().unwrap_or(&0),
                 None => match ct.metadata.get("tokenizer.ggml.tokens") {
@@ -262,7 +262,12 @@ impl ModelConfig {
                 context_length = context_length.min(original.max(1));
             }
         }
-        let n_layers = positive(ct, &key("block_count"))?;
+        // Every layer has its own tensors: more layers than tensors is a corrupt count.
+        let n_layers = at_most(
+            ct,
+            &key("block_count"),
+            ct.tensor_infos.len().clamp(1, 1 << 12),
+        )?;
         let sliding_window = match ct.metadata.get(&key("attention.sliding_window")) {
             Some(_) if architecture == Architecture::Gemma3 => {
                 let window = positive(ct, &key("attention.sliding_window"))?;
@@ -304,7 +309,7 @@ impl ModelConfig {
             n_kv_heads,
             head_dim,
             hidden,
-            ffn: positive(ct, &key("feed_forward_length"))?,
+            ffn: at_most(ct, &key("feed_forward_length"), 1 << 22)?,
             rms_eps: float(ct, &key("attention.layer_norm_rms_epsilon"))? as f64,
             rope_base: match ct.metadata.get(&key("rope.freq_base")) {
                 Some(_) => float(ct, &key("rope.freq_base"))?,
@@ -369,6 +374,18 @@ fn positive(ct: &gguf_file::Content, key: &str) -> Result<usize, ConfigError> {
         return Err(bad(key, &format!("{n} is out of range")));
     }
     Ok(n as usize)
+}
+
+/// A count no larger than `max` (a corrupt file must not size allocations).
+fn at_most(ct: &gguf_file::Content, key: &str, max: usize) -> Result<usize, ConfigError> {
+    let n = positive(ct, key)?;
+    match n <= max {
+        true => Ok(n),
+        false => Err(bad(
+            key,
+            &format!("{n} is beyond the {max} this engine serves"),
+        )),
+    }
 }
 
 fn float(ct: &gguf_file::Content, key: &str) -> Result<f32, ConfigError> {

@@ -16,7 +16,10 @@
 # Environment: CONCURRENCY ("1 4 16 64"), TOKENS (128), PROMPT_WORDS (28, about 38 tokens),
 # PREFILL_WORDS (380, about 512 tokens), THREADS (2), SLOTS (16), BENCH_DIR
 # (~/.cache/gateway-bench), ROUNDS (1: how many times the whole comparison is repeated),
-# SKIP_BUILD (1: use the release binaries already in target/release, built as they were).
+# SKIP_BUILD (1: use the release binaries already in target/release, built as they were),
+# MODEL (a GGUF file; default the embedded SmolLM2 Q4_1), MODEL_ID (the id both servers give
+# it). `scripts/oracles/make_tiny_models.py DIR --1b` writes the ~1B random-weight models and
+# llama.cpp's llama-quantize (built by scripts/lib/llama-cpp.sh) makes K-quants of any file.
 # Prints one table; reports (JSON) stay in $BENCH_DIR/reports.
 #
 # BASELINE_BIN=/path/to/gateway: an A/B of two builds of ours instead (e.g. the commit before a
@@ -65,7 +68,7 @@ wait_ready() { # url
 
 scenario() { # file concurrency requests words max_tokens
     cat >"$1" <<EOF
-model = "smollm2-135m-instruct"
+model = "$MODEL_ID"
 endpoint = "completions"
 stream = true
 ignore_eos = true
@@ -93,7 +96,9 @@ else
     A=llama
     LLAMA_BIN=$(build_llama_server)
 fi
-GGUF="${GATEWAY_CACHE_DIR:-$HOME/.cache/gateway}/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF="${GATEWAY_CACHE_DIR:-$HOME/.cache/gateway}/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF=${MODEL:-$DEFAULT_GGUF}
+MODEL_ID=${MODEL_ID:-$([[ $GGUF == "$DEFAULT_GGUF" ]] && echo smollm2-135m-instruct || echo bench-model)}
 
 WORKDIR=$(mktemp -d)
 SERVER_PID=""
@@ -106,7 +111,7 @@ trap cleanup EXIT
 start_llama() { # port
     "$LLAMA_BIN" -m "$GGUF" --host 127.0.0.1 --port "$1" -c 8192 -np "$SLOTS" -kvu \
         -t "$THREADS" -tb "$THREADS" --no-cache-prompt --cache-ram 0 --no-webui \
-        -a smollm2-135m-instruct >"$WORKDIR/llama.log" 2>&1 &
+        -a "$MODEL_ID" >"$WORKDIR/llama.log" 2>&1 &
     SERVER_PID=$!
     wait_ready "http://127.0.0.1:$1/health"
 }
@@ -123,7 +128,7 @@ threads = $THREADS
 [ledger]
 path = "$WORKDIR/usage.db"
 [[models]]
-id = "smollm2-135m-instruct"
+id = "$MODEL_ID"
 path = "$GGUF"
 max_running = $SLOTS
 kv_cache_tokens = 8192
@@ -158,7 +163,7 @@ measure() { # server label concurrency requests words max_tokens
     echo "$report"
 }
 
-if [[ ! -f "$GGUF" ]]; then
+if [[ ! -f "$GGUF" && "$GGUF" == "$DEFAULT_GGUF" ]]; then
     log "fetching the default model (the gateway does it on its first start)"
     port=$(free_port)
     GATEWAY_DEMO_KEY=sk-bench target/release/gateway serve --listen "127.0.0.1:$port" \

@@ -67,9 +67,6 @@ const Q4_1_BYTES: usize = 20;
 const Q8_0_BYTES: usize = 34;
 /// Values per K-quant super-block.
 pub const SUPER_BLOCK: usize = 256;
-/// Bytes of one GGML Q4_K super-block: f16 `d` and `dmin`, 12 bytes of 6-bit scales and
-/// mins, 128 bytes of nibbles.
-const Q4_K_BYTES: usize = 144;
 /// Activation rows at or above which a 4-bit tile is unpacked to bytes once and reused.
 const UNPACK_FROM_ROWS: usize = 4;
 /// Activation rows per cache block of a batched product: the rows' quants stay in L2 while
@@ -84,6 +81,159 @@ enum Quants {
     Q4 { nibbles: Vec<u8>, m: Vec<f32> },
     /// `[tiles][blocks][TILE][32]` int8.
     Q8 { quants: Vec<i8> },
+    /// Q4_K as stored: nibbles as `Q4`'s; per block (slot) its 6-bit scale and min as bytes;
+    /// per (tile, super-block, output) `d` (in the matrix's `d`) and `dmin`. 4.75 bits a
+    /// weight; a tile is expanded to `Q4`'s per-block scales and offsets as it runs.
+    Q4K {
+        nibbles: Vec<u8>,
+        scales: Vec<u8>,
+        mins: Vec<u8>,
+        dmin: Vec<f32>,
+    },
+    /// Q6_K as stored: low 4 bits as `Q4`'s nibble pairs; the high 2 bits `[tiles][blocks]
+    /// [32]`, byte `e` holding element `e` of the tile's four outputs (2 bits each, output 0
+    /// lowest); per half block (16 weights) its signed 8-bit scale; per (tile, super-block,
+    /// output) `d` (in the matrix's `d`). 6.6 bits a weight; a tile is expanded to signed
+    /// bytes `q - 32` and a scale per half block as it runs.
+    Q6K {
+        nibbles: Vec<u8>,
+        high: Vec<u8>,
+        scales: Vec<i8>,
+    },
+    /// Q5_0 and Q5_1 as stored: low 4 bits as `Q4`'s nibble pairs; the fifth bit `[tiles]
+    /// [blocks][32]`, byte `e` holding element `e`'s bit of the tile's four outputs (bit `c`);
+    /// scales in the matrix's `d` and offsets in `m` per block, as `Q4`. 6.25 bits a weight.
+    Q5 {
+        nibbles: Vec<u8>,
+        high: Vec<u8>,
+        m: Vec<f32>,
+    },
+    /// Q5_K as stored: nibbles and fifth bits as `Q5`'s, scales and mins as `Q4K`'s. 5.75 bits
+    /// a weight (the file: 5.5).
+    Q5K {
+        nibbles: Vec<u8>,
+        high: Vec<u8>,
+        scales: Vec<u8>,
+        mins: Vec<u8>,
+        dmin: Vec<f32>,
+    },
+}
+
+impl Quants {
+    /// The same kind with nothing in it.
+    fn empty_like(&self) -> Self {
+        match self {
+            Self::Q4 { .. } => Self::Q4 {
+                nibbles: Vec::new(),
+                m: Vec::new(),
+            },
+            Self::Q8 { .. } => Self::Q8 { quants: Vec::new() },
+            Self::Q4K { .. } => Self::Q4K {
+                nibbles: Vec::new(),
+                scales: Vec::new(),
+                mins: Vec::new(),
+                dmin: Vec::new(),
+            },
+            Self::Q6K { .. } => Self::Q6K {
+                nibbles: Vec::new(),
+                high: Vec::new(),
+                scales: Vec::new(),
+            },
+            Self::Q5 { .. } => Self::Q5 {
+                nibbles: Vec::new(),
+                high: Vec::new(),
+                m: Vec::new(),
+            },
+            Self::Q5K { .. } => Self::Q5K {
+                nibbles: Vec::new(),
+                high: Vec::new(),
+                scales: Vec::new(),
+                mins: Vec::new(),
+                dmin: Vec::new(),
+            },
+        }
+    }
+
+    /// Appends `other`'s data (of the same kind) after this one's.
+    fn append(&mut self, other: &Self) {
+        match (self, other) {
+            (Self::Q4 { nibbles, m }, Self::Q4 { nibbles: n2, m: m2 }) => {
+                nibbles.extend_from_slice(n2);
+                m.extend_from_slice(m2);
+            }
+            (Self::Q8 { quants }, Self::Q8 { quants: q2 }) => quants.extend_from_slice(q2),
+            (
+                Self::Q4K {
+                    nibbles,
+                    scales,
+                    mins,
+                    dmin,
+                },
+                Self::Q4K {
+                    nibbles: n2,
+                    scales: s2,
+                    mins: m2,
+                    dmin: d2,
+                },
+            ) => {
+                nibbles.extend_from_slice(n2);
+                scales.extend_from_slice(s2);
+                mins.extend_from_slice(m2);
+                dmin.extend_from_slice(d2);
+            }
+            (
+                Self::Q6K {
+                    nibbles,
+                    high,
+                    scales,
+                },
+                Self::Q6K {
+                    nibbles: n2,
+                    high: h2,
+                    scales: s2,
+                },
+            ) => {
+                nibbles.extend_from_slice(n2);
+                high.extend_from_slice(h2);
+                scales.extend_from_slice(s2);
+            }
+            (
+                Self::Q5 { nibbles, high, m },
+                Self::Q5 {
+                    nibbles: n2,
+                    high: h2,
+                    m: m2,
+                },
+            ) => {
+                nibbles.extend_from_slice(n2);
+                high.extend_from_slice(h2);
+                m.extend_from_slice(m2);
+            }
+            (
+                Self::Q5K {
+                    nibbles,
+                    high,
+                    scales,
+                    mins,
+                    dmin,
+                },
+                Self::Q5K {
+                    nibbles: n2,
+                    high: h2,
+                    scales: s2,
+                    mins: m2,
+                    dmin: d2,
+                },
+            ) => {
+                nibbles.extend_from_slice(n2);
+                high.extend_from_slice(h2);
+                scales.extend_from_slice(s2);
+                mins.extend_from_slice(m2);
+                dmin.extend_from_slice(d2);
+            }
+            _ => unreachable!("append is called on matrices of one kind"),
+        }
+    }
 }
 
 /// A `[n, k]` weight matrix (n outputs, k inputs) in the kernels' layout.
@@ -91,7 +241,8 @@ pub struct PackedMatrix {
     /// Outputs, as in the file.
     n: usize,
     k: usize,
-    /// `[tiles][blocks][TILE]` scales.
+    /// `[tiles][blocks][TILE]` scales (`Q4`, `Q8`), or `[tiles][super-blocks][TILE]` (`Q4K`,
+    /// `Q6K`).
     d: Vec<f32>,
     quants: Quants,
 }
@@ -118,19 +269,6 @@ fn ggml_nibbles(bytes: &[u8]) -> [u8; BLOCK] {
     })
 }
 
-/// The 6-bit scale and min of block `j` (0..8) of a Q4_K super-block: blocks 0..4 in the low
-/// six bits of bytes `j` and `j + 4`; blocks 4..8 in the nibbles of byte `j + 4` with their two
-/// high bits in the top bits of bytes `j - 4` and `j`.
-fn q4_k_scale_min(j: usize, s: &[u8; 12]) -> (u8, u8) {
-    match j < 4 {
-        true => (s[j] & 63, s[j + 4] & 63),
-        false => (
-            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        ),
-    }
-}
-
 impl PackedMatrix {
     /// Outputs.
     pub fn n(&self) -> usize {
@@ -142,9 +280,9 @@ impl PackedMatrix {
         self.k
     }
 
-    /// Whether the weights are 4-bit.
+    /// Whether the weights are 4-bit (as stored, or Q4_K).
     pub fn is_4bit(&self) -> bool {
-        matches!(self.quants, Quants::Q4 { .. })
+        matches!(self.quants, Quants::Q4 { .. } | Quants::Q4K { .. })
     }
 
     /// Bytes of weight data, scales included.
@@ -152,6 +290,25 @@ impl PackedMatrix {
         let quants = match &self.quants {
             Quants::Q4 { nibbles, m } => nibbles.len() + m.len() * 4,
             Quants::Q8 { quants } => quants.len(),
+            Quants::Q4K {
+                nibbles,
+                scales,
+                mins,
+                dmin,
+            } => nibbles.len() + scales.len() + mins.len() + dmin.len() * 4,
+            Quants::Q6K {
+                nibbles,
+                high,
+                scales,
+            } => nibbles.len() + high.len() + scales.len(),
+            Quants::Q5 { nibbles, high, m } => nibbles.len() + high.len() + m.len() * 4,
+            Quants::Q5K {
+                nibbles,
+                high,
+                scales,
+                mins,
+                dmin,
+            } => nibbles.len() + high.len() + scales.len() + mins.len() + dmin.len() * 4,
         };
         quants + self.d.len() * 4
     }
@@ -247,28 +404,6 @@ impl PackedMatrix {
         )
     }
 
-    /// Repacks GGML Q4_K data of a `[n, k]` matrix. A super-block of 256 weights holds eight
-    /// blocks of 32, each `w = d * sc_j * q - dmin * m_j` with 6-bit `sc_j`, `m_j`: exactly
-    /// the 4-bit form with `d_j = d * sc_j` and `m_j = -dmin * m_j` (the products GGML's own
-    /// dequantization computes, in f32), so Q4_K runs on the 4-bit kernels unchanged.
-    pub fn from_q4_k(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
-        Self::check_shape(n, k, bytes.len(), Q4_K_BYTES, SUPER_BLOCK)?;
-        let blocks = bytes.chunks_exact(Q4_K_BYTES).flat_map(|sb| {
-            let (d, dmin) = (f16_at(sb, 0), f16_at(sb, 2));
-            let scales: &[u8; 12] = sb[4..16].try_into().expect("12 bytes of scales");
-            let qs = &sb[16..144];
-            (0..8).map(move |j| {
-                let (sc, m) = q4_k_scale_min(j, scales);
-                // Blocks 2i and 2i + 1 share bytes 32i..32i+32: low nibbles, then high ones.
-                let bytes = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
-                let shift = if j % 2 == 1 { 4 } else { 0 };
-                let quants: [u8; BLOCK] = std::array::from_fn(|e| (bytes[e] >> shift) & 0x0f);
-                (d * sc as f32, -(dmin * m as f32), quants)
-            })
-        });
-        Self::from_4bit(blocks, n, k)
-    }
-
     /// Fills a 4-bit matrix from its blocks in file order: `(d, m, quants)`, quants in 0..16
     /// in element order.
     fn from_4bit(
@@ -353,28 +488,19 @@ impl PackedMatrix {
     /// several. `None` if the kinds or input sizes differ, or a part's rows are not whole tiles.
     pub fn stack(parts: &[&PackedMatrix]) -> Option<Self> {
         let first = parts.first()?;
-        let same_kind = parts.iter().all(|p| p.is_4bit() == first.is_4bit());
+        let kind = std::mem::discriminant(&first.quants);
+        let same_kind = parts
+            .iter()
+            .all(|p| std::mem::discriminant(&p.quants) == kind);
         if !same_kind || parts.iter().any(|p| p.k != first.k || p.n % TILE != 0) {
             return None;
         }
+        // Every per-tile array is tile-major: stacking appends them part after part.
         let mut d = Vec::new();
-        let mut quants = match &first.quants {
-            Quants::Q4 { .. } => Quants::Q4 {
-                nibbles: Vec::new(),
-                m: Vec::new(),
-            },
-            Quants::Q8 { .. } => Quants::Q8 { quants: Vec::new() },
-        };
+        let mut quants = first.quants.empty_like();
         for part in parts {
             d.extend_from_slice(&part.d);
-            match (&mut quants, &part.quants) {
-                (Quants::Q4 { nibbles, m }, Quants::Q4 { nibbles: pn, m: pm }) => {
-                    nibbles.extend_from_slice(pn);
-                    m.extend_from_slice(pm);
-                }
-                (Quants::Q8 { quants }, Quants::Q8 { quants: pq }) => quants.extend_from_slice(pq),
-                _ => return None,
-            }
+            quants.append(&part.quants);
         }
         Some(Self {
             n: parts.iter().map(|p| p.n).sum(),
@@ -387,24 +513,52 @@ impl PackedMatrix {
     /// Weight row `row`, dequantized (embedding lookups, tests).
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         assert!(row < self.n && out.len() == self.k);
+        let nibble = |nibbles: &[u8], b: usize, e: usize| {
+            let pair = ((row / TILE) * self.blocks() + b) * (TILE / 2) + (row % TILE) / 2;
+            let shift = if row % 2 == 1 { 4 } else { 0 };
+            (nibbles[pair * BLOCK + e] >> shift) & 0x0f
+        };
         for b in 0..self.blocks() {
             let at = self.slot(row, b);
-            let d = self.d[at];
             let dst = &mut out[b * BLOCK..(b + 1) * BLOCK];
             match &self.quants {
                 Quants::Q4 { nibbles, m } => {
-                    let pair = ((row / TILE) * self.blocks() + b) * (TILE / 2) + (row % TILE) / 2;
-                    let shift = if row % 2 == 1 { 4 } else { 0 };
-                    for (o, &byte) in dst
-                        .iter_mut()
-                        .zip(&nibbles[pair * BLOCK..(pair + 1) * BLOCK])
-                    {
-                        *o = d * ((byte >> shift) & 0x0f) as f32 + m[at];
+                    for (e, o) in dst.iter_mut().enumerate() {
+                        *o = self.d[at] * nibble(nibbles, b, e) as f32 + m[at];
                     }
                 }
                 Quants::Q8 { quants } => {
                     for (o, &q) in dst.iter_mut().zip(&quants[at * BLOCK..(at + 1) * BLOCK]) {
-                        *o = d * q as f32;
+                        *o = self.d[at] * q as f32;
+                    }
+                }
+                Quants::Q4K { nibbles, .. } => {
+                    let (d, m) = kquants::k_block_scales(self, row, b);
+                    for (e, o) in dst.iter_mut().enumerate() {
+                        *o = d * nibble(nibbles, b, e) as f32 + m;
+                    }
+                }
+                Quants::Q5 { nibbles, high, m } => {
+                    let high = &high[((row / TILE) * self.blocks() + b) * BLOCK..][..BLOCK];
+                    for (e, o) in dst.iter_mut().enumerate() {
+                        let q = nibble(nibbles, b, e) | (((high[e] >> (row % TILE)) & 1) << 4);
+                        *o = self.d[at] * q as f32 + m[at];
+                    }
+                }
+                Quants::Q5K { nibbles, high, .. } => {
+                    let (d, m) = kquants::k_block_scales(self, row, b);
+                    let high = &high[((row / TILE) * self.blocks() + b) * BLOCK..][..BLOCK];
+                    for (e, o) in dst.iter_mut().enumerate() {
+                        let q = nibble(nibbles, b, e) | (((high[e] >> (row % TILE)) & 1) << 4);
+                        *o = d * q as f32 + m;
+                    }
+                }
+                Quants::Q6K { nibbles, high, .. } => {
+                    let halves = kquants::q6k_block_scales(self, row, b);
+                    let high = &high[((row / TILE) * self.blocks() + b) * BLOCK..][..BLOCK];
+                    for (e, o) in dst.iter_mut().enumerate() {
+                        let q = kquants::six_bits(nibble(nibbles, b, e), high[e], row % TILE);
+                        *o = halves[e / 16] * (q as i32 - 32) as f32;
                     }
                 }
             }
@@ -439,22 +593,32 @@ pub fn matmul(
     // that the dispatch cost is small against the work.
     let grain = parallel::grain_for(tiles, 4);
     parallel::for_each_chunk(tiles, grain, |_, tile_range| {
-        let mut unpacked = [0u8; UNPACKED_TILE_BYTES_MAX];
+        let mut scratch = TileScratch::default();
         let mut r0 = 0;
         while r0 < rows {
             let r1 = (r0 + ROW_BLOCK).min(rows);
             for tile in tile_range.clone() {
                 // SAFETY: this work item alone owns columns `tile * TILE ..` of every row.
-                unsafe { run_tile(isa, w, tile, x, r0..r1, &mut unpacked, out, ldo, col0, mode) };
+                unsafe { run_tile(isa, w, tile, x, r0..r1, &mut scratch, out, ldo, col0, mode) };
             }
             r0 = r1;
         }
     });
 }
 
-/// Largest inner size whose unpacked 4-bit tile fits the stack buffer (bigger ones stream
-/// packed nibbles for every row, which is correct but slower).
+/// Largest inner size whose unpacked 4-bit tile is kept for the rows that pass over it
+/// (bigger ones stream packed nibbles for every row, which is correct but slower).
 const UNPACKED_TILE_BYTES_MAX: usize = 16 * 1024;
+
+/// A work item's buffers for one tile at a time: the 4-bit tile unpacked to bytes, and the
+/// K-quant tiles expanded to the kernels' per-block scales (and Q6_K's signed bytes).
+#[derive(Default)]
+struct TileScratch {
+    unpacked: Vec<u8>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+    signed: Vec<i8>,
+}
 
 /// Computes the outputs of one tile for rows `rows`.
 ///
@@ -467,7 +631,7 @@ unsafe fn run_tile(
     tile: usize,
     x: &QuantizedRows,
     rows: std::ops::Range<usize>,
-    unpacked: &mut [u8; UNPACKED_TILE_BYTES_MAX],
+    scratch: &mut TileScratch,
     out: SharedMut<f32>,
     ldo: usize,
     col0: usize,
@@ -475,7 +639,11 @@ unsafe fn run_tile(
 ) {
     let nb = w.blocks();
     let slots = tile * nb * TILE..(tile + 1) * nb * TILE;
-    let d = &w.d[slots.clone()];
+    // Per-block scales of the kinds that keep them per block (the K-quants expand theirs).
+    let d = match &w.quants {
+        Quants::Q4 { .. } | Quants::Q8 { .. } | Quants::Q5 { .. } => &w.d[slots.clone()],
+        Quants::Q4K { .. } | Quants::Q6K { .. } | Quants::Q5K { .. } => &[][..],
+    };
     let col = tile * TILE;
     let live = (w.n - col).min(TILE);
     let store = |r: usize, values: [f32; TILE]| {
@@ -491,19 +659,47 @@ unsafe fn run_tile(
         Quants::Q4 { nibbles, m } => {
             let m = &m[slots.clone()];
             let packed = &nibbles[slots.start * 16..slots.end * 16];
-            let bytes = nb * TILE * BLOCK;
-            let weights = if rows.len() >= UNPACK_FROM_ROWS && bytes <= unpacked.len() {
-                unpack_tile(packed, &mut unpacked[..bytes]);
-                Q4Tile::Unpacked(&unpacked[..bytes])
-            } else {
-                Q4Tile::Packed(packed)
-            };
+            let weights = q4_tile(packed, rows.len(), &mut scratch.unpacked);
             kernels::q4_rows(isa, weights, d, m, x, rows, store);
         }
         Quants::Q8 { quants } => {
             let q = &quants[slots.start * BLOCK..slots.end * BLOCK];
             kernels::q8_rows(isa, q, d, x, rows, store);
         }
+        Quants::Q4K { nibbles, .. } => {
+            kquants::expand_q4k(w, tile, &mut scratch.d, &mut scratch.m);
+            let packed = &nibbles[slots.start * 16..slots.end * 16];
+            let weights = q4_tile(packed, rows.len(), &mut scratch.unpacked);
+            kernels::q4_rows(isa, weights, &scratch.d, &scratch.m, x, rows, store);
+        }
+        Quants::Q6K { .. } => {
+            kquants::expand_q6k(isa, w, tile, &mut scratch.signed, &mut scratch.d);
+            kernels::q8_halves_rows(isa, &scratch.signed, &scratch.d, x, rows, store);
+        }
+        Quants::Q5 { m, .. } => {
+            kquants::expand_five_bits(isa, w, tile, &mut scratch.unpacked);
+            let weights = Q4Tile::Unpacked(&scratch.unpacked);
+            kernels::q4_rows(isa, weights, d, &m[slots.clone()], x, rows, store);
+        }
+        Quants::Q5K { .. } => {
+            kquants::expand_q4k(w, tile, &mut scratch.d, &mut scratch.m);
+            kquants::expand_five_bits(isa, w, tile, &mut scratch.unpacked);
+            let weights = Q4Tile::Unpacked(&scratch.unpacked);
+            kernels::q4_rows(isa, weights, &scratch.d, &scratch.m, x, rows, store);
+        }
+    }
+}
+
+/// A 4-bit tile for `rows` rows: unpacked to bytes once when several rows reuse it (and it
+/// fits), else read packed.
+fn q4_tile<'a>(packed: &'a [u8], rows: usize, unpacked: &'a mut Vec<u8>) -> Q4Tile<'a> {
+    let bytes = packed.len() * 2;
+    if rows >= UNPACK_FROM_ROWS && bytes <= UNPACKED_TILE_BYTES_MAX {
+        unpacked.resize(bytes, 0);
+        unpack_tile(packed, unpacked);
+        Q4Tile::Unpacked(unpacked)
+    } else {
+        Q4Tile::Packed(packed)
     }
 }
 
@@ -545,6 +741,7 @@ fn unpack_tile(packed: &[u8], out: &mut [u8]) {
 }
 
 mod kernels;
+mod kquants;
 
 #[cfg(test)]
 mod tests;

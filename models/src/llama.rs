@@ -30,8 +30,8 @@ pub struct SequenceInput<'a> {
 }
 
 enum Backend {
-    Cpu(CpuLlama),
-    Candle(CandleLlama),
+    Cpu(Box<CpuLlama>),
+    Candle(Box<CandleLlama>),
 }
 
 /// A loaded llama model. Immutable and shareable: per-engine state lives in a [`Workspace`].
@@ -145,7 +145,7 @@ impl LlamaModel {
         let config = ModelConfig::from_gguf(ct).map_err(candle_core::Error::wrap)?;
         let model = CpuLlama::from_gguf(ct, reader, config, format).map_err(cpu_error)?;
         Ok(Self {
-            backend: Backend::Cpu(model),
+            backend: Backend::Cpu(Box::new(model)),
             device: Device::Cpu,
         })
     }
@@ -159,7 +159,7 @@ impl LlamaModel {
         format: WeightFormat,
     ) -> Result<Self> {
         Ok(Self {
-            backend: Backend::Candle(CandleLlama::from_gguf(ct, reader, device, format)?),
+            backend: Backend::Candle(Box::new(CandleLlama::from_gguf(ct, reader, device, format)?)),
             device: device.clone(),
         })
     }

@@ -11,7 +11,7 @@ vocabularies are tested separately, against llama.cpp's own tokenizer test vecto
 Shapes: hidden 256 and MLP 512 so that every matrix row is a whole K-quant super-block (256)
 and llama-quantize really writes Q4_K/Q5_K/Q6_K rather than its fallbacks.
 
-Usage: make_tiny_models.py OUT_DIR
+Usage: make_tiny_models.py OUT_DIR [--1b]   (--1b: the ~1B benchmark models instead)
 """
 import sys
 from pathlib import Path
@@ -168,9 +168,23 @@ MODELS = {
                    sliding=(16, 2, 10000.0), rope_base=1000000.0),
 }
 
+def write_1b(out):
+    """~1.1B-parameter llama and qwen2 models (hidden 2048, 22 layers, MLP 5632, 32 heads over
+    4 KV heads, vocabulary 32000: TinyLlama's shape) with random weights, for benchmarks only
+    (their text is noise; they are generated, never committed)."""
+    global HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, CONTEXT, VOCAB
+    HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, CONTEXT, VOCAB = 2048, 5632, 22, 32, 4, 4096, 32000
+    write(out / "random-1b-llama-f32.gguf", "llama", "random-1b-llama", rope_base=10000.0)
+    write(out / "random-1b-qwen2-f32.gguf", "qwen2", "random-1b-qwen2", qkv_bias=True,
+          rope_base=1000000.0)
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
+    if sys.argv[2:] == ["--1b"]:
+        write_1b(out)
+        sys.exit(0)
     for key, spec in MODELS.items():
         spec = dict(spec)
         arch = spec.pop("arch")

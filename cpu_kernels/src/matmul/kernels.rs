@@ -119,6 +119,41 @@ pub(super) fn q8_rows(
     }
 }
 
+/// The outputs of an 8-bit tile with a scale per half block (`d`: `[blocks][TILE][2]`; lanes
+/// 0-3 of a block's sums take the first, 4-7 the second: Q6_K), for every row in `rows`.
+pub(super) fn q8_halves_rows(
+    isa: Isa,
+    w: &[i8],
+    d: &[f32],
+    x: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    mut store: impl FnMut(usize, [f32; TILE]),
+) {
+    // SAFETY: as in `q4_rows`.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => in_groups::<4>(
+            rows,
+            |r| unsafe { x86::q8h_vnni::<4>(w, d, x, r) },
+            |r| unsafe { x86::q8h_vnni::<1>(w, d, x, r)[0] },
+            &mut store,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => in_groups::<2>(
+            rows,
+            |r| unsafe { x86::q8h_avx2::<2>(w, d, x, r) },
+            |r| unsafe { x86::q8h_avx2::<1>(w, d, x, r)[0] },
+            &mut store,
+        ),
+        _ => in_groups::<1>(
+            rows,
+            |r| [portable::q8_halves(w, d, x, r)],
+            |r| portable::q8_halves(w, d, x, r),
+            &mut store,
+        ),
+    }
+}
+
 /// Plain Rust, lane for lane what the SIMD kernels do.
 mod portable {
     use super::*;
@@ -178,6 +213,27 @@ mod portable {
                 let wb = &w[at * BLOCK..(at + 1) * BLOCK];
                 let scale = d[at] * row.d[b];
                 for (l, lane) in acc.iter_mut().enumerate() {
+                    let sum: i32 = (4 * l..4 * l + 4)
+                        .map(|e| wb[e] as i32 * xb[e] as i32)
+                        .sum();
+                    *lane = (sum as f32).mul_add(scale, *lane);
+                }
+            }
+        }
+        std::array::from_fn(|c| reduce(&acc[c]))
+    }
+
+    pub(super) fn q8_halves(w: &[i8], d: &[f32], x: &QuantizedRows, r: usize) -> [f32; 4] {
+        let nb = d.len() / (2 * TILE);
+        let row = x.row(r);
+        let mut acc = [[0f32; 8]; TILE];
+        for b in 0..nb {
+            let xb = &row.q[b * BLOCK..(b + 1) * BLOCK];
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let at = b * TILE + c;
+                let wb = &w[at * BLOCK..(at + 1) * BLOCK];
+                for (l, lane) in acc.iter_mut().enumerate() {
+                    let scale = d[2 * at + l / 4] * row.d[b];
                     let sum: i32 = (4 * l..4 * l + 4)
                         .map(|e| wb[e] as i32 * xb[e] as i32)
                         .sum();
@@ -285,8 +341,9 @@ mod x86 {
     }
 
     macro_rules! q8_kernel {
-        ($name:ident, $features:literal, $dot:ident) => {
-            /// One 8-bit tile against `R` rows from `r0` (`|x|` times `w` carrying x's sign).
+        ($name:ident, $features:literal, $dot:ident, $halves:literal) => {
+            /// One 8-bit tile against `R` rows from `r0` (`|x|` times `w` carrying x's sign);
+            /// with halves, a scale per half block (lanes 0-3, 4-7).
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name<const R: usize>(
                 w: &[i8],
@@ -294,7 +351,7 @@ mod x86 {
                 x: &QuantizedRows,
                 r0: usize,
             ) -> [[f32; TILE]; R] {
-                let nb = d.len() / TILE;
+                let nb = d.len() / (TILE * if $halves { 2 } else { 1 });
                 let mut acc = [[_mm256_setzero_ps(); TILE]; R];
                 let mut xq = [std::ptr::null::<i8>(); R];
                 let mut xd = [std::ptr::null::<f32>(); R];
@@ -316,7 +373,14 @@ mod x86 {
                     for c in 0..TILE {
                         let at = b * TILE + c;
                         let wv = _mm256_loadu_si256(wp.add(at * BLOCK) as *const __m256i);
-                        let dw = _mm256_broadcast_ss(&*dp.add(at));
+                        let dw = if $halves {
+                            _mm256_set_m128(
+                                _mm_set1_ps(*dp.add(2 * at + 1)),
+                                _mm_set1_ps(*dp.add(2 * at)),
+                            )
+                        } else {
+                            _mm256_broadcast_ss(&*dp.add(at))
+                        };
                         for r in 0..R {
                             let sums = _mm256_cvtepi32_ps($dot(ax[r], _mm256_sign_epi8(wv, xv[r])));
                             let scale = _mm256_mul_ps(dw, dx[r]);
@@ -335,6 +399,18 @@ mod x86 {
 
     q4_kernel!(q4_avx2, "avx2,fma", dot_avx2);
     q4_kernel!(q4_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
-    q8_kernel!(q8_avx2, "avx2,fma", dot_avx2);
-    q8_kernel!(q8_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
+    q8_kernel!(q8_avx2, "avx2,fma", dot_avx2, false);
+    q8_kernel!(
+        q8_vnni,
+        "avx2,fma,avx512f,avx512vl,avx512vnni",
+        dot_vnni,
+        false
+    );
+    q8_kernel!(q8h_avx2, "avx2,fma", dot_avx2, true);
+    q8_kernel!(
+        q8h_vnni,
+        "avx2,fma,avx512f,avx512vl,avx512vnni",
+        dot_vnni,
+        true
+    );
 }

@@ -21,6 +21,10 @@ fn matrix(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (PackedMatrix, Vec
         GgmlDType::Q4_0 => PackedMatrix::from_q4_0(&bytes, n, k),
         GgmlDType::Q4_1 => PackedMatrix::from_q4_1(&bytes, n, k),
         GgmlDType::Q4K => PackedMatrix::from_q4_k(&bytes, n, k),
+        GgmlDType::Q6K => PackedMatrix::from_q6_k(&bytes, n, k),
+        GgmlDType::Q5_0 => PackedMatrix::from_q5_0(&bytes, n, k),
+        GgmlDType::Q5_1 => PackedMatrix::from_q5_1(&bytes, n, k),
+        GgmlDType::Q5K => PackedMatrix::from_q5_k(&bytes, n, k),
         GgmlDType::Q8_0 => PackedMatrix::from_q8_0(&bytes, n, k),
         other => panic!("{other:?}"),
     }
@@ -52,9 +56,14 @@ fn repacking_keeps_every_weight_as_ggml_stores_it() {
         (GgmlDType::Q4_0, 96),
         (GgmlDType::Q4_1, 96),
         (GgmlDType::Q4K, 512),
+        (GgmlDType::Q6K, 512),
+        (GgmlDType::Q5_0, 96),
+        (GgmlDType::Q5_1, 96),
+        (GgmlDType::Q5K, 512),
         (GgmlDType::Q8_0, 96),
     ] {
-        let n = 12;
+        // 10 outputs: the last tile is half padding.
+        let n = 10;
         let (packed, dequantized) = matrix(dtype, n, k, 1);
         let mut row = vec![0f32; k];
         for r in 0..n {
@@ -66,8 +75,17 @@ fn repacking_keeps_every_weight_as_ggml_stores_it() {
 
 #[test]
 fn products_match_the_exact_product_of_the_stored_weights() {
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        let (n, k, m) = (64, 576, 9);
+    for (dtype, k) in [
+        (GgmlDType::Q4_0, 576),
+        (GgmlDType::Q4_1, 576),
+        (GgmlDType::Q4K, 768),
+        (GgmlDType::Q6K, 768),
+        (GgmlDType::Q5_0, 576),
+        (GgmlDType::Q5_1, 576),
+        (GgmlDType::Q5K, 768),
+        (GgmlDType::Q8_0, 576),
+    ] {
+        let (n, m) = (64, 9);
         let (packed, w) = matrix(dtype, n, k, 2);
         let x = random(m * k, 3);
         let ours = product(Isa::detect(), &packed, &rows(&x, k));
@@ -92,8 +110,15 @@ fn products_match_the_exact_product_of_the_stored_weights() {
 
 #[test]
 fn every_kernel_family_gives_the_same_bits() {
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        let (n, k) = (40, 192);
+    for (dtype, k) in [
+        (GgmlDType::Q4_1, 192),
+        (GgmlDType::Q4K, 512),
+        (GgmlDType::Q6K, 512),
+        (GgmlDType::Q5_0, 192),
+        (GgmlDType::Q5K, 512),
+        (GgmlDType::Q8_0, 192),
+    ] {
+        let n = 40;
         let (packed, _) = matrix(dtype, n, k, 4);
         for m in [1, 3, 5, 8] {
             let x = rows(&random(m * k, 5), k);
@@ -111,10 +136,21 @@ fn every_kernel_family_gives_the_same_bits() {
 
 #[test]
 fn a_row_does_not_depend_on_the_rest_of_the_batch() {
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        // Model-sized shapes (SmolLM2: hidden 576, MLP 1536); batches across the unpacking
-        // threshold and the microkernels' row counts.
-        for (n, k) in [(192, 576), (1536, 576), (576, 1536)] {
+    for dtype in [
+        GgmlDType::Q4_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5_1,
+        GgmlDType::Q5K,
+        GgmlDType::Q8_0,
+    ] {
+        // Model-sized shapes (SmolLM2: hidden 576, MLP 1536; K-quants: whole super-blocks);
+        // batches across the unpacking threshold and the microkernels' row counts.
+        let shapes: &[(usize, usize)] = match dtype {
+            GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q5K => &[(192, 512), (520, 1536)],
+            _ => &[(192, 576), (1536, 576), (576, 1536)],
+        };
+        for &(n, k) in shapes {
             let (packed, _) = matrix(dtype, n, k, 6);
             for m in [2, 7, 13, 70] {
                 let x = random(m * k, 7);
@@ -128,6 +164,39 @@ fn a_row_does_not_depend_on_the_rest_of_the_batch() {
                     );
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn stacked_k_quants_compute_what_their_parts_do() {
+    for dtype in [
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5K,
+        GgmlDType::Q5_0,
+    ] {
+        let k = 512;
+        let (a, _) = matrix(dtype, 8, k, 14);
+        let (b, _) = matrix(dtype, 4, k, 15);
+        let ab = PackedMatrix::stack(&[&a, &b]).unwrap();
+        let x = rows(&random(2 * k, 16), k);
+        let together = product(Isa::detect(), &ab, &x);
+        let (pa, pb) = (
+            product(Isa::detect(), &a, &x),
+            product(Isa::detect(), &b, &x),
+        );
+        for r in 0..2 {
+            assert_eq!(
+                together[r * 12..r * 12 + 8],
+                pa[r * 8..(r + 1) * 8],
+                "{dtype:?}"
+            );
+            assert_eq!(
+                together[r * 12 + 8..(r + 1) * 12],
+                pb[r * 4..(r + 1) * 4],
+                "{dtype:?}"
+            );
         }
     }
 }
@@ -184,5 +253,7 @@ fn accumulate_adds_and_ragged_outputs_stay_in_bounds() {
 fn refuses_malformed_data() {
     assert!(PackedMatrix::from_q4_1(&[0; 19], 1, 32).is_err());
     assert!(PackedMatrix::from_q8_0(&[0; 34], 1, 33).is_err());
+    assert!(PackedMatrix::from_q6_k(&[0; 210], 1, 128).is_err());
+    assert!(PackedMatrix::from_q4_k(&[0; 143], 1, 256).is_err());
     assert!(PackedMatrix::quantize_q8_0(&[0.0; 10], 1, 32).is_err());
 }

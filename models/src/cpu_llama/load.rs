@@ -41,8 +41,8 @@ fn read_error(tensor: &str, source: candle_core::Error) -> Error {
     }
 }
 
-/// A weight matrix in the kernels' layout: Q4_0, Q4_1, Q4_K and Q8_0 as stored (unless
-/// `format` asks for Q8_0), any other type (F16, BF16, Q5_0, Q5_1, Q5_K, Q6_K, ...)
+/// A weight matrix in the kernels' layout: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K
+/// as stored (unless `format` asks for Q8_0), any other type (F16, BF16, Q2_K, Q3_K, ...)
 /// dequantized and re-quantized to Q8_0.
 fn load_matrix<R: Read + Seek>(
     ct: &gguf_file::Content,
@@ -66,6 +66,10 @@ fn load_matrix<R: Read + Seek>(
         GgmlDType::Q4_0 if keep => PackedMatrix::from_q4_0(&bytes()?, n, k),
         GgmlDType::Q4_1 if keep => PackedMatrix::from_q4_1(&bytes()?, n, k),
         GgmlDType::Q4K if keep => PackedMatrix::from_q4_k(&bytes()?, n, k),
+        GgmlDType::Q6K if keep => PackedMatrix::from_q6_k(&bytes()?, n, k),
+        GgmlDType::Q5K if keep => PackedMatrix::from_q5_k(&bytes()?, n, k),
+        GgmlDType::Q5_0 if keep => PackedMatrix::from_q5_0(&bytes()?, n, k),
+        GgmlDType::Q5_1 if keep => PackedMatrix::from_q5_1(&bytes()?, n, k),
         GgmlDType::Q8_0 => PackedMatrix::from_q8_0(&bytes()?, n, k),
         _ => {
             let values = tensor

@@ -666,15 +666,43 @@ unsafe fn run_tile(
             let q = &quants[slots.start * BLOCK..slots.end * BLOCK];
             kernels::q8_rows(isa, q, d, x, rows, store);
         }
-        Quants::Q4K { nibbles, .. } => {
-            kquants::expand_q4k(w, tile, &mut scratch.d, &mut scratch.m);
+        Quants::Q4K {
+            nibbles,
+            scales,
+            mins,
+            dmin,
+        } => {
             let packed = &nibbles[slots.start * 16..slots.end * 16];
             let weights = q4_tile(packed, rows.len(), &mut scratch.unpacked);
-            kernels::q4_rows(isa, weights, &scratch.d, &scratch.m, x, rows, store);
+            let supers = kquants::super_slots(w, tile);
+            let k = kernels::KScales {
+                scales: &scales[slots.clone()],
+                mins: &mins[slots.clone()],
+            };
+            let (ds, dm) = (&w.d[supers.clone()], &dmin[supers]);
+            // Few rows (decode): the SIMD families compute the scales in the kernel. Many rows,
+            // or other families: expand them once for all the rows (the same products).
+            let few = rows.len() < UNPACK_FROM_ROWS;
+            if !(few && kernels::q4k_rows(isa, weights, ds, dm, k, x, rows.clone(), &store)) {
+                kquants::expand_q4k(w, tile, &mut scratch.d, &mut scratch.m);
+                kernels::q4_rows(isa, weights, &scratch.d, &scratch.m, x, rows, store);
+            }
         }
-        Quants::Q6K { .. } => {
-            kquants::expand_q6k(isa, w, tile, &mut scratch.signed, &mut scratch.d);
-            kernels::q8_halves_rows(isa, &scratch.signed, &scratch.d, x, rows, store);
+        Quants::Q6K { nibbles, high, .. } => {
+            kquants::expand_q6k_scales(w, tile, &mut scratch.d);
+            let packed = kernels::Q6Tile {
+                pairs: &nibbles[slots.start * 16..slots.end * 16],
+                plane: &high[tile * nb * BLOCK..(tile + 1) * nb * BLOCK],
+                d: &scratch.d,
+            };
+            // Few rows: unpack in registers as they pass. Many rows (or a family without that
+            // kernel): expand the tile to signed bytes once for all of them. The same weights
+            // and arithmetic either way, so the same bits.
+            let few = rows.len() < UNPACK_FROM_ROWS;
+            if !(few && kernels::q6_rows(isa, packed, x, rows.clone(), &store)) {
+                kquants::expand_q6k(isa, w, tile, &mut scratch.signed, &mut scratch.d);
+                kernels::q8_halves_rows(isa, &scratch.signed, &scratch.d, x, rows, store);
+            }
         }
         Quants::Q5 { m, .. } => {
             kquants::expand_five_bits(isa, w, tile, &mut scratch.unpacked);

@@ -6,7 +6,7 @@
 //! offsets' term `sum_b m_b * s_b` (a fused multiply-add chain). Keeping that order in each
 //! family (the portable one emulates the lanes) makes them bit-identical, which the tests check.
 
-use super::{Q4Tile, TILE};
+use super::{Q4Tile, SUPER_BLOCK, TILE};
 use crate::isa::Isa;
 use crate::quant::{QuantizedRows, BLOCK};
 
@@ -47,14 +47,14 @@ pub(super) fn q4_rows(
             rows,
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_vnni::<4, true>(p, d, m, x, r),
-                    Q4Tile::Unpacked(u) => x86::q4_vnni::<4, false>(u, d, m, x, r),
+                    Q4Tile::Packed(p) => x86::q4_vnni::<4, true, false>(p, d, m, NONE, x, r),
+                    Q4Tile::Unpacked(u) => x86::q4_vnni::<4, false, false>(u, d, m, NONE, x, r),
                 }
             },
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_vnni::<1, true>(p, d, m, x, r)[0],
-                    Q4Tile::Unpacked(u) => x86::q4_vnni::<1, false>(u, d, m, x, r)[0],
+                    Q4Tile::Packed(p) => x86::q4_vnni::<1, true, false>(p, d, m, NONE, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_vnni::<1, false, false>(u, d, m, NONE, x, r)[0],
                 }
             },
             &mut store,
@@ -64,14 +64,14 @@ pub(super) fn q4_rows(
             rows,
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_avx2::<2, true>(p, d, m, x, r),
-                    Q4Tile::Unpacked(u) => x86::q4_avx2::<2, false>(u, d, m, x, r),
+                    Q4Tile::Packed(p) => x86::q4_avx2::<2, true, false>(p, d, m, NONE, x, r),
+                    Q4Tile::Unpacked(u) => x86::q4_avx2::<2, false, false>(u, d, m, NONE, x, r),
                 }
             },
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_avx2::<1, true>(p, d, m, x, r)[0],
-                    Q4Tile::Unpacked(u) => x86::q4_avx2::<1, false>(u, d, m, x, r)[0],
+                    Q4Tile::Packed(p) => x86::q4_avx2::<1, true, false>(p, d, m, NONE, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_avx2::<1, false, false>(u, d, m, NONE, x, r)[0],
                 }
             },
             &mut store,
@@ -83,6 +83,70 @@ pub(super) fn q4_rows(
             &mut store,
         ),
     }
+}
+
+/// A Q4_K/Q5_K tile's 6-bit scales and mins per block (`[blocks][TILE]`).
+#[derive(Clone, Copy)]
+pub(super) struct KScales<'a> {
+    /// Scales.
+    pub scales: &'a [u8],
+    /// Mins.
+    pub mins: &'a [u8],
+}
+
+/// No K scales (the per-block kinds).
+const NONE: KScales<'static> = KScales {
+    scales: &[],
+    mins: &[],
+};
+
+/// The outputs of a Q4_K tile (`d`, `dmin`: `[super-blocks][TILE]`) computing each block's
+/// scale and offset in the kernel (AVX2, AVX-512 VNNI); `false`, computing nothing, for other
+/// families (they expand the scales and run [`q4_rows`]: the same products, the same bits).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn q4k_rows(
+    isa: Isa,
+    w: Q4Tile<'_>,
+    d: &[f32],
+    dmin: &[f32],
+    k: KScales<'_>,
+    x: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    mut store: impl FnMut(usize, [f32; TILE]),
+) -> bool {
+    // SAFETY: as in `q4_rows`; `k` holds a scale and a min per block and output.
+    match (isa, w) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, Q4Tile::Packed(p)) => in_groups::<4>(
+            rows,
+            |r| unsafe { x86::q4_vnni::<4, true, true>(p, d, dmin, k, x, r) },
+            |r| unsafe { x86::q4_vnni::<1, true, true>(p, d, dmin, k, x, r)[0] },
+            &mut store,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, Q4Tile::Unpacked(u)) => in_groups::<4>(
+            rows,
+            |r| unsafe { x86::q4_vnni::<4, false, true>(u, d, dmin, k, x, r) },
+            |r| unsafe { x86::q4_vnni::<1, false, true>(u, d, dmin, k, x, r)[0] },
+            &mut store,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Q4Tile::Packed(p)) => in_groups::<2>(
+            rows,
+            |r| unsafe { x86::q4_avx2::<2, true, true>(p, d, dmin, k, x, r) },
+            |r| unsafe { x86::q4_avx2::<1, true, true>(p, d, dmin, k, x, r)[0] },
+            &mut store,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Q4Tile::Unpacked(u)) => in_groups::<2>(
+            rows,
+            |r| unsafe { x86::q4_avx2::<2, false, true>(u, d, dmin, k, x, r) },
+            |r| unsafe { x86::q4_avx2::<1, false, true>(u, d, dmin, k, x, r)[0] },
+            &mut store,
+        ),
+        _ => return false,
+    }
+    true
 }
 
 /// The outputs of an 8-bit tile for every row in `rows`, handed to `store(row, values)`.
@@ -152,6 +216,49 @@ pub(super) fn q8_halves_rows(
             &mut store,
         ),
     }
+}
+
+/// A Q6_K tile as stored, for the SIMD kernels that unpack it in registers: two nibble pairs
+/// and a plane of high bit pairs per block, and a scale per half block (`[blocks][TILE][2]`).
+#[derive(Clone, Copy)]
+pub(super) struct Q6Tile<'a> {
+    /// `[blocks][TILE / 2][32]` bytes, as a 4-bit tile's.
+    pub pairs: &'a [u8],
+    /// `[blocks][32]` bytes: element `e`'s two high bits of output `c` at bits `2c, 2c + 1`.
+    pub plane: &'a [u8],
+    /// `[blocks][TILE][2]` scales.
+    pub d: &'a [f32],
+}
+
+/// The outputs of a Q6_K tile unpacked in registers (AVX2 and AVX-512 VNNI only; other
+/// families expand the tile and run [`q8_halves_rows`], the same arithmetic), for every row
+/// in `rows`. Returns `false`, computing nothing, where this family has no such kernel.
+pub(super) fn q6_rows(
+    isa: Isa,
+    w: Q6Tile<'_>,
+    x: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    mut store: impl FnMut(usize, [f32; TILE]),
+) -> bool {
+    // SAFETY: as in `q4_rows`; the tile holds `w.d.len() / (2 * TILE)` whole blocks.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => in_groups::<4>(
+            rows,
+            |r| unsafe { x86::q6_vnni::<4>(w, x, r) },
+            |r| unsafe { x86::q6_vnni::<1>(w, x, r)[0] },
+            &mut store,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => in_groups::<2>(
+            rows,
+            |r| unsafe { x86::q6_avx2::<2>(w, x, r) },
+            |r| unsafe { x86::q6_avx2::<1>(w, x, r)[0] },
+            &mut store,
+        ),
+        _ => return false,
+    }
+    true
 }
 
 /// Plain Rust, lane for lane what the SIMD kernels do.
@@ -278,14 +385,22 @@ mod x86 {
         ($name:ident, $features:literal, $dot:ident) => {
             /// One 4-bit tile against `R` rows from `r0`; `PACKED` reads nibbles, else bytes.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name<const R: usize, const PACKED: bool>(
+            pub(super) unsafe fn $name<const R: usize, const PACKED: bool, const KQ: bool>(
                 w: &[u8],
                 d: &[f32],
                 m: &[f32],
+                k: KScales<'_>,
                 x: &QuantizedRows,
                 r0: usize,
             ) -> [[f32; TILE]; R] {
-                let nb = d.len() / TILE;
+                // Q4_K/Q5_K (`KQ`): `d` and `m` hold `d` and `dmin` per (super-block, output),
+                // `k` the 6-bit scales and mins per block; a block's scale and offset are their
+                // products, computed here as the expansion computes them.
+                let nb = if KQ {
+                    k.scales.len() / TILE
+                } else {
+                    d.len() / TILE
+                };
                 let low = _mm256_set1_epi8(0x0f);
                 let mut acc = [[_mm256_setzero_ps(); TILE]; R];
                 let mut xq = [std::ptr::null::<i8>(); R];
@@ -317,7 +432,12 @@ mod x86 {
                         } else {
                             _mm256_loadu_si256(wp.add(at * 32) as *const __m256i)
                         };
-                        let dw = _mm256_broadcast_ss(&*dp.add(at));
+                        let dw = if KQ {
+                            let sb = (b / (SUPER_BLOCK / BLOCK)) * TILE + c;
+                            _mm256_set1_ps(*dp.add(sb) * *k.scales.get_unchecked(at) as f32)
+                        } else {
+                            _mm256_broadcast_ss(&*dp.add(at))
+                        };
                         for r in 0..R {
                             let sums = _mm256_cvtepi32_ps($dot(wv, xv[r]));
                             let scale = _mm256_mul_ps(dw, dx[r]);
@@ -330,7 +450,15 @@ mod x86 {
                     let s = x.row(r0 + r).s;
                     let mut offsets = _mm_setzero_ps();
                     for b in 0..nb {
-                        let m4 = _mm_loadu_ps(m.as_ptr().add(b * TILE));
+                        let m4 = if KQ {
+                            let sb = (b / (SUPER_BLOCK / BLOCK)) * TILE;
+                            let v: [f32; TILE] = std::array::from_fn(|c| {
+                                -(m[sb + c] * *k.mins.get_unchecked(b * TILE + c) as f32)
+                            });
+                            _mm_loadu_ps(v.as_ptr())
+                        } else {
+                            _mm_loadu_ps(m.as_ptr().add(b * TILE))
+                        };
                         offsets = _mm_fmadd_ps(m4, _mm_set1_ps(s[b]), offsets);
                     }
                     _mm_storeu_ps(out[r].as_mut_ptr(), _mm_add_ps(reduce4(&acc[r]), offsets));
@@ -397,6 +525,77 @@ mod x86 {
         };
     }
 
+    macro_rules! q6_kernel {
+        ($name:ident, $features:literal, $dot:ident) => {
+            /// One Q6_K tile against `R` rows from `r0`: each block's signed quants rebuilt in
+            /// registers (low nibble, two high bits, minus 32), then as the 8-bit kernel with
+            /// a scale per half block.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const R: usize>(
+                w: Q6Tile<'_>,
+                x: &QuantizedRows,
+                r0: usize,
+            ) -> [[f32; TILE]; R] {
+                let nb = w.d.len() / (2 * TILE);
+                let low_mask = _mm256_set1_epi8(0x0f);
+                let two_bits = _mm256_set1_epi8(0x03);
+                let offset = _mm256_set1_epi8(32);
+                let mut acc = [[_mm256_setzero_ps(); TILE]; R];
+                let mut xq = [std::ptr::null::<i8>(); R];
+                let mut xd = [std::ptr::null::<f32>(); R];
+                for r in 0..R {
+                    let row = x.row(r0 + r);
+                    xq[r] = row.q.as_ptr();
+                    xd[r] = row.d.as_ptr();
+                }
+                let (pp, hp, dp) = (w.pairs.as_ptr(), w.plane.as_ptr(), w.d.as_ptr());
+                for b in 0..nb {
+                    let mut xv = [_mm256_setzero_si256(); R];
+                    let mut ax = [_mm256_setzero_si256(); R];
+                    let mut dx = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        xv[r] = _mm256_loadu_si256(xq[r].add(b * BLOCK) as *const __m256i);
+                        ax[r] = _mm256_sign_epi8(xv[r], xv[r]);
+                        dx[r] = _mm256_broadcast_ss(&*xd[r].add(b));
+                    }
+                    let plane = _mm256_loadu_si256(hp.add(b * BLOCK) as *const __m256i);
+                    let mut pair = _mm256_setzero_si256();
+                    for c in 0..TILE {
+                        let at = b * TILE + c;
+                        let low = if c % 2 == 0 {
+                            pair = _mm256_loadu_si256(pp.add(at * 16) as *const __m256i);
+                            _mm256_and_si256(pair, low_mask)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(pair, 4), low_mask)
+                        };
+                        let top = _mm256_and_si256(
+                            _mm256_srlv_epi32(plane, _mm256_set1_epi32(2 * c as i32)),
+                            two_bits,
+                        );
+                        let q = _mm256_or_si256(low, _mm256_slli_epi16(top, 4));
+                        let wv = _mm256_sub_epi8(q, offset);
+                        let dw = _mm256_set_m128(
+                            _mm_set1_ps(*dp.add(2 * at + 1)),
+                            _mm_set1_ps(*dp.add(2 * at)),
+                        );
+                        for r in 0..R {
+                            let sums = _mm256_cvtepi32_ps($dot(ax[r], _mm256_sign_epi8(wv, xv[r])));
+                            let scale = _mm256_mul_ps(dw, dx[r]);
+                            acc[r][c] = _mm256_fmadd_ps(sums, scale, acc[r][c]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; TILE]; R];
+                for r in 0..R {
+                    _mm_storeu_ps(out[r].as_mut_ptr(), reduce4(&acc[r]));
+                }
+                out
+            }
+        };
+    }
+
+    q6_kernel!(q6_avx2, "avx2,fma", dot_avx2);
+    q6_kernel!(q6_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
     q4_kernel!(q4_avx2, "avx2,fma", dot_avx2);
     q4_kernel!(q4_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
     q8_kernel!(q8_avx2, "avx2,fma", dot_avx2, false);

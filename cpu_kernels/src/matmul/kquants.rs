@@ -178,6 +178,12 @@ impl PackedMatrix {
     }
 }
 
+/// The range of tile `tile`'s per-super-block values (`d`, `dmin`): `[super-blocks][TILE]`.
+pub(super) fn super_slots(w: &PackedMatrix, tile: usize) -> std::ops::Range<usize> {
+    let per_row = w.k / SUPER_BLOCK;
+    tile * per_row * TILE..(tile + 1) * per_row * TILE
+}
+
 /// The 6-bit scales and mins per block and `dmin` per super-block of a Q4_K or Q5_K matrix.
 fn k_scales(w: &PackedMatrix) -> (&[u8], &[u8], &[f32]) {
     match &w.quants {
@@ -220,15 +226,24 @@ pub(super) fn expand_q4k(w: &PackedMatrix, tile: usize, d: &mut Vec<f32>, m: &mu
     let (scales, mins, dmin) = k_scales(w);
     let nb = w.blocks();
     let per_row = nb / BLOCKS_PER_SUPER;
-    d.clear();
-    m.clear();
-    for b in 0..nb {
-        let sb = (tile * per_row + b / BLOCKS_PER_SUPER) * TILE;
-        let slot = (tile * nb + b) * TILE;
-        // Rows past `n` in the last tile hold zeros: their scales are zero too.
-        for c in 0..TILE {
-            d.push(w.d[sb + c] * scales[slot + c] as f32);
-            m.push(-(dmin[sb + c] * mins[slot + c] as f32));
+    let slots = tile * nb * TILE..(tile + 1) * nb * TILE;
+    d.resize(nb * TILE, 0.0);
+    m.resize(nb * TILE, 0.0);
+    // Super-block by super-block: eight blocks of four outputs share its four `d` and `dmin`
+    // (a loop the compiler vectorizes; this runs for every tile of every product).
+    let per_super = BLOCKS_PER_SUPER * TILE;
+    let supers = d
+        .chunks_exact_mut(per_super)
+        .zip(m.chunks_exact_mut(per_super))
+        .zip(scales[slots.clone()].chunks_exact(per_super))
+        .zip(mins[slots].chunks_exact(per_super));
+    for (s, (((d, m), sc), mn)) in supers.enumerate() {
+        let at = (tile * per_row + s) * TILE;
+        let (ds, dm) = (&w.d[at..at + TILE], &dmin[at..at + TILE]);
+        for i in 0..per_super {
+            // Rows past `n` in the last tile hold zeros: their scales are zero too.
+            d[i] = ds[i % TILE] * sc[i] as f32;
+            m[i] = -(dm[i % TILE] * mn[i] as f32);
         }
     }
 }
@@ -243,25 +258,13 @@ pub(super) fn expand_q6k(
     signed: &mut Vec<i8>,
     d: &mut Vec<f32>,
 ) {
-    let Quants::Q6K {
-        nibbles,
-        high,
-        scales,
-    } = &w.quants
-    else {
+    let Quants::Q6K { nibbles, high, .. } = &w.quants else {
         unreachable!("a Q6_K matrix")
     };
     let nb = w.blocks();
-    let per_row = nb / BLOCKS_PER_SUPER;
+    expand_q6k_scales(w, tile, d);
     signed.resize(nb * TILE * BLOCK, 0);
-    d.clear();
     for b in 0..nb {
-        let sb = (tile * per_row + b / BLOCKS_PER_SUPER) * TILE;
-        let slot = (tile * nb + b) * TILE;
-        for c in 0..TILE {
-            d.push(w.d[sb + c] * scales[2 * (slot + c)] as f32);
-            d.push(w.d[sb + c] * scales[2 * (slot + c) + 1] as f32);
-        }
         let plane: &[u8; BLOCK] = high[(tile * nb + b) * BLOCK..][..BLOCK]
             .try_into()
             .expect("a block of high bits");
@@ -273,6 +276,29 @@ pub(super) fn expand_q6k(
             // slices hold a block's two nibble pairs, its plane and four outputs' bytes.
             Isa::Avx2 | Isa::Avx512Vnni => unsafe { six_bit_block_avx2(pairs, plane, out) },
             _ => six_bit_block(pairs, plane, out),
+        }
+    }
+}
+
+/// Tile `tile` of a Q6_K matrix's scales, `[blocks][TILE][2]`: `d * sc` per half block.
+pub(super) fn expand_q6k_scales(w: &PackedMatrix, tile: usize, d: &mut Vec<f32>) {
+    let Quants::Q6K { scales, .. } = &w.quants else {
+        unreachable!("a Q6_K matrix")
+    };
+    let nb = w.blocks();
+    let per_row = nb / BLOCKS_PER_SUPER;
+    let halves = tile * nb * TILE * 2..(tile + 1) * nb * TILE * 2;
+    d.resize(nb * TILE * 2, 0.0);
+    let per_super = BLOCKS_PER_SUPER * TILE * 2;
+    for (s, (d, sc)) in d
+        .chunks_exact_mut(per_super)
+        .zip(scales[halves].chunks_exact(per_super))
+        .enumerate()
+    {
+        let at = (tile * per_row + s) * TILE;
+        let ds = &w.d[at..at + TILE];
+        for i in 0..per_super {
+            d[i] = ds[(i / 2) % TILE] * sc[i] as f32;
         }
     }
 }

@@ -159,7 +159,9 @@ impl LlamaModel {
         format: WeightFormat,
     ) -> Result<Self> {
         Ok(Self {
-            backend: Backend::Candle(Box::new(CandleLlama::from_gguf(ct, reader, device, format)?)),
+            backend: Backend::Candle(Box::new(CandleLlama::from_gguf(
+                ct, reader, device, format,
+            )?)),
             device: device.clone(),
         })
     }

@@ -4,14 +4,14 @@
 # re-quantized by llama-quantize to Q4_K_M, Q6_K, Q8_0, ...): run by hand, results in
 # docs/models.md.
 #
-#   scripts/oracles/compare-greedy.sh FILE.gguf...
+#   scripts/oracles/compare-greedy.sh FILE.gguf...   (SKIP_BUILD=1: use target/release as built)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 # shellcheck source=../lib/llama-cpp.sh
 source "$ROOT/scripts/lib/llama-cpp.sh"
 BIN=$(build_llama_cpp llama-server)
-cargo build --release -q -p gateway
+[[ "${SKIP_BUILD:-0}" = 1 ]] || cargo build --release -q -p gateway
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; [[ -n ${SERVER:-} ]] && kill "$SERVER" 2>/dev/null || true' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -43,12 +43,7 @@ impl LoadedModel {
     /// Reads the file: weights (repacked for the device), tokenizer, template.
     pub fn load(options: &ModelFile) -> Result<Self> {
         let path = &options.path;
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
-        models::gguf_check::check(&mut file)
-            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let (mut file, content) = read_header(path)?;
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
         let chat_template = match content.metadata.get("tokenizer.chat_template") {
             Some(v) => {
@@ -135,12 +130,7 @@ impl LoadedModel {
 /// The id a model file is served under when the configuration gives none: a slug of its
 /// `general.name`, else of the file's stem (`Qwen2.5 0.5B Instruct` -> `qwen2.5-0.5b-instruct`).
 pub fn model_id_from_file(path: &std::path::Path) -> Result<String> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
-    models::gguf_check::check(&mut file)
-        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+    let (_, content) = read_header(path)?;
     let name = content
         .metadata
         .get("general.name")
@@ -158,6 +148,18 @@ pub fn model_id_from_file(path: &std::path::Path) -> Result<String> {
             path.display()
         ))
     })
+}
+
+/// Opens a GGUF file and reads its header: within bounds first (`models::gguf_check`), then
+/// candle's parse. The file is returned for the tensors' data.
+fn read_header(path: &std::path::Path) -> Result<(std::fs::File, gguf_file::Content)> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
+    models::gguf_check::check(&mut file)
+        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+    Ok((file, content))
 }
 
 /// Lower case; letters, digits, `.` and `_` kept; every other run of characters one `-`.

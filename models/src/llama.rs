@@ -179,6 +179,14 @@ impl LlamaModel {
         &self.device
     }
 
+    /// Bytes the weights take in memory on the CPU path (`None` on candle's).
+    pub fn weight_bytes(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Cpu(m) => Some(m.weight_bytes()),
+            Backend::Candle(_) => None,
+        }
+    }
+
     /// Which implementation runs: the CPU kernel family (`avx512-vnni`, `avx2`, `portable`)
     /// or `candle`.
     pub fn kernels(&self) -> &'static str {

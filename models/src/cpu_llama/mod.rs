@@ -154,6 +154,33 @@ impl CpuLlama {
         &self.config
     }
 
+    /// Bytes the weights take in memory (matrices in the kernels' layouts, norms and biases).
+    pub fn weight_bytes(&self) -> usize {
+        let vector = |v: &[f32]| v.len() * 4;
+        let fused = |f: &Fused| f.parts.iter().map(PackedMatrix::bytes).sum::<usize>();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                fused(&l.qkv)
+                    + l.wo.bytes()
+                    + fused(&l.gate_up)
+                    + l.down.bytes()
+                    + vector(&l.attn_norm)
+                    + vector(&l.ffn_norm)
+                    + l.qkv_bias.as_deref().map_or(0, vector)
+                    + l.qk_norm.as_ref().map_or(0, |(q, k)| vector(q) + vector(k))
+                    + l.post_norms
+                        .as_ref()
+                        .map_or(0, |(a, m)| vector(a) + vector(m))
+            })
+            .sum();
+        self.embeddings.bytes()
+            + self.lm_head.as_ref().map_or(0, PackedMatrix::bytes)
+            + layers
+            + vector(&self.final_norm)
+    }
+
     /// The kernel family in use.
     pub fn isa(&self) -> Isa {
         self.isa

@@ -65,52 +65,7 @@ impl PackedMatrix {
 
     /// Repacks GGML Q4_K data of a `[n, k]` matrix, keeping its 6-bit scales and mins.
     pub fn from_q4_k(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
-        Self::check_shape(n, k, bytes.len(), Q4_K_BYTES, SUPER_BLOCK)?;
-        let slots = n.div_ceil(TILE) * TILE * (k / BLOCK);
-        let mut m = Self::empty_k(
-            n,
-            k,
-            Quants::Q4K {
-                nibbles: vec![0; slots * BLOCK / 2],
-                scales: vec![0; slots],
-                mins: vec![0; slots],
-                dmin: vec![0.0; n.div_ceil(TILE) * (k / SUPER_BLOCK) * TILE],
-            },
-        );
-        let per_row = k / SUPER_BLOCK;
-        let mut nibbles = std::mem::take(match &mut m.quants {
-            Quants::Q4K { nibbles, .. } => nibbles,
-            _ => unreachable!(),
-        });
-        for (i, sb) in bytes.chunks_exact(Q4_K_BYTES).enumerate() {
-            let (row, s) = (i / per_row, i % per_row);
-            let at = m.super_slot(row, s);
-            m.d[at] = f16_at(sb, 0);
-            let packed_scales: &[u8; 12] = sb[4..16].try_into().expect("12 bytes");
-            let qs = &sb[16..144];
-            for j in 0..BLOCKS_PER_SUPER {
-                let b = s * BLOCKS_PER_SUPER + j;
-                let slot = m.slot(row, b);
-                let (sc, mn) = q4_k_scale_min(j, packed_scales);
-                // Blocks 2i and 2i + 1 share bytes 32i..32i+32: low nibbles, then high ones.
-                let src = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
-                let shift = if j % 2 == 1 { 4 } else { 0 };
-                let quants: [u8; BLOCK] = std::array::from_fn(|e| (src[e] >> shift) & 0x0f);
-                m.put_nibbles(&mut nibbles, row, b, &quants);
-                if let Quants::Q4K {
-                    scales, mins, dmin, ..
-                } = &mut m.quants
-                {
-                    scales[slot] = sc;
-                    mins[slot] = mn;
-                    dmin[at] = f16_at(sb, 2);
-                }
-            }
-        }
-        if let Quants::Q4K { nibbles: dst, .. } = &mut m.quants {
-            *dst = nibbles;
-        }
-        Ok(m)
+        Self::from_scaled_k(bytes, n, k, false)
     }
 
     /// Repacks GGML Q6_K data of a `[n, k]` matrix, keeping its 6-bit quants and 8-bit scales.
@@ -510,42 +465,76 @@ impl PackedMatrix {
     /// Repacks GGML Q5_K data of a `[n, k]` matrix: Q4_K's scales and mins, a fifth bit per
     /// weight (bit `j` of byte `l` of the 32 fifth-bit bytes: element `l` of block `j`).
     pub fn from_q5_k(bytes: &[u8], n: usize, k: usize) -> Result<Self, ShapeError> {
-        Self::check_shape(n, k, bytes.len(), Q5_K_BYTES, SUPER_BLOCK)?;
+        Self::from_scaled_k(bytes, n, k, true)
+    }
+
+    /// Q4_K (`fifth_bits` false) or Q5_K: the same super-block (f16 `d` and `dmin`, 12 bytes of
+    /// 6-bit scales and mins, then Q5_K's 32 bytes of fifth bits, then 128 of nibbles).
+    fn from_scaled_k(
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+        fifth_bits: bool,
+    ) -> Result<Self, ShapeError> {
+        let block_bytes = if fifth_bits { Q5_K_BYTES } else { Q4_K_BYTES };
+        Self::check_shape(n, k, bytes.len(), block_bytes, SUPER_BLOCK)?;
         let tiles = n.div_ceil(TILE);
         let slots = tiles * TILE * (k / BLOCK);
         let mut w = Self::empty_k(n, k, Quants::Q8 { quants: Vec::new() });
         let (mut nib, mut hi) = (
             vec![0u8; slots * BLOCK / 2],
-            vec![0u8; tiles * (k / BLOCK) * BLOCK],
+            vec![
+                0u8;
+                if fifth_bits {
+                    tiles * (k / BLOCK) * BLOCK
+                } else {
+                    0
+                }
+            ],
         );
         let (mut scales, mut mins) = (vec![0u8; slots], vec![0u8; slots]);
         let mut dmin = vec![0f32; w.d.len()];
         let per_row = k / SUPER_BLOCK;
-        for (i, sb) in bytes.chunks_exact(Q5_K_BYTES).enumerate() {
+        let no_fifth_bits = [0u8; BLOCK];
+        for (i, sb) in bytes.chunks_exact(block_bytes).enumerate() {
             let (row, s) = (i / per_row, i % per_row);
             let at = w.super_slot(row, s);
             w.d[at] = f16_at(sb, 0);
             dmin[at] = f16_at(sb, 2);
             let packed_scales: &[u8; 12] = sb[4..16].try_into().expect("12 bytes");
-            let (qh, qs) = (&sb[16..48], &sb[48..176]);
+            let (qh, qs) = match fifth_bits {
+                true => (&sb[16..48], &sb[48..176]),
+                false => (&no_fifth_bits[..], &sb[16..144]),
+            };
             for j in 0..BLOCKS_PER_SUPER {
                 let b = s * BLOCKS_PER_SUPER + j;
                 let slot = w.slot(row, b);
                 (scales[slot], mins[slot]) = q4_k_scale_min(j, packed_scales);
+                // Blocks 2i and 2i + 1 share bytes 32i..32i+32: low nibbles, then high ones.
                 let src = &qs[32 * (j / 2)..32 * (j / 2 + 1)];
                 let shift = if j % 2 == 1 { 4 } else { 0 };
                 let quants: [u8; BLOCK] =
                     std::array::from_fn(|l| ((src[l] >> shift) & 0x0f) | (((qh[l] >> j) & 1) << 4));
                 w.put_nibbles(&mut nib, row, b, &quants);
-                put_fifth_bits(&w, &mut hi, row, b, &quants);
+                if fifth_bits {
+                    put_fifth_bits(&w, &mut hi, row, b, &quants);
+                }
             }
         }
-        w.quants = Quants::Q5K {
-            nibbles: nib,
-            high: hi,
-            scales,
-            mins,
-            dmin,
+        w.quants = match fifth_bits {
+            true => Quants::Q5K {
+                nibbles: nib,
+                high: hi,
+                scales,
+                mins,
+                dmin,
+            },
+            false => Quants::Q4K {
+                nibbles: nib,
+                scales,
+                mins,
+                dmin,
+            },
         };
         Ok(w)
     }

@@ -119,7 +119,6 @@ impl CpuLlama {
         };
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let mut layers = Vec::with_capacity(c.n_layers);
-        let mut ffn = 0;
         for i in 0..c.n_layers {
             let p = format!("blk.{i}");
             let name = |n: &str| format!("{p}.{n}.weight");
@@ -139,10 +138,9 @@ impl CpuLlama {
             });
             expect_shape(&name("ffn_gate/up"), &gate_up, 2 * c.ffn, c.hidden)?;
             let down = matrix("ffn_down")?;
-            expect_shape(&name("ffn_down"), &down, c.hidden, c.ffn)?;
             // Every packed matrix has whole blocks of inputs (checked at repacking), so the MLP
-            // size the down projection reads is a multiple of BLOCK too.
-            ffn = c.ffn;
+            // width the step's buffers use (`config.ffn`) is a multiple of BLOCK too.
+            expect_shape(&name("ffn_down"), &down, c.hidden, c.ffn)?;
             let mut vector = |n: &str, len: usize| -> Result<Vec<f32>, Error> {
                 let v = load_vector(ct, reader, &format!("{p}.{n}"))?;
                 match v.len() == len {
@@ -213,7 +211,6 @@ impl CpuLlama {
             .map(|w| rope_frequencies(w.rope_base, c.head_dim, None));
         Ok(Self {
             isa: Isa::detect(),
-            ffn,
             embeddings,
             lm_head,
             layers,

@@ -89,7 +89,6 @@ impl Fused {
 pub struct CpuLlama {
     config: ModelConfig,
     isa: Isa,
-    ffn: usize,
     /// Token embeddings; also the output projection when the model ties them.
     embeddings: PackedMatrix,
     lm_head: Option<PackedMatrix>,
@@ -223,7 +222,7 @@ impl CpuLlama {
             aq: QuantizedRows::new(self.config.q_dim()),
             attn: Vec::new(),
             gate_up: Vec::new(),
-            hq: QuantizedRows::new(self.ffn),
+            hq: QuantizedRows::new(self.config.ffn),
             scores: (0..parallel::threads()).map(|_| Vec::new()).collect(),
             rows: Vec::new(),
             rope_cos: Vec::new(),

@@ -68,7 +68,7 @@ impl CpuLlama {
         grow(&mut scratch.x, t * c.hidden);
         grow(&mut scratch.qkv, t * qkv_dim);
         grow(&mut scratch.attn, t * c.q_dim());
-        grow(&mut scratch.gate_up, t * 2 * self.ffn);
+        grow(&mut scratch.gate_up, t * 2 * c.ffn);
         scratch.xq.reset(t);
         scratch.aq.reset(t);
         scratch.hq.reset(t);
@@ -274,7 +274,7 @@ impl CpuLlama {
     /// A layer's MLP half: norm, gate and up as one product, SiLU(gate) * up quantized for the
     /// down projection, added into the residual stream.
     pub(super) fn mlp_block(&self, layer: &Layer, scratch: &mut Scratch, row_grain: usize) {
-        let (isa, hidden, ffn) = (self.isa, self.config.hidden, self.ffn);
+        let (isa, hidden, ffn) = (self.isa, self.config.hidden, self.config.ffn);
         let eps = self.config.rms_eps as f32;
         let gelu = self.config.architecture == Architecture::Gemma3;
         let t = scratch.rows.len();

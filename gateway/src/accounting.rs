@@ -81,6 +81,7 @@ impl RequestAccount {
                 request_id: request_id.to_string(),
                 client_request_id: client_request_id.map(|id| id.0.to_string()),
                 tenant: caller.tenant.id.clone(),
+                project: caller.project.as_deref().map(str::to_string),
                 key_id: caller.key_id.to_string(),
                 model: model.to_string(),
                 pool: String::new(),

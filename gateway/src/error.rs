@@ -163,6 +163,36 @@ impl ApiError {
         .with_code("admin_key_required")
     }
 
+    /// 403: the admin key's role does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message).with_code("forbidden")
+    }
+
+    /// 429: the admin key made more requests this minute than `[server]
+    /// admin_requests_per_minute` allows.
+    pub fn admin_rate_limited(retry_after: std::time::Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "Rate limit reached for admin requests per minute.",
+        )
+        .with_code("admin_rate_limit_exceeded");
+        e.rate_limit = Some(Box::new(RateLimitDetails {
+            retry_after: Some(retry_after),
+            status: None,
+        }));
+        e
+    }
+
+    /// 400: a write that needs the control-plane store, on a gateway without one.
+    pub fn control_plane_disabled() -> Self {
+        Self::invalid_request(
+            "Tenants, projects and keys come from the configuration file on this gateway: \
+             enable `[control_plane]` to change them through the admin API.",
+        )
+        .with_code("control_plane_disabled")
+    }
+
     /// 429: a limit of the tenant's quota. An exhausted daily budget is `insufficient_quota`,
     /// everything else `rate_limit_exceeded`, as OpenAI names them.
     pub fn rate_limited(rejection: &policies::Rejection) -> Self {
@@ -361,6 +391,47 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl From<control_plane::StoreError> for ApiError {
+    fn from(e: control_plane::StoreError) -> Self {
+        use control_plane::StoreError as E;
+        match e {
+            E::Forbidden(message) => Self::forbidden(message),
+            E::NotFound(message) => {
+                Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+                    .with_code("not_found")
+            }
+            E::Conflict(message) => {
+                Self::new(StatusCode::CONFLICT, "invalid_request_error", message)
+                    .with_code("conflict")
+            }
+            E::Invalid { param, message } => {
+                let e = Self::invalid_request(message).with_code("invalid_value");
+                match param.is_empty() {
+                    true => e,
+                    false => e.with_param(param),
+                }
+            }
+            E::Unavailable(detail) => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "The control-plane store is unavailable: nothing was changed; retry shortly.",
+                )
+                .with_code("store_unavailable")
+                .with_detail(detail);
+                e.rate_limit = Some(Box::new(RateLimitDetails {
+                    retry_after: Some(std::time::Duration::from_secs(2)),
+                    status: None,
+                }));
+                e
+            }
+            E::Migration(detail) | E::Corrupt(detail) => {
+                Self::server_fault("The control-plane store failed.", detail)
+            }
+        }
     }
 }
 

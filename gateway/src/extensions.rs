@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | [`ClientRequestId`] (request) | client request id | trace span, usage accounts |
 //! | [`Caller`] (request) | authentication | request metrics, rate-limit headers, handlers |
+//! | [`control_plane::Actor`] (request) | admin authentication | admin handlers |
 //! | [`RateLimitSnapshot`] (response) | the admitted routes' handlers, a 429 | rate-limit headers |
 //! | [`ServedModel`] (response) | the admitted routes' handlers | request metrics |
 //! | [`AccessLogWritten`] (response) | the generation and embedding handlers | access log |
@@ -17,7 +18,7 @@
 
 use std::sync::Arc;
 
-use policies::{KeyId, RateLimitStatus, TenantSpec};
+use policies::{KeyId, RateLimitStatus, ResolvedKey, TenantSpec};
 
 /// Who is calling. Never holds the key itself, only its non-secret id.
 #[derive(Debug, Clone)]
@@ -27,6 +28,27 @@ pub struct Caller {
     pub tenant: Arc<TenantSpec>,
     /// The key's non-secret id.
     pub key_id: KeyId,
+    /// The project inside the tenant the key belongs to.
+    pub project: Option<Arc<str>>,
+    /// Everything the key grants: the narrower quota scopes and model lists it is held to.
+    pub grant: ResolvedKey,
+}
+
+impl Caller {
+    /// The caller a resolved key makes.
+    pub fn new(grant: ResolvedKey) -> Self {
+        Self {
+            tenant: grant.tenant.clone(),
+            key_id: grant.key_id.clone(),
+            project: grant.project.clone(),
+            grant,
+        }
+    }
+
+    /// Whether the key may use `model` (its tenant's, project's and own lists all allow it).
+    pub fn may_use(&self, model: &str) -> bool {
+        self.grant.may_use(model)
+    }
 }
 
 /// The id a client sent with its request (`x-client-request-id` or `x-request-id`), when usable:

@@ -20,5 +20,6 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod store_sync;
 pub mod telemetry;
 pub mod worker;

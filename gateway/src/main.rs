@@ -1,4 +1,7 @@
-//! The `gateway` binary: `gateway [serve]` runs the server, `gateway keys` manages API keys.
+//! The `gateway` binary: `gateway [serve]` runs the server, `gateway keys` manages API keys,
+//! `gateway admin` calls the admin API.
+
+mod admin_cli;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -30,6 +33,8 @@ enum Command {
     /// Create and hash API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run the centre through the admin API: tenants, projects, keys, usage, audit.
+    Admin(admin_cli::AdminArgs),
 }
 
 #[derive(Args, Clone, Default)]
@@ -63,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Keys(cmd)) => keys(cmd),
+        Some(Command::Admin(args)) => admin_cli::run(args),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     }

@@ -22,6 +22,22 @@ pub const ADMIN_USAGE: &str = "/admin/usage";
 pub const ADMIN_USAGE_RECORDS: &str = "/admin/usage/records";
 /// `GET /admin/pools`.
 pub const ADMIN_POOLS: &str = "/admin/pools";
+/// One tenant: read, change, delete (control plane).
+pub const ADMIN_TENANT: &str = "/admin/tenants/{tenant}";
+/// A tenant's projects: list, create.
+pub const ADMIN_PROJECTS: &str = "/admin/tenants/{tenant}/projects";
+/// One project: read, change, delete.
+pub const ADMIN_PROJECT: &str = "/admin/tenants/{tenant}/projects/{project}";
+/// A tenant's keys: list, issue.
+pub const ADMIN_TENANT_KEYS: &str = "/admin/tenants/{tenant}/keys";
+/// Operator and auditor keys: list, issue.
+pub const ADMIN_KEYS: &str = "/admin/keys";
+/// One key: read, revoke (`DELETE`).
+pub const ADMIN_KEY: &str = "/admin/keys/{key}";
+/// Rotate a key: a new one of the same scope, the old valid for an overlap.
+pub const ADMIN_KEY_ROTATE: &str = "/admin/keys/{key}/rotate";
+/// The audit log of every control-plane write.
+pub const ADMIN_AUDIT: &str = "/admin/audit";
 /// `GET /health`.
 pub const HEALTH: &str = "/health";
 /// `GET /ready`.
@@ -45,6 +61,14 @@ pub const ALL: &[&str] = &[
     ADMIN_USAGE,
     ADMIN_USAGE_RECORDS,
     ADMIN_POOLS,
+    ADMIN_TENANT,
+    ADMIN_PROJECTS,
+    ADMIN_PROJECT,
+    ADMIN_TENANT_KEYS,
+    ADMIN_KEYS,
+    ADMIN_KEY,
+    ADMIN_KEY_ROTATE,
+    ADMIN_AUDIT,
     HEALTH,
     READY,
     METRICS,
@@ -84,5 +108,7 @@ mod tests {
         assert_eq!(template("/v1/sk-live-0123456789abcdef"), UNMATCHED);
         assert_eq!(template("/v1/models/a/b"), UNMATCHED);
         assert_eq!(template("/v1/models/"), MODELS);
+        assert_eq!(template("/admin/tenants/acme/projects/x"), ADMIN_PROJECT);
+        assert_eq!(template("/admin/keys/key_0123/rotate"), ADMIN_KEY_ROTATE);
     }
 }

@@ -63,8 +63,22 @@ pub fn restart_only_changes(running: &toml::Table, new: &toml::Table) -> Vec<Str
 /// one caught half-written), unless it sets `allow_empty_reload = true`.
 pub fn reload(state: &AppState, file: &ConfigFile) {
     let path = &file.path;
-    let loaded = GatewayConfig::load(path)
-        .and_then(|c| Directory::from_config(&c).map(|d| (d, c.allow_empty_reload)));
+    let current = state.directory();
+    let loaded = GatewayConfig::load(path).and_then(|c| {
+        let directory = Directory::from_config(&c)?;
+        // With a control-plane store in force, the file still brings the admin and metrics
+        // keys; the tenants stay the store's.
+        let directory = match (state.store(), &current.snapshot) {
+            (Some(_), Some(snapshot)) => {
+                if !c.tenants.is_empty() {
+                    tracing::warn!(path = %path.display(), "config reload: [[tenants]] are ignored, the control-plane store holds the tenants");
+                }
+                directory.with_store(snapshot.clone())?
+            }
+            _ => directory,
+        };
+        Ok((directory, c.allow_empty_reload))
+    });
     let (directory, allow_empty) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -72,7 +86,6 @@ pub fn reload(state: &AppState, file: &ConfigFile) {
             return;
         }
     };
-    let current = state.directory();
     let emptied = [
         ("tenant", current.tenants.len(), directory.tenants.len()),
         (

@@ -61,6 +61,13 @@ pub async fn serve_as(
     // rustls needs one process-wide crypto provider when several are compiled in.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let directory = Directory::from_config(&config)?;
+    let (control_plane, directory) = match config.control_plane.enabled {
+        true => {
+            let (sync, directory) = crate::store_sync::StoreSync::open(&config, directory).await?;
+            (Some(sync), directory)
+        }
+        false => (None, directory),
+    };
     if directory.tenant_key_count() == 0 {
         tracing::warn!("no tenant has a key: every API request will be refused with 401");
     }
@@ -121,6 +128,7 @@ pub async fn serve_as(
         cors_origins: config.server.cors_origins.clone(),
         max_prompts_per_request: config.server.max_prompts_per_request,
         max_prompt_tokens_per_request: config.server.max_prompt_tokens_per_request,
+        admin_requests_per_minute: config.server.admin_requests_per_minute,
     };
     let ledger = match config.ledger.enabled {
         true => match config.ledger.postgres_url() {
@@ -165,6 +173,10 @@ pub async fn serve_as(
         quotas,
         config.telemetry.metrics,
     );
+    if let Some(sync) = control_plane {
+        sync.spawn(state.clone());
+        let _ = state.control_plane.set(sync);
+    }
     if let Some(ledger) = &ledger {
         restore_todays_usage(&state, ledger).await?;
     }
@@ -179,7 +191,8 @@ pub async fn serve_as(
         None => None,
     };
     let refused = state.requests.connections_refused.clone();
-    let app = crate::routes::router(state).into_make_service();
+    // With the peer's address: the audit log records where each admin write came from.
+    let app = crate::routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
 
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;

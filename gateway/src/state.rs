@@ -1,7 +1,7 @@
 //! What every handler can reach: the models, the key store, the server limits.
 
 use std::ops::Deref;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ledger::Ledger;
@@ -10,6 +10,7 @@ use policies::QuotaStore;
 use crate::directory::Directory;
 use crate::metrics::RequestMetrics;
 use crate::models::ModelRegistry;
+use crate::store_sync::StoreSync;
 
 /// Limits applied at the edge.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct Limits {
     pub max_prompts_per_request: usize,
     /// Most prompt tokens per request, over its prompts (400 beyond).
     pub max_prompt_tokens_per_request: u64,
+    /// Requests per minute of one admin key to `/admin/*` (0: unlimited).
+    pub admin_requests_per_minute: u32,
 }
 
 /// Shared state of the server; cheap to clone (one reference count: every layer and handler
@@ -45,6 +48,9 @@ pub struct SharedState {
     pub quotas: Arc<dyn QuotaStore>,
     /// The durable usage ledger (`None` when `[ledger] enabled = false`).
     pub ledger: Option<Arc<Ledger>>,
+    /// The control-plane store and its cache's upkeep (set once at start-up when
+    /// `[control_plane] enabled`).
+    pub control_plane: OnceLock<Arc<StoreSync>>,
     directory: Arc<RwLock<Arc<Directory>>>,
 }
 
@@ -71,6 +77,7 @@ impl AppState {
             requests,
             quotas,
             ledger,
+            control_plane: OnceLock::new(),
             directory: Arc::new(RwLock::new(Arc::new(directory))),
         }))
     }
@@ -83,6 +90,11 @@ impl AppState {
     /// Replaces tenants and keys; requests already admitted keep what they were admitted with.
     pub fn replace_directory(&self, directory: Directory) {
         *self.directory.write().expect("directory lock") = Arc::new(directory);
+    }
+
+    /// The control-plane store, when one is in force.
+    pub fn store(&self) -> Option<&Arc<StoreSync>> {
+        self.control_plane.get()
     }
 }
 

@@ -324,6 +324,7 @@ mod tests {
             ended_at_ms: 2_000 + i as i64,
             prompt_tokens_estimated: false,
             client_request_id: i.is_multiple_of(2).then(|| format!("client-{i}")),
+            project: None,
         }
     }
 
@@ -395,6 +396,7 @@ mod postgres_tests {
             ended_at_ms: 2_000 + i as i64,
             prompt_tokens_estimated: false,
             client_request_id: (!i.is_multiple_of(2)).then(|| format!("client-{i}")),
+            project: None,
         }
     }
 

@@ -93,13 +93,14 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
         .iter()
         .map(|r| r.client_request_id.as_deref())
         .collect();
+    let projects: Vec<Option<&str>> = records.iter().map(|r| r.project.as_deref()).collect();
     let mut tx = client.transaction()?;
     tx.execute(
         &format!(
             "INSERT INTO usage ({RECORD_COLUMNS})
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::text[], $9::text[],
-                                  $10::bigint[], $11::bigint[], $12::boolean[], $13::text[])"
+                                  $10::bigint[], $11::bigint[], $12::boolean[], $13::text[], $14::text[])"
         ),
         &[
             &request_ids,
@@ -115,6 +116,7 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
             &ended,
             &estimated,
             &client_ids,
+            &projects,
         ],
     )?;
     tx.commit()
@@ -177,6 +179,7 @@ impl Reader for PostgresReader {
                     ended_at_ms: row.try_get(10)?,
                     prompt_tokens_estimated: row.try_get(11)?,
                     client_request_id: row.try_get(12)?,
+                    project: row.try_get(13)?,
                 })
             })
             .collect()

@@ -12,6 +12,8 @@ pub enum GroupBy {
     Day,
     /// The model.
     Model,
+    /// The project inside the tenant.
+    Project,
 }
 
 /// Which records: all filters optional; times in Unix ms, `from` inclusive, `to` exclusive,
@@ -20,6 +22,8 @@ pub enum GroupBy {
 pub struct UsageQuery {
     /// Only this tenant's records.
     pub tenant: Option<TenantId>,
+    /// Only this project's records (within `tenant`).
+    pub project: Option<String>,
     /// Records that ended at or after this time (Unix ms).
     pub from_ms: Option<i64>,
     /// Records that ended before this time (Unix ms).
@@ -39,6 +43,9 @@ pub struct UsageRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// The model, when grouped by model.
     pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The project, when grouped by project (`""`: keys of no project).
+    pub project: Option<String>,
     /// Requests recorded.
     pub requests: u64,
     /// Their prompt tokens.
@@ -93,7 +100,7 @@ impl Dialect {
 /// The columns of a record, in the order [`records_sql`] selects them and stores insert them.
 pub(crate) const RECORD_COLUMNS: &str = "request_id, tenant, key_id, model, pool, prompt_tokens, \
      completion_tokens, status, finish_reason, started_at_ms, ended_at_ms, prompt_tokens_estimated, \
-     client_request_id";
+     client_request_id, project";
 
 impl UsageQuery {
     /// `WHERE` clause and its parameters.
@@ -103,6 +110,10 @@ impl UsageQuery {
         if let Some(tenant) = &self.tenant {
             params.push(Param::Text(tenant.to_string()));
             clauses.push(format!("tenant = {}", dialect.placeholder(params.len())));
+        }
+        if let Some(project) = &self.project {
+            params.push(Param::Text(project.clone()));
+            clauses.push(format!("project = {}", dialect.placeholder(params.len())));
         }
         if let Some(from) = self.from_ms {
             params.push(Param::Int(from));
@@ -134,6 +145,7 @@ impl UsageQuery {
             None => "CAST(NULL AS TEXT)",
             Some(GroupBy::Day) => dialect.day(),
             Some(GroupBy::Model) => "model",
+            Some(GroupBy::Project) => "project",
         };
         let sql = format!(
             "SELECT tenant, {key} AS k, CAST(COUNT(*) AS BIGINT),
@@ -167,7 +179,13 @@ impl UsageQuery {
         UsageRow {
             tenant,
             day: key.clone().filter(|_| self.group_by == Some(GroupBy::Day)),
-            model: key.filter(|_| self.group_by == Some(GroupBy::Model)),
+            model: key
+                .clone()
+                .filter(|_| self.group_by == Some(GroupBy::Model)),
+            project: match self.group_by {
+                Some(GroupBy::Project) => Some(key.unwrap_or_default()),
+                _ => None,
+            },
             requests: requests as u64,
             prompt_tokens: prompt as u64,
             completion_tokens: completion as u64,
@@ -198,6 +216,7 @@ mod tests {
             ended_at_ms,
             prompt_tokens_estimated: false,
             client_request_id: None,
+            project: (tenant == "acme").then(|| format!("p-{model}")),
         }
     }
 
@@ -255,6 +274,29 @@ mod tests {
             models,
             [("acme", "m1", 1), ("acme", "m2", 1), ("beta", "m1", 1)]
         );
+
+        let by_project = ledger
+            .usage(&UsageQuery {
+                group_by: Some(GroupBy::Project),
+                ..Default::default()
+            })
+            .unwrap();
+        let projects: Vec<(&str, &str, u64)> = by_project
+            .iter()
+            .map(|r| (r.tenant.as_str(), r.project.as_deref().unwrap(), r.requests))
+            .collect();
+        assert_eq!(
+            projects,
+            [("acme", "p-m1", 2), ("acme", "p-m2", 1), ("beta", "", 1)]
+        );
+        let one_project = ledger
+            .usage(&UsageQuery {
+                tenant: Some("acme".parse().unwrap()),
+                project: Some("p-m1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(one_project[0].requests, 2);
 
         let records = ledger
             .records(&UsageQuery {

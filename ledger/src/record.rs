@@ -48,6 +48,9 @@ pub struct UsageRecord {
     pub client_request_id: Option<String>,
     /// Who is billed.
     pub tenant: TenantId,
+    /// The project inside the tenant whose key made the request (`None`: a key of no project).
+    #[serde(default)]
+    pub project: Option<String>,
     /// Which of the tenant's keys was used (its non-secret id).
     pub key_id: String,
     /// The model served.

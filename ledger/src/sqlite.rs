@@ -147,7 +147,7 @@ impl Drop for Checkpointer {
 /// statement cache by its text).
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     )
 });
 
@@ -183,6 +183,7 @@ fn insert(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> rusqli
         r.ended_at_ms,
         r.prompt_tokens_estimated,
         r.client_request_id,
+        r.project,
     ])?;
     Ok(())
 }
@@ -235,6 +236,7 @@ impl Reader for SqliteReader {
                 ended_at_ms: row.get(10)?,
                 prompt_tokens_estimated: row.get(11)?,
                 client_request_id: row.get(12)?,
+                project: row.get(13)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

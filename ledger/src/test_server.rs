@@ -14,7 +14,8 @@ pub struct PostgresServer {
     port: u16,
     bin: PathBuf,
     child: Option<Child>,
-    _dir: tempfile::TempDir,
+    user: Option<(u32, u32)>,
+    dir: tempfile::TempDir,
 }
 
 /// The newest installed server's binaries.
@@ -83,28 +84,56 @@ impl PostgresServer {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let child = command(&bin.join("postgres"), user)
+        let mut server = Self {
+            port,
+            bin,
+            child: None,
+            user,
+            dir,
+        };
+        server.resume();
+        server
+    }
+
+    /// Starts the server (again, after [`Self::stop`]) on the same port and data, and waits
+    /// until it takes connections.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "PostgreSQL is running already");
+        let child = command(&self.bin.join("postgres"), self.user)
             .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start postgres");
-        let server = Self {
-            port,
-            bin,
-            child: Some(child),
-            _dir: dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !server.ready() {
+        while !self.ready() {
             assert!(Instant::now() < deadline, "PostgreSQL did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
+    }
+
+    /// Stops the server (a fast shutdown: its clients' connections break), keeping its data
+    /// for [`Self::resume`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn ready(&self) -> bool {
@@ -135,20 +164,7 @@ impl PostgresServer {
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // A fast shutdown (SIGINT), so that no backend outlives the test.
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // A fast shutdown (SIGINT), so that no backend outlives the test.
+        self.stop();
     }
 }

@@ -10,7 +10,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::tenant::{TenantId, TenantSpec};
+use crate::tenant::{ModelAllowList, TenantId, TenantSpec};
 
 const KEY_PREFIX: &str = "sk-";
 const DIGEST_PREFIX: &str = "sha256:";
@@ -123,6 +123,11 @@ impl fmt::Debug for KeyDigest {
 pub struct KeyId(String);
 
 impl KeyId {
+    /// The id a key record names its key by (the control-plane store's `key_...` ids).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -135,56 +140,105 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// Who a presented key belongs to.
+/// What a key grants: its tenant, and the narrower scopes (its project's, its own) that hold
+/// its requests to their limits and models as well.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedKey {
-    /// The tenant the key belongs to (shared with the store: resolving copies nothing).
+pub struct KeyGrant {
+    /// The tenant the key belongs to (shared: resolving copies nothing).
     pub tenant: Arc<TenantSpec>,
     /// The key's non-secret id.
     pub key_id: KeyId,
+    /// The project inside the tenant the key belongs to.
+    pub project: Option<Arc<str>>,
+    /// Quota scopes admitted with the tenant's, widest first (a project's limits, the key's
+    /// own): only scopes that set a limit.
+    pub scopes: Vec<TenantSpec>,
+    /// Further model allow-lists the key is held to (its project's, its own).
+    pub models: Vec<ModelAllowList>,
+    /// The key stops working at this time (Unix ms).
+    pub expires_at_ms: Option<i64>,
 }
 
-/// Every valid key digest, mapped to its tenant.
+impl KeyGrant {
+    /// A key of `tenant` with no narrower scope, named by its digest's id.
+    pub fn tenant_key(digest: &KeyDigest, tenant: Arc<TenantSpec>) -> Self {
+        Self {
+            tenant,
+            key_id: digest.key_id(),
+            project: None,
+            scopes: Vec::new(),
+            models: Vec::new(),
+            expires_at_ms: None,
+        }
+    }
+
+    /// Whether the key may use `model`: its tenant and every narrower scope allow it.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.tenant.models.allows(model) && self.models.iter().all(|m| m.allows(model))
+    }
+}
+
+/// Who a presented key belongs to, and what it grants.
+pub type ResolvedKey = Arc<KeyGrant>;
+
+/// Every valid key digest, mapped to what it grants.
 #[derive(Debug, Default, Clone)]
 pub struct KeyStore {
-    by_digest: HashMap<KeyDigest, Arc<TenantSpec>>,
+    by_digest: HashMap<KeyDigest, Arc<KeyGrant>>,
 }
 
 impl KeyStore {
-    /// Builds the store; a digest listed for two tenants is a configuration error.
+    /// Builds the store of keys that grant their tenant only; a digest listed for two tenants
+    /// is a configuration error.
     pub fn new(
         entries: impl IntoIterator<Item = (KeyDigest, TenantSpec)>,
     ) -> Result<Self, KeyError> {
-        let mut by_digest: HashMap<KeyDigest, Arc<TenantSpec>> = HashMap::new();
-        for (digest, tenant) in entries {
+        let mut tenants: HashMap<TenantId, Arc<TenantSpec>> = HashMap::new();
+        Self::from_grants(entries.into_iter().map(|(digest, tenant)| {
+            let tenant = tenants
+                .entry(tenant.id.clone())
+                .or_insert_with(|| Arc::new(tenant))
+                .clone();
+            (digest, KeyGrant::tenant_key(&digest, tenant))
+        }))
+    }
+
+    /// Builds the store from what each key grants; a digest of two tenants is an error.
+    pub fn from_grants(
+        entries: impl IntoIterator<Item = (KeyDigest, KeyGrant)>,
+    ) -> Result<Self, KeyError> {
+        let mut by_digest: HashMap<KeyDigest, Arc<KeyGrant>> = HashMap::new();
+        for (digest, grant) in entries {
             if let Some(existing) = by_digest.get(&digest) {
-                if existing.id != tenant.id {
+                if existing.tenant.id != grant.tenant.id {
                     return Err(KeyError::DuplicateKey {
                         key_id: digest.key_id(),
-                        first: existing.id.clone(),
-                        second: tenant.id,
+                        first: existing.tenant.id.clone(),
+                        second: grant.tenant.id.clone(),
                     });
                 }
             }
-            by_digest.insert(digest, Arc::new(tenant));
+            by_digest.insert(digest, Arc::new(grant));
         }
         Ok(Self { by_digest })
     }
 
-    /// Resolves a presented key. The lookup is by digest, so timing reveals at most something
-    /// about the SHA-256 of the guess, never about a stored key; the final comparison of the
-    /// 32-byte digests is constant-time all the same.
-    pub fn resolve(&self, presented: &ApiKey) -> Option<ResolvedKey> {
+    /// Resolves a presented key that has not expired at `now_ms` (Unix ms). The lookup is by
+    /// digest, so timing reveals at most something about the SHA-256 of the guess, never about
+    /// a stored key; the final comparison of the 32-byte digests is constant-time all the same.
+    pub fn resolve_at(&self, presented: &ApiKey, now_ms: i64) -> Option<ResolvedKey> {
         let digest = presented.digest();
-        let (stored, tenant) = self.by_digest.get_key_value(&digest)?;
-        if bool::from(stored.0.ct_eq(&digest.0)) {
-            Some(ResolvedKey {
-                tenant: tenant.clone(),
-                key_id: digest.key_id(),
-            })
-        } else {
-            None
-        }
+        let (stored, grant) = self.by_digest.get_key_value(&digest)?;
+        let live = grant.expires_at_ms.is_none_or(|at| now_ms < at);
+        (bool::from(stored.0.ct_eq(&digest.0)) && live).then(|| grant.clone())
+    }
+
+    /// [`Self::resolve_at`] now.
+    pub fn resolve(&self, presented: &ApiKey) -> Option<ResolvedKey> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.resolve_at(presented, now_ms)
     }
 
     /// Keys stored.
@@ -264,6 +318,21 @@ mod tests {
         assert_eq!(resolved.key_id.as_str().len(), 8);
         assert!(store.resolve(&ApiKey::generate()).is_none());
         assert!(store.resolve(&ApiKey::from_plaintext("")).is_none());
+    }
+
+    #[test]
+    fn an_expired_key_resolves_no_more_and_scopes_narrow_the_models() {
+        let key = ApiKey::generate();
+        let digest = key.digest();
+        let grant = KeyGrant {
+            expires_at_ms: Some(1_000),
+            models: vec![ModelAllowList::only(["m1"])],
+            ..KeyGrant::tenant_key(&digest, Arc::new(tenant("acme")))
+        };
+        let store = KeyStore::from_grants([(digest, grant)]).unwrap();
+        let resolved = store.resolve_at(&key, 999).unwrap();
+        assert!(resolved.may_use("m1") && !resolved.may_use("m2"));
+        assert!(store.resolve_at(&key, 1_000).is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod token_limiter;
 // The surface other crates use; the modules stay private.
 
 pub use fair_share::VirtualTokenCounters;
-pub use keys::{ApiKey, KeyDigest, KeyError, KeyId, KeyStore, ResolvedKey};
+pub use keys::{ApiKey, KeyDigest, KeyError, KeyGrant, KeyId, KeyStore, ResolvedKey};
 pub use limits::TenantLimits;
 pub use quota::{
     utc_day, Admission, Ask, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason,

@@ -196,6 +196,9 @@ pub struct Admission {
     /// its whole reservation back.
     started: bool,
     used_tokens: AtomicU64,
+    /// Holds on narrower scopes of the same request (its project's, its key's quota), kept,
+    /// started and settled with this one.
+    nested: Vec<Admission>,
     /// Headers for the response.
     pub status: RateLimitStatus,
 }
@@ -335,6 +338,7 @@ impl QuotaBook {
             prompt_tokens: ask.prompt_tokens,
             started: false,
             used_tokens: AtomicU64::new(0),
+            nested: Vec::new(),
             status,
         })
     }
@@ -379,8 +383,19 @@ impl Admission {
             prompt_tokens,
             started: false,
             used_tokens: AtomicU64::new(0),
+            nested: Vec::new(),
             status,
         }
+    }
+
+    /// Adds the request's hold on a narrower scope (its project, its key): it is started,
+    /// charged and settled with this one. The request may use no more than either allows.
+    pub fn nest(&mut self, inner: Admission) {
+        self.shortened_to = match (self.shortened_to, inner.shortened_to) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.nested.push(inner);
     }
 
     /// The most tokens (prompt included) the request may use, when admission cut it to what
@@ -407,6 +422,9 @@ impl Admission {
     /// The engine took the request: its prompt tokens and the request itself count from now
     /// (today's usage, and the part of the token reservation that is not given back).
     pub fn start(&mut self) {
+        for inner in &mut self.nested {
+            inner.start();
+        }
         if self.started {
             return;
         }
@@ -424,6 +442,9 @@ impl Admission {
     /// replica could take it) and generated nothing, so it charges nothing. Its prompt goes
     /// back from today's usage to its hold on the day.
     pub fn refund(&mut self) {
+        for inner in &mut self.nested {
+            inner.refund();
+        }
         if !self.started {
             return;
         }
@@ -448,6 +469,9 @@ impl Admission {
     /// replaces the `billed` tokens of the admission's count, in the reservation's use and in
     /// today's usage alike.
     pub fn correct_prompt_tokens(&mut self, billed: u64, counted: u64) {
+        for inner in &mut self.nested {
+            inner.correct_prompt_tokens(billed, counted);
+        }
         self.prompt_tokens = self.prompt_tokens.saturating_sub(billed) + counted;
         if !self.started {
             return;
@@ -466,6 +490,9 @@ impl Admission {
 
     /// Adds completion tokens as they are generated (prompt tokens count from admission).
     pub fn record_completion_tokens(&self, n: u64) {
+        for inner in &self.nested {
+            inner.record_completion_tokens(n);
+        }
         self.used_tokens.fetch_add(n, Ordering::AcqRel);
         self.with_today(n, |u| u.completion_tokens += n);
     }
@@ -523,6 +550,33 @@ mod tests {
             tier: None,
             prefix_cache_group: None,
         }
+    }
+
+    #[test]
+    fn a_nested_scope_is_charged_and_released_with_its_request() {
+        let book = QuotaBook::default();
+        let t = tenant(TenantLimits::default());
+        let project = TenantSpec {
+            id: t.id.scope("p"),
+            limits: TenantLimits {
+                max_concurrent: Some(1),
+                daily_tokens: Some(100),
+                ..Default::default()
+            },
+            ..t.clone()
+        };
+        let mut outer = book.admit(&t, Ask::new(10, 30)).unwrap();
+        outer.nest(book.admit(&project, Ask::new(10, 30)).unwrap());
+        assert_eq!(
+            book.admit(&project, Ask::new(1, 1)).err().unwrap().reason,
+            RejectReason::Concurrency
+        );
+        outer.start();
+        outer.record_completion_tokens(5);
+        drop(outer);
+        assert_eq!(book.live(&project).0, 0);
+        assert_eq!(book.live(&project).1.total_tokens(), 15);
+        assert_eq!(book.live(&t).1.total_tokens(), 15);
     }
 
     #[test]

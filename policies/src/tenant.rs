@@ -35,6 +35,13 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The quota scope `self/child` (a project inside the tenant, a key inside a project):
+    /// counted apart from the tenant itself. `/` is never in a tenant's own id, so a scope
+    /// cannot be mistaken for a tenant; it stays safe in metric labels and Redis keys.
+    pub fn scope(&self, child: &str) -> TenantId {
+        Self(format!("{}/{child}", self.0))
+    }
 }
 
 impl std::str::FromStr for TenantId {
@@ -118,6 +125,12 @@ mod tests {
         assert!(TenantId::new("a b").is_err());
         assert!(TenantId::new("x".repeat(65)).is_err());
         assert!(TenantId::new("é").is_err());
+        let scope = TenantId::new("acme").unwrap().scope("radiology");
+        assert_eq!(scope.as_str(), "acme/radiology");
+        assert!(
+            TenantId::new(scope.as_str()).is_err(),
+            "a scope is never a tenant's id"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use model_fetch::{DEFAULT_MODEL, DEFAULT_MODEL_ID};
 use policies::{KeyDigest, TenantId};
 use serde::Deserialize;
 
+mod control_plane;
 mod ledger;
 mod models;
 mod pools;
@@ -17,6 +18,7 @@ mod server;
 mod telemetry;
 mod tenants;
 
+pub use control_plane::*;
 pub use ledger::*;
 pub use models::*;
 pub use pools::*;
@@ -105,6 +107,9 @@ pub struct GatewayConfig {
     /// `[ledger]`: the usage ledger.
     pub ledger: LedgerConfig,
     #[serde(default)]
+    /// `[control_plane]`: the store of tenants, projects and keys that the admin API changes.
+    pub control_plane: ControlPlaneConfig,
+    #[serde(default)]
     /// `[quotas]`: where tenants' limits are counted (this process, or Redis for a fleet).
     pub quotas: QuotasConfig,
     #[serde(default)]
@@ -132,6 +137,7 @@ impl Default for GatewayConfig {
             admin_keys: Vec::new(),
             allow_empty_reload: false,
             ledger: LedgerConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
             quotas: QuotasConfig::default(),
             telemetry: TelemetryConfig::default(),
             pools: Vec::new(),

@@ -41,6 +41,14 @@ pub struct ServerConfig {
     /// machine (a load generator, local engines' model threads): every extra worker that parks
     /// and wakes costs system calls per request.
     pub worker_threads: Option<std::num::NonZeroUsize>,
+    /// Requests per minute one admin key may make to `/admin/*` (429 beyond; `/load`, polled
+    /// by gateways, is not counted). 0: unlimited.
+    #[serde(default = "default_admin_requests_per_minute")]
+    pub admin_requests_per_minute: u32,
+}
+
+fn default_admin_requests_per_minute() -> u32 {
+    600
 }
 
 impl Default for ServerConfig {
@@ -54,6 +62,7 @@ impl Default for ServerConfig {
             header_read_timeout_secs: default_header_read_timeout_secs(),
             max_connections: None,
             worker_threads: None,
+            admin_requests_per_minute: default_admin_requests_per_minute(),
         }
     }
 }

@@ -70,29 +70,79 @@ impl TenantConfig {
 
     /// The tenant as the policies see it.
     pub fn spec(&self) -> TenantSpec {
-        TenantSpec {
-            id: self.id.clone(),
+        tenant_spec(&self.record())
+    }
+
+    /// The tenant as the control-plane store keeps it (what the file seeds it with).
+    pub fn record(&self) -> ::control_plane::Tenant {
+        ::control_plane::Tenant {
             models: self.models.clone(),
-            limits: TenantLimits {
+            limits: ::control_plane::Limits {
                 requests_per_minute: self.requests_per_minute,
                 tokens_per_minute: self.tokens_per_minute,
                 max_concurrent: self.max_concurrent,
                 daily_tokens: self.daily_tokens,
-                share: Share {
-                    weight: self.weight.unwrap_or(1.0),
-                    priority: self.priority,
-                    max_running_share: self.max_running_share,
-                    max_kv_share: self.max_kv_share,
-                    max_waiting: self.max_waiting,
-                },
             },
+            weight: self.weight,
+            priority: self.priority,
             tier: self.tier.clone(),
+            max_running_share: self.max_running_share,
+            max_kv_share: self.max_kv_share,
+            max_waiting: self.max_waiting,
             prefix_cache_group: self.prefix_cache_group.clone(),
+            ..::control_plane::Tenant::new(self.id.clone())
         }
     }
 }
 
+/// A tenant of the file or the store, as the policies see it.
+pub fn tenant_spec(tenant: &::control_plane::Tenant) -> TenantSpec {
+    let limits = &tenant.limits;
+    TenantSpec {
+        id: tenant.id.clone(),
+        models: tenant.models.clone(),
+        limits: TenantLimits {
+            requests_per_minute: limits.requests_per_minute,
+            tokens_per_minute: limits.tokens_per_minute,
+            max_concurrent: limits.max_concurrent,
+            daily_tokens: limits.daily_tokens,
+            share: Share {
+                weight: tenant.weight.unwrap_or(1.0),
+                priority: tenant.priority,
+                max_running_share: tenant.max_running_share,
+                max_kv_share: tenant.max_kv_share,
+                max_waiting: tenant.max_waiting,
+            },
+        },
+        tier: tenant.tier.clone(),
+        prefix_cache_group: tenant.prefix_cache_group.clone(),
+    }
+}
+
 impl GatewayConfig {
+    /// The file's tenants and their keys' digests, to seed an empty control-plane store.
+    pub fn seed_tenants(&self) -> Result<Vec<::control_plane::SeedTenant>, ConfigError> {
+        self.tenants
+            .iter()
+            .map(|tenant| {
+                let keys = tenant
+                    .keys
+                    .iter()
+                    .map(|stored| {
+                        KeyDigest::parse(stored).map_err(|source| ConfigError::Key {
+                            tenant: tenant.id.clone(),
+                            source,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(::control_plane::SeedTenant {
+                    tenant: tenant.record(),
+                    keys,
+                })
+            })
+            .collect()
+    }
+
     /// The key store of every configured tenant.
     pub fn key_store(&self) -> Result<KeyStore, ConfigError> {
         let mut entries = Vec::new();

@@ -1,11 +1,20 @@
 //! Authentication: `Authorization: Bearer <key>` resolved against the stored key digests of the
 //! current directory. The resolved [`Caller`] rides in the request's extensions for every later
-//! layer and the handler; the span gets `tenant` and `key_id`.
+//! layer and the handler; the span gets `tenant` and `key_id`. On `/admin/*` the key must be an
+//! admin key: its [`Actor`] (role, tenant, the client's address) rides instead, each admin key is
+//! held to `[server] admin_requests_per_minute`, an auditor may only read, and every response
+//! says where tenants come from (`x-gateway-tenant-source: file|store`).
 
-use axum::extract::Request;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request};
 use axum::http::header::AUTHORIZATION;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use control_plane::{Actor, Role};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use policies::ApiKey;
 
 use super::around::{Around, AroundLayer};
@@ -20,10 +29,23 @@ pub fn layer(state: &AppState) -> AroundLayer<Authentication> {
     })
 }
 
-/// `/admin/*`: 401 without a key or with an unknown one, 403 with a tenant's key.
+/// `/admin/*`: 401 without a key or with an unknown one, 403 with a tenant's key, 429 beyond
+/// the admin rate limit.
 pub fn admin_layer(state: &AppState) -> AroundLayer<AdminAuthentication> {
+    let limiter = NonZeroU32::new(state.limits.admin_requests_per_minute)
+        .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
     AroundLayer::new(AdminAuthentication {
         state: state.clone(),
+        limiter,
+    })
+}
+
+/// `/load`, polled by every gateway that routes to an engine-worker: an admin key, not counted
+/// against the admin rate limit.
+pub fn polled_admin_layer(state: &AppState) -> AroundLayer<AdminAuthentication> {
+    AroundLayer::new(AdminAuthentication {
+        state: state.clone(),
+        limiter: None,
     })
 }
 
@@ -50,10 +72,10 @@ impl Around for Authentication {
         let span = tracing::Span::current();
         span.record("tenant", resolved.tenant.id.as_str());
         span.record("key_id", resolved.key_id.as_str());
-        request.extensions_mut().insert(Caller {
-            tenant: resolved.tenant,
-            key_id: resolved.key_id,
-        });
+        if let Some(store) = self.state.store() {
+            store.touch(resolved.key_id.as_str());
+        }
+        request.extensions_mut().insert(Caller::new(resolved));
         Ok(())
     }
 
@@ -64,26 +86,61 @@ impl Around for Authentication {
 #[derive(Clone)]
 pub struct AdminAuthentication {
     state: AppState,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
 }
 
-impl Around for AdminAuthentication {
-    type Carry = ();
+/// The response header that says where tenants and keys come from.
+pub const TENANT_SOURCE_HEADER: &str = "x-gateway-tenant-source";
 
-    fn before(&self, request: &mut Request) -> Result<(), Response> {
-        let presented = bearer_token(request.headers())
-            .ok_or_else(|| ApiError::missing_api_key().into_response())?;
-        let presented = ApiKey::from_plaintext(presented);
+impl Around for AdminAuthentication {
+    type Carry = &'static str;
+
+    fn before(&self, request: &mut Request) -> Result<&'static str, Response> {
         let directory = self.state.directory();
-        if directory.is_admin(&presented) {
-            Ok(())
-        } else if directory.resolve(&presented).is_some() {
-            Err(ApiError::admin_only().into_response())
-        } else {
-            Err(ApiError::invalid_api_key().into_response())
+        let source = directory.source.as_str();
+        let with_source = |e: ApiError| {
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(TENANT_SOURCE_HEADER, HeaderValue::from_static(source));
+            response
+        };
+        let presented = bearer_token(request.headers())
+            .ok_or_else(|| with_source(ApiError::missing_api_key()))?;
+        let presented = ApiKey::from_plaintext(presented);
+        let address = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let Some(actor) = directory.admin(&presented, address) else {
+            return Err(with_source(match directory.resolve(&presented) {
+                Some(_) => ApiError::admin_only(),
+                None => ApiError::invalid_api_key(),
+            }));
+        };
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check_key(&actor.key_id) {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                return Err(with_source(ApiError::admin_rate_limited(wait)));
+            }
         }
+        if actor.role == Role::Auditor && !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return Err(with_source(ApiError::forbidden(
+                "an auditor key may only read",
+            )));
+        }
+        tracing::Span::current().record("key_id", actor.key_id.as_str());
+        request.extensions_mut().insert::<Actor>(actor);
+        Ok(source)
     }
 
-    fn after(_: (), _: &mut Response) {}
+    fn after(source: &'static str, response: &mut Response) {
+        response
+            .headers_mut()
+            .insert(TENANT_SOURCE_HEADER, HeaderValue::from_static(source));
+    }
 }
 
 /// The key of an `Authorization: Bearer <key>` header, if there is a non-empty one.

@@ -78,6 +78,7 @@ pub(crate) mod testing {
             cors_origins: Vec::new(),
             max_prompts_per_request: 64,
             max_prompt_tokens_per_request: 131_072,
+            admin_requests_per_minute: 600,
         };
         edge(&mut edge_limits);
         AppState::new(
@@ -96,10 +97,7 @@ pub(crate) mod testing {
             .directory()
             .resolve(&ApiKey::from_plaintext(TENANT_KEY))
             .unwrap();
-        Caller {
-            tenant: resolved.tenant,
-            key_id: resolved.key_id,
-        }
+        Caller::new(resolved)
     }
 
     /// A request with `key` as its bearer token, if any.

@@ -1,4 +1,5 @@
 //! `/admin/*`: tenants with their limits and live counters; usage from the ledger (JSON or CSV).
+//! Every route sees the caller's [`Actor`]: a tenant-admin reads only its own tenant.
 
 use policies::TenantId;
 use std::collections::HashMap;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
+use control_plane::Actor;
 use ledger::{GroupBy, Ledger, UsageQuery};
 use policies::{LimitState, TenantSpec};
 use serde_json::{json, Value};
@@ -24,7 +27,9 @@ fn limit_state(state: &Option<LimitState>) -> Value {
     }
 }
 
-async fn tenant_object(state: &AppState, tenant: &TenantSpec) -> Value {
+/// A tenant as `/admin/tenants` shows it: its limits, its live counters, and (from the store)
+/// its name.
+pub(super) async fn tenant_object(state: &AppState, tenant: &TenantSpec) -> Value {
     let limits = &tenant.limits;
     let (in_flight, today) = state.quotas.live(tenant).await;
     let status = state.quotas.status(tenant);
@@ -51,11 +56,16 @@ async fn tenant_object(state: &AppState, tenant: &TenantSpec) -> Value {
     })
 }
 
-pub async fn tenants(State(state): State<AppState>) -> Json<Value> {
+/// `GET /admin/tenants`: every tenant the caller may read, with `source` (`file` or `store`).
+pub async fn tenants(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Json<Value> {
     let directory = state.directory();
+    let readable = directory.tenants.iter().filter(|t| actor.may_read(&t.id));
     let data: Vec<Value> =
-        futures::future::join_all(directory.tenants.iter().map(|t| tenant_object(&state, t))).await;
-    Json(json!({"object": "list", "data": data}))
+        futures::future::join_all(readable.map(|t| tenant_object(&state, t))).await;
+    Json(json!({"object": "list", "source": directory.source.as_str(), "data": data}))
 }
 
 /// `GET /admin/usage?tenant=&from=&to=&group_by=day|model&format=json|csv`: usage summed per
@@ -63,9 +73,10 @@ pub async fn tenants(State(state): State<AppState>) -> Json<Value> {
 /// or Unix seconds, compared with each request's end; `from` inclusive, `to` exclusive.
 pub async fn usage(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let (ledger, query, format) = usage_query(&state, &params)?;
+    let (ledger, query, format) = usage_query(&state, &actor, &params)?;
     let rows = tokio::task::spawn_blocking(move || ledger.usage(&query))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -79,9 +90,10 @@ pub async fn usage(
 /// (the billing export), oldest first.
 pub async fn usage_records(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let (ledger, query, format) = usage_query(&state, &params)?;
+    let (ledger, query, format) = usage_query(&state, &actor, &params)?;
     let records = tokio::task::spawn_blocking(move || ledger.records(&query))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -91,13 +103,68 @@ pub async fn usage_records(
     }
 }
 
-enum Format {
+/// The form of an export.
+pub(super) enum Format {
+    /// `{"object": "list", "data": [...]}`.
     Json,
+    /// CSV, every cell safe to open in a spreadsheet.
     Csv,
+}
+
+impl Format {
+    /// The `format` query parameter: `json` (default) or `csv`.
+    pub(super) fn of(params: &HashMap<String, String>) -> Result<Self, ApiError> {
+        match params.get("format").map(String::as_str) {
+            None | Some("json") => Ok(Format::Json),
+            Some("csv") => Ok(Format::Csv),
+            Some(other) => Err(ApiError::invalid_param(
+                "format",
+                format!("`format` must be `json` or `csv`, not `{other}`."),
+            )),
+        }
+    }
+}
+
+/// 400 naming the first parameter not in `known`.
+pub(super) fn only_known(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid_param(
+            unknown,
+            format!(
+                "Unknown query parameter `{unknown}`; known: {}.",
+                known.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The tenant a query asks about: a tenant-admin's own when it names none, refused when it
+/// names another.
+pub(super) fn queried_tenant(
+    actor: &Actor,
+    params: &HashMap<String, String>,
+) -> Result<Option<TenantId>, ApiError> {
+    let named = match params.get("tenant").filter(|t| !t.is_empty()) {
+        Some(text) => Some(
+            TenantId::new(text.as_str())
+                .map_err(|e| ApiError::invalid_param("tenant", e.to_string()))?,
+        ),
+        None => None,
+    };
+    match (named, &actor.tenant) {
+        (Some(t), _) => {
+            actor.check_read(&t)?;
+            Ok(Some(t))
+        }
+        (None, Some(own)) if !actor.may_read_all() => Ok(Some(own.clone())),
+        (None, _) => Ok(None),
+    }
 }
 
 fn usage_query(
     state: &AppState,
+    actor: &Actor,
     params: &HashMap<String, String>,
 ) -> Result<(Arc<Ledger>, UsageQuery, Format), ApiError> {
     let ledger = state.ledger.clone().ok_or_else(|| {
@@ -106,16 +173,10 @@ fn usage_query(
         )
         .with_code("ledger_disabled")
     })?;
-    const KNOWN: [&str; 5] = ["tenant", "from", "to", "group_by", "format"];
-    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::invalid_param(
-            unknown,
-            format!(
-                "Unknown query parameter `{unknown}`; known: {}.",
-                KNOWN.join(", ")
-            ),
-        ));
-    }
+    only_known(
+        params,
+        &["tenant", "project", "from", "to", "group_by", "format"],
+    )?;
     let time = |name: &str| -> Result<Option<i64>, ApiError> {
         params
             .get(name)
@@ -130,32 +191,26 @@ fn usage_query(
         None | Some("") | Some("tenant") => None,
         Some("day") => Some(GroupBy::Day),
         Some("model") => Some(GroupBy::Model),
+        Some("project") => Some(GroupBy::Project),
         Some(other) => {
             return Err(ApiError::invalid_param(
                 "group_by",
-                format!("`group_by` must be `day` or `model`, not `{other}`."),
+                format!("`group_by` must be `day`, `model` or `project`, not `{other}`."),
             ))
         }
     };
-    let format = match params.get("format").map(String::as_str) {
-        None | Some("json") => Format::Json,
-        Some("csv") => Format::Csv,
-        Some(other) => {
-            return Err(ApiError::invalid_param(
-                "format",
-                format!("`format` must be `json` or `csv`, not `{other}`."),
-            ))
-        }
-    };
-    let tenant = match params.get("tenant").filter(|t| !t.is_empty()) {
-        Some(text) => Some(
-            TenantId::new(text.as_str())
-                .map_err(|e| ApiError::invalid_param("tenant", e.to_string()))?,
-        ),
-        None => None,
-    };
+    let format = Format::of(params)?;
+    let tenant = queried_tenant(actor, params)?;
+    let project = params.get("project").filter(|p| !p.is_empty()).cloned();
+    if project.is_some() && tenant.is_none() {
+        return Err(ApiError::invalid_param(
+            "project",
+            "`project` needs `tenant`: project ids are unique within a tenant.",
+        ));
+    }
     let query = UsageQuery {
         tenant,
+        project,
         from_ms: time("from")?,
         to_ms: time("to")?,
         group_by,
@@ -163,7 +218,11 @@ fn usage_query(
     Ok((ledger, query, format))
 }
 
-fn csv_response<T: serde::Serialize>(rows: &[T], filename: &str) -> Result<Response, ApiError> {
+/// `rows` as a CSV attachment named `filename`.
+pub(super) fn csv_response<T: serde::Serialize>(
+    rows: &[T],
+    filename: &str,
+) -> Result<Response, ApiError> {
     let body =
         spreadsheet_safe_csv(rows).map_err(|e| ApiError::internal(format!("CSV export: {e}")))?;
     Ok((

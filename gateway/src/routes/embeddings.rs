@@ -48,7 +48,7 @@ pub async fn embed(State(state): State<AppState>, request: Request) -> Response 
     let response = async {
         let model = incoming.model_state();
         let (prepared, cost) = prepare_embedding(&incoming.caller, &incoming.body, model)?;
-        let admission = pipeline::admit(&state, &incoming.caller.tenant, cost).await?;
+        let admission = pipeline::admit(&state, &incoming.caller, cost).await?;
         let limits = RateLimitSnapshot(admission.status.clone());
         let response = run(&state, &incoming, cost, prepared, admission).await?;
         Ok::<_, ApiError>(pipeline::with_limits(response, limits))
@@ -66,7 +66,7 @@ fn prepare_embedding(
     let id = request.model.as_str();
     // A model outside the tenant's allow-list is answered as one that does not exist.
     let model_state = model_state
-        .filter(|_| caller.tenant.models.allows(id))
+        .filter(|_| caller.may_use(id))
         .ok_or_else(|| ApiError::model_not_found(id))?;
     let embedder = match model_state {
         ModelState::Embeddings(embedder) => embedder,

@@ -9,6 +9,7 @@ mod models;
 mod openapi;
 mod pipeline;
 mod pools;
+mod tenancy;
 mod version;
 
 use axum::http::{Method, Uri};
@@ -46,14 +47,50 @@ pub fn router(state: AppState) -> Router {
                 .layer(rate_limit_headers::layer(&state)),
         );
     let admin = Router::new()
-        .route(paths::ADMIN_TENANTS, get(admin::tenants))
+        .route(
+            paths::ADMIN_TENANTS,
+            get(admin::tenants).post(tenancy::create_tenant),
+        )
+        .route(
+            paths::ADMIN_TENANT,
+            get(tenancy::get_tenant)
+                .patch(tenancy::update_tenant)
+                .delete(tenancy::delete_tenant),
+        )
+        .route(
+            paths::ADMIN_PROJECTS,
+            get(tenancy::list_projects).post(tenancy::create_project),
+        )
+        .route(
+            paths::ADMIN_PROJECT,
+            get(tenancy::get_project)
+                .patch(tenancy::update_project)
+                .delete(tenancy::delete_project),
+        )
+        .route(
+            paths::ADMIN_TENANT_KEYS,
+            get(tenancy::list_tenant_keys).post(tenancy::issue_tenant_key),
+        )
+        .route(
+            paths::ADMIN_KEYS,
+            get(tenancy::list_admin_keys).post(tenancy::issue_admin_key),
+        )
+        .route(
+            paths::ADMIN_KEY,
+            get(tenancy::get_key).delete(tenancy::revoke_key),
+        )
+        .route(paths::ADMIN_KEY_ROTATE, post(tenancy::rotate_key))
+        .route(paths::ADMIN_AUDIT, get(tenancy::audit))
         .route(paths::ADMIN_USAGE, get(admin::usage))
         .route(paths::ADMIN_USAGE_RECORDS, get(admin::usage_records))
         .route(paths::ADMIN_POOLS, get(pools::admin_pools))
-        // An engine-worker's load, read by the gateways that route to it (with the worker's
-        // shared secret, its admin key): it shows every tenant's activity, so no tenant key.
-        .route(paths::LOAD, get(pools::load))
         .route_layer(authentication::admin_layer(&state));
+    // An engine-worker's load, read by the gateways that route to it (with the worker's shared
+    // secret, its admin key): it shows every tenant's activity, so no tenant key; polled every
+    // few seconds by each gateway, so not held to the admin rate limit.
+    let polled = Router::new()
+        .route(paths::LOAD, get(pools::load))
+        .route_layer(authentication::polled_admin_layer(&state));
     let public = Router::new()
         .route(paths::HEALTH, get(health::health))
         .route(paths::READY, get(health::ready))
@@ -63,6 +100,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(admin)
+        .merge(polled)
         .merge(public)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

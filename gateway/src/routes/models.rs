@@ -36,7 +36,7 @@ pub async fn list(
         .models
         .list()
         .into_iter()
-        .filter(|(id, _, _)| caller.tenant.models.allows(id))
+        .filter(|(id, _, _)| caller.may_use(id))
         .map(|(id, created, state)| model_object(&id, created, &state))
         .collect();
     Json(json!({"object": "list", "data": data}))
@@ -51,7 +51,7 @@ pub async fn retrieve(
         .models
         .list()
         .into_iter()
-        .find(|(id, _, _)| *id == model && caller.tenant.models.allows(id))
+        .find(|(id, _, _)| *id == model && caller.may_use(id))
         .map(|(id, created, state)| Json(model_object(&id, created, &state)))
         .ok_or_else(|| ApiError::model_not_found(&model))
 }

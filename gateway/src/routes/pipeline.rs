@@ -105,23 +105,53 @@ pub async fn read(state: &AppState, request: Request) -> Result<Incoming, ApiErr
     })
 }
 
-/// Admits a request of `tenant` costing `cost` against its quota (requests and tokens per
+/// Admits a request of `caller`'s tenant costing `cost` against its quota (requests and tokens per
 /// minute, concurrency, daily budget): the [`Admission`] holds the reservation and the
 /// concurrency slot, is settled with the real token count when the work ends, and refunds
 /// itself if dropped unused. Refused: a 429 (a 503 when a shared quota store is unavailable
 /// and set to `fail_closed`). The in-process store decides at once; a shared one (Redis)
 /// answers after a round trip.
+///
+/// A key of a project, or with limits of its own, is admitted against those scopes too, widest
+/// first: the request needs room in every one, and a refusal by a narrower scope gives back
+/// what the wider ones granted (the admissions are dropped unstarted).
 pub async fn admit(
     state: &AppState,
+    caller: &Caller,
+    cost: RequestCost,
+) -> Result<Admission, ApiError> {
+    let mut admission = admit_scope(state, &caller.tenant, &caller.tenant, cost).await?;
+    for scope in &caller.grant.scopes {
+        let inner = admit_scope(state, &caller.tenant, scope, cost)
+            .await
+            .map_err(
+                |e| match e.status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+                    true => ApiError {
+                        message: format!("{} (the limit of `{}`)", e.message, scope.id),
+                        ..e
+                    },
+                    false => e,
+                },
+            )?;
+        admission.nest(inner);
+    }
+    Ok(admission)
+}
+
+/// Admits the request against one scope's quota: the tenant's, or a narrower one inside it.
+async fn admit_scope(
+    state: &AppState,
     tenant: &TenantSpec,
+    scope: &TenantSpec,
     cost: RequestCost,
 ) -> Result<Admission, ApiError> {
     let span = tracing::info_span!(
         "admission",
+        scope = scope.id.as_str(),
         prompt_tokens = cost.prompt_tokens,
         reserved_tokens = cost.reserved_tokens
     );
-    let admitted = match span.in_scope(|| state.quotas.admit(tenant, cost.ask())) {
+    let admitted = match span.in_scope(|| state.quotas.admit(scope, cost.ask())) {
         Admitting::Decided(admitted) => admitted,
         Admitting::Pending(admitting) => tracing::Instrument::instrument(admitting, span).await,
     };
@@ -129,7 +159,11 @@ pub async fn admit(
         Ok(admission) => Ok(admission),
         Err(Refusal::Limited(rejection)) => {
             let reason = rejection.reason.as_str();
-            tracing::info!(reason, "request refused by quota");
+            tracing::info!(
+                reason,
+                scope = scope.id.as_str(),
+                "request refused by quota"
+            );
             state.requests.count_rejection(&tenant.id, reason);
             Err(ApiError::rate_limited(&rejection))
         }

@@ -12,7 +12,15 @@ use crate::models::ModelState;
 use crate::state::AppState;
 
 /// Every ready model's pools with their replicas.
-pub async fn admin_pools(State(state): State<AppState>) -> Json<Value> {
+pub async fn admin_pools(
+    State(state): State<AppState>,
+    Extension(actor): Extension<control_plane::Actor>,
+) -> Result<Json<Value>, crate::error::ApiError> {
+    if !actor.may_read_all() {
+        return Err(crate::error::ApiError::forbidden(
+            "The pools serve every tenant: an operator or auditor key reads them.",
+        ));
+    }
     let pools: Vec<_> = state
         .models
         .list()
@@ -23,12 +31,20 @@ pub async fn admin_pools(State(state): State<AppState>) -> Json<Value> {
         })
         .flatten()
         .collect();
-    Json(json!({"object": "list", "data": pools}))
+    Ok(Json(json!({"object": "list", "data": pools})))
 }
 
 /// The load of each ready model, over its replicas in this process. Behind an admin key (on an
 /// engine-worker, the gateways' shared secret): the figures move with every tenant's requests.
-pub async fn load(State(state): State<AppState>) -> (Extension<Polled>, Json<LoadReport>) {
+pub async fn load(
+    State(state): State<AppState>,
+    Extension(actor): Extension<control_plane::Actor>,
+) -> Result<(Extension<Polled>, Json<LoadReport>), crate::error::ApiError> {
+    if !actor.may_read_all() {
+        return Err(crate::error::ApiError::forbidden(
+            "The load covers every tenant: an operator or auditor key reads it.",
+        ));
+    }
     let models = state
         .models
         .list()
@@ -53,5 +69,5 @@ pub async fn load(State(state): State<AppState>) -> (Extension<Polled>, Json<Loa
             load
         })
         .collect();
-    (Extension(Polled), Json(LoadReport { models }))
+    Ok((Extension(Polled), Json(LoadReport { models })))
 }

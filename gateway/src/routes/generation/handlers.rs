@@ -45,7 +45,7 @@ async fn validate_admit_serve(
     let caller = &incoming.caller;
     let model = incoming.model_state();
     let (prepared, cost) = prepare_generation(state, endpoint, caller, &incoming.body, model)?;
-    let admission = pipeline::admit(state, &caller.tenant, cost).await?;
+    let admission = pipeline::admit(state, caller, cost).await?;
     let limits = RateLimitSnapshot(admission.status.clone());
     let response = serve(state, incoming, prepared, admission).await?;
     Ok(pipeline::with_limits(response, limits))

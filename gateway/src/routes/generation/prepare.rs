@@ -252,7 +252,7 @@ fn resolve_model(
 ) -> Result<Arc<ModelRouter>, ApiError> {
     // A model outside the tenant's allow-list is answered as one that does not exist.
     let model_state = model_state
-        .filter(|_| caller.tenant.models.allows(model))
+        .filter(|_| caller.may_use(model))
         .ok_or_else(|| ApiError::model_not_found(model))?;
     match model_state {
         ModelState::Ready(engine) => Ok(engine),

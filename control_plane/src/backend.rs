@@ -1,0 +1,86 @@
+//! What the two stores (SQLite, PostgreSQL) provide: documents by kind and id, the version
+//! counter, the append-only audit log and the keys' last use. The rules of every write live
+//! above them (`writes`), written once.
+
+use crate::error::Result;
+use crate::model::{AuditEntry, AuditQuery};
+
+/// The kinds of stored documents.
+pub(crate) const TENANT: &str = "tenant";
+pub(crate) const PROJECT: &str = "project";
+pub(crate) const KEY: &str = "key";
+
+/// Everything stored, as read in one transaction.
+pub(crate) struct Rows {
+    /// The version the rows belong to.
+    pub version: i64,
+    /// `(kind, body)` of every document.
+    pub documents: Vec<(String, String)>,
+    /// `(key id, last used ms)`.
+    pub last_used: Vec<(String, i64)>,
+}
+
+/// One write transaction, begun with the version bumped (which orders concurrent writers).
+pub(crate) trait Tx {
+    /// The document `kind`/`id`.
+    fn get(&mut self, kind: &str, id: &str) -> Result<Option<String>>;
+    /// Inserts or replaces a document.
+    fn put(&mut self, kind: &str, id: &str, tenant: Option<&str>, body: &str) -> Result<()>;
+    /// Documents of `kind` stored.
+    fn count(&mut self, kind: &str) -> Result<i64>;
+    /// Appends to the audit log (its `seq` is the store's).
+    fn audit(&mut self, entry: &AuditEntry) -> Result<()>;
+}
+
+/// A store's connection.
+pub(crate) trait Backend: Send {
+    /// The current version.
+    fn version(&mut self) -> Result<i64>;
+    /// Everything, consistently.
+    fn load(&mut self) -> Result<Rows>;
+    /// Runs `work` in one transaction after bumping the version; commits if it succeeds.
+    fn write(&mut self, work: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Audit entries, oldest first.
+    fn audit_log(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Records when keys were last used (the later of the stored and the given time).
+    fn touch(&mut self, used: &[(String, i64)]) -> Result<()>;
+}
+
+/// The audit query's `WHERE` clause with placeholders written by `placeholder(n)`, and its
+/// parameters (text, then integer), shared by both dialects.
+pub(crate) fn audit_sql(
+    query: &AuditQuery,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<AuditParam>) {
+    let mut clauses = Vec::new();
+    let mut params = Vec::new();
+    if let Some(tenant) = &query.tenant {
+        params.push(AuditParam::Text(tenant.to_string()));
+        clauses.push(format!("tenant = {}", placeholder(params.len())));
+    }
+    if let Some(after) = query.after_seq {
+        params.push(AuditParam::Int(after));
+        clauses.push(format!("seq > {}", placeholder(params.len())));
+    }
+    let filter = match clauses.is_empty() {
+        true => String::new(),
+        false => format!("WHERE {}", clauses.join(" AND ")),
+    };
+    let limit = query.limit.unwrap_or(1000).min(10_000);
+    let sql = format!(
+        "SELECT seq, at_ms, actor_key, actor_role, actor_tenant, address, action, target, tenant, \
+         before_json, after_json FROM cp_audit {filter} ORDER BY seq LIMIT {limit}"
+    );
+    (sql, params)
+}
+
+/// A parameter of the audit query.
+pub(crate) enum AuditParam {
+    Text(String),
+    Int(i64),
+}
+
+/// A stored JSON column, read back.
+pub(crate) fn json_column(text: Option<String>) -> Option<serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}

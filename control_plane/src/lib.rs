@@ -1,0 +1,112 @@
+//! The control plane's durable store: tenants (institutions) -> projects -> keys, admin roles,
+//! and an append-only audit log of every write, in SQLite for one process or PostgreSQL for a
+//! fleet. The gateway never reads it per request: it caches a [`Snapshot`], polls the version
+//! (bumped by every write, in the write's own transaction) and reloads when it moved.
+//!
+//! Every call blocks (SQLite, the synchronous PostgreSQL client): call it from a blocking
+//! thread, not from an async task.
+
+#![warn(missing_docs)]
+
+mod actor;
+mod backend;
+mod error;
+mod model;
+mod postgres;
+mod sqlite;
+mod writes;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+pub use actor::{Actor, Role};
+pub use error::{Result, StoreError};
+pub use model::{now_ms, AuditEntry, AuditQuery, Key, Limits, Project, Snapshot, Tenant};
+pub use writes::{IssuedKey, SeedTenant};
+
+use backend::{Backend, KEY, PROJECT, TENANT};
+
+/// A connection to the store. Cheap to share behind an `Arc`; calls are serialised.
+pub struct ControlPlane {
+    backend: Mutex<Box<dyn Backend>>,
+    kind: &'static str,
+}
+
+impl ControlPlane {
+    /// Opens (creating and migrating if needed) the SQLite store at `path`.
+    pub fn open_sqlite(path: &Path) -> Result<Self> {
+        Ok(Self {
+            backend: Mutex::new(Box::new(sqlite::open(path)?)),
+            kind: "sqlite",
+        })
+    }
+
+    /// Connects to the PostgreSQL store at `url` and brings its schema up to date.
+    pub fn connect_postgres(url: &str) -> Result<Self> {
+        Ok(Self {
+            backend: Mutex::new(Box::new(postgres::connect(url)?)),
+            kind: "postgres",
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn Backend>> {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store's version: it moves with every write.
+    pub fn version(&self) -> Result<i64> {
+        self.backend().version()
+    }
+
+    /// Everything the replicas cache, at one version.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let rows = self.backend().load()?;
+        let last_used: HashMap<String, i64> = rows.last_used.into_iter().collect();
+        let mut snapshot = Snapshot {
+            version: rows.version,
+            ..Snapshot::default()
+        };
+        for (kind, body) in rows.documents {
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("{kind}: {e}"));
+            match kind.as_str() {
+                TENANT => snapshot
+                    .tenants
+                    .push(serde_json::from_str(&body).map_err(corrupt)?),
+                PROJECT => snapshot
+                    .projects
+                    .push(serde_json::from_str(&body).map_err(corrupt)?),
+                KEY => {
+                    let mut key: Key = serde_json::from_str(&body).map_err(corrupt)?;
+                    key.last_used_at_ms = last_used.get(&key.id).copied();
+                    snapshot.keys.push(key);
+                }
+                other => return Err(StoreError::Corrupt(format!("unknown kind `{other}`"))),
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Audit entries, oldest first.
+    pub fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.backend().audit_log(query)
+    }
+
+    /// Records when keys were last used (`(key id, Unix ms)`; the latest of each wins).
+    pub fn touch(&self, used: &HashMap<String, i64>) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut used: Vec<(String, i64)> = used.iter().map(|(k, t)| (k.clone(), *t)).collect();
+        used.sort();
+        self.backend().touch(&used)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! The store of one process: a SQLite file in WAL mode.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use crate::backend::{audit_sql, json_column, AuditParam, Backend, Rows, Tx};
+use crate::error::{Result, StoreError};
+use crate::model::{AuditEntry, AuditQuery};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/sqlite");
+}
+
+/// The migrations' own table: the ledger may live in the same database.
+pub(crate) const HISTORY_TABLE: &str = "control_plane_schema_history";
+
+/// Opens (creating and migrating if needed) the store at `path`.
+pub(crate) fn open(path: &Path) -> Result<SqliteBackend> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut connection = Connection::open(path)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    embedded::migrations::runner()
+        .set_migration_table_name(HISTORY_TABLE)
+        .run(&mut connection)
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    Ok(SqliteBackend(connection))
+}
+
+/// The SQLite store's connection.
+pub(crate) struct SqliteBackend(Connection);
+
+struct SqliteTx<'a>(&'a rusqlite::Transaction<'a>);
+
+impl Tx for SqliteTx<'_> {
+    fn get(&mut self, kind: &str, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT body FROM cp_objects WHERE kind = ?1 AND id = ?2",
+                (kind, id),
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn put(&mut self, kind: &str, id: &str, tenant: Option<&str>, body: &str) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO cp_objects (kind, id, tenant, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, id) DO UPDATE SET tenant = excluded.tenant, body = excluded.body",
+            (kind, id, tenant, body),
+        )?;
+        Ok(())
+    }
+
+    fn count(&mut self, kind: &str) -> Result<i64> {
+        Ok(self.0.query_row(
+            "SELECT COUNT(*) FROM cp_objects WHERE kind = ?1",
+            [kind],
+            |row| row.get(0),
+        )?)
+    }
+
+    fn audit(&mut self, e: &AuditEntry) -> Result<()> {
+        let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+        self.0.execute(
+            "INSERT INTO cp_audit (at_ms, actor_key, actor_role, actor_tenant, address, action,
+                                   target, tenant, before_json, after_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            rusqlite::params![
+                e.at_ms,
+                e.actor_key,
+                e.actor_role,
+                e.actor_tenant,
+                e.address,
+                e.action,
+                e.target,
+                e.tenant,
+                json(&e.before),
+                json(&e.after)
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn version(&mut self) -> Result<i64> {
+        Ok(self
+            .0
+            .query_row("SELECT version FROM cp_version", [], |row| row.get(0))?)
+    }
+
+    fn load(&mut self) -> Result<Rows> {
+        let tx = self.0.transaction()?;
+        let version = tx.query_row("SELECT version FROM cp_version", [], |row| row.get(0))?;
+        let documents = tx
+            .prepare("SELECT kind, body FROM cp_objects ORDER BY kind, id")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let last_used = tx
+            .prepare("SELECT key_id, last_used_ms FROM cp_key_usage")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        tx.commit()?;
+        Ok(Rows {
+            version,
+            documents,
+            last_used,
+        })
+    }
+
+    fn write(&mut self, work: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let tx = self
+            .0
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("UPDATE cp_version SET version = version + 1", [])?;
+        work(&mut SqliteTx(&tx))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit_log(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let (sql, params) = audit_sql(query, |n| format!("?{n}"));
+        let params: Vec<rusqlite::types::Value> = params
+            .into_iter()
+            .map(|p| match p {
+                AuditParam::Text(t) => rusqlite::types::Value::Text(t),
+                AuditParam::Int(i) => rusqlite::types::Value::Integer(i),
+            })
+            .collect();
+        let mut statement = self.0.prepare(&sql)?;
+        let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
+            Ok(AuditEntry {
+                seq: row.get(0)?,
+                at_ms: row.get(1)?,
+                actor_key: row.get(2)?,
+                actor_role: row.get(3)?,
+                actor_tenant: row.get(4)?,
+                address: row.get(5)?,
+                action: row.get(6)?,
+                target: row.get(7)?,
+                tenant: row.get(8)?,
+                before: json_column(row.get(9)?),
+                after: json_column(row.get(10)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn touch(&mut self, used: &[(String, i64)]) -> Result<()> {
+        let tx = self.0.transaction()?;
+        {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO cp_key_usage (key_id, last_used_ms) VALUES (?1, ?2)
+                 ON CONFLICT (key_id) DO UPDATE
+                 SET last_used_ms = max(last_used_ms, excluded.last_used_ms)",
+            )?;
+            for (key, at) in used {
+                statement.execute((key, at))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,432 @@
+//! The same rules on both stores: every test runs on SQLite, and on a real PostgreSQL server.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::*;
+
+fn operator() -> Actor {
+    Actor {
+        key_id: "admin-op".into(),
+        role: Role::Operator,
+        tenant: None,
+        address: Some("10.0.0.1".into()),
+    }
+}
+
+fn tenant_admin(tenant: &str) -> Actor {
+    Actor {
+        key_id: format!("key_{tenant}_admin"),
+        role: Role::TenantAdmin,
+        tenant: Some(tenant.parse().unwrap()),
+        address: None,
+    }
+}
+
+fn auditor() -> Actor {
+    Actor {
+        key_id: "key_auditor".into(),
+        role: Role::Auditor,
+        tenant: None,
+        address: None,
+    }
+}
+
+fn id(t: &str) -> policies::TenantId {
+    t.parse().unwrap()
+}
+
+fn on_both(test: fn(ControlPlane)) {
+    let dir = tempfile::tempdir().unwrap();
+    test(ControlPlane::open_sqlite(&dir.path().join("control.db")).unwrap());
+    let server = ledger::test_server::PostgresServer::start();
+    test(ControlPlane::connect_postgres(&server.database("control")).unwrap());
+}
+
+fn tenants_projects_keys_and_their_audit(store: ControlPlane) {
+    let op = operator();
+    let v0 = store.version().unwrap();
+    let acme = store
+        .create_tenant(
+            &op,
+            json!({"id": "acme", "name": "ACME Hospital", "limits": {"requests_per_minute": 100}}),
+        )
+        .unwrap();
+    assert_eq!(acme.limits.requests_per_minute, Some(100));
+    assert!(store.version().unwrap() > v0, "a write moves the version");
+    assert!(matches!(
+        store.create_tenant(&op, json!({"id": "acme"})),
+        Err(StoreError::Conflict(_))
+    ));
+    let project = store
+        .create_project(
+            &tenant_admin("acme"),
+            &id("acme"),
+            json!({"id": "radiology", "limits": {"requests_per_minute": 50}}),
+        )
+        .unwrap();
+    assert_eq!(project.path(), "acme/radiology");
+    let issued = store
+        .issue_key(
+            &tenant_admin("acme"),
+            Some(&id("acme")),
+            json!({"project": "radiology", "expires_in_secs": 3600, "models": ["m1"]}),
+        )
+        .unwrap();
+    assert_eq!(issued.key.digest, issued.plaintext.digest().to_string());
+    assert!(issued.key.view().get("digest").is_none(), "never shown");
+    let updated = store
+        .update_tenant(
+            &op,
+            &id("acme"),
+            json!({"limits": {"max_concurrent": 4}, "name": null}),
+        )
+        .unwrap();
+    assert_eq!(updated.limits.max_concurrent, Some(4));
+    assert_eq!(
+        updated.limits.requests_per_minute,
+        Some(100),
+        "a merge patch keeps the fields it does not name"
+    );
+    assert_eq!(updated.name, None, "null clears");
+
+    let snapshot = store.snapshot().unwrap();
+    assert_eq!(snapshot.version, store.version().unwrap());
+    assert_eq!(snapshot.tenants.len(), 1);
+    assert_eq!(snapshot.projects.len(), 1);
+    assert_eq!(
+        snapshot.key(&issued.key.id).unwrap().project.as_deref(),
+        Some("radiology")
+    );
+
+    let log = store.audit(&AuditQuery::default()).unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "tenant.create",
+            "project.create",
+            "key.issue",
+            "tenant.update"
+        ]
+    );
+    assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+    let update = &log[3];
+    assert_eq!(
+        update.before.as_ref().unwrap()["limits"]["requests_per_minute"],
+        100
+    );
+    assert_eq!(
+        update.after.as_ref().unwrap()["limits"]["max_concurrent"],
+        4
+    );
+    assert_eq!(update.address.as_deref(), Some("10.0.0.1"));
+    assert_eq!(log[1].actor_role, "tenant_admin");
+    assert_eq!(log[1].actor_tenant.as_deref(), Some("acme"));
+    assert!(!log[2]
+        .after
+        .as_ref()
+        .unwrap()
+        .to_string()
+        .contains("sha256:"));
+}
+
+#[test]
+fn tenants_projects_keys_and_their_audit_on_both_stores() {
+    on_both(tenants_projects_keys_and_their_audit);
+}
+
+fn roles_hold(store: ControlPlane) {
+    let op = operator();
+    store
+        .create_tenant(&op, json!({"id": "acme", "limits": {"max_concurrent": 10}}))
+        .unwrap();
+    store.create_tenant(&op, json!({"id": "beta"})).unwrap();
+    let acme_admin = tenant_admin("acme");
+    let forbidden = |r: Result<()>| assert!(matches!(r, Err(StoreError::Forbidden(_))), "{r:?}");
+    forbidden(
+        store
+            .create_tenant(&acme_admin, json!({"id": "gamma"}))
+            .map(drop),
+    );
+    forbidden(
+        store
+            .update_tenant(&acme_admin, &id("acme"), json!({"weight": 9}))
+            .map(drop),
+    );
+    forbidden(store.delete_tenant(&acme_admin, &id("beta")).map(drop));
+    forbidden(
+        store
+            .create_project(&acme_admin, &id("beta"), json!({"id": "p"}))
+            .map(drop),
+    );
+    forbidden(
+        store
+            .issue_key(&acme_admin, Some(&id("beta")), json!({}))
+            .map(drop),
+    );
+    forbidden(
+        store
+            .issue_key(&acme_admin, None, json!({"role": "operator"}))
+            .map(drop),
+    );
+    // Within the operator's limits only (absent: bounded by the tenant's all the same).
+    store
+        .create_project(&acme_admin, &id("acme"), json!({"id": "p0"}))
+        .unwrap();
+    forbidden(
+        store
+            .create_project(
+                &acme_admin,
+                &id("acme"),
+                json!({"id": "p", "limits": {"max_concurrent": 11}}),
+            )
+            .map(drop),
+    );
+    store
+        .create_project(
+            &acme_admin,
+            &id("acme"),
+            json!({"id": "p", "limits": {"max_concurrent": 10}}),
+        )
+        .unwrap();
+    forbidden(
+        store
+            .update_project(
+                &acme_admin,
+                &id("acme"),
+                "p",
+                json!({"limits": {"max_concurrent": 20}}),
+            )
+            .map(drop),
+    );
+    let beta_key = store.issue_key(&op, Some(&id("beta")), json!({})).unwrap();
+    forbidden(store.revoke_key(&acme_admin, &beta_key.key.id).map(drop));
+    forbidden(
+        store
+            .rotate_key(&acme_admin, &beta_key.key.id, Duration::ZERO)
+            .map(drop),
+    );
+    for write in [
+        store
+            .create_tenant(&auditor(), json!({"id": "x"}))
+            .map(drop),
+        store
+            .issue_key(&auditor(), Some(&id("acme")), json!({}))
+            .map(drop),
+        store.revoke_key(&auditor(), &beta_key.key.id).map(drop),
+    ] {
+        forbidden(write);
+    }
+    // Nothing refused was written: one entry per write that happened.
+    assert_eq!(store.audit(&AuditQuery::default()).unwrap().len(), 5);
+    let beta_only = store
+        .audit(&AuditQuery {
+            tenant: Some(id("beta")),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(beta_only.len(), 2);
+}
+
+#[test]
+fn roles_hold_on_both_stores() {
+    on_both(roles_hold);
+}
+
+fn rotate_revoke_delete(store: ControlPlane) {
+    let op = operator();
+    store.create_tenant(&op, json!({"id": "acme"})).unwrap();
+    store
+        .create_project(&op, &id("acme"), json!({"id": "p"}))
+        .unwrap();
+    let old = store
+        .issue_key(
+            &op,
+            Some(&id("acme")),
+            json!({"project": "p", "name": "ci"}),
+        )
+        .unwrap();
+    let new = store
+        .rotate_key(&op, &old.key.id, Duration::from_secs(60))
+        .unwrap();
+    assert_ne!(new.plaintext, old.plaintext);
+    assert_eq!(
+        (new.key.project.as_deref(), new.key.name.as_deref()),
+        (Some("p"), Some("ci"))
+    );
+    let snapshot = store.snapshot().unwrap();
+    let rotated = snapshot.key(&old.key.id).unwrap();
+    let expiry = rotated.expires_at_ms.unwrap();
+    assert!((expiry - now_ms() - 60_000).abs() < 5_000, "{expiry}");
+    assert_eq!(rotated.replaced_by.as_deref(), Some(new.key.id.as_str()));
+    assert!(rotated.is_valid_at(now_ms()) && !rotated.is_valid_at(expiry));
+
+    let revoked = store.revoke_key(&op, &new.key.id).unwrap();
+    assert!(!revoked.is_valid_at(now_ms()));
+    assert!(matches!(
+        store.rotate_key(&op, &new.key.id, Duration::ZERO),
+        Err(StoreError::Conflict(_))
+    ));
+    store.delete_project(&op, &id("acme"), "p").unwrap();
+    assert!(matches!(
+        store.issue_key(&op, Some(&id("acme")), json!({"project": "p"})),
+        Err(StoreError::Conflict(_))
+    ));
+    let deleted = store.delete_tenant(&op, &id("acme")).unwrap();
+    assert!(deleted.disabled);
+    let snapshot = store.snapshot().unwrap();
+    assert_eq!(snapshot.tenants.len(), 1, "deleting keeps the row");
+    assert_eq!(snapshot.keys.len(), 2);
+
+    let mut used = std::collections::HashMap::new();
+    used.insert(old.key.id.clone(), 1234);
+    store.touch(&used).unwrap();
+    used.insert(old.key.id.clone(), 1000);
+    store.touch(&used).unwrap();
+    let snapshot = store.snapshot().unwrap();
+    assert_eq!(
+        snapshot.key(&old.key.id).unwrap().last_used_at_ms,
+        Some(1234)
+    );
+}
+
+#[test]
+fn rotate_revoke_and_delete_on_both_stores() {
+    on_both(rotate_revoke_delete);
+}
+
+fn input_is_validated(store: ControlPlane) {
+    let op = operator();
+    let invalid = |r: Result<()>, field: &str| match r {
+        Err(StoreError::Invalid { param, .. }) => assert_eq!(param, field),
+        other => panic!("expected a 400 on `{field}`, got {other:?}"),
+    };
+    invalid(
+        store.create_tenant(&op, json!({"id": "a b"})).map(drop),
+        "id",
+    );
+    invalid(
+        store
+            .create_tenant(&op, json!({"id": "a", "colour": 1}))
+            .map(drop),
+        "colour",
+    );
+    invalid(
+        store
+            .create_tenant(&op, json!({"id": "a", "limits": {"max_concurrent": -1}}))
+            .map(drop),
+        "limits.max_concurrent",
+    );
+    invalid(
+        store
+            .create_tenant(&op, json!({"id": "a", "weight": 0}))
+            .map(drop),
+        "weight",
+    );
+    invalid(
+        store
+            .create_tenant(&op, json!({"id": "a", "created_at_ms": 1}))
+            .map(drop),
+        "created_at_ms",
+    );
+    invalid(store.create_tenant(&op, json!([1])).map(drop), "");
+    store.create_tenant(&op, json!({"id": "a"})).unwrap();
+    invalid(
+        store
+            .update_tenant(&op, &id("a"), json!({"id": "b"}))
+            .map(drop),
+        "id",
+    );
+    invalid(
+        store
+            .create_project(&op, &id("a"), json!({"id": "p/q"}))
+            .map(drop),
+        "id",
+    );
+    invalid(
+        store
+            .issue_key(&op, Some(&id("a")), json!({"role": "operator"}))
+            .map(drop),
+        "role",
+    );
+    invalid(store.issue_key(&op, None, json!({})).map(drop), "tenant");
+    invalid(
+        store
+            .issue_key(&op, Some(&id("a")), json!({"expires_at_ms": 1}))
+            .map(drop),
+        "expires_at_ms",
+    );
+    invalid(
+        store
+            .rotate_key(&op, "key_x", Duration::from_secs(31 * 86_400))
+            .map(drop),
+        "overlap_secs",
+    );
+    assert!(matches!(
+        store.revoke_key(&op, "key_x"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.create_project(&op, &id("zzz"), json!({"id": "p"})),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.audit(&AuditQuery::default()).unwrap().len(), 1);
+}
+
+#[test]
+fn input_is_validated_on_both_stores() {
+    on_both(input_is_validated);
+}
+
+fn seeded_once(store: ControlPlane) {
+    let key = policies::ApiKey::from_plaintext("sk-seed");
+    let seed = [SeedTenant {
+        tenant: Tenant::new(id("from-file")),
+        keys: vec![key.digest()],
+    }];
+    let v0 = store.version().unwrap();
+    assert!(store.seed(&seed).unwrap());
+    assert!(
+        !store.seed(&seed).unwrap(),
+        "a store with tenants is left alone"
+    );
+    let snapshot = store.snapshot().unwrap();
+    assert_eq!(
+        snapshot.version,
+        v0 + 1,
+        "the refused second seed changed nothing"
+    );
+    assert_eq!(snapshot.keys[0].id, key.digest().key_id().to_string());
+    let log = store.audit(&AuditQuery::default()).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0].action.as_str(), log[0].actor_key.as_str()),
+        ("tenant.seed", "config-file")
+    );
+}
+
+#[test]
+fn seeded_once_on_both_stores() {
+    on_both(seeded_once);
+}
+
+#[test]
+fn the_audit_log_is_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.db");
+    let store = ControlPlane::open_sqlite(&path).unwrap();
+    store
+        .create_tenant(&operator(), json!({"id": "a"}))
+        .unwrap();
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    assert!(connection.execute("DELETE FROM cp_audit", []).is_err());
+    assert!(connection
+        .execute("UPDATE cp_audit SET actor_key = 'someone-else'", [])
+        .is_err());
+    assert_eq!(
+        store.audit(&AuditQuery::default()).unwrap()[0].actor_key,
+        "admin-op"
+    );
+}

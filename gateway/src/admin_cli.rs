@@ -1,0 +1,525 @@
+//! `gateway admin ...`: the admin API from the command line, so an operator needs no curl.
+//! Every subcommand is one HTTP call; the answer is printed as indented JSON (CSV where asked),
+//! and an error answer exits non-zero with the API's message.
+
+use clap::{Args, Subcommand};
+use reqwest::blocking::Client;
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+/// Where the gateway is and which admin key to use.
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The gateway's base URL.
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An admin key (operator, tenant-admin or auditor).
+    #[arg(long, env = "GATEWAY_ADMIN_KEY", hide_env_values = true)]
+    key: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Tenants (institutions).
+    #[command(subcommand)]
+    Tenants(TenantCommand),
+    /// Projects inside a tenant.
+    #[command(subcommand)]
+    Projects(ProjectCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeyCommand),
+    /// Usage from the ledger.
+    Usage {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        project: Option<String>,
+        /// `day`, `model` or `project`.
+        #[arg(long)]
+        group_by: Option<String>,
+        /// `YYYY-MM-DD`, RFC 3339 or Unix seconds (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Likewise (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// `json` or `csv`.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// The audit log.
+    Audit {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Entries after this sequence number.
+        #[arg(long)]
+        after: Option<i64>,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// `json` or `csv`.
+        #[arg(long)]
+        format: Option<String>,
+    },
+}
+
+/// Limits, as flags.
+#[derive(Args, Default)]
+struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens (prompt + max_tokens) per minute.
+    #[arg(long)]
+    tpm: Option<u32>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Tokens per UTC day.
+    #[arg(long)]
+    daily_tokens: Option<u64>,
+}
+
+impl LimitArgs {
+    fn json(&self) -> Option<Value> {
+        let mut limits = Map::new();
+        let mut put = |name: &str, value: Option<u64>| {
+            if let Some(v) = value {
+                limits.insert(name.into(), json!(v));
+            }
+        };
+        put("requests_per_minute", self.rpm.map(u64::from));
+        put("tokens_per_minute", self.tpm.map(u64::from));
+        put("max_concurrent", self.concurrency.map(u64::from));
+        put("daily_tokens", self.daily_tokens);
+        (!limits.is_empty()).then_some(Value::Object(limits))
+    }
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Every tenant you may read.
+    List,
+    /// One tenant.
+    Show { tenant: String },
+    /// A new tenant (operators).
+    Create {
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Models it may use, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[arg(long)]
+        weight: Option<f64>,
+        /// `interactive` or `batch`.
+        #[arg(long)]
+        priority: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Change a tenant's name, models, weight, priority or limits (operators).
+    Update {
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[arg(long)]
+        weight: Option<f64>,
+        #[arg(long)]
+        priority: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Delete (disable) a tenant; its usage and audit stay (operators).
+    Delete { tenant: String },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// A tenant's projects.
+    List { tenant: String },
+    /// A new project in a tenant.
+    Create {
+        tenant: String,
+        project: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Change a project's name, models or limits.
+    Update {
+        tenant: String,
+        project: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Delete (disable) a project; its keys stop.
+    Delete { tenant: String, project: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// A tenant's keys, or (without a tenant) the operator and auditor keys.
+    List { tenant: Option<String> },
+    /// Issue a key; its plaintext is printed once.
+    Issue {
+        /// The tenant (absent: an operator or auditor key).
+        tenant: Option<String>,
+        /// `inference` (default with a tenant), `tenant_admin`, `operator`, `auditor`.
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Seconds until it stops working.
+        #[arg(long)]
+        expires_in: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Replace a key; the old one keeps working for `--overlap` seconds.
+    Rotate {
+        key: String,
+        #[arg(long, default_value_t = 0)]
+        overlap: u64,
+    },
+    /// Revoke a key on every replica.
+    Revoke { key: String },
+    /// One key.
+    Show { key: String },
+}
+
+fn with(mut object: Map<String, Value>, name: &str, value: Option<Value>) -> Map<String, Value> {
+    if let Some(v) = value {
+        object.insert(name.into(), v);
+    }
+    object
+}
+
+fn text(value: &Option<String>) -> Option<Value> {
+    value.as_ref().map(|v| json!(v))
+}
+
+fn models(value: &Option<Vec<String>>) -> Option<Value> {
+    value.as_ref().map(|v| json!(v))
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let set: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    match set.is_empty() {
+        true => String::new(),
+        false => format!("?{}", set.join("&")),
+    }
+}
+
+/// Percent-encodes a query value (ids and dates need little, but a name may hold anything).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs one admin subcommand.
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let (method, path, body) = request(&args.command);
+    let url = format!("{}{path}", args.url.trim_end_matches('/'));
+    let client = Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    let mut call = client.request(method, &url).bearer_auth(&args.key);
+    if let Some(body) = body {
+        call = call.json(&body);
+    }
+    let response = call.send()?;
+    let status = response.status();
+    let is_csv = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv"));
+    let text = response.text()?;
+    if is_csv {
+        print!("{text}");
+    } else {
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    if !status.is_success() {
+        anyhow::bail!("the gateway answered {status}");
+    }
+    Ok(())
+}
+
+/// The HTTP call of a subcommand.
+fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
+    use AdminCommand as A;
+    match command {
+        A::Tenants(TenantCommand::List) => (Method::GET, "/admin/tenants".into(), None),
+        A::Tenants(TenantCommand::Show { tenant }) => (
+            Method::GET,
+            format!("/admin/tenants/{}", encode(tenant)),
+            None,
+        ),
+        A::Tenants(TenantCommand::Create {
+            tenant,
+            name,
+            models: m,
+            weight,
+            priority,
+            limits,
+        }) => {
+            let body = with(Map::new(), "id", Some(json!(tenant)));
+            let body = with(body, "name", text(name));
+            let body = with(body, "models", models(m));
+            let body = with(body, "weight", weight.map(|w| json!(w)));
+            let body = with(body, "priority", text(priority));
+            let body = with(body, "limits", limits.json());
+            (
+                Method::POST,
+                "/admin/tenants".into(),
+                Some(Value::Object(body)),
+            )
+        }
+        A::Tenants(TenantCommand::Update {
+            tenant,
+            name,
+            models: m,
+            weight,
+            priority,
+            limits,
+        }) => {
+            let body = with(Map::new(), "name", text(name));
+            let body = with(body, "models", models(m));
+            let body = with(body, "weight", weight.map(|w| json!(w)));
+            let body = with(body, "priority", text(priority));
+            let body = with(body, "limits", limits.json());
+            (
+                Method::PATCH,
+                format!("/admin/tenants/{}", encode(tenant)),
+                Some(Value::Object(body)),
+            )
+        }
+        A::Tenants(TenantCommand::Delete { tenant }) => (
+            Method::DELETE,
+            format!("/admin/tenants/{}", encode(tenant)),
+            None,
+        ),
+        A::Projects(ProjectCommand::List { tenant }) => (
+            Method::GET,
+            format!("/admin/tenants/{}/projects", encode(tenant)),
+            None,
+        ),
+        A::Projects(ProjectCommand::Create {
+            tenant,
+            project,
+            name,
+            models: m,
+            limits,
+        }) => {
+            let body = with(Map::new(), "id", Some(json!(project)));
+            let body = with(body, "name", text(name));
+            let body = with(body, "models", models(m));
+            let body = with(body, "limits", limits.json());
+            (
+                Method::POST,
+                format!("/admin/tenants/{}/projects", encode(tenant)),
+                Some(Value::Object(body)),
+            )
+        }
+        A::Projects(ProjectCommand::Update {
+            tenant,
+            project,
+            name,
+            models: m,
+            limits,
+        }) => {
+            let body = with(Map::new(), "name", text(name));
+            let body = with(body, "models", models(m));
+            let body = with(body, "limits", limits.json());
+            (
+                Method::PATCH,
+                format!(
+                    "/admin/tenants/{}/projects/{}",
+                    encode(tenant),
+                    encode(project)
+                ),
+                Some(Value::Object(body)),
+            )
+        }
+        A::Projects(ProjectCommand::Delete { tenant, project }) => (
+            Method::DELETE,
+            format!(
+                "/admin/tenants/{}/projects/{}",
+                encode(tenant),
+                encode(project)
+            ),
+            None,
+        ),
+        A::Keys(KeyCommand::List { tenant }) => match tenant {
+            Some(t) => (
+                Method::GET,
+                format!("/admin/tenants/{}/keys", encode(t)),
+                None,
+            ),
+            None => (Method::GET, "/admin/keys".into(), None),
+        },
+        A::Keys(KeyCommand::Issue {
+            tenant,
+            role,
+            project,
+            name,
+            models: m,
+            expires_in,
+            limits,
+        }) => {
+            let body = with(Map::new(), "role", text(role));
+            let body = with(body, "project", text(project));
+            let body = with(body, "name", text(name));
+            let body = with(body, "models", models(m));
+            let body = with(body, "expires_in_secs", expires_in.map(|s| json!(s)));
+            let body = with(body, "limits", limits.json());
+            let path = match tenant {
+                Some(t) => format!("/admin/tenants/{}/keys", encode(t)),
+                None => "/admin/keys".into(),
+            };
+            (Method::POST, path, Some(Value::Object(body)))
+        }
+        A::Keys(KeyCommand::Rotate { key, overlap }) => (
+            Method::POST,
+            format!("/admin/keys/{}/rotate", encode(key)),
+            Some(json!({"overlap_secs": overlap})),
+        ),
+        A::Keys(KeyCommand::Revoke { key }) => {
+            (Method::DELETE, format!("/admin/keys/{}", encode(key)), None)
+        }
+        A::Keys(KeyCommand::Show { key }) => {
+            (Method::GET, format!("/admin/keys/{}", encode(key)), None)
+        }
+        A::Usage {
+            tenant,
+            project,
+            group_by,
+            from,
+            to,
+            format,
+        } => (
+            Method::GET,
+            format!(
+                "/admin/usage{}",
+                query(&[
+                    ("tenant", tenant.clone()),
+                    ("project", project.clone()),
+                    ("group_by", group_by.clone()),
+                    ("from", from.clone()),
+                    ("to", to.clone()),
+                    ("format", format.clone()),
+                ])
+            ),
+            None,
+        ),
+        A::Audit {
+            tenant,
+            after,
+            limit,
+            format,
+        } => (
+            Method::GET,
+            format!(
+                "/admin/audit{}",
+                query(&[
+                    ("tenant", tenant.clone()),
+                    ("after", after.map(|a| a.to_string())),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("format", format.clone()),
+                ])
+            ),
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        admin: AdminArgs,
+    }
+
+    fn call(args: &[&str]) -> (Method, String, Option<Value>) {
+        let cli =
+            Cli::try_parse_from(["gateway", "--key", "k"].iter().chain(args).copied()).unwrap();
+        request(&cli.admin.command)
+    }
+
+    #[test]
+    fn subcommands_become_the_api_calls() {
+        let (method, path, body) = call(&[
+            "keys",
+            "issue",
+            "acme",
+            "--project",
+            "radiology",
+            "--rpm",
+            "10",
+            "--expires-in",
+            "60",
+        ]);
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::POST, "/admin/tenants/acme/keys")
+        );
+        assert_eq!(
+            body.unwrap(),
+            json!({"project": "radiology", "expires_in_secs": 60, "limits": {"requests_per_minute": 10}})
+        );
+        let (method, path, _) = call(&["keys", "revoke", "key_01"]);
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::DELETE, "/admin/keys/key_01")
+        );
+        let (_, path, _) = call(&["usage", "--tenant", "acme", "--group-by", "project"]);
+        assert_eq!(path, "/admin/usage?tenant=acme&group_by=project");
+        let (method, path, body) = call(&[
+            "tenants",
+            "create",
+            "acme",
+            "--name",
+            "ACME & Co",
+            "--concurrency",
+            "4",
+        ]);
+        assert_eq!((method, path.as_str()), (Method::POST, "/admin/tenants"));
+        assert_eq!(
+            body.unwrap(),
+            json!({"id": "acme", "name": "ACME & Co", "limits": {"max_concurrent": 4}})
+        );
+        assert_eq!(encode("a b&c"), "a%20b%26c");
+    }
+}

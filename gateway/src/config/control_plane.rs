@@ -1,0 +1,69 @@
+//! `[control_plane]`: the store that holds tenants, projects and keys once operators manage them
+//! through the admin API (absent: the configuration file's `[[tenants]]` are the only source).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::*;
+
+/// `[control_plane]`: where tenants, projects, keys and the audit log live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// `true`: the store is the source of tenants and keys (seeded from `[[tenants]]` on its
+    /// first start), and the admin API can change them live. Default `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// SQLite file for one process; absent: `control-plane.db` in the data directory. Not used
+    /// with `url`.
+    pub path: Option<PathBuf>,
+    /// `postgres://user:password@host:port/db`: the store in PostgreSQL, shared by every
+    /// replica (the ledger's server will do: its tables are apart). `GATEWAY_CONTROL_PLANE_URL`
+    /// takes its place when set.
+    pub url: Option<String>,
+    /// How often a replica asks the store whether anything changed (ms); a change reaches
+    /// every replica within this plus one reload.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// How often keys' last-use times are written to the store (seconds).
+    #[serde(default = "default_last_used_flush_secs")]
+    pub last_used_flush_secs: u64,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    500
+}
+
+fn default_last_used_flush_secs() -> u64 {
+    10
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: None,
+            url: None,
+            poll_interval_ms: default_poll_interval_ms(),
+            last_used_flush_secs: default_last_used_flush_secs(),
+        }
+    }
+}
+
+impl ControlPlaneConfig {
+    /// The PostgreSQL URL, if the store is shared (`GATEWAY_CONTROL_PLANE_URL` over the file).
+    pub fn postgres_url(&self) -> Option<String> {
+        std::env::var("GATEWAY_CONTROL_PLANE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.url.clone())
+    }
+
+    /// Where the SQLite store lives.
+    pub fn resolved_path(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| default_data_dir().join("control-plane.db"))
+    }
+}

@@ -17,6 +17,10 @@
 #   gateway-redis the gateway with its quotas counted in Redis (`[quotas] redis_url`, a
 #                 redis-server started here on loopback): one admission script and one
 #                 settlement script per request
+#   gateway-store the gateway with tenants and keys from the control-plane store in SQLite
+#                 (`[control_plane] enabled`, seeded from the same [[tenants]]): its cache, key
+#                 last-use bookkeeping and version polling are what differs from `gateway`
+#   gateway-store-pg  the same with the store in PostgreSQL (a cluster started here on loopback)
 #   baseline      the `gateway` variant run by another build, $BASELINE_BIN (e.g. the commit
 #                 before a change, built in a worktree): an A/B of two commits in one run
 # $SCENARIOS (default "latency peak") picks the scenarios; `rate1k` and `rate5k` are open loop
@@ -119,6 +123,12 @@ run_target() { # variant scenario tokens_per_second round
         extra=$(printf '[quotas]\nredis_url = "redis://127.0.0.1:%s/0"\nnamespace = "bench-%s"' "$redis_port" "$tag")
       fi
       [ "$variant" = gateway-nosync ] && extra=$'[ledger]\ndurability = "process-crash"'
+      [ "$variant" = gateway-store ] && extra=$'[control_plane]\nenabled = true'
+      if [ "$variant" = gateway-store-pg ]; then
+        rm -rf "$OUT/pg-$tag"
+        start_postgres "$OUT/pg-$tag" $((port + 700))
+        extra=$(printf '[control_plane]\nenabled = true\nurl = "%s"' "$POSTGRES_URL")
+      fi
       rm -rf "$OUT/data-$tag"
       cat >"$OUT/$tag-gateway.toml" <<EOF
 listen = "127.0.0.1:$port"

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Calls the model API as its tenant (and project); no admin route.

@@ -4,11 +4,12 @@
 
 use policies::{ModelAllowList, Priority, TenantId};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::actor::Role;
 
 /// Limits of a tenant, a project or a key; absent is unlimited (within the wider scopes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Requests admitted per minute.
@@ -63,16 +64,18 @@ impl Limits {
 }
 
 /// An institution: its models, limits and place in the engines' fair share.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// The tenant's id (metric label, ledger key).
+    #[schema(value_type = String)]
     pub id: TenantId,
     /// A name for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Models it may use (`["*"]`: all).
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub models: ModelAllowList,
     /// Its limits, over all its projects and keys.
     #[serde(default)]
@@ -82,6 +85,7 @@ pub struct Tenant {
     pub weight: Option<f64>,
     /// Priority class: `interactive` (default) or `batch`.
     #[serde(default)]
+    #[schema(value_type = String)]
     pub priority: Priority,
     /// Service tier; `[models.tiers]` may route it to other pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,10 +176,11 @@ pub(crate) fn check_name(name: Option<&str>) -> Result<(), (&'static str, String
 }
 
 /// A department, an application or a grant holder inside a tenant, with limits of its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Project {
     /// The tenant it belongs to.
+    #[schema(value_type = String)]
     pub tenant: TenantId,
     /// Its id inside the tenant.
     pub id: String,
@@ -184,6 +189,7 @@ pub struct Project {
     pub name: Option<String>,
     /// Models its keys may use, within the tenant's (absent: the tenant's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub models: Option<ModelAllowList>,
     /// Its limits, over all its keys, within the tenant's.
     #[serde(default)]
@@ -212,7 +218,7 @@ impl Project {
 }
 
 /// An API key as stored: never its plaintext, only its digest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
     /// Its public id (`key_` and 16 hex digits): what logs, usage records and the API name it by.
@@ -223,6 +229,7 @@ pub struct Key {
     pub role: Role,
     /// The tenant it belongs to (none for operator and auditor keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub tenant: Option<TenantId>,
     /// The project it belongs to, inside the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +239,7 @@ pub struct Key {
     pub name: Option<String>,
     /// Models it may use, within its project's and tenant's (absent: theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub models: Option<ModelAllowList>,
     /// Its own limits, within its project's and tenant's.
     #[serde(default)]
@@ -305,7 +313,7 @@ impl Snapshot {
 }
 
 /// One write, as the audit log keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
     /// Its place in the log (increasing).
     pub seq: i64,
@@ -326,8 +334,10 @@ pub struct AuditEntry {
     /// The tenant it concerns (a tenant-admin sees the entries of its own).
     pub tenant: Option<String>,
     /// The object before (absent for a creation).
+    #[schema(value_type = Option<Object>)]
     pub before: Option<serde_json::Value>,
     /// The object after.
+    #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
 }
 

@@ -684,3 +684,55 @@ async fn two_replicas_on_one_postgres_see_every_change_within_two_seconds() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_store_the_file_rules_and_the_admin_api_has_its_own_rate_limit() {
+    let config = format!(
+        "admin_keys = [\"{admin}\"]\n\
+         [server]\nadmin_requests_per_minute = 5\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n\
+         [models.synthetic]\ntokens_per_second = 2000\n\
+         [[tenants]]\nid = \"file\"\nkeys = [\"{file}\"]\n",
+        admin = digest(OPERATOR),
+        file = digest("sk-file-tenant"),
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let response = gw
+        .client()
+        .get(gw.url("/admin/tenants"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-gateway-tenant-source"]
+            .to_str()
+            .unwrap(),
+        "file"
+    );
+    let (status, error) = call(
+        &gw,
+        "POST",
+        "/admin/tenants",
+        OPERATOR,
+        Some(json!({"id": "x"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["code"], "control_plane_disabled");
+    // Five admin requests a minute: two spent above, three more pass, the next is refused; the
+    // model API is not counted.
+    for _ in 0..3 {
+        assert_eq!(
+            call(&gw, "GET", "/admin/tenants", OPERATOR, None).await.0,
+            200
+        );
+    }
+    let (status, error) = call(&gw, "GET", "/admin/tenants", OPERATOR, None).await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(error["error"]["code"], "admin_rate_limit_exceeded");
+    assert_eq!(complete(&gw, "sk-file-tenant").await, 200);
+}

@@ -151,9 +151,21 @@ async fn version_and_openapi_describe_the_running_gateway() {
     ] {
         assert!(paths.contains(&route), "{route} missing from {paths:?}");
     }
+    for route in gateway::paths::ALL {
+        assert!(
+            paths.contains(route),
+            "{route} is served but not documented"
+        );
+    }
     // Every documented path is served (no 404 `unknown_url`).
     for path in &paths {
-        let url = gw.url(&path.replace("{model}", "bench"));
+        let url = gw.url(
+            &path
+                .replace("{model}", "bench")
+                .replace("{tenant}", "a")
+                .replace("{project}", "p")
+                .replace("{key}", "k"),
+        );
         let method = match doc["paths"][*path].get("post") {
             Some(_) => reqwest::Method::POST,
             None => reqwest::Method::GET,

@@ -52,3 +52,22 @@ max_concurrent = 100000
 daily_tokens = 100000000000
 TOML
 }
+
+# start_postgres DIR PORT: a throw-away PostgreSQL cluster in DIR (Debian's `postgresql`
+# package; as root, run as its `postgres` user, which PostgreSQL insists on), on loopback PORT,
+# with a database `bench`; stopped with the other servers. Sets POSTGRES_URL (not printed: the
+# server must be started in this shell, not a command substitution's, to be stopped with it).
+start_postgres() {
+  local dir=$1 port=$2 bin as=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  mkdir -p "$dir"
+  dir=$(realpath "$dir")
+  if [ "$(id -u)" = 0 ]; then as=(runuser -u postgres --); chown postgres "$dir"; fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U gateway --auth=trust -E UTF8 --no-sync >/dev/null
+  "${as[@]}" "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" \
+    -c listen_addresses=127.0.0.1 -c fsync=off >"$dir.log" 2>&1 &
+  pids+=($!)
+  until "$bin/pg_isready" -h 127.0.0.1 -p "$port" -q; do sleep 0.1; done
+  "$bin/createdb" -h 127.0.0.1 -p "$port" -U gateway bench
+  POSTGRES_URL="postgres://gateway@127.0.0.1:$port/bench"
+}

@@ -10,6 +10,8 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use control_plane::{AuditEntry, Key, Limits, Project, Role, Tenant};
+
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::CompletionRequest;
 use crate::openai::embeddings::EmbeddingRequest;
@@ -115,13 +117,152 @@ fn retrieve_model() {}
     security(("admin_key" = [])))]
 fn load() {}
 
-/// Tenants and their live quota state.
+/// Tenants and their live quota state (a tenant-admin sees its own); `source` says whether they
+/// come from the configuration file or the control-plane store.
 #[utoipa::path(get, path = "/admin/tenants", tag = "admin",
     responses((status = 200, description = "Tenants"), (status = 403, description = "Not an admin key", body = ErrorBody)),
     security(("admin_key" = [])))]
 fn admin_tenants() {}
 
-/// Usage from the ledger, grouped (`from`, `to`, `tenant`, `model`, `group_by`).
+/// Creates a tenant (operators; needs `[control_plane] enabled`).
+#[utoipa::path(post, path = "/admin/tenants", tag = "control-plane",
+    request_body = Tenant,
+    responses((status = 201, description = "The tenant", body = Tenant),
+        (status = 400, description = "Invalid field (`param` names it), or no control-plane store", body = ErrorBody),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+        (status = 409, description = "It exists", body = ErrorBody),
+        (status = 429, description = "Admin rate limit", body = ErrorBody),
+        (status = 503, description = "The store is unreachable: nothing written", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn create_tenant() {}
+
+/// One tenant, with live counters.
+#[utoipa::path(get, path = "/admin/tenants/{tenant}", tag = "control-plane",
+    params(("tenant" = String, Path)),
+    responses((status = 200, description = "The tenant", body = Tenant),
+        (status = 403, description = "Another tenant's admin", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn get_tenant() {}
+
+/// Changes a tenant (operators): a JSON merge patch (`null` clears a field).
+#[utoipa::path(patch, path = "/admin/tenants/{tenant}", tag = "control-plane",
+    params(("tenant" = String, Path)), request_body = Object,
+    responses((status = 200, description = "The tenant after", body = Tenant),
+        (status = 400, description = "Invalid field", body = ErrorBody),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+        (status = 503, description = "The store is unreachable", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn update_tenant() {}
+
+/// Deletes a tenant (operators): disabled, its keys stop; its usage and audit rows stay.
+#[utoipa::path(delete, path = "/admin/tenants/{tenant}", tag = "control-plane",
+    params(("tenant" = String, Path)),
+    responses((status = 200, description = "The tenant, disabled", body = Tenant),
+        (status = 403, description = "Not an operator key", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn delete_tenant() {}
+
+/// A tenant's projects.
+#[utoipa::path(get, path = "/admin/tenants/{tenant}/projects", tag = "control-plane",
+    params(("tenant" = String, Path)),
+    responses((status = 200, description = "A `list` of projects")),
+    security(("admin_key" = [])))]
+fn list_projects() {}
+
+/// Creates a project (operators, the tenant's admins; limits within the tenant's).
+#[utoipa::path(post, path = "/admin/tenants/{tenant}/projects", tag = "control-plane",
+    params(("tenant" = String, Path)), request_body = Project,
+    responses((status = 201, description = "The project", body = Project),
+        (status = 403, description = "Another tenant, or limits above the tenant's", body = ErrorBody),
+        (status = 409, description = "It exists, or the tenant is deleted", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn create_project() {}
+
+/// One project.
+#[utoipa::path(get, path = "/admin/tenants/{tenant}/projects/{project}", tag = "control-plane",
+    params(("tenant" = String, Path), ("project" = String, Path)),
+    responses((status = 200, description = "The project", body = Project)),
+    security(("admin_key" = [])))]
+fn get_project() {}
+
+/// Changes a project: a JSON merge patch.
+#[utoipa::path(patch, path = "/admin/tenants/{tenant}/projects/{project}", tag = "control-plane",
+    params(("tenant" = String, Path), ("project" = String, Path)), request_body = Object,
+    responses((status = 200, description = "The project after", body = Project)),
+    security(("admin_key" = [])))]
+fn update_project() {}
+
+/// Deletes a project: disabled, its keys stop; its usage and audit rows stay.
+#[utoipa::path(delete, path = "/admin/tenants/{tenant}/projects/{project}", tag = "control-plane",
+    params(("tenant" = String, Path), ("project" = String, Path)),
+    responses((status = 200, description = "The project, disabled", body = Project)),
+    security(("admin_key" = [])))]
+fn delete_project() {}
+
+/// A tenant's keys (never their secrets or digests).
+#[utoipa::path(get, path = "/admin/tenants/{tenant}/keys", tag = "control-plane",
+    params(("tenant" = String, Path)),
+    responses((status = 200, description = "A `list` of keys")),
+    security(("admin_key" = [])))]
+fn list_tenant_keys() {}
+
+/// Issues an inference key (`project`, `models`, `limits`, `expires_in_secs` or
+/// `expires_at_ms`, `name`) or a tenant-admin key (`"role": "tenant_admin"`). The response's
+/// `key` is the plaintext, shown once.
+#[utoipa::path(post, path = "/admin/tenants/{tenant}/keys", tag = "control-plane",
+    params(("tenant" = String, Path)), request_body = Object,
+    responses((status = 201, description = "The key, with `key` shown once", body = Key)),
+    security(("admin_key" = [])))]
+fn issue_tenant_key() {}
+
+/// Operator and auditor keys (operators, auditors).
+#[utoipa::path(get, path = "/admin/keys", tag = "control-plane",
+    responses((status = 200, description = "A `list` of keys")),
+    security(("admin_key" = [])))]
+fn list_admin_keys() {}
+
+/// Issues an operator or auditor key (operators): `{"role": "operator" | "auditor"}`.
+#[utoipa::path(post, path = "/admin/keys", tag = "control-plane",
+    request_body = Object,
+    responses((status = 201, description = "The key, with `key` shown once", body = Key)),
+    security(("admin_key" = [])))]
+fn issue_admin_key() {}
+
+/// One key.
+#[utoipa::path(get, path = "/admin/keys/{key}", tag = "control-plane",
+    params(("key" = String, Path)),
+    responses((status = 200, description = "The key", body = Key)),
+    security(("admin_key" = [])))]
+fn get_key() {}
+
+/// Revokes a key: refused on every replica within its poll interval; 503 (nothing lost) when
+/// the store is unreachable.
+#[utoipa::path(delete, path = "/admin/keys/{key}", tag = "control-plane",
+    params(("key" = String, Path)),
+    responses((status = 200, description = "The key, revoked", body = Key),
+        (status = 503, description = "The store is unreachable: not revoked", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn revoke_key() {}
+
+/// Rotates a key: `{"overlap_secs": N}`; a new key of the same scope (shown once), the old one
+/// valid N more seconds (at most 30 days).
+#[utoipa::path(post, path = "/admin/keys/{key}/rotate", tag = "control-plane",
+    params(("key" = String, Path)), request_body = Object,
+    responses((status = 201, description = "The new key, with `key` shown once", body = Key),
+        (status = 409, description = "Revoked or expired", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn rotate_key() {}
+
+/// The audit log: every write with who, what, before, after, when and from where (`tenant`,
+/// `after`, `limit`, `format=json|csv`). A tenant-admin reads its own tenant's entries.
+#[utoipa::path(get, path = "/admin/audit", tag = "control-plane",
+    responses((status = 200, description = "A `list` of entries", body = [AuditEntry])),
+    security(("admin_key" = [])))]
+fn audit() {}
+
+/// Usage from the ledger, grouped (`from`, `to`, `tenant`, `project`,
+/// `group_by=day|model|project`).
 #[utoipa::path(get, path = "/admin/usage", tag = "admin",
     responses((status = 200, description = "Usage rows")),
     security(("admin_key" = [])))]
@@ -176,8 +317,11 @@ impl Modify for Security {
 #[openapi(
     info(title = "Multi-tenant model-serving gateway", description = "OpenAI-compatible API with per-tenant keys, quotas and fair share."),
     paths(chat_completions, completions, embeddings, list_models, retrieve_model, load, admin_tenants,
-        admin_usage, admin_usage_records, admin_pools, health, ready, metrics, version, openapi),
-    components(schemas(ErrorBody)),
+        admin_usage, admin_usage_records, admin_pools, create_tenant, get_tenant, update_tenant,
+        delete_tenant, list_projects, create_project, get_project, update_project, delete_project,
+        list_tenant_keys, issue_tenant_key, list_admin_keys, issue_admin_key, get_key, revoke_key,
+        rotate_key, audit, health, ready, metrics, version, openapi),
+    components(schemas(ErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role)),
     modifiers(&Security)
 )]
 struct ApiDoc;

@@ -194,6 +194,10 @@ pub struct Project {
     /// Its limits, over all its keys, within the tenant's.
     #[serde(default)]
     pub limits: Limits,
+    /// Its share of the tenant's service in the engines, against the tenant's other projects
+    /// (default 1; the tenant's keys of no project count as one more project of weight 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
     /// Deleted: its keys no longer work; its usage and audit rows stay.
     #[serde(default)]
     pub disabled: bool,
@@ -213,6 +217,11 @@ impl Project {
 
     pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
         check_project_id(&self.id)?;
+        if let Some(w) = self.weight {
+            if !(w.is_finite() && w > 0.0) {
+                return Err(("weight", format!("`weight` must be above 0, not {w}")));
+            }
+        }
         check_name(self.name.as_deref())
     }
 }

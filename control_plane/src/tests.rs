@@ -347,6 +347,12 @@ fn input_is_validated(store: ControlPlane) {
     );
     invalid(
         store
+            .create_project(&op, &id("a"), json!({"id": "p", "weight": -1}))
+            .map(drop),
+        "weight",
+    );
+    invalid(
+        store
             .issue_key(&op, Some(&id("a")), json!({"role": "operator"}))
             .map(drop),
         "role",

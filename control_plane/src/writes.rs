@@ -97,6 +97,21 @@ fn refuse_server_fields(body: &Map<String, Value>, also: &[&str]) -> Result<()> 
     }
 }
 
+/// Gives `body` the tenant of the path; a body naming another tenant is refused.
+fn bind_tenant(body: &mut Map<String, Value>, tenant: &TenantId) -> Result<()> {
+    match body.get("tenant") {
+        Some(Value::String(t)) if t == tenant.as_str() => Ok(()),
+        Some(_) => Err(StoreError::invalid(
+            "tenant",
+            "`tenant` is the tenant of the path",
+        )),
+        None => {
+            body.insert("tenant".into(), Value::String(tenant.to_string()));
+            Ok(())
+        }
+    }
+}
+
 /// RFC 7396: `patch` merged into `target`; `null` removes.
 fn merge_patch(target: &mut Value, patch: Value) {
     match patch {
@@ -362,18 +377,7 @@ impl ControlPlane {
         actor.check_manage(tenant)?;
         let mut body = object(body)?;
         refuse_server_fields(&body, &["disabled"])?;
-        match body.get("tenant") {
-            Some(Value::String(t)) if t == tenant.as_str() => {}
-            Some(_) => {
-                return Err(StoreError::invalid(
-                    "tenant",
-                    "`tenant` is the tenant of the path",
-                ))
-            }
-            None => {
-                body.insert("tenant".into(), Value::String(tenant.to_string()));
-            }
-        }
+        bind_tenant(&mut body, tenant)?;
         let mut project: Project = parse(Value::Object(body))?;
         checked(project.check())?;
         self.write(|tx| {
@@ -480,18 +484,7 @@ impl ControlPlane {
             ],
         )?;
         if let Some(tenant) = tenant {
-            match body.get("tenant") {
-                Some(Value::String(t)) if t == tenant.as_str() => {}
-                Some(_) => {
-                    return Err(StoreError::invalid(
-                        "tenant",
-                        "`tenant` is the tenant of the path",
-                    ))
-                }
-                None => {
-                    body.insert("tenant".into(), Value::String(tenant.to_string()));
-                }
-            }
+            bind_tenant(&mut body, tenant)?;
         }
         let request: KeyRequest = parse(Value::Object(body))?;
         let now = now_ms();

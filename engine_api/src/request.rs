@@ -1,6 +1,6 @@
 //! One generation request as engines receive it, and the prefix-cache scope it belongs to.
 
-use policies::{Share, TenantId};
+use policies::{ProjectShare, Share, TenantId};
 
 use crate::prompt::Prompt;
 use crate::sampling::SamplingParams;
@@ -16,6 +16,8 @@ pub struct GenerationRequest {
     pub tenant: TenantId,
     /// The tenant's scheduling terms: weight, priority class, caps, queue bound.
     pub share: Share,
+    /// The request's project inside the tenant's share (`None`: the tenant's requests are one).
+    pub project_share: Option<ProjectShare>,
     /// W3C `traceparent` of the caller's span: remote engines forward it, so the upstream's
     /// spans join the gateway's trace.
     pub traceparent: Option<String>,
@@ -50,6 +52,7 @@ impl GenerationRequest {
             params,
             tenant,
             share: Share::default(),
+            project_share: None,
             traceparent: None,
             cache_scope: None,
         }

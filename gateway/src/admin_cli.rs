@@ -98,6 +98,37 @@ impl LimitArgs {
     }
 }
 
+/// What tenants and projects both have: a name, models, a weight, limits.
+#[derive(Args)]
+struct Fields {
+    #[arg(long)]
+    name: Option<String>,
+    /// Models it may use, comma-separated (default: all the wider scope allows).
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// Its fair-share weight: a tenant's against the other tenants, a project's inside its
+    /// tenant.
+    #[arg(long)]
+    weight: Option<f64>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+impl Fields {
+    /// The fields given, as a body (absent flags leave their fields out).
+    fn body(&self, mut body: Map<String, Value>) -> Map<String, Value> {
+        for (name, value) in [
+            ("name", text(&self.name)),
+            ("models", models(&self.models)),
+            ("weight", self.weight.map(|w| json!(w))),
+            ("limits", self.limits.json()),
+        ] {
+            body = with(body, name, value);
+        }
+        body
+    }
+}
+
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Every tenant you may read.
@@ -107,32 +138,19 @@ enum TenantCommand {
     /// A new tenant (operators).
     Create {
         tenant: String,
-        #[arg(long)]
-        name: Option<String>,
-        /// Models it may use, comma-separated (default: all).
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
-        #[arg(long)]
-        weight: Option<f64>,
         /// `interactive` or `batch`.
         #[arg(long)]
         priority: Option<String>,
         #[command(flatten)]
-        limits: LimitArgs,
+        fields: Fields,
     },
     /// Change a tenant's name, models, weight, priority or limits (operators).
     Update {
         tenant: String,
         #[arg(long)]
-        name: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
-        #[arg(long)]
-        weight: Option<f64>,
-        #[arg(long)]
         priority: Option<String>,
         #[command(flatten)]
-        limits: LimitArgs,
+        fields: Fields,
     },
     /// Delete (disable) a tenant; its usage and audit stay (operators).
     Delete { tenant: String },
@@ -146,23 +164,15 @@ enum ProjectCommand {
     Create {
         tenant: String,
         project: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
         #[command(flatten)]
-        limits: LimitArgs,
+        fields: Fields,
     },
-    /// Change a project's name, models or limits.
+    /// Change a project's name, models, weight or limits.
     Update {
         tenant: String,
         project: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
         #[command(flatten)]
-        limits: LimitArgs,
+        fields: Fields,
     },
     /// Delete (disable) a project; its keys stop.
     Delete { tenant: String, project: String },
@@ -285,18 +295,11 @@ fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
         ),
         A::Tenants(TenantCommand::Create {
             tenant,
-            name,
-            models: m,
-            weight,
             priority,
-            limits,
+            fields,
         }) => {
             let body = with(Map::new(), "id", Some(json!(tenant)));
-            let body = with(body, "name", text(name));
-            let body = with(body, "models", models(m));
-            let body = with(body, "weight", weight.map(|w| json!(w)));
-            let body = with(body, "priority", text(priority));
-            let body = with(body, "limits", limits.json());
+            let body = fields.body(with(body, "priority", text(priority)));
             (
                 Method::POST,
                 "/admin/tenants".into(),
@@ -305,17 +308,10 @@ fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
         }
         A::Tenants(TenantCommand::Update {
             tenant,
-            name,
-            models: m,
-            weight,
             priority,
-            limits,
+            fields,
         }) => {
-            let body = with(Map::new(), "name", text(name));
-            let body = with(body, "models", models(m));
-            let body = with(body, "weight", weight.map(|w| json!(w)));
-            let body = with(body, "priority", text(priority));
-            let body = with(body, "limits", limits.json());
+            let body = fields.body(with(Map::new(), "priority", text(priority)));
             (
                 Method::PATCH,
                 format!("/admin/tenants/{}", encode(tenant)),
@@ -335,14 +331,9 @@ fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
         A::Projects(ProjectCommand::Create {
             tenant,
             project,
-            name,
-            models: m,
-            limits,
+            fields,
         }) => {
-            let body = with(Map::new(), "id", Some(json!(project)));
-            let body = with(body, "name", text(name));
-            let body = with(body, "models", models(m));
-            let body = with(body, "limits", limits.json());
+            let body = fields.body(with(Map::new(), "id", Some(json!(project))));
             (
                 Method::POST,
                 format!("/admin/tenants/{}/projects", encode(tenant)),
@@ -352,23 +343,16 @@ fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
         A::Projects(ProjectCommand::Update {
             tenant,
             project,
-            name,
-            models: m,
-            limits,
-        }) => {
-            let body = with(Map::new(), "name", text(name));
-            let body = with(body, "models", models(m));
-            let body = with(body, "limits", limits.json());
-            (
-                Method::PATCH,
-                format!(
-                    "/admin/tenants/{}/projects/{}",
-                    encode(tenant),
-                    encode(project)
-                ),
-                Some(Value::Object(body)),
-            )
-        }
+            fields,
+        }) => (
+            Method::PATCH,
+            format!(
+                "/admin/tenants/{}/projects/{}",
+                encode(tenant),
+                encode(project)
+            ),
+            Some(Value::Object(fields.body(Map::new()))),
+        ),
         A::Projects(ProjectCommand::Delete { tenant, project }) => (
             Method::DELETE,
             format!(

@@ -4,7 +4,7 @@
 //! consistent version. The store itself is never read per request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use control_plane::{Actor, Limits, Role, Snapshot};
 use policies::{
@@ -40,6 +40,26 @@ struct AdminGrant {
     role: Role,
     tenant: Option<policies::TenantId>,
     expires_at_ms: Option<i64>,
+}
+
+/// The directory in force: read per request (a snapshot), swapped whole on reload.
+pub struct CurrentDirectory(RwLock<Arc<Directory>>);
+
+impl CurrentDirectory {
+    /// Starts with `directory`.
+    pub fn new(directory: Directory) -> Self {
+        Self(RwLock::new(Arc::new(directory)))
+    }
+
+    /// The directory now (a reload swaps in another; this one stays as it is).
+    pub fn get(&self) -> Arc<Directory> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `directory` in force; requests already admitted keep what they were admitted with.
+    pub fn replace(&self, directory: Directory) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(directory);
+    }
 }
 
 /// Tenants, their keys, and the admin keys.
@@ -130,6 +150,10 @@ impl Directory {
                     };
                     if let Some(project) = project {
                         grant.project = Some(Arc::from(project.id.as_str()));
+                        grant.project_share = Some(policies::ProjectShare {
+                            label: tenant.id.scope(&project.id),
+                            weight: project.weight.unwrap_or(1.0),
+                        });
                         push_scope(&mut grant, tenant, &project.id, &project.limits);
                         grant.models.extend(project.models.clone());
                     }

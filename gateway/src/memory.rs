@@ -29,6 +29,14 @@ pub fn spawn_trimming(interval: Duration) {
     let _ = interval;
 }
 
+/// Gives freed heap memory back now, not at the next tick: loading a model frees its
+/// read and re-quantization buffers all at once, tens of MB that would otherwise stay resident
+/// until the timer comes round. Nothing to do on platforms other than Linux with glibc.
+pub fn give_back_now() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    trim();
+}
+
 /// One `malloc_trim(0)`: true if memory went back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn trim() -> bool {

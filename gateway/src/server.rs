@@ -119,6 +119,7 @@ pub async fn serve_as(
                 }
             };
             registry.set_state(&model.id, state);
+            crate::memory::give_back_now();
         });
     }
 
@@ -174,7 +175,7 @@ pub async fn serve_as(
         config.telemetry.metrics,
     );
     if let Some(sync) = control_plane {
-        sync.spawn(state.clone());
+        sync.spawn(state.current_directory().clone());
         let _ = state.control_plane.set(sync);
     }
     if let Some(ledger) = &ledger {

@@ -1,13 +1,13 @@
 //! What every handler can reach: the models, the key store, the server limits.
 
 use std::ops::Deref;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ledger::Ledger;
 use policies::QuotaStore;
 
-use crate::directory::Directory;
+use crate::directory::{CurrentDirectory, Directory};
 use crate::metrics::RequestMetrics;
 use crate::models::ModelRegistry;
 use crate::store_sync::StoreSync;
@@ -51,7 +51,7 @@ pub struct SharedState {
     /// The control-plane store and its cache's upkeep (set once at start-up when
     /// `[control_plane] enabled`).
     pub control_plane: OnceLock<Arc<StoreSync>>,
-    directory: Arc<RwLock<Arc<Directory>>>,
+    directory: Arc<CurrentDirectory>,
 }
 
 impl AppState {
@@ -78,18 +78,24 @@ impl AppState {
             quotas,
             ledger,
             control_plane: OnceLock::new(),
-            directory: Arc::new(RwLock::new(Arc::new(directory))),
+            directory: Arc::new(CurrentDirectory::new(directory)),
         }))
     }
 
     /// The current tenants and keys (a snapshot: a reload swaps in a new one).
     pub fn directory(&self) -> Arc<Directory> {
-        self.directory.read().expect("directory lock").clone()
+        self.directory.get()
     }
 
     /// Replaces tenants and keys; requests already admitted keep what they were admitted with.
     pub fn replace_directory(&self, directory: Directory) {
-        *self.directory.write().expect("directory lock") = Arc::new(directory);
+        self.directory.replace(directory);
+    }
+
+    /// The directory's slot itself, for what keeps it up to date (the control-plane store's
+    /// sync) without the rest of the state.
+    pub fn current_directory(&self) -> &Arc<CurrentDirectory> {
+        &self.directory
     }
 
     /// The control-plane store, when one is in force.

@@ -13,8 +13,7 @@ use anyhow::Context;
 use control_plane::{ControlPlane, Snapshot, StoreError};
 
 use crate::config::GatewayConfig;
-use crate::directory::Directory;
-use crate::state::AppState;
+use crate::directory::{CurrentDirectory, Directory};
 
 /// The store, and what this replica last took from it.
 pub struct StoreSync {
@@ -142,27 +141,27 @@ impl StoreSync {
 
     /// Reloads the directory if the store's version moved (right after a write of this replica,
     /// and from the poll loop).
-    pub async fn refresh(&self, state: &AppState) -> Result<(), StoreError> {
+    pub async fn refresh(&self, current: &CurrentDirectory) -> Result<(), StoreError> {
         let version = self.call(|s| s.version()).await?;
         if version == self.version() {
             return Ok(());
         }
         let snapshot = Arc::new(self.call(|s| s.snapshot()).await?);
-        self.apply(state, snapshot);
+        self.apply(current, snapshot);
         Ok(())
     }
 
     /// Swaps in the directory of `snapshot`, unless a newer one is in force already.
-    fn apply(&self, state: &AppState, snapshot: Arc<Snapshot>) {
+    fn apply(&self, current: &CurrentDirectory, snapshot: Arc<Snapshot>) {
         let _order = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         if snapshot.version <= self.version() {
             return;
         }
         let version = snapshot.version;
-        match state.directory().with_store(snapshot) {
+        match current.get().with_store(snapshot) {
             Ok(directory) => {
                 let (tenants, keys) = (directory.tenants.len(), directory.tenant_key_count());
-                state.replace_directory(directory);
+                current.replace(directory);
                 self.applied.store(version, Ordering::Release);
                 tracing::info!(
                     version,
@@ -178,7 +177,7 @@ impl StoreSync {
     }
 
     /// Polls the store and flushes last-use times until the process ends.
-    pub fn spawn(self: &Arc<Self>, state: AppState) {
+    pub fn spawn(self: &Arc<Self>, current: Arc<CurrentDirectory>) {
         let sync = self.clone();
         tokio::spawn(async move {
             let mut poll = tokio::time::interval(sync.poll_interval);
@@ -189,7 +188,7 @@ impl StoreSync {
                 tokio::select! {
                     _ = poll.tick() => {
                         // Errors are noted (and logged once) by `call`.
-                        let _ = sync.refresh(&state).await;
+                        let _ = sync.refresh(&current).await;
                     }
                     _ = flush.tick() => sync.flush().await,
                 }

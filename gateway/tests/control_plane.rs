@@ -143,7 +143,7 @@ async fn one_process_on_sqlite_by_role_and_audited() {
         "POST",
         "/admin/tenants/acme/projects",
         op,
-        Some(json!({"id": "radiology", "limits": {"requests_per_minute": 3}, "models": ["bench"]})),
+        Some(json!({"id": "radiology", "weight": 3, "limits": {"requests_per_minute": 3}, "models": ["bench"]})),
     )
     .await;
     assert_eq!(status, 201, "{project}");

@@ -35,6 +35,7 @@ fn warm_up(model: &Arc<LoadedModel>) {
     let engine = LocalEngine::with_model("warm-up", model.clone(), &CoreConfig::default()).unwrap();
     let mut stream = engine
         .submit(GenerationRequest {
+            project_share: None,
             prompt: Prompt::Text(PROMPT.to_string()),
             params: SamplingParams::greedy(4),
             tenant: "bench".parse().unwrap(),
@@ -94,6 +95,7 @@ fn main() {
             .unwrap(),
         );
         let request = GenerationRequest {
+            project_share: None,
             prompt: Prompt::Text(PROMPT.to_string()),
             params: SamplingParams {
                 ignore_eos: true,

@@ -355,6 +355,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
         params,
         tenant: "test".parse().unwrap(),
         share: Default::default(),
+        project_share: None,
         traceparent: None,
         cache_scope: None,
     }

@@ -47,6 +47,7 @@ fn engine(config: CoreConfig) -> LocalEngine {
 
 fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
     GenerationRequest {
+        project_share: None,
         prompt: Prompt::Chat(vec![ChatMessage::new("user", question)]),
         params: SamplingParams {
             ignore_eos: true,
@@ -193,6 +194,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
     let long_text = "The quick brown fox jumps over the lazy dog. ".repeat(150);
     let long_ids = model().tokenizer.encode(&long_text).unwrap()[..1500].to_vec();
     let long = GenerationRequest {
+        project_share: None,
         prompt: Prompt::Tokens(long_ids),
         params: SamplingParams {
             ignore_eos: true,
@@ -373,6 +375,7 @@ fn service_while_both_backlogged(records: &[StepRecord]) -> (usize, usize) {
 
 fn tenant_request(tenant: &str, weight: f64) -> GenerationRequest {
     GenerationRequest {
+        project_share: None,
         prompt: Prompt::Text("Once upon a time".into()),
         params: SamplingParams {
             ignore_eos: true,
@@ -477,6 +480,7 @@ fn a_newcomer_preempts_a_neighbour_whose_output_is_unchanged() {
     let mut a: Vec<_> = QUESTIONS[..4]
         .iter()
         .map(|q| GenerationRequest {
+            project_share: None,
             tenant: "a".parse().unwrap(),
             ..chat(q, 24)
         })
@@ -484,6 +488,7 @@ fn a_newcomer_preempts_a_neighbour_whose_output_is_unchanged() {
     // Every A sequence is decoding before B comes.
     let (streams, firsts) = submit_until_decoding(&engine, &a);
     let b = GenerationRequest {
+        project_share: None,
         tenant: "b".parse().unwrap(),
         ..chat(QUESTIONS[5], 24)
     };
@@ -532,6 +537,7 @@ fn bounded_queues_refuse_instead_of_growing() {
         ..CoreConfig::default()
     });
     let request = |tenant: &str, priority: Priority| GenerationRequest {
+        project_share: None,
         tenant: tenant.parse().unwrap(),
         share: Share {
             priority,
@@ -593,6 +599,7 @@ fn quiet_beside_bulk(pause: bool) -> QuietBesideBulk {
     let bulk: Vec<_> = QUESTIONS[..6]
         .iter()
         .map(|q| GenerationRequest {
+            project_share: None,
             tenant: "bulk".parse().unwrap(),
             share: Share {
                 priority: Priority::Batch,
@@ -607,6 +614,7 @@ fn quiet_beside_bulk(pause: bool) -> QuietBesideBulk {
     let mut outputs = Vec::new();
     for q in &QUESTIONS[6..8] {
         let request = GenerationRequest {
+            project_share: None,
             tenant: "quiet".parse().unwrap(),
             ..chat(q, 4)
         };
@@ -725,6 +733,7 @@ fn with_system(tenant: &str, question: &str, max_tokens: usize) -> GenerationReq
                   anything clinical. "
         .repeat(3);
     GenerationRequest {
+        project_share: None,
         prompt: Prompt::Chat(vec![
             ChatMessage::new("system", &system),
             ChatMessage::new("user", question),
@@ -820,6 +829,7 @@ fn tenants_share_cached_blocks_only_within_a_scope() {
     assert!(cached(with_system("b", question, 4)) > 0, "b finds its own");
     // Two tenants of one sharing group share; a salt narrows the scope further.
     let in_group = |tenant: &str, scope: &str| GenerationRequest {
+        project_share: None,
         cache_scope: Some(scope.to_string()),
         ..with_system(tenant, question, 4)
     };

@@ -157,6 +157,9 @@ pub struct KeyGrant {
     pub models: Vec<ModelAllowList>,
     /// The key stops working at this time (Unix ms).
     pub expires_at_ms: Option<i64>,
+    /// Its project's place inside the tenant's fair share (`None`: the tenant's requests are
+    /// served in order, as one).
+    pub project_share: Option<crate::ProjectShare>,
 }
 
 impl KeyGrant {
@@ -169,6 +172,7 @@ impl KeyGrant {
             scopes: Vec::new(),
             models: Vec::new(),
             expires_at_ms: None,
+            project_share: None,
         }
     }
 

@@ -22,6 +22,6 @@ pub use quota::{
     utc_day, Admission, Ask, DailyUsage, LimitState, QuotaBook, RateLimitStatus, RejectReason,
     Rejection, Settle, Settlement,
 };
-pub use share::{Priority, Share, UnknownPriority};
+pub use share::{Priority, ProjectShare, Share, UnknownPriority};
 pub use store::{Admitting, QuotaStore, Refusal, StoreFuture, StoreHealth};
 pub use tenant::{ModelAllowList, TenantId, TenantSpec};

@@ -117,3 +117,15 @@ mod tests {
         assert_eq!(Share::cap(Some(1.0), 16), 16);
     }
 }
+
+/// A project's place inside its tenant's share: the engines split what the tenant is served
+/// between its projects by these weights (a second level of virtual token counters), so a busy
+/// project cannot take what the tenant's other projects are owed. The tenant's share against
+/// other tenants is unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectShare {
+    /// The counter's label: `tenant/project` (`tenant/` for the tenant's keys of no project).
+    pub label: crate::TenantId,
+    /// Its weight among the tenant's projects (1 = an equal split).
+    pub weight: f64,
+}

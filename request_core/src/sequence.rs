@@ -5,7 +5,7 @@
 //!
 //! [`ModelRunner::Decoding`]: crate::runner::ModelRunner::Decoding
 
-use policies::{Share, TenantId};
+use policies::{ProjectShare, Share, TenantId};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ pub struct Sequence<D> {
     pub tenant: TenantId,
     /// The tenant's scheduling terms (weight, class, caps).
     pub share: Share,
+    /// Its project inside the tenant's share (`None`: the tenant's sequences are one group).
+    pub project_share: Option<ProjectShare>,
     /// The tenant's counters in this engine.
     pub counters: Arc<TenantCounters>,
     /// The prompt's token ids.
@@ -105,6 +107,7 @@ impl<D> Sequence<D> {
             id,
             tenant,
             share: Share::default(),
+            project_share: None,
             counters: Arc::default(),
             prompt_ids,
             generated: Vec::new(),
@@ -122,6 +125,15 @@ impl<D> Sequence<D> {
             block_keys: Vec::new(),
             registered_blocks: 0,
             cached_tokens: 0,
+        }
+    }
+
+    /// Its group inside the tenant's share and that group's weight: its project's label, or
+    /// (no project) the tenant's own label, weight 1.
+    pub fn share_group(&self) -> (&str, f64) {
+        match &self.project_share {
+            Some(p) => (p.label.as_str(), p.weight),
+            None => (self.tenant.as_str(), 1.0),
         }
     }
 

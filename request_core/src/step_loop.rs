@@ -219,6 +219,7 @@ impl<R: ModelRunner> RequestCore<R> {
             job.submitted_at,
         );
         sequence.share = job.request.share;
+        sequence.project_share = job.request.project_share.clone();
         sequence.counters = job.counters;
         sequence.fork_of = job.fork_of;
         sequence.cache_root = job.cache_root;

@@ -48,6 +48,8 @@ pub struct Requester {
     pub tenant: TenantId,
     /// The tenant's scheduling terms (weight, priority class, caps, queue bound).
     pub share: Share,
+    /// The caller's project inside the tenant's share.
+    pub project_share: Option<policies::ProjectShare>,
     /// The tenant's tier (`[[models]] tiers` picks pools by it).
     pub tier: Option<String>,
     /// The caller's W3C `traceparent`, forwarded upstream.
@@ -127,6 +129,7 @@ pub(crate) fn generation_request(
         params: request.params.clone(),
         tenant: requester.tenant.clone(),
         share: requester.share,
+        project_share: requester.project_share.clone(),
         traceparent: requester.traceparent.clone(),
         cache_scope: requester.cache_scope.clone(),
     }

@@ -529,6 +529,7 @@ mod tests {
 
     fn requester(tier: Option<&str>) -> Requester {
         Requester {
+            project_share: None,
             tenant: "t".parse().unwrap(),
             share: Default::default(),
             tier: tier.map(str::to_string),
@@ -545,6 +546,7 @@ mod tests {
         let now = Instant::now();
         (0..1000)
             .map(|i| Requester {
+                project_share: None,
                 tenant: format!("t{i}").parse().unwrap(),
                 ..requester(tier)
             })
@@ -671,11 +673,13 @@ mod tests {
         assert_eq!(a.prefix_key(&t), b.prefix_key(&t), "same start, same key");
         assert_ne!(a.prefix_key(&t), text("Hello").prefix_key(&t));
         let other_tenant = Requester {
+            project_share: None,
             tenant: "u".parse().unwrap(),
             ..requester(None)
         };
         assert_ne!(a.prefix_key(&t), a.prefix_key(&other_tenant));
         let group = |tenant: &str| Requester {
+            project_share: None,
             tenant: tenant.parse().unwrap(),
             cache_scope: Some("group\0g".into()),
             ..requester(None)
@@ -696,6 +700,7 @@ mod tests {
 
     fn tenant(name: &str, weight: f64, priority: policies::Priority) -> Requester {
         Requester {
+            project_share: None,
             tenant: name.parse().unwrap(),
             share: policies::Share {
                 weight,

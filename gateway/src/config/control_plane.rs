@@ -54,10 +54,7 @@ impl Default for ControlPlaneConfig {
 impl ControlPlaneConfig {
     /// The PostgreSQL URL, if the store is shared (`GATEWAY_CONTROL_PLANE_URL` over the file).
     pub fn postgres_url(&self) -> Option<String> {
-        std::env::var("GATEWAY_CONTROL_PLANE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .or_else(|| self.url.clone())
+        super::ledger::env_or("GATEWAY_CONTROL_PLANE_URL", &self.url)
     }
 
     /// Where the SQLite store lives.

@@ -40,10 +40,7 @@ impl Default for LedgerConfig {
 impl LedgerConfig {
     /// The PostgreSQL URL, if the ledger is shared (`GATEWAY_LEDGER_URL` over the file).
     pub fn postgres_url(&self) -> Option<String> {
-        std::env::var("GATEWAY_LEDGER_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .or_else(|| self.url.clone())
+        env_or("GATEWAY_LEDGER_URL", &self.url)
     }
 
     /// Where the ledger lives.
@@ -52,6 +49,14 @@ impl LedgerConfig {
             .clone()
             .unwrap_or_else(|| default_data_dir().join("usage.db"))
     }
+}
+
+/// The environment variable `name` when set and not empty, else `value`.
+pub(super) fn env_or(name: &str, value: &Option<String>) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| value.clone())
 }
 
 /// The gateway's state directory (the ledger's default home).

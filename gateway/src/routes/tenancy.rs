@@ -54,7 +54,7 @@ async fn write<T: Send + 'static>(
         .ok_or_else(ApiError::control_plane_disabled)?
         .clone();
     let written = store.call(call).await?;
-    if let Err(e) = store.refresh(state).await {
+    if let Err(e) = store.refresh(state.current_directory()).await {
         tracing::warn!(error = %e, "written, but this replica could not reload yet: it will at its next poll");
     }
     Ok(written)

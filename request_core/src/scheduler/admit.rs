@@ -110,7 +110,8 @@ impl<D> Scheduler<D> {
     }
 
     /// Which waiting sequence of `class` to admit next: the first (preempted ones are at the
-    /// front) of the least-served tenant not at its caps, else (fair share off) the oldest.
+    /// front) of the least-served group (project) of the least-served tenant not at its caps,
+    /// else (fair share off) the oldest.
     pub(super) fn next_waiting(&self, class: Priority) -> Option<usize> {
         let eligible =
             |s: &Sequence<D>| s.share.priority == class && !self.at_cap(s) && self.fork_ready(s);
@@ -123,9 +124,16 @@ impl<D> Scheduler<D> {
                 .filter(|s| eligible(s))
                 .map(|s| s.tenant.as_str()),
         )?;
+        let of_tenant = |s: &&Sequence<D>| s.tenant.as_str() == tenant && eligible(s);
+        let group = self.group_share.pick(
+            self.waiting
+                .iter()
+                .filter(of_tenant)
+                .map(|s| s.share_group().0),
+        )?;
         self.waiting
             .iter()
-            .position(|s| s.tenant.as_str() == tenant && eligible(s))
+            .position(|s| of_tenant(&s) && s.share_group().0 == group)
     }
 
     /// Gives a sequence about to be admitted (holding no block) the longest run of cached

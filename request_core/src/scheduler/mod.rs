@@ -122,6 +122,9 @@ pub struct Scheduler<D> {
     step: u64,
     /// Service received per tenant, for fair admission.
     fair_share: VirtualTokenCounters,
+    /// Service received per group inside its tenant (a project, or the tenant's requests of
+    /// no project), for fair admission among the tenant's own sequences.
+    group_share: VirtualTokenCounters,
     /// Prompt tokens looked up in the prefix cache so far (at first admissions).
     prefix_query_tokens: u64,
     /// Of those, tokens found there.
@@ -156,6 +159,7 @@ impl<D> Scheduler<D> {
             next_admission: 0,
             step: 0,
             fair_share: VirtualTokenCounters::default(),
+            group_share: VirtualTokenCounters::default(),
             prefix_query_tokens: 0,
             prefix_hit_tokens: 0,
         }
@@ -171,8 +175,9 @@ impl<D> Scheduler<D> {
         self.allocator.total() * self.limits.block_size
     }
 
-    /// Queues a new sequence (lifting its tenant's fair-share counter if it was idle). Its
-    /// tenant's `waiting` gauge was raised when it was submitted.
+    /// Queues a new sequence (lifting its tenant's fair-share counter if it was idle, and its
+    /// group's inside the tenant likewise). Its tenant's `waiting` gauge was raised when it was
+    /// submitted.
     pub fn enqueue(&mut self, sequence: Sequence<D>) {
         let tenant = sequence.tenant.as_str();
         let present = |s: &Sequence<D>| s.tenant.as_str() == tenant;
@@ -184,6 +189,17 @@ impl<D> Scheduler<D> {
                 .map(|s| s.tenant.as_str())
                 .collect();
             self.fair_share.activate(tenant, active.into_iter());
+        }
+        let group = sequence.share_group().0;
+        let in_group = |s: &&Sequence<D>| s.share_group().0 == group;
+        let of_tenant = self
+            .waiting
+            .iter()
+            .chain(&self.running)
+            .filter(|s| present(s));
+        if !of_tenant.clone().any(|s| in_group(&s)) {
+            let active: Vec<&str> = of_tenant.map(|s| s.share_group().0).collect();
+            self.group_share.activate(group, active.into_iter());
         }
         self.waiting.push_back(sequence);
     }

@@ -183,5 +183,7 @@ impl<D> Scheduler<D> {
         draft.class_left -= tokens;
         self.fair_share
             .charge(sequence.tenant.as_str(), tokens, sequence.share.weight);
+        let (group, weight) = sequence.share_group();
+        self.group_share.charge(group, tokens, weight);
     }
 }

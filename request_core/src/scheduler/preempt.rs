@@ -193,6 +193,8 @@ impl<D> Scheduler<D> {
             draft.class_left += tokens;
             self.fair_share
                 .refund(sequence.tenant.as_str(), tokens, sequence.share.weight);
+            let (group, weight) = sequence.share_group();
+            self.group_share.refund(group, tokens, weight);
         }
         draft.plan.admitted.retain(|id| *id != sequence.id);
         draft.plan.preempted.push(sequence.id);

@@ -493,6 +493,60 @@ fn weights_set_the_slot_split_that_preemption_restores() {
 }
 
 #[test]
+fn projects_split_their_tenants_share_by_weight_and_leave_the_others_alone() {
+    // Tenant `lab` has two backlogged projects, weights 1 and 3; tenant `other` (no projects)
+    // is as backlogged. Over many short sequences, `lab` and `other` are served alike, and
+    // `lab`'s service splits 1:3 between its projects.
+    let project = |name: &str, weight: f64| policies::ProjectShare {
+        label: "lab".parse::<policies::TenantId>().unwrap().scope(name),
+        weight,
+    };
+    let mut s = Scheduler::new(limits(), 256);
+    let mut keep = Vec::new();
+    let mut next_id = 0;
+    let mut labels = HashMap::new();
+    for _ in 0..60 {
+        for (tenant, group) in [
+            ("lab", Some(project("genomics", 1.0))),
+            ("lab", Some(project("imaging", 3.0))),
+            ("other", None),
+        ] {
+            let (mut q, rx) = sequence_of(next_id, tenant, Share::default(), 2, 2);
+            let label = group
+                .as_ref()
+                .map_or(tenant.to_string(), |g| g.label.to_string());
+            labels.insert(next_id, label);
+            q.project_share = group;
+            keep.push(rx);
+            submit(&mut s, q);
+            next_id += 1;
+        }
+    }
+    let mut served: HashMap<String, usize> = HashMap::new();
+    // 40 steps of at most 8 tokens: far less than the backlogs, which stay backlogged.
+    for _ in 0..40 {
+        let plan = s.plan();
+        for c in &plan.chunks {
+            *served
+                .entry(labels[&s.running[c.index].id].clone())
+                .or_default() += c.tokens;
+        }
+        compute_and_finish(&mut s, &plan);
+    }
+    let of = |label: &str| served.get(label).copied().unwrap_or(0) as f64;
+    let (genomics, imaging, other) = (of("lab/genomics"), of("lab/imaging"), of("other"));
+    let lab = genomics + imaging;
+    assert!(
+        (lab / other - 1.0).abs() < 0.15,
+        "lab {lab} vs other {other}"
+    );
+    assert!(
+        (imaging / genomics - 3.0).abs() < 0.5,
+        "imaging {imaging} vs genomics {genomics}"
+    );
+}
+
+#[test]
 fn a_higher_class_is_admitted_first_and_keeps_its_steps_short() {
     let (mut s, _keep) = flooded_by_batch();
     // The batch tenant is far less served than the newcomer will be, yet the interactive

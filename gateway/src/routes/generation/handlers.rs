@@ -66,6 +66,7 @@ async fn serve(
     let requester = Requester {
         tenant: caller.tenant.id.clone(),
         share: prepared.share,
+        project_share: caller.grant.project_share.clone(),
         tier: caller.tenant.tier.clone(),
         traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
         cache_scope: prepared.cache_scope.clone(),

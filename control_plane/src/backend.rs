@@ -44,6 +44,8 @@ pub(crate) trait Backend: Send {
     fn audit_log(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
     /// Records when keys were last used (the later of the stored and the given time).
     fn touch(&mut self, used: &[(String, i64)]) -> Result<()>;
+    /// When each key was last used, as stored.
+    fn last_used(&mut self) -> Result<Vec<(String, i64)>>;
 }
 
 /// The audit query's `WHERE` clause with placeholders written by `placeholder(n)`, and its

@@ -97,6 +97,12 @@ impl ControlPlane {
         self.backend().audit_log(query)
     }
 
+    /// When each key was last used (key id -> Unix ms): written apart from the snapshot's
+    /// version, so a snapshot's figures may be older.
+    pub fn last_used(&self) -> Result<HashMap<String, i64>> {
+        Ok(self.backend().last_used()?.into_iter().collect())
+    }
+
     /// Records when keys were last used (`(key id, Unix ms)`; the latest of each wins).
     pub fn touch(&self, used: &HashMap<String, i64>) -> Result<()> {
         if used.is_empty() {

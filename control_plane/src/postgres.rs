@@ -197,6 +197,17 @@ impl Backend for PostgresBackend {
         })
     }
 
+    fn last_used(&mut self) -> Result<Vec<(String, i64)>> {
+        self.run(|c| {
+            Ok(
+                c.query("SELECT key_id, last_used_ms FROM cp_key_usage", &[])?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect(),
+            )
+        })
+    }
+
     fn touch(&mut self, used: &[(String, i64)]) -> Result<()> {
         let keys: Vec<&str> = used.iter().map(|(k, _)| k.as_str()).collect();
         let times: Vec<i64> = used.iter().map(|(_, t)| *t).collect();

@@ -152,6 +152,14 @@ impl Backend for SqliteBackend {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn last_used(&mut self) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT key_id, last_used_ms FROM cp_key_usage")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     fn touch(&mut self, used: &[(String, i64)]) -> Result<()> {
         let tx = self.0.transaction()?;
         {

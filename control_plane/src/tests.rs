@@ -290,6 +290,7 @@ fn rotate_revoke_delete(store: ControlPlane) {
         snapshot.key(&old.key.id).unwrap().last_used_at_ms,
         Some(1234)
     );
+    assert_eq!(store.last_used().unwrap()[&old.key.id], 1234);
 }
 
 #[test]

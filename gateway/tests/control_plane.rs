@@ -87,7 +87,7 @@ where
 fn sqlite_config() -> String {
     format!(
         "admin_keys = [\"{admin}\"]\n\
-         [control_plane]\nenabled = true\n\
+         [control_plane]\nenabled = true\nlast_used_flush_secs = 1\n\
          [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n\
          [models.synthetic]\ntokens_per_second = 2000\n\
          [[models]]\nid = \"other\"\nkind = \"synthetic\"\n\
@@ -348,8 +348,19 @@ async fn one_process_on_sqlite_by_role_and_audited() {
     assert!(revoked["revoked_at_ms"].is_i64());
     assert_eq!(complete(&gw, &cardio).await, 401);
     assert_eq!(complete(&gw, &new_cardio).await, 200);
-    let (_, shown) = call(&gw, "GET", &format!("/admin/keys/{cardio_id}"), op, None).await;
-    assert!(shown["last_used_at_ms"].is_null() || shown["last_used_at_ms"].is_i64());
+    // Last use: written by the replica every second here (`last_used_flush_secs`).
+    let used_at = control_plane::now_ms();
+    let (gw_ref, new_id) = (&gw, rotated["id"].as_str().unwrap().to_string());
+    let new_path = format!("/admin/keys/{new_id}");
+    let path_ref = new_path.as_str();
+    let seen = within(Duration::from_secs(10), || async move {
+        let (_, shown) = call(gw_ref, "GET", path_ref, op, None).await;
+        shown["last_used_at_ms"]
+            .as_i64()
+            .is_some_and(|at| at >= used_at - 5_000)
+    })
+    .await;
+    assert!(seen.is_some(), "the key's last use never showed");
 
     // Expiry.
     let (_, brief) = issue(&gw, op, "acme", json!({"expires_in_secs": 1})).await;

@@ -43,6 +43,27 @@ fn snapshot(state: &AppState) -> Result<std::sync::Arc<Snapshot>, ApiError> {
         .ok_or_else(ApiError::control_plane_disabled)
 }
 
+/// `keys` as the admin API shows them, with their last use read from the store (replicas
+/// write it every few seconds without bumping the version, so the cached snapshot lags; an
+/// unreachable store leaves the cached figures).
+async fn key_views<'a>(
+    state: &AppState,
+    keys: impl Iterator<Item = &'a control_plane::Key>,
+) -> Vec<Value> {
+    let fresh = match state.store() {
+        Some(store) => store.call(|s| s.last_used()).await.ok(),
+        None => None,
+    };
+    keys.map(|key| {
+        let mut view = key.view();
+        if let Some(at) = fresh.as_ref().and_then(|f| f.get(&key.id)) {
+            view["last_used_at_ms"] = json!(at);
+        }
+        view
+    })
+    .collect()
+}
+
 /// Runs a write on the store, then reloads this replica's directory so that its next read
 /// shows the write.
 async fn write<T: Send + 'static>(
@@ -211,12 +232,11 @@ pub async fn list_tenant_keys(
     let id = tenant_id(&tenant)?;
     actor.check_read(&id)?;
     let snapshot = snapshot(&state)?;
-    let data: Vec<Value> = snapshot
+    let keys = snapshot
         .keys
         .iter()
-        .filter(|k| k.tenant.as_ref() == Some(&id))
-        .map(|k| k.view())
-        .collect();
+        .filter(|k| k.tenant.as_ref() == Some(&id));
+    let data = key_views(&state, keys).await;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -252,12 +272,8 @@ pub async fn list_admin_keys(
         ));
     }
     let snapshot = snapshot(&state)?;
-    let data: Vec<Value> = snapshot
-        .keys
-        .iter()
-        .filter(|k| k.tenant.is_none())
-        .map(|k| k.view())
-        .collect();
+    let keys = snapshot.keys.iter().filter(|k| k.tenant.is_none());
+    let data = key_views(&state, keys).await;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -297,7 +313,9 @@ pub async fn get_key(
     Extension(actor): Extension<Actor>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(readable_key(&state, &actor, &key)?.view()))
+    let key = readable_key(&state, &actor, &key)?;
+    let view = key_views(&state, std::iter::once(&key)).await;
+    Ok(Json(view.into_iter().next().unwrap_or_default()))
 }
 
 /// `DELETE /admin/keys/{key}`: revoked on every replica within its poll interval. 503 when the

@@ -9,6 +9,7 @@ use crate::model::{AuditEntry, AuditQuery};
 pub(crate) const TENANT: &str = "tenant";
 pub(crate) const PROJECT: &str = "project";
 pub(crate) const KEY: &str = "key";
+pub(crate) const PRICE: &str = "price";
 
 /// Everything stored, as read in one transaction.
 pub(crate) struct Rows {

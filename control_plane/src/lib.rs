@@ -22,10 +22,12 @@ use std::sync::Mutex;
 
 pub use actor::{Actor, Role};
 pub use error::{Result, StoreError};
-pub use model::{now_ms, AuditEntry, AuditQuery, Key, Limits, Project, Snapshot, Tenant};
+pub use model::{
+    now_ms, AuditEntry, AuditQuery, CostMicros, Key, Limits, Price, Project, Snapshot, Tenant,
+};
 pub use writes::{IssuedKey, SeedTenant};
 
-use backend::{Backend, KEY, PROJECT, TENANT};
+use backend::{Backend, KEY, PRICE, PROJECT, TENANT};
 
 /// A connection to the store. Cheap to share behind an `Arc`; calls are serialised.
 pub struct ControlPlane {
@@ -80,6 +82,9 @@ impl ControlPlane {
                     .push(serde_json::from_str(&body).map_err(corrupt)?),
                 PROJECT => snapshot
                     .projects
+                    .push(serde_json::from_str(&body).map_err(corrupt)?),
+                PRICE => snapshot
+                    .prices
                     .push(serde_json::from_str(&body).map_err(corrupt)?),
                 KEY => {
                     let mut key: Key = serde_json::from_str(&body).map_err(corrupt)?;

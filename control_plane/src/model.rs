@@ -289,6 +289,65 @@ impl Key {
     }
 }
 
+/// A model's price from a moment on: per million tokens, in integer minor units of the
+/// centre's currency (cents, won), never floats. A new price is a new version; records keep the
+/// version they were billed at, so a change never rewrites the past.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// The model it prices.
+    pub model: String,
+    /// In force for requests admitted from this time on (Unix ms), until a later version.
+    #[serde(default)]
+    pub effective_from_ms: i64,
+    /// ISO 4217 code of the currency: the gateway's `[control_plane] currency`.
+    #[serde(default)]
+    pub currency: String,
+    /// Minor units per million prompt tokens computed.
+    pub input_per_mtok: u64,
+    /// Minor units per million prompt tokens found in the prefix cache (absent: as
+    /// `input_per_mtok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<u64>,
+    /// Minor units per million generated tokens.
+    pub output_per_mtok: u64,
+    /// Percent taken off requests of the `batch` priority class (0-100).
+    #[serde(default)]
+    pub batch_discount_percent: u8,
+    /// Its id: `model@effective_from_ms`, stored on every record it billed.
+    #[serde(default)]
+    pub version: String,
+    /// When it was set (Unix ms).
+    #[serde(default)]
+    pub created_at_ms: i64,
+}
+
+/// Millionths of a minor unit: a price per million tokens times a token count, exactly.
+pub type CostMicros = i64;
+
+impl Price {
+    /// What a request costs at this price, in millionths of a minor unit (exact: tokens times
+    /// a price per million tokens). `cached` of the `prompt` tokens came from the prefix cache.
+    /// A batch-class request gets the discount, rounded down.
+    pub fn cost_micros(
+        &self,
+        prompt: u64,
+        cached: u64,
+        completion: u64,
+        batch: bool,
+    ) -> CostMicros {
+        let cached = cached.min(prompt);
+        let full = (prompt - cached) as i128 * self.input_per_mtok as i128
+            + cached as i128 * self.cached_input_per_mtok.unwrap_or(self.input_per_mtok) as i128
+            + completion as i128 * self.output_per_mtok as i128;
+        let paid = match batch {
+            true => full * (100 - self.batch_discount_percent.min(100) as i128) / 100,
+            false => full,
+        };
+        paid.min(i64::MAX as i128) as CostMicros
+    }
+}
+
 /// Everything replicas cache, as of one version of the store.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -300,6 +359,8 @@ pub struct Snapshot {
     pub projects: Vec<Project>,
     /// Every key, revoked ones too, by id.
     pub keys: Vec<Key>,
+    /// Every price version of every model.
+    pub prices: Vec<Price>,
 }
 
 impl Snapshot {
@@ -318,6 +379,14 @@ impl Snapshot {
     /// The key `id`.
     pub fn key(&self, id: &str) -> Option<&Key> {
         self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// The price of `model` in force at `at_ms`: its latest version effective by then.
+    pub fn price_at(&self, model: &str, at_ms: i64) -> Option<&Price> {
+        self.prices
+            .iter()
+            .filter(|p| p.model == model && p.effective_from_ms <= at_ms)
+            .max_by_key(|p| p.effective_from_ms)
     }
 }
 

@@ -437,3 +437,100 @@ fn the_audit_log_is_append_only() {
         "admin-op"
     );
 }
+
+#[test]
+fn costs_are_exact_integers_and_batch_gets_its_discount() {
+    let price = Price {
+        model: "m".into(),
+        effective_from_ms: 0,
+        currency: "KRW".into(),
+        input_per_mtok: 1_500,
+        cached_input_per_mtok: Some(300),
+        output_per_mtok: 6_000,
+        batch_discount_percent: 50,
+        version: "m@0".into(),
+        created_at_ms: 0,
+    };
+    // 1000 prompt tokens (200 cached), 333 generated:
+    // 800 * 1500 + 200 * 300 + 333 * 6000 = 1,200,000 + 60,000 + 1,998,000 micro-units.
+    assert_eq!(price.cost_micros(1000, 200, 333, false), 3_258_000);
+    assert_eq!(price.cost_micros(1000, 200, 333, true), 1_629_000);
+    assert_eq!(price.cost_micros(3, 0, 1, true), (3 * 1_500 + 6_000) / 2);
+    assert_eq!(
+        price.cost_micros(10, 99, 0, false),
+        10 * 300,
+        "cached never above the prompt"
+    );
+}
+
+fn prices_by_version(store: ControlPlane) {
+    let op = operator();
+    let invalid = |r: Result<Price>, field: &str| match r {
+        Err(StoreError::Invalid { param, .. }) => assert_eq!(param, field),
+        other => panic!("expected a 400 on `{field}`, got {other:?}"),
+    };
+    invalid(
+        store.set_price(&op, json!({"model": "m", "input_per_mtok": 1, "output_per_mtok": 2, "effective_from_ms": 1}), "EUR"),
+        "effective_from_ms",
+    );
+    invalid(
+        store.set_price(
+            &op,
+            json!({"model": "m", "input_per_mtok": 1, "output_per_mtok": 2, "currency": "USD"}),
+            "EUR",
+        ),
+        "currency",
+    );
+    invalid(
+        store.set_price(
+            &op,
+            json!({"model": "m", "input_per_mtok": 1.5, "output_per_mtok": 2}),
+            "EUR",
+        ),
+        "input_per_mtok",
+    );
+    assert!(matches!(
+        store.set_price(
+            &auditor(),
+            json!({"model": "m", "input_per_mtok": 1, "output_per_mtok": 2}),
+            "EUR"
+        ),
+        Err(StoreError::Forbidden(_))
+    ));
+    let now = now_ms();
+    let first = store
+        .set_price(
+            &op,
+            json!({"model": "m", "input_per_mtok": 100, "output_per_mtok": 200}),
+            "EUR",
+        )
+        .unwrap();
+    let later = store
+        .set_price(
+            &op,
+            json!({"model": "m", "input_per_mtok": 300, "output_per_mtok": 400, "effective_from_ms": now + 3_600_000}),
+            "EUR",
+        )
+        .unwrap();
+    assert_eq!(first.currency, "EUR");
+    let snapshot = store.snapshot().unwrap();
+    assert_eq!(
+        snapshot.price_at("m", now + 1).unwrap().version,
+        first.version
+    );
+    assert_eq!(
+        snapshot.price_at("m", now + 3_600_000).unwrap().version,
+        later.version
+    );
+    assert!(snapshot
+        .price_at("m", first.effective_from_ms - 1)
+        .is_none());
+    assert!(snapshot.price_at("other", now).is_none());
+    let log = store.audit(&AuditQuery::default()).unwrap();
+    assert_eq!(log.iter().filter(|e| e.action == "price.set").count(), 2);
+}
+
+#[test]
+fn prices_by_version_on_both_stores() {
+    on_both(prices_by_version);
+}

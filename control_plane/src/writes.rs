@@ -11,9 +11,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::actor::{Actor, Role};
-use crate::backend::{Tx, KEY, PROJECT, TENANT};
+use crate::backend::{Tx, KEY, PRICE, PROJECT, TENANT};
 use crate::error::{Result, StoreError};
-use crate::model::{now_ms, AuditEntry, Key, Limits, Project, Tenant};
+use crate::model::{now_ms, AuditEntry, Key, Limits, Price, Project, Tenant};
 use crate::ControlPlane;
 
 /// The longest a rotated key may stay valid beside its successor.
@@ -584,6 +584,67 @@ impl ControlPlane {
             Ok(key.clone())
         })?;
         Ok(IssuedKey { key, plaintext })
+    }
+
+    /// Sets a model's price from `effective_from_ms` (default now; never in the past, so no
+    /// record already billed changes) in `currency`, the centre's (operators).
+    pub fn set_price(&self, actor: &Actor, body: Value, currency: &str) -> Result<Price> {
+        actor.check_operator("setting prices")?;
+        let body = object(body)?;
+        refuse_server_fields(&body, &["version"])?;
+        let mut price: Price = parse(Value::Object(body))?;
+        let now = now_ms();
+        if price.model.is_empty() || price.model.len() > 256 {
+            return Err(StoreError::invalid(
+                "model",
+                "`model` must be 1-256 characters",
+            ));
+        }
+        match price.effective_from_ms {
+            0 => price.effective_from_ms = now,
+            // A minute of clock skew between replicas is tolerated.
+            at if at < now - 60_000 => return Err(StoreError::invalid(
+                "effective_from_ms",
+                "`effective_from_ms` is in the past: a price change never rewrites billed requests",
+            )),
+            _ => {}
+        }
+        match price.currency.as_str() {
+            "" => price.currency = currency.to_string(),
+            c if c == currency => {}
+            other => {
+                return Err(StoreError::invalid(
+                    "currency",
+                    format!("prices are in {currency}, the centre's currency, not {other}"),
+                ))
+            }
+        }
+        if price.batch_discount_percent > 100 {
+            return Err(StoreError::invalid(
+                "batch_discount_percent",
+                "`batch_discount_percent` must be 0-100",
+            ));
+        }
+        price.version = format!("{}@{}", price.model, price.effective_from_ms);
+        price.created_at_ms = now;
+        self.write(|tx| {
+            if read::<Price>(tx, PRICE, &price.version)?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "price `{}` exists already",
+                    price.version
+                )));
+            }
+            store(tx, PRICE, &price.version, None, &price)?;
+            let entry = actor.entry(
+                "price.set",
+                format!("price:{}", price.version),
+                None,
+                None,
+                Some(to_json(&price)),
+            );
+            tx.audit(&entry)?;
+            Ok(price.clone())
+        })
     }
 
     /// Checks that `actor` may change `key`.

@@ -13,8 +13,9 @@ use std::time::{Instant, SystemTime};
 use engine_api::Completion;
 use ledger::{unix_ms_now, Ledger, RecordStatus, UsageRecord};
 use opentelemetry::KeyValue;
-use policies::Admission;
+use policies::{Admission, Priority};
 
+use crate::directory::CurrentDirectory;
 use crate::extensions::{Caller, ClientRequestId};
 use crate::metrics::{LatencyHandles, RequestMetrics};
 use crate::state::AppState;
@@ -33,6 +34,11 @@ pub struct BilledPrompt {
 /// One admitted request's bookkeeping. See the module documentation.
 pub struct RequestAccount {
     admission: Admission,
+    /// Where the price list is (the control-plane store's snapshot): read when the record
+    /// closes, for the price in force when the request was admitted.
+    directory: Arc<CurrentDirectory>,
+    /// Billed at the batch discount (the request ran in the `batch` class).
+    batch: bool,
     ledger: Option<Arc<Ledger>>,
     metrics: Arc<RequestMetrics>,
     latencies: Option<LatencyHandles>,
@@ -73,6 +79,8 @@ impl RequestAccount {
         span.record("model", model);
         Self {
             admission,
+            directory: state.current_directory().clone(),
+            batch: caller.tenant.limits.share.priority == Priority::Batch,
             ledger: state.ledger.clone(),
             // Known once the router places the request (`on_routed`).
             latencies: None,
@@ -92,6 +100,9 @@ impl RequestAccount {
                 started_at_ms: unix_ms_now(),
                 ended_at_ms: 0,
                 prompt_tokens_estimated: false,
+                cached_tokens: 0,
+                cost_micros: None,
+                price_version: None,
             },
             replica: None,
             started: Instant::now(),
@@ -167,8 +178,16 @@ impl RequestAccount {
         self.last_token = Some(now);
     }
 
+    /// The request ran in `priority` (the tenant's class, or lower if the request asked):
+    /// the `batch` class is billed at the price's batch discount.
+    pub fn billed_as(mut self, priority: Priority) -> Self {
+        self.batch = priority == Priority::Batch;
+        self
+    }
+
     /// A choice finished in the engine.
     pub fn on_finished(&mut self, completion: &Completion) {
+        self.record.cached_tokens += completion.usage.cached_tokens as u64;
         self.record.finish_reason = Some(completion.finish_reason.as_str().to_string());
         let timing = &completion.timing;
         if let Some(h) = &self.latencies {
@@ -226,6 +245,7 @@ impl RequestAccount {
         self.record.prompt_tokens_estimated =
             self.estimated_prompts > 0 && self.record.prompt_tokens > 0;
         self.record.ended_at_ms = unix_ms_now();
+        self.price();
         let e2e = self.started.elapsed().as_secs_f64();
         if let Some(h) = &self.latencies {
             h.e2e_latency.observe(e2e);
@@ -255,6 +275,28 @@ impl RequestAccount {
             "request finished"
         );
         self.record.clone()
+    }
+}
+
+impl RequestAccount {
+    /// Prices the record at the model's price in force when the request was admitted (none:
+    /// no cost, no version).
+    fn price(&mut self) {
+        let directory = self.directory.get();
+        let r = &mut self.record;
+        let price = directory
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.price_at(&r.model, r.started_at_ms));
+        if let Some(price) = price {
+            r.cost_micros = Some(price.cost_micros(
+                r.prompt_tokens,
+                r.cached_tokens,
+                r.completion_tokens,
+                self.batch,
+            ));
+            r.price_version = Some(price.version.clone());
+        }
     }
 }
 

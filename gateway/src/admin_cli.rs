@@ -31,6 +31,9 @@ enum AdminCommand {
     /// API keys.
     #[command(subcommand)]
     Keys(KeyCommand),
+    /// Prices per model.
+    #[command(subcommand)]
+    Prices(PriceCommand),
     /// Usage from the ledger.
     Usage {
         #[arg(long)]
@@ -176,6 +179,34 @@ enum ProjectCommand {
     },
     /// Delete (disable) a project; its keys stop.
     Delete { tenant: String, project: String },
+}
+
+#[derive(Subcommand)]
+enum PriceCommand {
+    /// Every price version (of one model, with `--model`).
+    List {
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// A new price of a model, in minor units of the centre's currency per million tokens.
+    Set {
+        model: String,
+        /// Per million prompt tokens computed.
+        #[arg(long)]
+        input: u64,
+        /// Per million prompt tokens found in the prefix cache (default: as `--input`).
+        #[arg(long)]
+        cached_input: Option<u64>,
+        /// Per million generated tokens.
+        #[arg(long)]
+        output: u64,
+        /// Percent off for the `batch` class.
+        #[arg(long)]
+        batch_discount: Option<u8>,
+        /// In force from this Unix time in ms (default: now).
+        #[arg(long)]
+        effective_from_ms: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -402,6 +433,44 @@ fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
         A::Keys(KeyCommand::Show { key }) => {
             (Method::GET, format!("/admin/keys/{}", encode(key)), None)
         }
+        A::Prices(PriceCommand::List { model }) => (
+            Method::GET,
+            format!("/admin/prices{}", query(&[("model", model.clone())])),
+            None,
+        ),
+        A::Prices(PriceCommand::Set {
+            model,
+            input,
+            cached_input,
+            output,
+            batch_discount,
+            effective_from_ms,
+        }) => {
+            let body = json!({"model": model, "input_per_mtok": input, "output_per_mtok": output});
+            let Value::Object(body) = body else {
+                unreachable!("an object literal")
+            };
+            let body = with(
+                body,
+                "cached_input_per_mtok",
+                cached_input.map(|c| json!(c)),
+            );
+            let body = with(
+                body,
+                "batch_discount_percent",
+                batch_discount.map(|d| json!(d)),
+            );
+            let body = with(
+                body,
+                "effective_from_ms",
+                effective_from_ms.map(|t| json!(t)),
+            );
+            (
+                Method::POST,
+                "/admin/prices".into(),
+                Some(Value::Object(body)),
+            )
+        }
         A::Usage {
             tenant,
             project,
@@ -505,5 +574,21 @@ mod tests {
             json!({"id": "acme", "name": "ACME & Co", "limits": {"max_concurrent": 4}})
         );
         assert_eq!(encode("a b&c"), "a%20b%26c");
+        let (method, path, body) = call(&[
+            "prices",
+            "set",
+            "m",
+            "--input",
+            "1500",
+            "--output",
+            "6000",
+            "--batch-discount",
+            "50",
+        ]);
+        assert_eq!((method, path.as_str()), (Method::POST, "/admin/prices"));
+        assert_eq!(
+            body.unwrap(),
+            json!({"model": "m", "input_per_mtok": 1500, "output_per_mtok": 6000, "batch_discount_percent": 50})
+        );
     }
 }

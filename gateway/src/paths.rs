@@ -38,6 +38,8 @@ pub const ADMIN_KEY: &str = "/admin/keys/{key}";
 pub const ADMIN_KEY_ROTATE: &str = "/admin/keys/{key}/rotate";
 /// The audit log of every control-plane write.
 pub const ADMIN_AUDIT: &str = "/admin/audit";
+/// Each model's price versions.
+pub const ADMIN_PRICES: &str = "/admin/prices";
 /// `GET /health`.
 pub const HEALTH: &str = "/health";
 /// `GET /ready`.
@@ -69,6 +71,7 @@ pub const ALL: &[&str] = &[
     ADMIN_KEY,
     ADMIN_KEY_ROTATE,
     ADMIN_AUDIT,
+    ADMIN_PRICES,
     HEALTH,
     READY,
     METRICS,

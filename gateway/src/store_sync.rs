@@ -28,6 +28,8 @@ pub struct StoreSync {
     last_used: Mutex<HashMap<String, i64>>,
     poll_interval: Duration,
     flush_interval: Duration,
+    /// ISO 4217 code of prices and costs.
+    currency: String,
 }
 
 impl StoreSync {
@@ -82,8 +84,14 @@ impl StoreSync {
             last_used: Mutex::new(HashMap::new()),
             poll_interval: Duration::from_millis(config.control_plane.poll_interval_ms.max(50)),
             flush_interval: Duration::from_secs(config.control_plane.last_used_flush_secs.max(1)),
+            currency: config.control_plane.currency.clone(),
         });
         Ok((sync, directory))
+    }
+
+    /// The currency of prices and costs (ISO 4217).
+    pub fn currency(&self) -> &str {
+        &self.currency
     }
 
     /// `sqlite` or `postgres`.

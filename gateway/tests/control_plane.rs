@@ -747,3 +747,126 @@ async fn without_a_store_the_file_rules_and_the_admin_api_has_its_own_rate_limit
     assert_eq!(error["error"]["code"], "admin_rate_limit_exceeded");
     assert_eq!(complete(&gw, "sk-file-tenant").await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_record_is_billed_at_the_price_in_force_when_it_was_admitted() {
+    let config = format!(
+        "admin_keys = [\"{admin}\"]\n\
+         [control_plane]\nenabled = true\ncurrency = \"EUR\"\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n\
+         [models.synthetic]\ntokens_per_second = 2000\n\
+         [[tenants]]\nid = \"lab\"\nkeys = [\"{lab}\"]\n\
+         [[tenants]]\nid = \"bulk\"\nkeys = [\"{bulk}\"]\npriority = \"batch\"\n",
+        admin = digest(OPERATOR),
+        lab = digest("sk-lab-priced"),
+        bulk = digest("sk-bulk-priced"),
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let op = OPERATOR;
+    let price = |body: Value| call(&gw, "POST", "/admin/prices", op, Some(body));
+    let (status, v1) = price(json!({"model": "bench", "input_per_mtok": 1500,
+        "cached_input_per_mtok": 300, "output_per_mtok": 6000}))
+    .await;
+    assert_eq!(status, 201, "{v1}");
+    assert_eq!(v1["currency"], "EUR");
+    for (body, param) in [
+        (
+            json!({"model": "bench", "input_per_mtok": 1, "output_per_mtok": 1, "currency": "USD"}),
+            "currency",
+        ),
+        (
+            json!({"model": "bench", "input_per_mtok": 1, "output_per_mtok": 1, "effective_from_ms": 1000}),
+            "effective_from_ms",
+        ),
+        (
+            json!({"model": "bench", "input_per_mtok": -1, "output_per_mtok": 1}),
+            "input_per_mtok",
+        ),
+    ] {
+        let (status, error) = price(body).await;
+        assert_eq!(status, 400, "{error}");
+        assert_eq!(error["error"]["param"], param, "{error}");
+    }
+
+    assert_eq!(complete(&gw, "sk-lab-priced").await, 200);
+    // A new price from 1.5 s on: a request admitted before it is billed at the old one.
+    let from = control_plane::now_ms() + 1500;
+    let (status, v2) = price(json!({"model": "bench", "input_per_mtok": 2000,
+        "output_per_mtok": 9000, "batch_discount_percent": 50, "effective_from_ms": from}))
+    .await;
+    assert_eq!(status, 201, "{v2}");
+    assert_eq!(complete(&gw, "sk-lab-priced").await, 200);
+    tokio::time::sleep(Duration::from_millis(
+        (from - control_plane::now_ms()).max(0) as u64 + 200,
+    ))
+    .await;
+    assert_eq!(complete(&gw, "sk-lab-priced").await, 200);
+    assert_eq!(complete(&gw, "sk-bulk-priced").await, 200);
+
+    let (_, records) = call(&gw, "GET", "/admin/usage/records", op, None).await;
+    let records = records["data"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 4, "{records:?}");
+    let versions: Vec<&str> = records
+        .iter()
+        .map(|r| r["price_version"].as_str().unwrap())
+        .collect();
+    let (v1, v2) = (
+        v1["version"].as_str().unwrap(),
+        v2["version"].as_str().unwrap(),
+    );
+    assert_eq!(versions, [v1, v1, v2, v2]);
+    let n = |r: &Value, field: &str| r[field].as_i64().unwrap();
+    let mut total = 0;
+    for (i, r) in records.iter().enumerate() {
+        let (prompt, cached, completion) = (
+            n(r, "prompt_tokens"),
+            n(r, "cached_tokens"),
+            n(r, "completion_tokens"),
+        );
+        assert!(prompt > 0 && completion > 0, "{r}");
+        let expected = match i {
+            0 | 1 => (prompt - cached) * 1500 + cached * 300 + completion * 6000,
+            2 => prompt * 2000 + completion * 9000,
+            _ => (prompt * 2000 + completion * 9000) * 50 / 100,
+        };
+        assert_eq!(n(r, "cost_micros"), expected, "record {i}: {r}");
+        total += expected;
+    }
+    // The sums, exact and in minor units, per tenant and model.
+    let (_, usage) = call(&gw, "GET", "/admin/usage?group_by=model", op, None).await;
+    assert_eq!(usage["currency"], "EUR");
+    let summed: i64 = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| n(row, "cost_micros"))
+        .sum();
+    assert_eq!(summed, total, "{usage}");
+    let lab = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tenant"] == "lab")
+        .unwrap();
+    assert_eq!(
+        n(lab, "cost"),
+        (n(lab, "cost_micros") + 500_000) / 1_000_000
+    );
+    let csv = gw
+        .client()
+        .get(gw.url("/admin/usage?format=csv"))
+        .bearer_auth(op)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.lines().next().unwrap().contains("cost_micros"), "{csv}");
+    let (status, prices) = call(&gw, "GET", "/admin/prices?model=bench", op, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(prices["data"].as_array().unwrap().len(), 2);
+}

@@ -325,6 +325,9 @@ mod tests {
             prompt_tokens_estimated: false,
             client_request_id: i.is_multiple_of(2).then(|| format!("client-{i}")),
             project: None,
+            cached_tokens: 0,
+            cost_micros: None,
+            price_version: None,
         }
     }
 
@@ -397,6 +400,9 @@ mod postgres_tests {
             prompt_tokens_estimated: false,
             client_request_id: (!i.is_multiple_of(2)).then(|| format!("client-{i}")),
             project: None,
+            cached_tokens: 0,
+            cost_micros: None,
+            price_version: None,
         }
     }
 

@@ -94,13 +94,17 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
         .map(|r| r.client_request_id.as_deref())
         .collect();
     let projects: Vec<Option<&str>> = records.iter().map(|r| r.project.as_deref()).collect();
+    let cached = number(|r| r.cached_tokens as i64);
+    let costs: Vec<Option<i64>> = records.iter().map(|r| r.cost_micros).collect();
+    let versions: Vec<Option<&str>> = records.iter().map(|r| r.price_version.as_deref()).collect();
     let mut tx = client.transaction()?;
     tx.execute(
         &format!(
             "INSERT INTO usage ({RECORD_COLUMNS})
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::text[], $9::text[],
-                                  $10::bigint[], $11::bigint[], $12::boolean[], $13::text[], $14::text[])"
+                                  $10::bigint[], $11::bigint[], $12::boolean[], $13::text[], $14::text[],
+                                  $15::bigint[], $16::bigint[], $17::text[])"
         ),
         &[
             &request_ids,
@@ -117,6 +121,9 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
             &estimated,
             &client_ids,
             &projects,
+            &cached,
+            &costs,
+            &versions,
         ],
     )?;
     tx.commit()
@@ -153,6 +160,7 @@ impl Reader for PostgresReader {
                     row.try_get(4)?,
                     row.try_get(5)?,
                     row.try_get(6)?,
+                    row.try_get(7)?,
                 ))
             })
             .collect()
@@ -180,6 +188,9 @@ impl Reader for PostgresReader {
                     prompt_tokens_estimated: row.try_get(11)?,
                     client_request_id: row.try_get(12)?,
                     project: row.try_get(13)?,
+                    cached_tokens: row.try_get::<_, i64>(14)? as u64,
+                    cost_micros: row.try_get(15)?,
+                    price_version: row.try_get(16)?,
                 })
             })
             .collect()

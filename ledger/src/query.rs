@@ -58,6 +58,10 @@ pub struct UsageRow {
     pub cancelled: u64,
     /// Requests that failed.
     pub failed: u64,
+    /// What they cost, in millionths of a minor unit (requests of unpriced models count 0).
+    pub cost_micros: i64,
+    /// The same in minor units (cents, won), rounded half up from the exact sum.
+    pub cost: i64,
 }
 
 /// A parameter of a query, bound by each store in its own way.
@@ -100,7 +104,7 @@ impl Dialect {
 /// The columns of a record, in the order [`records_sql`] selects them and stores insert them.
 pub(crate) const RECORD_COLUMNS: &str = "request_id, tenant, key_id, model, pool, prompt_tokens, \
      completion_tokens, status, finish_reason, started_at_ms, ended_at_ms, prompt_tokens_estimated, \
-     client_request_id, project";
+     client_request_id, project, cached_tokens, cost_micros, price_version";
 
 impl UsageQuery {
     /// `WHERE` clause and its parameters.
@@ -151,7 +155,8 @@ impl UsageQuery {
             "SELECT tenant, {key} AS k, CAST(COUNT(*) AS BIGINT),
                     CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
                     CAST(SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS BIGINT),
-                    CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT)
+                    CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT),
+                    CAST(SUM(COALESCE(cost_micros, 0)) AS BIGINT)
              FROM usage {filter} GROUP BY tenant, k ORDER BY tenant, k"
         );
         (sql, params)
@@ -175,6 +180,7 @@ impl UsageQuery {
         completion: i64,
         cancelled: i64,
         failed: i64,
+        cost_micros: i64,
     ) -> UsageRow {
         UsageRow {
             tenant,
@@ -192,6 +198,8 @@ impl UsageQuery {
             total_tokens: (prompt + completion) as u64,
             cancelled: cancelled as u64,
             failed: failed as u64,
+            cost_micros,
+            cost: (cost_micros + 500_000).div_euclid(1_000_000),
         }
     }
 }
@@ -217,6 +225,9 @@ mod tests {
             prompt_tokens_estimated: false,
             client_request_id: None,
             project: (tenant == "acme").then(|| format!("p-{model}")),
+            cached_tokens: 2,
+            cost_micros: Some(1_000_003),
+            price_version: Some(format!("{model}@0")),
         }
     }
 
@@ -244,6 +255,8 @@ mod tests {
             ("acme", 3, 45)
         );
         assert_eq!((all[0].cancelled, all[0].failed), (1, 1));
+        assert_eq!(all[0].cost_micros, 3_000_009, "summed exactly");
+        assert_eq!(all[0].cost, 3, "in minor units");
 
         let by_day = ledger
             .usage(&UsageQuery {

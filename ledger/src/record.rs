@@ -66,6 +66,16 @@ pub struct UsageRecord {
     pub prompt_tokens_estimated: bool,
     /// Tokens generated, including those of a cancelled request.
     pub completion_tokens: u64,
+    /// Of the prompt tokens, those found in the prefix cache (not computed; priced apart).
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// What the request cost, in millionths of a minor unit of the centre's currency (`None`:
+    /// its model had no price when it was admitted).
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
+    /// The price version it was billed at (`model@effective_from_ms`).
+    #[serde(default)]
+    pub price_version: Option<String>,
     /// How it ended.
     pub status: RecordStatus,
     /// `stop` / `length` for completed requests (several choices: the last one's).

@@ -147,7 +147,7 @@ impl Drop for Checkpointer {
 /// statement cache by its text).
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
     )
 });
 
@@ -184,6 +184,9 @@ fn insert(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> rusqli
         r.prompt_tokens_estimated,
         r.client_request_id,
         r.project,
+        r.cached_tokens as i64,
+        r.cost_micros,
+        r.price_version,
     ])?;
     Ok(())
 }
@@ -211,6 +214,7 @@ impl Reader for SqliteReader {
                 row.get(4)?,
                 row.get(5)?,
                 row.get(6)?,
+                row.get(7)?,
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -237,6 +241,9 @@ impl Reader for SqliteReader {
                 prompt_tokens_estimated: row.get(11)?,
                 client_request_id: row.get(12)?,
                 project: row.get(13)?,
+                cached_tokens: row.get::<_, i64>(14)? as u64,
+                cost_micros: row.get(15)?,
+                price_version: row.get(16)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -29,6 +29,13 @@ pub struct ControlPlaneConfig {
     /// How often keys' last-use times are written to the store (seconds).
     #[serde(default = "default_last_used_flush_secs")]
     pub last_used_flush_secs: u64,
+    /// ISO 4217 code of the currency prices are set in (integer minor units: cents, won).
+    #[serde(default = "default_currency")]
+    pub currency: String,
+}
+
+fn default_currency() -> String {
+    "USD".into()
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -47,6 +54,7 @@ impl Default for ControlPlaneConfig {
             url: None,
             poll_interval_ms: default_poll_interval_ms(),
             last_used_flush_secs: default_last_used_flush_secs(),
+            currency: default_currency(),
         }
     }
 }

@@ -231,6 +231,12 @@ impl GatewayConfig {
 
     /// Checks what serde cannot: unique model ids, known devices, parseable keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let currency = &self.control_plane.currency;
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(ConfigError::Invalid(format!(
+                "[control_plane] currency: `{currency}` is not an ISO 4217 code (three capital letters, e.g. EUR)"
+            )));
+        }
         if self.server.header_read_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "[server] header_read_timeout_secs must be at least 1".into(),

@@ -81,7 +81,11 @@ pub async fn usage(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     match format {
-        Format::Json => Ok(Json(json!({"object": "list", "data": rows})).into_response()),
+        Format::Json => {
+            // Costs are in the currency prices are set in (only a control-plane store has any).
+            let currency = state.store().map(|s| s.currency().to_string());
+            Ok(Json(json!({"object": "list", "currency": currency, "data": rows})).into_response())
+        }
         Format::Csv => csv_response(&rows, "usage.csv"),
     }
 }

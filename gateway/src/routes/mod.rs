@@ -9,6 +9,7 @@ mod models;
 mod openapi;
 mod pipeline;
 mod pools;
+mod prices;
 mod tenancy;
 mod version;
 
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(paths::ADMIN_KEY_ROTATE, post(tenancy::rotate_key))
         .route(paths::ADMIN_AUDIT, get(tenancy::audit))
+        .route(paths::ADMIN_PRICES, get(prices::list).post(prices::set))
         .route(paths::ADMIN_USAGE, get(admin::usage))
         .route(paths::ADMIN_USAGE_RECORDS, get(admin::usage_records))
         .route(paths::ADMIN_POOLS, get(pools::admin_pools))

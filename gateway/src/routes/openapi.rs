@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use control_plane::{AuditEntry, Key, Limits, Project, Role, Tenant};
+use control_plane::{AuditEntry, Key, Limits, Price, Project, Role, Tenant};
 
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::CompletionRequest;
@@ -254,6 +254,23 @@ fn revoke_key() {}
     security(("admin_key" = [])))]
 fn rotate_key() {}
 
+/// Every model's price versions (`model` to filter).
+#[utoipa::path(get, path = "/admin/prices", tag = "control-plane",
+    responses((status = 200, description = "A `list` of prices", body = [Price])),
+    security(("admin_key" = [])))]
+fn list_prices() {}
+
+/// Sets a model's price from `effective_from_ms` (default now, never in the past): per million
+/// input, cached-input and output tokens in integer minor units of `[control_plane] currency`,
+/// with a batch discount (operators). Records keep the version they were billed at.
+#[utoipa::path(post, path = "/admin/prices", tag = "control-plane",
+    request_body = Price,
+    responses((status = 201, description = "The price version", body = Price),
+        (status = 400, description = "Invalid field, another currency, or a date in the past", body = ErrorBody),
+        (status = 409, description = "That version exists", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn set_price() {}
+
 /// The audit log: every write with who, what, before, after, when and from where (`tenant`,
 /// `after`, `limit`, `format=json|csv`). A tenant-admin reads its own tenant's entries.
 #[utoipa::path(get, path = "/admin/audit", tag = "control-plane",
@@ -320,8 +337,8 @@ impl Modify for Security {
         admin_usage, admin_usage_records, admin_pools, create_tenant, get_tenant, update_tenant,
         delete_tenant, list_projects, create_project, get_project, update_project, delete_project,
         list_tenant_keys, issue_tenant_key, list_admin_keys, issue_admin_key, get_key, revoke_key,
-        rotate_key, audit, health, ready, metrics, version, openapi),
-    components(schemas(ErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role)),
+        rotate_key, audit, list_prices, set_price, health, ready, metrics, version, openapi),
+    components(schemas(ErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role, Price)),
     modifiers(&Security)
 )]
 struct ApiDoc;

@@ -26,7 +26,7 @@ fn tenant_id(text: &str) -> Result<TenantId, ApiError> {
 }
 
 /// A JSON body, or a 400 in OpenAI's shape.
-fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+pub(super) fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
@@ -35,7 +35,7 @@ fn json_body(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// The store's snapshot this replica serves from, or a 400 when tenants come from the file.
-fn snapshot(state: &AppState) -> Result<std::sync::Arc<Snapshot>, ApiError> {
+pub(super) fn snapshot(state: &AppState) -> Result<std::sync::Arc<Snapshot>, ApiError> {
     state
         .directory()
         .snapshot
@@ -66,7 +66,7 @@ async fn key_views<'a>(
 
 /// Runs a write on the store, then reloads this replica's directory so that its next read
 /// shows the write.
-async fn write<T: Send + 'static>(
+pub(super) async fn write<T: Send + 'static>(
     state: &AppState,
     call: impl FnOnce(&ControlPlane) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {

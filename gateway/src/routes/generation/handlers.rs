@@ -96,7 +96,8 @@ async fn serve(
         &prepared.meta.model,
         &billed,
         admission,
-    );
+    )
+    .billed_as(requester.share.priority);
     let relay = Relay::new(streams, prepared.choices, billed, account);
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {

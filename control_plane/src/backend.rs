@@ -10,6 +10,8 @@ pub(crate) const TENANT: &str = "tenant";
 pub(crate) const PROJECT: &str = "project";
 pub(crate) const KEY: &str = "key";
 pub(crate) const PRICE: &str = "price";
+pub(crate) const GRANT: &str = "grant";
+pub(crate) const BUDGET: &str = "budget";
 
 /// Everything stored, as read in one transaction.
 pub(crate) struct Rows {
@@ -31,6 +33,16 @@ pub(crate) trait Tx {
     fn count(&mut self, kind: &str) -> Result<i64>;
     /// Appends to the audit log (its `seq` is the store's).
     fn audit(&mut self, entry: &AuditEntry) -> Result<()>;
+    /// What `allowance` has used, its row locked until the transaction ends (created at 0).
+    fn lock_used(&mut self, allowance: &str) -> Result<i64>;
+    /// What live reservations (expiring after `now_ms`) hold against `allowance`.
+    fn reserved(&mut self, allowance: &str, now_ms: i64) -> Result<i64>;
+    /// Holds `amount` of `allowance` for request `id` until `expires_ms`.
+    fn reserve(&mut self, id: &str, allowance: &str, amount: i64, expires_ms: i64) -> Result<()>;
+    /// Ends request `id`'s reservations: `(allowance, amount)` of each.
+    fn release(&mut self, id: &str) -> Result<Vec<(String, i64)>>;
+    /// Adds `amount` to what `allowance` has used.
+    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<()>;
 }
 
 /// A store's connection.
@@ -41,6 +53,14 @@ pub(crate) trait Backend: Send {
     fn load(&mut self) -> Result<Rows>;
     /// Runs `work` in one transaction after bumping the version; commits if it succeeds.
     fn write(&mut self, work: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Runs `work` in one transaction that changes nothing replicas cache (reservations and
+    /// usage of allowances): the version stays.
+    fn transact(&mut self, work: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Extends the leases of requests `ids` to `expires_ms`; forgets reservations expired
+    /// before `forget_before_ms`.
+    fn renew(&mut self, ids: &[String], expires_ms: i64, forget_before_ms: i64) -> Result<()>;
+    /// What every allowance has used.
+    fn allowance_use(&mut self) -> Result<Vec<(String, i64)>>;
     /// Audit entries, oldest first.
     fn audit_log(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
     /// Records when keys were last used (the later of the stored and the given time).

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod actor;
+mod allowances;
 mod backend;
 mod error;
 mod model;
@@ -21,13 +22,16 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub use actor::{Actor, Role};
+pub use allowances::{
+    any_allowance, AllowanceUse, Budget, Grant, Period, Reservation, Shortfall, Unit, Usage,
+};
 pub use error::{Result, StoreError};
 pub use model::{
     now_ms, AuditEntry, AuditQuery, CostMicros, Key, Limits, Price, Project, Snapshot, Tenant,
 };
 pub use writes::{IssuedKey, SeedTenant};
 
-use backend::{Backend, KEY, PRICE, PROJECT, TENANT};
+use backend::{Backend, BUDGET, GRANT, KEY, PRICE, PROJECT, TENANT};
 
 /// A connection to the store. Cheap to share behind an `Arc`; calls are serialised.
 pub struct ControlPlane {
@@ -82,6 +86,12 @@ impl ControlPlane {
                     .push(serde_json::from_str(&body).map_err(corrupt)?),
                 PROJECT => snapshot
                     .projects
+                    .push(serde_json::from_str(&body).map_err(corrupt)?),
+                GRANT => snapshot
+                    .grants
+                    .push(serde_json::from_str(&body).map_err(corrupt)?),
+                BUDGET => snapshot
+                    .budgets
                     .push(serde_json::from_str(&body).map_err(corrupt)?),
                 PRICE => snapshot
                     .prices

@@ -361,6 +361,10 @@ pub struct Snapshot {
     pub keys: Vec<Key>,
     /// Every price version of every model.
     pub prices: Vec<Price>,
+    /// Every grant, expired ones too.
+    pub grants: Vec<crate::Grant>,
+    /// Every budget.
+    pub budgets: Vec<crate::Budget>,
 }
 
 impl Snapshot {

@@ -101,6 +101,54 @@ impl Tx for PostgresTx<'_, '_> {
         Ok(row.get(0))
     }
 
+    fn lock_used(&mut self, allowance: &str) -> Result<i64> {
+        self.0.execute(
+            "INSERT INTO cp_allowance_use (allowance, used) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+            &[&allowance],
+        )?;
+        // Held until the transaction ends: the replicas' reservations of one allowance queue
+        // here, each seeing the ones before it.
+        let row = self.0.query_one(
+            "SELECT used FROM cp_allowance_use WHERE allowance = $1 FOR UPDATE",
+            &[&allowance],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn reserved(&mut self, allowance: &str, now_ms: i64) -> Result<i64> {
+        let row = self.0.query_one(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM cp_reservations
+             WHERE allowance = $1 AND expires_ms > $2",
+            &[&allowance, &now_ms],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn reserve(&mut self, id: &str, allowance: &str, amount: i64, expires_ms: i64) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO cp_reservations (id, allowance, amount, expires_ms) VALUES ($1, $2, $3, $4)",
+            &[&id, &allowance, &amount, &expires_ms],
+        )?;
+        Ok(())
+    }
+
+    fn release(&mut self, id: &str) -> Result<Vec<(String, i64)>> {
+        let rows = self.0.query(
+            "DELETE FROM cp_reservations WHERE id = $1 RETURNING allowance, amount",
+            &[&id],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO cp_allowance_use (allowance, used) VALUES ($1, $2)
+             ON CONFLICT (allowance) DO UPDATE SET used = cp_allowance_use.used + excluded.used",
+            &[&allowance, &amount],
+        )?;
+        Ok(())
+    }
+
     fn audit(&mut self, e: &AuditEntry) -> Result<()> {
         let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
         self.0.execute(
@@ -164,6 +212,42 @@ impl Backend for PostgresBackend {
             work(&mut PostgresTx(&mut tx))?;
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn transact(&mut self, work: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            work(&mut PostgresTx(&mut tx))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn renew(&mut self, ids: &[String], expires_ms: i64, forget_before_ms: i64) -> Result<()> {
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "UPDATE cp_reservations SET expires_ms = $2 WHERE id = ANY($1)",
+                &[&ids, &expires_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM cp_reservations WHERE expires_ms < $1",
+                &[&forget_before_ms],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn allowance_use(&mut self) -> Result<Vec<(String, i64)>> {
+        self.run(|c| {
+            Ok(
+                c.query("SELECT allowance, used FROM cp_allowance_use", &[])?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect(),
+            )
         })
     }
 

@@ -65,6 +65,56 @@ impl Tx for SqliteTx<'_> {
         )?)
     }
 
+    fn lock_used(&mut self, allowance: &str) -> Result<i64> {
+        // The transaction is IMMEDIATE: it holds the database's write lock already.
+        self.0.execute(
+            "INSERT INTO cp_allowance_use (allowance, used) VALUES (?1, 0) ON CONFLICT DO NOTHING",
+            [allowance],
+        )?;
+        Ok(self.0.query_row(
+            "SELECT used FROM cp_allowance_use WHERE allowance = ?1",
+            [allowance],
+            |row| row.get(0),
+        )?)
+    }
+
+    fn reserved(&mut self, allowance: &str, now_ms: i64) -> Result<i64> {
+        Ok(self.0.query_row(
+            "SELECT COALESCE(SUM(amount), 0) FROM cp_reservations
+             WHERE allowance = ?1 AND expires_ms > ?2",
+            (allowance, now_ms),
+            |row| row.get(0),
+        )?)
+    }
+
+    fn reserve(&mut self, id: &str, allowance: &str, amount: i64, expires_ms: i64) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO cp_reservations (id, allowance, amount, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            (id, allowance, amount, expires_ms),
+        )?;
+        Ok(())
+    }
+
+    fn release(&mut self, id: &str) -> Result<Vec<(String, i64)>> {
+        let parts = self
+            .0
+            .prepare("SELECT allowance, amount FROM cp_reservations WHERE id = ?1")?
+            .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        self.0
+            .execute("DELETE FROM cp_reservations WHERE id = ?1", [id])?;
+        Ok(parts)
+    }
+
+    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO cp_allowance_use (allowance, used) VALUES (?1, ?2)
+             ON CONFLICT (allowance) DO UPDATE SET used = used + excluded.used",
+            (allowance, amount),
+        )?;
+        Ok(())
+    }
+
     fn audit(&mut self, e: &AuditEntry) -> Result<()> {
         let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
         self.0.execute(
@@ -122,6 +172,40 @@ impl Backend for SqliteBackend {
         work(&mut SqliteTx(&tx))?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn transact(&mut self, work: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let tx = self
+            .0
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        work(&mut SqliteTx(&tx))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn renew(&mut self, ids: &[String], expires_ms: i64, forget_before_ms: i64) -> Result<()> {
+        let tx = self.0.transaction()?;
+        {
+            let mut statement =
+                tx.prepare_cached("UPDATE cp_reservations SET expires_ms = ?2 WHERE id = ?1")?;
+            for id in ids {
+                statement.execute((id, expires_ms))?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM cp_reservations WHERE expires_ms < ?1",
+            [forget_before_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn allowance_use(&mut self) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT allowance, used FROM cp_allowance_use")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     fn audit_log(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {

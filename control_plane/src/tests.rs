@@ -534,3 +534,222 @@ fn prices_by_version(store: ControlPlane) {
 fn prices_by_version_on_both_stores() {
     on_both(prices_by_version);
 }
+
+/// Two connections to one store, as two replicas have.
+fn two_connections(test: fn(ControlPlane, ControlPlane)) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.db");
+    test(
+        ControlPlane::open_sqlite(&path).unwrap(),
+        ControlPlane::open_sqlite(&path).unwrap(),
+    );
+    let server = ledger::test_server::PostgresServer::start();
+    let url = server.database("allowances");
+    test(
+        ControlPlane::connect_postgres(&url).unwrap(),
+        ControlPlane::connect_postgres(&url).unwrap(),
+    );
+}
+
+fn grants_hold_under_concurrency(a: ControlPlane, b: ControlPlane) {
+    let op = operator();
+    a.create_tenant(&op, json!({"id": "lab"})).unwrap();
+    a.create_project(&op, &id("lab"), json!({"id": "p"}))
+        .unwrap();
+    let now = now_ms();
+    a.create_grant(
+        &op,
+        json!({"id": "g-early", "tenant": "lab", "project": "p", "unit": "tokens",
+               "amount": 1000, "expires_at_ms": now + 3_600_000}),
+    )
+    .unwrap();
+    a.create_grant(
+        &op,
+        json!({"id": "g-late", "tenant": "lab", "unit": "tokens", "amount": 300,
+               "expires_at_ms": now + 7_200_000}),
+    )
+    .unwrap();
+    let snapshot = std::sync::Arc::new(a.snapshot().unwrap());
+    let stores = [std::sync::Arc::new(a), std::sync::Arc::new(b)];
+    let most = Usage {
+        tokens: 150,
+        micros: 0,
+    };
+    let charged = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (store, snapshot, charged) = (stores[t % 2].clone(), snapshot.clone(), &charged);
+            scope.spawn(move || loop {
+                match store
+                    .reserve(&snapshot, &id("lab"), Some("p"), most, 60_000)
+                    .unwrap()
+                {
+                    Ok(Some(held)) => {
+                        std::thread::sleep(std::time::Duration::from_millis(3));
+                        store.settle(&held.id, most).unwrap();
+                        charged.lock().unwrap().push(held.grant.unwrap());
+                    }
+                    Ok(None) => panic!("the grants apply"),
+                    Err(shortfall) => {
+                        assert!(shortfall.message.contains("g-early"), "{shortfall:?}");
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let charged = charged.into_inner().unwrap();
+    // 1000 tokens hold six requests of 150 and 300 two more: in order of expiry, never past.
+    assert_eq!(
+        charged.iter().filter(|g| *g == "g-early").count(),
+        6,
+        "{charged:?}"
+    );
+    assert_eq!(
+        charged.iter().filter(|g| *g == "g-late").count(),
+        2,
+        "{charged:?}"
+    );
+    let uses = stores[0].allowance_use().unwrap();
+    let used = |id: &str| uses.iter().find(|u| u.id == id).unwrap().used;
+    assert_eq!((used("g-early"), used("g-late")), (900, 300));
+
+    // A reservation whose replica died lapses with its lease.
+    a_lease_lapses(&stores[1], &snapshot);
+}
+
+fn a_lease_lapses(store: &ControlPlane, snapshot: &Snapshot) {
+    let op = operator();
+    store.create_tenant(&op, json!({"id": "solo"})).unwrap();
+    store
+        .create_grant(
+            &op,
+            json!({"id": "g-solo", "tenant": "solo", "unit": "tokens", "amount": 100,
+                   "expires_at_ms": now_ms() + 3_600_000}),
+        )
+        .unwrap();
+    let snapshot = Snapshot {
+        grants: store.snapshot().unwrap().grants,
+        ..snapshot.clone()
+    };
+    let most = Usage {
+        tokens: 80,
+        micros: 0,
+    };
+    let first = store
+        .reserve(&snapshot, &id("solo"), None, most, 300)
+        .unwrap();
+    assert!(matches!(first, Ok(Some(_))));
+    assert!(store
+        .reserve(&snapshot, &id("solo"), None, most, 300)
+        .unwrap()
+        .is_err());
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let again = store
+        .reserve(&snapshot, &id("solo"), None, most, 60_000)
+        .unwrap();
+    assert!(
+        matches!(again, Ok(Some(_))),
+        "the lapsed hold gave its room back"
+    );
+}
+
+#[test]
+fn grants_hold_under_concurrency_on_both_stores() {
+    two_connections(grants_hold_under_concurrency);
+}
+
+fn budgets_and_expiry(store: ControlPlane) {
+    let op = operator();
+    store.create_tenant(&op, json!({"id": "lab"})).unwrap();
+    let now = now_ms();
+    store
+        .create_budget(
+            &op,
+            json!({"id": "daily", "tenant": "lab", "period": "day", "amount": 1}),
+        )
+        .unwrap();
+    let snapshot = store.snapshot().unwrap();
+    let most = Usage {
+        tokens: 10,
+        micros: 400_000,
+    };
+    for _ in 0..2 {
+        let held = store
+            .reserve(&snapshot, &id("lab"), None, most, 60_000)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        store.settle(&held.id, most).unwrap();
+    }
+    let refused = store
+        .reserve(&snapshot, &id("lab"), None, most, 60_000)
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.message.contains("daily"), "{refused:?}");
+    let uses = store.allowance_use().unwrap();
+    assert_eq!(uses[0].used, 800_000);
+    assert_eq!(
+        uses[0].period.as_deref().unwrap().len(),
+        10,
+        "a day: YYYY-MM-DD"
+    );
+    // A grant that expired names itself.
+    store
+        .create_grant(
+            &op,
+            json!({"id": "g-past", "tenant": "lab", "unit": "money", "amount": 5,
+                   "starts_at_ms": now - 7_200_000, "expires_at_ms": now - 3_600_000}),
+        )
+        .unwrap();
+    let snapshot = store.snapshot().unwrap();
+    let refused = store
+        .reserve(&snapshot, &id("lab"), None, most, 60_000)
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        refused.message.contains("g-past") && refused.message.contains("expired"),
+        "{refused:?}"
+    );
+    // Nobody else is touched.
+    store.create_tenant(&op, json!({"id": "free"})).unwrap();
+    assert_eq!(
+        store
+            .reserve(&snapshot, &id("free"), None, most, 60_000)
+            .unwrap(),
+        Ok(None)
+    );
+    assert!(matches!(
+        store.create_grant(
+            &op,
+            json!({"tenant": "lab", "unit": "tokens", "amount": 0, "expires_at_ms": now + 1})
+        ),
+        Err(StoreError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn budgets_and_expiry_on_both_stores() {
+    on_both(budgets_and_expiry);
+}
+
+#[test]
+fn utc_periods() {
+    let budget = Budget {
+        id: "b".into(),
+        tenant: id("t"),
+        project: None,
+        period: Period::Month,
+        amount: 1,
+        created_at_ms: 0,
+    };
+    // 2024-02-29T23:59:59.999Z, a leap day.
+    assert_eq!(budget.period_at(1_709_251_199_999).0, "2024-02");
+    let day = Budget {
+        period: Period::Day,
+        ..budget
+    };
+    assert_eq!(day.period_at(1_709_251_199_999).0, "2024-02-29");
+    assert_eq!(day.period_at(1_709_251_200_000).0, "2024-03-01");
+    assert_eq!(day.period_at(0).1, "budget:b:1970-01-01");
+}

@@ -82,6 +82,13 @@ fn object(body: Value) -> Result<Map<String, Value>> {
     }
 }
 
+/// A request body as a `T`: an object, without fields only the store sets.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: Value, server_fields: &[&str]) -> Result<T> {
+    let body = object(body)?;
+    refuse_server_fields(&body, server_fields)?;
+    parse(Value::Object(body))
+}
+
 /// Refuses fields only the store sets.
 fn refuse_server_fields(body: &Map<String, Value>, also: &[&str]) -> Result<()> {
     match SERVER_FIELDS
@@ -644,6 +651,42 @@ impl ControlPlane {
             );
             tx.audit(&entry)?;
             Ok(price.clone())
+        })
+    }
+
+    /// Stores a new object of `kind` for `tenant` (and `project`, which must exist): 409 if
+    /// `id` is taken; audited as `{kind}.create`.
+    pub(crate) fn create_object<T: serde::Serialize + Clone>(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        id: &str,
+        tenant: &TenantId,
+        project: Option<&str>,
+        object: T,
+    ) -> Result<T> {
+        self.write(|tx| {
+            live_tenant(tx, tenant)?;
+            if let Some(project) = project {
+                let path = format!("{tenant}/{project}");
+                read::<Project>(tx, PROJECT, &path)?
+                    .ok_or_else(|| StoreError::NotFound(format!("no project `{path}`")))?;
+            }
+            if tx.get(kind, id)?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "{kind} `{id}` exists already"
+                )));
+            }
+            store(tx, kind, id, Some(tenant), &object)?;
+            let entry = actor.entry(
+                &format!("{kind}.create"),
+                format!("{kind}:{id}"),
+                Some(tenant),
+                None,
+                Some(to_json(&object)),
+            );
+            tx.audit(&entry)?;
+            Ok(object.clone())
         })
     }
 

@@ -19,7 +19,9 @@ use crate::directory::CurrentDirectory;
 use crate::extensions::{Caller, ClientRequestId};
 use crate::metrics::{LatencyHandles, RequestMetrics};
 use crate::state::AppState;
+use crate::store_sync::AllowanceHold;
 use crate::telemetry;
+use control_plane::Usage;
 
 /// A prompt's tokens as admission billed them: the engine's own count replaces them when it
 /// comes (a remote upstream's `usage`).
@@ -39,6 +41,8 @@ pub struct RequestAccount {
     directory: Arc<CurrentDirectory>,
     /// Billed at the batch discount (the request ran in the `batch` class).
     batch: bool,
+    /// Its reservation against grants and budgets, settled with its real use at the end.
+    allowance: Option<AllowanceHold>,
     ledger: Option<Arc<Ledger>>,
     metrics: Arc<RequestMetrics>,
     latencies: Option<LatencyHandles>,
@@ -81,6 +85,7 @@ impl RequestAccount {
             admission,
             directory: state.current_directory().clone(),
             batch: caller.tenant.limits.share.priority == Priority::Batch,
+            allowance: None,
             ledger: state.ledger.clone(),
             // Known once the router places the request (`on_routed`).
             latencies: None,
@@ -185,6 +190,12 @@ impl RequestAccount {
         self
     }
 
+    /// The request's reservation against grants and budgets, to settle when it ends.
+    pub fn holding(mut self, allowance: Option<AllowanceHold>) -> Self {
+        self.allowance = allowance;
+        self
+    }
+
     /// A choice finished in the engine.
     pub fn on_finished(&mut self, completion: &Completion) {
         self.record.cached_tokens += completion.usage.cached_tokens as u64;
@@ -246,6 +257,12 @@ impl RequestAccount {
             self.estimated_prompts > 0 && self.record.prompt_tokens > 0;
         self.record.ended_at_ms = unix_ms_now();
         self.price();
+        if let Some(hold) = self.allowance.take() {
+            hold.settle(Usage {
+                tokens: self.record.total_tokens().min(i64::MAX as u64) as i64,
+                micros: self.record.cost_micros.unwrap_or(0),
+            });
+        }
         let e2e = self.started.elapsed().as_secs_f64();
         if let Some(h) = &self.latencies {
             h.e2e_latency.observe(e2e);

@@ -34,6 +34,20 @@ enum AdminCommand {
     /// Prices per model.
     #[command(subcommand)]
     Prices(PriceCommand),
+    /// Grants: allocations of tokens or money with a start and an expiry.
+    #[command(subcommand)]
+    Grants(GrantCommand),
+    /// Budgets in money per day or month.
+    #[command(subcommand)]
+    Budgets(BudgetCommand),
+    /// What each grant and budget has used.
+    Allowances {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `json` or `csv`.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Usage from the ledger.
     Usage {
         #[arg(long)]
@@ -179,6 +193,57 @@ enum ProjectCommand {
     },
     /// Delete (disable) a project; its keys stop.
     Delete { tenant: String, project: String },
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Every grant you may read.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// A new grant (operators).
+    Create {
+        tenant: String,
+        /// `tokens` or `money` (minor units).
+        #[arg(long)]
+        unit: String,
+        #[arg(long)]
+        amount: i64,
+        /// Valid until this Unix time in ms.
+        #[arg(long)]
+        expires_at_ms: i64,
+        /// Valid from this Unix time in ms (default: now).
+        #[arg(long)]
+        starts_at_ms: Option<i64>,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// Every budget you may read.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// A new budget (operators): minor units of money per `day` or `month`.
+    Create {
+        tenant: String,
+        #[arg(long)]
+        period: String,
+        #[arg(long)]
+        amount: i64,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -433,6 +498,68 @@ fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
         A::Keys(KeyCommand::Show { key }) => {
             (Method::GET, format!("/admin/keys/{}", encode(key)), None)
         }
+        A::Grants(GrantCommand::List { tenant }) => (
+            Method::GET,
+            format!("/admin/grants{}", query(&[("tenant", tenant.clone())])),
+            None,
+        ),
+        A::Grants(GrantCommand::Create {
+            tenant,
+            unit,
+            amount,
+            expires_at_ms,
+            starts_at_ms,
+            project,
+            id,
+            name,
+        }) => {
+            let mut body = Map::new();
+            body.insert("tenant".into(), json!(tenant));
+            body.insert("unit".into(), json!(unit));
+            body.insert("amount".into(), json!(amount));
+            body.insert("expires_at_ms".into(), json!(expires_at_ms));
+            let body = with(body, "starts_at_ms", starts_at_ms.map(|t| json!(t)));
+            let body = with(body, "project", text(project));
+            let body = with(body, "id", text(id));
+            let body = with(body, "name", text(name));
+            (
+                Method::POST,
+                "/admin/grants".into(),
+                Some(Value::Object(body)),
+            )
+        }
+        A::Budgets(BudgetCommand::List { tenant }) => (
+            Method::GET,
+            format!("/admin/budgets{}", query(&[("tenant", tenant.clone())])),
+            None,
+        ),
+        A::Budgets(BudgetCommand::Create {
+            tenant,
+            period,
+            amount,
+            project,
+            id,
+        }) => {
+            let mut body = Map::new();
+            body.insert("tenant".into(), json!(tenant));
+            body.insert("period".into(), json!(period));
+            body.insert("amount".into(), json!(amount));
+            let body = with(body, "project", text(project));
+            let body = with(body, "id", text(id));
+            (
+                Method::POST,
+                "/admin/budgets".into(),
+                Some(Value::Object(body)),
+            )
+        }
+        A::Allowances { tenant, format } => (
+            Method::GET,
+            format!(
+                "/admin/allowances{}",
+                query(&[("tenant", tenant.clone()), ("format", format.clone())])
+            ),
+            None,
+        ),
         A::Prices(PriceCommand::List { model }) => (
             Method::GET,
             format!("/admin/prices{}", query(&[("model", model.clone())])),
@@ -446,10 +573,10 @@ fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
             batch_discount,
             effective_from_ms,
         }) => {
-            let body = json!({"model": model, "input_per_mtok": input, "output_per_mtok": output});
-            let Value::Object(body) = body else {
-                unreachable!("an object literal")
-            };
+            let mut body = Map::new();
+            body.insert("model".into(), json!(model));
+            body.insert("input_per_mtok".into(), json!(input));
+            body.insert("output_per_mtok".into(), json!(output));
             let body = with(
                 body,
                 "cached_input_per_mtok",
@@ -574,6 +701,22 @@ mod tests {
             json!({"id": "acme", "name": "ACME & Co", "limits": {"max_concurrent": 4}})
         );
         assert_eq!(encode("a b&c"), "a%20b%26c");
+        let (_, path, body) = call(&[
+            "grants",
+            "create",
+            "lab",
+            "--unit",
+            "tokens",
+            "--amount",
+            "50000000",
+            "--expires-at-ms",
+            "1800000000000",
+        ]);
+        assert_eq!(path, "/admin/grants");
+        assert_eq!(
+            body.unwrap(),
+            json!({"tenant": "lab", "unit": "tokens", "amount": 50_000_000, "expires_at_ms": 1_800_000_000_000_i64})
+        );
         let (method, path, body) = call(&[
             "prices",
             "set",

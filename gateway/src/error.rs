@@ -184,6 +184,17 @@ impl ApiError {
         e
     }
 
+    /// 429: a grant or budget has no room for the request (or none is active): OpenAI's
+    /// `insufficient_quota`, with a message that names it.
+    pub fn allowance_exhausted(message: &str) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            message.to_string(),
+        )
+        .with_code("insufficient_quota")
+    }
+
     /// 400: a write that needs the control-plane store, on a gateway without one.
     pub fn control_plane_disabled() -> Self {
         Self::invalid_request(

@@ -40,6 +40,12 @@ pub const ADMIN_KEY_ROTATE: &str = "/admin/keys/{key}/rotate";
 pub const ADMIN_AUDIT: &str = "/admin/audit";
 /// Each model's price versions.
 pub const ADMIN_PRICES: &str = "/admin/prices";
+/// Grants: allocations with a start and an expiry.
+pub const ADMIN_GRANTS: &str = "/admin/grants";
+/// Budgets in money per day or month.
+pub const ADMIN_BUDGETS: &str = "/admin/budgets";
+/// What each grant and budget has used.
+pub const ADMIN_ALLOWANCES: &str = "/admin/allowances";
 /// `GET /health`.
 pub const HEALTH: &str = "/health";
 /// `GET /ready`.
@@ -72,6 +78,9 @@ pub const ALL: &[&str] = &[
     ADMIN_KEY_ROTATE,
     ADMIN_AUDIT,
     ADMIN_PRICES,
+    ADMIN_GRANTS,
+    ADMIN_BUDGETS,
+    ADMIN_ALLOWANCES,
     HEALTH,
     READY,
     METRICS,

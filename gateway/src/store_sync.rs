@@ -4,13 +4,14 @@
 //! is never read per request; while it cannot be reached the replica serves the last directory it
 //! built, and writes through the admin API fail with 503.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use control_plane::{ControlPlane, Snapshot, StoreError};
+use control_plane::{ControlPlane, Shortfall, Snapshot, StoreError, Usage};
+use policies::TenantId;
 
 use crate::config::GatewayConfig;
 use crate::directory::{CurrentDirectory, Directory};
@@ -30,6 +31,36 @@ pub struct StoreSync {
     flush_interval: Duration,
     /// ISO 4217 code of prices and costs.
     currency: String,
+    /// Reservations against grants and budgets of requests in flight here: their leases are
+    /// renewed until they settle.
+    holds: Mutex<HashSet<String>>,
+    /// How long a reservation lasts unless renewed.
+    lease: Duration,
+}
+
+/// A request's reservation against grants and budgets: settled with its real use when the
+/// request ends, or with none if it is dropped unsettled (refused after admission). Settling
+/// never blocks the request: the store call runs on its own task.
+pub struct AllowanceHold {
+    id: String,
+    sync: Arc<StoreSync>,
+    settled: bool,
+}
+
+impl AllowanceHold {
+    /// Ends the reservation: `used` goes to the allowances it held.
+    pub fn settle(mut self, used: Usage) {
+        self.settled = true;
+        self.sync.clone().end(self.id.clone(), used);
+    }
+}
+
+impl Drop for AllowanceHold {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.sync.clone().end(self.id.clone(), Usage::default());
+        }
+    }
 }
 
 impl StoreSync {
@@ -42,7 +73,7 @@ impl StoreSync {
     ) -> anyhow::Result<(Arc<Self>, Directory)> {
         let settings = config.control_plane.clone();
         let seeds = config.seed_tenants()?;
-        let file_tenants = config.tenants.len();
+        let file_tenants: Vec<TenantId> = config.tenants.iter().map(|t| t.id.clone()).collect();
         let (store, seeded, snapshot) = tokio::task::spawn_blocking(move || {
             let store = match settings.postgres_url() {
                 Some(url) => ControlPlane::connect_postgres(&url)?,
@@ -54,16 +85,27 @@ impl StoreSync {
         })
         .await?
         .context("opening the control-plane store")?;
-        match (seeded, file_tenants) {
-            (true, n) => tracing::info!(
+        // The file's tenants that the store does not hold: the ones an operator may expect to
+        // see and will not (another replica of the fleet, with the same file, seeded the rest).
+        let missing: Vec<&str> = file_tenants
+            .iter()
+            .filter(|t| snapshot.tenant(t).is_none())
+            .map(TenantId::as_str)
+            .collect();
+        match (seeded, file_tenants.len(), missing.is_empty()) {
+            (true, n, _) => tracing::info!(
                 store = store.kind(),
                 tenants = n,
                 "control-plane store seeded from the configuration file's [[tenants]]; from now on it is the source of tenants and keys"
             ),
-            (false, 0) => {}
-            (false, n) => tracing::warn!(
+            (false, 0, _) => {}
+            (false, _, true) => tracing::info!(
                 store = store.kind(),
-                ignored = n,
+                "the control-plane store holds the tenants (seeded before); the configuration file's [[tenants]] are not read again"
+            ),
+            (false, _, false) => tracing::warn!(
+                store = store.kind(),
+                ignored = %missing.join(", "),
                 "the configuration file's [[tenants]] are ignored: the control-plane store holds the tenants (one source of truth); change them through /admin or `gateway admin`"
             ),
         }
@@ -85,6 +127,8 @@ impl StoreSync {
             poll_interval: Duration::from_millis(config.control_plane.poll_interval_ms.max(50)),
             flush_interval: Duration::from_secs(config.control_plane.last_used_flush_secs.max(1)),
             currency: config.control_plane.currency.clone(),
+            holds: Mutex::new(HashSet::new()),
+            lease: Duration::from_secs(config.control_plane.allowance_lease_secs.max(1)),
         });
         Ok((sync, directory))
     }
@@ -184,6 +228,74 @@ impl StoreSync {
         }
     }
 
+    /// Reserves `most` for a request of `tenant` (and `project`) against the grants and budgets
+    /// that apply (`Ok(Ok(None))`: none does); a shortfall names the allowance.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        snapshot: Arc<Snapshot>,
+        tenant: TenantId,
+        project: Option<String>,
+        most: Usage,
+    ) -> Result<Result<Option<AllowanceHold>, Shortfall>, StoreError> {
+        let lease_ms = self.lease.as_millis() as i64;
+        let reserved = self
+            .call(move |s| s.reserve(&snapshot, &tenant, project.as_deref(), most, lease_ms))
+            .await?;
+        Ok(reserved.map(|held| {
+            held.map(|r| {
+                self.holds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(r.id.clone());
+                AllowanceHold {
+                    id: r.id,
+                    sync: self.clone(),
+                    settled: false,
+                }
+            })
+        }))
+    }
+
+    /// Settles reservation `id` on a task of its own (retried while the store is away: the
+    /// lease keeps it held meanwhile, and lapses if this process dies).
+    fn end(self: Arc<Self>, id: String, used: Usage) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            for attempt in 0..30u32 {
+                let held = id.clone();
+                match self.call(move |s| s.settle(&held, used)).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt, "allowance settlement failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            self.holds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    }
+
+    /// Renews the leases of this replica's reservations.
+    async fn renew(&self) {
+        let ids: Vec<String> = self
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let lease_ms = self.lease.as_millis() as i64;
+        let _ = self.call(move |s| s.renew(&ids, lease_ms)).await;
+    }
+
     /// Polls the store and flushes last-use times until the process ends.
     pub fn spawn(self: &Arc<Self>, current: Arc<CurrentDirectory>) {
         let sync = self.clone();
@@ -192,6 +304,8 @@ impl StoreSync {
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut flush = tokio::time::interval(sync.flush_interval);
             flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut renew = tokio::time::interval(sync.lease / 3);
+            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = poll.tick() => {
@@ -199,6 +313,7 @@ impl StoreSync {
                         let _ = sync.refresh(&current).await;
                     }
                     _ = flush.tick() => sync.flush().await,
+                    _ = renew.tick() => sync.renew().await,
                 }
             }
         });

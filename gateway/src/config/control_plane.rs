@@ -32,6 +32,15 @@ pub struct ControlPlaneConfig {
     /// ISO 4217 code of the currency prices are set in (integer minor units: cents, won).
     #[serde(default = "default_currency")]
     pub currency: String,
+    /// How long a request's reservation against grants and budgets lasts unless its replica
+    /// renews it (every third of it, while the request runs): a replica killed mid-request
+    /// gives its reservations back within this.
+    #[serde(default = "default_allowance_lease_secs")]
+    pub allowance_lease_secs: u64,
+}
+
+fn default_allowance_lease_secs() -> u64 {
+    30
 }
 
 fn default_currency() -> String {
@@ -55,6 +64,7 @@ impl Default for ControlPlaneConfig {
             poll_interval_ms: default_poll_interval_ms(),
             last_used_flush_secs: default_last_used_flush_secs(),
             currency: default_currency(),
+            allowance_lease_secs: default_allowance_lease_secs(),
         }
     }
 }

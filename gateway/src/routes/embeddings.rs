@@ -48,9 +48,10 @@ pub async fn embed(State(state): State<AppState>, request: Request) -> Response 
     let response = async {
         let model = incoming.model_state();
         let (prepared, cost) = prepare_embedding(&incoming.caller, &incoming.body, model)?;
-        let admission = pipeline::admit(&state, &incoming.caller, cost).await?;
+        let (admission, hold) =
+            pipeline::admit(&state, &incoming.caller, &prepared.model_id, cost).await?;
         let limits = RateLimitSnapshot(admission.status.clone());
-        let response = run(&state, &incoming, cost, prepared, admission).await?;
+        let response = run(&state, &incoming, cost, prepared, admission, hold).await?;
         Ok::<_, ApiError>(pipeline::with_limits(response, limits))
     };
     incoming.label(response.await.unwrap_or_else(IntoResponse::into_response))
@@ -174,6 +175,7 @@ async fn run(
     cost: RequestCost,
     prepared: PreparedEmbedding,
     admission: Admission,
+    hold: Option<crate::store_sync::AllowanceHold>,
 ) -> Result<Response, ApiError> {
     // A remote upstream counts the input itself; admission could only estimate it.
     let billed = BilledPrompt {
@@ -188,7 +190,8 @@ async fn run(
         &prepared.model_id,
         &[billed],
         admission,
-    );
+    )
+    .holding(hold);
     let outcome = match prepared.work {
         Work::Local(model, inputs) => {
             account.on_routed("local", &Arc::from("cpu"));

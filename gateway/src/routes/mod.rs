@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per endpoint family, assembled here with the tower layers.
 
 mod admin;
+mod allowances;
 mod embeddings;
 mod generation;
 mod health;
@@ -83,6 +84,15 @@ pub fn router(state: AppState) -> Router {
         .route(paths::ADMIN_KEY_ROTATE, post(tenancy::rotate_key))
         .route(paths::ADMIN_AUDIT, get(tenancy::audit))
         .route(paths::ADMIN_PRICES, get(prices::list).post(prices::set))
+        .route(
+            paths::ADMIN_GRANTS,
+            get(allowances::list_grants).post(allowances::create_grant),
+        )
+        .route(
+            paths::ADMIN_BUDGETS,
+            get(allowances::list_budgets).post(allowances::create_budget),
+        )
+        .route(paths::ADMIN_ALLOWANCES, get(allowances::report))
         .route(paths::ADMIN_USAGE, get(admin::usage))
         .route(paths::ADMIN_USAGE_RECORDS, get(admin::usage_records))
         .route(paths::ADMIN_POOLS, get(pools::admin_pools))

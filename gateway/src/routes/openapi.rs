@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use control_plane::{AuditEntry, Key, Limits, Price, Project, Role, Tenant};
+use control_plane::{AuditEntry, Budget, Grant, Key, Limits, Price, Project, Role, Tenant};
 
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::CompletionRequest;
@@ -271,6 +271,39 @@ fn list_prices() {}
     security(("admin_key" = [])))]
 fn set_price() {}
 
+/// Grants (`tenant` to filter).
+#[utoipa::path(get, path = "/admin/grants", tag = "control-plane",
+    responses((status = 200, description = "A `list` of grants", body = [Grant])),
+    security(("admin_key" = [])))]
+fn list_grants() {}
+
+/// Creates a grant (operators): `tenant`, optional `project`, `unit` (`tokens` or `money`),
+/// `amount` (tokens, or minor units), `starts_at_ms` (default now), `expires_at_ms`.
+#[utoipa::path(post, path = "/admin/grants", tag = "control-plane",
+    request_body = Grant,
+    responses((status = 201, description = "The grant", body = Grant)),
+    security(("admin_key" = [])))]
+fn create_grant() {}
+
+/// Budgets (`tenant` to filter).
+#[utoipa::path(get, path = "/admin/budgets", tag = "control-plane",
+    responses((status = 200, description = "A `list` of budgets", body = [Budget])),
+    security(("admin_key" = [])))]
+fn list_budgets() {}
+
+/// Creates a budget in money per `day` or `month` (operators).
+#[utoipa::path(post, path = "/admin/budgets", tag = "control-plane",
+    request_body = Budget,
+    responses((status = 201, description = "The budget", body = Budget)),
+    security(("admin_key" = [])))]
+fn create_budget() {}
+
+/// What each grant, and each budget per period, has used (`tenant`, `format=json|csv`).
+#[utoipa::path(get, path = "/admin/allowances", tag = "control-plane",
+    responses((status = 200, description = "A `list` of lines: amount, used, remaining")),
+    security(("admin_key" = [])))]
+fn allowances() {}
+
 /// The audit log: every write with who, what, before, after, when and from where (`tenant`,
 /// `after`, `limit`, `format=json|csv`). A tenant-admin reads its own tenant's entries.
 #[utoipa::path(get, path = "/admin/audit", tag = "control-plane",
@@ -337,8 +370,9 @@ impl Modify for Security {
         admin_usage, admin_usage_records, admin_pools, create_tenant, get_tenant, update_tenant,
         delete_tenant, list_projects, create_project, get_project, update_project, delete_project,
         list_tenant_keys, issue_tenant_key, list_admin_keys, issue_admin_key, get_key, revoke_key,
-        rotate_key, audit, list_prices, set_price, health, ready, metrics, version, openapi),
-    components(schemas(ErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role, Price)),
+        rotate_key, audit, list_prices, set_price, list_grants, create_grant, list_budgets,
+        create_budget, allowances, health, ready, metrics, version, openapi),
+    components(schemas(ErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role, Price, Grant, Budget)),
     modifiers(&Security)
 )]
 struct ApiDoc;

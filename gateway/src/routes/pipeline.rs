@@ -17,6 +17,8 @@ use crate::extensions::{Caller, ClientRequestId, RateLimitSnapshot, ServedModel}
 use crate::models::ModelState;
 use crate::openai::json::{model_name, read_body};
 use crate::state::AppState;
+use crate::store_sync::AllowanceHold;
+use control_plane::Usage;
 
 /// What admitting a request costs, in tokens: known once its prompts (or inputs) are rendered
 /// and sized.
@@ -115,7 +117,64 @@ pub async fn read(state: &AppState, request: Request) -> Result<Incoming, ApiErr
 /// A key of a project, or with limits of its own, is admitted against those scopes too, widest
 /// first: the request needs room in every one, and a refusal by a narrower scope gives back
 /// what the wider ones granted (the admissions are dropped unstarted).
+///
+/// A tenant or project with grants or budgets (in the control-plane store) then reserves the
+/// request's most against them, in the store: tokens, and their cost at `model`'s price now
+/// (the batch discount is settled, not reserved). A shortfall is a 429 `insufficient_quota`
+/// naming the grant or budget.
 pub async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    cost: RequestCost,
+) -> Result<(Admission, Option<AllowanceHold>), ApiError> {
+    let admission = admit_quotas(state, caller, cost).await?;
+    let hold = reserve_allowances(state, caller, model, cost).await?;
+    Ok((admission, hold))
+}
+
+/// Reserves the request's most against the grants and budgets that apply, if any.
+async fn reserve_allowances(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    cost: RequestCost,
+) -> Result<Option<AllowanceHold>, ApiError> {
+    let (Some(store), Some(snapshot)) = (state.store(), state.directory().snapshot.clone()) else {
+        return Ok(None);
+    };
+    if !control_plane::any_allowance(&snapshot, &caller.tenant.id, caller.project.as_deref()) {
+        return Ok(None);
+    }
+    let generated = cost.reserved_tokens.saturating_sub(cost.prompt_tokens);
+    let micros = snapshot
+        .price_at(model, control_plane::now_ms())
+        .map_or(0, |p| {
+            p.cost_micros(cost.prompt_tokens, 0, generated, false)
+        });
+    let most = Usage {
+        tokens: cost.reserved_tokens.min(i64::MAX as u64) as i64,
+        micros,
+    };
+    let project = caller.project.as_deref().map(str::to_string);
+    match store
+        .reserve(snapshot, caller.tenant.id.clone(), project, most)
+        .await?
+    {
+        Ok(hold) => Ok(hold),
+        Err(shortfall) => {
+            tracing::info!(reason = %shortfall.message, "request refused by an allowance");
+            state
+                .requests
+                .count_rejection(&caller.tenant.id, "allowance");
+            Err(ApiError::allowance_exhausted(&shortfall.message))
+        }
+    }
+}
+
+/// The request's quota admissions: its tenant's, and its project's and key's when they set
+/// limits of their own.
+async fn admit_quotas(
     state: &AppState,
     caller: &Caller,
     cost: RequestCost,

@@ -5,6 +5,8 @@
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use policies::Admission;
+
+use crate::store_sync::AllowanceHold;
 use routing::Requester;
 
 use super::prepare::{prepare_generation, PreparedGeneration};
@@ -45,9 +47,9 @@ async fn validate_admit_serve(
     let caller = &incoming.caller;
     let model = incoming.model_state();
     let (prepared, cost) = prepare_generation(state, endpoint, caller, &incoming.body, model)?;
-    let admission = pipeline::admit(state, caller, cost).await?;
+    let (admission, hold) = pipeline::admit(state, caller, &prepared.meta.model, cost).await?;
     let limits = RateLimitSnapshot(admission.status.clone());
-    let response = serve(state, incoming, prepared, admission).await?;
+    let response = serve(state, incoming, prepared, admission, hold).await?;
     Ok(pipeline::with_limits(response, limits))
 }
 
@@ -58,6 +60,7 @@ async fn serve(
     incoming: &Incoming,
     mut prepared: PreparedGeneration,
     admission: Admission,
+    hold: Option<AllowanceHold>,
 ) -> Result<Response, ApiError> {
     if let Some(granted) = admission.shortened_to() {
         prepared.fit_to(granted);
@@ -97,7 +100,8 @@ async fn serve(
         &billed,
         admission,
     )
-    .billed_as(requester.share.priority);
+    .billed_as(requester.share.priority)
+    .holding(hold);
     let relay = Relay::new(streams, prepared.choices, billed, account);
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {

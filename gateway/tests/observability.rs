@@ -350,9 +350,10 @@ async fn the_daily_budget_survives_a_restart_and_usage_exports_as_csv() {
     assert_eq!(
         rows,
         [
-            "tenant,model,requests,prompt_tokens,completion_tokens,total_tokens,cancelled,failed",
-            "a,bench,2,6,20,26,0,0",
-            "b,bench,1,3,10,13,0,0",
+            "tenant,model,requests,prompt_tokens,completion_tokens,total_tokens,cancelled,failed,cost_micros,cost",
+            // No prices here (no control-plane store): nothing costs anything.
+            "a,bench,2,6,20,26,0,0,0,0",
+            "b,bench,1,3,10,13,0,0,0,0",
         ]
     );
     let (status, bad) = gw.get("/admin/usage?group_by=week", Some(ADMIN_KEY)).await;

@@ -120,6 +120,17 @@ pub struct Shortfall {
     pub message: String,
 }
 
+/// One allowance's use around a settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The store's key of the allowance (`grant:<unit>:<id>`, `budget:<id>:<period>`).
+    pub key: String,
+    /// Its use before (tokens, or millionths of a minor unit).
+    pub before: i64,
+    /// And after.
+    pub after: i64,
+}
+
 /// An allowance's use, for reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AllowanceUse {
@@ -145,7 +156,7 @@ impl Grant {
     }
 
     /// Its amount in the unit its use is counted in (money: millionths of a minor unit).
-    fn capacity(&self) -> i64 {
+    pub fn capacity(&self) -> i64 {
         match self.unit {
             Unit::Tokens => self.amount,
             Unit::Money => self.amount.saturating_mul(1_000_000),
@@ -390,19 +401,29 @@ impl ControlPlane {
     }
 
     /// Ends a reservation: its hold goes, `used` (never above what was reserved) is added to
-    /// the allowances it held.
-    pub fn settle(&self, reservation: &str, used: Usage) -> Result<()> {
+    /// the allowances it held. Returns each allowance's use before and after, read in the same
+    /// transaction: of all replicas, exactly one sees a threshold crossed.
+    pub fn settle(&self, reservation: &str, used: Usage) -> Result<Vec<Settled>> {
+        let mut settled = Vec::new();
         self.backend().transact(&mut |tx: &mut dyn Tx| {
+            settled.clear();
             for (key, reserved) in tx.release(reservation)? {
                 // Token grants count tokens; money grants and budgets, cost.
                 let amount = match key.starts_with("grant:tokens:") {
                     true => used.tokens,
                     false => used.micros,
-                };
-                tx.add_used(&key, amount.clamp(0, reserved))?;
+                }
+                .clamp(0, reserved);
+                let after = tx.add_used(&key, amount)?;
+                settled.push(Settled {
+                    key,
+                    before: after - amount,
+                    after,
+                });
             }
             Ok(())
-        })
+        })?;
+        Ok(settled)
     }
 
     /// Extends the leases of reservations `ids` by `lease_ms` from now; forgets reservations

@@ -41,8 +41,8 @@ pub(crate) trait Tx {
     fn reserve(&mut self, id: &str, allowance: &str, amount: i64, expires_ms: i64) -> Result<()>;
     /// Ends request `id`'s reservations: `(allowance, amount)` of each.
     fn release(&mut self, id: &str) -> Result<Vec<(String, i64)>>;
-    /// Adds `amount` to what `allowance` has used.
-    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<()>;
+    /// Adds `amount` to what `allowance` has used; returns the new figure.
+    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<i64>;
 }
 
 /// A store's connection.

@@ -23,7 +23,8 @@ use std::sync::Mutex;
 
 pub use actor::{Actor, Role};
 pub use allowances::{
-    any_allowance, AllowanceUse, Budget, Grant, Period, Reservation, Shortfall, Unit, Usage,
+    any_allowance, AllowanceUse, Budget, Grant, Period, Reservation, Settled, Shortfall, Unit,
+    Usage,
 };
 pub use error::{Result, StoreError};
 pub use model::{

@@ -140,13 +140,14 @@ impl Tx for PostgresTx<'_, '_> {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<()> {
-        self.0.execute(
+    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<i64> {
+        let row = self.0.query_one(
             "INSERT INTO cp_allowance_use (allowance, used) VALUES ($1, $2)
-             ON CONFLICT (allowance) DO UPDATE SET used = cp_allowance_use.used + excluded.used",
+             ON CONFLICT (allowance) DO UPDATE SET used = cp_allowance_use.used + excluded.used
+             RETURNING used",
             &[&allowance, &amount],
         )?;
-        Ok(())
+        Ok(row.get(0))
     }
 
     fn audit(&mut self, e: &AuditEntry) -> Result<()> {

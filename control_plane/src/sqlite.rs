@@ -106,13 +106,14 @@ impl Tx for SqliteTx<'_> {
         Ok(parts)
     }
 
-    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<()> {
-        self.0.execute(
+    fn add_used(&mut self, allowance: &str, amount: i64) -> Result<i64> {
+        Ok(self.0.query_row(
             "INSERT INTO cp_allowance_use (allowance, used) VALUES (?1, ?2)
-             ON CONFLICT (allowance) DO UPDATE SET used = used + excluded.used",
+             ON CONFLICT (allowance) DO UPDATE SET used = used + excluded.used
+             RETURNING used",
             (allowance, amount),
-        )?;
-        Ok(())
+            |row| row.get(0),
+        )?)
     }
 
     fn audit(&mut self, e: &AuditEntry) -> Result<()> {

@@ -674,13 +674,16 @@ fn budgets_and_expiry(store: ControlPlane) {
         tokens: 10,
         micros: 400_000,
     };
-    for _ in 0..2 {
+    for round in 0..2 {
         let held = store
             .reserve(&snapshot, &id("lab"), None, most, 60_000)
             .unwrap()
             .unwrap()
             .unwrap();
-        store.settle(&held.id, most).unwrap();
+        let settled = store.settle(&held.id, most).unwrap();
+        assert_eq!(settled.len(), 1);
+        let expected = (round * 400_000, (round + 1) * 400_000);
+        assert_eq!((settled[0].before, settled[0].after), expected);
     }
     let refused = store
         .reserve(&snapshot, &id("lab"), None, most, 60_000)

@@ -175,7 +175,7 @@ pub async fn serve_as(
         config.telemetry.metrics,
     );
     if let Some(sync) = control_plane {
-        sync.spawn(state.current_directory().clone());
+        sync.spawn(state.current_directory().clone(), state.requests.clone());
         let _ = state.control_plane.set(sync);
     }
     if let Some(ledger) = &ledger {

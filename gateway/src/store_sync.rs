@@ -15,6 +15,8 @@ use policies::TenantId;
 
 use crate::config::GatewayConfig;
 use crate::directory::{CurrentDirectory, Directory};
+use crate::metrics::RequestMetrics;
+use crate::metrics::{AllowanceLabels, CrossingLabels};
 
 /// The store, and what this replica last took from it.
 pub struct StoreSync {
@@ -36,6 +38,13 @@ pub struct StoreSync {
     holds: Mutex<HashSet<String>>,
     /// How long a reservation lasts unless renewed.
     lease: Duration,
+    /// Thresholds (percent) at which an allowance's use is reported.
+    thresholds: Vec<u8>,
+    /// Where crossings are POSTed.
+    webhook: Option<String>,
+    /// What alerts need once serving: the directory (grants' and budgets' amounts) and the
+    /// metrics (set by `spawn`).
+    watch: std::sync::OnceLock<(Arc<CurrentDirectory>, Arc<RequestMetrics>)>,
 }
 
 /// A request's reservation against grants and budgets: settled with its real use when the
@@ -129,6 +138,9 @@ impl StoreSync {
             currency: config.control_plane.currency.clone(),
             holds: Mutex::new(HashSet::new()),
             lease: Duration::from_secs(config.control_plane.allowance_lease_secs.max(1)),
+            thresholds: config.control_plane.alert_thresholds_percent.clone(),
+            webhook: config.control_plane.alert_webhook_url.clone(),
+            watch: std::sync::OnceLock::new(),
         });
         Ok((sync, directory))
     }
@@ -266,7 +278,10 @@ impl StoreSync {
             for attempt in 0..30u32 {
                 let held = id.clone();
                 match self.call(move |s| s.settle(&held, used)).await {
-                    Ok(()) => break,
+                    Ok(settled) => {
+                        self.alert(&settled);
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, attempt, "allowance settlement failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -278,6 +293,86 @@ impl StoreSync {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
         });
+    }
+
+    /// Updates the use gauges of the allowances a settlement touched, and reports the
+    /// thresholds it crossed (this replica's settlement is the one that crossed them).
+    fn alert(&self, settled: &[control_plane::Settled]) {
+        let Some((current, metrics)) = self.watch.get() else {
+            return;
+        };
+        let directory = current.get();
+        let Some(snapshot) = directory.snapshot.as_ref() else {
+            return;
+        };
+        for s in settled {
+            let Some(allowance) = Allowance::of(snapshot, &s.key) else {
+                continue;
+            };
+            metrics
+                .allowance_used
+                .get_or_create(&allowance.labels())
+                .set(s.after as f64 / allowance.capacity.max(1) as f64);
+            for &t in &self.thresholds {
+                let line = allowance.capacity as i128 * t as i128;
+                if (s.before as i128) * 100 < line && (s.after as i128) * 100 >= line {
+                    metrics
+                        .allowance_crossings
+                        .get_or_create(&CrossingLabels {
+                            kind: allowance.kind.into(),
+                            id: allowance.id.clone(),
+                            threshold: t.to_string(),
+                        })
+                        .inc();
+                    tracing::warn!(kind = allowance.kind, id = %allowance.id, tenant = %allowance.tenant, threshold = t, "an allowance crossed an alert threshold");
+                    if let Some(url) = &self.webhook {
+                        post_alert(url.clone(), allowance.event(t, s.after));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets every allowance's use gauge from the store (every replica, every flush).
+    async fn refresh_gauges(&self) {
+        let Some((current, metrics)) = self.watch.get() else {
+            return;
+        };
+        let Ok(uses) = self.call(|s| s.allowance_use()).await else {
+            return;
+        };
+        let directory = current.get();
+        let Some(snapshot) = directory.snapshot.as_ref() else {
+            return;
+        };
+        let now = control_plane::now_ms();
+        for g in &snapshot.grants {
+            let used = uses
+                .iter()
+                .find(|u| u.kind == "grant" && u.id == g.id)
+                .map_or(0, |u| u.used);
+            if let Some(a) = Allowance::of(snapshot, &g.key()) {
+                metrics
+                    .allowance_used
+                    .get_or_create(&a.labels())
+                    .set(used as f64 / a.capacity.max(1) as f64);
+            }
+        }
+        for b in &snapshot.budgets {
+            let (period, key) = b.period_at(now);
+            let used = uses
+                .iter()
+                .find(|u| {
+                    u.kind == "budget" && u.id == b.id && u.period.as_deref() == Some(&period)
+                })
+                .map_or(0, |u| u.used);
+            if let Some(a) = Allowance::of(snapshot, &key) {
+                metrics
+                    .allowance_used
+                    .get_or_create(&a.labels())
+                    .set(used as f64 / a.capacity.max(1) as f64);
+            }
+        }
     }
 
     /// Renews the leases of this replica's reservations.
@@ -297,7 +392,8 @@ impl StoreSync {
     }
 
     /// Polls the store and flushes last-use times until the process ends.
-    pub fn spawn(self: &Arc<Self>, current: Arc<CurrentDirectory>) {
+    pub fn spawn(self: &Arc<Self>, current: Arc<CurrentDirectory>, metrics: Arc<RequestMetrics>) {
+        let _ = self.watch.set((current.clone(), metrics));
         let sync = self.clone();
         tokio::spawn(async move {
             let mut poll = tokio::time::interval(sync.poll_interval);
@@ -312,7 +408,10 @@ impl StoreSync {
                         // Errors are noted (and logged once) by `call`.
                         let _ = sync.refresh(&current).await;
                     }
-                    _ = flush.tick() => sync.flush().await,
+                    _ = flush.tick() => {
+                        sync.flush().await;
+                        sync.refresh_gauges().await;
+                    }
                     _ = renew.tick() => sync.renew().await,
                 }
             }
@@ -335,4 +434,117 @@ impl StoreSync {
             }
         }
     }
+}
+
+/// A grant or budget as alerts name it.
+struct Allowance {
+    kind: &'static str,
+    id: String,
+    tenant: String,
+    project: Option<String>,
+    unit: &'static str,
+    period: Option<String>,
+    /// Its amount as it is announced (tokens, or minor units).
+    amount: i64,
+    /// Its amount in the unit its use is counted in (money: millionths of a minor unit).
+    capacity: i64,
+}
+
+impl Allowance {
+    /// The allowance behind a store key, if the snapshot knows it.
+    fn of(snapshot: &Snapshot, key: &str) -> Option<Self> {
+        let mut parts = key.splitn(3, ':');
+        match (parts.next()?, parts.next()?, parts.next()) {
+            ("grant", _, Some(id)) => {
+                let g = snapshot.grants.iter().find(|g| g.id == id)?;
+                Some(Self {
+                    kind: "grant",
+                    id: g.id.clone(),
+                    tenant: g.tenant.to_string(),
+                    project: g.project.clone(),
+                    unit: match g.unit {
+                        control_plane::Unit::Tokens => "tokens",
+                        control_plane::Unit::Money => "money",
+                    },
+                    period: None,
+                    amount: g.amount,
+                    capacity: g.capacity(),
+                })
+            }
+            ("budget", id, Some(period)) => {
+                let b = snapshot.budgets.iter().find(|b| b.id == id)?;
+                Some(Self {
+                    kind: "budget",
+                    id: b.id.clone(),
+                    tenant: b.tenant.to_string(),
+                    project: b.project.clone(),
+                    unit: "money",
+                    period: Some(period.to_string()),
+                    amount: b.amount,
+                    capacity: b.amount.saturating_mul(1_000_000),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn labels(&self) -> AllowanceLabels {
+        AllowanceLabels {
+            kind: self.kind.into(),
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// The webhook's body for crossing `threshold` at `used` (in the counting unit).
+    fn event(&self, threshold: u8, used: i64) -> serde_json::Value {
+        let used = match self.unit {
+            "money" => (used + 500_000).div_euclid(1_000_000),
+            _ => used,
+        };
+        serde_json::json!({
+            "type": "allowance.threshold",
+            "kind": self.kind,
+            "id": self.id,
+            "tenant": self.tenant,
+            "project": self.project,
+            "period": self.period,
+            "unit": self.unit,
+            "amount": self.amount,
+            "used": used,
+            "threshold_percent": threshold,
+            "at_ms": control_plane::now_ms(),
+        })
+    }
+}
+
+/// POSTs an alert to the operator's webhook on a task of its own (three tries, 5 s each).
+fn post_alert(url: String, event: serde_json::Value) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+        {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "alert webhook: no HTTP client");
+                return;
+            }
+        };
+        for attempt in 1..=3 {
+            match client.post(&url).json(&event).send().await {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) => tracing::warn!(
+                    status = r.status().as_u16(),
+                    attempt,
+                    "alert webhook refused the alert"
+                ),
+                Err(e) => tracing::warn!(error = %e, attempt, "alert webhook unreachable"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }

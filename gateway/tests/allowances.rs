@@ -294,3 +294,79 @@ async fn over_two_replicas_a_grant_holds_and_a_killed_replica_gives_its_hold_bac
         "the killed replica's reservation never lapsed"
     );
 }
+
+/// A webhook receiver on a loopback port: the JSON bodies POSTed to it, in order.
+async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/alerts",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thresholds_are_counted_and_sent_to_the_operators_webhook_once() {
+    let (url, received) = webhook().await;
+    let extra = format!(
+        "[control_plane]\nenabled = true\nalert_thresholds_percent = [30, 70]\n\
+         alert_webhook_url = \"{url}\"\n"
+    );
+    let config = config(&extra, &[("lab", "sk-lab-alerts")]);
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let (size, _) = reservation_size(&gw, "sk-lab-alerts").await;
+    let amount = 2 * size + size / 2;
+    grant(
+        &gw,
+        json!({"id": "g-alert", "tenant": "lab", "unit": "tokens", "amount": amount,
+               "expires_at_ms": control_plane::now_ms() + 3_600_000}),
+    )
+    .await;
+    // Each request uses about 40 % of the grant: the first crosses 30 %, the second 70 %.
+    let mut used = 0;
+    for _ in 0..2 {
+        let (status, body) = complete(&gw, "sk-lab-alerts").await;
+        assert_eq!(status, 200, "{body}");
+        used += body["usage"]["total_tokens"].as_i64().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = received.lock().unwrap().clone();
+    let thresholds: Vec<i64> = events
+        .iter()
+        .map(|e| e["threshold_percent"].as_i64().unwrap())
+        .collect();
+    assert_eq!(thresholds, [30, 70], "{events:?}");
+    assert_eq!(events[1]["id"], "g-alert");
+    assert_eq!(events[1]["tenant"], "lab");
+    assert_eq!(events[1]["used"].as_i64(), Some(used));
+    assert_eq!(events[1]["amount"].as_i64(), Some(amount));
+    let metrics = gw.metrics_text().await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("gateway_allowance_used_ratio{") && l.contains("g-alert"))
+        .unwrap_or_else(|| panic!("no gauge in {metrics}"));
+    let ratio: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((ratio - used as f64 / amount as f64).abs() < 1e-9, "{line}");
+    assert!(
+        metrics.contains("gateway_allowance_threshold_crossings_total{kind=\"grant\",id=\"g-alert\",threshold=\"70\"} 1"),
+        "{metrics}"
+    );
+}

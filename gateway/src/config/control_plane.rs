@@ -37,6 +37,18 @@ pub struct ControlPlaneConfig {
     /// gives its reservations back within this.
     #[serde(default = "default_allowance_lease_secs")]
     pub allowance_lease_secs: u64,
+    /// Percent of a grant's or budget's amount at which its use is reported: a counter
+    /// (`gateway_allowance_threshold_crossings_total`) and, if set, a POST to
+    /// `alert_webhook_url`.
+    #[serde(default = "default_alert_thresholds_percent")]
+    pub alert_thresholds_percent: Vec<u8>,
+    /// Where crossings are POSTed (JSON), by whichever replica settled the request that crossed
+    /// them. Only the operator sets it, in this file: no tenant can point the gateway at a URL.
+    pub alert_webhook_url: Option<String>,
+}
+
+fn default_alert_thresholds_percent() -> Vec<u8> {
+    vec![80, 100]
 }
 
 fn default_allowance_lease_secs() -> u64 {
@@ -65,6 +77,8 @@ impl Default for ControlPlaneConfig {
             last_used_flush_secs: default_last_used_flush_secs(),
             currency: default_currency(),
             allowance_lease_secs: default_allowance_lease_secs(),
+            alert_thresholds_percent: default_alert_thresholds_percent(),
+            alert_webhook_url: None,
         }
     }
 }

@@ -231,6 +231,25 @@ impl GatewayConfig {
 
     /// Checks what serde cannot: unique model ids, known devices, parseable keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.control_plane.alert_webhook_url {
+            let valid = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<axum::http::Uri>().is_ok();
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "[control_plane] alert_webhook_url: `{url}` is not an http(s) URL"
+                )));
+            }
+        }
+        if let Some(t) = self
+            .control_plane
+            .alert_thresholds_percent
+            .iter()
+            .find(|t| **t == 0 || **t > 100)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[control_plane] alert_thresholds_percent: {t} is not 1-100"
+            )));
+        }
         let currency = &self.control_plane.currency;
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(ConfigError::Invalid(format!(

@@ -17,7 +17,7 @@ pub use classic::to_classic_text;
 pub use engine::EngineCollector;
 pub use process::ProcessCollector;
 pub use quota_store::QuotaStoreCollector;
-pub use requests::{LatencyHandles, RequestMetrics};
+pub use requests::{AllowanceLabels, CrossingLabels, LatencyHandles, RequestMetrics};
 
 use crate::models::ModelRegistry;
 

@@ -6,8 +6,10 @@ use policies::TenantId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
 /// The labels of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +41,28 @@ pub struct RejectionLabels {
 }
 
 /// The labels of the latency histograms.
+/// A grant or budget, by the labels of `gateway_allowance_used_ratio`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AllowanceLabels {
+    /// `grant` or `budget`.
+    pub kind: String,
+    /// Its id (operators name them: the set is theirs, not the clients').
+    pub id: String,
+    /// Its tenant.
+    pub tenant: String,
+}
+
+/// A threshold an allowance's use crossed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CrossingLabels {
+    /// `grant` or `budget`.
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// The threshold, in percent of its amount.
+    pub threshold: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     /// The tenant: fair share is seen per tenant.
@@ -88,6 +112,12 @@ pub struct RequestMetrics {
     /// `gateway_connections_refused_total` (recorded even with `metrics = false`: it is a
     /// protection, not a per-request series).
     pub connections_refused: Counter,
+    /// `gateway_allowance_used_ratio`: settled use over amount of each grant, and of each
+    /// budget in its current period (recorded even with `metrics = false`, like the next).
+    pub allowance_used: Family<AllowanceLabels, Gauge<f64, AtomicU64>>,
+    /// `gateway_allowance_threshold_crossings_total`: settlements that took an allowance past
+    /// one of `[control_plane] alert_thresholds_percent`, as seen by this replica.
+    pub allowance_crossings: Family<CrossingLabels, Counter>,
 }
 
 impl RequestMetrics {
@@ -105,6 +135,8 @@ impl RequestMetrics {
             queue_time: Family::new_with_constructor(seconds_from_5ms),
             ledger_errors: Counter::default(),
             connections_refused: Counter::default(),
+            allowance_used: Family::default(),
+            allowance_crossings: Family::default(),
         }
     }
 
@@ -164,6 +196,16 @@ impl RequestMetrics {
             "gateway_connections_refused",
             "Connections closed at once because the gateway held [server] max_connections",
             self.connections_refused.clone(),
+        );
+        registry.register(
+            "gateway_allowance_used_ratio",
+            "Settled use over amount of each grant, and each budget in its current period",
+            self.allowance_used.clone(),
+        );
+        registry.register(
+            "gateway_allowance_threshold_crossings",
+            "Settlements that took a grant or budget past an alert threshold",
+            self.allowance_crossings.clone(),
         );
     }
 

@@ -370,3 +370,71 @@ async fn thresholds_are_counted_and_sent_to_the_operators_webhook_once() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_money_budget_is_reserved_at_the_most_and_settled_at_the_real_cost() {
+    let config = config(
+        "[control_plane]\nenabled = true\ncurrency = \"KRW\"\n",
+        &[("lab", "sk-lab-budget")],
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let (size, _) = reservation_size(&gw, "sk-lab-budget").await;
+    // One won per token, prompt and output alike: a request may cost `size` won at most.
+    let (status, price) = call(
+        &gw,
+        "POST",
+        "/admin/prices",
+        OPERATOR,
+        Some(json!({"model": "bench", "input_per_mtok": 1_000_000, "output_per_mtok": 1_000_000})),
+    )
+    .await;
+    assert_eq!(status, 201, "{price}");
+    let amount = 2 * size + size / 2;
+    let (status, budget) = call(
+        &gw,
+        "POST",
+        "/admin/budgets",
+        OPERATOR,
+        Some(json!({"id": "lab-daily", "tenant": "lab", "period": "day", "amount": amount})),
+    )
+    .await;
+    assert_eq!(status, 201, "{budget}");
+    let answers = futures::future::join_all((0..8).map(|_| complete(&gw, "sk-lab-budget"))).await;
+    let admitted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(admitted.len(), 2, "{answers:?}");
+    let refused = answers.iter().find(|(s, _)| *s == 429).unwrap();
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lab-daily"),
+        "{refused:?}"
+    );
+    // Settled at the real cost: what the two requests used, in won.
+    let spent: i64 = admitted
+        .iter()
+        .map(|b| b["usage"]["total_tokens"].as_i64().unwrap())
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let line = report_line(&gw, "lab").await;
+        if line["used"].as_i64() == Some(spent) || Instant::now() > deadline {
+            break line;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["kind"], "budget");
+    assert_eq!(line["used"].as_i64(), Some(spent), "{line}");
+    assert_eq!(
+        line["used_exact"].as_i64(),
+        Some(spent * 1_000_000),
+        "{line}"
+    );
+}

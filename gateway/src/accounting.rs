@@ -239,8 +239,15 @@ impl RequestAccount {
 
     /// Settles the request as `status` and waits for the ledger's commit. The caller sends its
     /// last byte after this returns.
+    ///
+    /// A reservation against grants and budgets is settled first, and waited for: if the
+    /// process dies between the two, the allowance has counted the request and the ledger has
+    /// not (an allowance may over-count in a crash, never under-count and be overdrawn).
     pub async fn settle(mut self, status: RecordStatus) {
         let record = self.close(status);
+        if let Some(hold) = self.allowance.take() {
+            hold.settle_and_wait(Self::allowance_use(&record)).await;
+        }
         if let Some(ledger) = self.ledger.clone() {
             if let Err(e) = ledger.append(record).await {
                 self.metrics.ledger_errors.inc();
@@ -257,12 +264,6 @@ impl RequestAccount {
             self.estimated_prompts > 0 && self.record.prompt_tokens > 0;
         self.record.ended_at_ms = unix_ms_now();
         self.price();
-        if let Some(hold) = self.allowance.take() {
-            hold.settle(Usage {
-                tokens: self.record.total_tokens().min(i64::MAX as u64) as i64,
-                micros: self.record.cost_micros.unwrap_or(0),
-            });
-        }
         let e2e = self.started.elapsed().as_secs_f64();
         if let Some(h) = &self.latencies {
             h.e2e_latency.observe(e2e);
@@ -296,6 +297,14 @@ impl RequestAccount {
 }
 
 impl RequestAccount {
+    /// What a finished request used of its grants and budgets.
+    fn allowance_use(record: &UsageRecord) -> Usage {
+        Usage {
+            tokens: record.total_tokens().min(i64::MAX as u64) as i64,
+            micros: record.cost_micros.unwrap_or(0),
+        }
+    }
+
     /// Prices the record at the model's price in force when the request was admitted (none:
     /// no cost, no version).
     fn price(&mut self) {
@@ -323,6 +332,10 @@ impl Drop for RequestAccount {
             return;
         }
         let record = self.close(RecordStatus::Cancelled);
+        if let Some(hold) = self.allowance.take() {
+            // Dropped (a client gone mid-stream): settled on a task, not waited for.
+            hold.settle(Self::allowance_use(&record));
+        }
         if let Some(ledger) = &self.ledger {
             if let Err(e) = ledger.append_detached(record) {
                 self.metrics.ledger_errors.inc();

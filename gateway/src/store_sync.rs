@@ -57,10 +57,31 @@ pub struct AllowanceHold {
 }
 
 impl AllowanceHold {
-    /// Ends the reservation: `used` goes to the allowances it held.
+    /// Ends the reservation: `used` goes to the allowances it held (on a task of its own).
     pub fn settle(mut self, used: Usage) {
         self.settled = true;
         self.sync.clone().end(self.id.clone(), used);
+    }
+
+    /// Ends the reservation and waits for the store to take it; if it cannot at once, the
+    /// settlement goes on retrying on a task of its own (the lease keeps the hold meanwhile).
+    pub async fn settle_and_wait(mut self, used: Usage) {
+        self.settled = true;
+        let (sync, id) = (self.sync.clone(), self.id.clone());
+        let held = id.clone();
+        match sync.call(move |s| s.settle(&held, used)).await {
+            Ok(settled) => {
+                sync.alert(&settled);
+                sync.holds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "allowance settlement failed; retrying in the background");
+                sync.end(id, used);
+            }
+        }
     }
 }
 

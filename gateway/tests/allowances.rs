@@ -8,37 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{digest, Options, TestGateway};
+use common::{call, digest, Options, TestGateway};
 use ledger::test_server::PostgresServer;
 use redis_quotas::test_server::RedisServer;
 use serde_json::{json, Value};
 
 const OPERATOR: &str = "sk-operator-allowances";
 const MAX_TOKENS: u64 = 4;
-
-async fn call(
-    gateway: &TestGateway,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = gateway
-        .client()
-        .request(method, gateway.url(path))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
 
 /// A completion of `MAX_TOKENS` with `key`: `(status, body)`.
 async fn complete(gateway: &TestGateway, key: &str) -> (u16, Value) {

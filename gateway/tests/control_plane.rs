@@ -7,37 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{digest, Options, TestGateway};
+use common::{call, digest, Options, TestGateway};
 use ledger::test_server::PostgresServer;
 use redis_quotas::test_server::RedisServer;
 use serde_json::{json, Value};
 
 const OPERATOR: &str = "sk-operator-0123456789";
-
-/// One admin or API call: `(status, body)`; a body that is not JSON comes back as a string.
-async fn call(
-    gateway: &TestGateway,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = gateway
-        .client()
-        .request(method, gateway.url(path))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
 
 /// A completion with `key`: its status.
 async fn complete(gateway: &TestGateway, key: &str) -> u16 {

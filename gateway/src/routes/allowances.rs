@@ -18,20 +18,32 @@ use super::tenancy::{json_body, snapshot, write};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The items the caller may read, of the tenant the query names (if it names one).
+fn readable<'a, T>(
+    items: &'a [T],
+    actor: &Actor,
+    params: &HashMap<String, String>,
+    tenant_of: impl Fn(&T) -> &policies::TenantId,
+) -> Result<Vec<&'a T>, ApiError> {
+    only_known(params, &["tenant"])?;
+    let tenant = queried_tenant(actor, params)?;
+    Ok(items
+        .iter()
+        .filter(|item| {
+            let of = tenant_of(item);
+            actor.may_read(of) && tenant.as_ref().is_none_or(|t| t == of)
+        })
+        .collect())
+}
+
 /// `GET /admin/grants?tenant=`: the grants the caller may read.
 pub async fn list_grants(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    only_known(&params, &["tenant"])?;
-    let tenant = queried_tenant(&actor, &params)?;
     let snapshot = snapshot(&state)?;
-    let data: Vec<&control_plane::Grant> = snapshot
-        .grants
-        .iter()
-        .filter(|g| actor.may_read(&g.tenant) && tenant.as_ref().is_none_or(|t| t == &g.tenant))
-        .collect();
+    let data = readable(&snapshot.grants, &actor, &params, |g| &g.tenant)?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -52,14 +64,8 @@ pub async fn list_budgets(
     Extension(actor): Extension<Actor>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    only_known(&params, &["tenant"])?;
-    let tenant = queried_tenant(&actor, &params)?;
     let snapshot = snapshot(&state)?;
-    let data: Vec<&control_plane::Budget> = snapshot
-        .budgets
-        .iter()
-        .filter(|b| actor.may_read(&b.tenant) && tenant.as_ref().is_none_or(|t| t == &b.tenant))
-        .collect();
+    let data = readable(&snapshot.budgets, &actor, &params, |b| &b.tenant)?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 

@@ -375,3 +375,28 @@ pub async fn run_sdk_script(script: &str, base: &str, key: &str, model: &str) ->
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
+
+/// One call with `key`: `(status, body)`; a body that is not JSON comes back as a string.
+pub async fn call(
+    gateway: &TestGateway,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = gateway
+        .client()
+        .request(method, gateway.url(path))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}

@@ -414,3 +414,57 @@ async fn a_money_budget_is_reserved_at_the_most_and_settled_at_the_real_cost() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_two_replicas_a_money_budget_holds_exactly() {
+    let postgres = PostgresServer::start();
+    let store = postgres.database("budgets");
+    let extra = format!(
+        "[control_plane]\nenabled = true\nurl = \"{store}\"\npoll_interval_ms = 200\n\
+         currency = \"EUR\"\n"
+    );
+    let config = config(&extra, &[("lab", "sk-lab-money")]);
+    let a = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let b = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let (size, _) = reservation_size(&a, "sk-lab-money").await;
+    // A cent per token: a request may cost `size` cents; the month has room for three.
+    let (status, _) = call(
+        &a,
+        "POST",
+        "/admin/prices",
+        OPERATOR,
+        Some(json!({"model": "bench", "input_per_mtok": 1_000_000, "output_per_mtok": 1_000_000})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = call(
+        &a,
+        "POST",
+        "/admin/budgets",
+        OPERATOR,
+        Some(
+            json!({"id": "lab-month", "tenant": "lab", "period": "month",
+                    "amount": 3 * size + size / 2}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        complete(replica, "sk-lab-money")
+    }))
+    .await;
+    let admitted = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(admitted, 3, "{answers:?}");
+    assert!(answers
+        .iter()
+        .filter(|(s, _)| *s != 200)
+        .all(|(s, body)| *s == 429 && body.to_string().contains("lab-month")));
+}

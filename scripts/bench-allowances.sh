@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What a grant costs per request: the gateway (control-plane store in SQLite) at 500 requests/s
 # of one token each, for a tenant without and with a grant, alternating (A B A B A B); the
-# gateway's CPU per request from /proc, the load tool's latency in its logs.
+# gateway's CPU per request from /proc, the load tool's latency in its logs. $VARIANTS (default
+# "store grant grant-nosync"): `store` no grant; `grant` a grant; `grant-nosync` a grant with
+# `[control_plane] durability = "process-crash"` (SQLite commits synced at checkpoints).
 #
 #   scripts/bench-allowances.sh [OUT_DIR]      (default target/bench/allowances)
 set -euo pipefail
@@ -34,6 +36,7 @@ listen = "127.0.0.1:$port"
 admin_keys = ["$ADIGEST"]
 [control_plane]
 enabled = true
+$([ "$variant" = grant-nosync ] && echo 'durability = "process-crash"')
 [[models]]
 id = "bench"
 kind = "synthetic"
@@ -46,7 +49,7 @@ TOML
   GATEWAY_DATA_DIR=data-$variant-$round RUST_LOG=warn taskset -c 1 $BIN/gateway --config gw-$variant.toml > gw-$variant-$round.log 2>&1 &
   local pid=$!
   until grep -q "listening on" gw-$variant-$round.log; do sleep 0.1; done
-  if [ "$variant" = grant ]; then
+  if [ "$variant" != store ]; then
     curl -s -o /dev/null -H "Authorization: Bearer $ADMIN" -H 'content-type: application/json' \
       -d "{\"tenant\":\"bench\",\"unit\":\"tokens\",\"amount\":1000000000000,\"expires_at_ms\":4102444800000}" \
       http://127.0.0.1:$port/admin/grants
@@ -60,6 +63,5 @@ TOML
   kill $pid; wait $pid 2>/dev/null || true
 }
 for round in 1 2 3; do
-  run store $round
-  run grant $round
+  for variant in ${VARIANTS:-store grant grant-nosync}; do run "$variant" "$round"; done
 done

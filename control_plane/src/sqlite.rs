@@ -16,13 +16,14 @@ mod embedded {
 pub(crate) const HISTORY_TABLE: &str = "control_plane_schema_history";
 
 /// Opens (creating and migrating if needed) the store at `path`.
-pub(crate) fn open(path: &Path) -> Result<SqliteBackend> {
+pub(crate) fn open(path: &Path, sync_every_commit: bool) -> Result<SqliteBackend> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
     let mut connection = Connection::open(path)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.pragma_update(None, "synchronous", "FULL")?;
+    let synchronous = if sync_every_commit { "FULL" } else { "NORMAL" };
+    connection.pragma_update(None, "synchronous", synchronous)?;
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     embedded::migrations::runner()
         .set_migration_table_name(HISTORY_TABLE)

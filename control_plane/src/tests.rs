@@ -539,9 +539,10 @@ fn prices_by_version_on_both_stores() {
 fn two_connections(test: fn(ControlPlane, ControlPlane)) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control.db");
+    // One connection syncing every commit, the other at checkpoints: the same rules hold.
     test(
         ControlPlane::open_sqlite(&path).unwrap(),
-        ControlPlane::open_sqlite(&path).unwrap(),
+        ControlPlane::open_sqlite_with(&path, false).unwrap(),
     );
     let server = ledger::test_server::PostgresServer::start();
     let url = server.database("allowances");

@@ -107,7 +107,10 @@ impl StoreSync {
         let (store, seeded, snapshot) = tokio::task::spawn_blocking(move || {
             let store = match settings.postgres_url() {
                 Some(url) => ControlPlane::connect_postgres(&url)?,
-                None => ControlPlane::open_sqlite(&settings.resolved_path())?,
+                None => ControlPlane::open_sqlite_with(
+                    &settings.resolved_path(),
+                    settings.durability == ledger::Durability::PowerLoss,
+                )?,
             };
             let seeded = store.seed(&seeds)?;
             let snapshot = store.snapshot()?;

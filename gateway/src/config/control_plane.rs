@@ -22,6 +22,11 @@ pub struct ControlPlaneConfig {
     /// replica (the ledger's server will do: its tables are apart). `GATEWAY_CONTROL_PLANE_URL`
     /// takes its place when set.
     pub url: Option<String>,
+    /// `power-loss` (default: every commit synced) or `process-crash` (SQLite: commits synced
+    /// at checkpoints; they survive the process being killed, not a power cut). PostgreSQL
+    /// decides for itself (`synchronous_commit`).
+    #[serde(default)]
+    pub durability: ::ledger::Durability,
     /// How often a replica asks the store whether anything changed (ms); a change reaches
     /// every replica within this plus one reload.
     #[serde(default = "default_poll_interval_ms")]
@@ -73,6 +78,7 @@ impl Default for ControlPlaneConfig {
             enabled: false,
             path: None,
             url: None,
+            durability: ::ledger::Durability::default(),
             poll_interval_ms: default_poll_interval_ms(),
             last_used_flush_secs: default_last_used_flush_secs(),
             currency: default_currency(),

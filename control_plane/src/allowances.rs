@@ -123,8 +123,12 @@ pub struct Shortfall {
 /// One allowance's use around a settlement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
-    /// The store's key of the allowance (`grant:<unit>:<id>`, `budget:<id>:<period>`).
-    pub key: String,
+    /// `grant` or `budget`.
+    pub kind: &'static str,
+    /// The grant's or budget's id.
+    pub id: String,
+    /// The period (`YYYY-MM-DD`, `YYYY-MM`) of a budget.
+    pub period: Option<String>,
     /// Its use before (tokens, or millionths of a minor unit).
     pub before: i64,
     /// And after.
@@ -171,7 +175,7 @@ impl Grant {
     }
 
     fn applies(&self, tenant: &TenantId, project: Option<&str>) -> bool {
-        &self.tenant == tenant && (self.project.is_none() || self.project.as_deref() == project)
+        applies(&self.tenant, self.project.as_deref(), tenant, project)
     }
 }
 
@@ -195,6 +199,11 @@ fn utc_day_and_month(at_ms: i64) -> (String, String) {
 }
 
 impl Budget {
+    /// Its amount in millionths of a minor unit, the unit its use is counted in.
+    pub fn capacity(&self) -> i64 {
+        self.amount.saturating_mul(1_000_000)
+    }
+
     /// The period `at_ms` falls in, and the store's key of the budget's use in it.
     pub fn period_at(&self, at_ms: i64) -> (String, String) {
         let (day, month) = utc_day_and_month(at_ms);
@@ -207,11 +216,34 @@ impl Budget {
     }
 
     fn applies(&self, tenant: &TenantId, project: Option<&str>) -> bool {
-        &self.tenant == tenant && (self.project.is_none() || self.project.as_deref() == project)
+        applies(&self.tenant, self.project.as_deref(), tenant, project)
     }
 }
 
-fn random_id(prefix: &str) -> String {
+/// What a store key of an allowance's use names: `(kind, id, period)`. The one reader of the
+/// keys [`Grant::key`] and [`Budget::period_at`] write.
+fn parse_key(key: &str) -> Option<(&'static str, String, Option<String>)> {
+    let mut parts = key.splitn(3, ':');
+    match (parts.next()?, parts.next()?, parts.next()?) {
+        ("grant", _unit, id) => Some(("grant", id.to_string(), None)),
+        ("budget", id, period) => Some(("budget", id.to_string(), Some(period.to_string()))),
+        _ => None,
+    }
+}
+
+/// Whether an allowance of `owner` (and `scope`, a project or none) applies to a request of
+/// `tenant` and `project`: a tenant-wide one to all its requests, a project's to that project's.
+fn applies(
+    owner: &TenantId,
+    scope: Option<&str>,
+    tenant: &TenantId,
+    project: Option<&str>,
+) -> bool {
+    owner == tenant && (scope.is_none() || scope == project)
+}
+
+/// A random id: `prefix`, `_` and 16 hex digits.
+pub(crate) fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!("{prefix}_{}", hex::encode(bytes))
@@ -336,7 +368,7 @@ impl ControlPlane {
                 left.insert(key.clone(), used.saturating_add(reserved));
             }
             for (budget, key) in &budgets {
-                let room = budget.amount.saturating_mul(1_000_000) - left[key];
+                let room = budget.capacity() - left[key];
                 if most.micros > room {
                     outcome = Err(Shortfall {
                         message: format!(
@@ -415,11 +447,15 @@ impl ControlPlane {
                 }
                 .clamp(0, reserved);
                 let after = tx.add_used(&key, amount)?;
-                settled.push(Settled {
-                    key,
-                    before: after - amount,
-                    after,
-                });
+                if let Some((kind, id, period)) = parse_key(&key) {
+                    settled.push(Settled {
+                        kind,
+                        id,
+                        period,
+                        before: after - amount,
+                        after,
+                    });
+                }
             }
             Ok(())
         })?;
@@ -440,22 +476,13 @@ impl ControlPlane {
             .allowance_use()?
             .into_iter()
             .filter_map(|(key, used)| {
-                let mut parts = key.splitn(3, ':');
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some("grant"), Some(_unit), Some(id)) => Some(AllowanceUse {
-                        kind: "grant",
-                        id: id.to_string(),
-                        period: None,
-                        used,
-                    }),
-                    (Some("budget"), Some(id), Some(period)) => Some(AllowanceUse {
-                        kind: "budget",
-                        id: id.to_string(),
-                        period: Some(period.to_string()),
-                        used,
-                    }),
-                    _ => None,
-                }
+                let (kind, id, period) = parse_key(&key)?;
+                Some(AllowanceUse {
+                    kind,
+                    id,
+                    period,
+                    used,
+                })
             })
             .collect();
         uses.sort_by(|a, b| (a.kind, &a.id, &a.period).cmp(&(b.kind, &b.id, &b.period)));

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use policies::{ApiKey, KeyDigest, ModelAllowList, TenantId};
-use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::actor::{Actor, Role};
+use crate::allowances::random_id;
 use crate::backend::{Tx, KEY, PRICE, PROJECT, TENANT};
 use crate::error::{Result, StoreError};
 use crate::model::{now_ms, AuditEntry, Key, Limits, Price, Project, Tenant};
@@ -191,13 +191,6 @@ fn within_tenant(actor: &Actor, limits: &Limits, tenant: &Tenant) -> Result<()> 
     }
 }
 
-/// A new key's public id: `key_` and 16 random hex digits.
-fn new_key_id() -> String {
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("key_{}", hex::encode(bytes))
-}
-
 impl Actor {
     fn entry(
         &self,
@@ -325,24 +318,11 @@ impl ControlPlane {
         actor.check_operator("changing a tenant")?;
         let patch = object(patch)?;
         refuse_server_fields(&patch, &["id"])?;
-        self.write(|tx| {
-            let before: Tenant = read(tx, TENANT, id.as_str())?
-                .ok_or_else(|| StoreError::NotFound(format!("no tenant `{id}`")))?;
-            let mut merged = to_json(&before);
+        self.change_tenant(actor, id, "tenant.update", |tenant| {
+            let mut merged = to_json(tenant);
             merge_patch(&mut merged, Value::Object(patch.clone()));
-            let mut after: Tenant = parse(merged)?;
-            checked(after.check())?;
-            after.updated_at_ms = now_ms();
-            store(tx, TENANT, id.as_str(), Some(id), &after)?;
-            let entry = actor.entry(
-                "tenant.update",
-                format!("tenant:{id}"),
-                Some(id),
-                Some(to_json(&before)),
-                Some(to_json(&after)),
-            );
-            tx.audit(&entry)?;
-            Ok(after)
+            *tenant = parse(merged)?;
+            checked(tenant.check())
         })
     }
 
@@ -350,21 +330,25 @@ impl ControlPlane {
     /// rows stay.
     pub fn delete_tenant(&self, actor: &Actor, id: &TenantId) -> Result<Tenant> {
         actor.check_operator("deleting a tenant")?;
-        self.update_tenant_with(actor, id, "tenant.delete", |t| t.disabled = true)
+        self.change_tenant(actor, id, "tenant.delete", |tenant| {
+            tenant.disabled = true;
+            Ok(())
+        })
     }
 
-    fn update_tenant_with(
+    /// Applies `change` to tenant `id` in one write, audited as `action` with before and after.
+    fn change_tenant(
         &self,
         actor: &Actor,
         id: &TenantId,
         action: &str,
-        change: impl Fn(&mut Tenant),
+        change: impl Fn(&mut Tenant) -> Result<()>,
     ) -> Result<Tenant> {
         self.write(|tx| {
             let before: Tenant = read(tx, TENANT, id.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("no tenant `{id}`")))?;
             let mut after = before.clone();
-            change(&mut after);
+            change(&mut after)?;
             after.updated_at_ms = now_ms();
             store(tx, TENANT, id.as_str(), Some(id), &after)?;
             let entry = actor.entry(
@@ -551,7 +535,7 @@ impl ControlPlane {
         checked(crate::model::check_name(request.name.as_deref()))?;
         let plaintext = ApiKey::generate();
         let key = Key {
-            id: new_key_id(),
+            id: random_id("key"),
             digest: plaintext.digest().to_string(),
             role: request.role,
             tenant: request.tenant.clone(),
@@ -722,7 +706,7 @@ impl ControlPlane {
                 live_tenant(tx, tenant)?;
             }
             let new = Key {
-                id: new_key_id(),
+                id: random_id("key"),
                 digest: plaintext.digest().to_string(),
                 created_at_ms: now,
                 created_by: actor.key_id.clone(),

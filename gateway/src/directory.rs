@@ -10,7 +10,6 @@ use control_plane::{Actor, Limits, Role, Snapshot};
 use policies::{
     ApiKey, KeyDigest, KeyGrant, KeyId, KeyStore, ResolvedKey, TenantLimits, TenantSpec,
 };
-use subtle::ConstantTimeEq;
 
 use crate::config::{ConfigError, GatewayConfig};
 
@@ -200,18 +199,12 @@ impl Directory {
         let live = grant
             .expires_at_ms
             .is_none_or(|at| control_plane::now_ms() < at);
-        (bool::from(
-            stored
-                .to_string()
-                .as_bytes()
-                .ct_eq(digest.to_string().as_bytes()),
-        ) && live)
-            .then(|| Actor {
-                key_id: grant.key_id.clone(),
-                role: grant.role,
-                tenant: grant.tenant.clone(),
-                address,
-            })
+        (stored.same_as(&digest) && live).then(|| Actor {
+            key_id: grant.key_id.clone(),
+            role: grant.role,
+            tenant: grant.tenant.clone(),
+            address,
+        })
     }
 
     /// Whether `key` is an admin key of any role.
@@ -264,8 +257,7 @@ fn push_scope(grant: &mut KeyGrant, tenant: &TenantSpec, child: &str, limits: &L
 
 /// Whether `digest` is in `digests`, compared in constant time with each.
 fn contains(digests: &[KeyDigest], digest: &KeyDigest) -> bool {
-    let digest = digest.to_string();
-    digests.iter().fold(false, |found, d| {
-        found | bool::from(d.to_string().as_bytes().ct_eq(digest.as_bytes()))
-    })
+    digests
+        .iter()
+        .fold(false, |found, d| found | d.same_as(digest))
 }

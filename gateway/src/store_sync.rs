@@ -68,19 +68,9 @@ impl AllowanceHold {
     pub async fn settle_and_wait(mut self, used: Usage) {
         self.settled = true;
         let (sync, id) = (self.sync.clone(), self.id.clone());
-        let held = id.clone();
-        match sync.call(move |s| s.settle(&held, used)).await {
-            Ok(settled) => {
-                sync.alert(&settled);
-                sync.holds
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "allowance settlement failed; retrying in the background");
-                sync.end(id, used);
-            }
+        if let Err(e) = sync.settle_once(&id, used).await {
+            tracing::warn!(error = %e, "allowance settlement failed; retrying in the background");
+            sync.end(id, used);
         }
     }
 }
@@ -300,23 +290,34 @@ impl StoreSync {
         };
         runtime.spawn(async move {
             for attempt in 0..30u32 {
-                let held = id.clone();
-                match self.call(move |s| s.settle(&held, used)).await {
-                    Ok(settled) => {
-                        self.alert(&settled);
-                        break;
-                    }
+                match self.settle_once(&id, used).await {
+                    Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, attempt, "allowance settlement failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             }
-            self.holds
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            // Given up: stop renewing its lease, so that it lapses.
+            self.forget_hold(&id);
         });
+    }
+
+    /// Settles reservation `id` once: its use goes to the store, crossed thresholds are
+    /// reported, and its lease is no longer renewed.
+    async fn settle_once(&self, id: &str, used: Usage) -> Result<(), StoreError> {
+        let held = id.to_string();
+        let settled = self.call(move |s| s.settle(&held, used)).await?;
+        self.alert(&settled);
+        self.forget_hold(id);
+        Ok(())
+    }
+
+    fn forget_hold(&self, id: &str) {
+        self.holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// Updates the use gauges of the allowances a settlement touched, and reports the
@@ -330,13 +331,11 @@ impl StoreSync {
             return;
         };
         for s in settled {
-            let Some(allowance) = Allowance::of(snapshot, &s.key) else {
+            let Some(allowance) = Allowance::of(snapshot, s.kind, &s.id, s.period.as_deref())
+            else {
                 continue;
             };
-            metrics
-                .allowance_used
-                .get_or_create(&allowance.labels())
-                .set(s.after as f64 / allowance.capacity.max(1) as f64);
+            allowance.show(metrics, s.after);
             for &t in &self.thresholds {
                 let line = allowance.capacity as i128 * t as i128;
                 if (s.before as i128) * 100 < line && (s.after as i128) * 100 >= line {
@@ -370,32 +369,19 @@ impl StoreSync {
             return;
         };
         let now = control_plane::now_ms();
-        for g in &snapshot.grants {
+        let current_period = |b: &control_plane::Budget| Some(b.period_at(now).0);
+        let allowances = (snapshot.grants.iter().map(Allowance::of_grant)).chain(
+            snapshot
+                .budgets
+                .iter()
+                .map(|b| Allowance::of_budget(b, current_period(b))),
+        );
+        for a in allowances {
             let used = uses
                 .iter()
-                .find(|u| u.kind == "grant" && u.id == g.id)
+                .find(|u| u.kind == a.kind && u.id == a.id && u.period == a.period)
                 .map_or(0, |u| u.used);
-            if let Some(a) = Allowance::of(snapshot, &g.key()) {
-                metrics
-                    .allowance_used
-                    .get_or_create(&a.labels())
-                    .set(used as f64 / a.capacity.max(1) as f64);
-            }
-        }
-        for b in &snapshot.budgets {
-            let (period, key) = b.period_at(now);
-            let used = uses
-                .iter()
-                .find(|u| {
-                    u.kind == "budget" && u.id == b.id && u.period.as_deref() == Some(&period)
-                })
-                .map_or(0, |u| u.used);
-            if let Some(a) = Allowance::of(snapshot, &key) {
-                metrics
-                    .allowance_used
-                    .get_or_create(&a.labels())
-                    .set(used as f64 / a.capacity.max(1) as f64);
-            }
+            a.show(metrics, used);
         }
     }
 
@@ -475,41 +461,57 @@ struct Allowance {
 }
 
 impl Allowance {
-    /// The allowance behind a store key, if the snapshot knows it.
-    fn of(snapshot: &Snapshot, key: &str) -> Option<Self> {
-        let mut parts = key.splitn(3, ':');
-        match (parts.next()?, parts.next()?, parts.next()) {
-            ("grant", _, Some(id)) => {
-                let g = snapshot.grants.iter().find(|g| g.id == id)?;
-                Some(Self {
-                    kind: "grant",
-                    id: g.id.clone(),
-                    tenant: g.tenant.to_string(),
-                    project: g.project.clone(),
-                    unit: match g.unit {
-                        control_plane::Unit::Tokens => "tokens",
-                        control_plane::Unit::Money => "money",
-                    },
-                    period: None,
-                    amount: g.amount,
-                    capacity: g.capacity(),
-                })
-            }
-            ("budget", id, Some(period)) => {
-                let b = snapshot.budgets.iter().find(|b| b.id == id)?;
-                Some(Self {
-                    kind: "budget",
-                    id: b.id.clone(),
-                    tenant: b.tenant.to_string(),
-                    project: b.project.clone(),
-                    unit: "money",
-                    period: Some(period.to_string()),
-                    amount: b.amount,
-                    capacity: b.amount.saturating_mul(1_000_000),
-                })
-            }
-            _ => None,
+    /// The grant or budget (in `period`) a settlement named, if the snapshot knows it.
+    fn of(snapshot: &Snapshot, kind: &str, id: &str, period: Option<&str>) -> Option<Self> {
+        match kind {
+            "grant" => snapshot
+                .grants
+                .iter()
+                .find(|g| g.id == id)
+                .map(Self::of_grant),
+            _ => snapshot
+                .budgets
+                .iter()
+                .find(|b| b.id == id)
+                .map(|b| Self::of_budget(b, period.map(str::to_string))),
         }
+    }
+
+    fn of_grant(g: &control_plane::Grant) -> Self {
+        Self {
+            kind: "grant",
+            id: g.id.clone(),
+            tenant: g.tenant.to_string(),
+            project: g.project.clone(),
+            unit: match g.unit {
+                control_plane::Unit::Tokens => "tokens",
+                control_plane::Unit::Money => "money",
+            },
+            period: None,
+            amount: g.amount,
+            capacity: g.capacity(),
+        }
+    }
+
+    fn of_budget(b: &control_plane::Budget, period: Option<String>) -> Self {
+        Self {
+            kind: "budget",
+            id: b.id.clone(),
+            tenant: b.tenant.to_string(),
+            project: b.project.clone(),
+            unit: "money",
+            period,
+            amount: b.amount,
+            capacity: b.capacity(),
+        }
+    }
+
+    /// Sets its use gauge: `used` (in the counting unit) over its amount.
+    fn show(&self, metrics: &RequestMetrics, used: i64) {
+        metrics
+            .allowance_used
+            .get_or_create(&self.labels())
+            .set(used as f64 / self.capacity.max(1) as f64);
     }
 
     fn labels(&self) -> AllowanceLabels {

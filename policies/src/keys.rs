@@ -100,6 +100,11 @@ impl KeyDigest {
         Ok(Self(bytes))
     }
 
+    /// Whether `other` is the same digest, compared in constant time.
+    pub fn same_as(&self, other: &KeyDigest) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+
     /// Short, non-secret identifier for logs and metrics: the first 8 hex digits.
     pub fn key_id(&self) -> KeyId {
         KeyId(hex::encode(&self.0[..4]))
@@ -234,7 +239,7 @@ impl KeyStore {
         let digest = presented.digest();
         let (stored, grant) = self.by_digest.get_key_value(&digest)?;
         let live = grant.expires_at_ms.is_none_or(|at| now_ms < at);
-        (bool::from(stored.0.ct_eq(&digest.0)) && live).then(|| grant.clone())
+        (stored.same_as(&digest) && live).then(|| grant.clone())
     }
 
     /// [`Self::resolve_at`] now.

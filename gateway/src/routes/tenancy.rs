@@ -64,6 +64,17 @@ async fn key_views<'a>(
     .collect()
 }
 
+/// The path's tenant, if the caller may read it, and the snapshot to read it from.
+fn readable(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &str,
+) -> Result<(TenantId, std::sync::Arc<Snapshot>), ApiError> {
+    let id = tenant_id(tenant)?;
+    actor.check_read(&id)?;
+    Ok((id, snapshot(state)?))
+}
+
 /// Runs a write on the store, then reloads this replica's directory so that its next read
 /// shows the write.
 pub(super) async fn write<T: Send + 'static>(
@@ -156,9 +167,7 @@ pub async fn list_projects(
     Extension(actor): Extension<Actor>,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = tenant_id(&tenant)?;
-    actor.check_read(&id)?;
-    let snapshot = snapshot(&state)?;
+    let (id, snapshot) = readable(&state, &actor, &tenant)?;
     let data: Vec<Value> = snapshot
         .projects
         .iter()
@@ -187,9 +196,7 @@ pub async fn get_project(
     Extension(actor): Extension<Actor>,
     Path((tenant, project)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = tenant_id(&tenant)?;
-    actor.check_read(&id)?;
-    let snapshot = snapshot(&state)?;
+    let (id, snapshot) = readable(&state, &actor, &tenant)?;
     let found = snapshot
         .project(&id, &project)
         .ok_or_else(|| StoreError::NotFound(format!("no project `{id}/{project}`")))?;
@@ -229,9 +236,7 @@ pub async fn list_tenant_keys(
     Extension(actor): Extension<Actor>,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = tenant_id(&tenant)?;
-    actor.check_read(&id)?;
-    let snapshot = snapshot(&state)?;
+    let (id, snapshot) = readable(&state, &actor, &tenant)?;
     let keys = snapshot
         .keys
         .iter()

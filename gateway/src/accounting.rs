@@ -108,6 +108,8 @@ impl RequestAccount {
                 cached_tokens: 0,
                 cost_micros: None,
                 price_version: None,
+                api: None,
+                batch_id: None,
             },
             replica: None,
             started: Instant::now(),
@@ -187,6 +189,18 @@ impl RequestAccount {
     /// the `batch` class is billed at the price's batch discount.
     pub fn billed_as(mut self, priority: Priority) -> Self {
         self.batch = priority == Priority::Batch;
+        self
+    }
+
+    /// The request came through `api` (its record says so).
+    pub fn through(mut self, api: ledger::Api) -> Self {
+        self.record.api = Some(api);
+        self
+    }
+
+    /// The request is a line of batch `batch_id` (its record says so).
+    pub fn in_batch(mut self, batch_id: &str) -> Self {
+        self.record.batch_id = Some(batch_id.to_string());
         self
     }
 

@@ -374,6 +374,60 @@ impl ApiError {
     }
 }
 
+/// Anthropic's `error.type` for a response of `status` (its Messages API names errors by
+/// kind of status, not by OpenAI's types).
+pub fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 405 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 | 403 => "permission_error",
+        404 => "not_found_error",
+        408 | 504 => "timeout_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// An error body in Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`),
+/// from an error of ours in OpenAI's shape (every error is made in OpenAI's; the `/v1/messages`
+/// routes have theirs rewritten into this by `layers::anthropic_errors`). OpenAI's `code` and
+/// `param` ride along: Anthropic's clients ignore fields they do not know.
+pub fn anthropic_error_body(status: StatusCode, openai_body: &[u8]) -> Vec<u8> {
+    let parsed: serde_json::Value = serde_json::from_slice(openai_body).unwrap_or_default();
+    let error = &parsed["error"];
+    let message = error["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(openai_body);
+            match text.trim() {
+                "" => status.canonical_reason().unwrap_or("error").to_string(),
+                text => text.to_string(),
+            }
+        });
+    let mut body = serde_json::json!({
+        "type": "error",
+        "error": {"type": anthropic_error_type(status), "message": message},
+    });
+    for field in ["code", "param"] {
+        if let Some(value) = error.get(field).filter(|v| !v.is_null()) {
+            body["error"][field] = value.clone();
+        }
+    }
+    serde_json::to_vec(&body).expect("error bodies serialise")
+}
+
+impl ApiError {
+    /// The error in Anthropic's shape, as JSON text (a stream's `error` event).
+    pub fn to_anthropic_json(&self) -> String {
+        let openai = self.to_json();
+        String::from_utf8(anthropic_error_body(self.status, openai.as_bytes()))
+            .expect("JSON is UTF-8")
+    }
+}
+
 /// When a refused queue is worth another try: a few steps drain a good part of any queue.
 const QUEUE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 

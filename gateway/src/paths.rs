@@ -12,6 +12,10 @@ pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 pub const COMPLETIONS: &str = "/v1/completions";
 /// `POST /v1/embeddings`.
 pub const EMBEDDINGS: &str = "/v1/embeddings";
+/// `POST /v1/messages`: Anthropic's Messages API.
+pub const MESSAGES: &str = "/v1/messages";
+/// `POST /v1/messages/count_tokens`.
+pub const MESSAGES_COUNT_TOKENS: &str = "/v1/messages/count_tokens";
 /// `GET /load`: an engine-worker's load, for the gateways that route to it.
 pub const LOAD: &str = "/load";
 /// `GET /admin/tenants`.
@@ -64,6 +68,8 @@ pub const ALL: &[&str] = &[
     CHAT_COMPLETIONS,
     COMPLETIONS,
     EMBEDDINGS,
+    MESSAGES,
+    MESSAGES_COUNT_TOKENS,
     LOAD,
     ADMIN_TENANTS,
     ADMIN_USAGE,

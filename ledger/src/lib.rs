@@ -28,7 +28,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 pub use query::{GroupBy, UsageQuery, UsageRow};
-pub use record::{unix_ms_now, RecordStatus, UsageRecord};
+pub use record::{unix_ms_now, Api, RecordStatus, UsageRecord};
 
 /// Why the ledger could not open, write or read.
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +328,8 @@ mod tests {
             cached_tokens: 0,
             cost_micros: None,
             price_version: None,
+            api: None,
+            batch_id: None,
         }
     }
 
@@ -403,6 +405,8 @@ mod postgres_tests {
             cached_tokens: 0,
             cost_micros: None,
             price_version: None,
+            api: None,
+            batch_id: None,
         }
     }
 

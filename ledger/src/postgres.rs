@@ -13,7 +13,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
 use crate::query::{Dialect, Param, RECORD_COLUMNS};
-use crate::{LedgerError, Reader, RecordStatus, Result, UsageQuery, UsageRecord, UsageRow, Writer};
+use crate::{
+    Api, LedgerError, Reader, RecordStatus, Result, UsageQuery, UsageRecord, UsageRow, Writer,
+};
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -97,6 +99,8 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
     let cached = number(|r| r.cached_tokens as i64);
     let costs: Vec<Option<i64>> = records.iter().map(|r| r.cost_micros).collect();
     let versions: Vec<Option<&str>> = records.iter().map(|r| r.price_version.as_deref()).collect();
+    let apis: Vec<Option<&str>> = records.iter().map(|r| r.api.map(Api::as_str)).collect();
+    let batches: Vec<Option<&str>> = records.iter().map(|r| r.batch_id.as_deref()).collect();
     let mut tx = client.transaction()?;
     tx.execute(
         &format!(
@@ -104,7 +108,7 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::text[], $9::text[],
                                   $10::bigint[], $11::bigint[], $12::boolean[], $13::text[], $14::text[],
-                                  $15::bigint[], $16::bigint[], $17::text[])"
+                                  $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[])"
         ),
         &[
             &request_ids,
@@ -124,6 +128,8 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
             &cached,
             &costs,
             &versions,
+            &apis,
+            &batches,
         ],
     )?;
     tx.commit()
@@ -191,6 +197,11 @@ impl Reader for PostgresReader {
                     cached_tokens: row.try_get::<_, i64>(14)? as u64,
                     cost_micros: row.try_get(15)?,
                     price_version: row.try_get(16)?,
+                    api: row
+                        .try_get::<_, Option<String>>(17)?
+                        .as_deref()
+                        .and_then(Api::parse),
+                    batch_id: row.try_get(18)?,
                 })
             })
             .collect()

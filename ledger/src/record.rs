@@ -36,6 +36,58 @@ impl RecordStatus {
     }
 }
 
+/// The API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Api {
+    /// `POST /v1/chat/completions`.
+    #[serde(rename = "chat.completions")]
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    #[serde(rename = "completions")]
+    Completions,
+    /// `POST /v1/embeddings`.
+    #[serde(rename = "embeddings")]
+    Embeddings,
+    /// `POST /v1/responses`.
+    #[serde(rename = "responses")]
+    Responses,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    #[serde(rename = "messages")]
+    Messages,
+    /// A line of a batch (`/v1/batches`).
+    #[serde(rename = "batches")]
+    Batches,
+}
+
+impl Api {
+    /// Every API, in the order above.
+    pub const ALL: [Api; 6] = [
+        Api::ChatCompletions,
+        Api::Completions,
+        Api::Embeddings,
+        Api::Responses,
+        Api::Messages,
+        Api::Batches,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat.completions",
+            Api::Completions => "completions",
+            Api::Embeddings => "embeddings",
+            Api::Responses => "responses",
+            Api::Messages => "messages",
+            Api::Batches => "batches",
+        }
+    }
+
+    /// The API of a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|api| api.as_str() == s)
+    }
+}
+
 /// One finished request: who, what, how much, when (Unix milliseconds, UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
@@ -76,6 +128,12 @@ pub struct UsageRecord {
     /// The price version it was billed at (`model@effective_from_ms`).
     #[serde(default)]
     pub price_version: Option<String>,
+    /// The API it came through (`None`: recorded before the ledger kept it).
+    #[serde(default)]
+    pub api: Option<Api>,
+    /// The batch it was a line of, if any.
+    #[serde(default)]
+    pub batch_id: Option<String>,
     /// How it ended.
     pub status: RecordStatus,
     /// `stop` / `length` for completed requests (several choices: the last one's).

@@ -18,7 +18,7 @@ use rusqlite::Connection;
 
 use crate::query::{Dialect, Param, RECORD_COLUMNS};
 use crate::{
-    Durability, LedgerError, Reader, RecordStatus, Result, UsageQuery, UsageRecord, UsageRow,
+    Api, Durability, LedgerError, Reader, RecordStatus, Result, UsageQuery, UsageRecord, UsageRow,
     Writer,
 };
 
@@ -147,7 +147,7 @@ impl Drop for Checkpointer {
 /// statement cache by its text).
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
     )
 });
 
@@ -187,6 +187,8 @@ fn insert(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> rusqli
         r.cached_tokens as i64,
         r.cost_micros,
         r.price_version,
+        r.api.map(Api::as_str),
+        r.batch_id,
     ])?;
     Ok(())
 }
@@ -244,6 +246,11 @@ impl Reader for SqliteReader {
                 cached_tokens: row.get::<_, i64>(14)? as u64,
                 cost_micros: row.get(15)?,
                 price_version: row.get(16)?,
+                api: row
+                    .get::<_, Option<String>>(17)?
+                    .as_deref()
+                    .and_then(Api::parse),
+                batch_id: row.get(18)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -1,4 +1,4 @@
-//! Authentication: `Authorization: Bearer <key>` resolved against the stored key digests of the
+//! Authentication: `Authorization: Bearer <key>` (or Anthropic's `x-api-key`) resolved against the stored key digests of the
 //! current directory. The resolved [`Caller`] rides in the request's extensions for every later
 //! layer and the handler; the span gets `tenant` and `key_id`. On `/admin/*` the key must be an
 //! admin key: its [`Actor`] (role, tenant, the client's address) rides instead, each admin key is
@@ -143,9 +143,14 @@ impl Around for AdminAuthentication {
     }
 }
 
-/// The key of an `Authorization: Bearer <key>` header, if there is a non-empty one.
+/// The key a request presents: `Authorization: Bearer <key>` (OpenAI's clients), or
+/// `x-api-key: <key>` (Anthropic's), if there is a non-empty one.
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        let key = headers.get("x-api-key")?.to_str().ok()?.trim();
+        return (!key.is_empty()).then_some(key);
+    };
+    let value = value.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

@@ -63,7 +63,7 @@ mod tests {
             .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
             .header(
                 header::ACCESS_CONTROL_REQUEST_HEADERS,
-                "authorization,content-type",
+                "authorization,content-type,x-api-key,anthropic-version",
             )
             .body(Body::empty())
             .unwrap()

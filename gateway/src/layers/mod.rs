@@ -6,12 +6,13 @@
 //! 1. [`client_request_id`]: a client's own id kept apart (never the gateway's), then the
 //!    gateway's request id (`x-request-id`, tower-http's layers, made and echoed);
 //! 2. [`trace`]: the request's span and its access-log line;
-//! 3. [`cors`]: cross-origin preflights and headers, when configured;
-//! 4. [`body_limit`]: the request-body size limit (413);
-//! 5. [`timeout`]: the time to the response head (504);
-//! 6. [`authentication`]: the caller's key, resolved to a tenant (401/403);
-//! 7. [`request_metrics`]: the request counter by tenant, model and status;
-//! 8. [`rate_limit_headers`]: OpenAI's `x-ratelimit-*` headers.
+//! 3. [`anthropic_errors`]: on `/v1/messages...`, every error rewritten into Anthropic's shape;
+//! 4. [`cors`]: cross-origin preflights and headers, when configured;
+//! 5. [`body_limit`]: the request-body size limit (413);
+//! 6. [`timeout`]: the time to the response head (504);
+//! 7. [`authentication`]: the caller's key, resolved to a tenant (401/403);
+//! 8. [`request_metrics`]: the request counter by tenant, model and status;
+//! 9. [`rate_limit_headers`]: OpenAI's `x-ratelimit-*` headers.
 //!
 //! Quota admission is no layer: it needs the request's size, known only once its prompts are
 //! rendered, so the handlers of the routes it weighs call it in their pipeline
@@ -19,6 +20,7 @@
 //! extensions of [`crate::extensions`]; each header is written by one layer, each thing
 //! counted by one.
 
+pub mod anthropic_errors;
 pub mod around;
 pub mod authentication;
 pub mod body_limit;

@@ -191,6 +191,7 @@ async fn run(
         &[billed],
         admission,
     )
+    .through(ledger::Api::Embeddings)
     .holding(hold);
     let outcome = match prepared.work {
         Work::Local(model, inputs) => {

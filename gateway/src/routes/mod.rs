@@ -5,6 +5,7 @@ mod allowances;
 mod embeddings;
 mod generation;
 mod health;
+mod messages;
 mod metrics;
 mod models;
 mod openapi;
@@ -23,8 +24,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::error::ApiError;
 use crate::layers::{
-    authentication, body_limit, client_request_id, cors, rate_limit_headers, request_metrics,
-    timeout, trace,
+    anthropic_errors, authentication, body_limit, client_request_id, cors, rate_limit_headers,
+    request_metrics, timeout, trace,
 };
 use crate::paths;
 use crate::state::AppState;
@@ -42,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CHAT_COMPLETIONS, post(generation::chat_completions))
         .route(paths::COMPLETIONS, post(generation::completions))
         .route(paths::EMBEDDINGS, post(embeddings::embed))
+        .route(paths::MESSAGES, post(messages::create))
+        .route(paths::MESSAGES_COUNT_TOKENS, post(messages::count_tokens))
         .route_layer(
             ServiceBuilder::new()
                 .layer(authentication::layer(&state))
@@ -121,6 +124,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(client_request_id::layer())
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(trace::layer())
+                .layer(axum::middleware::from_fn(anthropic_errors::rewrite))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .option_layer(cors::layer(&state.limits.cors_origins))
                 .layer(body_limit::layer(state.limits.max_body_bytes))

@@ -96,6 +96,42 @@ fn completions() {}
     security(("api_key" = [])))]
 fn embeddings() {}
 
+/// Anthropic's error body (every error of the `/v1/messages` routes).
+#[derive(Serialize, ToSchema)]
+struct AnthropicErrorBody {
+    /// `error`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// `{"type": "invalid_request_error" | "authentication_error" | "permission_error" |
+    /// "not_found_error" | "request_too_large" | "rate_limit_error" | "overloaded_error" |
+    /// "api_error", "message"}`.
+    error: ErrorObject,
+}
+
+/// Anthropic's Messages API: a message for the conversation (JSON, or a stream of named
+/// events with `stream`). The key may come as `x-api-key`; `anthropic-version` is accepted.
+#[utoipa::path(post, path = "/v1/messages", tag = "anthropic",
+    request_body(content = Object, description = "Anthropic's `MessageCreateParams`: `model`, `max_tokens`, `messages`, `system`, `stop_sequences`, `temperature`, `top_p`, `top_k`, `stream`, `tools`, `tool_choice`, `metadata`"),
+    responses(
+        (status = 200, description = "A `message`, or `text/event-stream` of `message_start`, `content_block_start`, `content_block_delta`, `content_block_stop`, `message_delta`, `message_stop`"),
+        (status = 400, description = "Invalid request", body = AnthropicErrorBody),
+        (status = 401, description = "No or unknown API key", body = AnthropicErrorBody),
+        (status = 404, description = "No such model", body = AnthropicErrorBody),
+        (status = 429, description = "A quota limit", body = AnthropicErrorBody),
+    ),
+    security(("api_key" = [])))]
+fn messages() {}
+
+/// Counts a Messages request's input tokens (template and tools included); nothing is billed.
+#[utoipa::path(post, path = "/v1/messages/count_tokens", tag = "anthropic",
+    request_body(content = Object, description = "As `/v1/messages`, without `max_tokens`"),
+    responses(
+        (status = 200, description = "`{\"input_tokens\": n}`"),
+        (status = 400, description = "Invalid request", body = AnthropicErrorBody),
+    ),
+    security(("api_key" = [])))]
+fn count_message_tokens() {}
+
 /// The models the caller's tenant may use.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, description = "A `list` of `model` objects")),
@@ -366,13 +402,13 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Multi-tenant model-serving gateway", description = "OpenAI-compatible API with per-tenant keys, quotas and fair share."),
-    paths(chat_completions, completions, embeddings, list_models, retrieve_model, load, admin_tenants,
+    paths(chat_completions, completions, embeddings, messages, count_message_tokens, list_models, retrieve_model, load, admin_tenants,
         admin_usage, admin_usage_records, admin_pools, create_tenant, get_tenant, update_tenant,
         delete_tenant, list_projects, create_project, get_project, update_project, delete_project,
         list_tenant_keys, issue_tenant_key, list_admin_keys, issue_admin_key, get_key, revoke_key,
         rotate_key, audit, list_prices, set_price, list_grants, create_grant, list_budgets,
         create_budget, allowances, health, ready, metrics, version, openapi),
-    components(schemas(ErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role, Price, Grant, Budget)),
+    components(schemas(ErrorBody, AnthropicErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role, Price, Grant, Budget)),
     modifiers(&Security)
 )]
 struct ApiDoc;

@@ -319,13 +319,30 @@ pub fn digest(key: &str) -> String {
     policies::ApiKey::from_plaintext(key).digest().to_string()
 }
 
-/// A virtual environment with the official `openai` SDK (pinned), made once under `target/`.
+/// The clients the SDK tests drive, pinned: OpenAI's and Anthropic's official SDKs, and
+/// LangChain's Anthropic chat model.
+const SDK_PACKAGES: [&str; 3] = [
+    "openai==3.63.0",
+    "anthropic==2.17.0",
+    "langchain-anthropic==1.7.10",
+];
+
+/// A virtual environment with the official SDKs ([`SDK_PACKAGES`]), made once under
+/// `target/`.
 pub fn openai_sdk_python() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/openai-sdk");
+    // Made once per test binary (its tests run in parallel threads; the binaries one by one).
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(make_sdk_venv).clone()
+}
+
+fn make_sdk_venv() -> PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sdk-venv");
     let python = venv.join("bin/python");
+    let check = "import openai, anthropic, langchain_anthropic; \
+                 assert openai.__version__ == '3.63.0' and anthropic.__version__ == '2.17.0'";
     let has_sdk = |python: &std::path::Path| {
         std::process::Command::new(python)
-            .args(["-c", "import openai; assert openai.__version__ == '3.63.0'"])
+            .args(["-c", check])
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -337,17 +354,13 @@ pub fn openai_sdk_python() -> std::path::PathBuf {
             .expect("python3 -m venv");
         assert!(made.success(), "python3 -m venv failed");
         let installed = std::process::Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "openai==3.63.0",
-            ])
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(SDK_PACKAGES)
             .status()
             .expect("pip install");
-        assert!(installed.success(), "pip install openai==3.63.0 failed");
+        assert!(installed.success(), "pip install {SDK_PACKAGES:?} failed");
     }
-    assert!(has_sdk(&python), "the openai SDK is not importable");
+    assert!(has_sdk(&python), "the SDKs are not importable");
     python
 }
 

@@ -15,8 +15,12 @@ use crate::accounting::{BilledPrompt, RequestAccount};
 use crate::error::ApiError;
 use crate::extensions::{AccessLogWritten, RateLimitSnapshot};
 use crate::openai::response::Endpoint;
+use crate::openai::response::ResponseMeta;
+use crate::openai::tools::ToolSpec;
 use crate::routes::pipeline::{self, Incoming};
 use crate::state::AppState;
+use ledger::Api;
+use std::sync::Arc;
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
@@ -53,56 +57,59 @@ async fn validate_admit_serve(
     Ok(pipeline::with_limits(response, limits))
 }
 
+/// A generation under way: admitted, routed, its usage account riding in the relay; what the
+/// endpoint needs to shape its answer.
+pub struct Started {
+    /// The response's identity.
+    pub meta: ResponseMeta,
+    /// The engine's events, accounted.
+    pub relay: Relay,
+    /// The functions the model may call, if offered.
+    pub tools: Option<Arc<ToolSpec>>,
+    /// The limits as admission saw them (for the `x-ratelimit-*` headers).
+    pub limits: RateLimitSnapshot,
+    /// The prompt's tokens as admission counted them.
+    pub prompt_tokens: u64,
+}
+
+/// Runs a chat request (a chat-completions body: the Responses and Messages APIs translate
+/// theirs into one) through the whole pipeline up to its first event: validated, sized,
+/// admitted, routed. `api` names the API it came through, for the ledger.
+pub async fn start_chat(
+    state: &AppState,
+    incoming: &Incoming,
+    chat_body: &[u8],
+    api: Api,
+) -> Result<Started, ApiError> {
+    let caller = &incoming.caller;
+    let model = incoming.model_state();
+    let (prepared, cost) = prepare_generation(state, Endpoint::Chat, caller, chat_body, model)?;
+    let (admission, hold) = pipeline::admit(state, caller, &prepared.meta.model, cost).await?;
+    let limits = RateLimitSnapshot(admission.status.clone());
+    let (prepared, relay) = submit(state, incoming, prepared, admission, hold, api).await?;
+    Ok(Started {
+        meta: prepared.meta,
+        relay,
+        tools: prepared.tools,
+        limits,
+        prompt_tokens: cost.prompt_tokens,
+    })
+}
+
 /// Routes the admitted request to the model's replicas and answers with what they generate;
 /// its usage account settles (quota, metrics, access log, ledger) when the generation ends.
 async fn serve(
     state: &AppState,
     incoming: &Incoming,
-    mut prepared: PreparedGeneration,
+    prepared: PreparedGeneration,
     admission: Admission,
     hold: Option<AllowanceHold>,
 ) -> Result<Response, ApiError> {
-    if let Some(granted) = admission.shortened_to() {
-        prepared.fit_to(granted);
-    }
-    let caller = &incoming.caller;
-    let requester = Requester {
-        tenant: caller.tenant.id.clone(),
-        share: prepared.share,
-        project_share: caller.grant.project_share.clone(),
-        tier: caller.tenant.tier.clone(),
-        traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
-        cache_scope: prepared.cache_scope.clone(),
+    let api = match prepared.meta.endpoint {
+        Endpoint::Chat => Api::ChatCompletions,
+        Endpoint::Completions => Api::Completions,
     };
-    // Each prompt as admission billed it (once, whatever its number of choices).
-    let billed: Vec<BilledPrompt> = prepared
-        .choices
-        .one_per_prompt(&prepared.requests)
-        .map(|r| BilledPrompt {
-            tokens: r.prompt.tokens() as u64,
-            estimated: r.prompt.is_estimate(),
-        })
-        .collect();
-    // All prompts or none: a prompt that does not fit fails the whole request (and, with
-    // nothing generated, it is not billed: the admission is dropped and refunded).
-    // Waits (by priority class and fair share) while every replica is saturated, if the
-    // model's pools let requests wait.
-    let streams = prepared
-        .engine
-        .submit_all_waiting(&requester, prepared.requests)
-        .await?;
-    let account = RequestAccount::new(
-        state,
-        caller,
-        &incoming.request_id,
-        incoming.client_request_id.as_ref(),
-        &prepared.meta.model,
-        &billed,
-        admission,
-    )
-    .billed_as(requester.share.priority)
-    .holding(hold);
-    let relay = Relay::new(streams, prepared.choices, billed, account);
+    let (prepared, relay) = submit(state, incoming, prepared, admission, hold, api).await?;
     // From here the account writes the access-log line when the generation ends.
     let mut response = if prepared.stream {
         sse_response(sse_events(
@@ -128,4 +135,60 @@ async fn serve(
     };
     response.extensions_mut().insert(AccessLogWritten);
     Ok(response)
+}
+
+/// Submits every prompt of an admitted request; its events come back through a [`Relay`]
+/// holding the request's usage account (what is left of `prepared` comes back with it).
+async fn submit(
+    state: &AppState,
+    incoming: &Incoming,
+    mut prepared: PreparedGeneration,
+    admission: Admission,
+    hold: Option<AllowanceHold>,
+    api: Api,
+) -> Result<(PreparedGeneration, Relay), ApiError> {
+    if let Some(granted) = admission.shortened_to() {
+        prepared.fit_to(granted);
+    }
+    let caller = &incoming.caller;
+    let requester = Requester {
+        tenant: caller.tenant.id.clone(),
+        share: prepared.share,
+        project_share: caller.grant.project_share.clone(),
+        tier: caller.tenant.tier.clone(),
+        traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
+        cache_scope: prepared.cache_scope.clone(),
+    };
+    // Each prompt as admission billed it (once, whatever its number of choices).
+    let billed: Vec<BilledPrompt> = prepared
+        .choices
+        .one_per_prompt(&prepared.requests)
+        .map(|r| BilledPrompt {
+            tokens: r.prompt.tokens() as u64,
+            estimated: r.prompt.is_estimate(),
+        })
+        .collect();
+    // All prompts or none: a prompt that does not fit fails the whole request (and, with
+    // nothing generated, it is not billed: the admission is dropped and refunded).
+    // Waits (by priority class and fair share) while every replica is saturated, if the
+    // model's pools let requests wait.
+    let requests = std::mem::take(&mut prepared.requests);
+    let streams = prepared
+        .engine
+        .submit_all_waiting(&requester, requests)
+        .await?;
+    let account = RequestAccount::new(
+        state,
+        caller,
+        &incoming.request_id,
+        incoming.client_request_id.as_ref(),
+        &prepared.meta.model,
+        &billed,
+        admission,
+    )
+    .billed_as(requester.share.priority)
+    .through(api)
+    .holding(hold);
+    let relay = Relay::new(streams, prepared.choices, billed, account);
+    Ok((prepared, relay))
 }

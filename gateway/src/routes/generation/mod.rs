@@ -7,6 +7,7 @@
 
 pub mod choices;
 pub mod handlers;
+pub mod one_choice;
 pub mod prepare;
 pub mod respond;
 

@@ -324,18 +324,25 @@ pub async fn whole_response(
 /// Server-sent events, written into one buffer that is reused: what is written between two
 /// [`Self::take`]s leaves as one body frame, a slice of that buffer (no allocation per event
 /// once the buffer is warm: a frame hyper has written and dropped gives its space back).
-struct SseWriter {
+pub struct SseWriter {
     buffer: BytesMut,
     /// An event's JSON on its way into `buffer`: serde_json writes a piece at a time, which a
     /// vector takes faster than a `BytesMut`.
     json: Vec<u8>,
 }
 
+impl Default for SseWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SseWriter {
     /// Room made at once when the buffer runs low (a few tokens' chunks).
     const RESERVE: usize = 4096;
 
-    fn new() -> Self {
+    /// An empty writer.
+    pub fn new() -> Self {
         Self {
             buffer: BytesMut::new(),
             // A chunk's JSON is a few hundred bytes: no regrowth on the first ones.
@@ -343,9 +350,9 @@ impl SseWriter {
         }
     }
 
-    /// An event carrying `json` (compact JSON has no line breaks, so one `data:` line holds
+    /// A `data:` event carrying `json` (compact JSON has no line breaks, so one `data:` line holds
     /// it).
-    fn json(&mut self, json: &impl Serialize) {
+    pub fn json(&mut self, json: &impl Serialize) {
         self.json.clear();
         serde_json::to_writer(&mut self.json, json).expect("an event serialises");
         self.open();
@@ -354,7 +361,7 @@ impl SseWriter {
     }
 
     /// An event carrying `text` as it is (`[DONE]`, an error's JSON).
-    fn text(&mut self, text: &str) {
+    pub fn text(&mut self, text: &str) {
         self.open();
         self.buffer.put_slice(text.as_bytes());
         self.buffer.put_slice(b"\n\n");
@@ -367,8 +374,27 @@ impl SseWriter {
         self.buffer.put_slice(b"data: ");
     }
 
+    /// A named event (`event: <name>`, as the Responses and Messages APIs send them)
+    /// carrying `json`.
+    pub fn named(&mut self, name: &str, json: &impl Serialize) {
+        self.buffer.reserve(name.len() + 8);
+        self.buffer.put_slice(b"event: ");
+        self.buffer.put_slice(name.as_bytes());
+        self.buffer.put_slice(b"\n");
+        self.json(json);
+    }
+
+    /// A named event carrying `text` as it is (an error's JSON).
+    pub fn named_text(&mut self, name: &str, text: &str) {
+        self.buffer.reserve(name.len() + 8);
+        self.buffer.put_slice(b"event: ");
+        self.buffer.put_slice(name.as_bytes());
+        self.buffer.put_slice(b"\n");
+        self.text(text);
+    }
+
     /// The events written since the last take, as one frame; `None` if there are none.
-    fn take(&mut self) -> Option<Result<BytesMut, Infallible>> {
+    pub fn take(&mut self) -> Option<Result<BytesMut, Infallible>> {
         (!self.buffer.is_empty()).then(|| Ok(self.buffer.split()))
     }
 }

@@ -2,6 +2,7 @@
 //! counter, the append-only audit log and the keys' last use. The rules of every write live
 //! above them (`writes`), written once.
 
+use crate::api_objects::ApiObject;
 use crate::error::Result;
 use crate::model::{AuditEntry, AuditQuery};
 
@@ -67,6 +68,14 @@ pub(crate) trait Backend: Send {
     fn touch(&mut self, used: &[(String, i64)]) -> Result<()>;
     /// When each key was last used, as stored.
     fn last_used(&mut self) -> Result<Vec<(String, i64)>>;
+    /// Stores an API object (replacing one of the same kind and id).
+    fn api_put(&mut self, object: &ApiObject) -> Result<()>;
+    /// `tenant`'s object `kind`/`id`.
+    fn api_get(&mut self, kind: &str, tenant: &str, id: &str) -> Result<Option<ApiObject>>;
+    /// Deletes `tenant`'s object `kind`/`id`; whether there was one.
+    fn api_delete(&mut self, kind: &str, tenant: &str, id: &str) -> Result<bool>;
+    /// Deletes every object expired by `now_ms`; how many.
+    fn api_purge(&mut self, now_ms: i64) -> Result<u64>;
 }
 
 /// The audit query's `WHERE` clause with placeholders written by `placeholder(n)`, and its

@@ -10,6 +10,7 @@
 
 mod actor;
 mod allowances;
+mod api_objects;
 mod backend;
 mod error;
 mod model;
@@ -26,6 +27,7 @@ pub use allowances::{
     any_allowance, AllowanceUse, Budget, Grant, Period, Reservation, Settled, Shortfall, Unit,
     Usage,
 };
+pub use api_objects::ApiObject;
 pub use error::{Result, StoreError};
 pub use model::{
     now_ms, AuditEntry, AuditQuery, CostMicros, Key, Limits, Price, Project, Snapshot, Tenant,
@@ -126,6 +128,36 @@ impl ControlPlane {
     /// version, so a snapshot's figures may be older.
     pub fn last_used(&self) -> Result<HashMap<String, i64>> {
         Ok(self.backend().last_used()?.into_iter().collect())
+    }
+
+    /// Stores `object` (replacing one of the same kind and id).
+    pub fn put_api_object(&self, object: &ApiObject) -> Result<()> {
+        self.backend().api_put(object)
+    }
+
+    /// `tenant`'s object `kind`/`id`, if it exists, belongs to `tenant` and is still kept at
+    /// `now_ms` (another tenant's is answered as absent).
+    pub fn api_object(
+        &self,
+        kind: &str,
+        tenant: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<ApiObject>> {
+        Ok(self
+            .backend()
+            .api_get(kind, tenant, id)?
+            .filter(|o| o.live_at(now_ms)))
+    }
+
+    /// Deletes `tenant`'s object `kind`/`id`; whether there was one.
+    pub fn delete_api_object(&self, kind: &str, tenant: &str, id: &str) -> Result<bool> {
+        self.backend().api_delete(kind, tenant, id)
+    }
+
+    /// Purges every object whose retention ended by `now_ms`; how many.
+    pub fn purge_api_objects(&self, now_ms: i64) -> Result<u64> {
+        self.backend().api_purge(now_ms)
     }
 
     /// Records when keys were last used (`(key id, Unix ms)`; the latest of each wins).

@@ -7,6 +7,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
+use crate::api_objects::ApiObject;
 use crate::backend::{audit_sql, json_column, AuditParam, Backend, Rows, Tx};
 use crate::error::{Result, StoreError};
 use crate::model::{AuditEntry, AuditQuery};
@@ -305,6 +306,64 @@ impl Backend for PostgresBackend {
                 &[&keys, &times],
             )?;
             Ok(())
+        })
+    }
+
+    fn api_put(&mut self, o: &ApiObject) -> Result<()> {
+        self.run(|c| {
+            c.execute(
+                "INSERT INTO cp_api_objects (kind, id, tenant, created_ms, expires_ms, body)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (kind, id) DO UPDATE SET tenant = excluded.tenant,
+                   created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
+                   body = excluded.body",
+                &[
+                    &o.kind,
+                    &o.id,
+                    &o.tenant,
+                    &o.created_ms,
+                    &o.expires_ms,
+                    &o.body,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn api_get(&mut self, kind: &str, tenant: &str, id: &str) -> Result<Option<ApiObject>> {
+        self.run(|c| {
+            let row = c.query_opt(
+                "SELECT created_ms, expires_ms, body FROM cp_api_objects
+                 WHERE kind = $1 AND id = $2 AND tenant = $3",
+                &[&kind, &id, &tenant],
+            )?;
+            Ok(row.map(|row| ApiObject {
+                kind: kind.to_string(),
+                id: id.to_string(),
+                tenant: tenant.to_string(),
+                created_ms: row.get(0),
+                expires_ms: row.get(1),
+                body: row.get(2),
+            }))
+        })
+    }
+
+    fn api_delete(&mut self, kind: &str, tenant: &str, id: &str) -> Result<bool> {
+        self.run(|c| {
+            let deleted = c.execute(
+                "DELETE FROM cp_api_objects WHERE kind = $1 AND id = $2 AND tenant = $3",
+                &[&kind, &id, &tenant],
+            )?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn api_purge(&mut self, now_ms: i64) -> Result<u64> {
+        self.run(|c| {
+            Ok(c.execute(
+                "DELETE FROM cp_api_objects WHERE expires_ms IS NOT NULL AND expires_ms <= $1",
+                &[&now_ms],
+            )?)
         })
     }
 }

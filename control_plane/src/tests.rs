@@ -757,3 +757,63 @@ fn utc_periods() {
     assert_eq!(day.period_at(1_709_251_200_000).0, "2024-03-01");
     assert_eq!(day.period_at(0).1, "budget:b:1970-01-01");
 }
+
+fn api_objects_belong_to_one_tenant_and_expire(store: ControlPlane) {
+    let v0 = store.version().unwrap();
+    let object = |id: &str, tenant: &str, expires_ms: Option<i64>| ApiObject {
+        kind: "response".into(),
+        id: id.into(),
+        tenant: tenant.into(),
+        created_ms: 1_000,
+        expires_ms,
+        body: format!("{{\"id\":\"{id}\"}}"),
+    };
+    store
+        .put_api_object(&object("resp_1", "acme", None))
+        .unwrap();
+    store
+        .put_api_object(&object("resp_2", "acme", Some(5_000)))
+        .unwrap();
+    assert_eq!(store.version().unwrap(), v0, "replicas cache none of them");
+    let got = store
+        .api_object("response", "acme", "resp_1", 2_000)
+        .unwrap();
+    assert_eq!(got, Some(object("resp_1", "acme", None)));
+    // Another tenant's is absent, whoever asks for it by id.
+    assert_eq!(
+        store
+            .api_object("response", "beta", "resp_1", 2_000)
+            .unwrap(),
+        None
+    );
+    assert!(!store
+        .delete_api_object("response", "beta", "resp_1")
+        .unwrap());
+    // Past its retention it is absent, then purged.
+    assert!(store
+        .api_object("response", "acme", "resp_2", 4_999)
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store
+            .api_object("response", "acme", "resp_2", 5_000)
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.purge_api_objects(5_000).unwrap(), 1);
+    assert_eq!(store.purge_api_objects(5_000).unwrap(), 0);
+    assert!(store
+        .delete_api_object("response", "acme", "resp_1")
+        .unwrap());
+    assert_eq!(
+        store
+            .api_object("response", "acme", "resp_1", 2_000)
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn api_objects_on_both_stores() {
+    on_both(api_objects_belong_to_one_tenant_and_expire);
+}

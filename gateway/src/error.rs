@@ -153,6 +153,25 @@ impl ApiError {
         .with_code("model_not_found")
     }
 
+    /// 404: no object `id` of this kind for the caller's tenant (another tenant's is answered
+    /// alike: its existence is not told).
+    pub fn object_not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("No {what} with id `{id}` was found."),
+        )
+        .with_code("not_found")
+    }
+
+    /// 400: a feature that needs the control-plane store, on a gateway without one.
+    pub fn needs_store(what: &str) -> Self {
+        Self::invalid_request(format!(
+            "{what} needs the gateway's control-plane store, which this gateway does not run (`[control_plane] enabled`)."
+        ))
+        .with_code("store_not_configured")
+    }
+
     /// 403: a tenant's key on an admin route.
     pub fn admin_only() -> Self {
         Self::new(

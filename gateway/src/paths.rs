@@ -12,6 +12,10 @@ pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 pub const COMPLETIONS: &str = "/v1/completions";
 /// `POST /v1/embeddings`.
 pub const EMBEDDINGS: &str = "/v1/embeddings";
+/// `POST /v1/responses`: OpenAI's Responses API.
+pub const RESPONSES: &str = "/v1/responses";
+/// `GET`/`DELETE /v1/responses/{id}`: a stored response.
+pub const RESPONSE: &str = "/v1/responses/{id}";
 /// `POST /v1/messages`: Anthropic's Messages API.
 pub const MESSAGES: &str = "/v1/messages";
 /// `POST /v1/messages/count_tokens`.
@@ -68,6 +72,8 @@ pub const ALL: &[&str] = &[
     CHAT_COMPLETIONS,
     COMPLETIONS,
     EMBEDDINGS,
+    RESPONSES,
+    RESPONSE,
     MESSAGES,
     MESSAGES_COUNT_TOKENS,
     LOAD,

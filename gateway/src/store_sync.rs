@@ -42,6 +42,8 @@ pub struct StoreSync {
     thresholds: Vec<u8>,
     /// Where crossings are POSTed.
     webhook: Option<String>,
+    /// How long stored responses are kept.
+    responses_retention: Duration,
     /// What alerts need once serving: the directory (grants' and budgets' amounts) and the
     /// metrics (set by `spawn`).
     watch: std::sync::OnceLock<(Arc<CurrentDirectory>, Arc<RequestMetrics>)>,
@@ -154,9 +156,20 @@ impl StoreSync {
             lease: Duration::from_secs(config.control_plane.allowance_lease_secs.max(1)),
             thresholds: config.control_plane.alert_thresholds_percent.clone(),
             webhook: config.control_plane.alert_webhook_url.clone(),
+            responses_retention: Duration::from_secs(
+                config
+                    .control_plane
+                    .responses_retention_hours
+                    .saturating_mul(3600),
+            ),
             watch: std::sync::OnceLock::new(),
         });
         Ok((sync, directory))
+    }
+
+    /// How long stored responses are kept.
+    pub fn responses_retention(&self) -> Duration {
+        self.responses_retention
     }
 
     /// The currency of prices and costs (ISO 4217).
@@ -421,6 +434,9 @@ impl StoreSync {
                     _ = flush.tick() => {
                         sync.flush().await;
                         sync.refresh_gauges().await;
+                        // Stored responses past their retention (any replica may purge).
+                        let now = control_plane::now_ms();
+                        let _ = sync.call(move |s| s.purge_api_objects(now)).await;
                     }
                     _ = renew.tick() => sync.renew().await,
                 }

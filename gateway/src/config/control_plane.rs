@@ -50,6 +50,15 @@ pub struct ControlPlaneConfig {
     /// Where crossings are POSTed (JSON), by whichever replica settled the request that crossed
     /// them. Only the operator sets it, in this file: no tenant can point the gateway at a URL.
     pub alert_webhook_url: Option<String>,
+    /// How long a stored response (`/v1/responses` with `store`) is kept (hours); it can be
+    /// deleted sooner (`DELETE /v1/responses/{id}`).
+    #[serde(default = "default_responses_retention_hours")]
+    pub responses_retention_hours: u64,
+}
+
+fn default_responses_retention_hours() -> u64 {
+    // OpenAI's own: 30 days.
+    720
 }
 
 fn default_alert_thresholds_percent() -> Vec<u8> {
@@ -85,6 +94,7 @@ impl Default for ControlPlaneConfig {
             allowance_lease_secs: default_allowance_lease_secs(),
             alert_thresholds_percent: default_alert_thresholds_percent(),
             alert_webhook_url: None,
+            responses_retention_hours: default_responses_retention_hours(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod embeddings;
 pub mod json;
 pub mod params;
 pub mod response;
+pub mod responses;
 pub mod tools;
 
 pub use json::JsonBody;

@@ -12,6 +12,7 @@ mod openapi;
 mod pipeline;
 mod pools;
 mod prices;
+mod responses;
 mod tenancy;
 mod version;
 
@@ -43,6 +44,11 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CHAT_COMPLETIONS, post(generation::chat_completions))
         .route(paths::COMPLETIONS, post(generation::completions))
         .route(paths::EMBEDDINGS, post(embeddings::embed))
+        .route(paths::RESPONSES, post(responses::create))
+        .route(
+            paths::RESPONSE,
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route(paths::MESSAGES, post(messages::create))
         .route(paths::MESSAGES_COUNT_TOKENS, post(messages::count_tokens))
         .route_layer(

@@ -108,6 +108,35 @@ struct AnthropicErrorBody {
     error: ErrorObject,
 }
 
+/// OpenAI's Responses API: a response to text or input items (JSON, or typed events with
+/// `stream`); kept for `previous_response_id` and `GET` with `store` (the default) when the
+/// control-plane store runs.
+#[utoipa::path(post, path = "/v1/responses", tag = "openai",
+    request_body(content = Object, description = "`model`, `input` (text or items: `message`, `function_call`, `function_call_output`), `instructions`, `max_output_tokens`, `temperature`, `top_p`, `text.format`, `tools` (functions), `tool_choice`, `stream`, `store`, `previous_response_id`, `metadata`, `user`"),
+    responses(
+        (status = 200, description = "A `response`, or `text/event-stream` of `response.created` ... `response.completed`"),
+        (status = 400, description = "Invalid request, or a `previous_response_id` not found", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 429, description = "A quota limit", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+fn create_response() {}
+
+/// A stored response of the caller's tenant.
+#[utoipa::path(get, path = "/v1/responses/{id}", tag = "openai",
+    params(("id" = String, Path, description = "`resp_...`")),
+    responses((status = 200, description = "The `response`"), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn retrieve_response() {}
+
+/// Deletes a stored response of the caller's tenant.
+#[utoipa::path(delete, path = "/v1/responses/{id}", tag = "openai",
+    params(("id" = String, Path, description = "`resp_...`")),
+    responses((status = 200, description = "`{id, object: response.deleted, deleted: true}`"), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn delete_response() {}
+
 /// Anthropic's Messages API: a message for the conversation (JSON, or a stream of named
 /// events with `stream`). The key may come as `x-api-key`; `anthropic-version` is accepted.
 #[utoipa::path(post, path = "/v1/messages", tag = "anthropic",
@@ -402,7 +431,8 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Multi-tenant model-serving gateway", description = "OpenAI-compatible API with per-tenant keys, quotas and fair share."),
-    paths(chat_completions, completions, embeddings, messages, count_message_tokens, list_models, retrieve_model, load, admin_tenants,
+    paths(chat_completions, completions, embeddings, create_response, retrieve_response,
+        delete_response, messages, count_message_tokens, list_models, retrieve_model, load, admin_tenants,
         admin_usage, admin_usage_records, admin_pools, create_tenant, get_tenant, update_tenant,
         delete_tenant, list_projects, create_project, get_project, update_project, delete_project,
         list_tenant_keys, issue_tenant_key, list_admin_keys, issue_admin_key, get_key, revoke_key,

@@ -76,6 +76,28 @@ pub(crate) trait Backend: Send {
     fn api_delete(&mut self, kind: &str, tenant: &str, id: &str) -> Result<bool>;
     /// Deletes every object expired by `now_ms`; how many.
     fn api_purge(&mut self, now_ms: i64) -> Result<u64>;
+    /// Objects of `kind` (of `tenant`, or of every tenant) whose id starts with `id_prefix`,
+    /// oldest first.
+    fn api_list(
+        &mut self,
+        kind: &str,
+        tenant: Option<&str>,
+        id_prefix: &str,
+    ) -> Result<Vec<ApiObject>>;
+    /// What `tenant`'s objects of `kind` weigh, in bytes of their bodies.
+    fn api_bytes(&mut self, kind: &str, tenant: &str) -> Result<i64>;
+    /// Takes (or renews) the lease on object `kind`/`id` for `owner` until `until_ms`, if no
+    /// other owner holds a lease running past `now_ms`; whether it is `owner`'s now.
+    fn api_claim(
+        &mut self,
+        kind: &str,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool>;
+    /// Gives `owner`'s lease on `kind`/`id` back.
+    fn api_release(&mut self, kind: &str, id: &str, owner: &str) -> Result<()>;
 }
 
 /// The audit query's `WHERE` clause with placeholders written by `placeholder(n)`, and its

@@ -155,6 +155,44 @@ impl ControlPlane {
         self.backend().api_delete(kind, tenant, id)
     }
 
+    /// Objects of `kind` (of `tenant`, or of every tenant with `None`) whose id starts with
+    /// `id_prefix`, oldest first, still kept at `now_ms`.
+    pub fn api_objects(
+        &self,
+        kind: &str,
+        tenant: Option<&str>,
+        id_prefix: &str,
+        now_ms: i64,
+    ) -> Result<Vec<ApiObject>> {
+        let mut objects = self.backend().api_list(kind, tenant, id_prefix)?;
+        objects.retain(|o| o.live_at(now_ms));
+        Ok(objects)
+    }
+
+    /// What `tenant`'s objects of `kind` weigh (bytes of their content).
+    pub fn api_object_bytes(&self, kind: &str, tenant: &str) -> Result<i64> {
+        self.backend().api_bytes(kind, tenant)
+    }
+
+    /// Takes or renews the lease on `kind`/`id` for `owner` for `lease_ms`: `true` if it is
+    /// `owner`'s (free, expired, or already its own), `false` while another holds it.
+    pub fn claim_api_object(
+        &self,
+        kind: &str,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        self.backend()
+            .api_claim(kind, id, owner, now_ms, now_ms.saturating_add(lease_ms))
+    }
+
+    /// Gives `owner`'s lease on `kind`/`id` back.
+    pub fn release_api_object(&self, kind: &str, id: &str, owner: &str) -> Result<()> {
+        self.backend().api_release(kind, id, owner)
+    }
+
     /// Purges every object whose retention ended by `now_ms`; how many.
     pub fn purge_api_objects(&self, now_ms: i64) -> Result<u64> {
         self.backend().api_purge(now_ms)

@@ -318,4 +318,66 @@ impl Backend for SqliteBackend {
         )?;
         Ok(purged as u64)
     }
+
+    fn api_list(
+        &mut self,
+        kind: &str,
+        tenant: Option<&str>,
+        id_prefix: &str,
+    ) -> Result<Vec<ApiObject>> {
+        let mut statement = self.0.prepare_cached(
+            "SELECT id, tenant, created_ms, expires_ms, body FROM cp_api_objects
+             WHERE kind = ?1 AND (?2 IS NULL OR tenant = ?2) AND substr(id, 1, ?3) = ?4
+             ORDER BY created_ms, id",
+        )?;
+        let rows = statement.query_map(
+            (kind, tenant, id_prefix.chars().count() as i64, id_prefix),
+            |row| {
+                Ok(ApiObject {
+                    kind: kind.to_string(),
+                    id: row.get(0)?,
+                    tenant: row.get(1)?,
+                    created_ms: row.get(2)?,
+                    expires_ms: row.get(3)?,
+                    body: row.get(4)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn api_bytes(&mut self, kind: &str, tenant: &str) -> Result<i64> {
+        Ok(self.0.query_row(
+            "SELECT COALESCE(SUM(length(CAST(body AS BLOB))), 0) FROM cp_api_objects
+             WHERE kind = ?1 AND tenant = ?2",
+            (kind, tenant),
+            |row| row.get(0),
+        )?)
+    }
+
+    fn api_claim(
+        &mut self,
+        kind: &str,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool> {
+        let claimed = self.0.execute(
+            "UPDATE cp_api_objects SET lease_owner = ?3, lease_expires_ms = ?5
+             WHERE kind = ?1 AND id = ?2
+               AND (lease_owner IS NULL OR lease_owner = ?3 OR lease_expires_ms <= ?4)",
+            (kind, id, owner, now_ms, until_ms),
+        )?;
+        Ok(claimed == 1)
+    }
+
+    fn api_release(&mut self, kind: &str, id: &str, owner: &str) -> Result<()> {
+        self.0.execute(
+            "UPDATE cp_api_objects SET lease_owner = NULL, lease_expires_ms = NULL
+             WHERE kind = ?1 AND id = ?2 AND lease_owner = ?3",
+            (kind, id, owner),
+        )?;
+        Ok(())
+    }
 }

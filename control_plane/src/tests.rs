@@ -811,6 +811,69 @@ fn api_objects_belong_to_one_tenant_and_expire(store: ControlPlane) {
             .unwrap(),
         None
     );
+
+    // Lists by tenant and id prefix, oldest first; sizes by tenant.
+    for (id, tenant) in [
+        ("batch_1:0", "acme"),
+        ("batch_1:1", "acme"),
+        ("batch_10:0", "acme"),
+        ("batch_1:2", "beta"),
+    ] {
+        store.put_api_object(&object(id, tenant, None)).unwrap();
+    }
+    let ids = |tenant: Option<&str>, prefix: &str| -> Vec<String> {
+        store
+            .api_objects("response", tenant, prefix, 2_000)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.id)
+            .collect()
+    };
+    assert_eq!(ids(Some("acme"), "batch_1:"), ["batch_1:0", "batch_1:1"]);
+    assert_eq!(
+        ids(None, "batch_1:"),
+        ["batch_1:0", "batch_1:1", "batch_1:2"]
+    );
+    assert_eq!(ids(Some("acme"), "batch_1").len(), 3);
+    assert_eq!(
+        store.api_object_bytes("response", "acme").unwrap(),
+        3 * "{\"id\":\"batch_1:0\"}".len() as i64 + 1
+    );
+
+    // One lease at a time: renewed by its owner, taken over once it runs out.
+    assert!(store
+        .claim_api_object("response", "batch_1:0", "replica-a", 10_000, 1_000)
+        .unwrap());
+    assert!(!store
+        .claim_api_object("response", "batch_1:0", "replica-b", 10_500, 1_000)
+        .unwrap());
+    assert!(store
+        .claim_api_object("response", "batch_1:0", "replica-a", 10_900, 1_000)
+        .unwrap());
+    assert!(!store
+        .claim_api_object("response", "batch_1:0", "replica-b", 11_800, 1_000)
+        .unwrap());
+    assert!(store
+        .claim_api_object("response", "batch_1:0", "replica-b", 11_900, 1_000)
+        .unwrap());
+    store
+        .release_api_object("response", "batch_1:0", "replica-a")
+        .unwrap();
+    assert!(
+        !store
+            .claim_api_object("response", "batch_1:0", "replica-a", 12_000, 1_000)
+            .unwrap(),
+        "a stale owner's release changes nothing"
+    );
+    store
+        .release_api_object("response", "batch_1:0", "replica-b")
+        .unwrap();
+    assert!(store
+        .claim_api_object("response", "batch_1:0", "replica-a", 12_000, 1_000)
+        .unwrap());
+    assert!(!store
+        .claim_api_object("response", "nothing", "replica-a", 12_000, 1_000)
+        .unwrap());
 }
 
 #[test]

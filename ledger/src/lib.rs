@@ -363,6 +363,50 @@ mod tests {
         assert_eq!(tokens, 3 * (0..210).sum::<u64>());
     }
 
+    /// A batch line's records, twice (a line run again after a crash), and ordinary records
+    /// that share a request id: the line is billed once, nothing else is dropped.
+    pub(crate) fn batch_line_records() -> Vec<UsageRecord> {
+        let line = |batch: &str, custom_id: &str, tokens: u64| UsageRecord {
+            request_id: custom_id.into(),
+            batch_id: Some(batch.into()),
+            api: Some(Api::Batches),
+            completion_tokens: tokens,
+            ..record(1)
+        };
+        vec![
+            line("batch_a", "line-1", 5),
+            line("batch_a", "line-1", 7),
+            line("batch_a", "line-2", 5),
+            line("batch_b", "line-1", 5),
+            record(9),
+            record(9),
+        ]
+    }
+
+    /// What [`batch_line_records`] leave in a ledger.
+    pub(crate) fn assert_billed_once(records: &[UsageRecord]) {
+        assert_eq!(records.len(), 5, "{records:?}");
+        let first = records
+            .iter()
+            .find(|r| r.batch_id.as_deref() == Some("batch_a") && r.request_id == "line-1")
+            .unwrap();
+        assert_eq!(
+            first.completion_tokens, 5,
+            "the first record of a line stands"
+        );
+        assert_eq!(first.api, Some(Api::Batches));
+    }
+
+    #[tokio::test]
+    async fn a_batch_line_is_billed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("usage.db")).unwrap();
+        for r in batch_line_records() {
+            ledger.append(r).await.unwrap();
+        }
+        assert_billed_once(&ledger.records(&UsageQuery::default()).unwrap());
+    }
+
     #[tokio::test]
     async fn appends_after_close_fail_instead_of_vanishing() {
         let dir = tempfile::tempdir().unwrap();
@@ -443,6 +487,14 @@ mod postgres_tests {
         }
         let records = replicas[1].records(&UsageQuery::default()).unwrap();
         assert_eq!(records[7], record(1, 7), "the records as written");
+        // A batch line is billed once here too (records in one transaction, and apart).
+        let ledger = Ledger::connect(&server.database("lines")).unwrap();
+        runtime.block_on(async {
+            for r in super::tests::batch_line_records() {
+                ledger.append(r).await.unwrap();
+            }
+        });
+        super::tests::assert_billed_once(&ledger.records(&UsageQuery::default()).unwrap());
         // A third replica starting later finds the schema migrated and the records there.
         let later = Ledger::connect(&url).unwrap();
         assert_eq!(later.records(&UsageQuery::default()).unwrap().len(), 200);

@@ -108,7 +108,8 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::text[], $9::text[],
                                   $10::bigint[], $11::bigint[], $12::boolean[], $13::text[], $14::text[],
-                                  $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[])"
+                                  $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[])
+             ON CONFLICT DO NOTHING"
         ),
         &[
             &request_ids,

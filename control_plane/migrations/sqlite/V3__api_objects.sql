@@ -1,5 +1,5 @@
 -- What the API keeps for a tenant on request: stored responses (`/v1/responses` with `store`),
--- and later files and batches. Each belongs to one tenant and is read only by it; `expires_ms`
+-- uploaded files, batches and the results of their lines. Each belongs to one tenant and is read only by it; `expires_ms`
 -- is its retention (NULL: kept until deleted).
 CREATE TABLE IF NOT EXISTS cp_api_objects (
     kind       TEXT   NOT NULL,
@@ -8,6 +8,11 @@ CREATE TABLE IF NOT EXISTS cp_api_objects (
     created_ms BIGINT NOT NULL,
     expires_ms BIGINT,
     body       TEXT   NOT NULL,
+    -- Work on the object (a batch being run) is held by one replica at a time, under a lease
+    -- it renews; another takes the work over once the lease runs out.
+    lease_owner      TEXT,
+    lease_expires_ms BIGINT,
     PRIMARY KEY (kind, id)
 );
+CREATE INDEX IF NOT EXISTS cp_api_objects_by_tenant ON cp_api_objects (kind, tenant, created_ms);
 CREATE INDEX IF NOT EXISTS cp_api_objects_by_expiry ON cp_api_objects (expires_ms);

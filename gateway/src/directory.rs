@@ -183,6 +183,12 @@ impl Directory {
         self.keys.resolve(key)
     }
 
+    /// What the tenant key `key_id` grants now, if it is still valid (work it started that runs
+    /// on after its request: a batch's lines).
+    pub fn resolve_key_id(&self, key_id: &str) -> Option<ResolvedKey> {
+        self.keys.by_key_id(key_id, control_plane::now_ms())
+    }
+
     /// The admin behind a presented key, if it is one: the configuration's keys are operators
     /// (compared in constant time with each), the store's have their own role.
     pub fn admin(&self, key: &ApiKey, address: Option<String>) -> Option<Actor> {

@@ -16,6 +16,18 @@ pub const EMBEDDINGS: &str = "/v1/embeddings";
 pub const RESPONSES: &str = "/v1/responses";
 /// `GET`/`DELETE /v1/responses/{id}`: a stored response.
 pub const RESPONSE: &str = "/v1/responses/{id}";
+/// `GET`/`POST /v1/files`: a tenant's files (upload: multipart, `purpose=batch`).
+pub const FILES: &str = "/v1/files";
+/// `GET`/`DELETE /v1/files/{id}`.
+pub const FILE: &str = "/v1/files/{id}";
+/// `GET /v1/files/{id}/content`.
+pub const FILE_CONTENT: &str = "/v1/files/{id}/content";
+/// `GET`/`POST /v1/batches`.
+pub const BATCHES: &str = "/v1/batches";
+/// `GET /v1/batches/{id}`.
+pub const BATCH: &str = "/v1/batches/{id}";
+/// `POST /v1/batches/{id}/cancel`.
+pub const BATCH_CANCEL: &str = "/v1/batches/{id}/cancel";
 /// `POST /v1/messages`: Anthropic's Messages API.
 pub const MESSAGES: &str = "/v1/messages";
 /// `POST /v1/messages/count_tokens`.
@@ -74,6 +86,12 @@ pub const ALL: &[&str] = &[
     EMBEDDINGS,
     RESPONSES,
     RESPONSE,
+    FILES,
+    FILE,
+    FILE_CONTENT,
+    BATCHES,
+    BATCH,
+    BATCH_CANCEL,
     MESSAGES,
     MESSAGES_COUNT_TOKENS,
     LOAD,

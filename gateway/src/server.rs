@@ -130,6 +130,7 @@ pub async fn serve_as(
         max_prompts_per_request: config.server.max_prompts_per_request,
         max_prompt_tokens_per_request: config.server.max_prompt_tokens_per_request,
         admin_requests_per_minute: config.server.admin_requests_per_minute,
+        batches: config.batches.clone(),
     };
     let ledger = match config.ledger.enabled {
         true => match config.ledger.postgres_url() {
@@ -177,6 +178,8 @@ pub async fn serve_as(
     if let Some(sync) = control_plane {
         sync.spawn(state.current_directory().clone(), state.requests.clone());
         let _ = state.control_plane.set(sync);
+        // Batches live in the store: every replica with one runs them.
+        crate::routes::spawn_batch_runner(state.clone());
     }
     if let Some(ledger) = &ledger {
         restore_todays_usage(&state, ledger).await?;

@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_prompt_tokens_per_request: u64,
     /// Requests per minute of one admin key to `/admin/*` (0: unlimited).
     pub admin_requests_per_minute: u32,
+    /// `[batches]`: files' and batches' limits (`max_file_bytes` is the upload route's body
+    /// limit).
+    pub batches: crate::config::BatchesConfig,
 }
 
 /// Shared state of the server; cheap to clone (one reference count: every layer and handler

@@ -250,6 +250,18 @@ impl KeyStore {
         self.resolve_at(presented, now_ms)
     }
 
+    /// The grant of the key whose id is `key_id`, if it is stored and has not expired at
+    /// `now_ms`: for work a key started that runs on after its request (a batch), so that a
+    /// revoked or expired key stops it.
+    pub fn by_key_id(&self, key_id: &str, now_ms: i64) -> Option<ResolvedKey> {
+        self.by_digest
+            .values()
+            .find(|grant| {
+                grant.key_id.as_str() == key_id && grant.expires_at_ms.is_none_or(|at| now_ms < at)
+            })
+            .cloned()
+    }
+
     /// Keys stored.
     pub fn len(&self) -> usize {
         self.by_digest.len()

@@ -9,6 +9,7 @@ use model_fetch::{DEFAULT_MODEL, DEFAULT_MODEL_ID};
 use policies::{KeyDigest, TenantId};
 use serde::Deserialize;
 
+mod batches;
 mod control_plane;
 mod ledger;
 mod models;
@@ -18,6 +19,7 @@ mod server;
 mod telemetry;
 mod tenants;
 
+pub use batches::*;
 pub use control_plane::*;
 pub use ledger::*;
 pub use models::*;
@@ -110,6 +112,9 @@ pub struct GatewayConfig {
     /// `[control_plane]`: the store of tenants, projects and keys that the admin API changes.
     pub control_plane: ControlPlaneConfig,
     #[serde(default)]
+    /// `[batches]`: the Files and Batch APIs' limits, and how replicas run batches.
+    pub batches: BatchesConfig,
+    #[serde(default)]
     /// `[quotas]`: where tenants' limits are counted (this process, or Redis for a fleet).
     pub quotas: QuotasConfig,
     #[serde(default)]
@@ -138,6 +143,7 @@ impl Default for GatewayConfig {
             allow_empty_reload: false,
             ledger: LedgerConfig::default(),
             control_plane: ControlPlaneConfig::default(),
+            batches: BatchesConfig::default(),
             quotas: QuotasConfig::default(),
             telemetry: TelemetryConfig::default(),
             pools: Vec::new(),

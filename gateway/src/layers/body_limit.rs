@@ -14,22 +14,30 @@ use http_body_util::Limited;
 use super::around::{Around, AroundLayer};
 use crate::error::ApiError;
 
-/// Refuses or caps request bodies over `max_bytes`.
-pub fn layer(max_bytes: usize) -> AroundLayer<BodyLimit> {
-    AroundLayer::new(BodyLimit { max_bytes })
+/// Refuses or caps request bodies over `max_bytes`; uploads (`POST /v1/files`) over
+/// `max_upload_bytes`.
+pub fn layer(max_bytes: usize, max_upload_bytes: usize) -> AroundLayer<BodyLimit> {
+    AroundLayer::new(BodyLimit {
+        max_bytes,
+        max_upload_bytes,
+    })
 }
 
 /// The body-limit layer.
 #[derive(Clone)]
 pub struct BodyLimit {
     max_bytes: usize,
+    max_upload_bytes: usize,
 }
 
 impl Around for BodyLimit {
     type Carry = ();
 
     fn before(&self, request: &mut Request) -> Result<(), Response> {
-        let limit = self.max_bytes;
+        let limit = match request.uri().path() == crate::paths::FILES {
+            true => self.max_upload_bytes,
+            false => self.max_bytes,
+        };
         let declared = request
             .headers()
             .get(CONTENT_LENGTH)
@@ -66,7 +74,7 @@ mod tests {
                 "/",
                 post(|JsonBody(body): JsonBody<serde_json::Value>| async move { body.to_string() }),
             )
-            .layer(layer(32))
+            .layer(layer(32, 64))
             .with_state(state)
     }
 

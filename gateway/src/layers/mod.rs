@@ -81,6 +81,7 @@ pub(crate) mod testing {
             max_prompts_per_request: 64,
             max_prompt_tokens_per_request: 131_072,
             admin_requests_per_minute: 600,
+            batches: Default::default(),
         };
         edge(&mut edge_limits);
         AppState::new(

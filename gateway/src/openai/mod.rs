@@ -1,5 +1,6 @@
 //! OpenAI's API: request and response bodies, parameter validation, the JSON extractor.
 
+pub mod batches;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

@@ -2,7 +2,10 @@
 
 mod admin;
 mod allowances;
+mod batch_runner;
+mod batches;
 mod embeddings;
+mod files;
 mod generation;
 mod health;
 mod messages;
@@ -31,6 +34,7 @@ use crate::layers::{
 use crate::paths;
 use crate::state::AppState;
 
+pub use batch_runner::spawn as spawn_batch_runner;
 pub use openapi::openapi_document;
 
 /// The whole application: the routes and, in one place, the layers each request passes, in the
@@ -49,6 +53,19 @@ pub fn router(state: AppState) -> Router {
             paths::RESPONSE,
             get(responses::retrieve).delete(responses::delete),
         )
+        .route(
+            paths::FILES,
+            // The body-limit layer holds uploads to `[batches] max_file_bytes`; axum's own
+            // multipart limit (2 MB) is not the gateway's.
+            get(files::list)
+                .post(files::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(paths::FILE, get(files::retrieve).delete(files::delete))
+        .route(paths::FILE_CONTENT, get(files::content))
+        .route(paths::BATCHES, get(batches::list).post(batches::create))
+        .route(paths::BATCH, get(batches::retrieve))
+        .route(paths::BATCH_CANCEL, post(batches::cancel))
         .route(paths::MESSAGES, post(messages::create))
         .route(paths::MESSAGES_COUNT_TOKENS, post(messages::count_tokens))
         .route_layer(
@@ -133,7 +150,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn(anthropic_errors::rewrite))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .option_layer(cors::layer(&state.limits.cors_origins))
-                .layer(body_limit::layer(state.limits.max_body_bytes))
+                .layer(body_limit::layer(
+                    state.limits.max_body_bytes,
+                    state.limits.batches.max_file_bytes,
+                ))
                 .layer(timeout::layer(state.limits.request_timeout)),
         )
         .with_state(state)

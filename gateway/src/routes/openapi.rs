@@ -137,6 +137,75 @@ fn retrieve_response() {}
     security(("api_key" = [])))]
 fn delete_response() {}
 
+/// Uploads a file: multipart `file` (JSONL, checked line by line) and `purpose` (`batch`).
+#[utoipa::path(post, path = "/v1/files", tag = "openai",
+    request_body(content = Object, content_type = "multipart/form-data", description = "`file`, `purpose=batch`"),
+    responses(
+        (status = 200, description = "The `file` object"),
+        (status = 400, description = "A bad line (the message names it), another purpose, or the tenant's storage full", body = ErrorBody),
+        (status = 413, description = "Over `[batches] max_file_bytes`", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+fn upload_file() {}
+
+/// The caller's tenant's files.
+#[utoipa::path(get, path = "/v1/files", tag = "openai",
+    responses((status = 200, description = "A `list` of `file` objects")),
+    security(("api_key" = [])))]
+fn list_files() {}
+
+/// One file of the caller's tenant.
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "openai",
+    params(("id" = String, Path, description = "`file-...`")),
+    responses((status = 200, description = "The `file` object"), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn retrieve_file() {}
+
+/// Deletes a file of the caller's tenant.
+#[utoipa::path(delete, path = "/v1/files/{id}", tag = "openai",
+    params(("id" = String, Path, description = "`file-...`")),
+    responses((status = 200, description = "`{id, object: file, deleted: true}`"), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn delete_file() {}
+
+/// A file's content.
+#[utoipa::path(get, path = "/v1/files/{id}/content", tag = "openai",
+    params(("id" = String, Path, description = "`file-...`")),
+    responses((status = 200, description = "The bytes"), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn file_content() {}
+
+/// Creates a batch from an uploaded file: its lines run in the `batch` class as backfill.
+#[utoipa::path(post, path = "/v1/batches", tag = "openai",
+    request_body(content = Object, description = "`input_file_id`, `endpoint` (`/v1/chat/completions` or `/v1/completions`), `completion_window` (`24h`), `metadata`"),
+    responses(
+        (status = 200, description = "The `batch` object"),
+        (status = 400, description = "A bad endpoint, window or line; too many open batches", body = ErrorBody),
+        (status = 404, description = "No such file of this tenant's", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+fn create_batch() {}
+
+/// The caller's tenant's batches, newest first.
+#[utoipa::path(get, path = "/v1/batches", tag = "openai",
+    responses((status = 200, description = "A `list` of `batch` objects")),
+    security(("api_key" = [])))]
+fn list_batches() {}
+
+/// One batch, with its progress.
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "openai",
+    params(("id" = String, Path, description = "`batch_...`")),
+    responses((status = 200, description = "The `batch` object"), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn retrieve_batch() {}
+
+/// Cancels an open batch: lines not started do not run.
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "openai",
+    params(("id" = String, Path, description = "`batch_...`")),
+    responses((status = 200, description = "The `batch` object, `cancelling`"), (status = 400, description = "Not open", body = ErrorBody), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn cancel_batch() {}
+
 /// Anthropic's Messages API: a message for the conversation (JSON, or a stream of named
 /// events with `stream`). The key may come as `x-api-key`; `anthropic-version` is accepted.
 #[utoipa::path(post, path = "/v1/messages", tag = "anthropic",
@@ -432,7 +501,8 @@ impl Modify for Security {
 #[openapi(
     info(title = "Multi-tenant model-serving gateway", description = "OpenAI-compatible API with per-tenant keys, quotas and fair share."),
     paths(chat_completions, completions, embeddings, create_response, retrieve_response,
-        delete_response, messages, count_message_tokens, list_models, retrieve_model, load, admin_tenants,
+        delete_response, upload_file, list_files, retrieve_file, delete_file, file_content,
+        create_batch, list_batches, retrieve_batch, cancel_batch, messages, count_message_tokens, list_models, retrieve_model, load, admin_tenants,
         admin_usage, admin_usage_records, admin_pools, create_tenant, get_tenant, update_tenant,
         delete_tenant, list_projects, create_project, get_project, update_project, delete_project,
         list_tenant_keys, issue_tenant_key, list_admin_keys, issue_admin_key, get_key, revoke_key,

@@ -57,9 +57,31 @@ pub struct Incoming {
     pub body: Bytes,
     /// The configured model the body names, and its state.
     named: Option<(String, ModelState)>,
+    /// The batch this request is a line of (its `request_id` is then the line's `custom_id`).
+    pub batch: Option<String>,
 }
 
 impl Incoming {
+    /// A request the gateway makes itself for `caller`: a line `request_id` of batch `batch`,
+    /// with `body`.
+    pub fn internal(
+        state: &AppState,
+        caller: Caller,
+        request_id: String,
+        body: Bytes,
+        batch: String,
+    ) -> Result<Self, ApiError> {
+        let named = named_model(state, &body)?;
+        Ok(Self {
+            caller,
+            request_id,
+            client_request_id: None,
+            body,
+            named,
+            batch: Some(batch),
+        })
+    }
+
     /// The state of the model the body names, if it is configured.
     pub fn model_state(&self) -> Option<ModelState> {
         self.named.as_ref().map(|(_, state)| state.clone())
@@ -92,19 +114,25 @@ pub async fn read(state: &AppState, request: Request) -> Result<Incoming, ApiErr
         .to_string();
     let client_request_id = parts.extensions.get::<ClientRequestId>().cloned();
     let body = read_body(body, state.limits.max_body_bytes).await?;
-    let named = model_name(&body)?.and_then(|m| {
-        state
-            .models
-            .get(&m)
-            .map(|model| (m.into_owned(), model.clone()))
-    });
+    let named = named_model(state, &body)?;
     Ok(Incoming {
         caller,
         request_id,
         client_request_id,
         body,
         named,
+        batch: None,
     })
+}
+
+/// The configured model `body` names, and its state.
+fn named_model(state: &AppState, body: &[u8]) -> Result<Option<(String, ModelState)>, ApiError> {
+    Ok(model_name(body)?.and_then(|m| {
+        state
+            .models
+            .get(&m)
+            .map(|model| (m.into_owned(), model.clone()))
+    }))
 }
 
 /// Admits a request of `caller`'s tenant costing `cost` against its quota (requests and tokens per

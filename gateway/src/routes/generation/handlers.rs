@@ -42,6 +42,14 @@ async fn generate(state: &AppState, endpoint: Endpoint, request: Request) -> Res
     incoming.label(response.unwrap_or_else(IntoResponse::into_response))
 }
 
+/// A request the gateway makes itself (a batch's line) to `endpoint`, through the whole
+/// pipeline: the endpoint's answer (any status), never streamed.
+pub async fn serve_internal(state: &AppState, endpoint: Endpoint, incoming: &Incoming) -> Response {
+    validate_admit_serve(state, endpoint, incoming)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
 /// Validates (400, 403, 404, 503), admits (429) and serves.
 async fn validate_admit_serve(
     state: &AppState,
@@ -187,8 +195,12 @@ async fn submit(
         admission,
     )
     .billed_as(requester.share.priority)
-    .through(api)
     .holding(hold);
+    // A batch's line is recorded as such, keyed by the batch and its `custom_id`.
+    let account = match &incoming.batch {
+        Some(batch) => account.through(Api::Batches).in_batch(batch),
+        None => account.through(api),
+    };
     let relay = Relay::new(streams, prepared.choices, billed, account);
     Ok((prepared, relay))
 }

@@ -117,7 +117,7 @@ impl StoredFile {
         json!({
             "id": self.id, "object": "file", "bytes": self.bytes, "created_at": self.created_at,
             "expires_at": self.expires_at, "filename": self.filename, "purpose": self.purpose,
-            "status": "processed", "status_details": null,
+            "status": "processed",
         })
     }
 }
@@ -168,7 +168,8 @@ impl StoredBatch {
     }
 }
 
-/// A new batch's object.
+/// A new batch's object. Times and files not yet known are absent (OpenAI's schema has no
+/// `null` for them); the runner adds them as the batch moves on.
 pub fn batch_object(
     id: &str,
     endpoint: &str,
@@ -178,16 +179,16 @@ pub fn batch_object(
     expires_at: i64,
     metadata: Option<Value>,
 ) -> Value {
-    json!({
-        "id": id, "object": "batch", "endpoint": endpoint, "errors": null,
+    let mut object = json!({
+        "id": id, "object": "batch", "endpoint": endpoint,
         "input_file_id": input_file_id, "completion_window": completion_window,
-        "status": status::VALIDATING, "output_file_id": null, "error_file_id": null,
-        "created_at": created_at, "in_progress_at": null, "expires_at": expires_at,
-        "finalizing_at": null, "completed_at": null, "failed_at": null, "expired_at": null,
-        "cancelling_at": null, "cancelled_at": null,
+        "status": status::VALIDATING, "created_at": created_at, "expires_at": expires_at,
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
-        "metadata": metadata.unwrap_or(Value::Null),
-    })
+    });
+    if let Some(metadata) = metadata.filter(|m| !m.is_null()) {
+        object["metadata"] = metadata;
+    }
+    object
 }
 
 /// A line's result, as output and error files hold it: the endpoint's answer (`response`) or

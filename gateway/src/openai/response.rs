@@ -148,7 +148,6 @@ impl ResponseMeta {
             "object": self.object(false),
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": null,
             "choices": choices,
         })
     }
@@ -207,7 +206,6 @@ impl ResponseMeta {
             object: self.object(true),
             created: self.created,
             model: &self.model,
-            system_fingerprint: None,
             choices,
             usage,
         }
@@ -225,7 +223,10 @@ impl ResponseMeta {
                 };
                 match self.endpoint {
                     Endpoint::Chat => {
-                        let mut message = json!({"role": "assistant", "content": c.text});
+                        // `refusal` is required (null: the gateway's models never refuse
+                        // in OpenAI's structured sense).
+                        let mut message =
+                            json!({"role": "assistant", "content": c.text, "refusal": null});
                         if let Some(calls) = &c.tool_calls {
                             message["content"] = Value::Null;
                             message["tool_calls"] =
@@ -297,7 +298,6 @@ struct ChunkEnvelope<'a, C> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    system_fingerprint: Option<()>,
     choices: C,
     /// Absent without `include_usage`; `null` on every chunk but the last with it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -461,7 +461,10 @@ mod tests {
         let start = parse(meta.chunk(0, ChoiceEvent::Start, false).unwrap());
         assert_eq!(start["id"], meta.id.as_str());
         assert_eq!(start["model"], "m");
-        assert!(start["system_fingerprint"].is_null());
+        assert!(
+            start.get("system_fingerprint").is_none(),
+            "a string or nothing"
+        );
         assert_eq!(start["choices"][0]["delta"]["content"], "");
         assert_eq!(start["object"], "chat.completion.chunk");
         assert_eq!(start["choices"][0]["delta"]["role"], "assistant");

@@ -409,7 +409,9 @@ impl ResponseDraft {
                 .filter(|m| !m.is_null())
                 .unwrap_or(json!({})),
         );
-        echo.insert("user".into(), json!(request.user));
+        if let Some(user) = &request.user {
+            echo.insert("user".into(), json!(user));
+        }
         echo.insert("reasoning".into(), json!({"effort": null, "summary": null}));
         echo.insert("truncation".into(), json!("disabled"));
         echo.insert("background".into(), json!(false));
@@ -442,7 +444,10 @@ impl ResponseDraft {
             object.insert(k.clone(), v.clone());
         }
         object.insert("output".into(), Value::Array(output.to_vec()));
-        object.insert("usage".into(), usage.map_or(Value::Null, usage_json));
+        // Absent until known (the document has no `null` for it).
+        if let Some(usage) = usage {
+            object.insert("usage".into(), usage_json(usage));
+        }
         Value::Object(object)
     }
 

@@ -364,3 +364,83 @@ async fn without_the_store_the_files_api_says_so() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "store_not_configured");
 }
+
+/// The lines of batch `id` billed in the ledger (`request_id`s, one per record).
+async fn billed_lines(gw: &TestGateway, id: &str) -> Vec<String> {
+    let (_, records) = gw.get("/admin/usage/records", Some(ADMIN)).await;
+    records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["batch_id"] == id)
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_takes_over_the_batch_of_one_killed_mid_run() {
+    let postgres = ledger::test_server::PostgresServer::start();
+    let (store, ledger) = (postgres.database("control"), postgres.database("ledger"));
+    // Both replicas share the store and the ledger; the second looks for batches less often,
+    // so the first is the one that takes the batch (the logs say which did).
+    let replica = |poll_ms: u32| {
+        let config = config(&format!("lease_secs = 2\npoll_interval_ms = {poll_ms}\nconcurrency = 4"))
+            .replace(
+                "[control_plane]\nenabled = true\n",
+                &format!("[control_plane]\nenabled = true\nurl = \"{store}\"\n[ledger]\nurl = \"{ledger}\"\n"),
+            );
+        let mut gw = TestGateway::start(Options {
+            config: Some(&config),
+            capture_stderr: true,
+            ..Options::default()
+        });
+        gw.key = ACME.to_string();
+        gw
+    };
+    let mut a = replica(200);
+    let mut b = replica(1500);
+    let lines = 40;
+    let (status, file) = upload(&a, ACME, jsonl(lines, 24)).await;
+    assert_eq!(status, 200, "{file}");
+    let (status, batch) = create_batch(&b, ACME, file["id"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_string();
+    let before = poll(&b, &id, |b| {
+        b["request_counts"]["completed"].as_u64() >= Some(4)
+    })
+    .await;
+    let runs = |gw: &TestGateway| {
+        gw.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("running a batch") && l.contains(id.as_str()))
+    };
+    let (survivor, killed_a) = match (runs(&a), runs(&b)) {
+        (true, false) => {
+            a.kill_now();
+            (&b, true)
+        }
+        (false, true) => {
+            b.kill_now();
+            (&a, false)
+        }
+        other => panic!("one replica runs the batch: {other:?}"),
+    };
+    assert!(before["request_counts"]["completed"].as_u64().unwrap() < lines as u64);
+    let done = poll(survivor, &id, |b| b["status"] == "completed").await;
+    assert_eq!(done["request_counts"]["completed"], lines, "{done}");
+    assert!(
+        runs(survivor),
+        "the survivor took the batch over (killed A: {killed_a})"
+    );
+    let mut billed = billed_lines(survivor, &id).await;
+    billed.sort();
+    let count = billed.len();
+    billed.dedup();
+    assert_eq!(
+        (count, billed.len()),
+        (lines, lines),
+        "every line billed once in the shared ledger"
+    );
+}

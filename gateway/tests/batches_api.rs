@@ -392,6 +392,7 @@ async fn a_replica_takes_over_the_batch_of_one_killed_mid_run() {
         let mut gw = TestGateway::start(Options {
             config: Some(&config),
             capture_stderr: true,
+            env: vec![("RUST_LOG", "warn,gateway::routes::batch_runner=info".into())],
             ..Options::default()
         });
         gw.key = ACME.to_string();

@@ -445,3 +445,87 @@ async fn a_replica_takes_over_the_batch_of_one_killed_mid_run() {
         "every line billed once in the shared ledger"
     );
 }
+
+#[tokio::test]
+async fn batch_lines_are_billed_at_the_batch_price_and_storage_is_bounded() {
+    let gw = gateway(&config("max_storage_bytes_per_tenant = 3000"), None);
+    // One minor unit per token, in and out; half price in batches.
+    let (status, price) = call(
+        &gw,
+        "POST",
+        "/admin/prices",
+        ADMIN,
+        Some(
+            json!({"model": MODEL, "input_per_mtok": 1_000_000, "output_per_mtok": 1_000_000,
+                    "batch_discount_percent": 50}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{price}");
+    // An interactive request, once the replica has the price: full price.
+    let chat =
+        json!({"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]});
+    let mut full = None;
+    for _ in 0..50 {
+        let response = gw
+            .client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(ACME)
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let (_, records) = gw.get("/admin/usage/records", Some(ADMIN)).await;
+        let record = records["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["request_id"] == id.as_str())
+            .cloned();
+        if let Some(record) = record.filter(|r| !r["cost_micros"].is_null()) {
+            full = Some(record);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let full = full.expect("the price reached the replica");
+    let tokens =
+        |r: &Value| r["prompt_tokens"].as_i64().unwrap() + r["completion_tokens"].as_i64().unwrap();
+    assert_eq!(
+        full["cost_micros"].as_i64().unwrap(),
+        tokens(&full) * 1_000_000
+    );
+    assert_eq!(full["api"], "chat.completions");
+    // The same request as a batch line: half of that.
+    let (status, file) = upload(&gw, ACME, jsonl(6, 3)).await;
+    assert_eq!(status, 200, "{file}");
+    // The tenant's files are bounded together (3,000 bytes here): a second file as large,
+    // which alone would fit, is refused; another tenant's room is its own.
+    let (status, body) = upload(&gw, ACME, jsonl(6, 3)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "storage_limit_exceeded");
+    let (status, body) = upload(&gw, BETA, jsonl(2, 3)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, batch) = create_batch(&gw, ACME, file["id"].as_str().unwrap()).await;
+    let id = batch["id"].as_str().unwrap();
+    poll(&gw, id, |b| b["status"] == "completed").await;
+    let (_, records) = gw.get("/admin/usage/records", Some(ADMIN)).await;
+    let lines: Vec<&Value> = records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["batch_id"] == id)
+        .collect();
+    assert_eq!(lines.len(), 6);
+    for line in lines {
+        assert_eq!(
+            line["cost_micros"].as_i64().unwrap(),
+            tokens(line) * 1_000_000 / 2,
+            "{line}"
+        );
+    }
+}

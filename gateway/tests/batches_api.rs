@@ -80,6 +80,18 @@ async fn create_batch(gw: &TestGateway, key: &str, file: &str) -> (u16, Value) {
     .await
 }
 
+/// The content of `acme`'s file `id`.
+async fn content(gw: &TestGateway, id: &Value) -> String {
+    let path = format!("/v1/files/{}/content", id.as_str().unwrap());
+    let response = gw
+        .client()
+        .get(gw.url(&path))
+        .bearer_auth(ACME)
+        .send()
+        .await;
+    response.unwrap().text().await.unwrap()
+}
+
 /// Polls batch `id` until `done` says so (a bound so a stuck batch fails the test).
 async fn poll(gw: &TestGateway, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..1200 {
@@ -167,20 +179,7 @@ async fn a_batch_survives_a_sigkill_and_every_line_is_answered_and_billed_once()
         json!({"total": lines, "completed": lines, "failed": 0}),
         "{batch}"
     );
-    let path = format!(
-        "/v1/files/{}/content",
-        batch["output_file_id"].as_str().unwrap()
-    );
-    let output = gw
-        .client()
-        .get(gw.url(&path))
-        .bearer_auth(ACME)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let output = content(&gw, &batch["output_file_id"]).await;
     let mut ids: Vec<String> = output
         .lines()
         .map(|l| {
@@ -193,14 +192,7 @@ async fn a_batch_survives_a_sigkill_and_every_line_is_answered_and_billed_once()
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), lines, "every line answered once: {output}");
-    let (_, records) = gw.get("/admin/usage/records", Some(ADMIN)).await;
-    let mut billed: Vec<String> = records["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["batch_id"] == id.as_str())
-        .map(|r| r["request_id"].as_str().unwrap().to_string())
-        .collect();
+    let mut billed = billed_lines(&gw, &id).await;
     billed.sort();
     let count = billed.len();
     billed.dedup();
@@ -333,20 +325,7 @@ async fn bad_files_and_batches_are_refused_with_the_line_named() {
         done["request_counts"],
         json!({"total": 2, "completed": 1, "failed": 1})
     );
-    let path = format!(
-        "/v1/files/{}/content",
-        done["error_file_id"].as_str().unwrap()
-    );
-    let errors = gw
-        .client()
-        .get(gw.url(&path))
-        .bearer_auth(ACME)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let errors = content(&gw, &done["error_file_id"]).await;
     let line: Value = serde_json::from_str(errors.trim()).unwrap();
     assert_eq!(line["custom_id"], "bad");
     assert_eq!(line["response"]["status_code"], 400);

@@ -85,16 +85,25 @@ impl OpenAiSchemas {
             });
             jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{name}: {e}"))
         });
-        let errors: Vec<String> = validator
-            .iter_errors(instance)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        assert!(
-            errors.is_empty(),
-            "{what} is not a valid OpenAI `{name}`:\n{}\n{instance}",
-            errors.join("\n")
+        assert_valid(
+            validator,
+            instance,
+            &format!("{what} is not a valid OpenAI `{name}`"),
         );
     }
+}
+
+/// Asserts `instance` passes `validator`, else fails with `message` and every error.
+fn assert_valid(validator: &jsonschema::Validator, instance: &Value, message: &str) {
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{message}:\n{}\n{instance}",
+        errors.join("\n")
+    );
 }
 
 /// Validators of Anthropic's shapes by name.
@@ -104,15 +113,10 @@ fn anthropic(name: &str) -> jsonschema::Validator {
 }
 
 fn check_anthropic(name: &str, instance: &Value, what: &str) {
-    let validator = anthropic(name);
-    let errors: Vec<String> = validator
-        .iter_errors(instance)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{what} is not a valid Anthropic `{name}`:\n{}\n{instance}",
-        errors.join("\n")
+    assert_valid(
+        &anthropic(name),
+        instance,
+        &format!("{what} is not a valid Anthropic `{name}`"),
     );
 }
 

@@ -12,7 +12,6 @@
 //! have room as well.
 
 use policies::TenantId;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -20,7 +19,7 @@ use utoipa::ToSchema;
 use crate::actor::Actor;
 use crate::backend::{Tx, BUDGET, GRANT};
 use crate::error::{Result, StoreError};
-use crate::model::{now_ms, CostMicros, Snapshot};
+use crate::model::{now_ms, random_id, CostMicros, Snapshot};
 use crate::ControlPlane;
 
 /// What a grant counts.
@@ -240,13 +239,6 @@ fn applies(
     project: Option<&str>,
 ) -> bool {
     owner == tenant && (scope.is_none() || scope == project)
-}
-
-/// A random id: `prefix`, `_` and 16 hex digits.
-pub(crate) fn random_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("{prefix}_{}", hex::encode(bytes))
 }
 
 /// Whether the snapshot has any allowance for `tenant` (and `project`): requests of others skip

@@ -440,3 +440,10 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// A random id: `prefix`, `_` and 16 hex digits.
+pub(crate) fn random_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}

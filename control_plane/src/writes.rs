@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::actor::{Actor, Role};
-use crate::allowances::random_id;
 use crate::backend::{Tx, KEY, PRICE, PROJECT, TENANT};
 use crate::error::{Result, StoreError};
+use crate::model::random_id;
 use crate::model::{now_ms, AuditEntry, Key, Limits, Price, Project, Tenant};
 use crate::ControlPlane;
 

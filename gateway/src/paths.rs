@@ -16,6 +16,8 @@ pub const EMBEDDINGS: &str = "/v1/embeddings";
 pub const RESPONSES: &str = "/v1/responses";
 /// `GET`/`DELETE /v1/responses/{id}`: a stored response.
 pub const RESPONSE: &str = "/v1/responses/{id}";
+/// `GET /v1/responses/{id}/input_items`.
+pub const RESPONSE_INPUT_ITEMS: &str = "/v1/responses/{id}/input_items";
 /// `GET`/`POST /v1/files`: a tenant's files (upload: multipart, `purpose=batch`).
 pub const FILES: &str = "/v1/files";
 /// `GET`/`DELETE /v1/files/{id}`.
@@ -86,6 +88,7 @@ pub const ALL: &[&str] = &[
     EMBEDDINGS,
     RESPONSES,
     RESPONSE,
+    RESPONSE_INPUT_ITEMS,
     FILES,
     FILE,
     FILE_CONTENT,

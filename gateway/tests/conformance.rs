@@ -309,6 +309,16 @@ async fn every_openai_shaped_body_and_event_validates_against_openais_schema() {
         let id = answer["id"].as_str().unwrap();
         let (_, stored) = call(&gw, "GET", &format!("/v1/responses/{id}"), KEY, None).await;
         schemas.check("Response", &stored, &format!("{what}, stored"));
+        let (_, items) = call(
+            &gw,
+            "GET",
+            &format!("/v1/responses/{id}/input_items"),
+            KEY,
+            None,
+        )
+        .await;
+        assert_eq!(items["data"].as_array().map(Vec::len), Some(1), "{items}");
+        schemas.check("ResponseItemList", &items, &format!("{what}, input items"));
         let mut streamed = body;
         streamed["stream"] = json!(true);
         let events = events(&gw, "/v1/responses", streamed).await;

@@ -85,6 +85,11 @@ async fn the_official_openai_sdk_speaks_the_responses_api_unchanged() {
         tools["follow_up_input_tokens"].as_u64() > tools["first_input_tokens"].as_u64(),
         "the follow-up carries the first turn: {seen}"
     );
+    assert_eq!(
+        seen["input_items"],
+        json!({"plain": [["message", "user"]], "follow_up": ["function_call_output"]}),
+        "{seen}"
+    );
     assert_eq!(seen["stored"]["retrieved_text"], plain["text"]);
     assert_eq!(seen["stored"]["after_delete"], 404);
 }

@@ -22,6 +22,7 @@ ROOTS = [
     "CreateEmbeddingResponse",
     "ErrorResponse",
     "Response",
+    "ResponseItemList",
     "ResponseCreatedEvent",
     "ResponseInProgressEvent",
     "ResponseOutputItemAddedEvent",

@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
             paths::RESPONSE,
             get(responses::retrieve).delete(responses::delete),
         )
+        .route(paths::RESPONSE_INPUT_ITEMS, get(responses::input_items))
         .route(
             paths::FILES,
             // The body-limit layer holds uploads to `[batches] max_file_bytes`; axum's own

@@ -130,6 +130,13 @@ fn create_response() {}
     security(("api_key" = [])))]
 fn retrieve_response() {}
 
+/// The items a stored response was made from (its own input), `order=desc|asc`.
+#[utoipa::path(get, path = "/v1/responses/{id}/input_items", tag = "openai",
+    params(("id" = String, Path, description = "`resp_...`")),
+    responses((status = 200, description = "A `list` of items"), (status = 404, description = "None of this tenant's", body = ErrorBody)),
+    security(("api_key" = [])))]
+fn response_input_items() {}
+
 /// Deletes a stored response of the caller's tenant.
 #[utoipa::path(delete, path = "/v1/responses/{id}", tag = "openai",
     params(("id" = String, Path, description = "`resp_...`")),
@@ -501,7 +508,7 @@ impl Modify for Security {
 #[openapi(
     info(title = "Multi-tenant model-serving gateway", description = "OpenAI-compatible API with per-tenant keys, quotas and fair share."),
     paths(chat_completions, completions, embeddings, create_response, retrieve_response,
-        delete_response, upload_file, list_files, retrieve_file, delete_file, file_content,
+        response_input_items, delete_response, upload_file, list_files, retrieve_file, delete_file, file_content,
         create_batch, list_batches, retrieve_batch, cancel_batch, messages, count_message_tokens, list_models, retrieve_model, load, admin_tenants,
         admin_usage, admin_usage_records, admin_pools, create_tenant, get_tenant, update_tenant,
         delete_tenant, list_projects, create_project, get_project, update_project, delete_project,

@@ -6,7 +6,7 @@
 //! With `store` (the default) the response and its history are kept in the control-plane
 //! store, readable by its tenant only, for `[control_plane] responses_retention_hours`.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
@@ -44,6 +44,9 @@ struct Keeping {
     store: std::sync::Arc<StoreSync>,
     tenant: String,
     history: Vec<Value>,
+    /// How many items of `history` came from the previous response (the rest is this one's
+    /// input).
+    inherited: usize,
 }
 
 impl Keeping {
@@ -60,7 +63,8 @@ impl Keeping {
             tenant: self.tenant,
             created_ms: now,
             expires_ms: Some(now.saturating_add(retention)),
-            body: json!({"response": object, "history": history}).to_string(),
+            body: json!({"response": object, "history": history, "inherited": self.inherited})
+                .to_string(),
         };
         if let Err(e) = self.store.call(move |s| s.put_api_object(&stored)).await {
             tracing::warn!(error = %e, "a response could not be stored");
@@ -87,6 +91,7 @@ async fn serve(state: &AppState, incoming: &Incoming) -> Result<Response, ApiErr
             }
         }
     };
+    let inherited = history.len();
     history.extend(request.input_items()?);
     let chat = serde_json::to_vec(&request.to_chat(&history)?).expect("JSON serialises");
     // Without a store nothing can be kept: the response says `store: false`.
@@ -95,6 +100,7 @@ async fn serve(state: &AppState, incoming: &Incoming) -> Result<Response, ApiErr
             store: store.clone(),
             tenant,
             history,
+            inherited,
         }),
         _ => None,
     };
@@ -299,6 +305,98 @@ pub async fn retrieve(
         .await?
         .ok_or_else(|| ApiError::object_not_found("response", &id))?;
     Ok(Json(stored["response"].take()))
+}
+
+/// `GET /v1/responses/{id}/input_items`: the items a stored response of the caller's tenant
+/// was made from (its own input, not what it inherited through `previous_response_id`), as
+/// OpenAI lists them (`order=desc`, the default, or `asc`).
+pub async fn input_items(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(query): Query<ItemsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state
+        .store()
+        .ok_or_else(|| ApiError::needs_store("Reading a response"))?;
+    let stored = load(store, caller.tenant.id.as_str(), &id)
+        .await?
+        .ok_or_else(|| ApiError::object_not_found("response", &id))?;
+    let history = stored["history"].as_array().cloned().unwrap_or_default();
+    let outputs = stored["response"]["output"].as_array().map_or(0, Vec::len);
+    let inherited = stored["inherited"].as_u64().unwrap_or(0) as usize;
+    let own = history.len().saturating_sub(outputs);
+    let mut items: Vec<Value> = history[inherited.min(own)..own]
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| item_resource(&id, inherited + i, item))
+        .collect();
+    match query.order.as_deref() {
+        None | Some("desc") => items.reverse(),
+        Some("asc") => {}
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "order",
+                format!("`order` must be `asc` or `desc`, not `{other}`."),
+            ))
+        }
+    }
+    Ok(Json(json!({
+        "object": "list",
+        "first_id": items.first().map_or(json!(""), |i| i["id"].clone()),
+        "last_id": items.last().map_or(json!(""), |i| i["id"].clone()),
+        "has_more": false,
+        "data": items,
+    })))
+}
+
+/// `input_items`' query.
+#[derive(Debug, serde::Deserialize)]
+pub struct ItemsQuery {
+    /// `asc` or `desc` (default).
+    order: Option<String>,
+}
+
+/// An input item as OpenAI lists it: with an id (stable: the response's and the item's place)
+/// and a status, text as content parts. Reasoning items are not listed.
+fn item_resource(response: &str, index: usize, item: &Value) -> Option<Value> {
+    let id = |prefix: &str| {
+        item["id"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{prefix}_{}_{index}", response.trim_start_matches("resp_")))
+    };
+    let text = |content: &Value| match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    };
+    let kind = item["type"]
+        .as_str()
+        .unwrap_or(if item.get("role").is_some() {
+            "message"
+        } else {
+            ""
+        });
+    match kind {
+        "message" if item["role"] == "assistant" => Some(json!({
+            "type": "message", "id": id("msg"), "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text(&item["content"]), "annotations": []}],
+        })),
+        "message" => Some(json!({
+            "type": "message", "id": id("msg"), "role": item["role"], "status": "completed",
+            "content": [{"type": "input_text", "text": text(&item["content"])}],
+        })),
+        "function_call" => Some(json!({
+            "type": "function_call", "id": id("fc"), "call_id": item["call_id"],
+            "name": item["name"], "arguments": item["arguments"], "status": "completed",
+        })),
+        "function_call_output" => Some(json!({
+            "type": "function_call_output", "id": id("fco"), "call_id": item["call_id"],
+            "output": text(&item["output"]), "status": "completed",
+        })),
+        _ => None,
+    }
 }
 
 /// `DELETE /v1/responses/{id}`: deletes a stored response of the caller's tenant.

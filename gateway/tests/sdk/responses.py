@@ -105,6 +105,13 @@ seen["tools"] = {
     "follow_up_input_tokens": follow_up.usage.input_tokens,
 }
 
+# Each response lists its own input (the follow-up's: the call's output only, not the turn it
+# continued).
+seen["input_items"] = {
+    "plain": [(i.type, i.role) for i in client.responses.input_items.list(plain.id).data],
+    "follow_up": [i.type for i in client.responses.input_items.list(follow_up.id).data],
+}
+
 retrieved = client.responses.retrieve(plain.id)
 client.responses.delete(plain.id)
 try:

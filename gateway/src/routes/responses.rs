@@ -298,13 +298,19 @@ pub async fn retrieve(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let mut stored = stored_response(&state, &caller, &id).await?;
+    Ok(Json(stored["response"].take()))
+}
+
+/// The caller's tenant's stored response `id` (`{"response", "history", "inherited"}`): 400
+/// without a store, 404 if there is none of this tenant's.
+async fn stored_response(state: &AppState, caller: &Caller, id: &str) -> Result<Value, ApiError> {
     let store = state
         .store()
         .ok_or_else(|| ApiError::needs_store("Reading a response"))?;
-    let mut stored = load(store, caller.tenant.id.as_str(), &id)
+    load(store, caller.tenant.id.as_str(), id)
         .await?
-        .ok_or_else(|| ApiError::object_not_found("response", &id))?;
-    Ok(Json(stored["response"].take()))
+        .ok_or_else(|| ApiError::object_not_found("response", id))
 }
 
 /// `GET /v1/responses/{id}/input_items`: the items a stored response of the caller's tenant
@@ -316,12 +322,7 @@ pub async fn input_items(
     Path(id): Path<String>,
     Query(query): Query<ItemsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state
-        .store()
-        .ok_or_else(|| ApiError::needs_store("Reading a response"))?;
-    let stored = load(store, caller.tenant.id.as_str(), &id)
-        .await?
-        .ok_or_else(|| ApiError::object_not_found("response", &id))?;
+    let stored = stored_response(&state, &caller, &id).await?;
     let history = stored["history"].as_array().cloned().unwrap_or_default();
     let outputs = stored["response"]["output"].as_array().map_or(0, Vec::len);
     let inherited = stored["inherited"].as_u64().unwrap_or(0) as usize;

@@ -94,15 +94,22 @@ async fn content(gw: &TestGateway, id: &Value) -> String {
 
 /// Polls batch `id` until `done` says so (a bound so a stuck batch fails the test).
 async fn poll(gw: &TestGateway, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut batch = Value::Null;
     for _ in 0..1200 {
-        let (status, batch) = call(gw, "GET", &format!("/v1/batches/{id}"), ACME, None).await;
+        let status;
+        (status, batch) = call(gw, "GET", &format!("/v1/batches/{id}"), ACME, None).await;
         assert_eq!(status, 200, "{batch}");
         if done(&batch) {
             return batch;
         }
+        let ended = ["completed", "failed", "expired", "cancelled"];
+        assert!(
+            !ended.contains(&batch["status"].as_str().unwrap_or_default()),
+            "batch {id} ended otherwise: {batch}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("batch {id} did not get there");
+    panic!("batch {id} did not get there: {batch}");
 }
 
 #[tokio::test]
@@ -172,7 +179,17 @@ async fn a_batch_survives_a_sigkill_and_every_line_is_answered_and_billed_once()
     gw.kill_now();
     let done_before = before["request_counts"]["completed"].as_u64().unwrap();
     assert!(done_before < lines as u64, "killed mid-batch: {before}");
-    let gw = gateway(&config, Some(data.path()));
+    // The dead replica's lease lapses first, so the new one takes the batch at its first look,
+    // while its model is still loading: lines refused `model_not_ready` must try again and
+    // find it ready.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut gw = TestGateway::start(Options {
+        config: Some(&config),
+        data_dir: Some(data.path().to_path_buf()),
+        wait_ready: false,
+        ..Options::default()
+    });
+    gw.key = ACME.to_string();
     let batch = poll(&gw, &id, |b| b["status"] == "completed").await;
     assert_eq!(
         batch["request_counts"],

@@ -169,7 +169,7 @@ async fn run(state: &AppState, lease: Lease, tenant: String, mut batch: StoredBa
     let outcome = run_lines(state, &lease, &tenant, &mut batch).await;
     if !lease.lost() {
         match outcome {
-            Ok(stop) => finish(state, &store, &tenant, &mut batch, stop).await,
+            Ok(ran) => finish(state, &store, &tenant, &mut batch, ran).await,
             Err(reason) => {
                 tracing::warn!(batch = %id, %reason, "a batch failed");
                 let now = control_plane::now_ms() / 1000;
@@ -184,6 +184,14 @@ async fn run(state: &AppState, lease: Lease, tenant: String, mut batch: StoredBa
     lease.release().await;
 }
 
+/// What running a batch's lines came to.
+struct Ran {
+    /// Why the lines stopped before all ran, if they did.
+    stop: Option<Stop>,
+    /// Every line's `custom_id`, in the file's order.
+    custom_ids: Vec<String>,
+}
+
 /// Runs every line without a result, `concurrency` at a time; stops at a cancel, the end of
 /// the completion window, or a lost lease.
 async fn run_lines(
@@ -191,7 +199,7 @@ async fn run_lines(
     lease: &Lease,
     tenant: &str,
     batch: &mut StoredBatch,
-) -> Result<Option<Stop>, String> {
+) -> Result<Ran, String> {
     let store = &lease.store;
     let id = batch.id().to_string();
     let input_id = batch.object["input_file_id"]
@@ -203,6 +211,7 @@ async fn run_lines(
         .map_err(|e| e.message)?
         .ok_or_else(|| format!("the input file `{input_id}` is gone"))?;
     let lines = parse_batch_input(&file.content, usize::MAX).map_err(|e| e.message)?;
+    let custom_ids = lines.iter().map(|l| l.custom_id.clone()).collect();
     let caller = state
         .directory()
         .resolve_key_id(&batch.key_id)
@@ -216,6 +225,7 @@ async fn run_lines(
             .map_err(|e| e.message)?;
     }
     let results = line_results(store, tenant, &id).await?;
+    tracing::debug!(batch = %id, answered = results.len(), "lines answered before this run");
     let done: HashSet<usize> = results.iter().map(|(i, _)| *i).collect();
     let failed = results.iter().filter(|(_, ok)| !ok).count();
     let counts = Arc::new(Mutex::new((done.len() - failed, failed)));
@@ -242,6 +252,7 @@ async fn run_lines(
         if stop.is_some() || lease.lost() {
             break;
         }
+        tracing::debug!(batch = %id, line = index, "running a line");
         if last_progress.elapsed() > Duration::from_secs(1) {
             last_progress = std::time::Instant::now();
             progress(store, tenant, batch, &counts).await;
@@ -284,11 +295,11 @@ async fn run_lines(
         });
     }
     while running.join_next().await.is_some() {}
-    if stop.is_none() && lease.lost() {
-        return Ok(None);
+    // A lost lease leaves the batch to its new holder (`run` does not finish it).
+    if !lease.lost() {
+        progress(store, tenant, batch, &counts).await;
     }
-    progress(store, tenant, batch, &counts).await;
-    Ok(stop)
+    Ok(Ran { stop, custom_ids })
 }
 
 /// Whether the batch was cancelled or its window ran out.
@@ -363,22 +374,24 @@ async fn run_line(
     // Backfill: the lowest class (a request may lower its key's class, never raise it).
     body["priority"] = json!("batch");
     let body = Bytes::from(serde_json::to_vec(&body).expect("JSON serialises"));
-    let incoming = match Incoming::internal(
-        state,
-        caller.clone(),
-        line.custom_id.clone(),
-        body,
-        batch_id.to_string(),
-    ) {
-        Ok(incoming) => incoming,
-        Err(error) => {
-            return Some((
-                error.status.as_u16(),
-                serde_json::from_str(&error.to_json()).unwrap_or_default(),
-            ))
-        }
-    };
     loop {
+        // Read afresh at every try: the model a line names may have been loading at the last
+        // one (a replica takes batches over while it starts), or reloaded since.
+        let incoming = match Incoming::internal(
+            state,
+            caller.clone(),
+            line.custom_id.clone(),
+            body.clone(),
+            batch_id.to_string(),
+        ) {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                return Some((
+                    error.status.as_u16(),
+                    serde_json::from_str(&error.to_json()).unwrap_or_default(),
+                ))
+            }
+        };
         let response = serve_internal(state, endpoint, &incoming).await;
         let status = response.status();
         let wait = response
@@ -403,6 +416,7 @@ async fn run_line(
         if !passing {
             return Some((status.as_u16(), body));
         }
+        tracing::debug!(batch = batch_id, custom_id = %line.custom_id, %status, code = %body["error"]["code"], "a line waits to try again");
         tokio::time::sleep(Duration::from_secs(wait.clamp(1, 30))).await;
         if lease.lost() || control_plane::now_ms() >= expires_ms {
             return None;
@@ -411,14 +425,16 @@ async fn run_line(
 }
 
 /// Writes the output and error files and ends the batch: `completed`, or `cancelled` /
-/// `expired` with the results so far (lines that did not run are in the error file).
+/// `expired` with the results so far (lines that did not run, of `ran.custom_ids`, are in the
+/// error file).
 async fn finish(
     state: &AppState,
     store: &StoreSync,
     tenant: &str,
     batch: &mut StoredBatch,
-    stop: Option<Stop>,
+    ran: Ran,
 ) {
+    let Ran { stop, custom_ids } = ran;
     let id = batch.id().to_string();
     let now = control_plane::now_ms() / 1000;
     batch.object["status"] = json!(status::FINALIZING);
@@ -453,16 +469,10 @@ async fn finish(
                 "The batch's completion window ended before this request ran.",
             ),
         };
-        let input_id = batch.object["input_file_id"].as_str().unwrap_or_default();
-        if let Ok(Some(file)) = files::load(state, tenant, input_id).await {
-            for line in parse_batch_input(&file.content, usize::MAX).unwrap_or_default() {
-                if !answered.contains(&line.custom_id) {
-                    errors.push_str(&format!("{}\n", unrun_line(&line.custom_id, code, message)));
-                }
-            }
+        for custom_id in custom_ids.iter().filter(|c| !answered.contains(*c)) {
+            errors.push_str(&format!("{}\n", unrun_line(custom_id, code, message)));
         }
     }
-    let (created_at, expires_at) = files::lifetime(state);
     for (content, field, name) in [
         (output, "output_file_id", "output"),
         (errors, "error_file_id", "errors"),
@@ -470,24 +480,9 @@ async fn finish(
         if content.is_empty() {
             continue;
         }
-        let file = StoredFile {
-            id: files::new_id(),
-            bytes: content.len(),
-            created_at,
-            expires_at,
-            filename: format!("{id}_{name}.jsonl"),
-            purpose: "batch_output".into(),
-            content,
-        };
+        let file = files::new_file(state, format!("{id}_{name}.jsonl"), "batch_output", content);
         // Results are kept whatever the tenant's storage holds: they were paid for.
-        let object = control_plane::ApiObject {
-            kind: files::KIND.into(),
-            id: file.id.clone(),
-            tenant: tenant.to_string(),
-            created_ms: created_at * 1000,
-            expires_ms: Some(expires_at * 1000),
-            body: serde_json::to_string(&file).expect("a file serialises"),
-        };
+        let object = files::stored_object(tenant, &file);
         if store
             .call(move |s| s.put_api_object(&object))
             .await

@@ -28,9 +28,41 @@ pub(crate) fn store(state: &AppState) -> Result<&std::sync::Arc<StoreSync>, ApiE
         .ok_or_else(|| ApiError::needs_store("The Files and Batch APIs"))
 }
 
-/// A new file's id.
-pub(crate) fn new_id() -> String {
-    format!("file-{}", uuid::Uuid::new_v4().simple())
+/// A new file of `purpose` holding `content`, kept for `[batches] file_retention_hours` from
+/// now.
+pub(crate) fn new_file(
+    state: &AppState,
+    filename: String,
+    purpose: &str,
+    content: String,
+) -> StoredFile {
+    let created_at = control_plane::now_ms() / 1000;
+    let keep = state
+        .limits
+        .batches
+        .file_retention_hours
+        .saturating_mul(3600) as i64;
+    StoredFile {
+        id: format!("file-{}", uuid::Uuid::new_v4().simple()),
+        bytes: content.len(),
+        created_at,
+        expires_at: created_at.saturating_add(keep),
+        filename,
+        purpose: purpose.into(),
+        content,
+    }
+}
+
+/// `file` as `tenant`'s object in the control-plane store.
+pub(crate) fn stored_object(tenant: &str, file: &StoredFile) -> control_plane::ApiObject {
+    control_plane::ApiObject {
+        kind: KIND.into(),
+        id: file.id.clone(),
+        tenant: tenant.to_string(),
+        created_ms: file.created_at.saturating_mul(1000),
+        expires_ms: Some(file.expires_at.saturating_mul(1000)),
+        body: serde_json::to_string(file).expect("a file serialises"),
+    }
 }
 
 /// Stores `file` as `tenant`'s if the tenant's files leave room for it.
@@ -41,15 +73,7 @@ pub(crate) async fn keep(
 ) -> Result<(), ApiError> {
     let store = store(state)?;
     let limit = state.limits.batches.max_storage_bytes_per_tenant;
-    let body = serde_json::to_string(file).expect("a file serialises");
-    let object = control_plane::ApiObject {
-        kind: KIND.into(),
-        id: file.id.clone(),
-        tenant: tenant.to_string(),
-        created_ms: file.created_at.saturating_mul(1000),
-        expires_ms: Some(file.expires_at.saturating_mul(1000)),
-        body,
-    };
+    let object = stored_object(tenant, file);
     let owner = tenant.to_string();
     let weight = object.body.len() as u64;
     let stored = store
@@ -82,17 +106,6 @@ pub(crate) async fn load(
         .call(move |s| s.api_object(KIND, &tenant, &id, now))
         .await?;
     Ok(object.and_then(|o| serde_json::from_str(&o.body).ok()))
-}
-
-/// The times a new file gets: created now, kept for the retention.
-pub(crate) fn lifetime(state: &AppState) -> (i64, i64) {
-    let now = control_plane::now_ms() / 1000;
-    let keep = state
-        .limits
-        .batches
-        .file_retention_hours
-        .saturating_mul(3600) as i64;
-    (now, now.saturating_add(keep))
 }
 
 /// `POST /v1/files`: multipart with `file` and `purpose` (`batch`).
@@ -136,16 +149,7 @@ pub async fn upload(
     let content = String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::invalid_param("file", "A batch file must be UTF-8 JSONL."))?;
     parse_batch_input(&content, state.limits.batches.max_lines_per_batch)?;
-    let (created_at, expires_at) = lifetime(&state);
-    let file = StoredFile {
-        id: new_id(),
-        bytes: content.len(),
-        created_at,
-        expires_at,
-        filename,
-        purpose: "batch".into(),
-        content,
-    };
+    let file = new_file(&state, filename, "batch", content);
     keep(&state, caller.tenant.id.as_str(), &file).await?;
     Ok(Json(file.object()))
 }

@@ -40,6 +40,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi
 
+# The web console's browser tests drive a real headless Chromium over WebDriver: Debian's
+# chromium and chromium-driver packages.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
 # A clean clone gains nothing from incremental caches; they cost gigabytes of CI disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 

@@ -3,6 +3,7 @@
 //! and an error answer exits non-zero with the API's message.
 
 use clap::{Args, Subcommand};
+use gateway::paths::encode;
 use reqwest::blocking::Client;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -333,19 +334,6 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
         true => String::new(),
         false => format!("?{}", set.join("&")),
     }
-}
-
-/// Percent-encodes a query value (ids and dates need little, but a name may hold anything).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs one admin subcommand.

@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod anthropic;
 pub mod build;
 pub mod config;
+pub mod console;
 pub mod directory;
 pub mod error;
 pub mod extensions;

@@ -79,6 +79,20 @@ pub const VERSION: &str = "/version";
 /// `GET /openapi.json`.
 pub const OPENAPI: &str = "/openapi.json";
 
+/// Percent-encodes a path segment or query value (ids and dates need little, but a name may
+/// hold anything).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Every route's template.
 pub const ALL: &[&str] = &[
     MODELS,
@@ -121,6 +135,62 @@ pub const ALL: &[&str] = &[
     OPENAPI,
 ];
 
+/// The web console's pages (HTML for people: not in the OpenAPI document).
+pub mod console {
+    /// The console's home: the overview, or the sign-in form.
+    pub const HOME: &str = "/console";
+    /// The sign-in form.
+    pub const SIGN_IN: &str = "/console/sign-in";
+    /// Sign-out.
+    pub const SIGN_OUT: &str = "/console/sign-out";
+    /// Pools, replicas and tenants, live.
+    pub const OVERVIEW: &str = "/console/overview";
+    /// The overview's figures as JSON, polled by its script.
+    pub const OVERVIEW_DATA: &str = "/console/api/overview";
+    /// Every tenant the key may read.
+    pub const TENANTS: &str = "/console/tenants";
+    /// One tenant.
+    pub const TENANT: &str = "/console/tenants/{tenant}";
+    /// Issue a key of a tenant.
+    pub const TENANT_KEYS: &str = "/console/tenants/{tenant}/keys";
+    /// Rotate a key.
+    pub const KEY_ROTATE: &str = "/console/keys/{key}/rotate";
+    /// Revoke a key.
+    pub const KEY_REVOKE: &str = "/console/keys/{key}/revoke";
+    /// Grants and budgets (and a new grant).
+    pub const GRANTS: &str = "/console/grants";
+    /// A new price.
+    pub const PRICES: &str = "/console/prices";
+    /// The audit log, filtered.
+    pub const AUDIT: &str = "/console/audit";
+    /// The ledger's records as CSV.
+    pub const USAGE_CSV: &str = "/console/usage.csv";
+    /// The stylesheet.
+    pub const STYLESHEET: &str = "/console/assets/console.css";
+    /// The script.
+    pub const SCRIPT: &str = "/console/assets/console.js";
+
+    /// Every console route's template.
+    pub const ALL: &[&str] = &[
+        HOME,
+        SIGN_IN,
+        SIGN_OUT,
+        OVERVIEW,
+        OVERVIEW_DATA,
+        TENANTS,
+        TENANT,
+        TENANT_KEYS,
+        KEY_ROTATE,
+        KEY_REVOKE,
+        GRANTS,
+        PRICES,
+        AUDIT,
+        USAGE_CSV,
+        STYLESHEET,
+        SCRIPT,
+    ];
+}
+
 /// What logs call a path that matches no route (its text is the client's, and may hold
 /// anything).
 pub const UNMATCHED: &str = "(no route)";
@@ -129,6 +199,7 @@ pub const UNMATCHED: &str = "(no route)";
 pub fn template(path: &str) -> &'static str {
     let segments = || path.trim_end_matches('/').split('/');
     ALL.iter()
+        .chain(console::ALL)
         .copied()
         .find(|template| {
             let wanted = template.split('/');

@@ -131,6 +131,8 @@ pub async fn serve_as(
         max_prompt_tokens_per_request: config.server.max_prompt_tokens_per_request,
         admin_requests_per_minute: config.server.admin_requests_per_minute,
         batches: config.batches.clone(),
+        console: config.console.clone(),
+        tls: config.tls.is_some(),
     };
     let ledger = match config.ledger.enabled {
         true => match config.ledger.postgres_url() {

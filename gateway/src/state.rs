@@ -30,6 +30,10 @@ pub struct Limits {
     /// `[batches]`: files' and batches' limits (`max_file_bytes` is the upload route's body
     /// limit).
     pub batches: crate::config::BatchesConfig,
+    /// `[console]`: the web console's sessions.
+    pub console: crate::config::ConsoleConfig,
+    /// Whether the server speaks TLS (the console's cookies are then `Secure`).
+    pub tls: bool,
 }
 
 /// Shared state of the server; cheap to clone (one reference count: every layer and handler

@@ -176,3 +176,146 @@ async fn tls_connections_idle_before_or_after_the_handshake_are_closed() {
     let mut tls = connector.connect(name, tcp).await.expect("the handshake");
     closed_by_server(&mut tls).await;
 }
+
+/// The web console's routes (issue 36): no page a shared cache may keep, a content security
+/// policy that allows this origin only and no framing, the key posted and never taken from a
+/// URL, sign-in attempts limited per address, cookies HttpOnly and SameSite=Strict.
+#[tokio::test]
+async fn the_consoles_routes_are_hardened() {
+    let config = format!(
+        "admin_keys = [\"{}\"]\n[console]\nsign_in_attempts_per_minute = 6\n\
+         [[models]]\nid = \"bench\"\nkind = \"synthetic\"\n[models.synthetic]\ntokens_per_second = 0\n\
+         [[tenants]]\nid = \"t\"\nkeys = [\"{}\"]\n",
+        digest("sk-console-op"),
+        digest("sk-t")
+    );
+    let gw = TestGateway::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let check = |response: &reqwest::Response, what: &str| {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(header("cache-control"), "no-store", "{what}");
+        let policy = header("content-security-policy");
+        for part in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(part), "{what}: {policy}");
+        }
+        assert!(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"));
+        assert_eq!(header("x-frame-options"), "DENY", "{what}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{what}");
+    };
+    let concrete = |template: &str| template.replace("{tenant}", "t").replace("{key}", "k");
+    // Signed out: every route answers with the headers, and none shows anything but the form.
+    for template in gateway::paths::console::ALL {
+        let path = concrete(template);
+        for method in [reqwest::Method::GET, reqwest::Method::POST] {
+            let response = client
+                .request(method.clone(), gw.url(&path))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .send()
+                .await
+                .unwrap();
+            check(&response, &format!("{method} {path}"));
+            let status = response.status().as_u16();
+            let open = path.ends_with("/sign-in") || path.contains("/assets/");
+            assert!(
+                open || matches!(status, 303 | 401 | 403 | 405),
+                "{method} {path} answered {status} without a session"
+            );
+        }
+    }
+    // A key in the URL is never taken: not from a GET, not from a POST's query string.
+    let form = client.get(gw.url("/console/sign-in")).send().await.unwrap();
+    let cookie = form.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let token = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let sign_in = |query: String, body: String| {
+        client
+            .post(gw.url(&format!("/console/sign-in{query}")))
+            .header("cookie", format!("console_sign_in={token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let response = client
+        .get(gw.url("/console/sign-in?key=sk-console-op"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!format!("{:?}", response.headers()).contains("console_session="));
+    let response = sign_in(format!("?key=sk-console-op&csrf={token}"), String::new())
+        .await
+        .unwrap();
+    assert_ne!(
+        response.status(),
+        303,
+        "a key in the query string signed in"
+    );
+    // The form's own token is needed (double-submit), then the key in the body signs in.
+    let response = sign_in(String::new(), "key=sk-console-op&csrf=wrong".into())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = sign_in(String::new(), format!("key=sk-console-op&csrf={token}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let session = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("console_session="))
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    assert!(!session.contains("Secure"), "plain HTTP: no Secure flag");
+    let session = session.split(';').next().unwrap().to_string();
+    // Signed in: every page keeps the headers.
+    for template in gateway::paths::console::ALL {
+        let response = client
+            .get(gw.url(&concrete(template)))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        check(&response, &format!("GET {template} signed in"));
+    }
+    // Six attempts a minute from one address (four made above); the seventh waits (a wrong key
+    // counts too).
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = sign_in(String::new(), format!("key=sk-wrong&csrf={token}"))
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 429], "two allowed attempts were left");
+}

@@ -10,6 +10,7 @@ use policies::{KeyDigest, TenantId};
 use serde::Deserialize;
 
 mod batches;
+mod console;
 mod control_plane;
 mod ledger;
 mod models;
@@ -20,6 +21,7 @@ mod telemetry;
 mod tenants;
 
 pub use batches::*;
+pub use console::*;
 pub use control_plane::*;
 pub use ledger::*;
 pub use models::*;
@@ -115,6 +117,9 @@ pub struct GatewayConfig {
     /// `[batches]`: the Files and Batch APIs' limits, and how replicas run batches.
     pub batches: BatchesConfig,
     #[serde(default)]
+    /// `[console]`: the operators' web console.
+    pub console: ConsoleConfig,
+    #[serde(default)]
     /// `[quotas]`: where tenants' limits are counted (this process, or Redis for a fleet).
     pub quotas: QuotasConfig,
     #[serde(default)]
@@ -144,6 +149,7 @@ impl Default for GatewayConfig {
             ledger: LedgerConfig::default(),
             control_plane: ControlPlaneConfig::default(),
             batches: BatchesConfig::default(),
+            console: ConsoleConfig::default(),
             quotas: QuotasConfig::default(),
             telemetry: TelemetryConfig::default(),
             pools: Vec::new(),

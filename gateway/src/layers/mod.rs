@@ -82,6 +82,8 @@ pub(crate) mod testing {
             max_prompt_tokens_per_request: 131_072,
             admin_requests_per_minute: 600,
             batches: Default::default(),
+            console: Default::default(),
+            tls: false,
         };
         edge(&mut edge_limits);
         AppState::new(

@@ -134,13 +134,7 @@ impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let models = self.models.0.list();
         let now = std::time::Instant::now();
-        let routers: Vec<(String, Arc<ModelRouter>)> = models
-            .iter()
-            .filter_map(|(id, _, state)| match state {
-                ModelState::Ready(router) => Some((id.clone(), router.clone())),
-                _ => None,
-            })
-            .collect();
+        let routers = ready_routers(&self.models.0);
         // Health: 1 while some replica of the pool can take requests, 0 while every one is out
         // (or the model is loading or failed to load).
         let mut family = encoder.encode_descriptor(
@@ -284,20 +278,7 @@ fn encode_per_tenant(
     encoder: &mut DescriptorEncoder,
     routers: &[(String, Arc<ModelRouter>)],
 ) -> Result<(), std::fmt::Error> {
-    // (model, tenant) -> the counters of every replica that has seen the tenant.
-    let mut rows: BTreeMap<(&str, TenantId), Vec<Arc<TenantCounters>>> = BTreeMap::new();
-    for (model, router) in routers {
-        for replica in router.replicas() {
-            for entry in replica.counters().tenants.iter() {
-                rows.entry((model.as_str(), entry.key().clone()))
-                    .or_default()
-                    .push(entry.value().clone());
-            }
-        }
-    }
-    let sum = |counters: &[Arc<TenantCounters>], field: TenantField| -> u64 {
-        counters.iter().map(|c| EngineCounters::get(field(c))).sum()
-    };
+    let rows = tenant_counters(routers);
     for (name, help, field, is_counter) in TENANT_FIGURES {
         let kind = if is_counter {
             MetricType::Counter
@@ -326,6 +307,94 @@ fn encode_per_tenant(
         ConstCounter::new(seconds).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Every ready model's router.
+fn ready_routers(models: &ModelRegistry) -> Vec<(String, Arc<ModelRouter>)> {
+    models
+        .list()
+        .into_iter()
+        .filter_map(|(id, _, state)| match state {
+            ModelState::Ready(router) => Some((id, router)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (model, tenant) -> the counters of every replica that has seen the tenant.
+fn tenant_counters(
+    routers: &[(String, Arc<ModelRouter>)],
+) -> BTreeMap<(&str, TenantId), Vec<Arc<TenantCounters>>> {
+    let mut rows: BTreeMap<(&str, TenantId), Vec<Arc<TenantCounters>>> = BTreeMap::new();
+    for (model, router) in routers {
+        for replica in router.replicas() {
+            for entry in replica.counters().tenants.iter() {
+                rows.entry((model.as_str(), entry.key().clone()))
+                    .or_default()
+                    .push(entry.value().clone());
+            }
+        }
+    }
+    rows
+}
+
+/// `field` summed over `counters`.
+fn sum(counters: &[Arc<TenantCounters>], field: TenantField) -> u64 {
+    counters.iter().map(|c| EngineCounters::get(field(c))).sum()
+}
+
+/// One tenant's activity on one model, over this process's replicas, now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantActivity {
+    /// The model.
+    pub model: String,
+    /// The tenant.
+    pub tenant: String,
+    /// Its sequences in the running batches.
+    pub running: u64,
+    /// Its sequences waiting in the engines.
+    pub waiting: u64,
+    /// Its requests waiting at the gateway for a saturated pool.
+    pub waiting_at_gateway: u64,
+    /// Tokens run through the model for it so far (a counter: its rate is its service).
+    pub service_tokens: u64,
+}
+
+/// Every tenant's activity on every ready model (what `gateway_engine_tenant_*` and
+/// `gateway_router_waiting_requests` show, as rows).
+pub fn tenant_activity(models: &ModelRegistry) -> Vec<TenantActivity> {
+    let routers = ready_routers(models);
+    let mut rows: BTreeMap<(String, String), TenantActivity> = BTreeMap::new();
+    for ((model, tenant), counters) in tenant_counters(&routers) {
+        let row = TenantActivity {
+            model: model.to_string(),
+            tenant: tenant.as_str().to_string(),
+            running: sum(&counters, |c| &c.running),
+            waiting: sum(&counters, |c| &c.waiting),
+            waiting_at_gateway: 0,
+            service_tokens: sum(&counters, |c| &c.service_tokens),
+        };
+        rows.insert((row.model.clone(), row.tenant.clone()), row);
+    }
+    for (model, router) in &routers {
+        let Some(room) = router.waiting_room() else {
+            continue;
+        };
+        for (tenant, n) in room.waiting() {
+            let key = (model.clone(), tenant.as_str().to_string());
+            rows.entry(key)
+                .or_insert_with(|| TenantActivity {
+                    model: model.clone(),
+                    tenant: tenant.as_str().to_string(),
+                    running: 0,
+                    waiting: 0,
+                    waiting_at_gateway: 0,
+                    service_tokens: 0,
+                })
+                .waiting_at_gateway = n as u64;
+        }
+    }
+    rows.into_values().collect()
 }
 
 /// `gateway_router_waiting_requests`: per model and tenant, requests waiting at the gateway for

@@ -14,7 +14,7 @@ use policies::QuotaStore;
 use prometheus_client::registry::Registry;
 
 pub use classic::to_classic_text;
-pub use engine::EngineCollector;
+pub use engine::{tenant_activity, EngineCollector, TenantActivity};
 pub use process::ProcessCollector;
 pub use quota_store::QuotaStoreCollector;
 pub use requests::{AllowanceLabels, CrossingLabels, LatencyHandles, RequestMetrics};

@@ -75,7 +75,52 @@ pub fn router(state: AppState) -> Router {
                 .layer(request_metrics::layer(&state))
                 .layer(rate_limit_headers::layer(&state)),
         );
-    let admin = Router::new()
+    let admin = admin_routes().route_layer(authentication::admin_layer(&state));
+    // The operators' console: HTML over the same admin handlers (its session stands for the
+    // admin key; see `console`).
+    let console = crate::console::router(&state, admin_routes());
+    // An engine-worker's load, read by the gateways that route to it (with the worker's shared
+    // secret, its admin key): it shows every tenant's activity, so no tenant key; polled every
+    // few seconds by each gateway, so not held to the admin rate limit.
+    let polled = Router::new()
+        .route(paths::LOAD, get(pools::load))
+        .route_layer(authentication::polled_admin_layer(&state));
+    let public = Router::new()
+        .route(paths::HEALTH, get(health::health))
+        .route(paths::READY, get(health::ready))
+        .route(paths::METRICS, get(metrics::render))
+        .route(paths::VERSION, get(version::version))
+        .route(paths::OPENAPI, get(openapi::document));
+    Router::new()
+        .merge(api)
+        .merge(admin)
+        .merge(console)
+        .merge(polled)
+        .merge(public)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(client_request_id::layer())
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(trace::layer())
+                .layer(axum::middleware::from_fn(anthropic_errors::rewrite))
+                .layer(axum::middleware::from_fn(crate::console::security_headers))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .option_layer(cors::layer(&state.limits.cors_origins))
+                .layer(body_limit::layer(
+                    state.limits.max_body_bytes,
+                    state.limits.batches.max_file_bytes,
+                ))
+                .layer(timeout::layer(state.limits.request_timeout)),
+        )
+        .with_state(state)
+}
+
+/// `/admin/*` without their authentication layer: the caller adds how the [`control_plane::Actor`]
+/// is found (an admin key, or a console session).
+fn admin_routes() -> Router<AppState> {
+    Router::new()
         .route(
             paths::ADMIN_TENANTS,
             get(admin::tenants).post(tenancy::create_tenant),
@@ -123,41 +168,6 @@ pub fn router(state: AppState) -> Router {
         .route(paths::ADMIN_USAGE, get(admin::usage))
         .route(paths::ADMIN_USAGE_RECORDS, get(admin::usage_records))
         .route(paths::ADMIN_POOLS, get(pools::admin_pools))
-        .route_layer(authentication::admin_layer(&state));
-    // An engine-worker's load, read by the gateways that route to it (with the worker's shared
-    // secret, its admin key): it shows every tenant's activity, so no tenant key; polled every
-    // few seconds by each gateway, so not held to the admin rate limit.
-    let polled = Router::new()
-        .route(paths::LOAD, get(pools::load))
-        .route_layer(authentication::polled_admin_layer(&state));
-    let public = Router::new()
-        .route(paths::HEALTH, get(health::health))
-        .route(paths::READY, get(health::ready))
-        .route(paths::METRICS, get(metrics::render))
-        .route(paths::VERSION, get(version::version))
-        .route(paths::OPENAPI, get(openapi::document));
-    Router::new()
-        .merge(api)
-        .merge(admin)
-        .merge(polled)
-        .merge(public)
-        .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(client_request_id::layer())
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(trace::layer())
-                .layer(axum::middleware::from_fn(anthropic_errors::rewrite))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .option_layer(cors::layer(&state.limits.cors_origins))
-                .layer(body_limit::layer(
-                    state.limits.max_body_bytes,
-                    state.limits.batches.max_file_bytes,
-                ))
-                .layer(timeout::layer(state.limits.request_timeout)),
-        )
-        .with_state(state)
 }
 
 async fn route_not_found(uri: Uri) -> impl IntoResponse {

@@ -45,7 +45,7 @@ fn draw<'a>(days: &[Day], svg: &'a mut String) -> Result<(), Box<dyn std::error:
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(days.len().clamp(1, 10))
+        .x_labels(days.len().clamp(1, 7))
         .x_label_formatter(&|x| match x {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
                 labels.get(*i as usize).cloned().unwrap_or_default()

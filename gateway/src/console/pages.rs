@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::admin_api::Refusal;
 use super::chart::{self, Day};
 use super::session::{self, Session, SESSION_COOKIE, SIGN_IN_COOKIE};
-use super::view::page;
+use super::view::{civil_from_days, page};
 use super::Console;
 use crate::metrics::tenant_activity;
 use crate::paths::encode;
@@ -334,21 +334,14 @@ pub async fn tenant(
         Ok(v) => json!({"data": v["data"], "currency": v["currency"]}),
         Err(r) => json!({"error": r.message}),
     };
-    let days: Vec<Day> = usage
+    let rows = usage
         .as_ref()
         .ok()
         .and_then(|u| u["data"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|row| Day {
-            day: row["day"].as_str().unwrap_or_default().to_string(),
-            prompt_tokens: row["prompt_tokens"].as_u64().unwrap_or(0),
-            completion_tokens: row["completion_tokens"].as_u64().unwrap_or(0),
-        })
-        .collect();
-    let chart = match days.is_empty() {
+        .unwrap_or_default();
+    let chart = match rows.is_empty() {
         true => String::new(),
-        false => chart::tokens_per_day(&days),
+        false => chart::tokens_per_day(&chart_days(&rows, now_s.div_euclid(86_400), 14)),
     };
     let last_requests: Vec<Value> = records
         .as_ref()
@@ -374,6 +367,24 @@ pub async fn tenant(
             "records_error": records.err().map(|r| r.message),
         }),
     )
+}
+
+/// The `count` UTC days up to `today` (days since the epoch), oldest first, with the usage
+/// rows' tokens (a day without requests is a day of none: the chart keeps its time axis).
+fn chart_days(rows: &[Value], today: i64, count: i64) -> Vec<Day> {
+    (today - count + 1..=today)
+        .map(|day| {
+            let (year, month, date) = civil_from_days(day);
+            let day = format!("{year:04}-{month:02}-{date:02}");
+            let row = rows.iter().find(|r| r["day"] == day.as_str());
+            let tokens = |field: &str| row.and_then(|r| r[field].as_u64()).unwrap_or(0);
+            Day {
+                prompt_tokens: tokens("prompt_tokens"),
+                completion_tokens: tokens("completion_tokens"),
+                day,
+            }
+        })
+        .collect()
 }
 
 /// Whole days from a form field, as seconds; `None` when left empty.
@@ -708,4 +719,26 @@ pub async fn usage_csv(
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| "The export was refused.".into());
     me.refused(Refusal { status, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_covers_every_day_of_its_window() {
+        let rows = [json!({"day": "2026-12-05", "prompt_tokens": 10, "completion_tokens": 3})];
+        // 20794 is 2026-12-07.
+        let days = chart_days(&rows, 20_794, 4);
+        let names: Vec<&str> = days.iter().map(|d| d.day.as_str()).collect();
+        assert_eq!(
+            names,
+            ["2026-12-04", "2026-12-05", "2026-12-06", "2026-12-07"]
+        );
+        assert_eq!((days[1].prompt_tokens, days[1].completion_tokens), (10, 3));
+        assert_eq!(
+            days[0].prompt_tokens + days[2].prompt_tokens + days[3].prompt_tokens,
+            0
+        );
+    }
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the fuzz targets (fuzz/fuzz_targets: request_body, config, upstream_sse, gguf_file)
+# Runs the fuzz targets (fuzz/fuzz_targets: request_body, config, upstream_sse, gguf_file,
+# lora_adapter)
 # under libFuzzer.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default 600 s each, every target)
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-600}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(request_body config upstream_sse gguf_file)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(request_body config upstream_sse gguf_file lora_adapter)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: no nightly toolchain here; the targets' seeds and regressions ran on stable (cargo test -p fuzzing)"

@@ -21,12 +21,37 @@ use gateway::openai::response::Endpoint;
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/` and the corpus folders name them.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("request_body", request_body),
     ("config", config),
     ("upstream_sse", upstream_sse),
     ("gguf_file", gguf_file),
+    ("lora_adapter", lora_adapter),
 ];
+
+/// A LoRA adapter (a tenant's upload), read and checked against a small llama base model's
+/// shape (the tiny test models': hidden 256, MLP 512, two layers, four heads over two KV heads),
+/// as the engine reads one before serving it.
+pub fn lora_adapter(data: &[u8]) {
+    let base = models::ModelConfig {
+        architecture: models::config::Architecture::Llama,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        hidden: 256,
+        ffn: 512,
+        rms_eps: 1e-6,
+        rope_base: 10_000.0,
+        rope_position_scale: 1.0,
+        context_length: 512,
+        vocab_size: 512,
+        attention_scale: 0.125,
+        embedding_scale: 1.0,
+        sliding_window: None,
+    };
+    let _ = models::LoraAdapter::read(&mut std::io::Cursor::new(data), &base);
+}
 
 /// A model file (an operator's download, soon a tenant's adapter upload): its header read
 /// within bounds, then, if that accepts it, parsed by candle, its architecture's shape and its

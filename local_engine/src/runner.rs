@@ -77,6 +77,9 @@ fn batch_of<'a>(input: &'a StepInput, tables: &'a mut [BlockTable]) -> Vec<Seque
             tokens: &chunk.tokens,
             table,
             wants_logits: chunk.samples,
+            // Requests do not name adapters yet (issue 38: the model layer applies them; the
+            // request core and the API do not carry them so far).
+            adapter: None,
         })
         .collect()
 }

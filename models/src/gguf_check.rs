@@ -242,7 +242,8 @@ pub fn check<R: Read + Seek>(reader: &mut R) -> Result<(), GgufError> {
         let key = h.string(&format!("metadata key {i}"))?;
         let kind = h.u32(&key)?;
         let value = h.value(&key, kind, 0)?;
-        if key == "general.alignment" {
+        // candle drops trailing NULs from strings (some writers pad them): compare as it will.
+        if key.trim_end_matches('\0') == "general.alignment" {
             alignment = value
                 .filter(|&a| a > 0 && a.is_power_of_two() && a <= 1 << 20)
                 .ok_or_else(|| {
@@ -338,6 +339,27 @@ mod tests {
                 "cut at {cut}: {err}"
             );
         }
+    }
+
+    /// candle reads `general.alignment\0\0\0` as `general.alignment` (it drops trailing NULs)
+    /// and divided by an alignment of 0 (found by the `lora_adapter` fuzz target).
+    #[test]
+    fn an_alignment_key_padded_with_nuls_is_checked_as_candle_reads_it() {
+        let mut file = b"GGUF".to_vec();
+        file.extend(3u32.to_le_bytes());
+        file.extend(0u64.to_le_bytes()); // tensors
+        file.extend(1u64.to_le_bytes()); // metadata
+        let key = b"general.alignment\0\0\0";
+        file.extend((key.len() as u64).to_le_bytes());
+        file.extend(key);
+        file.extend(0u32.to_le_bytes()); // u8
+        file.push(0);
+        file.extend([0u8; 64]);
+        let err = check(&mut Cursor::new(&file)).unwrap_err();
+        assert!(
+            matches!(err, GgufError::TooLarge(ref what) if what.contains("alignment")),
+            "{err}"
+        );
     }
 
     /// The offset of the type id of tensor `name` in `bytes` (after its name and dims).

@@ -14,6 +14,8 @@ pub mod cpu_llama;
 pub mod gguf_check;
 pub mod kv_cache;
 pub mod llama;
+pub mod lora;
 
 pub use config::{BlockId, BlockTable, ModelConfig, WeightFormat};
 pub use llama::{Forward, LlamaModel, SequenceInput, SoloCache, Workspace};
+pub use lora::{AdapterError, LoraAdapter};

@@ -27,6 +27,8 @@ pub struct SequenceInput<'a> {
     pub table: &'a mut BlockTable,
     /// Whether logits of the last token are wanted (false for a prefill chunk that is not last).
     pub wants_logits: bool,
+    /// The LoRA adapter whose terms its projections add (loaded for this model), if any.
+    pub adapter: Option<&'a crate::lora::LoraAdapter>,
 }
 
 enum Backend {
@@ -73,6 +75,7 @@ fn cpu_forward(
             tokens: s.tokens,
             table: &mut *s.table,
             wants_logits: s.wants_logits,
+            adapter: s.adapter,
         })
         .collect();
     let progress = model
@@ -244,6 +247,11 @@ impl LlamaModel {
                 cpu_forward(m, kv, scratch, batch, first_layer, pause)
             }
             (Backend::Candle(m), WorkspaceKind::Candle(cache)) => {
+                if batch.iter().any(|s| s.adapter.is_some()) {
+                    candle_core::bail!(
+                        "LoRA adapters are served on the CPU path only, not yet on GPUs"
+                    );
+                }
                 let shapes: Vec<(&[u32], bool)> =
                     batch.iter().map(|s| (s.tokens, s.wants_logits)).collect();
                 let mut views: Vec<_> = batch.iter_mut().map(|s| cache.sequence(s.table)).collect();
@@ -300,6 +308,17 @@ impl LlamaModel {
         tokens: &[u32],
         wants_logits: bool,
     ) -> Result<Tensor> {
+        self.forward_solo_adapted(cache, tokens, wants_logits, None)
+    }
+
+    /// [`Self::forward_solo`] with `adapter`'s terms added to the projections.
+    pub fn forward_solo_adapted(
+        &self,
+        cache: &mut SoloCache,
+        tokens: &[u32],
+        wants_logits: bool,
+        adapter: Option<&crate::lora::LoraAdapter>,
+    ) -> Result<Tensor> {
         let SoloCache { workspace, table } = cache;
         self.forward(
             workspace,
@@ -307,6 +326,7 @@ impl LlamaModel {
                 tokens,
                 table,
                 wants_logits,
+                adapter,
             }],
         )
     }

@@ -17,92 +17,18 @@
 //! 0.38 at worst. A wrong RoPE layout or a misread tensor moves them by 5 to 20 (seen while
 //! building this), far outside both.
 
-use std::path::{Path, PathBuf};
+mod oracle;
 
-use candle_core::quantized::gguf_file;
-use candle_core::Device;
-use models::{LlamaModel, WeightFormat};
+use oracle::{compare, fixtures};
 
 /// Worst and mean difference allowed for files whose every tensor a kernel reads as stored.
 const AS_STORED: (f32, f32) = (0.25, 0.06);
 /// For K-quant files (llama.cpp rounds their activations per 256 values).
 const K_QUANTS: (f32, f32) = (0.45, 0.1);
 
-#[derive(serde::Deserialize)]
-struct Recording {
-    model: String,
-    cases: Vec<Case>,
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    prompt: Vec<u32>,
-    steps: Vec<Step>,
-}
-
-#[derive(serde::Deserialize)]
-struct Step {
-    token: u32,
-    top: Vec<(u32, f32)>,
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
-}
-
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let log_sum = sum.ln() as f32 + max;
-    logits.iter().map(|&l| l - log_sum).collect()
-}
-
-/// Worst and mean difference over every step, and the steps whose greedy choice differs
-/// although llama.cpp's top two are clearly apart.
-fn compare(stem: &str, margin_needed: f32) -> (f32, f32, Vec<String>) {
-    let recording: Recording = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join(format!("{stem}.llama-cpp.json")))
-            .expect("recording"),
-    )
-    .expect("recording parses");
-    let path = fixtures().join(&recording.model);
-    let mut file = std::fs::File::open(&path).expect("model file");
-    let content = gguf_file::Content::read(&mut file).expect("gguf");
-    let model = LlamaModel::from_gguf(&content, &mut file, &Device::Cpu, WeightFormat::AsStored)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (mut worst, mut total, mut count) = (0f32, 0f64, 0usize);
-    let mut wrong_choices = Vec::new();
-    for (c, case) in recording.cases.iter().enumerate() {
-        let mut cache = model.new_cache().unwrap();
-        let mut input = case.prompt.clone();
-        for (s, step) in case.steps.iter().enumerate() {
-            let logits = model.forward_solo(&mut cache, &input, true).unwrap();
-            let logits: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
-            let ours = log_softmax(&logits);
-            for &(id, theirs) in &step.top {
-                let diff = (ours[id as usize] - theirs).abs();
-                worst = worst.max(diff);
-                total += diff as f64;
-                count += 1;
-            }
-            let ours_best = (0..ours.len())
-                .max_by(|&a, &b| ours[a].total_cmp(&ours[b]))
-                .unwrap() as u32;
-            let margin = step.top[0].1 - step.top.get(1).map_or(f32::NEG_INFINITY, |t| t.1);
-            if ours_best != step.token && margin > margin_needed {
-                wrong_choices.push(format!(
-                    "case {c} step {s}: ours {ours_best}, llama.cpp {} (margin {margin})",
-                    step.token
-                ));
-            }
-            input = vec![step.token];
-        }
-    }
-    (worst, (total / count.max(1) as f64) as f32, wrong_choices)
-}
-
 fn check(stem: &str, (max_diff, mean_diff): (f32, f32)) {
-    let (worst, mean, wrong) = compare(stem, max_diff);
+    let recording = fixtures().join(format!("tiny/{stem}.llama-cpp.json"));
+    let (worst, mean, wrong) = compare(&recording, None, max_diff);
     eprintln!("{stem}: max |Δ logprob| {worst:.4}, mean {mean:.5}");
     assert!(worst <= max_diff, "{stem}: max logprob difference {worst}");
     assert!(mean <= mean_diff, "{stem}: mean logprob difference {mean}");

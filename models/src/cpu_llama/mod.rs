@@ -21,9 +21,12 @@ use cpu_kernels::matmul::{self, PackedMatrix};
 use cpu_kernels::parallel;
 use cpu_kernels::quant::QuantizedRows;
 
+mod adapters;
 mod error;
 mod load;
 mod step;
+
+use adapters::StepAdapters;
 
 use step::{rows_wanting_logits, sequence_rows};
 
@@ -110,6 +113,8 @@ pub struct StepSequence<'a> {
     pub table: &'a mut BlockTable,
     /// Whether the logits of its last token are wanted.
     pub wants_logits: bool,
+    /// The LoRA adapter its projections add, if any (checked against this model).
+    pub adapter: Option<&'a crate::lora::LoraAdapter>,
 }
 
 /// How far a step came: done with its logits, or paused before a layer.
@@ -143,6 +148,9 @@ pub struct Scratch {
     rope_sin_sliding: Vec<f32>,
     /// A projection's output before its post-norm joins the residual stream (Gemma 3).
     post: Vec<f32>,
+    /// The normed input of Q/K/V and of gate/up in f32, for adapters' `A·x` (steps with
+    /// adapters only).
+    normed: Vec<f32>,
     /// Attention work items: (sequence index, KV head, first query, end query).
     items: Vec<(usize, usize, usize, usize)>,
 }
@@ -230,6 +238,7 @@ impl CpuLlama {
             rope_cos_sliding: Vec::new(),
             rope_sin_sliding: Vec::new(),
             post: Vec::new(),
+            normed: Vec::new(),
             items: Vec::new(),
         }
     }
@@ -269,13 +278,14 @@ impl CpuLlama {
             self.embed(scratch, batch);
         }
         let row_grain = parallel::grain_for(scratch.rows.len(), 2).max(4);
+        let adapters = StepAdapters::new(batch.iter().map(|s| s.adapter).collect());
         for (index, layer) in self.layers.iter().enumerate().skip(first_layer) {
             {
                 // Each sequence's rows and blocks (the layer only reads them).
                 let seqs = sequence_rows(batch);
-                self.attention_block(index, layer, kv, scratch, &seqs, row_grain);
+                self.attention_block(index, layer, kv, scratch, &seqs, &adapters, row_grain);
             }
-            self.mlp_block(layer, scratch, row_grain);
+            self.mlp_block(index, layer, scratch, &adapters, row_grain);
             if index + 1 < self.layers.len() && pause() {
                 return Ok(Progress::PausedBefore(index + 1));
             }

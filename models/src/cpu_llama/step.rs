@@ -11,6 +11,7 @@ use cpu_kernels::matmul::{matmul, Output, PackedMatrix};
 use cpu_kernels::parallel::{self, SharedMut};
 use cpu_kernels::quant::{self, QuantizedRows, BLOCK};
 
+use super::adapters::{Site, StepAdapters};
 use super::{CpuLlama, Error, Layer, Scratch, StepSequence};
 use crate::config::{Architecture, RopeStyle};
 
@@ -128,8 +129,10 @@ impl CpuLlama {
         }
     }
 
-    /// A layer's attention half: norm, Q/K/V, RoPE and the new keys and values into the pool,
-    /// attention, and the output projection added into the residual stream.
+    /// A layer's attention half: norm, Q/K/V (plus adapters' terms), RoPE and the new keys and
+    /// values into the pool, attention, and the output projection (plus adapters' terms) added
+    /// into the residual stream.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_block(
         &self,
         index: usize,
@@ -137,6 +140,7 @@ impl CpuLlama {
         kv: &mut KvPool,
         scratch: &mut Scratch,
         seqs: &[SequenceRows<'_>],
+        adapters: &StepAdapters<'_>,
         row_grain: usize,
     ) {
         let (isa, hidden) = (self.isa, self.config.hidden);
@@ -153,12 +157,36 @@ impl CpuLlama {
         );
         let qkv_dim = layer.qkv.n();
         layer.qkv.matmul(isa, xq, &mut scratch.qkv, qkv_dim);
+        if adapters.any() {
+            // Adapters read the normed input in f32 (as llama.cpp's `A·x`), before biases.
+            normed_rows(scratch, hidden, &layer.attn_norm, eps);
+            let (rows, normed) = (&scratch.rows, &scratch.normed);
+            let qkv = &mut scratch.qkv;
+            adapters.add(
+                index,
+                Site::Qkv,
+                rows,
+                normed,
+                hidden,
+                qkv,
+                qkv_dim,
+                row_grain,
+            );
+        }
         self.rope_and_store(index, layer, kv, scratch, seqs, row_grain);
         self.attend(index, kv, scratch, seqs);
         let q_dim = self.config.q_dim();
         quantize_rows(isa, &scratch.attn, q_dim, &mut scratch.aq, row_grain);
         let post_norm = layer.post_norms.as_ref().map(|(attn, _)| attn.as_slice());
-        self.add_to_residual(&layer.wo, post_norm, Input::Attention, scratch, row_grain);
+        let adapted = (adapters, index);
+        self.add_to_residual(
+            &layer.wo,
+            post_norm,
+            Input::Attention,
+            scratch,
+            adapted,
+            row_grain,
+        );
     }
 
     /// Biases and QK-norm where the architecture has them, RoPE on each row's queries and
@@ -271,9 +299,17 @@ impl CpuLlama {
         });
     }
 
-    /// A layer's MLP half: norm, gate and up as one product, SiLU(gate) * up quantized for the
-    /// down projection, added into the residual stream.
-    pub(super) fn mlp_block(&self, layer: &Layer, scratch: &mut Scratch, row_grain: usize) {
+    /// A layer's MLP half: norm, gate and up as one product (plus adapters' terms), the
+    /// product of SiLU(gate) and up quantized for the down projection, added (plus adapters'
+    /// terms) into the residual stream.
+    pub(super) fn mlp_block(
+        &self,
+        index: usize,
+        layer: &Layer,
+        scratch: &mut Scratch,
+        adapters: &StepAdapters<'_>,
+        row_grain: usize,
+    ) {
         let (isa, hidden, ffn) = (self.isa, self.config.hidden, self.config.ffn);
         let eps = self.config.rms_eps as f32;
         let gelu = self.config.architecture == Architecture::Gemma3;
@@ -282,6 +318,21 @@ impl CpuLlama {
         norm_quantize(isa, &scratch.x, hidden, &layer.ffn_norm, eps, xq, row_grain);
         let gate_up = &mut scratch.gate_up;
         layer.gate_up.matmul(isa, xq, gate_up, 2 * ffn);
+        if adapters.any() {
+            normed_rows(scratch, hidden, &layer.ffn_norm, eps);
+            let (rows, normed) = (&scratch.rows, &scratch.normed);
+            let gate_up = &mut scratch.gate_up;
+            adapters.add(
+                index,
+                Site::GateUp,
+                rows,
+                normed,
+                hidden,
+                gate_up,
+                2 * ffn,
+                row_grain,
+            );
+        }
         {
             let gate_up = SharedMut::new(&mut scratch.gate_up[..t * 2 * ffn]);
             let writer = scratch.hq.writer();
@@ -302,17 +353,28 @@ impl CpuLlama {
             });
         }
         let post_norm = layer.post_norms.as_ref().map(|(_, mlp)| mlp.as_slice());
-        self.add_to_residual(&layer.down, post_norm, Input::Mlp, scratch, row_grain);
+        let adapted = (adapters, index);
+        self.add_to_residual(
+            &layer.down,
+            post_norm,
+            Input::Mlp,
+            scratch,
+            adapted,
+            row_grain,
+        );
     }
 
     /// A block's output projection added into the residual stream: directly, or first into
     /// `scratch.post`, RMS-normed with `post_norm`, then added (Gemma 3).
+    /// Adapters' terms (the step's adapters, the layer) join the projection's output before
+    /// the post-norm, as they would with their weights merged.
     fn add_to_residual(
         &self,
         w: &PackedMatrix,
         post_norm: Option<&[f32]>,
         input: Input,
         scratch: &mut Scratch,
+        (adapters, layer): (&StepAdapters<'_>, usize),
         row_grain: usize,
     ) {
         let (isa, hidden) = (self.isa, self.config.hidden);
@@ -320,12 +382,27 @@ impl CpuLlama {
             Input::Attention => &scratch.aq,
             Input::Mlp => &scratch.hq,
         };
+        // The adapters' input in f32: the attention's output, or SiLU(gate) * up (left in the
+        // gate half of each `gate_up` row).
+        let (site, adapter_in, in_width) = match input {
+            Input::Attention => (Site::Output, &scratch.attn, self.config.q_dim()),
+            Input::Mlp => (Site::Down, &scratch.gate_up, 2 * self.config.ffn),
+        };
+        let rows = &scratch.rows;
         let Some(weight) = post_norm else {
             matmul(isa, w, x_in, &mut scratch.x, hidden, 0, Output::Accumulate);
+            let x = &mut scratch.x;
+            adapters.add(
+                layer, site, rows, adapter_in, in_width, x, hidden, row_grain,
+            );
             return;
         };
         let t = scratch.rows.len();
         matmul(isa, w, x_in, &mut scratch.post, hidden, 0, Output::Store);
+        let post = &mut scratch.post;
+        adapters.add(
+            layer, site, rows, adapter_in, in_width, post, hidden, row_grain,
+        );
         let eps = self.config.rms_eps as f32;
         let x = SharedMut::new(&mut scratch.x[..t * hidden]);
         let post = SharedMut::new(&mut scratch.post[..t * hidden]);
@@ -455,6 +532,17 @@ fn norm_quantize(
             quant::rms_norm_quantize(isa, &x[r * k..(r + 1) * k], weight, eps, q, d, s);
         }
     });
+}
+
+/// Each row of the residual stream RMS-normed with `weight` into `scratch.normed` (f32).
+fn normed_rows(scratch: &mut Scratch, hidden: usize, weight: &[f32], eps: f32) {
+    let t = scratch.rows.len();
+    grow(&mut scratch.normed, t * hidden);
+    let normed = &mut scratch.normed[..t * hidden];
+    normed.copy_from_slice(&scratch.x[..t * hidden]);
+    for row in normed.chunks_exact_mut(hidden) {
+        quant::rms_norm_in_place(row, weight, eps);
+    }
 }
 
 /// Quantizes each of the first `xq.rows()` rows of `x` into `xq`.

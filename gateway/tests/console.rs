@@ -232,6 +232,23 @@ async fn an_operator_issues_uses_and_revokes_a_key_in_the_browser() {
         );
     }
 
+    // A price for the model, set through the grants page's form: requests then cost money.
+    browser.goto(&gw.url("/console/grants")).await.unwrap();
+    let form = browser.form(Locator::Css("#set-price")).await.unwrap();
+    for (field, value) in [
+        ("model", MODEL),
+        ("input_per_mtok", "2000000"),
+        ("output_per_mtok", "4000000"),
+    ] {
+        form.set_by_name(field, value).await.unwrap();
+    }
+    form.submit().await.unwrap();
+    let priced = eventually(Duration::from_secs(10), || async {
+        text_of(&browser, "#prices").await.contains("2000000")
+    })
+    .await;
+    assert!(priced, "the price form did not set the price");
+
     // Tenants, then acme's page: issue a key there.
     browser.goto(&gw.url("/console/tenants")).await.unwrap();
     screenshot(&browser, "tenants").await;
@@ -274,6 +291,11 @@ async fn an_operator_issues_uses_and_revokes_a_key_in_the_browser() {
     assert!(
         browser.find(Locator::Css("#usage-chart svg")).await.is_ok(),
         "the usage chart is drawn"
+    );
+    let cost = text_of(&browser, "#cost-chart").await;
+    assert!(
+        cost.contains("USD"),
+        "the cost chart is drawn in the currency: {cost}"
     );
     screenshot(&browser, "tenant").await;
 

@@ -47,6 +47,17 @@ async fn serves_https_when_the_config_names_a_certificate() {
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["data"][0]["id"], MODEL);
+    // Under TLS the console's cookies are `Secure` (a browser never sends them in the clear).
+    let form = client
+        .get(format!("https://localhost:{port}/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.ends_with("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     // A client that does not trust the certificate is refused.
     let untrusting = reqwest::Client::builder()
         .tls_built_in_root_certs(false)

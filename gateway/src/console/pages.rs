@@ -339,9 +339,20 @@ pub async fn tenant(
         .ok()
         .and_then(|u| u["data"].as_array().cloned())
         .unwrap_or_default();
-    let chart = match rows.is_empty() {
-        true => String::new(),
-        false => chart::tokens_per_day(&chart_days(&rows, now_s.div_euclid(86_400), 14)),
+    let currency = usage
+        .as_ref()
+        .ok()
+        .and_then(|u| u["currency"].as_str().map(str::to_string));
+    let (chart, cost_chart) = match rows.is_empty() {
+        true => (String::new(), String::new()),
+        false => {
+            let days = chart_days(&rows, now_s.div_euclid(86_400), 14);
+            let cost = match &currency {
+                Some(currency) => chart::cost_per_day(&days, &format!("{currency}, minor units")),
+                None => String::new(),
+            };
+            (chart::tokens_per_day(&days), cost)
+        }
     };
     let last_requests: Vec<Value> = records
         .as_ref()
@@ -363,6 +374,7 @@ pub async fn tenant(
             "allowances": list(allowances),
             "usage": list(usage),
             "chart": chart,
+            "cost_chart": cost_chart,
             "records": last_requests,
             "records_error": records.err().map(|r| r.message),
         }),
@@ -381,6 +393,8 @@ fn chart_days(rows: &[Value], today: i64, count: i64) -> Vec<Day> {
             Day {
                 prompt_tokens: tokens("prompt_tokens"),
                 completion_tokens: tokens("completion_tokens"),
+                // Millionths of a minor unit, exact in the ledger: the chart's minor units.
+                cost: row.and_then(|r| r["cost_micros"].as_f64()).unwrap_or(0.0) / 1e6,
                 day,
             }
         })

@@ -31,7 +31,7 @@ pub use events::{
 };
 pub use load::{LoadReport, ProbeError, ReportedLoad};
 pub use prompt::{PreparedPrompt, Prompt};
-pub use request::{prefix_cache_scope, GenerationRequest};
+pub use request::{prefix_cache_scope, AdapterRef, GenerationRequest};
 pub use sampling::{OutputConstraint, SamplingDefaults, SamplingParams, MAX_TOP_LOGPROBS};
 pub use stream::{CollectedOutput, TokenStream, Unfinished};
 pub use synthetic::{SyntheticEngine, SyntheticOptions};

@@ -25,6 +25,18 @@ pub struct GenerationRequest {
     /// tenant alone; otherwise every request with the same scope (a sharing group, or a
     /// `cache_salt`). Requests of different scopes never share a block.
     pub cache_scope: Option<String>,
+    /// The LoRA adapter to apply over the model, if the request names one.
+    pub adapter: Option<AdapterRef>,
+}
+
+/// A LoRA adapter a request names: its id (unique in the fleet) and the file that holds it
+/// (llama.cpp's GGUF adapter format), which an engine loads on first use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterRef {
+    /// The adapter's id.
+    pub id: String,
+    /// Its GGUF file.
+    pub path: std::path::PathBuf,
 }
 
 /// The prefix-cache scope of a request of `tenant` that names `cache_scope`, as its kind and
@@ -55,6 +67,7 @@ impl GenerationRequest {
             project_share: None,
             traceparent: None,
             cache_scope: None,
+            adapter: None,
         }
     }
 }

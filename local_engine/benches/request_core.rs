@@ -42,6 +42,7 @@ fn warm_up(model: &Arc<LoadedModel>) {
             share: Default::default(),
             traceparent: None,
             cache_scope: None,
+            adapter: None,
         })
         .unwrap();
     while let Some(event) = stream.blocking_next() {
@@ -105,6 +106,7 @@ fn main() {
             share: Default::default(),
             traceparent: None,
             cache_scope: None,
+            adapter: None,
         };
         let started = Instant::now();
         let clients: Vec<_> = (0..c)

@@ -25,9 +25,17 @@ pub struct Decoding {
     stops: StopMatcher,
     /// Tokens sampled so far.
     generated: usize,
+    /// The LoRA adapter the sequence runs with: held here so it stays loaded until the
+    /// sequence ends.
+    adapter: Option<std::sync::Arc<models::LoraAdapter>>,
 }
 
 impl Decoding {
+    /// Keeps `adapter` loaded while this sequence runs.
+    pub fn pin(&mut self, adapter: std::sync::Arc<models::LoraAdapter>) {
+        self.adapter = Some(adapter);
+    }
+
     /// The state at the start of the output of a request with `params` and prompt `prompt`.
     pub fn new(
         params: SamplingParams,
@@ -41,6 +49,7 @@ impl Decoding {
             constraint,
             decoder: IncrementalDecoder::new(),
             generated: 0,
+            adapter: None,
         }
     }
 

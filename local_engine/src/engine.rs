@@ -18,7 +18,7 @@ use engine_api::{
 };
 use models::WeightFormat;
 use policies::Priority;
-use request_core::block_pool::scope_root;
+use request_core::block_pool::{adapter_scope_root, scope_root};
 use request_core::{num_blocks, CoreConfig, CoreHandle, Job, RequestCore, StepRecord};
 use structured_output::ConstraintState;
 
@@ -61,6 +61,11 @@ pub struct LocalEngine {
 }
 
 impl LocalEngine {
+    /// Ids of the LoRA adapters its model has loaded now.
+    pub fn loaded_adapters(&self) -> Vec<String> {
+        self.model.adapters.loaded()
+    }
+
     /// Loads the model and starts the request core.
     pub fn start(id: &str, options: &LocalEngineOptions) -> Result<Self> {
         let model = Arc::new(LoadedModel::load(&options.model_file())?);
@@ -195,6 +200,18 @@ impl Engine for LocalEngine {
             })
             .collect::<Result<Vec<_>>>()?
             .into_iter();
+        // Adapters load (or are found) before the request queues: a bad one is the request's
+        // fault, answered now.
+        let mut adapters = requests
+            .iter()
+            .map(|r| {
+                r.adapter
+                    .as_ref()
+                    .map(|a| self.model.adapters.acquire(a))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
         let counters = self.enter_queue(&requests)?;
         // Requests of one submission with the same prompt (the `n` choices of one prompt) share
         // its KV blocks: each names the first of them.
@@ -215,13 +232,27 @@ impl Engine for LocalEngine {
             let id = first_id + i as u64;
             let fork_of =
                 (first_with_prompt[i] != i).then(|| first_id + first_with_prompt[i] as u64);
-            let cache_root = self
-                .prefix_cache
-                .then(|| scope_root(request.prefix_cache_scope()));
+            // An adapter's keys and values differ from the base model's: its blocks are its
+            // own scope within the request's.
+            let cache_root = self.prefix_cache.then(|| {
+                let scope = request.prefix_cache_scope();
+                match &request.adapter {
+                    Some(adapter) => adapter_scope_root(scope, &adapter.id),
+                    None => scope_root(scope),
+                }
+            });
             streams.push(TokenStream::new(id, prompt_ids.len(), receiver));
             let constraint = constraints.next().flatten();
-            let decoding = Decoding::new(request.params.clone(), &prompt_ids, constraint);
+            let mut decoding = Decoding::new(request.params.clone(), &prompt_ids, constraint);
+            let adapter = match adapters.next().flatten() {
+                Some((slot, pinned)) => {
+                    decoding.pin(pinned);
+                    Some(slot)
+                }
+                None => None,
+            };
             jobs.push(Job {
+                adapter,
                 id,
                 prompt_ids,
                 request,

@@ -12,6 +12,7 @@
 
 // Other crates use what the `pub use` lines below export, nothing deeper; the modules are public
 // for this crate's own benchmarks and tests, which measure and check the parts inside.
+pub mod adapters;
 pub mod decoding;
 pub mod device;
 pub mod engine;

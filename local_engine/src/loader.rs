@@ -37,6 +37,8 @@ pub struct LoadedModel {
     pub sampling_defaults: SamplingDefaults,
     /// Its architecture and quantization, for `/v1/models`.
     pub facts: ModelFileFacts,
+    /// The LoRA adapters requests have named, loaded over it.
+    pub adapters: crate::adapters::Adapters,
 }
 
 impl LoadedModel {
@@ -71,8 +73,13 @@ impl LoadedModel {
             architecture: Some(model.config().architecture.name().to_string()),
             quantization: quantization_name(&content),
         };
+        let adapters = crate::adapters::Adapters::new(
+            model.config().clone(),
+            crate::adapters::DEFAULT_BUDGET_BYTES,
+        );
         Ok(Self {
             model,
+            adapters,
             facts,
             sampling_defaults: crate::sampling::defaults_from_gguf(&content.metadata),
             grammars: Grammars::over(&crate::text::token_bytes::token_env(&tokenizer)?)?,

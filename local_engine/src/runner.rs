@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{IndexOp, Tensor};
 
 use engine_api::{EngineError, Result};
-use models::{BlockTable, Forward, SequenceInput, Workspace};
+use models::{BlockTable, Forward, LoraAdapter, SequenceInput, Workspace};
 use request_core::{ModelRunner, PausePoint, Progress, Sampled, StepInput};
 
 use crate::decoding::Decoding;
@@ -51,9 +51,10 @@ impl LocalRunner {
         pause: &PausePoint<'_>,
     ) -> Result<Progress<Tensor>> {
         let mut tables = tables_of(&input);
+        let adapters = adapters_of(&self.model, &input);
         let requested = || pause.requested();
         let forward = {
-            let mut batch = batch_of(&input, &mut tables);
+            let mut batch = batch_of(&input, &mut tables, &adapters);
             let model = &self.model.model;
             model.forward_from(&mut self.workspace, &mut batch, first_layer, &requested)
         };
@@ -67,20 +68,34 @@ impl LocalRunner {
     }
 }
 
-/// The model's view of a step: each chunk's tokens over its own copy of the block table.
-fn batch_of<'a>(input: &'a StepInput, tables: &'a mut [BlockTable]) -> Vec<SequenceInput<'a>> {
+/// The model's view of a step: each chunk's tokens over its own copy of the block table, with
+/// its adapter (`adapters[i]` for chunk `i`).
+fn batch_of<'a>(
+    input: &'a StepInput,
+    tables: &'a mut [BlockTable],
+    adapters: &'a [Option<Arc<LoraAdapter>>],
+) -> Vec<SequenceInput<'a>> {
     input
         .chunks
         .iter()
         .zip(tables)
-        .map(|(chunk, table)| SequenceInput {
+        .zip(adapters)
+        .map(|((chunk, table), adapter)| SequenceInput {
             tokens: &chunk.tokens,
             table,
             wants_logits: chunk.samples,
-            // Requests do not name adapters yet (issue 38: the model layer applies them; the
-            // request core and the API do not carry them so far).
-            adapter: None,
+            adapter: adapter.as_deref(),
         })
+        .collect()
+}
+
+/// Each chunk's adapter, from the model's loaded adapters (its sequence pins it, so it is
+/// there while the sequence runs).
+fn adapters_of(model: &LoadedModel, input: &StepInput) -> Vec<Option<Arc<LoraAdapter>>> {
+    input
+        .chunks
+        .iter()
+        .map(|c| c.adapter.and_then(|slot| model.adapters.get(slot)))
         .collect()
 }
 
@@ -108,7 +123,8 @@ impl ModelRunner for LocalRunner {
 
     fn run_beside(&mut self, step: StepInput) -> Result<Tensor> {
         let mut tables = tables_of(&step);
-        let mut batch = batch_of(&step, &mut tables);
+        let adapters = adapters_of(&self.model, &step);
+        let mut batch = batch_of(&step, &mut tables, &adapters);
         let model = &self.model.model;
         model
             .forward_beside(&mut self.workspace, &mut batch)

@@ -358,6 +358,7 @@ fn chat(question: &str, params: SamplingParams) -> GenerationRequest {
         project_share: None,
         traceparent: None,
         cache_scope: None,
+        adapter: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn chat(question: &str, max_tokens: usize) -> GenerationRequest {
         share: Share::default(),
         traceparent: None,
         cache_scope: None,
+        adapter: None,
     }
 }
 
@@ -204,6 +205,7 @@ fn a_long_prompt_is_chunked_while_others_keep_decoding() {
         share: Share::default(),
         traceparent: None,
         cache_scope: None,
+        adapter: None,
     };
     let mut streams: Vec<_> = short
         .iter()
@@ -388,6 +390,7 @@ fn tenant_request(tenant: &str, weight: f64) -> GenerationRequest {
         },
         traceparent: None,
         cache_scope: None,
+        adapter: None,
     }
 }
 
@@ -831,6 +834,7 @@ fn tenants_share_cached_blocks_only_within_a_scope() {
     let in_group = |tenant: &str, scope: &str| GenerationRequest {
         project_share: None,
         cache_scope: Some(scope.to_string()),
+        adapter: None,
         ..with_system(tenant, question, 4)
     };
     assert_eq!(cached(in_group("c", "group\0clinic")), 0);

@@ -214,6 +214,13 @@ impl Engine for RemoteEngine {
     }
 
     fn submit(&self, request: GenerationRequest) -> Result<TokenStream> {
+        if let Some(adapter) = &request.adapter {
+            // An upstream would answer with its base model: never that in the adapter's name.
+            return Err(EngineError::InvalidInput(format!(
+                "adapter `{}`: LoRA adapters are served by local engines only",
+                adapter.id
+            )));
+        }
         let estimate = estimate_prompt_tokens(&request.prompt);
         if estimate == 0 {
             return Err(EngineError::EmptyPrompt);

@@ -66,6 +66,18 @@ pub fn scope_root([kind, name]: [&str; 2]) -> BlockHash {
     )
 }
 
+/// The root key of the prefix-cache scope `[kind, name]` seen through LoRA adapter `adapter`:
+/// the adapter's keys and values differ from the base model's, so its blocks are its own.
+/// Every part is length-prefixed, so no scope name can spell another scope with an adapter.
+pub fn adapter_scope_root([kind, name]: [&str; 2], adapter: &str) -> BlockHash {
+    let mut hasher = Sha256::new().chain_update(b"prefix-cache scope with adapter\0");
+    for part in [kind, name, adapter] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    key_of_digest(hasher)
+}
+
 /// The first 128 bits of the hash `hasher` has taken in.
 fn key_of_digest(hasher: Sha256) -> BlockHash {
     let digest = hasher.finalize();

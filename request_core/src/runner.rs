@@ -21,6 +21,9 @@ use crate::sequence::{Sampled, SequenceId};
 /// One sequence's part of a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkInput {
+    /// The low-rank adapter its projections add, if any (the runner's numbering: the core only
+    /// carries it).
+    pub adapter: Option<AdapterSlot>,
     /// The sequence.
     pub sequence: SequenceId,
     /// Its tokens to run; the first goes at position `table.len`.
@@ -31,6 +34,11 @@ pub struct ChunkInput {
     /// Whether its last token's logits are sampled (the end of a prompt, or a decode).
     pub samples: bool,
 }
+
+/// Which loaded LoRA adapter a sequence uses: a number its runner gave the adapter when it
+/// loaded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterSlot(pub u64);
 
 /// What a step runs: its chunks, in the order the logits' rows come back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -60,6 +60,8 @@ pub struct Sequence<D> {
     pub fork_of: Option<SequenceId>,
     /// The root key of its prefix-cache scope (`None`: the cache is off for it).
     pub cache_root: Option<BlockHash>,
+    /// The LoRA adapter its projections add, if any (its prefix-cache scope names it too).
+    pub adapter: Option<crate::runner::AdapterSlot>,
     /// The keys of its full blocks, as far as computed (tokens never change, so they stay
     /// valid across preemptions).
     block_keys: Vec<BlockHash>,
@@ -122,6 +124,7 @@ impl<D> Sequence<D> {
             last_step: 0,
             fork_of: None,
             cache_root: None,
+            adapter: None,
             block_keys: Vec::new(),
             registered_blocks: 0,
             cached_tokens: 0,

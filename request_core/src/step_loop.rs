@@ -49,6 +49,8 @@ pub struct Job<D> {
     pub fork_of: Option<SequenceId>,
     /// The root key of its prefix-cache scope (`None`: the cache is off).
     pub cache_root: Option<BlockHash>,
+    /// The LoRA adapter its projections add, if any.
+    pub adapter: Option<crate::runner::AdapterSlot>,
 }
 
 /// What one sequence did in a step.
@@ -223,6 +225,7 @@ impl<R: ModelRunner> RequestCore<R> {
         sequence.counters = job.counters;
         sequence.fork_of = job.fork_of;
         sequence.cache_root = job.cache_root;
+        sequence.adapter = job.adapter;
         let prompt_tokens = sequence.prompt_ids.len() as u64;
         self.counters
             .prompt_tokens

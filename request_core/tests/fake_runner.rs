@@ -236,6 +236,7 @@ fn job(core: &Core, ask: &Ask) -> (Job<Budget>, TokenStream) {
         },
         fork_of: None,
         cache_root: None,
+        adapter: None,
     };
     (job, TokenStream::new(id, ask.prompt.len(), receiver))
 }

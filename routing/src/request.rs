@@ -66,6 +66,8 @@ pub struct RouteRequest {
     pub prompt: RoutablePrompt,
     /// Its sampling parameters.
     pub params: SamplingParams,
+    /// The LoRA adapter it names, if any (served by local engines only).
+    pub adapter: Option<engine_api::AdapterRef>,
 }
 
 impl RouteRequest {
@@ -87,6 +89,8 @@ impl RouteRequest {
         let mut hasher = std::hash::DefaultHasher::new();
         engine_api::prefix_cache_scope(&requester.tenant, requester.cache_scope.as_deref())
             .hash(&mut hasher);
+        // Another adapter's blocks are never reused: its keys and values differ.
+        self.adapter.as_ref().map(|a| &a.id).hash(&mut hasher);
         let mut text_head = |texts: &mut dyn Iterator<Item = &str>| {
             let mut left = PREFIX_KEY_BYTES;
             for text in texts {
@@ -132,5 +136,6 @@ pub(crate) fn generation_request(
         project_share: requester.project_share.clone(),
         traceparent: requester.traceparent.clone(),
         cache_scope: requester.cache_scope.clone(),
+        adapter: request.adapter.clone(),
     }
 }

@@ -520,6 +520,7 @@ mod tests {
 
     fn request(router: &ModelRouter, tier: Option<&str>, max_tokens: usize) -> RouteRequest {
         RouteRequest {
+            adapter: None,
             prompt: router
                 .prepare(tier, Prompt::Text("one two three".into()))
                 .unwrap(),
@@ -663,6 +664,7 @@ mod tests {
     fn the_prefix_key_is_the_scope_and_the_prompts_start() {
         let router = ModelRouter::new(vec![pool("a", vec![synthetic(0.0)], None)], &[], &[]);
         let text = |t: &str| RouteRequest {
+            adapter: None,
             prompt: router.prepare(None, Prompt::Text(t.into())).unwrap(),
             params: SamplingParams::greedy(1),
         };

@@ -284,6 +284,7 @@ impl<D> Scheduler<D> {
         let chunks = plan.chunks.iter().map(|c| {
             let s = &self.running[c.index];
             ChunkInput {
+                adapter: s.adapter,
                 sequence: s.id,
                 tokens: s.next_tokens(c.tokens),
                 table: s.table.clone(),

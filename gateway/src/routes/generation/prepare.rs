@@ -171,6 +171,7 @@ pub fn prepare_generation(
         // seeded request seeds its choices apart, so they differ unless sampling is greedy.
         for choice in 0..candidates as u64 {
             requests.push(RouteRequest {
+                adapter: None,
                 prompt: prompt.clone(),
                 params: SamplingParams {
                     max_tokens,

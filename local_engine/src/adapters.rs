@@ -1,0 +1,138 @@
+//! The LoRA adapters a model has loaded: each read and checked against the model on the first
+//! request that names it, numbered for the request core (an [`AdapterSlot`]), kept within a
+//! memory budget. Unused adapters are evicted least recently used first; an adapter a sequence
+//! still runs with is pinned (its sequence's decoding state holds it) and never evicted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use engine_api::{AdapterRef, EngineError};
+use models::{LoraAdapter, ModelConfig};
+use request_core::AdapterSlot;
+
+/// Bytes of adapters a model keeps loaded by default.
+pub const DEFAULT_BUDGET_BYTES: usize = 1 << 30;
+
+struct Loaded {
+    slot: AdapterSlot,
+    adapter: Arc<LoraAdapter>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Loaded>,
+    by_slot: HashMap<AdapterSlot, Arc<LoraAdapter>>,
+    next_slot: u64,
+}
+
+/// One model's loaded adapters.
+pub struct Adapters {
+    base: ModelConfig,
+    budget_bytes: usize,
+    table: Mutex<Table>,
+}
+
+impl Adapters {
+    /// None loaded yet, for a model of shape `base`, within `budget_bytes`.
+    pub fn new(base: ModelConfig, budget_bytes: usize) -> Self {
+        Self {
+            base,
+            budget_bytes,
+            table: Mutex::default(),
+        }
+    }
+
+    /// The adapter `adapter` names, loaded now if it is not yet: its slot, and the pin its
+    /// sequence holds while it runs. A file that is not an adapter for this model is the
+    /// request's fault (`InvalidInput`, naming why).
+    pub fn acquire(
+        &self,
+        adapter: &AdapterRef,
+    ) -> Result<(AdapterSlot, Arc<LoraAdapter>), EngineError> {
+        {
+            let mut table = self.table.lock().expect("adapter table");
+            if let Some(loaded) = table.by_id.get_mut(&adapter.id) {
+                loaded.last_used = Instant::now();
+                return Ok((loaded.slot, loaded.adapter.clone()));
+            }
+        }
+        // Read outside the lock: other requests go on meanwhile.
+        let read = std::fs::File::open(&adapter.path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut file| {
+                LoraAdapter::read(&mut file, &self.base).map_err(|e| e.to_string())
+            })
+            .map_err(|why| EngineError::InvalidInput(format!("adapter `{}`: {why}", adapter.id)))?;
+        let mut table = self.table.lock().expect("adapter table");
+        if let Some(loaded) = table.by_id.get(&adapter.id) {
+            // Loaded by another request meanwhile.
+            return Ok((loaded.slot, loaded.adapter.clone()));
+        }
+        let loaded = Arc::new(read);
+        self.make_room(&mut table, loaded.bytes());
+        let slot = AdapterSlot(table.next_slot);
+        table.next_slot += 1;
+        table.by_slot.insert(slot, loaded.clone());
+        table.by_id.insert(
+            adapter.id.clone(),
+            Loaded {
+                slot,
+                adapter: loaded.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok((slot, loaded))
+    }
+
+    /// The adapter in `slot`, if loaded.
+    pub fn get(&self, slot: AdapterSlot) -> Option<Arc<LoraAdapter>> {
+        self.table
+            .lock()
+            .expect("adapter table")
+            .by_slot
+            .get(&slot)
+            .cloned()
+    }
+
+    /// Unloads adapter `id` (deleted): sequences running with it finish with their pin.
+    pub fn unload(&self, id: &str) {
+        let mut table = self.table.lock().expect("adapter table");
+        if let Some(loaded) = table.by_id.remove(id) {
+            table.by_slot.remove(&loaded.slot);
+        }
+    }
+
+    /// Ids of the adapters loaded now.
+    pub fn loaded(&self) -> Vec<String> {
+        let table = self.table.lock().expect("adapter table");
+        let mut ids: Vec<String> = table.by_id.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Evicts unpinned adapters, least recently used first, until `incoming` more bytes fit.
+    fn make_room(&self, table: &mut Table, incoming: usize) {
+        loop {
+            let used: usize = table.by_id.values().map(|l| l.adapter.bytes()).sum();
+            if used + incoming <= self.budget_bytes {
+                return;
+            }
+            // Pinned: a sequence's decoding holds a third reference beside the two maps'.
+            let evictable = table
+                .by_id
+                .iter()
+                .filter(|(_, l)| Arc::strong_count(&l.adapter) <= 2)
+                .min_by_key(|(_, l)| l.last_used)
+                .map(|(id, _)| id.clone());
+            let Some(id) = evictable else {
+                // Everything loaded is in use: go over the budget rather than fail a request.
+                return;
+            };
+            if let Some(loaded) = table.by_id.remove(&id) {
+                table.by_slot.remove(&loaded.slot);
+            }
+        }
+    }
+}

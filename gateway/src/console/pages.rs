@@ -121,6 +121,21 @@ fn require(console: &Console, headers: &HeaderMap, client: &Client) -> Result<Si
     signed_in(console, headers, client).ok_or_else(|| Redirect::to("/console/sign-in"))
 }
 
+/// A form's session with its CSRF token checked; else the redirect to the sign-in form, or the
+/// refusal page.
+fn form_session(
+    console: &Console,
+    headers: &HeaderMap,
+    client: &Client,
+    form: &Fields,
+) -> Result<SignedIn, Box<Response>> {
+    let me = require(console, headers, client).map_err(|r| Box::new(r.into_response()))?;
+    match me.csrf_refusal(form) {
+        Some(refusal) => Err(Box::new(refusal)),
+        None => Ok(me),
+    }
+}
+
 fn see_other(location: &str) -> Response {
     (StatusCode::SEE_OTHER, [(LOCATION, location.to_string())]).into_response()
 }
@@ -207,12 +222,8 @@ pub async fn sign_out(
     client: Client,
     Form(form): Form<Fields>,
 ) -> Response {
-    let me = match require(&console, &headers, &client) {
-        Ok(me) => me,
-        Err(redirect) => return redirect.into_response(),
-    };
-    if let Some(refusal) = me.csrf_refusal(&form) {
-        return refusal;
+    if let Err(response) = form_session(&console, &headers, &client, &form) {
+        return *response;
     }
     console.sessions.end(&headers);
     let mut response = see_other("/console/sign-in");
@@ -434,13 +445,10 @@ pub async fn issue_key(
     Path(id): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    let me = match require(&console, &headers, &client) {
+    let me = match form_session(&console, &headers, &client, &form) {
         Ok(me) => me,
-        Err(redirect) => return redirect.into_response(),
+        Err(response) => return *response,
     };
-    if let Some(refusal) = me.csrf_refusal(&form) {
-        return refusal;
-    }
     let mut body = json!({});
     for field in ["name", "project", "role"] {
         if let Some(value) = text_field(&form, field) {
@@ -476,13 +484,10 @@ pub async fn rotate_key(
     Path(key): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    let me = match require(&console, &headers, &client) {
+    let me = match form_session(&console, &headers, &client, &form) {
         Ok(me) => me,
-        Err(redirect) => return redirect.into_response(),
+        Err(response) => return *response,
     };
-    if let Some(refusal) = me.csrf_refusal(&form) {
-        return refusal;
-    }
     let overlap_hours = match text_field(&form, "overlap_hours").map(|v| v.parse::<u64>()) {
         None => 0,
         Some(Ok(hours)) => hours,
@@ -517,13 +522,10 @@ pub async fn revoke_key(
     Path(key): Path<String>,
     Form(form): Form<Fields>,
 ) -> Response {
-    let me = match require(&console, &headers, &client) {
+    let me = match form_session(&console, &headers, &client, &form) {
         Ok(me) => me,
-        Err(redirect) => return redirect.into_response(),
+        Err(response) => return *response,
     };
-    if let Some(refusal) = me.csrf_refusal(&form) {
-        return refusal;
-    }
     let path = format!("/admin/keys/{}", encode(&key));
     match console
         .admin
@@ -572,13 +574,10 @@ pub async fn create_grant(
     client: Client,
     Form(form): Form<Fields>,
 ) -> Response {
-    let me = match require(&console, &headers, &client) {
+    let me = match form_session(&console, &headers, &client, &form) {
         Ok(me) => me,
-        Err(redirect) => return redirect.into_response(),
+        Err(response) => return *response,
     };
-    if let Some(refusal) = me.csrf_refusal(&form) {
-        return refusal;
-    }
     let amount = match text_field(&form, "amount").map(|a| a.parse::<i64>()) {
         Some(Ok(amount)) => amount,
         _ => return bad_form(&me, "`amount` must be a whole number.".into()),
@@ -615,13 +614,10 @@ pub async fn set_price(
     client: Client,
     Form(form): Form<Fields>,
 ) -> Response {
-    let me = match require(&console, &headers, &client) {
+    let me = match form_session(&console, &headers, &client, &form) {
         Ok(me) => me,
-        Err(redirect) => return redirect.into_response(),
+        Err(response) => return *response,
     };
-    if let Some(refusal) = me.csrf_refusal(&form) {
-        return refusal;
-    }
     let mut body = json!({"model": text_field(&form, "model").unwrap_or_default()});
     for (field, required) in [
         ("input_per_mtok", true),

@@ -110,6 +110,7 @@ impl RequestAccount {
                 price_version: None,
                 api: None,
                 batch_id: None,
+                adapter: None,
             },
             replica: None,
             started: Instant::now(),
@@ -120,6 +121,12 @@ impl RequestAccount {
             estimated_prompts: prompts.iter().filter(|p| p.estimated).count(),
             settled: false,
         }
+    }
+
+    /// The request runs with LoRA adapter `adapter` over its model: its record names it.
+    pub fn with_adapter(mut self, adapter: Option<String>) -> Self {
+        self.record.adapter = adapter;
+        self
     }
 
     /// The router placed the request (again, after a retry) on `pool` and `replica`: the labels
@@ -288,8 +295,11 @@ impl RequestAccount {
         self.span
             .record("finish_reason", r.finish_reason.as_deref().unwrap_or(""));
         self.span.record("outcome", r.status.as_str());
+        // Series by the name the request used: an adapter's tokens are the adapter's, as its
+        // requests are (`model` label).
+        let named = r.adapter.as_deref().unwrap_or(&r.model);
         self.metrics
-            .count_tokens(&r.tenant, &r.model, r.prompt_tokens, r.completion_tokens);
+            .count_tokens(&r.tenant, named, r.prompt_tokens, r.completion_tokens);
         tracing::info!(
             target: "gateway::access",
             request_id = %r.request_id,

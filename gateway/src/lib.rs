@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+pub mod adapters;
 pub mod anthropic;
 pub mod build;
 pub mod config;

@@ -133,6 +133,7 @@ pub async fn serve_as(
         batches: config.batches.clone(),
         console: config.console.clone(),
         tls: config.tls.is_some(),
+        adapters: std::sync::Arc::new(crate::adapters::AdapterCatalog::new(&config.adapters)),
     };
     let ledger = match config.ledger.enabled {
         true => match config.ledger.postgres_url() {

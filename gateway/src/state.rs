@@ -34,6 +34,8 @@ pub struct Limits {
     pub console: crate::config::ConsoleConfig,
     /// Whether the server speaks TLS (the console's cookies are then `Secure`).
     pub tls: bool,
+    /// `[[adapters]]`: the LoRA adapters requests may name as their model.
+    pub adapters: std::sync::Arc<crate::adapters::AdapterCatalog>,
 }
 
 /// Shared state of the server; cheap to clone (one reference count: every layer and handler

@@ -330,6 +330,8 @@ mod tests {
             price_version: None,
             api: None,
             batch_id: None,
+            // Every fifth ran with an adapter: round trips carry the column.
+            adapter: i.is_multiple_of(5).then(|| format!("adapter-{i}")),
         }
     }
 
@@ -369,6 +371,7 @@ mod tests {
         let line = |batch: &str, custom_id: &str, tokens: u64| UsageRecord {
             request_id: custom_id.into(),
             batch_id: Some(batch.into()),
+            adapter: None,
             api: Some(Api::Batches),
             completion_tokens: tokens,
             ..record(1)
@@ -451,6 +454,7 @@ mod postgres_tests {
             price_version: None,
             api: None,
             batch_id: None,
+            adapter: None,
         }
     }
 

@@ -101,6 +101,7 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
     let versions: Vec<Option<&str>> = records.iter().map(|r| r.price_version.as_deref()).collect();
     let apis: Vec<Option<&str>> = records.iter().map(|r| r.api.map(Api::as_str)).collect();
     let batches: Vec<Option<&str>> = records.iter().map(|r| r.batch_id.as_deref()).collect();
+    let adapters: Vec<Option<&str>> = records.iter().map(|r| r.adapter.as_deref()).collect();
     let mut tx = client.transaction()?;
     tx.execute(
         &format!(
@@ -108,7 +109,8 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::bigint[], $7::bigint[], $8::text[], $9::text[],
                                   $10::bigint[], $11::bigint[], $12::boolean[], $13::text[], $14::text[],
-                                  $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[])
+                                  $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[],
+                                  $20::text[])
              ON CONFLICT DO NOTHING"
         ),
         &[
@@ -131,6 +133,7 @@ fn commit(client: &mut Client, records: &[&UsageRecord]) -> Result<(), postgres:
             &versions,
             &apis,
             &batches,
+            &adapters,
         ],
     )?;
     tx.commit()
@@ -203,6 +206,7 @@ impl Reader for PostgresReader {
                         .as_deref()
                         .and_then(Api::parse),
                     batch_id: row.try_get(18)?,
+                    adapter: row.try_get(19)?,
                 })
             })
             .collect()

@@ -104,7 +104,7 @@ impl Dialect {
 /// The columns of a record, in the order [`records_sql`] selects them and stores insert them.
 pub(crate) const RECORD_COLUMNS: &str = "request_id, tenant, key_id, model, pool, prompt_tokens, \
      completion_tokens, status, finish_reason, started_at_ms, ended_at_ms, prompt_tokens_estimated, \
-     client_request_id, project, cached_tokens, cost_micros, price_version, api, batch_id";
+     client_request_id, project, cached_tokens, cost_micros, price_version, api, batch_id, adapter";
 
 impl UsageQuery {
     /// `WHERE` clause and its parameters.
@@ -230,6 +230,7 @@ mod tests {
             price_version: Some(format!("{model}@0")),
             api: Some(crate::Api::Messages),
             batch_id: (tenant == "acme").then(|| "batch_1".to_string()),
+            adapter: None,
         }
     }
 

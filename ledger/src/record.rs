@@ -134,6 +134,9 @@ pub struct UsageRecord {
     /// The batch it was a line of, if any.
     #[serde(default)]
     pub batch_id: Option<String>,
+    /// The LoRA adapter it ran with over `model`, if any.
+    #[serde(default)]
+    pub adapter: Option<String>,
     /// How it ended.
     pub status: RecordStatus,
     /// `stop` / `length` for completed requests (several choices: the last one's).

@@ -147,7 +147,7 @@ impl Drop for Checkpointer {
 /// statement cache by its text).
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+        "INSERT INTO usage ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
          ON CONFLICT DO NOTHING"
     )
 });
@@ -190,6 +190,7 @@ fn insert(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> rusqli
         r.price_version,
         r.api.map(Api::as_str),
         r.batch_id,
+        r.adapter,
     ])?;
     Ok(())
 }
@@ -252,6 +253,7 @@ impl Reader for SqliteReader {
                     .as_deref()
                     .and_then(Api::parse),
                 batch_id: row.get(18)?,
+                adapter: row.get(19)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

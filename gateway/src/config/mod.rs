@@ -9,6 +9,7 @@ use model_fetch::{DEFAULT_MODEL, DEFAULT_MODEL_ID};
 use policies::{KeyDigest, TenantId};
 use serde::Deserialize;
 
+mod adapters;
 mod batches;
 mod console;
 mod control_plane;
@@ -20,6 +21,7 @@ mod server;
 mod telemetry;
 mod tenants;
 
+pub use adapters::*;
 pub use batches::*;
 pub use console::*;
 pub use control_plane::*;
@@ -119,6 +121,9 @@ pub struct GatewayConfig {
     #[serde(default)]
     /// `[console]`: the operators' web console.
     pub console: ConsoleConfig,
+    /// `[[adapters]]`: LoRA adapters served over local models.
+    #[serde(default)]
+    pub adapters: Vec<AdapterConfig>,
     #[serde(default)]
     /// `[quotas]`: where tenants' limits are counted (this process, or Redis for a fleet).
     pub quotas: QuotasConfig,
@@ -150,6 +155,7 @@ impl Default for GatewayConfig {
             control_plane: ControlPlaneConfig::default(),
             batches: BatchesConfig::default(),
             console: ConsoleConfig::default(),
+            adapters: Vec::new(),
             quotas: QuotasConfig::default(),
             telemetry: TelemetryConfig::default(),
             pools: Vec::new(),
@@ -182,6 +188,9 @@ impl GatewayConfig {
         }
         if let Some(p) = config.ledger.path.as_mut() {
             resolve(p);
+        }
+        for adapter in &mut config.adapters {
+            resolve(&mut adapter.path);
         }
         if let Some(tls) = config.tls.as_mut() {
             resolve(&mut tls.cert);
@@ -241,6 +250,31 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// `[[adapters]]`: unique ids without `:`, none a model's id, each over a configured model.
+    fn validate_adapters(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for adapter in &self.adapters {
+            let id = &adapter.id;
+            let invalid = |why: String| ConfigError::Invalid(format!("[[adapters]] `{id}`: {why}"));
+            if id.is_empty() || id.contains(':') || id.chars().any(char::is_whitespace) {
+                return Err(invalid("an id is non-empty, without `:` or spaces".into()));
+            }
+            if !seen.insert(id.as_str()) {
+                return Err(invalid("two adapters have this id".into()));
+            }
+            if self.models.iter().any(|m| &m.id == id) {
+                return Err(invalid("a model has this id".into()));
+            }
+            if !self.models.iter().any(|m| m.id == adapter.model) {
+                return Err(invalid(format!(
+                    "no model `{}` is configured",
+                    adapter.model
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot: unique model ids, known devices, parseable keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.control_plane.alert_webhook_url {
@@ -284,6 +318,7 @@ impl GatewayConfig {
                 )));
             }
         }
+        self.validate_adapters()?;
         let mut seen = std::collections::HashSet::new();
         for model in &self.models {
             if !seen.insert(model.id.as_str()) {

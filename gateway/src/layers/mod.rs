@@ -84,6 +84,7 @@ pub(crate) mod testing {
             batches: Default::default(),
             console: Default::default(),
             tls: false,
+            adapters: Default::default(),
         };
         edge(&mut edge_limits);
         AppState::new(

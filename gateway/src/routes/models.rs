@@ -28,18 +28,36 @@ fn model_object(id: &str, created: u64, state: &ModelState) -> Value {
     object
 }
 
+/// Every model the caller may use, then the adapters it may use over them (as vLLM lists LoRA
+/// modules: their own id, `parent` the model they adapt).
+fn visible(state: &AppState, caller: &Caller) -> Vec<Value> {
+    let models = state.models.list();
+    let mut data: Vec<Value> = models
+        .iter()
+        .filter(|(id, _, _)| caller.may_use(id))
+        .map(|(id, created, state)| model_object(id, *created, state))
+        .collect();
+    for adapter in state.limits.adapters.visible_to(&caller.tenant.id) {
+        let Some((_, created, model)) = models
+            .iter()
+            .find(|(id, _, _)| *id == adapter.model && caller.may_use(id))
+        else {
+            continue;
+        };
+        let mut object = model_object(&adapter.engine.id, *created, model);
+        object["owned_by"] = json!(adapter.tenant.as_deref().unwrap_or("gateway"));
+        object["parent"] = json!(adapter.model);
+        object["root"] = json!(adapter.model);
+        data.push(object);
+    }
+    data
+}
+
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Json<Value> {
-    let data: Vec<Value> = state
-        .models
-        .list()
-        .into_iter()
-        .filter(|(id, _, _)| caller.may_use(id))
-        .map(|(id, created, state)| model_object(&id, created, &state))
-        .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": visible(&state, &caller)}))
 }
 
 pub async fn retrieve(
@@ -47,11 +65,9 @@ pub async fn retrieve(
     Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .models
-        .list()
+    visible(&state, &caller)
         .into_iter()
-        .find(|(id, _, _)| *id == model && caller.may_use(id))
-        .map(|(id, created, state)| Json(model_object(&id, created, &state)))
+        .find(|object| object["id"] == model.as_str())
+        .map(Json)
         .ok_or_else(|| ApiError::model_not_found(&model))
 }

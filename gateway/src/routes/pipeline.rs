@@ -125,13 +125,16 @@ pub async fn read(state: &AppState, request: Request) -> Result<Incoming, ApiErr
     })
 }
 
-/// The configured model `body` names, and its state.
+/// The configured model `body` names, and its state: a model's, or an adapter's (named as
+/// the request names it, with its model's state; who may see it is checked when the request
+/// is prepared).
 fn named_model(state: &AppState, body: &[u8]) -> Result<Option<(String, ModelState)>, ApiError> {
     Ok(model_name(body)?.and_then(|m| {
-        state
-            .models
-            .get(&m)
-            .map(|model| (m.into_owned(), model.clone()))
+        let model = match state.limits.adapters.resolve(&m) {
+            Some(adapter) => state.models.get(&adapter.model),
+            None => state.models.get(&m),
+        };
+        model.map(|model| (m.into_owned(), model.clone()))
     }))
 }
 

@@ -59,7 +59,7 @@ async fn validate_admit_serve(
     let caller = &incoming.caller;
     let model = incoming.model_state();
     let (prepared, cost) = prepare_generation(state, endpoint, caller, &incoming.body, model)?;
-    let (admission, hold) = pipeline::admit(state, caller, &prepared.meta.model, cost).await?;
+    let (admission, hold) = pipeline::admit(state, caller, &prepared.served_model, cost).await?;
     let limits = RateLimitSnapshot(admission.status.clone());
     let response = serve(state, incoming, prepared, admission, hold).await?;
     Ok(pipeline::with_limits(response, limits))
@@ -92,7 +92,7 @@ pub async fn start_chat(
     let caller = &incoming.caller;
     let model = incoming.model_state();
     let (prepared, cost) = prepare_generation(state, Endpoint::Chat, caller, chat_body, model)?;
-    let (admission, hold) = pipeline::admit(state, caller, &prepared.meta.model, cost).await?;
+    let (admission, hold) = pipeline::admit(state, caller, &prepared.served_model, cost).await?;
     let limits = RateLimitSnapshot(admission.status.clone());
     let (prepared, relay) = submit(state, incoming, prepared, admission, hold, api).await?;
     Ok(Started {
@@ -190,12 +190,13 @@ async fn submit(
         caller,
         &incoming.request_id,
         incoming.client_request_id.as_ref(),
-        &prepared.meta.model,
+        &prepared.served_model,
         &billed,
         admission,
     )
     .billed_as(requester.share.priority)
-    .holding(hold);
+    .holding(hold)
+    .with_adapter(prepared.adapter.clone());
     // A batch's line is recorded as such, keyed by the batch and its `custom_id`.
     let account = match &incoming.batch {
         Some(batch) => account.through(Api::Batches).in_batch(batch),

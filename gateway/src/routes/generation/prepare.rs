@@ -45,6 +45,11 @@ pub struct PreparedGeneration {
     /// Whose cached prompt blocks the request may reuse: its tenant's sharing group's, or its
     /// own (`None`), narrowed to one `cache_salt` if it names one.
     pub cache_scope: Option<String>,
+    /// The LoRA adapter it runs with, if its `model` names one.
+    pub adapter: Option<String>,
+    /// The configured model that serves it (the adapter's, when `model` names one): what
+    /// prices, allowances and the ledger's `model` go by.
+    pub served_model: String,
 }
 
 impl PreparedGeneration {
@@ -88,7 +93,27 @@ pub fn prepare_generation(
         GenerationBody::Chat(request) => &request.model,
         GenerationBody::Completions(request) => &request.model,
     };
-    let engine = resolve_model(model_state, caller, model)?;
+    // An adapter's name stands for its model, with the adapter over it; another tenant's
+    // adapter is answered as a model that does not exist.
+    let adapter = match state.limits.adapters.resolve(model) {
+        Some(a) if a.visible_to(&caller.tenant.id) => Some(a),
+        Some(_) => return Err(ApiError::model_not_found(model)),
+        None => None,
+    };
+    let engine = match adapter {
+        Some(a) => resolve_model(model_state, caller, &a.model).map_err(|e| {
+            if e.status == axum::http::StatusCode::NOT_FOUND {
+                ApiError::model_not_found(model)
+            } else {
+                e
+            }
+        })?,
+        None => resolve_model(model_state, caller, model)?,
+    };
+    let served_model = adapter
+        .map_or(model.as_str(), |a| a.model.as_str())
+        .to_string();
+    let adapter = adapter.map(|a| a.engine.clone());
     let mut params =
         parse::<CommonParams>(body)?.validate(endpoint, &engine.info().sampling_defaults)?;
     let mut share = caller.tenant.limits.share;
@@ -171,7 +196,7 @@ pub fn prepare_generation(
         // seeded request seeds its choices apart, so they differ unless sampling is greedy.
         for choice in 0..candidates as u64 {
             requests.push(RouteRequest {
-                adapter: None,
+                adapter: adapter.clone(),
                 prompt: prompt.clone(),
                 params: SamplingParams {
                     max_tokens,
@@ -211,6 +236,8 @@ pub fn prepare_generation(
             .then(|| prompt_tokens.saturating_add(requests.len() as u64)),
     };
     let prepared = PreparedGeneration {
+        adapter: adapter.map(|a| a.id),
+        served_model,
         meta: ResponseMeta::new(endpoint, model),
         engine,
         requests,

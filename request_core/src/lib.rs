@@ -19,7 +19,7 @@ pub mod step_loop;
 
 pub use block_pool::{BlockHash, BlockId, BlockTable};
 pub use config::CoreConfig;
-pub use runner::{AdapterSlot, ChunkInput, ModelRunner, PausePoint, Progress, StepInput};
+pub use runner::{ChunkInput, ModelRunner, PausePoint, Progress, StepInput};
 pub use scheduler::Scheduler;
-pub use sequence::{Sampled, Sequence, SequenceId};
+pub use sequence::{AdapterSlot, Sampled, Sequence, SequenceId};
 pub use step_loop::{num_blocks, ChunkRecord, CoreHandle, Job, RequestCore, StepRecord};

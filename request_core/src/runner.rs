@@ -16,7 +16,7 @@ use engine_api::EngineError;
 use policies::Priority;
 
 use crate::block_pool::BlockTable;
-use crate::sequence::{Sampled, SequenceId};
+use crate::sequence::{AdapterSlot, Sampled, SequenceId};
 
 /// One sequence's part of a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +34,6 @@ pub struct ChunkInput {
     /// Whether its last token's logits are sampled (the end of a prompt, or a decode).
     pub samples: bool,
 }
-
-/// Which loaded LoRA adapter a sequence uses: a number its runner gave the adapter when it
-/// loaded it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AdapterSlot(pub u64);
 
 /// What a step runs: its chunks, in the order the logits' rows come back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

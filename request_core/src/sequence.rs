@@ -21,6 +21,11 @@ use crate::block_pool::{chain_hash, BlockHash, BlockTable};
 /// Identifies a submission inside one engine.
 pub type SequenceId = u64;
 
+/// Which loaded LoRA adapter a sequence uses: a number its runner gave the adapter when it
+/// loaded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterSlot(pub u64);
+
 /// The generation state of one request; `D` is its runner's decoding state.
 pub struct Sequence<D> {
     /// The engine's id of the request.
@@ -61,7 +66,7 @@ pub struct Sequence<D> {
     /// The root key of its prefix-cache scope (`None`: the cache is off for it).
     pub cache_root: Option<BlockHash>,
     /// The LoRA adapter its projections add, if any (its prefix-cache scope names it too).
-    pub adapter: Option<crate::runner::AdapterSlot>,
+    pub adapter: Option<AdapterSlot>,
     /// The keys of its full blocks, as far as computed (tokens never change, so they stay
     /// valid across preemptions).
     block_keys: Vec<BlockHash>,

@@ -50,7 +50,7 @@ pub struct Job<D> {
     /// The root key of its prefix-cache scope (`None`: the cache is off).
     pub cache_root: Option<BlockHash>,
     /// The LoRA adapter its projections add, if any.
-    pub adapter: Option<crate::runner::AdapterSlot>,
+    pub adapter: Option<crate::sequence::AdapterSlot>,
 }
 
 /// What one sequence did in a step.

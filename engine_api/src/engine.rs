@@ -54,4 +54,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The engine's live counters, for metrics and `/load`.
     fn counters(&self) -> &EngineCounters;
+
+    /// Ids of the LoRA adapters it holds loaded now (engines that load none: empty).
+    fn loaded_adapters(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

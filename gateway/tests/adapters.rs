@@ -209,4 +209,12 @@ async fn a_tenants_adapter_changes_its_answers_and_is_nobody_elses() {
     };
     assert!(series("gateway_requests_total"), "{metrics}");
     assert!(series("gateway_completion_tokens_total"), "{metrics}");
+    // Loaded where they were used (the broken one never loaded).
+    let loaded = |adapter: &str| {
+        metrics.contains(&format!(
+            "gateway_adapter_loaded{{model=\"{MODEL}\",adapter=\"{adapter}\"}} 1"
+        ))
+    };
+    assert!(loaded("acme-tone") && loaded("shared-tone"), "{metrics}");
+    assert!(!metrics.contains("adapter=\"broken\""), "{metrics}");
 }

@@ -61,11 +61,6 @@ pub struct LocalEngine {
 }
 
 impl LocalEngine {
-    /// Ids of the LoRA adapters its model has loaded now.
-    pub fn loaded_adapters(&self) -> Vec<String> {
-        self.model.adapters.loaded()
-    }
-
     /// Loads the model and starts the request core.
     pub fn start(id: &str, options: &LocalEngineOptions) -> Result<Self> {
         let model = Arc::new(LoadedModel::load(&options.model_file())?);
@@ -281,5 +276,9 @@ impl Engine for LocalEngine {
 
     fn counters(&self) -> &EngineCounters {
         &self.counters
+    }
+
+    fn loaded_adapters(&self) -> Vec<String> {
+        self.model.adapters.loaded()
     }
 }

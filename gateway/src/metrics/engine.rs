@@ -191,6 +191,7 @@ impl Collector for EngineCollector {
         }
         encode_kv_usage(&mut encoder, &routers)?;
         encode_per_tenant(&mut encoder, &routers)?;
+        encode_adapters(&mut encoder, &routers)?;
         encode_waiting_room(&mut encoder, &routers)?;
         Ok(())
     }
@@ -395,6 +396,34 @@ pub fn tenant_activity(models: &ModelRegistry) -> Vec<TenantActivity> {
         }
     }
     rows.into_values().collect()
+}
+
+/// `gateway_adapter_loaded`: per model and LoRA adapter, the replicas in this process that hold
+/// it loaded (an adapter loads on the first request that names it, and leaves under memory
+/// pressure when unused).
+fn encode_adapters(
+    encoder: &mut DescriptorEncoder,
+    routers: &[(String, Arc<ModelRouter>)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "gateway_adapter_loaded",
+        "Replicas in this process holding the LoRA adapter loaded.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (model, router) in routers {
+        let mut loaded: BTreeMap<String, i64> = BTreeMap::new();
+        for replica in router.replicas() {
+            for id in replica.engine.loaded_adapters() {
+                *loaded.entry(id).or_default() += 1;
+            }
+        }
+        for (adapter, replicas) in loaded {
+            let labels = [("model", model.as_str()), ("adapter", adapter.as_str())];
+            ConstGauge::new(replicas).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `gateway_router_waiting_requests`: per model and tenant, requests waiting at the gateway for

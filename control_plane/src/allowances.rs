@@ -180,17 +180,7 @@ impl Grant {
 
 /// `YYYY-MM-DD` and `YYYY-MM` of the UTC day `at_ms` falls in.
 fn utc_day_and_month(at_ms: i64) -> (String, String) {
-    // Howard Hinnant's days-to-civil.
-    let days = at_ms.div_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::model::civil_from_days(at_ms.div_euclid(86_400_000));
     (
         format!("{year:04}-{month:02}-{day:02}"),
         format!("{year:04}-{month:02}"),

@@ -30,7 +30,8 @@ pub use allowances::{
 pub use api_objects::ApiObject;
 pub use error::{Result, StoreError};
 pub use model::{
-    now_ms, AuditEntry, AuditQuery, CostMicros, Key, Limits, Price, Project, Snapshot, Tenant,
+    civil_from_days, now_ms, AuditEntry, AuditQuery, CostMicros, Key, Limits, Price, Project,
+    Snapshot, Tenant,
 };
 pub use writes::{IssuedKey, SeedTenant};
 

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::admin_api::Refusal;
 use super::chart::{self, Day};
 use super::session::{self, Session, SESSION_COOKIE, SIGN_IN_COOKIE};
-use super::view::{civil_from_days, page};
+use super::view::page;
 use super::Console;
 use crate::metrics::tenant_activity;
 use crate::paths::encode;
@@ -397,7 +397,7 @@ pub async fn tenant(
 fn chart_days(rows: &[Value], today: i64, count: i64) -> Vec<Day> {
     (today - count + 1..=today)
         .map(|day| {
-            let (year, month, date) = civil_from_days(day);
+            let (year, month, date) = control_plane::civil_from_days(day);
             let day = format!("{year:04}-{month:02}-{date:02}");
             let row = rows.iter().find(|r| r["day"] == day.as_str());
             let tokens = |field: &str| row.and_then(|r| r[field].as_u64()).unwrap_or(0);
@@ -597,9 +597,19 @@ pub async fn create_grant(
             body[field] = json!(value);
         }
     }
+    post_then_grants_page(&console, &me, "/admin/grants", body).await
+}
+
+/// Posts `body` to the admin API's `path`; back to the grants page, or the refusal shown.
+async fn post_then_grants_page(
+    console: &Console,
+    me: &SignedIn,
+    path: &str,
+    body: Value,
+) -> Response {
     match console
         .admin
-        .call(&me.actor, Method::POST, "/admin/grants", Some(body))
+        .call(&me.actor, Method::POST, path, Some(body))
         .await
     {
         Ok(_) => see_other("/console/grants"),
@@ -631,14 +641,7 @@ pub async fn set_price(
             _ => return bad_form(&me, format!("`{field}` must be a whole number.")),
         }
     }
-    match console
-        .admin
-        .call(&me.actor, Method::POST, "/admin/prices", Some(body))
-        .await
-    {
-        Ok(_) => see_other("/console/grants"),
-        Err(refusal) => me.refused(refusal),
-    }
+    post_then_grants_page(&console, &me, "/admin/prices", body).await
 }
 
 /// `GET /console/audit?tenant=&action=&actor=`: the newest entries first, filtered.

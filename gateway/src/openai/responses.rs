@@ -171,20 +171,23 @@ impl ResponsesRequest {
     }
 }
 
+/// An input item's type; a message may leave `type` out (it has a `role`).
+pub(crate) fn item_kind(item: &Value) -> &str {
+    item["type"]
+        .as_str()
+        .unwrap_or(if item.get("role").is_some() {
+            "message"
+        } else {
+            ""
+        })
+}
+
 /// Input items as chat messages: messages by role (text parts joined), function calls as an
 /// assistant's tool calls (consecutive calls in one turn), their outputs as tool messages.
 fn items_to_messages(items: &[Value], out: &mut Vec<Value>) -> Result<(), ApiError> {
     for (i, item) in items.iter().enumerate() {
         let at = format!("input[{i}]");
-        // A message may leave out `type`.
-        let kind = item["type"]
-            .as_str()
-            .unwrap_or(if item.get("role").is_some() {
-                "message"
-            } else {
-                ""
-            });
-        match kind {
+        match item_kind(item) {
             "message" => {
                 let role = item["role"].as_str().unwrap_or_default();
                 let role = match role {

@@ -372,14 +372,7 @@ fn item_resource(response: &str, index: usize, item: &Value) -> Option<Value> {
         Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
         _ => String::new(),
     };
-    let kind = item["type"]
-        .as_str()
-        .unwrap_or(if item.get("role").is_some() {
-            "message"
-        } else {
-            ""
-        });
-    match kind {
+    match crate::openai::responses::item_kind(item) {
         "message" if item["role"] == "assistant" => Some(json!({
             "type": "message", "id": id("msg"), "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": text(&item["content"]), "annotations": []}],

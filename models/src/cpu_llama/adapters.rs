@@ -37,13 +37,23 @@ pub(super) struct StepAdapters<'a> {
 }
 
 impl<'a> StepAdapters<'a> {
-    pub(super) fn new(per_sequence: Vec<Option<&'a LoraAdapter>>) -> Self {
-        Self { per_sequence }
+    /// Each sequence's adapter; nothing kept (nor allocated) when none has one, the usual step.
+    pub(super) fn new(
+        per_sequence: impl ExactSizeIterator<Item = Option<&'a LoraAdapter>> + Clone,
+    ) -> Self {
+        let any = per_sequence.clone().any(|a| a.is_some());
+        Self {
+            per_sequence: if any {
+                per_sequence.collect()
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     /// Whether any sequence has one.
     pub(super) fn any(&self) -> bool {
-        self.per_sequence.iter().any(Option::is_some)
+        !self.per_sequence.is_empty()
     }
 
     /// For each row (`rows[r] = (sequence, position)`) whose sequence has an adapter with pairs

@@ -13,6 +13,7 @@ pub(crate) const KEY: &str = "key";
 pub(crate) const PRICE: &str = "price";
 pub(crate) const GRANT: &str = "grant";
 pub(crate) const BUDGET: &str = "budget";
+pub(crate) const ADAPTER: &str = "adapter";
 
 /// Everything stored, as read in one transaction.
 pub(crate) struct Rows {

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod actor;
+mod adapters;
 mod allowances;
 mod api_objects;
 mod backend;
@@ -23,6 +24,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub use actor::{Actor, Role};
+pub use adapters::{check_adapter_id, AdapterEntry, AdapterSource, ADAPTER_FILE, MAX_ADAPTER_ID};
 pub use allowances::{
     any_allowance, AllowanceUse, Budget, Grant, Period, Reservation, Settled, Shortfall, Unit,
     Usage,
@@ -35,7 +37,7 @@ pub use model::{
 };
 pub use writes::{IssuedKey, SeedTenant};
 
-use backend::{Backend, BUDGET, GRANT, KEY, PRICE, PROJECT, TENANT};
+use backend::{Backend, ADAPTER, BUDGET, GRANT, KEY, PRICE, PROJECT, TENANT};
 
 /// A connection to the store. Cheap to share behind an `Arc`; calls are serialised.
 pub struct ControlPlane {
@@ -108,6 +110,9 @@ impl ControlPlane {
                     .push(serde_json::from_str(&body).map_err(corrupt)?),
                 PRICE => snapshot
                     .prices
+                    .push(serde_json::from_str(&body).map_err(corrupt)?),
+                ADAPTER => snapshot
+                    .adapters
                     .push(serde_json::from_str(&body).map_err(corrupt)?),
                 KEY => {
                     let mut key: Key = serde_json::from_str(&body).map_err(corrupt)?;

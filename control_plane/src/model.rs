@@ -365,6 +365,8 @@ pub struct Snapshot {
     pub grants: Vec<crate::Grant>,
     /// Every budget.
     pub budgets: Vec<crate::Budget>,
+    /// Every registered LoRA adapter, deleted ones too.
+    pub adapters: Vec<crate::AdapterEntry>,
 }
 
 impl Snapshot {

@@ -880,3 +880,122 @@ fn api_objects_belong_to_one_tenant_and_expire(store: ControlPlane) {
 fn api_objects_on_both_stores() {
     on_both(api_objects_belong_to_one_tenant_and_expire);
 }
+
+fn adapter(id: &str, tenant: Option<&str>, source: AdapterSource) -> AdapterEntry {
+    AdapterEntry {
+        id: id.into(),
+        model: "base".into(),
+        tenant: tenant.map(|t| t.parse().unwrap()),
+        source,
+        sha256: "ab".repeat(32),
+        bytes: 3,
+        rank: 8,
+        created_at_ms: 0,
+        deleted_at_ms: None,
+    }
+}
+
+fn upload() -> AdapterSource {
+    AdapterSource::Upload {
+        file: String::new(),
+    }
+}
+
+fn file() -> Option<String> {
+    Some("AAEC".into())
+}
+
+fn adapters_registry(store: ControlPlane) {
+    let op = operator();
+    for t in ["acme", "beta"] {
+        store.create_tenant(&op, json!({ "id": t })).unwrap();
+    }
+    let acme = tenant_admin("acme");
+    let path = || AdapterSource::Path {
+        path: "/srv/adapters/x.gguf".into(),
+    };
+    // A tenant-admin uploads its own; never another tenant's, a shared one, or one by path.
+    let v0 = store.version().unwrap();
+    let radiology = adapter("radiology", Some("acme"), upload());
+    let registered = store
+        .register_adapter(&acme, radiology.clone(), file())
+        .unwrap();
+    assert!(registered.created_at_ms > 0 && registered.is_live());
+    assert!(store.version().unwrap() > v0, "replicas learn of it");
+    let refused = [
+        adapter("x1", Some("beta"), upload()),
+        adapter("x2", None, upload()),
+        adapter("x3", Some("acme"), path()),
+    ];
+    for entry in refused {
+        let body = (entry.source == upload()).then(|| "AAEC".to_string());
+        assert!(
+            matches!(
+                store.register_adapter(&acme, entry.clone(), body),
+                Err(StoreError::Forbidden(_))
+            ),
+            "{entry:?}"
+        );
+    }
+    // Ids are what requests name: unique among live adapters, without `:`.
+    assert!(matches!(
+        store.register_adapter(&op, radiology.clone(), file()),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.register_adapter(&op, adapter("base:x", None, path()), None),
+        Err(StoreError::Invalid { .. })
+    ));
+    // An operator shares one by path; its file is not in the store.
+    store
+        .register_adapter(&op, adapter("shared", None, path()), None)
+        .unwrap();
+    let snapshot = store.snapshot().unwrap();
+    let ids: Vec<&str> = snapshot.adapters.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    // Every object in the store is an adapter's file: none was left behind by the refusals.
+    assert_eq!(store.api_object_bytes(ADAPTER_FILE, "acme").unwrap(), 4);
+    assert_eq!(
+        store.adapter_file(&registered).unwrap().unwrap().body,
+        "AAEC"
+    );
+    // Another tenant's admin is told it does not exist; a tenant's admin cannot delete a
+    // shared one; the owner deletes its own, and its file goes with it.
+    assert!(matches!(
+        store.delete_adapter(&tenant_admin("beta"), "radiology"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_adapter(&acme, "shared"),
+        Err(StoreError::Forbidden(_))
+    ));
+    let deleted = store.delete_adapter(&acme, "radiology").unwrap();
+    assert!(!deleted.is_live());
+    assert!(store.adapter_file(&registered).unwrap().is_none());
+    assert!(matches!(
+        store.delete_adapter(&acme, "radiology"),
+        Err(StoreError::NotFound(_))
+    ));
+    // Its id may be registered again.
+    store.register_adapter(&acme, radiology, file()).unwrap();
+    let audit = store.audit(&AuditQuery::default()).unwrap();
+    let actions: Vec<&str> = audit
+        .iter()
+        .filter(|e| e.target.starts_with("adapter:"))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "adapter.create",
+            "adapter.create",
+            "adapter.delete",
+            "adapter.create"
+        ]
+    );
+}
+
+#[test]
+fn the_adapter_registry_holds_its_rules_on_both_stores() {
+    on_both(adapters_registry);
+}

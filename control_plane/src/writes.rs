@@ -147,7 +147,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or_default()
 }
 
-fn read<T: DeserializeOwned>(tx: &mut dyn Tx, kind: &str, id: &str) -> Result<Option<T>> {
+pub(crate) fn read<T: DeserializeOwned>(
+    tx: &mut dyn Tx,
+    kind: &str,
+    id: &str,
+) -> Result<Option<T>> {
     tx.get(kind, id)?
         .map(|body| {
             serde_json::from_str(&body)
@@ -156,7 +160,7 @@ fn read<T: DeserializeOwned>(tx: &mut dyn Tx, kind: &str, id: &str) -> Result<Op
         .transpose()
 }
 
-fn store<T: serde::Serialize>(
+pub(crate) fn store<T: serde::Serialize>(
     tx: &mut dyn Tx,
     kind: &str,
     id: &str,
@@ -168,7 +172,7 @@ fn store<T: serde::Serialize>(
 }
 
 /// The tenant `id`, which must exist (404) and not be deleted (409).
-fn live_tenant(tx: &mut dyn Tx, id: &TenantId) -> Result<Tenant> {
+pub(crate) fn live_tenant(tx: &mut dyn Tx, id: &TenantId) -> Result<Tenant> {
     let tenant: Tenant = read(tx, TENANT, id.as_str())?
         .ok_or_else(|| StoreError::NotFound(format!("no tenant `{id}`")))?;
     if tenant.disabled {
@@ -192,7 +196,7 @@ fn within_tenant(actor: &Actor, limits: &Limits, tenant: &Tenant) -> Result<()> 
 }
 
 impl Actor {
-    fn entry(
+    pub(crate) fn entry(
         &self,
         action: &str,
         target: String,
@@ -218,7 +222,7 @@ impl Actor {
 
 impl ControlPlane {
     /// Runs `work` in one write transaction and returns what it produced.
-    fn write<T>(&self, mut work: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&self, mut work: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         let mut out = None;
         self.backend().write(&mut |tx| {
             out = Some(work(tx)?);

@@ -59,4 +59,20 @@ pub trait Engine: Send + Sync + 'static {
     fn loaded_adapters(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Reads the LoRA adapter file at `path` and checks it against this engine's model, without
+    /// loading it: its rank. A file that does not fit is `InvalidInput` naming why (the tensor,
+    /// the shape); an engine that runs no adapters refuses every file.
+    fn check_adapter(&self, path: &std::path::Path) -> Result<usize> {
+        let _ = path;
+        Err(crate::EngineError::InvalidInput(format!(
+            "model `{}` is served by an engine that runs no LoRA adapters",
+            self.info().id
+        )))
+    }
+
+    /// Unloads adapter `id` (deleted): sequences running with it finish as they are.
+    fn unload_adapter(&self, id: &str) {
+        let _ = id;
+    }
 }

@@ -4,6 +4,7 @@
 //! consistent version. The store itself is never read per request.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use control_plane::{Actor, Limits, Role, Snapshot};
@@ -11,6 +12,7 @@ use policies::{
     ApiKey, KeyDigest, KeyGrant, KeyId, KeyStore, ResolvedKey, TenantLimits, TenantSpec,
 };
 
+use crate::adapters::AdapterCatalog;
 use crate::config::{ConfigError, GatewayConfig};
 
 /// Where tenants and keys come from.
@@ -76,6 +78,10 @@ pub struct Directory {
     pub source: Source,
     /// The store's contents this directory was built from (for the admin API's reads).
     pub snapshot: Option<Arc<Snapshot>>,
+    /// The LoRA adapters served: the file's, and the store's registry.
+    pub adapters: Arc<AdapterCatalog>,
+    /// Where this replica keeps uploaded adapters' files.
+    pub adapter_cache: PathBuf,
 }
 
 impl Directory {
@@ -100,6 +106,8 @@ impl Directory {
             admin_grants: HashMap::new(),
             source: Source::File,
             snapshot: None,
+            adapters: Arc::new(AdapterCatalog::new(&config.adapters)),
+            adapter_cache: config.adapter_registry.cache_directory(),
         })
     }
 
@@ -172,6 +180,8 @@ impl Directory {
             },
             admin_grants,
             source: Source::Store,
+            adapters: Arc::new(self.adapters.with_registry(&snapshot, &self.adapter_cache)),
+            adapter_cache: self.adapter_cache.clone(),
             snapshot: Some(snapshot),
             admin_keys: self.admin_keys.clone(),
             metrics_keys: self.metrics_keys.clone(),

@@ -68,6 +68,10 @@ pub const ADMIN_GRANTS: &str = "/admin/grants";
 pub const ADMIN_BUDGETS: &str = "/admin/budgets";
 /// What each grant and budget has used.
 pub const ADMIN_ALLOWANCES: &str = "/admin/allowances";
+/// The LoRA adapter registry.
+pub const ADMIN_ADAPTERS: &str = "/admin/adapters";
+/// One registered adapter.
+pub const ADMIN_ADAPTER: &str = "/admin/adapters/{adapter}";
 /// `GET /health`.
 pub const HEALTH: &str = "/health";
 /// `GET /ready`.
@@ -128,6 +132,8 @@ pub const ALL: &[&str] = &[
     ADMIN_GRANTS,
     ADMIN_BUDGETS,
     ADMIN_ALLOWANCES,
+    ADMIN_ADAPTERS,
+    ADMIN_ADAPTER,
     HEALTH,
     READY,
     METRICS,

@@ -34,8 +34,8 @@ fn read_table(path: &Path) -> Option<toml::Table> {
     std::fs::read_to_string(path).ok()?.parse().ok()
 }
 
-/// Top-level settings a reload applies: tenants and the keys.
-const APPLIED_LIVE: &[&str] = &["tenants", "admin_keys", "allow_empty_reload"];
+/// Top-level settings a reload applies: tenants, the keys and the LoRA adapters.
+const APPLIED_LIVE: &[&str] = &["tenants", "admin_keys", "allow_empty_reload", "adapters"];
 
 /// The settings of `new` that differ from `running` and that only a restart applies, by their
 /// name in the file (`pools`, `routing`, ...; `telemetry` but for its `metrics_keys`, which a
@@ -199,6 +199,8 @@ mod tests {
         .unwrap();
         let mut new = running.clone();
         new.insert("admin_keys".into(), toml::Value::Array(vec![]));
+        // `[[adapters]]` live in the directory a reload swaps in.
+        new.insert("adapters".into(), toml::Value::Array(vec![]));
         new["telemetry"]
             .as_table_mut()
             .unwrap()

@@ -133,7 +133,7 @@ pub async fn serve_as(
         batches: config.batches.clone(),
         console: config.console.clone(),
         tls: config.tls.is_some(),
-        adapters: std::sync::Arc::new(crate::adapters::AdapterCatalog::new(&config.adapters)),
+        adapter_registry: config.adapter_registry.clone(),
     };
     let ledger = match config.ledger.enabled {
         true => match config.ledger.postgres_url() {
@@ -184,6 +184,8 @@ pub async fn serve_as(
         // Batches live in the store: every replica with one runs them.
         crate::routes::spawn_batch_runner(state.clone());
     }
+    // Engines let go of adapters no longer served (deleted, or gone from a reloaded file).
+    crate::routes::spawn_adapter_janitor(state.clone());
     if let Some(ledger) = &ledger {
         restore_todays_usage(&state, ledger).await?;
     }

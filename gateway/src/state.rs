@@ -34,8 +34,9 @@ pub struct Limits {
     pub console: crate::config::ConsoleConfig,
     /// Whether the server speaks TLS (the console's cookies are then `Secure`).
     pub tls: bool,
-    /// `[[adapters]]`: the LoRA adapters requests may name as their model.
-    pub adapters: std::sync::Arc<crate::adapters::AdapterCatalog>,
+    /// `[adapter_registry]`: how adapters are registered through the admin API (the adapters
+    /// served are the directory's).
+    pub adapter_registry: crate::config::AdapterRegistryConfig,
 }
 
 /// Shared state of the server; cheap to clone (one reference count: every layer and handler

@@ -164,7 +164,8 @@ async fn version_and_openapi_describe_the_running_gateway() {
                 .replace("{model}", "bench")
                 .replace("{tenant}", "a")
                 .replace("{project}", "p")
-                .replace("{key}", "k"),
+                .replace("{key}", "k")
+                .replace("{adapter}", "x"),
         );
         let method = match doc["paths"][*path].get("post") {
             Some(_) => reqwest::Method::POST,

@@ -20,6 +20,10 @@ pub struct Request<'a> {
     pub tenant: &'a str,
     /// Its API key.
     pub api_key: &'a str,
+    /// The model it names.
+    pub model: &'a str,
+    /// Fields added to the body over the harness's own.
+    pub extra_body: &'a serde_json::Map<String, Value>,
     /// The prompt: chat messages (the completions endpoint gets their texts, joined).
     pub prompt: Vec<Message>,
     /// `max_tokens`.
@@ -43,7 +47,7 @@ fn body(scenario: &Scenario, r: &Request<'_>) -> Value {
             json!({"prompt": texts.join("\n\n")})
         }
     };
-    body["model"] = json!(scenario.model);
+    body["model"] = json!(r.model);
     body["max_tokens"] = json!(r.max_tokens);
     body["stream"] = json!(scenario.stream);
     if scenario.stream {
@@ -54,6 +58,9 @@ fn body(scenario: &Scenario, r: &Request<'_>) -> Value {
     }
     if let Some(temperature) = scenario.temperature {
         body["temperature"] = json!(temperature);
+    }
+    for (name, value) in r.extra_body {
+        body[name] = value.clone();
     }
     body
 }
@@ -306,6 +313,43 @@ mod tests {
         format!("http://{addr}")
     }
 
+    #[test]
+    fn the_tenants_model_and_extra_body_are_in_the_body() {
+        let scenario: Scenario = toml::from_str(
+            r#"
+            model = "base"
+            stop = { requests = 1 }
+            [[tenants]]
+            label = "t"
+            api_key = "k"
+            arrival = { kind = "closed_loop", concurrency = 1 }
+            prompts = { kind = "synthetic", tokens = 2 }
+            max_tokens = 3
+            "#,
+        )
+        .unwrap();
+        let extra = json!({"lora": [{"id": 1, "scale": 1.0}], "max_tokens": 9});
+        let request = Request {
+            tenant: "t",
+            api_key: "k",
+            model: "base:radiology",
+            extra_body: extra.as_object().unwrap(),
+            prompt: vec![Message {
+                role: "user",
+                content: "hi".into(),
+            }],
+            max_tokens: 3,
+            sent_at: Duration::ZERO,
+        };
+        let body = body(&scenario, &request);
+        assert_eq!(body["model"], "base:radiology");
+        assert_eq!(body["lora"], json!([{"id": 1, "scale": 1.0}]));
+        assert_eq!(
+            body["max_tokens"], 9,
+            "extra_body wins, as the OpenAI SDK's does"
+        );
+    }
+
     #[tokio::test]
     async fn a_crlf_framed_stream_is_read_token_by_token() {
         let chunk = |text: &str| {
@@ -343,6 +387,8 @@ mod tests {
         let request = Request {
             tenant: "t",
             api_key: "k",
+            model: "m",
+            extra_body: &Default::default(),
             prompt: vec![Message {
                 role: "user",
                 content: "hi".into(),

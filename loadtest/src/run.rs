@@ -71,6 +71,8 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
         let mut prompts = PromptSource::new(&tenant.prompts)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9);
         let limit = scenario.stop.requests.unwrap_or(u64::MAX);
+        let model = Arc::new(tenant.model.clone().unwrap_or(scenario.model.clone()));
+        let extra_body = Arc::new(tenant.extra_body.clone());
         let fire = {
             let (client, url, scenario, tickets, progress, tx, label) = (
                 client.clone(),
@@ -91,6 +93,7 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                     label.clone(),
                     key.clone(),
                 );
+                let (model, extra_body) = (model.clone(), extra_body.clone());
                 let tickets = tickets.clone();
                 async move {
                     if !tickets.take() {
@@ -100,6 +103,8 @@ pub async fn run(url: &str, scenario: Scenario, show_progress: bool) -> anyhow::
                     let request = Request {
                         tenant: &label,
                         api_key: &key,
+                        model: &model,
+                        extra_body: &extra_body,
                         prompt,
                         max_tokens,
                         sent_at: start.elapsed(),

@@ -86,6 +86,14 @@ pub struct TenantLoad {
     pub prompts: Prompts,
     /// Their `max_tokens`.
     pub max_tokens: Distribution,
+    /// The model it requests (default: the scenario's `model`): e.g. each tenant its own LoRA
+    /// adapter over one base model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Fields added to each of its requests' JSON body, over the harness's own (a server's
+    /// extensions, such as llama.cpp's per-request `lora`).
+    #[serde(default)]
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How requests arrive.
@@ -283,5 +291,28 @@ mod tests {
             Distribution::Uniform { min: 1, max: 5 }
         );
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn a_tenant_may_name_its_own_model_and_extra_body() {
+        let text = r#"
+            model = "base"
+            stop = { requests = 1 }
+            [[tenants]]
+            label = "a"
+            api_key = "k"
+            model = "base:radiology"
+            extra_body = { lora = [{ id = 0, scale = 1.0 }] }
+            arrival = { kind = "closed_loop", concurrency = 1 }
+            prompts = { kind = "synthetic", tokens = 20 }
+            max_tokens = 5
+        "#;
+        let s: Scenario = toml::from_str(text).unwrap();
+        let t = &s.tenants[0];
+        assert_eq!(t.model.as_deref(), Some("base:radiology"));
+        assert_eq!(
+            serde_json::Value::Object(t.extra_body.clone()),
+            serde_json::json!({"lora": [{"id": 0, "scale": 1.0}]})
+        );
     }
 }

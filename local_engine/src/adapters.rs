@@ -4,6 +4,7 @@
 //! still runs with is pinned (its sequence's decoding state holds it) and never evicted.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +16,9 @@ use request_core::AdapterSlot;
 pub const DEFAULT_BUDGET_BYTES: usize = 1 << 30;
 
 struct Loaded {
+    /// The file it was read from: a registration of the same id with another file (a new
+    /// upload after a delete) is another adapter.
+    path: PathBuf,
     slot: AdapterSlot,
     adapter: Arc<LoraAdapter>,
     last_used: Instant,
@@ -53,22 +57,26 @@ impl Adapters {
     ) -> Result<(AdapterSlot, Arc<LoraAdapter>), EngineError> {
         {
             let mut table = self.table.lock().expect("adapter table");
-            if let Some(loaded) = table.by_id.get_mut(&adapter.id) {
-                loaded.last_used = Instant::now();
-                return Ok((loaded.slot, loaded.adapter.clone()));
+            match table.by_id.get_mut(&adapter.id) {
+                Some(loaded) if loaded.path == adapter.path => {
+                    loaded.last_used = Instant::now();
+                    return Ok((loaded.slot, loaded.adapter.clone()));
+                }
+                Some(_) => Self::remove(&mut table, &adapter.id),
+                None => {}
             }
         }
         // Read outside the lock: other requests go on meanwhile.
-        let read = std::fs::File::open(&adapter.path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut file| {
-                LoraAdapter::read(&mut file, &self.base).map_err(|e| e.to_string())
-            })
+        let read = self
+            .read(&adapter.path)
             .map_err(|why| EngineError::InvalidInput(format!("adapter `{}`: {why}", adapter.id)))?;
         let mut table = self.table.lock().expect("adapter table");
         if let Some(loaded) = table.by_id.get(&adapter.id) {
-            // Loaded by another request meanwhile.
-            return Ok((loaded.slot, loaded.adapter.clone()));
+            if loaded.path == adapter.path {
+                // Loaded by another request meanwhile.
+                return Ok((loaded.slot, loaded.adapter.clone()));
+            }
+            Self::remove(&mut table, &adapter.id);
         }
         let loaded = Arc::new(read);
         self.make_room(&mut table, loaded.bytes());
@@ -78,6 +86,7 @@ impl Adapters {
         table.by_id.insert(
             adapter.id.clone(),
             Loaded {
+                path: adapter.path.clone(),
                 slot,
                 adapter: loaded.clone(),
                 last_used: Instant::now(),
@@ -96,9 +105,22 @@ impl Adapters {
             .cloned()
     }
 
+    /// Reads and checks the adapter file at `path` without loading it: its rank.
+    pub fn check(&self, path: &Path) -> Result<usize, EngineError> {
+        Ok(self.read(path).map_err(EngineError::InvalidInput)?.rank())
+    }
+
+    fn read(&self, path: &Path) -> Result<LoraAdapter, String> {
+        let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        LoraAdapter::read(&mut file, &self.base).map_err(|e| e.to_string())
+    }
+
     /// Unloads adapter `id` (deleted): sequences running with it finish with their pin.
     pub fn unload(&self, id: &str) {
-        let mut table = self.table.lock().expect("adapter table");
+        Self::remove(&mut self.table.lock().expect("adapter table"), id);
+    }
+
+    fn remove(table: &mut Table, id: &str) {
         if let Some(loaded) = table.by_id.remove(id) {
             table.by_slot.remove(&loaded.slot);
         }

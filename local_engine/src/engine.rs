@@ -228,11 +228,15 @@ impl Engine for LocalEngine {
             let fork_of =
                 (first_with_prompt[i] != i).then(|| first_id + first_with_prompt[i] as u64);
             // An adapter's keys and values differ from the base model's: its blocks are its
-            // own scope within the request's.
+            // own scope within the request's, keyed by its file too (an id registered again
+            // after a delete, with another file, is another adapter).
             let cache_root = self.prefix_cache.then(|| {
                 let scope = request.prefix_cache_scope();
                 match &request.adapter {
-                    Some(adapter) => adapter_scope_root(scope, &adapter.id),
+                    Some(adapter) => adapter_scope_root(
+                        scope,
+                        &format!("{}\0{}", adapter.id, adapter.path.display()),
+                    ),
                     None => scope_root(scope),
                 }
             });
@@ -280,5 +284,13 @@ impl Engine for LocalEngine {
 
     fn loaded_adapters(&self) -> Vec<String> {
         self.model.adapters.loaded()
+    }
+
+    fn check_adapter(&self, path: &std::path::Path) -> Result<usize> {
+        self.model.adapters.check(path)
+    }
+
+    fn unload_adapter(&self, id: &str) {
+        self.model.adapters.unload(id)
     }
 }

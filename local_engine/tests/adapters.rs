@@ -181,3 +181,42 @@ fn an_adapter_for_another_model_is_the_requests_error() {
         .unwrap();
     assert_eq!(out.token_ids.len(), 2);
 }
+
+#[test]
+fn a_file_is_checked_without_loading_and_an_id_given_another_file_is_another_adapter() {
+    let engine = engine("llama");
+    let f32_file = adapter("tiny-llama-lora-f32");
+    assert_eq!(engine.check_adapter(&f32_file.path).unwrap(), 16);
+    assert!(
+        engine.loaded_adapters().is_empty(),
+        "checking loads nothing"
+    );
+    match engine.check_adapter(&adapter("tiny-qwen2-lora-f16").path) {
+        Err(EngineError::InvalidInput(why)) => assert!(why.contains("qwen2"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The id `tuned` with one file, then (re-registered) with another: each answers as its own
+    // file does, the second never from the first's weights or cached blocks.
+    let prompt: Vec<u32> = (0..40).map(|j| (j * 7 % 500) as u32).collect();
+    let n = 6;
+    for stem in ["tiny-llama-lora-f32", "tiny-llama-lora-b-f16"] {
+        let tuned = AdapterRef {
+            id: "tuned".into(),
+            path: adapter(stem).path,
+        };
+        let out = engine
+            .submit(request(&prompt, Some(tuned.clone()), n))
+            .unwrap()
+            .blocking_collect()
+            .unwrap();
+        assert_eq!(
+            out.token_ids,
+            reference("llama", Some(&tuned), &prompt, n),
+            "{stem}"
+        );
+        assert_eq!(out.completion.usage.cached_tokens, 0, "{stem}");
+    }
+    assert_eq!(engine.loaded_adapters(), ["tuned"]);
+    engine.unload_adapter("tuned");
+    assert!(engine.loaded_adapters().is_empty());
+}

@@ -16,6 +16,8 @@ use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
+use cpu_kernels::isa::Isa;
+use cpu_kernels::lowrank::{add_lowrank, Factors};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::gguf_check::{self, GgufError};
@@ -48,14 +50,14 @@ pub enum AdapterError {
     #[error("tensor `{0}` adapts nothing this base model has")]
     UnknownTensor(String),
     /// A tensor whose shape does not fit the base model's projection.
-    #[error("tensor `{tensor}` has shape {found:?}, the base model needs {expected:?}")]
+    #[error("tensor `{tensor}` has shape {found:?}, the base model needs {expected}")]
     Shape {
         /// The tensor.
         tensor: String,
         /// Its dimensions (`[rows, columns]`).
         found: Vec<usize>,
-        /// What the base model's projection needs.
-        expected: Vec<usize>,
+        /// What the base model's projection needs (`[rank, in]`, `[out, rank]`).
+        expected: String,
     },
     /// An `A` without its `B`, or the other way round.
     #[error("tensor `{0}` has no partner (`lora_a` and `lora_b` come in pairs)")]
@@ -88,8 +90,9 @@ pub struct LowRank {
     n_out: usize,
     /// `[rank, n_in]`, row-major.
     a: Vec<f32>,
-    /// `[n_out, rank]`, row-major.
-    b: Vec<f32>,
+    /// `B` transposed, `[rank, n_out]`: its product is then `rank` row additions (see
+    /// `cpu_kernels::lowrank`).
+    bt: Vec<f32>,
 }
 
 impl LowRank {
@@ -98,13 +101,19 @@ impl LowRank {
         assert_eq!(a.len(), rank * n_in, "A is [rank, in]");
         assert_eq!(b.len() % rank.max(1), 0, "B is [out, rank]");
         let n_out = b.len() / rank.max(1);
+        let mut bt = vec![0f32; b.len()];
+        for (o, row) in b.chunks_exact(rank.max(1)).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                bt[k * n_out + o] = v;
+            }
+        }
         Self {
             target,
             rank,
             n_in,
             n_out,
             a,
-            b,
+            bt,
         }
     }
 
@@ -118,39 +127,20 @@ impl LowRank {
         self.n_out
     }
 
-    /// `y += scale · B·(A·x)`; `t` holds `rank` values of scratch.
-    pub fn apply(&self, x: &[f32], y: &mut [f32], scale: f32, t: &mut [f32]) {
-        let (x, y, t) = (&x[..self.n_in], &mut y[..self.n_out], &mut t[..self.rank]);
-        for (ti, a_row) in t.iter_mut().zip(self.a.chunks_exact(self.n_in)) {
-            *ti = scale * dot(a_row, x);
-        }
-        for (yo, b_row) in y.iter_mut().zip(self.b.chunks_exact(self.rank)) {
-            *yo += dot(b_row, t);
-        }
+    /// `y += scale · B·(A·x)` with `isa`'s kernels; `t` holds `rank` values of scratch.
+    pub fn apply(&self, isa: Isa, x: &[f32], y: &mut [f32], scale: f32, t: &mut [f32]) {
+        let (x, y) = (&x[..self.n_in], &mut y[..self.n_out]);
+        let factors = Factors {
+            a: &self.a,
+            bt: &self.bt,
+            rank: self.rank,
+        };
+        add_lowrank(isa, factors, scale, x, y, t);
     }
 
     fn bytes(&self) -> usize {
-        (self.a.len() + self.b.len()) * 4
+        (self.a.len() + self.bt.len()) * 4
     }
-}
-
-/// A dot product in four lanes (the compiler vectorizes it; an adapter's work is small next to
-/// the base model's).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// One layer's adapted projections.
@@ -279,7 +269,10 @@ impl LoraAdapter {
                     return Err(AdapterError::Shape {
                         tensor: name.clone(),
                         found: a_dims,
-                        expected: vec![rank.unwrap_or(0), n_in],
+                        expected: match rank {
+                            Some(rank) => format!("[{rank}, {n_in}]"),
+                            None => format!("[rank, {n_in}]"),
+                        },
                     })
                 }
             };
@@ -299,7 +292,7 @@ impl LoraAdapter {
                 return Err(AdapterError::Shape {
                     tensor: b_name,
                     found: b_dims,
-                    expected: vec![n_out, r],
+                    expected: format!("[{n_out}, {r}]"),
                 });
             }
             planned.push((layer, stem.to_string(), target, n_in, r));
@@ -370,24 +363,16 @@ mod tests {
             vec![1.0, 0.0, 0.0, 2.0],
             vec![1.0, 1.0, 0.0, 3.0, 1.0, 0.0],
         );
-        let mut y = vec![10.0, 20.0, 30.0];
-        pair.apply(&[1.0, 1.0], &mut y, 0.5, &mut [0.0; 2]);
-        assert_eq!(y, [11.5, 23.0, 30.5]);
+        for isa in Isa::all_supported() {
+            let mut y = vec![10.0, 20.0, 30.0];
+            pair.apply(isa, &[1.0, 1.0], &mut y, 0.5, &mut [0.0; 2]);
+            assert_eq!(y, [11.5, 23.0, 30.5], "{isa:?}");
+        }
     }
 
     #[test]
     fn the_scale_is_alpha_over_rank_or_one() {
         assert_eq!(LoraAdapter::new(16, 8.0, vec![]).scale(), 0.5);
         assert_eq!(LoraAdapter::new(16, 0.0, vec![]).scale(), 1.0);
-    }
-
-    #[test]
-    fn dots_of_any_length_match_the_plain_sum() {
-        for n in [0, 1, 7, 8, 9, 31, 64] {
-            let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i % 5) as f32).collect();
-            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot(&a, &b) - plain).abs() < 1e-4, "{n}");
-        }
     }
 }

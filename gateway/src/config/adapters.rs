@@ -21,3 +21,51 @@ pub struct AdapterConfig {
     #[serde(default)]
     pub tenant: Option<String>,
 }
+
+/// `[adapter_registry]`: adapters registered through the admin API (`/admin/adapters`, with the
+/// control-plane store): how large and how many, where operators' files may be, and where each
+/// replica keeps the uploaded files it fetched from the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterRegistryConfig {
+    /// The directory an operator's by-path registration must point inside (a path every
+    /// replica sees: a shared volume). Absent: adapters can only be uploaded.
+    pub directory: Option<PathBuf>,
+    /// Where this replica writes the uploaded adapters' files (each named by its SHA-256);
+    /// absent: `adapters/` in the data directory.
+    pub cache_directory: Option<PathBuf>,
+    /// The largest adapter file (bytes; uploads above are refused with 413).
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: usize,
+    /// Live adapters one tenant may own.
+    #[serde(default = "default_max_per_tenant")]
+    pub max_per_tenant: usize,
+}
+
+fn default_max_file_bytes() -> usize {
+    256 << 20
+}
+
+fn default_max_per_tenant() -> usize {
+    32
+}
+
+impl Default for AdapterRegistryConfig {
+    fn default() -> Self {
+        Self {
+            directory: None,
+            cache_directory: None,
+            max_file_bytes: default_max_file_bytes(),
+            max_per_tenant: default_max_per_tenant(),
+        }
+    }
+}
+
+impl AdapterRegistryConfig {
+    /// Where uploaded adapters' files are kept on this replica.
+    pub fn cache_directory(&self) -> PathBuf {
+        self.cache_directory
+            .clone()
+            .unwrap_or_else(|| super::default_data_dir().join("adapters"))
+    }
+}

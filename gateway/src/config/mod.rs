@@ -124,6 +124,9 @@ pub struct GatewayConfig {
     /// `[[adapters]]`: LoRA adapters served over local models.
     #[serde(default)]
     pub adapters: Vec<AdapterConfig>,
+    /// `[adapter_registry]`: adapters registered through the admin API.
+    #[serde(default)]
+    pub adapter_registry: AdapterRegistryConfig,
     #[serde(default)]
     /// `[quotas]`: where tenants' limits are counted (this process, or Redis for a fleet).
     pub quotas: QuotasConfig,
@@ -156,6 +159,7 @@ impl Default for GatewayConfig {
             batches: BatchesConfig::default(),
             console: ConsoleConfig::default(),
             adapters: Vec::new(),
+            adapter_registry: AdapterRegistryConfig::default(),
             quotas: QuotasConfig::default(),
             telemetry: TelemetryConfig::default(),
             pools: Vec::new(),
@@ -191,6 +195,12 @@ impl GatewayConfig {
         }
         for adapter in &mut config.adapters {
             resolve(&mut adapter.path);
+        }
+        if let Some(p) = config.adapter_registry.directory.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.adapter_registry.cache_directory.as_mut() {
+            resolve(p);
         }
         if let Some(tls) = config.tls.as_mut() {
             resolve(&mut tls.cert);

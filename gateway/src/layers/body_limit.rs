@@ -14,12 +14,12 @@ use http_body_util::Limited;
 use super::around::{Around, AroundLayer};
 use crate::error::ApiError;
 
-/// Refuses or caps request bodies over `max_bytes`; uploads (`POST /v1/files`) over
-/// `max_upload_bytes`.
-pub fn layer(max_bytes: usize, max_upload_bytes: usize) -> AroundLayer<BodyLimit> {
+/// Refuses or caps request bodies over `max_bytes`; uploads to the paths of `uploads`
+/// (`POST /v1/files`, `POST /admin/adapters`) over their own limits.
+pub fn layer(max_bytes: usize, uploads: Vec<(&'static str, usize)>) -> AroundLayer<BodyLimit> {
     AroundLayer::new(BodyLimit {
         max_bytes,
-        max_upload_bytes,
+        uploads: uploads.into(),
     })
 }
 
@@ -27,17 +27,19 @@ pub fn layer(max_bytes: usize, max_upload_bytes: usize) -> AroundLayer<BodyLimit
 #[derive(Clone)]
 pub struct BodyLimit {
     max_bytes: usize,
-    max_upload_bytes: usize,
+    uploads: std::sync::Arc<[(&'static str, usize)]>,
 }
 
 impl Around for BodyLimit {
     type Carry = ();
 
     fn before(&self, request: &mut Request) -> Result<(), Response> {
-        let limit = match request.uri().path() == crate::paths::FILES {
-            true => self.max_upload_bytes,
-            false => self.max_bytes,
-        };
+        let path = request.uri().path();
+        let limit = self
+            .uploads
+            .iter()
+            .find(|(upload, _)| *upload == path)
+            .map_or(self.max_bytes, |&(_, limit)| limit);
         let declared = request
             .headers()
             .get(CONTENT_LENGTH)
@@ -74,7 +76,7 @@ mod tests {
                 "/",
                 post(|JsonBody(body): JsonBody<serde_json::Value>| async move { body.to_string() }),
             )
-            .layer(layer(32, 64))
+            .layer(layer(32, vec![(crate::paths::FILES, 64)]))
             .with_state(state)
     }
 

@@ -84,7 +84,7 @@ pub(crate) mod testing {
             batches: Default::default(),
             console: Default::default(),
             tls: false,
-            adapters: Default::default(),
+            adapter_registry: Default::default(),
         };
         edge(&mut edge_limits);
         AppState::new(

@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per endpoint family, assembled here with the tower layers.
 
+mod adapters;
 mod admin;
 mod allowances;
 mod batch_runner;
@@ -34,6 +35,7 @@ use crate::layers::{
 use crate::paths;
 use crate::state::AppState;
 
+pub use adapters::spawn_janitor as spawn_adapter_janitor;
 pub use batch_runner::spawn as spawn_batch_runner;
 pub use openapi::openapi_document;
 
@@ -110,7 +112,13 @@ pub fn router(state: AppState) -> Router {
                 .option_layer(cors::layer(&state.limits.cors_origins))
                 .layer(body_limit::layer(
                     state.limits.max_body_bytes,
-                    state.limits.batches.max_file_bytes,
+                    vec![
+                        (paths::FILES, state.limits.batches.max_file_bytes),
+                        (
+                            paths::ADMIN_ADAPTERS,
+                            state.limits.adapter_registry.max_file_bytes,
+                        ),
+                    ],
                 ))
                 .layer(timeout::layer(state.limits.request_timeout)),
         )
@@ -168,6 +176,17 @@ fn admin_routes() -> Router<AppState> {
         .route(paths::ADMIN_USAGE, get(admin::usage))
         .route(paths::ADMIN_USAGE_RECORDS, get(admin::usage_records))
         .route(paths::ADMIN_POOLS, get(pools::admin_pools))
+        .route(
+            paths::ADMIN_ADAPTERS,
+            // Uploads are held to `[adapter_registry] max_file_bytes` by the body-limit layer.
+            get(adapters::list)
+                .post(adapters::register)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            paths::ADMIN_ADAPTER,
+            get(adapters::get).delete(adapters::delete),
+        )
 }
 
 async fn route_not_found(uri: Uri) -> impl IntoResponse {

@@ -37,7 +37,8 @@ fn visible(state: &AppState, caller: &Caller) -> Vec<Value> {
         .filter(|(id, _, _)| caller.may_use(id))
         .map(|(id, created, state)| model_object(id, *created, state))
         .collect();
-    for adapter in state.limits.adapters.visible_to(&caller.tenant.id) {
+    let catalog = state.directory().adapters.clone();
+    for adapter in catalog.visible_to(&caller.tenant.id) {
         let Some((_, created, model)) = models
             .iter()
             .find(|(id, _, _)| *id == adapter.model && caller.may_use(id))

@@ -10,7 +10,10 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use control_plane::{AuditEntry, Budget, Grant, Key, Limits, Price, Project, Role, Tenant};
+use control_plane::{
+    AdapterEntry, AdapterSource, AuditEntry, Budget, Grant, Key, Limits, Price, Project, Role,
+    Tenant,
+};
 
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::CompletionRequest;
@@ -471,6 +474,45 @@ fn admin_usage_records() {}
     security(("admin_key" = [])))]
 fn admin_pools() {}
 
+/// The LoRA adapters the caller may read: configured (`origin: file`) and registered
+/// (`origin: registry`), with how many replicas here hold each loaded.
+#[utoipa::path(get, path = "/admin/adapters", tag = "control-plane",
+    responses((status = 200, description = "A `list` of adapters", body = [AdapterEntry])),
+    security(("admin_key" = [])))]
+fn list_adapters() {}
+
+/// Registers a LoRA adapter (llama.cpp's GGUF adapter format): `multipart/form-data` with `id`,
+/// `model`, `file` and (operators) `tenant` (absent: shared with every tenant; a tenant-admin's
+/// adapter is its tenant's), or (operators) JSON `{"id", "model", "path", "tenant"?}` naming a
+/// file inside `[adapter_registry] directory`. The file is read whole and checked against the
+/// model before it is stored: a misfit is a 400 naming the tensor.
+#[utoipa::path(post, path = "/admin/adapters", tag = "control-plane",
+    responses((status = 201, description = "The adapter", body = AdapterEntry),
+        (status = 400, description = "Not an adapter for the model, or a bad field", body = ErrorBody),
+        (status = 403, description = "Another tenant, sharing or a path as a tenant-admin", body = ErrorBody),
+        (status = 409, description = "The id is taken", body = ErrorBody),
+        (status = 413, description = "Over `[adapter_registry] max_file_bytes`", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn register_adapter() {}
+
+/// One adapter (another tenant's is not found).
+#[utoipa::path(get, path = "/admin/adapters/{adapter}", tag = "control-plane",
+    params(("adapter" = String, Path, description = "The adapter's id")),
+    responses((status = 200, description = "The adapter", body = AdapterEntry),
+        (status = 404, description = "No such adapter for the caller", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn get_adapter() {}
+
+/// Deletes a registered adapter: no request names it from now on, and every engine that holds
+/// it unloads it.
+#[utoipa::path(delete, path = "/admin/adapters/{adapter}", tag = "control-plane",
+    params(("adapter" = String, Path, description = "The adapter's id")),
+    responses((status = 200, description = "`{\"id\", \"object\": \"adapter\", \"deleted\": true}`"),
+        (status = 404, description = "No such adapter for the caller", body = ErrorBody),
+        (status = 409, description = "Declared in the configuration file", body = ErrorBody)),
+    security(("admin_key" = [])))]
+fn delete_adapter() {}
+
 /// Liveness: 200 while the process serves.
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "OK")))]
 fn health() {}
@@ -514,8 +556,8 @@ impl Modify for Security {
         delete_tenant, list_projects, create_project, get_project, update_project, delete_project,
         list_tenant_keys, issue_tenant_key, list_admin_keys, issue_admin_key, get_key, revoke_key,
         rotate_key, audit, list_prices, set_price, list_grants, create_grant, list_budgets,
-        create_budget, allowances, health, ready, metrics, version, openapi),
-    components(schemas(ErrorBody, AnthropicErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role, Price, Grant, Budget)),
+        create_budget, allowances, list_adapters, register_adapter, get_adapter, delete_adapter, health, ready, metrics, version, openapi),
+    components(schemas(ErrorBody, AnthropicErrorBody, Tenant, Project, Key, Limits, AuditEntry, Role, Price, Grant, Budget, AdapterEntry, AdapterSource)),
     modifiers(&Security)
 )]
 struct ApiDoc;

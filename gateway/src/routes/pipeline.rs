@@ -130,7 +130,7 @@ pub async fn read(state: &AppState, request: Request) -> Result<Incoming, ApiErr
 /// is prepared).
 fn named_model(state: &AppState, body: &[u8]) -> Result<Option<(String, ModelState)>, ApiError> {
     Ok(model_name(body)?.and_then(|m| {
-        let model = match state.limits.adapters.resolve(&m) {
+        let model = match state.directory().adapters.resolve(&m) {
             Some(adapter) => state.models.get(&adapter.model),
             None => state.models.get(&m),
         };

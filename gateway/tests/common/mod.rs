@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use model_fetch::{default_cache_dir, ensure_model, DEFAULT_MODEL};
 
+pub mod lora;
+
 pub const MODEL: &str = "smollm2-135m-instruct";
 pub const DEMO_KEY: &str = "sk-test-demo-key";
 

@@ -4,6 +4,7 @@
 //! factors while they are in cache (the grouping SGMV does on GPUs); rows without an adapter
 //! cost nothing.
 
+use cpu_kernels::isa::Isa;
 use cpu_kernels::parallel::{self, SharedMut};
 
 use crate::lora::{LayerAdapter, LoraAdapter, LowRank, Target, MAX_RANK};
@@ -34,11 +35,13 @@ impl Site {
 /// The step's adapters: one per sequence of the batch (`None`: the base model).
 pub(super) struct StepAdapters<'a> {
     per_sequence: Vec<Option<&'a LoraAdapter>>,
+    isa: Isa,
 }
 
 impl<'a> StepAdapters<'a> {
     /// Each sequence's adapter; nothing kept (nor allocated) when none has one, the usual step.
     pub(super) fn new(
+        isa: Isa,
         per_sequence: impl ExactSizeIterator<Item = Option<&'a LoraAdapter>> + Clone,
     ) -> Self {
         let any = per_sequence.clone().any(|a| a.is_some());
@@ -48,6 +51,7 @@ impl<'a> StepAdapters<'a> {
             } else {
                 Vec::new()
             },
+            isa,
         }
     }
 
@@ -59,6 +63,10 @@ impl<'a> StepAdapters<'a> {
     /// For each row (`rows[r] = (sequence, position)`) whose sequence has an adapter with pairs
     /// at `site` in `layer`: `out[r][col..] += scale · B·(A·input[r])`, with `in_width` and
     /// `out_width` values per row.
+    ///
+    /// Rows are taken adapter by adapter, and each pair over all its rows before the next: a
+    /// pair's factors are then read from memory once per step rather than once per row (16
+    /// rows over 4 rank-16 adapters of a 135M model would otherwise stream 300 MB a step).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn add(
         &self,
@@ -69,26 +77,37 @@ impl<'a> StepAdapters<'a> {
         in_width: usize,
         out: &mut [f32],
         out_width: usize,
-        grain: usize,
     ) {
         if !self.any() {
             return;
         }
+        let adapter_of = |r: usize| self.per_sequence[rows[r].0];
+        let mut order: Vec<usize> = (0..rows.len())
+            .filter(|&r| adapter_of(r).is_some_and(|a| a.layer(layer).is_some()))
+            .collect();
+        order.sort_by_key(|&r| adapter_of(r).map(|a| a as *const LoraAdapter));
         let out = SharedMut::new(&mut out[..rows.len() * out_width]);
-        parallel::for_each_chunk(rows.len(), grain, |_, range| {
+        let grain = parallel::grain_for(order.len(), 1);
+        parallel::for_each_chunk(order.len(), grain, |_, range| {
             let mut t = [0f32; MAX_RANK];
-            for r in range {
-                let Some(adapter) = self.per_sequence[rows[r].0] else {
-                    continue;
-                };
-                let Some(pairs) = adapter.layer(layer) else {
-                    continue;
-                };
-                let x = &input[r * in_width..(r + 1) * in_width];
-                // SAFETY: row `r` of `out` is written by this work item alone.
-                let y = unsafe { out.slice(r * out_width..(r + 1) * out_width) };
+            let mut chunk = &order[range];
+            while let Some(&first) = chunk.first() {
+                let adapter = adapter_of(first).expect("ordered rows have adapters");
+                let same = chunk
+                    .iter()
+                    .take_while(|&&r| adapter_of(r).is_some_and(|a| std::ptr::eq(a, adapter)))
+                    .count();
+                let (group, rest) = chunk.split_at(same);
+                chunk = rest;
+                let pairs = adapter.layer(layer).expect("ordered rows have this layer");
                 for (pair, col) in at_site(pairs, site) {
-                    pair.apply(x, &mut y[col..], adapter.scale(), &mut t);
+                    for &r in group {
+                        let x = &input[r * in_width..(r + 1) * in_width];
+                        // SAFETY: row `r` of `out` is written by this work item alone (each
+                        // row is in `order` once).
+                        let y = unsafe { out.slice(r * out_width..(r + 1) * out_width) };
+                        pair.apply(self.isa, x, &mut y[col..], adapter.scale(), &mut t);
+                    }
                 }
             }
         });

@@ -278,7 +278,7 @@ impl CpuLlama {
             self.embed(scratch, batch);
         }
         let row_grain = parallel::grain_for(scratch.rows.len(), 2).max(4);
-        let adapters = StepAdapters::new(batch.iter().map(|s| s.adapter));
+        let adapters = StepAdapters::new(self.isa, batch.iter().map(|s| s.adapter));
         for (index, layer) in self.layers.iter().enumerate().skip(first_layer) {
             {
                 // Each sequence's rows and blocks (the layer only reads them).

@@ -162,16 +162,7 @@ impl CpuLlama {
             normed_rows(scratch, hidden, &layer.attn_norm, eps);
             let (rows, normed) = (&scratch.rows, &scratch.normed);
             let qkv = &mut scratch.qkv;
-            adapters.add(
-                index,
-                Site::Qkv,
-                rows,
-                normed,
-                hidden,
-                qkv,
-                qkv_dim,
-                row_grain,
-            );
+            adapters.add(index, Site::Qkv, rows, normed, hidden, qkv, qkv_dim);
         }
         self.rope_and_store(index, layer, kv, scratch, seqs, row_grain);
         self.attend(index, kv, scratch, seqs);
@@ -322,16 +313,7 @@ impl CpuLlama {
             normed_rows(scratch, hidden, &layer.ffn_norm, eps);
             let (rows, normed) = (&scratch.rows, &scratch.normed);
             let gate_up = &mut scratch.gate_up;
-            adapters.add(
-                index,
-                Site::GateUp,
-                rows,
-                normed,
-                hidden,
-                gate_up,
-                2 * ffn,
-                row_grain,
-            );
+            adapters.add(index, Site::GateUp, rows, normed, hidden, gate_up, 2 * ffn);
         }
         {
             let gate_up = SharedMut::new(&mut scratch.gate_up[..t * 2 * ffn]);
@@ -392,17 +374,13 @@ impl CpuLlama {
         let Some(weight) = post_norm else {
             matmul(isa, w, x_in, &mut scratch.x, hidden, 0, Output::Accumulate);
             let x = &mut scratch.x;
-            adapters.add(
-                layer, site, rows, adapter_in, in_width, x, hidden, row_grain,
-            );
+            adapters.add(layer, site, rows, adapter_in, in_width, x, hidden);
             return;
         };
         let t = scratch.rows.len();
         matmul(isa, w, x_in, &mut scratch.post, hidden, 0, Output::Store);
         let post = &mut scratch.post;
-        adapters.add(
-            layer, site, rows, adapter_in, in_width, post, hidden, row_grain,
-        );
+        adapters.add(layer, site, rows, adapter_in, in_width, post, hidden);
         let eps = self.config.rms_eps as f32;
         let x = SharedMut::new(&mut scratch.x[..t * hidden]);
         let post = SharedMut::new(&mut scratch.post[..t * hidden]);

@@ -95,7 +95,8 @@ pub fn prepare_generation(
     };
     // An adapter's name stands for its model, with the adapter over it; another tenant's
     // adapter is answered as a model that does not exist.
-    let adapter = match state.limits.adapters.resolve(model) {
+    let catalog = state.directory().adapters.clone();
+    let adapter = match catalog.resolve(model) {
         Some(a) if a.visible_to(&caller.tenant.id) => Some(a),
         Some(_) => return Err(ApiError::model_not_found(model)),
         None => None,

@@ -39,6 +39,46 @@ pub fn add_lowrank(isa: Isa, f: Factors<'_>, scale: f32, x: &[f32], y: &mut [f32
     }
 }
 
+/// Most rows [`add_lowrank_rows`] takes at once.
+pub const MAX_ROWS: usize = 4;
+
+/// [`add_lowrank`] for up to [`MAX_ROWS`] rows of one adapter at once, `rows[r] = (x, y)`:
+/// every load of `A` and `B` serves all of them. `t`: at least `rows.len() · rank` values.
+pub fn add_lowrank_rows(
+    isa: Isa,
+    f: Factors<'_>,
+    scale: f32,
+    rows: &mut [(&[f32], &mut [f32])],
+    t: &mut [f32],
+) {
+    assert!(rows.len() <= MAX_ROWS && t.len() >= rows.len() * f.rank);
+    let Some((first_x, first_y)) = rows.first() else {
+        return;
+    };
+    let (n_in, n_out) = (first_x.len(), first_y.len());
+    assert!(rows
+        .iter()
+        .all(|(x, y)| x.len() == n_in && y.len() == n_out));
+    assert!(f.a.len() >= f.rank * n_in && f.bt.len() >= f.rank * n_out);
+    match (isa, rows.len()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present for these families; lengths checked above.
+        (Isa::Avx2 | Isa::Avx512Vnni, n) => unsafe {
+            match n {
+                1 => x86::rows::<1>(f, scale, rows, t),
+                2 => x86::rows::<2>(f, scale, rows, t),
+                3 => x86::rows::<3>(f, scale, rows, t),
+                _ => x86::rows::<4>(f, scale, rows, t),
+            }
+        },
+        _ => {
+            for (r, (x, y)) in rows.iter_mut().enumerate() {
+                add_lowrank(Isa::Portable, f, scale, x, y, &mut t[r * f.rank..]);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -110,6 +150,74 @@ mod x86 {
                 sum += tk * *bt.as_ptr().add(k * n_out + o);
             }
             *yp.add(o) += sum;
+        }
+    }
+
+    /// `R` rows at once: `A` rows and `B` chunks loaded once for all of them.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows<const R: usize>(
+        f: super::Factors<'_>,
+        scale: f32,
+        rows: &mut [(&[f32], &mut [f32])],
+        t: &mut [f32],
+    ) {
+        let rank = f.rank;
+        let (n_in, n_out) = (rows[0].0.len(), rows[0].1.len());
+        let xs: [*const f32; R] = std::array::from_fn(|r| rows[r].0.as_ptr());
+        let ys: [*mut f32; R] = std::array::from_fn(|r| rows[r].1.as_mut_ptr());
+        let body_in = n_in / 8 * 8;
+        for k in 0..rank {
+            let a_row = f.a.as_ptr().add(k * n_in);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut i = 0;
+            while i < body_in {
+                let a = _mm256_loadu_ps(a_row.add(i));
+                for r in 0..R {
+                    acc[r] = _mm256_fmadd_ps(a, _mm256_loadu_ps(xs[r].add(i)), acc[r]);
+                }
+                i += 8;
+            }
+            for r in 0..R {
+                let mut dot = sum8(acc[r]);
+                for j in body_in..n_in {
+                    dot += *a_row.add(j) * *xs[r].add(j);
+                }
+                t[r * rank + k] = scale * dot;
+            }
+        }
+        let body_out = n_out / 16 * 16;
+        let mut o = 0;
+        while o < body_out {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for r in 0..R {
+                acc[r] = [
+                    _mm256_loadu_ps(ys[r].add(o)),
+                    _mm256_loadu_ps(ys[r].add(o + 8)),
+                ];
+            }
+            for k in 0..rank {
+                let b_row = f.bt.as_ptr().add(k * n_out + o);
+                let (b0, b1) = (_mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8)));
+                for r in 0..R {
+                    let w = _mm256_set1_ps(t[r * rank + k]);
+                    acc[r][0] = _mm256_fmadd_ps(w, b0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(w, b1, acc[r][1]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(ys[r].add(o), acc[r][0]);
+                _mm256_storeu_ps(ys[r].add(o + 8), acc[r][1]);
+            }
+            o += 16;
+        }
+        for o in body_out..n_out {
+            for r in 0..R {
+                let mut sum = 0f32;
+                for k in 0..rank {
+                    sum += t[r * rank + k] * *f.bt.as_ptr().add(k * n_out + o);
+                }
+                *ys[r].add(o) += sum;
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use cpu_kernels::isa::Isa;
-use cpu_kernels::lowrank::{add_lowrank, Factors};
+use cpu_kernels::lowrank::{add_lowrank, add_lowrank_rows, Factors};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::gguf_check::{self, GgufError};
@@ -130,12 +130,30 @@ impl LowRank {
     /// `y += scale · B·(A·x)` with `isa`'s kernels; `t` holds `rank` values of scratch.
     pub fn apply(&self, isa: Isa, x: &[f32], y: &mut [f32], scale: f32, t: &mut [f32]) {
         let (x, y) = (&x[..self.n_in], &mut y[..self.n_out]);
-        let factors = Factors {
+        add_lowrank(isa, self.factors(), scale, x, y, t);
+    }
+
+    /// [`Self::apply`] for up to `cpu_kernels::lowrank::MAX_ROWS` rows at once, `rows[r] = (x,
+    /// y)` (each `x` at least `n_in` long, each `y` exactly `n_out`); `t` holds `rows · rank`.
+    pub fn apply_rows(
+        &self,
+        isa: Isa,
+        rows: &mut [(&[f32], &mut [f32])],
+        scale: f32,
+        t: &mut [f32],
+    ) {
+        for (x, _) in rows.iter_mut() {
+            *x = &x[..self.n_in];
+        }
+        add_lowrank_rows(isa, self.factors(), scale, rows, t);
+    }
+
+    fn factors(&self) -> Factors<'_> {
+        Factors {
             a: &self.a,
             bt: &self.bt,
             rank: self.rank,
-        };
-        add_lowrank(isa, factors, scale, x, y, t);
+        }
     }
 
     fn bytes(&self) -> usize {

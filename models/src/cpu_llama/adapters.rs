@@ -5,6 +5,7 @@
 //! cost nothing.
 
 use cpu_kernels::isa::Isa;
+use cpu_kernels::lowrank::MAX_ROWS;
 use cpu_kernels::parallel::{self, SharedMut};
 
 use crate::lora::{LayerAdapter, LoraAdapter, LowRank, Target, MAX_RANK};
@@ -89,7 +90,8 @@ impl<'a> StepAdapters<'a> {
         let out = SharedMut::new(&mut out[..rows.len() * out_width]);
         let grain = parallel::grain_for(order.len(), 1);
         parallel::for_each_chunk(order.len(), grain, |_, range| {
-            let mut t = [0f32; MAX_RANK];
+            let mut t = [0f32; MAX_ROWS * MAX_RANK];
+            let mut batch: Vec<(&[f32], &mut [f32])> = Vec::with_capacity(MAX_ROWS);
             let mut chunk = &order[range];
             while let Some(&first) = chunk.first() {
                 let adapter = adapter_of(first).expect("ordered rows have adapters");
@@ -101,12 +103,17 @@ impl<'a> StepAdapters<'a> {
                 chunk = rest;
                 let pairs = adapter.layer(layer).expect("ordered rows have this layer");
                 for (pair, col) in at_site(pairs, site) {
-                    for &r in group {
-                        let x = &input[r * in_width..(r + 1) * in_width];
-                        // SAFETY: row `r` of `out` is written by this work item alone (each
-                        // row is in `order` once).
-                        let y = unsafe { out.slice(r * out_width..(r + 1) * out_width) };
-                        pair.apply(self.isa, x, &mut y[col..], adapter.scale(), &mut t);
+                    // Up to four rows at a time share every load of the pair's factors.
+                    for rows in group.chunks(MAX_ROWS) {
+                        batch.clear();
+                        for &r in rows {
+                            let x = &input[r * in_width..(r + 1) * in_width];
+                            // SAFETY: row `r` of `out` is written by this work item alone
+                            // (each row is in `order` once), and once per pair.
+                            let y = unsafe { out.slice(r * out_width..(r + 1) * out_width) };
+                            batch.push((x, &mut y[col..col + pair.n_out()]));
+                        }
+                        pair.apply_rows(self.isa, &mut batch, adapter.scale(), &mut t);
                     }
                 }
             }

@@ -41,6 +41,9 @@ enum AdminCommand {
     /// Budgets in money per day or month.
     #[command(subcommand)]
     Budgets(BudgetCommand),
+    /// LoRA adapters: tenants' uploads and operators' shared ones.
+    #[command(subcommand)]
+    Adapters(AdapterCommand),
     /// What each grant and budget has used.
     Allowances {
         #[arg(long)]
@@ -276,6 +279,41 @@ enum PriceCommand {
 }
 
 #[derive(Subcommand)]
+enum AdapterCommand {
+    /// Every adapter you may read.
+    List,
+    /// One adapter.
+    Show { adapter: String },
+    /// Upload a GGUF adapter file (a tenant-admin's is its tenant's; an operator's is shared
+    /// unless `--tenant`).
+    Upload {
+        adapter: String,
+        /// The model it adapts.
+        #[arg(long)]
+        model: String,
+        /// The GGUF file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Register a file by path, inside the gateway's `[adapter_registry] directory`
+    /// (operators).
+    Register {
+        adapter: String,
+        #[arg(long)]
+        model: String,
+        /// The file, as the gateway sees it.
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete an adapter: no request names it from now on; engines unload it.
+    Delete { adapter: String },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// A tenant's keys, or (without a tenant) the operator and auditor keys.
     List { tenant: Option<String> },
@@ -344,8 +382,20 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         .timeout(std::time::Duration::from_secs(60))
         .build()?;
     let mut call = client.request(method, &url).bearer_auth(&args.key);
-    if let Some(body) = body {
-        call = call.json(&body);
+    match (body, upload_file(&args.command)) {
+        // An upload: the body's fields and the file as a multipart form.
+        (Some(Value::Object(fields)), Some(file)) => {
+            let mut form = reqwest::blocking::multipart::Form::new();
+            for (name, value) in fields {
+                form = form.text(name, value.as_str().unwrap_or_default().to_string());
+            }
+            form = form
+                .file("file", file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            call = call.multipart(form);
+        }
+        (Some(body), _) => call = call.json(&body),
+        (None, _) => {}
     }
     let response = call.send()?;
     let status = response.status();
@@ -367,10 +417,60 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file a subcommand uploads, if it uploads one (its other fields are [`request`]'s body).
+fn upload_file(command: &AdminCommand) -> Option<&std::path::Path> {
+    match command {
+        AdminCommand::Adapters(AdapterCommand::Upload { file, .. }) => Some(file),
+        _ => None,
+    }
+}
+
 /// The HTTP call of a subcommand.
 fn request(command: &AdminCommand) -> (Method, String, Option<Value>) {
     use AdminCommand as A;
     match command {
+        A::Adapters(AdapterCommand::List) => (Method::GET, "/admin/adapters".into(), None),
+        A::Adapters(AdapterCommand::Show { adapter }) => (
+            Method::GET,
+            format!("/admin/adapters/{}", encode(adapter)),
+            None,
+        ),
+        A::Adapters(AdapterCommand::Delete { adapter }) => (
+            Method::DELETE,
+            format!("/admin/adapters/{}", encode(adapter)),
+            None,
+        ),
+        A::Adapters(AdapterCommand::Upload {
+            adapter,
+            model,
+            tenant,
+            ..
+        }) => {
+            let body = with(Map::new(), "id", Some(json!(adapter)));
+            let body = with(body, "model", Some(json!(model)));
+            let body = with(body, "tenant", text(tenant));
+            (
+                Method::POST,
+                "/admin/adapters".into(),
+                Some(Value::Object(body)),
+            )
+        }
+        A::Adapters(AdapterCommand::Register {
+            adapter,
+            model,
+            path,
+            tenant,
+        }) => {
+            let body = with(Map::new(), "id", Some(json!(adapter)));
+            let body = with(body, "model", Some(json!(model)));
+            let body = with(body, "path", Some(json!(path)));
+            let body = with(body, "tenant", text(tenant));
+            (
+                Method::POST,
+                "/admin/adapters".into(),
+                Some(Value::Object(body)),
+            )
+        }
         A::Tenants(TenantCommand::List) => (Method::GET, "/admin/tenants".into(), None),
         A::Tenants(TenantCommand::Show { tenant }) => (
             Method::GET,
@@ -720,6 +820,43 @@ mod tests {
         assert_eq!(
             body.unwrap(),
             json!({"model": "m", "input_per_mtok": 1500, "output_per_mtok": 6000, "batch_discount_percent": 50})
+        );
+        // An upload's fields become the form beside its file; by path, a JSON body.
+        let args = [
+            "adapters",
+            "upload",
+            "radiology",
+            "--model",
+            "m",
+            "--file",
+            "r.gguf",
+        ];
+        let (method, path, body) = call(&args);
+        assert_eq!((method, path.as_str()), (Method::POST, "/admin/adapters"));
+        assert_eq!(body.unwrap(), json!({"id": "radiology", "model": "m"}));
+        let cli =
+            Cli::try_parse_from(["gateway", "--key", "k"].iter().chain(&args).copied()).unwrap();
+        assert_eq!(
+            upload_file(&cli.admin.command),
+            Some(std::path::Path::new("r.gguf"))
+        );
+        let (_, _, body) = call(&[
+            "adapters",
+            "register",
+            "shared",
+            "--model",
+            "m",
+            "--path",
+            "/srv/a.gguf",
+        ]);
+        assert_eq!(
+            body.unwrap(),
+            json!({"id": "shared", "model": "m", "path": "/srv/a.gguf"})
+        );
+        let (method, path, _) = call(&["adapters", "delete", "radiology"]);
+        assert_eq!(
+            (method, path.as_str()),
+            (Method::DELETE, "/admin/adapters/radiology")
         );
     }
 }

@@ -293,6 +293,34 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
         })
         .await;
     }
+    // The id may be registered again, here with `gateway admin`, with another file: it is
+    // another adapter (its own weights, never the deleted one's cached blocks).
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["admin", "--url", &a.url(""), "--key", acme_admin])
+        .args([
+            "adapters",
+            "upload",
+            "radiology",
+            "--model",
+            MODEL,
+            "--file",
+        ])
+        .arg(dir.path().join("other.gguf"))
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{cli:?}");
+    let mut again = Value::Null;
+    for gw in [&a, &b] {
+        eventually("the new radiology serves", || async {
+            answer(gw, ACME, "radiology").await.0 == 200
+        })
+        .await;
+        let (_, body) = answer(gw, ACME, "radiology").await;
+        assert_ne!(text(&body), text(&on_a), "the deleted file's answer");
+        again = body;
+    }
+    assert_ne!(text(&again), text(&base));
+
     // The audit log tells who did what.
     let (_, audit) = call(&a, "GET", "/admin/audit?tenant=acme", OPERATOR, None).await;
     let actions: Vec<&str> = audit["data"]
@@ -302,5 +330,9 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
         .filter(|e| e["target"] == "adapter:radiology")
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["adapter.create", "adapter.delete"], "{audit}");
+    assert_eq!(
+        actions,
+        ["adapter.create", "adapter.delete", "adapter.create"],
+        "{audit}"
+    );
 }

@@ -121,12 +121,13 @@ start_baseline() { # port
 }
 
 start_gateway() { # port
+    # A ledger per start: an older build (BASELINE_BIN) cannot open a ledger a newer one migrated.
     cat >"$WORKDIR/gateway.toml" <<EOF
 listen = "127.0.0.1:$1"
 [engine]
 threads = $THREADS
 [ledger]
-path = "$WORKDIR/usage.db"
+path = "$WORKDIR/usage-$1.db"
 [[models]]
 id = "$MODEL_ID"
 path = "$GGUF"

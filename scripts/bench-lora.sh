@@ -29,19 +29,10 @@ BENCH_DIR=${BENCH_DIR:-$HOME/.cache/gateway-bench}
 REPORTS=$BENCH_DIR/reports
 mkdir -p "$REPORTS"
 log() { echo "[bench-lora] $*" >&2; }
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_ready() { # url
-    for _ in $(seq 1 600); do
-        curl -sf -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    log "server at $1 did not come up"
-    return 1
-}
 # shellcheck source=lib/llama-cpp.sh
 source "$ROOT/scripts/lib/llama-cpp.sh"
+# shellcheck source=lib/ports.sh
+source "$ROOT/scripts/lib/ports.sh"
 
 [[ "${SKIP_BUILD:-0}" = 1 ]] || cargo build --release -q -p gateway -p loadtest
 LLAMA_BIN=${LLAMA_SERVER:-$(build_llama_cpp llama-server)/llama-server}

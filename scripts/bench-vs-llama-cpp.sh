@@ -42,12 +42,11 @@ mkdir -p "$BENCH_DIR" "$REPORTS"
 
 log() { echo "[bench] $*" >&2; }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # shellcheck source=lib/llama-cpp.sh
 source "$ROOT/scripts/lib/llama-cpp.sh"
+# shellcheck source=lib/ports.sh
+source "$ROOT/scripts/lib/ports.sh"
 
 build_llama_server() {
     if [[ -n "${LLAMA_SERVER:-}" ]]; then
@@ -57,14 +56,6 @@ build_llama_server() {
     echo "$(build_llama_cpp llama-server)/llama-server"
 }
 
-wait_ready() { # url
-    for _ in $(seq 1 600); do
-        if curl -sf -o /dev/null "$1"; then return 0; fi
-        sleep 0.1
-    done
-    log "server at $1 did not come up"
-    return 1
-}
 
 scenario() { # file concurrency requests words max_tokens
     cat >"$1" <<EOF

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::lora::{write_adapter, write_adapter_with_input};
+use common::lora::{ask, text, write_adapter, write_adapter_with_input};
 use common::{call, digest, Options, TestGateway, MODEL};
 use ledger::test_server::PostgresServer;
 use serde_json::{json, Value};
@@ -38,43 +38,7 @@ async fn upload(
     fields: &[(&str, &str)],
     file: Vec<u8>,
 ) -> (u16, Value) {
-    let mut form = reqwest::multipart::Form::new();
-    for (name, value) in fields {
-        form = form.text(name.to_string(), value.to_string());
-    }
-    form = form.part(
-        "file",
-        reqwest::multipart::Part::bytes(file).file_name("adapter.gguf"),
-    );
-    let response = gw
-        .client()
-        .post(gw.url("/admin/adapters"))
-        .bearer_auth(key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn answer(gw: &TestGateway, key: &str, model: &str) -> (u16, Value) {
-    call(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        key,
-        Some(json!({"model": model, "max_tokens": 12, "temperature": 0,
-                    "messages": [{"role": "user", "content": "Describe the sea in one sentence."}]})),
-    )
-    .await
-}
-
-fn text(body: &Value) -> String {
-    body["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    common::upload(gw, "/admin/adapters", key, fields, file, "adapter.gguf").await
 }
 
 async fn loaded(gw: &TestGateway, adapter: &str) -> bool {
@@ -149,7 +113,7 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
         admins.push(issued["key"].as_str().unwrap().to_string());
     }
     let (acme_admin, beta_admin) = (admins[0].as_str(), admins[1].as_str());
-    let (status, base) = answer(&a, ACME, MODEL).await;
+    let (status, base) = ask(&a, ACME, MODEL).await;
     assert_eq!(status, 200, "{base}");
 
     // A file that does not fit the model: 400 naming the tensor, nothing registered.
@@ -222,11 +186,11 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
     // Replica B fetches it from the store and serves it: the same answer as A's, not the
     // base model's.
     eventually("replica B serves the uploaded adapter", || async {
-        answer(&b, ACME, "radiology").await.0 == 200
+        ask(&b, ACME, "radiology").await.0 == 200
     })
     .await;
-    let (_, on_b) = answer(&b, ACME, "radiology").await;
-    let (status, on_a) = answer(&a, ACME, &format!("{MODEL}:radiology")).await;
+    let (_, on_b) = ask(&b, ACME, "radiology").await;
+    let (status, on_a) = ask(&a, ACME, &format!("{MODEL}:radiology")).await;
     assert_eq!(status, 200, "{on_a}");
     assert_eq!(text(&on_a), text(&on_b));
     assert_ne!(text(&on_a), text(&base), "the adapter changed nothing");
@@ -234,7 +198,7 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
 
     // Beta can neither use, list nor learn of it, on either replica.
     for gw in [&a, &b] {
-        let (status, body) = answer(gw, BETA, "radiology").await;
+        let (status, body) = ask(gw, BETA, "radiology").await;
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["error"]["code"], "model_not_found");
         let (_, models) = call(gw, "GET", "/v1/models", BETA, None).await;
@@ -274,7 +238,7 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
     assert_eq!(status, 201, "{body}");
     assert!(body.get("tenant").is_none(), "{body}");
     eventually("beta uses the shared adapter on B", || async {
-        answer(&b, BETA, "shared-tone").await.0 == 200
+        ask(&b, BETA, "shared-tone").await.0 == 200
     })
     .await;
 
@@ -282,9 +246,9 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
     let (status, body) = call(&a, "DELETE", "/admin/adapters/radiology", acme_admin, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["deleted"], true);
-    assert_eq!(answer(&a, ACME, "radiology").await.0, 404);
+    assert_eq!(ask(&a, ACME, "radiology").await.0, 404);
     eventually("replica B stops serving it", || async {
-        answer(&b, ACME, "radiology").await.0 == 404
+        ask(&b, ACME, "radiology").await.0 == 404
     })
     .await;
     for gw in [&a, &b] {
@@ -312,10 +276,10 @@ async fn adapters_are_registered_shared_across_replicas_private_and_deleted() {
     let mut again = Value::Null;
     for gw in [&a, &b] {
         eventually("the new radiology serves", || async {
-            answer(gw, ACME, "radiology").await.0 == 200
+            ask(gw, ACME, "radiology").await.0 == 200
         })
         .await;
-        let (_, body) = answer(gw, ACME, "radiology").await;
+        let (_, body) = ask(gw, ACME, "radiology").await;
         assert_ne!(text(&body), text(&on_a), "the deleted file's answer");
         again = body;
     }

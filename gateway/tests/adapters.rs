@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::lora::write_adapter;
+use common::lora::{ask, text, write_adapter};
 use common::{call, digest, Options, TestGateway, MODEL};
 use serde_json::{json, Value};
 
@@ -39,25 +39,6 @@ fn gateway(dir: &Path) -> TestGateway {
         config: Some(&config),
         ..Options::default()
     })
-}
-
-async fn answer(gw: &TestGateway, key: &str, model: &str) -> (u16, Value) {
-    call(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        key,
-        Some(json!({"model": model, "max_tokens": 16, "temperature": 0,
-                    "messages": [{"role": "user", "content": "Describe the sea in one sentence."}]})),
-    )
-    .await
-}
-
-fn text(body: &Value) -> String {
-    body["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 async fn listed(gw: &TestGateway, key: &str) -> Vec<(String, Value)> {
@@ -99,28 +80,28 @@ async fn a_tenants_adapter_changes_its_answers_and_is_nobody_elses() {
     );
 
     // The adapter changes the answer; both of its names give the same one.
-    let (status, base) = answer(&gw, ACME, MODEL).await;
+    let (status, base) = ask(&gw, ACME, MODEL).await;
     assert_eq!(status, 200, "{base}");
-    let (status, tuned) = answer(&gw, ACME, "acme-tone").await;
+    let (status, tuned) = ask(&gw, ACME, "acme-tone").await;
     assert_eq!(status, 200, "{tuned}");
     assert_eq!(tuned["model"], "acme-tone");
     assert_ne!(text(&tuned), text(&base), "the adapter changed nothing");
-    let (status, long_name) = answer(&gw, ACME, &format!("{MODEL}:acme-tone")).await;
+    let (status, long_name) = ask(&gw, ACME, &format!("{MODEL}:acme-tone")).await;
     assert_eq!(status, 200, "{long_name}");
     assert_eq!(text(&long_name), text(&tuned));
 
     // Another tenant's adapter does not exist for beta, by either name; the shared one does.
     for name in ["acme-tone".to_string(), format!("{MODEL}:acme-tone")] {
-        let (status, body) = answer(&gw, BETA, &name).await;
+        let (status, body) = ask(&gw, BETA, &name).await;
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["error"]["code"], "model_not_found", "{body}");
     }
-    let (status, shared) = answer(&gw, BETA, "shared-tone").await;
+    let (status, shared) = ask(&gw, BETA, "shared-tone").await;
     assert_eq!(status, 200, "{shared}");
     assert_ne!(text(&shared), text(&tuned));
 
     // A file that is no adapter for the model: the request's fault, named.
-    let (status, body) = answer(&gw, ACME, "broken").await;
+    let (status, body) = ask(&gw, ACME, "broken").await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
@@ -130,7 +111,7 @@ async fn a_tenants_adapter_changes_its_answers_and_is_nobody_elses() {
         "{body}"
     );
     assert_eq!(
-        answer(&gw, ACME, MODEL).await.0,
+        ask(&gw, ACME, MODEL).await.0,
         200,
         "the replica still serves"
     );

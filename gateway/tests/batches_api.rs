@@ -51,22 +51,16 @@ fn jsonl(count: usize, max_tokens: u32) -> String {
 
 /// Uploads `content` as a batch file with `key`: `(status, body)`.
 async fn upload(gw: &TestGateway, key: &str, content: String) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part(
-            "file",
-            reqwest::multipart::Part::text(content).file_name("requests.jsonl"),
-        );
-    let response = gw
-        .client()
-        .post(gw.url("/v1/files"))
-        .bearer_auth(key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let fields = [("purpose", "batch")];
+    common::upload(
+        gw,
+        "/v1/files",
+        key,
+        &fields,
+        content.into_bytes(),
+        "requests.jsonl",
+    )
+    .await
 }
 
 async fn create_batch(gw: &TestGateway, key: &str, file: &str) -> (u16, Value) {

@@ -2,6 +2,10 @@
 
 use std::path::Path;
 
+use serde_json::{json, Value};
+
+use super::{call, TestGateway};
+
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
@@ -59,4 +63,25 @@ pub fn write_adapter_with_input(path: &Path, seed: u64, ffn: usize) {
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut file = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+}
+
+/// A greedy chat answer (12 tokens) from `model` with `key`: `(status, body)`.
+pub async fn ask(gw: &TestGateway, key: &str, model: &str) -> (u16, Value) {
+    call(
+        gw,
+        "POST",
+        "/v1/chat/completions",
+        key,
+        Some(json!({"model": model, "max_tokens": 12, "temperature": 0,
+                    "messages": [{"role": "user", "content": "Describe the sea in one sentence."}]})),
+    )
+    .await
+}
+
+/// The text of an answer's first choice.
+pub fn text(body: &Value) -> String {
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -415,3 +415,33 @@ pub async fn call(
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// POSTs a multipart form to `path` with `key`: the text `fields`, and `file` as the part
+/// `file` named `file_name`. `(status, body)`.
+pub async fn upload(
+    gateway: &TestGateway,
+    path: &str,
+    key: &str,
+    fields: &[(&str, &str)],
+    file: Vec<u8>,
+    file_name: &str,
+) -> (u16, serde_json::Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (name, value) in fields {
+        form = form.text(name.to_string(), value.to_string());
+    }
+    let part = reqwest::multipart::Part::bytes(file).file_name(file_name.to_string());
+    let response = gateway
+        .client()
+        .post(gateway.url(path))
+        .bearer_auth(key)
+        .multipart(form.part("file", part))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}

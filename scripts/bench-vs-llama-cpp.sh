@@ -20,7 +20,9 @@
 # MODEL (a GGUF file; default the embedded SmolLM2 Q4_1), MODEL_ID (the id both servers give
 # it). `scripts/oracles/make_tiny_models.py DIR --1b` writes the ~1B random-weight models and
 # llama.cpp's llama-quantize (built by scripts/lib/llama-cpp.sh) makes K-quants of any file.
-# Prints one table; reports (JSON) stay in $BENCH_DIR/reports.
+# Prints one table, then the single-stream decode's bytes per step (the file's tensors a step
+# reads) over its step time, against the machine's read bandwidth (cpu_kernels' `read_bandwidth`
+# example, one thread and the engine's threads); reports (JSON) stay in $BENCH_DIR/reports.
 #
 # BASELINE_BIN=/path/to/gateway: an A/B of two builds of ours instead (e.g. the commit before a
 # change, built in a worktree): that binary takes llama.cpp's place, llama.cpp is not built, and
@@ -184,7 +186,23 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     printf 'prefill\t%s\t%s\n' "$a" "$b" >>"$ROWS"
 done
 
-python3 - "$ROWS" "$A" <<'EOF'
+# The machine's read bandwidth (one thread, the engine's threads), for the decode rows' figure
+# of bytes streamed per step / step time.
+BANDWIDTH=$(cargo run --release -q -p cpu_kernels --example read_bandwidth 2>/dev/null | tail -1 || true)
+python3 -m pip install -q "gguf==0.19.0" "numpy<3" 2>/dev/null || true
+STEP_BYTES=$(python3 - "$GGUF" <<'EOF' || echo 0
+import sys
+import gguf
+r = gguf.GGUFReader(sys.argv[1])
+names = {t.name for t in r.tensors}
+# A decode step reads every matrix once, and the embedding table as the output head only
+# when the file ties them (one row of it otherwise).
+print(sum(int(t.n_bytes) for t in r.tensors
+          if t.name != "token_embd.weight" or "output.weight" not in names))
+EOF
+)
+
+python3 - "$ROWS" "$A" "$STEP_BYTES" "$BANDWIDTH" <<'EOF'
 import json, statistics, sys
 A = "llama.cpp" if sys.argv[2] == "llama" else sys.argv[2]
 def load(path):
@@ -225,4 +243,19 @@ print(f"medians over the rounds: {'run':<8} {'server':<9} {'tok/s':>8} {'TTFT p5
 for (label, name), m in medians.items():
     med = {k: statistics.median(v) for k, v in m.items()}
     print(f"{'':<24}{label:<8} {name:<9} {med['tok/s']:>8.1f} {med['TTFT p50']:>9.1f} {med['ITL p50']:>8.2f}")
+step_bytes, bandwidth = int(sys.argv[3] or 0), sys.argv[4]
+if step_bytes:
+    print()
+    print(f"single-stream decode: {step_bytes / 1e6:.0f} MB of the file's tensors per step; {bandwidth}")
+    peak = None
+    try:
+        peak = float(bandwidth.rsplit(" ", 1)[-1])
+    except ValueError:
+        pass
+    for (label, name), m in medians.items():
+        itl = statistics.median(m["ITL p50"])
+        if label == "c=1" and itl:
+            rate = step_bytes / (itl / 1000) / 1e9
+            share = f" ({100 * rate / peak:.0f} % of the threads' read bandwidth)" if peak else ""
+            print(f"  {name:<9} {rate:5.1f} GB/s at ITL p50 {itl:.1f} ms{share}")
 EOF

@@ -252,8 +252,14 @@ pub(super) fn expand_q6k_scales(w: &PackedMatrix, tile: usize, d: &mut Vec<f32>)
     {
         let at = (tile * per_row + s) * TILE;
         let ds = &w.d[at..at + TILE];
-        for i in 0..per_super {
-            d[i] = ds[(i / 2) % TILE] * sc[i] as f32;
+        // Each block holds its four outputs' two halves in turn: the super-block scale of
+        // output `c` repeats as [d0, d0, d1, d1, d2, d2, d3, d3]. Written by chunks of that
+        // pattern, the loop vectorises (the same product per value as one at a time).
+        let pattern: [f32; 2 * TILE] = std::array::from_fn(|i| ds[i / 2]);
+        for (d, sc) in d.chunks_exact_mut(2 * TILE).zip(sc.chunks_exact(2 * TILE)) {
+            for ((d, &sc), &ds) in d.iter_mut().zip(sc).zip(&pattern) {
+                *d = ds * sc as f32;
+            }
         }
     }
 }

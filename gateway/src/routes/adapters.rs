@@ -257,6 +257,9 @@ fn unload_unserved(state: &AppState) {
     }
 }
 
+/// How long a cached adapter file no live adapter names is kept before the janitor removes it.
+const UNLISTED_FILE_GRACE: Duration = Duration::from_secs(300);
+
 fn prune_cache(state: &AppState) {
     let directory = state.directory();
     let Ok(files) = std::fs::read_dir(&directory.adapter_cache) else {
@@ -270,7 +273,13 @@ fn prune_cache(state: &AppState) {
             && path.file_stem().is_some_and(|s| {
                 s.len() == 64 && s.to_string_lossy().chars().all(|c| c.is_ascii_hexdigit())
             });
-        if ours && !directory.adapters.all().iter().any(named) {
+        // A file this replica has just written (an upload here, a fetch before its directory
+        // is swapped in) is not listed yet: only files left alone for a while go.
+        let settled = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > UNLISTED_FILE_GRACE));
+        if ours && settled && !directory.adapters.all().iter().any(named) {
             let _ = std::fs::remove_file(&path);
         }
     }

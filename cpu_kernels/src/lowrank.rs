@@ -1,4 +1,4 @@
-//! A LoRA pair's product for one row: `y += scale · B·(A·x)`, with `A` as `[rank, n_in]` and
+//! A LoRA pair's product for a few rows: `y += scale · B·(A·x)`, with `A` as `[rank, n_in]` and
 //! `B` kept transposed, `[rank, n_out]`. Transposed, the second product is `rank` scaled row
 //! additions into `y`, a chunk of outputs at a time in registers: no horizontal sum per output,
 //! which would cost as much as the rank-16 dot product itself.
@@ -17,24 +17,21 @@ pub struct Factors<'a> {
 }
 
 /// `t[k] = scale · A[k]·x` for every `k < rank`, then `y[o] += Σ_k t[k] · bt[k][o]`, with
-/// `n_in = x.len()`, `n_out = y.len()`; `t`: at least `rank` values of scratch.
+/// `n_in = x.len()`, `n_out = y.len()`; `t`: at least `rank` values of scratch. One row of
+/// [`add_lowrank_rows`].
 pub fn add_lowrank(isa: Isa, f: Factors<'_>, scale: f32, x: &[f32], y: &mut [f32], t: &mut [f32]) {
+    add_lowrank_rows(isa, f, scale, &mut [(x, y)], t);
+}
+
+/// The portable product of one row (the SIMD families' sums in plain order).
+fn portable_row(f: Factors<'_>, scale: f32, x: &[f32], y: &mut [f32], t: &mut [f32]) {
     let Factors { a, bt, rank } = f;
-    let (n_in, n_out) = (x.len(), y.len());
-    assert!(a.len() >= rank * n_in && bt.len() >= rank * n_out && t.len() >= rank);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 and FMA are present for these families; lengths checked above.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::add_lowrank(a, bt, rank, scale, x, y, t) },
-        _ => {
-            for (tk, a_row) in t[..rank].iter_mut().zip(a.chunks_exact(n_in)) {
-                *tk = scale * a_row.iter().zip(x).map(|(a, x)| a * x).sum::<f32>();
-            }
-            for (&tk, b_row) in t[..rank].iter().zip(bt.chunks_exact(n_out)) {
-                for (yo, b) in y.iter_mut().zip(b_row) {
-                    *yo += tk * b;
-                }
-            }
+    for (tk, a_row) in t[..rank].iter_mut().zip(a.chunks_exact(x.len())) {
+        *tk = scale * a_row.iter().zip(x).map(|(a, x)| a * x).sum::<f32>();
+    }
+    for (&tk, b_row) in t[..rank].iter().zip(bt.chunks_exact(y.len())) {
+        for (yo, b) in y.iter_mut().zip(b_row) {
+            *yo += tk * b;
         }
     }
 }
@@ -42,8 +39,9 @@ pub fn add_lowrank(isa: Isa, f: Factors<'_>, scale: f32, x: &[f32], y: &mut [f32
 /// Most rows [`add_lowrank_rows`] takes at once.
 pub const MAX_ROWS: usize = 4;
 
-/// [`add_lowrank`] for up to [`MAX_ROWS`] rows of one adapter at once, `rows[r] = (x, y)`:
-/// every load of `A` and `B` serves all of them. `t`: at least `rows.len() · rank` values.
+/// [`add_lowrank`] for up to [`MAX_ROWS`] rows of one adapter at once, `rows[r] = (x, y)`
+/// (each `x` of `n_in` values, each `y` of `n_out`): every load of `A` and `B` serves all of
+/// them. `t`: at least `rows.len() · rank` values.
 pub fn add_lowrank_rows(
     isa: Isa,
     f: Factors<'_>,
@@ -73,7 +71,7 @@ pub fn add_lowrank_rows(
         },
         _ => {
             for (r, (x, y)) in rows.iter_mut().enumerate() {
-                add_lowrank(Isa::Portable, f, scale, x, y, &mut t[r * f.rank..]);
+                portable_row(f, scale, x, y, &mut t[r * f.rank..]);
             }
         }
     }
@@ -90,67 +88,6 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn add_lowrank(
-        a: &[f32],
-        bt: &[f32],
-        rank: usize,
-        scale: f32,
-        x: &[f32],
-        y: &mut [f32],
-        t: &mut [f32],
-    ) {
-        let (n_in, n_out) = (x.len(), y.len());
-        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        let body_in = n_in / 16 * 16;
-        for (k, tk) in t[..rank].iter_mut().enumerate() {
-            let row = a.as_ptr().add(k * n_in);
-            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut i = 0;
-            while i < body_in {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(i)), _mm256_loadu_ps(xp.add(i)), s0);
-                s1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(row.add(i + 8)),
-                    _mm256_loadu_ps(xp.add(i + 8)),
-                    s1,
-                );
-                i += 16;
-            }
-            let mut dot = sum8(_mm256_add_ps(s0, s1));
-            for j in body_in..n_in {
-                dot += *row.add(j) * *xp.add(j);
-            }
-            *tk = scale * dot;
-        }
-        // Four registers of outputs at a time, every rank's row added into them.
-        let body_out = n_out / 32 * 32;
-        let mut o = 0;
-        while o < body_out {
-            let mut acc = [_mm256_loadu_ps(yp.add(o)); 4];
-            for (j, v) in acc.iter_mut().enumerate().skip(1) {
-                *v = _mm256_loadu_ps(yp.add(o + 8 * j));
-            }
-            for (k, &tk) in t[..rank].iter().enumerate() {
-                let w = _mm256_set1_ps(tk);
-                let row = bt.as_ptr().add(k * n_out + o);
-                for (j, v) in acc.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * j)), *v);
-                }
-            }
-            for (j, v) in acc.iter().enumerate() {
-                _mm256_storeu_ps(yp.add(o + 8 * j), *v);
-            }
-            o += 32;
-        }
-        for o in body_out..n_out {
-            let mut sum = 0f32;
-            for (k, &tk) in t[..rank].iter().enumerate() {
-                sum += tk * *bt.as_ptr().add(k * n_out + o);
-            }
-            *yp.add(o) += sum;
-        }
     }
 
     /// `R` rows at once: `A` rows and `B` chunks loaded once for all of them.

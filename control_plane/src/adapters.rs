@@ -134,7 +134,7 @@ impl ControlPlane {
                 let object = ApiObject {
                     kind: ADAPTER_FILE.into(),
                     id: file.clone(),
-                    tenant: entry.tenant.as_ref().map_or("", TenantId::as_str).into(),
+                    tenant: entry.file_owner().into(),
                     created_ms: entry.created_at_ms,
                     expires_ms: None,
                     body,

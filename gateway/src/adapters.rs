@@ -138,9 +138,14 @@ impl AdapterCatalog {
 /// The file a registered adapter is read from on this replica.
 pub fn file_of(entry: &AdapterEntry, cache: &Path) -> PathBuf {
     match &entry.source {
-        AdapterSource::Upload { .. } => cache.join(format!("{}.gguf", entry.sha256)),
+        AdapterSource::Upload { .. } => upload_file(cache, &entry.sha256),
         AdapterSource::Path { path } => PathBuf::from(path),
     }
+}
+
+/// Where an uploaded file with this SHA-256 (hex) is kept in `cache`.
+pub fn upload_file(cache: &Path, sha256: &str) -> PathBuf {
+    cache.join(format!("{sha256}.gguf"))
 }
 
 /// SHA-256 of `bytes`, in hex.

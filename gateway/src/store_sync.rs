@@ -44,8 +44,6 @@ pub struct StoreSync {
     webhook: Option<String>,
     /// How long stored responses are kept.
     responses_retention: Duration,
-    /// Where uploaded adapters' files are fetched to.
-    adapter_cache: std::path::PathBuf,
     /// Whether an uploaded adapter's file could not be fetched (tried again at every poll).
     adapter_files_missing: AtomicBool,
     /// What alerts need once serving: the directory (grants' and budgets' amounts) and the
@@ -100,8 +98,7 @@ impl StoreSync {
         let settings = config.control_plane.clone();
         let seeds = config.seed_tenants()?;
         let file_tenants: Vec<TenantId> = config.tenants.iter().map(|t| t.id.clone()).collect();
-        let adapter_cache = config.adapter_registry.cache_directory();
-        let cache = adapter_cache.clone();
+        let cache = from_file.adapter_cache.clone();
         let (store, seeded, snapshot, adapter_files) = tokio::task::spawn_blocking(move || {
             let store = match settings.postgres_url() {
                 Some(url) => ControlPlane::connect_postgres(&url)?,
@@ -169,7 +166,6 @@ impl StoreSync {
                     .responses_retention_hours
                     .saturating_mul(3600),
             ),
-            adapter_cache,
             adapter_files_missing: AtomicBool::new(!adapter_files),
             watch: std::sync::OnceLock::new(),
         });
@@ -244,23 +240,30 @@ impl StoreSync {
     pub async fn refresh(&self, current: &CurrentDirectory) -> Result<(), StoreError> {
         let version = self.call(|s| s.version()).await?;
         if version == self.version() {
-            if self.adapter_files_missing.load(Ordering::Relaxed) {
-                if let Some(snapshot) = current.get().snapshot.clone() {
-                    self.fetch_adapter_files(snapshot).await?;
+            let directory = current.get();
+            if let Some(snapshot) = &directory.snapshot {
+                if self.adapter_files_missing.load(Ordering::Relaxed) {
+                    self.fetch_adapter_files(snapshot.clone(), &directory.adapter_cache)
+                        .await?;
                 }
             }
             return Ok(());
         }
         let snapshot = Arc::new(self.call(|s| s.snapshot()).await?);
         // Files first: the directory that lists an adapter never comes before its file.
-        self.fetch_adapter_files(snapshot.clone()).await?;
+        let cache = current.get().adapter_cache.clone();
+        self.fetch_adapter_files(snapshot.clone(), &cache).await?;
         self.apply(current, snapshot);
         Ok(())
     }
 
-    /// Fetches the uploaded adapters' files of `snapshot` that this replica lacks.
-    async fn fetch_adapter_files(&self, snapshot: Arc<Snapshot>) -> Result<(), StoreError> {
-        let cache = self.adapter_cache.clone();
+    /// Fetches the uploaded adapters' files of `snapshot` that this replica lacks into `cache`.
+    async fn fetch_adapter_files(
+        &self,
+        snapshot: Arc<Snapshot>,
+        cache: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        let cache = cache.to_path_buf();
         let complete = self
             .call(move |s| Ok(crate::adapters::fetch_files(s, &snapshot, &cache)))
             .await?;

@@ -96,14 +96,29 @@ pub async fn register(
         }
     }
     let engine = checking_engine(&state, &asked.model)?;
-    let cache = directory.adapter_cache.clone();
-    let (bytes, checked_path, rank) = match asked.file {
+    let (bytes, sha256, source, rank) = match asked.file {
         Source::Upload(bytes) => {
-            // Checked in a file of its own, put in place only once it passed.
-            let trial = cache.join(format!(".upload-{}", uuid::Uuid::new_v4().simple()));
-            let rank = check_file(engine, trial.clone(), Some(bytes.clone())).await;
-            let _ = std::fs::remove_file(&trial);
-            (bytes, None, rank?)
+            // Checked where it is kept (named by its SHA-256, so this replica never fetches it
+            // back); removed again if it fails, unless an earlier upload had put it there.
+            let source = AdapterSource::Upload {
+                file: String::new(),
+            };
+            let sha256 = sha256_hex(&bytes);
+            let path = crate::adapters::upload_file(&directory.adapter_cache, &sha256);
+            let kept_before = path.exists();
+            if kept_before {
+                // Fresh again: the janitor leaves it while this registration lands.
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            }
+            let rank =
+                check_file(engine, path.clone(), (!kept_before).then(|| bytes.clone())).await;
+            if rank.is_err() && !kept_before {
+                let _ = std::fs::remove_file(&path);
+            }
+            (bytes, sha256, source, rank?)
         }
         Source::Path(path) => {
             let file = inside_directory(&state, &path)?;
@@ -114,42 +129,26 @@ pub async fn register(
                 return Err(ApiError::payload_too_large(registry.max_file_bytes));
             }
             let rank = check_file(engine, file.clone(), None).await?;
-            (bytes, Some(file), rank)
+            let source = AdapterSource::Path {
+                path: file.to_string_lossy().into_owned(),
+            };
+            let sha256 = sha256_hex(&bytes);
+            (bytes, sha256, source, rank)
         }
     };
-    let sha256 = sha256_hex(&bytes);
+    let file = matches!(source, AdapterSource::Upload { .. })
+        .then(|| base64::engine::general_purpose::STANDARD.encode(&bytes));
     let entry = AdapterEntry {
         id: asked.id.clone(),
         model: asked.model.clone(),
         tenant: tenant.clone(),
-        source: match checked_path {
-            Some(path) => AdapterSource::Path {
-                path: path.to_string_lossy().into_owned(),
-            },
-            None => AdapterSource::Upload {
-                file: String::new(),
-            },
-        },
-        sha256: sha256.clone(),
+        source,
+        sha256,
         bytes: bytes.len() as u64,
         rank: rank as u32,
         created_at_ms: 0,
         deleted_at_ms: None,
     };
-    let uploaded = matches!(entry.source, AdapterSource::Upload { .. });
-    let file = uploaded.then(|| base64::engine::general_purpose::STANDARD.encode(&bytes));
-    if uploaded {
-        // This replica has the file already: no fetch back from the store.
-        let path = crate::adapters::file_of(&entry, &cache);
-        if !path.exists() {
-            write_file(&path, &bytes).map_err(|e| {
-                ApiError::server_fault(
-                    "The adapter could not be kept on this replica.",
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
-        }
-    }
     let registered =
         super::tenancy::write(&state, move |s| s.register_adapter(&actor, entry, file)).await?;
     tracing::info!(adapter = %registered.id, model = %registered.model, tenant = ?registered.tenant, rank, "LoRA adapter registered");
@@ -351,8 +350,8 @@ fn checking_engine(state: &AppState, model: &str) -> Result<Arc<dyn engine_api::
     }
 }
 
-/// Reads the file at `path` (written first from `bytes`, an upload) against `engine`'s model:
-/// its rank. A misfit is the request's 400, naming the tensor.
+/// Reads the file at `path` (written there first from `bytes`, an upload's new file) against
+/// `engine`'s model: its rank. A misfit is the request's 400, naming the tensor.
 async fn check_file(
     engine: Arc<dyn engine_api::Engine>,
     path: PathBuf,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use cpu_kernels::isa::Isa;
 use cpu_kernels::matmul::{matmul, Output, PackedMatrix};
-use cpu_kernels::quant::{self, QuantizedRows};
+use cpu_kernels::quant::QuantizedRows;
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
@@ -48,8 +48,7 @@ fn cold(isa: Isa) {
             let x = random(m * k, 3);
             let writer = rows.writer();
             for r in 0..m {
-                let (q, d, s) = unsafe { writer.blocks(r, 0..k / 32) };
-                quant::quantize(isa, &x[r * k..(r + 1) * k], q, d, s);
+                unsafe { writer.quantize(isa, r, &x[r * k..(r + 1) * k]) };
             }
             let mut out = vec![0f32; m * n];
             let started = Instant::now();
@@ -103,8 +102,7 @@ fn main() {
                 rows.reset(m);
                 let writer = rows.writer();
                 for r in 0..m {
-                    let (q, d, s) = unsafe { writer.blocks(r, 0..k / 32) };
-                    quant::quantize(isa, &x[r * k..(r + 1) * k], q, d, s);
+                    unsafe { writer.quantize(isa, r, &x[r * k..(r + 1) * k]) };
                 }
                 let mut out = vec![0f32; m * n];
                 for (label, w) in [("q4", &w4), ("q8", &w8)] {

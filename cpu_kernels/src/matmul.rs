@@ -407,21 +407,16 @@ unsafe fn run_tile(
             mins,
             dmin,
         } => {
+            // Always packed and against the rows' super-block form, whatever the number of
+            // rows: a row's outputs must not depend on the batch.
             let packed = &nibbles[slots.start * 16..slots.end * 16];
-            let weights = q4_tile(packed, rows.len(), &mut scratch.unpacked);
             let supers = kquants::super_slots(w, tile);
             let k = kernels::KScales {
                 scales: &scales[slots.clone()],
                 mins: &mins[slots.clone()],
             };
             let (ds, dm) = (&w.d[supers.clone()], &dmin[supers]);
-            // Few rows (decode): the SIMD families compute the scales in the kernel. Many rows,
-            // or other families: expand them once for all the rows (the same products).
-            let few = rows.len() < UNPACK_FROM_ROWS;
-            if !(few && kernels::q4k_rows(isa, weights, ds, dm, k, x, rows.clone(), &store)) {
-                kquants::expand_q4k(w, tile, &mut scratch.d, &mut scratch.m);
-                kernels::q4_rows(isa, weights, &scratch.d, &scratch.m, x, rows, store);
-            }
+            kernels::q4k_rows(isa, packed, ds, dm, k, x, rows, store);
         }
         Quants::Q6K { nibbles, high, .. } => {
             kquants::expand_q6k_scales(w, tile, &mut scratch.d);

@@ -1,14 +1,21 @@
 //! Activations quantized to int8 for the integer matrix kernels, with RMSNorm fused in.
 //!
-//! Each row is cut into blocks of 32 values; a block keeps int8 quants `q`, its scale
-//! `d = max|x| / 127` and `s = d * sum(q)`, which the 4-bit kernels need for the weights'
-//! offsets (`w = d_w * q_w + m_w`, so `x . w = d_w * d * (q . q_w) + m_w * s`). This is the
-//! layout llama.cpp calls Q8_1; the scales stay f32 here.
+//! Each row is kept in two forms, both written from the same f32 values:
+//! - Blocks of 32 values: int8 quants `q`, the block's scale `d = max|x| / 127` and
+//!   `s = d * sum(q)`, which the 4-bit kernels need for the weights' offsets (`w = d_w * q_w +
+//!   m_w`, so `x . w = d_w * d * (q . q_w) + m_w * s`). This is the layout llama.cpp calls
+//!   Q8_1; the scales stay f32 here. Every weight kind but Q4_K reads it.
+//! - Where the row is whole super-blocks of 256 (as a K-quant's rows are): int8 quants with one
+//!   scale per 256 values and the integer sum of each 32-value block (llama.cpp's Q8_K). A
+//!   Q4_K product then sums eight blocks' products in integers, each times its 6-bit scale,
+//!   and converts to f32 once per super-block.
 
 use super::isa::Isa;
 
 /// Values per quantization block, for weights and activations alike.
 pub const BLOCK: usize = 32;
+/// Values per super-block of the second form (a K-quant's super-block).
+pub const SUPER: usize = 256;
 
 /// A matrix of activation rows in int8 blocks, reused from step to step.
 pub struct QuantizedRows {
@@ -17,6 +24,10 @@ pub struct QuantizedRows {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// The super-block form (empty when `k` is not a multiple of [`SUPER`]).
+    kq: Vec<i8>,
+    kd: Vec<f32>,
+    ksum: Vec<i16>,
 }
 
 /// One quantized row, borrowed.
@@ -28,6 +39,13 @@ pub struct QuantizedRow<'a> {
     pub d: &'a [f32],
     /// `d * sum(q)` per block.
     pub s: &'a [f32],
+    /// `k` int8 quants on one scale per super-block (empty when `k` is not whole
+    /// super-blocks).
+    pub kq: &'a [i8],
+    /// One scale per super-block.
+    pub kd: &'a [f32],
+    /// The sum of `kq` over each block of 32.
+    pub ksum: &'a [i16],
 }
 
 impl QuantizedRows {
@@ -40,7 +58,15 @@ impl QuantizedRows {
             q: Vec::new(),
             d: Vec::new(),
             s: Vec::new(),
+            kq: Vec::new(),
+            kd: Vec::new(),
+            ksum: Vec::new(),
         }
+    }
+
+    /// Whether rows are also kept on one scale per super-block.
+    fn has_super(&self) -> bool {
+        self.k.is_multiple_of(SUPER)
     }
 
     /// Makes room for `rows` rows; allocates only when more rows than ever before are asked.
@@ -50,6 +76,11 @@ impl QuantizedRows {
             self.q.resize(rows * self.k, 0);
             self.d.resize(rows * nb, 0.0);
             self.s.resize(rows * nb, 0.0);
+            if self.has_super() {
+                self.kq.resize(rows * self.k, 0);
+                self.kd.resize(rows * self.k / SUPER, 0.0);
+                self.ksum.resize(rows * nb, 0);
+            }
         }
         self.rows = rows;
     }
@@ -68,20 +99,39 @@ impl QuantizedRows {
     pub fn row(&self, r: usize) -> QuantizedRow<'_> {
         debug_assert!(r < self.rows);
         let nb = self.k / BLOCK;
+        let (kq, kd, ksum) = match self.has_super() {
+            true => {
+                let ns = self.k / SUPER;
+                (
+                    &self.kq[r * self.k..(r + 1) * self.k],
+                    &self.kd[r * ns..(r + 1) * ns],
+                    &self.ksum[r * nb..(r + 1) * nb],
+                )
+            }
+            false => (&[][..], &[][..], &[][..]),
+        };
         QuantizedRow {
             q: &self.q[r * self.k..(r + 1) * self.k],
             d: &self.d[r * nb..(r + 1) * nb],
             s: &self.s[r * nb..(r + 1) * nb],
+            kq,
+            kd,
+            ksum,
         }
     }
 
     /// Parallel writers' view: each worker fills whole rows no other worker touches.
     pub fn writer(&mut self) -> RowsWriter {
+        use super::parallel::SharedMut;
         RowsWriter {
             k: self.k,
-            q: super::parallel::SharedMut::new(&mut self.q),
-            d: super::parallel::SharedMut::new(&mut self.d),
-            s: super::parallel::SharedMut::new(&mut self.s),
+            super_form: self.has_super(),
+            q: SharedMut::new(&mut self.q),
+            d: SharedMut::new(&mut self.d),
+            s: SharedMut::new(&mut self.s),
+            kq: SharedMut::new(&mut self.kq),
+            kd: SharedMut::new(&mut self.kd),
+            ksum: SharedMut::new(&mut self.ksum),
         }
     }
 }
@@ -90,71 +140,81 @@ impl QuantizedRows {
 #[derive(Clone, Copy)]
 pub struct RowsWriter {
     k: usize,
+    super_form: bool,
     q: super::parallel::SharedMut<i8>,
     d: super::parallel::SharedMut<f32>,
     s: super::parallel::SharedMut<f32>,
+    kq: super::parallel::SharedMut<i8>,
+    kd: super::parallel::SharedMut<f32>,
+    ksum: super::parallel::SharedMut<i16>,
 }
 
 impl RowsWriter {
-    /// Quants, scales and sums of row `r`, or of the blocks `blocks` of it.
+    /// Quantizes `x` (`k` values) into row `r`, in both forms.
     ///
     /// # Safety
-    /// No other thread may write the same row's blocks while these slices live.
-    #[allow(clippy::mut_from_ref)] // the writer hands out disjoint rows (see `SharedMut`)
-    pub unsafe fn blocks(
+    /// No other thread may write row `r` while this runs.
+    pub unsafe fn quantize(&self, isa: Isa, r: usize, x: &[f32]) {
+        self.write(isa, r, x, None);
+    }
+
+    /// RMSNorm of `x` times `weight`, quantized into row `r`: what every projection after a
+    /// norm reads.
+    ///
+    /// # Safety
+    /// As [`RowsWriter::quantize`].
+    pub unsafe fn rms_norm_quantize(
         &self,
+        isa: Isa,
         r: usize,
-        blocks: std::ops::Range<usize>,
-    ) -> (&mut [i8], &mut [f32], &mut [f32]) {
+        x: &[f32],
+        weight: &[f32],
+        eps: f32,
+    ) {
+        self.write(isa, r, x, Some((weight, rms_scale(x, eps))));
+    }
+
+    /// Row `r` from `x`, normed by `(weight, scale)` if given, chunk by chunk (a super-block,
+    /// or a block where the row has no super-block form).
+    unsafe fn write(&self, isa: Isa, r: usize, x: &[f32], norm: Option<(&[f32], f32)>) {
+        assert_eq!(x.len(), self.k, "a row of {} values", self.k);
         let nb = self.k / BLOCK;
-        let b0 = r * nb + blocks.start;
-        let b1 = r * nb + blocks.end;
-        (
-            self.q.slice(b0 * BLOCK..b1 * BLOCK),
-            self.d.slice(b0..b1),
-            self.s.slice(b0..b1),
-        )
-    }
-}
-
-/// Quantizes `x` (whole blocks) into `q`, `d`, `s`.
-pub fn quantize(isa: Isa, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    debug_assert!(
-        x.len().is_multiple_of(BLOCK) && q.len() == x.len() && d.len() == x.len() / BLOCK
-    );
-    for (b, block) in x.chunks_exact(BLOCK).enumerate() {
-        let block: &[f32; BLOCK] = block.try_into().expect("whole block");
-        let quants: &mut [i8; BLOCK] = (&mut q[b * BLOCK..(b + 1) * BLOCK])
-            .try_into()
-            .expect("whole block");
-        (d[b], s[b]) = quantize_block(isa, block, quants);
-    }
-}
-
-/// RMSNorm of `x` times `weight`, quantized: what every projection after a norm reads.
-pub fn rms_norm_quantize(
-    isa: Isa,
-    x: &[f32],
-    weight: &[f32],
-    eps: f32,
-    q: &mut [i8],
-    d: &mut [f32],
-    s: &mut [f32],
-) {
-    let scale = rms_scale(x, eps);
-    let mut y = [0f32; BLOCK];
-    for (b, (xb, wb)) in x
-        .chunks_exact(BLOCK)
-        .zip(weight.chunks_exact(BLOCK))
-        .enumerate()
-    {
-        for ((y, &x), &w) in y.iter_mut().zip(xb).zip(wb) {
-            *y = x * scale * w;
+        let (q, d, s) = (
+            self.q.slice(r * self.k..(r + 1) * self.k),
+            self.d.slice(r * nb..(r + 1) * nb),
+            self.s.slice(r * nb..(r + 1) * nb),
+        );
+        let chunk = if self.super_form { SUPER } else { BLOCK };
+        let mut y = [0f32; SUPER];
+        for (c, xc) in x.chunks_exact(chunk).enumerate() {
+            let y = &mut y[..chunk];
+            match norm {
+                Some((weight, scale)) => {
+                    let wc = &weight[c * chunk..(c + 1) * chunk];
+                    for ((y, &x), &w) in y.iter_mut().zip(xc).zip(wc) {
+                        *y = x * scale * w;
+                    }
+                }
+                None => y.copy_from_slice(xc),
+            }
+            let b0 = c * chunk / BLOCK;
+            for (i, yb) in y.chunks_exact(BLOCK).enumerate() {
+                let b = b0 + i;
+                let quants: &mut [i8; BLOCK] = (&mut q[b * BLOCK..(b + 1) * BLOCK])
+                    .try_into()
+                    .expect("whole block");
+                (d[b], s[b]) = quantize_block(isa, yb.try_into().expect("whole block"), quants);
+            }
+            if self.super_form {
+                let ns = self.k / SUPER;
+                let kq = self
+                    .kq
+                    .slice(r * self.k + c * SUPER..r * self.k + (c + 1) * SUPER);
+                let ksum = self.ksum.slice(r * nb + b0..r * nb + b0 + SUPER / BLOCK);
+                let kd = &mut self.kd.slice(r * ns + c..r * ns + c + 1)[0];
+                *kd = quantize_super(isa, (&*y).try_into().expect("a super-block"), kq, ksum);
+            }
         }
-        let quants: &mut [i8; BLOCK] = (&mut q[b * BLOCK..(b + 1) * BLOCK])
-            .try_into()
-            .expect("whole block");
-        (d[b], s[b]) = quantize_block(isa, &y, quants);
     }
 }
 
@@ -199,6 +259,46 @@ fn quantize_block(isa: Isa, x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, f32)
         Isa::Avx2 | Isa::Avx512Vnni => unsafe { quantize_block_avx2(x, q) },
         _ => quantize_block_portable(x, q),
     }
+}
+
+/// Quantizes one super-block on one scale: writes the quants and each block's integer sum,
+/// returns the scale `max|x| / 127`. The same rounding as the blocks' (half to even).
+fn quantize_super(isa: Isa, x: &[f32; SUPER], q: &mut [i8], sums: &mut [i16]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::detect` chose AVX2 or better only where the CPU has AVX2.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { quantize_super_avx2(x, q, sums) },
+        _ => quantize_super_portable(x, q, sums),
+    }
+}
+
+/// The super-block quantization in plain Rust (vectorized by the compiler where AVX2 is on:
+/// the operations are exact or correctly rounded, so every build gives the same bytes).
+#[inline(always)]
+fn quantize_super_portable(x: &[f32; SUPER], q: &mut [i8], sums: &mut [i16]) -> f32 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for ((qb, xb), sum) in q
+        .chunks_exact_mut(BLOCK)
+        .zip(x.chunks_exact(BLOCK))
+        .zip(sums.iter_mut())
+    {
+        let mut total = 0i32;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            let r = (v * id).round_ties_even() as i32;
+            *q = r as i8;
+            total += r;
+        }
+        // At most 32 * 127 in magnitude.
+        *sum = total as i16;
+    }
+    amax / 127.0
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_super_avx2(x: &[f32; SUPER], q: &mut [i8], sums: &mut [i16]) -> f32 {
+    quantize_super_portable(x, q, sums)
 }
 
 /// The reference quantization: round half to even (as the SIMD path's `cvtps2dq` does).
@@ -303,20 +403,86 @@ pub(crate) mod tests {
         }
     }
 
+    /// Rows of `x` (`k` values each) quantized with `isa`, optionally normed.
+    fn quantized(isa: Isa, x: &[f32], k: usize, norm: Option<&[f32]>) -> QuantizedRows {
+        let mut rows = QuantizedRows::new(k);
+        rows.reset(x.len() / k);
+        let writer = rows.writer();
+        for (r, xr) in x.chunks_exact(k).enumerate() {
+            // SAFETY: one thread writes every row.
+            unsafe {
+                match norm {
+                    Some(w) => writer.rms_norm_quantize(isa, r, xr, w, 1e-5),
+                    None => writer.quantize(isa, r, xr),
+                }
+            }
+        }
+        rows
+    }
+
+    /// A row's two forms, owned: `(q, d, s, kq, kd, ksum)`.
+    type Forms = (Vec<i8>, Vec<f32>, Vec<f32>, Vec<i8>, Vec<f32>, Vec<i16>);
+
+    fn forms(rows: &QuantizedRows) -> Vec<Forms> {
+        (0..rows.rows())
+            .map(|r| {
+                let row = rows.row(r);
+                (
+                    row.q.to_vec(),
+                    row.d.to_vec(),
+                    row.s.to_vec(),
+                    row.kq.to_vec(),
+                    row.kd.to_vec(),
+                    row.ksum.to_vec(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn quantization_error_is_within_half_a_step() {
-        let x = random(32 * 8, 3);
-        let (mut q, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; 8], vec![0f32; 8]);
-        quantize(Isa::detect(), &x, &mut q, &mut d, &mut s);
-        for (b, block) in x.chunks_exact(BLOCK).enumerate() {
-            let sum: i32 = q[b * BLOCK..(b + 1) * BLOCK]
-                .iter()
-                .map(|&v| v as i32)
-                .sum();
-            assert!((s[b] - d[b] * sum as f32).abs() <= 1e-6 * s[b].abs().max(1.0));
-            for (i, &v) in block.iter().enumerate() {
-                let back = q[b * BLOCK + i] as f32 * d[b];
-                assert!((back - v).abs() <= d[b] * 0.5 + 1e-7, "{v} -> {back}");
+        let k = 512;
+        let mut x = random(2 * k, 3);
+        // A loud value in one block: the super-block's scale follows it.
+        x[300] = 9.0;
+        let rows = quantized(Isa::detect(), &x, k, None);
+        for r in 0..2 {
+            let row = rows.row(r);
+            let xr = &x[r * k..(r + 1) * k];
+            for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
+                let q = &row.q[b * BLOCK..(b + 1) * BLOCK];
+                let sum: i32 = q.iter().map(|&v| v as i32).sum();
+                assert!((row.s[b] - row.d[b] * sum as f32).abs() <= 1e-6 * row.s[b].abs().max(1.0));
+                let kq = &row.kq[b * BLOCK..(b + 1) * BLOCK];
+                let ksum: i32 = kq.iter().map(|&v| v as i32).sum();
+                assert_eq!(ksum, row.ksum[b] as i32);
+                let kd = row.kd[b * BLOCK / SUPER];
+                for (i, &v) in block.iter().enumerate() {
+                    let back = q[i] as f32 * row.d[b];
+                    assert!((back - v).abs() <= row.d[b] * 0.5 + 1e-7, "{v} -> {back}");
+                    let back = kq[i] as f32 * kd;
+                    assert!((back - v).abs() <= kd * 0.5 + 1e-6, "{v} -> {back}");
+                }
+            }
+        }
+        assert_eq!(rows.row(0).kd[1], 9.0 / 127.0);
+        // Rows that are not whole super-blocks keep the block form only.
+        let rows = quantized(Isa::detect(), &x[..576], 576, None);
+        assert!(rows.row(0).kq.is_empty() && rows.row(0).q.len() == 576);
+    }
+
+    #[test]
+    fn every_kernel_family_writes_the_same_rows() {
+        let k = 768;
+        let mut x = random(3 * k, 9);
+        for v in &mut x[k..k + SUPER] {
+            *v = 0.0;
+        }
+        let w = random(k, 10);
+        for norm in [None, Some(&w[..])] {
+            let reference = forms(&quantized(Isa::Portable, &x, k, norm));
+            for isa in Isa::all_supported() {
+                assert_eq!(forms(&quantized(isa, &x, k, norm)), reference, "{isa:?}");
             }
         }
     }
@@ -333,10 +499,8 @@ pub(crate) mod tests {
             assert!((n - expected).abs() < 1e-5, "{n} vs {expected}");
         }
         let isa = Isa::detect();
-        let (mut q1, mut d1, mut s1) = (vec![0i8; 576], vec![0f32; 18], vec![0f32; 18]);
-        let (mut q2, mut d2, mut s2) = (vec![0i8; 576], vec![0f32; 18], vec![0f32; 18]);
-        rms_norm_quantize(isa, &x, &w, 1e-5, &mut q1, &mut d1, &mut s1);
-        quantize(isa, &normed, &mut q2, &mut d2, &mut s2);
-        assert_eq!((q1, d1, s1), (q2, d2, s2));
+        let fused = quantized(isa, &x, 576, Some(&w));
+        let apart = quantized(isa, &normed, 576, None);
+        assert_eq!(forms(&fused), forms(&apart));
     }
 }

@@ -47,14 +47,14 @@ pub(super) fn q4_rows(
             rows,
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_vnni::<4, true, false>(p, d, m, NONE, x, r),
-                    Q4Tile::Unpacked(u) => x86::q4_vnni::<4, false, false>(u, d, m, NONE, x, r),
+                    Q4Tile::Packed(p) => x86::q4_vnni::<4, true>(p, d, m, x, r),
+                    Q4Tile::Unpacked(u) => x86::q4_vnni::<4, false>(u, d, m, x, r),
                 }
             },
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_vnni::<1, true, false>(p, d, m, NONE, x, r)[0],
-                    Q4Tile::Unpacked(u) => x86::q4_vnni::<1, false, false>(u, d, m, NONE, x, r)[0],
+                    Q4Tile::Packed(p) => x86::q4_vnni::<1, true>(p, d, m, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_vnni::<1, false>(u, d, m, x, r)[0],
                 }
             },
             &mut store,
@@ -64,14 +64,14 @@ pub(super) fn q4_rows(
             rows,
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_avx2::<2, true, false>(p, d, m, NONE, x, r),
-                    Q4Tile::Unpacked(u) => x86::q4_avx2::<2, false, false>(u, d, m, NONE, x, r),
+                    Q4Tile::Packed(p) => x86::q4_avx2::<2, true>(p, d, m, x, r),
+                    Q4Tile::Unpacked(u) => x86::q4_avx2::<2, false>(u, d, m, x, r),
                 }
             },
             |r| unsafe {
                 match w {
-                    Q4Tile::Packed(p) => x86::q4_avx2::<1, true, false>(p, d, m, NONE, x, r)[0],
-                    Q4Tile::Unpacked(u) => x86::q4_avx2::<1, false, false>(u, d, m, NONE, x, r)[0],
+                    Q4Tile::Packed(p) => x86::q4_avx2::<1, true>(p, d, m, x, r)[0],
+                    Q4Tile::Unpacked(u) => x86::q4_avx2::<1, false>(u, d, m, x, r)[0],
                 }
             },
             &mut store,
@@ -85,7 +85,7 @@ pub(super) fn q4_rows(
     }
 }
 
-/// A Q4_K/Q5_K tile's 6-bit scales and mins per block (`[blocks][TILE]`).
+/// A Q4_K tile's 6-bit scales and mins per block (`[blocks][TILE]`).
 #[derive(Clone, Copy)]
 pub(super) struct KScales<'a> {
     /// Scales.
@@ -94,60 +94,52 @@ pub(super) struct KScales<'a> {
     pub mins: &'a [u8],
 }
 
-/// No K scales (the per-block kinds).
-const NONE: KScales<'static> = KScales {
-    scales: &[],
-    mins: &[],
-};
-
-/// The outputs of a Q4_K tile (`d`, `dmin`: `[super-blocks][TILE]`) computing each block's
-/// scale and offset in the kernel (AVX2, AVX-512 VNNI); `false`, computing nothing, for other
-/// families (they expand the scales and run [`q4_rows`]: the same products, the same bits).
+/// The outputs of a Q4_K tile (packed nibble pairs; `d`, `dmin`: `[super-blocks][TILE]`)
+/// against the rows' super-block form, for every row in `rows`.
+///
+/// Per super-block and output, each block's lane sums are multiplied by the block's 6-bit
+/// scale and added in integers (exact), converted to f32 once and accumulated with a fused
+/// multiply-add by `d * d_x`; the mins' term `sum_j m_j * ksum_j` likewise, by `-(dmin * d_x)`.
+/// Every family computes the same integers and the same float operations in the same order.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn q4k_rows(
     isa: Isa,
-    w: Q4Tile<'_>,
+    w: &[u8],
     d: &[f32],
     dmin: &[f32],
     k: KScales<'_>,
     x: &QuantizedRows,
     rows: std::ops::Range<usize>,
     mut store: impl FnMut(usize, [f32; TILE]),
-) -> bool {
-    // SAFETY: as in `q4_rows`; `k` holds a scale and a min per block and output.
-    match (isa, w) {
+) {
+    // SAFETY: as in `q4_rows`; `k` holds a scale and a min per block and output, and the rows
+    // have their super-block form (their length is the matrix's, whole super-blocks).
+    match isa {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, Q4Tile::Packed(p)) => in_groups::<4>(
+        Isa::Avx512Vnni => in_groups::<4>(
             rows,
-            |r| unsafe { x86::q4_vnni::<4, true, true>(p, d, dmin, k, x, r) },
-            |r| unsafe { x86::q4_vnni::<1, true, true>(p, d, dmin, k, x, r)[0] },
+            |r| unsafe { x86::q4k_vnni::<4>(w, d, dmin, k, x, r) },
+            |r| unsafe { x86::q4k_vnni::<1>(w, d, dmin, k, x, r)[0] },
             &mut store,
         ),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, Q4Tile::Unpacked(u)) => in_groups::<4>(
+        Isa::Avx2 => in_groups::<2>(
             rows,
-            |r| unsafe { x86::q4_vnni::<4, false, true>(u, d, dmin, k, x, r) },
-            |r| unsafe { x86::q4_vnni::<1, false, true>(u, d, dmin, k, x, r)[0] },
+            |r| unsafe { x86::q4k_avx2::<2>(w, d, dmin, k, x, r) },
+            |r| unsafe { x86::q4k_avx2::<1>(w, d, dmin, k, x, r)[0] },
             &mut store,
         ),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Q4Tile::Packed(p)) => in_groups::<2>(
+        _ => in_groups::<1>(
             rows,
-            |r| unsafe { x86::q4_avx2::<2, true, true>(p, d, dmin, k, x, r) },
-            |r| unsafe { x86::q4_avx2::<1, true, true>(p, d, dmin, k, x, r)[0] },
+            |r| [portable::q4k(w, d, dmin, k, x, r)],
+            |r| portable::q4k(w, d, dmin, k, x, r),
             &mut store,
         ),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Q4Tile::Unpacked(u)) => in_groups::<2>(
-            rows,
-            |r| unsafe { x86::q4_avx2::<2, false, true>(u, d, dmin, k, x, r) },
-            |r| unsafe { x86::q4_avx2::<1, false, true>(u, d, dmin, k, x, r)[0] },
-            &mut store,
-        ),
-        _ => return false,
     }
-    true
 }
+
+/// Blocks per super-block.
+const BLOCKS_PER_SUPER: usize = SUPER_BLOCK / BLOCK;
 
 /// The outputs of an 8-bit tile for every row in `rows`, handed to `store(row, values)`.
 pub(super) fn q8_rows(
@@ -309,6 +301,48 @@ mod portable {
         out
     }
 
+    pub(super) fn q4k(
+        w: &[u8],
+        d: &[f32],
+        dmin: &[f32],
+        k: KScales<'_>,
+        x: &QuantizedRows,
+        r: usize,
+    ) -> [f32; 4] {
+        let row = x.row(r);
+        let mut acc = [[0f32; 8]; TILE];
+        let mut offsets = [0f32; TILE];
+        for s in 0..d.len() / TILE {
+            let mut sums = [[0i32; 8]; TILE];
+            let mut mins = [0i32; TILE];
+            for j in 0..BLOCKS_PER_SUPER {
+                let b = s * BLOCKS_PER_SUPER + j;
+                let xb = &row.kq[b * BLOCK..(b + 1) * BLOCK];
+                for c in 0..TILE {
+                    let pair = &w[(b * TILE / 2 + c / 2) * BLOCK..][..BLOCK];
+                    let shift = if c % 2 == 1 { 4 } else { 0 };
+                    let scale = k.scales[b * TILE + c] as i32;
+                    for (l, sum) in sums[c].iter_mut().enumerate() {
+                        let dot: i32 = (4 * l..4 * l + 4)
+                            .map(|e| ((pair[e] >> shift) & 0x0f) as i32 * xb[e] as i32)
+                            .sum();
+                        *sum += scale * dot;
+                    }
+                    mins[c] += k.mins[b * TILE + c] as i32 * row.ksum[b] as i32;
+                }
+            }
+            let dx = row.kd[s];
+            for c in 0..TILE {
+                let scale = d[s * TILE + c] * dx;
+                for (lane, &sum) in acc[c].iter_mut().zip(&sums[c]) {
+                    *lane = (sum as f32).mul_add(scale, *lane);
+                }
+                offsets[c] = (mins[c] as f32).mul_add(-(dmin[s * TILE + c] * dx), offsets[c]);
+            }
+        }
+        std::array::from_fn(|c| reduce(&acc[c]) + offsets[c])
+    }
+
     pub(super) fn q8(w: &[i8], d: &[f32], x: &QuantizedRows, r: usize) -> [f32; 4] {
         let nb = d.len() / TILE;
         let row = x.row(r);
@@ -385,22 +419,14 @@ mod x86 {
         ($name:ident, $features:literal, $dot:ident) => {
             /// One 4-bit tile against `R` rows from `r0`; `PACKED` reads nibbles, else bytes.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name<const R: usize, const PACKED: bool, const KQ: bool>(
+            pub(super) unsafe fn $name<const R: usize, const PACKED: bool>(
                 w: &[u8],
                 d: &[f32],
                 m: &[f32],
-                k: KScales<'_>,
                 x: &QuantizedRows,
                 r0: usize,
             ) -> [[f32; TILE]; R] {
-                // Q4_K/Q5_K (`KQ`): `d` and `m` hold `d` and `dmin` per (super-block, output),
-                // `k` the 6-bit scales and mins per block; a block's scale and offset are their
-                // products, computed here as the expansion computes them.
-                let nb = if KQ {
-                    k.scales.len() / TILE
-                } else {
-                    d.len() / TILE
-                };
+                let nb = d.len() / TILE;
                 let low = _mm256_set1_epi8(0x0f);
                 let mut acc = [[_mm256_setzero_ps(); TILE]; R];
                 let mut xq = [std::ptr::null::<i8>(); R];
@@ -432,12 +458,7 @@ mod x86 {
                         } else {
                             _mm256_loadu_si256(wp.add(at * 32) as *const __m256i)
                         };
-                        let dw = if KQ {
-                            let sb = (b / (SUPER_BLOCK / BLOCK)) * TILE + c;
-                            _mm256_set1_ps(*dp.add(sb) * *k.scales.get_unchecked(at) as f32)
-                        } else {
-                            _mm256_broadcast_ss(&*dp.add(at))
-                        };
+                        let dw = _mm256_broadcast_ss(&*dp.add(at));
                         for r in 0..R {
                             let sums = _mm256_cvtepi32_ps($dot(wv, xv[r]));
                             let scale = _mm256_mul_ps(dw, dx[r]);
@@ -450,15 +471,7 @@ mod x86 {
                     let s = x.row(r0 + r).s;
                     let mut offsets = _mm_setzero_ps();
                     for b in 0..nb {
-                        let m4 = if KQ {
-                            let sb = (b / (SUPER_BLOCK / BLOCK)) * TILE;
-                            let v: [f32; TILE] = std::array::from_fn(|c| {
-                                -(m[sb + c] * *k.mins.get_unchecked(b * TILE + c) as f32)
-                            });
-                            _mm_loadu_ps(v.as_ptr())
-                        } else {
-                            _mm_loadu_ps(m.as_ptr().add(b * TILE))
-                        };
+                        let m4 = _mm_loadu_ps(m.as_ptr().add(b * TILE));
                         offsets = _mm_fmadd_ps(m4, _mm_set1_ps(s[b]), offsets);
                     }
                     _mm_storeu_ps(out[r].as_mut_ptr(), _mm_add_ps(reduce4(&acc[r]), offsets));
@@ -466,6 +479,185 @@ mod x86 {
                 out
             }
         };
+    }
+
+    /// A super-block's mins term per output, `sum_j m[j][c] * ksum[j]` (exact in `i32`):
+    /// `mins` holds the 32 bytes `[block][TILE]`, `ksum` the 8 blocks' activation sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn mins_term(mins: *const u8, ksum: *const i16) -> __m128i {
+        let m = _mm256_loadu_si256(mins as *const __m256i);
+        // Within each 128-bit half (blocks 0-3, then 4-7): `[block][output]` to
+        // `[output][block]`, so that each pair of 16-bit products belongs to one output.
+        let order = _mm256_setr_epi8(
+            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6,
+            10, 14, 3, 7, 11, 15,
+        );
+        let t = _mm256_shuffle_epi8(m, order);
+        let first = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(t));
+        let second = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(t, 1));
+        let sums = _mm_loadu_si128(ksum as *const __m128i);
+        let first_sums = _mm256_broadcastq_epi64(sums);
+        let second_sums = _mm256_broadcastq_epi64(_mm_unpackhi_epi64(sums, sums));
+        let p = _mm256_add_epi32(
+            _mm256_madd_epi16(first, first_sums),
+            _mm256_madd_epi16(second, second_sums),
+        );
+        // Lanes 2c and 2c + 1 hold output c's two halves.
+        let h = _mm256_hadd_epi32(p, p);
+        _mm_unpacklo_epi64(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+    }
+
+    /// One Q4_K tile against `R` rows from `r0` (see [`q4k_rows`]), AVX2: per block and
+    /// output, `maddubs` then `madd` by the block's scale, added in integers.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q4k_avx2<const R: usize>(
+        w: &[u8],
+        d: &[f32],
+        dmin: &[f32],
+        k: KScales<'_>,
+        x: &QuantizedRows,
+        r0: usize,
+    ) -> [[f32; TILE]; R] {
+        let low = _mm256_set1_epi8(0x0f);
+        let sign = _mm_set1_ps(-0.0);
+        let mut acc = [[_mm256_setzero_ps(); TILE]; R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let (wp, sp, mp) = (w.as_ptr(), k.scales.as_ptr(), k.mins.as_ptr());
+        for s in 0..d.len() / TILE {
+            let mut sums = [[_mm256_setzero_si256(); TILE]; R];
+            for j in 0..BLOCKS_PER_SUPER {
+                let b = s * BLOCKS_PER_SUPER + j;
+                let p0 = _mm256_loadu_si256(wp.add(b * 64) as *const __m256i);
+                let p1 = _mm256_loadu_si256(wp.add(b * 64 + 32) as *const __m256i);
+                let wv = [
+                    _mm256_and_si256(p0, low),
+                    _mm256_and_si256(_mm256_srli_epi16(p0, 4), low),
+                    _mm256_and_si256(p1, low),
+                    _mm256_and_si256(_mm256_srli_epi16(p1, 4), low),
+                ];
+                let xv: [_; R] = std::array::from_fn(|r| {
+                    _mm256_loadu_si256(rows[r].kq.as_ptr().add(b * BLOCK) as *const __m256i)
+                });
+                for c in 0..TILE {
+                    let scale = _mm256_set1_epi16(*sp.add(b * TILE + c) as i16);
+                    for r in 0..R {
+                        let products = _mm256_maddubs_epi16(wv[c], xv[r]);
+                        sums[r][c] =
+                            _mm256_add_epi32(sums[r][c], _mm256_madd_epi16(products, scale));
+                    }
+                }
+            }
+            let dw = _mm_loadu_ps(d.as_ptr().add(s * TILE));
+            let dm = _mm_loadu_ps(dmin.as_ptr().add(s * TILE));
+            for r in 0..R {
+                let dx = _mm_set1_ps(rows[r].kd[s]);
+                let mut scales = [0f32; TILE];
+                _mm_storeu_ps(scales.as_mut_ptr(), _mm_mul_ps(dw, dx));
+                for c in 0..TILE {
+                    let sums = _mm256_cvtepi32_ps(sums[r][c]);
+                    acc[r][c] = _mm256_fmadd_ps(sums, _mm256_set1_ps(scales[c]), acc[r][c]);
+                }
+                let mins = mins_term(mp.add(s * 32), rows[r].ksum.as_ptr().add(s * 8));
+                let neg = _mm_xor_ps(_mm_mul_ps(dm, dx), sign);
+                offsets[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), neg, offsets[r]);
+            }
+        }
+        let mut out = [[0f32; TILE]; R];
+        for r in 0..R {
+            _mm_storeu_ps(
+                out[r].as_mut_ptr(),
+                _mm_add_ps(reduce4(&acc[r]), offsets[r]),
+            );
+        }
+        out
+    }
+
+    /// One Q4_K tile against `R` rows from `r0` (see [`q4k_rows`]), AVX-512: a block's 64
+    /// bytes of nibble pairs are one load; its low nibbles are outputs 0 and 2 side by side,
+    /// its high ones 1 and 3, so each `vpmaddubsw` + `vpdpwssd` covers two outputs, each half
+    /// with its own block scale (picked by `vpermw` from the super-block's 32 scales).
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn q4k_vnni<const R: usize>(
+        w: &[u8],
+        d: &[f32],
+        dmin: &[f32],
+        k: KScales<'_>,
+        x: &QuantizedRows,
+        r0: usize,
+    ) -> [[f32; TILE]; R] {
+        let low = _mm512_set1_epi8(0x0f);
+        let sign = _mm_set1_ps(-0.0);
+        // 16-bit lanes 0-15 take output 0's scale (low nibbles of pair 0), 16-31 output 2's;
+        // plus one: outputs 1 and 3. The scales sit at `4 * block + output`.
+        let first: [i16; 32] = std::array::from_fn(|i| if i < 16 { 0 } else { 2 });
+        let first = _mm512_loadu_si512(first.as_ptr() as *const _);
+        let (one, four) = (_mm512_set1_epi16(1), _mm512_set1_epi16(4));
+        // f32 lanes 0-7 take output 0's `d * d_x`, 8-15 output 2's (and 1, 3).
+        let pick: [[i32; 16]; 2] =
+            std::array::from_fn(|h| std::array::from_fn(|i| (i / 8 * 2 + h) as i32));
+        let pick = [
+            _mm512_loadu_si512(pick[0].as_ptr() as *const _),
+            _mm512_loadu_si512(pick[1].as_ptr() as *const _),
+        ];
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let (wp, sp, mp) = (w.as_ptr(), k.scales.as_ptr(), k.mins.as_ptr());
+        for s in 0..d.len() / TILE {
+            let scales = _mm512_cvtepu8_epi16(_mm256_loadu_si256(sp.add(s * 32) as *const _));
+            let mut sums = [[_mm512_setzero_si512(); 2]; R];
+            let mut at = first;
+            for j in 0..BLOCKS_PER_SUPER {
+                let b = s * BLOCKS_PER_SUPER + j;
+                let pairs = _mm512_loadu_si512(wp.add(b * 64) as *const _);
+                let wv = [
+                    _mm512_and_si512(pairs, low),
+                    _mm512_and_si512(_mm512_srli_epi16(pairs, 4), low),
+                ];
+                let sc = [
+                    _mm512_permutexvar_epi16(at, scales),
+                    _mm512_permutexvar_epi16(_mm512_add_epi16(at, one), scales),
+                ];
+                for r in 0..R {
+                    let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        rows[r].kq.as_ptr().add(b * BLOCK) as *const __m256i,
+                    ));
+                    for h in 0..2 {
+                        let products = _mm512_maddubs_epi16(wv[h], xv);
+                        sums[r][h] = _mm512_dpwssd_epi32(sums[r][h], products, sc[h]);
+                    }
+                }
+                at = _mm512_add_epi16(at, four);
+            }
+            let dw = _mm_loadu_ps(d.as_ptr().add(s * TILE));
+            let dm = _mm_loadu_ps(dmin.as_ptr().add(s * TILE));
+            for r in 0..R {
+                let dx = _mm_set1_ps(rows[r].kd[s]);
+                let scale = _mm512_castps128_ps512(_mm_mul_ps(dw, dx));
+                for h in 0..2 {
+                    let scale = _mm512_permutexvar_ps(pick[h], scale);
+                    let sums = _mm512_cvtepi32_ps(sums[r][h]);
+                    acc[r][h] = _mm512_fmadd_ps(sums, scale, acc[r][h]);
+                }
+                let mins = mins_term(mp.add(s * 32), rows[r].ksum.as_ptr().add(s * 8));
+                let neg = _mm_xor_ps(_mm_mul_ps(dm, dx), sign);
+                offsets[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), neg, offsets[r]);
+            }
+        }
+        let mut out = [[0f32; TILE]; R];
+        for r in 0..R {
+            let [even, odd] = acc[r];
+            let lanes = [
+                _mm512_castps512_ps256(even),
+                _mm512_castps512_ps256(odd),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(even), 1)),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(odd), 1)),
+            ];
+            _mm_storeu_ps(out[r].as_mut_ptr(), _mm_add_ps(reduce4(&lanes), offsets[r]));
+        }
+        out
     }
 
     macro_rules! q8_kernel {

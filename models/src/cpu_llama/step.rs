@@ -9,7 +9,7 @@ use cpu_kernels::kv::{KvLayout, KvPool};
 use cpu_kernels::math;
 use cpu_kernels::matmul::{matmul, Output, PackedMatrix};
 use cpu_kernels::parallel::{self, SharedMut};
-use cpu_kernels::quant::{self, QuantizedRows, BLOCK};
+use cpu_kernels::quant::{self, QuantizedRows};
 
 use super::adapters::{Site, StepAdapters};
 use super::{CpuLlama, Error, Layer, Scratch, StepSequence};
@@ -328,8 +328,7 @@ impl CpuLlama {
                             true => math::gelu_mul(gate, up),
                             false => math::silu_mul(isa, gate, up),
                         }
-                        let (q, d, s) = writer.blocks(r, 0..ffn / BLOCK);
-                        quant::quantize(isa, gate, q, d, s);
+                        writer.quantize(isa, r, gate);
                     }
                 }
             });
@@ -413,9 +412,8 @@ impl CpuLlama {
             let writer = scratch.xq.writer();
             for (i, &r) in wanted.iter().enumerate() {
                 // SAFETY: one thread writes these rows.
-                let (q, d, s) = unsafe { writer.blocks(i, 0..hidden / BLOCK) };
                 let x = &scratch.x[r * hidden..(r + 1) * hidden];
-                quant::rms_norm_quantize(isa, x, &self.final_norm, eps, q, d, s);
+                unsafe { writer.rms_norm_quantize(isa, i, x, &self.final_norm, eps) };
             }
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
@@ -506,8 +504,7 @@ fn norm_quantize(
     parallel::for_each_chunk(xq.rows(), grain, |_, range| {
         for r in range {
             // SAFETY: rows are disjoint between work items.
-            let (q, d, s) = unsafe { writer.blocks(r, 0..k / BLOCK) };
-            quant::rms_norm_quantize(isa, &x[r * k..(r + 1) * k], weight, eps, q, d, s);
+            unsafe { writer.rms_norm_quantize(isa, r, &x[r * k..(r + 1) * k], weight, eps) };
         }
     });
 }
@@ -529,8 +526,7 @@ fn quantize_rows(isa: Isa, x: &[f32], k: usize, xq: &mut QuantizedRows, grain: u
     parallel::for_each_chunk(xq.rows(), grain, |_, range| {
         for r in range {
             // SAFETY: rows are disjoint between work items.
-            let (q, d, s) = unsafe { writer.blocks(r, 0..k / BLOCK) };
-            quant::quantize(isa, &x[r * k..(r + 1) * k], q, d, s);
+            unsafe { writer.quantize(isa, r, &x[r * k..(r + 1) * k]) };
         }
     });
 }

@@ -31,19 +31,43 @@ fn q4_1(n: usize, k: usize) -> PackedMatrix {
     PackedMatrix::from_q4_1(&bytes, n, k).unwrap()
 }
 
-/// Decode-shaped products over more weights than the caches hold, as in a real decode step.
+/// A Q4_K-shaped matrix: random nibbles and 6-bit scales and mins, small `d` and `dmin`.
+fn q4_k(n: usize, k: usize) -> PackedMatrix {
+    let supers = n * k / 256;
+    let mut bytes = Vec::with_capacity(supers * 144);
+    let noise = random(supers * 140, 2);
+    for s in 0..supers {
+        bytes.extend_from_slice(&half::f16::from_f32(0.001).to_le_bytes());
+        bytes.extend_from_slice(&half::f16::from_f32(0.002).to_le_bytes());
+        for i in 0..140 {
+            bytes.push(((noise[s * 140 + i] + 1.0) * 127.0) as u8);
+        }
+    }
+    PackedMatrix::from_q4_k(&bytes, n, k).unwrap()
+}
+
+/// Decode-shaped products over more weights than the caches hold, as in a real decode step:
+/// SmolLM2's gate/up shape for the 32-value block kinds, a 1B model's Q, K and V for Q4_K.
 fn cold(isa: Isa) {
-    let (n, k, copies) = (3072, 576, 40);
-    for label in ["q4", "q8"] {
+    for label in ["q4", "q8", "q4k"] {
+        let (n, k, copies) = match label {
+            "q4k" => (
+                3072,
+                2048,
+                std::env::var("Q4K_COPIES").map_or(16, |v| v.parse().unwrap()),
+            ),
+            _ => (3072, 576, 40),
+        };
         let matrices: Vec<PackedMatrix> = (0..copies)
             .map(|i| match label {
                 "q4" => q4_1(n, k),
+                "q4k" => q4_k(n, k),
                 _ => PackedMatrix::quantize_q8_0(&random(n * k, i as u64), n, k).unwrap(),
             })
             .collect();
         let total: usize = matrices.iter().map(|m| m.bytes()).sum();
         for m in [1, 16] {
-            let mut rows = QuantizedRows::new(k);
+            let mut rows = QuantizedRows::with_forms(k, label == "q4k");
             rows.reset(m);
             let x = random(m * k, 3);
             let writer = rows.writer();

@@ -14,8 +14,10 @@
 //! Determinism: a row's outputs come from the same instruction sequence whatever the number of
 //! rows in the step, the tile's position or the thread, and the AVX2 and AVX-512 VNNI kernels
 //! compute identical integer sums (no saturation is possible: 4-bit by 8-bit pairs stay far
-//! below `i16::MAX`, and the 8-bit path multiplies `|x|` by `±w`, at most 2 * 127 * 127), so a
-//! sequence's logits do not depend on what else is in the batch. The portable kernel mirrors
+//! below `i16::MAX`, Q6_K's 6-bit by 8-bit pairs at most 2 * 63 * 127, and the 8-bit path
+//! multiplies `|x|` by `±w`, at most 2 * 127 * 127), so a sequence's logits do not depend on
+//! what else is in the batch. Q4_K and Q6_K read the activations' super-block form for every
+//! row count, the other kinds the 32-value blocks. The portable kernel mirrors
 //! the SIMD lanes and reduction order, so it gives the same bits as well.
 
 use super::isa::Isa;
@@ -77,7 +79,7 @@ enum Quants {
     Q8 { quants: Vec<i8> },
     /// Q4_K as stored: nibbles as `Q4`'s; per block (slot) its 6-bit scale and min as bytes;
     /// per (tile, super-block, output) `d` (in the matrix's `d`) and `dmin`. 4.75 bits a
-    /// weight; a tile is expanded to `Q4`'s per-block scales and offsets as it runs.
+    /// weight, read as stored by kernels that sum a super-block in integers.
     Q4K {
         nibbles: Vec<u8>,
         scales: Vec<u8>,
@@ -87,8 +89,8 @@ enum Quants {
     /// Q6_K as stored: low 4 bits as `Q4`'s nibble pairs; the high 2 bits `[tiles][blocks]
     /// [32]`, byte `e` holding element `e` of the tile's four outputs (2 bits each, output 0
     /// lowest); per half block (16 weights) its signed 8-bit scale; per (tile, super-block,
-    /// output) `d` (in the matrix's `d`). 6.6 bits a weight; a tile is expanded to signed
-    /// bytes `q - 32` and a scale per half block as it runs.
+    /// output) `d` (in the matrix's `d`). 6.6 bits a weight, read as stored (the quants
+    /// rebuilt in registers) by kernels that sum a super-block in integers.
     Q6K {
         nibbles: Vec<u8>,
         high: Vec<u8>,
@@ -146,6 +148,12 @@ impl PackedMatrix {
     /// Inputs.
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    /// Whether products read the activations' super-block form (Q4_K, Q6_K): rows quantized
+    /// with that form (see [`QuantizedRows::with_forms`]).
+    pub fn reads_super_blocks(&self) -> bool {
+        matches!(self.quants, Quants::Q4K { .. } | Quants::Q6K { .. })
     }
 
     /// Whether the weights are 4-bit (as stored, or Q4_K).
@@ -319,6 +327,10 @@ pub fn matmul(
     );
     let rows = x.rows();
     assert!(col0 + w.n <= ldo && out.len() >= rows * ldo);
+    assert!(
+        !w.reads_super_blocks() || x.has_super_blocks(),
+        "a K-quant product needs rows with their super-block form"
+    );
     if rows == 0 {
         return;
     }
@@ -346,13 +358,12 @@ pub fn matmul(
 const UNPACKED_TILE_BYTES_MAX: usize = 16 * 1024;
 
 /// A work item's buffers for one tile at a time: the 4-bit tile unpacked to bytes, and the
-/// K-quant tiles expanded to the kernels' per-block scales (and Q6_K's signed bytes).
+/// Q5_K tiles expanded to the kernels' per-block scales.
 #[derive(Default)]
 struct TileScratch {
     unpacked: Vec<u8>,
     d: Vec<f32>,
     m: Vec<f32>,
-    signed: Vec<i8>,
 }
 
 /// Computes the outputs of one tile for rows `rows`.
@@ -418,21 +429,19 @@ unsafe fn run_tile(
             let (ds, dm) = (&w.d[supers.clone()], &dmin[supers]);
             kernels::q4k_rows(isa, packed, ds, dm, k, x, rows, store);
         }
-        Quants::Q6K { nibbles, high, .. } => {
-            kquants::expand_q6k_scales(w, tile, &mut scratch.d);
+        Quants::Q6K {
+            nibbles,
+            high,
+            scales,
+        } => {
+            // As Q4_K: in registers, against the super-block form, for every row count.
             let packed = kernels::Q6Tile {
                 pairs: &nibbles[slots.start * 16..slots.end * 16],
                 plane: &high[tile * nb * BLOCK..(tile + 1) * nb * BLOCK],
-                d: &scratch.d,
+                scales: &scales[slots.start * 2..slots.end * 2],
+                d: &w.d[kquants::super_slots(w, tile)],
             };
-            // Few rows: unpack in registers as they pass. Many rows (or a family without that
-            // kernel): expand the tile to signed bytes once for all of them. The same weights
-            // and arithmetic either way, so the same bits.
-            let few = rows.len() < UNPACK_FROM_ROWS;
-            if !(few && kernels::q6_rows(isa, packed, x, rows.clone(), &store)) {
-                kquants::expand_q6k(isa, w, tile, &mut scratch.signed, &mut scratch.d);
-                kernels::q8_halves_rows(isa, &scratch.signed, &scratch.d, x, rows, store);
-            }
+            kernels::q6k_rows(isa, packed, x, rows, store);
         }
         Quants::Q5 { m, .. } => {
             kquants::expand_five_bits(isa, w, tile, &mut scratch.unpacked);

@@ -5,10 +5,10 @@
 //!   `s = d * sum(q)`, which the 4-bit kernels need for the weights' offsets (`w = d_w * q_w +
 //!   m_w`, so `x . w = d_w * d * (q . q_w) + m_w * s`). This is the layout llama.cpp calls
 //!   Q8_1; the scales stay f32 here. Every weight kind but Q4_K reads it.
-//! - Where the row is whole super-blocks of 256 (as a K-quant's rows are): int8 quants with one
-//!   scale per 256 values and the integer sum of each 32-value block (llama.cpp's Q8_K). A
-//!   Q4_K product then sums eight blocks' products in integers, each times its 6-bit scale,
-//!   and converts to f32 once per super-block.
+//! - Where asked for (rows that a Q4_K or Q6_K matrix reads; whole super-blocks of 256): int8
+//!   quants with one scale per 256 values and the integer sums of each 32- and 16-value block
+//!   (llama.cpp's Q8_K). Such a product sums a super-block's blocks in integers, each times its
+//!   scale, and converts to f32 once per super-block.
 
 use super::isa::Isa;
 
@@ -21,13 +21,16 @@ pub const SUPER: usize = 256;
 pub struct QuantizedRows {
     k: usize,
     rows: usize,
+    /// Whether rows are also kept on one scale per super-block.
+    super_form: bool,
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
-    /// The super-block form (empty when `k` is not a multiple of [`SUPER`]).
+    /// The super-block form (empty unless asked for).
     kq: Vec<i8>,
     kd: Vec<f32>,
     ksum: Vec<i16>,
+    ksum16: Vec<i16>,
 }
 
 /// One quantized row, borrowed.
@@ -39,34 +42,49 @@ pub struct QuantizedRow<'a> {
     pub d: &'a [f32],
     /// `d * sum(q)` per block.
     pub s: &'a [f32],
-    /// `k` int8 quants on one scale per super-block (empty when `k` is not whole
-    /// super-blocks).
+    /// `k` int8 quants on one scale per super-block (empty unless the rows keep that form).
     pub kq: &'a [i8],
     /// One scale per super-block.
     pub kd: &'a [f32],
     /// The sum of `kq` over each block of 32.
     pub ksum: &'a [i16],
+    /// The sum of `kq` over each half block of 16 (Q6_K's scales cover 16 weights).
+    pub ksum16: &'a [i16],
 }
 
 impl QuantizedRows {
-    /// An empty matrix of rows of `k` values (`k` a multiple of [`BLOCK`]).
+    /// An empty matrix of rows of `k` values (`k` a multiple of [`BLOCK`]) in the block form
+    /// only.
     pub fn new(k: usize) -> Self {
+        Self::with_forms(k, false)
+    }
+
+    /// An empty matrix of rows of `k` values, in the super-block form too if `super_form` (what
+    /// Q4_K and Q6_K products read; `k` then a multiple of [`SUPER`]).
+    pub fn with_forms(k: usize, super_form: bool) -> Self {
         assert_eq!(k % BLOCK, 0, "row length {k} is not a multiple of {BLOCK}");
+        assert!(
+            !super_form || k.is_multiple_of(SUPER),
+            "row length {k} has no super-blocks"
+        );
         Self {
             k,
             rows: 0,
+            super_form,
             q: Vec::new(),
             d: Vec::new(),
             s: Vec::new(),
             kq: Vec::new(),
             kd: Vec::new(),
             ksum: Vec::new(),
+            ksum16: Vec::new(),
         }
     }
 
     /// Whether rows are also kept on one scale per super-block.
-    fn has_super(&self) -> bool {
-        self.k.is_multiple_of(SUPER)
+    #[inline]
+    pub fn has_super_blocks(&self) -> bool {
+        self.super_form
     }
 
     /// Makes room for `rows` rows; allocates only when more rows than ever before are asked.
@@ -76,10 +94,11 @@ impl QuantizedRows {
             self.q.resize(rows * self.k, 0);
             self.d.resize(rows * nb, 0.0);
             self.s.resize(rows * nb, 0.0);
-            if self.has_super() {
+            if self.super_form {
                 self.kq.resize(rows * self.k, 0);
                 self.kd.resize(rows * self.k / SUPER, 0.0);
                 self.ksum.resize(rows * nb, 0);
+                self.ksum16.resize(rows * nb * 2, 0);
             }
         }
         self.rows = rows;
@@ -96,19 +115,21 @@ impl QuantizedRows {
     }
 
     /// Row `r`.
+    #[inline]
     pub fn row(&self, r: usize) -> QuantizedRow<'_> {
         debug_assert!(r < self.rows);
         let nb = self.k / BLOCK;
-        let (kq, kd, ksum) = match self.has_super() {
+        let (kq, kd, ksum, ksum16) = match self.super_form {
             true => {
                 let ns = self.k / SUPER;
                 (
                     &self.kq[r * self.k..(r + 1) * self.k],
                     &self.kd[r * ns..(r + 1) * ns],
                     &self.ksum[r * nb..(r + 1) * nb],
+                    &self.ksum16[r * nb * 2..(r + 1) * nb * 2],
                 )
             }
-            false => (&[][..], &[][..], &[][..]),
+            false => (&[][..], &[][..], &[][..], &[][..]),
         };
         QuantizedRow {
             q: &self.q[r * self.k..(r + 1) * self.k],
@@ -117,6 +138,7 @@ impl QuantizedRows {
             kq,
             kd,
             ksum,
+            ksum16,
         }
     }
 
@@ -125,13 +147,14 @@ impl QuantizedRows {
         use super::parallel::SharedMut;
         RowsWriter {
             k: self.k,
-            super_form: self.has_super(),
+            super_form: self.super_form,
             q: SharedMut::new(&mut self.q),
             d: SharedMut::new(&mut self.d),
             s: SharedMut::new(&mut self.s),
             kq: SharedMut::new(&mut self.kq),
             kd: SharedMut::new(&mut self.kd),
             ksum: SharedMut::new(&mut self.ksum),
+            ksum16: SharedMut::new(&mut self.ksum16),
         }
     }
 }
@@ -147,6 +170,7 @@ pub struct RowsWriter {
     kq: super::parallel::SharedMut<i8>,
     kd: super::parallel::SharedMut<f32>,
     ksum: super::parallel::SharedMut<i16>,
+    ksum16: super::parallel::SharedMut<i16>,
 }
 
 impl RowsWriter {
@@ -211,8 +235,11 @@ impl RowsWriter {
                     .kq
                     .slice(r * self.k + c * SUPER..r * self.k + (c + 1) * SUPER);
                 let ksum = self.ksum.slice(r * nb + b0..r * nb + b0 + SUPER / BLOCK);
+                let halves = 2 * (r * nb + b0)..2 * (r * nb + b0 + SUPER / BLOCK);
+                let ksum16 = self.ksum16.slice(halves);
                 let kd = &mut self.kd.slice(r * ns + c..r * ns + c + 1)[0];
-                *kd = quantize_super(isa, (&*y).try_into().expect("a super-block"), kq, ksum);
+                let y = (&*y).try_into().expect("a super-block");
+                *kd = quantize_super(isa, y, kq, (ksum, ksum16));
             }
         }
     }
@@ -261,9 +288,13 @@ fn quantize_block(isa: Isa, x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, f32)
     }
 }
 
-/// Quantizes one super-block on one scale: writes the quants and each block's integer sum,
-/// returns the scale `max|x| / 127`. The same rounding as the blocks' (half to even).
-fn quantize_super(isa: Isa, x: &[f32; SUPER], q: &mut [i8], sums: &mut [i16]) -> f32 {
+/// The integer sums of a super-block's quants per block of 32 and per half block of 16.
+type Sums<'a> = (&'a mut [i16], &'a mut [i16]);
+
+/// Quantizes one super-block on one scale: writes the quants and their integer sums per block
+/// and half block, returns the scale `max|x| / 127`. The same rounding as the blocks' (half to
+/// even).
+fn quantize_super(isa: Isa, x: &[f32; SUPER], q: &mut [i8], sums: Sums<'_>) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::detect` chose AVX2 or better only where the CPU has AVX2.
@@ -275,29 +306,32 @@ fn quantize_super(isa: Isa, x: &[f32; SUPER], q: &mut [i8], sums: &mut [i16]) ->
 /// The super-block quantization in plain Rust (vectorized by the compiler where AVX2 is on:
 /// the operations are exact or correctly rounded, so every build gives the same bytes).
 #[inline(always)]
-fn quantize_super_portable(x: &[f32; SUPER], q: &mut [i8], sums: &mut [i16]) -> f32 {
+fn quantize_super_portable(x: &[f32; SUPER], q: &mut [i8], (sums, halves): Sums<'_>) -> f32 {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    for ((qb, xb), sum) in q
-        .chunks_exact_mut(BLOCK)
-        .zip(x.chunks_exact(BLOCK))
-        .zip(sums.iter_mut())
+    for ((qh, xh), half) in q
+        .chunks_exact_mut(BLOCK / 2)
+        .zip(x.chunks_exact(BLOCK / 2))
+        .zip(halves.iter_mut())
     {
         let mut total = 0i32;
-        for (q, &v) in qb.iter_mut().zip(xb) {
+        for (q, &v) in qh.iter_mut().zip(xh) {
             let r = (v * id).round_ties_even() as i32;
             *q = r as i8;
             total += r;
         }
-        // At most 32 * 127 in magnitude.
-        *sum = total as i16;
+        // At most 16 * 127 in magnitude.
+        *half = total as i16;
+    }
+    for (sum, pair) in sums.iter_mut().zip(halves.chunks_exact(2)) {
+        *sum = pair[0] + pair[1];
     }
     amax / 127.0
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_super_avx2(x: &[f32; SUPER], q: &mut [i8], sums: &mut [i16]) -> f32 {
+unsafe fn quantize_super_avx2(x: &[f32; SUPER], q: &mut [i8], sums: Sums<'_>) -> f32 {
     quantize_super_portable(x, q, sums)
 }
 
@@ -405,7 +439,7 @@ pub(crate) mod tests {
 
     /// Rows of `x` (`k` values each) quantized with `isa`, optionally normed.
     fn quantized(isa: Isa, x: &[f32], k: usize, norm: Option<&[f32]>) -> QuantizedRows {
-        let mut rows = QuantizedRows::new(k);
+        let mut rows = QuantizedRows::with_forms(k, k.is_multiple_of(SUPER));
         rows.reset(x.len() / k);
         let writer = rows.writer();
         for (r, xr) in x.chunks_exact(k).enumerate() {
@@ -420,8 +454,16 @@ pub(crate) mod tests {
         rows
     }
 
-    /// A row's two forms, owned: `(q, d, s, kq, kd, ksum)`.
-    type Forms = (Vec<i8>, Vec<f32>, Vec<f32>, Vec<i8>, Vec<f32>, Vec<i16>);
+    /// A row's two forms, owned: `(q, d, s, kq, kd, ksum, ksum16)`.
+    type Forms = (
+        Vec<i8>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<i8>,
+        Vec<f32>,
+        Vec<i16>,
+        Vec<i16>,
+    );
 
     fn forms(rows: &QuantizedRows) -> Vec<Forms> {
         (0..rows.rows())
@@ -434,6 +476,7 @@ pub(crate) mod tests {
                     row.kq.to_vec(),
                     row.kd.to_vec(),
                     row.ksum.to_vec(),
+                    row.ksum16.to_vec(),
                 )
             })
             .collect()
@@ -456,6 +499,8 @@ pub(crate) mod tests {
                 let kq = &row.kq[b * BLOCK..(b + 1) * BLOCK];
                 let ksum: i32 = kq.iter().map(|&v| v as i32).sum();
                 assert_eq!(ksum, row.ksum[b] as i32);
+                let first: i32 = kq[..16].iter().map(|&v| v as i32).sum();
+                assert_eq!(first, row.ksum16[2 * b] as i32);
                 let kd = row.kd[b * BLOCK / SUPER];
                 for (i, &v) in block.iter().enumerate() {
                     let back = q[i] as f32 * row.d[b];
@@ -467,8 +512,11 @@ pub(crate) mod tests {
         }
         assert_eq!(rows.row(0).kd[1], 9.0 / 127.0);
         // Rows that are not whole super-blocks keep the block form only.
-        let rows = quantized(Isa::detect(), &x[..576], 576, None);
-        assert!(rows.row(0).kq.is_empty() && rows.row(0).q.len() == 576);
+        let mut rows = QuantizedRows::new(k);
+        rows.reset(1);
+        // SAFETY: one thread writes the row.
+        unsafe { rows.writer().quantize(Isa::detect(), 0, &x[..k]) };
+        assert!(rows.row(0).kq.is_empty() && rows.row(0).q.len() == k);
     }
 
     #[test]

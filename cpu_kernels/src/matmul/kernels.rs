@@ -175,43 +175,8 @@ pub(super) fn q8_rows(
     }
 }
 
-/// The outputs of an 8-bit tile with a scale per half block (`d`: `[blocks][TILE][2]`; lanes
-/// 0-3 of a block's sums take the first, 4-7 the second: Q6_K), for every row in `rows`.
-pub(super) fn q8_halves_rows(
-    isa: Isa,
-    w: &[i8],
-    d: &[f32],
-    x: &QuantizedRows,
-    rows: std::ops::Range<usize>,
-    mut store: impl FnMut(usize, [f32; TILE]),
-) {
-    // SAFETY: as in `q4_rows`.
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => in_groups::<4>(
-            rows,
-            |r| unsafe { x86::q8h_vnni::<4>(w, d, x, r) },
-            |r| unsafe { x86::q8h_vnni::<1>(w, d, x, r)[0] },
-            &mut store,
-        ),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => in_groups::<2>(
-            rows,
-            |r| unsafe { x86::q8h_avx2::<2>(w, d, x, r) },
-            |r| unsafe { x86::q8h_avx2::<1>(w, d, x, r)[0] },
-            &mut store,
-        ),
-        _ => in_groups::<1>(
-            rows,
-            |r| [portable::q8_halves(w, d, x, r)],
-            |r| portable::q8_halves(w, d, x, r),
-            &mut store,
-        ),
-    }
-}
-
-/// A Q6_K tile as stored, for the SIMD kernels that unpack it in registers: two nibble pairs
-/// and a plane of high bit pairs per block, and a scale per half block (`[blocks][TILE][2]`).
+/// A Q6_K tile as stored: two nibble pairs and a plane of high bit pairs per block, a signed
+/// scale per half block (`[blocks][TILE][2]`) and `d` per super-block (`[super-blocks][TILE]`).
 #[derive(Clone, Copy)]
 pub(super) struct Q6Tile<'a> {
     /// `[blocks][TILE / 2][32]` bytes, as a 4-bit tile's.
@@ -219,38 +184,49 @@ pub(super) struct Q6Tile<'a> {
     /// `[blocks][32]` bytes: element `e`'s two high bits of output `c` at bits `2c, 2c + 1`.
     pub plane: &'a [u8],
     /// `[blocks][TILE][2]` scales.
+    pub scales: &'a [i8],
+    /// `[super-blocks][TILE]` scales of the scales.
     pub d: &'a [f32],
 }
 
-/// The outputs of a Q6_K tile unpacked in registers (AVX2 and AVX-512 VNNI only; other
-/// families expand the tile and run [`q8_halves_rows`], the same arithmetic), for every row
-/// in `rows`. Returns `false`, computing nothing, where this family has no such kernel.
-pub(super) fn q6_rows(
+/// The outputs of a Q6_K tile against the rows' super-block form, for every row in `rows`.
+///
+/// The 6-bit quants `q` (0..64) are rebuilt in registers and multiplied unsigned by the
+/// activations; each half block's lane sums times its signed scale are added in integers per
+/// super-block, and the `- 32` of `w = d * sc * (q - 32)` is one integer term per super-block,
+/// `32 * sum_h sc_h * ksum16_h`. Both are converted once per super-block and accumulated by
+/// `d * d_x` as Q4_K's are: every family computes the same integers and floats in one order.
+pub(super) fn q6k_rows(
     isa: Isa,
     w: Q6Tile<'_>,
     x: &QuantizedRows,
     rows: std::ops::Range<usize>,
     mut store: impl FnMut(usize, [f32; TILE]),
-) -> bool {
-    // SAFETY: as in `q4_rows`; the tile holds `w.d.len() / (2 * TILE)` whole blocks.
+) {
+    // SAFETY: as in `q4_rows`; the tile holds `w.d.len() / TILE` whole super-blocks and the
+    // rows have their super-block form.
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => in_groups::<4>(
             rows,
-            |r| unsafe { x86::q6_vnni::<4>(w, x, r) },
-            |r| unsafe { x86::q6_vnni::<1>(w, x, r)[0] },
+            |r| unsafe { x86::q6k_vnni::<4>(w, x, r) },
+            |r| unsafe { x86::q6k_vnni::<1>(w, x, r)[0] },
             &mut store,
         ),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => in_groups::<2>(
             rows,
-            |r| unsafe { x86::q6_avx2::<2>(w, x, r) },
-            |r| unsafe { x86::q6_avx2::<1>(w, x, r)[0] },
+            |r| unsafe { x86::q6k_avx2::<2>(w, x, r) },
+            |r| unsafe { x86::q6k_avx2::<1>(w, x, r)[0] },
             &mut store,
         ),
-        _ => return false,
+        _ => in_groups::<1>(
+            rows,
+            |r| [portable::q6k(w, x, r)],
+            |r| portable::q6k(w, x, r),
+            &mut store,
+        ),
     }
-    true
 }
 
 /// Plain Rust, lane for lane what the SIMD kernels do.
@@ -364,25 +340,46 @@ mod portable {
         std::array::from_fn(|c| reduce(&acc[c]))
     }
 
-    pub(super) fn q8_halves(w: &[i8], d: &[f32], x: &QuantizedRows, r: usize) -> [f32; 4] {
-        let nb = d.len() / (2 * TILE);
+    pub(super) fn q6k(w: Q6Tile<'_>, x: &QuantizedRows, r: usize) -> [f32; 4] {
         let row = x.row(r);
         let mut acc = [[0f32; 8]; TILE];
-        for b in 0..nb {
-            let xb = &row.q[b * BLOCK..(b + 1) * BLOCK];
-            for (c, acc) in acc.iter_mut().enumerate() {
-                let at = b * TILE + c;
-                let wb = &w[at * BLOCK..(at + 1) * BLOCK];
-                for (l, lane) in acc.iter_mut().enumerate() {
-                    let scale = d[2 * at + l / 4] * row.d[b];
-                    let sum: i32 = (4 * l..4 * l + 4)
-                        .map(|e| wb[e] as i32 * xb[e] as i32)
-                        .sum();
-                    *lane = (sum as f32).mul_add(scale, *lane);
+        let mut offsets = [0f32; TILE];
+        for s in 0..w.d.len() / TILE {
+            let mut sums = [[0i32; 8]; TILE];
+            let mut halves = [0i32; TILE];
+            for j in 0..BLOCKS_PER_SUPER {
+                let b = s * BLOCKS_PER_SUPER + j;
+                let xb = &row.kq[b * BLOCK..(b + 1) * BLOCK];
+                let plane = &w.plane[b * BLOCK..(b + 1) * BLOCK];
+                for c in 0..TILE {
+                    let pair = &w.pairs[(b * TILE / 2 + c / 2) * BLOCK..][..BLOCK];
+                    let shift = if c % 2 == 1 { 4 } else { 0 };
+                    let scales = &w.scales[(b * TILE + c) * 2..][..2];
+                    for (l, sum) in sums[c].iter_mut().enumerate() {
+                        let dot: i32 = (4 * l..4 * l + 4)
+                            .map(|e| {
+                                let low = (pair[e] >> shift) & 0x0f;
+                                let q = low | (((plane[e] >> (2 * c)) & 3) << 4);
+                                q as i32 * xb[e] as i32
+                            })
+                            .sum();
+                        *sum += scales[l / 4] as i32 * dot;
+                    }
+                    for (h, &scale) in scales.iter().enumerate() {
+                        halves[c] += scale as i32 * row.ksum16[2 * b + h] as i32;
+                    }
                 }
             }
+            let dx = row.kd[s];
+            for c in 0..TILE {
+                let scale = w.d[s * TILE + c] * dx;
+                for (lane, &sum) in acc[c].iter_mut().zip(&sums[c]) {
+                    *lane = (sum as f32).mul_add(scale, *lane);
+                }
+                offsets[c] = ((halves[c] << 5) as f32).mul_add(-scale, offsets[c]);
+            }
         }
-        std::array::from_fn(|c| reduce(&acc[c]))
+        std::array::from_fn(|c| reduce(&acc[c]) + offsets[c])
     }
 }
 
@@ -661,9 +658,8 @@ mod x86 {
     }
 
     macro_rules! q8_kernel {
-        ($name:ident, $features:literal, $dot:ident, $halves:literal) => {
-            /// One 8-bit tile against `R` rows from `r0` (`|x|` times `w` carrying x's sign);
-            /// with halves, a scale per half block (lanes 0-3, 4-7).
+        ($name:ident, $features:literal, $dot:ident) => {
+            /// One 8-bit tile against `R` rows from `r0` (`|x|` times `w` carrying x's sign).
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name<const R: usize>(
                 w: &[i8],
@@ -671,7 +667,7 @@ mod x86 {
                 x: &QuantizedRows,
                 r0: usize,
             ) -> [[f32; TILE]; R] {
-                let nb = d.len() / (TILE * if $halves { 2 } else { 1 });
+                let nb = d.len() / TILE;
                 let mut acc = [[_mm256_setzero_ps(); TILE]; R];
                 let mut xq = [std::ptr::null::<i8>(); R];
                 let mut xd = [std::ptr::null::<f32>(); R];
@@ -693,14 +689,7 @@ mod x86 {
                     for c in 0..TILE {
                         let at = b * TILE + c;
                         let wv = _mm256_loadu_si256(wp.add(at * BLOCK) as *const __m256i);
-                        let dw = if $halves {
-                            _mm256_set_m128(
-                                _mm_set1_ps(*dp.add(2 * at + 1)),
-                                _mm_set1_ps(*dp.add(2 * at)),
-                            )
-                        } else {
-                            _mm256_broadcast_ss(&*dp.add(at))
-                        };
+                        let dw = _mm256_broadcast_ss(&*dp.add(at));
                         for r in 0..R {
                             let sums = _mm256_cvtepi32_ps($dot(ax[r], _mm256_sign_epi8(wv, xv[r])));
                             let scale = _mm256_mul_ps(dw, dx[r]);
@@ -717,91 +706,220 @@ mod x86 {
         };
     }
 
-    macro_rules! q6_kernel {
-        ($name:ident, $features:literal, $dot:ident) => {
-            /// One Q6_K tile against `R` rows from `r0`: each block's signed quants rebuilt in
-            /// registers (low nibble, two high bits, minus 32), then as the 8-bit kernel with
-            /// a scale per half block.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name<const R: usize>(
-                w: Q6Tile<'_>,
-                x: &QuantizedRows,
-                r0: usize,
-            ) -> [[f32; TILE]; R] {
-                let nb = w.d.len() / (2 * TILE);
-                let low_mask = _mm256_set1_epi8(0x0f);
-                let two_bits = _mm256_set1_epi8(0x03);
-                let offset = _mm256_set1_epi8(32);
-                let mut acc = [[_mm256_setzero_ps(); TILE]; R];
-                let mut xq = [std::ptr::null::<i8>(); R];
-                let mut xd = [std::ptr::null::<f32>(); R];
-                for r in 0..R {
-                    let row = x.row(r0 + r);
-                    xq[r] = row.q.as_ptr();
-                    xd[r] = row.d.as_ptr();
-                }
-                let (pp, hp, dp) = (w.pairs.as_ptr(), w.plane.as_ptr(), w.d.as_ptr());
-                for b in 0..nb {
-                    let mut xv = [_mm256_setzero_si256(); R];
-                    let mut ax = [_mm256_setzero_si256(); R];
-                    let mut dx = [_mm256_setzero_ps(); R];
+    /// A Q6_K super-block's offset term per output, `sum_{j,h} sc[j][c][h] * ksum16[j][h]`
+    /// (exact in `i32`): `scales` holds the 64 signed bytes `[block][TILE][2]`, `halves` the
+    /// 16 half blocks' activation sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q6_halves_term(scales: *const i8, halves: *const i16) -> __m128i {
+        // The half blocks' sums as 32-bit pairs (h = 0, 1), one per block.
+        let pairs = _mm256_loadu_si256(halves as *const __m256i);
+        let mut total = _mm256_setzero_si256();
+        for q in 0..4 {
+            // Blocks 2q and 2q + 1: `[block][output][half]` as 16-bit values; each 32-bit
+            // lane (output, both halves) meets its block's pair of sums.
+            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.add(16 * q) as *const __m128i));
+            let pick = _mm256_setr_epi32(
+                2 * q as i32,
+                2 * q as i32,
+                2 * q as i32,
+                2 * q as i32,
+                2 * q as i32 + 1,
+                2 * q as i32 + 1,
+                2 * q as i32 + 1,
+                2 * q as i32 + 1,
+            );
+            let sums = _mm256_permutevar8x32_epi32(pairs, pick);
+            total = _mm256_add_epi32(total, _mm256_madd_epi16(sc, sums));
+        }
+        // Lanes c and 4 + c hold output c's two blocks.
+        _mm_add_epi32(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256(total, 1),
+        )
+    }
+
+    /// One Q6_K tile against `R` rows from `r0` (see [`q6k_rows`]), AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q6k_avx2<const R: usize>(
+        w: Q6Tile<'_>,
+        x: &QuantizedRows,
+        r0: usize,
+    ) -> [[f32; TILE]; R] {
+        let low = _mm256_set1_epi8(0x0f);
+        let two_bits = _mm256_set1_epi8(0x03);
+        let sign = _mm_set1_ps(-0.0);
+        let mut acc = [[_mm256_setzero_ps(); TILE]; R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let (pp, hp, sp) = (w.pairs.as_ptr(), w.plane.as_ptr(), w.scales.as_ptr());
+        for s in 0..w.d.len() / TILE {
+            let mut sums = [[_mm256_setzero_si256(); TILE]; R];
+            for j in 0..BLOCKS_PER_SUPER {
+                let b = s * BLOCKS_PER_SUPER + j;
+                let p = [
+                    _mm256_loadu_si256(pp.add(b * 64) as *const __m256i),
+                    _mm256_loadu_si256(pp.add(b * 64 + 32) as *const __m256i),
+                ];
+                let plane = _mm256_loadu_si256(hp.add(b * BLOCK) as *const __m256i);
+                let xv: [_; R] = std::array::from_fn(|r| {
+                    _mm256_loadu_si256(rows[r].kq.as_ptr().add(b * BLOCK) as *const __m256i)
+                });
+                for c in 0..TILE {
+                    let nibbles = match c % 2 {
+                        0 => _mm256_and_si256(p[c / 2], low),
+                        _ => _mm256_and_si256(_mm256_srli_epi16(p[c / 2], 4), low),
+                    };
+                    // Shifts within 32-bit lanes: masking to two bits keeps bytes apart.
+                    let top = _mm256_and_si256(
+                        _mm256_srlv_epi32(plane, _mm256_set1_epi32(2 * c as i32)),
+                        two_bits,
+                    );
+                    let q = _mm256_or_si256(nibbles, _mm256_slli_epi16(top, 4));
+                    let at = sp.add((b * TILE + c) * 2);
+                    let scale = _mm256_setr_m128i(
+                        _mm_set1_epi16(*at as i16),
+                        _mm_set1_epi16(*at.add(1) as i16),
+                    );
                     for r in 0..R {
-                        xv[r] = _mm256_loadu_si256(xq[r].add(b * BLOCK) as *const __m256i);
-                        ax[r] = _mm256_sign_epi8(xv[r], xv[r]);
-                        dx[r] = _mm256_broadcast_ss(&*xd[r].add(b));
-                    }
-                    let plane = _mm256_loadu_si256(hp.add(b * BLOCK) as *const __m256i);
-                    let mut pair = _mm256_setzero_si256();
-                    for c in 0..TILE {
-                        let at = b * TILE + c;
-                        let low = if c % 2 == 0 {
-                            pair = _mm256_loadu_si256(pp.add(at * 16) as *const __m256i);
-                            _mm256_and_si256(pair, low_mask)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16(pair, 4), low_mask)
-                        };
-                        let top = _mm256_and_si256(
-                            _mm256_srlv_epi32(plane, _mm256_set1_epi32(2 * c as i32)),
-                            two_bits,
-                        );
-                        let q = _mm256_or_si256(low, _mm256_slli_epi16(top, 4));
-                        let wv = _mm256_sub_epi8(q, offset);
-                        let dw = _mm256_set_m128(
-                            _mm_set1_ps(*dp.add(2 * at + 1)),
-                            _mm_set1_ps(*dp.add(2 * at)),
-                        );
-                        for r in 0..R {
-                            let sums = _mm256_cvtepi32_ps($dot(ax[r], _mm256_sign_epi8(wv, xv[r])));
-                            let scale = _mm256_mul_ps(dw, dx[r]);
-                            acc[r][c] = _mm256_fmadd_ps(sums, scale, acc[r][c]);
-                        }
+                        let products = _mm256_maddubs_epi16(q, xv[r]);
+                        sums[r][c] =
+                            _mm256_add_epi32(sums[r][c], _mm256_madd_epi16(products, scale));
                     }
                 }
-                let mut out = [[0f32; TILE]; R];
-                for r in 0..R {
-                    _mm_storeu_ps(out[r].as_mut_ptr(), reduce4(&acc[r]));
-                }
-                out
             }
-        };
+            let dw = _mm_loadu_ps(w.d.as_ptr().add(s * TILE));
+            for r in 0..R {
+                let dx = _mm_set1_ps(rows[r].kd[s]);
+                let scale4 = _mm_mul_ps(dw, dx);
+                let mut scales = [0f32; TILE];
+                _mm_storeu_ps(scales.as_mut_ptr(), scale4);
+                for c in 0..TILE {
+                    let sums = _mm256_cvtepi32_ps(sums[r][c]);
+                    acc[r][c] = _mm256_fmadd_ps(sums, _mm256_set1_ps(scales[c]), acc[r][c]);
+                }
+                let halves = q6_halves_term(sp.add(s * 64), rows[r].ksum16.as_ptr().add(s * 16));
+                let halves = _mm_cvtepi32_ps(_mm_slli_epi32(halves, 5));
+                offsets[r] = _mm_fmadd_ps(halves, _mm_xor_ps(scale4, sign), offsets[r]);
+            }
+        }
+        let mut out = [[0f32; TILE]; R];
+        for r in 0..R {
+            _mm_storeu_ps(
+                out[r].as_mut_ptr(),
+                _mm_add_ps(reduce4(&acc[r]), offsets[r]),
+            );
+        }
+        out
     }
 
-    q6_kernel!(q6_avx2, "avx2,fma", dot_avx2);
-    q6_kernel!(q6_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
+    /// One Q6_K tile against `R` rows from `r0` (see [`q6k_rows`]), AVX-512: as Q4_K's, a
+    /// block's 64 bytes of nibble pairs give outputs 0 and 2 (low nibbles) and 1 and 3 (high
+    /// ones) side by side; the plane of high bits, in both halves, shifted per half, completes
+    /// them; each half block's scale is picked by `vpermt2w` from the super-block's 64.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn q6k_vnni<const R: usize>(
+        w: Q6Tile<'_>,
+        x: &QuantizedRows,
+        r0: usize,
+    ) -> [[f32; TILE]; R] {
+        let low = _mm512_set1_epi8(0x0f);
+        let two_bits = _mm512_set1_epi8(0x03);
+        let sign = _mm_set1_ps(-0.0);
+        // The high bits of outputs 0 | 2 sit at bits 0 | 4 of the plane's bytes, of 1 | 3 at
+        // 2 | 6 (shifts per 16-bit lane; the mask keeps bytes apart).
+        let shift: [[i16; 32]; 2] = std::array::from_fn(|h| {
+            std::array::from_fn(|i| 2 * h as i16 + if i < 16 { 0 } else { 4 })
+        });
+        let shift = [
+            _mm512_loadu_si512(shift[0].as_ptr() as *const _),
+            _mm512_loadu_si512(shift[1].as_ptr() as *const _),
+        ];
+        // A super-block's 64 scales as 16-bit values at `8 * block + 2 * output + half`; 16-bit
+        // lanes 0-7 of outputs 0 | 2 take output 0's first half, 8-15 its second, then output
+        // 2's; outputs 1 | 3 likewise. Eight more per block.
+        let first: [[i16; 32]; 2] =
+            std::array::from_fn(|h| std::array::from_fn(|i| [0, 1, 4, 5][i / 8] + 2 * h as i16));
+        let first = [
+            _mm512_loadu_si512(first[0].as_ptr() as *const _),
+            _mm512_loadu_si512(first[1].as_ptr() as *const _),
+        ];
+        let eight = _mm512_set1_epi16(8);
+        let pick: [[i32; 16]; 2] =
+            std::array::from_fn(|h| std::array::from_fn(|i| (i / 8 * 2 + h) as i32));
+        let pick = [
+            _mm512_loadu_si512(pick[0].as_ptr() as *const _),
+            _mm512_loadu_si512(pick[1].as_ptr() as *const _),
+        ];
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let (pp, hp, sp) = (w.pairs.as_ptr(), w.plane.as_ptr(), w.scales.as_ptr());
+        for s in 0..w.d.len() / TILE {
+            let sc = [
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(sp.add(s * 64) as *const __m256i)),
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(sp.add(s * 64 + 32) as *const __m256i)),
+            ];
+            let mut sums = [[_mm512_setzero_si512(); 2]; R];
+            let mut at = first;
+            for j in 0..BLOCKS_PER_SUPER {
+                let b = s * BLOCKS_PER_SUPER + j;
+                let pairs = _mm512_loadu_si512(pp.add(b * 64) as *const _);
+                let nibbles = [
+                    _mm512_and_si512(pairs, low),
+                    _mm512_and_si512(_mm512_srli_epi16(pairs, 4), low),
+                ];
+                let plane =
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(hp.add(b * BLOCK) as *const __m256i));
+                let mut q = [_mm512_setzero_si512(); 2];
+                let mut scale = [_mm512_setzero_si512(); 2];
+                for h in 0..2 {
+                    let top = _mm512_and_si512(_mm512_srlv_epi16(plane, shift[h]), two_bits);
+                    q[h] = _mm512_or_si512(nibbles[h], _mm512_slli_epi16(top, 4));
+                    scale[h] = _mm512_permutex2var_epi16(sc[0], at[h], sc[1]);
+                    at[h] = _mm512_add_epi16(at[h], eight);
+                }
+                for r in 0..R {
+                    let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        rows[r].kq.as_ptr().add(b * BLOCK) as *const __m256i,
+                    ));
+                    for h in 0..2 {
+                        let products = _mm512_maddubs_epi16(q[h], xv);
+                        sums[r][h] = _mm512_dpwssd_epi32(sums[r][h], products, scale[h]);
+                    }
+                }
+            }
+            let dw = _mm_loadu_ps(w.d.as_ptr().add(s * TILE));
+            for r in 0..R {
+                let dx = _mm_set1_ps(rows[r].kd[s]);
+                let scale4 = _mm_mul_ps(dw, dx);
+                let wide = _mm512_castps128_ps512(scale4);
+                for h in 0..2 {
+                    let scale = _mm512_permutexvar_ps(pick[h], wide);
+                    let sums = _mm512_cvtepi32_ps(sums[r][h]);
+                    acc[r][h] = _mm512_fmadd_ps(sums, scale, acc[r][h]);
+                }
+                let halves = q6_halves_term(sp.add(s * 64), rows[r].ksum16.as_ptr().add(s * 16));
+                let halves = _mm_cvtepi32_ps(_mm_slli_epi32(halves, 5));
+                offsets[r] = _mm_fmadd_ps(halves, _mm_xor_ps(scale4, sign), offsets[r]);
+            }
+        }
+        let mut out = [[0f32; TILE]; R];
+        for r in 0..R {
+            let [even, odd] = acc[r];
+            let lanes = [
+                _mm512_castps512_ps256(even),
+                _mm512_castps512_ps256(odd),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(even), 1)),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(odd), 1)),
+            ];
+            _mm_storeu_ps(out[r].as_mut_ptr(), _mm_add_ps(reduce4(&lanes), offsets[r]));
+        }
+        out
+    }
+
     q4_kernel!(q4_avx2, "avx2,fma", dot_avx2);
     q4_kernel!(q4_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
-    q8_kernel!(q8_avx2, "avx2,fma", dot_avx2, false);
-    q8_kernel!(
-        q8_vnni,
-        "avx2,fma,avx512f,avx512vl,avx512vnni",
-        dot_vnni,
-        false
-    );
-    q8_kernel!(q8h_avx2, "avx2,fma", dot_avx2, true);
-    q8_kernel!(
-        q8h_vnni,
-        "avx2,fma,avx512f,avx512vl,avx512vnni",
-        dot_vnni,
-        true
-    );
+    q8_kernel!(q8_avx2, "avx2,fma", dot_avx2);
+    q8_kernel!(q8_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni);
 }

@@ -1,10 +1,9 @@
 //! K-quant matrices as their files store them, close to their own size in memory: Q4_K (4.75
-//! bits a weight here, 4.5 in the file) and Q6_K (6.6 bits, 6.56 in the file). A tile is
-//! expanded as it runs, into the per-block scales of the 4-bit kernels (Q4_K: each 32-weight
-//! block is `d * sc * q - dmin * m`, exactly the 4-bit form) or into signed bytes with a scale
-//! per half block for the 8-bit kernels (Q6_K: `d * sc * (q - 32)` with a scale per 16 weights,
-//! which the kernels' lanes 0-3 and 4-7 cover). The scales are the products GGML's own
-//! dequantization computes, in f32, so results are those of the dequantized weights.
+//! bits a weight here, 4.5 in the file), Q5_K and Q6_K (6.6 bits, 6.56 in the file). Q4_K and
+//! Q6_K tiles run as stored, against activations on one scale per super-block (see the
+//! kernels); a Q5_K tile is expanded as it runs into the per-block scales of the 4-bit kernels
+//! (each 32-weight block is `d * sc * q - dmin * m`, exactly the 4-bit form). The scales are
+//! the products GGML's own dequantization computes, in f32.
 
 use super::{f16_at, PackedMatrix, Quants, ShapeError, BLOCK, SUPER_BLOCK, TILE};
 use crate::isa::Isa;
@@ -199,108 +198,6 @@ pub(super) fn expand_q4k(w: &PackedMatrix, tile: usize, d: &mut Vec<f32>, m: &mu
             // Rows past `n` in the last tile hold zeros: their scales are zero too.
             d[i] = ds[i % TILE] * sc[i] as f32;
             m[i] = -(dm[i % TILE] * mn[i] as f32);
-        }
-    }
-}
-
-/// Tile `tile` of a Q6_K matrix as the 8-bit kernels with half-block scales read it:
-/// `[blocks][TILE][32]` signed quants `q - 32` into `signed`, `[blocks][TILE][2]` scales into
-/// `d`. The bytes are the same whichever kernel family runs (integer operations only).
-pub(super) fn expand_q6k(
-    isa: Isa,
-    w: &PackedMatrix,
-    tile: usize,
-    signed: &mut Vec<i8>,
-    d: &mut Vec<f32>,
-) {
-    let Quants::Q6K { nibbles, high, .. } = &w.quants else {
-        unreachable!("a Q6_K matrix")
-    };
-    let nb = w.blocks();
-    expand_q6k_scales(w, tile, d);
-    signed.resize(nb * TILE * BLOCK, 0);
-    for b in 0..nb {
-        let plane: &[u8; BLOCK] = high[(tile * nb + b) * BLOCK..][..BLOCK]
-            .try_into()
-            .expect("a block of high bits");
-        let pairs = &nibbles[(tile * nb + b) * (TILE / 2) * BLOCK..][..(TILE / 2) * BLOCK];
-        let out = &mut signed[b * TILE * BLOCK..(b + 1) * TILE * BLOCK];
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::detect` chose AVX2 or better only where the CPU has AVX2; the
-            // slices hold a block's two nibble pairs, its plane and four outputs' bytes.
-            Isa::Avx2 | Isa::Avx512Vnni => unsafe { six_bit_block_avx2(pairs, plane, out) },
-            _ => six_bit_block(pairs, plane, out),
-        }
-    }
-}
-
-/// Tile `tile` of a Q6_K matrix's scales, `[blocks][TILE][2]`: `d * sc` per half block.
-pub(super) fn expand_q6k_scales(w: &PackedMatrix, tile: usize, d: &mut Vec<f32>) {
-    let Quants::Q6K { scales, .. } = &w.quants else {
-        unreachable!("a Q6_K matrix")
-    };
-    let nb = w.blocks();
-    let per_row = nb / BLOCKS_PER_SUPER;
-    let halves = tile * nb * TILE * 2..(tile + 1) * nb * TILE * 2;
-    d.resize(nb * TILE * 2, 0.0);
-    let per_super = BLOCKS_PER_SUPER * TILE * 2;
-    for (s, (d, sc)) in d
-        .chunks_exact_mut(per_super)
-        .zip(scales[halves].chunks_exact(per_super))
-        .enumerate()
-    {
-        let at = (tile * per_row + s) * TILE;
-        let ds = &w.d[at..at + TILE];
-        // Each block holds its four outputs' two halves in turn: the super-block scale of
-        // output `c` repeats as [d0, d0, d1, d1, d2, d2, d3, d3]. Written by chunks of that
-        // pattern, the loop vectorises (the same product per value as one at a time).
-        let pattern: [f32; 2 * TILE] = std::array::from_fn(|i| ds[i / 2]);
-        for (d, sc) in d.chunks_exact_mut(2 * TILE).zip(sc.chunks_exact(2 * TILE)) {
-            for ((d, &sc), &ds) in d.iter_mut().zip(sc).zip(&pattern) {
-                *d = ds * sc as f32;
-            }
-        }
-    }
-}
-
-/// One block of a Q6_K tile: four outputs' 32 signed quants from two nibble pairs and the
-/// plane of high bits.
-fn six_bit_block(pairs: &[u8], plane: &[u8; BLOCK], out: &mut [i8]) {
-    for c in 0..TILE {
-        let pair = &pairs[(c / 2) * BLOCK..(c / 2 + 1) * BLOCK];
-        let shift = if c % 2 == 1 { 4 } else { 0 };
-        for e in 0..BLOCK {
-            let low = (pair[e] >> shift) & 0x0f;
-            out[c * BLOCK + e] = six_bits(low, plane[e], c) as i8 - 32;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn six_bit_block_avx2(pairs: &[u8], plane: &[u8; BLOCK], out: &mut [i8]) {
-    use std::arch::x86_64::*;
-    let low_mask = _mm256_set1_epi8(0x0f);
-    let two_bits = _mm256_set1_epi8(0x03);
-    let offset = _mm256_set1_epi8(32);
-    let plane = _mm256_loadu_si256(plane.as_ptr() as *const __m256i);
-    for p in 0..TILE / 2 {
-        let pair = _mm256_loadu_si256(pairs.as_ptr().add(p * BLOCK) as *const __m256i);
-        let lows = [
-            _mm256_and_si256(pair, low_mask),
-            _mm256_and_si256(_mm256_srli_epi16(pair, 4), low_mask),
-        ];
-        for (half, low) in lows.into_iter().enumerate() {
-            let c = 2 * p + half;
-            // Shifts within 16-bit lanes: masking to two bits first keeps bytes apart.
-            let top = _mm256_and_si256(
-                _mm256_srlv_epi32(plane, _mm256_set1_epi32(2 * c as i32)),
-                two_bits,
-            );
-            let q = _mm256_or_si256(low, _mm256_slli_epi16(top, 4));
-            let signed = _mm256_sub_epi8(q, offset);
-            _mm256_storeu_si256(out.as_mut_ptr().add(c * BLOCK) as *mut __m256i, signed);
         }
     }
 }

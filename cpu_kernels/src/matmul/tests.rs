@@ -2,6 +2,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::*;
+use crate::quant;
 use crate::quant::tests::random;
 
 /// A random `[n, k]` matrix quantized by candle (GGML's own block formats), repacked by us.
@@ -33,7 +34,7 @@ fn matrix(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (PackedMatrix, Vec
 
 fn rows(x: &[f32], k: usize) -> QuantizedRows {
     let m = x.len() / k;
-    let mut rows = QuantizedRows::new(k);
+    let mut rows = QuantizedRows::with_forms(k, k.is_multiple_of(quant::SUPER));
     rows.reset(m);
     let writer = rows.writer();
     for r in 0..m {

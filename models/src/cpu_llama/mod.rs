@@ -221,16 +221,26 @@ impl CpuLlama {
         })
     }
 
-    /// Empty step buffers.
+    /// Empty step buffers. An input keeps the super-block form only where a matrix that
+    /// reads it wants it (Q4_K, Q6_K): other files pay nothing for it.
     pub fn new_scratch(&self) -> Scratch {
+        let wants = |pick: fn(&Layer) -> Vec<&PackedMatrix>| {
+            self.layers
+                .iter()
+                .flat_map(pick)
+                .any(PackedMatrix::reads_super_blocks)
+        };
+        let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
+        let hidden_wants = wants(|l| l.qkv.parts.iter().chain(&l.gate_up.parts).collect())
+            || head.reads_super_blocks();
         Scratch {
             x: Vec::new(),
-            xq: QuantizedRows::new(self.config.hidden),
+            xq: QuantizedRows::with_forms(self.config.hidden, hidden_wants),
             qkv: Vec::new(),
-            aq: QuantizedRows::new(self.config.q_dim()),
+            aq: QuantizedRows::with_forms(self.config.q_dim(), wants(|l| vec![&l.wo])),
             attn: Vec::new(),
             gate_up: Vec::new(),
-            hq: QuantizedRows::new(self.config.ffn),
+            hq: QuantizedRows::with_forms(self.config.ffn, wants(|l| vec![&l.down])),
             scores: (0..parallel::threads()).map(|_| Vec::new()).collect(),
             rows: Vec::new(),
             rope_cos: Vec::new(),

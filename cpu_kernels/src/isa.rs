@@ -9,8 +9,9 @@ use std::sync::OnceLock;
 /// The kernel family in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512 VNNI with 256-bit vectors (`vpdpbusd` on ymm registers, 32 of them): the int8
-    /// dot product in one instruction, and four activation rows per microkernel.
+    /// AVX-512 (F, BW, VL, VNNI): `vpdpbusd` on ymm registers (32 of them) for the int8 dot
+    /// products of the 32-value block kinds, zmm `vpmaddubsw` + `vpdpwssd` for the K-quants;
+    /// four activation rows per microkernel.
     Avx512Vnni,
     /// AVX2 + FMA + F16C: `vpmaddubsw` + `vpmaddwd` for int8 dot products, two rows per
     /// microkernel (16 ymm registers).

@@ -33,7 +33,7 @@ pub struct QuantizedRows {
     ksum16: Vec<i16>,
 }
 
-/// One quantized row, borrowed.
+/// One quantized row in the block form, borrowed.
 #[derive(Clone, Copy)]
 pub struct QuantizedRow<'a> {
     /// `k` int8 quants.
@@ -42,7 +42,12 @@ pub struct QuantizedRow<'a> {
     pub d: &'a [f32],
     /// `d * sum(q)` per block.
     pub s: &'a [f32],
-    /// `k` int8 quants on one scale per super-block (empty unless the rows keep that form).
+}
+
+/// One row in the super-block form, borrowed.
+#[derive(Clone, Copy)]
+pub struct SuperRow<'a> {
+    /// `k` int8 quants on one scale per super-block.
     pub kq: &'a [i8],
     /// One scale per super-block.
     pub kd: &'a [f32],
@@ -115,30 +120,35 @@ impl QuantizedRows {
     }
 
     /// Row `r`.
-    #[inline]
+    #[inline(always)]
     pub fn row(&self, r: usize) -> QuantizedRow<'_> {
         debug_assert!(r < self.rows);
         let nb = self.k / BLOCK;
-        let (kq, kd, ksum, ksum16) = match self.super_form {
-            true => {
-                let ns = self.k / SUPER;
-                (
-                    &self.kq[r * self.k..(r + 1) * self.k],
-                    &self.kd[r * ns..(r + 1) * ns],
-                    &self.ksum[r * nb..(r + 1) * nb],
-                    &self.ksum16[r * nb * 2..(r + 1) * nb * 2],
-                )
-            }
-            false => (&[][..], &[][..], &[][..], &[][..]),
-        };
         QuantizedRow {
             q: &self.q[r * self.k..(r + 1) * self.k],
             d: &self.d[r * nb..(r + 1) * nb],
             s: &self.s[r * nb..(r + 1) * nb],
-            kq,
-            kd,
-            ksum,
-            ksum16,
+        }
+    }
+
+    /// Row `r` in the super-block form (empty slices if the rows do not keep it).
+    #[inline(always)]
+    pub fn super_row(&self, r: usize) -> SuperRow<'_> {
+        debug_assert!(r < self.rows);
+        if !self.super_form {
+            return SuperRow {
+                kq: &[],
+                kd: &[],
+                ksum: &[],
+                ksum16: &[],
+            };
+        }
+        let (nb, ns) = (self.k / BLOCK, self.k / SUPER);
+        SuperRow {
+            kq: &self.kq[r * self.k..(r + 1) * self.k],
+            kd: &self.kd[r * ns..(r + 1) * ns],
+            ksum: &self.ksum[r * nb..(r + 1) * nb],
+            ksum16: &self.ksum16[r * nb * 2..(r + 1) * nb * 2],
         }
     }
 
@@ -468,15 +478,15 @@ pub(crate) mod tests {
     fn forms(rows: &QuantizedRows) -> Vec<Forms> {
         (0..rows.rows())
             .map(|r| {
-                let row = rows.row(r);
+                let (row, sup) = (rows.row(r), rows.super_row(r));
                 (
                     row.q.to_vec(),
                     row.d.to_vec(),
                     row.s.to_vec(),
-                    row.kq.to_vec(),
-                    row.kd.to_vec(),
-                    row.ksum.to_vec(),
-                    row.ksum16.to_vec(),
+                    sup.kq.to_vec(),
+                    sup.kd.to_vec(),
+                    sup.ksum.to_vec(),
+                    sup.ksum16.to_vec(),
                 )
             })
             .collect()
@@ -490,18 +500,18 @@ pub(crate) mod tests {
         x[300] = 9.0;
         let rows = quantized(Isa::detect(), &x, k, None);
         for r in 0..2 {
-            let row = rows.row(r);
+            let (row, sup) = (rows.row(r), rows.super_row(r));
             let xr = &x[r * k..(r + 1) * k];
             for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
                 let q = &row.q[b * BLOCK..(b + 1) * BLOCK];
                 let sum: i32 = q.iter().map(|&v| v as i32).sum();
                 assert!((row.s[b] - row.d[b] * sum as f32).abs() <= 1e-6 * row.s[b].abs().max(1.0));
-                let kq = &row.kq[b * BLOCK..(b + 1) * BLOCK];
+                let kq = &sup.kq[b * BLOCK..(b + 1) * BLOCK];
                 let ksum: i32 = kq.iter().map(|&v| v as i32).sum();
-                assert_eq!(ksum, row.ksum[b] as i32);
+                assert_eq!(ksum, sup.ksum[b] as i32);
                 let first: i32 = kq[..16].iter().map(|&v| v as i32).sum();
-                assert_eq!(first, row.ksum16[2 * b] as i32);
-                let kd = row.kd[b * BLOCK / SUPER];
+                assert_eq!(first, sup.ksum16[2 * b] as i32);
+                let kd = sup.kd[b * BLOCK / SUPER];
                 for (i, &v) in block.iter().enumerate() {
                     let back = q[i] as f32 * row.d[b];
                     assert!((back - v).abs() <= row.d[b] * 0.5 + 1e-7, "{v} -> {back}");
@@ -510,13 +520,13 @@ pub(crate) mod tests {
                 }
             }
         }
-        assert_eq!(rows.row(0).kd[1], 9.0 / 127.0);
+        assert_eq!(rows.super_row(0).kd[1], 9.0 / 127.0);
         // Rows that are not whole super-blocks keep the block form only.
         let mut rows = QuantizedRows::new(k);
         rows.reset(1);
         // SAFETY: one thread writes the row.
         unsafe { rows.writer().quantize(Isa::detect(), 0, &x[..k]) };
-        assert!(rows.row(0).kq.is_empty() && rows.row(0).q.len() == k);
+        assert!(rows.super_row(0).kq.is_empty() && rows.row(0).q.len() == k);
     }
 
     #[test]

@@ -285,7 +285,7 @@ mod portable {
         x: &QuantizedRows,
         r: usize,
     ) -> [f32; 4] {
-        let row = x.row(r);
+        let row = x.super_row(r);
         let mut acc = [[0f32; 8]; TILE];
         let mut offsets = [0f32; TILE];
         for s in 0..d.len() / TILE {
@@ -341,7 +341,7 @@ mod portable {
     }
 
     pub(super) fn q6k(w: Q6Tile<'_>, x: &QuantizedRows, r: usize) -> [f32; 4] {
-        let row = x.row(r);
+        let row = x.super_row(r);
         let mut acc = [[0f32; 8]; TILE];
         let mut offsets = [0f32; TILE];
         for s in 0..w.d.len() / TILE {
@@ -520,7 +520,7 @@ mod x86 {
         let sign = _mm_set1_ps(-0.0);
         let mut acc = [[_mm256_setzero_ps(); TILE]; R];
         let mut offsets = [_mm_setzero_ps(); R];
-        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
         let (wp, sp, mp) = (w.as_ptr(), k.scales.as_ptr(), k.mins.as_ptr());
         for s in 0..d.len() / TILE {
             let mut sums = [[_mm256_setzero_si256(); TILE]; R];
@@ -600,7 +600,7 @@ mod x86 {
         ];
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut offsets = [_mm_setzero_ps(); R];
-        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
         let (wp, sp, mp) = (w.as_ptr(), k.scales.as_ptr(), k.mins.as_ptr());
         for s in 0..d.len() / TILE {
             let scales = _mm512_cvtepu8_epi16(_mm256_loadu_si256(sp.add(s * 32) as *const _));
@@ -751,7 +751,7 @@ mod x86 {
         let sign = _mm_set1_ps(-0.0);
         let mut acc = [[_mm256_setzero_ps(); TILE]; R];
         let mut offsets = [_mm_setzero_ps(); R];
-        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
         let (pp, hp, sp) = (w.pairs.as_ptr(), w.plane.as_ptr(), w.scales.as_ptr());
         for s in 0..w.d.len() / TILE {
             let mut sums = [[_mm256_setzero_si256(); TILE]; R];
@@ -853,7 +853,7 @@ mod x86 {
         ];
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut offsets = [_mm_setzero_ps(); R];
-        let rows: [_; R] = std::array::from_fn(|r| x.row(r0 + r));
+        let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
         let (pp, hp, sp) = (w.pairs.as_ptr(), w.plane.as_ptr(), w.scales.as_ptr());
         for s in 0..w.d.len() / TILE {
             let sc = [

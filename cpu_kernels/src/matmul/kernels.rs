@@ -478,6 +478,80 @@ mod x86 {
         };
     }
 
+    /// A super-block's integer lane sums of four outputs (ymm, one per output) converted and
+    /// accumulated by `d * d_x` per output (`scale4`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn accumulate_ymm(acc: &mut [__m256; TILE], sums: &[__m256i; TILE], scale4: __m128) {
+        let mut scales = [0f32; TILE];
+        _mm_storeu_ps(scales.as_mut_ptr(), scale4);
+        for c in 0..TILE {
+            let sums = _mm256_cvtepi32_ps(sums[c]);
+            acc[c] = _mm256_fmadd_ps(sums, _mm256_set1_ps(scales[c]), acc[c]);
+        }
+    }
+
+    /// The same for zmm sums holding outputs 0 | 2 and 1 | 3 side by side.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn accumulate_zmm(acc: &mut [__m512; 2], sums: &[__m512i; 2], scale4: __m128) {
+        // f32 lanes 0-7 take output 0's `d * d_x`, 8-15 output 2's (and 1, 3).
+        let pick: [[i32; 16]; 2] =
+            std::array::from_fn(|h| std::array::from_fn(|i| (i / 8 * 2 + h) as i32));
+        let wide = _mm512_castps128_ps512(scale4);
+        for h in 0..2 {
+            let pick = _mm512_loadu_si512(pick[h].as_ptr() as *const _);
+            let scale = _mm512_permutexvar_ps(pick, wide);
+            acc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[h]), scale, acc[h]);
+        }
+    }
+
+    /// A super-block's integer offset term per output accumulated by `-(d * d_x)` (`scale4`
+    /// negated; `d` the offsets' own scale: `dmin` for Q4_K, `d` for Q6_K).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn accumulate_offsets(offsets: &mut __m128, term: __m128i, scale4: __m128) {
+        let neg = _mm_xor_ps(scale4, _mm_set1_ps(-0.0));
+        *offsets = _mm_fmadd_ps(_mm_cvtepi32_ps(term), neg, *offsets);
+    }
+
+    /// Each row's four outputs: its lanes reduced in the documented order, plus its offsets.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn outputs_ymm<const R: usize>(
+        acc: &[[__m256; TILE]; R],
+        offsets: &[__m128; R],
+    ) -> [[f32; TILE]; R] {
+        let mut out = [[0f32; TILE]; R];
+        for r in 0..R {
+            _mm_storeu_ps(
+                out[r].as_mut_ptr(),
+                _mm_add_ps(reduce4(&acc[r]), offsets[r]),
+            );
+        }
+        out
+    }
+
+    /// The same from zmm accumulators of outputs 0 | 2 and 1 | 3.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn outputs_zmm<const R: usize>(
+        acc: &[[__m512; 2]; R],
+        offsets: &[__m128; R],
+    ) -> [[f32; TILE]; R] {
+        let upper = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        let split: [[__m256; TILE]; R] = std::array::from_fn(|r| {
+            let [even, odd] = acc[r];
+            [
+                _mm512_castps512_ps256(even),
+                _mm512_castps512_ps256(odd),
+                upper(even),
+                upper(odd),
+            ]
+        });
+        outputs_ymm(&split, offsets)
+    }
+
     /// A super-block's mins term per output, `sum_j m[j][c] * ksum[j]` (exact in `i32`):
     /// `mins` holds the 32 bytes `[block][TILE]`, `ksum` the 8 blocks' activation sums.
     #[inline]
@@ -517,7 +591,6 @@ mod x86 {
         r0: usize,
     ) -> [[f32; TILE]; R] {
         let low = _mm256_set1_epi8(0x0f);
-        let sign = _mm_set1_ps(-0.0);
         let mut acc = [[_mm256_setzero_ps(); TILE]; R];
         let mut offsets = [_mm_setzero_ps(); R];
         let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
@@ -550,25 +623,12 @@ mod x86 {
             let dm = _mm_loadu_ps(dmin.as_ptr().add(s * TILE));
             for r in 0..R {
                 let dx = _mm_set1_ps(rows[r].kd[s]);
-                let mut scales = [0f32; TILE];
-                _mm_storeu_ps(scales.as_mut_ptr(), _mm_mul_ps(dw, dx));
-                for c in 0..TILE {
-                    let sums = _mm256_cvtepi32_ps(sums[r][c]);
-                    acc[r][c] = _mm256_fmadd_ps(sums, _mm256_set1_ps(scales[c]), acc[r][c]);
-                }
+                accumulate_ymm(&mut acc[r], &sums[r], _mm_mul_ps(dw, dx));
                 let mins = mins_term(mp.add(s * 32), rows[r].ksum.as_ptr().add(s * 8));
-                let neg = _mm_xor_ps(_mm_mul_ps(dm, dx), sign);
-                offsets[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), neg, offsets[r]);
+                accumulate_offsets(&mut offsets[r], mins, _mm_mul_ps(dm, dx));
             }
         }
-        let mut out = [[0f32; TILE]; R];
-        for r in 0..R {
-            _mm_storeu_ps(
-                out[r].as_mut_ptr(),
-                _mm_add_ps(reduce4(&acc[r]), offsets[r]),
-            );
-        }
-        out
+        outputs_ymm(&acc, &offsets)
     }
 
     /// One Q4_K tile against `R` rows from `r0` (see [`q4k_rows`]), AVX-512: a block's 64
@@ -585,19 +645,11 @@ mod x86 {
         r0: usize,
     ) -> [[f32; TILE]; R] {
         let low = _mm512_set1_epi8(0x0f);
-        let sign = _mm_set1_ps(-0.0);
         // 16-bit lanes 0-15 take output 0's scale (low nibbles of pair 0), 16-31 output 2's;
         // plus one: outputs 1 and 3. The scales sit at `4 * block + output`.
         let first: [i16; 32] = std::array::from_fn(|i| if i < 16 { 0 } else { 2 });
         let first = _mm512_loadu_si512(first.as_ptr() as *const _);
         let (one, four) = (_mm512_set1_epi16(1), _mm512_set1_epi16(4));
-        // f32 lanes 0-7 take output 0's `d * d_x`, 8-15 output 2's (and 1, 3).
-        let pick: [[i32; 16]; 2] =
-            std::array::from_fn(|h| std::array::from_fn(|i| (i / 8 * 2 + h) as i32));
-        let pick = [
-            _mm512_loadu_si512(pick[0].as_ptr() as *const _),
-            _mm512_loadu_si512(pick[1].as_ptr() as *const _),
-        ];
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut offsets = [_mm_setzero_ps(); R];
         let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
@@ -632,29 +684,12 @@ mod x86 {
             let dm = _mm_loadu_ps(dmin.as_ptr().add(s * TILE));
             for r in 0..R {
                 let dx = _mm_set1_ps(rows[r].kd[s]);
-                let scale = _mm512_castps128_ps512(_mm_mul_ps(dw, dx));
-                for h in 0..2 {
-                    let scale = _mm512_permutexvar_ps(pick[h], scale);
-                    let sums = _mm512_cvtepi32_ps(sums[r][h]);
-                    acc[r][h] = _mm512_fmadd_ps(sums, scale, acc[r][h]);
-                }
+                accumulate_zmm(&mut acc[r], &sums[r], _mm_mul_ps(dw, dx));
                 let mins = mins_term(mp.add(s * 32), rows[r].ksum.as_ptr().add(s * 8));
-                let neg = _mm_xor_ps(_mm_mul_ps(dm, dx), sign);
-                offsets[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), neg, offsets[r]);
+                accumulate_offsets(&mut offsets[r], mins, _mm_mul_ps(dm, dx));
             }
         }
-        let mut out = [[0f32; TILE]; R];
-        for r in 0..R {
-            let [even, odd] = acc[r];
-            let lanes = [
-                _mm512_castps512_ps256(even),
-                _mm512_castps512_ps256(odd),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(even), 1)),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(odd), 1)),
-            ];
-            _mm_storeu_ps(out[r].as_mut_ptr(), _mm_add_ps(reduce4(&lanes), offsets[r]));
-        }
-        out
+        outputs_zmm(&acc, &offsets)
     }
 
     macro_rules! q8_kernel {
@@ -748,7 +783,6 @@ mod x86 {
     ) -> [[f32; TILE]; R] {
         let low = _mm256_set1_epi8(0x0f);
         let two_bits = _mm256_set1_epi8(0x03);
-        let sign = _mm_set1_ps(-0.0);
         let mut acc = [[_mm256_setzero_ps(); TILE]; R];
         let mut offsets = [_mm_setzero_ps(); R];
         let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
@@ -790,27 +824,13 @@ mod x86 {
             }
             let dw = _mm_loadu_ps(w.d.as_ptr().add(s * TILE));
             for r in 0..R {
-                let dx = _mm_set1_ps(rows[r].kd[s]);
-                let scale4 = _mm_mul_ps(dw, dx);
-                let mut scales = [0f32; TILE];
-                _mm_storeu_ps(scales.as_mut_ptr(), scale4);
-                for c in 0..TILE {
-                    let sums = _mm256_cvtepi32_ps(sums[r][c]);
-                    acc[r][c] = _mm256_fmadd_ps(sums, _mm256_set1_ps(scales[c]), acc[r][c]);
-                }
+                let scale4 = _mm_mul_ps(dw, _mm_set1_ps(rows[r].kd[s]));
+                accumulate_ymm(&mut acc[r], &sums[r], scale4);
                 let halves = q6_halves_term(sp.add(s * 64), rows[r].ksum16.as_ptr().add(s * 16));
-                let halves = _mm_cvtepi32_ps(_mm_slli_epi32(halves, 5));
-                offsets[r] = _mm_fmadd_ps(halves, _mm_xor_ps(scale4, sign), offsets[r]);
+                accumulate_offsets(&mut offsets[r], _mm_slli_epi32(halves, 5), scale4);
             }
         }
-        let mut out = [[0f32; TILE]; R];
-        for r in 0..R {
-            _mm_storeu_ps(
-                out[r].as_mut_ptr(),
-                _mm_add_ps(reduce4(&acc[r]), offsets[r]),
-            );
-        }
-        out
+        outputs_ymm(&acc, &offsets)
     }
 
     /// One Q6_K tile against `R` rows from `r0` (see [`q6k_rows`]), AVX-512: as Q4_K's, a
@@ -825,7 +845,6 @@ mod x86 {
     ) -> [[f32; TILE]; R] {
         let low = _mm512_set1_epi8(0x0f);
         let two_bits = _mm512_set1_epi8(0x03);
-        let sign = _mm_set1_ps(-0.0);
         // The high bits of outputs 0 | 2 sit at bits 0 | 4 of the plane's bytes, of 1 | 3 at
         // 2 | 6 (shifts per 16-bit lane; the mask keeps bytes apart).
         let shift: [[i16; 32]; 2] = std::array::from_fn(|h| {
@@ -845,12 +864,6 @@ mod x86 {
             _mm512_loadu_si512(first[1].as_ptr() as *const _),
         ];
         let eight = _mm512_set1_epi16(8);
-        let pick: [[i32; 16]; 2] =
-            std::array::from_fn(|h| std::array::from_fn(|i| (i / 8 * 2 + h) as i32));
-        let pick = [
-            _mm512_loadu_si512(pick[0].as_ptr() as *const _),
-            _mm512_loadu_si512(pick[1].as_ptr() as *const _),
-        ];
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut offsets = [_mm_setzero_ps(); R];
         let rows: [_; R] = std::array::from_fn(|r| x.super_row(r0 + r));
@@ -893,29 +906,12 @@ mod x86 {
             for r in 0..R {
                 let dx = _mm_set1_ps(rows[r].kd[s]);
                 let scale4 = _mm_mul_ps(dw, dx);
-                let wide = _mm512_castps128_ps512(scale4);
-                for h in 0..2 {
-                    let scale = _mm512_permutexvar_ps(pick[h], wide);
-                    let sums = _mm512_cvtepi32_ps(sums[r][h]);
-                    acc[r][h] = _mm512_fmadd_ps(sums, scale, acc[r][h]);
-                }
+                accumulate_zmm(&mut acc[r], &sums[r], scale4);
                 let halves = q6_halves_term(sp.add(s * 64), rows[r].ksum16.as_ptr().add(s * 16));
-                let halves = _mm_cvtepi32_ps(_mm_slli_epi32(halves, 5));
-                offsets[r] = _mm_fmadd_ps(halves, _mm_xor_ps(scale4, sign), offsets[r]);
+                accumulate_offsets(&mut offsets[r], _mm_slli_epi32(halves, 5), scale4);
             }
         }
-        let mut out = [[0f32; TILE]; R];
-        for r in 0..R {
-            let [even, odd] = acc[r];
-            let lanes = [
-                _mm512_castps512_ps256(even),
-                _mm512_castps512_ps256(odd),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(even), 1)),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(odd), 1)),
-            ];
-            _mm_storeu_ps(out[r].as_mut_ptr(), _mm_add_ps(reduce4(&lanes), offsets[r]));
-        }
-        out
+        outputs_zmm(&acc, &offsets)
     }
 
     q4_kernel!(q4_avx2, "avx2,fma", dot_avx2);

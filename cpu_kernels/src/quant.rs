@@ -4,7 +4,7 @@
 //! - Blocks of 32 values: int8 quants `q`, the block's scale `d = max|x| / 127` and
 //!   `s = d * sum(q)`, which the 4-bit kernels need for the weights' offsets (`w = d_w * q_w +
 //!   m_w`, so `x . w = d_w * d * (q . q_w) + m_w * s`). This is the layout llama.cpp calls
-//!   Q8_1; the scales stay f32 here. Every weight kind but Q4_K reads it.
+//!   Q8_1; the scales stay f32 here. Every weight kind but Q4_K and Q6_K reads it.
 //! - Where asked for (rows that a Q4_K or Q6_K matrix reads; whole super-blocks of 256): int8
 //!   quants with one scale per 256 values and the integer sums of each 32- and 16-value block
 //!   (llama.cpp's Q8_K). Such a product sums a super-block's blocks in integers, each times its
